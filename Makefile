@@ -1,0 +1,26 @@
+# Single entry point: every target creates .venv/ first when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# torch first and pinned: any other spec lets pip pull a multi-GB CUDA build here.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-fast clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)  ## the whole suite: fast tier and the real-data tier on ../shared
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)  ## synthetic data only (seconds)
+	$(PY) -m pytest -q -m "not realdata and not slow"
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

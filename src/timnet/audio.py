@@ -1,0 +1,101 @@
+"""Audio I/O and the authors' MFCC front end (SPEC.md §1), as pure functions over arrays.
+
+Reading files lives here and nowhere else; everything after `load_audio` is arithmetic
+on NumPy arrays, so the same code serves extraction, prediction and tests.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TimnetError
+
+SAMPLE_RATE = 22050  # librosa's default `sr`: the authors never passed another one
+N_MFCC = 39
+N_FFT = 2048  # samples per STFT frame (librosa default, ~93 ms at 22.05 kHz)
+HOP_LENGTH = 512  # samples between frames (librosa default, ~23 ms)
+
+
+def _check_wav_container(path: Path) -> None:
+    """Refuse a RIFF/WAVE file whose data chunk claims more bytes than the file holds.
+
+    libsndfile reads such a truncated file without complaint (it just returns fewer frames),
+    which would silently change a sample's features, so the header is checked by hand.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return  # not a plain RIFF/WAVE file (RF64, AIFF, FLAC, ...): libsndfile checks those
+        endian = ">" if head[:4] == b"RIFX" else "<"
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk_id, chunk_size = struct.unpack(endian + "4sI", f.read(8))
+            if chunk_id == b"data":
+                # 0 and 0xFFFFFFFF are what streaming writers leave when they never came back
+                # to fill in the size; libsndfile then reads to the end, which is right.
+                if chunk_size not in (0, 0xFFFFFFFF) and pos + 8 + chunk_size > size:
+                    raise TimnetError(
+                        f"{path}: truncated WAV: header declares {chunk_size} bytes of audio, "
+                        f"the file holds {size - pos - 8}"
+                    )
+                return
+            pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even sizes
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read any file libsndfile can, as mono float32 in [-1, 1] at its native sample rate."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise TimnetError(f"{path}: no such audio file")
+    if path.stat().st_size == 0:
+        raise TimnetError(f"{path}: empty file, expected audio")
+    _check_wav_container(path)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        message = str(e).replace("\n", " ")
+        raise TimnetError(f"{path}: not readable audio ({message})") from None
+    if data.shape[0] == 0:
+        raise TimnetError(f"{path}: holds no audio samples")
+    # librosa.to_mono averages the channels; so do we, in float32 like librosa.
+    y = data[:, 0] if data.shape[1] == 1 else np.mean(data, axis=1, dtype=np.float32)
+    return np.ascontiguousarray(y, dtype=np.float32), int(sr)
+
+
+def resample(y: np.ndarray, *, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample exactly as `librosa.load(path, sr=target_sr)` does (soxr 'HQ', length fixed)."""
+    if orig_sr == target_sr:
+        return y
+    import librosa
+
+    return librosa.resample(y, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq")
+
+
+def load_audio(path: str | Path, *, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Read a file as mono float32 at `sr` Hz, the way the authors' `librosa.load` call did."""
+    y, native_sr = read_audio(path)
+    return resample(y, orig_sr=native_sr, target_sr=sr)
+
+
+def fit_length(y: np.ndarray, length: int) -> np.ndarray:
+    """Centre-pad with zeros or centre-crop `y` to `length` samples (the authors' rule)."""
+    n = len(y)
+    if n < length:
+        left = (length - n) // 2
+        return np.pad(y, (left, length - n - left))
+    start = (n - length) // 2
+    return y[start : start + length]
+
+
+def mfcc(y: np.ndarray, *, sr: int = SAMPLE_RATE, n_mfcc: int = N_MFCC) -> np.ndarray:
+    """MFCCs of `y` as (frames, n_mfcc) float32: librosa's defaults, transposed."""
+    import librosa
+
+    m = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=n_mfcc, n_fft=N_FFT, hop_length=HOP_LENGTH)
+    return np.ascontiguousarray(m.T, dtype=np.float32)

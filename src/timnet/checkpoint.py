@@ -1,0 +1,61 @@
+"""Checkpoints: weights plus every config needed to use them, in one file (like whisper's)."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .errors import TimnetError
+from .features import FeatureConfig
+from .model import TIMNet, TIMNetConfig
+from .utils import atomic_write
+
+FORMAT = "timnet-checkpoint/1"
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: TIMNet,
+    *,
+    feature_config: FeatureConfig,
+    labels: tuple[str, ...],
+    corpus: str,
+    extra: dict | None = None,
+) -> Path:
+    """Write weights, model and feature configs, labels and `extra` (e.g. fold indices) atomically."""
+    payload = {
+        "format": FORMAT,
+        "model_config": asdict(model.config),
+        "feature_config": asdict(feature_config),
+        "labels": list(labels),
+        "corpus": corpus,
+        "state_dict": model.state_dict(),
+        "extra": extra or {},
+    }
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw checkpoint dict, validated to be a timnet checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise TimnetError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a file that is not a checkpoint
+        raise TimnetError(f"{path}: not a readable timnet checkpoint ({type(e).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise TimnetError(f"{path}: not a timnet checkpoint; expected format {FORMAT}")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> tuple[TIMNet, dict]:
+    """(model in eval mode, checkpoint dict) from a checkpoint file alone."""
+    payload = read_checkpoint(path)
+    model = TIMNet(TIMNetConfig(**payload["model_config"]))
+    model.load_state_dict(payload["state_dict"])
+    payload["feature_config"] = FeatureConfig(**payload["feature_config"])
+    return model.eval(), payload

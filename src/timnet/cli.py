@@ -1,0 +1,112 @@
+"""The `timnet` command: argument parsing and printing only; the work is in the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import TimnetError
+
+CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
+
+
+def _warn(message: str) -> None:
+    print(f"timnet: warning: {message}", file=sys.stderr)
+
+
+def _write_json(path: str | Path, obj) -> None:
+    from .utils import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
+
+
+def cmd_corpora(args) -> int:
+    from .corpora import CORPORA
+
+    print(f"{'corpus':<8} {'signal':>7} {'seed':>4} {'levels':>6} {'files':>5}  labels / layout")
+    for c in CORPORA.values():
+        print(f"{c.name:<8} {c.signal_length:>7} {c.seed:>4} {c.dilations:>6} {c.n_files or '?':>5}  {' '.join(c.labels)}")
+        print(f"{'':<36}  {c.layout}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from .features import extract, save_features
+
+    if args.workers is not None and args.workers < 1:
+        raise TimnetError(f"--workers {args.workers} invalid; expected a positive number")
+    fs, skipped, bad = extract(args.corpus, args.data_dir, signal_length=args.signal_length,
+                                       workers=args.workers, skip_bad=args.skip_bad, progress=not args.quiet)
+    if skipped:
+        _warn(skipped)
+    if bad:
+        _warn(f"skipped {len(bad)} unreadable files (--skip-bad): " + "; ".join(bad))
+    save_features(fs, args.output)
+    counts = ", ".join(f"{name} {int((fs.y == i).sum())}" for i, name in enumerate(fs.labels))
+    speakers = len(set(fs.speakers.tolist())) if fs.speakers is not None else 0
+    print(f"{fs.corpus}: {len(fs)} utterances ({counts}), {speakers} speakers, features {fs.x.shape[1:]} -> {args.output}")
+    return 0
+
+
+def cmd_test(args) -> int:
+    from .corpora import get_corpus
+    from .evaluate import evaluate, fold_models, format_report, summarize
+    from .features import load_features
+
+    fs = load_features(args.features, corpus=args.corpus)
+    seed = args.seed if args.seed is not None else get_corpus(fs.corpus).seed
+    models = fold_models(args.weights, fs, folds=args.folds, seed=seed)
+    results, _ = evaluate(fs, models)
+    summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split="random", seed=seed)
+    print(format_report(summary))
+    if args.json:
+        _write_json(args.json, summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb (INTERFACE.md)."""
+    p = argparse.ArgumentParser(prog="timnet", description="TIM-Net speech emotion recognition (Ye et al., ICASSP 2023) in PyTorch.")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    s = sub.add_parser("corpora", help="list the supported corpora and their expected layouts")
+    s.set_defaults(func=cmd_corpora)
+
+    s = sub.add_parser("extract", help="compute the paper's MFCC features of a corpus tree")
+    s.add_argument("corpus", metavar="CORPUS", help=f"one of {', '.join(CORPUS_NAMES)} (any case)")
+    s.add_argument("data_dir", metavar="DATA_DIR", help="root of the corpus as its publisher ships it")
+    s.add_argument("-o", "--output", required=True, metavar="FEATURES.npz", help="where to write the features")
+    s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    s.add_argument("--signal-length", type=int, default=None, help="samples at 22050 Hz after centre pad/crop (default: the corpus's)")
+    s.add_argument("--skip-bad", action="store_true", help="skip unreadable, empty or truncated audio files instead of failing")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_extract)
+
+    s = sub.add_parser("test", help="evaluate one model per fold on its own test split")
+    s.add_argument("features", metavar="FEATURES", help="a timnet .npz, or an authors' .npy with --corpus")
+    s.add_argument("--weights", required=True, metavar="PATH", help="a RUN_DIR, or a folder of 10-fold_weights_best_<k>.hdf5")
+    s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
+    s.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
+    s.add_argument("--seed", type=int, default=None, help="KFold seed (default: the corpus's paper seed)")
+    s.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    s.set_defaults(func=cmd_test)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TimnetError as e:
+        print(f"timnet: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("timnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""The one exception type that user-facing code raises for bad input."""
+
+
+class TimnetError(Exception):
+    """Bad input: a missing path, an unknown name, an unreadable file, a weight file that does not fit.
+
+    The message is one line that names the offending file or value and what was expected;
+    the CLI prints it as ``timnet: error: <message>`` and exits non-zero.
+    """

@@ -1,0 +1,121 @@
+"""Evaluate one model per fold on that fold's test split, and summarise as INTERFACE.md's JSON."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics
+from .checkpoint import load_checkpoint
+from .errors import TimnetError
+from .features import FeatureSet
+from .folds import make_folds
+from .keras_import import keras_fold_files, load_keras_weights
+from .model import TIMNet, TIMNetConfig
+
+
+@torch.no_grad()
+def predict_proba(model: TIMNet, x: np.ndarray, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax probabilities (N, classes), fused features (N, C)) of a model in eval mode."""
+    model.eval()
+    probs, fused = [], []
+    for start in range(0, len(x), batch_size):
+        logits, z = model(torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])), return_features=True)
+        probs.append(logits.softmax(-1).numpy())
+        fused.append(z.numpy())
+    return np.concatenate(probs), np.concatenate(fused)
+
+
+@dataclass
+class FoldModel:
+    """A fold's model and the test indices it must be evaluated on."""
+
+    fold: int
+    model: TIMNet
+    test_idx: np.ndarray
+
+
+def _check_fits(config: TIMNetConfig, fs: FeatureSet, source: Path) -> None:
+    if config.n_classes != len(fs.labels):
+        raise TimnetError(f"{source}: model has {config.n_classes} classes; the {fs.corpus} features have {len(fs.labels)}")
+    if config.n_features != fs.x.shape[2]:
+        raise TimnetError(f"{source}: model expects {config.n_features} MFCCs per frame; the features have {fs.x.shape[2]}")
+
+
+def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, split: str = "random") -> list[FoldModel]:
+    """Per-fold models from a timnet RUN_DIR (its saved test indices) or a folder of the authors' HDF5 files."""
+    weights = Path(weights)
+    if not weights.is_dir():
+        raise TimnetError(f"{weights}: no such weights folder; expected a RUN_DIR or a folder of 10-fold_weights_best_<k>.hdf5")
+    run_ckpts = sorted(weights.glob("fold_*/model.pt"))
+    if run_ckpts:
+        out = []
+        for path in run_ckpts:
+            model, ckpt = load_checkpoint(path)
+            _check_fits(model.config, fs, path)
+            test_idx = np.asarray(ckpt["extra"]["test_idx"], dtype=np.int64)
+            if ckpt["extra"].get("n_samples") != len(fs):
+                raise TimnetError(f"{path}: trained on {ckpt['extra'].get('n_samples')} samples; these features have {len(fs)}")
+            out.append(FoldModel(int(ckpt["extra"]["fold"]), model, test_idx))
+        return out
+    splits = make_folds(len(fs), folds=folds, seed=seed, split=split, speakers=fs.speakers)
+    out = []
+    for k, path in enumerate(keras_fold_files(weights, folds), start=1):
+        model = load_keras_weights(path)
+        _check_fits(model.config, fs, path)
+        out.append(FoldModel(k, model, splits[k - 1][1]))
+    return out
+
+
+def evaluate(fs: FeatureSet, models: list[FoldModel]) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Per-fold results and per-sample outputs (probs, fused, test_fold) of every test sample."""
+    n, c = len(fs), len(fs.labels)
+    probs = np.full((n, c), np.nan, dtype=np.float32)
+    fused = np.full((n, models[0].model.config.n_filters), np.nan, dtype=np.float32)
+    test_fold = np.zeros(n, dtype=np.int64)
+    results = []
+    for fm in models:
+        p, z = predict_proba(fm.model, fs.x[fm.test_idx])
+        probs[fm.test_idx], fused[fm.test_idx], test_fold[fm.test_idx] = p, z, fm.fold
+        results.append(fold_result(fm.fold, fs, fm.test_idx, p.argmax(1)))
+    return results, {"probs": probs, "fused": fused, "test_fold": test_fold}
+
+
+def fold_result(fold: int, fs: FeatureSet, test_idx: np.ndarray, pred: np.ndarray) -> dict:
+    """One fold's entry of the results JSON."""
+    cm = metrics.confusion_matrix(fs.y[test_idx], pred, n_classes=len(fs.labels))
+    speakers = sorted(set(fs.speakers[test_idx].tolist())) if fs.speakers is not None else []
+    return {"fold": fold, "war": metrics.war(cm), "uar": metrics.uar(cm), "n_test": int(len(test_idx)),
+            "test_speakers": speakers, "confusion": cm.tolist()}
+
+
+def summarize(fold_results: list[dict], *, corpus: str, labels: tuple[str, ...], split: str, seed: int) -> dict:
+    """INTERFACE.md's results JSON: per-fold entries, means and (population) standard deviations."""
+    wars = np.array([r["war"] for r in fold_results])
+    uars = np.array([r["uar"] for r in fold_results])
+    return {
+        "corpus": corpus, "split": split, "folds_n": len(fold_results), "seed": seed, "labels": list(labels),
+        "folds": fold_results,
+        "mean_war": float(wars.mean()), "mean_uar": float(uars.mean()),
+        "std_war": float(wars.std()), "std_uar": float(uars.std()),
+    }
+
+
+def format_report(summary: dict) -> str:
+    """A readable table of folds, mean ± std, and per-class figures pooled over folds."""
+    lines = [f"{summary['corpus']}  split={summary['split']}  folds={summary['folds_n']}  seed={summary['seed']}", "",
+             f"{'fold':>4} {'n_test':>6} {'WAR':>7} {'UAR':>7}"]
+    for r in summary["folds"]:
+        lines.append(f"{r['fold']:>4} {r['n_test']:>6} {r['war']:>7.4f} {r['uar']:>7.4f}")
+    lines.append(f"{'mean':>4} {'':>6} {summary['mean_war']:>7.4f} {summary['mean_uar']:>7.4f}")
+    lines.append(f"{'std':>4} {'':>6} {summary['std_war']:>7.4f} {summary['std_uar']:>7.4f}")
+    cm = np.sum([np.array(r["confusion"]) for r in summary["folds"]], axis=0)
+    pc = metrics.per_class(cm)
+    lines += ["", f"{'class':>10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}"]
+    for i, name in enumerate(summary["labels"]):
+        lines.append(f"{name:>10} {pc['precision'][i]:>9.4f} {pc['recall'][i]:>7.4f} {pc['f1'][i]:>7.4f} {pc['support'][i]:>7d}")
+    if summary["split"] == "random":
+        lines += ["", "note: random (utterance-level) folds put the same speakers in training and test."]
+    return "\n".join(lines)

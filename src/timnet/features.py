@@ -1,0 +1,209 @@
+"""Feature sets: extraction of a whole corpus, and saving/loading them (.npz, authors' .npy)."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import audio
+from .corpora import Corpus, get_corpus, list_corpus, skip_summary
+from .errors import TimnetError
+from .utils import atomic_write
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How a waveform becomes the network's input; saved with features and inside checkpoints."""
+
+    signal_length: int = 96000  # samples at `sample_rate` after centre pad/crop
+    sample_rate: int = audio.SAMPLE_RATE
+    n_mfcc: int = audio.N_MFCC
+    n_fft: int = audio.N_FFT
+    hop_length: int = audio.HOP_LENGTH
+
+    @property
+    def frames(self) -> int:
+        """Frames per utterance: librosa's centred STFT gives 1 + L // hop."""
+        return 1 + self.signal_length // self.hop_length
+
+    def __post_init__(self):
+        fixed = (audio.N_FFT, audio.HOP_LENGTH)
+        if (self.n_fft, self.hop_length) != fixed:
+            raise TimnetError(f"n_fft/hop_length {self.n_fft}/{self.hop_length} unsupported; expected {fixed}")
+        if self.signal_length < self.hop_length:
+            raise TimnetError(f"signal length {self.signal_length} too short; expected >= {self.hop_length} samples")
+
+
+def waveform_features(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """(frames, n_mfcc) features of a mono waveform already at `config.sample_rate`."""
+    y = audio.fit_length(np.asarray(y, dtype=np.float32), config.signal_length)
+    return audio.mfcc(y, sr=config.sample_rate, n_mfcc=config.n_mfcc)
+
+
+def file_features(path: str | Path, config: FeatureConfig) -> np.ndarray:
+    """(frames, n_mfcc) features of one audio file, computed exactly as for training."""
+    return waveform_features(audio.load_audio(path, sr=config.sample_rate), config)
+
+
+@dataclass
+class FeatureSet:
+    """The features of a corpus, one row per utterance in the sample order of SPEC.md §1."""
+
+    x: np.ndarray  # (N, frames, n_mfcc) float32
+    y: np.ndarray  # (N,) int64 class indices
+    labels: tuple[str, ...]
+    corpus: str
+    config: FeatureConfig
+    speakers: np.ndarray | None = None  # (N,) str, None for the authors' .npy files
+    files: np.ndarray | None = None  # (N,) str, paths relative to the corpus root
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def _worker_features(job: tuple[str, FeatureConfig]) -> np.ndarray | str:
+    path, config = job
+    try:
+        return file_features(path, config)
+    except TimnetError as e:
+        return str(e)  # reported by the parent, which decides between failing and skipping
+
+
+def _pool_context():
+    # fork shares the already imported librosa/numpy with the workers (seconds saved per worker);
+    # elsewhere fall back to the platform default.
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context()
+
+
+def extract(
+    corpus: Corpus | str,
+    root: str | Path,
+    *,
+    signal_length: int | None = None,
+    workers: int | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> tuple[FeatureSet, str | None, list[str]]:
+    """Features of every utterance of a corpus tree; returns (features, skipped, bad).
+
+    `skipped` is a one-line summary of the audio files that do not fit the corpus naming
+    (None if none); `bad` lists unreadable files, which raise unless `skip_bad`.
+    """
+    from tqdm.auto import tqdm
+
+    corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
+    root = Path(root)
+    listing = list_corpus(corpus, root)
+    config = FeatureConfig(signal_length=signal_length or corpus.signal_length)
+    jobs = [(str(root / item.path), config) for item in listing.items]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    bar = tqdm(total=len(jobs), desc=f"extract {corpus.name}", unit="file", disable=not progress)
+    if workers == 1:
+        results = []
+        for job in jobs:
+            results.append(_worker_features(job))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+            results = []
+            for r in pool.map(_worker_features, jobs, chunksize=8):
+                results.append(r)
+                bar.update()
+    bar.close()
+
+    bad = [r for r in results if isinstance(r, str)]
+    if bad and not skip_bad:
+        more = f" (and {len(bad) - 1} more bad files; --skip-bad skips them)" if len(bad) > 1 else " (--skip-bad skips it)"
+        raise TimnetError(bad[0] + more)
+    keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    if not keep:
+        raise TimnetError(f"no readable audio under {root}")
+    items = [listing.items[i] for i in keep]
+    fs = FeatureSet(
+        x=np.stack([results[i] for i in keep]).astype(np.float32, copy=False),
+        y=np.array([it.label for it in items], dtype=np.int64),
+        labels=tuple(corpus.labels),
+        corpus=corpus.name,
+        config=config,
+        speakers=np.array([it.speaker for it in items]),
+        files=np.array([it.path for it in items]),
+    )
+    return fs, skip_summary(listing), bad
+
+
+def save_features(fs: FeatureSet, path: str | Path) -> Path:
+    """Write a FeatureSet as .npz atomically (a killed run leaves no partial file)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise TimnetError(f"{path}: features are saved as .npz; expected a path ending in .npz")
+    meta = {"corpus": fs.corpus, "labels": list(fs.labels), "config": asdict(fs.config), **fs.meta}
+    arrays = dict(x=fs.x, y=fs.y, meta=np.array(json.dumps(meta)))
+    if fs.speakers is not None:
+        arrays["speakers"] = fs.speakers.astype(str)
+    if fs.files is not None:
+        arrays["files"] = fs.files.astype(str)
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    return path
+
+
+def _load_npz(path: Path) -> FeatureSet:
+    with np.load(path, allow_pickle=False) as z:
+        if not {"x", "y", "meta"} <= set(z.files):
+            raise TimnetError(f"{path}: not a timnet feature file; expected arrays x, y, meta (from `timnet extract`)")
+        meta = json.loads(str(z["meta"]))
+        return FeatureSet(
+            x=z["x"].astype(np.float32, copy=False),
+            y=z["y"].astype(np.int64, copy=False),
+            labels=tuple(meta.pop("labels")),
+            corpus=meta.pop("corpus"),
+            config=FeatureConfig(**meta.pop("config")),
+            speakers=z["speakers"] if "speakers" in z.files else None,
+            files=z["files"] if "files" in z.files else None,
+            meta=meta,
+        )
+
+
+def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
+    if corpus is None:
+        raise TimnetError(f"{path}: an authors' .npy feature file needs --corpus (one of casia, emodb, emovo, iemocap, ravdess, savee)")
+    c = get_corpus(corpus)
+    try:
+        d = np.load(path, allow_pickle=True).item()
+        x, onehot = np.asarray(d["x"], dtype=np.float32), np.asarray(d["y"])
+    except Exception as e:  # a pickle can fail in many ways; all mean "not that format"
+        raise TimnetError(f"{path}: not an authors' feature file; expected a pickled dict with 'x' and 'y' ({type(e).__name__})") from None
+    if x.ndim != 3 or onehot.ndim != 2 or len(x) != len(onehot):
+        raise TimnetError(f"{path}: expected x (N, frames, n_mfcc) and one-hot y (N, classes); got {x.shape} and {onehot.shape}")
+    if onehot.shape[1] != len(c.labels):
+        raise TimnetError(f"{path}: y has {onehot.shape[1]} classes; {c.name} has {len(c.labels)} ({', '.join(c.labels)})")
+    signal_length = (x.shape[1] - 1) * audio.HOP_LENGTH  # smallest length giving these frames
+    config = FeatureConfig(signal_length=c.signal_length if (c.signal_length // audio.HOP_LENGTH + 1) == x.shape[1] else signal_length, n_mfcc=x.shape[2])
+    return FeatureSet(x=x, y=onehot.argmax(1).astype(np.int64), labels=tuple(c.labels), corpus=c.name, config=config, meta={"source": "authors-npy"})
+
+
+def load_features(path: str | Path, *, corpus: str | None = None) -> FeatureSet:
+    """Load a timnet .npz, or one of the authors' .npy files (which needs `corpus`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TimnetError(f"{path}: no such feature file")
+    if path.suffix == ".npy":
+        fs = _load_authors_npy(path, corpus)
+    else:
+        try:
+            fs = _load_npz(path)
+        except (ValueError, OSError, KeyError, json.JSONDecodeError) as e:
+            raise TimnetError(f"{path}: not a readable .npz feature file ({type(e).__name__}: {e})") from None
+        if corpus is not None and get_corpus(corpus).name != fs.corpus:
+            raise TimnetError(f"{path}: holds {fs.corpus} features, but --corpus {corpus} was given")
+    return fs

@@ -1,0 +1,148 @@
+"""Import the authors' Keras 2.4 `save_weights` HDF5 files (SPEC.md §5) into a TIMNet.
+
+Keras names layers by a global creation counter (conv1d_34, conv1d_35, ...), so the mapping
+is by the order of those numbers, not by name: the two 1x1 input convs (forward, backward),
+then per level the forward block's conv1, conv2 and the backward block's conv1, conv2.
+Every tensor's shape is checked and every key of the PyTorch model must be filled exactly once.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import TimnetError
+from .model import TIMNet, TIMNetConfig
+
+FOLD_FILE = "10-fold_weights_best_{k}.hdf5"
+
+
+def _suffix(name: str) -> int:
+    m = re.search(r"_(\d+)$", name)
+    return int(m.group(1)) if m else 0  # Keras leaves the first layer of a kind unnumbered
+
+
+def _read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """{layer name: {weight name without layer prefix and ':0': array}} for layers with weights."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise TimnetError(f"{path}: not an HDF5 weight file ({e})") from None
+    with f:
+        g = f["model_weights"] if "model_weights" in f else f  # save() files nest the weights
+        if "layer_names" not in g.attrs:
+            raise TimnetError(f"{path}: no 'layer_names' attribute; expected a Keras save_weights HDF5 file")
+        layers = {}
+        for raw in g.attrs["layer_names"]:
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in g[name].attrs.get("weight_names", [])]
+            if names:
+                layers[name] = {n.split("/")[-1].split(":")[0]: np.asarray(g[name][n]) for n in names}
+        return layers
+
+
+def _of_kind(layers: dict, kind: str) -> list[str]:
+    return sorted((n for n in layers if re.fullmatch(rf"{kind}(_\d+)?", n)), key=_suffix)
+
+
+def config_from_keras(path: str | Path) -> TIMNetConfig:
+    """The TIMNetConfig a weight file implies (levels, widths, classes), checked for consistency."""
+    path = Path(path)
+    layers = _read_layers(path)
+    convs, bns = _of_kind(layers, "conv1d"), _of_kind(layers, "batch_normalization")
+    weights, dense = _of_kind(layers, "weight_layer"), _of_kind(layers, "dense")
+    if len(weights) != 1 or len(dense) != 1 or len(convs) < 6 or (len(convs) - 2) % 4:
+        raise TimnetError(
+            f"{path}: expected 2 + 4n conv1d layers, 4n batch_normalization, 1 weight_layer and 1 dense; "
+            f"found {len(convs)}, {len(bns)}, {len(weights)}, {len(dense)}"
+        )
+    levels = (len(convs) - 2) // 4
+    if len(bns) != 4 * levels:
+        raise TimnetError(f"{path}: {len(convs)} conv1d layers imply {levels} levels and {4 * levels} batch_normalization layers; found {len(bns)}")
+    k_in = layers[convs[0]].get("kernel")
+    k_block = layers[convs[2]].get("kernel")
+    k_dense = layers[dense[0]].get("kernel")
+    if k_in is None or k_block is None or k_dense is None or k_in.ndim != 3 or k_block.ndim != 3 or k_dense.ndim != 2:
+        raise TimnetError(f"{path}: conv1d/dense layers lack 3-D/2-D 'kernel' weights")
+    return TIMNetConfig(
+        n_features=k_in.shape[1], n_filters=k_in.shape[2], kernel_size=k_block.shape[0],
+        dilations=levels, n_classes=k_dense.shape[1],
+    )
+
+
+def _keras_tensors(layers: dict, levels: int) -> dict[str, np.ndarray]:
+    """Map Keras weights to PyTorch state-dict keys, converting layouts (not yet shape-checked)."""
+    convs, bns = _of_kind(layers, "conv1d"), _of_kind(layers, "batch_normalization")
+    out: dict[str, np.ndarray] = {}
+
+    def conv(key: str, layer: str):
+        w = layers[layer]
+        out[f"{key}.weight"] = np.transpose(w["kernel"], (2, 1, 0))  # (k, in, out) -> (out, in, k)
+        out[f"{key}.bias"] = w["bias"]
+
+    def bn(key: str, layer: str):
+        w = layers[layer]
+        for theirs, ours in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"), ("moving_variance", "running_var")):
+            out[f"{key}.{ours}"] = w[theirs]
+
+    conv("forward_in", convs[0])
+    conv("backward_in", convs[1])
+    for j in range(levels):
+        for s, stream in enumerate(("forward_blocks", "backward_blocks")):
+            for i in (1, 2):
+                idx = 4 * j + 2 * s + (i - 1)
+                conv(f"{stream}.{j}.conv{i}", convs[2 + idx])
+                bn(f"{stream}.{j}.bn{i}", bns[idx])
+    out["fusion"] = layers[_of_kind(layers, "weight_layer")[0]]["kernel"].reshape(-1)
+    d = layers[_of_kind(layers, "dense")[0]]
+    out["classifier.weight"] = d["kernel"].T
+    out["classifier.bias"] = d["bias"]
+    return out
+
+
+def load_keras_weights(path: str | Path, *, config: TIMNetConfig | None = None) -> TIMNet:
+    """A TIMNet (eval mode) holding the weights of one authors' HDF5 file.
+
+    With `config`, the file must fit it exactly (e.g. the corpus's class count); without,
+    the config is read off the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TimnetError(f"{path}: no such weight file")
+    found = config_from_keras(path)
+    if config is not None and found != config:
+        diffs = ", ".join(f"{k} {getattr(found, k)} (expected {getattr(config, k)})" for k in found.__dataclass_fields__ if getattr(found, k) != getattr(config, k) and k != "dropout")
+        if diffs:
+            raise TimnetError(f"{path}: does not fit the model: {diffs}")
+        found = config
+    model = TIMNet(found)
+    try:
+        tensors = _keras_tensors(_read_layers(path), found.dilations)
+    except KeyError as e:
+        raise TimnetError(f"{path}: a layer lacks the weight {e}; expected kernel/bias, gamma/beta/moving_mean/moving_variance") from None
+    target = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing, extra = sorted(set(target) - set(tensors)), sorted(set(tensors) - set(target))
+    if missing or extra:
+        raise TimnetError(f"{path}: weights do not map onto the model: missing {missing[:3]}, unexpected {extra[:3]}")
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(target[key].shape):
+            raise TimnetError(f"{path}: {key} has shape {tuple(value.shape)}; expected {tuple(target[key].shape)}")
+        target[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+    model.load_state_dict(target, strict=False)  # strict minus num_batches_tracked, checked above
+    return model.eval()
+
+
+def keras_fold_files(folder: str | Path, folds: int) -> list[Path]:
+    """The authors' per-fold files 10-fold_weights_best_<k>.hdf5, k = 1..folds; all must exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TimnetError(f"{folder}: no such weights folder")
+    files = [folder / FOLD_FILE.format(k=k) for k in range(1, folds + 1)]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise TimnetError(f"{folder}: missing fold weights {', '.join(missing)}; expected {FOLD_FILE.format(k='<k>')} for k = 1..{folds}")
+    return files

@@ -1,0 +1,112 @@
+"""TIM-Net: the temporal-aware bi-directional network of Ye et al. (ICASSP 2023), SPEC.md §3.
+
+Tensors are (B, T, F) at the boundary, as the MFCC features are stored; inside, convolutions
+run on (B, C, T). The module never touches files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Keras BatchNormalization defaults, which the authors' weights were trained with:
+# moving = 0.99 * moving + 0.01 * batch, and epsilon 1e-3 inside the square root.
+BN_MOMENTUM = 0.01
+BN_EPS = 1e-3
+
+
+@dataclass(frozen=True)
+class TIMNetConfig:
+    """Shape of a TIM-Net; saved inside every checkpoint so a checkpoint alone rebuilds its model."""
+
+    n_features: int = 39  # MFCCs per frame
+    n_filters: int = 39  # channels C of every temporal-aware block
+    kernel_size: int = 2
+    dilations: int = 8  # temporal-aware blocks per direction; block j has dilation 2**j
+    dropout: float = 0.1  # spatial dropout: whole channels
+    n_classes: int = 7
+
+
+class CausalConv1d(nn.Conv1d):
+    """Conv1d that sees only the present and the past: left zero padding of (k-1)*d."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, dilation=dilation)
+        self.left_pad = (kernel_size - 1) * dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (self.left_pad, 0)))
+
+
+class TemporalAwareBlock(nn.Module):
+    """Two dilated causal convs (BN, ReLU, spatial dropout each) whose sigmoid gates the input."""
+
+    def __init__(self, in_channels: int, config: TIMNetConfig, dilation: int):
+        super().__init__()
+        c = config.n_filters
+        self.conv1 = CausalConv1d(in_channels, c, config.kernel_size, dilation)
+        self.bn1 = nn.BatchNorm1d(c, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.conv2 = CausalConv1d(c, c, config.kernel_size, dilation)
+        self.bn2 = nn.BatchNorm1d(c, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.dropout = nn.Dropout1d(config.dropout)  # on (B, C, T) it zeroes whole channels
+        # The authors only project x when its width differs; with n_features == n_filters after
+        # the 1x1 input conv this never happens, so their weight files hold no such layer.
+        self.skip = nn.Conv1d(in_channels, c, 1) if in_channels != c else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(F.relu(self.bn1(self.conv1(x))))
+        h = self.dropout(F.relu(self.bn2(self.conv2(h))))
+        gate = torch.sigmoid(h)  # a multiplicative gate: there is no additive residual
+        return (x if self.skip is None else self.skip(x)) * gate
+
+
+class TIMNet(nn.Module):
+    """TIM-Net: logits (B, n_classes) from MFCCs (B, T, F); `return_features` adds the fused (B, C)."""
+
+    def __init__(self, config: TIMNetConfig):
+        super().__init__()
+        self.config = config
+        c = config.n_filters
+        self.forward_in = nn.Conv1d(config.n_features, c, 1)
+        self.backward_in = nn.Conv1d(config.n_features, c, 1)
+        self.forward_blocks = nn.ModuleList(TemporalAwareBlock(c, config, 2**j) for j in range(config.dilations))
+        self.backward_blocks = nn.ModuleList(TemporalAwareBlock(c, config, 2**j) for j in range(config.dilations))
+        # Dynamic fusion: one free weight per level, no bias, no softmax (the authors' WeightLayer).
+        self.fusion = nn.Parameter(torch.empty(config.dilations))
+        self.classifier = nn.Linear(c, config.n_classes)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Keras's defaults, so training from scratch starts where the authors' did."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv1d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)  # Glorot uniform; fans match Keras's for (out, in, k)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm1d):
+                m.reset_parameters()
+        nn.init.uniform_(self.fusion, -0.05, 0.05)
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused penultimate features (B, C): the input of the classifier, used for t-SNE."""
+        x = x.transpose(1, 2)  # (B, F, T)
+        fwd = self.forward_in(x)
+        bwd = self.backward_in(x.flip(-1))  # the backward stream reads the utterance reversed
+        levels = []
+        for fblock, bblock in zip(self.forward_blocks, self.backward_blocks):
+            fwd, bwd = fblock(fwd), bblock(bwd)
+            # Averaging over time makes the time direction of `bwd` irrelevant here.
+            levels.append((fwd + bwd).mean(dim=-1))
+        return torch.einsum("bnc,n->bc", torch.stack(levels, dim=1), self.fusion)
+
+    def forward(self, x: torch.Tensor, *, return_features: bool = False):
+        z = self.fused(x)
+        logits = self.classifier(z)
+        return (logits, z) if return_features else logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (BN running statistics excluded, unlike Keras's count)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,127 @@
+"""Import of the authors' Keras HDF5 weights: a synthetic round trip, refusals, real parity."""
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import PRETRAINED, need
+from timnet.errors import TimnetError
+from timnet.keras_import import config_from_keras, keras_fold_files, load_keras_weights
+from timnet.model import TIMNet, TIMNetConfig
+
+
+def write_keras_h5(model: TIMNet, path, *, conv_start=8, bn_start=9):
+    """Write `model` the way Keras 2.4 save_weights lays out TIM-Net (numbering crosses 9 -> 10)."""
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    layers = {}
+    convs = ["forward_in", "backward_in"]
+    bns = []
+    for j in range(model.config.dilations):
+        for stream in ("forward_blocks", "backward_blocks"):
+            convs += [f"{stream}.{j}.conv1", f"{stream}.{j}.conv2"]
+            bns += [f"{stream}.{j}.bn1", f"{stream}.{j}.bn2"]
+    for i, key in enumerate(convs):
+        layers[f"conv1d_{conv_start + i}"] = {"kernel": sd[f"{key}.weight"].transpose(2, 1, 0), "bias": sd[f"{key}.bias"]}
+    for i, key in enumerate(bns):
+        layers[f"batch_normalization_{bn_start + i}"] = {
+            "gamma": sd[f"{key}.weight"], "beta": sd[f"{key}.bias"],
+            "moving_mean": sd[f"{key}.running_mean"], "moving_variance": sd[f"{key}.running_var"]}
+    layers["weight_layer_1"] = {"kernel": sd["fusion"].reshape(-1, 1)}
+    layers["dense_1"] = {"kernel": sd["classifier.weight"].T, "bias": sd["classifier.bias"]}
+    # Store layers in a scrambled order, as Keras's topological listing is not creation order.
+    names = sorted(layers, key=lambda n: n[::-1]) + ["input_2", "activation_3"]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([n.encode() for n in names])
+        for name in names:
+            g = f.create_group(name)
+            weights = layers.get(name, {})
+            g.attrs["weight_names"] = np.array([f"{name}/{w}:0".encode() for w in weights])
+            for w, value in weights.items():
+                g.create_dataset(f"{name}/{w}:0", data=value)
+    return path
+
+
+def randomised(config):
+    torch.manual_seed(1)
+    model = TIMNet(config)
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if "running" in name:
+                b.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("levels,classes", [(8, 7), (10, 4)])
+def test_round_trip(tmp_path, levels, classes):
+    model = randomised(TIMNetConfig(dilations=levels, n_classes=classes))
+    path = write_keras_h5(model, tmp_path / "w.hdf5")
+    assert config_from_keras(path) == model.config
+    imported = load_keras_weights(path)
+    for k, v in model.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(imported.state_dict()[k], v), k
+    x = torch.randn(2, 40, 39)
+    assert torch.allclose(imported(x), model(x))
+
+
+def test_refuses_wrong_class_count(tmp_path):
+    path = write_keras_h5(randomised(TIMNetConfig(n_classes=6)), tmp_path / "w.hdf5")
+    with pytest.raises(TimnetError, match="n_classes 6 \\(expected 7\\)"):
+        load_keras_weights(path, config=TIMNetConfig(n_classes=7))
+
+
+def test_refuses_bad_shape_and_missing_layer(tmp_path):
+    path = write_keras_h5(randomised(TIMNetConfig()), tmp_path / "w.hdf5")
+    with h5py.File(path, "a") as f:
+        del f["conv1d_20/conv1d_20/kernel:0"]
+        f["conv1d_20"].create_dataset("conv1d_20/kernel:0", data=np.zeros((3, 39, 39), np.float32))
+    with pytest.raises(TimnetError, match=r"conv1 .*weight has shape \(39, 39, 3\); expected \(39, 39, 2\)|shape"):
+        load_keras_weights(path)
+    path2 = write_keras_h5(randomised(TIMNetConfig()), tmp_path / "w2.hdf5")
+    with h5py.File(path2, "a") as f:
+        names = [n for n in f.attrs["layer_names"] if n != b"batch_normalization_9"]
+        f.attrs["layer_names"] = np.array(names)
+    with pytest.raises(TimnetError, match="batch_normalization"):
+        load_keras_weights(path2)
+
+
+def test_refuses_non_hdf5_and_missing_fold(tmp_path):
+    bad = tmp_path / "10-fold_weights_best_1.hdf5"
+    bad.write_text("not hdf5")
+    with pytest.raises(TimnetError, match="not an HDF5 weight file"):
+        load_keras_weights(bad)
+    with pytest.raises(TimnetError, match="missing fold weights 10-fold_weights_best_2.hdf5"):
+        keras_fold_files(tmp_path, 3)
+
+
+# ---- real-data tier -------------------------------------------------------------------------
+
+@pytest.mark.realdata
+def test_emodb_weights_reproduce_reference(reference):
+    """Each sample's probabilities and fused features under its test-fold model, within 1e-4."""
+    folder = need(PRETRAINED / "EMODB_46")
+    for k, path in enumerate(keras_fold_files(folder, 10), start=1):
+        model = load_keras_weights(path, config=TIMNetConfig(n_classes=7))
+        idx = np.flatnonzero(reference["test_fold"] == k)
+        with torch.no_grad():
+            logits, fused = model(torch.from_numpy(reference["mfcc"][idx]), return_features=True)
+        np.testing.assert_allclose(logits.softmax(-1).numpy(), reference["probs"][idx], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(fused.numpy(), reference["fused"][idx], atol=1e-4, rtol=0)
+
+
+@pytest.mark.realdata
+def test_casia_weights_import_and_refusals(tmp_path):
+    folder = need(PRETRAINED / "CASIA_32")
+    for path in keras_fold_files(folder, 10):
+        model = load_keras_weights(path, config=TIMNetConfig(n_classes=6))
+        assert model.config.n_classes == 6 and model.config.dilations == 8
+    with pytest.raises(TimnetError, match="n_classes 6 \\(expected 7\\)"):
+        load_keras_weights(folder / "10-fold_weights_best_1.hdf5", config=TIMNetConfig(n_classes=7))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for k in range(1, 10):
+        shutil.copy(folder / f"10-fold_weights_best_{k}.hdf5", partial)
+    with pytest.raises(TimnetError, match="missing fold weights 10-fold_weights_best_10.hdf5"):
+        keras_fold_files(partial, 10)
