@@ -1,0 +1,394 @@
+"""The corpus registry: each supported corpus's facts, and the walker that lists and labels its files.
+
+Listing looks only at names (and, for IEMOCAP, at its label text files); it never decodes audio,
+so it is fast and leaves unreadable files to the audio loader. The order of the listing decides
+the cross-validation folds (SPEC §1): class index first, then the natural order of the path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, NamedTuple
+
+from timnet.errors import TimnetError
+
+# Files with these extensions are worth reporting when they do not fit a layout; anything else
+# (README.txt, .mp4, .lab, ...) is ignored silently. Compared case-insensitively.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled utterance."""
+
+    path: str  # POSIX path relative to the corpus root
+    label: int  # class index into Corpus.labels
+    speaker: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a corpus walker found: the usable utterances, and the audio files it set aside."""
+
+    items: tuple[Item, ...]  # in sample order
+    skipped: tuple[tuple[str, str], ...]  # (relative path, reason) of audio files not used
+    corpus: str = ""  # canonical corpus name, for messages
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The facts of one corpus (SPEC §2) and the function that lists its files."""
+
+    name: str
+    labels: tuple[str, ...]
+    signal_length: int  # samples at 22050 Hz
+    seed: int  # the paper's KFold seed
+    dilations: int  # number of Temporal-Aware Blocks per stream
+    n_speakers: int
+    n_files: int | None  # utterances used from the full public corpus
+    layout: str  # one line, for `timnet corpora` and error messages
+    scan: Callable[[Path], Listing]
+
+
+# --- ordering and reporting ----------------------------------------------------------------
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple:
+    """Natural sort key: digit runs compare as integers ("a2" < "a10"), the rest case-sensitively."""
+    # natsort normalises to NFD by default; doing the same keeps composed and decomposed names equal.
+    parts = _DIGITS.split(unicodedata.normalize("NFD", text))
+    # re.split alternates text (even positions) and digit runs (odd), so str never meets int.
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
+
+
+def skip_summary(listing: Listing, *, limit: int = 5) -> str | None:
+    """One line naming the skipped files and why, for a warning; None when nothing was skipped."""
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    skipped = listing.skipped
+    if not skipped:
+        return None
+    noun = "file" if len(skipped) == 1 else "files"
+    where = f" not matching the {listing.corpus} layout" if listing.corpus else ""
+    text = f"skipped {len(skipped)} {noun}{where}"
+    shown = ", ".join(f"{path} ({reason})" for path, reason in skipped[:limit])
+    if shown:
+        text += f": {shown}"
+    if len(skipped) > limit:
+        text += f" (+{len(skipped) - limit} more)"
+    return text
+
+
+# --- walking --------------------------------------------------------------------------------
+
+
+def _hidden(name: str) -> bool:
+    # dot files include macOS "._x.wav" resource forks; __MACOSX holds them in zip extractions
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _walk(root: Path) -> list[str]:
+    """Relative POSIX paths of every visible file under root, in natural order."""
+
+    def fail(error: OSError) -> None:
+        raise TimnetError(f"cannot read directory {error.filename}: {error.strerror}")
+
+    seen, found = set(), []
+    for folder, dirs, files in os.walk(root, onerror=fail, followlinks=True):
+        # following links lets speakers be symlinked in; the real-path set stops link loops
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not _hidden(d)]
+        rel = Path(folder).relative_to(root)
+        found += [(rel / f).as_posix() for f in files if not _hidden(f)]
+    return sorted(found, key=natural_key)
+
+
+def _is_audio(path: str) -> bool:
+    return path.lower().endswith(AUDIO_EXTENSIONS)
+
+
+class _Match(NamedTuple):
+    label: str  # class name
+    speaker: str
+    utterance: str  # identity of the recording, to drop a second copy of it
+
+
+def _listing(
+    root: Path, corpus: str, found: list[tuple[str, _Match]], skipped: list[tuple[str, str]]
+) -> Listing:
+    """Sort matched files into sample order, setting aside second copies of a recording."""
+    labels = CORPORA[corpus].labels
+    kept: dict[str, str] = {}
+    items = []
+    # shallowest copy first, so a nested duplicate tree (as in some re-packaged downloads) loses
+    for path, match in sorted(found, key=lambda f: (f[0].count("/"), natural_key(f[0]), f[0])):
+        # An empty or broken file stays listed: the audio loader names it as an error (or skips it
+        # under --skip-bad), since a silently missing utterance would change the folds.
+        if match.utterance in kept:
+            skipped.append((path, f"duplicate of {kept[match.utterance]}"))
+        else:
+            kept[match.utterance] = path
+            items.append(Item(path=path, label=labels.index(match.label), speaker=match.speaker))
+    # the raw path breaks ties that natural_key leaves (e.g. "a01" vs "a1") so the order is stable
+    items.sort(key=lambda item: (item.label, natural_key(item.path), item.path))
+    skipped.sort(key=lambda s: (natural_key(s[0]), s[0]))
+    return Listing(items=tuple(items), skipped=tuple(skipped), corpus=corpus)
+
+
+def _scan_names(root: Path, corpus: str, parse: Callable[[PurePosixPath], _Match | str]) -> Listing:
+    """List a corpus whose labels are in its paths: parse gives a match or the reason to skip."""
+    found, skipped = [], []
+    for path in filter(_is_audio, _walk(root)):
+        pure = PurePosixPath(path)
+        result = parse(pure) if pure.suffix.lower() == ".wav" else "not .wav"
+        if isinstance(result, str):
+            skipped.append((path, result))
+        else:
+            found.append((path, result))
+    return _listing(root, corpus, found, skipped)
+
+
+# --- the six layouts ------------------------------------------------------------------------
+
+_CASIA_LABELS = ("angry", "fear", "happy", "neutral", "sad", "surprise")
+_CASIA_NAME = re.compile(r"\d+")
+
+
+def scan_casia(root: Path) -> Listing:
+    """List CASIA's <speaker>/<emotion>/<NNN>.wav files."""
+
+    def parse(path: PurePosixPath) -> _Match | str:
+        if len(path.parts) < 3 or not _CASIA_NAME.fullmatch(path.stem):
+            return "name"
+        speaker, emotion = path.parts[-3], path.parts[-2].lower()
+        if emotion not in _CASIA_LABELS:
+            return f"emotion folder {path.parts[-2]!r}"
+        return _Match(emotion, speaker, f"{speaker}/{emotion}/{path.stem}")
+
+    return _scan_names(root, "CASIA", parse)
+
+
+_EMODB_EMOTIONS = {
+    "W": "angry", "L": "boredom", "E": "disgust", "A": "fear", "F": "happy", "T": "sad", "N": "neutral",
+}
+_EMODB_NAME = re.compile(r"(\d\d)([a-z]\d\d)([WLEAFTN])([a-z])")
+
+
+def scan_emodb(root: Path) -> Listing:
+    """List EMODB's wav/<speaker><text><emotion><version>.wav files."""
+
+    def parse(path: PurePosixPath) -> _Match | str:
+        match = _EMODB_NAME.fullmatch(path.stem)
+        if not match:
+            return "name"
+        return _Match(_EMODB_EMOTIONS[match[3]], match[1], path.stem)
+
+    return _scan_names(root, "EMODB", parse)
+
+
+_EMOVO_EMOTIONS = {
+    "dis": "disgust", "gio": "happy", "neu": "neutral", "pau": "fear",
+    "rab": "angry", "sor": "surprise", "tri": "sad",
+}
+_EMOVO_NAME = re.compile(r"([a-z]{3})-([fm][123])-([a-z]+\d+)", re.IGNORECASE)
+
+
+def scan_emovo(root: Path) -> Listing:
+    """List EMOVO's <speaker>/<emotion>-<speaker>-<sentence>.wav files."""
+
+    def parse(path: PurePosixPath) -> _Match | str:
+        match = _EMOVO_NAME.fullmatch(path.stem)
+        if not match or match[1].lower() not in _EMOVO_EMOTIONS:
+            return "name"
+        return _Match(_EMOVO_EMOTIONS[match[1].lower()], match[2].lower(), path.stem.lower())
+
+    return _scan_names(root, "EMOVO", parse)
+
+
+_RAVDESS_EMOTIONS = {
+    "01": "neutral", "02": "calm", "03": "happy", "04": "sad",
+    "05": "angry", "06": "fear", "07": "disgust", "08": "surprise",
+}
+_RAVDESS_NAME = re.compile(r"(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)")
+
+
+def scan_ravdess(root: Path) -> Listing:
+    """List RAVDESS's Actor_NN/03-01-EE-II-SS-RR-NN.wav audio-only speech files."""
+
+    def parse(path: PurePosixPath) -> _Match | str:
+        match = _RAVDESS_NAME.fullmatch(path.stem)
+        if not match or match[3] not in _RAVDESS_EMOTIONS:
+            return "name"
+        if match[1] != "03":
+            return f"modality {match[1]}, not audio-only"
+        if match[2] != "01":
+            return "song" if match[2] == "02" else f"channel {match[2]}"
+        return _Match(_RAVDESS_EMOTIONS[match[3]], match[7], path.stem)
+
+    return _scan_names(root, "RAVDESS", parse)
+
+
+_SAVEE_EMOTIONS = {
+    "a": "angry", "d": "disgust", "f": "fear", "h": "happy", "n": "neutral", "sa": "sad", "su": "surprise",
+}
+_SAVEE_SPEAKERS = ("DC", "JE", "JK", "KL")
+# speaker prefix present in the flattened <SPK>_<code><NN>.wav, absent in <SPK>/<code><NN>.wav
+_SAVEE_NAME = re.compile(r"(?:([A-Z]{2})_)?(a|d|f|h|n|sa|su)(\d\d)")
+
+
+def scan_savee(root: Path) -> Listing:
+    """List SAVEE's <SPK>/<code><NN>.wav (or flattened <SPK>_<code><NN>.wav) files."""
+
+    def parse(path: PurePosixPath) -> _Match | str:
+        match = _SAVEE_NAME.fullmatch(path.stem)
+        if not match:
+            return "name"
+        speaker = match[1] or (path.parts[-2].upper() if len(path.parts) > 1 else "")
+        if speaker not in _SAVEE_SPEAKERS:
+            return "speaker"
+        return _Match(_SAVEE_EMOTIONS[match[2]], speaker, f"{speaker}_{match[2]}{match[3]}")
+
+    return _scan_names(root, "SAVEE", parse)
+
+
+_IEMOCAP_EMOTIONS = {"ang": "angry", "hap": "happy", "exc": "happy", "neu": "neutral", "sad": "sad"}
+# "[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]"
+_IEMOCAP_LINE = re.compile(r"\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(Ses\d\d[FM]_\S+)\s+(\w+)\s+\[")
+# the last name part starts with the speaker's gender: Ses03M_script01_2_F012 is spoken by Ses03F
+_IEMOCAP_UTTERANCE = re.compile(r"Ses(\d\d)[FM]_.+_([FM])\d+")
+_IEMOCAP_DIALOG = re.compile(r"Ses\d\d[FM]_[^_]+(?:_[^_]+)?")
+
+
+def _iemocap_labels(root: Path, files: list[str]) -> dict[str, tuple[str, str]]:
+    """Map each utterance named in an EmoEvaluation/<dialog>.txt to (emotion code, expected wav path)."""
+    labels: dict[str, tuple[str, str]] = {}
+    for path in files:
+        pure = PurePosixPath(path)
+        # only the files directly in EmoEvaluation: its subfolders hold per-annotator ratings
+        if pure.suffix.lower() != ".txt" or len(pure.parts) < 2 or pure.parts[-2] != "EmoEvaluation":
+            continue
+        session = pure.parents[2] if len(pure.parts) >= 3 else PurePosixPath()
+        try:
+            text = (root / path).read_text(encoding="utf-8", errors="replace")
+        except OSError as error:
+            raise TimnetError(f"cannot read IEMOCAP label file {root / path}: {error.strerror}") from None
+        for utterance, code in _IEMOCAP_LINE.findall(text):
+            dialog = utterance.rsplit("_", 1)[0]
+            expected = (session / "sentences" / "wav" / dialog / f"{utterance}.wav").as_posix()
+            labels.setdefault(utterance, (code.lower(), expected))
+    return labels
+
+
+def scan_iemocap(root: Path) -> Listing:
+    """List IEMOCAP's SessionN/sentences/wav/<dialog>/<utt>.wav files labelled ang, hap, exc, neu, sad."""
+    files = _walk(root)
+    labels = _iemocap_labels(root, files)
+    found, skipped, present = [], [], set()
+    for path in filter(_is_audio, files):
+        pure = PurePosixPath(path)
+        utterance = _IEMOCAP_UTTERANCE.fullmatch(pure.stem)
+        if pure.suffix.lower() != ".wav":
+            skipped.append((path, "not .wav"))
+        elif utterance is None:
+            # whole-dialog recordings (SessionN/dialog/wav/Ses01F_impro01.wav) belong to the corpus
+            if not _IEMOCAP_DIALOG.fullmatch(pure.stem):
+                skipped.append((path, "name"))
+        elif pure.stem not in labels:
+            skipped.append((path, "no label"))
+        else:
+            present.add(pure.stem)
+            emotion = _IEMOCAP_EMOTIONS.get(labels[pure.stem][0])
+            if emotion is not None:  # other codes (fru, sur, xxx, ...) are classes the paper leaves out
+                speaker = f"Ses{utterance[1]}{utterance[2]}"
+                found.append((path, _Match(emotion, speaker, pure.stem)))
+    for utterance, (code, expected) in labels.items():
+        if code in _IEMOCAP_EMOTIONS and utterance not in present:
+            skipped.append((expected, "labelled but missing"))
+    return _listing(root, "IEMOCAP", found, skipped)
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+
+def _codes(mapping: dict[str, str]) -> str:
+    return "/".join(mapping)
+
+
+CORPORA: dict[str, Corpus] = {
+    c.name: c
+    for c in (
+        Corpus(
+            name="CASIA", labels=_CASIA_LABELS, signal_length=88000, seed=32, dilations=8,
+            n_speakers=4, n_files=1200, scan=scan_casia,
+            layout="<speaker>/<emotion>/<NNN>.wav, e.g. liuchanhg/angry/201.wav "
+            f"(emotion folder {'/'.join(_CASIA_LABELS)})",
+        ),
+        Corpus(
+            name="EMODB", labels=("angry", "boredom", "disgust", "fear", "happy", "neutral", "sad"),
+            signal_length=96000, seed=46, dilations=8, n_speakers=10, n_files=535, scan=scan_emodb,
+            layout="wav/03a01Fa.wav "
+            f"(speaker 03, text a01, emotion letter {_codes(_EMODB_EMOTIONS)}, version a)",
+        ),
+        Corpus(
+            name="EMOVO", labels=("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
+            signal_length=96000, seed=1, dilations=8, n_speakers=6, n_files=588, scan=scan_emovo,
+            layout=f"<speaker>/<emotion>-<speaker>-<sentence>.wav, e.g. f1/dis-f1-b1.wav "
+            f"(speaker f1-f3/m1-m3, emotion {_codes(_EMOVO_EMOTIONS)})",
+        ),
+        Corpus(
+            name="IEMOCAP", labels=("angry", "happy", "neutral", "sad"),
+            signal_length=310000, seed=16, dilations=10, n_speakers=10, n_files=5531, scan=scan_iemocap,
+            layout="SessionN/sentences/wav/<dialog>/<utterance>.wav, labels in "
+            f"SessionN/dialog/EmoEvaluation/<dialog>.txt (codes {_codes(_IEMOCAP_EMOTIONS)} used)",
+        ),
+        Corpus(
+            name="RAVDESS",
+            labels=("angry", "calm", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
+            signal_length=110000, seed=46, dilations=8, n_speakers=24, n_files=1440, scan=scan_ravdess,
+            layout="Actor_NN/03-01-EE-II-SS-RR-NN.wav (modality 03 audio-only, channel 01 speech, "
+            "emotion 01-08, intensity, statement, repetition, actor)",
+        ),
+        Corpus(
+            name="SAVEE", labels=("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
+            signal_length=130000, seed=44, dilations=8, n_speakers=4, n_files=480, scan=scan_savee,
+            layout=f"<SPK>/<code><NN>.wav or <SPK>_<code><NN>.wav, e.g. DC/sa01.wav "
+            f"(speaker {'/'.join(_SAVEE_SPEAKERS)}, code {_codes(_SAVEE_EMOTIONS)})",
+        ),
+    )
+}
+
+
+def get_corpus(name: str) -> Corpus:
+    """The registry entry for a corpus name, in any case."""
+    corpus = CORPORA.get(str(name).strip().upper())
+    if corpus is None:
+        choices = ", ".join(n.lower() for n in CORPORA)
+        raise TimnetError(f"unknown corpus {name!r}; expected one of {choices}")
+    return corpus
+
+
+def list_corpus(corpus: Corpus | str, root: str | Path) -> Listing:
+    """Find and label a corpus's audio files under root, in sample order."""
+    if not isinstance(corpus, Corpus):
+        corpus = get_corpus(corpus)
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise TimnetError(f"{corpus.name} folder {root} does not exist; expected {corpus.layout}")
+    if not root.is_dir():
+        raise TimnetError(f"{corpus.name} folder {root} is not a directory; expected {corpus.layout}")
+    listing = corpus.scan(root)
+    if not listing.items:
+        summary = skip_summary(listing)
+        extra = f" ({summary})" if summary else ""
+        raise TimnetError(f"no {corpus.name} audio found under {root}; expected {corpus.layout}{extra}")
+    return listing

@@ -1,0 +1,69 @@
+"""The audio front end: reading messy files, centre pad/crop, MFCC shapes."""
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import write_tone
+from timnet import audio
+from timnet.errors import TimnetError
+from timnet.features import FeatureConfig, file_features
+
+
+@pytest.mark.parametrize("n,length", [(10, 16), (11, 16), (16, 16), (21, 16), (20, 16)])
+def test_fit_length_centres(n, length):
+    y = np.arange(1, n + 1, dtype=np.float32)
+    out = audio.fit_length(y, length)
+    assert len(out) == length
+    if n < length:  # (L-n)//2 zeros on the left, the rest on the right
+        left = (length - n) // 2
+        assert (out[:left] == 0).all() and out[left] == 1 and out[left + n - 1] == n
+        assert (out[left + n:] == 0).all()
+    else:  # (n-L)//2 dropped from the left
+        assert out[0] == (n - length) // 2 + 1
+
+
+def test_stereo_24bit_48k_is_averaged_and_resampled(tmp_path):
+    path = write_tone(tmp_path / "s.wav", sr=48000, channels=2, subtype="PCM_24", seconds=0.5)
+    raw, sr = sf.read(str(path), dtype="float32")
+    y, native = audio.read_audio(path)
+    assert native == 48000 and y.dtype == np.float32
+    np.testing.assert_allclose(y, raw.mean(axis=1), atol=1e-7)
+    y22 = audio.load_audio(path)
+    assert abs(len(y22) - 0.5 * 22050) <= 1
+
+
+def test_flac_and_8k_read(tmp_path):
+    path = write_tone(tmp_path / "a.flac", sr=8000, fmt="FLAC")
+    feats = file_features(path, FeatureConfig(signal_length=22050))
+    assert feats.shape == (1 + 22050 // 512, 39) and np.isfinite(feats).all()
+
+
+def test_features_frames_follow_signal_length():
+    for length, frames in ((96000, 188), (310000, 606), (88000, 172)):
+        assert FeatureConfig(signal_length=length).frames == frames
+    y = np.random.default_rng(0).standard_normal(50000).astype(np.float32)
+    from timnet.features import waveform_features
+    assert waveform_features(y, FeatureConfig(signal_length=96000)).shape == (188, 39)
+
+
+def test_truncated_wav_is_refused(tmp_path):
+    path = write_tone(tmp_path / "t.wav", seconds=1.0)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TimnetError, match=r"t\.wav: truncated WAV"):
+        audio.read_audio(path)
+
+
+def test_empty_and_non_audio_files_are_refused(tmp_path):
+    empty = tmp_path / "e.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(TimnetError, match=r"e\.wav: empty file"):
+        audio.read_audio(empty)
+    text = tmp_path / "n.wav"
+    text.write_text("this is not audio\n" * 20)
+    with pytest.raises(TimnetError, match=r"n\.wav: not readable audio"):
+        audio.read_audio(text)
+    header_only = tmp_path / "h.wav"
+    sf.write(str(header_only), np.zeros(0, np.float32), 16000)
+    with pytest.raises(TimnetError, match=r"h\.wav: (holds no audio|empty)"):
+        audio.read_audio(header_only)

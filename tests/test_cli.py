@@ -1,0 +1,138 @@
+"""The `timnet` command as users drive it: one-line errors, exit codes, nothing half-written."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import DATA, PRETRAINED, REFERENCE, need, write_tone
+
+
+def timnet(*args, cwd=None):
+    """Run the CLI in a fresh interpreter, as a user's shell would."""
+    return subprocess.run([sys.executable, "-m", "timnet", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("timnet: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_corpora_lists_all_six():
+    result = timnet("corpora")
+    assert result.returncode == 0
+    for name, seed, length in (("CASIA", 32, 88000), ("EMODB", 46, 96000), ("EMOVO", 1, 96000),
+                               ("IEMOCAP", 16, 310000), ("RAVDESS", 46, 110000), ("SAVEE", 44, 130000)):
+        line = next(l for l in result.stdout.splitlines() if l.startswith(name))
+        assert str(seed) in line.split() and str(length) in line.split()
+    assert "Actor_NN/03-01-EE-II-SS-RR-NN.wav" in result.stdout
+
+
+@pytest.fixture
+def out(tmp_path):
+    path = tmp_path / "out" / "f.npz"
+    path.parent.mkdir()
+    path.write_bytes(b"kept")  # a previous result that a failed run must not destroy
+    return path
+
+
+def test_missing_path(tmp_path, out):
+    assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out, "-q"), "nope", "does not exist", "wav/03a01Fa.wav")
+    assert out.read_bytes() == b"kept"
+
+
+def test_unknown_corpus(tmp_path, out):
+    assert_one_line_error(timnet("extract", "emodbx", tmp_path, "-o", out, "-q"), "'emodbx'", "casia, emodb, emovo, iemocap, ravdess, savee")
+    assert out.read_bytes() == b"kept"
+
+
+def test_directory_without_audio(tmp_path, out):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "README.txt").write_text("hi")
+    assert_one_line_error(timnet("extract", "ravdess", tmp_path / "c", "-o", out, "-q"), "no RAVDESS audio", "Actor_NN")
+    assert out.read_bytes() == b"kept"
+
+
+def test_truncated_and_non_audio_wav(tmp_path, out):
+    root = tmp_path / "c"
+    write_tone(root / "wav" / "03a01Wa.wav")
+    trunc = write_tone(root / "wav" / "03a01Fa.wav", seconds=1.0)
+    trunc.write_bytes(trunc.read_bytes()[:3000])
+    assert_one_line_error(timnet("extract", "emodb", root, "-o", out, "-q"), "03a01Fa.wav", "truncated WAV", "--skip-bad")
+    assert out.read_bytes() == b"kept"
+    trunc.write_text("<html>not audio</html>")
+    assert_one_line_error(timnet("extract", "emodb", root, "-o", out, "-q"), "03a01Fa.wav", "not readable audio")
+    assert out.read_bytes() == b"kept"
+    ok = timnet("extract", "emodb", root, "-o", out, "-q", "--skip-bad", "--workers", "1")
+    assert ok.returncode == 0, ok.stderr
+    assert "03a01Fa.wav" in ok.stderr and "1 utterances" in ok.stdout
+
+
+def test_test_verb_errors(tmp_path):
+    assert_one_line_error(timnet("test", tmp_path / "none.npz", "--weights", tmp_path), "none.npz", "no such feature file")
+    bad = tmp_path / "f.npz"
+    bad.write_text("garbage")
+    assert_one_line_error(timnet("test", bad, "--weights", tmp_path), "f.npz", "not a readable .npz")
+
+
+# ---- real-data tier -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def emodb_features(tmp_path_factory):
+    need(DATA / "EMODB")
+    path = tmp_path_factory.mktemp("emodb") / "emodb.npz"
+    result = timnet("extract", "emodb", DATA / "EMODB", "-o", path, "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "535 utterances (angry 127, boredom 81, disgust 46, fear 69, happy 71, neutral 79, sad 62), 10 speakers" in result.stdout
+    return path
+
+
+@pytest.mark.realdata
+def test_extract_emodb_matches_reference(emodb_features, reference):
+    with np.load(emodb_features) as z:
+        names = [f.split("/")[-1] for f in z["files"]]
+        assert names == reference["files"].tolist()
+        assert z["y"].tolist() == reference["labels"].tolist()
+        np.testing.assert_allclose(z["x"], reference["mfcc"], atol=1e-3, rtol=0)
+
+
+@pytest.mark.realdata
+def test_test_reproduces_reference_means(emodb_features, tmp_path):
+    weights = need(PRETRAINED / "EMODB_46")
+    ref = json.loads(need(REFERENCE.with_suffix(".json")).read_text())
+    result = timnet("test", emodb_features, "--weights", weights, "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["corpus"] == "EMODB" and r["seed"] == 46 and r["folds_n"] == 10 and r["split"] == "random"
+    assert abs(r["mean_war"] - ref["mean_war"]) <= 0.002 and abs(r["mean_uar"] - ref["mean_uar"]) <= 0.002
+    assert sum(f["n_test"] for f in r["folds"]) == 535
+    assert len(r["folds"][0]["confusion"]) == 7 and len(r["folds"][0]["test_speakers"]) >= 1
+    assert "0.9382" in result.stdout
+
+
+@pytest.mark.realdata
+def test_test_on_authors_npy_is_exact(reference, tmp_path):
+    weights = need(PRETRAINED / "EMODB_46")
+    ref = json.loads(REFERENCE.with_suffix(".json").read_text())
+    npy = tmp_path / "EMODB.npy"
+    np.save(npy, {"x": reference["mfcc"], "y": np.eye(7)[reference["labels"]]}, allow_pickle=True)
+    result = timnet("test", npy, "--corpus", "emodb", "--weights", weights, "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["mean_war"] == pytest.approx(ref["mean_war"], abs=1e-12)
+    assert r["mean_uar"] == pytest.approx(ref["mean_uar"], abs=1e-12)
+    for mine, theirs in zip(r["folds"], ref["per_fold"]):
+        assert mine["war"] == pytest.approx(theirs["war"], abs=1e-12) and mine["uar"] == pytest.approx(theirs["uar"], abs=1e-12)
+
+
+@pytest.mark.realdata
+def test_test_refuses_casia_weights_on_emodb(reference, tmp_path):
+    weights = need(PRETRAINED / "CASIA_32")
+    npy = tmp_path / "EMODB.npy"
+    np.save(npy, {"x": reference["mfcc"][:40], "y": np.eye(7)[reference["labels"][:40]]}, allow_pickle=True)
+    assert_one_line_error(timnet("test", npy, "--corpus", "emodb", "--weights", weights), "6 classes", "EMODB features have 7")

@@ -1,0 +1,482 @@
+"""Corpus registry and layout walkers: mock corpus trees in a temp dir, plus the real EMODB/CASIA."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from timnet.corpora import (
+    AUDIO_EXTENSIONS,
+    CORPORA,
+    Corpus,
+    Item,
+    Listing,
+    get_corpus,
+    list_corpus,
+    natural_key,
+    skip_summary,
+)
+from timnet.errors import TimnetError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def write_wav(path: Path, *, seconds=0.1, sr=16000, channels=1, subtype="PCM_16", seed=0):
+    """A short clip of seeded noise, as real corpora are wav files of varied formats."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(seed).uniform(-0.5, 0.5, (int(seconds * sr), channels))
+    sf.write(path, noise.astype(np.float32), sr, subtype=subtype)
+
+
+def write_tree(root: Path, paths, *, seed=0):
+    """Write a wav for each path (a real 48 kHz 24-bit stereo one for every path marked '!')."""
+    for i, rel in enumerate(paths):
+        if rel.startswith("!"):
+            write_wav(root / rel[1:], sr=48000, channels=2, subtype="PCM_24", seed=seed + i)
+        else:
+            write_wav(root / rel, seed=seed + i)
+
+
+def touch(path: Path, data: bytes = b""):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def summary_of(listing: Listing):
+    return [(item.path, get_label(listing, item), item.speaker) for item in listing.items]
+
+
+def get_label(listing: Listing, item: Item) -> str:
+    return CORPORA[listing.corpus].labels[item.label]
+
+
+def assert_sample_order(listing: Listing):
+    keys = [(item.label, natural_key(item.path)) for item in listing.items]
+    assert keys == sorted(keys)
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+REGISTRY = {
+    "CASIA": (("angry", "fear", "happy", "neutral", "sad", "surprise"), 88000, 32, 8, 4, 1200),
+    "EMODB": (("angry", "boredom", "disgust", "fear", "happy", "neutral", "sad"), 96000, 46, 8, 10, 535),
+    "EMOVO": (("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"), 96000, 1, 8, 6, 588),
+    "IEMOCAP": (("angry", "happy", "neutral", "sad"), 310000, 16, 10, 10, 5531),
+    "RAVDESS": (
+        ("angry", "calm", "disgust", "fear", "happy", "neutral", "sad", "surprise"), 110000, 46, 8, 24, 1440,
+    ),
+    "SAVEE": (("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"), 130000, 44, 8, 4, 480),
+}
+
+
+def test_registry_order_and_names():
+    assert list(CORPORA) == ["CASIA", "EMODB", "EMOVO", "IEMOCAP", "RAVDESS", "SAVEE"]
+    assert all(name == corpus.name for name, corpus in CORPORA.items())
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_registry_facts(name):
+    corpus = CORPORA[name]
+    labels, signal_length, seed, dilations, n_speakers, n_files = REGISTRY[name]
+    assert corpus.labels == labels
+    assert (corpus.signal_length, corpus.seed, corpus.dilations) == (signal_length, seed, dilations)
+    assert (corpus.n_speakers, corpus.n_files) == (n_speakers, n_files)
+    assert corpus.layout and "\n" not in corpus.layout
+    assert callable(corpus.scan)
+
+
+def test_audio_extensions():
+    assert AUDIO_EXTENSIONS == (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+
+
+@pytest.mark.parametrize("name", ["emodb", "EMODB", "EmoDB", "Ravdess", "iemocap"])
+def test_get_corpus_any_case(name):
+    assert get_corpus(name) is CORPORA[name.upper()]
+
+
+def test_get_corpus_unknown():
+    with pytest.raises(TimnetError) as error:
+        get_corpus("foo")
+    assert str(error.value) == (
+        "unknown corpus 'foo'; expected one of casia, emodb, emovo, iemocap, ravdess, savee"
+    )
+
+
+def test_natural_key():
+    names = ["wav/a10.wav", "wav/a2.wav", "wav/B1.wav", "wav/a2b.wav", "wav/a1.wav", "1.wav", "wav/a"]
+    assert sorted(names, key=natural_key) == [
+        "1.wav", "wav/B1.wav", "wav/a", "wav/a1.wav", "wav/a2.wav", "wav/a2b.wav", "wav/a10.wav",
+    ]
+    assert natural_key("03a01Wa.wav") < natural_key("03a02Wb.wav") < natural_key("10a01Wa.wav")
+
+
+# --- the six layouts, every emotion code --------------------------------------------------------
+
+# One file per emotion code of each layout: guards the code tables against typos.
+EVERY_CODE = {
+    "EMODB": [
+        ("wav/03a01Wa.wav", "angry"), ("wav/03a01La.wav", "boredom"), ("wav/03a01Ea.wav", "disgust"),
+        ("wav/03a01Aa.wav", "fear"), ("wav/03a01Fa.wav", "happy"), ("wav/03a01Na.wav", "neutral"),
+        ("wav/03a01Ta.wav", "sad"),
+    ],
+    "CASIA": [(f"wangzhe/{label}/201.wav", label) for label in REGISTRY["CASIA"][0]],
+    "EMOVO": [
+        ("f1/rab-f1-b1.wav", "angry"), ("f1/dis-f1-b1.wav", "disgust"), ("f1/pau-f1-b1.wav", "fear"),
+        ("f1/gio-f1-b1.wav", "happy"), ("f1/neu-f1-b1.wav", "neutral"), ("f1/tri-f1-b1.wav", "sad"),
+        ("f1/sor-f1-b1.wav", "surprise"),
+    ],
+    "RAVDESS": [
+        ("Actor_01/03-01-05-01-01-01-01.wav", "angry"), ("Actor_01/03-01-02-01-01-01-01.wav", "calm"),
+        ("Actor_01/03-01-07-01-01-01-01.wav", "disgust"), ("Actor_01/03-01-06-01-01-01-01.wav", "fear"),
+        ("Actor_01/03-01-03-01-01-01-01.wav", "happy"), ("Actor_01/03-01-01-01-01-01-01.wav", "neutral"),
+        ("Actor_01/03-01-04-01-01-01-01.wav", "sad"), ("Actor_01/03-01-08-01-01-01-01.wav", "surprise"),
+    ],
+    "SAVEE": [
+        ("DC/a01.wav", "angry"), ("DC/d01.wav", "disgust"), ("DC/f01.wav", "fear"), ("DC/h01.wav", "happy"),
+        ("DC/n01.wav", "neutral"), ("DC/sa01.wav", "sad"), ("DC/su01.wav", "surprise"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(EVERY_CODE))
+def test_every_emotion_code(tmp_path, name):
+    write_tree(tmp_path, [path for path, _ in EVERY_CODE[name]])
+    listing = list_corpus(name, tmp_path)
+    assert listing.skipped == ()
+    found = {item.path: get_label(listing, item) for item in listing.items}
+    assert found == dict(EVERY_CODE[name])
+    assert [item.label for item in listing.items] == list(range(len(CORPORA[name].labels)))
+
+
+# --- EMODB ------------------------------------------------------------------------------------
+
+
+def test_emodb_tree(tmp_path):
+    # the user points at the parent of wav/: an extra top-level folder is tolerated
+    wav = tmp_path / "EMODB" / "wav"
+    write_tree(tmp_path, [
+        "EMODB/wav/10a01Wa.wav", "EMODB/wav/03a02Wb.wav", "!EMODB/wav/03a01Wa.wav", "EMODB/wav/11a01Tc.wav",
+        "EMODB/wav/08b01La.wav", "EMODB/wav/16b10Nb.wav", "EMODB/wav/03a01Fa.wav",
+        "EMODB/wav/notes.wav",  # audio with a wrong name: reported
+        "EMODB/wav/03a01Wa.flac",  # right name, not the layout's format: reported
+    ])
+    touch(wav / "16b10Wb.wav")  # a 0-byte file: listed; the audio loader refuses it by name
+    touch(wav / "._03a02Wb.wav", b"mac")  # macOS resource fork: silent
+    touch(tmp_path / "EMODB" / ".cache" / "03a05Wa.wav", b"x")  # hidden folder: silent
+    touch(tmp_path / "EMODB" / "README.txt", b"EMODB")  # not audio: silent
+    touch(tmp_path / "EMODB" / "silb" / "03a01Wa.sil", b"x")
+    listing = list_corpus("emodb", tmp_path)
+    assert listing.corpus == "EMODB"
+    assert summary_of(listing) == [
+        ("EMODB/wav/03a01Wa.wav", "angry", "03"),
+        ("EMODB/wav/03a02Wb.wav", "angry", "03"),
+        ("EMODB/wav/10a01Wa.wav", "angry", "10"),
+        ("EMODB/wav/16b10Wb.wav", "angry", "16"),
+        ("EMODB/wav/08b01La.wav", "boredom", "08"),
+        ("EMODB/wav/03a01Fa.wav", "happy", "03"),
+        ("EMODB/wav/16b10Nb.wav", "neutral", "16"),
+        ("EMODB/wav/11a01Tc.wav", "sad", "11"),
+    ]
+    assert listing.skipped == (
+        ("EMODB/wav/03a01Wa.flac", "not .wav"),
+        ("EMODB/wav/notes.wav", "name"),
+    )
+
+
+def test_listing_is_frozen_and_typed(tmp_path):
+    write_tree(tmp_path, ["wav/03a01Wa.wav"])
+    listing = list_corpus(CORPORA["EMODB"], str(tmp_path))  # a Corpus and a str path work too
+    assert isinstance(listing.items, tuple) and isinstance(listing.skipped, tuple)
+    assert listing.items == (Item(path="wav/03a01Wa.wav", label=0, speaker="03"),)
+    with pytest.raises(AttributeError):
+        listing.items[0].label = 3
+
+
+# --- CASIA ------------------------------------------------------------------------------------
+
+
+def test_casia_tree(tmp_path):
+    write_tree(tmp_path, [
+        "liuchanhg/sad/10.wav", "liuchanhg/sad/2.wav", "liuchanhg/angry/201.wav",
+        "ZhaoZuoxiang/angry/201.wav", "ZhaoZuoxiang/Surprise/250.wav", "!wangzhe/fear/203.wav",
+        "wangzhe/bored/201.wav",  # not one of the six emotions
+        "wangzhe/fear/take2.wav",  # not <NNN>.wav
+        "stray.wav",
+    ])
+    touch(tmp_path / "readme.txt", b"CASIA")
+    listing = list_corpus("casia", tmp_path)
+    assert summary_of(listing) == [
+        ("ZhaoZuoxiang/angry/201.wav", "angry", "ZhaoZuoxiang"),
+        ("liuchanhg/angry/201.wav", "angry", "liuchanhg"),
+        ("wangzhe/fear/203.wav", "fear", "wangzhe"),
+        ("liuchanhg/sad/2.wav", "sad", "liuchanhg"),  # natural order: 2 before 10
+        ("liuchanhg/sad/10.wav", "sad", "liuchanhg"),
+        ("ZhaoZuoxiang/Surprise/250.wav", "surprise", "ZhaoZuoxiang"),
+    ]
+    assert listing.skipped == (
+        ("stray.wav", "name"),
+        ("wangzhe/bored/201.wav", "emotion folder 'bored'"),
+        ("wangzhe/fear/take2.wav", "name"),
+    )
+
+
+# --- EMOVO ------------------------------------------------------------------------------------
+
+
+def test_emovo_tree(tmp_path):
+    write_tree(tmp_path, [
+        "EMOVO/f1/neu-f1-n10.wav", "EMOVO/f1/neu-f1-n2.wav", "!EMOVO/m3/rab-m3-l2.wav",
+        "EMOVO/m2/tri-m2-d1.wav", "EMOVO/m2/xyz-m2-d1.wav", "EMOVO/m2/tri-m2.wav",
+    ])
+    touch(tmp_path / "EMOVO" / "documents" / "frasi.pdf", b"%PDF")
+    listing = list_corpus("EMOVO", tmp_path)
+    assert summary_of(listing) == [
+        ("EMOVO/m3/rab-m3-l2.wav", "angry", "m3"),
+        ("EMOVO/f1/neu-f1-n2.wav", "neutral", "f1"),
+        ("EMOVO/f1/neu-f1-n10.wav", "neutral", "f1"),
+        ("EMOVO/m2/tri-m2-d1.wav", "sad", "m2"),
+    ]
+    assert listing.skipped == (("EMOVO/m2/tri-m2.wav", "name"), ("EMOVO/m2/xyz-m2-d1.wav", "name"))
+
+
+# --- RAVDESS ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ravdess(tmp_path):
+    write_tree(tmp_path, [
+        "Actor_01/03-01-05-01-01-01-01.wav",
+        "Actor_01/03-02-05-01-01-01-01.wav",  # song
+        "Actor_02/03-01-01-01-01-01-02.wav",
+        "Actor_02/03-01-02-02-02-02-02.wav",
+        "!Actor_10/03-01-05-02-01-02-10.wav",  # 48 kHz 24-bit stereo, as a few real ones are
+        "Actor_02/03-01-05-01-01-02-02.wav",
+        "Actor_02/01-01-05-01-01-01-02.wav",  # audio-video modality
+        "Actor_02/03-01-09-01-01-01-02.wav",  # no emotion 09
+        "README.wav",
+        # some re-packaged downloads hold a second copy of the tree: the shallower copy wins
+        "audio_speech_actors_01-24/Actor_01/03-01-05-01-01-01-01.wav",
+    ])
+    touch(tmp_path / "README.txt", b"RAVDESS")
+    touch(tmp_path / "Actor_01" / "02-01-05-01-01-01-01.mp4", b"video")
+    return tmp_path
+
+
+def test_ravdess_tree(ravdess):
+    listing = list_corpus("ravdess", ravdess)
+    assert summary_of(listing) == [
+        ("Actor_01/03-01-05-01-01-01-01.wav", "angry", "01"),
+        ("Actor_02/03-01-05-01-01-02-02.wav", "angry", "02"),
+        ("Actor_10/03-01-05-02-01-02-10.wav", "angry", "10"),
+        ("Actor_02/03-01-02-02-02-02-02.wav", "calm", "02"),
+        ("Actor_02/03-01-01-01-01-01-02.wav", "neutral", "02"),
+    ]
+    assert listing.skipped == (
+        ("Actor_01/03-02-05-01-01-01-01.wav", "song"),
+        ("Actor_02/01-01-05-01-01-01-02.wav", "modality 01, not audio-only"),
+        ("Actor_02/03-01-09-01-01-01-02.wav", "name"),
+        ("README.wav", "name"),
+        ("audio_speech_actors_01-24/Actor_01/03-01-05-01-01-01-01.wav",
+         "duplicate of Actor_01/03-01-05-01-01-01-01.wav"),
+    )
+    info = sf.info(ravdess / listing.items[2].path)  # the walker left the 24-bit stereo file alone
+    assert (info.samplerate, info.channels, info.subtype) == (48000, 2, "PCM_24")
+
+
+def test_skip_summary(ravdess):
+    listing = list_corpus("ravdess", ravdess)
+    assert skip_summary(listing) == (
+        "skipped 5 files not matching the RAVDESS layout: Actor_01/03-02-05-01-01-01-01.wav (song), "
+        "Actor_02/01-01-05-01-01-01-02.wav (modality 01, not audio-only), "
+        "Actor_02/03-01-09-01-01-01-02.wav (name), README.wav (name), "
+        "audio_speech_actors_01-24/Actor_01/03-01-05-01-01-01-01.wav "
+        "(duplicate of Actor_01/03-01-05-01-01-01-01.wav)"
+    )
+    assert skip_summary(listing, limit=2) == (
+        "skipped 5 files not matching the RAVDESS layout: Actor_01/03-02-05-01-01-01-01.wav (song), "
+        "Actor_02/01-01-05-01-01-01-02.wav (modality 01, not audio-only) (+3 more)"
+    )
+    assert skip_summary(Listing(items=listing.items, skipped=(("x.wav", "name"),))) == (
+        "skipped 1 file: x.wav (name)"
+    )
+    assert skip_summary(Listing(items=listing.items, skipped=())) is None
+
+
+# --- SAVEE ------------------------------------------------------------------------------------
+
+
+def test_savee_tree(tmp_path):
+    write_tree(tmp_path, [
+        "AudioData/DC/su02.wav", "AudioData/DC/sa01.wav", "!AudioData/JK/a10.wav", "AudioData/JK/a02.wav",
+        "ALL/KL_n05.wav",  # the flattened naming
+        "ALL/DC_sa01.wav",  # the same recording twice: the shallower copy wins
+        "AudioData/XX/a01.wav", "AudioData/DC/x01.wav",
+    ])
+    touch(tmp_path / "AudioData" / "Info.txt", b"SAVEE")
+    listing = list_corpus("savee", tmp_path)
+    assert summary_of(listing) == [
+        ("AudioData/JK/a02.wav", "angry", "JK"),
+        ("AudioData/JK/a10.wav", "angry", "JK"),
+        ("ALL/KL_n05.wav", "neutral", "KL"),
+        ("ALL/DC_sa01.wav", "sad", "DC"),
+        ("AudioData/DC/su02.wav", "surprise", "DC"),
+    ]
+    assert listing.skipped == (
+        ("AudioData/DC/sa01.wav", "duplicate of ALL/DC_sa01.wav"),
+        ("AudioData/DC/x01.wav", "name"),
+        ("AudioData/XX/a01.wav", "speaker"),
+    )
+
+
+# --- IEMOCAP ----------------------------------------------------------------------------------
+
+HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+
+
+def evaluation(*lines):
+    """An EmoEvaluation file: a header, then label lines each followed by annotator lines."""
+    body = "".join(
+        f"[{i}.1000 - {i}.9000]\t{utt}\t{code}\t[2.5000, 3.0000, 2.0000]\nC-E1:\tOther;\t()\n\n"
+        for i, (utt, code) in enumerate(lines)
+    )
+    return HEADER + body
+
+
+@pytest.fixture
+def iemocap(tmp_path):
+    s1 = tmp_path / "IEMOCAP_full_release" / "Session1"
+    s3 = tmp_path / "IEMOCAP_full_release" / "Session3"
+    touch(s1 / "dialog" / "EmoEvaluation" / "Ses01F_impro01.txt", evaluation(
+        ("Ses01F_impro01_F000", "neu"), ("Ses01F_impro01_M000", "fru"), ("Ses01F_impro01_F001", "exc"),
+        ("Ses01F_impro01_M001", "xxx"), ("Ses01F_impro01_F002", "ang"), ("Ses01F_impro01_M002", "neu"),
+    ).encode())
+    # per-annotator files in EmoEvaluation's subfolders are not the labels
+    touch(s1 / "dialog" / "EmoEvaluation" / "Categorical" / "Ses01F_impro01_e1_cat.txt",
+          evaluation(("Ses01F_impro01_F003", "ang")).encode())
+    # extra whitespace instead of tabs is tolerated
+    touch(s3 / "dialog" / "EmoEvaluation" / "Ses03M_script01_2.txt", (
+        HEADER + "[ 1.0 - 2.5 ]  Ses03M_script01_2_F012   sad  [2.0, 2.0, 2.0]\n"
+        "[3.0 - 4.5]\tSes03M_script01_2_M003\thap\t[4.0, 3.0, 3.0]\n"
+    ).encode())
+    wav1 = "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/"
+    wav3 = "IEMOCAP_full_release/Session3/sentences/wav/Ses03M_script01_2/"
+    write_tree(tmp_path, [
+        wav1 + "Ses01F_impro01_F000.wav", wav1 + "Ses01F_impro01_M000.wav", wav1 + "Ses01F_impro01_F001.wav",
+        wav1 + "Ses01F_impro01_M001.wav", wav1 + "Ses01F_impro01_M002.wav",  # no F002: labelled, missing
+        wav1 + "Ses01F_impro01_F003.wav",  # only labelled in a subfolder
+        wav3 + "Ses03M_script01_2_F012.wav", "!" + wav3 + "Ses03M_script01_2_M003.wav",
+        "IEMOCAP_full_release/Session1/dialog/wav/Ses01F_impro01.wav",  # the whole dialog: silent
+        "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/notes.wav",
+    ])
+    touch(tmp_path / "IEMOCAP_full_release" / "Session1" / "sentences" / "wav" / "Ses01F_impro01" /
+          "._Ses01F_impro01_F000.wav", b"mac")
+    touch(s1 / "dialog" / "transcriptions" / "Ses01F_impro01.txt", b"Ses01F_impro01_F000 [006.2901-008.2357]: x")
+    return tmp_path
+
+
+def test_iemocap_tree(iemocap):
+    listing = list_corpus("iemocap", iemocap)
+    wav1 = "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/"
+    wav3 = "IEMOCAP_full_release/Session3/sentences/wav/Ses03M_script01_2/"
+    assert summary_of(listing) == [
+        (wav1 + "Ses01F_impro01_F001.wav", "happy", "Ses01F"),  # exc counts as happy
+        (wav3 + "Ses03M_script01_2_M003.wav", "happy", "Ses03M"),
+        (wav1 + "Ses01F_impro01_F000.wav", "neutral", "Ses01F"),
+        (wav1 + "Ses01F_impro01_M002.wav", "neutral", "Ses01M"),  # the speaker, not the dialog's owner
+        (wav3 + "Ses03M_script01_2_F012.wav", "sad", "Ses03F"),
+    ]
+    # fru and xxx utterances are other classes: neither items nor reported
+    assert listing.skipped == (
+        (wav1 + "Ses01F_impro01_F002.wav", "labelled but missing"),
+        (wav1 + "Ses01F_impro01_F003.wav", "no label"),
+        (wav1 + "notes.wav", "name"),
+    )
+    assert_sample_order(listing)
+
+
+# --- list_corpus errors -------------------------------------------------------------------------
+
+
+def test_list_corpus_missing_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(TimnetError) as error:
+        list_corpus("emodb", missing)
+    message = str(error.value)
+    assert str(missing) in message and "does not exist" in message and "\n" not in message
+
+
+def test_list_corpus_file_not_directory(tmp_path):
+    touch(tmp_path / "EMODB.zip", b"PK")
+    with pytest.raises(TimnetError, match="is not a directory") as error:
+        list_corpus("emodb", tmp_path / "EMODB.zip")
+    assert str(tmp_path / "EMODB.zip") in str(error.value)
+
+
+def test_list_corpus_nothing_matches(tmp_path):
+    touch(tmp_path / "README.txt", b"nothing here")
+    write_tree(tmp_path, ["Actor_01/03-01-05-01-01-01-01.wav"])  # RAVDESS audio, asked for EMODB
+    with pytest.raises(TimnetError) as error:
+        list_corpus("EMODB", tmp_path)
+    message = str(error.value)
+    assert message.startswith(
+        f"no EMODB audio found under {tmp_path}; expected {CORPORA['EMODB'].layout}"
+    )
+    assert "Actor_01/03-01-05-01-01-01-01.wav (name)" in message and "\n" not in message
+
+
+def test_list_corpus_unknown_name(tmp_path):
+    with pytest.raises(TimnetError, match="unknown corpus 'tess'"):
+        list_corpus("tess", tmp_path)
+
+
+# --- real data (../shared) ----------------------------------------------------------------------
+
+
+def shared_path(*parts) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found: the real-data tier needs ../shared next to the repository")
+    return path
+
+
+@pytest.mark.realdata
+def test_real_emodb():
+    listing = list_corpus("emodb", shared_path("data", "EMODB"))
+    assert len(listing.items) == 535 and listing.skipped == ()
+    counts = Counter(get_label(listing, item) for item in listing.items)
+    assert counts == {
+        "angry": 127, "boredom": 81, "disgust": 46, "fear": 69, "happy": 71, "neutral": 79, "sad": 62,
+    }
+    assert len({item.speaker for item in listing.items}) == 10
+    assert [item.path for item in listing.items[:3]] == ["wav/03a01Wa.wav", "wav/03a02Wb.wav", "wav/03a02Wc.wav"]
+    # the authors' own sample order, which their fold weights depend on
+    reference = np.load(shared_path("reference", "emodb_official_reference.npz"))
+    assert [Path(item.path).name for item in listing.items] == reference["files"].tolist()
+    assert [item.label for item in listing.items] == reference["labels"].tolist()
+
+
+@pytest.mark.realdata
+def test_real_casia():
+    listing = list_corpus("casia", shared_path("data", "CASIA"))
+    assert len(listing.items) == 1200 and listing.skipped == ()
+    counts = Counter((item.speaker, get_label(listing, item)) for item in listing.items)
+    assert set(counts.values()) == {50} and len(counts) == 24
+    assert {item.speaker for item in listing.items} == {"liuchanhg", "wangzhe", "zhaoquanyin", "ZhaoZuoxiang"}
+    assert_sample_order(listing)
+
+
+@pytest.mark.realdata
+def test_real_ravdess_names(tmp_path):
+    # the published RAVDESS file names, as placeholder files: the walker reads names only
+    manifest = shared_path("manifests", "RAVDESS.sha256").read_text().split("\n")
+    for line in filter(None, manifest):
+        touch(tmp_path / line.split(maxsplit=1)[1].strip(), b"x")
+    touch(tmp_path / "Actor_01" / "03-02-01-01-01-01-01.wav", b"x")  # from the song archive
+    listing = list_corpus("ravdess", tmp_path)
+    assert len(listing.items) == 1440
+    assert listing.skipped == (("Actor_01/03-02-01-01-01-01-01.wav", "song"),)
+    assert len({item.speaker for item in listing.items}) == 24
+    counts = Counter(get_label(listing, item) for item in listing.items)
+    assert counts == {label: 96 if label == "neutral" else 192 for label in CORPORA["RAVDESS"].labels}

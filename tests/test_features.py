@@ -1,0 +1,86 @@
+"""Corpus extraction end to end on a synthetic EMODB tree; saving and loading feature files."""
+import numpy as np
+import pytest
+
+from conftest import write_tone
+from timnet.errors import TimnetError
+from timnet.features import FeatureConfig, FeatureSet, extract, file_features, load_features, save_features
+
+EMODB_NAMES = ["03a01Wa", "03a02Wb", "08b10Ld", "08a02Ld", "11a05Ea", "03a10Fa", "12a01Fa", "16b01Tb", "09a01Na", "10a01Ab"]
+
+
+def emodb_tree(root, *, extra=()):
+    for i, name in enumerate(EMODB_NAMES):
+        sr, ch, sub = (48000, 2, "PCM_24") if i == 0 else (16000, 1, "PCM_16")
+        write_tone(root / "wav" / f"{name}.wav", sr=sr, channels=ch, subtype=sub, seed=i, seconds=0.2 + 0.05 * i)
+    (root / "README.txt").write_text("stray")
+    write_tone(root / "wav" / "stray.wav", seed=99)
+    for name in extra:
+        (root / "wav" / name).write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return emodb_tree(tmp_path_factory.mktemp("emodb"))
+
+
+def test_extract_order_labels_and_parallel_equals_serial(tree):
+    fs, skipped, bad = extract("emodb", tree, workers=2, signal_length=8192, progress=False)
+    assert bad == [] and skipped is not None and "stray.wav" in skipped and "README" not in skipped
+    # class order angry(W) boredom(L) disgust(E) fear(A) happy(F) neutral(N) sad(T), then natural order
+    assert [f.split("/")[-1][:-4] for f in fs.files] == [
+        "03a01Wa", "03a02Wb", "08a02Ld", "08b10Ld", "11a05Ea", "10a01Ab", "03a10Fa", "12a01Fa", "09a01Na", "16b01Tb"]
+    assert fs.y.tolist() == [0, 0, 1, 1, 2, 3, 4, 4, 5, 6]
+    assert fs.speakers.tolist()[:3] == ["03", "03", "08"]
+    assert fs.x.shape == (10, 17, 39) and fs.x.dtype == np.float32
+    serial, _, _ = extract("emodb", tree, workers=1, signal_length=8192, progress=False)
+    np.testing.assert_array_equal(serial.x, fs.x)
+    np.testing.assert_array_equal(fs.x[0], file_features(tree / fs.files[0], FeatureConfig(signal_length=8192)))
+
+
+def test_save_load_round_trip(tree, tmp_path):
+    fs, _, _ = extract("emodb", tree, workers=1, signal_length=4096, progress=False)
+    path = save_features(fs, tmp_path / "f.npz")
+    back = load_features(path)
+    np.testing.assert_array_equal(back.x, fs.x)
+    assert back.y.tolist() == fs.y.tolist() and back.labels == fs.labels and back.corpus == "EMODB"
+    assert back.config == fs.config and back.files.tolist() == fs.files.tolist()
+    assert back.speakers.tolist() == fs.speakers.tolist()
+    with pytest.raises(TimnetError, match="holds EMODB features, but --corpus casia"):
+        load_features(path, corpus="casia")
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    fs = FeatureSet(x=np.zeros((2, 3, 39), np.float32), y=np.zeros(2, np.int64), labels=("a", "b"),
+                    corpus="EMODB", config=FeatureConfig())
+    path = tmp_path / "f.npz"
+    path.write_bytes(b"previous")
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_features(fs, path)
+    assert path.read_bytes() == b"previous" and list(tmp_path.iterdir()) == [path]
+
+
+def test_bad_file_fails_or_is_skipped(tmp_path):
+    root = emodb_tree(tmp_path / "c", extra=["03a05Wa.wav"])
+    with pytest.raises(TimnetError, match=r"03a05Wa\.wav: empty file.*--skip-bad"):
+        extract("emodb", root, workers=1, signal_length=4096, progress=False)
+    fs, _, bad = extract("emodb", root, workers=2, signal_length=4096, skip_bad=True, progress=False)
+    assert len(fs) == 10 and len(bad) == 1 and "03a05Wa.wav" in bad[0]
+
+
+def test_authors_npy(tmp_path):
+    x = np.random.default_rng(0).standard_normal((12, 188, 39)).astype(np.float32)
+    y = np.eye(7)[np.arange(12) % 7]
+    np.save(tmp_path / "EMODB.npy", {"x": x, "y": y}, allow_pickle=True)
+    fs = load_features(tmp_path / "EMODB.npy", corpus="EMODB")
+    assert fs.y.tolist() == (np.arange(12) % 7).tolist() and fs.config.signal_length == 96000 and fs.speakers is None
+    with pytest.raises(TimnetError, match="needs --corpus"):
+        load_features(tmp_path / "EMODB.npy")
+    with pytest.raises(TimnetError, match="y has 7 classes; CASIA has 6"):
+        load_features(tmp_path / "EMODB.npy", corpus="casia")
