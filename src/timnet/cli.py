@@ -9,6 +9,8 @@ from pathlib import Path
 from .errors import TimnetError
 
 CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
+SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS; kept here so --help needs no torch import
+SELECTIONS = ("last", "best-val")  # mirrors timnet.train.SELECTIONS
 
 
 def _warn(message: str) -> None:
@@ -50,6 +52,27 @@ def cmd_extract(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .evaluate import format_report
+    from .features import load_features
+    from .run import Run
+    from .train import TrainConfig
+
+    fs = load_features(args.features, corpus=args.corpus)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, val_fraction=args.val_fraction,
+                         eval_every=args.eval_every, select=args.select, patience=args.patience,
+                         save_every=args.save_every)
+    run = Run(fs, args.output, config=config, folds=args.folds, seed=args.seed, split=args.split,
+              features_path=str(Path(args.features).resolve()))
+    if run.prepare(overwrite=args.overwrite):
+        print(f"resuming the run in {args.output}", file=sys.stderr)
+    summary = run.execute(progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    print(format_report(summary))
+    if args.json:
+        _write_json(args.json, summary)
+    return 0
+
+
 def cmd_test(args) -> int:
     from .corpora import get_corpus
     from .evaluate import evaluate, fold_models, format_report, summarize
@@ -59,7 +82,12 @@ def cmd_test(args) -> int:
     seed = args.seed if args.seed is not None else get_corpus(fs.corpus).seed
     models = fold_models(args.weights, fs, folds=args.folds, seed=seed)
     results, _ = evaluate(fs, models)
-    summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split="random", seed=seed)
+    run_file = Path(args.weights) / "run.json"
+    split = "random"
+    if run_file.is_file():  # a timnet RUN_DIR knows its own split and seed
+        identity = json.loads(run_file.read_text())["identity"]
+        split, seed = identity["split"], identity["seed"]
+    summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split=split, seed=seed)
     print(format_report(summary))
     if args.json:
         _write_json(args.json, summary)
@@ -83,6 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", help="skip unreadable, empty or truncated audio files instead of failing")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_extract)
+
+    s = sub.add_parser("train", help="cross-validated training, one model per fold (the paper's protocol by default)")
+    s.add_argument("features", metavar="FEATURES", help="a timnet .npz, or an authors' .npy with --corpus")
+    s.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder; an unfinished run there resumes")
+    s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
+    s.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
+    s.add_argument("--seed", type=int, default=None, help="fold and initialisation seed (default: the corpus's paper seed)")
+    s.add_argument("--split", choices=SPLITS, default="random", help="random: the paper's utterance-level KFold; speaker: no speaker on both sides")
+    s.add_argument("--epochs", type=int, default=500, help="epochs per fold (default 500)")
+    s.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    s.add_argument("--val-fraction", type=float, default=0.0, help="stratified validation share carved from each fold's training part (default 0)")
+    s.add_argument("--eval-every", type=int, default=1, help="epochs between validation passes (default 1)")
+    s.add_argument("--select", choices=SELECTIONS, default="last", help="model kept per fold: last epoch (paper) or best validation UAR")
+    s.add_argument("--patience", type=int, default=None, help="stop a fold after this many epochs without a better validation UAR")
+    s.add_argument("--save-every", type=int, default=10, help="epochs between resumable snapshots (default 10)")
+    s.add_argument("--overwrite", action="store_true", help="replace a run with a different configuration in RUN_DIR")
+    s.add_argument("--json", default=None, metavar="PATH", help="also write the results JSON here")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("test", help="evaluate one model per fold on its own test split")
     s.add_argument("features", metavar="FEATURES", help="a timnet .npz, or an authors' .npy with --corpus")

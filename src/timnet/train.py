@@ -1,0 +1,198 @@
+"""Training of one fold: the paper's recipe (SPEC.md §4), honest model selection, resumable state.
+
+The test split of a fold is never seen here: `train_fold` gets only training (and validation)
+indices, and the caller evaluates the chosen model on the test split once, afterwards.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import metrics
+from .errors import TimnetError
+from .model import TIMNet, TIMNetConfig
+from .utils import atomic_write
+
+SELECTIONS = ("last", "best-val")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a run's numbers; saved in the run and in every checkpoint."""
+
+    epochs: int = 500
+    batch_size: int = 64
+    lr: float = 1e-3
+    beta1: float = 0.93
+    beta2: float = 0.98
+    adam_eps: float = 1e-8
+    label_smoothing: float = 0.1  # on training labels only
+    val_fraction: float = 0.0  # stratified validation carved from each fold's training part
+    eval_every: int = 1  # epochs between validation passes (when there is validation)
+    select: str = "last"  # "last" (the paper) or "best-val" (best validation UAR)
+    patience: int | None = None  # stop after this many epochs without a better validation UAR
+    save_every: int = 10  # epochs between resumable snapshots
+
+    def __post_init__(self):
+        if self.select not in SELECTIONS:
+            raise TimnetError(f"--select {self.select!r} unknown; expected one of {', '.join(SELECTIONS)}")
+        if not 0 <= self.val_fraction < 1:
+            raise TimnetError(f"--val-fraction {self.val_fraction} invalid; expected 0 <= F < 1")
+        if (self.select == "best-val" or self.patience is not None) and self.val_fraction == 0:
+            raise TimnetError("--select best-val and --patience need validation data; give --val-fraction (e.g. 0.1)")
+        for name in ("epochs", "batch_size", "eval_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise TimnetError(f"--{name.replace('_', '-')} {getattr(self, name)} invalid; expected a positive number")
+        if self.patience is not None and self.patience < 1:
+            raise TimnetError(f"--patience {self.patience} invalid; expected a positive number of epochs")
+
+
+def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a fold's training indices into (train, validation), stratified by class."""
+    if fraction == 0:
+        return train_idx, np.empty(0, dtype=np.int64)
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    labels = y[train_idx]
+    n_val = max(int(round(fraction * len(train_idx))), len(np.unique(labels)))
+    splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
+    try:
+        tr, va = next(splitter.split(np.zeros(len(train_idx)), labels))
+    except ValueError as e:  # a class too small to appear on both sides
+        raise TimnetError(f"--val-fraction {fraction}: cannot stratify this fold's training part ({e})") from None
+    return np.sort(train_idx[tr]), np.sort(train_idx[va])
+
+
+@torch.no_grad()
+def evaluate_split(model: TIMNet, x: torch.Tensor, y: torch.Tensor, *, n_classes: int, batch_size: int = 512) -> dict:
+    """Loss (plain cross-entropy), WAR and UAR of a model on a labelled split."""
+    model.eval()
+    logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    cm = metrics.confusion_matrix(y.numpy(), logits.argmax(1).numpy(), n_classes=n_classes)
+    return {"loss": float(F.cross_entropy(logits, y)), "war": metrics.war(cm), "uar": metrics.uar(cm)}
+
+
+class FoldState:
+    """What a fold's training needs to continue after an interruption, and to be saved atomically."""
+
+    def __init__(self, model: TIMNet, optimizer: torch.optim.Optimizer, generator: torch.Generator):
+        self.model, self.optimizer, self.generator = model, optimizer, generator
+        self.epoch = 0  # epochs completed
+        self.history: list[dict] = []
+        self.best: dict | None = None  # {"epoch", "uar", "state_dict"} under best-val
+        self.since_best = 0
+        self.stopped_early = False
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "epoch": self.epoch, "history": self.history, "best": self.best,
+            "since_best": self.since_best, "stopped_early": self.stopped_early,
+        }
+
+    def load_dict(self, d: dict) -> None:
+        self.model.load_state_dict(d["model"])
+        self.optimizer.load_state_dict(d["optimizer"])
+        self.generator.set_state(d["generator"])
+        torch.set_rng_state(d["torch_rng"])
+        self.epoch, self.history, self.best = d["epoch"], d["history"], d["best"]
+        self.since_best, self.stopped_early = d["since_best"], d["stopped_early"]
+
+    def save(self, path: Path) -> None:
+        with atomic_write(path) as tmp:
+            torch.save(self.to_dict(), tmp)
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """Each fold's own seed, so a fold's numbers do not depend on which folds ran before it."""
+    return seed * 1000 + fold
+
+
+def train_fold(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    *,
+    model_config: TIMNetConfig,
+    config: TrainConfig,
+    seed: int,
+    state_path: Path | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> tuple[TIMNet, FoldState]:
+    """Train one fold's model on `train_idx`, validating on `val_idx`; returns the chosen model.
+
+    With `state_path`, a snapshot is saved every `save_every` epochs and training resumes from
+    it when it exists; the result equals an uninterrupted run's.
+    """
+    torch.manual_seed(seed)
+    model = TIMNet(model_config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps)
+    state = FoldState(model, optimizer, torch.Generator().manual_seed(seed))
+    if state_path is not None and state_path.is_file():
+        state.load_dict(torch.load(state_path, map_location="cpu", weights_only=False))
+
+    x_train, y_train = x[train_idx], y[train_idx]
+    x_val, y_val = x[val_idx], y[val_idx]
+    n, bs = len(train_idx), config.batch_size
+    while state.epoch < config.epochs and not state.stopped_early:
+        model.train()
+        order = torch.randperm(n, generator=state.generator)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, n, bs):
+            idx = order[start : start + bs]
+            logits = model(x_train[idx])
+            loss = F.cross_entropy(logits, y_train[idx], label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y_train[idx]).sum())
+        state.epoch += 1
+        row = {"epoch": state.epoch, "loss": loss_sum / n, "acc": correct / n}
+        if len(val_idx) and (state.epoch % config.eval_every == 0 or state.epoch == config.epochs):
+            v = evaluate_split(model, x_val, y_val, n_classes=model_config.n_classes)
+            row.update(val_loss=v["loss"], val_war=v["war"], val_uar=v["uar"])
+            if state.best is None or v["uar"] > state.best["uar"]:
+                state.best = {"epoch": state.epoch, "uar": v["uar"], "state_dict": copy.deepcopy(model.state_dict())}
+                state.since_best = 0
+            else:
+                state.since_best += config.eval_every
+                if config.patience is not None and state.since_best >= config.patience:
+                    state.stopped_early = True
+        state.history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if state_path is not None and (state.epoch % config.save_every == 0 or state.stopped_early):
+            state.save(state_path)
+            _test_hook_die(state_path, state.epoch)
+
+    if config.select == "best-val" and state.best is not None:
+        model.load_state_dict(state.best["state_dict"])
+    return model.eval(), state
+
+
+def _test_hook_die(state_path: Path, epoch: int) -> None:
+    """Kill this process (SIGKILL, like `kill -9`) right after a snapshot, when a test asks to.
+
+    TIMNET_TEST_DIE_AFTER=<fold dir name>:<epoch>, e.g. fold_02:3; unset in normal use.
+    """
+    import os
+    import signal
+
+    target = os.environ.get("TIMNET_TEST_DIE_AFTER")
+    if target and target == f"{state_path.parent.name}:{epoch}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def n_batches(n: int, batch_size: int) -> int:
+    """Optimisation steps per epoch (the last batch may be smaller)."""
+    return math.ceil(n / batch_size)

@@ -1,0 +1,155 @@
+"""Cross-validated training on small synthetic features: splits, honest selection, resume."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from timnet.errors import TimnetError
+from timnet.features import FeatureConfig, FeatureSet, save_features
+from timnet.folds import make_folds
+from timnet.run import Run
+from timnet.train import TrainConfig
+
+LABELS = ("angry", "boredom", "disgust", "fear", "happy", "neutral", "sad")
+
+
+def synthetic(n=84, frames=24, seed=0):
+    """Learnable features: each class shifts a few MFCC channels; 6 speakers, 7 classes."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 7
+    x = rng.standard_normal((n, frames, 39)).astype(np.float32)
+    x[np.arange(n), :, y] += 1.5
+    speakers = np.array([f"{i % 6:02d}" for i in range(n)])
+    return FeatureSet(x=x, y=y.astype(np.int64), labels=LABELS, corpus="EMODB",
+                      config=FeatureConfig(signal_length=(frames - 1) * 512), speakers=speakers,
+                      files=np.array([f"wav/{i:03d}.wav" for i in range(n)]))
+
+
+FAST = dict(epochs=4, batch_size=16, save_every=1)
+
+
+def test_random_folds_disjoint_and_cover():
+    folds = make_folds(100, folds=10, seed=46)
+    tests = np.concatenate([te for _, te in folds])
+    assert sorted(tests.tolist()) == list(range(100))
+    for tr, te in folds:
+        assert not set(tr) & set(te) and len(tr) + len(te) == 100
+
+
+@pytest.mark.parametrize("folds", [3, 6])
+def test_speaker_folds_never_share_a_speaker(folds):
+    fs = synthetic()
+    splits = make_folds(len(fs), folds=folds, seed=1, split="speaker", speakers=fs.speakers)
+    assert len(splits) == folds
+    assert sorted(np.concatenate([te for _, te in splits]).tolist()) == list(range(len(fs)))
+    for tr, te in splits:
+        assert not set(fs.speakers[tr]) & set(fs.speakers[te])
+    if folds == 6:  # leave-one-speaker-out
+        assert [len(set(fs.speakers[te])) for _, te in splits] == [1] * 6
+    with pytest.raises(TimnetError, match="needs at least 7 speakers; these features have 6"):
+        make_folds(len(fs), folds=7, seed=1, split="speaker", speakers=fs.speakers)
+
+
+def test_best_val_never_reads_test_labels(tmp_path):
+    """Scrambling a fold's test labels leaves its training and selection unchanged."""
+    config = TrainConfig(val_fraction=0.25, select="best-val", eval_every=1, patience=3, **FAST)
+    a = Run(synthetic(), tmp_path / "a", config=config, folds=3, seed=5)
+    a.prepare()
+    ra = a.execute(progress=False, log=lambda m: None)
+    rng = np.random.default_rng(9)
+    for k, (_, test_idx) in enumerate(a.splits, start=1):
+        scrambled = synthetic()
+        scrambled.y[test_idx] = (scrambled.y[test_idx] + rng.integers(1, 7, len(test_idx))) % 7
+        b = Run(scrambled, tmp_path / f"b{k}", config=config, folds=3, seed=5)
+        b.prepare()
+        rb = b.execute(progress=False, log=lambda m: None)
+        fold = f"fold_{k:02d}/history.csv"
+        assert (tmp_path / "a" / fold).read_text() == (tmp_path / f"b{k}" / fold).read_text()
+        assert ra["folds"][k - 1]["epoch"] == rb["folds"][k - 1]["epoch"]
+        assert ra["folds"][k - 1]["confusion"] != rb["folds"][k - 1]["confusion"]  # the test score saw them
+
+
+def test_selection_needs_validation():
+    with pytest.raises(TimnetError, match="need validation data"):
+        TrainConfig(select="best-val")
+    with pytest.raises(TimnetError, match="--patience"):
+        TrainConfig(patience=0, val_fraction=0.1)
+
+
+def test_different_config_in_used_run_dir_is_refused(tmp_path):
+    fs = synthetic()
+    Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3).prepare()
+    with pytest.raises(TimnetError, match="different configuration \\(train_config\\).*--overwrite"):
+        Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "epochs": 5}), folds=3).prepare()
+    assert Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3).prepare() is True  # same: resume
+    Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "epochs": 5}), folds=3).prepare(overwrite=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(TimnetError, match="not a timnet RUN_DIR"):
+        Run(fs, tmp_path / "other", config=TrainConfig(**FAST), folds=3).prepare()
+
+
+def train_cli(features, run_dir, *extra, env=None):
+    cmd = [sys.executable, "-m", "timnet", "train", str(features), "-o", str(run_dir), "--folds", "3",
+           "--epochs", "5", "--batch-size", "16", "--save-every", "1", "-q", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def test_resume_after_kill_equals_uninterrupted_and_is_deterministic(tmp_path):
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    full = train_cli(features, tmp_path / "full", "--json", tmp_path / "full.json")
+    assert full.returncode == 0, full.stderr
+    again = train_cli(features, tmp_path / "again", "--json", tmp_path / "again.json")
+
+    def figures(path):
+        r = json.loads(path.read_text())
+        for f in r["folds"]:
+            f.pop("seconds")
+        return r
+
+    assert figures(tmp_path / "full.json") == figures(tmp_path / "again.json")
+
+    killed = train_cli(features, tmp_path / "resumed", env={"TIMNET_TEST_DIE_AFTER": "fold_02:3"})
+    assert killed.returncode == -9
+    assert (tmp_path / "resumed" / "fold_01" / "result.json").is_file()
+    assert (tmp_path / "resumed" / "fold_02" / "state.pt").is_file()
+    assert not (tmp_path / "resumed" / "fold_02" / "result.json").exists()
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    resumed = train_cli(features, tmp_path / "resumed", "--json", tmp_path / "resumed.json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr and "fold 1/3: done before, kept" in resumed.stderr
+    a, b = figures(tmp_path / "full.json"), figures(tmp_path / "resumed.json")
+    assert a == b
+    for k in (1, 2, 3):
+        h = f"fold_{k:02d}/history.csv"
+        assert (tmp_path / "full" / h).read_text() == (tmp_path / "resumed" / h).read_text()
+
+    # `timnet test` on the RUN_DIR reproduces what `train` reported
+    tested = subprocess.run([sys.executable, "-m", "timnet", "test", str(features), "--weights", str(tmp_path / "resumed"),
+                             "--json", str(tmp_path / "t.json")], capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stderr
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert [f["war"] for f in t["folds"]] == [f["war"] for f in b["folds"]]
+    assert t["mean_uar"] == b["mean_uar"] and t["seed"] == b["seed"]
+
+
+def test_run_dir_contents(tmp_path):
+    fs = synthetic()
+    run = Run(fs, tmp_path / "r", config=TrainConfig(val_fraction=0.2, **FAST), folds=3, split="speaker", seed=3)
+    run.prepare()
+    summary = run.execute(progress=False, log=lambda m: None)
+    assert summary["split"] == "speaker" and len(summary["folds"]) == 3
+    for f in summary["folds"]:
+        assert len(f["test_speakers"]) == 2
+    import torch
+    ck = torch.load(tmp_path / "r" / "fold_01" / "model.pt", weights_only=True)
+    tr, va, te = (set(ck["extra"][k]) for k in ("train_idx", "val_idx", "test_idx"))
+    assert not (tr & va) and not (tr & te) and not (va & te) and len(tr | va | te) == len(fs)
+    header = (tmp_path / "r" / "fold_01" / "history.csv").read_text().splitlines()[0]
+    assert header == "epoch,loss,acc,val_loss,val_war,val_uar"
+    assert (tmp_path / "r" / "results.csv").read_text().count("\n") == 3 + 1 + 2
+    run_json = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run_json["versions"]["torch"] and run_json["command"]
