@@ -94,7 +94,7 @@ def test_different_config_in_used_run_dir_is_refused(tmp_path):
 
 def train_cli(features, run_dir, *extra, env=None):
     cmd = [sys.executable, "-m", "timnet", "train", str(features), "-o", str(run_dir), "--folds", "3",
-           "--epochs", "5", "--batch-size", "16", "--save-every", "1", "-q", *extra]
+           "--epochs", "5", "--batch-size", "16", "--save-every", "1", "--threads", "1", "-q", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
@@ -112,13 +112,13 @@ def test_resume_after_kill_equals_uninterrupted_and_is_deterministic(tmp_path):
 
     assert figures(tmp_path / "full.json") == figures(tmp_path / "again.json")
 
-    killed = train_cli(features, tmp_path / "resumed", env={"TIMNET_TEST_DIE_AFTER": "fold_02:3"})
+    killed = train_cli(features, tmp_path / "resumed", "--workers", "1", env={"TIMNET_TEST_DIE_AFTER": "fold_02:3"})
     assert killed.returncode == -9
     assert (tmp_path / "resumed" / "fold_01" / "result.json").is_file()
     assert (tmp_path / "resumed" / "fold_02" / "state.pt").is_file()
     assert not (tmp_path / "resumed" / "fold_02" / "result.json").exists()
     assert not (tmp_path / "resumed" / "results.json").exists()
-    resumed = train_cli(features, tmp_path / "resumed", "--json", tmp_path / "resumed.json")
+    resumed = train_cli(features, tmp_path / "resumed", "--workers", "1", "--json", tmp_path / "resumed.json")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr and "fold 1/3: done before, kept" in resumed.stderr
     a, b = figures(tmp_path / "full.json"), figures(tmp_path / "resumed.json")
@@ -126,6 +126,13 @@ def test_resume_after_kill_equals_uninterrupted_and_is_deterministic(tmp_path):
     for k in (1, 2, 3):
         h = f"fold_{k:02d}/history.csv"
         assert (tmp_path / "full" / h).read_text() == (tmp_path / "resumed" / h).read_text()
+
+    # in parallel mode a killed worker ends the run with an error; the same command then resumes
+    broken = train_cli(features, tmp_path / "par", "--workers", "2", env={"TIMNET_TEST_DIE_AFTER": "fold_01:2"})
+    assert broken.returncode == 1 and "worker died during fold 1" in broken.stderr
+    par = train_cli(features, tmp_path / "par", "--workers", "2", "--json", tmp_path / "par.json")
+    assert par.returncode == 0, par.stderr
+    assert figures(tmp_path / "par.json") == a
 
     # `timnet test` on the RUN_DIR reproduces what `train` reported
     tested = subprocess.run([sys.executable, "-m", "timnet", "test", str(features), "--weights", str(tmp_path / "resumed"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,11 +63,18 @@ def cmd_train(args) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, val_fraction=args.val_fraction,
                          eval_every=args.eval_every, select=args.select, patience=args.patience,
                          save_every=args.save_every)
+    cores = os.cpu_count() or 1
+    workers = args.workers if args.workers is not None else max(1, min(cores, args.folds))
+    if workers < 1:
+        raise TimnetError(f"--workers {workers} invalid; expected a positive number")
+    threads = args.threads if args.threads is not None else max(1, cores // workers)
+    if threads < 1:
+        raise TimnetError(f"--threads {threads} invalid; expected a positive number")
     run = Run(fs, args.output, config=config, folds=args.folds, seed=args.seed, split=args.split,
-              features_path=str(Path(args.features).resolve()))
+              threads=threads, features_path=str(Path(args.features).resolve()))
     if run.prepare(overwrite=args.overwrite):
         print(f"resuming the run in {args.output}", file=sys.stderr)
-    summary = run.execute(progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    summary = run.execute(workers=workers, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     print(format_report(summary))
     if args.json:
         _write_json(args.json, summary)
@@ -126,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--select", choices=SELECTIONS, default="last", help="model kept per fold: last epoch (paper) or best validation UAR")
     s.add_argument("--patience", type=int, default=None, help="stop a fold after this many epochs without a better validation UAR")
     s.add_argument("--save-every", type=int, default=10, help="epochs between resumable snapshots (default 10)")
+    s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes (default: one per core)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers); part of the run's identity, "
+                   "since float results depend on it")
     s.add_argument("--overwrite", action="store_true", help="replace a run with a different configuration in RUN_DIR")
     s.add_argument("--json", default=None, metavar="PATH", help="also write the results JSON here")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import platform
 import shutil
 import sys
@@ -87,7 +88,7 @@ class Run:
     """One cross-validated training run; `execute` trains (or resumes) every fold."""
 
     def __init__(self, fs: FeatureSet, run_dir: str | Path, *, config: TrainConfig, folds: int = 10,
-                 seed: int | None = None, split: str = "random", features_path: str | None = None):
+                 seed: int | None = None, split: str = "random", threads: int = 1, features_path: str | None = None):
         self.fs, self.dir, self.config = fs, Path(run_dir), config
         self.folds_n, self.split = folds, split
         self.seed = seed if seed is not None else get_corpus(fs.corpus).seed
@@ -98,7 +99,10 @@ class Run:
             "features_fingerprint": features_fingerprint(fs), "folds": folds, "seed": self.seed,
             "split": split, "train_config": asdict(config), "model_config": asdict(self.model_config),
             "feature_config": asdict(fs.config),
+            # float results depend on the thread count of the reductions, so it is part of the run
+            "threads_per_fold": threads,
         }
+        self.threads = threads
         self.features_path = features_path
 
     # -- the RUN_DIR ---------------------------------------------------------------------------
@@ -131,61 +135,155 @@ class Run:
         return self.dir / f"fold_{k:02d}"
 
     # -- training ------------------------------------------------------------------------------
-    def execute(self, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-        """Train every fold not yet done, evaluate each once on its test split, write results."""
-        from tqdm.auto import tqdm
-
+    def train_and_test_fold(self, k: int, *, on_epoch: Callable[[dict], None] | None = None) -> dict:
+        """Train (or resume) fold k, evaluate its chosen model once on its test split, save everything."""
+        train_idx, test_idx = self.splits[k - 1]
+        fdir = self.fold_dir(k)
+        fdir.mkdir(parents=True, exist_ok=True)
+        seed = fold_seed(self.seed, k)
+        tr, va = validation_split(train_idx, self.fs.y, fraction=self.config.val_fraction, seed=seed)
+        torch.set_num_threads(self.threads)
         x = torch.from_numpy(np.ascontiguousarray(self.fs.x))
         y = torch.from_numpy(self.fs.y)
-        results = []
-        for k, (train_idx, test_idx) in enumerate(self.splits, start=1):
-            fdir = self.fold_dir(k)
-            done = fdir / "result.json"
+        state_path = fdir / "state.pt"
+        t0 = time.perf_counter()
+        model, state = train_fold(x, y, tr, va, model_config=self.model_config, config=self.config,
+                                  seed=seed, state_path=state_path, on_epoch=on_epoch)
+        # The test split is touched here, once, after the model has been chosen.
+        probs, _ = predict_proba(model, self.fs.x[test_idx])
+        result = fold_result(k, self.fs, test_idx, probs.argmax(1))
+        chosen = state.best["epoch"] if (self.config.select == "best-val" and state.best) else state.epoch
+        result.update(epoch=chosen, epochs_run=state.epoch, stopped_early=state.stopped_early,
+                      seconds=round(time.perf_counter() - t0, 2))
+        save_checkpoint(fdir / "model.pt", model, feature_config=self.fs.config, labels=self.fs.labels,
+                        corpus=self.fs.corpus, extra={
+                            "fold": k, "n_samples": len(self.fs), "seed": self.seed, "split": self.split,
+                            "train_idx": tr.tolist(), "val_idx": va.tolist(), "test_idx": test_idx.tolist(),
+                            "epoch": chosen, "train_config": asdict(self.config)})
+        _write_csv(fdir / "history.csv", state.history)
+        _write_json(fdir / "result.json", result)  # written last: its presence means the fold is complete
+        state_path.unlink(missing_ok=True)
+        return result
+
+    def execute(self, *, workers: int = 1, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+        """Train every fold not yet done (`workers` at a time), evaluate each once, write results."""
+        results: dict[int, dict] = {}
+        todo = []
+        for k in range(1, self.folds_n + 1):
+            done = self.fold_dir(k) / "result.json"
             if done.is_file():
-                results.append(json.loads(done.read_text()))
-                log(f"fold {k}/{self.folds_n}: done before, kept (WAR {results[-1]['war']:.4f}, UAR {results[-1]['uar']:.4f})")
-                continue
-            fdir.mkdir(parents=True, exist_ok=True)
-            seed = fold_seed(self.seed, k)
-            tr, va = validation_split(train_idx, self.fs.y, fraction=self.config.val_fraction, seed=seed)
-            bar = tqdm(total=self.config.epochs, desc=f"fold {k}/{self.folds_n}", unit="ep", disable=not progress, leave=False)
-
-            def on_epoch(row: dict) -> None:
-                shown = {"loss": f"{row['loss']:.3f}", "acc": f"{row['acc']:.3f}"}
-                if "val_uar" in row:
-                    shown["val_uar"] = f"{row['val_uar']:.3f}"
-                bar.n = row["epoch"]
-                bar.set_postfix(shown, refresh=False)
-                bar.update(0)
-
-            state_path = fdir / "state.pt"
-            t0 = time.perf_counter()
-            model, state = train_fold(x, y, tr, va, model_config=self.model_config, config=self.config,
-                                      seed=seed, state_path=state_path, on_epoch=on_epoch)
-            bar.close()
-            # The test split is touched here, once, after the model has been chosen.
-            probs, _ = predict_proba(model, self.fs.x[test_idx])
-            result = fold_result(k, self.fs, test_idx, probs.argmax(1))
-            chosen = state.best["epoch"] if (self.config.select == "best-val" and state.best) else state.epoch
-            result.update(epoch=chosen, epochs_run=state.epoch, stopped_early=state.stopped_early,
-                          seconds=round(time.perf_counter() - t0, 2))
-            save_checkpoint(fdir / "model.pt", model, feature_config=self.fs.config, labels=self.fs.labels,
-                            corpus=self.fs.corpus, extra={
-                                "fold": k, "n_samples": len(self.fs), "seed": self.seed, "split": self.split,
-                                "train_idx": tr.tolist(), "val_idx": va.tolist(), "test_idx": test_idx.tolist(),
-                                "epoch": chosen, "train_config": asdict(self.config)})
-            _write_csv(fdir / "history.csv", state.history)
-            _write_json(done, result)  # written last: its presence means the fold is complete
-            state_path.unlink(missing_ok=True)
-            results.append(result)
-            log(f"fold {k}/{self.folds_n}: WAR {result['war']:.4f}  UAR {result['uar']:.4f}  "
-                f"(epoch {chosen} of {state.epoch}, {result['seconds']:.0f} s)")
-        summary = summarize(results, corpus=self.fs.corpus, labels=self.fs.labels, split=self.split, seed=self.seed)
-        summary["select"] = self.config.select
-        summary["epochs"] = self.config.epochs
+                results[k] = json.loads(done.read_text())
+                log(f"fold {k}/{self.folds_n}: done before, kept (WAR {results[k]['war']:.4f}, UAR {results[k]['uar']:.4f})")
+            else:
+                todo.append(k)
+        with FoldProgress(self, todo, enabled=progress) as bar:
+            for k, result in _run_folds(self, todo, workers=workers, bar=bar):
+                results[k] = result
+                bar.write(f"fold {k}/{self.folds_n}: WAR {result['war']:.4f}  UAR {result['uar']:.4f}  "
+                          f"(epoch {result['epoch']} of {result['epochs_run']}, {result['seconds']:.0f} s)", log)
+        ordered = [results[k] for k in sorted(results)]
+        summary = summarize(ordered, corpus=self.fs.corpus, labels=self.fs.labels, split=self.split, seed=self.seed)
+        summary.update(select=self.config.select, epochs=self.config.epochs)
         _write_json(self.dir / "results.json", summary)
         _write_csv(self.dir / "results.csv", [{"fold": r["fold"], "n_test": r["n_test"], "war": r["war"], "uar": r["uar"],
-                                               "epoch": r.get("epoch")} for r in results]
+                                               "epoch": r.get("epoch")} for r in ordered]
                    + [{"fold": "mean", "war": summary["mean_war"], "uar": summary["mean_uar"]},
                       {"fold": "std", "war": summary["std_war"], "uar": summary["std_uar"]}])
         return summary
+
+
+class FoldProgress:
+    """One progress bar over all epochs of the folds being trained, showing each running fold."""
+
+    def __init__(self, run: Run, folds: list[int], *, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.epochs = run.config.epochs
+        self.bar = tqdm(total=len(folds) * self.epochs, unit="ep", disable=not enabled,
+                        desc=f"{len(folds)} folds", dynamic_ncols=True)
+        self.status: dict[int, str] = {}
+        self.seen: dict[int, int] = {}
+
+    def epoch(self, fold: int, row: dict) -> None:
+        """Record that `fold` finished the epoch described by `row`."""
+        shown = f"ep {row['epoch']} loss {row['loss']:.3f}"
+        if "val_uar" in row:
+            shown += f" val_uar {row['val_uar']:.3f}"
+        self.status[fold] = shown
+        self.bar.update(row["epoch"] - self.seen.get(fold, 0))
+        self.seen[fold] = row["epoch"]
+        self.bar.set_postfix_str(" | ".join(f"f{k}: {v}" for k, v in sorted(self.status.items())), refresh=False)
+
+    def finished(self, fold: int) -> None:
+        self.bar.update(self.epochs - self.seen.get(fold, 0))  # early stopping skips epochs
+        self.seen[fold] = self.epochs
+        self.status.pop(fold, None)
+
+    def write(self, message: str, log: Callable[[str], None]) -> None:
+        if self.bar.disable:
+            log(message)
+        else:
+            self.bar.write(message, file=sys.stderr)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
+# -- parallel folds ------------------------------------------------------------------------------
+# Folds are independent, so they run in worker processes with one or a few threads each: on small
+# CPUs that beats one process with all threads (the network's ops are too small to scale well).
+
+_WORKER: dict = {}
+
+
+def _worker_init(run: Run, queue) -> None:
+    _WORKER.update(run=run, queue=queue, parent=os.getppid())
+
+
+def _worker_fold(k: int) -> tuple[int, dict]:
+    run, queue = _WORKER["run"], _WORKER["queue"]
+
+    def on_epoch(row: dict) -> None:
+        if os.getppid() != _WORKER["parent"]:  # the parent was killed: do not train on as an orphan
+            os._exit(1)
+        queue.put((k, row))
+
+    return k, run.train_and_test_fold(k, on_epoch=on_epoch)
+
+
+def _run_folds(run: Run, folds: list[int], *, workers: int, bar: FoldProgress):
+    """Yield (fold, result) as folds finish, training `workers` folds at a time."""
+    if workers <= 1 or len(folds) <= 1:
+        for k in folds:
+            result = run.train_and_test_fold(k, on_epoch=lambda row, k=k: bar.epoch(k, row))
+            bar.finished(k)
+            yield k, result
+        return
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # fork after torch has run threads is not safe
+    q = ctx.Manager().Queue()
+    with ProcessPoolExecutor(min(workers, len(folds)), mp_context=ctx, initializer=_worker_init, initargs=(run, q)) as pool:
+        pending = {pool.submit(_worker_fold, k): k for k in folds}
+        while pending:
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            while True:
+                try:
+                    k, row = q.get_nowait()
+                except queue_mod.Empty:
+                    break
+                bar.epoch(k, row)
+            for future in done:
+                k = pending.pop(future)
+                try:
+                    _, result = future.result()
+                except BrokenProcessPool:
+                    raise TimnetError(f"a training worker died during fold {k}; run the same command again to resume") from None
+                bar.finished(k)
+                yield k, result
