@@ -5,6 +5,7 @@ on NumPy arrays, so the same code serves extraction, prediction and tests.
 """
 from __future__ import annotations
 
+import functools
 import struct
 from pathlib import Path
 
@@ -93,9 +94,22 @@ def fit_length(y: np.ndarray, length: int) -> np.ndarray:
     return y[start : start + length]
 
 
-def mfcc(y: np.ndarray, *, sr: int = SAMPLE_RATE, n_mfcc: int = N_MFCC) -> np.ndarray:
-    """MFCCs of `y` as (frames, n_mfcc) float32: librosa's defaults, transposed."""
+@functools.lru_cache(maxsize=8)
+def _mel_basis(sr: int) -> np.ndarray:
     import librosa
 
-    m = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=n_mfcc, n_fft=N_FFT, hop_length=HOP_LENGTH)
+    return librosa.filters.mel(sr=sr, n_fft=N_FFT)  # 128 Slaney mel bands, librosa's defaults
+
+
+def mfcc(y: np.ndarray, *, sr: int = SAMPLE_RATE, n_mfcc: int = N_MFCC) -> np.ndarray:
+    """MFCCs of `y` as (frames, n_mfcc) float32: `librosa.feature.mfcc` with its defaults, transposed.
+
+    The same operations as librosa's, in the same order (so the same bits), except that the mel
+    filter bank is built once per sample rate instead of once per call (half of the cost).
+    """
+    import librosa
+
+    power = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP_LENGTH)) ** 2
+    mel = np.einsum("...ft,mf->...mt", power, _mel_basis(sr), optimize=True)
+    m = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=n_mfcc)
     return np.ascontiguousarray(m.T, dtype=np.float32)

@@ -102,6 +102,16 @@ def cmd_test(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import format_bench, run_bench
+
+    result = run_bench(data_dir=args.data, workers=args.workers, log=lambda m: print(m, file=sys.stderr))
+    print(format_bench(result))
+    if args.json:
+        _write_json(args.json, result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (INTERFACE.md)."""
     p = argparse.ArgumentParser(prog="timnet", description="TIM-Net speech emotion recognition (Ye et al., ICASSP 2023) in PyTorch.")
@@ -150,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="KFold seed (default: the corpus's paper seed)")
     s.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     s.set_defaults(func=cmd_test)
+    s = sub.add_parser("bench", help="speed figures of this machine: training, inference, extraction, memory")
+    s.add_argument("--data", default=None, metavar="EMODB_DIR", help="also time the extraction of this EMODB tree")
+    s.add_argument("--workers", type=int, default=None, help="fold workers for the fast path (default: one per core)")
+    s.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
+    s.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,0 +1,147 @@
+"""Speed figures of this machine: training epochs, inference, feature extraction, memory.
+
+Training is timed on EMODB-shaped random features (535 x 188 x 39, 7 classes, 10-fold training
+splits of 481-482 utterances, batch 64); the figures do not depend on the values.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .features import FeatureConfig, FeatureSet
+from .folds import make_folds
+from .model import TIMNet, TIMNetConfig
+from .run import Run
+from .train import TrainConfig, train_fold
+
+EMODB_SHAPE = (535, 188, 39)
+
+
+def synthetic_emodb(seed: int = 0) -> FeatureSet:
+    """Random features with EMODB's shape, class count and MFCC-like scale."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(EMODB_SHAPE) * 30).astype(np.float32)
+    y = rng.integers(0, 7, EMODB_SHAPE[0]).astype(np.int64)
+    labels = ("angry", "boredom", "disgust", "fear", "happy", "neutral", "sad")
+    return FeatureSet(x=x, y=y, labels=labels, corpus="EMODB", config=FeatureConfig(signal_length=96000),
+                      speakers=np.array([f"{i % 10:02d}" for i in range(len(y))]))
+
+
+def reference_epoch_seconds(fs: FeatureSet, *, threads: int, epochs: int = 4) -> float:
+    """Median seconds of one fold-epoch of the plain single-process loop with `threads` threads."""
+    torch.set_num_threads(threads)
+    train_idx, _ = make_folds(len(fs), folds=10, seed=46)[0]
+    stamps = [time.perf_counter()]
+    train_fold(torch.from_numpy(fs.x), torch.from_numpy(fs.y), train_idx, np.empty(0, np.int64),
+               model_config=TIMNetConfig(), config=TrainConfig(epochs=epochs, save_every=10**6), seed=0,
+               on_epoch=lambda row: stamps.append(time.perf_counter()))
+    return statistics.median(np.diff(stamps)[1:])  # the first epoch pays one-off allocations
+
+
+def all_folds_epoch_seconds(fs: FeatureSet, *, workers: int, threads: int, folds: int = 10) -> float:
+    """Wall seconds of one epoch of all folds as `timnet train` schedules them (worker processes).
+
+    Two short runs (1 and 3 epochs) are timed and differenced, which removes the fixed costs
+    (process start, test evaluation, checkpoint writing) and leaves the per-epoch wall time.
+    """
+    walls = {}
+    for epochs in (1, 3):
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Run(fs, Path(tmp) / "run", config=TrainConfig(epochs=epochs, save_every=10**6), folds=folds,
+                      seed=46, threads=threads)
+            run.prepare()
+            t0 = time.perf_counter()
+            run.execute(workers=workers, progress=False, log=lambda m: None)
+            walls[epochs] = time.perf_counter() - t0
+    return (walls[3] - walls[1]) / 2
+
+
+def inference_utterances_per_second(fs: FeatureSet, *, threads: int, batch_size: int = 256, repeats: int = 3) -> float:
+    """Utterances per second through an eval-mode model (features in, probabilities out)."""
+    torch.set_num_threads(threads)
+    model = TIMNet(TIMNetConfig()).eval()
+    x = torch.from_numpy(fs.x)
+    best = float("inf")
+    with torch.inference_mode():
+        model(x[:batch_size]).softmax(-1)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for i in range(0, len(x), batch_size):
+                model(x[i : i + batch_size]).softmax(-1)
+            best = min(best, time.perf_counter() - t0)
+    return len(x) / best
+
+
+def extraction_seconds(data_dir: str | Path, *, workers: int) -> dict:
+    """Wall time of extracting the real EMODB tree with `workers` processes, and its speed."""
+    import soundfile as sf
+
+    from .corpora import list_corpus
+    from .features import extract
+
+    listing = list_corpus("emodb", data_dir)
+    audio_seconds = sum(sf.info(str(Path(data_dir) / it.path)).duration for it in listing.items)
+    t0 = time.perf_counter()
+    fs, _, _ = extract("emodb", data_dir, workers=workers, progress=False)
+    wall = time.perf_counter() - t0
+    return {"extract_s": wall, "extract_files_per_s": len(fs) / wall, "extract_x_realtime": audio_seconds / wall,
+            "extract_files": len(fs)}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and of its finished children, in MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024  # Linux reports kB
+
+
+def run_bench(*, data_dir: str | Path | None = None, workers: int | None = None, log=print) -> dict:
+    """All figures of INTERFACE.md's `timnet bench`, measured in one run on this machine."""
+    cores = os.cpu_count() or 1
+    workers = workers or min(cores, 10)
+    threads = max(1, cores // workers)
+    fs = synthetic_emodb()
+    log(f"timing the reference path: one fold, one process, {cores} threads ...")
+    reference = reference_epoch_seconds(fs, threads=cores)
+    log(f"timing all 10 folds as `timnet train` runs them: {workers} workers x {threads} threads ...")
+    all_folds = all_folds_epoch_seconds(fs, workers=workers, threads=threads)
+    log("timing inference ...")
+    infer = inference_utterances_per_second(fs, threads=cores)
+    out = {
+        "epoch_s": {"reference": reference, "fast": all_folds / 10, "fast_all_folds": all_folds},
+        "infer_utt_per_s": infer,
+        "extract_s": None,
+        "peak_rss_mb": 0.0,
+        "machine": {"cores": cores, "workers": workers, "threads_per_worker": threads, "torch": torch.__version__},
+    }
+    if data_dir is not None:
+        log(f"timing extraction of {data_dir} with {min(cores, 2)} workers ...")
+        out.update(extraction_seconds(data_dir, workers=min(cores, 2)))
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def format_bench(r: dict) -> str:
+    """The bench figures as a small table."""
+    e = r["epoch_s"]
+    lines = [
+        f"{'figure':<44} {'value':>10}",
+        f"{'reference: s per fold-epoch (1 process)':<44} {e['reference']:>10.3f}",
+        f"{'fast: s per fold-epoch (10 folds / workers)':<44} {e['fast']:>10.3f}",
+        f"{'fast: s per epoch of all 10 folds':<44} {e['fast_all_folds']:>10.3f}",
+        f"{'speed-up, fast vs reference':<44} {e['reference'] / e['fast']:>9.2f}x",
+        f"{'inference: utterances per s':<44} {r['infer_utt_per_s']:>10.0f}",
+    ]
+    if r.get("extract_s") is not None:
+        lines += [f"{'extraction of EMODB: s':<44} {r['extract_s']:>10.2f}",
+                  f"{'extraction: files per s':<44} {r['extract_files_per_s']:>10.1f}",
+                  f"{'extraction: x real time':<44} {r['extract_x_realtime']:>10.1f}"]
+    lines.append(f"{'peak memory: MB':<44} {r['peak_rss_mb']:>10.0f}")
+    return "\n".join(lines)
