@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .errors import TimnetError
 
 CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
@@ -70,6 +72,13 @@ def cmd_train(args) -> int:
     threads = args.threads if args.threads is not None else max(1, cores // workers)
     if threads < 1:
         raise TimnetError(f"--threads {threads} invalid; expected a positive number")
+    if args.all_data:
+        from .run import train_all_data
+
+        path = train_all_data(fs, args.output, config=config, seed=args.seed, threads=args.threads or (os.cpu_count() or 1),
+                              overwrite=args.overwrite, progress=not args.quiet)
+        print(f"trained one model on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
+        return 0
     run = Run(fs, args.output, config=config, folds=args.folds, seed=args.seed, split=args.split,
               threads=threads, features_path=str(Path(args.features).resolve()))
     if run.prepare(overwrite=args.overwrite):
@@ -99,6 +108,49 @@ def cmd_test(args) -> int:
     print(format_report(summary))
     if args.json:
         _write_json(args.json, summary)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import find_audio, load_model
+
+    predictor = load_model(args.model, corpus=args.corpus)
+    files = find_audio(args.audio)
+    rows, failures = [], 0
+    name_width = min(max(len(str(f)) for f in files), 60)
+    print(f"{'file':<{name_width}}  {'label':<10} {'conf':>6}  top-3")
+    for path in files:
+        try:
+            pred = predictor.predict_file(path, window=args.window, hop=args.hop)
+        except TimnetError as e:
+            failures += 1
+            rows.append({"file": str(path), "error": str(e)})
+            print(f"{str(path):<{name_width}}  {'ERROR':<10} {'':>6}  {e}")
+            continue
+        rows.append(pred.to_json())
+        top = "  ".join(f"{name} {p:.2f}" for name, p in pred.top(3))
+        print(f"{str(path):<{name_width}}  {pred.label:<10} {pred.probs[pred.label]:>6.3f}  {top}")
+        for w in pred.windows if args.show_windows else []:
+            print(f"{'':<{name_width}}    {w['start_s']:7.2f}-{w['end_s']:<7.2f} {w['label']:<10} {w['probs'][w['label']]:.3f}")
+        for warning in pred.warnings:
+            _warn(f"{path}: {warning}")
+    if args.json:
+        _write_json(args.json, rows)
+    if failures:
+        _warn(f"{failures} of {len(files)} files could not be predicted")
+        return 1
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .onnx_export import OnnxPredictor, export_onnx
+    from .predict import load_model
+
+    predictor = load_model(args.model, corpus=args.corpus)
+    path = export_onnx(predictor, args.output)
+    x = np.random.default_rng(0).standard_normal((4, predictor.feature_config.frames, predictor.feature_config.n_mfcc)) * 30
+    gap = float(np.abs(OnnxPredictor(path).predict_features(x) - predictor.predict_features(x)).max())
+    print(f"{path}: {len(predictor.models)} model(s), {len(predictor.labels)} classes; max |onnxruntime - torch| = {gap:.1e}")
     return 0
 
 
@@ -147,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes (default: one per core)")
     s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers); part of the run's identity, "
                    "since float results depend on it")
+    s.add_argument("--all-data", action="store_true", help="train one deployable model on every sample (no folds, no test score)")
     s.add_argument("--overwrite", action="store_true", help="replace a run with a different configuration in RUN_DIR")
     s.add_argument("--json", default=None, metavar="PATH", help="also write the results JSON here")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -160,6 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="KFold seed (default: the corpus's paper seed)")
     s.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     s.set_defaults(func=cmd_test)
+    s = sub.add_parser("predict", help="emotion and class probabilities of audio files")
+    s.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files, or directories searched recursively")
+    s.add_argument("--model", default="emodb", metavar="PATH",
+                   help="bundled model name (default emodb), a checkpoint, a RUN_DIR (fold ensemble), "
+                        "a folder of the authors' .hdf5 files (with --corpus) or an .onnx file")
+    s.add_argument("--corpus", default=None, help="the corpus of an authors' weights folder")
+    s.add_argument("--window", type=float, default=None, help="window in seconds for long recordings (default: the model's signal length)")
+    s.add_argument("--hop", type=float, default=None, help="hop between windows in seconds (default: half a window)")
+    s.add_argument("--show-windows", action="store_true", help="print each window's label under a windowed file")
+    s.add_argument("--json", default=None, metavar="PATH", help="write the predictions as JSON")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="export a model or fold ensemble to ONNX")
+    s.add_argument("model", metavar="MODEL", help="bundled model name, checkpoint, RUN_DIR or authors' weights folder (with --corpus)")
+    s.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="where to write the ONNX file")
+    s.add_argument("--corpus", default=None, help="the corpus of an authors' weights folder")
+    s.set_defaults(func=cmd_export)
+
     s = sub.add_parser("bench", help="speed figures of this machine: training, inference, extraction, memory")
     s.add_argument("--data", default=None, metavar="EMODB_DIR", help="also time the extraction of this EMODB tree")
     s.add_argument("--workers", type=int, default=None, help="fold workers for the fast path (default: one per core)")

@@ -192,6 +192,52 @@ class Run:
         return summary
 
 
+def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, seed: int | None = None,
+                   threads: int = 1, overwrite: bool = False, progress: bool = True) -> Path:
+    """Train one model on every sample (the recipe's deployable model; it has no test score).
+
+    Cross-validation estimates how well the recipe generalises; this model, trained the same
+    way on all the data, is the one to use. OUT_DIR gets model.pt, history.csv and run.json;
+    an interrupted run resumes like a fold.
+    """
+    from tqdm.auto import tqdm
+
+    seed = seed if seed is not None else get_corpus(fs.corpus).seed
+    out_dir = Path(out_dir)
+    model_config = model_config_for(fs)
+    identity = {"corpus": fs.corpus, "labels": list(fs.labels), "n_samples": len(fs), "all_data": True,
+                "features_fingerprint": features_fingerprint(fs), "seed": seed, "train_config": asdict(config),
+                "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads}
+    run_file = out_dir / RUN_FILE
+    if run_file.is_file() and json.loads(run_file.read_text()).get("identity") != identity and not overwrite:
+        raise TimnetError(f"{out_dir} holds a run with a different configuration; use another folder or --overwrite")
+    if out_dir.exists() and not run_file.is_file() and any(out_dir.iterdir()) and not overwrite:
+        raise TimnetError(f"{out_dir} exists and is not a timnet RUN_DIR; expected an empty or new folder (or --overwrite)")
+    if overwrite and run_file.is_file() and json.loads(run_file.read_text()).get("identity") != identity:
+        (out_dir / "state.pt").unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_file, {"identity": identity, "command": sys.argv, "versions": versions(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    torch.set_num_threads(threads)
+    tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed)
+    bar = tqdm(total=config.epochs, desc="all data", unit="ep", disable=not progress)
+
+    def on_epoch(row: dict) -> None:
+        bar.update(row["epoch"] - bar.n)
+        bar.set_postfix_str(f"loss {row['loss']:.3f} acc {row['acc']:.3f}", refresh=False)
+
+    model, state = train_fold(torch.from_numpy(np.ascontiguousarray(fs.x)), torch.from_numpy(fs.y), tr, va,
+                              model_config=model_config, config=config, seed=seed, state_path=out_dir / "state.pt",
+                              on_epoch=on_epoch)
+    bar.close()
+    path = save_checkpoint(out_dir / "model.pt", model, feature_config=fs.config, labels=fs.labels, corpus=fs.corpus,
+                           extra={"all_data": True, "n_samples": len(fs), "seed": seed, "epoch": state.epoch,
+                                  "train_config": asdict(config), "train_idx": tr.tolist(), "val_idx": va.tolist()})
+    _write_csv(out_dir / "history.csv", state.history)
+    (out_dir / "state.pt").unlink(missing_ok=True)
+    return path
+
+
 class FoldProgress:
     """One progress bar over all epochs of the folds being trained, showing each running fold."""
 

@@ -1,0 +1,82 @@
+"""ONNX export of a model or fold ensemble (features in, probabilities out), and running it back.
+
+The labels and the FeatureConfig travel in the ONNX metadata, so the .onnx file alone is enough
+to compute the right features and name the classes.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import TimnetError
+from .features import FeatureConfig
+from .predict import Predictor
+from .utils import atomic_write
+
+OPSET = 17
+
+
+class _Probabilities(torch.nn.Module):
+    """Mean softmax of an ensemble: the graph that is exported."""
+
+    def __init__(self, models):
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(features).softmax(-1) for m in self.models]).mean(0)
+
+
+def export_onnx(predictor: Predictor, path: str | Path) -> Path:
+    """Write `predictor` as ONNX (input `features` (B, frames, n_mfcc), output `probs` (B, classes))."""
+    import onnx
+
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise TimnetError(f"{path}: expected an output path ending in .onnx")
+    module = _Probabilities(predictor.models).eval()
+    cfg = predictor.feature_config
+    example = torch.zeros(2, cfg.frames, cfg.n_mfcc)
+    with atomic_write(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and shape-inference chatter
+        torch.onnx.export(module, (example,), str(tmp), input_names=["features"], output_names=["probs"],
+                          dynamic_axes={"features": {0: "batch"}, "probs": {0: "batch"}}, opset_version=OPSET,
+                          dynamo=False)
+        proto = onnx.load(str(tmp))
+        for key, value in (("timnet.labels", json.dumps(list(predictor.labels))),
+                           ("timnet.feature_config", json.dumps(asdict(cfg))),
+                           ("timnet.ensemble_size", str(len(predictor.models)))):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+    return path
+
+
+class OnnxPredictor(Predictor):
+    """A Predictor backed by an exported .onnx file and onnxruntime."""
+
+    def __init__(self, path: str | Path):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise TimnetError(f"{path}: running ONNX models needs onnxruntime (pip install 'timnet[onnx]')") from None
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+            raise TimnetError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "timnet.labels" not in meta:
+            raise TimnetError(f"{path}: no timnet metadata; expected a file written by `timnet export`")
+        self.models = []
+        self.labels = tuple(json.loads(meta["timnet.labels"]))
+        self.feature_config = FeatureConfig(**json.loads(meta["timnet.feature_config"]))
+        self.source = str(path)
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(["probs"], {"features": np.ascontiguousarray(x, dtype=np.float32)})[0]

@@ -1,0 +1,196 @@
+"""Use a trained model: load it from any source, and predict the emotion of waveforms and files.
+
+A `Predictor` holds one or more models (an ensemble averages their probabilities), the class
+labels and the FeatureConfig they were trained with, so features are always computed exactly
+as in training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import audio
+from .checkpoint import load_checkpoint
+from .corpora import AUDIO_EXTENSIONS, get_corpus
+from .errors import TimnetError
+from .features import FeatureConfig, waveform_features
+from .keras_import import keras_fold_files, load_keras_weights
+from .model import TIMNet
+
+BUNDLED = {"emodb": "emodb.pt"}  # name -> file in timnet/pretrained/
+QUIET_RMS = 1e-4  # below this the recording is treated as silence
+SHORT_SECONDS = 0.5
+# Up to this many signal lengths a recording is centre-cropped exactly as in training (so a corpus
+# file gets the very prediction the evaluation made); longer ones are scored in windows.
+WINDOW_AFTER = 2.0
+
+
+@dataclass
+class Prediction:
+    """The result for one waveform or file: label, probabilities, per-window rows, warnings."""
+
+    label: str
+    probs: dict[str, float]
+    windows: list[dict] = field(default_factory=list)  # {"start_s", "end_s", "label", "probs"} when windowed
+    warnings: list[str] = field(default_factory=list)
+    file: str | None = None
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The k most probable labels with their probabilities."""
+        return sorted(self.probs.items(), key=lambda kv: -kv[1])[:k]
+
+    def to_json(self) -> dict:
+        """INTERFACE.md's predict JSON entry (with windows and warnings when there are any)."""
+        out = {"file": self.file, "label": self.label, "probs": self.probs}
+        if self.windows:
+            out["windows"] = self.windows
+        if self.warnings:
+            out["warnings"] = self.warnings
+        return out
+
+
+class Predictor:
+    """An ensemble of TIMNets with their labels and feature config; `predict` takes raw audio."""
+
+    def __init__(self, models: list[TIMNet], *, labels: tuple[str, ...], feature_config: FeatureConfig, source: str = ""):
+        if not models:
+            raise TimnetError(f"{source}: no model to predict with")
+        for m in models:
+            if m.config.n_classes != len(labels):
+                raise TimnetError(f"{source}: a model has {m.config.n_classes} classes but {len(labels)} labels were given")
+        self.models = [m.eval() for m in models]
+        self.labels, self.feature_config, self.source = tuple(labels), feature_config, source
+
+    @torch.inference_mode()
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) of features (N, frames, n_mfcc): the ensemble mean."""
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return torch.stack([m(t).softmax(-1) for m in self.models]).mean(0).numpy()
+
+    def predict(self, waveform: np.ndarray, sample_rate: int, *, window: float | None = None, hop: float | None = None) -> Prediction:
+        """Emotion of a mono (or (n, channels)) waveform at `sample_rate` Hz.
+
+        A recording up to twice the model's signal length is centre-cropped or padded as in
+        training. A longer one, or any one when `window` is given, is scored in windows of
+        `window` seconds (default: the signal length) every `hop` seconds (default: half a
+        window); the result is the mean of the windows' probabilities.
+        """
+        y = np.asarray(waveform, dtype=np.float32)
+        if y.ndim == 2:
+            y = y.mean(axis=1, dtype=np.float32)
+        if y.ndim != 1 or len(y) == 0:
+            raise TimnetError(f"waveform of shape {np.shape(waveform)} invalid; expected (samples,) or (samples, channels)")
+        cfg = self.feature_config
+        y = audio.resample(y, orig_sr=int(sample_rate), target_sr=cfg.sample_rate)
+        warnings = []
+        seconds = len(y) / cfg.sample_rate
+        if seconds < SHORT_SECONDS:
+            warnings.append(f"very short audio ({seconds:.2f} s)")
+        if float(np.sqrt(np.mean(y.astype(np.float64) ** 2))) < QUIET_RMS:
+            warnings.append("silent audio")
+        win = int(round((window or cfg.signal_length / cfg.sample_rate) * cfg.sample_rate))
+        step = int(round((hop or win / cfg.sample_rate / 2) * cfg.sample_rate))
+        if win < audio.HOP_LENGTH or step < 1:
+            raise TimnetError(f"--window {window} / --hop {hop} too small; expected at least {audio.HOP_LENGTH / cfg.sample_rate:.3f} s")
+        if len(y) <= win or (window is None and len(y) <= WINDOW_AFTER * cfg.signal_length):
+            starts = [0]
+            chunks = [y]
+        else:
+            starts = list(range(0, len(y) - win + 1, step))
+            if starts[-1] + win < len(y):
+                starts.append(len(y) - win)  # the tail gets a window of its own
+            chunks = [y[s : s + win] for s in starts]
+        x = np.stack([waveform_features(c, cfg) for c in chunks])
+        probs = self.predict_features(x)
+        mean = probs.mean(0)
+        rows = []
+        if len(chunks) > 1:
+            for s, c, p in zip(starts, chunks, probs):
+                rows.append({"start_s": round(s / cfg.sample_rate, 3), "end_s": round((s + len(c)) / cfg.sample_rate, 3),
+                             "label": self.labels[int(p.argmax())], "probs": self._probs(p)})
+        return Prediction(label=self.labels[int(mean.argmax())], probs=self._probs(mean), windows=rows, warnings=warnings)
+
+    def predict_file(self, path: str | Path, *, window: float | None = None, hop: float | None = None) -> Prediction:
+        """Emotion of an audio file (any format and rate libsndfile reads)."""
+        y, sr = audio.read_audio(path)
+        pred = self.predict(y, sr, window=window, hop=hop)
+        pred.file = str(path)
+        return pred
+
+    def _probs(self, p: np.ndarray) -> dict[str, float]:
+        return {name: round(float(v), 6) for name, v in zip(self.labels, p)}
+
+
+def _bundled_path(name: str) -> Path:
+    return Path(__file__).parent / "pretrained" / BUNDLED[name]
+
+
+def available_models() -> list[str]:
+    """Names of the models shipped in the package."""
+    return [name for name in BUNDLED if _bundled_path(name).is_file()]
+
+
+def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None) -> Predictor:
+    """A Predictor from a bundled name, a checkpoint, a RUN_DIR (fold ensemble) or a folder of the authors' .hdf5 files."""
+    key = str(name_or_path)
+    if key.lower() in BUNDLED:
+        path = _bundled_path(key.lower())
+        if not path.is_file():
+            raise TimnetError(f"model {key!r} is not installed; available models = {available_models()}")
+        return _from_checkpoints([path], source=key)
+    path = Path(name_or_path)
+    if path.is_file() and path.suffix == ".onnx":
+        from .onnx_export import OnnxPredictor
+
+        return OnnxPredictor(path)
+    if path.is_file() and path.suffix in (".hdf5", ".h5"):
+        return _from_keras([path], corpus=corpus, source=str(path))
+    if path.is_file():
+        return _from_checkpoints([path], source=str(path))
+    if path.is_dir():
+        ckpts = sorted(path.glob("fold_*/model.pt"))
+        if ckpts:
+            return _from_checkpoints(ckpts, source=str(path))
+        if list(path.glob("*.hdf5")):
+            n = len(list(path.glob("10-fold_weights_best_*.hdf5")))
+            return _from_keras(keras_fold_files(path, n or 10), corpus=corpus, source=str(path))
+        raise TimnetError(f"{path}: no fold_*/model.pt and no .hdf5 files; expected a RUN_DIR or a folder of the authors' weights")
+    raise TimnetError(f"model {key!r} not found; available models = {available_models()}, or a checkpoint, RUN_DIR or .onnx path")
+
+
+def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predictor:
+    if corpus is None:
+        raise TimnetError(f"{source}: the authors' weight files need --corpus (one of casia, emodb, emovo, iemocap, ravdess, savee)")
+    c = get_corpus(corpus)
+    models = [load_keras_weights(f) for f in paths]
+    return Predictor(models, labels=c.labels, feature_config=FeatureConfig(signal_length=c.signal_length), source=source)
+
+
+def _from_checkpoints(paths: list[Path], *, source: str) -> Predictor:
+    models, labels, config = [], None, None
+    for p in paths:
+        model, ckpt = load_checkpoint(p)
+        if labels is not None and (tuple(ckpt["labels"]) != labels or ckpt["feature_config"] != config):
+            raise TimnetError(f"{p}: labels or features differ from the other folds of {source}")
+        labels, config = tuple(ckpt["labels"]), ckpt["feature_config"]
+        models.append(model)
+    return Predictor(models, labels=labels, feature_config=config, source=source)
+
+
+def find_audio(paths: list[str | Path]) -> list[Path]:
+    """Files given, and audio files under directories given (recursively, in natural order)."""
+    from .corpora import natural_key
+
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS and not f.name.startswith(".")]
+            if not found:
+                raise TimnetError(f"{p}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this directory")
+            out += sorted(found, key=lambda f: natural_key(f.as_posix()))
+        else:
+            out.append(p)  # a missing file becomes an error row, like an unreadable one
+    return out

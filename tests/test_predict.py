@@ -1,0 +1,160 @@
+"""Using a model: predict files in many formats, windows, ensembles, ONNX, the Python API."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import timnet
+from conftest import DATA, PRETRAINED, need, write_tone
+from timnet.checkpoint import save_checkpoint
+from timnet.errors import TimnetError
+from timnet.features import FeatureConfig, file_features
+from timnet.model import TIMNet, TIMNetConfig
+from timnet.predict import Predictor, load_model
+
+CFG = FeatureConfig(signal_length=16384)  # 33 frames: small and fast
+LABELS = ("angry", "calm", "sad")
+
+
+def make_run(root, folds=2):
+    """A RUN_DIR-shaped folder of random-weight fold checkpoints."""
+    for k in range(1, folds + 1):
+        torch.manual_seed(k)
+        model = TIMNet(TIMNetConfig(n_classes=3, dilations=4))
+        save_checkpoint(root / f"fold_{k:02d}" / "model.pt", model, feature_config=CFG, labels=LABELS, corpus="TOY",
+                        extra={"fold": k})
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    return {
+        "8k": write_tone(d / "a8k.wav", sr=8000, seed=1, seconds=0.6),
+        "16k": write_tone(d / "b16k.wav", sr=16000, seed=2, seconds=0.6),
+        "44k": write_tone(d / "c44k.wav", sr=44100, seed=3, seconds=0.6),
+        "48k_stereo_24": write_tone(d / "d48k.wav", sr=48000, channels=2, subtype="PCM_24", seed=4, seconds=0.6),
+        "flac": write_tone(d / "e.flac", sr=16000, fmt="FLAC", seed=5, seconds=0.6),
+        "long": write_tone(d / "f30s.wav", sr=16000, seconds=30.0, seed=6),
+        "1.2s": write_tone(d / "g.wav", sr=22050, seconds=1.2, seed=7),
+    }
+
+
+def test_formats_and_windows(run_dir, clips):
+    model = load_model(run_dir)
+    assert len(model.models) == 2 and model.labels == LABELS
+    for name, path in clips.items():
+        pred = model.predict_file(path)
+        assert pred.label in LABELS and abs(sum(pred.probs.values()) - 1) < 1e-5
+        if name == "long":  # 30 s at a 0.74 s window, half-window hop -> many windows
+            assert len(pred.windows) > 40 and pred.windows[-1]["end_s"] == pytest.approx(30.0, abs=0.01)
+            mean = np.mean([[w["probs"][l] for l in LABELS] for w in pred.windows], axis=0)
+            np.testing.assert_allclose([pred.probs[l] for l in LABELS], mean, atol=1e-5)
+        else:
+            assert pred.windows == []
+    windowed = model.predict_file(clips["long"], window=2.0, hop=2.0)
+    assert len(windowed.windows) == 15
+    # up to twice the signal length: centre-cropped exactly as the training features
+    x = file_features(clips["1.2s"], CFG)[None]
+    np.testing.assert_allclose([model.predict_file(clips["1.2s"]).probs[l] for l in LABELS], model.predict_features(x)[0], atol=1e-6)
+    assert len(model.predict_file(clips["1.2s"], window=0.5).windows) > 1
+
+
+def test_features_match_training_features(run_dir, clips):
+    model = load_model(run_dir)
+    y, sr = sf.read(str(clips["48k_stereo_24"]), dtype="float32")
+    direct = model.predict(y, sr)
+    x = file_features(clips["48k_stereo_24"], CFG)[None]
+    np.testing.assert_allclose([direct.probs[l] for l in LABELS], model.predict_features(x)[0], atol=1e-6)
+
+
+def test_ensemble_is_mean_of_folds(run_dir, clips):
+    ens = load_model(run_dir)
+    singles = [load_model(run_dir / f"fold_0{k}" / "model.pt") for k in (1, 2)]
+    x = np.stack([file_features(p, CFG) for p in list(clips.values())[:3]])
+    np.testing.assert_allclose(ens.predict_features(x), np.mean([s.predict_features(x) for s in singles], axis=0), atol=1e-6)
+
+
+def test_checkpoint_alone_predicts(run_dir, clips, tmp_path):
+    lone = tmp_path / "lonely" / "model.pt"
+    lone.parent.mkdir()
+    shutil.copy(run_dir / "fold_01" / "model.pt", lone)
+    pred = timnet.load_model(lone).predict_file(clips["16k"])
+    assert pred.label in LABELS
+
+
+def test_silent_and_short_warnings(run_dir):
+    model = load_model(run_dir)
+    pred = model.predict(np.zeros(1600, np.float32), 16000)
+    assert "silent audio" in pred.warnings and any("very short" in w for w in pred.warnings)
+
+
+def test_onnx_matches_torch(run_dir, clips, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from timnet.onnx_export import export_onnx
+
+    model = load_model(run_dir)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    onnx_model = load_model(path)
+    assert onnx_model.labels == LABELS and onnx_model.feature_config == CFG
+    x = np.stack([file_features(p, CFG) for p in clips.values()])
+    np.testing.assert_allclose(onnx_model.predict_features(x), model.predict_features(x), atol=1e-4, rtol=0)
+    a, b = onnx_model.predict_file(clips["long"]), model.predict_file(clips["long"])
+    assert a.label == b.label and len(a.windows) == len(b.windows)
+
+
+def test_cli_error_row_and_exit_status(run_dir, clips, tmp_path):
+    bad = tmp_path / "broken.wav"
+    bad.write_text("not audio")
+    args = [sys.executable, "-m", "timnet", "predict", str(clips["16k"]), str(bad), str(clips["flac"]),
+            "--model", str(run_dir), "--json", str(tmp_path / "p.json")]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4 and "ERROR" in lines[2] and "broken.wav" in lines[2]
+    assert lines[1].split()[1] in LABELS and lines[3].split()[1] in LABELS
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert [("error" in row) for row in rows] == [False, True, False]
+    assert set(rows[0]["probs"]) == set(LABELS)
+    ok = subprocess.run([sys.executable, "-m", "timnet", "predict", str(clips["8k"]), "--model", str(run_dir)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_cli_export_and_bad_model(run_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    r = subprocess.run([sys.executable, "-m", "timnet", "export", str(run_dir), "-o", str(tmp_path / "m.onnx")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "max |onnxruntime - torch|" in r.stdout
+    with pytest.raises(TimnetError, match="not found; available models"):
+        load_model(tmp_path / "nothing-here")
+
+
+# ---- real-data tier -------------------------------------------------------------------------
+
+@pytest.mark.realdata
+def test_authors_fold1_predictions_match_reference(reference, tmp_path):
+    folder = need(PRETRAINED / "EMODB_46")
+    wav = need(DATA / "EMODB" / "wav")
+    assert len(load_model(folder, corpus="emodb").models) == 10  # a folder is the 10-fold ensemble
+    idx = np.flatnonzero(reference["test_fold"] == 1)
+    files = [str(wav / reference["files"][i]) for i in idx]
+    r = subprocess.run([sys.executable, "-m", "timnet", "predict", *files, "--model",
+                        str(folder / "10-fold_weights_best_1.hdf5"), "--corpus", "emodb", "--json", str(tmp_path / "p.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "p.json").read_text())
+    labels = reference["class_names"].tolist()
+    got = np.array([[row["probs"][l] for l in labels] for row in rows])
+    np.testing.assert_allclose(got, reference["probs"][idx], atol=1e-3)
