@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -16,11 +16,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+demo: $(STAMP)  ## predict the bundled example clips with the bundled EMODB model
+	$(VENV)/bin/timnet predict examples/
+
 test: $(STAMP)  ## the whole suite: fast tier and the real-data tier on ../shared
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)  ## synthetic data only (seconds)
 	$(PY) -m pytest -q -m "not realdata and not slow"
+
+bench: $(STAMP)  ## speed figures of this machine (training, inference, extraction of ../shared EMODB)
+	$(VENV)/bin/timnet bench --data ../shared/data/EMODB --json bench.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
