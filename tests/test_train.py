@@ -94,7 +94,7 @@ def test_different_config_in_used_run_dir_is_refused(tmp_path):
 
 def train_cli(features, run_dir, *extra, env=None):
     cmd = [sys.executable, "-m", "timnet", "train", str(features), "-o", str(run_dir), "--folds", "3",
-           "--epochs", "5", "--batch-size", "16", "--save-every", "1", "--threads", "1", "-q", *extra]
+           "--epochs", "5", "--batch-size", "16", "--save-every", "1", "--threads", "1", "--no-report", "-q", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
@@ -129,7 +129,7 @@ def test_resume_after_kill_equals_uninterrupted_and_is_deterministic(tmp_path):
 
     # in parallel mode a killed worker ends the run with an error; the same command then resumes
     broken = train_cli(features, tmp_path / "par", "--workers", "2", env={"TIMNET_TEST_DIE_AFTER": "fold_01:2"})
-    assert broken.returncode == 1 and "worker died during fold 1" in broken.stderr
+    assert broken.returncode == 1 and "worker died (unfinished folds: 1" in broken.stderr
     par = train_cli(features, tmp_path / "par", "--workers", "2", "--json", tmp_path / "par.json")
     assert par.returncode == 0, par.stderr
     assert figures(tmp_path / "par.json") == a
@@ -160,3 +160,36 @@ def test_run_dir_contents(tmp_path):
     assert (tmp_path / "r" / "results.csv").read_text().count("\n") == 3 + 1 + 2
     run_json = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run_json["versions"]["torch"] and run_json["command"]
+
+
+def test_device_choice():
+    import torch
+
+    from timnet.train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(TimnetError, match="unknown; expected auto, cpu or cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TimnetError, match="no CUDA device is available"):
+            resolve_device("cuda")
+
+
+def test_fold_in_worker_process_equals_in_process(tmp_path):
+    """The parallel (fast) schedule runs the same mathematics: same per-fold figures and weights."""
+    import torch
+
+    fs = synthetic()
+    config = TrainConfig(**FAST)
+    a = Run(fs, tmp_path / "serial", config=config, folds=3, seed=2, threads=1)
+    a.prepare()
+    ra = a.execute(workers=1, progress=False, log=lambda m: None)
+    b = Run(fs, tmp_path / "parallel", config=config, folds=3, seed=2, threads=1)
+    b.prepare()
+    rb = b.execute(workers=2, progress=False, log=lambda m: None)
+    assert [f["confusion"] for f in ra["folds"]] == [f["confusion"] for f in rb["folds"]]
+    for k in (1, 2, 3):
+        wa = torch.load(tmp_path / "serial" / f"fold_0{k}" / "model.pt", weights_only=True)["state_dict"]
+        wb = torch.load(tmp_path / "parallel" / f"fold_0{k}" / "model.pt", weights_only=True)["state_dict"]
+        assert all(torch.equal(wa[n], wb[n]) for n in wa)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TimnetError
+from .utils import write_json
 
 CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
 SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS; kept here so --help needs no torch import
@@ -18,13 +20,6 @@ SELECTIONS = ("last", "best-val")  # mirrors timnet.train.SELECTIONS
 
 def _warn(message: str) -> None:
     print(f"timnet: warning: {message}", file=sys.stderr)
-
-
-def _write_json(path: str | Path, obj) -> None:
-    from .utils import atomic_write
-
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def cmd_corpora(args) -> int:
@@ -65,8 +60,13 @@ def cmd_train(args) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, val_fraction=args.val_fraction,
                          eval_every=args.eval_every, select=args.select, patience=args.patience,
                          save_every=args.save_every)
+    from .train import resolve_device
+
+    device = str(resolve_device(args.device))
     cores = os.cpu_count() or 1
-    workers = args.workers if args.workers is not None else max(1, min(cores, args.folds))
+    # On a GPU one fold at a time already fills the device; on CPUs folds run in parallel processes.
+    default_workers = 1 if device.startswith("cuda") else max(1, min(cores, args.folds))
+    workers = args.workers if args.workers is not None else default_workers
     if workers < 1:
         raise TimnetError(f"--workers {workers} invalid; expected a positive number")
     threads = args.threads if args.threads is not None else max(1, cores // workers)
@@ -76,17 +76,23 @@ def cmd_train(args) -> int:
         from .run import train_all_data
 
         path = train_all_data(fs, args.output, config=config, seed=args.seed, threads=args.threads or (os.cpu_count() or 1),
-                              overwrite=args.overwrite, progress=not args.quiet)
+                              device=device, overwrite=args.overwrite, progress=not args.quiet)
         print(f"trained one model on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
         return 0
     run = Run(fs, args.output, config=config, folds=args.folds, seed=args.seed, split=args.split,
-              threads=threads, features_path=str(Path(args.features).resolve()))
+              threads=threads, device=device, features_path=str(Path(args.features).resolve()))
     if run.prepare(overwrite=args.overwrite):
         print(f"resuming the run in {args.output}", file=sys.stderr)
     summary = run.execute(workers=workers, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     print(format_report(summary))
     if args.json:
-        _write_json(args.json, summary)
+        write_json(args.json, summary)
+    if not args.no_report:
+        from .report import plot_run, write_report
+
+        with _warnings_as_messages():
+            path = write_report(args.output, figures=plot_run(args.output))
+        print(f"report -> {path}")
     return 0
 
 
@@ -98,7 +104,7 @@ def cmd_test(args) -> int:
     fs = load_features(args.features, corpus=args.corpus)
     seed = args.seed if args.seed is not None else get_corpus(fs.corpus).seed
     models = fold_models(args.weights, fs, folds=args.folds, seed=seed)
-    results, _ = evaluate(fs, models)
+    results, outputs = evaluate(fs, models)
     run_file = Path(args.weights) / "run.json"
     split = "random"
     if run_file.is_file():  # a timnet RUN_DIR knows its own split and seed
@@ -107,8 +113,36 @@ def cmd_test(args) -> int:
     summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split=split, seed=seed)
     print(format_report(summary))
     if args.json:
-        _write_json(args.json, summary)
+        write_json(args.json, summary)
+    if args.plots:
+        from .report import plot_evaluation
+
+        with _warnings_as_messages():
+            written = plot_evaluation(fs, summary, outputs, args.plots)
+        print(f"plots: {', '.join(sorted(written))} -> {args.plots}")
     return 0
+
+
+def cmd_plot(args) -> int:
+    from .report import plot_run, write_report
+
+    with _warnings_as_messages():
+        figures = plot_run(args.run_dir, out_dir=args.out, seed=args.seed)
+        path = write_report(args.run_dir, figures=figures)
+    print(f"plots: {', '.join(sorted(figures))} -> {Path(args.out or Path(args.run_dir) / 'plots')}; report -> {path}")
+    return 0
+
+
+@contextlib.contextmanager
+def _warnings_as_messages():
+    """Show library warnings as `timnet: warning: ...` lines instead of Python's format."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        _warn(str(w.message))
 
 
 def cmd_predict(args) -> int:
@@ -135,7 +169,7 @@ def cmd_predict(args) -> int:
         for warning in pred.warnings:
             _warn(f"{path}: {warning}")
     if args.json:
-        _write_json(args.json, rows)
+        write_json(args.json, rows)
     if failures:
         _warn(f"{failures} of {len(files)} files could not be predicted")
         return 1
@@ -160,7 +194,7 @@ def cmd_bench(args) -> int:
     result = run_bench(data_dir=args.data, workers=args.workers, log=lambda m: print(m, file=sys.stderr))
     print(format_bench(result))
     if args.json:
-        _write_json(args.json, result)
+        write_json(args.json, result)
     return 0
 
 
@@ -199,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes (default: one per core)")
     s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers); part of the run's identity, "
                    "since float results depend on it")
+    s.add_argument("--no-report", action="store_true", help="skip the plots and report.html written at the end")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
     s.add_argument("--all-data", action="store_true", help="train one deployable model on every sample (no folds, no test score)")
     s.add_argument("--overwrite", action="store_true", help="replace a run with a different configuration in RUN_DIR")
     s.add_argument("--json", default=None, metavar="PATH", help="also write the results JSON here")
@@ -212,7 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
     s.add_argument("--seed", type=int, default=None, help="KFold seed (default: the corpus's paper seed)")
     s.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    s.add_argument("--plots", default=None, metavar="OUT_DIR", help="also write confusion, recall and t-SNE figures here")
     s.set_defaults(func=cmd_test)
+
+    s = sub.add_parser("plot", help="training curves, confusion matrix, recall, t-SNE and report.html of a RUN_DIR")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a folder made by `timnet train`")
+    s.add_argument("--out", default=None, metavar="DIR", help="where the figures go (default RUN_DIR/plots)")
+    s.add_argument("--seed", type=int, default=0, help="t-SNE seed (default 0)")
+    s.set_defaults(func=cmd_plot)
     s = sub.add_parser("predict", help="emotion and class probabilities of audio files")
     s.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files, or directories searched recursively")
     s.add_argument("--model", default="emodb", metavar="PATH",

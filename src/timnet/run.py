@@ -34,7 +34,7 @@ from .features import FeatureSet
 from .folds import make_folds
 from .model import TIMNetConfig
 from .train import TrainConfig, fold_seed, train_fold, validation_split
-from .utils import atomic_write
+from .utils import atomic_write, write_json
 
 RUN_FILE = "run.json"
 
@@ -69,11 +69,6 @@ def model_config_for(fs: FeatureSet) -> TIMNetConfig:
     return TIMNetConfig(n_features=fs.x.shape[2], dilations=levels, n_classes=len(fs.labels))
 
 
-def _write_json(path: Path, obj) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-
-
 def _write_csv(path: Path, rows: list[dict]) -> None:
     fields = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
@@ -88,7 +83,8 @@ class Run:
     """One cross-validated training run; `execute` trains (or resumes) every fold."""
 
     def __init__(self, fs: FeatureSet, run_dir: str | Path, *, config: TrainConfig, folds: int = 10,
-                 seed: int | None = None, split: str = "random", threads: int = 1, features_path: str | None = None):
+                 seed: int | None = None, split: str = "random", threads: int = 1, device: str = "cpu",
+                 features_path: str | None = None):
         self.fs, self.dir, self.config = fs, Path(run_dir), config
         self.folds_n, self.split = folds, split
         self.seed = seed if seed is not None else get_corpus(fs.corpus).seed
@@ -101,8 +97,9 @@ class Run:
             "feature_config": asdict(fs.config),
             # float results depend on the thread count of the reductions, so it is part of the run
             "threads_per_fold": threads,
+            "device": torch.device(device).type,
         }
-        self.threads = threads
+        self.threads, self.device = threads, device
         self.features_path = features_path
 
     # -- the RUN_DIR ---------------------------------------------------------------------------
@@ -127,7 +124,7 @@ class Run:
         elif self.dir.exists() and any(self.dir.iterdir()) and not overwrite:
             raise TimnetError(f"{self.dir} exists and is not a timnet RUN_DIR; expected an empty or new folder (or --overwrite)")
         self.dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_file, {"identity": self.identity, "command": sys.argv, "features": self.features_path,
+        write_json(run_file, {"identity": self.identity, "command": sys.argv, "features": self.features_path,
                                "versions": versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         return False
 
@@ -148,7 +145,7 @@ class Run:
         state_path = fdir / "state.pt"
         t0 = time.perf_counter()
         model, state = train_fold(x, y, tr, va, model_config=self.model_config, config=self.config,
-                                  seed=seed, state_path=state_path, on_epoch=on_epoch)
+                                  seed=seed, state_path=state_path, on_epoch=on_epoch, device=self.device)
         # The test split is touched here, once, after the model has been chosen.
         probs, _ = predict_proba(model, self.fs.x[test_idx])
         result = fold_result(k, self.fs, test_idx, probs.argmax(1))
@@ -161,7 +158,7 @@ class Run:
                             "train_idx": tr.tolist(), "val_idx": va.tolist(), "test_idx": test_idx.tolist(),
                             "epoch": chosen, "train_config": asdict(self.config)})
         _write_csv(fdir / "history.csv", state.history)
-        _write_json(fdir / "result.json", result)  # written last: its presence means the fold is complete
+        write_json(fdir / "result.json", result)  # written last: its presence means the fold is complete
         state_path.unlink(missing_ok=True)
         return result
 
@@ -184,7 +181,7 @@ class Run:
         ordered = [results[k] for k in sorted(results)]
         summary = summarize(ordered, corpus=self.fs.corpus, labels=self.fs.labels, split=self.split, seed=self.seed)
         summary.update(select=self.config.select, epochs=self.config.epochs)
-        _write_json(self.dir / "results.json", summary)
+        write_json(self.dir / "results.json", summary)
         _write_csv(self.dir / "results.csv", [{"fold": r["fold"], "n_test": r["n_test"], "war": r["war"], "uar": r["uar"],
                                                "epoch": r.get("epoch")} for r in ordered]
                    + [{"fold": "mean", "war": summary["mean_war"], "uar": summary["mean_uar"]},
@@ -193,7 +190,7 @@ class Run:
 
 
 def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, seed: int | None = None,
-                   threads: int = 1, overwrite: bool = False, progress: bool = True) -> Path:
+                   threads: int = 1, device: str = "cpu", overwrite: bool = False, progress: bool = True) -> Path:
     """Train one model on every sample (the recipe's deployable model; it has no test score).
 
     Cross-validation estimates how well the recipe generalises; this model, trained the same
@@ -207,7 +204,8 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     model_config = model_config_for(fs)
     identity = {"corpus": fs.corpus, "labels": list(fs.labels), "n_samples": len(fs), "all_data": True,
                 "features_fingerprint": features_fingerprint(fs), "seed": seed, "train_config": asdict(config),
-                "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads}
+                "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads,
+                "device": torch.device(device).type}
     run_file = out_dir / RUN_FILE
     if run_file.is_file() and json.loads(run_file.read_text()).get("identity") != identity and not overwrite:
         raise TimnetError(f"{out_dir} holds a run with a different configuration; use another folder or --overwrite")
@@ -216,7 +214,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     if overwrite and run_file.is_file() and json.loads(run_file.read_text()).get("identity") != identity:
         (out_dir / "state.pt").unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_file, {"identity": identity, "command": sys.argv, "versions": versions(),
+    write_json(run_file, {"identity": identity, "command": sys.argv, "versions": versions(),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     torch.set_num_threads(threads)
     tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed)
@@ -228,7 +226,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
 
     model, state = train_fold(torch.from_numpy(np.ascontiguousarray(fs.x)), torch.from_numpy(fs.y), tr, va,
                               model_config=model_config, config=config, seed=seed, state_path=out_dir / "state.pt",
-                              on_epoch=on_epoch)
+                              on_epoch=on_epoch, device=device)
     bar.close()
     path = save_checkpoint(out_dir / "model.pt", model, feature_config=fs.config, labels=fs.labels, corpus=fs.corpus,
                            extra={"all_data": True, "n_samples": len(fs), "seed": seed, "epoch": state.epoch,
@@ -330,6 +328,8 @@ def _run_folds(run: Run, folds: list[int], *, workers: int, bar: FoldProgress):
                 try:
                     _, result = future.result()
                 except BrokenProcessPool:
-                    raise TimnetError(f"a training worker died during fold {k}; run the same command again to resume") from None
+                    unfinished = ", ".join(str(f) for f in sorted({k, *pending.values()}))
+                    raise TimnetError(f"a training worker died (unfinished folds: {unfinished}); "
+                                      "run the same command again to resume") from None
                 bar.finished(k)
                 yield k, result

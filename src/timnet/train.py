@@ -75,7 +75,7 @@ def evaluate_split(model: TIMNet, x: torch.Tensor, y: torch.Tensor, *, n_classes
     """Loss (plain cross-entropy), WAR and UAR of a model on a labelled split."""
     model.eval()
     logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-    cm = metrics.confusion_matrix(y.numpy(), logits.argmax(1).numpy(), n_classes=n_classes)
+    cm = metrics.confusion_matrix(y.cpu().numpy(), logits.argmax(1).cpu().numpy(), n_classes=n_classes)
     return {"loss": float(F.cross_entropy(logits, y)), "war": metrics.war(cm), "uar": metrics.uar(cm)}
 
 
@@ -91,9 +91,11 @@ class FoldState:
         self.stopped_early = False
 
     def to_dict(self) -> dict:
+        cuda = next(self.model.parameters()).is_cuda
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
             "epoch": self.epoch, "history": self.history, "best": self.best,
             "since_best": self.since_best, "stopped_early": self.stopped_early,
         }
@@ -103,12 +105,25 @@ class FoldState:
         self.optimizer.load_state_dict(d["optimizer"])
         self.generator.set_state(d["generator"])
         torch.set_rng_state(d["torch_rng"])
+        if d.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(d["cuda_rng"])
         self.epoch, self.history, self.best = d["epoch"], d["history"], d["best"]
         self.since_best, self.stopped_early = d["since_best"], d["stopped_early"]
 
     def save(self, path: Path) -> None:
         with atomic_write(path) as tmp:
             torch.save(self.to_dict(), tmp)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` is CUDA when present, else the CPU; asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise TimnetError(f"--device {name!r} unknown; expected auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TimnetError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
 
 
 def fold_seed(seed: int, fold: int) -> int:
@@ -127,25 +142,29 @@ def train_fold(
     seed: int,
     state_path: Path | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[TIMNet, FoldState]:
-    """Train one fold's model on `train_idx`, validating on `val_idx`; returns the chosen model.
+    """Train one fold's model on `train_idx`, validating on `val_idx`; returns the chosen model (on the CPU).
 
     With `state_path`, a snapshot is saved every `save_every` epochs and training resumes from
     it when it exists; the result equals an uninterrupted run's.
     """
+    device = torch.device(device)
     torch.manual_seed(seed)
-    model = TIMNet(model_config)
+    model = TIMNet(model_config).to(device)  # initialised on the CPU RNG, so every device starts alike
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps)
+    # The shuffling generator stays on the CPU: batches are the same whatever the device.
     state = FoldState(model, optimizer, torch.Generator().manual_seed(seed))
     if state_path is not None and state_path.is_file():
-        state.load_dict(torch.load(state_path, map_location="cpu", weights_only=False))
+        state.load_dict(torch.load(state_path, map_location=device, weights_only=False))
 
-    x_train, y_train = x[train_idx], y[train_idx]
-    x_val, y_val = x[val_idx], y[val_idx]
+    # The whole training part lives on the device as one contiguous tensor: no per-step host copies.
+    x_train, y_train = x[train_idx].to(device), y[train_idx].to(device)
+    x_val, y_val = x[val_idx].to(device), y[val_idx].to(device)
     n, bs = len(train_idx), config.batch_size
     while state.epoch < config.epochs and not state.stopped_early:
         model.train()
-        order = torch.randperm(n, generator=state.generator)
+        order = torch.randperm(n, generator=state.generator).to(device)
         loss_sum, correct = 0.0, 0
         for start in range(0, n, bs):
             idx = order[start : start + bs]
@@ -177,7 +196,7 @@ def train_fold(
 
     if config.select == "best-val" and state.best is not None:
         model.load_state_dict(state.best["state_dict"])
-    return model.eval(), state
+    return model.cpu().eval(), state
 
 
 def _test_hook_die(state_path: Path, epoch: int) -> None:

@@ -1,0 +1,180 @@
+"""Figures of a run: training curves, confusion matrix, per-class recall, t-SNE of fused features.
+
+Every `*_figure` function takes arrays and returns a matplotlib Figure; nothing here reads a
+RUN_DIR or writes a file except `save_figure`. Figures are built with `matplotlib.figure.Figure`
+rather than pyplot, so no GUI backend is touched and no global figure list grows in long sessions.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from . import metrics
+from .errors import TimnetError
+from .utils import atomic_write
+
+PNG_DPI = 150
+# Train and validation series of the curves figure: (history column, legend name, panel).
+CURVES = (
+    ("loss", "train loss", 0),
+    ("val_loss", "validation loss", 0),
+    ("acc", "train accuracy", 1),
+    ("val_war", "validation WAR", 1),
+    ("val_uar", "validation UAR", 1),
+)
+
+
+def _class_colors(n: int) -> list:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _fold_matrix(histories: Sequence[dict[str, np.ndarray]], column: str, epochs: np.ndarray) -> np.ndarray:
+    """(folds, epochs) values of one column, NaN where a fold has no value for that epoch."""
+    out = np.full((len(histories), len(epochs)), np.nan)
+    for i, h in enumerate(histories):
+        if column not in h:
+            continue
+        pos = np.searchsorted(epochs, np.asarray(h["epoch"], dtype=float))
+        out[i, pos] = np.asarray(h[column], dtype=float)
+    return out
+
+
+def curves_figure(histories: Sequence[dict[str, np.ndarray]]) -> Figure:
+    """Loss and accuracy per epoch: the mean over folds with a ±1 std band, train and validation."""
+    if not histories:
+        raise TimnetError("no training history to plot; expected at least one fold's history.csv")
+    epochs = np.unique(np.concatenate([np.asarray(h["epoch"], dtype=float) for h in histories]))
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for column, name, panel in CURVES:
+        values = _fold_matrix(histories, column, epochs)
+        # Folds stopped early, and epochs without validation (eval_every > 1), are NaN: each
+        # epoch averages only the folds that have a value there.
+        count = np.sum(np.isfinite(values), axis=0)
+        keep = count > 0
+        if not keep.any():
+            continue
+        v = values[:, keep]
+        mean = np.nansum(v, axis=0) / count[keep]
+        std = np.sqrt(np.nansum((v - mean) ** 2, axis=0) / count[keep])
+        x = epochs[keep]
+        style = "--" if column.startswith("val_") else "-"
+        (line,) = axes[panel].plot(x, mean, style, label=name, marker="." if keep.sum() < 30 else None)
+        axes[panel].fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    for ax, ylabel in zip(axes, ("loss", "accuracy / recall")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize="small")
+    axes[1].set_ylim(0, 1.02)
+    fig.suptitle(f"training curves: mean ± 1 std over {len(histories)} fold{'s' * (len(histories) != 1)}")
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, labels: Sequence[str]) -> Figure:
+    """Confusion matrix (rows true): row-normalised colours, counts and row % in the cells."""
+    cm = np.asarray(cm)
+    if cm.shape != (len(labels), len(labels)):
+        raise TimnetError(f"confusion matrix of shape {cm.shape} does not fit {len(labels)} labels")
+    support = cm.sum(axis=1, keepdims=True)
+    rate = np.divide(cm, support, out=np.zeros(cm.shape), where=support > 0)
+    n = len(labels)
+    size = max(4.5, 0.75 * n + 2)
+    fig = Figure(figsize=(size + 1, size), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{cm[i, j]}\n{rate[i, j]:.0%}", ha="center", va="center", fontsize="small",
+                    color="white" if rate[i, j] > 0.6 else "black")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), [f"{name} ({int(s)})" for name, s in zip(labels, support[:, 0])])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (support)")
+    ax.set_title(f"confusion matrix, {int(cm.sum())} test utterances")
+    fig.colorbar(image, ax=ax, label="fraction of the true class", shrink=0.8)
+    return fig
+
+
+def recall_figure(cm: np.ndarray, labels: Sequence[str], *, uar: float, war: float) -> Figure:
+    """Per-class recall bars of a confusion matrix, with the given UAR and WAR in the title."""
+    pc = metrics.per_class(np.asarray(cm))
+    n = len(labels)
+    fig = Figure(figsize=(max(5.0, 0.8 * n + 2), 4), layout="constrained")
+    ax = fig.subplots()
+    bars = ax.bar(range(n), pc["recall"], color=_class_colors(n))
+    ax.bar_label(bars, labels=[f"{r:.0%}" for r in pc["recall"]], fontsize="small")
+    # The dashed line is the mean of these bars (the pooled UAR); it can differ a little from
+    # the title's UAR, which a caller typically gives as the mean over folds.
+    mean_recall = float(np.mean(pc["recall"][pc["support"] > 0]))
+    ax.axhline(mean_recall, color="0.3", linestyle="--", linewidth=1, label=f"mean recall {mean_recall:.2%}")
+    ax.set_xticks(range(n), [f"{name}\n(n={s})" for name, s in zip(labels, pc["support"])], fontsize="small")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("recall")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(f"per-class recall: UAR {uar:.2%}, WAR {war:.2%}")
+    return fig
+
+
+def tsne_embedding(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """(N, 2) t-SNE embedding (PCA init), the same for the same features and seed.
+
+    With PCA initialisation sklearn uses `seed` only in its randomized PCA, so in practice the
+    embedding hardly depends on the seed: the gradient descent itself is deterministic.
+    """
+    from sklearn.manifold import TSNE
+
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2 or not np.isfinite(features).all():
+        raise TimnetError(f"t-SNE needs finite (N >= 2, D) features; got shape {features.shape}"
+                          + ("" if np.isfinite(features).all() else " with NaN/inf values"))
+    # sklearn demands perplexity < N; a third of N keeps tiny test sets (and the tests) working.
+    perplexity = min(30.0, (len(features) - 1) / 3)
+    tsne = TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity)
+    return tsne.fit_transform(features)
+
+
+def tsne_figure(features: np.ndarray, y: np.ndarray, labels: Sequence[str], *, seed: int = 0,
+                title: str | None = None) -> Figure:
+    """2-D t-SNE of features, one colour per true class."""
+    y = np.asarray(y)
+    if len(y) != len(features):
+        raise TimnetError(f"t-SNE got {len(features)} feature rows but {len(y)} labels")
+    emb = tsne_embedding(features, seed=seed)
+    fig = Figure(figsize=(8, 6), layout="constrained")
+    ax = fig.subplots()
+    for k, (name, color) in enumerate(zip(labels, _class_colors(len(labels)))):
+        pts = emb[y == k]
+        if len(pts):
+            ax.scatter(pts[:, 0], pts[:, 1], s=12, color=color, label=f"{name} ({len(pts)})", alpha=0.8, linewidths=0)
+    ax.legend(fontsize="small", markerscale=1.5, loc="center left", bbox_to_anchor=(1.0, 0.5))  # outside: no point hidden
+    ax.set_xticks([])
+    ax.set_yticks([])  # t-SNE axes carry no units
+    ax.set_title(title or f"t-SNE of {len(y)} samples (seed {seed})")
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> list[Path]:
+    """Write `fig` as path.png and path.svg (atomically) and close it; returns both paths."""
+    import matplotlib
+
+    path = Path(path)
+    out = []
+    # A fixed hash salt and no date make the SVG byte-identical across runs of the same figure.
+    with matplotlib.rc_context({"svg.hashsalt": "timnet"}):
+        for fmt, meta in (("png", {}), ("svg", {"Date": None})):
+            target = path.parent / f"{path.name}.{fmt}"  # not with_suffix: names may contain dots
+            with atomic_write(target) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=PNG_DPI, metadata=meta)
+            out.append(target)
+    if "matplotlib.pyplot" in sys.modules:  # only pyplot keeps a registry of figures to close
+        sys.modules["matplotlib.pyplot"].close(fig)
+    return out

@@ -1,0 +1,271 @@
+"""Figures and a one-page HTML report of a RUN_DIR (see timnet.run for its layout).
+
+RUN_DIR/plots/curves.{png,svg}      loss and accuracy per epoch, mean ± std over folds
+RUN_DIR/plots/confusion.{png,svg}   confusion matrix summed over folds
+RUN_DIR/plots/recall.{png,svg}      per-class recall, pooled over folds
+RUN_DIR/plots/tsne.{png,svg}        t-SNE of every test sample's fused features (needs the features file)
+RUN_DIR/report.html                 protocol, per-fold table, figures, environment; works offline
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import shlex
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .errors import TimnetError
+from .features import FeatureSet
+from .plots import confusion_figure, curves_figure, recall_figure, save_figure, tsne_figure
+from .utils import atomic_write
+
+PLOTS_DIR = "plots"
+REPORT_FILE = "report.html"
+FIGURE_CAPTIONS = {
+    "curves": "Training curves: mean over folds, band ±1 std; dashed lines are validation.",
+    "confusion": "Confusion matrix summed over the folds' test splits; colours are row-normalised.",
+    "recall": "Per-class recall pooled over the folds' test splits.",
+    "tsne": "t-SNE of the fused (penultimate) features of every test sample, each from its own fold's model.",
+}
+
+
+# -- reading a RUN_DIR ---------------------------------------------------------------------------
+def read_history(path: str | Path) -> dict[str, np.ndarray]:
+    """A fold's history.csv as float arrays by column; empty cells (no validation that epoch) are NaN."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = rows[0].keys() if rows else ("epoch",)
+    return {c: np.array([float(r[c]) if r.get(c) not in (None, "") else np.nan for r in rows]) for c in columns}
+
+
+def _run_info(run_dir: Path) -> dict:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise TimnetError(f"{run_dir}: not a timnet RUN_DIR; expected {path} (from `timnet train`)")
+    return json.loads(path.read_text())
+
+
+def _fold_results(run_dir: Path) -> list[dict]:
+    results = [json.loads(p.read_text()) for p in sorted(run_dir.glob("fold_*/result.json"))]
+    if not results:
+        raise TimnetError(f"{run_dir}: no finished fold (no fold_*/result.json); train it first or wait for a fold to end")
+    return sorted(results, key=lambda r: r["fold"])
+
+
+def _summed_confusion(fold_results: list[dict]) -> np.ndarray:
+    return np.sum([np.asarray(r["confusion"]) for r in fold_results], axis=0)
+
+
+def _tsne_unavailable(run_dir: Path, info: dict) -> str | None:
+    """Why the t-SNE of a run cannot be drawn, or None when it can."""
+    path = info.get("features")
+    if not path:
+        return "run.json names no features file (the run was not started from a feature file)"
+    if not Path(path).is_file():
+        return f"the features file {path} named in run.json is missing"
+    return None
+
+
+# -- figures ---------------------------------------------------------------------------------------
+def _result_figures(fold_results: list[dict], labels, *, war: float, uar: float, fused: np.ndarray | None,
+                    y: np.ndarray | None, seed: int, out_dir: Path) -> dict[str, list[Path]]:
+    cm = _summed_confusion(fold_results)
+    written = {"confusion": save_figure(confusion_figure(cm, labels), out_dir / "confusion"),
+               "recall": save_figure(recall_figure(cm, labels, uar=uar, war=war), out_dir / "recall")}
+    if fused is not None:
+        title = f"t-SNE of the fused features of {len(y)} test samples (seed {seed})"
+        written["tsne"] = save_figure(tsne_figure(fused, y, labels, seed=seed, title=title), out_dir / "tsne")
+    return written
+
+
+def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: int = 0) -> dict[str, list[Path]]:
+    """Draw a RUN_DIR's figures into RUN_DIR/plots (PNG and SVG); returns the files by figure name.
+
+    The t-SNE needs the run's features file; when run.json's path is gone it is skipped with a
+    warning (and report.html says why) rather than failing the other figures.
+    """
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
+    info = _run_info(run_dir)
+    identity = info["identity"]
+    results = _fold_results(run_dir)
+    histories = [read_history(run_dir / f"fold_{r['fold']:02d}" / "history.csv") for r in results]
+    written = {"curves": save_figure(curves_figure(histories), out_dir / "curves")}
+    fused = y = None
+    reason = _tsne_unavailable(run_dir, info)
+    if reason is None:
+        fused, y, reason = _run_test_features(run_dir, info)
+    if reason is not None:
+        warnings.warn(f"t-SNE skipped: {reason}", stacklevel=2)
+    wars, uars = [r["war"] for r in results], [r["uar"] for r in results]
+    written.update(_result_figures(results, identity["labels"], war=float(np.mean(wars)), uar=float(np.mean(uars)),
+                                   fused=fused, y=y, seed=seed, out_dir=out_dir))
+    return written
+
+
+def _run_test_features(run_dir: Path, info: dict) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """(fused features, true classes, None) of every test sample of the finished folds, or a reason why not."""
+    from .evaluate import evaluate, fold_models
+    from .features import load_features
+    from .run import features_fingerprint
+
+    identity = info["identity"]
+    fs = load_features(info["features"])
+    # A features file rewritten since training would pair the models with other utterances.
+    if features_fingerprint(fs) != identity.get("features_fingerprint"):
+        return None, None, f"the features file {info['features']} has changed since the run was trained"
+    models = fold_models(run_dir, fs, folds=identity["folds"], seed=identity["seed"], split=identity["split"])
+    _, outputs = evaluate(fs, models)
+    fused, y = _tested(fs, outputs)
+    return fused, y, None
+
+
+def _tested(fs: FeatureSet, outputs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The fused features and classes of the samples some fold tested (fold numbers start at 1)."""
+    mask = outputs["test_fold"] > 0
+    return outputs["fused"][mask], fs.y[mask]
+
+
+def plot_evaluation(fs: FeatureSet, summary: dict, outputs: dict, out_dir: str | Path, *, seed: int = 0) -> dict[str, list[Path]]:
+    """Confusion, recall and t-SNE figures of `timnet test` (evaluate.summarize's dict, evaluate's outputs)."""
+    fused, y = _tested(fs, outputs)
+    return _result_figures(summary["folds"], fs.labels, war=summary["mean_war"], uar=summary["mean_uar"],
+                           fused=fused, y=y, seed=seed, out_dir=Path(out_dir))
+
+
+# -- the HTML page ---------------------------------------------------------------------------------
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+.headline { font-size: 1.25em; margin: 0.6em 0; } .muted { color: #666; } .note { background: #fff6dd; padding: 0.5em 0.8em; }
+table { border-collapse: collapse; margin: 0.5em 0; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.7em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } td.num { text-align: right; } tfoot td { font-weight: bold; background: #fafafa; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; } code { background: #f3f3f3; padding: 0.1em 0.3em; word-break: break-all; }
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h} h {m:02d} min {s:02d} s" if h else f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def _kv_table(rows: list[tuple[str, object]]) -> str:
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _protocol(info: dict, results: list[dict], run_dir: Path) -> str:
+    ident = info["identity"]
+    tc = ident.get("train_config", {})
+    done = f"{len(results)} of {ident['folds']}" + ("" if len(results) == ident["folds"] else " (run incomplete)")
+    rows = [("corpus", ident["corpus"]), ("utterances", ident["n_samples"]),
+            ("classes", ", ".join(ident["labels"])), ("split", ident["split"]), ("folds done", done),
+            ("seed", ident["seed"]), ("epochs", tc.get("epochs")), ("model selection", tc.get("select")),
+            ("validation fraction", tc.get("val_fraction")), ("validation every", f"{tc.get('eval_every')} epochs"),
+            ("patience", tc.get("patience")), ("batch size", tc.get("batch_size")), ("learning rate", tc.get("lr")),
+            ("label smoothing", tc.get("label_smoothing")), ("features", info.get("features")), ("run directory", run_dir.resolve())]
+    out = _kv_table(rows)
+    if ident["split"] == "random":
+        out += ('<p class="note">Random (utterance-level) folds put the same speakers in training and test; '
+                "speaker-independent figures need <code>--split speaker</code>.</p>")
+    return out
+
+
+def _fold_table(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        epoch = f"{r.get('epoch')} of {r.get('epochs_run')}" + (" (stopped early)" if r.get("stopped_early") else "")
+        rows.append(f"<tr><td class=\"num\">{_e(r['fold'])}</td><td class=\"num\">{_e(r['n_test'])}</td>"
+                    f"<td>{_e(', '.join(map(str, r.get('test_speakers', []))))}</td>"
+                    f"<td class=\"num\">{_pct(r['war'])}</td><td class=\"num\">{_pct(r['uar'])}</td><td>{_e(epoch)}</td></tr>")
+    wars, uars = np.array([r["war"] for r in results]), np.array([r["uar"] for r in results])
+    foot = (f"<tr><td>mean ± std</td><td class=\"num\">{sum(r['n_test'] for r in results)}</td><td></td>"
+            f"<td class=\"num\">{_pct(wars.mean())} ± {_pct(wars.std())}</td>"
+            f"<td class=\"num\">{_pct(uars.mean())} ± {_pct(uars.std())}</td><td></td></tr>")
+    head = "<tr><th>fold</th><th>n_test</th><th>test speakers</th><th>WAR %</th><th>UAR %</th><th>chosen epoch</th></tr>"
+    return f'<table id="folds"><thead>{head}</thead><tbody>{"".join(rows)}</tbody><tfoot>{foot}</tfoot></table>'
+
+
+def _class_table(results: list[dict], labels) -> str:
+    pc = metrics.per_class(_summed_confusion(results))
+    rows = "".join(f"<tr><td>{_e(name)}</td><td class=\"num\">{_pct(pc['precision'][i])}</td>"
+                   f"<td class=\"num\">{_pct(pc['recall'][i])}</td><td class=\"num\">{_pct(pc['f1'][i])}</td>"
+                   f"<td class=\"num\">{int(pc['support'][i])}</td></tr>" for i, name in enumerate(labels))
+    head = "<tr><th>class</th><th>precision %</th><th>recall %</th><th>F1 %</th><th>support</th></tr>"
+    return f'<table id="classes"><thead>{head}</thead><tbody>{rows}</tbody></table>'
+
+
+def _figures(figures: dict[str, list[Path]], tsne_reason: str | None) -> str:
+    parts = []
+    for name, paths in figures.items():
+        png = next((Path(p) for p in paths if str(p).endswith(".png")), None)
+        if png is None:
+            continue
+        # Embedded as data URIs so the page is one file that opens offline, anywhere.
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        caption = FIGURE_CAPTIONS.get(name, name)
+        parts.append(f'<figure id="fig-{_e(name)}"><img src="data:image/png;base64,{data}" alt="{_e(name)}">'
+                     f"<figcaption>{_e(caption)} <span class=\"muted\">({_e(png.name)} and .svg in "
+                     f"{_e(png.parent.name)}/)</span></figcaption></figure>")
+    if "tsne" not in figures and tsne_reason:
+        parts.append(f'<p class="note">t-SNE not drawn: {_e(tsne_reason)}.</p>')
+    return "".join(parts)
+
+
+def _environment(info: dict, results: list[dict]) -> str:
+    versions = info.get("versions", {})
+    rows = [(k, v) for k, v in versions.items() if k != "threads"]
+    rows += [("threads per fold", info["identity"].get("threads_per_fold")), ("torch threads (main process)", versions.get("threads")),
+             ("wall time (sum of folds)", _duration(sum(r.get("seconds", 0.0) for r in results))),
+             ("started", info.get("started")), ("command", shlex.join(map(str, info.get("command", []))))]
+    return _kv_table(rows)
+
+
+def render_report(run_dir: Path, figures: dict[str, list[Path]]) -> str:
+    """The report page of a RUN_DIR as one HTML string (no scripts, no external resources)."""
+    info = _run_info(run_dir)
+    ident = info["identity"]
+    results = _fold_results(run_dir)
+    wars, uars = np.array([r["war"] for r in results]), np.array([r["uar"] for r in results])
+    headline = (f"WAR {_pct(wars.mean())} ± {_pct(wars.std())} %, UAR {_pct(uars.mean())} ± {_pct(uars.std())} % "
+                f"over {len(results)} folds")
+    title = f"TIM-Net {ident['corpus']}: {run_dir.resolve().name}"
+    body = [f"<h1>{_e(title)}</h1>", f'<p class="headline">{_e(headline)}</p>',
+            f'<p class="muted">mean ± population std over folds; started {_e(info.get("started", "?"))}</p>',
+            "<h2>Protocol</h2>", _protocol(info, results, run_dir),
+            "<h2>Folds</h2>", _fold_table(results),
+            "<h2>Classes (pooled over folds)</h2>", _class_table(results, ident["labels"]),
+            "<h2>Figures</h2>", _figures(figures, _tsne_unavailable(run_dir, info)),
+            "<h2>Environment</h2>", _environment(info, results)]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_e(title)}</title>"
+            f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(run_dir: str | Path, *, figures: dict[str, list[Path]] | None = None) -> Path:
+    """Write RUN_DIR/report.html (atomically), drawing the figures first when `figures` is None."""
+    run_dir = Path(run_dir)
+    if figures is None:
+        figures = plot_run(run_dir)
+    page = render_report(run_dir, figures)
+    path = run_dir / REPORT_FILE
+    with atomic_write(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return path

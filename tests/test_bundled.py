@@ -1,0 +1,42 @@
+"""The model shipped in the package, and the example clips `make demo` predicts."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import timnet
+from timnet.checkpoint import read_checkpoint
+from timnet.predict import _bundled_path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EMOTION = {"W": "angry", "L": "boredom", "E": "disgust", "A": "fear", "F": "happy", "T": "sad", "N": "neutral"}
+
+
+def test_bundled_model_is_small_and_self_describing():
+    assert "emodb" in timnet.available_models()
+    path = _bundled_path("emodb")
+    assert path.stat().st_size < 2 * 1024 * 1024
+    ckpt = read_checkpoint(path)
+    assert ckpt["labels"] == ["angry", "boredom", "disgust", "fear", "happy", "neutral", "sad"]
+    assert ckpt["extra"]["all_data"] is True and ckpt["extra"]["epoch"] == 500
+    assert ckpt["feature_config"]["signal_length"] == 96000
+    assert (path.parent / "emodb.md").is_file()
+
+
+def test_demo_predicts_every_example():
+    clips = sorted(EXAMPLES.glob("*.wav"))
+    assert 1 <= len(clips) <= 5
+    r = subprocess.run([sys.executable, "-m", "timnet", "predict", str(EXAMPLES)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = r.stdout.splitlines()[1:]
+    assert len(rows) == len(clips)
+    model = timnet.load_model("emodb")
+    for clip in clips:
+        # the bundled model was trained on all of EMODB, these clips included: it must know them
+        assert model.predict_file(clip).label == EMOTION[clip.name[5]], clip.name
+
+
+def test_unknown_model_name():
+    with pytest.raises(timnet.TimnetError, match="available models = \\['emodb'\\]"):
+        timnet.load_model("nonexistent-model")

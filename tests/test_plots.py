@@ -1,0 +1,183 @@
+"""Figures and the HTML report of a tiny synthetic RUN_DIR; the report also opened in headless Chromium."""
+import html
+import json
+import os
+import re
+import shutil
+
+import matplotlib
+
+matplotlib.use("Agg")  # before anything imports pyplot: tests never need a display
+
+import matplotlib.image
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+import browser
+from test_train import LABELS, synthetic
+from timnet import plots
+from timnet.evaluate import evaluate, fold_models, summarize
+from timnet.features import save_features
+from timnet.report import plot_evaluation, plot_run, read_history, write_report
+from timnet.run import Run
+from timnet.train import TrainConfig
+
+FIGURES = {"curves", "confusion", "recall", "tsne"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished 3-fold run (3 epochs, validation) on synthetic features saved to disk."""
+    tmp = tmp_path_factory.mktemp("plots")
+    fs = synthetic()
+    features_path = save_features(fs, tmp / "features.npz")
+    run_dir = tmp / "run"
+    run = Run(fs, run_dir, config=TrainConfig(epochs=3, batch_size=16, val_fraction=0.25, save_every=100),
+              folds=3, seed=1, features_path=str(features_path))
+    run.prepare()
+    run.execute(progress=False, log=lambda m: None)
+    return fs, run_dir
+
+
+@pytest.fixture(scope="module")
+def reported(trained):
+    """plot_run's files and write_report's page for the trained run."""
+    _, run_dir = trained
+    figures = plot_run(run_dir)
+    return figures, write_report(run_dir, figures=figures)
+
+
+def check_image_files(paths):
+    png, svg = sorted(paths, key=lambda p: p.suffix)
+    assert png.suffix == ".png" and svg.suffix == ".svg"
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 1  # not a blank canvas
+    assert "<svg" in svg.read_text()
+
+
+def test_plot_run_writes_every_figure(trained, reported):
+    _, run_dir = trained
+    figures, _ = reported
+    assert set(figures) == FIGURES
+    for name, paths in figures.items():
+        assert {p.name for p in paths} == {f"{name}.png", f"{name}.svg"}
+        assert all(p.parent == run_dir / "plots" for p in paths)
+        check_image_files(paths)
+
+
+def test_history_reads_validation_columns(trained):
+    _, run_dir = trained
+    h = read_history(run_dir / "fold_01" / "history.csv")
+    assert set(h) == {"epoch", "loss", "acc", "val_loss", "val_war", "val_uar"}
+    assert h["epoch"].tolist() == [1, 2, 3] and np.isfinite(h["val_uar"]).all()
+
+
+def test_curves_average_over_the_folds_that_have_the_epoch():
+    long = {"epoch": np.array([1, 2, 3, 4]), "loss": np.array([4.0, 3.0, 2.0, 1.0]), "acc": np.full(4, 0.5),
+            "val_uar": np.array([np.nan, 0.2, np.nan, 0.6])}  # eval_every=2
+    short = {"epoch": np.array([1, 2]), "loss": np.array([2.0, 1.0]), "acc": np.full(2, 0.7)}  # stopped early
+    fig = plots.curves_figure([long, short])
+    assert isinstance(fig, Figure)
+    loss_ax, acc_ax = fig.axes[:2]
+    train_loss = loss_ax.get_lines()[0]
+    assert train_loss.get_xdata().tolist() == [1, 2, 3, 4]
+    assert train_loss.get_ydata().tolist() == [3.0, 2.0, 2.0, 1.0]
+    val_uar = [ln for ln in acc_ax.get_lines() if ln.get_label() == "validation UAR"][0]
+    assert val_uar.get_xdata().tolist() == [2, 4] and val_uar.get_ydata().tolist() == [0.2, 0.6]
+
+
+def test_figure_functions_return_figures(tmp_path):
+    rng = np.random.default_rng(0)
+    cm = rng.integers(0, 9, (7, 7))
+    cm[3] = 0  # a class absent from the test split must not divide by zero
+    figs = {"confusion": plots.confusion_figure(cm, LABELS),
+            "recall": plots.recall_figure(cm, LABELS, uar=0.5, war=0.6),
+            "tsne": plots.tsne_figure(rng.standard_normal((10, 8)), np.arange(10) % 7, LABELS, seed=0)}
+    for name, fig in figs.items():
+        assert isinstance(fig, Figure)
+        check_image_files(plots.save_figure(fig, tmp_path / f"{name}.v1"))  # a dot in the name is kept
+    assert "UAR 50.00%" in figs["recall"].axes[0].get_title()
+
+
+def test_tsne_is_reproducible():
+    features = np.random.default_rng(3).standard_normal((84, 32))
+    a = plots.tsne_embedding(features, seed=0)
+    assert a.shape == (84, 2) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, plots.tsne_embedding(features, seed=0))
+    # No "another seed differs" check: with init="pca" sklearn uses the seed only in its
+    # randomized PCA, which converges to the same components, so the embedding barely depends on it.
+    assert plots.tsne_embedding(features[:4], seed=0).shape == (4, 2)  # perplexity shrinks for tiny inputs
+
+
+def folds_rows(page: str) -> list[str]:
+    table = re.search(r'<table id="folds">.*?<tbody>(.*?)</tbody>', page, re.S)
+    assert table, "no folds table"
+    return re.findall(r"<tr>", table.group(1))
+
+
+def test_report_is_one_offline_page(trained, reported):
+    _, run_dir = trained
+    _, report = reported
+    assert report == run_dir / "report.html"
+    page = report.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "<link" not in page
+    assert page.count('src="data:image/png;base64,') == len(FIGURES)
+    assert len(folds_rows(page)) == 3
+    summary = json.loads((run_dir / "results.json").read_text())
+    assert f"{100 * summary['mean_uar']:.2f} ± {100 * summary['std_uar']:.2f}" in page
+    for text in ("EMODB", "validation fraction</th><td>0.25", "scikit-learn", "wall time"):
+        assert text in page
+
+
+def test_missing_features_skip_tsne_and_text_is_escaped(trained, tmp_path):
+    _, run_dir = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("plots", "report.html"))
+    info = json.loads((copy / "run.json").read_text())
+    info.update(features=str(tmp_path / "gone.npz"), command=["timnet", "train", "<script>alert(1)</script>"])
+    (copy / "run.json").write_text(json.dumps(info))
+    with pytest.warns(UserWarning, match="t-SNE skipped: the features file .*gone.npz"):
+        figures = plot_run(copy)
+    assert set(figures) == FIGURES - {"tsne"}
+    page = write_report(copy, figures=figures).read_text()
+    assert "t-SNE not drawn" in page and "<script" not in page
+    assert html.escape("<script>alert(1)</script>") in page
+
+
+def test_plot_evaluation(trained, tmp_path):
+    fs, run_dir = trained
+    results, outputs = evaluate(fs, fold_models(run_dir, fs, folds=3, seed=1))
+    summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split="random", seed=1)
+    figures = plot_evaluation(fs, summary, outputs, tmp_path / "out", seed=0)
+    assert set(figures) == FIGURES - {"curves"}
+    for paths in figures.values():
+        check_image_files(paths)
+
+
+def test_report_in_headless_chromium(reported, tmp_path):
+    if not browser.available():
+        if os.environ.get("CI"):
+            pytest.fail(f"{browser.CHROMIUM} not found; CI must install it (apt-get install -y chromium)")
+        pytest.skip(f"{browser.CHROMIUM} not installed (apt-get install -y chromium); CI runs this test")
+    _, report = reported
+    # The report has no scripts; a copy gets one that records what the browser saw into the DOM.
+    check = """<script>
+window.addEventListener('load', function () {
+  var images = Array.from(document.images);
+  document.body.setAttribute('data-check', JSON.stringify({
+    images: images.length,
+    loaded: images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
+    rows: document.querySelectorAll('#folds tbody tr').length}));
+});
+</script>"""
+    page = tmp_path / "report_check.html"
+    page.write_text(report.read_text().replace("</body>", check + "</body>"))
+    dom = browser.dump_dom(page)
+    found = re.search(r'data-check="([^"]*)"', dom)
+    assert found, f"the check script did not run; DOM starts: {dom[:500]}"
+    result = json.loads(html.unescape(found.group(1)))
+    assert result == {"images": len(FIGURES), "loaded": len(FIGURES), "rows": 3}
