@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib.lines
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -143,22 +144,41 @@ def tsne_embedding(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
 
 
 def tsne_figure(features: np.ndarray, y: np.ndarray, labels: Sequence[str], *, seed: int = 0,
-                title: str | None = None) -> Figure:
-    """2-D t-SNE of features, one colour per true class."""
+                title: str | None = None, groups: np.ndarray | None = None) -> Figure:
+    """2-D t-SNE of features, one colour per true class; one panel per group when `groups` is given.
+
+    Features from different models live in different spaces (each fold's model learns its own),
+    so a cross-validated run passes its test folds as `groups`: each panel embeds one fold's test
+    samples, as seen by that fold's model, and every test sample appears once.
+    """
     y = np.asarray(y)
     if len(y) != len(features):
         raise TimnetError(f"t-SNE got {len(features)} feature rows but {len(y)} labels")
-    emb = tsne_embedding(features, seed=seed)
-    fig = Figure(figsize=(8, 6), layout="constrained")
-    ax = fig.subplots()
-    for k, (name, color) in enumerate(zip(labels, _class_colors(len(labels)))):
-        pts = emb[y == k]
-        if len(pts):
-            ax.scatter(pts[:, 0], pts[:, 1], s=12, color=color, label=f"{name} ({len(pts)})", alpha=0.8, linewidths=0)
-    ax.legend(fontsize="small", markerscale=1.5, loc="center left", bbox_to_anchor=(1.0, 0.5))  # outside: no point hidden
-    ax.set_xticks([])
-    ax.set_yticks([])  # t-SNE axes carry no units
-    ax.set_title(title or f"t-SNE of {len(y)} samples (seed {seed})")
+    groups = np.zeros(len(y), dtype=int) if groups is None else np.asarray(groups)
+    names = list(dict.fromkeys(sorted(groups.tolist())))
+    cols = min(5, len(names))
+    rows = -(-len(names) // cols)
+    fig = Figure(figsize=(8, 6) if len(names) == 1 else (3.2 * cols + 1.8, 3.2 * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    colors = _class_colors(len(labels))
+    for ax, g in zip(axes, names):
+        mask = groups == g
+        emb = tsne_embedding(np.asarray(features)[mask], seed=seed)
+        for k, (name, color) in enumerate(zip(labels, colors)):
+            pts = emb[y[mask] == k]
+            if len(pts):
+                ax.scatter(pts[:, 0], pts[:, 1], s=12 if len(names) == 1 else 8, color=color, alpha=0.8, linewidths=0,
+                           label=f"{name} ({int((y == k).sum())})")
+        ax.set_xticks([])
+        ax.set_yticks([])  # t-SNE axes carry no units
+        if len(names) > 1:
+            ax.set_title(f"fold {g} ({int(mask.sum())})", fontsize="small")
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    handles = [matplotlib.lines.Line2D([], [], marker="o", linestyle="", color=c, label=f"{n} ({int((y == k).sum())})")
+               for k, (n, c) in enumerate(zip(labels, colors))]
+    fig.legend(handles=handles, fontsize="small", loc="outside right center")  # outside: no point hidden
+    fig.suptitle(title or f"t-SNE of {len(y)} samples (seed {seed})")
     return fig
 
 

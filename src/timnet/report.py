@@ -30,7 +30,8 @@ FIGURE_CAPTIONS = {
     "curves": "Training curves: mean over folds, band ±1 std; dashed lines are validation.",
     "confusion": "Confusion matrix summed over the folds' test splits; colours are row-normalised.",
     "recall": "Per-class recall pooled over the folds' test splits.",
-    "tsne": "t-SNE of the fused (penultimate) features of every test sample, each from its own fold's model.",
+    "tsne": "t-SNE of the fused (penultimate) features of every test sample, one panel per fold: each fold's "
+            "model has its own feature space, so samples are embedded with the other test samples of their fold.",
 }
 
 
@@ -73,13 +74,13 @@ def _tsne_unavailable(run_dir: Path, info: dict) -> str | None:
 
 # -- figures ---------------------------------------------------------------------------------------
 def _result_figures(fold_results: list[dict], labels, *, war: float, uar: float, fused: np.ndarray | None,
-                    y: np.ndarray | None, seed: int, out_dir: Path) -> dict[str, list[Path]]:
+                    y: np.ndarray | None, folds: np.ndarray | None, seed: int, out_dir: Path) -> dict[str, list[Path]]:
     cm = _summed_confusion(fold_results)
     written = {"confusion": save_figure(confusion_figure(cm, labels), out_dir / "confusion"),
                "recall": save_figure(recall_figure(cm, labels, uar=uar, war=war), out_dir / "recall")}
     if fused is not None:
-        title = f"t-SNE of the fused features of {len(y)} test samples (seed {seed})"
-        written["tsne"] = save_figure(tsne_figure(fused, y, labels, seed=seed, title=title), out_dir / "tsne")
+        title = f"t-SNE of the fused features of {len(y)} test samples, per fold model (seed {seed})"
+        written["tsne"] = save_figure(tsne_figure(fused, y, labels, seed=seed, title=title, groups=folds), out_dir / "tsne")
     return written
 
 
@@ -96,20 +97,20 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     results = _fold_results(run_dir)
     histories = [read_history(run_dir / f"fold_{r['fold']:02d}" / "history.csv") for r in results]
     written = {"curves": save_figure(curves_figure(histories), out_dir / "curves")}
-    fused = y = None
+    fused = y = folds = None
     reason = _tsne_unavailable(run_dir, info)
     if reason is None:
-        fused, y, reason = _run_test_features(run_dir, info)
+        fused, y, folds, reason = _run_test_features(run_dir, info)
     if reason is not None:
         warnings.warn(f"t-SNE skipped: {reason}", stacklevel=2)
     wars, uars = [r["war"] for r in results], [r["uar"] for r in results]
     written.update(_result_figures(results, identity["labels"], war=float(np.mean(wars)), uar=float(np.mean(uars)),
-                                   fused=fused, y=y, seed=seed, out_dir=out_dir))
+                                   fused=fused, y=y, folds=folds, seed=seed, out_dir=out_dir))
     return written
 
 
-def _run_test_features(run_dir: Path, info: dict) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    """(fused features, true classes, None) of every test sample of the finished folds, or a reason why not."""
+def _run_test_features(run_dir: Path, info: dict) -> tuple:
+    """(fused features, true classes, test folds, None) of every test sample of the finished folds, or a reason why not."""
     from .evaluate import evaluate, fold_models
     from .features import load_features
     from .run import features_fingerprint
@@ -118,24 +119,23 @@ def _run_test_features(run_dir: Path, info: dict) -> tuple[np.ndarray | None, np
     fs = load_features(info["features"])
     # A features file rewritten since training would pair the models with other utterances.
     if features_fingerprint(fs) != identity.get("features_fingerprint"):
-        return None, None, f"the features file {info['features']} has changed since the run was trained"
+        return None, None, None, f"the features file {info['features']} has changed since the run was trained"
     models = fold_models(run_dir, fs, folds=identity["folds"], seed=identity["seed"], split=identity["split"])
     _, outputs = evaluate(fs, models)
-    fused, y = _tested(fs, outputs)
-    return fused, y, None
+    return (*_tested(fs, outputs), None)
 
 
-def _tested(fs: FeatureSet, outputs: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The fused features and classes of the samples some fold tested (fold numbers start at 1)."""
+def _tested(fs: FeatureSet, outputs: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fused features, classes and test folds of the samples some fold tested (folds start at 1)."""
     mask = outputs["test_fold"] > 0
-    return outputs["fused"][mask], fs.y[mask]
+    return outputs["fused"][mask], fs.y[mask], outputs["test_fold"][mask]
 
 
 def plot_evaluation(fs: FeatureSet, summary: dict, outputs: dict, out_dir: str | Path, *, seed: int = 0) -> dict[str, list[Path]]:
     """Confusion, recall and t-SNE figures of `timnet test` (evaluate.summarize's dict, evaluate's outputs)."""
-    fused, y = _tested(fs, outputs)
+    fused, y, folds = _tested(fs, outputs)
     return _result_figures(summary["folds"], fs.labels, war=summary["mean_war"], uar=summary["mean_uar"],
-                           fused=fused, y=y, seed=seed, out_dir=Path(out_dir))
+                           fused=fused, y=y, folds=folds, seed=seed, out_dir=Path(out_dir))
 
 
 # -- the HTML page ---------------------------------------------------------------------------------
