@@ -85,9 +85,8 @@ def _pool_context():
 
 
 def _init_worker() -> None:
-    # One BLAS/OpenMP thread per worker: the processes already fill the cores, nested thread pools
-    # only fight over them, and a fixed thread count keeps the mel product's last bits the same
-    # whatever the number of workers.
+    # One BLAS/OpenMP thread per worker: the processes already fill the cores, and nested thread
+    # pools only fight over them.
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
@@ -122,13 +121,10 @@ def extract(
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     bar = tqdm(total=len(jobs), desc=f"extract {corpus.name}", unit="file", disable=not progress)
     if workers == 1:
-        from threadpoolctl import threadpool_limits
-
         results = []
-        with threadpool_limits(1):  # as in the workers: BLAS blocking, hence the last bits, match
-            for job in jobs:
-                results.append(_worker_features(job))
-                bar.update()
+        for job in jobs:
+            results.append(_worker_features(job))
+            bar.update()
     else:
         _warm_up(config)
         with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker) as pool:
