@@ -201,8 +201,11 @@ def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
         raise TimnetError(f"{path}: expected x (N, frames, n_mfcc) and one-hot y (N, classes); got {x.shape} and {onehot.shape}")
     if onehot.shape[1] != len(c.labels):
         raise TimnetError(f"{path}: y has {onehot.shape[1]} classes; {c.name} has {len(c.labels)} ({', '.join(c.labels)})")
-    signal_length = (x.shape[1] - 1) * audio.HOP_LENGTH  # smallest length giving these frames
-    config = FeatureConfig(signal_length=c.signal_length if (c.signal_length // audio.HOP_LENGTH + 1) == x.shape[1] else signal_length, n_mfcc=x.shape[2])
+    # The file does not say its signal length: the corpus's when the frame count fits it, else the
+    # shortest length that gives these frames.
+    fits = c.signal_length // audio.HOP_LENGTH + 1 == x.shape[1]
+    signal_length = c.signal_length if fits else (x.shape[1] - 1) * audio.HOP_LENGTH
+    config = FeatureConfig(signal_length=signal_length, n_mfcc=x.shape[2])
     return FeatureSet(x=x, y=onehot.argmax(1).astype(np.int64), labels=tuple(c.labels), corpus=c.name, config=config, meta={"source": "authors-npy"})
 
 
