@@ -10,7 +10,6 @@ import soundfile as sf
 from timnet.corpora import (
     AUDIO_EXTENSIONS,
     CORPORA,
-    Corpus,
     Item,
     Listing,
     get_corpus,

@@ -15,7 +15,7 @@ from timnet.checkpoint import save_checkpoint
 from timnet.errors import TimnetError
 from timnet.features import FeatureConfig, file_features
 from timnet.model import TIMNet, TIMNetConfig
-from timnet.predict import Predictor, load_model
+from timnet.predict import load_model
 
 CFG = FeatureConfig(signal_length=16384)  # 33 frames: small and fast
 LABELS = ("angry", "calm", "sad")

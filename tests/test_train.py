@@ -103,6 +103,7 @@ def test_resume_after_kill_equals_uninterrupted_and_is_deterministic(tmp_path):
     full = train_cli(features, tmp_path / "full", "--json", tmp_path / "full.json")
     assert full.returncode == 0, full.stderr
     again = train_cli(features, tmp_path / "again", "--json", tmp_path / "again.json")
+    assert again.returncode == 0, again.stderr
 
     def figures(path):
         r = json.loads(path.read_text())

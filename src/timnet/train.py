@@ -6,7 +6,6 @@ indices, and the caller evaluates the chosen model on the test split once, after
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -211,7 +210,3 @@ def _test_hook_die(state_path: Path, epoch: int) -> None:
     if target and target == f"{state_path.parent.name}:{epoch}":
         os.kill(os.getpid(), signal.SIGKILL)
 
-
-def n_batches(n: int, batch_size: int) -> int:
-    """Optimisation steps per epoch (the last batch may be smaller)."""
-    return math.ceil(n / batch_size)
