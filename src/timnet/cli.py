@@ -38,7 +38,8 @@ def cmd_extract(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise TimnetError(f"--workers {args.workers} invalid; expected a positive number")
     fs, skipped, bad = extract(args.corpus, args.data_dir, signal_length=args.signal_length,
-                                       workers=args.workers, skip_bad=args.skip_bad, progress=not args.quiet)
+                                       workers=args.workers, skip_bad=args.skip_bad, progress=not args.quiet,
+                                speaker_pattern=args.speaker_pattern)
     if skipped:
         _warn(skipped)
     if bad:
@@ -97,12 +98,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_test(args) -> int:
-    from .corpora import get_corpus
+    from .corpora import defaults_for
     from .evaluate import evaluate, fold_models, format_report, summarize
     from .features import load_features
 
     fs = load_features(args.features, corpus=args.corpus)
-    seed = args.seed if args.seed is not None else get_corpus(fs.corpus).seed
+    seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
     models = fold_models(args.weights, fs, folds=args.folds, seed=seed)
     results, outputs = evaluate(fs, models)
     run_file = Path(args.weights) / "run.json"
@@ -207,11 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_corpora)
 
     s = sub.add_parser("extract", help="compute the paper's MFCC features of a corpus tree")
-    s.add_argument("corpus", metavar="CORPUS", help=f"one of {', '.join(CORPUS_NAMES)} (any case)")
+    s.add_argument("corpus", metavar="CORPUS", help=f"one of {', '.join(CORPUS_NAMES)} (any case), or `folders` "
+                   "for DIR/<label>/*.wav trees with your own labels (needs --signal-length)")
     s.add_argument("data_dir", metavar="DATA_DIR", help="root of the corpus as its publisher ships it")
     s.add_argument("-o", "--output", required=True, metavar="FEATURES.npz", help="where to write the features")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     s.add_argument("--signal-length", type=int, default=None, help="samples at 22050 Hz after centre pad/crop (default: the corpus's)")
+    s.add_argument("--speaker-pattern", default=None, metavar="REGEX",
+                   help="folders corpora: regex on the file name whose first group is the speaker")
     s.add_argument("--skip-bad", action="store_true", help="skip unreadable, empty or truncated audio files instead of failing")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_extract)

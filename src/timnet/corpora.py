@@ -124,10 +124,11 @@ class _Match(NamedTuple):
 
 
 def _listing(
-    root: Path, corpus: str, found: list[tuple[str, _Match]], skipped: list[tuple[str, str]]
+    root: Path, corpus: str, found: list[tuple[str, _Match]], skipped: list[tuple[str, str]],
+    *, labels: tuple[str, ...] | None = None,
 ) -> Listing:
     """Sort matched files into sample order, setting aside second copies of a recording."""
-    labels = CORPORA[corpus].labels
+    labels = labels if labels is not None else CORPORA[corpus].labels
     kept: dict[str, str] = {}
     items = []
     # shallowest copy first, so a nested duplicate tree (as in some re-packaged downloads) loses
@@ -366,6 +367,57 @@ CORPORA: dict[str, Corpus] = {
         ),
     )
 }
+
+
+# -- user folders: DIR/<label>/*.wav ---------------------------------------------------------------
+FOLDERS = "FOLDERS"
+FOLDERS_SEED = 0  # user data has no paper seed
+FOLDERS_DILATIONS = 8  # the paper's network for every corpus but IEMOCAP
+
+
+def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str | None = None) -> Corpus:
+    """A corpus of the user's own labels: every DIR/<label>/... audio file, labels in sorted order.
+
+    `speaker_pattern` is a regex searched in the file name whose first group (or group
+    `speaker`) is the speaker; files it does not match are skipped and reported.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise TimnetError(f"folders corpus {root} is not a directory; expected DIR/<label>/<file>.wav")
+    try:
+        pattern = re.compile(speaker_pattern) if speaker_pattern else None
+    except re.error as e:
+        raise TimnetError(f"--speaker-pattern {speaker_pattern!r} is not a valid regex ({e})") from None
+    if pattern is not None and pattern.groups == 0:
+        raise TimnetError(f"--speaker-pattern {speaker_pattern!r} needs a group, e.g. '^(\\w+?)_' ")
+    labels = tuple(sorted((d.name for d in root.iterdir() if d.is_dir() and not _hidden(d.name)), key=natural_key))
+
+    def scan(top: Path) -> Listing:
+        found, skipped = [], []
+        for path in filter(_is_audio, _walk(top)):
+            pure = PurePosixPath(path)
+            if len(pure.parts) < 2 or pure.parts[0] not in labels:
+                skipped.append((path, "not in a label folder"))
+                continue
+            speaker = ""
+            if pattern is not None:
+                m = pattern.search(pure.name)
+                if m is None:
+                    skipped.append((path, "speaker pattern"))
+                    continue
+                speaker = m.group("speaker") if "speaker" in pattern.groupindex else m.group(1)
+            found.append((path, _Match(pure.parts[0], speaker, path)))
+        return _listing(top, FOLDERS, found, skipped, labels=labels)
+
+    return Corpus(name=FOLDERS, labels=labels, signal_length=signal_length, seed=FOLDERS_SEED,
+                  dilations=FOLDERS_DILATIONS, n_speakers=0, n_files=None,
+                  layout="DIR/<label>/<file>.wav (one folder per class)", scan=scan)
+
+
+def defaults_for(name: str) -> tuple[int, int]:
+    """(paper seed, dilation levels) of a corpus name; the folders defaults for user corpora."""
+    corpus = CORPORA.get(str(name).upper())
+    return (corpus.seed, corpus.dilations) if corpus else (FOLDERS_SEED, FOLDERS_DILATIONS)
 
 
 def get_corpus(name: str) -> Corpus:

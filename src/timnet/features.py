@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import audio
-from .corpora import Corpus, get_corpus, list_corpus, skip_summary
+from .corpora import FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, skip_summary
 from .errors import TimnetError
 from .utils import atomic_write
 
@@ -105,6 +105,7 @@ def extract(
     workers: int | None = None,
     skip_bad: bool = False,
     progress: bool = True,
+    speaker_pattern: str | None = None,
 ) -> tuple[FeatureSet, str | None, list[str]]:
     """Features of every utterance of a corpus tree; returns (features, skipped, bad).
 
@@ -113,6 +114,12 @@ def extract(
     """
     from tqdm.auto import tqdm
 
+    if isinstance(corpus, str) and corpus.upper() == FOLDERS:
+        if signal_length is None:
+            raise TimnetError("a folders corpus needs --signal-length (samples at 22050 Hz, e.g. 96000 for 4.35 s)")
+        corpus = folder_corpus(root, signal_length=signal_length, speaker_pattern=speaker_pattern)
+    elif speaker_pattern is not None:
+        raise TimnetError(f"--speaker-pattern is for folders corpora; {corpus} speakers come from its layout")
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     root = Path(root)
     listing = list_corpus(corpus, root)
@@ -221,6 +228,6 @@ def load_features(path: str | Path, *, corpus: str | None = None) -> FeatureSet:
             fs = _load_npz(path)
         except (ValueError, OSError, KeyError, json.JSONDecodeError) as e:
             raise TimnetError(f"{path}: not a readable .npz feature file ({type(e).__name__}: {e})") from None
-        if corpus is not None and get_corpus(corpus).name != fs.corpus:
+        if corpus is not None and corpus.upper() != fs.corpus:
             raise TimnetError(f"{path}: holds {fs.corpus} features, but --corpus {corpus} was given")
     return fs

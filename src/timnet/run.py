@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .checkpoint import save_checkpoint
-from .corpora import get_corpus
+from .corpora import defaults_for
 from .errors import TimnetError
 from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
@@ -62,10 +62,7 @@ def versions() -> dict:
 
 def model_config_for(fs: FeatureSet) -> TIMNetConfig:
     """The paper's network for a feature set: the corpus's dilation levels, its class count."""
-    try:
-        levels = get_corpus(fs.corpus).dilations
-    except TimnetError:
-        levels = 8  # a corpus outside the registry (user folders) gets the paper's default
+    levels = defaults_for(fs.corpus)[1]
     return TIMNetConfig(n_features=fs.x.shape[2], dilations=levels, n_classes=len(fs.labels))
 
 
@@ -87,7 +84,7 @@ class Run:
                  features_path: str | None = None):
         self.fs, self.dir, self.config = fs, Path(run_dir), config
         self.folds_n, self.split = folds, split
-        self.seed = seed if seed is not None else get_corpus(fs.corpus).seed
+        self.seed = seed if seed is not None else defaults_for(fs.corpus)[0]
         self.model_config = model_config_for(fs)
         self.splits = make_folds(len(fs), folds=folds, seed=self.seed, split=split, speakers=fs.speakers)
         self.identity = {
@@ -199,7 +196,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     """
     from tqdm.auto import tqdm
 
-    seed = seed if seed is not None else get_corpus(fs.corpus).seed
+    seed = seed if seed is not None else defaults_for(fs.corpus)[0]
     out_dir = Path(out_dir)
     model_config = model_config_for(fs)
     identity = {"corpus": fs.corpus, "labels": list(fs.labels), "n_samples": len(fs), "all_data": True,

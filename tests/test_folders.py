@@ -1,0 +1,56 @@
+"""A user's own corpus: DIR/<label>/*.wav with custom labels, extracted and trained."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_tone
+from timnet.corpora import folder_corpus, list_corpus
+from timnet.errors import TimnetError
+from timnet.features import extract
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mine")
+    for c, label in enumerate(("calm", "excited", "tired")):
+        for i in range(12):
+            spk = ("ann", "bob", "cid")[i % 3]
+            write_tone(root / label / f"{spk}_{i:02d}.wav", sr=16000, seed=10 * c + i, seconds=0.2 + 0.3 * c)
+    write_tone(root / "stray.wav")  # not in a label folder
+    write_tone(root / "calm" / "nospeaker.wav", seed=99)
+    return root
+
+
+def test_listing_labels_and_speakers(tree):
+    corpus = folder_corpus(tree, signal_length=8192, speaker_pattern=r"^([a-z]+)_\d")
+    listing = list_corpus(corpus, tree)
+    assert corpus.labels == ("calm", "excited", "tired")
+    assert len(listing.items) == 36 and {it.speaker for it in listing.items} == {"ann", "bob", "cid"}
+    assert dict(listing.skipped) == {"calm/nospeaker.wav": "speaker pattern", "stray.wav": "not in a label folder"}
+    with pytest.raises(TimnetError, match="needs a group"):
+        folder_corpus(tree, signal_length=8192, speaker_pattern=r"[a-z]+_")
+    with pytest.raises(TimnetError, match="not a valid regex"):
+        folder_corpus(tree, signal_length=8192, speaker_pattern=r"(")
+
+
+def test_signal_length_required(tree):
+    with pytest.raises(TimnetError, match="needs --signal-length"):
+        extract("folders", tree, progress=False)
+
+
+def test_extract_and_train_two_epochs(tree, tmp_path):
+    feats = tmp_path / "mine.npz"
+    r = subprocess.run([sys.executable, "-m", "timnet", "extract", "folders", str(tree), "-o", str(feats), "-q",
+                        "--signal-length", "8192", "--speaker-pattern", r"^([a-z]+)_\d", "--workers", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "FOLDERS: 36 utterances (calm 12, excited 12, tired 12), 3 speakers" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "timnet", "train", str(feats), "-o", str(tmp_path / "run"), "--folds", "3",
+                        "--split", "speaker", "--epochs", "2", "--batch-size", "8", "--threads", "1", "--workers", "1",
+                        "--no-report", "-q", "--json", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["corpus"] == "FOLDERS" and res["labels"] == ["calm", "excited", "tired"] and res["seed"] == 0
+    assert sorted(s for f in res["folds"] for s in f["test_speakers"]) == ["ann", "bob", "cid"]
