@@ -25,6 +25,13 @@ def _warn(message: str) -> None:
 def cmd_corpora(args) -> int:
     from .corpora import CORPORA
 
+    if args.check:
+        from .check import check_tree, format_check
+
+        report = check_tree(args.check[0], args.check[1])
+        print(format_check(report))
+        return 0 if report.ok else 1
+
     print(f"{'corpus':<8} {'signal':>7} {'seed':>4} {'levels':>6} {'files':>5}  labels / layout")
     for c in CORPORA.values():
         print(f"{c.name:<8} {c.signal_length:>7} {c.seed:>4} {c.dilations:>6} {c.n_files or '?':>5}  {' '.join(c.labels)}")
@@ -204,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="timnet", description="TIM-Net speech emotion recognition (Ye et al., ICASSP 2023) in PyTorch.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    s = sub.add_parser("corpora", help="list the supported corpora and their expected layouts")
+    s = sub.add_parser("corpora", help="list the supported corpora and their expected layouts; --check validates a copy")
+    s.add_argument("--check", nargs=2, metavar=("CORPUS", "DIR"), default=None,
+                   help="validate a corpus tree: counts per class and speaker, unreadable and unexpected files, "
+                        "formats, and (EMODB, RAVDESS) every file against the publisher's sha256; exit 1 on problems")
     s.set_defaults(func=cmd_corpora)
 
     s = sub.add_parser("extract", help="compute the paper's MFCC features of a corpus tree")

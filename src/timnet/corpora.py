@@ -52,6 +52,7 @@ class Corpus:
     n_files: int | None  # utterances used from the full public corpus
     layout: str  # one line, for `timnet corpora` and error messages
     scan: Callable[[Path], Listing]
+    class_counts: tuple[int, ...] | None = None  # utterances per class in the full public corpus
 
 
 # --- ordering and reporting ----------------------------------------------------------------
@@ -330,38 +331,38 @@ CORPORA: dict[str, Corpus] = {
     for c in (
         Corpus(
             name="CASIA", labels=_CASIA_LABELS, signal_length=88000, seed=32, dilations=8,
-            n_speakers=4, n_files=1200, scan=scan_casia,
+            n_speakers=4, n_files=1200, scan=scan_casia, class_counts=(200,) * 6,
             layout="<speaker>/<emotion>/<NNN>.wav, e.g. liuchanhg/angry/201.wav "
             f"(emotion folder {'/'.join(_CASIA_LABELS)})",
         ),
         Corpus(
             name="EMODB", labels=("angry", "boredom", "disgust", "fear", "happy", "neutral", "sad"),
-            signal_length=96000, seed=46, dilations=8, n_speakers=10, n_files=535, scan=scan_emodb,
+            signal_length=96000, seed=46, dilations=8, n_speakers=10, n_files=535, scan=scan_emodb, class_counts=(127, 81, 46, 69, 71, 79, 62),
             layout="wav/03a01Fa.wav "
             f"(speaker 03, text a01, emotion letter {_codes(_EMODB_EMOTIONS)}, version a)",
         ),
         Corpus(
             name="EMOVO", labels=("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
-            signal_length=96000, seed=1, dilations=8, n_speakers=6, n_files=588, scan=scan_emovo,
+            signal_length=96000, seed=1, dilations=8, n_speakers=6, n_files=588, scan=scan_emovo, class_counts=(84,) * 7,
             layout=f"<speaker>/<emotion>-<speaker>-<sentence>.wav, e.g. f1/dis-f1-b1.wav "
             f"(speaker f1-f3/m1-m3, emotion {_codes(_EMOVO_EMOTIONS)})",
         ),
         Corpus(
             name="IEMOCAP", labels=("angry", "happy", "neutral", "sad"),
-            signal_length=310000, seed=16, dilations=10, n_speakers=10, n_files=5531, scan=scan_iemocap,
+            signal_length=310000, seed=16, dilations=10, n_speakers=10, n_files=5531, scan=scan_iemocap, class_counts=(1103, 1636, 1708, 1084),
             layout="SessionN/sentences/wav/<dialog>/<utterance>.wav, labels in "
             f"SessionN/dialog/EmoEvaluation/<dialog>.txt (codes {_codes(_IEMOCAP_EMOTIONS)} used)",
         ),
         Corpus(
             name="RAVDESS",
             labels=("angry", "calm", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
-            signal_length=110000, seed=46, dilations=8, n_speakers=24, n_files=1440, scan=scan_ravdess,
+            signal_length=110000, seed=46, dilations=8, n_speakers=24, n_files=1440, scan=scan_ravdess, class_counts=(192, 192, 192, 192, 192, 96, 192, 192),
             layout="Actor_NN/03-01-EE-II-SS-RR-NN.wav (modality 03 audio-only, channel 01 speech, "
             "emotion 01-08, intensity, statement, repetition, actor)",
         ),
         Corpus(
             name="SAVEE", labels=("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
-            signal_length=130000, seed=44, dilations=8, n_speakers=4, n_files=480, scan=scan_savee,
+            signal_length=130000, seed=44, dilations=8, n_speakers=4, n_files=480, scan=scan_savee, class_counts=(60, 60, 60, 60, 120, 60, 60),
             layout=f"<SPK>/<code><NN>.wav or <SPK>_<code><NN>.wav, e.g. DC/sa01.wav "
             f"(speaker {'/'.join(_SAVEE_SPEAKERS)}, code {_codes(_SAVEE_EMOTIONS)})",
         ),

@@ -1,0 +1,131 @@
+"""Validate a user's copy of a corpus: counts, readability, formats, and the publishers' checksums."""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .audio import _check_wav_container
+from .corpora import Corpus, get_corpus, list_corpus
+from .errors import TimnetError
+
+MANIFESTS = Path(__file__).parent / "manifests"
+
+
+def read_manifest(corpus: str) -> dict[str, str] | None:
+    """{relative path: sha256} of a corpus's public download, or None when none is shipped."""
+    path = MANIFESTS / f"{corpus.upper()}.sha256"
+    if not path.is_file():
+        return None
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            digest, rel = line.split(maxsplit=1)
+            out[rel.strip()] = digest
+    return out
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class CheckReport:
+    """What `timnet corpora --check` found; `ok` when nothing is missing, extra, bad or altered."""
+
+    corpus: str
+    root: str
+    counts: dict[str, int]
+    expected_counts: dict[str, int] | None
+    speakers: dict[str, int]
+    sample_rates: dict[int, int] = field(default_factory=dict)
+    channels: dict[int, int] = field(default_factory=dict)
+    unexpected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    unreadable: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # manifest paths not found
+    altered: list[str] = field(default_factory=list)  # sha256 differs from the manifest
+
+    @property
+    def ok(self) -> bool:
+        short = self.expected_counts is not None and self.counts != self.expected_counts
+        return not (short or self.unexpected or self.unreadable or self.missing or self.altered)
+
+
+def _manifest_prefix(found: list[str], manifest: dict[str, str]) -> str:
+    """The folder between the user's root and the publisher's root (users may point one level up)."""
+    for rel in found:
+        for known in manifest:
+            if rel == known or rel.endswith("/" + known):
+                return rel[: len(rel) - len(known)]
+    return ""
+
+
+def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
+    """Validate a corpus tree against the corpus's expected counts and, where shipped, its checksums."""
+    import soundfile as sf
+
+    corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
+    root = Path(root)
+    listing = list_corpus(corpus, root)
+    counts = Counter(corpus.labels[it.label] for it in listing.items)
+    report = CheckReport(
+        corpus=corpus.name, root=str(root),
+        counts={name: counts.get(name, 0) for name in corpus.labels},
+        expected_counts=dict(zip(corpus.labels, corpus.class_counts)) if corpus.class_counts else None,
+        speakers=dict(sorted(Counter(it.speaker for it in listing.items).items())),
+        unexpected=list(listing.skipped),
+    )
+    rates, channels = Counter(), Counter()
+    for it in listing.items:
+        path = root / it.path
+        try:
+            if path.stat().st_size == 0:
+                raise TimnetError(f"{path}: empty file")
+            _check_wav_container(path)
+            info = sf.info(str(path))
+            rates[info.samplerate] += 1
+            channels[info.channels] += 1
+        except (TimnetError, RuntimeError, OSError) as e:
+            report.unreadable.append(f"{it.path} ({str(e).splitlines()[0]})")
+    report.sample_rates, report.channels = dict(rates), dict(channels)
+    manifest = read_manifest(corpus.name)
+    if manifest is not None:
+        found = [it.path for it in listing.items] + [p for p, _ in listing.skipped]
+        prefix = _manifest_prefix(found, manifest)
+        present = set(found)
+        for known, digest in manifest.items():
+            rel = prefix + known
+            if rel not in present:
+                report.missing.append(rel)
+            elif sha256(root / rel) != digest:
+                report.altered.append(rel)
+        report.unexpected += [(p, "not in the publisher's manifest") for p in sorted(present - {prefix + k for k in manifest})
+                              if p not in {s for s, _ in listing.skipped}]
+    return report
+
+
+def format_check(r: CheckReport) -> str:
+    """A readable account of a check: counts against the expected, then every problem by name."""
+    lines = [f"{r.corpus} at {r.root}: {'complete' if r.ok else 'PROBLEMS FOUND'}", "",
+             f"{'class':<10} {'found':>6} {'expected':>8}"]
+    for name, n in r.counts.items():
+        exp = r.expected_counts.get(name) if r.expected_counts else None
+        mark = "" if exp is None or exp == n else "  <-"
+        lines.append(f"{name:<10} {n:>6} {exp if exp is not None else '?':>8}{mark}")
+    lines.append(f"{'total':<10} {sum(r.counts.values()):>6} {sum(r.expected_counts.values()) if r.expected_counts else '?':>8}")
+    lines.append(f"speakers ({len(r.speakers)}): " + ", ".join(f"{s} {n}" for s, n in r.speakers.items()))
+    lines.append("sample rates: " + ", ".join(f"{sr} Hz x{n}" for sr, n in sorted(r.sample_rates.items())))
+    lines.append("channels: " + ", ".join(f"{c} x{n}" for c, n in sorted(r.channels.items())))
+    for title, entries in (("missing (in the publisher's manifest, not found)", r.missing),
+                           ("altered (sha256 differs from the manifest)", r.altered),
+                           ("unreadable", r.unreadable),
+                           ("unexpected (not used)", [f"{p} ({why})" for p, why in r.unexpected])):
+        if entries:
+            lines += ["", f"{title}: {len(entries)}"] + [f"  {e}" for e in entries]
+    return "\n".join(lines)

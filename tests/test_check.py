@@ -1,0 +1,58 @@
+"""`timnet corpora --check`: a copy of a corpus validated against counts and the publishers' checksums."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA, need, write_tone
+from timnet.check import check_tree, format_check
+
+
+def casia_tree(root, *, per_class=2):
+    for spk in ("liuchanhg", "wangzhe"):
+        for emo in ("angry", "fear", "happy", "neutral", "sad", "surprise"):
+            for i in range(per_class):
+                write_tone(root / spk / emo / f"{201 + i}.wav", seed=i)
+    return root
+
+
+def test_synthetic_tree_reports_shortfall_and_strays(tmp_path):
+    root = casia_tree(tmp_path / "casia")
+    write_tone(root / "wangzhe" / "bored" / "201.wav")
+    (root / "liuchanhg" / "sad" / "202.wav").write_bytes(b"RIFF\x00\x00")
+    r = check_tree("casia", root)
+    assert not r.ok
+    assert r.counts["angry"] == 4 and r.expected_counts["angry"] == 200
+    assert r.speakers == {"liuchanhg": 12, "wangzhe": 12}
+    assert r.sample_rates == {16000: 23} and r.channels == {1: 23}
+    assert [p for p, _ in r.unexpected] == ["wangzhe/bored/201.wav"]
+    assert len(r.unreadable) == 1 and r.unreadable[0].startswith("liuchanhg/sad/202.wav")
+    text = format_check(r)
+    assert "PROBLEMS FOUND" in text and "wangzhe/bored/201.wav" in text and "<-" in text
+
+
+@pytest.mark.realdata
+def test_real_corpora_complete():
+    for corpus in ("EMODB", "CASIA"):
+        r = check_tree(corpus, need(DATA / corpus))
+        assert r.ok, format_check(r)
+    assert len(check_tree("emodb", DATA / "EMODB").speakers) == 10
+
+
+@pytest.mark.realdata
+def test_emodb_copy_missing_extra_and_altered_by_name(tmp_path):
+    src = need(DATA / "EMODB")
+    copy = tmp_path / "download" / "EMODB"  # one level below the user's root, as unpacked archives often are
+    shutil.copytree(src, copy)
+    (copy / "wav" / "03a01Fa.wav").unlink()
+    shutil.copy(copy / "wav" / "03a01Wa.wav", copy / "wav" / "16b99Wa.wav")  # right name, not published
+    data = bytearray((copy / "wav" / "08a01Lc.wav").read_bytes())
+    data[-1] ^= 1
+    (copy / "wav" / "08a01Lc.wav").write_bytes(bytes(data))
+    r = subprocess.run([sys.executable, "-m", "timnet", "corpora", "--check", "emodb", str(tmp_path / "download")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "missing (in the publisher's manifest, not found): 1\n  EMODB/wav/03a01Fa.wav" in r.stdout
+    assert "EMODB/wav/16b99Wa.wav (not in the publisher's manifest)" in r.stdout
+    assert "altered (sha256 differs from the manifest): 1\n  EMODB/wav/08a01Lc.wav" in r.stdout
