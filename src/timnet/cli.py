@@ -39,6 +39,22 @@ def cmd_corpora(args) -> int:
     return 0
 
 
+def cmd_organize(args) -> int:
+    from .corpora import skip_summary
+    from .organize import SPEAKER_PATTERN, organize
+
+    r = organize(args.corpus, args.src, args.out, mode="copy" if args.copy else "link")
+    print(f"{args.out}: {r.written} written, {r.unchanged} already in place")
+    print("per class:   " + ", ".join(f"{c} {n}" for c, n in r.per_class.items()))
+    print("per speaker: " + ", ".join(f"{s} {n}" for s, n in r.per_speaker.items()))
+    if r.skipped:
+        from .corpora import Listing
+
+        _warn(skip_summary(Listing(items=(), skipped=r.skipped, corpus=args.corpus.upper())))
+    print(f"next: timnet extract folders {args.out} --signal-length N --speaker-pattern '{SPEAKER_PATTERN}'")
+    return 0
+
+
 def cmd_extract(args) -> int:
     from .features import extract, save_features
 
@@ -216,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate a corpus tree: counts per class and speaker, unreadable and unexpected files, "
                         "formats, and (EMODB, RAVDESS) every file against the publisher's sha256; exit 1 on problems")
     s.set_defaults(func=cmd_corpora)
+
+    s = sub.add_parser("organize", help="arrange a corpus as OUT/<emotion>/<speaker>_<file> (symlinks or copies)")
+    s.add_argument("corpus", metavar="CORPUS", help=f"one of {', '.join(CORPUS_NAMES)} (any case)")
+    s.add_argument("src", metavar="SRC", help="the corpus as its publisher ships it (never modified)")
+    s.add_argument("out", metavar="OUT", help="a new or empty folder (or one this command made: re-running changes nothing)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--link", action="store_true", help="symbolic links to the sources (default)")
+    g.add_argument("--copy", action="store_true", help="copies of the sources")
+    s.set_defaults(func=cmd_organize)
 
     s = sub.add_parser("extract", help="compute the paper's MFCC features of a corpus tree")
     s.add_argument("corpus", metavar="CORPUS", help=f"one of {', '.join(CORPUS_NAMES)} (any case), or `folders` "

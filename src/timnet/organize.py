@@ -1,0 +1,84 @@
+"""Arrange a corpus as OUT/<emotion>/<speaker>_<file>: the layout many tools (and `folders`) expect.
+
+Sources are never moved or deleted. Running it twice changes nothing; a non-empty OUT that this
+command did not make is refused, so nobody's folder is mixed into.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .corpora import Corpus, get_corpus, list_corpus
+from .errors import TimnetError
+from .utils import write_json
+
+MARKER = ".timnet-organize.json"
+SPEAKER_PATTERN = r"^([^_]+)_"  # recovers the speaker from an organised file name
+
+
+@dataclass
+class OrganizeResult:
+    """Counts of an organize run: files written now, files already in place, per class and speaker."""
+
+    written: int
+    unchanged: int
+    per_class: dict[str, int]
+    per_speaker: dict[str, int]
+    skipped: tuple[tuple[str, str], ...]
+
+
+def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: str = "link") -> OrganizeResult:
+    """Write OUT/<emotion>/<speaker>_<name> for every utterance of the corpus under SRC (symlinks or copies)."""
+    if mode not in ("link", "copy"):
+        raise TimnetError(f"mode {mode!r} unknown; expected link or copy")
+    corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
+    src, out = Path(src).resolve(), Path(out)
+    listing = list_corpus(corpus, src)
+    marker = out / MARKER
+    identity = {"corpus": corpus.name, "source": str(src), "mode": mode}
+    if marker.is_file():
+        previous = json.loads(marker.read_text())
+        if previous != identity:
+            raise TimnetError(f"{out} was organised from {previous.get('source')} ({previous.get('corpus')}, "
+                              f"{previous.get('mode')}); expected an empty or new folder for {corpus.name} from {src} ({mode})")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TimnetError(f"{out} is not empty and was not made by `timnet organize`; expected an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(marker, identity)
+
+    written = unchanged = 0
+    per_class, per_speaker = Counter(), Counter()
+    for it in listing.items:
+        label = corpus.labels[it.label]
+        source = src / it.path
+        name = Path(it.path).name
+        # The speaker prefix makes names unique (CASIA repeats 201.wav in every speaker folder)
+        # and lets `timnet extract folders --speaker-pattern` find the speaker again.
+        target = out / label / f"{it.speaker}_{name}"
+        if _in_place(target, source, mode):
+            unchanged += 1
+        else:
+            if target.exists() or target.is_symlink():
+                raise TimnetError(f"{target} exists and is not {source}; remove it or choose another OUT")
+            target.parent.mkdir(exist_ok=True)
+            if mode == "link":
+                os.symlink(source, target)
+            else:
+                tmp = target.with_name(f".{target.name}.tmp")
+                shutil.copy2(source, tmp)
+                os.replace(tmp, target)
+            written += 1
+        per_class[label] += 1
+        per_speaker[it.speaker] += 1
+    return OrganizeResult(written, unchanged, {c: per_class.get(c, 0) for c in corpus.labels},
+                          dict(sorted(per_speaker.items())), listing.skipped)
+
+
+def _in_place(target: Path, source: Path, mode: str) -> bool:
+    if mode == "link":
+        return target.is_symlink() and Path(os.readlink(target)) == source
+    return target.is_file() and not target.is_symlink() and target.stat().st_size == source.stat().st_size

@@ -1,0 +1,82 @@
+"""`timnet organize`: OUT/<emotion>/<speaker>_<file> for all six layouts, idempotent, never destructive."""
+import os
+
+import pytest
+
+from conftest import DATA, need, write_tone
+from timnet.errors import TimnetError
+from timnet.features import extract
+from timnet.organize import SPEAKER_PATTERN, organize
+
+TREES = {
+    "casia": (["liuchanhg/angry/201.wav", "wangzhe/sad/201.wav"], {"angry/liuchanhg_201.wav", "sad/wangzhe_201.wav"}),
+    "emodb": (["wav/03a01Wa.wav", "wav/08a02Tb.wav"], {"angry/03_03a01Wa.wav", "sad/08_08a02Tb.wav"}),
+    "emovo": (["f1/dis-f1-b1.wav", "m2/gio-m2-l3.wav"], {"disgust/f1_dis-f1-b1.wav", "happy/m2_gio-m2-l3.wav"}),
+    "ravdess": (["Actor_01/03-01-05-01-01-01-01.wav", "Actor_02/03-01-01-01-01-01-02.wav", "Actor_01/03-02-05-01-01-01-01.wav"],
+                {"angry/01_03-01-05-01-01-01-01.wav", "neutral/02_03-01-01-01-01-01-02.wav"}),
+    "savee": (["DC/a01.wav", "JE_sa02.wav"], {"angry/DC_a01.wav", "sad/JE_JE_sa02.wav"}),
+    "iemocap": (["Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav",
+                 "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M001.wav"],
+                {"neutral/Ses01F_Ses01F_impro01_F000.wav", "happy/Ses01M_Ses01F_impro01_M001.wav"}),
+}
+
+
+def build(root, corpus):
+    files, _ = TREES[corpus]
+    for i, rel in enumerate(files):
+        write_tone(root / rel, seed=i, seconds=0.1)
+    if corpus == "iemocap":
+        emo = root / "Session1" / "dialog" / "EmoEvaluation" / "Ses01F_impro01.txt"
+        emo.parent.mkdir(parents=True)
+        emo.write_text("[1.0 - 2.0]\tSes01F_impro01_F000\tneu\t[2.5, 2.5, 2.5]\n"
+                       "[2.0 - 3.0]\tSes01F_impro01_M001\texc\t[3.5, 3.5, 2.5]\n")
+    return root
+
+
+@pytest.mark.parametrize("corpus", sorted(TREES))
+@pytest.mark.parametrize("mode", ["link", "copy"])
+def test_all_layouts(tmp_path, corpus, mode):
+    src = build(tmp_path / "src", corpus)
+    before = sorted((p.relative_to(src), p.stat().st_size) for p in src.rglob("*") if p.is_file())
+    out = tmp_path / "out"
+    r = organize(corpus, src, out, mode=mode)
+    got = {p.relative_to(out).as_posix() for p in out.rglob("*.wav")}
+    assert got == TREES[corpus][1] and r.written == len(got) and r.unchanged == 0
+    for p in out.rglob("*.wav"):
+        assert p.is_symlink() == (mode == "link") and p.stat().st_size > 0
+    again = organize(corpus, src, out, mode=mode)  # idempotent
+    assert again.written == 0 and again.unchanged == len(got)
+    assert sorted((p.relative_to(src), p.stat().st_size) for p in src.rglob("*") if p.is_file()) == before
+    if corpus == "ravdess":
+        assert [reason for _, reason in r.skipped] == ["song"]
+
+
+def test_refusals(tmp_path):
+    src = build(tmp_path / "src", "emodb")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(TimnetError, match="not empty and was not made by `timnet organize`"):
+        organize("emodb", src, mine)
+    assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 1
+    out = tmp_path / "out"
+    organize("emodb", src, out)
+    with pytest.raises(TimnetError, match="was organised from"):
+        organize("emodb", src, out, mode="copy")
+
+
+def test_organised_tree_extracts_as_folders(tmp_path):
+    src = build(tmp_path / "src", "casia")
+    organize("casia", src, tmp_path / "out")
+    fs, _, _ = extract("folders", tmp_path / "out", signal_length=4096, speaker_pattern=SPEAKER_PATTERN,
+                       workers=1, progress=False)
+    assert fs.labels == ("angry", "sad") and sorted(fs.speakers.tolist()) == ["liuchanhg", "wangzhe"]
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("corpus,n", [("EMODB", 535), ("CASIA", 1200)])
+def test_real_corpora(tmp_path, corpus, n):
+    r = organize(corpus, need(DATA / corpus), tmp_path / "out")
+    assert r.written == n and sum(r.per_class.values()) == n and not r.skipped
+    assert len(list((tmp_path / "out").rglob("*.wav"))) == n
+    assert all(os.path.islink(p) for p in (tmp_path / "out").rglob("*.wav"))
