@@ -55,6 +55,20 @@ def cmd_organize(args) -> int:
     return 0
 
 
+def cmd_download(args) -> int:
+    from .download import download
+
+    n, missing, altered = download(args.corpus, args.dir, url=args.url, progress=not args.quiet)
+    print(f"{args.dir}: {n} files unpacked; {len(missing)} missing and {len(altered)} altered against the manifest")
+    for rel in altered:
+        print(f"  altered (sha256 differs): {rel}")
+    for rel in missing[:20]:
+        print(f"  missing: {rel}")
+    if len(missing) > 20:
+        print(f"  ... and {len(missing) - 20} more missing")
+    return 1 if missing or altered else 0
+
+
 def cmd_extract(args) -> int:
     from .features import extract, save_features
 
@@ -241,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--link", action="store_true", help="symbolic links to the sources (default)")
     g.add_argument("--copy", action="store_true", help="copies of the sources")
     s.set_defaults(func=cmd_organize)
+
+    s = sub.add_parser("download", help="download, unpack and verify EMODB or RAVDESS (the others: where to get them)")
+    s.add_argument("corpus", metavar="CORPUS", help=f"one of {', '.join(CORPUS_NAMES)} (any case)")
+    s.add_argument("dir", metavar="DIR", help="where the corpus is unpacked (an interrupted download resumes)")
+    s.add_argument("--url", default=None, help="a mirror of the publisher's archive")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_download)
 
     s = sub.add_parser("extract", help="compute the paper's MFCC features of a corpus tree")
     s.add_argument("corpus", metavar="CORPUS", help=f"one of {', '.join(CORPUS_NAMES)} (any case), or `folders` "

@@ -1,0 +1,119 @@
+"""Fetch the corpora whose publishers offer a public download: resumable, safely unpacked, verified."""
+from __future__ import annotations
+
+import os
+import stat
+import time
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from .check import read_manifest, sha256
+from .corpora import get_corpus
+from .errors import TimnetError
+
+URLS = {
+    "EMODB": "http://emodb.bilderbar.info/download/download.zip",
+    "RAVDESS": "https://zenodo.org/record/1188976/files/Audio_Speech_Actors_01-24.zip",
+}
+WHERE = {
+    "CASIA": "CASIA is distributed by the Chinese Academy of Sciences' Institute of Automation (CASIA); "
+             "the public 1200-utterance subset circulates among researchers",
+    "EMOVO": "EMOVO is distributed by Fondazione Ugo Bordoni (Costantini et al., LREC 2014) on request",
+    "IEMOCAP": "IEMOCAP is released by USC SAIL (sail.usc.edu/iemocap) after signing its licence agreement",
+    "SAVEE": "SAVEE is distributed by the University of Surrey (kahlan.eps.surrey.ac.uk/savee) after registration",
+}
+CHUNK = 1 << 16
+
+
+def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> Path:
+    """Download `url` to `dest`, resuming a previous partial `dest.part` with an HTTP Range request."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, retries + 1):
+        have = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                if have and response.status != 206:  # the server ignored the range: start over
+                    have = 0
+                total = response.headers.get("Content-Length")
+                total = int(total) + have if total is not None else None
+                with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                                                    desc=dest.name, disable=not progress) as bar:
+                    for block in iter(lambda: response.read(CHUNK), b""):
+                        f.write(block)
+                        bar.update(len(block))
+                if total is not None and part.stat().st_size < total:
+                    raise ConnectionError(f"connection closed at {part.stat().st_size} of {total} bytes")
+            os.replace(part, dest)
+            return dest
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:  # range beyond the end: the part is already whole
+                os.replace(part, dest)
+                return dest
+            raise TimnetError(f"{url}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
+            if attempt == retries:
+                raise TimnetError(f"{url}: download interrupted ({e}); run the same command again to resume "
+                                  f"from {part.stat().st_size if part.exists() else 0} bytes") from None
+            time.sleep(min(2 ** attempt, 10) * 0.1)
+    raise AssertionError("unreachable")
+
+
+def _safe_members(archive: zipfile.ZipFile, root: Path) -> list[zipfile.ZipInfo]:
+    """Every member, after refusing absolute paths, `..`, and symlinks (checked before anything is written)."""
+    root = root.resolve()
+    for info in archive.infolist():
+        name = PurePosixPath(info.filename.replace("\\", "/"))
+        mode = info.external_attr >> 16
+        if name.is_absolute() or ".." in name.parts or (info.filename[1:3] == ":/"):
+            raise TimnetError(f"archive member {info.filename!r} would be written outside {root}; refusing the archive")
+        if stat.S_ISLNK(mode):
+            raise TimnetError(f"archive member {info.filename!r} is a symbolic link; refusing the archive")
+        if not (root / name).resolve().is_relative_to(root):
+            raise TimnetError(f"archive member {info.filename!r} resolves outside {root}; refusing the archive")
+    return archive.infolist()
+
+
+def unpack(zip_path: Path, root: Path) -> int:
+    """Extract a zip into `root` safely; returns the number of files written."""
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile:
+        raise TimnetError(f"{zip_path}: not a zip archive (a failed download?); delete it and try again") from None
+    with archive:
+        members = _safe_members(archive, root)
+        n = 0
+        for info in members:
+            if not info.is_dir():
+                archive.extract(info, root)
+                n += 1
+        return n
+
+
+def download(corpus: str, root: str | Path, *, url: str | None = None, manifest: dict[str, str] | None = None,
+             progress: bool = True) -> tuple[int, list[str], list[str]]:
+    """Download, unpack and verify a corpus into `root`; returns (files unpacked, missing, altered)."""
+    c = get_corpus(corpus)
+    url = url or URLS.get(c.name)
+    if url is None:
+        raise TimnetError(f"{c.name} has no public download: {WHERE[c.name]}; then point timnet at your copy "
+                          f"(expected layout {c.layout})")
+    root = Path(root)
+    archive = fetch(url, root / ".download" / Path(url.split("?")[0]).name, progress=progress)
+    n = unpack(archive, root)
+    manifest = manifest if manifest is not None else read_manifest(c.name) or {}
+    missing, altered = [], []
+    for rel, digest in manifest.items():
+        path = root / rel
+        if not path.is_file():
+            missing.append(rel)
+        elif sha256(path) != digest:
+            altered.append(rel)
+    return n, missing, altered

@@ -1,0 +1,97 @@
+"""`timnet download` against a real HTTP server on 127.0.0.1: resume, verification, safe unpacking."""
+import hashlib
+import http.server
+import io
+import subprocess
+import sys
+import threading
+import zipfile
+
+import pytest
+
+from timnet.download import download, unpack
+from timnet.errors import TimnetError
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Serves /corpus.zip with Range support; the first full request is cut off half-way."""
+
+    payload = b""
+    cut_first = True
+    requests: list = []
+
+    def do_GET(self):
+        rng = self.headers.get("Range")
+        Handler.requests.append(rng)
+        start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+        body = Handler.payload[start:]
+        self.send_response(206 if rng else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if Handler.cut_first and not rng:
+            Handler.cut_first = False
+            self.wfile.write(body[: len(body) // 2])  # then the connection drops
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/corpus.zip"
+    httpd.shutdown()
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_resumed_download_and_altered_file_named(server, tmp_path):
+    files = {f"wav/03a0{i}Wa.wav": bytes([i]) * 200_000 for i in range(1, 4)}
+    Handler.payload, Handler.cut_first, Handler.requests = make_zip(files), True, []
+    manifest = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    manifest["wav/03a02Wa.wav"] = "0" * 64  # the publisher's hash differs from what we serve
+    n, missing, altered = download("emodb", tmp_path / "EMODB", url=server, manifest=manifest, progress=False)
+    assert n == 3 and missing == [] and altered == ["wav/03a02Wa.wav"]
+    assert Handler.requests[0] is None and Handler.requests[1].startswith("bytes=")  # resumed, not restarted
+    assert (tmp_path / "EMODB" / "wav" / "03a01Wa.wav").read_bytes() == files["wav/03a01Wa.wav"]
+
+
+def test_traversal_and_symlink_members_refused(tmp_path):
+    evil = tmp_path / "evil.zip"
+    evil.write_bytes(make_zip({"wav/ok.wav": b"x", "../escape.txt": b"gotcha"}))
+    with pytest.raises(TimnetError, match="outside"):
+        unpack(evil, tmp_path / "root")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "root" / "wav" / "ok.wav").exists()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        info = zipfile.ZipInfo("wav/link.wav")
+        info.external_attr = (0o120777 << 16)
+        z.writestr(info, "/etc/passwd")
+    (tmp_path / "link.zip").write_bytes(buf.getvalue())
+    with pytest.raises(TimnetError, match="symbolic link"):
+        unpack(tmp_path / "link.zip", tmp_path / "root2")
+
+
+def test_cli_traversal_archive_over_http(server, tmp_path):
+    Handler.payload, Handler.cut_first, Handler.requests = make_zip({"../../x.txt": b"no"}), False, []
+    r = subprocess.run([sys.executable, "-m", "timnet", "download", "ravdess", str(tmp_path / "R"), "--url", server, "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "would be written outside" in r.stderr
+    assert not (tmp_path / "x.txt").exists()
+
+
+def test_corpora_without_public_download(tmp_path):
+    with pytest.raises(TimnetError, match="IEMOCAP has no public download: .*sail.usc.edu"):
+        download("iemocap", tmp_path)
