@@ -136,3 +136,12 @@ def test_test_refuses_casia_weights_on_emodb(reference, tmp_path):
     npy = tmp_path / "EMODB.npy"
     np.save(npy, {"x": reference["mfcc"][:40], "y": np.eye(7)[reference["labels"][:40]]}, allow_pickle=True)
     assert_one_line_error(timnet("test", npy, "--corpus", "emodb", "--weights", weights), "6 classes", "EMODB features have 7")
+
+
+@pytest.mark.realdata
+def test_authors_weights_need_ten_folds(reference, tmp_path):
+    weights = need(PRETRAINED / "EMODB_46")
+    npy = tmp_path / "EMODB.npy"
+    np.save(npy, {"x": reference["mfcc"], "y": np.eye(7)[reference["labels"]]}, allow_pickle=True)
+    assert_one_line_error(timnet("test", npy, "--corpus", "emodb", "--weights", weights, "--folds", "5"),
+                          "--folds 5", "expected --folds 10")

@@ -84,3 +84,11 @@ def test_authors_npy(tmp_path):
         load_features(tmp_path / "EMODB.npy")
     with pytest.raises(TimnetError, match="y has 7 classes; CASIA has 6"):
         load_features(tmp_path / "EMODB.npy", corpus="casia")
+
+
+def test_truncated_npz_is_a_one_line_error(tree, tmp_path):
+    fs, _, _ = extract("emodb", tree, workers=1, signal_length=4096, progress=False)
+    path = save_features(fs, tmp_path / "f.npz")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(TimnetError, match="not a readable .npz"):
+        load_features(path)

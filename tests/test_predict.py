@@ -158,3 +158,14 @@ def test_authors_fold1_predictions_match_reference(reference, tmp_path):
     labels = reference["class_names"].tolist()
     got = np.array([[row["probs"][l] for l in labels] for row in rows])
     np.testing.assert_allclose(got, reference["probs"][idx], atol=1e-3)
+
+
+def test_zero_window_and_onnx_reexport_refused(run_dir, clips, tmp_path):
+    with pytest.raises(TimnetError, match="too small"):
+        load_model(run_dir).predict_file(clips["long"], window=0)
+    pytest.importorskip("onnxruntime")
+    from timnet.onnx_export import export_onnx
+
+    path = export_onnx(load_model(run_dir), tmp_path / "m.onnx")
+    with pytest.raises(TimnetError, match="already an ONNX model"):
+        export_onnx(load_model(path), tmp_path / "again.onnx")

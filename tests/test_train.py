@@ -194,3 +194,34 @@ def test_fold_in_worker_process_equals_in_process(tmp_path):
         wa = torch.load(tmp_path / "serial" / f"fold_0{k}" / "model.pt", weights_only=True)["state_dict"]
         wb = torch.load(tmp_path / "parallel" / f"fold_0{k}" / "model.pt", weights_only=True)["state_dict"]
         assert all(torch.equal(wa[n], wb[n]) for n in wa)
+
+
+def test_ctrl_c_stops_parallel_training_promptly(tmp_path):
+    import signal
+    import time
+
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    cmd = [sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "r"), "--folds", "6",
+           "--epochs", "400", "--batch-size", "16", "--save-every", "1", "--threads", "1", "--workers", "2",
+           "--no-report", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while not list((tmp_path / "r").glob("fold_*/state.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    t0 = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert time.time() - t0 < 20
+    assert len(list((tmp_path / "r").glob("fold_*/result.json"))) < 6  # the queued folds were not trained
+
+
+def test_test_refuses_run_dir_on_other_features(tmp_path):
+    fs = synthetic()
+    run = Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "epochs": 1}), folds=3, threads=1)
+    run.prepare()
+    run.execute(workers=1, progress=False, log=lambda m: None)
+    other = save_features(synthetic(seed=1), tmp_path / "other.npz")
+    r = subprocess.run([sys.executable, "-m", "timnet", "test", str(other), "--weights", str(tmp_path / "r")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "trained on other features" in r.stderr

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -146,8 +145,12 @@ def cmd_test(args) -> int:
     run_file = Path(args.weights) / "run.json"
     split = "random"
     if run_file.is_file():  # a timnet RUN_DIR knows its own split and seed
-        identity = json.loads(run_file.read_text())["identity"]
+        from .run import read_identity
+
+        identity = read_identity(args.weights)
         split, seed = identity["split"], identity["seed"]
+        if len(results) < identity["folds"]:
+            _warn(f"{args.weights}: only {len(results)} of {identity['folds']} folds are finished; the means cover those")
     summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split=split, seed=seed)
     print(format_report(summary))
     if args.json:

@@ -51,6 +51,12 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
         raise TimnetError(f"{weights}: no such weights folder; expected a RUN_DIR or a folder of 10-fold_weights_best_<k>.hdf5")
     run_ckpts = sorted(weights.glob("fold_*/model.pt"))
     if run_ckpts:
+        from .run import features_fingerprint, read_identity
+
+        identity = read_identity(weights)
+        if identity.get("features_fingerprint") != features_fingerprint(fs):
+            raise TimnetError(f"{weights} was trained on other features than these {fs.corpus} features; "
+                              "its test indices would point at other utterances")
         out = []
         for path in run_ckpts:
             model, ckpt = load_checkpoint(path)
@@ -60,6 +66,10 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
                 raise TimnetError(f"{path}: trained on {ckpt['extra'].get('n_samples')} samples; these features have {len(fs)}")
             out.append(FoldModel(int(ckpt["extra"]["fold"]), model, test_idx))
         return out
+    if folds != 10:
+        # The authors' files are the 10 models of a 10-fold split; any other split would test
+        # them on utterances they were trained on.
+        raise TimnetError(f"--folds {folds}: the authors' weights are one model per fold of a 10-fold split; expected --folds 10")
     splits = make_folds(len(fs), folds=folds, seed=seed, split=split, speakers=fs.speakers)
     out = []
     for k, path in enumerate(keras_fold_files(weights, folds), start=1):

@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import sys
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -226,7 +227,7 @@ def load_features(path: str | Path, *, corpus: str | None = None) -> FeatureSet:
     else:
         try:
             fs = _load_npz(path)
-        except (ValueError, OSError, KeyError, json.JSONDecodeError) as e:
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
             raise TimnetError(f"{path}: not a readable .npz feature file ({type(e).__name__}: {e})") from None
         if corpus is not None and corpus.upper() != fs.corpus:
             raise TimnetError(f"{path}: holds {fs.corpus} features, but --corpus {corpus} was given")

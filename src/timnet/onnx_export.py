@@ -39,6 +39,8 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix != ".onnx":
         raise TimnetError(f"{path}: expected an output path ending in .onnx")
+    if not predictor.models:
+        raise TimnetError(f"{predictor.source}: already an ONNX model; export needs a checkpoint, RUN_DIR or weights folder")
     module = _Probabilities(predictor.models).eval()
     cfg = predictor.feature_config
     example = torch.zeros(2, cfg.frames, cfg.n_mfcc)

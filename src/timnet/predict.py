@@ -91,8 +91,8 @@ class Predictor:
             warnings.append(f"very short audio ({seconds:.2f} s)")
         if float(np.sqrt(np.mean(y.astype(np.float64) ** 2))) < QUIET_RMS:
             warnings.append("silent audio")
-        win = int(round((window or cfg.signal_length / cfg.sample_rate) * cfg.sample_rate))
-        step = int(round((hop or win / cfg.sample_rate / 2) * cfg.sample_rate))
+        win = int(round((cfg.signal_length / cfg.sample_rate if window is None else window) * cfg.sample_rate))
+        step = int(round((win / cfg.sample_rate / 2 if hop is None else hop) * cfg.sample_rate))
         if win < audio.HOP_LENGTH or step < 1:
             raise TimnetError(f"--window {window} / --hop {hop} too small; expected at least {audio.HOP_LENGTH / cfg.sample_rate:.3f} s")
         if len(y) <= win or (window is None and len(y) <= WINDOW_AFTER * cfg.signal_length):

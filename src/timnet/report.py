@@ -116,7 +116,12 @@ def _run_test_features(run_dir: Path, info: dict) -> tuple:
     from .run import features_fingerprint
 
     identity = info["identity"]
-    fs = load_features(info["features"])
+    from .errors import TimnetError
+
+    try:
+        fs = load_features(info["features"], corpus=identity["corpus"])
+    except TimnetError as e:
+        return None, None, None, str(e)
     # A features file rewritten since training would pair the models with other utterances.
     if features_fingerprint(fs) != identity.get("features_fingerprint"):
         return None, None, None, f"the features file {info['features']} has changed since the run was trained"

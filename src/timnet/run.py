@@ -60,6 +60,15 @@ def versions() -> dict:
     return out
 
 
+def read_identity(run_dir: str | Path) -> dict:
+    """The identity (configs, data fingerprint, seed, split) recorded in a RUN_DIR's run.json."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        return json.loads(path.read_text())["identity"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise TimnetError(f"{path}: not a readable timnet run file ({type(e).__name__})") from None
+
+
 def model_config_for(fs: FeatureSet) -> TIMNetConfig:
     """The paper's network for a feature set: the corpus's dilation levels, its class count."""
     levels = defaults_for(fs.corpus)[1]
@@ -105,15 +114,17 @@ class Run:
         run_file = self.dir / RUN_FILE
         if run_file.is_file():
             try:
-                previous = json.loads(run_file.read_text())["identity"]
-            except (json.JSONDecodeError, KeyError):
+                previous = read_identity(self.dir)
+            except TimnetError:
                 previous = None
             if previous == self.identity:
                 return True
             if not overwrite:
                 diff = sorted(k for k in self.identity if previous is None or previous.get(k) != self.identity.get(k))
+                hint = (f"; to resume it pass --threads {previous['threads_per_fold']}"
+                        if diff == ["threads_per_fold"] else "")
                 raise TimnetError(f"{self.dir} holds a run with a different configuration ({', '.join(diff)}); "
-                                  "use another RUN_DIR or --overwrite")
+                                  f"use another RUN_DIR or --overwrite (which deletes it){hint}")
             for child in self.dir.glob("fold_*"):
                 shutil.rmtree(child)
             for name in ("results.json", "results.csv", RUN_FILE):
@@ -204,11 +215,12 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
                 "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads,
                 "device": torch.device(device).type}
     run_file = out_dir / RUN_FILE
-    if run_file.is_file() and json.loads(run_file.read_text()).get("identity") != identity and not overwrite:
+    previous = read_identity(out_dir) if run_file.is_file() else None
+    if run_file.is_file() and previous != identity and not overwrite:
         raise TimnetError(f"{out_dir} holds a run with a different configuration; use another folder or --overwrite")
     if out_dir.exists() and not run_file.is_file() and any(out_dir.iterdir()) and not overwrite:
         raise TimnetError(f"{out_dir} exists and is not a timnet RUN_DIR; expected an empty or new folder (or --overwrite)")
-    if overwrite and run_file.is_file() and json.loads(run_file.read_text()).get("identity") != identity:
+    if overwrite and previous != identity:
         (out_dir / "state.pt").unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_file, {"identity": identity, "command": sys.argv, "versions": versions(),
@@ -281,6 +293,11 @@ _WORKER: dict = {}
 
 
 def _worker_init(run: Run, queue) -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group; the parent alone decides to stop (and ends the
+    # workers), otherwise each worker would treat it as one failed fold and start the next.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.update(run=run, queue=queue, parent=os.getppid())
 
 
@@ -310,7 +327,8 @@ def _run_folds(run: Run, folds: list[int], *, workers: int, bar: FoldProgress):
 
     ctx = mp.get_context("spawn")  # fork after torch has run threads is not safe
     q = ctx.Manager().Queue()
-    with ProcessPoolExecutor(min(workers, len(folds)), mp_context=ctx, initializer=_worker_init, initargs=(run, q)) as pool:
+    pool = ProcessPoolExecutor(min(workers, len(folds)), mp_context=ctx, initializer=_worker_init, initargs=(run, q))
+    try:
         pending = {pool.submit(_worker_fold, k): k for k in folds}
         while pending:
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -330,3 +348,11 @@ def _run_folds(run: Run, folds: list[int], *, workers: int, bar: FoldProgress):
                                       "run the same command again to resume") from None
                 bar.finished(k)
                 yield k, result
+    except BaseException:
+        # Interrupted or failed: end the workers now instead of letting them train the queued folds.
+        # Their snapshots and results are written atomically, so the next run resumes cleanly.
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
