@@ -7,8 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from .errors import TimnetError
 from .utils import write_json
 
@@ -218,13 +216,12 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .onnx_export import OnnxPredictor, export_onnx
+    from .onnx_export import export_onnx, onnx_parity
     from .predict import load_model
 
     predictor = load_model(args.model, corpus=args.corpus)
     path = export_onnx(predictor, args.output)
-    x = np.random.default_rng(0).standard_normal((4, predictor.feature_config.frames, predictor.feature_config.n_mfcc)) * 30
-    gap = float(np.abs(OnnxPredictor(path).predict_features(x) - predictor.predict_features(x)).max())
+    gap = onnx_parity(predictor, path)
     print(f"{path}: {len(predictor.models)} model(s), {len(predictor.labels)} classes; max |onnxruntime - torch| = {gap:.1e}")
     return 0
 

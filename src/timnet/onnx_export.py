@@ -82,3 +82,10 @@ class OnnxPredictor(Predictor):
 
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(["probs"], {"features": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def onnx_parity(predictor: Predictor, path: str | Path, *, n: int = 4, seed: int = 0) -> float:
+    """Largest |onnxruntime - torch| probability gap on random MFCC-scaled features."""
+    cfg = predictor.feature_config
+    x = np.random.default_rng(seed).standard_normal((n, cfg.frames, cfg.n_mfcc)) * 30
+    return float(np.abs(OnnxPredictor(path).predict_features(x) - predictor.predict_features(x)).max())
