@@ -92,3 +92,21 @@ def test_truncated_npz_is_a_one_line_error(tree, tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(TimnetError, match="not a readable .npz"):
         load_features(path)
+
+
+def test_up_to_date_features_are_reused(tree, tmp_path):
+    import os
+
+    path = tmp_path / "f.npz"
+    fs, _, _ = extract("emodb", tree, workers=1, signal_length=4096, progress=False, cache=path)
+    assert not fs.from_cache
+    save_features(fs, path)
+    again, _, _ = extract("emodb", tree, workers=1, signal_length=4096, progress=False, cache=path)
+    assert again.from_cache and np.array_equal(again.x, fs.x)
+    other, _, _ = extract("emodb", tree, workers=1, signal_length=8192, progress=False, cache=path)
+    assert not other.from_cache  # other settings
+    touched = tree / fs.files[0]
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    changed, _, _ = extract("emodb", tree, workers=1, signal_length=4096, progress=False, cache=path)
+    assert not changed.from_cache and np.array_equal(changed.x, fs.x)  # recomputed: same audio, same bits

@@ -73,12 +73,15 @@ def cmd_extract(args) -> int:
         raise TimnetError(f"--workers {args.workers} invalid; expected a positive number")
     fs, skipped, bad = extract(args.corpus, args.data_dir, signal_length=args.signal_length,
                                        workers=args.workers, skip_bad=args.skip_bad, progress=not args.quiet,
-                                speaker_pattern=args.speaker_pattern)
+                                speaker_pattern=args.speaker_pattern, cache=None if args.force else args.output)
     if skipped:
         _warn(skipped)
     if bad:
         _warn(f"skipped {len(bad)} unreadable files (--skip-bad): " + "; ".join(bad))
-    save_features(fs, args.output)
+    if fs.from_cache:
+        print(f"{args.output} is up to date (same files and settings); --force recomputes it", file=sys.stderr)
+    else:
+        save_features(fs, args.output)
     counts = ", ".join(f"{name} {int((fs.y == i).sum())}" for i, name in enumerate(fs.labels))
     speakers = len(set(fs.speakers.tolist())) if fs.speakers is not None else 0
     print(f"{fs.corpus}: {len(fs)} utterances ({counts}), {speakers} speakers, features {fs.x.shape[1:]} -> {args.output}")
@@ -272,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--signal-length", type=int, default=None, help="samples at 22050 Hz after centre pad/crop (default: the corpus's)")
     s.add_argument("--speaker-pattern", default=None, metavar="REGEX",
                    help="folders corpora: regex on the file name whose first group is the speaker")
+    s.add_argument("--force", action="store_true", help="recompute even when FEATURES.npz is up to date")
     s.add_argument("--skip-bad", action="store_true", help="skip unreadable, empty or truncated audio files instead of failing")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_extract)

@@ -64,6 +64,7 @@ class FeatureSet:
     speakers: np.ndarray | None = None  # (N,) str, None for the authors' .npy files
     files: np.ndarray | None = None  # (N,) str, paths relative to the corpus root
     meta: dict = field(default_factory=dict)
+    from_cache: bool = False  # set by `extract` when an up-to-date feature file was reused
 
     def __len__(self) -> int:
         return len(self.y)
@@ -107,11 +108,14 @@ def extract(
     skip_bad: bool = False,
     progress: bool = True,
     speaker_pattern: str | None = None,
+    cache: str | Path | None = None,
 ) -> tuple[FeatureSet, str | None, list[str]]:
     """Features of every utterance of a corpus tree; returns (features, skipped, bad).
 
     `skipped` is a one-line summary of the audio files that do not fit the corpus naming
-    (None if none); `bad` lists unreadable files, which raise unless `skip_bad`.
+    (None if none); `bad` lists unreadable files, which raise unless `skip_bad`. When `cache`
+    names a feature file made from the very same files (paths, sizes, times) and settings, it is
+    returned instead of recomputing.
     """
     from tqdm.auto import tqdm
 
@@ -125,6 +129,15 @@ def extract(
     root = Path(root)
     listing = list_corpus(corpus, root)
     config = FeatureConfig(signal_length=signal_length or corpus.signal_length)
+    source = _source_fingerprint(root, listing.items, config, corpus=corpus.name, skip_bad=skip_bad)
+    if cache is not None and Path(cache).is_file():
+        try:
+            cached = load_features(cache)
+        except TimnetError:
+            cached = None  # unreadable: simply recompute and overwrite
+        if cached is not None and cached.meta.get("source_fingerprint") == source:
+            cached.from_cache = True
+            return cached, skip_summary(listing), list(cached.meta.get("bad", []))
     jobs = [(str(root / item.path), config) for item in listing.items]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     bar = tqdm(total=len(jobs), desc=f"extract {corpus.name}", unit="file", disable=not progress)
@@ -158,8 +171,22 @@ def extract(
         config=config,
         speakers=np.array([it.speaker for it in items]),
         files=np.array([it.path for it in items]),
+        meta={"source_fingerprint": source, "bad": bad},
     )
     return fs, skip_summary(listing), bad
+
+
+def _source_fingerprint(root: Path, items, config: FeatureConfig, *, corpus: str, skip_bad: bool) -> str:
+    """A hash of what decides the features: every file's path, size, mtime and label, and the settings."""
+    import hashlib
+
+    from . import __version__
+
+    h = hashlib.sha256(json.dumps([__version__, corpus, asdict(config), skip_bad]).encode())
+    for it in items:
+        st = (root / it.path).stat()
+        h.update(f"{it.path}\0{st.st_size}\0{st.st_mtime_ns}\0{it.label}\0{it.speaker}\n".encode())
+    return h.hexdigest()
 
 
 def save_features(fs: FeatureSet, path: str | Path) -> Path:
