@@ -37,6 +37,8 @@ from .train import TrainConfig, fold_seed, train_fold, validation_split
 from .utils import atomic_write, write_json
 
 RUN_FILE = "run.json"
+# Identity keys added after a run format was first written, with the value older runs implied.
+LEGACY_IDENTITY = {"device": "cpu"}
 
 
 def features_fingerprint(fs: FeatureSet) -> str:
@@ -64,7 +66,7 @@ def read_identity(run_dir: str | Path) -> dict:
     """The identity (configs, data fingerprint, seed, split) recorded in a RUN_DIR's run.json."""
     path = Path(run_dir) / RUN_FILE
     try:
-        return json.loads(path.read_text())["identity"]
+        return {**LEGACY_IDENTITY, **json.loads(path.read_text())["identity"]}
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise TimnetError(f"{path}: not a readable timnet run file ({type(e).__name__})") from None
 
