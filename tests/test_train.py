@@ -225,3 +225,13 @@ def test_test_refuses_run_dir_on_other_features(tmp_path):
     r = subprocess.run([sys.executable, "-m", "timnet", "test", str(other), "--weights", str(tmp_path / "r")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "trained on other features" in r.stderr
+
+
+def test_run_written_before_the_device_key_still_resumes(tmp_path):
+    fs = synthetic()
+    Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3).prepare()
+    run_file = tmp_path / "r" / "run.json"
+    data = json.loads(run_file.read_text())
+    del data["identity"]["device"]  # as written by timnet before --device existed
+    run_file.write_text(json.dumps(data))
+    assert Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3).prepare() is True
