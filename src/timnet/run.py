@@ -71,6 +71,39 @@ def read_identity(run_dir: str | Path) -> dict:
         raise TimnetError(f"{path}: not a readable timnet run file ({type(e).__name__})") from None
 
 
+def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, results: tuple[str, ...],
+                    extra: dict | None = None) -> bool:
+    """Create or check a run folder for `identity`; True when it already holds this run (resume).
+
+    A folder holding another configuration, or files that are not a run, is refused unless
+    `overwrite`, which deletes the old run's folds and `results` files first.
+    """
+    run_file = run_dir / RUN_FILE
+    if run_file.is_file():
+        try:
+            previous = read_identity(run_dir)
+        except TimnetError:
+            previous = None
+        if previous == identity:
+            return True
+        if not overwrite:
+            diff = sorted(k for k in identity if previous is None or previous.get(k) != identity.get(k))
+            hint = (f"; to resume it pass --threads {previous['threads_per_fold']}"
+                    if diff == ["threads_per_fold"] else "")
+            raise TimnetError(f"{run_dir} holds a run with a different configuration ({', '.join(diff)}); "
+                              f"use another RUN_DIR or --overwrite (which deletes it){hint}")
+        for child in run_dir.glob("fold_*"):
+            shutil.rmtree(child)
+        for name in (*results, RUN_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise TimnetError(f"{run_dir} exists and is not a timnet RUN_DIR; expected an empty or new folder (or --overwrite)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_file, {"identity": identity, "command": sys.argv, **(extra or {}), "versions": versions(),
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return False
+
+
 def model_config_for(fs: FeatureSet) -> TIMNetConfig:
     """The paper's network for a feature set: the corpus's dilation levels, its class count."""
     levels = defaults_for(fs.corpus)[1]
@@ -113,30 +146,8 @@ class Run:
     # -- the RUN_DIR ---------------------------------------------------------------------------
     def prepare(self, *, overwrite: bool = False) -> bool:
         """Create or check RUN_DIR; returns True when resuming. A different config is refused."""
-        run_file = self.dir / RUN_FILE
-        if run_file.is_file():
-            try:
-                previous = read_identity(self.dir)
-            except TimnetError:
-                previous = None
-            if previous == self.identity:
-                return True
-            if not overwrite:
-                diff = sorted(k for k in self.identity if previous is None or previous.get(k) != self.identity.get(k))
-                hint = (f"; to resume it pass --threads {previous['threads_per_fold']}"
-                        if diff == ["threads_per_fold"] else "")
-                raise TimnetError(f"{self.dir} holds a run with a different configuration ({', '.join(diff)}); "
-                                  f"use another RUN_DIR or --overwrite (which deletes it){hint}")
-            for child in self.dir.glob("fold_*"):
-                shutil.rmtree(child)
-            for name in ("results.json", "results.csv", RUN_FILE):
-                (self.dir / name).unlink(missing_ok=True)
-        elif self.dir.exists() and any(self.dir.iterdir()) and not overwrite:
-            raise TimnetError(f"{self.dir} exists and is not a timnet RUN_DIR; expected an empty or new folder (or --overwrite)")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_file, {"identity": self.identity, "command": sys.argv, "features": self.features_path,
-                               "versions": versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-        return False
+        return prepare_run_dir(self.dir, self.identity, overwrite=overwrite, results=("results.json", "results.csv"),
+                               extra={"features": self.features_path})
 
     def fold_dir(self, k: int) -> Path:
         return self.dir / f"fold_{k:02d}"
@@ -216,17 +227,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
                 "features_fingerprint": features_fingerprint(fs), "seed": seed, "train_config": asdict(config),
                 "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads,
                 "device": torch.device(device).type}
-    run_file = out_dir / RUN_FILE
-    previous = read_identity(out_dir) if run_file.is_file() else None
-    if run_file.is_file() and previous != identity and not overwrite:
-        raise TimnetError(f"{out_dir} holds a run with a different configuration; use another folder or --overwrite")
-    if out_dir.exists() and not run_file.is_file() and any(out_dir.iterdir()) and not overwrite:
-        raise TimnetError(f"{out_dir} exists and is not a timnet RUN_DIR; expected an empty or new folder (or --overwrite)")
-    if overwrite and previous != identity:
-        (out_dir / "state.pt").unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_file, {"identity": identity, "command": sys.argv, "versions": versions(),
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    prepare_run_dir(out_dir, identity, overwrite=overwrite, results=("state.pt", "model.pt", "history.csv"))
     torch.set_num_threads(threads)
     tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed)
     bar = tqdm(total=config.epochs, desc="all data", unit="ep", disable=not progress)
