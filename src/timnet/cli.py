@@ -13,6 +13,7 @@ from .utils import write_json
 CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
 SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS; kept here so --help needs no torch import
 SELECTIONS = ("last", "best-val")  # mirrors timnet.train.SELECTIONS
+PATHS = ("auto", "fast", "reference")  # mirrors timnet.train.PATHS
 
 
 def _warn(message: str) -> None:
@@ -114,11 +115,11 @@ def cmd_train(args) -> int:
         from .run import train_all_data
 
         path = train_all_data(fs, args.output, config=config, seed=args.seed, threads=args.threads or (os.cpu_count() or 1),
-                              device=device, overwrite=args.overwrite, progress=not args.quiet)
+                              device=device, path=args.path, overwrite=args.overwrite, progress=not args.quiet)
         print(f"trained one model on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
         return 0
     run = Run(fs, args.output, config=config, folds=args.folds, seed=args.seed, split=args.split,
-              threads=threads, device=device, features_path=str(Path(args.features).resolve()))
+              threads=threads, device=device, path=args.path, features_path=str(Path(args.features).resolve()))
     if run.prepare(overwrite=args.overwrite):
         print(f"resuming the run in {args.output}", file=sys.stderr)
     summary = run.execute(workers=workers, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
@@ -299,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "since float results depend on it")
     s.add_argument("--no-report", action="store_true", help="skip the plots and report.html written at the end")
     s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
+    s.add_argument("--path", choices=PATHS, default="auto",
+                   help="fast: timnet.fast (native kernels, same mathematics); reference: the plain nn.Module; "
+                        "auto (default): fast on CPUs, reference on CUDA. Part of the run's identity")
     s.add_argument("--all-data", action="store_true", help="train one deployable model on every sample (no folds, no test score)")
     s.add_argument("--overwrite", action="store_true", help="replace a run with a different configuration in RUN_DIR")
     s.add_argument("--json", default=None, metavar="PATH", help="also write the results JSON here")

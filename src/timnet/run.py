@@ -33,12 +33,12 @@ from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
 from .folds import make_folds
 from .model import TIMNetConfig
-from .train import TrainConfig, fold_seed, train_fold, validation_split
+from .train import TrainConfig, fold_seed, resolve_path, train_fold, validation_split
 from .utils import atomic_write, write_json
 
 RUN_FILE = "run.json"
 # Identity keys added after a run format was first written, with the value older runs implied.
-LEGACY_IDENTITY = {"device": "cpu"}
+LEGACY_IDENTITY = {"device": "cpu", "path": "reference"}
 
 
 def features_fingerprint(fs: FeatureSet) -> str:
@@ -125,7 +125,7 @@ class Run:
 
     def __init__(self, fs: FeatureSet, run_dir: str | Path, *, config: TrainConfig, folds: int = 10,
                  seed: int | None = None, split: str = "random", threads: int = 1, device: str = "cpu",
-                 features_path: str | None = None):
+                 path: str = "auto", features_path: str | None = None):
         self.fs, self.dir, self.config = fs, Path(run_dir), config
         self.folds_n, self.split = folds, split
         self.seed = seed if seed is not None else defaults_for(fs.corpus)[0]
@@ -139,8 +139,10 @@ class Run:
             # float results depend on the thread count of the reductions, so it is part of the run
             "threads_per_fold": threads,
             "device": torch.device(device).type,
+            # the fast path computes the same mathematics in another order: last float bits differ
+            "path": resolve_path(path, device),
         }
-        self.threads, self.device = threads, device
+        self.threads, self.device, self.path = threads, device, self.identity["path"]
         self.features_path = features_path
 
     # -- the RUN_DIR ---------------------------------------------------------------------------
@@ -166,7 +168,8 @@ class Run:
         state_path = fdir / "state.pt"
         t0 = time.perf_counter()
         model, state = train_fold(x, y, tr, va, model_config=self.model_config, config=self.config,
-                                  seed=seed, state_path=state_path, on_epoch=on_epoch, device=self.device)
+                                  seed=seed, state_path=state_path, on_epoch=on_epoch, device=self.device,
+                                  path=self.path)
         # The test split is touched here, once, after the model has been chosen.
         probs, _ = predict_proba(model, self.fs.x[test_idx])
         result = fold_result(k, self.fs, test_idx, probs.argmax(1))
@@ -211,7 +214,8 @@ class Run:
 
 
 def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, seed: int | None = None,
-                   threads: int = 1, device: str = "cpu", overwrite: bool = False, progress: bool = True) -> Path:
+                   threads: int = 1, device: str = "cpu", path: str = "auto", overwrite: bool = False,
+                   progress: bool = True) -> Path:
     """Train one model on every sample (the recipe's deployable model; it has no test score).
 
     Cross-validation estimates how well the recipe generalises; this model, trained the same
@@ -226,7 +230,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     identity = {"corpus": fs.corpus, "labels": list(fs.labels), "n_samples": len(fs), "all_data": True,
                 "features_fingerprint": features_fingerprint(fs), "seed": seed, "train_config": asdict(config),
                 "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads,
-                "device": torch.device(device).type}
+                "device": torch.device(device).type, "path": resolve_path(path, device)}
     prepare_run_dir(out_dir, identity, overwrite=overwrite, results=("state.pt", "model.pt", "history.csv"))
     torch.set_num_threads(threads)
     tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed)
@@ -238,7 +242,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
 
     model, state = train_fold(torch.from_numpy(np.ascontiguousarray(fs.x)), torch.from_numpy(fs.y), tr, va,
                               model_config=model_config, config=config, seed=seed, state_path=out_dir / "state.pt",
-                              on_epoch=on_epoch, device=device)
+                              on_epoch=on_epoch, device=device, path=identity["path"])
     bar.close()
     path = save_checkpoint(out_dir / "model.pt", model, feature_config=fs.config, labels=fs.labels, corpus=fs.corpus,
                            extra={"all_data": True, "n_samples": len(fs), "seed": seed, "epoch": state.epoch,

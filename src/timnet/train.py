@@ -20,6 +20,7 @@ from .model import TIMNet, TIMNetConfig
 from .utils import atomic_write
 
 SELECTIONS = ("last", "best-val")
+PATHS = ("auto", "fast", "reference")
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def resolve_path(name: str, device: str | torch.device) -> str:
+    """`auto` is the fast path on CPUs and the reference modules on CUDA (cuDNN's convolutions)."""
+    if name not in PATHS:
+        raise TimnetError(f"--path {name!r} unknown; expected one of {', '.join(PATHS)}")
+    if name == "auto":
+        return "reference" if torch.device(device).type == "cuda" else "fast"
+    return name
+
+
 def fold_seed(seed: int, fold: int) -> int:
     """Each fold's own seed, so a fold's numbers do not depend on which folds ran before it."""
     return seed * 1000 + fold
@@ -142,15 +152,21 @@ def train_fold(
     state_path: Path | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     device: str | torch.device = "cpu",
+    path: str = "fast",
 ) -> tuple[TIMNet, FoldState]:
     """Train one fold's model on `train_idx`, validating on `val_idx`; returns the chosen model (on the CPU).
 
     With `state_path`, a snapshot is saved every `save_every` epochs and training resumes from
-    it when it exists; the result equals an uninterrupted run's.
+    it when it exists; the result equals an uninterrupted run's. `path` is "fast" (timnet.fast,
+    the same mathematics computed faster) or "reference" (the nn.Module itself).
     """
+    from . import fast
+
     device = torch.device(device)
     torch.manual_seed(seed)
     model = TIMNet(model_config).to(device)  # initialised on the CPU RNG, so every device starts alike
+    use_fast = resolve_path(path, device) == "fast" and fast.supports(model)
+    net = (lambda xb: fast.forward(model, xb)) if use_fast else model
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps)
     # The shuffling generator stays on the CPU: batches are the same whatever the device.
     state = FoldState(model, optimizer, torch.Generator().manual_seed(seed))
@@ -167,7 +183,7 @@ def train_fold(
         loss_sum, correct = 0.0, 0
         for start in range(0, n, bs):
             idx = order[start : start + bs]
-            logits = model(x_train[idx])
+            logits = net(x_train[idx])
             loss = F.cross_entropy(logits, y_train[idx], label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,437 @@
+"""The fast path: the same network and parameters as `model.TIMNet`, computed another way.
+
+What makes it fast on a CPU, none of which changes the mathematics:
+- Channels-last activations (B, T, C), so each causal k=2 convolution is two products with a
+  (C, C) matrix per frame, x(t) Wr + x(t-d) Wl, the second skipped where t < d (zero padding).
+- Channels padded from 39 to 40 inside: vector units work on 8 floats, and 40 columns run about
+  1.5x faster than 39. The extra channel has zero weights and stays exactly zero; parameters and
+  gradients keep their shapes, so checkpoints, import and export never see the padding.
+- A hand-written backward for the whole trunk (input convs, blocks, level means), with batch
+  norm, ReLU, spatial dropout and the sigmoid gate fused into a few passes over memory.
+- The two streams (forward and time-reversed) are independent until their level means, so with
+  two or more threads they run at the same time.
+
+The arithmetic runs in `kernels.c` (see native.py) when it can be built, else in PyTorch
+operations implementing the very same steps (`TorchOps`: float64, CUDA and any CPU). Dropout
+masks are drawn in the reference's order and shapes, so with the same seed both paths see the
+same masks; tests/test_fast.py checks logits, gradients, BN statistics and optimiser steps
+against `model.TIMNet`.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import native
+from .model import BN_EPS, BN_MOMENTUM, TIMNet
+
+LANES = 8
+
+
+def padded(c: int) -> int:
+    """Channels after padding to a multiple of 8."""
+    return -(-c // LANES) * LANES
+
+
+# -- the primitive steps, in two implementations ---------------------------------------------------
+# All activations are (B, T, C) contiguous; per-(utterance, channel) arrays are (B, C); sums are
+# float64 vectors of length C.
+
+class TorchOps:
+    """The fast path's steps as PyTorch operations: any device, any float dtype."""
+
+    name = "torch"
+
+    @staticmethod
+    def conv(x, ws, wr, bias, shift, *, out=None, stats=False):
+        """out (+)= [bias] + x(t) wr + x(t - shift) ws where 0 <= t - shift < T; optional column sums."""
+        t = x.shape[1]
+        y = x @ wr
+        if bias is not None:
+            y += bias
+        d = abs(shift)
+        if d < t:
+            if shift > 0:
+                y[:, d:] += x[:, : t - d] @ ws
+            else:
+                y[:, : t - d] += x[:, d:] @ ws
+        if out is not None:
+            out += y
+            y = out
+        if not stats:
+            return y, None, None
+        yd = y.double()
+        return y, yd.sum((0, 1)), (yd * yd).sum((0, 1))
+
+    @staticmethod
+    def wgrad(x, g, shift):
+        """(sum of x(t - shift)^T g(t) over valid rows, sum of x(t)^T g(t)): (C_in, C_out) each."""
+        c, t = x.shape[2], x.shape[1]
+        dwr = x.reshape(-1, c).t() @ g.reshape(-1, c)
+        d = abs(shift)
+        if d >= t:
+            return torch.zeros_like(dwr), dwr
+        xs, gs = (x[:, : t - d], g[:, d:]) if shift > 0 else (x[:, d:], g[:, : t - d])
+        return xs.reshape(-1, c).t() @ gs.reshape(-1, c), dwr
+
+    @staticmethod
+    def bn_relu(a, mean, scale, shift):
+        return torch.relu((a - mean) * scale[:, None] + shift[:, None])
+
+    @staticmethod
+    def gate_fwd(x, a, mean, scale, shift):
+        s = torch.sigmoid(TorchOps.bn_relu(a, mean, scale, shift))
+        y = x * s
+        return y, s, y.sum(1)
+
+    @staticmethod
+    def gate_bwd(dy, dlevel, x, s, a, mean, scale, shift, mscale):
+        dyt = dlevel[:, None] if dy is None else dy + dlevel[:, None]
+        dev = a - mean
+        pre = dev * scale[:, None] + shift[:, None]
+        g = dyt * x * s * (1 - s) * mscale[:, None] * (pre > 0)
+        return dyt * s, g, g.double().sum((0, 1)), (g.double() * dev.double()).sum((0, 1))
+
+    @staticmethod
+    def relu_bwd(dh, h, a, mean, mscale):
+        g = dh * mscale[:, None] * (h > 0)
+        return g, g.double().sum((0, 1)), (g.double() * (a - mean).double()).sum((0, 1))
+
+    @staticmethod
+    def bn_bwd(g, a, mean, k, ca, c0):
+        da = g * k + (a - mean) * ca + c0
+        return da, da.double().sum((0, 1))
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+class NativeOps:
+    """The same steps in kernels.c: float32, CPU, contiguous tensors."""
+
+    name = "native"
+
+    def __init__(self, lib):
+        self.lib = lib
+
+    def conv(self, x, ws, wr, bias, shift, *, out=None, stats=False):
+        b, t, c = x.shape
+        acc = out is not None
+        y = out if acc else torch.empty_like(x)
+        s = torch.zeros(c, dtype=torch.float64) if stats else None
+        q = torch.zeros(c, dtype=torch.float64) if stats else None
+        self.lib.conv(_ptr(x), _ptr(ws), _ptr(wr), _ptr(bias), _ptr(y), b, t, c, shift, int(acc), _ptr(s), _ptr(q))
+        return y, s, q
+
+    def wgrad(self, x, g, shift):
+        b, t, c = x.shape
+        dws, dwr = torch.empty(c, c), torch.empty(c, c)
+        self.lib.wgrad(_ptr(x), _ptr(g), _ptr(dws), _ptr(dwr), b, t, c, shift)
+        return dws, dwr
+
+    def bn_relu(self, a, mean, scale, shift):
+        h = torch.empty_like(a)
+        self.lib.bn_relu_fwd(_ptr(a), _ptr(mean), _ptr(scale), _ptr(shift), _ptr(h), *a.shape)
+        return h
+
+    def gate_fwd(self, x, a, mean, scale, shift):
+        y, s = torch.empty_like(x), torch.empty_like(x)
+        level = torch.empty(x.shape[0], x.shape[2])
+        self.lib.gate_fwd(_ptr(x), _ptr(a), _ptr(mean), _ptr(scale), _ptr(shift), _ptr(y), _ptr(s), _ptr(level),
+                          *x.shape)
+        return y, s, level
+
+    def gate_bwd(self, dy, dlevel, x, s, a, mean, scale, shift, mscale):
+        c = x.shape[2]
+        dx = torch.empty_like(x)
+        sg, sga = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+        # g overwrites s, which the backward needs no more
+        self.lib.gate_bwd(_ptr(dy), _ptr(dlevel), _ptr(x), _ptr(s), _ptr(a), _ptr(mean), _ptr(scale), _ptr(shift),
+                          _ptr(mscale), _ptr(dx), _ptr(sg), _ptr(sga), *x.shape)
+        return dx, s, sg, sga
+
+    def relu_bwd(self, dh, h, a, mean, mscale):
+        c = a.shape[2]
+        sg, sga = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+        self.lib.relu_bwd(_ptr(dh), _ptr(h), _ptr(a), _ptr(mean), _ptr(mscale), _ptr(dh), _ptr(sg), _ptr(sga),
+                          *a.shape)
+        return dh, sg, sga
+
+    def bn_bwd(self, g, a, mean, k, ca, c0):
+        s = torch.zeros(a.shape[2], dtype=torch.float64)
+        self.lib.bn_bwd(_ptr(g), _ptr(a), _ptr(mean), _ptr(k), _ptr(ca), _ptr(c0), _ptr(s), *a.shape)
+        return g, s
+
+
+def ops_for(x: torch.Tensor, channels: int):
+    """The native kernels where they apply (float32 on a CPU, C <= 128), else PyTorch operations."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and channels <= native.MAX_CHANNELS:
+        lib = native.load()
+        if lib is not None:
+            return NativeOps(lib)
+    return TorchOps()
+
+
+# -- parameters in the fast layout --------------------------------------------------------------------
+
+def _vec(v: torch.Tensor, cp: int, value: float = 0.0) -> torch.Tensor:
+    return F.pad(v.detach(), (0, cp - v.numel()), value=value).contiguous()
+
+
+def _mat(w: torch.Tensor, cp: int) -> torch.Tensor:
+    """A (out, in) matrix as the padded (in, out) operand of x @ W."""
+    out_c, in_c = w.shape
+    return F.pad(w.detach().t(), (0, cp - out_c, 0, cp - in_c)).contiguous()
+
+
+def _unmat(dw: torch.Tensor, out_c: int, in_c: int) -> torch.Tensor:
+    """Gradient of a padded (in, out) operand back to the (out, in) parameter layout."""
+    return dw[:in_c, :out_c].t()
+
+
+@dataclass
+class _Layer:
+    """One conv + batch norm of a block, with what its backward needs."""
+
+    ws: torch.Tensor  # (cp, cp) tap on x(t - d)
+    wr: torch.Tensor  # (cp, cp) tap on x(t)
+    bias: torch.Tensor
+    gamma: torch.Tensor
+    beta: torch.Tensor
+    running: tuple  # the module's (running_mean, running_var) buffers, updated in place
+    mscale: torch.Tensor  # (B, cp) dropout scale per utterance and channel (ones without dropout)
+    a: torch.Tensor | None = None  # conv output
+    mean: torch.Tensor | None = None
+    invstd: torch.Tensor | None = None
+    k: torch.Tensor | None = None  # gamma * invstd
+    scale: torch.Tensor | None = None  # k * mscale, (B, cp)
+    shift: torch.Tensor | None = None  # beta * mscale, (B, cp)
+
+    def normalise(self, a, s, q, *, training: bool, n: int) -> None:
+        """Batch statistics (training, with the running update) or running statistics (inference)."""
+        cp = a.shape[2]
+        c = self.running[0].numel()
+        if training:
+            mean64 = s / n
+            var64 = (q / n - mean64 * mean64).clamp_min(0)
+            with torch.no_grad():
+                self.running[0].lerp_(mean64[:c].to(self.running[0]), BN_MOMENTUM)
+                self.running[1].lerp_((var64[:c] * (n / max(n - 1, 1))).to(self.running[1]), BN_MOMENTUM)
+            mean, var = mean64.to(a.dtype), var64.to(a.dtype)
+        else:
+            mean, var = _vec(self.running[0], cp).to(a.dtype), _vec(self.running[1], cp, 1.0).to(a.dtype)
+        self.a, self.mean = a, mean
+        self.invstd = torch.rsqrt(var + BN_EPS)
+        self.k = self.gamma * self.invstd
+        self.scale = (self.k * self.mscale).contiguous()
+        self.shift = (self.beta * self.mscale).contiguous()
+
+
+def _layers(blk, cp: int, masks, like: torch.Tensor) -> list[_Layer]:
+    out = []
+    for conv, bn, m in ((blk.conv1, blk.bn1, masks[0]), (blk.conv2, blk.bn2, masks[1])):
+        w = conv.weight
+        out.append(_Layer(ws=_mat(w[:, :, 0], cp).to(like), wr=_mat(w[:, :, 1], cp).to(like),
+                          bias=_vec(conv.bias, cp).to(like), gamma=_vec(bn.weight, cp).to(like),
+                          beta=_vec(bn.bias, cp).to(like), running=(bn.running_mean, bn.running_var), mscale=m))
+    return out
+
+
+# -- one stream ----------------------------------------------------------------------------------------
+
+class _Stream:
+    """The input conv and the blocks of one direction, forward and hand-written backward."""
+
+    def __init__(self, ops, in_conv, blocks, masks, cp: int, like: torch.Tensor):
+        self.ops, self.cp = ops, cp
+        w = in_conv.weight[:, :, 0].detach()  # (C, F): the input keeps its F columns, unpadded
+        self.w_in = F.pad(w.t(), (0, cp - w.shape[0])).contiguous().to(like)  # (F, cp)
+        self.b_in = _vec(in_conv.bias, cp).to(like)
+        self.layers = [_layers(blk, cp, masks[2 * j: 2 * j + 2], like) for j, blk in enumerate(blocks)]
+        self.inputs: list[torch.Tensor] = []  # block inputs, kept for the backward
+        self.h1: list[torch.Tensor] = []
+        self.s: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, *, training: bool, keep: bool) -> list[torch.Tensor]:
+        """Level sums over time (B, cp) of every block, for x (B, T, F)."""
+        ops = self.ops
+        bsz, t, nf = x.shape
+        self.x = x
+        h = torch.addmm(self.b_in, x.reshape(-1, nf), self.w_in).view(bsz, t, self.cp)
+        levels = []
+        for j, (l1, l2) in enumerate(self.layers):
+            d = 2**j
+            a, s, q = ops.conv(h, l1.ws, l1.wr, l1.bias, d, stats=training)
+            l1.normalise(a, s, q, training=training, n=bsz * t)
+            h1 = ops.bn_relu(a, l1.mean, l1.scale, l1.shift)
+            a, s, q = ops.conv(h1, l2.ws, l2.wr, l2.bias, d, stats=training)
+            l2.normalise(a, s, q, training=training, n=bsz * t)
+            y, sig, level = ops.gate_fwd(h, a, l2.mean, l2.scale, l2.shift)
+            if keep:
+                self.inputs.append(h)
+                self.h1.append(h1)
+                self.s.append(sig)
+            levels.append(level)
+            h = y
+        return levels
+
+    def backward(self, dlevels: list[torch.Tensor]) -> dict:
+        """Parameter gradients from the gradients of the level sums (B, cp) of every block."""
+        ops, n = self.ops, None
+        grads = {}
+        dh = None
+        for j in reversed(range(len(self.layers))):
+            d = 2**j
+            l1, l2 = self.layers[j]
+            x, h1 = self.inputs[j], self.h1[j]
+            n = x.shape[0] * x.shape[1]
+            dx, g, sg, sga = ops.gate_bwd(dh, dlevels[j], x, self.s[j], l2.a, l2.mean, l2.scale, l2.shift, l2.mscale)
+            da, db2 = self._bn_backward(l2, g, sg, sga, n, grads, (j, 2))
+            dws, dwr = ops.wgrad(h1, da, d)
+            grads[(j, 2, "w")] = (dws, dwr)
+            grads[(j, 2, "b")] = db2
+            dh1, _, _ = ops.conv(da, l2.ws.t().contiguous(), l2.wr.t().contiguous(), None, -d)
+            g, sg, sga = ops.relu_bwd(dh1, h1, l1.a, l1.mean, l1.mscale)
+            da, db1 = self._bn_backward(l1, g, sg, sga, n, grads, (j, 1))
+            grads[(j, 1, "w")] = ops.wgrad(x, da, d)
+            grads[(j, 1, "b")] = db1
+            ops.conv(da, l1.ws.t().contiguous(), l1.wr.t().contiguous(), None, -d, out=dx)
+            dh = dx
+        nf = self.x.shape[2]
+        dh2 = dh.reshape(-1, self.cp)
+        grads["in_w"] = self.x.reshape(-1, nf).t() @ dh2  # (F, cp)
+        grads["in_b"] = dh2.sum(0)
+        return grads
+
+    def _bn_backward(self, layer: _Layer, g, sg, sga, n: int, grads: dict, key) -> tuple:
+        """dA from g (gradient at the batch norm output); records gamma/beta gradients."""
+        invstd = layer.invstd.double()
+        sgx = sga * invstd  # sum of g * xhat
+        grads[(*key, "gamma")] = sgx
+        grads[(*key, "beta")] = sg
+        k = layer.k.double()
+        ca = (-k * invstd * sgx / n).to(g.dtype)
+        c0 = (-k * sg / n).to(g.dtype)
+        return self.ops.bn_bwd(g, layer.a, layer.mean, layer.k, ca, c0)
+
+
+def _draw_masks(model: TIMNet, bsz: int, cp: int, like: torch.Tensor, training: bool) -> list[list[torch.Tensor]]:
+    """Dropout scales per (utterance, channel) for [forward, backward] streams, drawn in the
+    reference's order (level by level: forward conv1, conv2, then backward conv1, conv2) and as
+    nn.Dropout1d draws them (bernoulli_ on a (B, C, 1) tensor), so the RNG streams agree."""
+    cfg = model.config
+    c, p = cfg.n_filters, cfg.dropout
+    ones = torch.ones(bsz, cp, dtype=like.dtype, device=like.device)
+    masks: list[list[torch.Tensor]] = [[], []]
+    for _ in range(cfg.dilations):
+        for stream in masks:
+            for _ in range(2):
+                if training and p > 0:
+                    m = like.new_empty(bsz, c, 1).bernoulli_(1 - p).div_(1 - p)
+                    stream.append(F.pad(m.view(bsz, c), (0, cp - c)).contiguous())
+                else:
+                    stream.append(ones)
+    return masks
+
+
+def _parallel(fns) -> list:
+    """Run the two streams at once where there are threads to spare (the kernels release the GIL)."""
+    if torch.get_num_threads() < 2:
+        return [f() for f in fns]
+    with ThreadPoolExecutor(len(fns)) as pool:
+        return [f.result() for f in [pool.submit(fn) for fn in fns]]
+
+
+def _params(model: TIMNet) -> list[torch.nn.Parameter]:
+    """The trunk's parameters in a fixed order (the inputs of _Trunk and its gradients)."""
+    out = [model.forward_in.weight, model.forward_in.bias, model.backward_in.weight, model.backward_in.bias]
+    for blocks in (model.forward_blocks, model.backward_blocks):
+        for blk in blocks:
+            out += [blk.conv1.weight, blk.conv1.bias, blk.bn1.weight, blk.bn1.bias,
+                    blk.conv2.weight, blk.conv2.bias, blk.bn2.weight, blk.bn2.bias]
+    return out
+
+
+class _Trunk(torch.autograd.Function):
+    """(B, T, F) -> level means (B, n, C) with batch statistics and dropout; hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, x, model, *params):
+        bsz, t, _ = x.shape
+        cfg = model.config
+        cp = padded(cfg.n_filters)
+        ops = ops_for(x, cp)
+        masks = _draw_masks(model, bsz, cp, x, training=True)
+        streams = [_Stream(ops, model.forward_in, model.forward_blocks, masks[0], cp, x),
+                   _Stream(ops, model.backward_in, model.backward_blocks, masks[1], cp, x)]
+        xr = x.flip(1).contiguous()  # the backward stream reads the utterance reversed
+        lf, lb = _parallel([lambda: streams[0].forward(x.contiguous(), training=True, keep=True),
+                            lambda: streams[1].forward(xr, training=True, keep=True)])
+        ctx.streams, ctx.shape = streams, (t, cfg.n_filters, cfg.dilations)
+        return (torch.stack(lf, 1) + torch.stack(lb, 1))[:, :, : cfg.n_filters] / t
+
+    @staticmethod
+    def backward(ctx, dlevels):
+        t, c, n_levels = ctx.shape
+        streams = ctx.streams
+        cp = streams[0].cp
+        dl = F.pad(dlevels / t, (0, cp - c)).contiguous()
+        per_level = [dl[:, j].contiguous() for j in range(n_levels)]
+        gf, gb = _parallel([lambda: streams[0].backward(per_level), lambda: streams[1].backward(per_level)])
+        ctx.streams = None
+        out = []
+        for g, st in ((gf, streams[0]), (gb, streams[1])):
+            nf = st.x.shape[2]
+            out += [g["in_w"][:nf, :c].t().unsqueeze(-1), g["in_b"][:c]]
+        for g, st in ((gf, streams[0]), (gb, streams[1])):
+            for j in range(n_levels):
+                for layer in (1, 2):
+                    dws, dwr = g[(j, layer, "w")]
+                    w = torch.stack([_unmat(dws, c, c), _unmat(dwr, c, c)], dim=-1)
+                    out += [w, g[(j, layer, "b")][:c], g[(j, layer, "gamma")][:c], g[(j, layer, "beta")][:c]]
+        dtype = dlevels.dtype
+        return (None, None, *[o.to(dtype) for o in out])
+
+
+@torch.no_grad()
+def _levels_eval(model: TIMNet, x: torch.Tensor) -> torch.Tensor:
+    bsz, t, _ = x.shape
+    cfg = model.config
+    cp = padded(cfg.n_filters)
+    ops = ops_for(x, cp)
+    masks = _draw_masks(model, bsz, cp, x, training=False)
+    streams = [_Stream(ops, model.forward_in, model.forward_blocks, masks[0], cp, x),
+               _Stream(ops, model.backward_in, model.backward_blocks, masks[1], cp, x)]
+    lf = streams[0].forward(x.contiguous(), training=False, keep=False)
+    lb = streams[1].forward(x.flip(1).contiguous(), training=False, keep=False)
+    return (torch.stack(lf, 1) + torch.stack(lb, 1))[:, :, : cfg.n_filters] / t
+
+
+def supports(model: TIMNet) -> bool:
+    """The fast path covers the paper's block: kernel size 2, no 1x1 projection inside blocks."""
+    return model.config.kernel_size == 2
+
+
+def fused_features(model: TIMNet, x: torch.Tensor) -> torch.Tensor:
+    """`model.fused(x)` on the fast path: (B, T, F) -> (B, C), in the model's train or eval mode."""
+    if not supports(model):
+        raise ValueError(f"the fast path needs kernel_size 2; this model has {model.config.kernel_size}")
+    if model.training and torch.is_grad_enabled():
+        levels = _Trunk.apply(x, model, *_params(model))
+    elif model.training:
+        with torch.enable_grad():  # batch statistics and dropout without building a graph
+            levels = _Trunk.apply(x, model, *_params(model)).detach()
+    else:
+        levels = _levels_eval(model, x)
+    return torch.einsum("bnc,n->bc", levels, model.fusion)
+
+
+def forward(model: TIMNet, x: torch.Tensor, *, return_features: bool = False):
+    """`model(x)` on the fast path: logits, and the fused features when asked."""
+    z = fused_features(model, x)
+    logits = model.classifier(z)
+    return (logits, z) if return_features else logits
