@@ -144,9 +144,11 @@ def test_streams_in_threads_equal_sequential(model):
     assert max_rel(one[1], two[1]) < 1e-6
 
 
-@pytest.mark.parametrize("b,t,c,d", [(3, 11, 16, 2), (2, 9, 40, 1), (4, 7, 40, 8), (2, 5, 24, 4), (1, 1, 8, 1)])
-def test_native_steps_equal_torch_steps(b, t, c, d):
-    """Each kernel against its PyTorch twin, on odd shapes: odd T, shifts near and beyond T."""
+@pytest.mark.parametrize("b,t,c,kin,d", [(3, 11, 16, 16, 2), (2, 9, 40, 39, 1), (4, 7, 40, 40, 8), (2, 5, 24, 20, 4),
+                                         (1, 1, 8, 8, 1), (2, 13, 40, 37, 3)])
+def test_native_steps_equal_torch_steps(b, t, c, kin, d):
+    """Each kernel against its PyTorch twin, on odd shapes: odd T, shifts near and beyond T, zero
+    padded input channels (from kin on) that the kernels skip."""
     needs_native()
     nat, ref = fast.NativeOps(native.load()), fast.TorchOps()
     g = torch.Generator().manual_seed(b * 100 + t)
@@ -155,18 +157,19 @@ def test_native_steps_equal_torch_steps(b, t, c, d):
         return torch.randn(*shape, generator=g)
 
     x, ws, wr, bias = r(b, t, c), r(c, c), r(c, c), r(c)
+    x[..., kin:] = 0
     close = dict(rtol=1e-5, atol=1e-4)
     for shift in (d, -d):
-        y1, s1, q1 = nat.conv(x, ws, wr, bias, shift, stats=True)
+        y1, s1, q1 = nat.conv(x, ws, wr, bias, shift, kin=kin, stats=True)
         y2, s2, q2 = ref.conv(x, ws, wr, bias, shift, stats=True)
         torch.testing.assert_close(y1, y2, **close)
         torch.testing.assert_close(s1, s2, rtol=1e-6, atol=1e-4)
         torch.testing.assert_close(q1, q2, rtol=1e-6, atol=1e-3)
         acc = r(b, t, c)
-        torch.testing.assert_close(nat.conv(x, ws, wr, None, shift, out=acc.clone())[0],
+        torch.testing.assert_close(nat.conv(x, ws, wr, None, shift, kin=kin, out=acc.clone())[0],
                                    ref.conv(x, ws, wr, None, shift, out=acc.clone())[0], **close)
         gr = r(b, t, c)
-        for u, v in zip(nat.wgrad(x, gr, shift), ref.wgrad(x, gr, shift)):
+        for u, v in zip(nat.wgrad(x, gr, shift, kin=kin), ref.wgrad(x, gr, shift)):
             torch.testing.assert_close(u, v, **close)
     a, mean, scale, shift = r(b, t, c), r(c), r(b, c), r(b, c)
     mscale = (torch.rand(b, c, generator=g) > 0.3).float() / 0.7

@@ -46,8 +46,10 @@ class TorchOps:
     name = "torch"
 
     @staticmethod
-    def conv(x, ws, wr, bias, shift, *, out=None, stats=False):
-        """out (+)= [bias] + x(t) wr + x(t - shift) ws where 0 <= t - shift < T; optional column sums."""
+    def conv(x, ws, wr, bias, shift, *, kin=None, out=None, stats=False):
+        """out (+)= [bias] + x(t) wr + x(t - shift) ws where 0 <= t - shift < T; optional column sums.
+
+        `kin`: x's channels from kin on are zero padding (the native kernels skip them)."""
         t = x.shape[1]
         y = x @ wr
         if bias is not None:
@@ -67,7 +69,7 @@ class TorchOps:
         return y, yd.sum((0, 1)), (yd * yd).sum((0, 1))
 
     @staticmethod
-    def wgrad(x, g, shift):
+    def wgrad(x, g, shift, *, kin=None):
         """(sum of x(t - shift)^T g(t) over valid rows, sum of x(t)^T g(t)): (C_in, C_out) each."""
         c, t = x.shape[2], x.shape[1]
         dwr = x.reshape(-1, c).t() @ g.reshape(-1, c)
@@ -118,19 +120,20 @@ class NativeOps:
     def __init__(self, lib):
         self.lib = lib
 
-    def conv(self, x, ws, wr, bias, shift, *, out=None, stats=False):
+    def conv(self, x, ws, wr, bias, shift, *, kin=None, out=None, stats=False):
         b, t, c = x.shape
         acc = out is not None
         y = out if acc else torch.empty_like(x)
         s = torch.zeros(c, dtype=torch.float64) if stats else None
         q = torch.zeros(c, dtype=torch.float64) if stats else None
-        self.lib.conv(_ptr(x), _ptr(ws), _ptr(wr), _ptr(bias), _ptr(y), b, t, c, shift, int(acc), _ptr(s), _ptr(q))
+        self.lib.conv(_ptr(x), _ptr(ws), _ptr(wr), _ptr(bias), _ptr(y), b, t, c, kin or c, shift, int(acc),
+                      _ptr(s), _ptr(q))
         return y, s, q
 
-    def wgrad(self, x, g, shift):
+    def wgrad(self, x, g, shift, *, kin=None):
         b, t, c = x.shape
         dws, dwr = torch.empty(c, c), torch.empty(c, c)
-        self.lib.wgrad(_ptr(x), _ptr(g), _ptr(dws), _ptr(dwr), b, t, c, shift)
+        self.lib.wgrad(_ptr(x), _ptr(g), _ptr(dws), _ptr(dwr), b, t, c, kin or c, shift)
         return dws, dwr
 
     def bn_relu(self, a, mean, scale, shift):
@@ -231,13 +234,13 @@ class _Layer:
         self.shift = (self.beta * self.mscale).contiguous()
 
 
-def _layers(blk, cp: int, masks, like: torch.Tensor) -> list[_Layer]:
+def _layers(blk, cp: int, masks) -> list[_Layer]:
     out = []
     for conv, bn, m in ((blk.conv1, blk.bn1, masks[0]), (blk.conv2, blk.bn2, masks[1])):
         w = conv.weight
-        out.append(_Layer(ws=_mat(w[:, :, 0], cp).to(like), wr=_mat(w[:, :, 1], cp).to(like),
-                          bias=_vec(conv.bias, cp).to(like), gamma=_vec(bn.weight, cp).to(like),
-                          beta=_vec(bn.bias, cp).to(like), running=(bn.running_mean, bn.running_var), mscale=m))
+        out.append(_Layer(ws=_mat(w[:, :, 0], cp), wr=_mat(w[:, :, 1], cp), bias=_vec(conv.bias, cp),
+                          gamma=_vec(bn.weight, cp), beta=_vec(bn.bias, cp),
+                          running=(bn.running_mean, bn.running_var), mscale=m))
     return out
 
 
@@ -246,12 +249,12 @@ def _layers(blk, cp: int, masks, like: torch.Tensor) -> list[_Layer]:
 class _Stream:
     """The input conv and the blocks of one direction, forward and hand-written backward."""
 
-    def __init__(self, ops, in_conv, blocks, masks, cp: int, like: torch.Tensor):
-        self.ops, self.cp = ops, cp
+    def __init__(self, ops, in_conv, blocks, masks, cp: int):
+        self.ops, self.cp, self.c = ops, cp, in_conv.weight.shape[0]
         w = in_conv.weight[:, :, 0].detach()  # (C, F): the input keeps its F columns, unpadded
-        self.w_in = F.pad(w.t(), (0, cp - w.shape[0])).contiguous().to(like)  # (F, cp)
-        self.b_in = _vec(in_conv.bias, cp).to(like)
-        self.layers = [_layers(blk, cp, masks[2 * j: 2 * j + 2], like) for j, blk in enumerate(blocks)]
+        self.w_in = F.pad(w.t(), (0, cp - w.shape[0])).contiguous()  # (F, cp)
+        self.b_in = _vec(in_conv.bias, cp)
+        self.layers = [_layers(blk, cp, masks[2 * j: 2 * j + 2]) for j, blk in enumerate(blocks)]
         self.inputs: list[torch.Tensor] = []  # block inputs, kept for the backward
         self.h1: list[torch.Tensor] = []
         self.s: list[torch.Tensor] = []
@@ -265,10 +268,10 @@ class _Stream:
         levels = []
         for j, (l1, l2) in enumerate(self.layers):
             d = 2**j
-            a, s, q = ops.conv(h, l1.ws, l1.wr, l1.bias, d, stats=training)
+            a, s, q = ops.conv(h, l1.ws, l1.wr, l1.bias, d, kin=self.c, stats=training)
             l1.normalise(a, s, q, training=training, n=bsz * t)
             h1 = ops.bn_relu(a, l1.mean, l1.scale, l1.shift)
-            a, s, q = ops.conv(h1, l2.ws, l2.wr, l2.bias, d, stats=training)
+            a, s, q = ops.conv(h1, l2.ws, l2.wr, l2.bias, d, kin=self.c, stats=training)
             l2.normalise(a, s, q, training=training, n=bsz * t)
             y, sig, level = ops.gate_fwd(h, a, l2.mean, l2.scale, l2.shift)
             if keep:
@@ -291,15 +294,15 @@ class _Stream:
             n = x.shape[0] * x.shape[1]
             dx, g, sg, sga = ops.gate_bwd(dh, dlevels[j], x, self.s[j], l2.a, l2.mean, l2.scale, l2.shift, l2.mscale)
             da, db2 = self._bn_backward(l2, g, sg, sga, n, grads, (j, 2))
-            dws, dwr = ops.wgrad(h1, da, d)
+            dws, dwr = ops.wgrad(h1, da, d, kin=self.c)
             grads[(j, 2, "w")] = (dws, dwr)
             grads[(j, 2, "b")] = db2
-            dh1, _, _ = ops.conv(da, l2.ws.t().contiguous(), l2.wr.t().contiguous(), None, -d)
+            dh1, _, _ = ops.conv(da, l2.ws.t().contiguous(), l2.wr.t().contiguous(), None, -d, kin=self.c)
             g, sg, sga = ops.relu_bwd(dh1, h1, l1.a, l1.mean, l1.mscale)
             da, db1 = self._bn_backward(l1, g, sg, sga, n, grads, (j, 1))
-            grads[(j, 1, "w")] = ops.wgrad(x, da, d)
+            grads[(j, 1, "w")] = ops.wgrad(x, da, d, kin=self.c)
             grads[(j, 1, "b")] = db1
-            ops.conv(da, l1.ws.t().contiguous(), l1.wr.t().contiguous(), None, -d, out=dx)
+            ops.conv(da, l1.ws.t().contiguous(), l1.wr.t().contiguous(), None, -d, kin=self.c, out=dx)
             dh = dx
         nf = self.x.shape[2]
         dh2 = dh.reshape(-1, self.cp)
@@ -366,8 +369,8 @@ class _Trunk(torch.autograd.Function):
         cp = padded(cfg.n_filters)
         ops = ops_for(x, cp)
         masks = _draw_masks(model, bsz, cp, x, training=True)
-        streams = [_Stream(ops, model.forward_in, model.forward_blocks, masks[0], cp, x),
-                   _Stream(ops, model.backward_in, model.backward_blocks, masks[1], cp, x)]
+        streams = [_Stream(ops, model.forward_in, model.forward_blocks, masks[0], cp),
+                   _Stream(ops, model.backward_in, model.backward_blocks, masks[1], cp)]
         xr = x.flip(1).contiguous()  # the backward stream reads the utterance reversed
         lf, lb = _parallel([lambda: streams[0].forward(x.contiguous(), training=True, keep=True),
                             lambda: streams[1].forward(xr, training=True, keep=True)])
@@ -404,8 +407,8 @@ def _levels_eval(model: TIMNet, x: torch.Tensor) -> torch.Tensor:
     cp = padded(cfg.n_filters)
     ops = ops_for(x, cp)
     masks = _draw_masks(model, bsz, cp, x, training=False)
-    streams = [_Stream(ops, model.forward_in, model.forward_blocks, masks[0], cp, x),
-               _Stream(ops, model.backward_in, model.backward_blocks, masks[1], cp, x)]
+    streams = [_Stream(ops, model.forward_in, model.forward_blocks, masks[0], cp),
+               _Stream(ops, model.backward_in, model.backward_blocks, masks[1], cp)]
     lf = streams[0].forward(x.contiguous(), training=False, keep=False)
     lb = streams[1].forward(x.flip(1).contiguous(), training=False, keep=False)
     return (torch.stack(lf, 1) + torch.stack(lb, 1))[:, :, : cfg.n_filters] / t

@@ -50,9 +50,10 @@ INLINE v8 vexp(v8 x) {
     return y * pow2;
 }
 
-/* acc0 += xa Wr-row-block, acc1 += xb (two rows share each weight load). */
-INLINE void mac2(const float *xa, const float *xb, const float *w, v8 *acc0, v8 *acc1, int C, int NV) {
-    for (int k = 0; k < C; k++) {
+/* acc0 += xa W, acc1 += xb W over the first kin input channels (the rest are zero padding);
+ * the two rows share every weight load. */
+INLINE void mac2(const float *xa, const float *xb, const float *w, v8 *acc0, v8 *acc1, int C, int kin, int NV) {
+    for (int k = 0; k < kin; k++) {
         v8 a0 = splat(xa[k]), a1 = splat(xb[k]);
         const float *wk = w + (size_t)k * C;
         for (int v = 0; v < NV; v++) {
@@ -63,8 +64,8 @@ INLINE void mac2(const float *xa, const float *xb, const float *w, v8 *acc0, v8 
     }
 }
 
-INLINE void mac1(const float *xa, const float *w, v8 *acc0, int C, int NV) {
-    for (int k = 0; k < C; k++) {
+INLINE void mac1(const float *xa, const float *w, v8 *acc0, int C, int kin, int NV) {
+    for (int k = 0; k < kin; k++) {
         v8 a0 = splat(xa[k]);
         const float *wk = w + (size_t)k * C;
         for (int v = 0; v < NV; v++) acc0[v] += a0 * LD(wk + 8 * v);
@@ -90,10 +91,11 @@ INLINE void finish_row(float *o, const v8 *acc, double *sum, double *sumsq, int 
 }
 
 /* out(t) = [bias] + [out(t) if accumulate] + x(t) wr + x(t - shift) ws, the last term only where
- * 0 <= t - shift < T. Weights are (C_in, C_out) row-major. With sum/sumsq (length C, double),
- * the per-channel sum and sum of squares of out over all rows are added to them. */
-INLINE void conv_impl(const float *x, const float *ws, const float *wr, const float *bias, float *out,
-                      int B, int T, int C, int shift, int accumulate, double *sum, double *sumsq, int NV) {
+ * 0 <= t - shift < T. Weights are (C_in, C_out) row-major; only the first kin input channels are
+ * read (the caller knows the rest of x is zero padding). With sum/sumsq (length C, double), the
+ * per-channel sum and sum of squares of out over all rows are added to them. */
+INLINE void conv_impl(const float *x, const float *ws, const float *wr, const float *bias, float *out, int B,
+                      int T, int C, int kin, int shift, int accumulate, double *sum, double *sumsq, int NV) {
     for (int b = 0; b < B; b++) {
         const float *xb = x + (size_t)b * T * C;
         float *ob = out + (size_t)b * T * C;
@@ -106,18 +108,18 @@ INLINE void conv_impl(const float *x, const float *ws, const float *wr, const fl
             int v0 = s0 >= 0 && s0 < T, v1 = two && s1 >= 0 && s1 < T;
             if (two) {
                 init_acc(a1, bias, accumulate ? o1 : NULL, NV);
-                mac2(xb + (size_t)t * C, xb + (size_t)(t + 1) * C, wr, a0, a1, C, NV);
+                mac2(xb + (size_t)t * C, xb + (size_t)(t + 1) * C, wr, a0, a1, C, kin, NV);
                 if (v0 && v1)
-                    mac2(xb + (size_t)s0 * C, xb + (size_t)s1 * C, ws, a0, a1, C, NV);
+                    mac2(xb + (size_t)s0 * C, xb + (size_t)s1 * C, ws, a0, a1, C, kin, NV);
                 else if (v0)
-                    mac1(xb + (size_t)s0 * C, ws, a0, C, NV);
+                    mac1(xb + (size_t)s0 * C, ws, a0, C, kin, NV);
                 else if (v1)
-                    mac1(xb + (size_t)s1 * C, ws, a1, C, NV);
+                    mac1(xb + (size_t)s1 * C, ws, a1, C, kin, NV);
                 finish_row(o0, a0, sum, sumsq, C, NV);
                 finish_row(o1, a1, sum, sumsq, C, NV);
             } else {
-                mac1(xb + (size_t)t * C, wr, a0, C, NV);
-                if (v0) mac1(xb + (size_t)s0 * C, ws, a0, C, NV);
+                mac1(xb + (size_t)t * C, wr, a0, C, kin, NV);
+                if (v0) mac1(xb + (size_t)s0 * C, ws, a0, C, kin, NV);
                 finish_row(o0, a0, sum, sumsq, C, NV);
             }
         }
@@ -125,56 +127,68 @@ INLINE void conv_impl(const float *x, const float *ws, const float *wr, const fl
 }
 
 void conv(const float *x, const float *ws, const float *wr, const float *bias, float *out, int B, int T, int C,
-          int shift, int accumulate, double *sum, double *sumsq) {
+          int kin, int shift, int accumulate, double *sum, double *sumsq) {
     /* Specialised for C = 40 (the paper's network), generic up to MAXV vectors. */
     if (C == 40)
-        conv_impl(x, ws, wr, bias, out, B, T, C, shift, accumulate, sum, sumsq, 5);
+        conv_impl(x, ws, wr, bias, out, B, T, C, kin, shift, accumulate, sum, sumsq, 5);
     else
-        conv_impl(x, ws, wr, bias, out, B, T, C, shift, accumulate, sum, sumsq, C / 8);
+        conv_impl(x, ws, wr, bias, out, B, T, C, kin, shift, accumulate, sum, sumsq, C / 8);
+}
+
+/* R rows k..k+R-1 of dw += sum over t in [lo, hi) of x(t - off)[k..] (outer) g(t): each g vector
+ * loaded once feeds R FMAs. R = 2 keeps 2 * 5 accumulators, 2 broadcasts and the g vector in the
+ * 16 AVX registers; R = 3 spills and runs slower. */
+INLINE void wgrad_rows(const float *xb, const float *gb, float *dw, int k, int lo, int hi, int off, int C, int R,
+                       int NV) {
+    v8 acc[2][MAXV];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = LD(dw + (size_t)(k + r) * C + 8 * v);
+    for (int t = lo; t < hi; t++) {
+        const float *xr = xb + (size_t)(t - off) * C + k;
+        const float *gr = gb + (size_t)t * C;
+        v8 xv[2];
+        for (int r = 0; r < R; r++) xv[r] = splat(xr[r]);
+        for (int v = 0; v < NV; v++) {
+            v8 gv = LD(gr + 8 * v);
+            for (int r = 0; r < R; r++) acc[r][v] += xv[r] * gv;
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < NV; v++) ST(dw + (size_t)(k + r) * C + 8 * v, acc[r][v]);
 }
 
 /* dws = sum over rows with 0 <= t - shift < T of x(t - shift)^T g(t); dwr = sum over all rows of
- * x(t)^T g(t). Both (C_in, C_out), overwritten. */
-INLINE void wgrad_impl(const float *x, const float *g, float *dws, float *dwr, int B, int T, int C, int shift,
-                       int NV) {
+ * x(t)^T g(t). Both (C_in, C_out), overwritten; rows from kin on (zero-padded inputs) stay zero. */
+INLINE void wgrad_impl(const float *x, const float *g, float *dws, float *dwr, int B, int T, int C, int kin,
+                       int shift, int NV) {
+    /* Rows go in chunks of TB so that a chunk of x and g (2 * TB * C floats) stays in L1 while every
+     * pair of input channels sweeps it; whole utterances would be read from L2 twenty times. */
+    enum { TB = 48 };
     memset(dws, 0, sizeof(float) * C * C);
     memset(dwr, 0, sizeof(float) * C * C);
     int t0 = shift > 0 ? shift : 0, t1 = shift < 0 ? T + shift : T; /* rows t with a valid t - shift */
     for (int b = 0; b < B; b++) {
         const float *xb = x + (size_t)b * T * C, *gb = g + (size_t)b * T * C;
-        for (int pass = 0; pass < 2; pass++) {
-            float *dw = pass ? dws : dwr;
-            int lo = pass ? t0 : 0, hi = pass ? t1 : T, off = pass ? shift : 0;
-            for (int k = 0; k < C; k += 2) {
-                v8 a0[MAXV], a1[MAXV];
-                for (int v = 0; v < NV; v++) {
-                    a0[v] = LD(dw + (size_t)k * C + 8 * v);
-                    a1[v] = LD(dw + (size_t)(k + 1) * C + 8 * v);
-                }
-                for (int t = lo; t < hi; t++) {
-                    const float *xr = xb + (size_t)(t - off) * C;
-                    v8 x0 = splat(xr[k]), x1 = splat(xr[k + 1]);
-                    const float *gr = gb + (size_t)t * C;
-                    for (int v = 0; v < NV; v++) {
-                        v8 gv = LD(gr + 8 * v);
-                        a0[v] += x0 * gv;
-                        a1[v] += x1 * gv;
-                    }
-                }
-                for (int v = 0; v < NV; v++) {
-                    ST(dw + (size_t)k * C + 8 * v, a0[v]);
-                    ST(dw + (size_t)(k + 1) * C + 8 * v, a1[v]);
-                }
+        for (int c0 = 0; c0 < T; c0 += TB) {
+            int c1 = c0 + TB < T ? c0 + TB : T;
+            for (int pass = 0; pass < 2; pass++) {
+                float *dw = pass ? dws : dwr;
+                int lo = pass ? (t0 > c0 ? t0 : c0) : c0, hi = pass ? (t1 < c1 ? t1 : c1) : c1;
+                int off = pass ? shift : 0;
+                if (lo >= hi) continue;
+                int k = 0;
+                for (; k + 2 <= kin; k += 2) wgrad_rows(xb, gb, dw, k, lo, hi, off, C, 2, NV);
+                if (k < kin) wgrad_rows(xb, gb, dw, k, lo, hi, off, C, 1, NV);
             }
         }
     }
 }
 
-void wgrad(const float *x, const float *g, float *dws, float *dwr, int B, int T, int C, int shift) {
+void wgrad(const float *x, const float *g, float *dws, float *dwr, int B, int T, int C, int kin, int shift) {
     if (C == 40)
-        wgrad_impl(x, g, dws, dwr, B, T, C, shift, 5);
+        wgrad_impl(x, g, dws, dwr, B, T, C, kin, shift, 5);
     else
-        wgrad_impl(x, g, dws, dwr, B, T, C, shift, C / 8);
+        wgrad_impl(x, g, dws, dwr, B, T, C, kin, shift, C / 8);
 }
 
 /* h = relu((a - mean) * scale[b] + shift[b]): batch norm with the dropout scale folded in. */
@@ -212,66 +226,124 @@ void gate_fwd(const float *x, const float *a, const float *mean, const float *sc
     }
 }
 
+/* Per-channel sums are kept in float over blocks of ROWS rows and then added in double: exact
+ * enough (16 terms), and the inner loops stay vectorised. */
+#define ROWS 16
+
+INLINE void flush(v8 *p, double *sum, int NV) {
+    for (int v = 0; v < NV; v++) {
+        for (int i = 0; i < 8; i++) sum[8 * v + i] += p[v][i];
+        p[v] = splat(0.f);
+    }
+}
+
 /* Backward of the gate and of the second ReLU/dropout:
  *   dyt = dy + dlevel[b] (dy may be NULL: the last block feeds only its level)
  *   dx  = dyt * s                                 (the gate's direct path)
  *   g   = dyt * x * s (1 - s) * mscale[b] * [h2 > 0]   (gradient at the batch norm's output)
  * and per channel sum(g), sum(g * (a - mean)) for the batch norm backward. g overwrites s. */
+INLINE void gate_bwd_impl(const float *dy, const float *dlevel, const float *x, float *s, const float *a,
+                          const float *mean, const float *scale, const float *shift, const float *mscale, float *dx,
+                          double *sum_g, double *sum_ga, int B, int T, int C, int NV) {
+    v8 pg[MAXV], pga[MAXV];
+    for (int v = 0; v < NV; v++) pg[v] = pga[v] = splat(0.f);
+    for (int b = 0; b < B; b++) {
+        size_t bc = (size_t)b * C;
+        for (int t0 = 0; t0 < T; t0 += ROWS) {
+            int t1 = t0 + ROWS < T ? t0 + ROWS : T;
+            for (int t = t0; t < t1; t++) {
+                size_t r = ((size_t)b * T + t) * C;
+                for (int v = 0; v < NV; v++) {
+                    int c = 8 * v;
+                    v8 dyt = LD(dlevel + bc + c);
+                    if (dy) dyt += LD(dy + r + c);
+                    v8 sg = LD(s + r + c), xv = LD(x + r + c);
+                    v8 dev = LD(a + r + c) - LD(mean + c);
+                    v8 pre = dev * LD(scale + bc + c) + LD(shift + bc + c);
+                    ST(dx + r + c, dyt * sg);
+                    v8 g = dyt * xv * sg * (splat(1.f) - sg) * LD(mscale + bc + c);
+                    g = vsel(pre > splat(0.f), g, splat(0.f));
+                    ST(s + r + c, g);
+                    pg[v] += g;
+                    pga[v] += g * dev;
+                }
+            }
+            flush(pg, sum_g, NV);
+            flush(pga, sum_ga, NV);
+        }
+    }
+}
+
 void gate_bwd(const float *dy, const float *dlevel, const float *x, float *s, const float *a, const float *mean,
               const float *scale, const float *shift, const float *mscale, float *dx, double *sum_g,
               double *sum_ga, int B, int T, int C) {
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            size_t r = ((size_t)b * T + t) * C;
-            for (int c = 0; c < C; c += 8) {
-                size_t bc = (size_t)b * C + c;
-                v8 dyt = LD(dlevel + bc);
-                if (dy) dyt += LD(dy + r + c);
-                v8 sg = LD(s + r + c), xv = LD(x + r + c);
-                v8 dev = LD(a + r + c) - LD(mean + c);
-                v8 pre = dev * LD(scale + bc) + LD(shift + bc);
-                ST(dx + r + c, dyt * sg);
-                v8 g = dyt * xv * sg * (splat(1.f) - sg) * LD(mscale + bc);
-                g = vsel(pre > splat(0.f), g, splat(0.f));
-                ST(s + r + c, g);
-                for (int i = 0; i < 8; i++) {
-                    sum_g[c + i] += g[i];
-                    sum_ga[c + i] += (double)g[i] * dev[i];
-                }
-            }
-        }
+    if (C == 40)
+        gate_bwd_impl(dy, dlevel, x, s, a, mean, scale, shift, mscale, dx, sum_g, sum_ga, B, T, C, 5);
+    else
+        gate_bwd_impl(dy, dlevel, x, s, a, mean, scale, shift, mscale, dx, sum_g, sum_ga, B, T, C, C / 8);
 }
 
 /* Backward of the first ReLU/dropout: g = dh * mscale[b] * [h > 0], and the two sums as above. */
-void relu_bwd(const float *dh, const float *h, const float *a, const float *mean, const float *mscale, float *g,
-              double *sum_g, double *sum_ga, int B, int T, int C) {
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            size_t r = ((size_t)b * T + t) * C;
-            for (int c = 0; c < C; c += 8) {
-                v8 gv = LD(dh + r + c) * LD(mscale + (size_t)b * C + c);
-                gv = vsel(LD(h + r + c) > splat(0.f), gv, splat(0.f));
-                v8 dev = LD(a + r + c) - LD(mean + c);
-                ST(g + r + c, gv);
-                for (int i = 0; i < 8; i++) {
-                    sum_g[c + i] += gv[i];
-                    sum_ga[c + i] += (double)gv[i] * dev[i];
+INLINE void relu_bwd_impl(const float *dh, const float *h, const float *a, const float *mean, const float *mscale,
+                          float *g, double *sum_g, double *sum_ga, int B, int T, int C, int NV) {
+    v8 pg[MAXV], pga[MAXV];
+    for (int v = 0; v < NV; v++) pg[v] = pga[v] = splat(0.f);
+    for (int b = 0; b < B; b++) {
+        size_t bc = (size_t)b * C;
+        for (int t0 = 0; t0 < T; t0 += ROWS) {
+            int t1 = t0 + ROWS < T ? t0 + ROWS : T;
+            for (int t = t0; t < t1; t++) {
+                size_t r = ((size_t)b * T + t) * C;
+                for (int v = 0; v < NV; v++) {
+                    int c = 8 * v;
+                    v8 gv = LD(dh + r + c) * LD(mscale + bc + c);
+                    gv = vsel(LD(h + r + c) > splat(0.f), gv, splat(0.f));
+                    v8 dev = LD(a + r + c) - LD(mean + c);
+                    ST(g + r + c, gv);
+                    pg[v] += gv;
+                    pga[v] += gv * dev;
                 }
             }
+            flush(pg, sum_g, NV);
+            flush(pga, sum_ga, NV);
         }
+    }
+}
+
+void relu_bwd(const float *dh, const float *h, const float *a, const float *mean, const float *mscale, float *g,
+              double *sum_g, double *sum_ga, int B, int T, int C) {
+    if (C == 40)
+        relu_bwd_impl(dh, h, a, mean, mscale, g, sum_g, sum_ga, B, T, C, 5);
+    else
+        relu_bwd_impl(dh, h, a, mean, mscale, g, sum_g, sum_ga, B, T, C, C / 8);
 }
 
 /* Batch norm backward, in place: g <- k * g + (a - mean) * ca + c0 (coefficients from the sums),
  * and sum_da += per-channel sum of the result (the conv bias gradient). */
+INLINE void bn_bwd_impl(float *g, const float *a, const float *mean, const float *k, const float *ca,
+                        const float *c0, double *sum_da, int B, int T, int C, int NV) {
+    v8 p[MAXV];
+    for (int v = 0; v < NV; v++) p[v] = splat(0.f);
+    size_t rows = (size_t)B * T;
+    for (size_t r0 = 0; r0 < rows; r0 += ROWS) {
+        size_t r1 = r0 + ROWS < rows ? r0 + ROWS : rows;
+        for (size_t r = r0; r < r1; r++) {
+            size_t o = r * C;
+            for (int v = 0; v < NV; v++) {
+                int c = 8 * v;
+                v8 d = LD(g + o + c) * LD(k + c) + (LD(a + o + c) - LD(mean + c)) * LD(ca + c) + LD(c0 + c);
+                ST(g + o + c, d);
+                p[v] += d;
+            }
+        }
+        flush(p, sum_da, NV);
+    }
+}
+
 void bn_bwd(float *g, const float *a, const float *mean, const float *k, const float *ca, const float *c0,
             double *sum_da, int B, int T, int C) {
-    size_t rows = (size_t)B * T;
-    for (size_t r = 0; r < rows; r++) {
-        size_t o = r * C;
-        for (int c = 0; c < C; c += 8) {
-            v8 d = LD(g + o + c) * LD(k + c) + (LD(a + o + c) - LD(mean + c)) * LD(ca + c) + LD(c0 + c);
-            ST(g + o + c, d);
-            for (int i = 0; i < 8; i++) sum_da[c + i] += d[i];
-        }
-    }
+    if (C == 40)
+        bn_bwd_impl(g, a, mean, k, ca, c0, sum_da, B, T, C, 5);
+    else
+        bn_bwd_impl(g, a, mean, k, ca, c0, sum_da, B, T, C, C / 8);
 }

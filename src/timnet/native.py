@@ -27,8 +27,8 @@ MAX_CHANNELS = 128  # the kernels keep one row of accumulators in registers: MAX
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
 SIGNATURES = {
-    "conv": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _P, _P],
-    "wgrad": [_P, _P, _P, _P, _I, _I, _I, _I],
+    "conv": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _P, _P],
+    "wgrad": [_P, _P, _P, _P, _I, _I, _I, _I, _I],
     "bn_relu_fwd": [_P, _P, _P, _P, _P, _I, _I, _I],
     "gate_fwd": [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I],
     "gate_bwd": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I],
@@ -95,7 +95,7 @@ def _self_check(lib) -> None:
     x, ws, wr = (torch.randn(*s, generator=g) for s in ((b, t, c), (c, c), (c, c)))
     bias = torch.randn(c, generator=g)
     out = torch.empty(b, t, c)
-    lib.conv(x.data_ptr(), ws.data_ptr(), wr.data_ptr(), bias.data_ptr(), out.data_ptr(), b, t, c, d, 0, None, None)
+    lib.conv(x.data_ptr(), ws.data_ptr(), wr.data_ptr(), bias.data_ptr(), out.data_ptr(), b, t, c, c, d, 0, None, None)
     ref = bias + x @ wr
     ref[:, d:] += x[:, :-d] @ ws
     if not torch.allclose(out, ref, rtol=1e-4, atol=1e-4):
