@@ -109,6 +109,7 @@ def test_resume_after_kill_equals_uninterrupted_and_is_deterministic(tmp_path):
         r = json.loads(path.read_text())
         for f in r["folds"]:
             f.pop("seconds")
+            f.pop("worker")  # which process ran the fold
         return r
 
     assert figures(tmp_path / "full.json") == figures(tmp_path / "again.json")
@@ -227,11 +228,38 @@ def test_test_refuses_run_dir_on_other_features(tmp_path):
     assert r.returncode == 1 and "trained on other features" in r.stderr
 
 
-def test_run_written_before_the_device_key_still_resumes(tmp_path):
+def test_run_written_by_older_versions_still_resumes(tmp_path):
     fs = synthetic()
-    Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3).prepare()
+    Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3, path="reference").prepare()
     run_file = tmp_path / "r" / "run.json"
     data = json.loads(run_file.read_text())
-    del data["identity"]["device"]  # as written by timnet before --device existed
+    # as written before --device, --path, sweeps and the recipe options existed
+    for key in ("device", "path", "evaluate_test"):
+        del data["identity"][key]
+    for key in ("recipe", "lr_schedule", "ema_decay", "time_masks", "mixup_alpha"):
+        del data["identity"]["train_config"][key]
     run_file.write_text(json.dumps(data))
-    assert Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3).prepare() is True
+    assert Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3, path="reference").prepare() is True
+    with pytest.raises(TimnetError, match="different configuration \\(path\\).*to resume it pass --path reference"):
+        Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3, path="fast").prepare()
+
+
+def test_several_seeds_one_run_each_and_their_spread(tmp_path):
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    multi = train_cli(features, tmp_path / "multi", "--seeds", "1,2", "--epochs", "2", "--workers", "2",
+                      "--json", tmp_path / "multi.json")
+    assert multi.returncode == 0, multi.stderr
+    single = train_cli(features, tmp_path / "single", "--seed", "2", "--epochs", "2", "--json", tmp_path / "single.json")
+    assert single.returncode == 0, single.stderr
+    out = json.loads((tmp_path / "multi.json").read_text())
+    assert out["seeds"] == [1, 2] and (tmp_path / "multi" / "seeds.json").is_file()
+    # a seed's run in RUN_DIR/seed_<s> is exactly the single-seed run with that seed
+    seed2 = json.loads((tmp_path / "multi" / "seed_2" / "results.json").read_text())
+    alone = json.loads((tmp_path / "single.json").read_text())
+    assert [f["confusion"] for f in seed2["folds"]] == [f["confusion"] for f in alone["folds"]]
+    means = [s["mean_uar"] for s in out["per_seed"]]
+    assert out["mean_uar"] == pytest.approx(np.mean(means)) and out["std_uar"] == pytest.approx(np.std(means, ddof=1))
+    both = train_cli(features, tmp_path / "x", "--seed", "1", "--seeds", "1,2")
+    assert both.returncode == 1 and "give --seed or --seeds, not both" in both.stderr
+    again = train_cli(features, tmp_path / "single", "--seeds", "1,2", "--epochs", "2")
+    assert again.returncode == 1 and "holds a single-seed run" in again.stderr

@@ -14,6 +14,22 @@ CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
 SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS; kept here so --help needs no torch import
 SELECTIONS = ("last", "best-val")  # mirrors timnet.train.SELECTIONS
 PATHS = ("auto", "fast", "reference")  # mirrors timnet.train.PATHS
+RECIPE_NAMES = ("paper", "strong")  # mirrors timnet.recipe.RECIPES
+# TrainConfig fields a recipe presets and the command line can override: (type, help)
+RECIPE_OPTIONS = {
+    "epochs": (int, "epochs per fold (default 500)"),
+    "lr": (float, "Adam learning rate (default 1e-3)"),
+    "label_smoothing": (float, "label smoothing on training labels (default 0.1)"),
+    "lr_schedule": (str, "constant (default) or cosine"),
+    "warmup_epochs": (int, "linear learning-rate warm-up (default 0)"),
+    "ema_decay": (float, "keep the moving average of the weights with this decay per step (default 0: off)"),
+    "time_shift": (int, "random circular shift of up to N frames (default 0)"),
+    "time_masks": (int, "time masks per utterance (default 0)"),
+    "time_mask_width": (int, "frames per time mask, at most (default 0)"),
+    "freq_masks": (int, "MFCC-coefficient masks per utterance (default 0)"),
+    "freq_mask_width": (int, "coefficients per mask, at most (default 0)"),
+    "mixup_alpha": (float, "mixup with Beta(alpha, alpha) (default 0: off)"),
+}
 
 
 def _warn(message: str) -> None:
@@ -89,49 +105,111 @@ def cmd_extract(args) -> int:
     return 0
 
 
+def _seeds(args, corpus: str) -> list[int]:
+    from .corpora import defaults_for
+
+    if args.seeds is not None and args.seed is not None:
+        raise TimnetError("give --seed or --seeds, not both")
+    if args.seeds is None:
+        return [args.seed if args.seed is not None else defaults_for(corpus)[0]]
+    try:
+        return [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        raise TimnetError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 46,47,48") from None
+
+
+def _execution(args, folds_at_once: int):
+    """(training config, device, threads per fold, backend) from the options train and sweep share."""
+    from .backends import make_backend
+    from .train import recipe_config, resolve_device
+
+    explicit = {name: getattr(args, name) for name in RECIPE_OPTIONS if getattr(args, name) is not None}
+    config = recipe_config(args.recipe, batch_size=args.batch_size, val_fraction=args.val_fraction,
+                           eval_every=args.eval_every, select=args.select, patience=args.patience,
+                           save_every=args.save_every, **explicit)
+    cores = os.cpu_count() or 1
+    if args.backend == "ray":
+        # Ray places each fold on a node with these resources; torch uses the CPUs it was given.
+        device = "cuda" if args.gpus_per_fold > 0 else "cpu"
+        threads = args.threads if args.threads is not None else max(1, int(args.cpus_per_fold))
+        workers = 1
+    else:
+        device = str(resolve_device(args.device))
+        # On a GPU one fold at a time already fills the device; on CPUs folds run in parallel processes.
+        default_workers = 1 if device.startswith("cuda") else max(1, min(cores, folds_at_once))
+        workers = args.workers if args.workers is not None else default_workers
+        threads = args.threads if args.threads is not None else max(1, cores // max(workers, 1))
+    if threads < 1:
+        raise TimnetError(f"--threads {threads} invalid; expected a positive number")
+    backend = make_backend(args.backend, workers=workers, address=args.address,
+                           cpus_per_fold=args.cpus_per_fold, gpus_per_fold=args.gpus_per_fold)
+    return config, device, threads, backend
+
+
 def cmd_train(args) -> int:
     from .evaluate import format_report
     from .features import load_features
-    from .run import Run
-    from .train import TrainConfig
+    from .run import seed_runs, summarize_seeds, train_all_data, write_seed_summary
 
     fs = load_features(args.features, corpus=args.corpus)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, val_fraction=args.val_fraction,
-                         eval_every=args.eval_every, select=args.select, patience=args.patience,
-                         save_every=args.save_every)
-    from .train import resolve_device
-
-    device = str(resolve_device(args.device))
+    config, device, threads, backend = _execution(args, args.folds)
     cores = os.cpu_count() or 1
-    # On a GPU one fold at a time already fills the device; on CPUs folds run in parallel processes.
-    default_workers = 1 if device.startswith("cuda") else max(1, min(cores, args.folds))
-    workers = args.workers if args.workers is not None else default_workers
-    if workers < 1:
-        raise TimnetError(f"--workers {workers} invalid; expected a positive number")
-    threads = args.threads if args.threads is not None else max(1, cores // workers)
-    if threads < 1:
-        raise TimnetError(f"--threads {threads} invalid; expected a positive number")
+    seeds = _seeds(args, fs.corpus)
     if args.all_data:
-        from .run import train_all_data
-
-        path = train_all_data(fs, args.output, config=config, seed=args.seed, threads=args.threads or (os.cpu_count() or 1),
+        if len(seeds) > 1 or args.backend != "local":
+            raise TimnetError("--all-data trains one model here: give one --seed and the local backend")
+        path = train_all_data(fs, args.output, config=config, seed=seeds[0], threads=args.threads or cores,
                               device=device, path=args.path, overwrite=args.overwrite, progress=not args.quiet)
         print(f"trained one model on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
         return 0
-    run = Run(fs, args.output, config=config, folds=args.folds, seed=args.seed, split=args.split,
-              threads=threads, device=device, path=args.path, features_path=str(Path(args.features).resolve()))
-    if run.prepare(overwrite=args.overwrite):
-        print(f"resuming the run in {args.output}", file=sys.stderr)
-    summary = run.execute(workers=workers, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
-    print(format_report(summary))
+    from .run import execute_runs
+
+    runs = seed_runs(fs, args.output, seeds=seeds, overwrite=args.overwrite, config=config, folds=args.folds,
+                     split=args.split, threads=threads, device=device, path=args.path,
+                     features_path=str(Path(args.features).resolve()))
+    for run in runs:
+        if run.resumed:
+            print(f"resuming the run in {run.dir}", file=sys.stderr)
+    summaries = execute_runs(runs, backend=backend, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    if len(runs) == 1:
+        print(format_report(summaries[0]))
+        out = summaries[0]
+    else:
+        out = summarize_seeds(summaries)
+        write_seed_summary(args.output, out)
+        for s in out["per_seed"]:
+            print(f"seed {s['seed']:>6}: WAR {s['mean_war']:.4f} +- {s['std_war']:.4f}  UAR {s['mean_uar']:.4f} +- {s['std_uar']:.4f}")
+        print(f"{len(runs)} seeds: WAR {out['mean_war']:.4f} +- {out['std_war']:.4f}  "
+              f"UAR {out['mean_uar']:.4f} +- {out['std_uar']:.4f} (mean +- sample std of the per-seed means)")
+        out = {**out, "runs": summaries}
     if args.json:
-        write_json(args.json, summary)
+        write_json(args.json, out)
     if not args.no_report:
         from .report import plot_run, write_report
 
-        with _warnings_as_messages():
-            path = write_report(args.output, figures=plot_run(args.output))
-        print(f"report -> {path}")
+        for run in runs:
+            with _warnings_as_messages():
+                path = write_report(run.dir, figures=plot_run(run.dir))
+            print(f"report -> {path}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .corpora import defaults_for
+    from .features import load_features
+    from .sweep import format_sweep, load_space, run_sweep
+
+    space = load_space(args.space)
+    fs = load_features(args.features, corpus=args.corpus)
+    config, device, threads, backend = _execution(args, args.folds * args.trials)
+    seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
+    out = run_sweep(fs, args.output, space=space, trials=args.trials, base=config, backend=backend, seed=seed,
+                    progress=not args.quiet, log=lambda m: print(m, file=sys.stderr), overwrite=args.overwrite,
+                    folds=args.folds, split=args.split, threads=threads, device=device, path=args.path,
+                    features_path=str(Path(args.features).resolve()))
+    print(format_sweep(out))
+    if args.json:
+        write_json(args.json, out)
     return 0
 
 
@@ -240,6 +318,40 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _training_options(s, *, val_fraction: float) -> None:
+    """Options shared by `train` and `sweep`: the recipe, the folds, and where folds run."""
+    s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
+    s.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
+    s.add_argument("--split", choices=SPLITS, default="random", help="random: the paper's utterance-level KFold; speaker: no speaker on both sides")
+    s.add_argument("--recipe", choices=RECIPE_NAMES, default="paper",
+                   help="paper: SPEC.md's protocol (default); strong: timnet's recipe chosen on validation data "
+                        "(see README); the options below override single values")
+    for name, (typ, text) in RECIPE_OPTIONS.items():
+        choices = ("constant", "cosine") if name == "lr_schedule" else None
+        s.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, choices=choices, help=text)
+    s.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    s.add_argument("--val-fraction", type=float, default=val_fraction,
+                   help=f"stratified validation share carved from each fold's training part (default {val_fraction})")
+    s.add_argument("--eval-every", type=int, default=1, help="epochs between validation passes (default 1)")
+    s.add_argument("--select", choices=SELECTIONS, default="last", help="model kept per fold: last epoch (paper) or best validation UAR")
+    s.add_argument("--patience", type=int, default=None, help="stop a fold after this many epochs without a better validation UAR")
+    s.add_argument("--save-every", type=int, default=10, help="epochs between resumable snapshots (default 10)")
+    s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes (default: one per core)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers); part of the run's identity, "
+                   "since float results depend on it")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
+    s.add_argument("--path", choices=PATHS, default="auto",
+                   help="fast: timnet.fast (native kernels, same mathematics); reference: the plain nn.Module; "
+                        "auto (default): fast on CPUs, reference on CUDA. Part of the run's identity")
+    s.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: worker processes on this machine (default); ray: every fold a Ray task (pip install 'timnet[ray]')")
+    s.add_argument("--address", default=None, help="Ray: address of a running cluster (default: start a local Ray instance)")
+    s.add_argument("--cpus-per-fold", type=float, default=1, help="Ray: CPUs reserved per fold; torch threads per fold (default 1)")
+    s.add_argument("--gpus-per-fold", type=float, default=0, help="Ray: GPUs per fold; > 0 trains on CUDA (default 0)")
+    s.add_argument("--overwrite", action="store_true", help="replace a run with a different configuration in the output folder")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (INTERFACE.md)."""
     p = argparse.ArgumentParser(prog="timnet", description="TIM-Net speech emotion recognition (Ye et al., ICASSP 2023) in PyTorch.")
@@ -284,30 +396,25 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="cross-validated training, one model per fold (the paper's protocol by default)")
     s.add_argument("features", metavar="FEATURES", help="a timnet .npz, or an authors' .npy with --corpus")
     s.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder; an unfinished run there resumes")
-    s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
-    s.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
     s.add_argument("--seed", type=int, default=None, help="fold and initialisation seed (default: the corpus's paper seed)")
-    s.add_argument("--split", choices=SPLITS, default="random", help="random: the paper's utterance-level KFold; speaker: no speaker on both sides")
-    s.add_argument("--epochs", type=int, default=500, help="epochs per fold (default 500)")
-    s.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    s.add_argument("--val-fraction", type=float, default=0.0, help="stratified validation share carved from each fold's training part (default 0)")
-    s.add_argument("--eval-every", type=int, default=1, help="epochs between validation passes (default 1)")
-    s.add_argument("--select", choices=SELECTIONS, default="last", help="model kept per fold: last epoch (paper) or best validation UAR")
-    s.add_argument("--patience", type=int, default=None, help="stop a fold after this many epochs without a better validation UAR")
-    s.add_argument("--save-every", type=int, default=10, help="epochs between resumable snapshots (default 10)")
-    s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes (default: one per core)")
-    s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers); part of the run's identity, "
-                   "since float results depend on it")
-    s.add_argument("--no-report", action="store_true", help="skip the plots and report.html written at the end")
-    s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
-    s.add_argument("--path", choices=PATHS, default="auto",
-                   help="fast: timnet.fast (native kernels, same mathematics); reference: the plain nn.Module; "
-                        "auto (default): fast on CPUs, reference on CUDA. Part of the run's identity")
+    s.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                   help="several seeds, one run each in RUN_DIR/seed_<s>; the JSON adds the mean and spread across seeds")
+    _training_options(s, val_fraction=0.0)
     s.add_argument("--all-data", action="store_true", help="train one deployable model on every sample (no folds, no test score)")
-    s.add_argument("--overwrite", action="store_true", help="replace a run with a different configuration in RUN_DIR")
+    s.add_argument("--no-report", action="store_true", help="skip the plots and report.html written at the end")
     s.add_argument("--json", default=None, metavar="PATH", help="also write the results JSON here")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sweep", help="hyper-parameter search on validation data, then one test of the chosen configuration")
+    s.add_argument("features", metavar="FEATURES", help="a timnet .npz, or an authors' .npy with --corpus")
+    s.add_argument("--space", required=True, metavar="SPACE.yaml",
+                   help="parameters to search: values or {choice|uniform|loguniform|randint|grid: [...]} (YAML or JSON)")
+    s.add_argument("-o", "--output", required=True, metavar="SWEEP_DIR", help="sweep folder: trial_NNN runs, trials.csv, sweep.json")
+    s.add_argument("--trials", type=int, default=8, help="random draws per grid point (default 8)")
+    s.add_argument("--seed", type=int, default=None, help="seed of the draws, folds and initialisations (default: the paper seed)")
+    _training_options(s, val_fraction=0.2)
+    s.add_argument("--json", default=None, metavar="PATH", help="also write the sweep's JSON here")
+    s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("test", help="evaluate one model per fold on its own test split")
     s.add_argument("features", metavar="FEATURES", help="a timnet .npz, or an authors' .npy with --corpus")

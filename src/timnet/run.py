@@ -14,12 +14,11 @@ import csv
 import hashlib
 import io
 import json
-import os
 import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,12 +32,12 @@ from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
 from .folds import make_folds
 from .model import TIMNetConfig
-from .train import TrainConfig, fold_seed, resolve_path, train_fold, validation_split
+from .train import TrainConfig, evaluate_split, fold_seed, resolve_path, train_fold, validation_split
 from .utils import atomic_write, write_json
 
 RUN_FILE = "run.json"
 # Identity keys added after a run format was first written, with the value older runs implied.
-LEGACY_IDENTITY = {"device": "cpu", "path": "reference"}
+LEGACY_IDENTITY = {"device": "cpu", "path": "reference", "evaluate_test": True}
 
 
 def features_fingerprint(fs: FeatureSet) -> str:
@@ -66,9 +65,13 @@ def read_identity(run_dir: str | Path) -> dict:
     """The identity (configs, data fingerprint, seed, split) recorded in a RUN_DIR's run.json."""
     path = Path(run_dir) / RUN_FILE
     try:
-        return {**LEGACY_IDENTITY, **json.loads(path.read_text())["identity"]}
+        identity = {**LEGACY_IDENTITY, **json.loads(path.read_text())["identity"]}
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise TimnetError(f"{path}: not a readable timnet run file ({type(e).__name__})") from None
+    if isinstance(identity.get("train_config"), dict):
+        # options added since the run was written default to what older versions did (the paper)
+        identity["train_config"] = {**asdict(TrainConfig()), **identity["train_config"]}
+    return identity
 
 
 def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, results: tuple[str, ...],
@@ -88,8 +91,10 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, results: 
             return True
         if not overwrite:
             diff = sorted(k for k in identity if previous is None or previous.get(k) != identity.get(k))
-            hint = (f"; to resume it pass --threads {previous['threads_per_fold']}"
-                    if diff == ["threads_per_fold"] else "")
+            hint = ""
+            if diff in (["threads_per_fold"], ["path"]):
+                option = diff[0].replace("_per_fold", "")
+                hint = f"; to resume it pass --{option} {previous[diff[0]]}"
             raise TimnetError(f"{run_dir} holds a run with a different configuration ({', '.join(diff)}); "
                               f"use another RUN_DIR or --overwrite (which deletes it){hint}")
         for child in run_dir.glob("fold_*"):
@@ -125,11 +130,15 @@ class Run:
 
     def __init__(self, fs: FeatureSet, run_dir: str | Path, *, config: TrainConfig, folds: int = 10,
                  seed: int | None = None, split: str = "random", threads: int = 1, device: str = "cpu",
-                 path: str = "auto", features_path: str | None = None):
+                 path: str = "auto", features_path: str | None = None, model_overrides: dict | None = None,
+                 evaluate_test: bool = True):
         self.fs, self.dir, self.config = fs, Path(run_dir), config
         self.folds_n, self.split = folds, split
         self.seed = seed if seed is not None else defaults_for(fs.corpus)[0]
-        self.model_config = model_config_for(fs)
+        self.model_config = replace(model_config_for(fs), **(model_overrides or {}))
+        if not evaluate_test and config.val_fraction == 0:
+            raise TimnetError("a validation-only run needs validation data; give --val-fraction (e.g. 0.2)")
+        self.evaluate_test = evaluate_test
         self.splits = make_folds(len(fs), folds=folds, seed=self.seed, split=split, speakers=fs.speakers)
         self.identity = {
             "corpus": fs.corpus, "labels": list(fs.labels), "n_samples": len(fs),
@@ -141,6 +150,8 @@ class Run:
             "device": torch.device(device).type,
             # the fast path computes the same mathematics in another order: last float bits differ
             "path": resolve_path(path, device),
+            # False for the trials of a sweep: folds are scored on validation data only
+            "evaluate_test": evaluate_test,
         }
         self.threads, self.device, self.path = threads, device, self.identity["path"]
         self.features_path = features_path
@@ -148,15 +159,19 @@ class Run:
     # -- the RUN_DIR ---------------------------------------------------------------------------
     def prepare(self, *, overwrite: bool = False) -> bool:
         """Create or check RUN_DIR; returns True when resuming. A different config is refused."""
-        return prepare_run_dir(self.dir, self.identity, overwrite=overwrite, results=("results.json", "results.csv"),
+        return prepare_run_dir(self.dir, self.identity, overwrite=overwrite,
+                               results=("results.json", "results.csv", "validation.json"),
                                extra={"features": self.features_path})
 
     def fold_dir(self, k: int) -> Path:
         return self.dir / f"fold_{k:02d}"
 
     # -- training ------------------------------------------------------------------------------
-    def train_and_test_fold(self, k: int, *, on_epoch: Callable[[dict], None] | None = None) -> dict:
-        """Train (or resume) fold k, evaluate its chosen model once on its test split, save everything."""
+    def train_and_test_fold(self, k: int, *, on_epoch: Callable[[dict], None] | None = None,
+                            worker: dict | None = None) -> dict:
+        """Train (or resume) fold k, evaluate its chosen model once on its test split, save everything.
+
+        `worker` (where the fold ran) is recorded in the fold's result."""
         train_idx, test_idx = self.splits[k - 1]
         fdir = self.fold_dir(k)
         fdir.mkdir(parents=True, exist_ok=True)
@@ -170,12 +185,16 @@ class Run:
         model, state = train_fold(x, y, tr, va, model_config=self.model_config, config=self.config,
                                   seed=seed, state_path=state_path, on_epoch=on_epoch, device=self.device,
                                   path=self.path)
-        # The test split is touched here, once, after the model has been chosen.
-        probs, _ = predict_proba(model, self.fs.x[test_idx])
-        result = fold_result(k, self.fs, test_idx, probs.argmax(1))
+        if self.evaluate_test:
+            # The test split is touched here, once, after the model has been chosen.
+            probs, _ = predict_proba(model, self.fs.x[test_idx])
+            result = fold_result(k, self.fs, test_idx, probs.argmax(1))
+        else:
+            v = evaluate_split(model, x[va], y[va], n_classes=len(self.fs.labels))
+            result = {"fold": k, "val_war": v["war"], "val_uar": v["uar"], "val_loss": v["loss"], "n_val": len(va)}
         chosen = state.best["epoch"] if (self.config.select == "best-val" and state.best) else state.epoch
         result.update(epoch=chosen, epochs_run=state.epoch, stopped_early=state.stopped_early,
-                      seconds=round(time.perf_counter() - t0, 2))
+                      seconds=round(time.perf_counter() - t0, 2), **({"worker": worker} if worker else {}))
         save_checkpoint(fdir / "model.pt", model, feature_config=self.fs.config, labels=self.fs.labels,
                         corpus=self.fs.corpus, extra={
                             "fold": k, "n_samples": len(self.fs), "seed": self.seed, "split": self.split,
@@ -186,23 +205,27 @@ class Run:
         state_path.unlink(missing_ok=True)
         return result
 
-    def execute(self, *, workers: int = 1, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-        """Train every fold not yet done (`workers` at a time), evaluate each once, write results."""
-        results: dict[int, dict] = {}
-        todo = []
+    def done_results(self) -> dict[int, dict]:
+        """Results of the folds finished before (their result.json exists)."""
+        out = {}
         for k in range(1, self.folds_n + 1):
             done = self.fold_dir(k) / "result.json"
             if done.is_file():
-                results[k] = json.loads(done.read_text())
-                log(f"fold {k}/{self.folds_n}: done before, kept (WAR {results[k]['war']:.4f}, UAR {results[k]['uar']:.4f})")
-            else:
-                todo.append(k)
-        with FoldProgress(self, todo, enabled=progress) as bar:
-            for k, result in _run_folds(self, todo, workers=workers, bar=bar):
-                results[k] = result
-                bar.write(f"fold {k}/{self.folds_n}: WAR {result['war']:.4f}  UAR {result['uar']:.4f}  "
-                          f"(epoch {result['epoch']} of {result['epochs_run']}, {result['seconds']:.0f} s)", log)
+                out[k] = json.loads(done.read_text())
+        return out
+
+    def write_summary(self, results: dict[int, dict]) -> dict:
+        """results.json (INTERFACE.md) and results.csv from every fold's result (validation.json for
+        a validation-only run)."""
         ordered = [results[k] for k in sorted(results)]
+        if not self.evaluate_test:
+            uars = np.array([r["val_uar"] for r in ordered])
+            wars = np.array([r["val_war"] for r in ordered])
+            summary = {"corpus": self.fs.corpus, "split": self.split, "folds_n": len(ordered), "seed": self.seed,
+                       "folds": ordered, "mean_val_uar": float(uars.mean()), "std_val_uar": float(uars.std()),
+                       "mean_val_war": float(wars.mean()), "std_val_war": float(wars.std())}
+            write_json(self.dir / "validation.json", summary)
+            return summary
         summary = summarize(ordered, corpus=self.fs.corpus, labels=self.fs.labels, split=self.split, seed=self.seed)
         summary.update(select=self.config.select, epochs=self.config.epochs)
         write_json(self.dir / "results.json", summary)
@@ -211,6 +234,94 @@ class Run:
                    + [{"fold": "mean", "war": summary["mean_war"], "uar": summary["mean_uar"]},
                       {"fold": "std", "war": summary["std_war"], "uar": summary["std_uar"]}])
         return summary
+
+    def execute(self, *, workers: int = 1, progress: bool = True, log: Callable[[str], None] = print,
+                backend=None) -> dict:
+        """Train every fold not yet done, evaluate each once, write results; returns the summary."""
+        from .backends import LocalBackend
+
+        return execute_runs([self], backend=backend or LocalBackend(workers), progress=progress, log=log)[0]
+
+
+def _figures(result: dict) -> str:
+    if "war" in result:
+        return f"WAR {result['war']:.4f}  UAR {result['uar']:.4f}"
+    return f"validation WAR {result['val_war']:.4f}  UAR {result['val_uar']:.4f}"
+
+
+def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
+    """Train the unfinished folds of several runs (seeds, trials) on one backend; one summary per run."""
+    results = [run.done_results() for run in runs]
+    tasks = []
+    for ri, run in enumerate(runs):
+        name = "" if len(runs) == 1 else f"{run.dir.name} "
+        for k in range(1, run.folds_n + 1):
+            if k in results[ri]:
+                log(f"{name}fold {k}/{run.folds_n}: done before, kept ({_figures(results[ri][k])})")
+            else:
+                tasks.append((ri, k))
+    with FoldProgress(runs, tasks, enabled=progress) as bar:
+        for (ri, k), result in backend.map(runs, tasks, bar.epoch):
+            results[ri][k] = result
+            bar.finished((ri, k))
+            name = "" if len(runs) == 1 else f"{runs[ri].dir.name} "
+            bar.write(f"{name}fold {k}/{runs[ri].folds_n}: {_figures(result)}  "
+                      f"(epoch {result['epoch']} of {result['epochs_run']}, {result['seconds']:.0f} s)", log)
+    return [run.write_summary(res) for run, res in zip(runs, results)]
+
+
+SEEDS_FILE = "seeds.json"
+
+
+def seed_runs(fs: FeatureSet, run_dir: str | Path, *, seeds: list[int], overwrite: bool = False, **kwargs) -> list[Run]:
+    """One prepared Run per seed: RUN_DIR itself for one seed, RUN_DIR/seed_<s> for several.
+
+    Several seeds give several fold splits (random split) and initialisations; their runs resume
+    independently, and `summarize_seeds` reports the spread across them.
+    """
+    run_dir = Path(run_dir)
+    if len(seeds) != len(set(seeds)):
+        raise TimnetError(f"--seeds {','.join(map(str, seeds))}: a seed is repeated")
+    if len(seeds) == 1:
+        runs = [Run(fs, run_dir, seed=seeds[0], **kwargs)]
+    else:
+        if (run_dir / RUN_FILE).is_file() and not overwrite:
+            raise TimnetError(f"{run_dir} holds a single-seed run; use another RUN_DIR for --seeds (or --overwrite)")
+        foreign = [p.name for p in run_dir.iterdir()
+                   if not p.name.startswith("seed_") and p.name not in (SEEDS_FILE, "seeds.csv")] if run_dir.is_dir() else []
+        if foreign and not overwrite:
+            raise TimnetError(f"{run_dir} holds files that are not seed runs ({', '.join(sorted(foreign)[:3])}); "
+                              "expected an empty or new folder (or --overwrite)")
+        if foreign:
+            for name in foreign:
+                target = run_dir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+        runs = [Run(fs, run_dir / f"seed_{s}", seed=s, **kwargs) for s in seeds]
+    for run in runs:
+        run.resumed = run.prepare(overwrite=overwrite)
+    return runs
+
+
+def summarize_seeds(summaries: list[dict]) -> dict:
+    """Per-seed means and their mean and sample standard deviation (ddof 1) across seeds."""
+    per_seed = [{k: s[k] for k in ("seed", "mean_war", "mean_uar", "std_war", "std_uar")} for s in summaries]
+    wars = np.array([s["mean_war"] for s in summaries])
+    uars = np.array([s["mean_uar"] for s in summaries])
+    first = summaries[0]
+    return {"corpus": first["corpus"], "split": first["split"], "folds_n": first["folds_n"],
+            "seeds": [s["seed"] for s in summaries], "per_seed": per_seed,
+            "mean_war": float(wars.mean()), "mean_uar": float(uars.mean()),
+            "std_war": float(wars.std(ddof=1)), "std_uar": float(uars.std(ddof=1)),
+            "std_note": "sample standard deviation of the per-seed means (ddof=1)"}
+
+
+def write_seed_summary(run_dir: str | Path, summary: dict) -> None:
+    """RUN_DIR/seeds.json and seeds.csv of a multi-seed run."""
+    run_dir = Path(run_dir)
+    write_json(run_dir / SEEDS_FILE, summary)
+    _write_csv(run_dir / "seeds.csv", summary["per_seed"] + [
+        {"seed": "mean", "mean_war": summary["mean_war"], "mean_uar": summary["mean_uar"]},
+        {"seed": "std", "mean_war": summary["std_war"], "mean_uar": summary["std_uar"]}])
 
 
 def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, seed: int | None = None,
@@ -255,29 +366,34 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
 class FoldProgress:
     """One progress bar over all epochs of the folds being trained, showing each running fold."""
 
-    def __init__(self, run: Run, folds: list[int], *, enabled: bool):
+    def __init__(self, runs: list[Run], tasks: list[tuple[int, int]], *, enabled: bool):
         from tqdm.auto import tqdm
 
-        self.epochs = run.config.epochs
-        self.bar = tqdm(total=len(folds) * self.epochs, unit="ep", disable=not enabled,
-                        desc=f"{len(folds)} folds", dynamic_ncols=True)
-        self.status: dict[int, str] = {}
-        self.seen: dict[int, int] = {}
+        self.epochs = {task: runs[task[0]].config.epochs for task in tasks}
+        self.named = len(runs) > 1
+        self.bar = tqdm(total=sum(self.epochs.values()), unit="ep", disable=not enabled,
+                        desc=f"{len(tasks)} folds", dynamic_ncols=True)
+        self.status: dict = {}
+        self.seen: dict = {}
 
-    def epoch(self, fold: int, row: dict) -> None:
-        """Record that `fold` finished the epoch described by `row`."""
+    def _label(self, task) -> str:
+        return f"r{task[0] + 1}f{task[1]}" if self.named else f"f{task[1]}"
+
+    def epoch(self, task, row: dict) -> None:
+        """Record that `task` finished the epoch described by `row`."""
         shown = f"ep {row['epoch']} loss {row['loss']:.3f}"
         if "val_uar" in row:
             shown += f" val_uar {row['val_uar']:.3f}"
-        self.status[fold] = shown
-        self.bar.update(row["epoch"] - self.seen.get(fold, 0))
-        self.seen[fold] = row["epoch"]
-        self.bar.set_postfix_str(" | ".join(f"f{k}: {v}" for k, v in sorted(self.status.items())), refresh=False)
+        self.status[task] = shown
+        self.bar.update(row["epoch"] - self.seen.get(task, 0))
+        self.seen[task] = row["epoch"]
+        self.bar.set_postfix_str(" | ".join(f"{self._label(t)}: {v}" for t, v in sorted(self.status.items())),
+                                 refresh=False)
 
-    def finished(self, fold: int) -> None:
-        self.bar.update(self.epochs - self.seen.get(fold, 0))  # early stopping skips epochs
-        self.seen[fold] = self.epochs
-        self.status.pop(fold, None)
+    def finished(self, task) -> None:
+        self.bar.update(self.epochs[task] - self.seen.get(task, 0))  # early stopping skips epochs
+        self.seen[task] = self.epochs[task]
+        self.status.pop(task, None)
 
     def write(self, message: str, log: Callable[[str], None]) -> None:
         if self.bar.disable:
@@ -290,76 +406,3 @@ class FoldProgress:
 
     def __exit__(self, *exc):
         self.bar.close()
-
-
-# -- parallel folds ------------------------------------------------------------------------------
-# Folds are independent, so they run in worker processes with one or a few threads each: on small
-# CPUs that beats one process with all threads (the network's ops are too small to scale well).
-
-_WORKER: dict = {}
-
-
-def _worker_init(run: Run, queue) -> None:
-    import signal
-
-    # Ctrl-C reaches the whole process group; the parent alone decides to stop (and ends the
-    # workers), otherwise each worker would treat it as one failed fold and start the next.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER.update(run=run, queue=queue, parent=os.getppid())
-
-
-def _worker_fold(k: int) -> tuple[int, dict]:
-    run, queue = _WORKER["run"], _WORKER["queue"]
-
-    def on_epoch(row: dict) -> None:
-        if os.getppid() != _WORKER["parent"]:  # the parent was killed: do not train on as an orphan
-            os._exit(1)
-        queue.put((k, row))
-
-    return k, run.train_and_test_fold(k, on_epoch=on_epoch)
-
-
-def _run_folds(run: Run, folds: list[int], *, workers: int, bar: FoldProgress):
-    """Yield (fold, result) as folds finish, training `workers` folds at a time."""
-    if workers <= 1 or len(folds) <= 1:
-        for k in folds:
-            result = run.train_and_test_fold(k, on_epoch=lambda row, k=k: bar.epoch(k, row))
-            bar.finished(k)
-            yield k, result
-        return
-    import multiprocessing as mp
-    import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
-    ctx = mp.get_context("spawn")  # fork after torch has run threads is not safe
-    q = ctx.Manager().Queue()
-    pool = ProcessPoolExecutor(min(workers, len(folds)), mp_context=ctx, initializer=_worker_init, initargs=(run, q))
-    try:
-        pending = {pool.submit(_worker_fold, k): k for k in folds}
-        while pending:
-            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            while True:
-                try:
-                    k, row = q.get_nowait()
-                except queue_mod.Empty:
-                    break
-                bar.epoch(k, row)
-            for future in done:
-                k = pending.pop(future)
-                try:
-                    _, result = future.result()
-                except BrokenProcessPool:
-                    unfinished = ", ".join(str(f) for f in sorted({k, *pending.values()}))
-                    raise TimnetError(f"a training worker died (unfinished folds: {unfinished}); "
-                                      "run the same command again to resume") from None
-                bar.finished(k)
-                yield k, result
-    except BaseException:
-        # Interrupted or failed: end the workers now instead of letting them train the queued folds.
-        # Their snapshots and results are written atomically, so the next run resumes cleanly.
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)

@@ -39,8 +39,32 @@ class TrainConfig:
     select: str = "last"  # "last" (the paper) or "best-val" (best validation UAR)
     patience: int | None = None  # stop after this many epochs without a better validation UAR
     save_every: int = 10  # epochs between resumable snapshots
+    # Beyond the paper (timnet.recipe); every default is the paper's recipe.
+    recipe: str = "paper"  # the preset the values below came from (a label)
+    lr_schedule: str = "constant"  # or "cosine" (to 1% of lr at the last epoch)
+    warmup_epochs: int = 0  # linear warm-up of the learning rate
+    ema_decay: float = 0.0  # > 0: keep the exponential moving average of the weights (per step)
+    time_shift: int = 0  # random circular shift of up to this many frames
+    time_masks: int = 0  # masks of up to time_mask_width frames per utterance
+    time_mask_width: int = 0
+    freq_masks: int = 0  # masks of up to freq_mask_width MFCC coefficients per utterance
+    freq_mask_width: int = 0
+    mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha)
 
     def __post_init__(self):
+        from .recipe import RECIPES, SCHEDULES
+
+        if self.recipe not in RECIPES:
+            raise TimnetError(f"--recipe {self.recipe!r} unknown; expected one of {', '.join(RECIPES)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise TimnetError(f"--lr-schedule {self.lr_schedule!r} unknown; expected one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.ema_decay < 1:
+            raise TimnetError(f"--ema-decay {self.ema_decay} invalid; expected 0 (off) <= D < 1")
+        for name in ("warmup_epochs", "time_shift", "time_masks", "time_mask_width", "freq_masks", "freq_mask_width"):
+            if getattr(self, name) < 0:
+                raise TimnetError(f"--{name.replace('_', '-')} {getattr(self, name)} invalid; expected 0 or more")
+        if self.mixup_alpha < 0:
+            raise TimnetError(f"--mixup-alpha {self.mixup_alpha} invalid; expected 0 (off) or more")
         if self.select not in SELECTIONS:
             raise TimnetError(f"--select {self.select!r} unknown; expected one of {', '.join(SELECTIONS)}")
         if not 0 <= self.val_fraction < 1:
@@ -52,6 +76,15 @@ class TrainConfig:
                 raise TimnetError(f"--{name.replace('_', '-')} {getattr(self, name)} invalid; expected a positive number")
         if self.patience is not None and self.patience < 1:
             raise TimnetError(f"--patience {self.patience} invalid; expected a positive number of epochs")
+
+
+def recipe_config(name: str = "paper", **overrides) -> TrainConfig:
+    """A TrainConfig from a named preset (timnet.recipe.RECIPES), with explicit values on top."""
+    from .recipe import RECIPES
+
+    if name not in RECIPES:
+        raise TimnetError(f"--recipe {name!r} unknown; expected one of {', '.join(RECIPES)}")
+    return TrainConfig(**{**RECIPES[name], "recipe": name, **overrides})
 
 
 def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +115,8 @@ def evaluate_split(model: TIMNet, x: torch.Tensor, y: torch.Tensor, *, n_classes
 class FoldState:
     """What a fold's training needs to continue after an interruption, and to be saved atomically."""
 
-    def __init__(self, model: TIMNet, optimizer: torch.optim.Optimizer, generator: torch.Generator):
-        self.model, self.optimizer, self.generator = model, optimizer, generator
+    def __init__(self, model: TIMNet, optimizer: torch.optim.Optimizer, generator: torch.Generator, ema=None):
+        self.model, self.optimizer, self.generator, self.ema = model, optimizer, generator, ema
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
         self.best: dict | None = None  # {"epoch", "uar", "state_dict"} under best-val
@@ -98,6 +131,7 @@ class FoldState:
             "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
             "epoch": self.epoch, "history": self.history, "best": self.best,
             "since_best": self.since_best, "stopped_early": self.stopped_early,
+            "ema": self.ema.model.state_dict() if self.ema is not None else None,
         }
 
     def load_dict(self, d: dict) -> None:
@@ -109,6 +143,8 @@ class FoldState:
             torch.cuda.set_rng_state(d["cuda_rng"])
         self.epoch, self.history, self.best = d["epoch"], d["history"], d["best"]
         self.since_best, self.stopped_early = d["since_best"], d["stopped_early"]
+        if self.ema is not None:
+            self.ema.model.load_state_dict(d["ema"])
 
     def save(self, path: Path) -> None:
         with atomic_write(path) as tmp:
@@ -160,7 +196,7 @@ def train_fold(
     it when it exists; the result equals an uninterrupted run's. `path` is "fast" (timnet.fast,
     the same mathematics computed faster) or "reference" (the nn.Module itself).
     """
-    from . import fast
+    from . import fast, recipe
 
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -168,8 +204,10 @@ def train_fold(
     use_fast = resolve_path(path, device) == "fast" and fast.supports(model)
     net = (lambda xb: fast.forward(model, xb)) if use_fast else model
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps)
+    ema = recipe.EMA(model, config.ema_decay) if config.ema_decay > 0 else None
+    kept = ema.model if ema is not None else model  # the weights a fold ends with, and validates
     # The shuffling generator stays on the CPU: batches are the same whatever the device.
-    state = FoldState(model, optimizer, torch.Generator().manual_seed(seed))
+    state = FoldState(model, optimizer, torch.Generator().manual_seed(seed), ema)
     if state_path is not None and state_path.is_file():
         state.load_dict(torch.load(state_path, map_location=device, weights_only=False))
 
@@ -177,26 +215,33 @@ def train_fold(
     x_train, y_train = x[train_idx].to(device), y[train_idx].to(device)
     x_val, y_val = x[val_idx].to(device), y[val_idx].to(device)
     n, bs = len(train_idx), config.batch_size
+    steps = -(-n // bs)
     while state.epoch < config.epochs and not state.stopped_early:
         model.train()
         order = torch.randperm(n, generator=state.generator).to(device)
         loss_sum, correct = 0.0, 0
-        for start in range(0, n, bs):
+        for i, start in enumerate(range(0, n, bs)):
             idx = order[start : start + bs]
-            logits = net(x_train[idx])
-            loss = F.cross_entropy(logits, y_train[idx], label_smoothing=config.label_smoothing)
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.learning_rate(config, state.epoch * steps + i, steps)
+            xb, yb = recipe.augment(x_train[idx], config, state.generator), y_train[idx]
+            xb, perm, lam = recipe.mixup(xb, config, state.generator)
+            logits = net(xb)
+            loss = recipe.loss_fn(logits, yb, perm, lam, config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update(model)
             loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y_train[idx]).sum())
+            correct += int((logits.argmax(1) == yb).sum())
         state.epoch += 1
         row = {"epoch": state.epoch, "loss": loss_sum / n, "acc": correct / n}
         if len(val_idx) and (state.epoch % config.eval_every == 0 or state.epoch == config.epochs):
-            v = evaluate_split(model, x_val, y_val, n_classes=model_config.n_classes)
+            v = evaluate_split(kept, x_val, y_val, n_classes=model_config.n_classes)
             row.update(val_loss=v["loss"], val_war=v["war"], val_uar=v["uar"])
             if state.best is None or v["uar"] > state.best["uar"]:
-                state.best = {"epoch": state.epoch, "uar": v["uar"], "state_dict": copy.deepcopy(model.state_dict())}
+                state.best = {"epoch": state.epoch, "uar": v["uar"], "state_dict": copy.deepcopy(kept.state_dict())}
                 state.since_best = 0
             else:
                 state.since_best += config.eval_every
@@ -210,19 +255,22 @@ def train_fold(
             _test_hook_die(state_path, state.epoch)
 
     if config.select == "best-val" and state.best is not None:
-        model.load_state_dict(state.best["state_dict"])
-    return model.cpu().eval(), state
+        kept.load_state_dict(state.best["state_dict"])
+    return kept.cpu().eval(), state
 
 
 def _test_hook_die(state_path: Path, epoch: int) -> None:
     """Kill this process (SIGKILL, like `kill -9`) right after a snapshot, when a test asks to.
 
-    TIMNET_TEST_DIE_AFTER=<fold dir name>:<epoch>, e.g. fold_02:3; unset in normal use.
+    TIMNET_TEST_DIE_AFTER=<fold dir name>:<epoch>, e.g. fold_02:3; unset in normal use. It dies
+    once: a marker file beside the snapshot lets the resumed process go on.
     """
     import os
     import signal
 
     target = os.environ.get("TIMNET_TEST_DIE_AFTER")
-    if target and target == f"{state_path.parent.name}:{epoch}":
+    marker = state_path.parent / f"test_died_after_epoch_{epoch}"
+    if target and target == f"{state_path.parent.name}:{epoch}" and not marker.exists():
+        marker.touch()
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -1,0 +1,212 @@
+"""Where folds are trained: worker processes on this machine, or Ray tasks on a cluster.
+
+A task is one fold of one run, (run index, fold). Both backends call the very same
+`Run.train_and_test_fold`, which resumes from the fold's snapshot and writes its results
+atomically into the run's folder, so results, checkpoints and resume semantics do not depend
+on the backend. A backend yields (task, result) as tasks finish and reports epochs through
+`on_epoch(task, row)`.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Callable, Iterator
+
+from .errors import TimnetError
+
+Task = tuple[int, int]  # (index of the run, fold number)
+OnEpoch = Callable[[Task, dict], None]
+
+
+class LocalBackend:
+    """Folds in worker processes, `workers` at a time (in this process when workers is 1)."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 1):
+        if workers < 1:
+            raise TimnetError(f"--workers {workers} invalid; expected a positive number")
+        self.workers = workers
+
+    def map(self, runs: list, tasks: list[Task], on_epoch: OnEpoch) -> Iterator[tuple[Task, dict]]:
+        if self.workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                ri, k = task
+                yield task, runs[ri].train_and_test_fold(k, on_epoch=lambda row, task=task: on_epoch(task, row),
+                                                         worker=_worker_info())
+            return
+        yield from _local_pool(runs, tasks, on_epoch, workers=self.workers)
+
+
+# -- worker processes ---------------------------------------------------------------------------------
+# Folds are independent, so they run in worker processes with one or a few threads each: on small
+# CPUs that beats one process with all threads (the network's ops are too small to scale well).
+
+_WORKER: dict = {}
+
+
+def _worker_init(runs: list, queue) -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group; the parent alone decides to stop (and ends the
+    # workers), otherwise each worker would treat it as one failed fold and start the next.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER.update(runs=runs, queue=queue, parent=os.getppid())
+
+
+def _worker_task(task: Task) -> tuple[Task, dict]:
+    runs, queue = _WORKER["runs"], _WORKER["queue"]
+
+    def on_epoch(row: dict) -> None:
+        if os.getppid() != _WORKER["parent"]:  # the parent was killed: do not train on as an orphan
+            os._exit(1)
+        queue.put((task, row))
+
+    ri, k = task
+    return task, runs[ri].train_and_test_fold(k, on_epoch=on_epoch, worker=_worker_info())
+
+
+def _worker_info(**more) -> dict:
+    """Where a fold ran, recorded in its result."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), **more}
+
+
+def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: int):
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # fork after torch has run threads is not safe
+    q = ctx.Manager().Queue()
+    pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=_worker_init,
+                               initargs=(runs, q))
+    try:
+        pending = {pool.submit(_worker_task, task): task for task in tasks}
+        while pending:
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            while True:
+                try:
+                    task, row = q.get_nowait()
+                except queue_mod.Empty:
+                    break
+                on_epoch(task, row)
+            for future in done:
+                task = pending.pop(future)
+                try:
+                    _, result = future.result()
+                except BrokenProcessPool:
+                    unfinished = ", ".join(_describe(runs, t) for t in sorted({task, *pending.values()}))
+                    raise TimnetError(f"a training worker died (unfinished folds: {unfinished}); "
+                                      "run the same command again to resume") from None
+                yield task, result
+    except BaseException:
+        # Interrupted or failed: end the workers now instead of letting them train the queued folds.
+        # Their snapshots and results are written atomically, so the next run resumes cleanly.
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _describe(runs: list, task: Task) -> str:
+    ri, k = task
+    return str(k) if len(runs) == 1 else f"{runs[ri].dir.name}/{k}"
+
+
+# -- Ray ------------------------------------------------------------------------------------------------
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise TimnetError("--backend ray needs Ray: pip install 'timnet[ray]'") from None
+    return ray
+
+
+def _ray_task(runs, task: Task, queue) -> tuple[Task, dict]:
+    """One fold in a Ray worker; a retried task (worker lost) resumes from the fold's snapshot."""
+    import ray
+
+    ri, k = task
+    worker = _worker_info(node_id=ray.get_runtime_context().get_node_id())
+    return task, runs[ri].train_and_test_fold(k, on_epoch=lambda row: queue.put_nowait((task, row)), worker=worker)
+
+
+class RayBackend:
+    """Every fold a Ray task: `address` joins a running cluster, None starts a local instance.
+
+    The run folder must be on storage every node sees (a shared or network file system): workers
+    read snapshots from it and write checkpoints and results into it, exactly as local workers do.
+    """
+
+    name = "ray"
+
+    def __init__(self, *, address: str | None = None, cpus_per_fold: float = 1, gpus_per_fold: float = 0,
+                 max_retries: int = 3):
+        if cpus_per_fold <= 0:
+            raise TimnetError(f"--cpus-per-fold {cpus_per_fold} invalid; expected a positive number")
+        if gpus_per_fold < 0:
+            raise TimnetError(f"--gpus-per-fold {gpus_per_fold} invalid; expected 0 or more")
+        self.address, self.cpus, self.gpus, self.max_retries = address, cpus_per_fold, gpus_per_fold, max_retries
+
+    def connect(self):
+        """Join the cluster at `address`, or start a private local instance; returns the ray module."""
+        ray = _import_ray()
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            except ConnectionError as e:
+                raise TimnetError(f"--address {self.address}: no Ray cluster there ({e})") from None
+        return ray
+
+    def nodes(self) -> list[dict]:
+        """The cluster's live nodes (id, address, CPUs, GPUs)."""
+        ray = self.connect()
+        return [{"node_id": n["NodeID"], "address": n["NodeManagerAddress"],
+                 "cpus": n["Resources"].get("CPU", 0), "gpus": n["Resources"].get("GPU", 0)}
+                for n in ray.nodes() if n.get("Alive")]
+
+    def map(self, runs: list, tasks: list[Task], on_epoch: OnEpoch) -> Iterator[tuple[Task, dict]]:
+        ray = self.connect()
+        from ray.util.queue import Empty, Queue
+
+        queue = Queue(actor_options={"num_cpus": 0})
+        remote = ray.remote(_ray_task).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries)
+        runs_ref = ray.put(runs)  # one copy of the features in the object store, not one per task
+        pending = {remote.remote(runs_ref, task, queue): task for task in tasks}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                while True:
+                    try:
+                        task, row = queue.get_nowait()
+                    except Empty:
+                        break
+                    on_epoch(task, row)
+                for ref in done:
+                    task = pending.pop(ref)
+                    try:
+                        _, result = ray.get(ref)
+                    except ray.exceptions.RayError as e:
+                        raise TimnetError(f"fold {_describe(runs, task)} failed on Ray ({type(e).__name__}: "
+                                          f"{str(e).splitlines()[0]}); run the same command again to resume") from None
+                    yield task, result
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            ray.kill(queue.actor)
+
+
+def make_backend(name: str, *, workers: int = 1, address: str | None = None, cpus_per_fold: float = 1,
+                 gpus_per_fold: float = 0):
+    """The backend called `name` (local or ray)."""
+    if name == "local":
+        if address is not None:
+            raise TimnetError("--address needs --backend ray")
+        return LocalBackend(workers)
+    if name == "ray":
+        return RayBackend(address=address, cpus_per_fold=cpus_per_fold, gpus_per_fold=gpus_per_fold)
+    raise TimnetError(f"--backend {name!r} unknown; expected local or ray")

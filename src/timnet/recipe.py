@@ -1,0 +1,97 @@
+"""Training recipes beyond the paper's: weight averaging, learning-rate schedule, augmentation.
+
+Each piece is off in the paper recipe (SPEC.md §4), so a `TrainConfig()` trains exactly as the
+authors did. The `strong` preset switches on what helped on *validation* data carved from the
+training folds (benchmarks/recipe_selection.py); test folds played no part in choosing it.
+
+Augmentations act on a batch of MFCC sequences (B, T, F) with the fold's own generator, so a run
+is reproducible and resumes identically. Masks are filled with the utterance's own mean of each
+coefficient over time (raw MFCCs are not centred: zero would be a loud, odd frame).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+RECIPES = {
+    "paper": {},
+    # chosen on validation UAR (benchmarks/recipe_selection.py, RESULTS.md); see the README
+    "strong": {"ema_decay": 0.999, "time_masks": 2, "time_mask_width": 20, "freq_masks": 2, "freq_mask_width": 4,
+               "time_shift": 20},
+}
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(config, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at optimiser step `step` (0-based): linear warm-up, then constant or cosine."""
+    warm = config.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    if config.lr_schedule == "constant":
+        return config.lr
+    total = max(config.epochs * steps_per_epoch - warm, 1)
+    progress = min((step - warm) / total, 1.0)
+    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def augment(x: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
+    """Time shift and time/coefficient masks on a batch (B, T, F); x itself is left untouched."""
+    if not (config.time_shift or config.time_masks or config.freq_masks):
+        return x
+    b, t, f = x.shape
+    out = x.clone()
+    if config.time_shift:
+        # circular: the centre-padded utterance moves, its padding wraps around
+        shifts = torch.randint(-config.time_shift, config.time_shift + 1, (b,), generator=generator)
+        idx = (torch.arange(t)[None, :] - shifts[:, None]) % t
+        out = torch.gather(out, 1, idx[:, :, None].expand(b, t, f).to(out.device))
+    fill = out.mean(dim=1, keepdim=True)  # (B, 1, F)
+    for count, width, axis, size in ((config.time_masks, config.time_mask_width, 1, t),
+                                     (config.freq_masks, config.freq_mask_width, 2, f)):
+        for _ in range(count):
+            w = torch.randint(0, width + 1, (b,), generator=generator)
+            start = (torch.rand(b, generator=generator) * (size - w + 1).clamp_min(1)).long()
+            pos = torch.arange(size)[None, :]
+            mask = ((pos >= start[:, None]) & (pos < (start + w)[:, None])).to(out.device)  # (B, size)
+            mask = mask[:, :, None] if axis == 1 else mask[:, None, :]
+            out = torch.where(mask, fill, out)
+    return out
+
+
+def mixup(x: torch.Tensor, config, generator: torch.Generator):
+    """(mixed batch, permutation, lambda) or (x, None, 1.0) when mixup is off."""
+    if config.mixup_alpha <= 0:
+        return x, None, 1.0
+    # lambda from the global RNG (saved in every snapshot), the pairing from the fold's generator
+    lam = float(torch.distributions.Beta(config.mixup_alpha, config.mixup_alpha).sample())
+    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    return lam * x + (1 - lam) * x[perm], perm, lam
+
+
+def loss_fn(logits, y, perm, lam: float, smoothing: float) -> torch.Tensor:
+    """Cross-entropy with label smoothing, mixed like the inputs under mixup."""
+    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+    if perm is not None:
+        loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y[perm], label_smoothing=smoothing)
+    return loss
+
+
+class EMA:
+    """Exponential moving average of a model's weights and BN statistics (timm's ModelEmaV2 rule)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for e, m in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.lerp_(m, 1 - self.decay)
+            else:
+                e.copy_(m)

@@ -1,0 +1,100 @@
+"""Training recipes: the paper's untouched, the strong one's pieces, resume, and no test access."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from test_train import FAST, synthetic, train_cli
+from timnet.errors import TimnetError
+from timnet.features import save_features
+from timnet.recipe import EMA, augment, learning_rate
+from timnet.run import Run
+from timnet.train import TrainConfig, recipe_config
+
+
+def test_paper_recipe_is_the_default_and_changes_nothing():
+    assert recipe_config("paper") == TrainConfig()
+    x = torch.randn(3, 20, 39)
+    assert augment(x, TrainConfig(), torch.Generator()) is x
+    assert all(learning_rate(TrainConfig(), s, 8) == 1e-3 for s in (0, 7, 3999))
+
+
+def test_strong_preset_and_overrides():
+    c = recipe_config("strong", epochs=7)
+    assert c.recipe == "strong" and c.epochs == 7 and c.ema_decay > 0
+    with pytest.raises(TimnetError, match="--recipe 'fancy' unknown"):
+        recipe_config("fancy")
+    with pytest.raises(TimnetError, match="--ema-decay 1.0 invalid"):
+        TrainConfig(ema_decay=1.0)
+
+
+def test_augment_shift_and_masks():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 12 * 5, dtype=torch.float32).view(2, 12, 5)
+    shifted = augment(x, TrainConfig(time_shift=3), g)
+    for b in range(2):  # a circular shift of whole frames
+        k = [torch.equal(shifted[b], torch.roll(x[b], s, dims=0)) for s in range(-3, 4)]
+        assert sum(k) == 1
+    g = torch.Generator().manual_seed(1)
+    masked = augment(x, TrainConfig(time_masks=1, time_mask_width=4, freq_masks=1, freq_mask_width=2), g)
+    fill = x.mean(1, keepdim=True).expand_as(x)
+    changed = masked != x
+    assert changed.any() and torch.equal(masked[changed], fill[changed])  # masked cells hold the utterance mean
+    again = augment(x, TrainConfig(time_masks=1, time_mask_width=4, freq_masks=1, freq_mask_width=2),
+                    torch.Generator().manual_seed(1))
+    assert torch.equal(masked, again)
+
+
+def test_ema_follows_the_rule():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    ema = EMA(a, 0.9)
+    start = ema.model.weight.detach().clone()
+    ema.update(b)
+    assert torch.allclose(ema.model.weight, 0.9 * start + 0.1 * b.weight)
+
+
+def test_cosine_schedule_with_warmup():
+    c = TrainConfig(lr_schedule="cosine", warmup_epochs=2, epochs=10)
+    lrs = [learning_rate(c, s, 4) for s in range(40)]
+    assert lrs[0] == pytest.approx(1e-3 / 8) and lrs[7] == pytest.approx(1e-3)
+    assert all(x >= y for x, y in zip(lrs[8:], lrs[9:])) and 1e-5 <= lrs[-1] < 1.5e-5
+
+
+def test_strong_recipe_resumes_exactly(tmp_path):
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    args = ("--recipe", "strong", "--mixup-alpha", "0.4", "--epochs", "3")
+    full = train_cli(features, tmp_path / "full", *args, "--json", tmp_path / "full.json")
+    assert full.returncode == 0, full.stderr
+    killed = train_cli(features, tmp_path / "res", *args, "--workers", "1", env={"TIMNET_TEST_DIE_AFTER": "fold_02:2"})
+    assert killed.returncode == -9
+    resumed = train_cli(features, tmp_path / "res", *args, "--json", tmp_path / "res.json")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("full.json", "res.json"))
+    assert [f["confusion"] for f in a["folds"]] == [f["confusion"] for f in b["folds"]]
+    for k in (1, 2, 3):
+        h = f"fold_{k:02d}/history.csv"
+        assert (tmp_path / "full" / h).read_text() == (tmp_path / "res" / h).read_text()
+
+
+def test_strong_recipe_never_reads_test_labels(tmp_path):
+    """Scrambling one fold's test labels leaves that fold's training, weights and choice unchanged."""
+    config = recipe_config("strong", val_fraction=0.25, select="best-val", **{**FAST, "epochs": 3})
+    fs = synthetic()
+    a = Run(fs, tmp_path / "a", config=config, folds=3, seed=5)
+    a.prepare()
+    ra = a.execute(progress=False, log=lambda m: None)
+    scrambled = synthetic()
+    test_idx = a.splits[1][1]
+    scrambled.y[test_idx] = np.roll(scrambled.y[test_idx], 1)
+    # the fingerprint covers the labels, so this is a separate run on different data
+    b = Run(scrambled, tmp_path / "b", config=config, folds=3, seed=5)
+    b.prepare()
+    rb = b.execute(progress=False, log=lambda m: None)
+    ha = (tmp_path / "a" / "fold_02" / "history.csv").read_text()
+    hb = (tmp_path / "b" / "fold_02" / "history.csv").read_text()
+    assert ha == hb and ra["folds"][1]["epoch"] == rb["folds"][1]["epoch"]
+    wa = torch.load(tmp_path / "a" / "fold_02" / "model.pt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "b" / "fold_02" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert ra["folds"][1]["confusion"] != rb["folds"][1]["confusion"]  # the test labels did change

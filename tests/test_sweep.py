@@ -1,0 +1,91 @@
+"""Hyper-parameter sweeps: trials scored on validation only, test folds read once at the end."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_train import synthetic
+from timnet import sweep as sweep_mod
+from timnet.backends import LocalBackend
+from timnet.errors import TimnetError
+from timnet.features import save_features
+from timnet.train import TrainConfig
+
+
+def test_sample_trials_grid_times_draws_seeded():
+    space = {"lr": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [16, 32]},
+             "label_smoothing": {"grid": [0.0, 0.1]}, "epochs": 3}
+    a = sweep_mod.sample_trials(space, trials=3, seed=7)
+    assert len(a) == 6 and a == sweep_mod.sample_trials(space, trials=3, seed=7)
+    assert a != sweep_mod.sample_trials(space, trials=3, seed=8)
+    assert sorted({t["label_smoothing"] for t in a}) == [0.0, 0.1]
+    assert all(1e-4 <= t["lr"] <= 1e-2 and t["batch_size"] in (16, 32) and t["epochs"] == 3 for t in a)
+
+
+@pytest.mark.parametrize("space,message", [
+    ({"learning_rate": 0.1}, "unknown parameter 'learning_rate'"),
+    ({"lr": {"normal": [0, 1]}}, "expected one of choice, uniform"),
+    ({"lr": {"uniform": [0.1, 0.01]}}, "needs [low, high] with low < high"),
+    ({"lr": {"loguniform": [0, 1]}}, "positive low bound"),
+    ([1, 2], "expected a mapping"),
+])
+def test_bad_spaces_are_refused(space, message):
+    with pytest.raises(TimnetError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        sweep_mod.check_space(space)
+
+
+class Spy(np.ndarray):
+    """Features that log every indexed read (the only way test samples reach a model)."""
+
+    log: list = []
+
+    def __getitem__(self, idx):
+        if isinstance(idx, np.ndarray):
+            Spy.log.append(("read", idx.copy()))
+        return super().__getitem__(idx)
+
+
+def test_sweep_never_reads_test_folds_before_the_end(tmp_path, monkeypatch):
+    fs = synthetic()
+    fs.x = fs.x.view(Spy)
+    Spy.log = []
+    real_fold_models = sweep_mod.fold_models
+
+    def fold_models(*args, **kwargs):
+        Spy.log.append(("chosen", None))
+        return real_fold_models(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "fold_models", fold_models)
+    space = {"lr": {"loguniform": [3e-4, 3e-3]}, "epochs": 2}
+    out = sweep_mod.run_sweep(fs, tmp_path / "sw", space=space, trials=2, base=TrainConfig(batch_size=16, val_fraction=0.25),
+                              backend=LocalBackend(1), seed=3, progress=False, log=lambda m: None, folds=3, threads=1)
+    events = [e for e, _ in Spy.log]
+    assert events[0] == "chosen"  # nothing was read by index before the choice
+    reads = np.concatenate([idx for e, idx in Spy.log if e == "read"])
+    assert sorted(reads.tolist()) == list(range(len(fs)))  # then every test fold, once
+    assert len(out["trials"]) == 2
+    best = max(out["trials"], key=lambda t: t["val_uar"])
+    assert out["best"]["trial"] == best["trial"]
+    for t in out["trials"]:  # the trials' own folders hold validation results only
+        v = json.loads((tmp_path / "sw" / t["trial"] / "validation.json").read_text())
+        assert all("war" not in f and "val_uar" in f for f in v["folds"])
+    assert out["test"]["folds_n"] == 3 and 0 <= out["test"]["mean_uar"] <= 1
+
+
+def test_sweep_cli_and_bad_space(tmp_path):
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {loguniform: [1e-4, 1e-3]}\nepochs: 1\ndropout: {choice: [0.1, 0.2]}\n")
+    cmd = [sys.executable, "-m", "timnet", "sweep", str(features), "--space", str(space), "-o", str(tmp_path / "sw"),
+           "--trials", "2", "--folds", "2", "--batch-size", "16", "--workers", "1", "-q", "--json", str(tmp_path / "s.json")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    out = json.loads((tmp_path / "s.json").read_text())
+    assert [t["trial"] for t in out["trials"]] == ["trial_001", "trial_002"]
+    assert isinstance(out["trials"][0]["lr"], float) and "chosen on validation" in done.stdout
+    space.write_text("lr: [0.1\n")
+    bad = subprocess.run(cmd, capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
+    assert bad.stderr.startswith(f"timnet: error: {space}: not a valid search space file")
