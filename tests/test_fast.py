@@ -145,10 +145,10 @@ def test_streams_in_threads_equal_sequential(model):
 
 
 @pytest.mark.parametrize("b,t,c,kin,d", [(3, 11, 16, 16, 2), (2, 9, 40, 39, 1), (4, 7, 40, 40, 8), (2, 5, 24, 20, 4),
-                                         (1, 1, 8, 8, 1), (2, 13, 40, 37, 3)])
+                                         (1, 1, 8, 8, 1), (2, 13, 40, 37, 3), (1, 606, 40, 39, 512)])
 def test_native_steps_equal_torch_steps(b, t, c, kin, d):
     """Each kernel against its PyTorch twin, on odd shapes: odd T, shifts near and beyond T, zero
-    padded input channels (from kin on) that the kernels skip."""
+    padded input channels (from kin on) that the kernels skip; IEMOCAP's 606 frames with d = 512."""
     needs_native()
     nat, ref = fast.NativeOps(native.load()), fast.TorchOps()
     g = torch.Generator().manual_seed(b * 100 + t)
@@ -233,3 +233,15 @@ def test_native_on_real_emodb_batch(model):
     assert max_rel(got[1], ref[1], skip=noise) < 1e-5
     assert max(float(got[1][k].abs().max()) for k in noise) < 1e-6
     assert max_rel(got[1], ref64[1], skip=noise) <= max_rel(ref[1], ref64[1], skip=noise) + 1e-5
+
+
+def test_ten_levels_on_short_utterances():
+    """IEMOCAP's 10 levels (d up to 512) on 20 frames: every tap from d = 32 on is padding."""
+    torch.manual_seed(5)
+    m = TIMNet(TIMNetConfig(dilations=10, n_classes=4)).train()
+    x, y = batch(seed=6, t=20)
+    y = y % 4
+    ref = run(copy.deepcopy(m).double(), x.double(), y, reference)
+    got = run(copy.deepcopy(m), x, y, fast.forward)
+    assert float((got[0] - ref[0]).abs().max()) < 1e-5
+    assert max_rel(got[1], ref[1], skip=bn_fed_biases(m)) < 1e-5

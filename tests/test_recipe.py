@@ -46,12 +46,16 @@ def test_augment_shift_and_masks():
     assert torch.equal(masked, again)
 
 
-def test_ema_follows_the_rule():
-    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    ema = EMA(a, 0.9)
-    start = ema.model.weight.detach().clone()
-    ema.update(b)
-    assert torch.allclose(ema.model.weight, 0.9 * start + 0.1 * b.weight)
+def test_ema_is_a_bias_corrected_average():
+    """After updates with w1, w2, w3 the average is (d^2 w1 + d w2 + w3) / (d^2 + d + 1): the
+    initial weights have no share in it."""
+    models = [torch.nn.Linear(3, 2) for _ in range(4)]
+    ema = EMA(models[0], 0.9)
+    for m in models[1:]:
+        ema.update(m)
+    d = 0.9
+    want = (d**2 * models[1].weight + d * models[2].weight + models[3].weight) / (d**2 + d + 1)
+    assert torch.allclose(ema.model.weight, want, atol=1e-6)
 
 
 def test_cosine_schedule_with_warmup():

@@ -80,18 +80,31 @@ def loss_fn(logits, y, perm, lam: float, smoothing: float) -> torch.Tensor:
 
 
 class EMA:
-    """Exponential moving average of a model's weights and BN statistics (timm's ModelEmaV2 rule)."""
+    """Exponential moving average of a model's weights and BN statistics, bias-corrected.
+
+    After t updates it is sum_i w_i theta_i with weights proportional to decay**(t - i), as
+    Adam corrects its moments: the initial weights carry no weight at all, however few steps a
+    small corpus gives (a plain EMA would keep 0.999**t of the random initialisation)."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
+        self.decay, self.steps = decay, 0
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        self.steps += 1
+        w = (1 - self.decay) / (1 - self.decay**self.steps)  # 1 at the first step
         for e, m in zip(self.model.state_dict().values(), model.state_dict().values()):
             if e.dtype.is_floating_point:
-                e.lerp_(m, 1 - self.decay)
+                e.lerp_(m, w)
             else:
                 e.copy_(m)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.model.load_state_dict(d["model"])
+        self.steps = d["steps"]

@@ -125,8 +125,8 @@ def sample_trials(space: dict, *, trials: int, seed: int) -> list[dict]:
 
 
 def trial_runs(fs: FeatureSet, sweep_dir: str | Path, params_list: list[dict], *, base: TrainConfig,
-               overwrite: bool = False, **run_kwargs) -> list[Run]:
-    """One prepared validation-only Run per parameter set, in SWEEP_DIR/trial_NNN."""
+               overwrite: bool = False, names: list[str] | None = None, **run_kwargs) -> list[Run]:
+    """One prepared validation-only Run per parameter set, in SWEEP_DIR/trial_NNN (or SWEEP_DIR/<name>)."""
     runs = []
     types = {f.name: type(getattr(base, f.name)) for f in fields(TrainConfig)}
     types["patience"] = int  # its default is None
@@ -138,7 +138,8 @@ def trial_runs(fs: FeatureSet, sweep_dir: str | Path, params_list: list[dict], *
             config = replace(base, **train)
         except (TypeError, TimnetError) as e:
             raise TimnetError(f"trial {i} ({params}): {e}") from None
-        run = Run(fs, Path(sweep_dir) / f"trial_{i:03d}", config=config, model_overrides=model,
+        folder = names[i - 1] if names else f"trial_{i:03d}"
+        run = Run(fs, Path(sweep_dir) / folder, config=config, model_overrides=model,
                   evaluate_test=False, **run_kwargs)
         run.params = params
         run.prepare(overwrite=overwrite)

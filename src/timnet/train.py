@@ -131,7 +131,7 @@ class FoldState:
             "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
             "epoch": self.epoch, "history": self.history, "best": self.best,
             "since_best": self.since_best, "stopped_early": self.stopped_early,
-            "ema": self.ema.model.state_dict() if self.ema is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_dict(self, d: dict) -> None:
@@ -144,7 +144,7 @@ class FoldState:
         self.epoch, self.history, self.best = d["epoch"], d["history"], d["best"]
         self.since_best, self.stopped_early = d["since_best"], d["stopped_early"]
         if self.ema is not None:
-            self.ema.model.load_state_dict(d["ema"])
+            self.ema.load_state_dict(d["ema"])
 
     def save(self, path: Path) -> None:
         with atomic_write(path) as tmp:
@@ -203,7 +203,10 @@ def train_fold(
     model = TIMNet(model_config).to(device)  # initialised on the CPU RNG, so every device starts alike
     use_fast = resolve_path(path, device) == "fast" and fast.supports(model)
     net = (lambda xb: fast.forward(model, xb)) if use_fast else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps)
+    # The fast path also takes PyTorch's fused Adam kernel (same update rule, one pass over all
+    # parameters instead of ~10 small ops per tensor); the reference path keeps the plain loop.
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+                                 eps=config.adam_eps, fused=True if use_fast else None)
     ema = recipe.EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     kept = ema.model if ema is not None else model  # the weights a fold ends with, and validates
     # The shuffling generator stays on the CPU: batches are the same whatever the device.
