@@ -54,4 +54,4 @@ def test_ray_needs_an_address_that_answers(features, tmp_path):
     done = subprocess.run([*TIMNET, "train", str(features), "-o", str(tmp_path / "r"), *ARGS, "--backend", "ray",
                            "--address", "127.0.0.1:1"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
-    assert done.stderr.startswith("timnet: error: --address 127.0.0.1:1")
+    assert done.stderr.strip() == "timnet: error: --address 127.0.0.1:1: no Ray cluster answers there (Connection refused)"

@@ -28,6 +28,9 @@ class LocalBackend:
             raise TimnetError(f"--workers {workers} invalid; expected a positive number")
         self.workers = workers
 
+    def start(self) -> None:
+        """Nothing to start: workers are made per run."""
+
     def map(self, runs: list, tasks: list[Task], on_epoch: OnEpoch) -> Iterator[tuple[Task, dict]]:
         if self.workers <= 1 or len(tasks) <= 1:
             for task in tasks:
@@ -151,15 +154,26 @@ class RayBackend:
             raise TimnetError(f"--gpus-per-fold {gpus_per_fold} invalid; expected 0 or more")
         self.address, self.cpus, self.gpus, self.max_retries = address, cpus_per_fold, gpus_per_fold, max_retries
 
+    def start(self) -> None:
+        """Connect now, so a bad address fails before any run folder is touched."""
+        self.connect()
+
     def connect(self):
         """Join the cluster at `address`, or start a private local instance; returns the ray module."""
         ray = _import_ray()
-        if not ray.is_initialized():
-            try:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)
-            except ConnectionError as e:
-                raise TimnetError(f"--address {self.address}: no Ray cluster there ({e})") from None
+        if ray.is_initialized():
+            return ray
+        if self.address is not None:
+            _check_reachable(self.address)
+        try:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except Exception as e:  # Ray raises ConnectionError, RuntimeError, AuthenticationError, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            hint = ""
+            if self.address is not None and os.environ.get("RAY_AUTH_MODE") != "token":
+                hint = ("; if the cluster uses token authentication (the default of `ray start --head` since "
+                        "Ray 2.59), set RAY_AUTH_MODE=token and give its token (RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+            raise TimnetError(f"--address {self.address}: cannot join the Ray cluster ({first}){hint}") from None
         return ray
 
     def nodes(self) -> list[dict]:
@@ -198,6 +212,17 @@ class RayBackend:
             for ref in pending:
                 ray.cancel(ref, force=True)
             ray.kill(queue.actor)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes (Ray's own retries), when nothing listens at host:port."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto", ray:// client addresses and the like: let Ray resolve them
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise TimnetError(f"--address {address}: no Ray cluster answers there ({e.strerror or e})") from None
 
 
 def make_backend(name: str, *, workers: int = 1, address: str | None = None, cpus_per_fold: float = 1,

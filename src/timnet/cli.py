@@ -143,6 +143,7 @@ def _execution(args, folds_at_once: int):
         raise TimnetError(f"--threads {threads} invalid; expected a positive number")
     backend = make_backend(args.backend, workers=workers, address=args.address,
                            cpus_per_fold=args.cpus_per_fold, gpus_per_fold=args.gpus_per_fold)
+    backend.start()
     return config, device, threads, backend
 
 
