@@ -364,18 +364,10 @@ class _Trunk(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, model, *params):
-        bsz, t, _ = x.shape
+        streams, levels = _run_streams(model, x, training=True)
         cfg = model.config
-        cp = padded(cfg.n_filters)
-        ops = ops_for(x, cp)
-        masks = _draw_masks(model, bsz, cp, x, training=True)
-        streams = [_Stream(ops, model.forward_in, model.forward_blocks, masks[0], cp),
-                   _Stream(ops, model.backward_in, model.backward_blocks, masks[1], cp)]
-        xr = x.flip(1).contiguous()  # the backward stream reads the utterance reversed
-        lf, lb = _parallel([lambda: streams[0].forward(x.contiguous(), training=True, keep=True),
-                            lambda: streams[1].forward(xr, training=True, keep=True)])
-        ctx.streams, ctx.shape = streams, (t, cfg.n_filters, cfg.dilations)
-        return (torch.stack(lf, 1) + torch.stack(lb, 1))[:, :, : cfg.n_filters] / t
+        ctx.streams, ctx.shape = streams, (x.shape[1], cfg.n_filters, cfg.dilations)
+        return levels
 
     @staticmethod
     def backward(ctx, dlevels):
@@ -400,18 +392,20 @@ class _Trunk(torch.autograd.Function):
         return (None, None, *[o.to(dtype) for o in out])
 
 
-@torch.no_grad()
-def _levels_eval(model: TIMNet, x: torch.Tensor) -> torch.Tensor:
+def _run_streams(model: TIMNet, x: torch.Tensor, *, training: bool) -> tuple[list[_Stream], torch.Tensor]:
+    """Both streams on x (B, T, F): (the streams, holding what their backward needs when training;
+    level means (B, n, C)). Batch statistics and dropout when training, running statistics else."""
     bsz, t, _ = x.shape
     cfg = model.config
     cp = padded(cfg.n_filters)
     ops = ops_for(x, cp)
-    masks = _draw_masks(model, bsz, cp, x, training=False)
+    masks = _draw_masks(model, bsz, cp, x, training=training)
     streams = [_Stream(ops, model.forward_in, model.forward_blocks, masks[0], cp),
                _Stream(ops, model.backward_in, model.backward_blocks, masks[1], cp)]
-    lf = streams[0].forward(x.contiguous(), training=False, keep=False)
-    lb = streams[1].forward(x.flip(1).contiguous(), training=False, keep=False)
-    return (torch.stack(lf, 1) + torch.stack(lb, 1))[:, :, : cfg.n_filters] / t
+    xr = x.flip(1).contiguous()  # the backward stream reads the utterance reversed
+    lf, lb = _parallel([lambda: streams[0].forward(x.contiguous(), training=training, keep=training),
+                        lambda: streams[1].forward(xr, training=training, keep=training)])
+    return streams, (torch.stack(lf, 1) + torch.stack(lb, 1))[:, :, : cfg.n_filters] / t
 
 
 def supports(model: TIMNet) -> bool:
@@ -429,7 +423,8 @@ def fused_features(model: TIMNet, x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():  # batch statistics and dropout without building a graph
             levels = _Trunk.apply(x, model, *_params(model)).detach()
     else:
-        levels = _levels_eval(model, x)
+        with torch.no_grad():
+            levels = _run_streams(model, x, training=False)[1]
     return torch.einsum("bnc,n->bc", levels, model.fusion)
 
 
