@@ -134,7 +134,13 @@ def _ray_task(runs, task: Task, queue) -> tuple[Task, dict]:
 
     ri, k = task
     worker = _worker_info(node_id=ray.get_runtime_context().get_node_id())
-    return task, runs[ri].train_and_test_fold(k, on_epoch=lambda row: queue.put_nowait((task, row)), worker=worker)
+
+    def on_epoch(row: dict) -> None:
+        # Fire and forget: Queue.put_nowait would block in ray.get, and a task blocked in ray.get
+        # lends its CPU to the scheduler, which then starts another fold on the same core.
+        queue.actor.put_nowait.remote((task, row))
+
+    return task, runs[ri].train_and_test_fold(k, on_epoch=on_epoch, worker=worker)
 
 
 class RayBackend:

@@ -18,6 +18,7 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -178,7 +179,10 @@ class Run:
         seed = fold_seed(self.seed, k)
         tr, va = validation_split(train_idx, self.fs.y, fraction=self.config.val_fraction, seed=seed)
         torch.set_num_threads(self.threads)
-        x = torch.from_numpy(np.ascontiguousarray(self.fs.x))
+        with warnings.catch_warnings():
+            # Ray hands workers a read-only view of its shared copy; it is only ever read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.from_numpy(np.ascontiguousarray(self.fs.x))
         y = torch.from_numpy(self.fs.y)
         state_path = fdir / "state.pt"
         t0 = time.perf_counter()
