@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ def main() -> int:
     token = Path.home() / ".ray" / "auth_token"
     if not token.exists() and "RAY_AUTH_TOKEN" not in env:
         subprocess.run([ray_cli(), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    shutil.rmtree(args.run, ignore_errors=True)  # a fresh run: a finished one would only be kept
     address = f"127.0.0.1:{args.port}"
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     try:
@@ -45,7 +47,7 @@ def main() -> int:
         subprocess.run([ray_cli(), "start", "--address", address, *common], env=env, check=True, capture_output=True)
         time.sleep(3)
         t0 = time.time()
-        cmd = [str(Path(sys.executable).with_name("timnet")), "train", args.features, "-o", args.run, "--overwrite",
+        cmd = [str(Path(sys.executable).with_name("timnet")), "train", args.features, "-o", args.run,
                "--epochs", str(args.epochs), "--backend", "ray", "--address", address, "--no-report", "-q",
                "--json", args.run + ".json"]
         print("$ " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
