@@ -19,7 +19,7 @@ from _common import pm, write_json
 from timnet.backends import LocalBackend
 from timnet.corpora import defaults_for
 from timnet.features import load_features
-from timnet.run import execute_runs
+from timnet.run import Run, execute_runs
 from timnet.sweep import trial_runs
 from timnet.train import TrainConfig
 
@@ -48,8 +48,12 @@ def main() -> int:
     names = args.candidates.split(",")
     seed = defaults_for(fs.corpus)[0]
     t0 = time.time()
-    runs = trial_runs(fs, args.runs, [CANDIDATES[n] for n in names], base=TrainConfig(val_fraction=args.val_fraction),
-                      names=names, seed=seed, folds=args.folds, threads=1)
+    def make_run(folder, config, model_overrides):
+        return Run(fs, folder, config=config, folds=args.folds, seed=seed, threads=1, model_overrides=model_overrides,
+                   evaluate_test=False)  # validation-only: no test fold is ever predicted
+
+    runs = trial_runs(args.runs, [CANDIDATES[n] for n in names], base=TrainConfig(val_fraction=args.val_fraction),
+                      make_run=make_run, names=names)
     summaries = execute_runs(runs, backend=LocalBackend(args.workers), progress=False,
                              log=lambda m: print(m, file=sys.stderr, flush=True))
     wall = time.time() - t0

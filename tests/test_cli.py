@@ -145,3 +145,12 @@ def test_authors_weights_need_ten_folds(reference, tmp_path):
     np.save(npy, {"x": reference["mfcc"], "y": np.eye(7)[reference["labels"]]}, allow_pickle=True)
     assert_one_line_error(timnet("test", npy, "--corpus", "emodb", "--weights", weights, "--folds", "5"),
                           "--folds 5", "expected --folds 10")
+
+
+def test_cli_mirrors_of_library_constants():
+    """cli keeps copies so that --help needs no torch import; they must not drift."""
+    from timnet import cli, folds, recipe, train
+
+    assert cli.SPLITS == folds.SPLITS and cli.SELECTIONS == train.SELECTIONS and cli.PATHS == train.PATHS
+    assert cli.RECIPE_NAMES == tuple(recipe.RECIPES) and cli.SCHEDULES == recipe.SCHEDULES
+    assert set(cli.RECIPE_OPTIONS) <= set(train.TrainConfig.__dataclass_fields__)

@@ -193,6 +193,7 @@ def test_native_steps_equal_torch_steps(b, t, c, kin, d):
 
 def test_without_kernels_the_torch_ops_run(model, monkeypatch):
     """No compiler (or TIMNET_NATIVE=0): the same path on PyTorch operations, same numbers."""
+    monkeypatch.setattr(fast, "_CHECKED", {})
     monkeypatch.setattr(native, "load", lambda: None)
     assert isinstance(fast.ops_for(torch.zeros(1), 40), fast.TorchOps)
     x, y = batch()
@@ -245,3 +246,19 @@ def test_ten_levels_on_short_utterances():
     got = run(copy.deepcopy(m), x, y, fast.forward)
     assert float((got[0] - ref[0]).abs().max()) < 1e-5
     assert max_rel(got[1], ref[1], skip=bn_fed_biases(m)) < 1e-5
+
+
+def test_kernels_that_disagree_are_not_used(monkeypatch):
+    """A miscompiled library (here: a gate kernel off by 1%) is caught before it trains anything."""
+    needs_native()
+    monkeypatch.setattr(fast, "_CHECKED", {})
+    real = fast.NativeOps.gate_fwd
+
+    def wrong(self, *args):
+        y, s, level = real(self, *args)
+        return y * 1.01, s, level
+
+    monkeypatch.setattr(fast.NativeOps, "gate_fwd", wrong)
+    with pytest.warns(RuntimeWarning, match="disagree with PyTorch \\(gate\\)"):
+        assert fast.checked_native_ops() is None
+    assert isinstance(fast.ops_for(torch.zeros(1), 40), fast.TorchOps)

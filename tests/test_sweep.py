@@ -11,6 +11,7 @@ from timnet import sweep as sweep_mod
 from timnet.backends import LocalBackend
 from timnet.errors import TimnetError
 from timnet.features import save_features
+from timnet.run import Run
 from timnet.train import TrainConfig
 
 
@@ -26,6 +27,8 @@ def test_sample_trials_grid_times_draws_seeded():
 
 @pytest.mark.parametrize("space,message", [
     ({"learning_rate": 0.1}, "unknown parameter 'learning_rate'"),
+    ({"val_fraction": 0.3}, "unknown parameter 'val_fraction'"),
+    ({"recipe": "strong"}, "unknown parameter 'recipe'"),
     ({"lr": {"normal": [0, 1]}}, "expected one of choice, uniform"),
     ({"lr": {"uniform": [0.1, 0.01]}}, "needs [low, high] with low < high"),
     ({"lr": {"loguniform": [0, 1]}}, "positive low bound"),
@@ -51,23 +54,32 @@ def test_sweep_never_reads_test_folds_before_the_end(tmp_path, monkeypatch):
     fs = synthetic()
     fs.x = fs.x.view(Spy)
     Spy.log = []
-    real_fold_models = sweep_mod.fold_models
+    real_load = sweep_mod.load_checkpoint
 
-    def fold_models(*args, **kwargs):
-        Spy.log.append(("chosen", None))
-        return real_fold_models(*args, **kwargs)
+    def load_checkpoint(path):
+        Spy.log.append(("load", path))
+        return real_load(path)
 
-    monkeypatch.setattr(sweep_mod, "fold_models", fold_models)
+    monkeypatch.setattr(sweep_mod, "load_checkpoint", load_checkpoint)
     space = {"lr": {"loguniform": [3e-4, 3e-3]}, "epochs": 2}
+    def make_run(folder, config, model_overrides):
+        return Run(fs, folder, config=config, folds=3, seed=3, threads=1, model_overrides=model_overrides,
+                   evaluate_test=False)
+
     out = sweep_mod.run_sweep(fs, tmp_path / "sw", space=space, trials=2, base=TrainConfig(batch_size=16, val_fraction=0.25),
-                              backend=LocalBackend(1), seed=3, progress=False, log=lambda m: None, folds=3, threads=1)
+                              backend=LocalBackend(1), seed=3, make_run=make_run, progress=False, log=lambda m: None)
     events = [e for e, _ in Spy.log]
-    assert events[0] == "chosen"  # nothing was read by index before the choice
+    assert events[0] == "load"  # nothing was read by index before the first fold's choice
+    assert events == ["load", "read"] * 3  # then each fold: its chosen model, its test split, once
     reads = np.concatenate([idx for e, idx in Spy.log if e == "read"])
-    assert sorted(reads.tolist()) == list(range(len(fs)))  # then every test fold, once
+    assert sorted(reads.tolist()) == list(range(len(fs)))
     assert len(out["trials"]) == 2
     best = max(out["trials"], key=lambda t: t["val_uar"])
     assert out["best"]["trial"] == best["trial"]
+    for fold in out["test"]["folds"]:  # each fold used the trial its own validation share chose
+        val = {t: json.loads((tmp_path / "sw" / t / "validation.json").read_text())["folds"][fold["fold"] - 1]["val_uar"]
+               for t in ("trial_001", "trial_002")}
+        assert val[fold["trial"]] == max(val.values())
     for t in out["trials"]:  # the trials' own folders hold validation results only
         v = json.loads((tmp_path / "sw" / t["trial"] / "validation.json").read_text())
         assert all("war" not in f and "val_uar" in f for f in v["folds"])
@@ -84,7 +96,7 @@ def test_sweep_cli_and_bad_space(tmp_path):
     assert done.returncode == 0, done.stderr
     out = json.loads((tmp_path / "s.json").read_text())
     assert [t["trial"] for t in out["trials"]] == ["trial_001", "trial_002"]
-    assert isinstance(out["trials"][0]["lr"], float) and "chosen on validation" in done.stdout
+    assert isinstance(out["trials"][0]["lr"], float) and "configuration for a final model" in done.stdout
     space.write_text("lr: [0.1\n")
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from timnet.errors import TimnetError
 from timnet.features import FeatureConfig, FeatureSet, save_features
@@ -263,3 +264,26 @@ def test_several_seeds_one_run_each_and_their_spread(tmp_path):
     assert both.returncode == 1 and "give --seed or --seeds, not both" in both.stderr
     again = train_cli(features, tmp_path / "single", "--seeds", "1,2", "--epochs", "2")
     assert again.returncode == 1 and "holds a single-seed run" in again.stderr
+
+
+def test_all_data_model_resumes_and_is_kept(tmp_path):
+    features = save_features(synthetic(), tmp_path / "f.npz")
+
+    def all_data(out, env=None):
+        return subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(out), "--all-data",
+                               "--epochs", "4", "--batch-size", "16", "--save-every", "1", "--threads", "1", "-q"],
+                              capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+    full = all_data(tmp_path / "full")
+    assert full.returncode == 0, full.stderr
+    killed = all_data(tmp_path / "res", env={"TIMNET_TEST_DIE_AFTER": "res:2"})
+    assert killed.returncode == -9 and (tmp_path / "res" / "state.pt").is_file()
+    resumed = all_data(tmp_path / "res")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "full" / "history.csv").read_text() == (tmp_path / "res" / "history.csv").read_text()
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "res" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    stamp = (tmp_path / "res" / "model.pt").stat().st_mtime_ns
+    again = all_data(tmp_path / "res")  # finished: kept, not trained again
+    assert again.returncode == 0 and (tmp_path / "res" / "model.pt").stat().st_mtime_ns == stamp

@@ -15,6 +15,7 @@ SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS; kept here so --he
 SELECTIONS = ("last", "best-val")  # mirrors timnet.train.SELECTIONS
 PATHS = ("auto", "fast", "reference")  # mirrors timnet.train.PATHS
 RECIPE_NAMES = ("paper", "strong")  # mirrors timnet.recipe.RECIPES
+SCHEDULES = ("constant", "cosine")  # mirrors timnet.recipe.SCHEDULES
 # TrainConfig fields a recipe presets and the command line can override: (type, help)
 RECIPE_OPTIONS = {
     "epochs": (int, "epochs per fold (default 500)"),
@@ -150,24 +151,25 @@ def _execution(args, folds_at_once: int):
 def cmd_train(args) -> int:
     from .evaluate import format_report
     from .features import load_features
-    from .run import seed_runs, summarize_seeds, train_all_data, write_seed_summary
+    from .run import Run, execute_runs, seed_runs, summarize_seeds, train_all_data, write_seed_summary
 
     fs = load_features(args.features, corpus=args.corpus)
-    config, device, threads, backend = _execution(args, args.folds)
-    cores = os.cpu_count() or 1
     seeds = _seeds(args, fs.corpus)
+    if args.all_data and (len(seeds) > 1 or args.backend != "local"):
+        raise TimnetError("--all-data trains one model here: give one --seed and the local backend")
+    config, device, threads, backend = _execution(args, args.folds)
     if args.all_data:
-        if len(seeds) > 1 or args.backend != "local":
-            raise TimnetError("--all-data trains one model here: give one --seed and the local backend")
-        path = train_all_data(fs, args.output, config=config, seed=seeds[0], threads=args.threads or cores,
+        path = train_all_data(fs, args.output, config=config, seed=seeds[0], threads=args.threads or os.cpu_count() or 1,
                               device=device, path=args.path, overwrite=args.overwrite, progress=not args.quiet)
         print(f"trained one model on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
         return 0
-    from .run import execute_runs
+    features_path = str(Path(args.features).resolve())
 
-    runs = seed_runs(fs, args.output, seeds=seeds, overwrite=args.overwrite, config=config, folds=args.folds,
-                     split=args.split, threads=threads, device=device, path=args.path,
-                     features_path=str(Path(args.features).resolve()))
+    def make_run(folder: Path, seed: int) -> Run:
+        return Run(fs, folder, config=config, folds=args.folds, seed=seed, split=args.split, threads=threads,
+                   device=device, path=args.path, features_path=features_path)
+
+    runs = seed_runs(args.output, seeds=seeds, make_run=make_run, overwrite=args.overwrite)
     for run in runs:
         if run.resumed:
             print(f"resuming the run in {run.dir}", file=sys.stderr)
@@ -198,16 +200,23 @@ def cmd_train(args) -> int:
 def cmd_sweep(args) -> int:
     from .corpora import defaults_for
     from .features import load_features
+    from .run import Run
     from .sweep import format_sweep, load_space, run_sweep
 
     space = load_space(args.space)
     fs = load_features(args.features, corpus=args.corpus)
     config, device, threads, backend = _execution(args, args.folds * args.trials)
     seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
+    features_path = str(Path(args.features).resolve())
+
+    def make_run(folder: Path, trial_config, model_overrides: dict) -> Run:
+        return Run(fs, folder, config=trial_config, folds=args.folds, seed=seed, split=args.split, threads=threads,
+                   device=device, path=args.path, features_path=features_path, model_overrides=model_overrides,
+                   evaluate_test=False)
+
     out = run_sweep(fs, args.output, space=space, trials=args.trials, base=config, backend=backend, seed=seed,
-                    progress=not args.quiet, log=lambda m: print(m, file=sys.stderr), overwrite=args.overwrite,
-                    folds=args.folds, split=args.split, threads=threads, device=device, path=args.path,
-                    features_path=str(Path(args.features).resolve()))
+                    make_run=make_run, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
+                    overwrite=args.overwrite)
     print(format_sweep(out))
     if args.json:
         write_json(args.json, out)
@@ -328,7 +337,7 @@ def _training_options(s, *, val_fraction: float) -> None:
                    help="paper: SPEC.md's protocol (default); strong: timnet's recipe chosen on validation data "
                         "(see README); the options below override single values")
     for name, (typ, text) in RECIPE_OPTIONS.items():
-        choices = ("constant", "cosine") if name == "lr_schedule" else None
+        choices = SCHEDULES if name == "lr_schedule" else None
         s.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, choices=choices, help=text)
     s.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     s.add_argument("--val-fraction", type=float, default=val_fraction,

@@ -19,6 +19,7 @@ against `model.TIMNet`.
 """
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -173,10 +174,57 @@ class NativeOps:
 def ops_for(x: torch.Tensor, channels: int):
     """The native kernels where they apply (float32 on a CPU, C <= 128), else PyTorch operations."""
     if x.device.type == "cpu" and x.dtype == torch.float32 and channels <= native.MAX_CHANNELS:
-        lib = native.load()
-        if lib is not None:
-            return NativeOps(lib)
+        ops = checked_native_ops()
+        if ops is not None:
+            return ops
     return TorchOps()
+
+
+_CHECKED: dict = {}
+
+
+def checked_native_ops() -> NativeOps | None:
+    """The native kernels, once each step has matched its PyTorch twin on a small problem in this
+    process (a miscompiled library must never train); None where they cannot run."""
+    if "ops" not in _CHECKED:
+        lib = native.load()
+        ops = NativeOps(lib) if lib is not None else None
+        if ops is not None and (problem := _disagreement(ops, TorchOps())):
+            warnings.warn(f"timnet: native kernels disagree with PyTorch ({problem}); the fast path uses PyTorch "
+                          "operations", RuntimeWarning, stacklevel=2)
+            ops = None
+        _CHECKED["ops"] = ops
+    return _CHECKED["ops"]
+
+
+def _disagreement(a, b) -> str | None:
+    """The first step on which two implementations differ, on the paper's 40 channels, or None."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    bsz, t, c, d = 2, 9, 40, 3
+    x, ws, wr, bias, dy, a2 = r(bsz, t, c), r(c, c), r(c, c), r(c), r(bsz, t, c), r(bsz, t, c)
+    x[..., 39:] = 0
+    mean, scale, shift, mscale, dlev = r(c), r(bsz, c), r(bsz, c), (r(bsz, c) > 0).float(), r(bsz, c)
+    s = torch.sigmoid(r(bsz, t, c))
+    h = torch.relu(r(bsz, t, c))
+    checks = {
+        "conv": lambda o: o.conv(x, ws, wr, bias, d, kin=39, stats=True),
+        "conv input gradient": lambda o: o.conv(x, ws, wr, None, -d, kin=39, out=dy.clone()),
+        "weight gradient": lambda o: o.wgrad(x, dy, d, kin=39),
+        "batch norm + ReLU": lambda o: o.bn_relu(a2, mean, scale, shift),
+        "gate": lambda o: o.gate_fwd(x, a2, mean, scale, shift),
+        "gate backward": lambda o: o.gate_bwd(dy, dlev, x, s.clone(), a2, mean, scale, shift, mscale),
+        "ReLU backward": lambda o: o.relu_bwd(dy.clone(), h, a2, mean, mscale),
+        "batch norm backward": lambda o: o.bn_bwd(dy.clone(), a2, mean, wr[0], wr[1], wr[2]),
+    }
+    for name, step in checks.items():
+        for u, v in zip(step(a), step(b)):
+            if u is not None and not torch.allclose(u.double(), v.double(), rtol=1e-4, atol=1e-3):
+                return name
+    return None
 
 
 # -- parameters in the fast layout --------------------------------------------------------------------
@@ -205,7 +253,7 @@ class _Layer:
     bias: torch.Tensor
     gamma: torch.Tensor
     beta: torch.Tensor
-    running: tuple  # the module's (running_mean, running_var) buffers, updated in place
+    running: tuple  # the module's (running_mean, running_var, num_batches_tracked), updated in place
     mscale: torch.Tensor  # (B, cp) dropout scale per utterance and channel (ones without dropout)
     a: torch.Tensor | None = None  # conv output
     mean: torch.Tensor | None = None
@@ -224,6 +272,7 @@ class _Layer:
             with torch.no_grad():
                 self.running[0].lerp_(mean64[:c].to(self.running[0]), BN_MOMENTUM)
                 self.running[1].lerp_((var64[:c] * (n / max(n - 1, 1))).to(self.running[1]), BN_MOMENTUM)
+                self.running[2].add_(1)  # as nn.BatchNorm1d counts, so checkpoints agree
             mean, var = mean64.to(a.dtype), var64.to(a.dtype)
         else:
             mean, var = _vec(self.running[0], cp).to(a.dtype), _vec(self.running[1], cp, 1.0).to(a.dtype)
@@ -240,7 +289,7 @@ def _layers(blk, cp: int, masks) -> list[_Layer]:
         w = conv.weight
         out.append(_Layer(ws=_mat(w[:, :, 0], cp), wr=_mat(w[:, :, 1], cp), bias=_vec(conv.bias, cp),
                           gamma=_vec(bn.weight, cp), beta=_vec(bn.bias, cp),
-                          running=(bn.running_mean, bn.running_var), mscale=m))
+                          running=(bn.running_mean, bn.running_var, bn.num_batches_tracked), mscale=m))
     return out
 
 
@@ -341,12 +390,17 @@ def _draw_masks(model: TIMNet, bsz: int, cp: int, like: torch.Tensor, training: 
     return masks
 
 
+_POOL: list = []
+
+
 def _parallel(fns) -> list:
     """Run the two streams at once where there are threads to spare (the kernels release the GIL)."""
     if torch.get_num_threads() < 2:
         return [f() for f in fns]
-    with ThreadPoolExecutor(len(fns)) as pool:
-        return [f.result() for f in [pool.submit(fn) for fn in fns]]
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(2, thread_name_prefix="timnet-stream"))
+    futures = [_POOL[0].submit(fn) for fn in fns]
+    return [f.result() for f in futures]
 
 
 def _params(model: TIMNet) -> list[torch.nn.Parameter]:
@@ -364,7 +418,7 @@ class _Trunk(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, model, *params):
-        streams, levels = _run_streams(model, x, training=True)
+        streams, levels = _run_streams(model, x, training=True, keep=True)
         cfg = model.config
         ctx.streams, ctx.shape = streams, (x.shape[1], cfg.n_filters, cfg.dilations)
         return levels
@@ -392,7 +446,7 @@ class _Trunk(torch.autograd.Function):
         return (None, None, *[o.to(dtype) for o in out])
 
 
-def _run_streams(model: TIMNet, x: torch.Tensor, *, training: bool) -> tuple[list[_Stream], torch.Tensor]:
+def _run_streams(model: TIMNet, x: torch.Tensor, *, training: bool, keep: bool) -> tuple[list[_Stream], torch.Tensor]:
     """Both streams on x (B, T, F): (the streams, holding what their backward needs when training;
     level means (B, n, C)). Batch statistics and dropout when training, running statistics else."""
     bsz, t, _ = x.shape
@@ -403,8 +457,8 @@ def _run_streams(model: TIMNet, x: torch.Tensor, *, training: bool) -> tuple[lis
     streams = [_Stream(ops, model.forward_in, model.forward_blocks, masks[0], cp),
                _Stream(ops, model.backward_in, model.backward_blocks, masks[1], cp)]
     xr = x.flip(1).contiguous()  # the backward stream reads the utterance reversed
-    lf, lb = _parallel([lambda: streams[0].forward(x.contiguous(), training=training, keep=training),
-                        lambda: streams[1].forward(xr, training=training, keep=training)])
+    lf, lb = _parallel([lambda: streams[0].forward(x.contiguous(), training=training, keep=keep),
+                        lambda: streams[1].forward(xr, training=training, keep=keep)])
     return streams, (torch.stack(lf, 1) + torch.stack(lb, 1))[:, :, : cfg.n_filters] / t
 
 
@@ -419,12 +473,9 @@ def fused_features(model: TIMNet, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"the fast path needs kernel_size 2; this model has {model.config.kernel_size}")
     if model.training and torch.is_grad_enabled():
         levels = _Trunk.apply(x, model, *_params(model))
-    elif model.training:
-        with torch.enable_grad():  # batch statistics and dropout without building a graph
-            levels = _Trunk.apply(x, model, *_params(model)).detach()
-    else:
+    else:  # inference, or batch statistics and dropout with no graph to keep
         with torch.no_grad():
-            levels = _run_streams(model, x, training=False)[1]
+            levels = _run_streams(model, x, training=model.training, keep=False)[1]
     return torch.einsum("bnc,n->bc", levels, model.fusion)
 
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import TimnetError
+
 # Keras BatchNormalization defaults, which the authors' weights were trained with:
 # moving = 0.99 * moving + 0.01 * batch, and epsilon 1e-3 inside the square root.
 BN_MOMENTUM = 0.01
@@ -27,6 +29,13 @@ class TIMNetConfig:
     dilations: int = 8  # temporal-aware blocks per direction; block j has dilation 2**j
     dropout: float = 0.1  # spatial dropout: whole channels
     n_classes: int = 7
+
+    def __post_init__(self):
+        for name in ("n_features", "n_filters", "kernel_size", "dilations", "n_classes"):
+            if getattr(self, name) < 1:
+                raise TimnetError(f"model {name} {getattr(self, name)} invalid; expected a positive number")
+        if not 0 <= self.dropout < 1:
+            raise TimnetError(f"dropout {self.dropout} invalid; expected 0 <= p < 1")
 
 
 class CausalConv1d(nn.Conv1d):

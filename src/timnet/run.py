@@ -86,6 +86,8 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, results: 
     if run_file.is_file():
         try:
             previous = read_identity(run_dir)
+            # legacy defaults only stand in for keys this kind of run has (all-data runs have fewer)
+            previous = {k: v for k, v in previous.items() if k in identity or k not in LEGACY_IDENTITY}
         except TimnetError:
             previous = None
         if previous == identity:
@@ -198,7 +200,8 @@ class Run:
             result = {"fold": k, "val_war": v["war"], "val_uar": v["uar"], "val_loss": v["loss"], "n_val": len(va)}
         chosen = state.best["epoch"] if (self.config.select == "best-val" and state.best) else state.epoch
         result.update(epoch=chosen, epochs_run=state.epoch, stopped_early=state.stopped_early,
-                      seconds=round(time.perf_counter() - t0, 2), **({"worker": worker} if worker else {}))
+                      seconds=round(time.perf_counter() - t0, 2), arithmetic=state.arithmetic,
+                      **({"worker": worker} if worker else {}))
         save_checkpoint(fdir / "model.pt", model, feature_config=self.fs.config, labels=self.fs.labels,
                         corpus=self.fs.corpus, extra={
                             "fold": k, "n_samples": len(self.fs), "seed": self.seed, "split": self.split,
@@ -256,9 +259,10 @@ def _figures(result: dict) -> str:
 def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
     """Train the unfinished folds of several runs (seeds, trials) on one backend; one summary per run."""
     results = [run.done_results() for run in runs]
+    names = [f"{run.dir.name} " if len(runs) > 1 else "" for run in runs]
     tasks = []
     for ri, run in enumerate(runs):
-        name = "" if len(runs) == 1 else f"{run.dir.name} "
+        name = names[ri]
         for k in range(1, run.folds_n + 1):
             if k in results[ri]:
                 log(f"{name}fold {k}/{run.folds_n}: done before, kept ({_figures(results[ri][k])})")
@@ -268,8 +272,7 @@ def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callab
         for (ri, k), result in backend.map(runs, tasks, bar.epoch):
             results[ri][k] = result
             bar.finished((ri, k))
-            name = "" if len(runs) == 1 else f"{runs[ri].dir.name} "
-            bar.write(f"{name}fold {k}/{runs[ri].folds_n}: {_figures(result)}  "
+            bar.write(f"{names[ri]}fold {k}/{runs[ri].folds_n}: {_figures(result)}  "
                       f"(epoch {result['epoch']} of {result['epochs_run']}, {result['seconds']:.0f} s)", log)
     return [run.write_summary(res) for run, res in zip(runs, results)]
 
@@ -277,17 +280,21 @@ def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callab
 SEEDS_FILE = "seeds.json"
 
 
-def seed_runs(fs: FeatureSet, run_dir: str | Path, *, seeds: list[int], overwrite: bool = False, **kwargs) -> list[Run]:
-    """One prepared Run per seed: RUN_DIR itself for one seed, RUN_DIR/seed_<s> for several.
+def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path, int], Run],
+              overwrite: bool = False) -> list[Run]:
+    """One prepared Run per seed, made by make_run(folder, seed): RUN_DIR itself for one seed,
+    RUN_DIR/seed_<s> for several.
 
     Several seeds give several fold splits (random split) and initialisations; their runs resume
     independently, and `summarize_seeds` reports the spread across them.
     """
     run_dir = Path(run_dir)
+    if not seeds:
+        raise TimnetError("--seeds: expected at least one seed, e.g. 46,47,48")
     if len(seeds) != len(set(seeds)):
         raise TimnetError(f"--seeds {','.join(map(str, seeds))}: a seed is repeated")
     if len(seeds) == 1:
-        runs = [Run(fs, run_dir, seed=seeds[0], **kwargs)]
+        runs = [make_run(run_dir, seeds[0])]
     else:
         if (run_dir / RUN_FILE).is_file() and not overwrite:
             raise TimnetError(f"{run_dir} holds a single-seed run; use another RUN_DIR for --seeds (or --overwrite)")
@@ -296,11 +303,10 @@ def seed_runs(fs: FeatureSet, run_dir: str | Path, *, seeds: list[int], overwrit
         if foreign and not overwrite:
             raise TimnetError(f"{run_dir} holds files that are not seed runs ({', '.join(sorted(foreign)[:3])}); "
                               "expected an empty or new folder (or --overwrite)")
-        if foreign:
-            for name in foreign:
-                target = run_dir / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-        runs = [Run(fs, run_dir / f"seed_{s}", seed=s, **kwargs) for s in seeds]
+        for name in foreign:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        runs = [make_run(run_dir / f"seed_{s}", s) for s in seeds]
     for run in runs:
         run.resumed = run.prepare(overwrite=overwrite)
     return runs
@@ -346,7 +352,9 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
                 "features_fingerprint": features_fingerprint(fs), "seed": seed, "train_config": asdict(config),
                 "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads,
                 "device": torch.device(device).type, "path": resolve_path(path, device)}
-    prepare_run_dir(out_dir, identity, overwrite=overwrite, results=("state.pt", "model.pt", "history.csv"))
+    resumed = prepare_run_dir(out_dir, identity, overwrite=overwrite, results=("state.pt", "model.pt", "history.csv"))
+    if resumed and (out_dir / "model.pt").is_file() and not (out_dir / "state.pt").exists():
+        return out_dir / "model.pt"  # finished before: the same command does not train it again
     torch.set_num_threads(threads)
     tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed)
     bar = tqdm(total=config.epochs, desc="all data", unit="ep", disable=not progress)

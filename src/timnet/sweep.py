@@ -11,8 +11,8 @@ SPACE (YAML or JSON) maps a parameter to a value or a distribution; data only, n
 Parameters are the fields of TrainConfig and the network's `dropout`. Every grid point is combined
 with `trials` random draws (seeded: the same trials on any backend). Each trial is a
 cross-validated run whose folds carve a validation set from their training part and are scored on
-it alone (`Run(evaluate_test=False)`); the objective is the mean validation UAR over folds. Only
-when every trial is done is the best trial's fold models evaluated on their test folds, once.
+it alone (`Run(evaluate_test=False)`). Only when every trial is done are test folds read: each
+fold's test split once, by the trial that did best on that fold's validation share (see run_sweep).
 """
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ import json
 import math
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .errors import TimnetError
-from .evaluate import evaluate, fold_models, summarize
+from .checkpoint import load_checkpoint
+from .evaluate import FoldModel, evaluate, summarize
 from .features import FeatureSet
 from .run import Run, _write_csv, execute_runs
 from .train import TrainConfig
@@ -36,7 +38,9 @@ KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
 
 
 def train_params() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(TrainConfig))
+    """TrainConfig fields a space may set: not the recipe label (a preset is not a value) nor the
+    validation share (trials must be scored on the same validation data)."""
+    return tuple(f.name for f in fields(TrainConfig) if f.name not in ("recipe", "val_fraction"))
 
 
 def load_space(path: str | Path) -> dict:
@@ -124,23 +128,25 @@ def sample_trials(space: dict, *, trials: int, seed: int) -> list[dict]:
     return out
 
 
-def trial_runs(fs: FeatureSet, sweep_dir: str | Path, params_list: list[dict], *, base: TrainConfig,
-               overwrite: bool = False, names: list[str] | None = None, **run_kwargs) -> list[Run]:
+RunFactory = Callable[[Path, TrainConfig, dict], Run]  # (folder, training config, model overrides) -> Run
+
+
+def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainConfig, make_run: RunFactory,
+               overwrite: bool = False, names: list[str] | None = None) -> list[Run]:
     """One prepared validation-only Run per parameter set, in SWEEP_DIR/trial_NNN (or SWEEP_DIR/<name>)."""
     runs = []
     types = {f.name: type(getattr(base, f.name)) for f in fields(TrainConfig)}
     types["patience"] = int  # its default is None
     for i, params in enumerate(params_list, start=1):
-        params = {k: _cast(v, types.get(k, float)) for k, v in params.items()}
-        train = {k: v for k, v in params.items() if k in train_params()}
-        model = {k: v for k, v in params.items() if k in MODEL_PARAMS}
-        try:
-            config = replace(base, **train)
-        except (TypeError, TimnetError) as e:
-            raise TimnetError(f"trial {i} ({params}): {e}") from None
         folder = names[i - 1] if names else f"trial_{i:03d}"
-        run = Run(fs, Path(sweep_dir) / folder, config=config, model_overrides=model,
-                  evaluate_test=False, **run_kwargs)
+        try:
+            params = {k: _cast(v, types.get(k, float)) for k, v in params.items()}
+            config = replace(base, **{k: v for k, v in params.items() if k in train_params()})
+            run = make_run(Path(sweep_dir) / folder, config, {k: v for k, v in params.items() if k in MODEL_PARAMS})
+        except (TypeError, TimnetError) as e:
+            raise TimnetError(f"{folder} ({params}): {e}") from None
+        if run.evaluate_test:
+            raise TimnetError("trial runs must be validation-only (Run(evaluate_test=False))")  # a caller's bug
         run.params = params
         run.prepare(overwrite=overwrite)
         runs.append(run)
@@ -148,25 +154,36 @@ def trial_runs(fs: FeatureSet, sweep_dir: str | Path, params_list: list[dict], *
 
 
 def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int, base: TrainConfig, backend,
-              seed: int, progress: bool = True, log=print, overwrite: bool = False, **run_kwargs) -> dict:
-    """Train every trial's folds (validation only), pick the best mean validation UAR, test it once."""
+              seed: int, make_run: RunFactory, progress: bool = True, log=print, overwrite: bool = False) -> dict:
+    """Train every trial's folds on validation data only; then, for each fold, the trial with the best
+    validation UAR on *that fold's* validation share is evaluated on that fold's test split, once.
+
+    Choosing per fold keeps the test estimate clean: a single choice by the mean over folds would
+    rest on validation shares of other folds, which hold this fold's test utterances. The trial
+    with the best mean validation UAR is reported as the configuration to train a final model with.
+    """
     sweep_dir = Path(sweep_dir)
     if base.val_fraction == 0:
         raise TimnetError("a sweep scores trials on validation data: give --val-fraction (e.g. 0.2)")
     params_list = sample_trials(space, trials=trials, seed=seed)
-    runs = trial_runs(fs, sweep_dir, params_list, base=base, overwrite=overwrite, seed=seed, **run_kwargs)
+    runs = trial_runs(sweep_dir, params_list, base=base, make_run=make_run, overwrite=overwrite)
     summaries = execute_runs(runs, backend=backend, progress=progress, log=log)
     table = [{"trial": run.dir.name, **run.params, "val_uar": s["mean_val_uar"], "val_uar_std": s["std_val_uar"],
               "val_war": s["mean_val_war"]} for run, s in zip(runs, summaries)]
     best = max(range(len(runs)), key=lambda i: table[i]["val_uar"])  # first of equals: a fixed rule
-    chosen = runs[best]
-    # Only now, with the configuration chosen on validation data, are test folds read.
-    models = fold_models(chosen.dir, fs, folds=chosen.folds_n, seed=chosen.seed, split=chosen.split)
-    results, _ = evaluate(fs, models)
-    test = summarize(results, corpus=fs.corpus, labels=fs.labels, split=chosen.split, seed=chosen.seed)
-    out = {"space": space, "trials": table, "best": {"trial": chosen.dir.name, "params": chosen.params,
-                                                     "val_uar": table[best]["val_uar"],
-                                                     "train_config": asdict(chosen.config)},
+    # Only now, every choice made on validation data, are test folds read: one model per fold.
+    results = []
+    for k in range(1, runs[0].folds_n + 1):
+        per_trial = [next(f for f in s["folds"] if f["fold"] == k)["val_uar"] for s in summaries]
+        pick = max(range(len(runs)), key=lambda i: per_trial[i])
+        model, ckpt = load_checkpoint(runs[pick].fold_dir(k) / "model.pt")
+        test_idx = np.asarray(ckpt["extra"]["test_idx"], dtype=np.int64)
+        result, _ = evaluate(fs, [FoldModel(k, model, test_idx)])
+        results.append({**result[0], "trial": runs[pick].dir.name, "val_uar": per_trial[pick]})
+    test = summarize(results, corpus=fs.corpus, labels=fs.labels, split=runs[0].split, seed=runs[0].seed)
+    out = {"space": space, "trials": table,
+           "best": {"trial": runs[best].dir.name, "params": runs[best].params, "val_uar": table[best]["val_uar"],
+                    "train_config": asdict(runs[best].config)},
            "test": test}
     _write_csv(sweep_dir / "trials.csv", table)
     write_json(sweep_dir / "sweep.json", out)
@@ -194,8 +211,10 @@ def format_sweep(out: dict) -> str:
         mark = "  <- best" if row["trial"] == out["best"]["trial"] else ""
         lines.append(f"{row['trial']:<10} {vals} {row['val_uar']:>9.4f} {row['val_war']:>9.4f}{mark}")
     t = out["test"]
-    lines += ["", f"chosen on validation: {out['best']['trial']}; its test folds, evaluated once: "
-                  f"WAR {t['mean_war']:.4f} +- {t['std_war']:.4f}, UAR {t['mean_uar']:.4f} +- {t['std_uar']:.4f}"]
+    picks = ", ".join(f"{f['fold']}: {f['trial']}" for f in t["folds"])
+    lines += ["", f"configuration for a final model (best mean validation UAR): {out['best']['trial']}",
+              f"test folds, each evaluated once with the trial its own validation share chose ({picks}):",
+              f"WAR {t['mean_war']:.4f} +- {t['std_war']:.4f}, UAR {t['mean_uar']:.4f} +- {t['std_uar']:.4f}"]
     return "\n".join(lines)
 
 
