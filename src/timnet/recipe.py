@@ -96,10 +96,11 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         self.steps += 1
         w = (1 - self.decay) / (1 - self.decay**self.steps)  # 1 at the first step
-        for e, m in zip(self.model.state_dict().values(), model.state_dict().values()):
-            if e.dtype.is_floating_point:
-                e.lerp_(m, w)
-            else:
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        floats = [(e, m) for e, m in pairs if e.dtype.is_floating_point]
+        torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], w)  # one call, ~230 tensors
+        for e, m in pairs:
+            if not e.dtype.is_floating_point:
                 e.copy_(m)
 
     def state_dict(self) -> dict:
