@@ -55,3 +55,14 @@ def test_ray_needs_an_address_that_answers(features, tmp_path):
                            "--address", "127.0.0.1:1"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert done.stderr.strip() == "timnet: error: --address 127.0.0.1:1: no Ray cluster answers there (Connection refused)"
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--device", "cuda"], "--device cuda with --backend ray: Ray chooses each fold's device"),
+    (["--workers", "2"], "--workers is for the local backend"),
+])
+def test_ray_refuses_local_only_options(features, tmp_path, extra, message):
+    done = subprocess.run([*TIMNET, "train", str(features), "-o", str(tmp_path / "r"), *ARGS, "--backend", "ray",
+                           *extra], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

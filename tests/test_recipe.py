@@ -1,5 +1,6 @@
 """Training recipes: the paper's untouched, the strong one's pieces, resume, and no test access."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,13 @@ def test_paper_recipe_is_the_default_and_changes_nothing():
     assert all(learning_rate(TrainConfig(), s, 8) == 1e-3 for s in (0, 7, 3999))
 
 
-def test_strong_preset_and_overrides():
+def test_strong_preset_and_overrides(monkeypatch):
+    # the preset is the candidate benchmarks/recipe_selection.py evaluates as "ema+aug"
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import recipe_selection
+
+    strong = recipe_config("strong")
+    assert {k: getattr(strong, k) for k in recipe_selection.CANDIDATES["ema+aug"]} == recipe_selection.CANDIDATES["ema+aug"]
     c = recipe_config("strong", epochs=7)
     assert c.recipe == "strong" and c.epochs == 7 and c.ema_decay > 0
     with pytest.raises(TimnetError, match="--recipe 'fancy' unknown"):

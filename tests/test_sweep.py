@@ -23,6 +23,10 @@ def test_sample_trials_grid_times_draws_seeded():
     assert a != sweep_mod.sample_trials(space, trials=3, seed=8)
     assert sorted({t["label_smoothing"] for t in a}) == [0.0, 0.1]
     assert all(1e-4 <= t["lr"] <= 1e-2 and t["batch_size"] in (16, 32) and t["epochs"] == 3 for t in a)
+    # nothing random: one trial per grid point, however many draws were asked for
+    grid_only = {"ema_decay": {"grid": [0.0, 0.999]}, "epochs": 3}
+    assert sweep_mod.sample_trials(grid_only, trials=8, seed=7) == [{"ema_decay": 0.0, "epochs": 3},
+                                                                    {"ema_decay": 0.999, "epochs": 3}]
 
 
 @pytest.mark.parametrize("space,message", [

@@ -158,6 +158,9 @@ def test_run_dir_contents(tmp_path):
     ck = torch.load(tmp_path / "r" / "fold_01" / "model.pt", weights_only=True)
     tr, va, te = (set(ck["extra"][k]) for k in ("train_idx", "val_idx", "test_idx"))
     assert not (tr & va) and not (tr & te) and not (va & te) and len(tr | va | te) == len(fs)
+    # speaker folds validate on speakers the fold neither trains nor tests on: 4 training speakers -> 1
+    spk = {k: set(fs.speakers[sorted(v)]) for k, v in (("tr", tr), ("va", va), ("te", te))}
+    assert len(spk["va"]) == 1 and not spk["va"] & (spk["tr"] | spk["te"])
     header = (tmp_path / "r" / "fold_01" / "history.csv").read_text().splitlines()[0]
     assert header == "epoch,loss,acc,val_loss,val_war,val_uar"
     assert (tmp_path / "r" / "results.csv").read_text().count("\n") == 3 + 1 + 2
@@ -287,3 +290,18 @@ def test_all_data_model_resumes_and_is_kept(tmp_path):
     stamp = (tmp_path / "res" / "model.pt").stat().st_mtime_ns
     again = all_data(tmp_path / "res")  # finished: kept, not trained again
     assert again.returncode == 0 and (tmp_path / "res" / "model.pt").stat().st_mtime_ns == stamp
+
+
+def test_all_data_dropout_and_best_val_epoch(tmp_path):
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    out = tmp_path / "m"
+    done = subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(out), "--all-data",
+                           "--epochs", "4", "--batch-size", "16", "--threads", "1", "-q", "--dropout", "0.3",
+                           "--val-fraction", "0.3", "--select", "best-val"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ck = torch.load(out / "model.pt", weights_only=True)
+    assert ck["model_config"]["dropout"] == 0.3
+    rows = (out / "history.csv").read_text().splitlines()[1:]
+    uars = [float(r.split(",")[-1]) for r in rows]
+    # the checkpoint names the epoch its weights come from: the first with the best validation UAR
+    assert ck["extra"]["epoch"] == uars.index(max(uars)) + 1

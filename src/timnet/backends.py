@@ -193,7 +193,11 @@ class RayBackend:
         ray = self.connect()
         from ray.util.queue import Empty, Queue
 
-        queue = Queue(actor_options={"num_cpus": 0})
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # The progress queue lives on the driver's node: a lost worker node must not take it along.
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         remote = ray.remote(_ray_task).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries)
         runs_ref = ray.put(runs)  # one copy of the features in the object store, not one per task
         pending = {remote.remote(runs_ref, task, queue): task for task in tasks}
@@ -203,8 +207,8 @@ class RayBackend:
                 while True:
                     try:
                         task, row = queue.get_nowait()
-                    except Empty:
-                        break
+                    except (Empty, ray.exceptions.RayError):
+                        break  # no news; a lost queue costs the progress display, not the run
                     on_epoch(task, row)
                 for ref in done:
                     task = pending.pop(ref)
@@ -217,7 +221,10 @@ class RayBackend:
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
-            ray.kill(queue.actor)
+            try:
+                ray.kill(queue.actor)
+            except ray.exceptions.RayError:
+                pass
 
 
 def _check_reachable(address: str) -> None:

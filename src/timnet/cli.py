@@ -131,6 +131,11 @@ def _execution(args, folds_at_once: int):
     cores = os.cpu_count() or 1
     if args.backend == "ray":
         # Ray places each fold on a node with these resources; torch uses the CPUs it was given.
+        if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda") != (args.gpus_per_fold > 0):
+            raise TimnetError(f"--device {args.device} with --backend ray: Ray chooses each fold's device; "
+                              "give --gpus-per-fold G (> 0 trains on CUDA) and leave --device out")
+        if args.workers is not None:
+            raise TimnetError("--workers is for the local backend; with --backend ray, --cpus-per-fold sets how folds share nodes")
         device = "cuda" if args.gpus_per_fold > 0 else "cpu"
         threads = args.threads if args.threads is not None else max(1, int(args.cpus_per_fold))
         workers = 1
@@ -148,6 +153,11 @@ def _execution(args, folds_at_once: int):
     return config, device, threads, backend
 
 
+def _model_overrides(args) -> dict:
+    """Network settings given on the command line (the rest are the corpus's, SPEC.md §3)."""
+    return {"dropout": args.dropout} if args.dropout is not None else {}
+
+
 def cmd_train(args) -> int:
     from .evaluate import format_report
     from .features import load_features
@@ -158,16 +168,18 @@ def cmd_train(args) -> int:
     if args.all_data and (len(seeds) > 1 or args.backend != "local"):
         raise TimnetError("--all-data trains one model here: give one --seed and the local backend")
     config, device, threads, backend = _execution(args, args.folds)
+    model_overrides = _model_overrides(args)
     if args.all_data:
         path = train_all_data(fs, args.output, config=config, seed=seeds[0], threads=args.threads or os.cpu_count() or 1,
-                              device=device, path=args.path, overwrite=args.overwrite, progress=not args.quiet)
+                              device=device, path=args.path, overwrite=args.overwrite, progress=not args.quiet,
+                              model_overrides=model_overrides)
         print(f"trained one model on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
         return 0
     features_path = str(Path(args.features).resolve())
 
     def make_run(folder: Path, seed: int) -> Run:
         return Run(fs, folder, config=config, folds=args.folds, seed=seed, split=args.split, threads=threads,
-                   device=device, path=args.path, features_path=features_path)
+                   device=device, path=args.path, features_path=features_path, model_overrides=model_overrides)
 
     runs = seed_runs(args.output, seeds=seeds, make_run=make_run, overwrite=args.overwrite)
     for run in runs:
@@ -209,10 +221,12 @@ def cmd_sweep(args) -> int:
     seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
     features_path = str(Path(args.features).resolve())
 
+    base_overrides = _model_overrides(args)
+
     def make_run(folder: Path, trial_config, model_overrides: dict) -> Run:
         return Run(fs, folder, config=trial_config, folds=args.folds, seed=seed, split=args.split, threads=threads,
-                   device=device, path=args.path, features_path=features_path, model_overrides=model_overrides,
-                   evaluate_test=False)
+                   device=device, path=args.path, features_path=features_path,
+                   model_overrides={**base_overrides, **model_overrides}, evaluate_test=False)
 
     out = run_sweep(fs, args.output, space=space, trials=args.trials, base=config, backend=backend, seed=seed,
                     make_run=make_run, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
@@ -334,11 +348,13 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
     s.add_argument("--split", choices=SPLITS, default="random", help="random: the paper's utterance-level KFold; speaker: no speaker on both sides")
     s.add_argument("--recipe", choices=RECIPE_NAMES, default="paper",
-                   help="paper: SPEC.md's protocol (default); strong: timnet's recipe chosen on validation data "
-                        "(see README); the options below override single values")
+                   help="paper: SPEC.md's protocol (default); strong: EMA of the weights, time shift and masks, "
+                        "300 epochs (provisional, its validation-only selection is not finished: see README); "
+                        "the options below override single values")
     for name, (typ, text) in RECIPE_OPTIONS.items():
         choices = SCHEDULES if name == "lr_schedule" else None
         s.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, choices=choices, help=text)
+    s.add_argument("--dropout", type=float, default=None, help="spatial dropout of the temporal-aware blocks (default 0.1)")
     s.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     s.add_argument("--val-fraction", type=float, default=val_fraction,
                    help=f"stratified validation share carved from each fold's training part (default {val_fraction})")
@@ -420,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--space", required=True, metavar="SPACE.yaml",
                    help="parameters to search: values or {choice|uniform|loguniform|randint|grid: [...]} (YAML or JSON)")
     s.add_argument("-o", "--output", required=True, metavar="SWEEP_DIR", help="sweep folder: trial_NNN runs, trials.csv, sweep.json")
-    s.add_argument("--trials", type=int, default=8, help="random draws per grid point (default 8)")
+    s.add_argument("--trials", type=int, default=8, help="random draws per grid point (default 8); identical draws run once")
     s.add_argument("--seed", type=int, default=None, help="seed of the draws, folds and initialisations (default: the paper seed)")
     _training_options(s, val_fraction=0.2)
     s.add_argument("--json", default=None, metavar="PATH", help="also write the sweep's JSON here")

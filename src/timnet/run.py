@@ -38,7 +38,7 @@ from .utils import atomic_write, write_json
 
 RUN_FILE = "run.json"
 # Identity keys added after a run format was first written, with the value older runs implied.
-LEGACY_IDENTITY = {"device": "cpu", "path": "reference", "evaluate_test": True}
+LEGACY_IDENTITY = {"device": "cpu", "path": "reference", "evaluate_test": True, "val_split": "stratified"}
 
 
 def features_fingerprint(fs: FeatureSet) -> str:
@@ -155,6 +155,8 @@ class Run:
             "path": resolve_path(path, device),
             # False for the trials of a sweep: folds are scored on validation data only
             "evaluate_test": evaluate_test,
+            # speaker folds validate on held-out speakers too (selection scored as the test will be)
+            "val_split": "speaker" if split == "speaker" and config.val_fraction > 0 else "stratified",
         }
         self.threads, self.device, self.path = threads, device, self.identity["path"]
         self.features_path = features_path
@@ -179,7 +181,8 @@ class Run:
         fdir = self.fold_dir(k)
         fdir.mkdir(parents=True, exist_ok=True)
         seed = fold_seed(self.seed, k)
-        tr, va = validation_split(train_idx, self.fs.y, fraction=self.config.val_fraction, seed=seed)
+        tr, va = validation_split(train_idx, self.fs.y, fraction=self.config.val_fraction, seed=seed,
+                                  groups=self.fs.speakers if self.identity["val_split"] == "speaker" else None)
         torch.set_num_threads(self.threads)
         with warnings.catch_warnings():
             # Ray hands workers a read-only view of its shared copy; it is only ever read here
@@ -336,7 +339,7 @@ def write_seed_summary(run_dir: str | Path, summary: dict) -> None:
 
 def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, seed: int | None = None,
                    threads: int = 1, device: str = "cpu", path: str = "auto", overwrite: bool = False,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, model_overrides: dict | None = None) -> Path:
     """Train one model on every sample (the recipe's deployable model; it has no test score).
 
     Cross-validation estimates how well the recipe generalises; this model, trained the same
@@ -347,7 +350,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
 
     seed = seed if seed is not None else defaults_for(fs.corpus)[0]
     out_dir = Path(out_dir)
-    model_config = model_config_for(fs)
+    model_config = replace(model_config_for(fs), **(model_overrides or {}))
     identity = {"corpus": fs.corpus, "labels": list(fs.labels), "n_samples": len(fs), "all_data": True,
                 "features_fingerprint": features_fingerprint(fs), "seed": seed, "train_config": asdict(config),
                 "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads,
@@ -368,7 +371,9 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
                               on_epoch=on_epoch, device=device, path=identity["path"])
     bar.close()
     path = save_checkpoint(out_dir / "model.pt", model, feature_config=fs.config, labels=fs.labels, corpus=fs.corpus,
-                           extra={"all_data": True, "n_samples": len(fs), "seed": seed, "epoch": state.epoch,
+                           extra={"all_data": True, "n_samples": len(fs), "seed": seed,
+                                  # the epoch whose weights these are (best-val keeps an earlier one)
+                                  "epoch": state.best["epoch"] if config.select == "best-val" and state.best else state.epoch,
                                   "train_config": asdict(config), "train_idx": tr.tolist(), "val_idx": va.tolist()})
     _write_csv(out_dir / "history.csv", state.history)
     (out_dir / "state.pt").unlink(missing_ok=True)
@@ -387,6 +392,7 @@ class FoldProgress:
                         desc=f"{len(tasks)} folds", dynamic_ncols=True)
         self.status: dict = {}
         self.seen: dict = {}
+        self.done: set = set()
 
     def _label(self, task) -> str:
         return f"r{task[0] + 1}f{task[1]}" if self.named else f"f{task[1]}"
@@ -396,15 +402,19 @@ class FoldProgress:
         shown = f"ep {row['epoch']} loss {row['loss']:.3f}"
         if "val_uar" in row:
             shown += f" val_uar {row['val_uar']:.3f}"
+        if task in self.done:
+            return  # Ray delivers epoch news without waiting: some arrive after the fold's result
         self.status[task] = shown
-        self.bar.update(row["epoch"] - self.seen.get(task, 0))
-        self.seen[task] = row["epoch"]
+        # a fold retried from its snapshot repeats epochs: the bar never goes back
+        self.bar.update(max(row["epoch"] - self.seen.get(task, 0), 0))
+        self.seen[task] = max(row["epoch"], self.seen.get(task, 0))
         self.bar.set_postfix_str(" | ".join(f"{self._label(t)}: {v}" for t, v in sorted(self.status.items())),
                                  refresh=False)
 
     def finished(self, task) -> None:
         self.bar.update(self.epochs[task] - self.seen.get(task, 0))  # early stopping skips epochs
         self.seen[task] = self.epochs[task]
+        self.done.add(task)
         self.status.pop(task, None)
 
     def write(self, message: str, log: Callable[[str], None]) -> None:

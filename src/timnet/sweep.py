@@ -37,10 +37,15 @@ MODEL_PARAMS = ("dropout",)
 KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
 
 
+# Not searched: the recipe label (a preset is not a value), the validation share (trials must be
+# scored on the same data), and Adam's betas and epsilon (the paper's; `timnet train` cannot set
+# them, so a chosen value could not be trained into a final model).
+UNSEARCHED = ("recipe", "val_fraction", "beta1", "beta2", "adam_eps")
+
+
 def train_params() -> tuple[str, ...]:
-    """TrainConfig fields a space may set: not the recipe label (a preset is not a value) nor the
-    validation share (trials must be scored on the same validation data)."""
-    return tuple(f.name for f in fields(TrainConfig) if f.name not in ("recipe", "val_fraction"))
+    """TrainConfig fields a space may set: those `timnet train` has an option for."""
+    return tuple(f.name for f in fields(TrainConfig) if f.name not in UNSEARCHED)
 
 
 def load_space(path: str | Path) -> dict:
@@ -99,7 +104,11 @@ def check_space(space, *, source: str = "space") -> None:
 
 
 def sample_trials(space: dict, *, trials: int, seed: int) -> list[dict]:
-    """Parameter sets: the grid's product, each with `trials` seeded random draws of the rest."""
+    """Parameter sets: the grid's product, each with `trials` seeded random draws of the rest.
+
+    A set drawn twice (a grid with only fixed values, or a small `choice`) is kept once: a trial
+    is a whole cross-validated run, and the same seed would only repeat it.
+    """
     if trials < 1:
         raise TimnetError(f"--trials {trials} invalid; expected a positive number")
     rng = np.random.default_rng(seed)
@@ -124,7 +133,8 @@ def sample_trials(space: dict, *, trials: int, seed: int) -> list[dict]:
                     params[name] = float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
                 elif kind == "randint":
                     params[name] = int(rng.integers(args[0], args[1] + 1))
-            out.append(params)
+            if params not in out:
+                out.append(params)
     return out
 
 

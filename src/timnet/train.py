@@ -89,10 +89,17 @@ def recipe_config(name: str = "paper", **overrides) -> TrainConfig:
     return TrainConfig(**{**RECIPES.get(name, {}), "recipe": name, **overrides})  # TrainConfig checks the name
 
 
-def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split a fold's training indices into (train, validation), stratified by class."""
+def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, seed: int,
+                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split a fold's training indices into (train, validation), stratified by class.
+
+    With `groups` (speakers, for speaker-independent folds) whole speakers go to validation, so
+    that model selection is scored on unseen speakers, as the test fold will be.
+    """
     if fraction == 0:
         return train_idx, np.empty(0, dtype=np.int64)
+    if groups is not None:
+        return _group_validation_split(train_idx, groups, fraction=fraction, seed=seed)
     from sklearn.model_selection import StratifiedShuffleSplit
 
     labels = y[train_idx]
@@ -103,6 +110,19 @@ def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, s
     except ValueError as e:  # a class too small to appear on both sides
         raise TimnetError(f"--val-fraction {fraction}: cannot stratify this fold's training part ({e})") from None
     return np.sort(train_idx[tr]), np.sort(train_idx[va])
+
+
+def _group_validation_split(train_idx: np.ndarray, groups: np.ndarray, *, fraction: float,
+                            seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) with whole groups in validation: about `fraction` of the groups, at least one."""
+    names = np.unique(groups[train_idx])
+    if len(names) < 2:
+        raise TimnetError(f"--val-fraction {fraction}: a speaker-independent validation set needs at least two "
+                          f"training speakers; this fold has {len(names)}")
+    n_val = min(max(int(round(fraction * len(names))), 1), len(names) - 1)
+    chosen = np.random.default_rng(seed).choice(names, size=n_val, replace=False)
+    va = np.isin(groups[train_idx], chosen)
+    return np.sort(train_idx[~va]), np.sort(train_idx[va])
 
 
 @torch.no_grad()
@@ -126,23 +146,26 @@ class FoldState:
         self.stopped_early = False
 
     def to_dict(self) -> dict:
-        cuda = next(self.model.parameters()).is_cuda
+        device = next(self.model.parameters()).device
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
+            # the training GPU's generator (dropout masks), not the current device's
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "epoch": self.epoch, "history": self.history, "best": self.best,
             "since_best": self.since_best, "stopped_early": self.stopped_early,
             "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_dict(self, d: dict) -> None:
+        """Restore a snapshot; tensors may be on any device (model and optimizer copy to theirs)."""
         self.model.load_state_dict(d["model"])
         self.optimizer.load_state_dict(d["optimizer"])
-        self.generator.set_state(d["generator"])
-        torch.set_rng_state(d["torch_rng"])
+        # generator states must be CPU byte tensors, whatever map_location the snapshot was read with
+        self.generator.set_state(d["generator"].cpu())
+        torch.set_rng_state(d["torch_rng"].cpu())
         if d.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(d["cuda_rng"])
+            torch.cuda.set_rng_state(d["cuda_rng"].cpu(), next(self.model.parameters()).device)
         self.epoch, self.history, self.best = d["epoch"], d["history"], d["best"]
         self.since_best, self.stopped_early = d["since_best"], d["stopped_early"]
         if self.ema is not None:
@@ -216,7 +239,7 @@ def train_fold(
     state = FoldState(model, optimizer, torch.Generator().manual_seed(seed), ema)
     state.arithmetic = arithmetic
     if state_path is not None and state_path.is_file():
-        state.load_dict(torch.load(state_path, map_location=device, weights_only=False))
+        state.load_dict(torch.load(state_path, map_location="cpu", weights_only=False))
 
     # The whole training part lives on the device as one contiguous tensor: no per-step host copies.
     x_train, y_train = x[train_idx].to(device), y[train_idx].to(device)
