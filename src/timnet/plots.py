@@ -132,6 +132,7 @@ def tsne_embedding(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
     embedding hardly depends on the seed: the gradient descent itself is deterministic.
     """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or len(features) < 2 or not np.isfinite(features).all():
@@ -140,7 +141,10 @@ def tsne_embedding(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
     # sklearn demands perplexity < N; a third of N keeps tiny test sets (and the tests) working.
     perplexity = min(30.0, (len(features) - 1) / 3)
     tsne = TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity)
-    return tsne.fit_transform(features)
+    # One thread: a fold's few hundred points take a fraction of a second, while OpenMP threads
+    # spinning for cores that training runs hold made it a hundred times slower on a busy machine.
+    with threadpool_limits(1):
+        return tsne.fit_transform(features)
 
 
 def tsne_figure(features: np.ndarray, y: np.ndarray, labels: Sequence[str], *, seed: int = 0,
