@@ -158,14 +158,14 @@ class FoldState:
         }
 
     def load_dict(self, d: dict) -> None:
-        """Restore a snapshot; tensors may be on any device (model and optimizer copy to theirs)."""
+        """Restore a snapshot read onto the CPU (generator states must be CPU tensors; the model and
+        optimizer copy their tensors to their own device)."""
         self.model.load_state_dict(d["model"])
         self.optimizer.load_state_dict(d["optimizer"])
-        # generator states must be CPU byte tensors, whatever map_location the snapshot was read with
-        self.generator.set_state(d["generator"].cpu())
-        torch.set_rng_state(d["torch_rng"].cpu())
+        self.generator.set_state(d["generator"])
+        torch.set_rng_state(d["torch_rng"])
         if d.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(d["cuda_rng"].cpu(), next(self.model.parameters()).device)
+            torch.cuda.set_rng_state(d["cuda_rng"], next(self.model.parameters()).device)
         self.epoch, self.history, self.best = d["epoch"], d["history"], d["best"]
         self.since_best, self.stopped_early = d["since_best"], d["stopped_early"]
         if self.ema is not None:
