@@ -1,8 +1,18 @@
-"""Shared by the table scripts: run `timnet train` (resuming), read its JSON, format Markdown."""
+"""Shared by the table scripts: run `timnet train` (resuming), read its JSON, format Markdown, and
+keep the ledger of finished folds.
+
+The ledger (benchmarks/ledger/<table>/<run>/) holds the run.json and every finished fold's
+result.json of the runs behind RESULTS.md's tables: figures only, never weights or features.
+A table's compute (hours on two cores) can then be spread over several sessions or machines:
+`restore` puts the recorded folds back into a fresh RUN_DIR, where timnet resumes the run as it
+would its own (the identity in run.json must match exactly, else timnet refuses the folder),
+and trains only the folds missing; `record` copies the folds finished since.
+"""
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +39,7 @@ def train(features: str, run_dir: Path, *args: str) -> tuple[dict, float]:
     """`timnet train` (resumes a finished or interrupted run); (its JSON, wall seconds of this call)."""
     out = Path(str(run_dir) + ".json")
     t0 = time.time()
-    cmd = [timnet(), "train", features, "-o", str(run_dir), "--json", str(out), "-q", *args]
+    cmd = [timnet(), "train", features, "-o", str(run_dir), "--json", str(out), "-q", "--no-report", *args]
     print("$ " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
     if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
         raise SystemExit(1)  # timnet has said why on stderr
@@ -57,3 +67,40 @@ def write_json(path: str, obj) -> None:
 
 def pm(mean: float, std: float) -> str:
     return f"{mean:.4f} ± {std:.4f}"
+
+
+LEDGER = Path(__file__).parent / "ledger"
+
+
+def _run_files(run_dir: Path) -> list[Path]:
+    """run.json and the finished folds' result.json of a run (or of every seed_* run below it), relative."""
+    root = Path(run_dir)
+    return sorted(p.relative_to(root) for p in [*root.glob("**/run.json"), *root.glob("**/fold_*/result.json")])
+
+
+def restore(run_dir: Path, key: str) -> int:
+    """Copy the ledger's folds of `key` into run_dir where run_dir lacks them; the number of folds restored."""
+    src = LEDGER / key
+    if not src.is_dir():
+        return 0
+    n = 0
+    for rel in _run_files(src):
+        target = Path(run_dir) / rel
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / rel, target)
+            n += rel.name == "result.json"
+    if n:
+        print(f"ledger: {n} finished folds of {key} restored into {run_dir}", file=sys.stderr, flush=True)
+    return n
+
+
+def record(run_dir: Path, key: str) -> int:
+    """Copy run_dir's run.json and finished folds into the ledger under `key`; the number of folds recorded."""
+    n = 0
+    for rel in _run_files(run_dir):
+        target = LEDGER / key / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(run_dir) / rel, target)
+        n += rel.name == "result.json"
+    return n

@@ -8,20 +8,34 @@ on that share with the weights it ends with. These runs are validation-only: no 
 ever predicted (timnet.run.Run(evaluate_test=False)). The rule: the strong recipe is the
 candidate with the best mean validation UAR over the corpora, among those no worse than the
 paper's on either corpus.
+
+Validation shares are small (about 86 utterances per EMODB fold), so a mean can move by a few
+points by chance. The table therefore also gives each candidate's difference from the paper's
+recipe fold by fold (the same folds and validation shares): mean ± standard error over folds.
+Averaging candidates also score their own last weights, the pure effect of the averaging, and
+ensembles (`members`) their first member alone, which is the single-model recipe weight for
+weight: both differences are paired within one run (the same trainings, the same validation data).
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import sys
 import time
+from pathlib import Path
 
-from _common import pm, write_json
+import numpy as np
+import torch
+
+from _common import pm, record, restore, write_json
 from timnet.backends import LocalBackend
+from timnet.checkpoint import load_checkpoint
 from timnet.corpora import defaults_for
 from timnet.features import load_features
 from timnet.run import Run, execute_runs
 from timnet.sweep import trial_runs
-from timnet.train import TrainConfig
+from timnet.train import Member, TrainConfig
 
 AUG = {"time_shift": 20, "time_masks": 2, "time_mask_width": 20, "freq_masks": 2, "freq_mask_width": 4}
 CANDIDATES = {
@@ -30,6 +44,13 @@ CANDIDATES = {
     "ema+aug": {"epochs": 300, "ema_decay": 0.999, **AUG},
     "ema+aug+cosine": {"epochs": 300, "ema_decay": 0.999, "lr_schedule": "cosine", "warmup_epochs": 5, **AUG},
     "ema+aug+mixup": {"epochs": 300, "ema_decay": 0.999, "mixup_alpha": 0.2, **AUG},
+    # the paper's training exactly, its fold model the mean of the last 100 epochs' weights
+    "swa": {"swa_epochs": 100},
+    # the same with the augmentation above: its last weights are "augmentation, 500 epochs, no averaging"
+    "swa+aug": {"swa_epochs": 100, **AUG},
+    # members of the SWA recipe per fold, probabilities averaged; the first member is "swa" itself
+    "swa-x2": {"swa_epochs": 100, "members": 2},
+    "swa-x3": {"swa_epochs": 100, "members": 3},
 }
 
 
@@ -52,26 +73,86 @@ def main() -> int:
         return Run(fs, folder, config=config, folds=args.folds, seed=seed, threads=1, model_overrides=model_overrides,
                    evaluate_test=False)  # validation-only: no test fold is ever predicted
 
+    keys = {n: f"select_{fs.corpus.lower()}_{args.folds}folds_val{args.val_fraction}/{n}" for n in names}
+    for n in names:
+        restore(Path(args.runs) / n, keys[n])  # folds finished in earlier sessions (benchmarks/ledger)
     runs = trial_runs(args.runs, [CANDIDATES[n] for n in names], base=TrainConfig(val_fraction=args.val_fraction),
                       make_run=make_run, names=names)
+    for n, run in zip(names, runs):
+        reuse_first_member(run, CANDIDATES[n], Path(args.runs))
     summaries = execute_runs(runs, backend=LocalBackend(args.workers), progress=False,
                              log=lambda m: print(m, file=sys.stderr, flush=True))
+    for n, run in zip(names, runs):
+        record(run.dir, keys[n])
     wall = time.time() - t0
     print(f"### {fs.corpus}: validation UAR/WAR of candidate recipes ({args.folds} folds, seed {seed}, "
           f"{args.val_fraction:.0%} of each training part for validation)\n")
-    print("| candidate | epochs | validation UAR | validation WAR |")
-    print("|---|---:|---:|---:|")
+    print("| candidate | epochs | validation UAR | validation WAR | Δ UAR vs paper | its last weights' UAR "
+          "| Δ vs last | its first member's UAR | Δ vs first member |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    paper = dict(zip(names, summaries)).get("paper")
     rows = []
     for name, run, s in zip(names, runs, summaries):
+        uar = [f["val_uar"] for f in s["folds"]]
+        delta = paired(uar, [f["val_uar"] for f in paper["folds"]]) if paper is not None and name != "paper" else None
+        last = [f["val_uar_last"] for f in s["folds"] if "val_uar_last" in f]
+        single = [f["val_uar_single"] for f in s["folds"] if "val_uar_single" in f]
+        vs_last, vs_single = paired(uar, last) if last else None, paired(uar, single) if single else None
         rows.append({"candidate": name, "params": CANDIDATES[name], "epochs": run.config.epochs,
                      "val_uar": s["mean_val_uar"], "val_uar_std": s["std_val_uar"],
                      "val_war": s["mean_val_war"], "val_war_std": s["std_val_war"],
-                     "folds": [{k: f[k] for k in ("fold", "val_uar", "val_war", "n_val")} for f in s["folds"]]})
+                     "delta_uar_vs_paper": delta, "last_weights_val_uar": float(np.mean(last)) if last else None,
+                     "delta_uar_vs_last": vs_last, "first_member_val_uar": float(np.mean(single)) if single else None,
+                     "delta_uar_vs_first_member": vs_single,
+                     "folds": [{k: f[k] for k in ("fold", "val_uar", "val_war", "n_val", "val_uar_last", "val_uar_single")
+                                if k in f} for f in s["folds"]]})
         print(f"| {name} | {run.config.epochs} | {pm(s['mean_val_uar'], s['std_val_uar'])} | "
-              f"{pm(s['mean_val_war'], s['std_val_war'])} |")
+              f"{pm(s['mean_val_war'], s['std_val_war'])} | {signed(delta)} | {mean(last)} | {signed(vs_last)} | "
+              f"{mean(single)} | {signed(vs_single)} |")
     write_json(args.json, {"corpus": fs.corpus, "folds": args.folds, "seed": seed, "val_fraction": args.val_fraction,
                            "candidates": rows, "wall_s_this_call": round(wall, 1)})
     return 0
+
+
+def reuse_first_member(run: Run, params: dict, runs_dir: Path) -> None:
+    """An ensemble's first member is the single-model candidate weight for weight (same seed, folds,
+    validation share and training: tests/test_members.py), so where that candidate's fold is
+    finished here its model is put in as the ensemble's finished member 0 instead of training it
+    again. Its last (unaveraged) weights are not kept by a finished fold: the single candidate's own
+    run reports those."""
+    if params.get("members", 1) == 1:
+        return
+    single = {k: v for k, v in params.items() if k != "members"}
+    source = next((runs_dir / n for n, p in CANDIDATES.items() if p == single), None)
+    if source is None:
+        return
+    for k in range(1, run.folds_n + 1):
+        fdir, sdir = run.fold_dir(k), source / f"fold_{k:02d}"
+        if (fdir / "result.json").exists() or (fdir / "member_0.pt").exists() or not (sdir / "model.pt").is_file():
+            continue
+        done = json.loads((sdir / "result.json").read_text())
+        with open(sdir / "history.csv", newline="") as f:
+            history = [{key: float(v) if "." in v or "e" in v else int(v) for key, v in row.items() if v != ""}
+                       for row in csv.DictReader(f)]
+        model = load_checkpoint(sdir / "model.pt")[0]
+        member = Member(model, model, done["epoch"], done["epochs_run"], done["stopped_early"], done["arithmetic"], history)
+        fdir.mkdir(parents=True, exist_ok=True)
+        torch.save(member.to_dict(), fdir / "member_0.pt")
+        print(f"{run.dir.name} fold {k}: member 0 is {source.name}'s finished fold model", file=sys.stderr, flush=True)
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(mean, standard error) over folds of a - b, fold by fold."""
+    d = np.asarray(a) - np.asarray(b)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
+def signed(delta: tuple[float, float] | None) -> str:
+    return f"{delta[0]:+.4f} ± {delta[1]:.4f}" if delta else ""
+
+
+def mean(values: list[float]) -> str:
+    return f"{np.mean(values):.4f}" if values else ""
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ import torch
 from test_train import FAST, synthetic, train_cli
 from timnet.errors import TimnetError
 from timnet.features import save_features
-from timnet.recipe import EMA, augment, learning_rate
+from timnet.recipe import EMA, SWA, augment, learning_rate
 from timnet.run import Run
-from timnet.train import TrainConfig, recipe_config
+from timnet.train import TrainConfig, recipe_config, train_fold
 
 
 def test_paper_recipe_is_the_default_and_changes_nothing():
@@ -65,6 +65,81 @@ def test_ema_is_a_bias_corrected_average():
     assert torch.allclose(ema.model.weight, want, atol=1e-6)
 
 
+def test_swa_is_the_mean_of_the_weights_with_fresh_bn_statistics():
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)) for _ in range(4)]
+    swa = SWA(models[0])
+    for m in models[1:]:
+        swa.update(m)
+    want = sum(m[0].weight for m in models[1:]) / 3  # the initial weights have no share
+    assert swa.count == 3 and torch.allclose(swa.model[0].weight, want, atol=1e-6)
+    x = torch.randn(40, 3)
+    model = swa.finish(x, batch_size=10)
+    assert not model.training and model[1].momentum == models[0][1].momentum
+    with torch.no_grad():
+        h = model[0](x)
+    # four equal batches: the cumulative average of batch means is the mean over all of x
+    assert torch.allclose(model[1].running_mean, h.mean(0), atol=1e-5)
+
+
+def test_swa_trains_like_the_paper_and_averages_its_last_epochs():
+    """SWA changes no step of training (its raw weights equal the paper recipe's); the fold's
+    model is the average of the weights after each epoch of the window."""
+    fs = synthetic()
+    x, y = torch.from_numpy(fs.x), torch.from_numpy(fs.y)
+    tr, va = np.arange(0, 60), np.arange(60, 84)
+    from timnet.run import model_config_for
+
+    mc = model_config_for(fs)
+    kw = dict(model_config=mc, seed=3, path="reference")
+    plain, _ = train_fold(x, y, tr, va[:0], config=TrainConfig(**FAST), **kw)
+    swa_model, state = train_fold(x, y, tr, va[:0], config=TrainConfig(**FAST, swa_epochs=2), **kw)
+    raw = state.model.state_dict()
+    assert all(torch.equal(raw[k], v) for k, v in plain.state_dict().items())  # same training
+    assert state.swa.count == 2
+    assert not torch.equal(swa_model.classifier.weight, plain.classifier.weight)
+    with pytest.raises(TimnetError, match="--swa-epochs 5 invalid"):
+        TrainConfig(**FAST, swa_epochs=5)
+    with pytest.raises(TimnetError, match="choose one"):
+        TrainConfig(swa_epochs=10, ema_decay=0.99)
+    with pytest.raises(TimnetError, match="best-val"):
+        TrainConfig(swa_epochs=10, val_fraction=0.2, select="best-val")
+
+
+def test_validation_runs_pair_averaged_weights_with_the_last_ones(tmp_path):
+    """A validation-only run of an averaging recipe also scores the last weights of the same
+    training: for SWA those are the paper recipe's, fold by fold."""
+    fs = synthetic()
+    base = dict(**FAST, val_fraction=0.25)
+    out = {}
+    for name, extra in (("paper", {}), ("swa", {"swa_epochs": 2})):
+        run = Run(fs, tmp_path / name, config=TrainConfig(**base, **extra), folds=3, seed=5, evaluate_test=False)
+        run.prepare()
+        out[name] = run.execute(progress=False, log=lambda m: None)["folds"]
+    assert "val_uar_last" not in out["paper"][0]
+    assert [f["val_uar_last"] for f in out["swa"]] == [f["val_uar"] for f in out["paper"]]
+    assert [f["val_war_last"] for f in out["swa"]] == [f["val_war"] for f in out["paper"]]
+
+
+def test_swa_resumes_exactly(tmp_path):
+    full, resumed = _full_and_killed_then_resumed(tmp_path, "--swa-epochs", "3", "--epochs", "4")
+    for k in (1, 2, 3):
+        a, b = (torch.load(d / f"fold_{k:02d}/model.pt", weights_only=True)["state_dict"] for d in (full, resumed))
+        assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def _full_and_killed_then_resumed(tmp_path, *args) -> tuple[Path, Path]:
+    """Two runs of `timnet train *args`: one uninterrupted, one killed after fold 2's epoch 2 and resumed."""
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    full = train_cli(features, tmp_path / "full", *args, "--json", tmp_path / "full.json")
+    assert full.returncode == 0, full.stderr
+    killed = train_cli(features, tmp_path / "res", *args, "--workers", "1", env={"TIMNET_TEST_DIE_AFTER": "fold_02:2"})
+    assert killed.returncode == -9
+    resumed = train_cli(features, tmp_path / "res", *args, "--json", tmp_path / "res.json")
+    assert resumed.returncode == 0, resumed.stderr
+    return tmp_path / "full", tmp_path / "res"
+
+
 def test_cosine_schedule_with_warmup():
     c = TrainConfig(lr_schedule="cosine", warmup_epochs=2, epochs=10)
     lrs = [learning_rate(c, s, 4) for s in range(40)]
@@ -73,14 +148,7 @@ def test_cosine_schedule_with_warmup():
 
 
 def test_strong_recipe_resumes_exactly(tmp_path):
-    features = save_features(synthetic(), tmp_path / "f.npz")
-    args = ("--recipe", "strong", "--mixup-alpha", "0.4", "--epochs", "3")
-    full = train_cli(features, tmp_path / "full", *args, "--json", tmp_path / "full.json")
-    assert full.returncode == 0, full.stderr
-    killed = train_cli(features, tmp_path / "res", *args, "--workers", "1", env={"TIMNET_TEST_DIE_AFTER": "fold_02:2"})
-    assert killed.returncode == -9
-    resumed = train_cli(features, tmp_path / "res", *args, "--json", tmp_path / "res.json")
-    assert resumed.returncode == 0, resumed.stderr
+    _full_and_killed_then_resumed(tmp_path, "--recipe", "strong", "--mixup-alpha", "0.4", "--epochs", "3")
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("full.json", "res.json"))
     assert [f["confusion"] for f in a["folds"]] == [f["confusion"] for f in b["folds"]]
     for k in (1, 2, 3):

@@ -1,4 +1,8 @@
-"""Checkpoints: weights plus every config needed to use them, in one file (like whisper's)."""
+"""Checkpoints: weights plus every config needed to use them, in one file (like whisper's).
+
+An ensemble (TrainConfig.members > 1) keeps its first member under "state_dict", as a single
+model does, and every member under "members"; `load_checkpoint` rebuilds the ensemble.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -8,7 +12,7 @@ import torch
 
 from .errors import TimnetError
 from .features import FeatureConfig
-from .model import TIMNet, TIMNetConfig
+from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
 from .utils import atomic_write
 
 FORMAT = "timnet-checkpoint/1"
@@ -16,7 +20,7 @@ FORMAT = "timnet-checkpoint/1"
 
 def save_checkpoint(
     path: str | Path,
-    model: TIMNet,
+    model: TIMNet | TIMNetEnsemble,
     *,
     feature_config: FeatureConfig,
     labels: tuple[str, ...],
@@ -24,15 +28,18 @@ def save_checkpoint(
     extra: dict | None = None,
 ) -> Path:
     """Write weights, model and feature configs, labels and `extra` (e.g. fold indices) atomically."""
+    members = list(model.members) if isinstance(model, TIMNetEnsemble) else [model]
     payload = {
         "format": FORMAT,
         "model_config": asdict(model.config),
         "feature_config": asdict(feature_config),
         "labels": list(labels),
         "corpus": corpus,
-        "state_dict": model.state_dict(),
+        "state_dict": members[0].state_dict(),
         "extra": extra or {},
     }
+    if len(members) > 1:
+        payload["members"] = [m.state_dict() for m in members]
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -52,10 +59,14 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def load_checkpoint(path: str | Path) -> tuple[TIMNet, dict]:
-    """(model in eval mode, checkpoint dict) from a checkpoint file alone."""
+def load_checkpoint(path: str | Path) -> tuple[TIMNet | TIMNetEnsemble, dict]:
+    """(model in eval mode, checkpoint dict) from a checkpoint file alone; an ensemble for several members."""
     payload = read_checkpoint(path)
-    model = TIMNet(TIMNetConfig(**payload["model_config"]))
-    model.load_state_dict(payload["state_dict"])
+    config = TIMNetConfig(**payload["model_config"])
+    members = []
+    for state in payload.get("members") or [payload["state_dict"]]:
+        members.append(TIMNet(config))
+        members[-1].load_state_dict(state)
+    model = TIMNetEnsemble(members) if len(members) > 1 else members[0]
     payload["feature_config"] = FeatureConfig(**payload["feature_config"])
     return model.eval(), payload

@@ -24,12 +24,16 @@ RECIPE_OPTIONS = {
     "lr_schedule": (str, "constant (default) or cosine"),
     "warmup_epochs": (int, "linear learning-rate warm-up (default 0)"),
     "ema_decay": (float, "keep the moving average of the weights with this decay per step (default 0: off)"),
+    "swa_epochs": (int, "the fold's model is the mean of the weights after each of the last N epochs, "
+                        "BN statistics measured afresh (default 0: off)"),
     "time_shift": (int, "random circular shift of up to N frames (default 0)"),
     "time_masks": (int, "time masks per utterance (default 0)"),
     "time_mask_width": (int, "frames per time mask, at most (default 0)"),
     "freq_masks": (int, "MFCC-coefficient masks per utterance (default 0)"),
     "freq_mask_width": (int, "coefficients per mask, at most (default 0)"),
     "mixup_alpha": (float, "mixup with Beta(alpha, alpha) (default 0: off)"),
+    "members": (int, "models per fold from other initialisations, their probabilities averaged (default 1); "
+                     "the first is the single model this recipe trains"),
 }
 
 

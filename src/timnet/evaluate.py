@@ -13,7 +13,7 @@ from .errors import TimnetError
 from .features import FeatureSet
 from .folds import make_folds
 from .keras_import import keras_fold_files, load_keras_weights
-from .model import TIMNet, TIMNetConfig
+from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ class FoldModel:
     """A fold's model and the test indices it must be evaluated on."""
 
     fold: int
-    model: TIMNet
+    model: TIMNet | TIMNetEnsemble
     test_idx: np.ndarray
 
 
@@ -83,11 +83,13 @@ def evaluate(fs: FeatureSet, models: list[FoldModel]) -> tuple[list[dict], dict[
     """Per-fold results and per-sample outputs (probs, fused, test_fold) of every test sample."""
     n, c = len(fs), len(fs.labels)
     probs = np.full((n, c), np.nan, dtype=np.float32)
-    fused = np.full((n, models[0].model.config.n_filters), np.nan, dtype=np.float32)
+    fused = None  # its width is the model's: C, or members * C for an ensemble
     test_fold = np.zeros(n, dtype=np.int64)
     results = []
     for fm in models:
         p, z = predict_proba(fm.model, fs.x[fm.test_idx])
+        if fused is None:
+            fused = np.full((n, z.shape[1]), np.nan, dtype=np.float32)
         probs[fm.test_idx], fused[fm.test_idx], test_fold[fm.test_idx] = p, z, fm.fold
         results.append(fold_result(fm.fold, fs, fm.test_idx, p.argmax(1)))
     return results, {"probs": probs, "fused": fused, "test_fold": test_fold}

@@ -116,6 +116,31 @@ class TIMNet(nn.Module):
         return (logits, z) if return_features else logits
 
 
+class TIMNetEnsemble(nn.Module):
+    """Several TIM-Nets of one shape (one fold's members, trained alike from other initialisations)
+    used as one model: their softmax probabilities are averaged.
+
+    It returns the log of the mean probability as its logits, so that softmax, argmax and the
+    cross-entropy of its output are those of the averaged probabilities, and every caller of a
+    TIMNet (evaluation, prediction, ONNX export) uses it unchanged. Its fused features are the
+    members' fused features side by side (B, members * C): each member has a feature space of
+    its own, and a mean of them would mean nothing.
+    """
+
+    def __init__(self, members: list[TIMNet]):
+        super().__init__()
+        if len(members) < 2 or any(m.config != members[0].config for m in members):
+            raise TimnetError("an ensemble needs two or more members of the same configuration")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    def forward(self, x: torch.Tensor, *, return_features: bool = False):
+        outs = [m(x, return_features=True) for m in self.members]
+        probs = torch.stack([logits.softmax(-1) for logits, _ in outs]).mean(0)
+        logits = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        return (logits, torch.cat([z for _, z in outs], dim=-1)) if return_features else logits
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (BN running statistics excluded, unlike Keras's count)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

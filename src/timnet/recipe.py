@@ -110,3 +110,48 @@ class EMA:
     def load_state_dict(self, d: dict) -> None:
         self.model.load_state_dict(d["model"])
         self.steps = d["steps"]
+
+
+class SWA:
+    """Stochastic weight averaging: the plain mean of the weights at the end of each epoch of the
+    window, then BN statistics recomputed for those averaged weights on the training data.
+
+    The paper trains at a constant learning rate and keeps the last epoch's weights, which wander
+    from epoch to epoch; their mean is a flatter point (Izmailov et al., 2018). Averaged weights
+    change every layer's activations, so running BN statistics averaged alongside would describe
+    none of the models: they are measured afresh (as torch.optim.swa_utils.update_bn does)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.count = 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.count += 1
+        mine, theirs = list(self.model.parameters()), list(model.parameters())
+        torch._foreach_lerp_(mine, theirs, 1.0 / self.count)  # running mean; the first copies
+
+    @torch.no_grad()
+    def finish(self, x: torch.Tensor, batch_size: int) -> torch.nn.Module:
+        """Measure BN statistics of the averaged weights over `x` (the training part, in order), in
+        training mode as during training (dropout included); returns the averaged model, in eval mode."""
+        norms = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches, not an exponential one
+        self.model.train()
+        for start in range(0, len(x), batch_size):
+            self.model(x[start : start + batch_size])
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        return self.model.eval()
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "count": self.count}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.model.load_state_dict(d["model"])
+        self.count = d["count"]

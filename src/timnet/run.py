@@ -5,6 +5,7 @@ RUN_DIR/
   fold_01/state.pt       resumable snapshot (removed when the fold is done)
   fold_01/model.pt       the fold's chosen model: a checkpoint that predicts on its own
   fold_01/history.csv    per-epoch train loss/accuracy (and validation loss/WAR/UAR)
+  fold_01/history_member1.csv ...  the other members' histories (--members > 1)
   fold_01/result.json    the fold's test result; its presence marks the fold as done
   results.json, results.csv   the summary (INTERFACE.md), written when every fold is done
 """
@@ -33,7 +34,7 @@ from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
 from .folds import make_folds
 from .model import TIMNetConfig
-from .train import TrainConfig, evaluate_split, fold_seed, resolve_path, train_fold, validation_split
+from .train import TrainConfig, evaluate_split, fold_seed, resolve_path, train_members, validation_split
 from .utils import atomic_write, write_json
 
 RUN_FILE = "run.json"
@@ -102,8 +103,9 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, results: 
                               f"use another RUN_DIR or --overwrite (which deletes it){hint}")
         for child in run_dir.glob("fold_*"):
             shutil.rmtree(child)
-        for name in (*results, RUN_FILE):
-            (run_dir / name).unlink(missing_ok=True)
+        for pattern in (*results, RUN_FILE):
+            for stale in run_dir.glob(pattern):
+                stale.unlink()
     elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise TimnetError(f"{run_dir} exists and is not a timnet RUN_DIR; expected an empty or new folder (or --overwrite)")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -189,30 +191,45 @@ class Run:
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             x = torch.from_numpy(np.ascontiguousarray(self.fs.x))
         y = torch.from_numpy(self.fs.y)
-        state_path = fdir / "state.pt"
         t0 = time.perf_counter()
-        model, state = train_fold(x, y, tr, va, model_config=self.model_config, config=self.config,
-                                  seed=seed, state_path=state_path, on_epoch=on_epoch, device=self.device,
-                                  path=self.path)
+        model, members = train_members(x, y, tr, va, model_config=self.model_config, config=self.config, seed=seed,
+                                       folder=fdir, on_epoch=on_epoch, device=self.device, path=self.path)
+        first = members[0]
         if self.evaluate_test:
             # The test split is touched here, once, after the model has been chosen.
             probs, _ = predict_proba(model, self.fs.x[test_idx])
             result = fold_result(k, self.fs, test_idx, probs.argmax(1))
+            if len(members) > 1:
+                # what each member alone scores on the same test split: reported, never used to choose
+                result["members"] = [{k_: r[k_] for k_ in ("war", "uar")} for r in
+                                     (fold_result(k, self.fs, test_idx, predict_proba(m.model, self.fs.x[test_idx])[0].argmax(1))
+                                      for m in members)]
         else:
             v = evaluate_split(model, x[va], y[va], n_classes=len(self.fs.labels))
             result = {"fold": k, "val_war": v["war"], "val_uar": v["uar"], "val_loss": v["loss"], "n_val": len(va)}
-        chosen = state.best["epoch"] if (self.config.select == "best-val" and state.best) else state.epoch
-        result.update(epoch=chosen, epochs_run=state.epoch, stopped_early=state.stopped_early,
-                      seconds=round(time.perf_counter() - t0, 2), arithmetic=state.arithmetic,
+            if len(members) > 1:
+                # the first member alone is the single-model recipe: a paired comparison for free
+                one = evaluate_split(first.model, x[va], y[va], n_classes=len(self.fs.labels))
+                result.update(val_war_single=one["war"], val_uar_single=one["uar"])
+            if first.last is not first.model:
+                # averaged weights: the last weights of the same training, on the same validation
+                # data, make the comparison paired (what the averaging alone changed)
+                raw = evaluate_split(first.last, x[va], y[va], n_classes=len(self.fs.labels))
+                result.update(val_war_last=raw["war"], val_uar_last=raw["uar"])
+        result.update(epoch=first.epoch, epochs_run=first.epochs_run, stopped_early=first.stopped_early,
+                      seconds=round(time.perf_counter() - t0, 2), arithmetic=first.arithmetic,
                       **({"worker": worker} if worker else {}))
         save_checkpoint(fdir / "model.pt", model, feature_config=self.fs.config, labels=self.fs.labels,
                         corpus=self.fs.corpus, extra={
                             "fold": k, "n_samples": len(self.fs), "seed": self.seed, "split": self.split,
                             "train_idx": tr.tolist(), "val_idx": va.tolist(), "test_idx": test_idx.tolist(),
-                            "epoch": chosen, "train_config": asdict(self.config)})
-        _write_csv(fdir / "history.csv", state.history)
+                            "epoch": first.epoch, "train_config": asdict(self.config)})
+        _write_csv(fdir / "history.csv", first.history)
+        for m, member in enumerate(members[1:], start=1):
+            _write_csv(fdir / f"history_member{m}.csv", member.history)
         write_json(fdir / "result.json", result)  # written last: its presence means the fold is complete
-        state_path.unlink(missing_ok=True)
+        for leftover in (*fdir.glob("state*.pt"), *fdir.glob("member_*.pt")):
+            leftover.unlink(missing_ok=True)
         return result
 
     def done_results(self) -> dict[int, dict]:
@@ -355,28 +372,31 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
                 "features_fingerprint": features_fingerprint(fs), "seed": seed, "train_config": asdict(config),
                 "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads,
                 "device": torch.device(device).type, "path": resolve_path(path, device)}
-    resumed = prepare_run_dir(out_dir, identity, overwrite=overwrite, results=("state.pt", "model.pt", "history.csv"))
-    if resumed and (out_dir / "model.pt").is_file() and not (out_dir / "state.pt").exists():
+    resumed = prepare_run_dir(out_dir, identity, overwrite=overwrite, results=("state*.pt", "member_*.pt", "model.pt", "history*.csv"))
+    if resumed and (out_dir / "model.pt").is_file() and not any(out_dir.glob("state*.pt")):
         return out_dir / "model.pt"  # finished before: the same command does not train it again
     torch.set_num_threads(threads)
     tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed)
-    bar = tqdm(total=config.epochs, desc="all data", unit="ep", disable=not progress)
+    bar = tqdm(total=config.epochs * config.members, desc="all data", unit="ep", disable=not progress)
 
     def on_epoch(row: dict) -> None:
         bar.update(row["epoch"] - bar.n)
         bar.set_postfix_str(f"loss {row['loss']:.3f} acc {row['acc']:.3f}", refresh=False)
 
-    model, state = train_fold(torch.from_numpy(np.ascontiguousarray(fs.x)), torch.from_numpy(fs.y), tr, va,
-                              model_config=model_config, config=config, seed=seed, state_path=out_dir / "state.pt",
-                              on_epoch=on_epoch, device=device, path=identity["path"])
+    model, members = train_members(torch.from_numpy(np.ascontiguousarray(fs.x)), torch.from_numpy(fs.y), tr, va,
+                                   model_config=model_config, config=config, seed=seed, folder=out_dir,
+                                   on_epoch=on_epoch, device=device, path=identity["path"])
     bar.close()
     path = save_checkpoint(out_dir / "model.pt", model, feature_config=fs.config, labels=fs.labels, corpus=fs.corpus,
                            extra={"all_data": True, "n_samples": len(fs), "seed": seed,
                                   # the epoch whose weights these are (best-val keeps an earlier one)
-                                  "epoch": state.best["epoch"] if config.select == "best-val" and state.best else state.epoch,
+                                  "epoch": members[0].epoch,
                                   "train_config": asdict(config), "train_idx": tr.tolist(), "val_idx": va.tolist()})
-    _write_csv(out_dir / "history.csv", state.history)
-    (out_dir / "state.pt").unlink(missing_ok=True)
+    _write_csv(out_dir / "history.csv", members[0].history)
+    for m, member in enumerate(members[1:], start=1):
+        _write_csv(out_dir / f"history_member{m}.csv", member.history)
+    for leftover in (*out_dir.glob("state*.pt"), *out_dir.glob("member_*.pt")):
+        leftover.unlink(missing_ok=True)
     return path
 
 
@@ -386,7 +406,7 @@ class FoldProgress:
     def __init__(self, runs: list[Run], tasks: list[tuple[int, int]], *, enabled: bool):
         from tqdm.auto import tqdm
 
-        self.epochs = {task: runs[task[0]].config.epochs for task in tasks}
+        self.epochs = {task: runs[task[0]].config.epochs * runs[task[0]].config.members for task in tasks}
         self.named = len(runs) > 1
         self.bar = tqdm(total=sum(self.epochs.values()), unit="ep", disable=not enabled,
                         desc=f"{len(tasks)} folds", dynamic_ncols=True)

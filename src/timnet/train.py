@@ -6,7 +6,7 @@ indices, and the caller evaluates the chosen model on the test split once, after
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import metrics
 from .errors import TimnetError
-from .model import TIMNet, TIMNetConfig
+from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
 from .utils import atomic_write
 
 SELECTIONS = ("last", "best-val")
@@ -44,12 +44,14 @@ class TrainConfig:
     lr_schedule: str = "constant"  # or "cosine" (to 1% of lr at the last epoch)
     warmup_epochs: int = 0  # linear warm-up of the learning rate
     ema_decay: float = 0.0  # > 0: keep the exponential moving average of the weights (per step)
+    swa_epochs: int = 0  # > 0: the fold's model is the mean of the weights after each of the last N epochs
     time_shift: int = 0  # random circular shift of up to this many frames
     time_masks: int = 0  # masks of up to time_mask_width frames per utterance
     time_mask_width: int = 0
     freq_masks: int = 0  # masks of up to freq_mask_width MFCC coefficients per utterance
     freq_mask_width: int = 0
     mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha)
+    members: int = 1  # > 1: models per fold from other initialisations; the fold's model averages their probabilities
 
     def __post_init__(self):
         from .recipe import RECIPES, SCHEDULES
@@ -60,7 +62,7 @@ class TrainConfig:
             raise TimnetError(f"--lr-schedule {self.lr_schedule!r} unknown; expected one of {', '.join(SCHEDULES)}")
         if not 0 <= self.ema_decay < 1:
             raise TimnetError(f"--ema-decay {self.ema_decay} invalid; expected 0 (off) <= D < 1")
-        for name in ("warmup_epochs", "time_shift", "time_masks", "time_mask_width", "freq_masks", "freq_mask_width"):
+        for name in ("warmup_epochs", "swa_epochs", "time_shift", "time_masks", "time_mask_width", "freq_masks", "freq_mask_width"):
             if getattr(self, name) < 0:
                 raise TimnetError(f"--{name.replace('_', '-')} {getattr(self, name)} invalid; expected 0 or more")
         if not self.lr > 0:
@@ -75,11 +77,19 @@ class TrainConfig:
             raise TimnetError(f"--val-fraction {self.val_fraction} invalid; expected 0 <= F < 1")
         if (self.select == "best-val" or self.patience is not None) and self.val_fraction == 0:
             raise TimnetError("--select best-val and --patience need validation data; give --val-fraction (e.g. 0.1)")
-        for name in ("epochs", "batch_size", "eval_every", "save_every"):
+        for name in ("epochs", "batch_size", "eval_every", "save_every", "members"):
             if getattr(self, name) < 1:
                 raise TimnetError(f"--{name.replace('_', '-')} {getattr(self, name)} invalid; expected a positive number")
         if self.patience is not None and self.patience < 1:
             raise TimnetError(f"--patience {self.patience} invalid; expected a positive number of epochs")
+        if self.swa_epochs:
+            if self.swa_epochs > self.epochs:
+                raise TimnetError(f"--swa-epochs {self.swa_epochs} invalid; expected at most --epochs ({self.epochs})")
+            if self.ema_decay > 0:
+                raise TimnetError("--swa-epochs and --ema-decay are two ways to average the weights; choose one")
+            # the average exists only after the last epoch: there is no epoch to pick, nor stop at
+            if self.select == "best-val" or self.patience is not None:
+                raise TimnetError("--swa-epochs averages the last epochs; it cannot go with --select best-val or --patience")
 
 
 def recipe_config(name: str = "paper", **overrides) -> TrainConfig:
@@ -137,8 +147,9 @@ def evaluate_split(model: TIMNet, x: torch.Tensor, y: torch.Tensor, *, n_classes
 class FoldState:
     """What a fold's training needs to continue after an interruption, and to be saved atomically."""
 
-    def __init__(self, model: TIMNet, optimizer: torch.optim.Optimizer, generator: torch.Generator, ema=None):
-        self.model, self.optimizer, self.generator, self.ema = model, optimizer, generator, ema
+    def __init__(self, model: TIMNet, optimizer: torch.optim.Optimizer, generator: torch.Generator, ema=None,
+                 swa=None):
+        self.model, self.optimizer, self.generator, self.ema, self.swa = model, optimizer, generator, ema, swa
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
         self.best: dict | None = None  # {"epoch", "uar", "state_dict"} under best-val
@@ -155,6 +166,7 @@ class FoldState:
             "epoch": self.epoch, "history": self.history, "best": self.best,
             "since_best": self.since_best, "stopped_early": self.stopped_early,
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "swa": self.swa.state_dict() if self.swa is not None else None,
         }
 
     def load_dict(self, d: dict) -> None:
@@ -170,6 +182,8 @@ class FoldState:
         self.since_best, self.stopped_early = d["since_best"], d["stopped_early"]
         if self.ema is not None:
             self.ema.load_state_dict(d["ema"])
+        if self.swa is not None:
+            self.swa.load_state_dict(d["swa"])
 
     def save(self, path: Path) -> None:
         with atomic_write(path) as tmp:
@@ -234,9 +248,10 @@ def train_fold(
     arithmetic = fast.ops_for(x[:1].to(device), fast.padded(model_config.n_filters)).name if use_fast else "reference"
     optimizer = _adam(model, config, fused=use_fast)
     ema = recipe.EMA(model, config.ema_decay) if config.ema_decay > 0 else None
-    kept = ema.model if ema is not None else model  # the weights a fold ends with, and validates
+    swa = recipe.SWA(model) if config.swa_epochs else None
+    kept = ema.model if ema is not None else model  # the weights validated each epoch (SWA's exist only at the end)
     # The shuffling generator stays on the CPU: batches are the same whatever the device.
-    state = FoldState(model, optimizer, torch.Generator().manual_seed(seed), ema)
+    state = FoldState(model, optimizer, torch.Generator().manual_seed(seed), ema, swa)
     state.arithmetic = arithmetic
     if state_path is not None and state_path.is_file():
         state.load_dict(torch.load(state_path, map_location="cpu", weights_only=False))
@@ -266,6 +281,8 @@ def train_fold(
             loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
         state.epoch += 1
+        if swa is not None and state.epoch > config.epochs - config.swa_epochs:
+            swa.update(model)
         row = {"epoch": state.epoch, "loss": loss_sum / n, "acc": correct / n}
         if len(val_idx) and (state.epoch % config.eval_every == 0 or state.epoch == config.epochs):
             v = evaluate_split(kept, x_val, y_val, n_classes=model_config.n_classes)
@@ -286,7 +303,89 @@ def train_fold(
 
     if config.select == "best-val" and state.best is not None:
         kept.load_state_dict(state.best["state_dict"])
+    if swa is not None:
+        kept = swa.finish(x_train, config.batch_size)
     return kept.cpu().eval(), state
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Member 0 keeps the fold's seed, so it is the very model a single-model run trains; the others
+    get seeds derived from (seed, member), which no fold seed (seed * 1000 + fold) is likely to meet."""
+    return seed if member == 0 else int(np.random.SeedSequence([seed, member]).generate_state(1)[0])
+
+
+@dataclass
+class Member:
+    """One trained member of a fold: its chosen weights and what the fold's result reports of it."""
+
+    model: TIMNet  # the weights it ends with (EMA / SWA average, best-val epoch or last epoch)
+    last: TIMNet  # its weights after the last epoch trained (the same object when nothing averages)
+    epoch: int  # the epoch whose weights `model` is
+    epochs_run: int
+    stopped_early: bool
+    arithmetic: str
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "last": self.last.state_dict() if self.last is not self.model else None,
+                "epoch": self.epoch, "epochs_run": self.epochs_run, "stopped_early": self.stopped_early,
+                "arithmetic": self.arithmetic, "history": self.history}
+
+    @classmethod
+    def from_dict(cls, d: dict, config: TIMNetConfig) -> "Member":
+        model = TIMNet(config)
+        model.load_state_dict(d["model"])
+        last = model
+        if d["last"] is not None:
+            last = TIMNet(config)
+            last.load_state_dict(d["last"])
+        return cls(model.eval(), last.eval(), d["epoch"], d["epochs_run"], d["stopped_early"], d["arithmetic"], d["history"])
+
+
+def train_members(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    *,
+    model_config: TIMNetConfig,
+    config: TrainConfig,
+    seed: int,
+    folder: Path | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    device: str | torch.device = "cpu",
+    path: str = "fast",
+) -> tuple[TIMNet | TIMNetEnsemble, list[Member]]:
+    """Train the `config.members` models of one fold on the same data; returns (the fold's model, the members).
+
+    One member is `train_fold` itself (snapshot folder/state.pt). With several, member m trains
+    from `member_seed(seed, m)` (initialisation, batch order, dropout and augmentation draws) and
+    snapshots to folder/state_member<m>.pt; a finished member is kept in folder/member_<m>.pt, so
+    an interrupted fold resumes inside the member it was training. `on_epoch` sees epochs counted
+    over all members (member m's epoch e is m * epochs + e).
+    """
+    members = []
+    for m in range(config.members):
+        done = folder / f"member_{m}.pt" if folder is not None and config.members > 1 else None
+        if done is not None and done.is_file():
+            members.append(Member.from_dict(torch.load(done, map_location="cpu", weights_only=False), model_config))
+            continue
+        state_path = None if folder is None else folder / ("state.pt" if m == 0 else f"state_member{m}.pt")
+        offset = m * config.epochs
+        report = on_epoch if on_epoch is None or m == 0 else (
+            lambda row, offset=offset: on_epoch({**row, "epoch": row["epoch"] + offset}))
+        model, state = train_fold(x, y, train_idx, val_idx, model_config=model_config, config=config,
+                                  seed=member_seed(seed, m), state_path=state_path, on_epoch=report,
+                                  device=device, path=path)
+        chosen = state.best["epoch"] if (config.select == "best-val" and state.best) else state.epoch
+        members.append(Member(model, state.model.cpu().eval(), chosen, state.epoch, state.stopped_early,
+                              state.arithmetic, state.history))
+        if done is not None:
+            with atomic_write(done) as tmp:
+                torch.save(members[-1].to_dict(), tmp)
+            state_path.unlink(missing_ok=True)
+    fold_model = members[0].model if len(members) == 1 else TIMNetEnsemble([m.model for m in members]).eval()
+    return fold_model, members
 
 
 def _adam(model: TIMNet, config: TrainConfig, *, fused: bool) -> torch.optim.Optimizer:
@@ -304,15 +403,19 @@ def _adam(model: TIMNet, config: TrainConfig, *, fused: bool) -> torch.optim.Opt
 def _test_hook_die(state_path: Path, epoch: int) -> None:
     """Kill this process (SIGKILL, like `kill -9`) right after a snapshot, when a test asks to.
 
-    TIMNET_TEST_DIE_AFTER=<fold dir name>:<epoch>, e.g. fold_02:3; unset in normal use. It dies
-    once: a marker file beside the snapshot lets the resumed process go on.
+    TIMNET_TEST_DIE_AFTER=<fold dir name>:<epoch>, e.g. fold_02:3, or <fold dir>/<snapshot>:<epoch>,
+    e.g. fold_02/state_member1.pt:2 for a later member; unset in normal use. It dies once: a
+    marker file beside the snapshot lets the resumed process go on.
     """
     import os
     import signal
 
     target = os.environ.get("TIMNET_TEST_DIE_AFTER")
-    marker = state_path.parent / f"test_died_after_epoch_{epoch}"
-    if target and target == f"{state_path.parent.name}:{epoch}" and not marker.exists():
+    member = "" if state_path.name == "state.pt" else f"{state_path.stem}_"
+    marker = state_path.parent / f"test_died_after_{member}epoch_{epoch}"
+    names = (f"{state_path.parent.name}/{state_path.name}:{epoch}",
+             *((f"{state_path.parent.name}:{epoch}",) if not member else ()))
+    if target and target in names and not marker.exists():
         marker.touch()
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -1,0 +1,95 @@
+"""Ensembles of members per fold (--members): averaging, checkpoints, pairing with the single model, resume."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from test_train import FAST, synthetic, train_cli
+from timnet.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from timnet.errors import TimnetError
+from timnet.features import save_features
+from timnet.model import TIMNet, TIMNetConfig, TIMNetEnsemble
+from timnet.predict import load_model
+from timnet.run import Run
+from timnet.train import TrainConfig, member_seed
+
+
+def test_ensemble_averages_probabilities_and_round_trips(tmp_path):
+    fs = synthetic()
+    config = TIMNetConfig(dilations=3, n_classes=7)
+    torch.manual_seed(0)
+    members = [TIMNet(config).eval() for _ in range(3)]
+    ens = TIMNetEnsemble(members).eval()
+    x = torch.from_numpy(fs.x[:5])
+    with torch.no_grad():
+        want = torch.stack([m(x).softmax(-1) for m in members]).mean(0)
+        logits, z = ens(x, return_features=True)
+    assert torch.allclose(logits.softmax(-1), want, atol=1e-6)
+    assert z.shape == (5, 3 * config.n_filters)
+
+    path = save_checkpoint(tmp_path / "m.pt", ens, feature_config=fs.config, labels=fs.labels, corpus="EMODB")
+    raw = read_checkpoint(path)
+    assert len(raw["members"]) == 3
+    # the first member stands where a single model's weights are
+    assert all(torch.equal(raw["state_dict"][k], v) for k, v in members[0].state_dict().items())
+    loaded, _ = load_checkpoint(path)
+    assert isinstance(loaded, TIMNetEnsemble)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x).softmax(-1), want, atol=1e-6)
+    assert np.allclose(load_model(path).predict_features(fs.x[:5]), want.numpy(), atol=1e-6)
+
+    with pytest.raises(TimnetError, match="two or more members"):
+        TIMNetEnsemble(members[:1])
+    with pytest.raises(TimnetError, match="--members 0 invalid"):
+        TrainConfig(members=0)
+    assert member_seed(46046, 0) == 46046 and len({member_seed(46046, m) for m in range(4)}) == 4
+
+
+def _run(fs, folder, **kw):
+    run = Run(fs, folder, config=TrainConfig(**FAST, **kw), folds=3, seed=5,
+              evaluate_test=kw.get("val_fraction", 0) == 0)
+    run.prepare()
+    return run, run.execute(progress=False, log=lambda m: None)
+
+
+def test_first_member_is_the_single_model(tmp_path):
+    """Member 0 trains from the fold's own seed: it is the single-model recipe, weight for weight,
+    so an ensemble's run also gives the single model's figures on the same data."""
+    fs = synthetic()
+    single, s1 = _run(fs, tmp_path / "one")
+    ens, s2 = _run(fs, tmp_path / "two", members=2)
+    for k in (1, 2, 3):
+        a = read_checkpoint(single.fold_dir(k) / "model.pt")
+        b = read_checkpoint(ens.fold_dir(k) / "model.pt")
+        assert all(torch.equal(a["state_dict"][n], b["members"][0][n]) for n in a["state_dict"])
+        assert not torch.equal(b["members"][0]["classifier.weight"], b["members"][1]["classifier.weight"])
+        assert (ens.fold_dir(k) / "history_member1.csv").is_file()
+        assert not list(ens.fold_dir(k).glob("member_*.pt")) and not list(ens.fold_dir(k).glob("state*.pt"))
+    for f1, f2 in zip(s1["folds"], s2["folds"]):
+        assert f2["members"][0] == {"war": f1["war"], "uar": f1["uar"]}
+        assert len(f2["members"]) == 2
+
+    # validation-only runs pair the ensemble with its first member on the same validation share
+    _, v1 = _run(fs, tmp_path / "v1", val_fraction=0.25)
+    _, v2 = _run(fs, tmp_path / "v2", val_fraction=0.25, members=2)
+    assert [f["val_uar_single"] for f in v2["folds"]] == [f["val_uar"] for f in v1["folds"]]
+
+
+def test_members_resume_exactly(tmp_path):
+    """Killed inside the second member: the first is kept, the second resumes from its snapshot."""
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    args = ("--members", "2", "--epochs", "3")
+    full = train_cli(features, tmp_path / "full", *args, "--json", tmp_path / "full.json")
+    assert full.returncode == 0, full.stderr
+    killed = train_cli(features, tmp_path / "res", *args, "--workers", "1",
+                       env={"TIMNET_TEST_DIE_AFTER": "fold_02/state_member1.pt:2"})
+    assert killed.returncode == -9
+    assert (tmp_path / "res" / "fold_02" / "member_0.pt").is_file()  # the finished member was kept
+    resumed = train_cli(features, tmp_path / "res", *args, "--json", tmp_path / "res.json")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("full.json", "res.json"))
+    assert [f["confusion"] for f in a["folds"]] == [f["confusion"] for f in b["folds"]]
+    for k in (1, 2, 3):
+        x, y = (read_checkpoint(tmp_path / d / f"fold_{k:02d}" / "model.pt")["members"] for d in ("full", "res"))
+        assert all(torch.equal(x[m][n], y[m][n]) for m in (0, 1) for n in x[m])
