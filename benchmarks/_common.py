@@ -72,35 +72,57 @@ def pm(mean: float, std: float) -> str:
 LEDGER = Path(__file__).parent / "ledger"
 
 
-def _run_files(run_dir: Path) -> list[Path]:
-    """run.json and the finished folds' result.json of a run (or of every seed_* run below it), relative."""
-    root = Path(run_dir)
-    return sorted(p.relative_to(root) for p in [*root.glob("**/run.json"), *root.glob("**/fold_*/result.json")])
+def _identity(run_file: Path) -> dict | None:
+    try:
+        return json.loads(run_file.read_text())["identity"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _runs(root: Path) -> list[Path]:
+    """The run folders at or below root (a single run, or the seed_* runs of several seeds)."""
+    return sorted(p.parent.relative_to(root) for p in root.glob("**/run.json"))
 
 
 def restore(run_dir: Path, key: str) -> int:
-    """Copy the ledger's folds of `key` into run_dir where run_dir lacks them; the number of folds restored."""
-    src = LEDGER / key
-    if not src.is_dir():
-        return 0
+    """Copy the ledger's folds of `key` into run_dir where run_dir lacks them; the number of folds restored.
+
+    A run_dir that holds a run of another identity is left alone (timnet would refuse the mix)."""
+    src, run_dir = LEDGER / key, Path(run_dir)
     n = 0
-    for rel in _run_files(src):
-        target = Path(run_dir) / rel
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src / rel, target)
-            n += rel.name == "result.json"
+    for rel in _runs(src) if src.is_dir() else []:
+        here = run_dir / rel
+        if (here / "run.json").is_file() and _identity(here / "run.json") != _identity(src / rel / "run.json"):
+            print(f"ledger: {here} holds another configuration than {key}: not restored", file=sys.stderr)
+            continue
+        here.mkdir(parents=True, exist_ok=True)
+        if not (here / "run.json").is_file():
+            shutil.copyfile(src / rel / "run.json", here / "run.json")
+        for result in sorted((src / rel).glob("fold_*/result.json")):
+            fold = here / result.parent.name
+            if not (fold / "result.json").exists():
+                fold.mkdir(exist_ok=True)
+                for partial in (*fold.glob("state*.pt"), *fold.glob("member_*.pt")):
+                    partial.unlink()  # the fold is finished: its partial training is no longer needed
+                shutil.copyfile(result, fold / "result.json")
+                n += 1
     if n:
         print(f"ledger: {n} finished folds of {key} restored into {run_dir}", file=sys.stderr, flush=True)
     return n
 
 
 def record(run_dir: Path, key: str) -> int:
-    """Copy run_dir's run.json and finished folds into the ledger under `key`; the number of folds recorded."""
-    n = 0
-    for rel in _run_files(run_dir):
+    """Copy run_dir's run.json and finished folds into the ledger under `key` (a key that held
+    another configuration is replaced); the number of folds recorded."""
+    run_dir, n = Path(run_dir), 0
+    for rel in _runs(run_dir):
         target = LEDGER / key / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(run_dir) / rel, target)
-        n += rel.name == "result.json"
+        if (target / "run.json").is_file() and _identity(target / "run.json") != _identity(run_dir / rel / "run.json"):
+            shutil.rmtree(target)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / rel / "run.json", target / "run.json")
+        for result in sorted((run_dir / rel).glob("fold_*/result.json")):
+            (target / result.parent.name).mkdir(exist_ok=True)
+            shutil.copyfile(result, target / result.parent.name / "result.json")
+            n += 1
     return n

@@ -33,9 +33,10 @@ from timnet.backends import LocalBackend
 from timnet.checkpoint import load_checkpoint
 from timnet.corpora import defaults_for
 from timnet.features import load_features
-from timnet.run import Run, execute_runs
+from timnet.run import Run, execute_runs, read_identity
 from timnet.sweep import trial_runs
 from timnet.train import Member, TrainConfig
+from timnet.utils import atomic_write
 
 AUG = {"time_shift": 20, "time_masks": 2, "time_mask_width": 20, "freq_masks": 2, "freq_mask_width": 4}
 CANDIDATES = {
@@ -93,11 +94,11 @@ def main() -> int:
     paper = dict(zip(names, summaries)).get("paper")
     rows = []
     for name, run, s in zip(names, runs, summaries):
-        uar = [f["val_uar"] for f in s["folds"]]
-        delta = paired(uar, [f["val_uar"] for f in paper["folds"]]) if paper is not None and name != "paper" else None
-        last = [f["val_uar_last"] for f in s["folds"] if "val_uar_last" in f]
-        single = [f["val_uar_single"] for f in s["folds"] if "val_uar_single" in f]
-        vs_last, vs_single = paired(uar, last) if last else None, paired(uar, single) if single else None
+        folds = s["folds"]
+        delta = paired(folds, paper["folds"], "val_uar", "val_uar") if paper is not None and name != "paper" else None
+        last = [f["val_uar_last"] for f in folds if "val_uar_last" in f]
+        single = [f["val_uar_single"] for f in folds if "val_uar_single" in f]
+        vs_last, vs_single = paired(folds, folds, "val_uar", "val_uar_last"), paired(folds, folds, "val_uar", "val_uar_single")
         rows.append({"candidate": name, "params": CANDIDATES[name], "epochs": run.config.epochs,
                      "val_uar": s["mean_val_uar"], "val_uar_std": s["std_val_uar"],
                      "val_war": s["mean_val_war"], "val_war_std": s["std_val_war"],
@@ -116,34 +117,43 @@ def main() -> int:
 
 def reuse_first_member(run: Run, params: dict, runs_dir: Path) -> None:
     """An ensemble's first member is the single-model candidate weight for weight (same seed, folds,
-    validation share and training: tests/test_members.py), so where that candidate's fold is
-    finished here its model is put in as the ensemble's finished member 0 instead of training it
-    again. Its last (unaveraged) weights are not kept by a finished fold: the single candidate's own
-    run reports those."""
+    validation share and training: tests/test_members.py), so where that candidate's run here is
+    the same run but for `members` and its fold is finished with its model, that model is put in
+    as the ensemble's finished member 0 instead of training it again. A finished fold keeps no
+    last (unaveraged) weights: the single candidate's own run reports those."""
     if params.get("members", 1) == 1:
         return
     single = {k: v for k, v in params.items() if k != "members"}
     source = next((runs_dir / n for n, p in CANDIDATES.items() if p == single), None)
-    if source is None:
+    if source is None or not (source / "run.json").is_file():
         return
+    want = {**run.identity, "train_config": {**run.identity["train_config"], "members": 1}}
+    if read_identity(source) != want:
+        return  # another configuration, features or split: not this ensemble's first member
     for k in range(1, run.folds_n + 1):
         fdir, sdir = run.fold_dir(k), source / f"fold_{k:02d}"
-        if (fdir / "result.json").exists() or (fdir / "member_0.pt").exists() or not (sdir / "model.pt").is_file():
+        if (fdir / "result.json").exists() or (fdir / "member_0.pt").exists() or not (
+                (sdir / "model.pt").is_file() and (sdir / "result.json").is_file()):
             continue
         done = json.loads((sdir / "result.json").read_text())
         with open(sdir / "history.csv", newline="") as f:
-            history = [{key: float(v) if "." in v or "e" in v else int(v) for key, v in row.items() if v != ""}
-                       for row in csv.DictReader(f)]
+            history = [{key: float(v) for key, v in row.items() if v != ""} for row in csv.DictReader(f)]
+        for row in history:
+            row["epoch"] = int(row["epoch"])
         model = load_checkpoint(sdir / "model.pt")[0]
         member = Member(model, model, done["epoch"], done["epochs_run"], done["stopped_early"], done["arithmetic"], history)
         fdir.mkdir(parents=True, exist_ok=True)
-        torch.save(member.to_dict(), fdir / "member_0.pt")
+        with atomic_write(fdir / "member_0.pt") as tmp:
+            torch.save(member.to_dict(), tmp)
         print(f"{run.dir.name} fold {k}: member 0 is {source.name}'s finished fold model", file=sys.stderr, flush=True)
 
 
-def paired(a: list[float], b: list[float]) -> tuple[float, float]:
-    """(mean, standard error) over folds of a - b, fold by fold."""
-    d = np.asarray(a) - np.asarray(b)
+def paired(a: list[dict], b: list[dict], key_a: str, key_b: str) -> tuple[float, float] | None:
+    """(mean, standard error) over the folds both sides have of a[key_a] - b[key_b], fold by fold."""
+    right = {f["fold"]: f[key_b] for f in b if key_b in f}
+    d = np.array([f[key_a] - right[f["fold"]] for f in a if key_a in f and f["fold"] in right])
+    if not len(d):
+        return None
     return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
 
 

@@ -9,7 +9,7 @@ import torch
 from test_train import FAST, synthetic, train_cli
 from timnet.errors import TimnetError
 from timnet.features import save_features
-from timnet.recipe import EMA, SWA, augment, learning_rate
+from timnet.recipe import EMA, SWA, augment, learning_rate, measure_bn
 from timnet.run import Run
 from timnet.train import TrainConfig, recipe_config, train_fold
 
@@ -74,12 +74,27 @@ def test_swa_is_the_mean_of_the_weights_with_fresh_bn_statistics():
     want = sum(m[0].weight for m in models[1:]) / 3  # the initial weights have no share
     assert swa.count == 3 and torch.allclose(swa.model[0].weight, want, atol=1e-6)
     x = torch.randn(40, 3)
-    model = swa.finish(x, batch_size=10)
+    state = torch.get_rng_state()
+    model = swa.finish(x, batch_size=10, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left as it was
     assert not model.training and model[1].momentum == models[0][1].momentum
     with torch.no_grad():
         h = model[0](x)
     # four equal batches: the cumulative average of batch means is the mean over all of x
     assert torch.allclose(model[1].running_mean, h.mean(0), atol=1e-5)
+
+
+def test_bn_is_measured_on_shuffled_batches():
+    """A training part is stored class by class: batches taken in order would each hold one class
+    and measure only the spread within classes. Shuffled, they measure the spread of the data."""
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(64, 2) * 0.1 + 10 * c for c in range(4)])  # four far-apart classes, in order
+    bn = torch.nn.BatchNorm1d(2)
+    measure_bn(bn, x, batch_size=64, seed=3)
+    assert torch.allclose(bn.running_var, x.var(0), rtol=0.25)  # in order it would be about 0.01
+    again = torch.nn.BatchNorm1d(2)
+    measure_bn(again, x, batch_size=64, seed=3)
+    assert torch.equal(bn.running_var, again.running_var)  # the seed alone decides the batches
 
 
 def test_swa_trains_like_the_paper_and_averages_its_last_epochs():

@@ -16,6 +16,9 @@ from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
 from .utils import atomic_write
 
 FORMAT = "timnet-checkpoint/1"
+# An ensemble's checkpoint is marked apart, so that a timnet without ensembles refuses it rather
+# than predicting with its first member alone.
+ENSEMBLE_FORMAT = "timnet-checkpoint/2"
 
 
 def save_checkpoint(
@@ -30,7 +33,7 @@ def save_checkpoint(
     """Write weights, model and feature configs, labels and `extra` (e.g. fold indices) atomically."""
     members = list(model.members) if isinstance(model, TIMNetEnsemble) else [model]
     payload = {
-        "format": FORMAT,
+        "format": ENSEMBLE_FORMAT if len(members) > 1 else FORMAT,
         "model_config": asdict(model.config),
         "feature_config": asdict(feature_config),
         "labels": list(labels),
@@ -54,8 +57,8 @@ def read_checkpoint(path: str | Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a file that is not a checkpoint
         raise TimnetError(f"{path}: not a readable timnet checkpoint ({type(e).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise TimnetError(f"{path}: not a timnet checkpoint; expected format {FORMAT}")
+    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, ENSEMBLE_FORMAT):
+        raise TimnetError(f"{path}: not a timnet checkpoint; expected format {FORMAT} or {ENSEMBLE_FORMAT}")
     return payload
 
 

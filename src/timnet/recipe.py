@@ -133,21 +133,9 @@ class SWA:
         mine, theirs = list(self.model.parameters()), list(model.parameters())
         torch._foreach_lerp_(mine, theirs, 1.0 / self.count)  # running mean; the first copies
 
-    @torch.no_grad()
-    def finish(self, x: torch.Tensor, batch_size: int) -> torch.nn.Module:
-        """Measure BN statistics of the averaged weights over `x` (the training part, in order), in
-        training mode as during training (dropout included); returns the averaged model, in eval mode."""
-        norms = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the batches, not an exponential one
-        self.model.train()
-        for start in range(0, len(x), batch_size):
-            self.model(x[start : start + batch_size])
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        return self.model.eval()
+    def finish(self, x: torch.Tensor, batch_size: int, seed: int) -> torch.nn.Module:
+        """The averaged model with BN statistics measured on `x` (the training part); in eval mode."""
+        return measure_bn(self.model, x, batch_size, seed)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "count": self.count}
@@ -155,3 +143,31 @@ class SWA:
     def load_state_dict(self, d: dict) -> None:
         self.model.load_state_dict(d["model"])
         self.count = d["count"]
+
+
+@torch.no_grad()
+def measure_bn(model: torch.nn.Module, x: torch.Tensor, batch_size: int, seed: int) -> torch.nn.Module:
+    """Replace the running BN statistics of `model` by those of its own activations on `x`, batch
+    by batch in training mode (dropout included, as the statistics of a trained model are), and
+    return it in eval mode.
+
+    The batches are a seeded shuffle of `x`, as training batches are: a training part is stored
+    class by class, and batches of one class would measure only the spread within classes. The
+    shuffle and the dropout masks come from `seed` alone (the global RNG is left as it was), so
+    the statistics depend only on the weights, `x`, `batch_size` and `seed`.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches, not an exponential one
+    model.train()
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(x.device)
+        for start in range(0, len(x), batch_size):
+            model(x[order[start : start + batch_size]])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()

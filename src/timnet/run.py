@@ -2,7 +2,8 @@
 
 RUN_DIR/
   run.json               configs, features fingerprint, command, package versions
-  fold_01/state.pt       resumable snapshot (removed when the fold is done)
+  fold_01/state.pt       resumable snapshot (removed when the fold is done; with --members K also
+                         state_member<m>.pt, and member_<m>.pt for each member already finished)
   fold_01/model.pt       the fold's chosen model: a checkpoint that predicts on its own
   fold_01/history.csv    per-epoch train loss/accuracy (and validation loss/WAR/UAR)
   fold_01/history_member1.csv ...  the other members' histories (--members > 1)
@@ -373,7 +374,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
                 "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads,
                 "device": torch.device(device).type, "path": resolve_path(path, device)}
     resumed = prepare_run_dir(out_dir, identity, overwrite=overwrite, results=("state*.pt", "member_*.pt", "model.pt", "history*.csv"))
-    if resumed and (out_dir / "model.pt").is_file() and not any(out_dir.glob("state*.pt")):
+    if resumed and (out_dir / "model.pt").is_file() and not any((*out_dir.glob("state*.pt"), *out_dir.glob("member_*.pt"))):
         return out_dir / "model.pt"  # finished before: the same command does not train it again
     torch.set_num_threads(threads)
     tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed)

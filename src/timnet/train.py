@@ -86,7 +86,8 @@ class TrainConfig:
             if self.swa_epochs > self.epochs:
                 raise TimnetError(f"--swa-epochs {self.swa_epochs} invalid; expected at most --epochs ({self.epochs})")
             if self.ema_decay > 0:
-                raise TimnetError("--swa-epochs and --ema-decay are two ways to average the weights; choose one")
+                preset = f" (--recipe {self.recipe} sets --ema-decay: add --ema-decay 0)" if RECIPES[self.recipe].get("ema_decay") else ""
+                raise TimnetError(f"--swa-epochs and --ema-decay are two ways to average the weights; choose one{preset}")
             # the average exists only after the last epoch: there is no epoch to pick, nor stop at
             if self.select == "best-val" or self.patience is not None:
                 raise TimnetError("--swa-epochs averages the last epochs; it cannot go with --select best-val or --patience")
@@ -304,7 +305,7 @@ def train_fold(
     if config.select == "best-val" and state.best is not None:
         kept.load_state_dict(state.best["state_dict"])
     if swa is not None:
-        kept = swa.finish(x_train, config.batch_size)
+        kept = swa.finish(x_train, config.batch_size, seed)
     return kept.cpu().eval(), state
 
 
