@@ -14,7 +14,7 @@ import _common  # noqa: E402
 
 
 def _run(fs, folder, **kw):
-    run = Run(fs, folder, config=TrainConfig(**FAST, **kw), folds=3, seed=5)
+    run = Run(fs, folder, config=TrainConfig(**{**FAST, "epochs": 2, **kw}), folds=3, seed=5)
     run.prepare()
     return run
 

@@ -53,7 +53,7 @@ def test_ensemble_averages_probabilities_and_round_trips(tmp_path):
 
 
 def _run(fs, folder, **kw):
-    run = Run(fs, folder, config=TrainConfig(**FAST, **kw), folds=3, seed=5,
+    run = Run(fs, folder, config=TrainConfig(**{**FAST, "epochs": 2, **kw}), folds=3, seed=5,
               evaluate_test=kw.get("val_fraction", 0) == 0)
     run.prepare()
     return run, run.execute(progress=False, log=lambda m: None)
