@@ -202,9 +202,10 @@ class Run:
             result = fold_result(k, self.fs, test_idx, probs.argmax(1))
             if len(members) > 1:
                 # what each member alone scores on the same test split: reported, never used to choose
-                result["members"] = [{k_: r[k_] for k_ in ("war", "uar")} for r in
-                                     (fold_result(k, self.fs, test_idx, predict_proba(m.model, self.fs.x[test_idx])[0].argmax(1))
-                                      for m in members)]
+                result["members"] = []
+                for member in members:
+                    r = fold_result(k, self.fs, test_idx, predict_proba(member.model, self.fs.x[test_idx])[0].argmax(1))
+                    result["members"].append({"war": r["war"], "uar": r["uar"]})
         else:
             v = evaluate_split(model, x[va], y[va], n_classes=len(self.fs.labels))
             result = {"fold": k, "val_war": v["war"], "val_uar": v["uar"], "val_loss": v["loss"], "n_val": len(va)}
