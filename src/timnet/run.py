@@ -131,6 +131,23 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         tmp.write_text(buf.getvalue())
 
 
+def _write_histories(folder: Path, members) -> None:
+    """history.csv of the first member (the single model's), history_member<m>.csv of the others."""
+    _write_csv(folder / "history.csv", members[0].history)
+    for m, member in enumerate(members[1:], start=1):
+        _write_csv(folder / f"history_member{m}.csv", member.history)
+
+
+def _partial(folder: Path) -> list[Path]:
+    """Snapshots and finished members of a training not yet complete."""
+    return [*folder.glob("state*.pt"), *folder.glob("member_*.pt")]
+
+
+def _clear_partial(folder: Path) -> None:
+    for path in _partial(folder):
+        path.unlink(missing_ok=True)
+
+
 class Run:
     """One cross-validated training run; `execute` trains (or resumes) every fold."""
 
@@ -226,12 +243,9 @@ class Run:
                             "fold": k, "n_samples": len(self.fs), "seed": self.seed, "split": self.split,
                             "train_idx": tr.tolist(), "val_idx": va.tolist(), "test_idx": test_idx.tolist(),
                             "epoch": first.epoch, "train_config": asdict(self.config)})
-        _write_csv(fdir / "history.csv", first.history)
-        for m, member in enumerate(members[1:], start=1):
-            _write_csv(fdir / f"history_member{m}.csv", member.history)
+        _write_histories(fdir, members)
         write_json(fdir / "result.json", result)  # written last: its presence means the fold is complete
-        for leftover in (*fdir.glob("state*.pt"), *fdir.glob("member_*.pt")):
-            leftover.unlink(missing_ok=True)
+        _clear_partial(fdir)
         return result
 
     def done_results(self) -> dict[int, dict]:
@@ -375,7 +389,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
                 "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads,
                 "device": torch.device(device).type, "path": resolve_path(path, device)}
     resumed = prepare_run_dir(out_dir, identity, overwrite=overwrite, results=("state*.pt", "member_*.pt", "model.pt", "history*.csv"))
-    if resumed and (out_dir / "model.pt").is_file() and not any((*out_dir.glob("state*.pt"), *out_dir.glob("member_*.pt"))):
+    if resumed and (out_dir / "model.pt").is_file() and not _partial(out_dir):
         return out_dir / "model.pt"  # finished before: the same command does not train it again
     torch.set_num_threads(threads)
     tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed)
@@ -394,11 +408,8 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
                                   # the epoch whose weights these are (best-val keeps an earlier one)
                                   "epoch": members[0].epoch,
                                   "train_config": asdict(config), "train_idx": tr.tolist(), "val_idx": va.tolist()})
-    _write_csv(out_dir / "history.csv", members[0].history)
-    for m, member in enumerate(members[1:], start=1):
-        _write_csv(out_dir / f"history_member{m}.csv", member.history)
-    for leftover in (*out_dir.glob("state*.pt"), *out_dir.glob("member_*.pt")):
-        leftover.unlink(missing_ok=True)
+    _write_histories(out_dir, members)
+    _clear_partial(out_dir)
     return path
 
 
