@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 # torch first and pinned: any other spec lets pip pull a multi-GB CUDA build here.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# test processes (pytest-xdist): most tests wait on subprocesses, imports and files, so two
+# share the CI machine's two cores well
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast bench browser clean
 
@@ -20,7 +23,7 @@ demo: $(STAMP)  ## predict the bundled example clips with the bundled EMODB mode
 	$(VENV)/bin/timnet predict examples/
 
 test: $(STAMP) browser  ## the whole suite: fast tier and the real-data tier on ../shared
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # Debian's chromium for the report's browser test; where it cannot be installed (no root, not
 # Debian) the test skips and says so, except under CI, where it must run.
@@ -29,7 +32,7 @@ browser:
 	  || echo "chromium could not be installed: the browser test will be skipped outside CI"
 
 test-fast: $(STAMP)  ## synthetic data only (seconds)
-	$(PY) -m pytest -q -m "not realdata and not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not realdata and not slow"
 
 bench: $(STAMP)  ## speed figures of this machine (training, inference, extraction of ../shared EMODB)
 	$(VENV)/bin/timnet bench --data ../shared/data/EMODB --json bench.json

@@ -4,7 +4,9 @@
 
 For each recipe, `timnet train --split speaker --folds <speakers> --seeds S1,S2,S3` (resumed):
 every fold tests one speaker the model never heard. The seeds change the initialisation, the
-batch order, the dropout masks and the augmentation draws (the folds are the speakers).
+batch order, the dropout masks and the augmentation draws (the folds are the speakers). Finished
+folds are kept in the ledger (benchmarks/ledger/loso_<corpus>/<recipe>), so that a table's compute
+can span several sessions.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import environment, fold_seconds, pm, train, write_json
+from _common import environment, fold_seconds, pm, record, restore, train, write_json
 from timnet.corpora import defaults_for
 from timnet.features import load_features
 
@@ -36,8 +38,13 @@ def main() -> int:
     out = {}
     for recipe in args.recipes.split(","):
         run = Path(args.runs) / recipe
-        r, wall = train(args.features, run, "--recipe", recipe, "--split", "speaker", "--folds", str(len(speakers)),
-                        "--seeds", args.seeds)
+        key = f"loso_{fs.corpus.lower()}/{recipe}"
+        restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
+        try:
+            r, wall = train(args.features, run, "--recipe", recipe, "--split", "speaker", "--folds", str(len(speakers)),
+                            "--seeds", args.seeds)
+        finally:
+            record(run, key)  # also the folds of an interrupted run
         out[recipe] = {**r, "wall_s_this_call": round(wall, 1), "fold_seconds": fold_seconds(run), **environment(run)}
     first = next(iter(out.values()))
     names = list(out)

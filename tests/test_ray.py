@@ -36,17 +36,14 @@ def same_folds(a: dict, b: dict) -> bool:
 
 @pytest.mark.slow
 def test_ray_equals_local_and_survives_a_killed_worker(features, tmp_path):
-    """3 folds x 2 epochs: identical per-fold results on both backends; with one Ray worker killed
-    (SIGKILL right after fold 2's epoch-1 snapshot) Ray retries the task, which resumes, and the
-    results are still identical."""
+    """3 folds x 2 epochs on Ray, with one Ray worker killed (SIGKILL right after fold 2's epoch-1
+    snapshot): Ray retries the task, which resumes, and every fold's results are identical to the
+    local backend's. (One Ray run: starting a cluster is most of this test's time.)"""
     local = train(features, tmp_path / "local")
-    on_ray = train(features, tmp_path / "ray", "--backend", "ray")
-    assert same_folds(local, on_ray)
-    assert all("node_id" in f["worker"] for f in on_ray["folds"])
-
     killed = train(features, tmp_path / "killed", "--backend", "ray", "--save-every", "1",
                    env={"TIMNET_TEST_DIE_AFTER": "fold_02:1"})
     assert (tmp_path / "killed" / "fold_02" / "test_died_after_epoch_1").exists()  # the worker did die
+    assert all("node_id" in f["worker"] for f in killed["folds"])  # the folds ran as Ray tasks
     assert same_folds(local, killed)
 
 

@@ -103,8 +103,6 @@ def test_resume_after_kill_equals_uninterrupted_and_is_deterministic(tmp_path):
     features = save_features(synthetic(), tmp_path / "f.npz")
     full = train_cli(features, tmp_path / "full", "--json", tmp_path / "full.json")
     assert full.returncode == 0, full.stderr
-    again = train_cli(features, tmp_path / "again", "--json", tmp_path / "again.json")
-    assert again.returncode == 0, again.stderr
 
     def figures(path):
         r = json.loads(path.read_text())
@@ -113,8 +111,7 @@ def test_resume_after_kill_equals_uninterrupted_and_is_deterministic(tmp_path):
             f.pop("worker")  # which process ran the fold
         return r
 
-    assert figures(tmp_path / "full.json") == figures(tmp_path / "again.json")
-
+    # (deterministic: the resumed runs below, in other processes, must equal it to the last bit)
     killed = train_cli(features, tmp_path / "resumed", "--workers", "1", env={"TIMNET_TEST_DIE_AFTER": "fold_02:3"})
     assert killed.returncode == -9
     assert (tmp_path / "resumed" / "fold_01" / "result.json").is_file()
