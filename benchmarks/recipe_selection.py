@@ -49,6 +49,9 @@ CANDIDATES = {
     "swa": {"swa_epochs": 100},
     # the same with the augmentation above: its last weights are "augmentation, 500 epochs, no averaging"
     "swa+aug": {"swa_epochs": 100, **AUG},
+    # speaker-like variation instead of masks: vocal-tract warp and tempo, factors within ±10 %;
+    # its last weights are "vtlp+tempo, 500 epochs, no averaging"
+    "swa+vtlp": {"swa_epochs": 100, "vtlp": 0.1, "tempo": 0.1},
     # members of the SWA recipe per fold, probabilities averaged; the first member is "swa" itself
     "swa-x2": {"swa_epochs": 100, "members": 2},
     "swa-x3": {"swa_epochs": 100, "members": 3},

@@ -9,7 +9,7 @@ import torch
 from test_train import FAST, synthetic, train_cli
 from timnet.errors import TimnetError
 from timnet.features import save_features
-from timnet.recipe import EMA, SWA, augment, learning_rate, measure_bn
+from timnet.recipe import EMA, SWA, augment, learning_rate, measure_bn, stretch_time, warp_vocal_tract
 from timnet.run import Run
 from timnet.train import TrainConfig, recipe_config, train_fold
 
@@ -51,6 +51,56 @@ def test_augment_shift_and_masks():
     again = augment(x, TrainConfig(time_masks=1, time_mask_width=4, freq_masks=1, freq_mask_width=2),
                     torch.Generator().manual_seed(1))
     assert torch.equal(masked, again)
+
+
+def test_tempo_reads_frames_at_scaled_times_about_the_centre():
+    t = 21
+    x = torch.arange(t, dtype=torch.float32)[None, :, None].repeat(3, 1, 2)  # frame t holds t
+    rate = torch.tensor([1.0, 1.2, 0.8], dtype=torch.float64)
+    out = stretch_time(x, rate)
+    assert torch.equal(out[0], x[0])
+    centre = (t - 1) / 2
+    for b in (1, 2):
+        want = (centre + (torch.arange(t) - centre) * rate[b]).clamp(0, t - 1).float()
+        assert torch.allclose(out[b, :, 0], want, atol=1e-5)  # faster: the ends come from further out
+    assert out[1, 0, 0] == 0 and out[1, -1, 0] == t - 1  # beyond the ends: the end frames
+
+
+def test_vtlp_is_a_warp_of_the_envelope_the_mfccs_describe():
+    """Against an independent construction: the log-mel envelope of random MFCCs (inverse
+    orthonormal DCT), read at f / alpha with numpy's interpolation, back to MFCCs with scipy."""
+    import librosa
+    import scipy.fft
+
+    rng = np.random.default_rng(0)
+    c = torch.from_numpy(rng.standard_normal((2, 5, 39)))
+    assert torch.allclose(warp_vocal_tract(c, torch.ones(2, dtype=torch.float64)), c, atol=1e-10)  # identity at 1
+    alpha = np.array([1.1, 0.9])
+    centres = librosa.mel_frequencies(n_mels=130, fmin=0.0, fmax=11025)[1:-1]
+    out = warp_vocal_tract(c, torch.from_numpy(alpha)).numpy()
+    for b in range(2):
+        for t in range(5):
+            envelope = scipy.fft.idct(np.r_[c[b, t].numpy(), np.zeros(128 - 39)], type=2, norm="ortho")
+            warped = np.interp(centres / alpha[b], centres, envelope)
+            want = scipy.fft.dct(warped, type=2, norm="ortho")[:39]
+            assert np.allclose(out[b, t], want, atol=1e-9)
+    # a formant moves up in frequency for alpha > 1 and down for alpha < 1
+    peak = np.exp(-0.5 * ((np.arange(128) - 40) / 3.0) ** 2)
+    mf = torch.from_numpy(scipy.fft.dct(peak, type=2, norm="ortho")[:39])[None, None, :].repeat(2, 1, 1)
+    moved = warp_vocal_tract(mf, torch.from_numpy(alpha)).numpy()
+    bands = [np.argmax(scipy.fft.idct(np.r_[moved[b, 0], np.zeros(89)], type=2, norm="ortho")) for b in range(2)]
+    assert bands[0] > 40 > bands[1]
+
+
+def test_tempo_and_vtlp_in_augment_are_seeded_and_checked():
+    x = torch.randn(4, 30, 39)
+    config = TrainConfig(tempo=0.1, vtlp=0.1)
+    a = augment(x, config, torch.Generator().manual_seed(3))
+    b = augment(x, config, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.allclose(a, x)
+    for name in ("tempo", "vtlp"):
+        with pytest.raises(TimnetError, match=f"--{name} 0.5 invalid"):
+            TrainConfig(**{name: 0.5})
 
 
 def test_ema_is_a_bias_corrected_average():

@@ -31,6 +31,8 @@ RECIPE_OPTIONS = {
     "time_mask_width": (int, "frames per time mask, at most (default 0)"),
     "freq_masks": (int, "MFCC-coefficient masks per utterance (default 0)"),
     "freq_mask_width": (int, "coefficients per mask, at most (default 0)"),
+    "tempo": (float, "tempo of each utterance scaled by a random factor in [1-R, 1+R] (default 0: off)"),
+    "vtlp": (float, "vocal-tract length perturbation: spectral envelope warped by a factor in [1-A, 1+A] (default 0: off)"),
     "mixup_alpha": (float, "mixup with Beta(alpha, alpha) (default 0: off)"),
     "members": (int, "models per fold from other initialisations, their probabilities averaged (default 1); "
                      "the first is the single model this recipe trains"),

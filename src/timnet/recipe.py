@@ -12,8 +12,10 @@ coefficient over time (raw MFCCs are not centred: zero would be a loud, odd fram
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,16 +41,21 @@ def learning_rate(config, step: int, steps_per_epoch: int) -> float:
 
 
 def augment(x: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
-    """Time shift and time/coefficient masks on a batch (B, T, F); x itself is left untouched."""
-    if not (config.time_shift or config.time_masks or config.freq_masks):
+    """Tempo, time shift, vocal-tract warp and time/coefficient masks on a batch (B, T, F), in that
+    order; x itself is left untouched. Each draws from `generator` only when it is on."""
+    if not (config.time_shift or config.time_masks or config.freq_masks or config.tempo or config.vtlp):
         return x
     b, t, f = x.shape
     out = x.clone()
+    if config.tempo:
+        out = stretch_time(out, _factors(b, config.tempo, generator).to(out.device))
     if config.time_shift:
         # circular: the centre-padded utterance moves, its padding wraps around
         shifts = torch.randint(-config.time_shift, config.time_shift + 1, (b,), generator=generator)
         idx = (torch.arange(t)[None, :] - shifts[:, None]) % t
         out = torch.gather(out, 1, idx[:, :, None].expand(b, t, f).to(out.device))
+    if config.vtlp:
+        out = warp_vocal_tract(out, _factors(b, config.vtlp, generator).to(out.device))
     fill = out.mean(dim=1, keepdim=True)  # (B, 1, F)
     for count, width, axis, size in ((config.time_masks, config.time_mask_width, 1, t),
                                      (config.freq_masks, config.freq_mask_width, 2, f)):
@@ -60,6 +67,69 @@ def augment(x: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor
             mask = mask[:, :, None] if axis == 1 else mask[:, None, :]
             out = torch.where(mask, fill, out)
     return out
+
+
+def _factors(n: int, spread: float, generator: torch.Generator) -> torch.Tensor:
+    """n factors drawn uniformly from [1 - spread, 1 + spread]."""
+    return 1 + spread * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
+
+
+def stretch_time(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """Each utterance of (B, T, F) spoken `rate` times faster (> 1) or slower (< 1), about the centre.
+
+    Frames are linearly interpolated at centre + (t - centre) * rate. Utterances are centre-padded
+    or centre-cropped to T frames (SPEC.md §1), so this is the tempo change the same speech at
+    another speed would show there; reads beyond either end take the end frame (padding)."""
+    b, t, f = x.shape
+    if t < 2:
+        return x
+    centre = (t - 1) / 2
+    src = (centre + (torch.arange(t, device=x.device, dtype=torch.float64) - centre)[None, :] * rate[:, None])
+    src = src.clamp(0, t - 1)
+    lo = src.floor().long().clamp(max=t - 2)
+    w = (src - lo).to(x.dtype)[:, :, None]
+    take = lambda idx: torch.gather(x, 1, idx[:, :, None].expand(b, t, f))
+    return torch.lerp(take(lo), take(lo + 1), w)
+
+
+@functools.lru_cache(maxsize=4)
+def _cepstral_basis(n_mfcc: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the first n_mfcc rows of the orthonormal DCT-II over the mel bands, the bands' centre
+    frequencies in Hz) of the features' MFCCs (SPEC.md §1: librosa's 128 Slaney bands at 22050 Hz)."""
+    import librosa
+    import scipy.fft
+
+    from .audio import SAMPLE_RATE
+
+    n_mels = 128  # librosa's default, as in timnet.audio.mfcc
+    if not 1 <= n_mfcc <= n_mels:
+        raise ValueError(f"vocal-tract warping needs 1 to {n_mels} MFCCs per frame; these features have {n_mfcc}")
+    dct = scipy.fft.dct(np.eye(n_mels), type=2, norm="ortho", axis=0)[:n_mfcc]  # mfcc = dct @ log-mel
+    centres = librosa.mel_frequencies(n_mels=n_mels + 2, fmin=0.0, fmax=SAMPLE_RATE / 2)[1:-1]
+    return torch.from_numpy(dct), torch.from_numpy(centres)
+
+
+def warp_vocal_tract(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Vocal tract length perturbation (Jaitly & Hinton, 2013) of MFCC sequences (B, T, F).
+
+    The spectral envelope of utterance b is read at f / alpha[b]: alpha > 1 moves formants up (a
+    shorter vocal tract), alpha < 1 down. MFCCs are a truncated orthonormal DCT of the log-mel
+    spectrum, so the envelope they describe is dct.T @ mfcc; warping it (linear interpolation
+    between band centres, the top and bottom bands held beyond the ends) and taking the DCT again
+    is one F x F matrix per utterance, dct @ W(alpha) @ dct.T, which is the identity at alpha = 1
+    (W has two entries per row: it is applied by indexing, not as an n x n product).
+    Another speaker's voice, where masks only hide parts of this one's."""
+    dct, centres = _cepstral_basis(x.shape[2])
+    dct, centres = dct.to(x.device), centres.to(x.device)
+    n = len(centres)
+    src = centres[None, :] / alpha[:, None]  # (B, n): where each output band reads the spectrum
+    hi = torch.searchsorted(centres, src.contiguous()).clamp(1, n - 1)
+    lo = hi - 1
+    frac = ((src - centres[lo]) / (centres[hi] - centres[lo])).clamp(0, 1)
+    inverse = dct.T  # (n, F): MFCCs -> envelope
+    warped_inverse = (1 - frac)[:, :, None] * inverse[lo] + frac[:, :, None] * inverse[hi]  # W(alpha) @ dct.T
+    m = dct @ warped_inverse  # (B, F, F)
+    return torch.bmm(x, m.transpose(1, 2).to(x.dtype))
 
 
 def mixup(x: torch.Tensor, config, generator: torch.Generator):

@@ -50,6 +50,8 @@ class TrainConfig:
     time_mask_width: int = 0
     freq_masks: int = 0  # masks of up to freq_mask_width MFCC coefficients per utterance
     freq_mask_width: int = 0
+    tempo: float = 0.0  # > 0: each utterance's tempo scaled by a factor in [1 - tempo, 1 + tempo]
+    vtlp: float = 0.0  # > 0: vocal-tract length perturbation, warp factors in [1 - vtlp, 1 + vtlp]
     mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha)
     members: int = 1  # > 1: models per fold from other initialisations; the fold's model averages their probabilities
 
@@ -69,6 +71,9 @@ class TrainConfig:
             raise TimnetError(f"--lr {self.lr} invalid; expected a positive learning rate")
         if not 0 <= self.label_smoothing < 1:
             raise TimnetError(f"--label-smoothing {self.label_smoothing} invalid; expected 0 <= S < 1")
+        for name in ("tempo", "vtlp"):
+            if not 0 <= getattr(self, name) < 0.5:
+                raise TimnetError(f"--{name} {getattr(self, name)} invalid; expected 0 (off) <= R < 0.5")
         if self.mixup_alpha < 0:
             raise TimnetError(f"--mixup-alpha {self.mixup_alpha} invalid; expected 0 (off) or more")
         if self.select not in SELECTIONS:
