@@ -76,14 +76,17 @@ def test_vtlp_is_a_warp_of_the_envelope_the_mfccs_describe():
     c = torch.from_numpy(rng.standard_normal((2, 5, 39)))
     assert torch.allclose(warp_vocal_tract(c, torch.ones(2, dtype=torch.float64)), c, atol=1e-10)  # identity at 1
     alpha = np.array([1.1, 0.9])
+    # the centres of the bands of the features' own filter bank (timnet.audio: librosa's, 22050 Hz)
+    bank = librosa.filters.mel(sr=22050, n_fft=2048)
+    bins = np.fft.rfftfreq(2048, 1 / 22050)
     centres = librosa.mel_frequencies(n_mels=130, fmin=0.0, fmax=11025)[1:-1]
+    assert np.all(np.abs(bins[bank.argmax(1)] - centres) <= bins[1])  # each band peaks at its centre
     out = warp_vocal_tract(c, torch.from_numpy(alpha)).numpy()
     for b in range(2):
-        for t in range(5):
-            envelope = scipy.fft.idct(np.r_[c[b, t].numpy(), np.zeros(128 - 39)], type=2, norm="ortho")
-            warped = np.interp(centres / alpha[b], centres, envelope)
-            want = scipy.fft.dct(warped, type=2, norm="ortho")[:39]
-            assert np.allclose(out[b, t], want, atol=1e-9)
+        envelope = scipy.fft.idct(np.r_[c[b].numpy().T, np.zeros((128 - 39, 5))], type=2, norm="ortho", axis=0)
+        warped = np.stack([np.interp(centres / alpha[b], centres, e) for e in envelope.T], axis=1)  # (128, 5)
+        want = librosa.feature.mfcc(S=warped, n_mfcc=39).T  # the MFCCs librosa makes of that log-mel spectrum
+        assert np.allclose(out[b], want, atol=1e-9)
     # a formant moves up in frequency for alpha > 1 and down for alpha < 1
     peak = np.exp(-0.5 * ((np.arange(128) - 40) / 3.0) ** 2)
     mf = torch.from_numpy(scipy.fft.dct(peak, type=2, norm="ortho")[:39])[None, None, :].repeat(2, 1, 1)

@@ -48,14 +48,14 @@ def augment(x: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor
     b, t, f = x.shape
     out = x.clone()
     if config.tempo:
-        out = stretch_time(out, _factors(b, config.tempo, generator).to(out.device))
+        out = stretch_time(out, _factors(b, config.tempo, generator))
     if config.time_shift:
         # circular: the centre-padded utterance moves, its padding wraps around
         shifts = torch.randint(-config.time_shift, config.time_shift + 1, (b,), generator=generator)
         idx = (torch.arange(t)[None, :] - shifts[:, None]) % t
         out = torch.gather(out, 1, idx[:, :, None].expand(b, t, f).to(out.device))
     if config.vtlp:
-        out = warp_vocal_tract(out, _factors(b, config.vtlp, generator).to(out.device))
+        out = warp_vocal_tract(out, _factors(b, config.vtlp, generator))
     fill = out.mean(dim=1, keepdim=True)  # (B, 1, F)
     for count, width, axis, size in ((config.time_masks, config.time_mask_width, 1, t),
                                      (config.freq_masks, config.freq_mask_width, 2, f)):
@@ -83,7 +83,7 @@ def stretch_time(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     b, t, f = x.shape
     if t < 2:
         return x
-    centre = (t - 1) / 2
+    centre, rate = (t - 1) / 2, rate.to(x.device)
     src = (centre + (torch.arange(t, device=x.device, dtype=torch.float64) - centre)[None, :] * rate[:, None])
     src = src.clamp(0, t - 1)
     lo = src.floor().long().clamp(max=t - 2)
@@ -100,10 +100,11 @@ def _cepstral_basis(n_mfcc: int) -> tuple[torch.Tensor, torch.Tensor]:
     import scipy.fft
 
     from .audio import SAMPLE_RATE
+    from .errors import TimnetError
 
     n_mels = 128  # librosa's default, as in timnet.audio.mfcc
     if not 1 <= n_mfcc <= n_mels:
-        raise ValueError(f"vocal-tract warping needs 1 to {n_mels} MFCCs per frame; these features have {n_mfcc}")
+        raise TimnetError(f"--vtlp needs 1 to {n_mels} MFCCs per frame; these features have {n_mfcc}")
     dct = scipy.fft.dct(np.eye(n_mels), type=2, norm="ortho", axis=0)[:n_mfcc]  # mfcc = dct @ log-mel
     centres = librosa.mel_frequencies(n_mels=n_mels + 2, fmin=0.0, fmax=SAMPLE_RATE / 2)[1:-1]
     return torch.from_numpy(dct), torch.from_numpy(centres)
@@ -120,7 +121,7 @@ def warp_vocal_tract(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     (W has two entries per row: it is applied by indexing, not as an n x n product).
     Another speaker's voice, where masks only hide parts of this one's."""
     dct, centres = _cepstral_basis(x.shape[2])
-    dct, centres = dct.to(x.device), centres.to(x.device)
+    dct, centres, alpha = dct.to(x.device), centres.to(x.device), alpha.to(x.device, torch.float64)
     n = len(centres)
     src = centres[None, :] / alpha[:, None]  # (B, n): where each output band reads the spectrum
     hi = torch.searchsorted(centres, src.contiguous()).clamp(1, n - 1)
