@@ -6,11 +6,13 @@ For each recipe, `timnet train --split speaker --folds <speakers> --seeds S1,S2,
 every fold tests one speaker the model never heard. The seeds change the initialisation, the
 batch order, the dropout masks and the augmentation draws (the folds are the speakers). Finished
 folds are kept in the ledger (benchmarks/ledger/loso_<corpus>/<recipe>), so that a table's compute
-can span several sessions.
+can span several sessions; `--table-only` prints the table of the folds finished so far, from
+the ledger, without training.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -28,6 +30,7 @@ def main() -> int:
     p.add_argument("--json", required=True, help="where to write the table's figures")
     p.add_argument("--recipes", default="paper,strong", help="comma-separated recipes (default paper,strong)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the paper seed and the next two)")
+    p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
     args = p.parse_args()
 
     fs = load_features(args.features)
@@ -35,35 +38,80 @@ def main() -> int:
     if args.seeds is None:
         seed = defaults_for(fs.corpus)[0]
         args.seeds = f"{seed},{seed + 1},{seed + 2}"
+    seeds = [int(s) for s in args.seeds.split(",")]
     out = {}
     for recipe in args.recipes.split(","):
         run = Path(args.runs) / recipe
         key = f"loso_{fs.corpus.lower()}/{recipe}"
         restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
-        try:
-            r, wall = train(args.features, run, "--recipe", recipe, "--split", "speaker", "--folds", str(len(speakers)),
-                            "--seeds", args.seeds)
-        finally:
-            record(run, key)  # also the folds of an interrupted run
-        out[recipe] = {**r, "wall_s_this_call": round(wall, 1), "fold_seconds": fold_seconds(run), **environment(run)}
-    first = next(iter(out.values()))
+        wall = None
+        if not args.table_only:
+            try:
+                _, wall = train(args.features, run, "--recipe", recipe, "--split", "speaker",
+                                "--folds", str(len(speakers)), "--seeds", args.seeds)
+            finally:
+                record(run, key)  # also the folds of an interrupted run
+        out[recipe] = {"seeds": finished_folds(run, seeds, len(speakers)), "wall_s_this_call": wall,
+                       "fold_seconds": fold_seconds(run), **environment(run)}
+        out[recipe].update(summary(out[recipe]["seeds"], len(speakers)))
+    print(table(fs.corpus, speakers, out))
+    write_json(args.json, {"corpus": fs.corpus, "speakers": speakers, "seeds": seeds, "recipes": out})
+    return 0
+
+
+def finished_folds(run: Path, seeds: list[int], n_folds: int) -> dict[int, list[dict]]:
+    """Per seed, the result.json of each finished fold (test speakers, WAR, UAR), in fold order."""
+    out = {}
+    for s in seeds:
+        folds = []
+        for path in sorted((run / f"seed_{s}").glob("fold_*/result.json")):
+            r = json.loads(path.read_text())
+            folds.append({k: r[k] for k in ("fold", "test_speakers", "war", "uar", "n_test", "seconds")})
+        out[s] = folds
+    assert all(len(f) <= n_folds for f in out.values())
+    return out
+
+
+def summary(per_seed: dict[int, list[dict]], n_folds: int) -> dict:
+    """Means over the folds of each complete seed, and their mean and sample std across those seeds."""
+    complete = {s: f for s, f in per_seed.items() if len(f) == n_folds}
+    means = {s: (float(np.mean([x["war"] for x in f])), float(np.mean([x["uar"] for x in f]))) for s, f in complete.items()}
+    wars, uars = np.array([m[0] for m in means.values()]), np.array([m[1] for m in means.values()])
+    spread = lambda v: float(v.std(ddof=1)) if len(v) > 1 else None
+    return {"complete_seeds": list(means), "per_seed_means": {s: {"war": w, "uar": u} for s, (w, u) in means.items()},
+            "mean_war": float(wars.mean()) if len(wars) else None, "std_war": spread(wars),
+            "mean_uar": float(uars.mean()) if len(uars) else None, "std_uar": spread(uars)}
+
+
+def table(corpus: str, speakers: list[str], out: dict) -> str:
     names = list(out)
-    print(f"### {first['corpus']}: leave-one-speaker-out ({len(speakers)} folds), seeds {args.seeds}\n")
-    print("| speaker | " + " | ".join(f"{n} WAR | {n} UAR" for n in names) + " |")
-    print("|---|" + "---:|---:|" * len(names))
-    for i, f in enumerate(first["runs"][0]["folds"]):
+    lines = [f"### {corpus}: leave-one-speaker-out ({len(speakers)} folds)\n",
+             "| test speaker | " + " | ".join(f"{n} WAR | {n} UAR" for n in names) + " |",
+             "|---|" + "---:|---:|" * len(names)]
+    for spk in speakers:
         cells = []
         for n in names:
-            wars = [run["folds"][i]["war"] for run in out[n]["runs"]]
-            uars = [run["folds"][i]["uar"] for run in out[n]["runs"]]
-            cells.append(f"{np.mean(wars):.4f} | {np.mean(uars):.4f}")
-        print(f"| {','.join(f['test_speakers'])} | " + " | ".join(cells) + " |")
-    cells = " | ".join(f"**{pm(out[n]['mean_war'], out[n]['std_war'])}** | **{pm(out[n]['mean_uar'], out[n]['std_uar'])}**"
-                       for n in names)
-    print(f"| **mean ± std over seeds** | {cells} |")
-    print("\nPer speaker: the mean over seeds. Last row: the mean of the per-seed means ± their sample std.")
-    write_json(args.json, {"corpus": first["corpus"], "speakers": speakers, "seeds": args.seeds, "recipes": out})
-    return 0
+            folds = [f for fs_ in out[n]["seeds"].values() for f in fs_ if f["test_speakers"] == [spk]]
+            cells.append(f"{np.mean([f['war'] for f in folds]):.4f} | {np.mean([f['uar'] for f in folds]):.4f}"
+                         if folds else "– | –")
+        lines.append(f"| {spk} | " + " | ".join(cells) + " |")
+
+    def total(o):
+        if o["mean_war"] is None:
+            return "– | –"
+        if o["std_war"] is None:
+            return f"**{o['mean_war']:.4f}** | **{o['mean_uar']:.4f}**"
+        return f"**{pm(o['mean_war'], o['std_war'])}** | **{pm(o['mean_uar'], o['std_uar'])}**"
+
+    lines.append("| **mean (± std over seeds)** | " + " | ".join(total(out[n]) for n in names) + " |")
+    lines.append("")
+    for n in names:
+        done = {s: len(f) for s, f in out[n]["seeds"].items()}
+        lines.append(f"- {n}: seeds {', '.join(map(str, out[n]['complete_seeds'])) or 'none'} complete; "
+                     f"folds finished per seed {done}")
+    lines.append("\nPer speaker: the mean over the seeds that finished its fold. Last row: the mean over complete "
+                 "seeds of their per-seed mean over speakers, ± the sample std of those means.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -43,3 +43,19 @@ def test_ledger_restores_finished_folds_into_a_fresh_run(tmp_path, monkeypatch):
     assert _common.record(other.dir, "t/paper") == 3
     recorded = json.loads((tmp_path / "ledger" / "t/paper/run.json").read_text())["identity"]
     assert recorded["train_config"]["label_smoothing"] == pytest.approx(0.2)
+
+
+def test_speaker_table_counts_only_complete_seeds():
+    """A table in progress: a seed with a fold missing has no mean; one complete seed has no spread."""
+    import speaker_independent as si
+
+    def fold(k, war):
+        return {"fold": k, "test_speakers": [f"s{k}"], "war": war, "uar": war - 0.1, "n_test": 10, "seconds": 1.0}
+
+    per_seed = {1: [fold(1, 0.5), fold(2, 0.7)], 2: [fold(1, 0.9)]}
+    s = si.summary(per_seed, n_folds=2)
+    assert s["complete_seeds"] == [1] and s["mean_war"] == pytest.approx(0.6) and s["std_war"] is None
+    s = si.summary({**per_seed, 2: [fold(1, 0.9), fold(2, 0.5)]}, n_folds=2)
+    assert s["mean_war"] == pytest.approx(0.65) and s["std_war"] == pytest.approx(0.0707, abs=1e-4)
+    text = si.table("X", ["s1", "s2"], {"paper": {"seeds": per_seed, **si.summary(per_seed, 2)}})
+    assert "| s1 | 0.7000 | 0.6000 |" in text and "| s2 | 0.7000 | 0.6000 |" in text  # s1: mean of both seeds
