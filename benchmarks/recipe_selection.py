@@ -52,6 +52,8 @@ CANDIDATES = {
     # speaker-like variation instead of masks: vocal-tract warp and tempo, factors within ±10 %;
     # its last weights are "vtlp+tempo, 500 epochs, no averaging"
     "swa+vtlp": {"swa_epochs": 100, "vtlp": 0.1, "tempo": 0.1},
+    # the same, and recording levels varied by up to ±6 dB (speakers' levels differ by about that)
+    "swa+vtlp+gain": {"swa_epochs": 100, "vtlp": 0.1, "tempo": 0.1, "gain": 6.0},
     # members of the SWA recipe per fold, probabilities averaged; the first member is "swa" itself
     "swa-x2": {"swa_epochs": 100, "members": 2},
     "swa-x3": {"swa_epochs": 100, "members": 3},

@@ -9,7 +9,7 @@ import torch
 from test_train import FAST, synthetic, train_cli
 from timnet.errors import TimnetError
 from timnet.features import save_features
-from timnet.recipe import EMA, SWA, augment, learning_rate, measure_bn, stretch_time, warp_vocal_tract
+from timnet.recipe import EMA, SWA, augment, change_gain, learning_rate, measure_bn, stretch_time, warp_vocal_tract
 from timnet.run import Run
 from timnet.train import TrainConfig, recipe_config, train_fold
 
@@ -95,15 +95,30 @@ def test_vtlp_is_a_warp_of_the_envelope_the_mfccs_describe():
     assert bands[0] > 40 > bands[1]
 
 
+def test_gain_is_what_a_louder_recording_gives():
+    """The MFCCs (timnet's own front end) of the same centre-padded utterance at half the amplitude
+    differ from the original's by what change_gain adds: -6.02 dB on c0, nothing elsewhere."""
+    from timnet.audio import mfcc
+
+    rng = np.random.default_rng(0)
+    t = np.arange(30000) / 22050
+    speech = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(len(t)))
+    y = np.r_[np.zeros(8000), speech, np.zeros(8000)].astype(np.float32)  # padding, as SPEC.md §1 pads
+    loud, quiet = mfcc(y), mfcc(0.5 * y)
+    want = change_gain(torch.from_numpy(loud)[None], torch.tensor([20 * np.log10(0.5)], dtype=torch.float64))[0]
+    assert np.abs(quiet - want.numpy()).max() < 1e-3  # float32 rounding of values near 500
+    assert np.abs(quiet[:, 0] - loud[:, 0]).min() > 60  # c0 did move, by 6.02 * sqrt(128) = 68
+
+
 def test_tempo_and_vtlp_in_augment_are_seeded_and_checked():
     x = torch.randn(4, 30, 39)
-    config = TrainConfig(tempo=0.1, vtlp=0.1)
+    config = TrainConfig(tempo=0.1, vtlp=0.1, gain=6)
     a = augment(x, config, torch.Generator().manual_seed(3))
     b = augment(x, config, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and not torch.allclose(a, x)
-    for name in ("tempo", "vtlp"):
-        with pytest.raises(TimnetError, match=f"--{name} 0.5 invalid"):
-            TrainConfig(**{name: 0.5})
+    for name, bad in (("tempo", 0.5), ("vtlp", 0.5), ("gain", -1.0)):
+        with pytest.raises(TimnetError, match=f"--{name} {bad} invalid"):
+            TrainConfig(**{name: bad})
 
 
 def test_ema_is_a_bias_corrected_average():

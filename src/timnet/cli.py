@@ -33,6 +33,7 @@ RECIPE_OPTIONS = {
     "freq_mask_width": (int, "coefficients per mask, at most (default 0)"),
     "tempo": (float, "tempo of each utterance scaled by a random factor in [1-R, 1+R] (default 0: off)"),
     "vtlp": (float, "vocal-tract length perturbation: spectral envelope warped by a factor in [1-A, 1+A] (default 0: off)"),
+    "gain": (float, "each utterance as if recorded up to DB decibels louder or quieter (default 0: off)"),
     "mixup_alpha": (float, "mixup with Beta(alpha, alpha) (default 0: off)"),
     "members": (int, "models per fold from other initialisations, their probabilities averaged (default 1); "
                      "the first is the single model this recipe trains"),

@@ -26,6 +26,7 @@ RECIPES = {
                "freq_mask_width": 4, "time_shift": 20},
 }
 SCHEDULES = ("constant", "cosine")
+N_MELS = 128  # mel bands under the features' MFCCs (librosa's default, as in timnet.audio.mfcc)
 
 
 def learning_rate(config, step: int, steps_per_epoch: int) -> float:
@@ -41,9 +42,9 @@ def learning_rate(config, step: int, steps_per_epoch: int) -> float:
 
 
 def augment(x: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
-    """Tempo, time shift, vocal-tract warp and time/coefficient masks on a batch (B, T, F), in that
-    order; x itself is left untouched. Each draws from `generator` only when it is on."""
-    if not (config.time_shift or config.time_masks or config.freq_masks or config.tempo or config.vtlp):
+    """Tempo, time shift, vocal-tract warp, gain and time/coefficient masks on a batch (B, T, F), in
+    that order; x itself is left untouched. Each draws from `generator` only when it is on."""
+    if not (config.time_shift or config.time_masks or config.freq_masks or config.tempo or config.vtlp or config.gain):
         return x
     b, t, f = x.shape
     out = x.clone()
@@ -56,6 +57,8 @@ def augment(x: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor
         out = torch.gather(out, 1, idx[:, :, None].expand(b, t, f).to(out.device))
     if config.vtlp:
         out = warp_vocal_tract(out, _factors(b, config.vtlp, generator))
+    if config.gain:
+        out = change_gain(out, config.gain * (2 * torch.rand(b, generator=generator, dtype=torch.float64) - 1))
     fill = out.mean(dim=1, keepdim=True)  # (B, 1, F)
     for count, width, axis, size in ((config.time_masks, config.time_mask_width, 1, t),
                                      (config.freq_masks, config.freq_mask_width, 2, f)):
@@ -102,7 +105,7 @@ def _cepstral_basis(n_mfcc: int) -> tuple[torch.Tensor, torch.Tensor]:
     from .audio import SAMPLE_RATE
     from .errors import TimnetError
 
-    n_mels = 128  # librosa's default, as in timnet.audio.mfcc
+    n_mels = N_MELS
     if not 1 <= n_mfcc <= n_mels:
         raise TimnetError(f"--vtlp needs 1 to {n_mels} MFCCs per frame; these features have {n_mfcc}")
     dct = scipy.fft.dct(np.eye(n_mels), type=2, norm="ortho", axis=0)[:n_mfcc]  # mfcc = dct @ log-mel
@@ -131,6 +134,18 @@ def warp_vocal_tract(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     warped_inverse = (1 - frac)[:, :, None] * inverse[lo] + frac[:, :, None] * inverse[hi]  # W(alpha) @ dct.T
     m = dct @ warped_inverse  # (B, F, F)
     return torch.bmm(x, m.transpose(1, 2).to(x.dtype))
+
+
+def change_gain(x: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
+    """Each utterance of (B, T, F) as if recorded `db[b]` decibels louder (negative: quieter).
+
+    A gain g multiplies the power spectrum by g^2, which adds 20 log10 g dB to every log-mel band
+    (and to power_to_db's floor, which follows the maximum), i.e. a constant vector; its orthonormal
+    DCT is c0 += dB * sqrt(n_mels), every other coefficient unchanged. Speakers and sessions are
+    recorded at levels that differ by a few dB, which the network should not take for emotion."""
+    out = x.clone()
+    out[:, :, 0] += (db.to(x.device) * math.sqrt(N_MELS)).to(x.dtype)[:, None]
+    return out
 
 
 def mixup(x: torch.Tensor, config, generator: torch.Generator):

@@ -52,6 +52,7 @@ class TrainConfig:
     freq_mask_width: int = 0
     tempo: float = 0.0  # > 0: each utterance's tempo scaled by a factor in [1 - tempo, 1 + tempo]
     vtlp: float = 0.0  # > 0: vocal-tract length perturbation, warp factors in [1 - vtlp, 1 + vtlp]
+    gain: float = 0.0  # > 0: each utterance as if recorded up to this many dB louder or quieter
     mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha)
     members: int = 1  # > 1: models per fold from other initialisations; the fold's model averages their probabilities
 
@@ -74,6 +75,8 @@ class TrainConfig:
         for name in ("tempo", "vtlp"):
             if not 0 <= getattr(self, name) < 0.5:
                 raise TimnetError(f"--{name} {getattr(self, name)} invalid; expected 0 (off) <= R < 0.5")
+        if not 0 <= self.gain <= 40:
+            raise TimnetError(f"--gain {self.gain} invalid; expected 0 (off) <= DB <= 40")
         if self.mixup_alpha < 0:
             raise TimnetError(f"--mixup-alpha {self.mixup_alpha} invalid; expected 0 (off) or more")
         if self.select not in SELECTIONS:
