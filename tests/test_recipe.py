@@ -22,14 +22,15 @@ def test_paper_recipe_is_the_default_and_changes_nothing():
 
 
 def test_strong_preset_and_overrides(monkeypatch):
-    # the preset is the candidate benchmarks/recipe_selection.py evaluates as "ema+aug"
+    # the preset is the candidate benchmarks/recipe_selection.py evaluates as "vtlp+gain"
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     import recipe_selection
 
     strong = recipe_config("strong")
-    assert {k: getattr(strong, k) for k in recipe_selection.CANDIDATES["ema+aug"]} == recipe_selection.CANDIDATES["ema+aug"]
+    assert {k: getattr(strong, k) for k in recipe_selection.CANDIDATES["vtlp+gain"]} == recipe_selection.CANDIDATES["vtlp+gain"]
+    assert recipe_config("paper", **recipe_selection.CANDIDATES["vtlp+gain"]) == TrainConfig(**{**vars(strong), "recipe": "paper"})
     c = recipe_config("strong", epochs=7)
-    assert c.recipe == "strong" and c.epochs == 7 and c.ema_decay > 0
+    assert c.recipe == "strong" and c.epochs == 7 and c.vtlp > 0
     with pytest.raises(TimnetError, match="--recipe 'fancy' unknown"):
         recipe_config("fancy")
     with pytest.raises(TimnetError, match="--ema-decay 1.0 invalid"):
