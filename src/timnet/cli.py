@@ -355,8 +355,9 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
     s.add_argument("--split", choices=SPLITS, default="random", help="random: the paper's utterance-level KFold; speaker: no speaker on both sides")
     s.add_argument("--recipe", choices=RECIPE_NAMES, default="paper",
-                   help="paper: SPEC.md's protocol (default); strong: EMA of the weights, time shift and masks, "
-                        "300 epochs (provisional, its validation-only selection is not finished: see README); "
+                   help="paper: SPEC.md's protocol (default); strong: the paper's training with vocal-tract, "
+                        "tempo and level variation of each training utterance (--vtlp 0.1 --tempo 0.1 --gain 6; "
+                        "provisional, its validation-only selection is not finished: see README); "
                         "the options below override single values")
     for name, (typ, text) in RECIPE_OPTIONS.items():
         choices = SCHEDULES if name == "lr_schedule" else None
