@@ -50,16 +50,16 @@ def augment(x: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor
     b, t, f = x.shape
     out = x.clone()
     if config.tempo:
-        out = stretch_time(out, _factors(b, config.tempo, generator))
+        out = stretch_time(out, 1 + _symmetric(b, config.tempo, generator))
     if config.time_shift:
         # circular: the centre-padded utterance moves, its padding wraps around
         shifts = torch.randint(-config.time_shift, config.time_shift + 1, (b,), generator=generator)
         idx = (torch.arange(t)[None, :] - shifts[:, None]) % t
         out = torch.gather(out, 1, idx[:, :, None].expand(b, t, f).to(out.device))
     if config.vtlp:
-        out = warp_vocal_tract(out, _factors(b, config.vtlp, generator))
+        out = warp_vocal_tract(out, 1 + _symmetric(b, config.vtlp, generator))
     if config.gain:
-        out = change_gain(out, config.gain * (2 * torch.rand(b, generator=generator, dtype=torch.float64) - 1))
+        out = change_gain(out, _symmetric(b, config.gain, generator))
     fill = out.mean(dim=1, keepdim=True)  # (B, 1, F)
     for count, width, axis, size in ((config.time_masks, config.time_mask_width, 1, t),
                                      (config.freq_masks, config.freq_mask_width, 2, f)):
@@ -73,9 +73,9 @@ def augment(x: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor
     return out
 
 
-def _factors(n: int, spread: float, generator: torch.Generator) -> torch.Tensor:
-    """n factors drawn uniformly from [1 - spread, 1 + spread]."""
-    return 1 + spread * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
+def _symmetric(n: int, spread: float, generator: torch.Generator) -> torch.Tensor:
+    """n values drawn uniformly from [-spread, spread] (float64)."""
+    return spread * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
 
 
 def stretch_time(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
@@ -106,11 +106,10 @@ def _cepstral_basis(n_mfcc: int) -> tuple[torch.Tensor, torch.Tensor]:
     from .audio import SAMPLE_RATE
     from .errors import TimnetError
 
-    n_mels = N_MELS
-    if not 1 <= n_mfcc <= n_mels:
-        raise TimnetError(f"--vtlp needs 1 to {n_mels} MFCCs per frame; these features have {n_mfcc}")
-    dct = scipy.fft.dct(np.eye(n_mels), type=2, norm="ortho", axis=0)[:n_mfcc]  # mfcc = dct @ log-mel
-    centres = librosa.mel_frequencies(n_mels=n_mels + 2, fmin=0.0, fmax=SAMPLE_RATE / 2)[1:-1]
+    if not 1 <= n_mfcc <= N_MELS:
+        raise TimnetError(f"--vtlp needs 1 to {N_MELS} MFCCs per frame; these features have {n_mfcc}")
+    dct = scipy.fft.dct(np.eye(N_MELS), type=2, norm="ortho", axis=0)[:n_mfcc]  # mfcc = dct @ log-mel
+    centres = librosa.mel_frequencies(n_mels=N_MELS + 2, fmin=0.0, fmax=SAMPLE_RATE / 2)[1:-1]
     return torch.from_numpy(dct), torch.from_numpy(centres)
 
 
