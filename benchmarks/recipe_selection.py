@@ -89,7 +89,7 @@ def main() -> int:
                       make_run=make_run, names=names)
     for n, run in zip(names, runs):
         reuse_first_member(run, CANDIDATES[n], Path(args.runs))
-    summaries = execute_runs(runs, backend=LocalBackend(args.workers), progress=False,
+    summaries = execute_runs(runs, backend=LocalBackend(args.workers), progress=False, fold_major=True,
                              log=lambda m: print(m, file=sys.stderr, flush=True))
     for n, run in zip(names, runs):
         record(run.dir, keys[n])

@@ -105,3 +105,31 @@ def test_sweep_cli_and_bad_space(tmp_path):
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
     assert bad.stderr.startswith(f"timnet: error: {space}: not a valid search space file")
+
+
+@pytest.mark.parametrize("fold_major, expected", [(False, [(0, 1), (0, 3), (1, 1), (1, 2), (1, 3)]),
+                                                  (True, [(0, 1), (1, 1), (1, 2), (0, 3), (1, 3)])])
+def test_execute_runs_schedules_run_by_run_or_fold_by_fold(fold_major, expected):
+    """Recipe selection pairs candidates fold by fold, so it schedules fold k of every run before
+    fold k+1: work stopped part way leaves complete pairs. Finished folds are never scheduled."""
+    from types import SimpleNamespace
+
+    from timnet.run import execute_runs
+
+    def fake_run(name, done):
+        return SimpleNamespace(dir=SimpleNamespace(name=name), folds_n=3, config=TrainConfig(epochs=1),
+                               done_results=lambda: dict(done), write_summary=lambda results: dict(results))
+
+    class Recording:
+        def map(self, runs, tasks, on_epoch):
+            self.tasks = list(tasks)
+            for task in tasks:
+                yield task, {"val_war": 0.5, "val_uar": 0.5, "epoch": 1, "epochs_run": 1, "seconds": 0.0}
+
+    backend = Recording()
+    kept = {"val_war": 1.0, "val_uar": 1.0}
+    runs = [fake_run("a", {2: kept}), fake_run("b", {})]
+    summaries = execute_runs(runs, backend=backend, progress=False, log=lambda m: None, fold_major=fold_major)
+    assert backend.tasks == expected
+    assert [sorted(s) for s in summaries] == [[1, 2, 3], [1, 2, 3]]
+    assert summaries[0][2] is kept  # a finished fold is kept, not retrained

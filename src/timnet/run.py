@@ -292,8 +292,14 @@ def _figures(result: dict) -> str:
     return f"validation WAR {result['val_war']:.4f}  UAR {result['val_uar']:.4f}"
 
 
-def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
-    """Train the unfinished folds of several runs (seeds, trials) on one backend; one summary per run."""
+def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callable[[str], None] = print,
+                 fold_major: bool = False) -> list[dict]:
+    """Train the unfinished folds of several runs (seeds, trials) on one backend; one summary per run.
+
+    Folds are scheduled run by run, so a seed finishes whole as early as possible; `fold_major`
+    schedules fold 1 of every run, then fold 2, ..., so that comparisons paired fold by fold
+    (recipe selection) have complete pairs when work is stopped part way.
+    """
     results = [run.done_results() for run in runs]
     names = [f"{run.dir.name} " if len(runs) > 1 else "" for run in runs]
     tasks = []
@@ -304,6 +310,8 @@ def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callab
                 log(f"{name}fold {k}/{run.folds_n}: done before, kept ({_figures(results[ri][k])})")
             else:
                 tasks.append((ri, k))
+    if fold_major:
+        tasks.sort(key=lambda task: (task[1], task[0]))
     with FoldProgress(runs, tasks, enabled=progress) as bar:
         for (ri, k), result in backend.map(runs, tasks, bar.epoch):
             results[ri][k] = result
