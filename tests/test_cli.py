@@ -47,7 +47,16 @@ def test_missing_path(tmp_path, out):
 
 
 def test_unknown_corpus(tmp_path, out):
-    assert_one_line_error(timnet("extract", "emodbx", tmp_path, "-o", out, "-q"), "'emodbx'", "casia, emodb, emovo, iemocap, ravdess, savee")
+    assert_one_line_error(timnet("extract", "emodbx", tmp_path, "-o", out, "-q"), "'emodbx'", "casia, emodb, emovo, iemocap, ravdess, savee, folders")
+    assert out.read_bytes() == b"kept"
+
+
+def test_bad_output_and_signal_length_refused_before_extracting(tmp_path, out):
+    # the folder does not exist, yet the output is refused first: nothing would be extracted for nothing
+    assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out.with_suffix(".npy"), "-q"),
+                          "f.npy", "expected a path ending in .npz")
+    assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out, "--signal-length", "0", "-q"),
+                          "--signal-length 0", "positive")
     assert out.read_bytes() == b"kept"
 
 

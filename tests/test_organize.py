@@ -6,7 +6,7 @@ import pytest
 from conftest import DATA, need, write_tone
 from timnet.errors import TimnetError
 from timnet.features import extract
-from timnet.organize import SPEAKER_PATTERN, organize
+from timnet.organize import MARKER, SPEAKER_PATTERN, organize
 
 TREES = {
     "casia": (["liuchanhg/angry/201.wav", "wangzhe/sad/201.wav"], {"angry/liuchanhg_201.wav", "sad/wangzhe_201.wav"}),
@@ -63,6 +63,9 @@ def test_refusals(tmp_path):
     organize("emodb", src, out)
     with pytest.raises(TimnetError, match="was organised from"):
         organize("emodb", src, out, mode="copy")
+    (out / MARKER).write_text("{not json")
+    with pytest.raises(TimnetError, match="is not valid JSON"):
+        organize("emodb", src, out)
 
 
 def test_organised_tree_extracts_as_folders(tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from timnet.errors import TimnetError
 from timnet.features import FeatureConfig, FeatureSet, save_features
-from timnet.folds import make_folds
+from timnet.folds import default_folds, make_folds
 from timnet.run import Run
 from timnet.train import TrainConfig
 
@@ -52,6 +52,14 @@ def test_speaker_folds_never_share_a_speaker(folds):
         assert [len(set(fs.speakers[te])) for _, te in splits] == [1] * 6
     with pytest.raises(TimnetError, match="needs at least 7 speakers; these features have 6"):
         make_folds(len(fs), folds=7, seed=1, split="speaker", speakers=fs.speakers)
+
+
+def test_default_folds_follow_the_speakers():
+    """--split speaker without --folds: leave-one-speaker-out on small corpora (CASIA and SAVEE have
+    4 speakers, EMOVO 6), 10 speaker-disjoint folds on larger ones (RAVDESS has 24)."""
+    assert default_folds("random", np.array(list("abcd"))) == 10
+    assert default_folds("speaker", np.repeat(list("abcd"), 5)) == 4
+    assert default_folds("speaker", np.array([f"actor{i}" for i in range(24)])) == 10
 
 
 def test_best_val_never_reads_test_labels(tmp_path):

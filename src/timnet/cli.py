@@ -62,7 +62,7 @@ def cmd_corpora(args) -> int:
 
 
 def cmd_organize(args) -> int:
-    from .corpora import skip_summary
+    from .corpora import get_corpus, skip_summary
     from .organize import SPEAKER_PATTERN, organize
 
     r = organize(args.corpus, args.src, args.out, mode="copy" if args.copy else "link")
@@ -73,7 +73,10 @@ def cmd_organize(args) -> int:
         from .corpora import Listing
 
         _warn(skip_summary(Listing(items=(), skipped=r.skipped, corpus=args.corpus.upper())))
-    print(f"next: timnet extract folders {args.out} --signal-length N --speaker-pattern '{SPEAKER_PATTERN}'")
+    signal_length = get_corpus(args.corpus).signal_length
+    # a folders corpus has its own seed, dilations and file order: the paper's protocol reads the original
+    print(f"next: timnet extract folders {args.out} --signal-length {signal_length} --speaker-pattern '{SPEAKER_PATTERN}' "
+          f"(for the paper's settings, folds and order: timnet extract {args.corpus.lower()} {args.src})")
     return 0
 
 
@@ -160,6 +163,13 @@ def _execution(args, folds_at_once: int):
     return config, device, threads, backend
 
 
+def _resolve_folds(args, fs) -> None:
+    from .folds import default_folds
+
+    if args.folds is None:
+        args.folds = default_folds(args.split, fs.speakers)
+
+
 def _model_overrides(args) -> dict:
     """Network settings given on the command line (the rest are the corpus's, SPEC.md §3)."""
     return {"dropout": args.dropout} if args.dropout is not None else {}
@@ -171,6 +181,7 @@ def cmd_train(args) -> int:
     from .run import Run, execute_runs, seed_runs, summarize_seeds, train_all_data, write_seed_summary
 
     fs = load_features(args.features, corpus=args.corpus)
+    _resolve_folds(args, fs)
     seeds = _seeds(args, fs.corpus)
     if args.all_data and (len(seeds) > 1 or args.backend != "local"):
         raise TimnetError("--all-data trains one model here: give one --seed and the local backend")
@@ -224,6 +235,7 @@ def cmd_sweep(args) -> int:
 
     space = load_space(args.space)
     fs = load_features(args.features, corpus=args.corpus)
+    _resolve_folds(args, fs)
     config, device, threads, backend = _execution(args, args.folds * args.trials)
     seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
     features_path = str(Path(args.features).resolve())
@@ -352,7 +364,8 @@ def cmd_bench(args) -> int:
 def _training_options(s, *, val_fraction: float) -> None:
     """Options shared by `train` and `sweep`: the recipe, the folds, and where folds run."""
     s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
-    s.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
+    s.add_argument("--folds", type=int, default=None,
+                   help="number of folds (default 10; with --split speaker, 10 or one per speaker if fewer)")
     s.add_argument("--split", choices=SPLITS, default="random", help="random: the paper's utterance-level KFold; speaker: no speaker on both sides")
     s.add_argument("--recipe", choices=RECIPE_NAMES, default="paper",
                    help="paper: SPEC.md's protocol (default); strong: the paper's training with vocal-tract, "

@@ -421,11 +421,12 @@ def defaults_for(name: str) -> tuple[int, int]:
     return (corpus.seed, corpus.dilations) if corpus else (FOLDERS_SEED, FOLDERS_DILATIONS)
 
 
-def get_corpus(name: str) -> Corpus:
-    """The registry entry for a corpus name, in any case."""
+def get_corpus(name: str, *, also: str | None = None) -> Corpus:
+    """The registry entry for a corpus name, in any case; `also` names another choice the caller
+    accepts (`extract` takes "folders"), for the error message."""
     corpus = CORPORA.get(str(name).strip().upper())
     if corpus is None:
-        choices = ", ".join(n.lower() for n in CORPORA)
+        choices = ", ".join([n.lower() for n in CORPORA] + ([also] if also else []))
         raise TimnetError(f"unknown corpus {name!r}; expected one of {choices}")
     return corpus
 

@@ -119,13 +119,17 @@ def extract(
     """
     from tqdm.auto import tqdm
 
+    if signal_length is not None and signal_length <= 0:
+        raise TimnetError(f"--signal-length {signal_length} invalid; expected a positive number of samples at 22050 Hz")
+    if cache is not None:
+        check_features_path(cache)  # before hours of extraction, not after
     if isinstance(corpus, str) and corpus.upper() == FOLDERS:
         if signal_length is None:
             raise TimnetError("a folders corpus needs --signal-length (samples at 22050 Hz, e.g. 96000 for 4.35 s)")
         corpus = folder_corpus(root, signal_length=signal_length, speaker_pattern=speaker_pattern)
     elif speaker_pattern is not None:
         raise TimnetError(f"--speaker-pattern is for folders corpora; {corpus} speakers come from its layout")
-    corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
+    corpus = get_corpus(corpus, also="folders") if isinstance(corpus, str) else corpus
     root = Path(root)
     listing = list_corpus(corpus, root)
     config = FeatureConfig(signal_length=signal_length or corpus.signal_length)
@@ -189,11 +193,16 @@ def _source_fingerprint(root: Path, items, config: FeatureConfig, *, corpus: str
     return h.hexdigest()
 
 
-def save_features(fs: FeatureSet, path: str | Path) -> Path:
-    """Write a FeatureSet as .npz atomically (a killed run leaves no partial file)."""
+def check_features_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         raise TimnetError(f"{path}: features are saved as .npz; expected a path ending in .npz")
+    return path
+
+
+def save_features(fs: FeatureSet, path: str | Path) -> Path:
+    """Write a FeatureSet as .npz atomically (a killed run leaves no partial file)."""
+    path = check_features_path(path)
     meta = {"corpus": fs.corpus, "labels": list(fs.labels), "config": asdict(fs.config), **fs.meta}
     arrays = dict(x=fs.x, y=fs.y, meta=np.array(json.dumps(meta)))
     if fs.speakers is not None:

@@ -8,6 +8,14 @@ from .errors import TimnetError
 SPLITS = ("random", "speaker")
 
 
+def default_folds(split: str, speakers: np.ndarray | None) -> int:
+    """The paper's 10 folds; with `speaker` folds, at most one per speaker, so a corpus of 4
+    speakers (CASIA, SAVEE) or 6 (EMOVO) gets leave-one-speaker-out rather than an error."""
+    if split == "speaker" and speakers is not None:
+        return min(10, len(np.unique(np.asarray(speakers))))
+    return 10
+
+
 def make_folds(
     n_samples: int,
     *,

@@ -41,7 +41,13 @@ def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: st
     marker = out / MARKER
     identity = {"corpus": corpus.name, "source": str(src), "mode": mode}
     if marker.is_file():
-        previous = json.loads(marker.read_text())
+        try:
+            previous = json.loads(marker.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TimnetError(f"{marker} is not valid JSON ({e}); expected the record `timnet organize` writes "
+                              f"(remove it only if {out} holds nothing else)") from None
+        if not isinstance(previous, dict):
+            previous = {"source": "?", "corpus": "?", "mode": "?"}
         if previous != identity:
             raise TimnetError(f"{out} was organised from {previous.get('source')} ({previous.get('corpus')}, "
                               f"{previous.get('mode')}); expected an empty or new folder for {corpus.name} from {src} ({mode})")
