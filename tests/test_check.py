@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import DATA, need, write_tone
-from timnet.check import check_tree, format_check
+from timnet.check import CheckReport, check_tree, format_check
 
 
 def casia_tree(root, *, per_class=2):
@@ -56,3 +56,20 @@ def test_emodb_copy_missing_extra_and_altered_by_name(tmp_path):
     assert "missing (in the publisher's manifest, not found): 1\n  EMODB/wav/03a01Fa.wav" in r.stdout
     assert "EMODB/wav/16b99Wa.wav (not in the publisher's manifest)" in r.stdout
     assert "altered (sha256 differs from the manifest): 1\n  EMODB/wav/08a01Lc.wav" in r.stdout
+
+
+def test_song_files_and_second_copies_are_listed_not_problems(tmp_path):
+    """A RAVDESS folder holding the song recordings too, or a mirror's second copy of the tree,
+    is not damaged: those files are listed as ignored and do not fail the check."""
+    root = tmp_path / "ravdess"
+    write_tone(root / "Actor_01" / "03-01-05-01-01-01-01.wav")
+    write_tone(root / "Actor_01" / "03-02-05-01-01-01-01.wav")  # vocal channel 02: song
+    write_tone(root / "copy" / "Actor_01" / "03-01-05-01-01-01-01.wav")  # the same utterance again
+    write_tone(root / "Actor_01" / "notes.wav")
+    r = check_tree("ravdess", root)
+    assert sorted(why.split(" of ")[0] for _, why in r.ignored) == ["duplicate", "song"]
+    assert [p for p, why in r.unexpected if "manifest" not in why] == ["Actor_01/notes.wav"]
+    assert "ignored (part of the corpus's distribution" in format_check(r)
+    harmless = CheckReport(corpus="RAVDESS", root=str(root), counts={}, expected_counts=None, speakers={},
+                           ignored=r.ignored)
+    assert harmless.ok

@@ -47,6 +47,9 @@ class CheckReport:
     sample_rates: dict[int, int] = field(default_factory=dict)
     channels: dict[int, int] = field(default_factory=dict)
     unexpected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # Files a corpus is distributed with but does not train on (RAVDESS's song recordings, a
+    # second copy of the same tree, as some mirrors ship): listed, but not a problem.
+    ignored: list[tuple[str, str]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # manifest paths not found
     altered: list[str] = field(default_factory=list)  # sha256 differs from the manifest
@@ -66,6 +69,10 @@ def _manifest_prefix(found: list[str], manifest: dict[str, str]) -> str:
     return ""
 
 
+def _harmless(reason: str) -> bool:
+    return reason == "song" or reason.startswith("duplicate of ")
+
+
 def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
     """Validate a corpus tree against the corpus's expected counts and, where shipped, its checksums."""
     import soundfile as sf
@@ -79,7 +86,8 @@ def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
         counts={name: counts.get(name, 0) for name in corpus.labels},
         expected_counts=dict(zip(corpus.labels, corpus.class_counts)) if corpus.class_counts else None,
         speakers=dict(sorted(Counter(it.speaker for it in listing.items).items())),
-        unexpected=list(listing.skipped),
+        unexpected=[(p, why) for p, why in listing.skipped if not _harmless(why)],
+        ignored=[(p, why) for p, why in listing.skipped if _harmless(why)],
     )
     rates, channels = Counter(), Counter()
     for it in listing.items:
@@ -125,7 +133,9 @@ def format_check(r: CheckReport) -> str:
     for title, entries in (("missing (in the publisher's manifest, not found)", r.missing),
                            ("altered (sha256 differs from the manifest)", r.altered),
                            ("unreadable", r.unreadable),
-                           ("unexpected (not used)", [f"{p} ({why})" for p, why in r.unexpected])):
+                           ("unexpected (not used)", [f"{p} ({why})" for p, why in r.unexpected]),
+                           ("ignored (part of the corpus's distribution, not used; not a problem)",
+                            [f"{p} ({why})" for p, why in r.ignored])):
         if entries:
             lines += ["", f"{title}: {len(entries)}"] + [f"  {e}" for e in entries]
     return "\n".join(lines)
