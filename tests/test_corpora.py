@@ -310,6 +310,7 @@ def test_savee_tree(tmp_path):
     write_tree(tmp_path, [
         "AudioData/DC/su02.wav", "AudioData/DC/sa01.wav", "!AudioData/JK/a10.wav", "AudioData/JK/a02.wav",
         "ALL/KL_n05.wav",  # the flattened naming
+        "ALL/je_f03.wav",  # flattened, the speaker in lower case (as a folder may be)
         "ALL/DC_sa01.wav",  # the same recording twice: the shallower copy wins
         "AudioData/XX/a01.wav", "AudioData/DC/x01.wav",
     ])
@@ -318,6 +319,7 @@ def test_savee_tree(tmp_path):
     assert summary_of(listing) == [
         ("AudioData/JK/a02.wav", "angry", "JK"),
         ("AudioData/JK/a10.wav", "angry", "JK"),
+        ("ALL/je_f03.wav", "fear", "JE"),
         ("ALL/KL_n05.wav", "neutral", "KL"),
         ("ALL/DC_sa01.wav", "sad", "DC"),
         ("AudioData/DC/su02.wav", "surprise", "DC"),

@@ -245,7 +245,7 @@ _SAVEE_EMOTIONS = {
 }
 _SAVEE_SPEAKERS = ("DC", "JE", "JK", "KL")
 # speaker prefix present in the flattened <SPK>_<code><NN>.wav, absent in <SPK>/<code><NN>.wav
-_SAVEE_NAME = re.compile(r"(?:([A-Z]{2})_)?(a|d|f|h|n|sa|su)(\d\d)")
+_SAVEE_NAME = re.compile(r"(?:([A-Za-z]{2})_)?(a|d|f|h|n|sa|su)(\d\d)")
 
 
 def scan_savee(root: Path) -> Listing:
@@ -255,7 +255,7 @@ def scan_savee(root: Path) -> Listing:
         match = _SAVEE_NAME.fullmatch(path.stem)
         if not match:
             return "name"
-        speaker = match[1] or (path.parts[-2].upper() if len(path.parts) > 1 else "")
+        speaker = (match[1] or (path.parts[-2] if len(path.parts) > 1 else "")).upper()
         if speaker not in _SAVEE_SPEAKERS:
             return "speaker"
         return _Match(_SAVEE_EMOTIONS[match[2]], speaker, f"{speaker}_{match[2]}{match[3]}")
