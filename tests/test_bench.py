@@ -24,3 +24,18 @@ def test_format_bench_table():
          "extract_s": 5.0, "extract_files_per_s": 107.0, "extract_x_realtime": 300.0, "peak_rss_mb": 500.0}
     table = format_bench(r)
     assert "2.00x" in table and "extraction of EMODB" in table and table.count("\n") == 11
+
+
+def test_bad_options_refused_before_the_timings(tmp_path):
+    import pytest
+
+    from timnet.bench import run_bench
+    from timnet.errors import TimnetError
+
+    def never(message):  # the first timing logs before it starts: reaching it fails the test
+        raise AssertionError(f"timing started: {message}")
+
+    with pytest.raises(TimnetError, match="--workers 0 invalid"):
+        run_bench(workers=0, log=never)
+    with pytest.raises(TimnetError, match="nope"):
+        run_bench(data_dir=tmp_path / "nope", log=never)

@@ -60,6 +60,36 @@ def test_bad_output_and_signal_length_refused_before_extracting(tmp_path, out):
     assert out.read_bytes() == b"kept"
 
 
+def test_outputs_checked_before_the_work(tmp_path, out):
+    """A file where a folder is wanted (or the reverse) is refused before any training or extraction."""
+    (tmp_path / "folder.npz").mkdir()
+    assert_one_line_error(timnet("extract", "emodb", tmp_path, "-o", tmp_path / "folder.npz", "-q"),
+                          "folder.npz is a folder", "expected a file path")
+    assert_one_line_error(timnet("train", out, "-o", out, "-q"), "f.npz is a file", "expected a folder")
+    assert_one_line_error(timnet("train", out, "-o", out / "run", "-q"), f"{out} is a file, not a folder")
+    assert_one_line_error(timnet("test", out, "--weights", tmp_path, "--json", tmp_path), "is a folder")
+    assert out.read_bytes() == b"kept"
+
+
+def test_damaged_feature_files(tmp_path):
+    """Feature files that are not what `timnet extract` writes are refused on loading, naming the flaw."""
+    from test_train import synthetic
+    from timnet.features import save_features
+
+    fs = synthetic()
+    z = dict(np.load(save_features(fs, tmp_path / "good.npz")))
+    n = len(fs.labels)
+    cases = {"short": dict(y=z["y"][:5]), "classes": dict(y=z["y"] + n), "flat": dict(x=z["x"][:, :, 0])}
+    for name, change in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **{**z, **change})
+    (tmp_path / "text.npz").write_text("not a zip")
+    for name, fragment in (("short", "and (5,)"), ("classes", f"outside the {n} labels"),
+                           ("flat", "expected x (N, frames, n_mfcc)"), ("text", "not an .npz (zip) file")):
+        assert_one_line_error(timnet("train", tmp_path / f"{name}.npz", "-o", tmp_path / f"run_{name}", "-q"),
+                              f"{name}.npz", fragment)
+        assert not (tmp_path / f"run_{name}").exists()  # refused before a run folder was made
+
+
 def test_directory_without_audio(tmp_path, out):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "README.txt").write_text("hi")
@@ -86,7 +116,7 @@ def test_test_verb_errors(tmp_path):
     assert_one_line_error(timnet("test", tmp_path / "none.npz", "--weights", tmp_path), "none.npz", "no such feature file")
     bad = tmp_path / "f.npz"
     bad.write_text("garbage")
-    assert_one_line_error(timnet("test", bad, "--weights", tmp_path), "f.npz", "not a readable .npz")
+    assert_one_line_error(timnet("test", bad, "--weights", tmp_path), "f.npz", "not an .npz (zip) file")
 
 
 # ---- real-data tier -------------------------------------------------------------------------

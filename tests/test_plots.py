@@ -181,3 +181,23 @@ window.addEventListener('load', function () {
     assert found, f"the check script did not run; DOM starts: {dom[:500]}"
     result = json.loads(html.unescape(found.group(1)))
     assert result == {"images": len(FIGURES), "loaded": len(FIGURES), "rows": 3}
+
+
+def test_validation_only_run_reports_its_validation_scores(tmp_path):
+    """A sweep trial or a recipe-selection run predicts no test fold: curves and a report of its
+    validation scores, not an error; a damaged run.json is a one-line error."""
+    from timnet.errors import TimnetError
+
+    run_dir = tmp_path / "trial"
+    run = Run(synthetic(), run_dir, config=TrainConfig(epochs=2, batch_size=16, val_fraction=0.25, save_every=100),
+              folds=3, seed=1, evaluate_test=False)
+    run.prepare()
+    run.execute(progress=False, log=lambda m: None)
+    with pytest.warns(UserWarning, match="validation-only run"):
+        figures = plot_run(run_dir)
+    assert set(figures) == {"curves"}
+    page = write_report(run_dir, figures=figures).read_text()
+    assert "validation WAR" in page and "no test fold was predicted" in page and 'id="classes"' not in page
+    (run_dir / "run.json").write_text("{cut")
+    with pytest.raises(TimnetError, match="run.json: not a readable timnet run file"):
+        plot_run(run_dir)

@@ -126,6 +126,12 @@ def test_cli_error_row_and_exit_status(run_dir, clips, tmp_path):
     rows = json.loads((tmp_path / "p.json").read_text())
     assert [("error" in row) for row in rows] == [False, True, False]
     assert set(rows[0]["probs"]) == set(LABELS)
+    assert rows[1]["label"] is None and rows[1]["probs"] is None  # every row has the contract's keys
+    for option, value, fragment in (("--hop", "0", "invalid; expected a positive number"),
+                                    ("--window", "0.01", "too short; expected at least 0.023 s")):
+        r = subprocess.run(args[:5] + [option, value, "--model", str(run_dir)], capture_output=True, text=True)
+        assert r.returncode == 1 and "ERROR" not in r.stdout  # refused once, before any file
+        assert r.stderr.startswith(f"timnet: error: {option}") and fragment in r.stderr and r.stderr.count("\n") == 1
     ok = subprocess.run([sys.executable, "-m", "timnet", "predict", str(clips["8k"]), "--model", str(run_dir)],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr

@@ -272,6 +272,14 @@ def test_several_seeds_one_run_each_and_their_spread(tmp_path):
     assert both.returncode == 1 and "give --seed or --seeds, not both" in both.stderr
     again = train_cli(features, tmp_path / "single", "--seeds", "1,2", "--epochs", "2")
     assert again.returncode == 1 and "holds a single-seed run" in again.stderr
+    for verb in (["test", features, "--weights"], ["plot"]):  # the seeds' folder is not one run: say which are
+        r = subprocess.run([sys.executable, "-m", "timnet", *map(str, verb), str(tmp_path / "multi")],
+                           capture_output=True, text=True)
+        assert r.returncode == 1 and "holds the runs of 2 seeds (seed_1, seed_2)" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "timnet", "test", str(features), "--weights", str(tmp_path / "multi" / "seed_2"),
+                        "--seed", "5", "--json", str(tmp_path / "t.json")], capture_output=True, text=True)
+    assert r.returncode == 0 and "--seed 5 ignored" in r.stderr
+    assert json.loads((tmp_path / "t.json").read_text())["seed"] == 2
 
 
 def test_all_data_model_resumes_and_is_kept(tmp_path):

@@ -104,9 +104,16 @@ def peak_rss_mb() -> float:
 
 def run_bench(*, data_dir: str | Path | None = None, workers: int | None = None, log=print) -> dict:
     """All figures of INTERFACE.md's `timnet bench`, measured in one run on this machine."""
+    from .corpora import list_corpus
+    from .errors import TimnetError
+
     cores = os.cpu_count() or 1
+    if workers is not None and workers < 1:
+        raise TimnetError(f"--workers {workers} invalid; expected a positive number")
     workers = workers or min(cores, 10)
     threads = max(1, cores // workers)
+    if data_dir is not None:
+        list_corpus("emodb", data_dir)  # a wrong --data fails now, not after minutes of timings
     fs = synthetic_emodb()
     log(f"timing the reference path (the nn.Module): one fold, one process, {cores} threads ...")
     reference = fold_epoch_seconds(fs, path="reference", threads=cores)

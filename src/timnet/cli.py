@@ -263,7 +263,7 @@ def cmd_test(args) -> int:
 
     fs = load_features(args.features, corpus=args.corpus)
     seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
-    models = fold_models(args.weights, fs, folds=args.folds, seed=seed)
+    models = fold_models(args.weights, fs, folds=args.folds or 10, seed=seed)
     results, outputs = evaluate(fs, models)
     run_file = Path(args.weights) / "run.json"
     split = "random"
@@ -271,6 +271,10 @@ def cmd_test(args) -> int:
         from .run import read_identity
 
         identity = read_identity(args.weights)
+        for option, given, own in (("--seed", args.seed, identity["seed"]), ("--folds", args.folds, identity["folds"])):
+            if given is not None and given != own:
+                _warn(f"{option} {given} ignored: {args.weights} tests each fold model on its own test indices "
+                      f"({identity['folds']} folds, seed {identity['seed']})")
         split, seed = identity["split"], identity["seed"]
         if len(results) < identity["folds"]:
             _warn(f"{args.weights}: only {len(results)} of {identity['folds']} folds are finished; the means cover those")
@@ -310,9 +314,10 @@ def _warnings_as_messages():
 
 
 def cmd_predict(args) -> int:
-    from .predict import find_audio, load_model
+    from .predict import check_windowing, find_audio, load_model
 
     predictor = load_model(args.model, corpus=args.corpus)
+    check_windowing(args.window, args.hop, predictor.feature_config.sample_rate)
     files = find_audio(args.audio)
     rows, failures = [], 0
     name_width = min(max(len(str(f)) for f in files), 60)
@@ -322,7 +327,7 @@ def cmd_predict(args) -> int:
             pred = predictor.predict_file(path, window=args.window, hop=args.hop)
         except TimnetError as e:
             failures += 1
-            rows.append({"file": str(path), "error": str(e)})
+            rows.append({"file": str(path), "label": None, "probs": None, "error": str(e)})
             print(f"{str(path):<{name_width}}  {'ERROR':<10} {'':>6}  {e}")
             continue
         rows.append(pred.to_json())
@@ -467,8 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("features", metavar="FEATURES", help="a timnet .npz, or an authors' .npy with --corpus")
     s.add_argument("--weights", required=True, metavar="PATH", help="a RUN_DIR, or a folder of 10-fold_weights_best_<k>.hdf5")
     s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
-    s.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
-    s.add_argument("--seed", type=int, default=None, help="KFold seed (default: the corpus's paper seed)")
+    s.add_argument("--folds", type=int, default=None,
+                   help="number of folds of the authors' weights (10, the default); a RUN_DIR knows its own")
+    s.add_argument("--seed", type=int, default=None, help="KFold seed (default: the corpus's paper seed; a RUN_DIR knows its own)")
     s.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     s.add_argument("--plots", default=None, metavar="OUT_DIR", help="also write confusion, recall and t-SNE figures here")
     s.set_defaults(func=cmd_test)
@@ -504,13 +510,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands whose -o names a folder (the others' -o is a file); --plots and --out are folders.
+FOLDER_OUTPUTS = ("train", "sweep")
+
+
+def _check_outputs(args) -> None:
+    """Outputs are checked before the work, not after hours of it."""
+    from .utils import check_output
+
+    if getattr(args, "json", None):
+        check_output(args.json)
+    if getattr(args, "output", None):
+        check_output(args.output, folder=args.verb in FOLDER_OUTPUTS)
+    for name in ("plots", "out"):
+        if getattr(args, name, None):
+            check_output(getattr(args, name), folder=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         return args.func(args)
     except TimnetError as e:
         print(f"timnet: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a disk full, a permission changed mid-run: still one line, naming the file
+        print(f"timnet: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("timnet: interrupted", file=sys.stderr)

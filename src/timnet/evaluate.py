@@ -49,6 +49,9 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
     weights = Path(weights)
     if not weights.is_dir():
         raise TimnetError(f"{weights}: no such weights folder; expected a RUN_DIR or a folder of 10-fold_weights_best_<k>.hdf5")
+    from .run import check_not_multi_seed
+
+    check_not_multi_seed(weights)
     run_ckpts = sorted(weights.glob("fold_*/model.pt"))
     if run_ckpts:
         from .run import features_fingerprint, read_identity

@@ -220,16 +220,23 @@ def _load_npz(path: Path) -> FeatureSet:
         if not {"x", "y", "meta"} <= set(z.files):
             raise TimnetError(f"{path}: not a timnet feature file; expected arrays x, y, meta (from `timnet extract`)")
         meta = json.loads(str(z["meta"]))
-        return FeatureSet(
-            x=z["x"].astype(np.float32, copy=False),
-            y=z["y"].astype(np.int64, copy=False),
-            labels=tuple(meta.pop("labels")),
-            corpus=meta.pop("corpus"),
-            config=FeatureConfig(**meta.pop("config")),
-            speakers=z["speakers"] if "speakers" in z.files else None,
-            files=z["files"] if "files" in z.files else None,
-            meta=meta,
-        )
+        x, y = z["x"].astype(np.float32, copy=False), z["y"].astype(np.int64, copy=False)
+        labels = tuple(meta.pop("labels"))
+        try:
+            config = FeatureConfig(**meta.pop("config"))
+        except TypeError as e:
+            raise TimnetError(f"{path}: its feature settings are not timnet's ({e})") from None
+        speakers = z["speakers"] if "speakers" in z.files else None
+        files = z["files"] if "files" in z.files else None
+    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+        raise TimnetError(f"{path}: expected x (N, frames, n_mfcc) and y (N,); got {x.shape} and {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= len(labels)):
+        raise TimnetError(f"{path}: class indices {y.min()}..{y.max()} outside the {len(labels)} labels {', '.join(labels)}")
+    for name, column in (("speakers", speakers), ("files", files)):
+        if column is not None and len(column) != len(y):
+            raise TimnetError(f"{path}: {len(column)} {name} for {len(y)} utterances")
+    return FeatureSet(x=x, y=y, labels=labels, corpus=meta.pop("corpus"), config=config,
+                      speakers=speakers, files=files, meta=meta)
 
 
 def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
@@ -261,6 +268,8 @@ def load_features(path: str | Path, *, corpus: str | None = None) -> FeatureSet:
     if path.suffix == ".npy":
         fs = _load_authors_npy(path, corpus)
     else:
+        if not zipfile.is_zipfile(path):
+            raise TimnetError(f"{path}: not an .npz (zip) file; expected features from `timnet extract`")
         try:
             fs = _load_npz(path)
         except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:

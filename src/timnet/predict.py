@@ -52,6 +52,14 @@ class Prediction:
         return out
 
 
+def check_windowing(window: float | None, hop: float | None, sample_rate: int) -> None:
+    """A window must hold one STFT hop of samples; a hop must move forward."""
+    if window is not None and window * sample_rate < audio.HOP_LENGTH:
+        raise TimnetError(f"--window {window} too short; expected at least {audio.HOP_LENGTH / sample_rate:.3f} s")
+    if hop is not None and hop <= 0:
+        raise TimnetError(f"--hop {hop} invalid; expected a positive number of seconds")
+
+
 class Predictor:
     """An ensemble of TIMNets with their labels and feature config; `predict` takes raw audio."""
 
@@ -91,10 +99,9 @@ class Predictor:
             warnings.append(f"very short audio ({seconds:.2f} s)")
         if float(np.sqrt(np.mean(y.astype(np.float64) ** 2))) < QUIET_RMS:
             warnings.append("silent audio")
+        check_windowing(window, hop, cfg.sample_rate)
         win = int(round((cfg.signal_length / cfg.sample_rate if window is None else window) * cfg.sample_rate))
-        step = int(round((win / cfg.sample_rate / 2 if hop is None else hop) * cfg.sample_rate))
-        if win < audio.HOP_LENGTH or step < 1:
-            raise TimnetError(f"--window {window} / --hop {hop} too small; expected at least {audio.HOP_LENGTH / cfg.sample_rate:.3f} s")
+        step = max(1, int(round((win / cfg.sample_rate / 2 if hop is None else hop) * cfg.sample_rate)))
         if len(y) <= win or (window is None and len(y) <= WINDOW_AFTER * cfg.signal_length):
             starts = [0]
             chunks = [y]

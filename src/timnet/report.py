@@ -45,10 +45,18 @@ def read_history(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _run_info(run_dir: Path) -> dict:
+    from .run import check_not_multi_seed
+
+    check_not_multi_seed(run_dir)
     path = run_dir / "run.json"
     if not path.is_file():
         raise TimnetError(f"{run_dir}: not a timnet RUN_DIR; expected {path} (from `timnet train`)")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+        info["identity"]["labels"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise TimnetError(f"{path}: not a readable timnet run file ({type(e).__name__})") from None
+    return info
 
 
 def _fold_results(run_dir: Path) -> list[dict]:
@@ -97,6 +105,9 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     results = _fold_results(run_dir)
     histories = [read_history(run_dir / f"fold_{r['fold']:02d}" / "history.csv") for r in results]
     written = {"curves": save_figure(curves_figure(histories), out_dir / "curves")}
+    if "war" not in results[0]:  # a sweep trial or a selection run: scored on validation only
+        warnings.warn("a validation-only run has no test predictions: training curves only", stacklevel=2)
+        return written
     fused = y = folds = None
     reason = _tsne_unavailable(run_dir, info)
     if reason is None:
@@ -193,18 +204,27 @@ def _protocol(info: dict, results: list[dict], run_dir: Path) -> str:
     return out
 
 
+def _scored(results: list[dict]) -> tuple[str, str]:
+    """The keys of a fold's scores and the name of what they score: the test fold, or for a
+    validation-only run (sweep trials, recipe selection) the validation share."""
+    return ("", "test") if "war" in results[0] else ("val_", "validation")
+
+
 def _fold_table(results: list[dict]) -> str:
+    key, split = _scored(results)
+    n = "n_test" if split == "test" else "n_val"
     rows = []
     for r in results:
         epoch = f"{r.get('epoch')} of {r.get('epochs_run')}" + (" (stopped early)" if r.get("stopped_early") else "")
-        rows.append(f"<tr><td class=\"num\">{_e(r['fold'])}</td><td class=\"num\">{_e(r['n_test'])}</td>"
+        rows.append(f"<tr><td class=\"num\">{_e(r['fold'])}</td><td class=\"num\">{_e(r[n])}</td>"
                     f"<td>{_e(', '.join(map(str, r.get('test_speakers', []))))}</td>"
-                    f"<td class=\"num\">{_pct(r['war'])}</td><td class=\"num\">{_pct(r['uar'])}</td><td>{_e(epoch)}</td></tr>")
-    wars, uars = np.array([r["war"] for r in results]), np.array([r["uar"] for r in results])
-    foot = (f"<tr><td>mean ± std</td><td class=\"num\">{sum(r['n_test'] for r in results)}</td><td></td>"
+                    f"<td class=\"num\">{_pct(r[key + 'war'])}</td><td class=\"num\">{_pct(r[key + 'uar'])}</td><td>{_e(epoch)}</td></tr>")
+    wars, uars = np.array([r[key + "war"] for r in results]), np.array([r[key + "uar"] for r in results])
+    foot = (f"<tr><td>mean ± std</td><td class=\"num\">{sum(r[n] for r in results)}</td><td></td>"
             f"<td class=\"num\">{_pct(wars.mean())} ± {_pct(wars.std())}</td>"
             f"<td class=\"num\">{_pct(uars.mean())} ± {_pct(uars.std())}</td><td></td></tr>")
-    head = "<tr><th>fold</th><th>n_test</th><th>test speakers</th><th>WAR %</th><th>UAR %</th><th>chosen epoch</th></tr>"
+    head = (f"<tr><th>fold</th><th>{n}</th><th>test speakers</th><th>{split} WAR %</th><th>{split} UAR %</th>"
+            "<th>chosen epoch</th></tr>")
     return f'<table id="folds"><thead>{head}</thead><tbody>{"".join(rows)}</tbody><tfoot>{foot}</tfoot></table>'
 
 
@@ -248,15 +268,17 @@ def render_report(run_dir: Path, figures: dict[str, list[Path]]) -> str:
     info = _run_info(run_dir)
     ident = info["identity"]
     results = _fold_results(run_dir)
-    wars, uars = np.array([r["war"] for r in results]), np.array([r["uar"] for r in results])
-    headline = (f"WAR {_pct(wars.mean())} ± {_pct(wars.std())} %, UAR {_pct(uars.mean())} ± {_pct(uars.std())} % "
-                f"over {len(results)} folds")
+    key, split = _scored(results)
+    wars, uars = np.array([r[key + "war"] for r in results]), np.array([r[key + "uar"] for r in results])
+    headline = (f"{'' if split == 'test' else 'validation '}WAR {_pct(wars.mean())} ± {_pct(wars.std())} %, "
+                f"UAR {_pct(uars.mean())} ± {_pct(uars.std())} % over {len(results)} folds"
+                + ("" if split == "test" else " (a validation-only run: no test fold was predicted)"))
     title = f"TIM-Net {ident['corpus']}: {run_dir.resolve().name}"
     body = [f"<h1>{_e(title)}</h1>", f'<p class="headline">{_e(headline)}</p>',
             f'<p class="muted">mean ± population std over folds; started {_e(info.get("started", "?"))}</p>',
             "<h2>Protocol</h2>", _protocol(info, results, run_dir),
             "<h2>Folds</h2>", _fold_table(results),
-            "<h2>Classes (pooled over folds)</h2>", _class_table(results, ident["labels"]),
+            *(["<h2>Classes (pooled over folds)</h2>", _class_table(results, ident["labels"])] if split == "test" else []),
             "<h2>Figures</h2>", _figures(figures, _tsne_unavailable(run_dir, info)),
             "<h2>Environment</h2>", _environment(info, results)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -324,6 +324,14 @@ def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callab
 SEEDS_FILE = "seeds.json"
 
 
+def check_not_multi_seed(path: Path) -> None:
+    """A `train --seeds` folder holds one RUN_DIR per seed: say so, rather than that it is no run."""
+    seeds = sorted(p.name for p in Path(path).glob("seed_*") if (p / RUN_FILE).is_file())
+    if seeds and not (Path(path) / RUN_FILE).is_file():
+        raise TimnetError(f"{path} holds the runs of {len(seeds)} seeds ({', '.join(seeds)}); "
+                          f"expected one of them, e.g. {Path(path) / seeds[0]}")
+
+
 def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path, int], Run],
               overwrite: bool = False) -> list[Run]:
     """One prepared Run per seed, made by make_run(folder, seed): RUN_DIR itself for one seed,

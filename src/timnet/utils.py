@@ -36,3 +36,20 @@ def write_json(path: str | Path, obj) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1) + "\n")
+
+
+def check_output(path: str | Path, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output that could not be written: a file where a folder is
+    wanted or the reverse, a parent that is a file, or a place this user may not write."""
+    from .errors import TimnetError
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise TimnetError(f"{path} is a {'file' if folder else 'folder'}; expected {'a folder' if folder else 'a file path'}")
+    parent = path if folder and path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TimnetError(f"{path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TimnetError(f"{path}: {parent} is not writable")
