@@ -84,7 +84,7 @@ def test_damaged_feature_files(tmp_path):
         np.savez(tmp_path / f"{name}.npz", **{**z, **change})
     (tmp_path / "text.npz").write_text("not a zip")
     for name, fragment in (("short", "and (5,)"), ("classes", f"outside the {n} labels"),
-                           ("flat", "expected x (N, frames, n_mfcc)"), ("text", "not an .npz (zip) file")):
+                           ("flat", "expected x (N, frames, n_mfcc)"), ("text", "not a whole zip archive")):
         assert_one_line_error(timnet("train", tmp_path / f"{name}.npz", "-o", tmp_path / f"run_{name}", "-q"),
                               f"{name}.npz", fragment)
         assert not (tmp_path / f"run_{name}").exists()  # refused before a run folder was made
@@ -116,7 +116,7 @@ def test_test_verb_errors(tmp_path):
     assert_one_line_error(timnet("test", tmp_path / "none.npz", "--weights", tmp_path), "none.npz", "no such feature file")
     bad = tmp_path / "f.npz"
     bad.write_text("garbage")
-    assert_one_line_error(timnet("test", bad, "--weights", tmp_path), "f.npz", "not an .npz (zip) file")
+    assert_one_line_error(timnet("test", bad, "--weights", tmp_path), "f.npz", "not a whole zip archive")
 
 
 # ---- real-data tier -------------------------------------------------------------------------

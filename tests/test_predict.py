@@ -167,7 +167,7 @@ def test_authors_fold1_predictions_match_reference(reference, tmp_path):
 
 
 def test_zero_window_and_onnx_reexport_refused(run_dir, clips, tmp_path):
-    with pytest.raises(TimnetError, match="too small"):
+    with pytest.raises(TimnetError, match="too short"):
         load_model(run_dir).predict_file(clips["long"], window=0)
     pytest.importorskip("onnxruntime")
     from timnet.onnx_export import export_onnx

@@ -269,7 +269,8 @@ def load_features(path: str | Path, *, corpus: str | None = None) -> FeatureSet:
         fs = _load_authors_npy(path, corpus)
     else:
         if not zipfile.is_zipfile(path):
-            raise TimnetError(f"{path}: not an .npz (zip) file; expected features from `timnet extract`")
+            raise TimnetError(f"{path}: not a readable .npz feature file (not a whole zip archive: truncated, or "
+                              "another format); expected features from `timnet extract`")
         try:
             fs = _load_npz(path)
         except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
