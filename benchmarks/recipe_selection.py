@@ -16,6 +16,8 @@ recipe fold by fold (the same folds and validation shares): mean ± standard err
 Averaging candidates also score their own last weights, the pure effect of the averaging, and
 ensembles (`members`) their first member alone, which is the single-model recipe weight for
 weight: both differences are paired within one run (the same trainings, the same validation data).
+Folds are trained fold by fold across the candidates, so a selection stopped part way (a session's
+end) has complete pairs; `--table-only` prints the table of the folds finished so far.
 """
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ def main() -> int:
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share of each training part (default 0.2)")
     p.add_argument("--workers", type=int, default=2, help="folds trained at once (default 2)")
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names (default: all)")
+    p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
     args = p.parse_args()
 
     fs = load_features(args.features)
@@ -89,17 +92,23 @@ def main() -> int:
                       make_run=make_run, names=names)
     for n, run in zip(names, runs):
         reuse_first_member(run, CANDIDATES[n], Path(args.runs))
-    summaries = execute_runs(runs, backend=LocalBackend(args.workers), progress=False, fold_major=True,
-                             log=lambda m: print(m, file=sys.stderr, flush=True))
-    for n, run in zip(names, runs):
-        record(run.dir, keys[n])
+    if args.table_only:
+        summaries = [finished_summary(run) for run in runs]
+    else:
+        try:
+            summaries = execute_runs(runs, backend=LocalBackend(args.workers), progress=False, fold_major=True,
+                                     log=lambda m: print(m, file=sys.stderr, flush=True))
+        finally:
+            for n, run in zip(names, runs):
+                record(run.dir, keys[n])  # also the folds of an interrupted selection
     wall = time.time() - t0
     print(f"### {fs.corpus}: validation UAR/WAR of candidate recipes ({args.folds} folds, seed {seed}, "
           f"{args.val_fraction:.0%} of each training part for validation)\n")
     print("| candidate | epochs | validation UAR | validation WAR | Δ UAR vs paper | its last weights' UAR "
           "| Δ vs last | its first member's UAR | Δ vs first member |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    paper = dict(zip(names, summaries)).get("paper") or paper_from_swa(names, summaries)
+    derived = last_weights_candidates(names, summaries)
+    paper = dict(zip(names, summaries)).get("paper") or derived.get("paper", (None, None))[1]
     rows = []
     for name, run, s in zip(names, runs, summaries):
         folds = s["folds"]
@@ -118,9 +127,30 @@ def main() -> int:
         print(f"| {name} | {run.config.epochs} | {pm(s['mean_val_uar'], s['std_val_uar'])} | "
               f"{pm(s['mean_val_war'], s['std_val_war'])} | {signed(delta)} | {mean(last)} | {signed(vs_last)} | "
               f"{mean(single)} | {signed(vs_single)} |")
+    if derived:
+        k = max(len(s["folds"]) for _, s in derived.values())
+        print("\nCandidates scored by another run's last weights (that run only adds averaging, which changes no "
+              "training step):\n")
+        print("| candidate | its run | " + " | ".join(f"fold {i + 1}" for i in range(k)) + " | mean | Δ UAR vs paper |")
+        print("|---|---|" + "---:|" * (k + 2))
+        for name, (source, s) in derived.items():
+            uars = [f["val_uar"] for f in s["folds"]]
+            delta = paired(s["folds"], paper["folds"], "val_uar", "val_uar") if name != "paper" else None
+            rows.append({"candidate": name, "params": CANDIDATES[name], "read_from": source,
+                         "val_uar": float(np.mean(uars)), "delta_uar_vs_paper": delta, "folds": s["folds"]})
+            print(f"| {name} | last weights of {source} | " + " | ".join(f"{u:.4f}" for u in uars)
+                  + " | –" * (k - len(uars)) + f" | {np.mean(uars):.4f} | {signed(delta)} |")
     write_json(args.json, {"corpus": fs.corpus, "folds": args.folds, "seed": seed, "val_fraction": args.val_fraction,
                            "candidates": rows, "wall_s_this_call": round(wall, 1)})
     return 0
+
+
+def finished_summary(run: Run) -> dict:
+    """The validation figures of a run's finished folds, as execute_runs summarises a whole run."""
+    folds = [r for _, r in sorted(run.done_results().items())]
+    uars, wars = np.array([f["val_uar"] for f in folds]), np.array([f["val_war"] for f in folds])
+    return {"folds": folds, "mean_val_uar": float(uars.mean()), "std_val_uar": float(uars.std()),
+            "mean_val_war": float(wars.mean()), "std_val_war": float(wars.std())}
 
 
 def reuse_first_member(run: Run, params: dict, runs_dir: Path) -> None:
@@ -156,14 +186,21 @@ def reuse_first_member(run: Run, params: dict, runs_dir: Path) -> None:
         print(f"{run.dir.name} fold {k}: member 0 is {source.name}'s finished fold model", file=sys.stderr, flush=True)
 
 
-def paper_from_swa(names: list[str], summaries: list[dict]) -> dict | None:
-    """The paper recipe's validation figures, fold by fold, from the last weights of a candidate
-    that only adds SWA to it: SWA changes no training step, so those are the paper's weights
-    (tests/test_recipe.py; on EMODB they reproduce the paper run's figures to every digit)."""
+def last_weights_candidates(names: list[str], summaries: list[dict]) -> dict[str, tuple[str, dict]]:
+    """{candidate: (run, figures)} for the candidates not run themselves whose figures are another
+    run's last weights: a run that only adds SWA to a candidate trains it step for step (SWA changes
+    no training step: tests/test_recipe.py; on EMODB the paper's figures are reproduced to every
+    digit), so "paper" is read from "swa" and "vtlp+gain" from "swa+vtlp+gain"."""
+    out = {}
     for name, s in zip(names, summaries):
-        if set(CANDIDATES[name]) == {"swa_epochs"}:
-            return {"folds": [{"fold": f["fold"], "val_uar": f["val_uar_last"]} for f in s["folds"] if "val_uar_last" in f]}
-    return None
+        params = dict(CANDIDATES[name])
+        if params.pop("swa_epochs", None) is None:
+            continue
+        same = next((n for n, p in CANDIDATES.items() if p == params), None)
+        if same is not None and same not in names:
+            out[same] = (name, {"folds": [{"fold": f["fold"], "val_uar": f["val_uar_last"]}
+                                          for f in s["folds"] if "val_uar_last" in f]})
+    return out
 
 
 def paired(a: list[dict], b: list[dict], key_a: str, key_b: str) -> tuple[float, float] | None:
