@@ -21,6 +21,24 @@ def test_paper_recipe_is_the_default_and_changes_nothing():
     assert all(learning_rate(TrainConfig(), s, 8) == 1e-3 for s in (0, 7, 3999))
 
 
+def test_selection_reads_paper_and_strong_from_the_averaging_runs(monkeypatch):
+    """`swa` trains the paper's recipe and `swa+vtlp+gain` the strong one step for step, so their
+    last weights score "paper" and "vtlp+gain" (the two runs CASIA's selection trains), fold by
+    fold, while a run named itself is never replaced by another's last weights."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import recipe_selection
+
+    def summary(*last):
+        return {"folds": [{"fold": k, "val_uar": 0.0, "val_uar_last": u} for k, u in enumerate(last, start=1)]}
+
+    derived = recipe_selection.last_weights_candidates(["swa", "swa+vtlp+gain"], [summary(0.8, 0.7), summary(0.9)])
+    assert derived == {"paper": ("swa", {"folds": [{"fold": 1, "val_uar": 0.8}, {"fold": 2, "val_uar": 0.7}]}),
+                       "vtlp+gain": ("swa+vtlp+gain", {"folds": [{"fold": 1, "val_uar": 0.9}]})}
+    assert "paper" not in recipe_selection.last_weights_candidates(["paper", "swa"], [summary(0.1), summary(0.2)])
+    assert recipe_selection.paired(derived["vtlp+gain"][1]["folds"], derived["paper"][1]["folds"], "val_uar",
+                                   "val_uar") == (pytest.approx(0.1), 0.0)  # fold 1 only: the pairs both have
+
+
 def test_strong_preset_and_overrides(monkeypatch):
     # the preset is the candidate benchmarks/recipe_selection.py evaluates as "vtlp+gain"
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
