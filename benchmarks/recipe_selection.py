@@ -69,13 +69,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("features", help="a timnet .npz from `timnet extract`")
     p.add_argument("--runs", required=True, help="folder for the candidates' validation runs (resumed)")
-    p.add_argument("--json", required=True, help="where to write the table's figures")
+    p.add_argument("--json", default=None, help="where to write the table's figures (required unless --table-only)")
     p.add_argument("--folds", type=int, default=5, help="folds (default 5)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share of each training part (default 0.2)")
     p.add_argument("--workers", type=int, default=2, help="folds trained at once (default 2)")
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names (default: all)")
     p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
     args = p.parse_args()
+    if args.json is None and not args.table_only:
+        p.error("--json is required (unless --table-only)")
 
     fs = load_features(args.features)
     names = args.candidates.split(",")
@@ -94,6 +96,8 @@ def main() -> int:
         reuse_first_member(run, CANDIDATES[n], Path(args.runs))
     if args.table_only:
         summaries = [finished_summary(run) for run in runs]
+        kept = [i for i, s in enumerate(summaries) if s["folds"]]  # candidates with a finished fold
+        names, runs, summaries = [names[i] for i in kept], [runs[i] for i in kept], [summaries[i] for i in kept]
     else:
         try:
             summaries = execute_runs(runs, backend=LocalBackend(args.workers), progress=False, fold_major=True,
@@ -135,19 +139,22 @@ def main() -> int:
         print("|---|---|" + "---:|" * (k + 2))
         for name, (source, s) in derived.items():
             uars = [f["val_uar"] for f in s["folds"]]
-            delta = paired(s["folds"], paper["folds"], "val_uar", "val_uar") if name != "paper" else None
+            delta = paired(s["folds"], paper["folds"], "val_uar", "val_uar") if paper is not None and name != "paper" else None
             rows.append({"candidate": name, "params": CANDIDATES[name], "read_from": source,
                          "val_uar": float(np.mean(uars)), "delta_uar_vs_paper": delta, "folds": s["folds"]})
             print(f"| {name} | last weights of {source} | " + " | ".join(f"{u:.4f}" for u in uars)
                   + " | –" * (k - len(uars)) + f" | {np.mean(uars):.4f} | {signed(delta)} |")
-    write_json(args.json, {"corpus": fs.corpus, "folds": args.folds, "seed": seed, "val_fraction": args.val_fraction,
-                           "candidates": rows, "wall_s_this_call": round(wall, 1)})
+    if args.json:
+        write_json(args.json, {"corpus": fs.corpus, "folds": args.folds, "seed": seed, "val_fraction": args.val_fraction,
+                               "candidates": rows, "wall_s_this_call": round(wall, 1), "complete": not args.table_only})
     return 0
 
 
 def finished_summary(run: Run) -> dict:
     """The validation figures of a run's finished folds, as execute_runs summarises a whole run."""
     folds = [r for _, r in sorted(run.done_results().items())]
+    if not folds:
+        return {"folds": []}
     uars, wars = np.array([f["val_uar"] for f in folds]), np.array([f["val_war"] for f in folds])
     return {"folds": folds, "mean_val_uar": float(uars.mean()), "std_val_uar": float(uars.std()),
             "mean_val_war": float(wars.mean()), "std_val_war": float(wars.std())}

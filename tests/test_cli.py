@@ -193,3 +193,19 @@ def test_cli_mirrors_of_library_constants():
     assert cli.SPLITS == folds.SPLITS and cli.SELECTIONS == train.SELECTIONS and cli.PATHS == train.PATHS
     assert cli.RECIPE_NAMES == tuple(recipe.RECIPES) and cli.SCHEDULES == recipe.SCHEDULES
     assert set(cli.RECIPE_OPTIONS) <= set(train.TrainConfig.__dataclass_fields__)
+
+
+def test_write_failure_names_the_file_asked_for(tmp_path):
+    """A disk that fills while a result is written: the error names the result, not its hidden
+    temporary twin, and neither is left behind; the previous result is kept."""
+    import errno
+
+    from timnet.utils import atomic_write
+
+    target = tmp_path / "results.json"
+    target.write_text("previous")
+    with pytest.raises(OSError) as caught:
+        with atomic_write(target) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", tmp)
+    assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
+    assert target.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -63,9 +63,10 @@ def test_refusals(tmp_path):
     organize("emodb", src, out)
     with pytest.raises(TimnetError, match="was organised from"):
         organize("emodb", src, out, mode="copy")
-    (out / MARKER).write_text("{not json")
-    with pytest.raises(TimnetError, match="is not valid JSON"):
-        organize("emodb", src, out)
+    for damaged in ("{not json", "[1, 2]"):
+        (out / MARKER).write_text(damaged)
+        with pytest.raises(TimnetError, match="is not the record `timnet organize` writes"):
+            organize("emodb", src, out)
 
 
 def test_organised_tree_extracts_as_folders(tmp_path):

@@ -127,8 +127,10 @@ def test_cli_error_row_and_exit_status(run_dir, clips, tmp_path):
     assert [("error" in row) for row in rows] == [False, True, False]
     assert set(rows[0]["probs"]) == set(LABELS)
     assert rows[1]["label"] is None and rows[1]["probs"] is None  # every row has the contract's keys
-    for option, value, fragment in (("--hop", "0", "invalid; expected a positive number"),
-                                    ("--window", "0.01", "too short; expected at least 0.023 s")):
+    for option, value, fragment in (("--hop", "0", "invalid; expected at least one sample"),
+                                    ("--hop", "1e-6", "invalid; expected at least one sample"),
+                                    ("--window", "nan", "invalid; expected at least 0.023 s"),
+                                    ("--window", "0.01", "invalid; expected at least 0.023 s")):
         r = subprocess.run(args[:5] + [option, value, "--model", str(run_dir)], capture_output=True, text=True)
         assert r.returncode == 1 and "ERROR" not in r.stdout  # refused once, before any file
         assert r.stderr.startswith(f"timnet: error: {option}") and fragment in r.stderr and r.stderr.count("\n") == 1
@@ -167,7 +169,7 @@ def test_authors_fold1_predictions_match_reference(reference, tmp_path):
 
 
 def test_zero_window_and_onnx_reexport_refused(run_dir, clips, tmp_path):
-    with pytest.raises(TimnetError, match="too short"):
+    with pytest.raises(TimnetError, match="--window 0 invalid; expected at least 0.023 s"):
         load_model(run_dir).predict_file(clips["long"], window=0)
     pytest.importorskip("onnxruntime")
     from timnet.onnx_export import export_onnx

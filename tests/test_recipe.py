@@ -200,6 +200,13 @@ def test_swa_trains_like_the_paper_and_averages_its_last_epochs():
     assert all(torch.equal(raw[k], v) for k, v in plain.state_dict().items())  # same training
     assert state.swa.count == 2
     assert not torch.equal(swa_model.classifier.weight, plain.classifier.weight)
+    # the same with the strong recipe's augmentations: `swa+vtlp+gain` trains `vtlp+gain` step for step
+    aug = dict(vtlp=0.1, tempo=0.1, gain=6.0)
+    strong, _ = train_fold(x, y, tr, va[:0], config=TrainConfig(**FAST, **aug), **kw)
+    _, state = train_fold(x, y, tr, va[:0], config=TrainConfig(**FAST, **aug, swa_epochs=2), **kw)
+    raw = state.model.state_dict()
+    assert all(torch.equal(raw[k], v) for k, v in strong.state_dict().items())
+    assert not torch.equal(strong.classifier.weight, plain.classifier.weight)  # the augmentations did act
     with pytest.raises(TimnetError, match="--swa-epochs 5 invalid"):
         TrainConfig(**FAST, swa_epochs=5)
     with pytest.raises(TimnetError, match="choose one"):

@@ -60,6 +60,8 @@ def test_default_folds_follow_the_speakers():
     assert default_folds("random", np.array(list("abcd"))) == 10
     assert default_folds("speaker", np.repeat(list("abcd"), 5)) == 4
     assert default_folds("speaker", np.array([f"actor{i}" for i in range(24)])) == 10
+    with pytest.raises(TimnetError, match="--split speaker needs at least 2 speakers; these features have 1"):
+        default_folds("speaker", np.array(["only"] * 5))
 
 
 def test_best_val_never_reads_test_labels(tmp_path):

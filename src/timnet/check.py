@@ -1,6 +1,7 @@
 """Validate a user's copy of a corpus: counts, readability, formats, and the publishers' checksums."""
 from __future__ import annotations
 
+import filecmp
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -69,8 +70,12 @@ def _manifest_prefix(found: list[str], manifest: dict[str, str]) -> str:
     return ""
 
 
-def _harmless(reason: str) -> bool:
-    return reason == "song" or reason.startswith("duplicate of ")
+def _harmless(root: Path, path: str, reason: str) -> bool:
+    """RAVDESS's songs, and a second copy with the very bytes of the file kept, are not damage."""
+    if reason == "song":
+        return True
+    kept = reason.removeprefix("duplicate of ")
+    return kept != reason and filecmp.cmp(root / path, root / kept, shallow=False)
 
 
 def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
@@ -86,8 +91,8 @@ def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
         counts={name: counts.get(name, 0) for name in corpus.labels},
         expected_counts=dict(zip(corpus.labels, corpus.class_counts)) if corpus.class_counts else None,
         speakers=dict(sorted(Counter(it.speaker for it in listing.items).items())),
-        unexpected=[(p, why) for p, why in listing.skipped if not _harmless(why)],
-        ignored=[(p, why) for p, why in listing.skipped if _harmless(why)],
+        unexpected=[(p, why) for p, why in listing.skipped if not _harmless(root, p, why)],
+        ignored=[(p, why) for p, why in listing.skipped if _harmless(root, p, why)],
     )
     rates, channels = Counter(), Counter()
     for it in listing.items:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -73,10 +74,13 @@ def cmd_organize(args) -> int:
         from .corpora import Listing
 
         _warn(skip_summary(Listing(items=(), skipped=r.skipped, corpus=args.corpus.upper())))
-    signal_length = get_corpus(args.corpus).signal_length
+    corpus = get_corpus(args.corpus)
+    q = shlex.quote
+    print(f"next: timnet extract folders {q(args.out)} --signal-length {corpus.signal_length} "
+          f"--speaker-pattern {q(SPEAKER_PATTERN)} -o {q(corpus.name.lower() + '_folders.npz')}")
     # a folders corpus has its own seed, dilations and file order: the paper's protocol reads the original
-    print(f"next: timnet extract folders {args.out} --signal-length {signal_length} --speaker-pattern '{SPEAKER_PATTERN}' "
-          f"(for the paper's settings, folds and order: timnet extract {args.corpus.lower()} {args.src})")
+    print(f"(for the paper's seed, levels and folds: timnet extract {corpus.name.lower()} {q(args.src)} "
+          f"-o {q(corpus.name.lower() + '.npz')})")
     return 0
 
 
@@ -263,7 +267,7 @@ def cmd_test(args) -> int:
 
     fs = load_features(args.features, corpus=args.corpus)
     seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
-    models = fold_models(args.weights, fs, folds=args.folds or 10, seed=seed)
+    models = fold_models(args.weights, fs, folds=10 if args.folds is None else args.folds, seed=seed)
     results, outputs = evaluate(fs, models)
     run_file = Path(args.weights) / "run.json"
     split = "random"

@@ -12,7 +12,10 @@ def default_folds(split: str, speakers: np.ndarray | None) -> int:
     """The paper's 10 folds; with `speaker` folds, at most one per speaker, so a corpus of 4
     speakers (CASIA, SAVEE) or 6 (EMOVO) gets leave-one-speaker-out rather than an error."""
     if split == "speaker" and speakers is not None:
-        return min(10, len(np.unique(np.asarray(speakers))))
+        n_speakers = len(np.unique(np.asarray(speakers)))
+        if n_speakers < 2:
+            raise TimnetError(f"--split speaker needs at least 2 speakers; these features have {n_speakers}")
+        return min(10, n_speakers)
     return 10
 
 

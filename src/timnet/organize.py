@@ -43,11 +43,11 @@ def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: st
     if marker.is_file():
         try:
             previous = json.loads(marker.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TimnetError(f"{marker} is not valid JSON ({e}); expected the record `timnet organize` writes "
-                              f"(remove it only if {out} holds nothing else)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = None
         if not isinstance(previous, dict):
-            previous = {"source": "?", "corpus": "?", "mode": "?"}
+            raise TimnetError(f"{marker} is not the record `timnet organize` writes (a JSON object); "
+                              f"remove it only if {out} holds nothing else")
         if previous != identity:
             raise TimnetError(f"{out} was organised from {previous.get('source')} ({previous.get('corpus')}, "
                               f"{previous.get('mode')}); expected an empty or new folder for {corpus.name} from {src} ({mode})")

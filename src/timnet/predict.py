@@ -6,6 +6,7 @@ as in training.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,11 +54,11 @@ class Prediction:
 
 
 def check_windowing(window: float | None, hop: float | None, sample_rate: int) -> None:
-    """A window must hold one STFT hop of samples; a hop must move forward."""
-    if window is not None and window * sample_rate < audio.HOP_LENGTH:
-        raise TimnetError(f"--window {window} too short; expected at least {audio.HOP_LENGTH / sample_rate:.3f} s")
-    if hop is not None and hop <= 0:
-        raise TimnetError(f"--hop {hop} invalid; expected a positive number of seconds")
+    """A window must hold one STFT hop of samples; a hop must move by at least one sample."""
+    if window is not None and not (math.isfinite(window) and window * sample_rate >= audio.HOP_LENGTH):
+        raise TimnetError(f"--window {window} invalid; expected at least {audio.HOP_LENGTH / sample_rate:.3f} s")
+    if hop is not None and not (math.isfinite(hop) and hop * sample_rate >= 1):
+        raise TimnetError(f"--hop {hop} invalid; expected at least one sample ({1 / sample_rate:.1e} s)")
 
 
 class Predictor:

@@ -53,14 +53,21 @@ def _run_info(run_dir: Path) -> dict:
         raise TimnetError(f"{run_dir}: not a timnet RUN_DIR; expected {path} (from `timnet train`)")
     try:
         info = json.loads(path.read_text())
-        info["identity"]["labels"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise TimnetError(f"{path}: not a readable timnet run file ({type(e).__name__})") from None
+        readable = isinstance(info, dict) and isinstance(info.get("identity"), dict) and "labels" in info["identity"]
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        readable = False
+    if not readable:
+        raise TimnetError(f"{path}: not a readable timnet run file (a JSON object with an identity)")
     return info
 
 
 def _fold_results(run_dir: Path) -> list[dict]:
-    results = [json.loads(p.read_text()) for p in sorted(run_dir.glob("fold_*/result.json"))]
+    results = []
+    for path in sorted(run_dir.glob("fold_*/result.json")):
+        try:
+            results.append(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TimnetError(f"{path}: not a readable fold result ({e}); delete it to train that fold again") from None
     if not results:
         raise TimnetError(f"{run_dir}: no finished fold (no fold_*/result.json); train it first or wait for a fold to end")
     return sorted(results, key=lambda r: r["fold"])
@@ -72,6 +79,8 @@ def _summed_confusion(fold_results: list[dict]) -> np.ndarray:
 
 def _tsne_unavailable(run_dir: Path, info: dict) -> str | None:
     """Why the t-SNE of a run cannot be drawn, or None when it can."""
+    if info["identity"].get("evaluate_test") is False:
+        return "a validation-only run predicts no test fold"
     path = info.get("features")
     if not path:
         return "run.json names no features file (the run was not started from a feature file)"
@@ -213,18 +222,20 @@ def _scored(results: list[dict]) -> tuple[str, str]:
 def _fold_table(results: list[dict]) -> str:
     key, split = _scored(results)
     n = "n_test" if split == "test" else "n_val"
+    speakers = split == "test"  # a validation share's speakers are not recorded
+    num = '<td class="num">'
     rows = []
     for r in results:
         epoch = f"{r.get('epoch')} of {r.get('epochs_run')}" + (" (stopped early)" if r.get("stopped_early") else "")
-        rows.append(f"<tr><td class=\"num\">{_e(r['fold'])}</td><td class=\"num\">{_e(r[n])}</td>"
-                    f"<td>{_e(', '.join(map(str, r.get('test_speakers', []))))}</td>"
-                    f"<td class=\"num\">{_pct(r[key + 'war'])}</td><td class=\"num\">{_pct(r[key + 'uar'])}</td><td>{_e(epoch)}</td></tr>")
+        who = f"<td>{_e(', '.join(map(str, r.get('test_speakers', []))))}</td>" if speakers else ""
+        rows.append(f"<tr>{num}{_e(r['fold'])}</td>{num}{_e(r[n])}</td>{who}{num}{_pct(r[key + 'war'])}</td>"
+                    f"{num}{_pct(r[key + 'uar'])}</td><td>{_e(epoch)}</td></tr>")
     wars, uars = np.array([r[key + "war"] for r in results]), np.array([r[key + "uar"] for r in results])
-    foot = (f"<tr><td>mean ± std</td><td class=\"num\">{sum(r[n] for r in results)}</td><td></td>"
-            f"<td class=\"num\">{_pct(wars.mean())} ± {_pct(wars.std())}</td>"
-            f"<td class=\"num\">{_pct(uars.mean())} ± {_pct(uars.std())}</td><td></td></tr>")
-    head = (f"<tr><th>fold</th><th>{n}</th><th>test speakers</th><th>{split} WAR %</th><th>{split} UAR %</th>"
-            "<th>chosen epoch</th></tr>")
+    foot = (f"<tr><td>mean ± std</td>{num}{sum(r[n] for r in results)}</td>{'<td></td>' if speakers else ''}"
+            f"{num}{_pct(wars.mean())} ± {_pct(wars.std())}</td>{num}{_pct(uars.mean())} ± {_pct(uars.std())}</td>"
+            "<td></td></tr>")
+    head = (f"<tr><th>fold</th><th>{n}</th>{'<th>test speakers</th>' if speakers else ''}<th>{split} WAR %</th>"
+            f"<th>{split} UAR %</th><th>chosen epoch</th></tr>")
     return f'<table id="folds"><thead>{head}</thead><tbody>{"".join(rows)}</tbody><tfoot>{foot}</tfoot></table>'
 
 

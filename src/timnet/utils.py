@@ -26,9 +26,12 @@ def atomic_write(path: str | Path):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is not None and str(e.filename) == tmp:
+            # the user knows the file they asked for, not its hidden temporary twin
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
