@@ -36,7 +36,7 @@ from timnet.backends import LocalBackend
 from timnet.checkpoint import load_checkpoint
 from timnet.corpora import defaults_for
 from timnet.features import load_features
-from timnet.run import Run, execute_runs, read_identity
+from timnet.run import Run, execute_runs, read_identity, validation_summary
 from timnet.sweep import trial_runs
 from timnet.train import Member, TrainConfig
 from timnet.utils import atomic_write
@@ -153,11 +153,7 @@ def main() -> int:
 def finished_summary(run: Run) -> dict:
     """The validation figures of a run's finished folds, as execute_runs summarises a whole run."""
     folds = [r for _, r in sorted(run.done_results().items())]
-    if not folds:
-        return {"folds": []}
-    uars, wars = np.array([f["val_uar"] for f in folds]), np.array([f["val_war"] for f in folds])
-    return {"folds": folds, "mean_val_uar": float(uars.mean()), "std_val_uar": float(uars.std()),
-            "mean_val_war": float(wars.mean()), "std_val_war": float(wars.std())}
+    return validation_summary(folds) if folds else {"folds": []}
 
 
 def reuse_first_member(run: Run, params: dict, runs_dir: Path) -> None:

@@ -262,11 +262,8 @@ class Run:
         a validation-only run)."""
         ordered = [results[k] for k in sorted(results)]
         if not self.evaluate_test:
-            uars = np.array([r["val_uar"] for r in ordered])
-            wars = np.array([r["val_war"] for r in ordered])
             summary = {"corpus": self.fs.corpus, "split": self.split, "folds_n": len(ordered), "seed": self.seed,
-                       "folds": ordered, "mean_val_uar": float(uars.mean()), "std_val_uar": float(uars.std()),
-                       "mean_val_war": float(wars.mean()), "std_val_war": float(wars.std())}
+                       **validation_summary(ordered)}
             write_json(self.dir / "validation.json", summary)
             return summary
         summary = summarize(ordered, corpus=self.fs.corpus, labels=self.fs.labels, split=self.split, seed=self.seed)
@@ -322,6 +319,13 @@ def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callab
 
 
 SEEDS_FILE = "seeds.json"
+
+
+def validation_summary(folds: list[dict]) -> dict:
+    """The folds of a validation-only run with their mean and (population) std of UAR and WAR."""
+    uars, wars = np.array([f["val_uar"] for f in folds]), np.array([f["val_war"] for f in folds])
+    return {"folds": folds, "mean_val_uar": float(uars.mean()), "std_val_uar": float(uars.std()),
+            "mean_val_war": float(wars.mean()), "std_val_war": float(wars.std())}
 
 
 def check_not_multi_seed(path: Path) -> None:
