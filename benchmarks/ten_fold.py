@@ -1,18 +1,28 @@
 """Table: both recipes on the paper's protocol (10-fold KFold, paper seed) for one corpus.
 
-    python benchmarks/ten_fold.py runs/emodb.npz --runs runs/emodb --json emodb_10fold.json
+    python benchmarks/ten_fold.py runs/emodb.npz --runs runs/emodb10 --json emodb_10fold.json
 
-Trains (or resumes) RUNS/paper and RUNS/strong with `timnet train --recipe ...`, then prints a
-Markdown table of per-fold and mean ± std WAR/UAR beside the authors' published figures.
+Trains (or resumes) RUNS/<recipe> with `timnet train --recipe <recipe>` for each recipe, then
+prints a Markdown table of per-fold and mean ± std WAR/UAR beside the authors' published figures.
 Folds are utterance-level, as in the paper: the same speakers are on both sides.
+
+A recipe that averages weights (`strong`: SWA of the last 100 epochs) trains the paper's recipe
+step for step and also scores its own last weights on each test split (reported, never used to
+choose), so its run gives a paired "last weights" column: the paper's recipe on the same training.
+Finished folds are kept in the ledger (benchmarks/ledger/tenfold_<corpus>/<recipe>), so that a
+table's compute can span sessions; `--table-only` prints the table of the folds finished so far.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from _common import PUBLISHED, environment, fold_seconds, pm, train, write_json
+import numpy as np
+
+from _common import PUBLISHED, environment, fold_seconds, pm, record, restore, train, write_json
+from timnet.features import load_features
 
 
 def main() -> int:
@@ -21,30 +31,89 @@ def main() -> int:
     p.add_argument("--runs", required=True, help="folder for the runs (RUNS/paper, RUNS/strong; resumed)")
     p.add_argument("--json", required=True, help="where to write the table's figures")
     p.add_argument("--recipes", default="paper,strong", help="comma-separated recipes (default paper,strong)")
+    p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
     args = p.parse_args()
 
+    corpus = load_features(args.features).corpus
     out = {}
     for recipe in args.recipes.split(","):
         run = Path(args.runs) / recipe
-        r, wall = train(args.features, run, "--recipe", recipe)
-        out[recipe] = {**r, "wall_s_this_call": round(wall, 1), "fold_seconds": fold_seconds(run), **environment(run)}
-    first = next(iter(out.values()))
-    names = list(out)
-    print(f"### {first['corpus']}: 10-fold KFold, seed {first['seed']}, utterance-level folds\n")
-    print("| fold | n_test | " + " | ".join(f"{n} WAR | {n} UAR" for n in names) + " |")
-    print("|---:|---:|" + "---:|---:|" * len(names))
-    for i, f in enumerate(first["folds"]):
-        cells = " | ".join(f"{out[n]['folds'][i]['war']:.4f} | {out[n]['folds'][i]['uar']:.4f}" for n in names)
-        print(f"| {f['fold']} | {f['n_test']} | {cells} |")
-    cells = " | ".join(f"**{pm(out[n]['mean_war'], out[n]['std_war'])}** | **{pm(out[n]['mean_uar'], out[n]['std_uar'])}**"
-                       for n in names)
-    print(f"| **mean ± std** | | {cells} |")
-    pub = PUBLISHED.get(first["corpus"], {})
+        key = f"tenfold_{corpus.lower()}/{recipe}"
+        restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
+        wall = None
+        if not args.table_only:
+            try:
+                _, wall = train(args.features, run, "--recipe", recipe)
+            finally:
+                record(run, key)  # also the folds of an interrupted run
+        folds = finished_folds(run)
+        out[recipe] = {"folds": folds, **summary(folds), "wall_s_this_call": wall,
+                       "fold_seconds": fold_seconds(run), **environment(run)}
+    print(table(corpus, out))
+    write_json(args.json, {"corpus": corpus, "published": PUBLISHED.get(corpus, {}), "recipes": out})
+    return 0
+
+
+def finished_folds(run: Path) -> list[dict]:
+    """The result.json figures of each finished fold, in fold order."""
+    folds = []
+    for path in sorted(run.glob("fold_*/result.json")):
+        r = json.loads(path.read_text())
+        folds.append({k: r[k] for k in ("fold", "n_test", "war", "uar", "seconds", "last_weights") if k in r})
+    return folds
+
+
+def summary(folds: list[dict]) -> dict:
+    """Mean ± sample std over the folds (of the kept and, where scored, the last weights)."""
+    out = {}
+    for name, pick in (("", lambda f: f), ("_last", lambda f: f.get("last_weights"))):
+        rows = [pick(f) for f in folds]
+        if not rows or any(r is None for r in rows):
+            continue
+        for m in ("war", "uar"):
+            v = np.array([r[m] for r in rows])
+            out[f"mean_{m}{name}"] = float(v.mean())
+            out[f"std_{m}{name}"] = float(v.std(ddof=1)) if len(v) > 1 else None
+    return out
+
+
+def table(corpus: str, out: dict) -> str:
+    """Per-fold and mean ± std figures; a recipe with last-weights figures gets that column pair too."""
+    columns = []  # (heading, recipe, key in a fold's figures or None for the kept model)
+    for n, o in out.items():
+        columns.append((n, n, None))
+        if "mean_war_last" in o:
+            columns.append((f"{n}: last weights", n, "last_weights"))
+    n_folds = max((len(o["folds"]) for o in out.values()), default=0)
+    lines = [f"### {corpus}: 10-fold KFold, paper seed, utterance-level folds\n",
+             "| fold | n_test | " + " | ".join(f"{h} WAR | {h} UAR" for h, _, _ in columns) + " |",
+             "|---:|---:|" + "---:|---:|" * len(columns)]
+    for i in range(n_folds):
+        cells, n_test = [], ""
+        for _, n, key in columns:
+            f = out[n]["folds"][i] if i < len(out[n]["folds"]) else None
+            fig = (f if key is None else f.get(key)) if f else None
+            n_test = f["n_test"] if f else n_test
+            cells.append(f"{fig['war']:.4f} | {fig['uar']:.4f}" if fig else "– | –")
+        lines.append(f"| {i + 1} | {n_test} | " + " | ".join(cells) + " |")
+
+    def total(o, suffix):
+        if f"mean_war{suffix}" not in o:
+            return "– | –"
+        if o[f"std_war{suffix}"] is None:
+            return f"**{o[f'mean_war{suffix}']:.4f}** | **{o[f'mean_uar{suffix}']:.4f}**"
+        return f"**{pm(o[f'mean_war{suffix}'], o[f'std_war{suffix}'])}** | **{pm(o[f'mean_uar{suffix}'], o[f'std_uar{suffix}'])}**"
+
+    lines.append("| **mean ± std** | | " + " | ".join(total(out[n], "" if key is None else "_last")
+                                                  for _, n, key in columns) + " |")
+    lines.append("")
+    for n, o in out.items():
+        lines.append(f"- {n}: {len(o['folds'])} of 10 folds finished")
+    pub = PUBLISHED.get(corpus, {})
     for name, fig in (("paper (leaky selection)", pub.get("paper")), ("authors post-fix", pub.get("post_fix"))):
         if fig:
-            print(f"\n{name}: WAR {fig[1]:.4f}, UAR {fig[0]:.4f}")
-    write_json(args.json, {"corpus": first["corpus"], "published": pub, "recipes": out})
-    return 0
+            lines.append(f"\n{name}: WAR {fig[1]:.4f}, UAR {fig[0]:.4f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -40,15 +40,24 @@ def test_selection_reads_paper_and_strong_from_the_averaging_runs(monkeypatch):
 
 
 def test_strong_preset_and_overrides(monkeypatch):
-    # the preset is the candidate benchmarks/recipe_selection.py evaluates as "vtlp+gain"
+    # the preset is the candidate benchmarks/recipe_selection.py chose on validation data: "swa"
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     import recipe_selection
 
     strong = recipe_config("strong")
-    assert {k: getattr(strong, k) for k in recipe_selection.CANDIDATES["vtlp+gain"]} == recipe_selection.CANDIDATES["vtlp+gain"]
-    assert recipe_config("paper", **recipe_selection.CANDIDATES["vtlp+gain"]) == TrainConfig(**{**vars(strong), "recipe": "paper"})
+    assert recipe_config("paper", **recipe_selection.CANDIDATES["swa"]) == TrainConfig(**{**vars(strong), "recipe": "paper"})
+    assert strong.swa_epochs == 100 and strong.epochs == 500
+    # the preset's window is the last fifth of an explicit --epochs; an explicit window is kept
+    assert recipe_config("strong", epochs=50).swa_epochs == 10
+    assert recipe_config("strong", epochs=3).swa_epochs == 1
+    assert recipe_config("strong", epochs=50, swa_epochs=30).swa_epochs == 30
+    assert recipe_config("strong", swa_epochs=0) == TrainConfig(recipe="strong")
     c = recipe_config("strong", epochs=7)
-    assert c.recipe == "strong" and c.epochs == 7 and c.vtlp > 0
+    assert c.recipe == "strong" and c.epochs == 7 and c.swa_epochs == 1
+    with pytest.raises(TimnetError, match=r"--recipe strong sets --swa-epochs: add --swa-epochs 0"):
+        recipe_config("strong", ema_decay=0.999)
+    with pytest.raises(TimnetError, match=r"best-val or --patience \(--recipe strong sets --swa-epochs"):
+        recipe_config("strong", val_fraction=0.2, select="best-val")
     with pytest.raises(TimnetError, match="--recipe 'fancy' unknown"):
         recipe_config("fancy")
     with pytest.raises(TimnetError, match="--ema-decay 1.0 invalid"):
@@ -260,23 +269,29 @@ def test_strong_recipe_resumes_exactly(tmp_path):
     _full_and_killed_then_resumed(tmp_path, "--recipe", "strong", "--mixup-alpha", "0.4", "--epochs", "3")
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("full.json", "res.json"))
     assert [f["confusion"] for f in a["folds"]] == [f["confusion"] for f in b["folds"]]
+    assert [f["last_weights"] for f in a["folds"]] == [f["last_weights"] for f in b["folds"]]
     for k in (1, 2, 3):
         h = f"fold_{k:02d}/history.csv"
         assert (tmp_path / "full" / h).read_text() == (tmp_path / "res" / h).read_text()
 
 
-def test_strong_recipe_never_reads_test_labels(tmp_path):
-    """Scrambling one fold's test labels leaves that fold's training, weights and choice unchanged."""
-    config = recipe_config("strong", val_fraction=0.25, select="best-val", **{**FAST, "epochs": 3})
+def test_strong_recipe_never_reads_test_data(tmp_path):
+    """Scrambling one fold's test labels and replacing its test features by noise leaves that fold's
+    training, averaged weights and BN statistics unchanged: the strong recipe's choices (which
+    epochs to average, the BN statistics of the average) are made without the test split."""
+    config = recipe_config("strong", **{**FAST, "epochs": 5})
+    assert config.swa_epochs == 1
+    config = recipe_config("strong", **{**FAST, "epochs": 5, "swa_epochs": 3})  # a real average
     fs = synthetic()
     a = Run(fs, tmp_path / "a", config=config, folds=3, seed=5)
     a.prepare()
     ra = a.execute(progress=False, log=lambda m: None)
-    scrambled = synthetic()
+    changed = synthetic()
     test_idx = a.splits[1][1]
-    scrambled.y[test_idx] = np.roll(scrambled.y[test_idx], 1)
-    # the fingerprint covers the labels, so this is a separate run on different data
-    b = Run(scrambled, tmp_path / "b", config=config, folds=3, seed=5)
+    changed.y[test_idx] = np.roll(changed.y[test_idx], 1)
+    changed.x[test_idx] = np.random.default_rng(1).standard_normal(changed.x[test_idx].shape).astype(np.float32) * 50
+    # the fingerprint covers the data, so this is a separate run on different data
+    b = Run(changed, tmp_path / "b", config=config, folds=3, seed=5)
     b.prepare()
     rb = b.execute(progress=False, log=lambda m: None)
     ha = (tmp_path / "a" / "fold_02" / "history.csv").read_text()
@@ -284,5 +299,19 @@ def test_strong_recipe_never_reads_test_labels(tmp_path):
     assert ha == hb and ra["folds"][1]["epoch"] == rb["folds"][1]["epoch"]
     wa = torch.load(tmp_path / "a" / "fold_02" / "model.pt", weights_only=True)["state_dict"]
     wb = torch.load(tmp_path / "b" / "fold_02" / "model.pt", weights_only=True)["state_dict"]
+    assert any("running_mean" in k for k in wa)  # BN statistics are compared too
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert ra["folds"][1]["confusion"] != rb["folds"][1]["confusion"]  # the test labels did change
+    assert ra["folds"][1]["confusion"] != rb["folds"][1]["confusion"]  # the test split did change
+
+
+def test_averaging_run_scores_its_last_weights_as_the_paper_recipe(tmp_path):
+    """An SWA run's folds also report their last weights on the test split, which are the paper
+    recipe's model step for step: the same figures a paper-recipe run gives."""
+    fs = synthetic()
+    runs = {}
+    for name, config in (("strong", recipe_config("strong", **{**FAST, "swa_epochs": 2})), ("paper", recipe_config("paper", **FAST))):
+        run = Run(fs, tmp_path / name, config=config, folds=3, seed=7, path="reference")
+        run.prepare()
+        runs[name] = run.execute(progress=False, log=lambda m: None)["folds"]
+    assert all("last_weights" not in f for f in runs["paper"])
+    assert [f["last_weights"] for f in runs["strong"]] == [{"war": f["war"], "uar": f["uar"]} for f in runs["paper"]]

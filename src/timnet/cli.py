@@ -377,9 +377,9 @@ def _training_options(s, *, val_fraction: float) -> None:
                    help="number of folds (default 10; with --split speaker, 10 or one per speaker if fewer)")
     s.add_argument("--split", choices=SPLITS, default="random", help="random: the paper's utterance-level KFold; speaker: no speaker on both sides")
     s.add_argument("--recipe", choices=RECIPE_NAMES, default="paper",
-                   help="paper: SPEC.md's protocol (default); strong: the paper's training with vocal-tract, "
-                        "tempo and level variation of each training utterance (--vtlp 0.1 --tempo 0.1 --gain 6; "
-                        "provisional, its validation-only selection is not finished: see README); "
+                   help="paper: SPEC.md's protocol (default); strong: the paper's training, the fold's model the "
+                        "mean of the weights of the last 100 epochs (--swa-epochs 100, the last fifth of --epochs; "
+                        "chosen on validation data of EMODB and CASIA, see RESULTS.md); "
                         "the options below override single values")
     for name, (typ, text) in RECIPE_OPTIONS.items():
         choices = SCHEDULES if name == "lr_schedule" else None

@@ -223,6 +223,11 @@ class Run:
                 for member in members:
                     r = fold_result(k, self.fs, test_idx, predict_proba(member.model, self.fs.x[test_idx])[0].argmax(1))
                     result["members"].append({"war": r["war"], "uar": r["uar"]})
+            if first.last is not first.model:
+                # averaged weights (SWA/EMA): the same training's last weights on the same test split,
+                # the paper's recipe step for step; reported beside the fold's figures, never used to choose
+                r = fold_result(k, self.fs, test_idx, predict_proba(first.last, self.fs.x[test_idx])[0].argmax(1))
+                result["last_weights"] = {"war": r["war"], "uar": r["uar"]}
         else:
             v = evaluate_split(model, x[va], y[va], n_classes=len(self.fs.labels))
             result = {"fold": k, "val_war": v["war"], "val_uar": v["uar"], "val_loss": v["loss"], "n_val": len(va)}

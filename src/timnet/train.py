@@ -93,19 +93,29 @@ class TrainConfig:
         if self.swa_epochs:
             if self.swa_epochs > self.epochs:
                 raise TimnetError(f"--swa-epochs {self.swa_epochs} invalid; expected at most --epochs ({self.epochs})")
+            # a preset that averages: say which option turns its averaging off
+            preset = next((f" (--recipe {self.recipe} sets --{n.replace('_', '-')}: add --{n.replace('_', '-')} 0)"
+                           for n in ("ema_decay", "swa_epochs") if RECIPES[self.recipe].get(n)), "")
             if self.ema_decay > 0:
-                preset = f" (--recipe {self.recipe} sets --ema-decay: add --ema-decay 0)" if RECIPES[self.recipe].get("ema_decay") else ""
                 raise TimnetError(f"--swa-epochs and --ema-decay are two ways to average the weights; choose one{preset}")
             # the average exists only after the last epoch: there is no epoch to pick, nor stop at
             if self.select == "best-val" or self.patience is not None:
-                raise TimnetError("--swa-epochs averages the last epochs; it cannot go with --select best-val or --patience")
+                raise TimnetError("--swa-epochs averages the last epochs; it cannot go with --select best-val "
+                                  f"or --patience{preset}")
 
 
 def recipe_config(name: str = "paper", **overrides) -> TrainConfig:
-    """A TrainConfig from a named preset (timnet.recipe.RECIPES), with explicit values on top."""
-    from .recipe import RECIPES
+    """A TrainConfig from a named preset (timnet.recipe.RECIPES), with explicit values on top.
 
-    return TrainConfig(**{**RECIPES.get(name, {}), "recipe": name, **overrides})  # TrainConfig checks the name
+    A preset's SWA window follows an explicit --epochs (the last fifth of training), so that
+    `--recipe strong --epochs 50` averages the last 10 epochs rather than failing; an explicit
+    --swa-epochs is taken as given."""
+    from .recipe import RECIPES, SWA_SHARE
+
+    preset = dict(RECIPES.get(name, {}))
+    if preset.get("swa_epochs") and "epochs" in overrides:
+        preset["swa_epochs"] = max(1, overrides["epochs"] // SWA_SHARE)
+    return TrainConfig(**{**preset, "recipe": name, **overrides})  # TrainConfig checks the name
 
 
 def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, seed: int,
