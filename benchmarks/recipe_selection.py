@@ -57,7 +57,7 @@ CANDIDATES = {
     "swa+vtlp": {"swa_epochs": 100, "vtlp": 0.1, "tempo": 0.1},
     # the same, and recording levels varied by up to ±6 dB (speakers' levels differ by about that)
     "swa+vtlp+gain": {"swa_epochs": 100, "vtlp": 0.1, "tempo": 0.1, "gain": 6.0},
-    # = `--recipe strong` (provisional): the last weights of "swa+vtlp+gain", which trains it step for step
+    # the last weights of "swa+vtlp+gain", which trains it step for step (EMODB's best, below the paper's on CASIA)
     "vtlp+gain": {"vtlp": 0.1, "tempo": 0.1, "gain": 6.0},
     # members of the SWA recipe per fold, probabilities averaged; the first member is "swa" itself
     "swa-x2": {"swa_epochs": 100, "members": 2},

@@ -7,7 +7,9 @@ every fold tests one speaker the model never heard. The seeds change the initial
 batch order, the dropout masks and the augmentation draws (the folds are the speakers). Finished
 folds are kept in the ledger (benchmarks/ledger/loso_<corpus>/<recipe>), so that a table's compute
 can span several sessions; `--table-only` prints the table of the folds finished so far, from
-the ledger, without training.
+the ledger, without training. A recipe that averages weights (`strong`) also scores its last
+weights on each test speaker, the paper's recipe step for step: a "last weights" column, paired
+with it (reported, never used to choose).
 """
 from __future__ import annotations
 
@@ -54,6 +56,9 @@ def main() -> int:
         out[recipe] = {"seeds": finished_folds(run, seeds), "wall_s_this_call": wall,
                        "fold_seconds": fold_seconds(run), **environment(run)}
         out[recipe].update(summary(out[recipe]["seeds"], len(speakers)))
+        if all("last_weights" in f for folds in out[recipe]["seeds"].values() for f in folds) and any(out[recipe]["seeds"].values()):
+            last = {s: [{**f, **f["last_weights"]} for f in folds] for s, folds in out[recipe]["seeds"].items()}
+            out[f"{recipe}: last weights"] = {"seeds": last, **summary(last, len(speakers))}
     print(table(fs.corpus, speakers, out))
     write_json(args.json, {"corpus": fs.corpus, "speakers": speakers, "seeds": seeds, "recipes": out})
     return 0
@@ -66,7 +71,7 @@ def finished_folds(run: Path, seeds: list[int]) -> dict[int, list[dict]]:
         folds = []
         for path in sorted((run / f"seed_{s}").glob("fold_*/result.json")):
             r = json.loads(path.read_text())
-            folds.append({k: r[k] for k in ("fold", "test_speakers", "war", "uar", "n_test", "seconds")})
+            folds.append({k: r[k] for k in ("fold", "test_speakers", "war", "uar", "n_test", "seconds", "last_weights") if k in r})
         out[s] = folds
     return out
 

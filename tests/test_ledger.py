@@ -59,3 +59,25 @@ def test_speaker_table_counts_only_complete_seeds():
     assert s["mean_war"] == pytest.approx(0.65) and s["std_war"] == pytest.approx(0.0707, abs=1e-4)
     text = si.table("X", ["s1", "s2"], {"paper": {"seeds": per_seed, **si.summary(per_seed, 2)}})
     assert "| s1 | 0.7000 | 0.6000 |" in text and "| s2 | 0.7000 | 0.6000 |" in text  # s1: mean of both seeds
+
+
+def test_ten_fold_table_pairs_an_averaging_run_with_its_last_weights(tmp_path, monkeypatch):
+    """A strong (SWA) run in progress: its folds so far, and its last weights (the paper's recipe
+    step for step) as a second column with their own mean; a run without them gets none."""
+    import ten_fold
+
+    monkeypatch.setattr(_common, "LEDGER", tmp_path / "ledger")
+    fs = synthetic()
+    run = _run(fs, tmp_path / "strong", swa_epochs=1)
+    run.execute(progress=False, log=lambda m: None)
+    (run.fold_dir(3) / "result.json").unlink()  # fold 3 unfinished
+    folds = ten_fold.finished_folds(run.dir)
+    assert [f["fold"] for f in folds] == [1, 2] and all({"war", "uar"} <= set(f["last_weights"]) for f in folds)
+    s = ten_fold.summary(folds)
+    assert s["mean_uar_last"] == pytest.approx((folds[0]["last_weights"]["uar"] + folds[1]["last_weights"]["uar"]) / 2)
+    paper = [{k: v for k, v in f.items() if k != "last_weights"} for f in folds]
+    text = ten_fold.table("EMODB", {"strong": {"folds": folds, **s}, "paper": {"folds": paper, **ten_fold.summary(paper)}})
+    assert "strong: last weights WAR" in text and "paper: last weights" not in text
+    row = f"| 1 | {folds[0]['n_test']} | {folds[0]['war']:.4f} | {folds[0]['uar']:.4f} | " \
+          f"{folds[0]['last_weights']['war']:.4f} | {folds[0]['last_weights']['uar']:.4f} |"
+    assert row in text and "- strong: 2 of 10 folds finished" in text
