@@ -111,13 +111,18 @@ def restore(run_dir: Path, key: str) -> int:
     return n
 
 
-def record(run_dir: Path, key: str) -> int:
-    """Copy run_dir's run.json and finished folds into the ledger under `key` (a key that held
-    another configuration is replaced); the number of folds recorded."""
+def record(run_dir: Path, key: str, *, replace: bool = False) -> int:
+    """Copy run_dir's run.json and finished folds into the ledger under `key`; the number of folds
+    recorded. A key that holds another configuration is replaced only with `replace` (a stale
+    RUN_DIR that timnet refused must not overwrite the ledger's folds)."""
     run_dir, n = Path(run_dir), 0
     for rel in _runs(run_dir):
         target = LEDGER / key / rel
         if (target / "run.json").is_file() and _identity(target / "run.json") != _identity(run_dir / rel / "run.json"):
+            if not replace:
+                print(f"ledger: {run_dir / rel} holds another configuration than {key}: not recorded "
+                      "(benchmarks/ledger.py record --replace replaces the key)", file=sys.stderr)
+                continue
             shutil.rmtree(target)
         target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run_dir / rel / "run.json", target / "run.json")

@@ -64,51 +64,51 @@ def finished_folds(run: Path) -> list[dict]:
 
 
 def summary(folds: list[dict]) -> dict:
-    """Mean ± sample std over the folds (of the kept and, where scored, the last weights)."""
-    out = {}
+    """Mean ± std over the folds (population std, as timnet's results.json), of the kept model and,
+    where every fold scored them, of the last weights."""
+    out = {"n_test": sum(f["n_test"] for f in folds)}
     for name, pick in (("", lambda f: f), ("_last", lambda f: f.get("last_weights"))):
         rows = [pick(f) for f in folds]
         if not rows or any(r is None for r in rows):
             continue
         for m in ("war", "uar"):
             v = np.array([r[m] for r in rows])
-            out[f"mean_{m}{name}"] = float(v.mean())
-            out[f"std_{m}{name}"] = float(v.std(ddof=1)) if len(v) > 1 else None
+            out[f"mean_{m}{name}"], out[f"std_{m}{name}"] = float(v.mean()), float(v.std())
     return out
 
 
-def table(corpus: str, out: dict) -> str:
-    """Per-fold and mean ± std figures; a recipe with last-weights figures gets that column pair too."""
+def table(corpus: str, out: dict, n_folds: int = 10) -> str:
+    """Per-fold and mean ± std figures, folds matched by number; a recipe with last-weights figures
+    gets that column pair too."""
     columns = []  # (heading, recipe, key in a fold's figures or None for the kept model)
     for n, o in out.items():
         columns.append((n, n, None))
         if "mean_war_last" in o:
             columns.append((f"{n}: last weights", n, "last_weights"))
-    n_folds = max((len(o["folds"]) for o in out.values()), default=0)
-    lines = [f"### {corpus}: 10-fold KFold, paper seed, utterance-level folds\n",
+    by_fold = {n: {f["fold"]: f for f in o["folds"]} for n, o in out.items()}
+    lines = [f"### {corpus}: {n_folds}-fold KFold, paper seed, utterance-level folds\n",
              "| fold | n_test | " + " | ".join(f"{h} WAR | {h} UAR" for h, _, _ in columns) + " |",
              "|---:|---:|" + "---:|---:|" * len(columns)]
-    for i in range(n_folds):
-        cells, n_test = [], ""
+    for k in range(1, n_folds + 1):
+        found = [by_fold[n][k] for n in out if k in by_fold[n]]
+        cells = []
         for _, n, key in columns:
-            f = out[n]["folds"][i] if i < len(out[n]["folds"]) else None
+            f = by_fold[n].get(k)
             fig = (f if key is None else f.get(key)) if f else None
-            n_test = f["n_test"] if f else n_test
             cells.append(f"{fig['war']:.4f} | {fig['uar']:.4f}" if fig else "– | –")
-        lines.append(f"| {i + 1} | {n_test} | " + " | ".join(cells) + " |")
+        lines.append(f"| {k} | {found[0]['n_test'] if found else ''} | " + " | ".join(cells) + " |")
 
     def total(o, suffix):
         if f"mean_war{suffix}" not in o:
             return "– | –"
-        if o[f"std_war{suffix}"] is None:
-            return f"**{o[f'mean_war{suffix}']:.4f}** | **{o[f'mean_uar{suffix}']:.4f}**"
         return f"**{pm(o[f'mean_war{suffix}'], o[f'std_war{suffix}'])}** | **{pm(o[f'mean_uar{suffix}'], o[f'std_uar{suffix}'])}**"
 
-    lines.append("| **mean ± std** | | " + " | ".join(total(out[n], "" if key is None else "_last")
-                                                  for _, n, key in columns) + " |")
+    n_test = max((o["n_test"] for o in out.values()), default=0)
+    lines.append(f"| **mean ± std** | {n_test} | " + " | ".join(total(out[n], "" if key is None else "_last")
+                                                           for _, n, key in columns) + " |")
     lines.append("")
     for n, o in out.items():
-        lines.append(f"- {n}: {len(o['folds'])} of 10 folds finished")
+        lines.append(f"- {n}: {len(o['folds'])} of {n_folds} folds finished")
     pub = PUBLISHED.get(corpus, {})
     for name, fig in (("paper (leaky selection)", pub.get("paper")), ("authors post-fix", pub.get("post_fix"))):
         if fig:

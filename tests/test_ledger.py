@@ -1,4 +1,5 @@
-"""benchmarks/_common.py's ledger: finished folds carried to a fresh RUN_DIR, never into another run."""
+"""benchmarks/_common.py's ledger: finished folds carried to a fresh RUN_DIR, never into another run;
+the table scripts' tables in progress."""
 import json
 import sys
 from pathlib import Path
@@ -36,13 +37,9 @@ def test_ledger_restores_finished_folds_into_a_fresh_run(tmp_path, monkeypatch):
     assert sum("done before" in m for m in trained) == 2  # only fold 3 was trained
     assert [f["confusion"] for f in out["folds"]] == [f["confusion"] for f in summary["folds"]]
 
-    # a RUN_DIR of another configuration is left alone, and recording it replaces the key
+    # a RUN_DIR of another configuration is left alone (recording: the test below)
     other = _run(fs, tmp_path / "c", label_smoothing=0.2)
     assert _common.restore(other.dir, "t/paper") == 0 and not other.done_results()
-    other.execute(progress=False, log=lambda m: None)
-    assert _common.record(other.dir, "t/paper") == 3
-    recorded = json.loads((tmp_path / "ledger" / "t/paper/run.json").read_text())["identity"]
-    assert recorded["train_config"]["label_smoothing"] == pytest.approx(0.2)
 
 
 def test_speaker_table_counts_only_complete_seeds():
@@ -62,22 +59,40 @@ def test_speaker_table_counts_only_complete_seeds():
 
 
 def test_ten_fold_table_pairs_an_averaging_run_with_its_last_weights(tmp_path, monkeypatch):
-    """A strong (SWA) run in progress: its folds so far, and its last weights (the paper's recipe
-    step for step) as a second column with their own mean; a run without them gets none."""
+    """A strong (SWA) run in progress: its folds so far, matched by number, and its last weights
+    (the paper's recipe step for step) as a second column with their own mean; a run without
+    them gets none."""
     import ten_fold
 
     monkeypatch.setattr(_common, "LEDGER", tmp_path / "ledger")
     fs = synthetic()
     run = _run(fs, tmp_path / "strong", swa_epochs=1)
     run.execute(progress=False, log=lambda m: None)
-    (run.fold_dir(3) / "result.json").unlink()  # fold 3 unfinished
+    (run.fold_dir(2) / "result.json").unlink()  # fold 2 unfinished, fold 3 done
     folds = ten_fold.finished_folds(run.dir)
-    assert [f["fold"] for f in folds] == [1, 2] and all({"war", "uar"} <= set(f["last_weights"]) for f in folds)
+    assert [f["fold"] for f in folds] == [1, 3] and all({"war", "uar"} <= set(f["last_weights"]) for f in folds)
     s = ten_fold.summary(folds)
     assert s["mean_uar_last"] == pytest.approx((folds[0]["last_weights"]["uar"] + folds[1]["last_weights"]["uar"]) / 2)
+    assert s["n_test"] == folds[0]["n_test"] + folds[1]["n_test"]
     paper = [{k: v for k, v in f.items() if k != "last_weights"} for f in folds]
-    text = ten_fold.table("EMODB", {"strong": {"folds": folds, **s}, "paper": {"folds": paper, **ten_fold.summary(paper)}})
+    text = ten_fold.table("EMODB", {"strong": {"folds": folds, **s}, "paper": {"folds": paper, **ten_fold.summary(paper)}},
+                          n_folds=3)
     assert "strong: last weights WAR" in text and "paper: last weights" not in text
-    row = f"| 1 | {folds[0]['n_test']} | {folds[0]['war']:.4f} | {folds[0]['uar']:.4f} | " \
-          f"{folds[0]['last_weights']['war']:.4f} | {folds[0]['last_weights']['uar']:.4f} |"
-    assert row in text and "- strong: 2 of 10 folds finished" in text
+    f3 = folds[1]
+    row = (f"| 3 | {f3['n_test']} | {f3['war']:.4f} | {f3['uar']:.4f} | "
+           f"{f3['last_weights']['war']:.4f} | {f3['last_weights']['uar']:.4f} | {f3['war']:.4f} | {f3['uar']:.4f} |")
+    assert row in text and "| 2 |  | – | – | – | – | – | – |" in text and "- strong: 2 of 3 folds finished" in text
+
+
+def test_ledger_never_overwrites_another_configuration_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(_common, "LEDGER", tmp_path / "ledger")
+    fs = synthetic()
+    a = _run(fs, tmp_path / "a")
+    a.execute(progress=False, log=lambda m: None)
+    assert _common.record(a.dir, "t/x") == 3
+    stale = _run(fs, tmp_path / "stale", label_smoothing=0.2)
+    stale.execute(progress=False, log=lambda m: None)
+    assert _common.record(stale.dir, "t/x") == 0  # refused: the ledger keeps a's folds
+    assert _common._identity(tmp_path / "ledger/t/x/run.json") == _common._identity(a.dir / "run.json")
+    assert _common.record(stale.dir, "t/x", replace=True) == 3
+    assert _common._identity(tmp_path / "ledger/t/x/run.json") == _common._identity(stale.dir / "run.json")

@@ -22,7 +22,7 @@ def test_paper_recipe_is_the_default_and_changes_nothing():
 
 
 def test_selection_reads_paper_and_strong_from_the_averaging_runs(monkeypatch):
-    """`swa` trains the paper's recipe and `swa+vtlp+gain` the strong one step for step, so their
+    """`swa` trains the paper's recipe and `swa+vtlp+gain` the `vtlp+gain` one step for step, so their
     last weights score "paper" and "vtlp+gain" (the two runs CASIA's selection trains), fold by
     fold, while a run named itself is never replaced by another's last weights."""
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
@@ -209,13 +209,13 @@ def test_swa_trains_like_the_paper_and_averages_its_last_epochs():
     assert all(torch.equal(raw[k], v) for k, v in plain.state_dict().items())  # same training
     assert state.swa.count == 2
     assert not torch.equal(swa_model.classifier.weight, plain.classifier.weight)
-    # the same with the strong recipe's augmentations: `swa+vtlp+gain` trains `vtlp+gain` step for step
+    # the same with augmentations: `swa+vtlp+gain` trains `vtlp+gain` step for step
     aug = dict(vtlp=0.1, tempo=0.1, gain=6.0)
-    strong, _ = train_fold(x, y, tr, va[:0], config=TrainConfig(**FAST, **aug), **kw)
+    augmented, _ = train_fold(x, y, tr, va[:0], config=TrainConfig(**FAST, **aug), **kw)
     _, state = train_fold(x, y, tr, va[:0], config=TrainConfig(**FAST, **aug, swa_epochs=2), **kw)
     raw = state.model.state_dict()
-    assert all(torch.equal(raw[k], v) for k, v in strong.state_dict().items())
-    assert not torch.equal(strong.classifier.weight, plain.classifier.weight)  # the augmentations did act
+    assert all(torch.equal(raw[k], v) for k, v in augmented.state_dict().items())
+    assert not torch.equal(augmented.classifier.weight, plain.classifier.weight)  # the augmentations did act
     with pytest.raises(TimnetError, match="--swa-epochs 5 invalid"):
         TrainConfig(**FAST, swa_epochs=5)
     with pytest.raises(TimnetError, match="choose one"):
@@ -304,14 +304,18 @@ def test_strong_recipe_never_reads_test_data(tmp_path):
     assert ra["folds"][1]["confusion"] != rb["folds"][1]["confusion"]  # the test split did change
 
 
-def test_averaging_run_scores_its_last_weights_as_the_paper_recipe(tmp_path):
-    """An SWA run's folds also report their last weights on the test split, which are the paper
-    recipe's model step for step: the same figures a paper-recipe run gives."""
+@pytest.mark.parametrize("members", [1, 2])
+def test_averaging_run_scores_its_last_weights_as_the_paper_recipe(tmp_path, members):
+    """An SWA run's folds also report their last weights on the test split (an ensemble: its
+    members' last weights), which are the paper recipe's model step for step: the same figures a
+    paper-recipe run gives, and not the averaged model's."""
     fs = synthetic()
     runs = {}
-    for name, config in (("strong", recipe_config("strong", **{**FAST, "swa_epochs": 2})), ("paper", recipe_config("paper", **FAST))):
+    for name, config in (("strong", recipe_config("strong", **{**FAST, "swa_epochs": 2, "members": members})),
+                         ("paper", recipe_config("paper", **{**FAST, "members": members}))):
         run = Run(fs, tmp_path / name, config=config, folds=3, seed=7, path="reference")
         run.prepare()
         runs[name] = run.execute(progress=False, log=lambda m: None)["folds"]
     assert all("last_weights" not in f for f in runs["paper"])
     assert [f["last_weights"] for f in runs["strong"]] == [{"war": f["war"], "uar": f["uar"]} for f in runs["paper"]]
+    assert any(f["last_weights"]["war"] != f["war"] for f in runs["strong"])  # the averaged model scores otherwise

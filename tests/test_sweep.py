@@ -133,3 +133,23 @@ def test_execute_runs_schedules_run_by_run_or_fold_by_fold(fold_major, expected)
     assert backend.tasks == expected
     assert [sorted(s) for s in summaries] == [[1, 2, 3], [1, 2, 3]]
     assert summaries[0][2] is kept  # a finished fold is kept, not retrained
+
+
+def test_trial_epochs_move_the_recipes_own_swa_window(tmp_path):
+    """A trial's epochs take the strong recipe's averaging window (the last fifth) with them; a
+    window the user set is kept."""
+    from timnet.train import recipe_config
+
+    fs = synthetic()
+
+    def make_run(folder, config, model_overrides):
+        return Run(fs, folder, config=config, folds=3, seed=3, evaluate_test=False)
+
+    def windows(base, params_list):
+        return [r.config.swa_epochs for r in sweep_mod.trial_runs(tmp_path / str(len(list(tmp_path.iterdir()))),
+                                                                   params_list, base=base, make_run=make_run)]
+
+    assert windows(recipe_config("strong", val_fraction=0.2), [{"epochs": 50}, {"epochs": 3}, {"lr": 0.002}]) == [10, 1, 100]
+    assert windows(recipe_config("strong", val_fraction=0.2, epochs=50), [{"epochs": 100}]) == [20]
+    assert windows(recipe_config("strong", val_fraction=0.2, swa_epochs=30), [{"epochs": 40}]) == [30]
+    assert windows(recipe_config("paper", val_fraction=0.2), [{"epochs": 40}]) == [0]

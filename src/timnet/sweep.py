@@ -30,7 +30,7 @@ from .checkpoint import load_checkpoint
 from .evaluate import FoldModel, evaluate, summarize
 from .features import FeatureSet
 from .run import Run, _write_csv, execute_runs
-from .train import TrainConfig
+from .train import TrainConfig, preset_swa_epochs
 from .utils import write_json
 
 MODEL_PARAMS = ("dropout",)
@@ -151,7 +151,12 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
         folder = names[i - 1] if names else f"trial_{i:03d}"
         try:
             params = {k: _cast(v, types.get(k, float)) for k, v in params.items()}
-            config = replace(base, **{k: v for k, v in params.items() if k in train_params()})
+            changes = {k: v for k, v in params.items() if k in train_params()}
+            if ("epochs" in changes and "swa_epochs" not in changes and base.swa_epochs
+                    and base.swa_epochs == preset_swa_epochs(base.recipe, base.epochs)):
+                # the recipe's own averaging window (the last fifth) follows the trial's epochs
+                changes["swa_epochs"] = preset_swa_epochs(base.recipe, changes["epochs"])
+            config = replace(base, **changes)
             run = make_run(Path(sweep_dir) / folder, config, {k: v for k, v in params.items() if k in MODEL_PARAMS})
         except (TypeError, TimnetError) as e:
             raise TimnetError(f"{folder} ({params}): {e}") from None

@@ -107,15 +107,23 @@ class TrainConfig:
 def recipe_config(name: str = "paper", **overrides) -> TrainConfig:
     """A TrainConfig from a named preset (timnet.recipe.RECIPES), with explicit values on top.
 
-    A preset's SWA window follows an explicit --epochs (the last fifth of training), so that
+    A preset's SWA window follows an explicit --epochs (preset_swa_epochs), so that
     `--recipe strong --epochs 50` averages the last 10 epochs rather than failing; an explicit
     --swa-epochs is taken as given."""
-    from .recipe import RECIPES, SWA_SHARE
+    from .recipe import RECIPES
 
     preset = dict(RECIPES.get(name, {}))
-    if preset.get("swa_epochs") and "epochs" in overrides:
-        preset["swa_epochs"] = max(1, overrides["epochs"] // SWA_SHARE)
+    if preset.get("swa_epochs"):
+        preset["swa_epochs"] = preset_swa_epochs(name, overrides.get("epochs", TrainConfig.epochs))
     return TrainConfig(**{**preset, "recipe": name, **overrides})  # TrainConfig checks the name
+
+
+def preset_swa_epochs(name: str, epochs: int) -> int:
+    """The SWA window preset `name` gives a training of `epochs` epochs: the last fifth (100 of the
+    paper's 500), at least one epoch; 0 for a preset that does not average."""
+    from .recipe import RECIPES, SWA_SHARE
+
+    return max(1, epochs // SWA_SHARE) if RECIPES.get(name, {}).get("swa_epochs") else 0
 
 
 def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, seed: int,
