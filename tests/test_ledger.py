@@ -1,6 +1,5 @@
 """benchmarks/_common.py's ledger: finished folds carried to a fresh RUN_DIR, never into another run;
 the table scripts' tables in progress."""
-import json
 import sys
 from pathlib import Path
 
