@@ -30,7 +30,9 @@ def main() -> int:
     p.add_argument("features", help="a timnet .npz from `timnet extract` (with speakers)")
     p.add_argument("--runs", required=True, help="folder for the runs (RUNS/<recipe>/seed_<s>; resumed)")
     p.add_argument("--json", required=True, help="where to write the table's figures")
-    p.add_argument("--recipes", default="paper,strong", help="comma-separated recipes (default paper,strong)")
+    p.add_argument("--recipes", default="strong",
+                   help="comma-separated recipes (default strong: its last weights are the paper's recipe, "
+                        "so one run gives both; add paper to train the paper's recipe as a run of its own)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the paper seed and the next two)")
     p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
     args = p.parse_args()
