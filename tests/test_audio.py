@@ -67,3 +67,13 @@ def test_empty_and_non_audio_files_are_refused(tmp_path):
     sf.write(str(header_only), np.zeros(0, np.float32), 16000)
     with pytest.raises(TimnetError, match=r"h\.wav: (holds no audio|empty)"):
         audio.read_audio(header_only)
+
+
+def test_non_finite_samples_are_refused(tmp_path):
+    # a float WAV can hold NaN or inf; librosa would only fail deep inside the STFT, with a traceback
+    for name, bad in (("nan.wav", np.nan), ("inf.wav", np.inf)):
+        y = np.zeros(4000, np.float32)
+        y[100] = bad
+        sf.write(str(tmp_path / name), y, 16000, subtype="FLOAT")
+        with pytest.raises(TimnetError, match=name.replace(".", r"\.") + ": holds NaN or infinite samples"):
+            audio.read_audio(tmp_path / name)

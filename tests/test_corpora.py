@@ -361,6 +361,8 @@ def iemocap(tmp_path):
         HEADER + "[ 1.0 - 2.5 ]  Ses03M_script01_2_F012   sad  [2.0, 2.0, 2.0]\n"
         "[3.0 - 4.5]\tSes03M_script01_2_M003\thap\t[4.0, 3.0, 3.0]\n"
     ).encode())
+    # IEMOCAP has a few turns named with XX before the number (Ses03F_impro06_FXX0)
+    touch(s3 / "dialog" / "EmoEvaluation" / "Ses03F_impro06.txt", evaluation(("Ses03F_impro06_FXX0", "sad")).encode())
     wav1 = "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/"
     wav3 = "IEMOCAP_full_release/Session3/sentences/wav/Ses03M_script01_2/"
     write_tree(tmp_path, [
@@ -370,6 +372,9 @@ def iemocap(tmp_path):
         wav3 + "Ses03M_script01_2_F012.wav", "!" + wav3 + "Ses03M_script01_2_M003.wav",
         "IEMOCAP_full_release/Session1/dialog/wav/Ses01F_impro01.wav",  # the whole dialog: silent
         "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/notes.wav",
+        "IEMOCAP_full_release/Session3/sentences/wav/Ses03F_impro06/Ses03F_impro06_FXX0.wav",
+        "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000 copy.wav",
+        "IEMOCAP_full_release/Session1/dialog/wav/Ses05M_script01_1b.wav",  # another whole dialog
     ])
     touch(tmp_path / "IEMOCAP_full_release" / "Session1" / "sentences" / "wav" / "Ses01F_impro01" /
           "._Ses01F_impro01_F000.wav", b"mac")
@@ -386,10 +391,12 @@ def test_iemocap_tree(iemocap):
         (wav3 + "Ses03M_script01_2_M003.wav", "happy", "Ses03M"),
         (wav1 + "Ses01F_impro01_F000.wav", "neutral", "Ses01F"),
         (wav1 + "Ses01F_impro01_M002.wav", "neutral", "Ses01M"),  # the speaker, not the dialog's owner
+        ("IEMOCAP_full_release/Session3/sentences/wav/Ses03F_impro06/Ses03F_impro06_FXX0.wav", "sad", "Ses03F"),
         (wav3 + "Ses03M_script01_2_F012.wav", "sad", "Ses03F"),
     ]
     # fru and xxx utterances are other classes: neither items nor reported
     assert listing.skipped == (
+        (wav1 + "Ses01F_impro01_F000 copy.wav", "name"),  # not mistaken for a whole-dialog file
         (wav1 + "Ses01F_impro01_F002.wav", "labelled but missing"),
         (wav1 + "Ses01F_impro01_F003.wav", "no label"),
         (wav1 + "notes.wav", "name"),

@@ -64,6 +64,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise TimnetError(f"{path}: not readable audio ({message})") from None
     if data.shape[0] == 0:
         raise TimnetError(f"{path}: holds no audio samples")
+    if not np.isfinite(data).all():  # float files can; librosa would fail deep inside the STFT
+        raise TimnetError(f"{path}: holds NaN or infinite samples; expected finite audio")
     # librosa.to_mono averages the channels; so do we, in float32 like librosa.
     y = data[:, 0] if data.shape[1] == 1 else np.mean(data, axis=1, dtype=np.float32)
     return np.ascontiguousarray(y, dtype=np.float32), int(sr)

@@ -266,9 +266,11 @@ def scan_savee(root: Path) -> Listing:
 _IEMOCAP_EMOTIONS = {"ang": "angry", "hap": "happy", "exc": "happy", "neu": "neutral", "sad": "sad"}
 # "[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]"
 _IEMOCAP_LINE = re.compile(r"\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(Ses\d\d[FM]_\S+)\s+(\w+)\s+\[")
-# the last name part starts with the speaker's gender: Ses03M_script01_2_F012 is spoken by Ses03F
-_IEMOCAP_UTTERANCE = re.compile(r"Ses(\d\d)[FM]_.+_([FM])\d+")
-_IEMOCAP_DIALOG = re.compile(r"Ses\d\d[FM]_[^_]+(?:_[^_]+)?")
+# the last name part starts with the speaker's gender: Ses03M_script01_2_F012 is spoken by Ses03F;
+# a few turns carry XX before their number (Ses03F_impro06_FXX0) and are labelled like any other
+_IEMOCAP_UTTERANCE = re.compile(r"Ses(\d\d)[FM]_.+_([FM])(?:XX)?\d+")
+# dialogs: Ses01F_impro01, Ses01F_impro05a, Ses05M_script01_1b (never an utterance-shaped name)
+_IEMOCAP_DIALOG = re.compile(r"Ses\d\d[FM]_[a-z]+\d+[a-z]?(?:_\d+[a-z]?)?")
 
 
 def _iemocap_labels(root: Path, files: list[str]) -> dict[str, tuple[str, str]]:

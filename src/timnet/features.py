@@ -188,8 +188,12 @@ def _source_fingerprint(root: Path, items, config: FeatureConfig, *, corpus: str
 
     h = hashlib.sha256(json.dumps([__version__, corpus, asdict(config), skip_bad]).encode())
     for it in items:
-        st = (root / it.path).stat()
-        h.update(f"{it.path}\0{st.st_size}\0{st.st_mtime_ns}\0{it.label}\0{it.speaker}\n".encode())
+        try:
+            st = (root / it.path).stat()
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError:  # a dangling link: the loader reports it (or --skip-bad skips it)
+            stamp = "unreadable"
+        h.update(f"{it.path}\0{stamp}\0{it.label}\0{it.speaker}\n".encode())
     return h.hexdigest()
 
 
