@@ -84,6 +84,7 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
     q = ctx.Manager().Queue()
     pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=_worker_init,
                                initargs=(runs, q))
+    finished: set = set()
     try:
         pending = {pool.submit(_worker_task, task): task for task in tasks}
         while pending:
@@ -96,21 +97,28 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
                 on_epoch(task, row)
             for future in done:
                 task = pending.pop(future)
-                try:
-                    _, result = future.result()
-                except BrokenProcessPool:
-                    unfinished = ", ".join(_describe(runs, t) for t in sorted({task, *pending.values()}))
-                    raise TimnetError(f"a training worker died (unfinished folds: {unfinished}); "
-                                      "run the same command again to resume") from None
+                _, result = future.result()
+                finished.add(task)
                 yield task, result
+    except BrokenProcessPool:
+        # A worker died (killed, out of memory). The pool can surface it from any call on it, not only
+        # from the dead worker's future, so it is caught around the whole loop.
+        _end_pool(pool)
+        unfinished = ", ".join(_describe(runs, t) for t in sorted(set(tasks) - finished))
+        raise TimnetError(f"a training worker died (unfinished folds: {unfinished}); "
+                          "run the same command again to resume") from None
     except BaseException:
-        # Interrupted or failed: end the workers now instead of letting them train the queued folds.
-        # Their snapshots and results are written atomically, so the next run resumes cleanly.
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        _end_pool(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def _end_pool(pool) -> None:
+    """Interrupted or failed: end the workers now instead of letting them train the queued folds.
+    Their snapshots and results are written atomically, so the next run resumes cleanly."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # None once the pool broke
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _describe(runs: list, task: Task) -> str:
