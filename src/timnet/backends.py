@@ -81,7 +81,8 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")  # fork after torch has run threads is not safe
-    q = ctx.Manager().Queue()
+    manager = ctx.Manager()  # a server process of its own: shut down below, else it outlives the run
+    q = manager.Queue()
     pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=_worker_init,
                                initargs=(runs, q))
     finished: set = set()
@@ -100,6 +101,7 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
                 _, result = future.result()
                 finished.add(task)
                 yield task, result
+        pool.shutdown(wait=True)
     except BrokenProcessPool:
         # A worker died (killed, out of memory). The pool can surface it from any call on it, not only
         # from the dead worker's future, so it is caught around the whole loop.
@@ -110,7 +112,8 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
     except BaseException:
         _end_pool(pool)
         raise
-    pool.shutdown(wait=True)
+    finally:
+        manager.shutdown()
 
 
 def _end_pool(pool) -> None:
