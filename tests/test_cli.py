@@ -186,6 +186,21 @@ def test_authors_weights_need_ten_folds(reference, tmp_path):
                           "--folds 5", "expected --folds 10")
 
 
+@pytest.mark.realdata
+def test_authors_weights_refuse_splits_that_would_leak(reference, tmp_path):
+    """Their folds are re-derived (no test indices are stored): a subset of the corpus or another seed
+    re-derives "test" folds full of training utterances; scoring them would report ~1.0."""
+    weights = need(PRETRAINED / "EMODB_46")
+    subset = tmp_path / "EMODB_subset.npy"
+    np.save(subset, {"x": reference["mfcc"][:60], "y": np.eye(7)[reference["labels"][:60]]}, allow_pickle=True)
+    assert_one_line_error(timnet("test", subset, "--corpus", "emodb", "--weights", weights),
+                          "60 utterances", "535 utterances")
+    full = tmp_path / "EMODB.npy"
+    np.save(full, {"x": reference["mfcc"], "y": np.eye(7)[reference["labels"]]}, allow_pickle=True)
+    assert_one_line_error(timnet("test", full, "--corpus", "emodb", "--weights", weights, "--seed", "47"),
+                          "--seed 47", "seed 46")
+
+
 def test_cli_mirrors_of_library_constants():
     """cli keeps copies so that --help needs no torch import; they must not drift."""
     from timnet import cli, folds, recipe, train

@@ -93,6 +93,41 @@ def test_checkpoint_alone_predicts(run_dir, clips, tmp_path):
     assert pred.label in LABELS
 
 
+def test_checkpoint_that_does_not_fit_its_config_is_one_error(run_dir, tmp_path):
+    """A checkpoint of another version or an edited one: an error naming the file, not a traceback."""
+    from timnet.checkpoint import load_checkpoint
+
+    payload = torch.load(run_dir / "fold_01" / "model.pt", weights_only=True)
+    for name, edit in (("unknown_key", lambda c: c["model_config"].update(gating="new")),
+                       ("wrong_size", lambda c: c["model_config"].update(n_filters=7))):
+        bad = tmp_path / f"{name}.pt"
+        edited = {**payload, "model_config": dict(payload["model_config"])}
+        edit(edited)
+        torch.save(edited, bad)
+        with pytest.raises(TimnetError, match=f"{name}.pt: a timnet checkpoint this version cannot load") as e:
+            load_checkpoint(bad)
+        assert "\n" not in str(e.value)
+
+
+def test_unfinished_multi_seed_and_wrong_corpus_runs(run_dir, clips, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run_dir, unfinished)
+    (unfinished / "run.json").write_text(json.dumps({"identity": {"folds": 5}}))
+    with pytest.warns(UserWarning, match="only 2 of 5 folds are finished"):
+        load_model(unfinished)
+    r = subprocess.run([sys.executable, "-m", "timnet", "predict", str(clips["16k"]), "--model", str(unfinished)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "timnet: warning:" in r.stderr and "only 2 of 5 folds" in r.stderr
+    with pytest.raises(TimnetError, match="--corpus emodb: .* is a TOY model"):
+        load_model(run_dir, corpus="emodb")
+    assert load_model(run_dir, corpus="toy").labels == LABELS
+    seeds = tmp_path / "seeds"
+    for s in (1, 2):
+        shutil.copytree(unfinished, seeds / f"seed_{s}")
+    with pytest.raises(TimnetError, match="holds the runs of 2 seeds"):
+        load_model(seeds)
+
+
 def test_silent_and_short_warnings(run_dir):
     model = load_model(run_dir)
     pred = model.predict(np.zeros(1600, np.float32), 16000)
@@ -123,6 +158,8 @@ def test_cli_error_row_and_exit_status(run_dir, clips, tmp_path):
     lines = r.stdout.splitlines()
     assert len(lines) == 4 and "ERROR" in lines[2] and "broken.wav" in lines[2]
     assert lines[1].split()[1] in LABELS and lines[3].split()[1] in LABELS
+    errors = [line for line in r.stderr.splitlines() if line.startswith("timnet: error: ")]
+    assert len(errors) == 1 and "broken.wav" in errors[0]  # also on stderr, for a pipe that drops stdout's rows
     rows = json.loads((tmp_path / "p.json").read_text())
     assert [("error" in row) for row in rows] == [False, True, False]
     assert set(rows[0]["probs"]) == set(LABELS)

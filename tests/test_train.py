@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,7 +209,24 @@ def test_fold_in_worker_process_equals_in_process(tmp_path):
         assert all(torch.equal(wa[n], wb[n]) for n in wa)
 
 
-def test_ctrl_c_stops_parallel_training_promptly(tmp_path):
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")  # a zombie waiting for its (init) reaper counts as gone
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupt_stops_parallel_training_promptly(tmp_path, how):
+    """Ctrl-C reaches the whole process group; `kill` (SIGTERM) reaches the parent alone. Either way
+    the run stops within seconds and leaves no worker or manager process training on as an orphan."""
     import signal
     import time
 
@@ -220,11 +238,22 @@ def test_ctrl_c_stops_parallel_training_promptly(tmp_path):
     deadline = time.time() + 60
     while not list((tmp_path / "r").glob("fold_*/state.pt")) and time.time() < deadline:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    children = _children(proc.pid)
+    assert children, "the parallel run should have started worker processes"
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    else:
+        proc.send_signal(signal.SIGTERM)
     t0 = time.time()
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in err
+    if how == "ctrl-c":
+        assert proc.returncode == 130 and "interrupted" in err
+    else:
+        assert proc.returncode == 128 + signal.SIGTERM and "terminated" in err, err
     assert time.time() - t0 < 20
+    while any(_alive(c) for c in children) and time.time() - t0 < 30:
+        time.sleep(0.2)
+    assert not [c for c in children if _alive(c)], "processes of the run outlived it"
     assert len(list((tmp_path / "r").glob("fold_*/result.json"))) < 6  # the queued folds were not trained
 
 

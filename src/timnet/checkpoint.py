@@ -65,11 +65,17 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_checkpoint(path: str | Path) -> tuple[TIMNet | TIMNetEnsemble, dict]:
     """(model in eval mode, checkpoint dict) from a checkpoint file alone; an ensemble for several members."""
     payload = read_checkpoint(path)
-    config = TIMNetConfig(**payload["model_config"])
-    members = []
-    for state in payload.get("members") or [payload["state_dict"]]:
-        members.append(TIMNet(config))
-        members[-1].load_state_dict(state)
+    try:
+        config = TIMNetConfig(**payload["model_config"])
+        members = []
+        for state in payload.get("members") or [payload["state_dict"]]:
+            members.append(TIMNet(config))
+            members[-1].load_state_dict(state)
+        payload["feature_config"] = FeatureConfig(**payload["feature_config"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        # A checkpoint of another timnet version or an edited one: an unknown config field (TypeError),
+        # weights that do not fit the config (RuntimeError from load_state_dict), a missing entry.
+        reason = " ".join(str(e).split())[:200] or type(e).__name__  # one line, however long torch's is
+        raise TimnetError(f"{path}: a timnet checkpoint this version cannot load ({reason})") from None
     model = TIMNetEnsemble(members) if len(members) > 1 else members[0]
-    payload["feature_config"] = FeatureConfig(**payload["feature_config"])
     return model.eval(), payload

@@ -320,7 +320,8 @@ def _warnings_as_messages():
 def cmd_predict(args) -> int:
     from .predict import check_windowing, find_audio, load_model
 
-    predictor = load_model(args.model, corpus=args.corpus)
+    with _warnings_as_messages():
+        predictor = load_model(args.model, corpus=args.corpus)
     check_windowing(args.window, args.hop, predictor.feature_config.sample_rate)
     files = find_audio(args.audio)
     rows, failures = [], 0
@@ -333,6 +334,8 @@ def cmd_predict(args) -> int:
             failures += 1
             rows.append({"file": str(path), "label": None, "probs": None, "error": str(e)})
             print(f"{str(path):<{name_width}}  {'ERROR':<10} {'':>6}  {e}")
+            message = str(e) if str(path) in str(e) else f"{path}: {e}"
+            print(f"timnet: error: {message}", file=sys.stderr)  # stdout may be a pipe into another tool
             continue
         rows.append(pred.to_json())
         top = "  ".join(f"{name} {p:.2f}" for name, p in pred.top(3))
@@ -353,7 +356,8 @@ def cmd_export(args) -> int:
     from .onnx_export import export_onnx, onnx_parity
     from .predict import load_model
 
-    predictor = load_model(args.model, corpus=args.corpus)
+    with _warnings_as_messages():
+        predictor = load_model(args.model, corpus=args.corpus)
     path = export_onnx(predictor, args.output)
     gap = onnx_parity(predictor, path)
     print(f"{path}: {len(predictor.models)} model(s), {len(predictor.labels)} classes; max |onnxruntime - torch| = {gap:.1e}")
@@ -389,8 +393,8 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--val-fraction", type=float, default=val_fraction,
                    help=f"stratified validation share carved from each fold's training part (default {val_fraction})")
     s.add_argument("--eval-every", type=int, default=1, help="epochs between validation passes (default 1)")
-    s.add_argument("--select", choices=SELECTIONS, default="last", help="model kept per fold: last epoch (paper) or best validation UAR")
-    s.add_argument("--patience", type=int, default=None, help="stop a fold after this many epochs without a better validation UAR")
+    s.add_argument("--select", choices=SELECTIONS, default="last", help="model kept per fold: last epoch (paper; the default) or best validation UAR")
+    s.add_argument("--patience", type=int, default=None, help="stop a fold after this many epochs without a better validation UAR (default: never; needs a validation split)")
     s.add_argument("--save-every", type=int, default=10, help="epochs between resumable snapshots (default 10)")
     s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes (default: one per core)")
     s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers); part of the run's identity, "
@@ -408,9 +412,16 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line errors of every other bad input (its default prints the whole usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"timnet: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (INTERFACE.md)."""
-    p = argparse.ArgumentParser(prog="timnet", description="TIM-Net speech emotion recognition (Ye et al., ICASSP 2023) in PyTorch.")
+    p = _Parser(prog="timnet", description="TIM-Net speech emotion recognition (Ye et al., ICASSP 2023) in PyTorch.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     s = sub.add_parser("corpora", help="list the supported corpora and their expected layouts; --check validates a copy")
@@ -485,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("plot", help="training curves, confusion matrix, recall, t-SNE and report.html of a RUN_DIR")
     s.add_argument("run_dir", metavar="RUN_DIR", help="a folder made by `timnet train`")
-    s.add_argument("--out", default=None, metavar="DIR", help="where the figures go (default RUN_DIR/plots)")
+    s.add_argument("--out", default=None, metavar="DIR", help="where the figures go (default RUN_DIR/plots); report.html is always written to RUN_DIR, linking them")
     s.add_argument("--seed", type=int, default=0, help="t-SNE seed (default 0)")
     s.set_defaults(func=cmd_plot)
     s = sub.add_parser("predict", help="emotion and class probabilities of audio files")
@@ -531,9 +542,24 @@ def _check_outputs(args) -> None:
             check_output(getattr(args, name), folder=True)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a job scheduler's time limit) takes Ctrl-C's path: the workers are ended and
+    the queue's manager shut down, instead of the default death that leaves them training as orphans."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _check_outputs(args)
         return args.func(args)
@@ -543,9 +569,15 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a disk full, a permission changed mid-run: still one line, naming the file
         print(f"timnet: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 1
+    except _Terminated:
+        print("timnet: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("timnet: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -73,13 +73,37 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
         # The authors' files are the 10 models of a 10-fold split; any other split would test
         # them on utterances they were trained on.
         raise TimnetError(f"--folds {folds}: the authors' weights are one model per fold of a 10-fold split; expected --folds 10")
-    splits = make_folds(len(fs), folds=folds, seed=seed, split=split, speakers=fs.speakers)
-    out = []
-    for k, path in enumerate(keras_fold_files(weights, folds), start=1):
+    loaded = []
+    for path in keras_fold_files(weights, folds):
         model = load_keras_weights(path)
         _check_fits(model.config, fs, path)
-        out.append(FoldModel(k, model, splits[k - 1][1]))
-    return out
+        loaded.append(model)
+    _check_authors_split(weights, fs, seed=seed, split=split)
+    splits = make_folds(len(fs), folds=folds, seed=seed, split=split, speakers=fs.speakers)
+    return [FoldModel(k, model, splits[k - 1][1]) for k, model in enumerate(loaded, start=1)]
+
+
+def _check_authors_split(weights: Path, fs: FeatureSet, *, seed: int, split: str) -> None:
+    """The authors' files hold no test indices: their folds are re-derived from the full corpus in
+    the authors' order, shuffled with the corpus's paper seed. On anything else (a subset, another
+    seed, speaker folds) the re-derived "test" folds hold utterances the models were trained on,
+    and the scores would look excellent and mean nothing, so refuse."""
+    from .corpora import CORPORA
+
+    corpus = CORPORA.get(fs.corpus.upper())
+    if corpus is None or corpus.n_files is None:
+        raise TimnetError(f"{weights}: the authors' weights are for the six paper corpora; "
+                          f"these features are {fs.corpus!r}")
+    if split != "random":
+        raise TimnetError(f"--split {split}: the authors' weights were trained on random 10-fold splits")
+    if seed != corpus.seed:
+        raise TimnetError(f"--seed {seed}: the authors' {corpus.name} weights were trained on the folds of seed "
+                          f"{corpus.seed}; any other seed tests them on utterances they were trained on")
+    counts = tuple(np.bincount(fs.y, minlength=len(fs.labels)).tolist())
+    if len(fs) != corpus.n_files or (corpus.class_counts and counts != corpus.class_counts):
+        raise TimnetError(f"these {corpus.name} features have {len(fs)} utterances per class {counts}; the authors' "
+                          f"folds are those of the full corpus, {corpus.n_files} utterances {corpus.class_counts} "
+                          "(on a subset their test folds would hold training utterances)")
 
 
 def evaluate(fs: FeatureSet, models: list[FoldModel]) -> tuple[list[dict], dict[str, np.ndarray]]:

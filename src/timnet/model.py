@@ -35,7 +35,7 @@ class TIMNetConfig:
             if getattr(self, name) < 1:
                 raise TimnetError(f"model {name} {getattr(self, name)} invalid; expected a positive number")
         if not 0 <= self.dropout < 1:
-            raise TimnetError(f"dropout {self.dropout} invalid; expected 0 <= p < 1")
+            raise TimnetError(f"dropout (--dropout) {self.dropout} invalid; expected 0 <= p < 1")
 
 
 class CausalConv1d(nn.Conv1d):

@@ -148,7 +148,7 @@ def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None)
         path = _bundled_path(key.lower())
         if not path.is_file():
             raise TimnetError(f"model {key!r} is not installed; available models = {available_models()}")
-        return _from_checkpoints([path], source=key)
+        return _from_checkpoints([path], source=key, corpus=corpus)
     path = Path(name_or_path)
     if path.is_file() and path.suffix == ".onnx":
         from .onnx_export import OnnxPredictor
@@ -157,11 +157,15 @@ def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None)
     if path.is_file() and path.suffix in (".hdf5", ".h5"):
         return _from_keras([path], corpus=corpus, source=str(path))
     if path.is_file():
-        return _from_checkpoints([path], source=str(path))
+        return _from_checkpoints([path], source=str(path), corpus=corpus)
     if path.is_dir():
+        from .run import check_not_multi_seed
+
+        check_not_multi_seed(path)
         ckpts = sorted(path.glob("fold_*/model.pt"))
         if ckpts:
-            return _from_checkpoints(ckpts, source=str(path))
+            _warn_if_unfinished(path, len(ckpts))
+            return _from_checkpoints(ckpts, source=str(path), corpus=corpus)
         if list(path.glob("*.hdf5")):
             n = len(list(path.glob("10-fold_weights_best_*.hdf5")))
             return _from_keras(keras_fold_files(path, n or 10), corpus=corpus, source=str(path))
@@ -177,10 +181,26 @@ def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predic
     return Predictor(models, labels=c.labels, feature_config=FeatureConfig(signal_length=c.signal_length), source=source)
 
 
-def _from_checkpoints(paths: list[Path], *, source: str) -> Predictor:
+def _warn_if_unfinished(run_dir: Path, n_finished: int) -> None:
+    """A run still training (or interrupted) predicts with the folds it has; say so, as `test` does."""
+    import warnings
+
+    from .run import RUN_FILE, read_identity
+
+    if (run_dir / RUN_FILE).is_file():
+        folds = read_identity(run_dir).get("folds")
+        if folds and n_finished < folds:
+            warnings.warn(f"{run_dir}: only {n_finished} of {folds} folds are finished; the ensemble is of those")
+
+
+def _from_checkpoints(paths: list[Path], *, source: str, corpus: str | None = None) -> Predictor:
     models, labels, config = [], None, None
     for p in paths:
         model, ckpt = load_checkpoint(p)
+        if corpus is not None and str(corpus).upper() != str(ckpt.get("corpus", "")).upper():
+            # the labels come from the checkpoint; a --corpus that disagrees is a mistake worth stopping for
+            raise TimnetError(f"--corpus {corpus}: {source} is a {ckpt.get('corpus')} model with its own labels; "
+                              "--corpus is for the authors' weight files, which have none")
         if labels is not None and (tuple(ckpt["labels"]) != labels or ckpt["feature_config"] != config):
             raise TimnetError(f"{p}: labels or features differ from the other folds of {source}")
         labels, config = tuple(ckpt["labels"]), ckpt["feature_config"]
