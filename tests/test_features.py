@@ -93,6 +93,11 @@ def test_authors_npy(tmp_path):
         load_features(tmp_path / "EMODB.npy")
     with pytest.raises(TimnetError, match="y has 7 classes; CASIA has 6"):
         load_features(tmp_path / "EMODB.npy", corpus="casia")
+    # SAVEE's 7 classes and 254 frames (130000 samples) given as EMODB: loads, with a warning
+    np.save(tmp_path / "SAVEE.npy", {"x": np.zeros((7, 254, 39), np.float32), "y": np.eye(7)}, allow_pickle=True)
+    with pytest.warns(UserWarning, match="254 frames per utterance; EMODB's features have 188 .* check --corpus emodb"):
+        fs = load_features(tmp_path / "SAVEE.npy", corpus="emodb")
+    assert fs.config.signal_length == 253 * 512
 
 
 def test_truncated_npz_is_a_one_line_error(tree, tmp_path):

@@ -184,7 +184,8 @@ def cmd_train(args) -> int:
     from .features import load_features
     from .run import Run, execute_runs, seed_runs, summarize_seeds, train_all_data, write_seed_summary
 
-    fs = load_features(args.features, corpus=args.corpus)
+    with _warnings_as_messages():
+        fs = load_features(args.features, corpus=args.corpus)
     _resolve_folds(args, fs)
     seeds = _seeds(args, fs.corpus)
     if args.all_data and (len(seeds) > 1 or args.backend != "local"):
@@ -238,7 +239,8 @@ def cmd_sweep(args) -> int:
     from .sweep import format_sweep, load_space, run_sweep
 
     space = load_space(args.space)
-    fs = load_features(args.features, corpus=args.corpus)
+    with _warnings_as_messages():
+        fs = load_features(args.features, corpus=args.corpus)
     _resolve_folds(args, fs)
     config, device, threads, backend = _execution(args, args.folds * args.trials)
     seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
@@ -265,7 +267,8 @@ def cmd_test(args) -> int:
     from .evaluate import evaluate, fold_models, format_report, summarize
     from .features import load_features
 
-    fs = load_features(args.features, corpus=args.corpus)
+    with _warnings_as_messages():
+        fs = load_features(args.features, corpus=args.corpus)
     seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
     models = fold_models(args.weights, fs, folds=10 if args.folds is None else args.folds, seed=seed)
     results, outputs = evaluate(fs, models)

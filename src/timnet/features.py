@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import sys
+import warnings
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -258,8 +259,12 @@ def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
         raise TimnetError(f"{path}: y has {onehot.shape[1]} classes; {c.name} has {len(c.labels)} ({', '.join(c.labels)})")
     # The file does not say its signal length: the corpus's when the frame count fits it, else the
     # shortest length that gives these frames.
-    fits = c.signal_length // audio.HOP_LENGTH + 1 == x.shape[1]
+    expected = c.signal_length // audio.HOP_LENGTH + 1
+    fits = expected == x.shape[1]
     signal_length = c.signal_length if fits else (x.shape[1] - 1) * audio.HOP_LENGTH
+    if not fits:  # most likely another corpus's file under this --corpus
+        warnings.warn(f"{path}: {x.shape[1]} frames per utterance; {c.name}'s features have {expected} "
+                      f"(signal length {c.signal_length}): check --corpus {corpus}")
     config = FeatureConfig(signal_length=signal_length, n_mfcc=x.shape[2])
     return FeatureSet(x=x, y=onehot.argmax(1).astype(np.int64), labels=tuple(c.labels), corpus=c.name, config=config, meta={"source": "authors-npy"})
 
