@@ -224,3 +224,55 @@ def test_write_failure_names_the_file_asked_for(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device", tmp)
     assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
     assert target.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_argparse_errors_are_one_line_and_main_restores_sigterm(capsys):
+    """Usage mistakes get the one-line error of every other bad input; an in-process main() (a
+    notebook, a test) leaves the caller's SIGTERM handler as it found it."""
+    import signal
+
+    from timnet import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    for argv, fragment in ((["train"], "the following arguments are required"),
+                           (["train", "f.npz", "-o", "r", "--epochs", "abc"], "--epochs: invalid int value")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("timnet: error: ") and fragment in err
+    assert cli.main(["corpora"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_signal_ends_extraction_workers(tmp_path, signame):
+    """SIGTERM (`timeout`, job schedulers) or Ctrl-C to the whole process group during a parallel
+    extraction: one line, the signal's status, no forked worker left behind or printing a traceback."""
+    import os
+    import signal
+    import time
+
+    sig = getattr(signal, signame)
+
+    for k in range(400):
+        write_tone(tmp_path / "audio" / ("calm" if k % 2 else "angry") / f"u{k:03d}.wav", seconds=3.0, seed=k)
+    out = tmp_path / "f.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "timnet", "extract", "folders", str(tmp_path / "audio"), "-o", str(out),
+                             "--signal-length", "66150", "--workers", "2", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline, children = time.time() + 60, []
+    while len(children) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                    text=True).stdout.split()]
+    assert proc.poll() is None, "extraction finished before it could be interrupted; make the tree larger"
+    time.sleep(0.5)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert err.strip() == ("timnet: terminated" if signame == "SIGTERM" else "timnet: interrupted"), err
+    time.sleep(1)
+    for c in children:
+        stat = f"/proc/{c}/stat"
+        assert not os.path.exists(stat) or open(stat).read().split(") ")[-1].startswith("Z"), f"worker {c} outlived the run"
+    assert not out.exists()

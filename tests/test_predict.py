@@ -141,7 +141,10 @@ def test_onnx_matches_torch(run_dir, clips, tmp_path):
     model = load_model(run_dir)
     path = export_onnx(model, tmp_path / "m.onnx")
     onnx_model = load_model(path)
-    assert onnx_model.labels == LABELS and onnx_model.feature_config == CFG
+    assert onnx_model.labels == LABELS and onnx_model.feature_config == CFG and onnx_model.corpus == "TOY"
+    assert load_model(path, corpus="toy").labels == LABELS
+    with pytest.raises(TimnetError, match="--corpus emodb: .* is a TOY model"):
+        load_model(path, corpus="emodb")
     x = np.stack([file_features(p, CFG) for p in clips.values()])
     np.testing.assert_allclose(onnx_model.predict_features(x), model.predict_features(x), atol=1e-4, rtol=0)
     a, b = onnx_model.predict_file(clips["long"]), model.predict_file(clips["long"])

@@ -8,6 +8,7 @@ on the backend. A backend yields (task, result) as tasks finish and reports epoc
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from typing import Callable, Iterator
@@ -131,6 +132,22 @@ def _describe(runs: list, task: Task) -> str:
 
 # -- Ray ------------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if handler is not None:  # None: set outside Python, nothing to restore to
+            signal.signal(signal.SIGTERM, handler)
+
+
 def _import_ray():
     try:
         import ray
@@ -183,7 +200,8 @@ class RayBackend:
         if self.address is not None:
             _check_reachable(self.address)
         try:
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            with _keep_sigterm_handler():  # ray.init installs its own (sys.exit), which would skip our cleanup message
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         except Exception as e:  # Ray raises ConnectionError, RuntimeError, AuthenticationError, ...
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             hint = ""

@@ -72,9 +72,10 @@ def load_checkpoint(path: str | Path) -> tuple[TIMNet | TIMNetEnsemble, dict]:
             members.append(TIMNet(config))
             members[-1].load_state_dict(state)
         payload["feature_config"] = FeatureConfig(**payload["feature_config"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, TimnetError) as e:
         # A checkpoint of another timnet version or an edited one: an unknown config field (TypeError),
-        # weights that do not fit the config (RuntimeError from load_state_dict), a missing entry.
+        # weights that do not fit the config (RuntimeError from load_state_dict), a missing entry, a
+        # value the config refuses (TimnetError, which would name an option the user never gave).
         reason = " ".join(str(e).split())[:200] or type(e).__name__  # one line, however long torch's is
         raise TimnetError(f"{path}: a timnet checkpoint this version cannot load ({reason})") from None
     model = TIMNetEnsemble(members) if len(members) > 1 else members[0]

@@ -560,8 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     args = build_parser().parse_args(argv)
-    previous = None
-    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+    # Only from the main thread (where handlers live), and not over a launcher's choice to ignore SIGTERM.
+    installed = (threading.current_thread() is threading.main_thread()
+                 and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN)
+    if installed:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _check_outputs(args)
@@ -579,8 +581,8 @@ def main(argv: list[str] | None = None) -> int:
         print("timnet: interrupted", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if installed:  # main() may be called in-process (tests, notebooks): leave SIGTERM as it was
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
         proto = onnx.load(str(tmp))
         for key, value in (("timnet.labels", json.dumps(list(predictor.labels))),
                            ("timnet.feature_config", json.dumps(asdict(cfg))),
-                           ("timnet.ensemble_size", str(len(predictor.models)))):
+                           ("timnet.ensemble_size", str(len(predictor.models))),
+                           ("timnet.corpus", predictor.corpus or "")):
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
@@ -79,6 +80,7 @@ class OnnxPredictor(Predictor):
         self.labels = tuple(json.loads(meta["timnet.labels"]))
         self.feature_config = FeatureConfig(**json.loads(meta["timnet.feature_config"]))
         self.source = str(path)
+        self.corpus = meta.get("timnet.corpus") or None  # absent from files exported before it was recorded
 
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(["probs"], {"features": np.ascontiguousarray(x, dtype=np.float32)})[0]

@@ -64,7 +64,8 @@ def check_windowing(window: float | None, hop: float | None, sample_rate: int) -
 class Predictor:
     """An ensemble of TIMNets with their labels and feature config; `predict` takes raw audio."""
 
-    def __init__(self, models: list[TIMNet], *, labels: tuple[str, ...], feature_config: FeatureConfig, source: str = ""):
+    def __init__(self, models: list[TIMNet], *, labels: tuple[str, ...], feature_config: FeatureConfig, source: str = "",
+                 corpus: str | None = None):
         if not models:
             raise TimnetError(f"{source}: no model to predict with")
         for m in models:
@@ -72,6 +73,7 @@ class Predictor:
                 raise TimnetError(f"{source}: a model has {m.config.n_classes} classes but {len(labels)} labels were given")
         self.models = [m.eval() for m in models]
         self.labels, self.feature_config, self.source = tuple(labels), feature_config, source
+        self.corpus = corpus  # the corpus it was trained on, when known
 
     @torch.inference_mode()
     def predict_features(self, x: np.ndarray) -> np.ndarray:
@@ -142,13 +144,24 @@ def available_models() -> list[str]:
 
 
 def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None) -> Predictor:
-    """A Predictor from a bundled name, a checkpoint, a RUN_DIR (fold ensemble) or a folder of the authors' .hdf5 files."""
+    """A Predictor from a bundled name, a checkpoint, a RUN_DIR (fold ensemble), an .onnx file or the
+    authors' .hdf5 files. `corpus` names the labels of the authors' files, which have none; any other
+    model has its own, and a `corpus` that contradicts them is refused."""
+    predictor = _load(name_or_path, corpus)
+    if corpus is not None and str(corpus).strip().upper() != str(predictor.corpus or "").upper():
+        what = f"a {predictor.corpus} model" if predictor.corpus else "a model (of a corpus it does not record)"
+        raise TimnetError(f"--corpus {corpus}: {predictor.source} is {what} with its own labels; "
+                          "--corpus is for the authors' weight files, which have none")
+    return predictor
+
+
+def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
     key = str(name_or_path)
     if key.lower() in BUNDLED:
         path = _bundled_path(key.lower())
         if not path.is_file():
             raise TimnetError(f"model {key!r} is not installed; available models = {available_models()}")
-        return _from_checkpoints([path], source=key, corpus=corpus)
+        return _from_checkpoints([path], source=key)
     path = Path(name_or_path)
     if path.is_file() and path.suffix == ".onnx":
         from .onnx_export import OnnxPredictor
@@ -157,7 +170,7 @@ def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None)
     if path.is_file() and path.suffix in (".hdf5", ".h5"):
         return _from_keras([path], corpus=corpus, source=str(path))
     if path.is_file():
-        return _from_checkpoints([path], source=str(path), corpus=corpus)
+        return _from_checkpoints([path], source=str(path))
     if path.is_dir():
         from .run import check_not_multi_seed
 
@@ -165,7 +178,7 @@ def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None)
         ckpts = sorted(path.glob("fold_*/model.pt"))
         if ckpts:
             _warn_if_unfinished(path, len(ckpts))
-            return _from_checkpoints(ckpts, source=str(path), corpus=corpus)
+            return _from_checkpoints(ckpts, source=str(path))
         if list(path.glob("*.hdf5")):
             n = len(list(path.glob("10-fold_weights_best_*.hdf5")))
             return _from_keras(keras_fold_files(path, n or 10), corpus=corpus, source=str(path))
@@ -178,7 +191,8 @@ def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predic
         raise TimnetError(f"{source}: the authors' weight files need --corpus (one of casia, emodb, emovo, iemocap, ravdess, savee)")
     c = get_corpus(corpus)
     models = [load_keras_weights(f) for f in paths]
-    return Predictor(models, labels=c.labels, feature_config=FeatureConfig(signal_length=c.signal_length), source=source)
+    return Predictor(models, labels=c.labels, feature_config=FeatureConfig(signal_length=c.signal_length), source=source,
+                     corpus=c.name)
 
 
 def _warn_if_unfinished(run_dir: Path, n_finished: int) -> None:
@@ -188,24 +202,23 @@ def _warn_if_unfinished(run_dir: Path, n_finished: int) -> None:
     from .run import RUN_FILE, read_identity
 
     if (run_dir / RUN_FILE).is_file():
-        folds = read_identity(run_dir).get("folds")
+        try:
+            folds = read_identity(run_dir).get("folds")
+        except TimnetError:  # a damaged run.json: each checkpoint still loads on its own
+            return
         if folds and n_finished < folds:
             warnings.warn(f"{run_dir}: only {n_finished} of {folds} folds are finished; the ensemble is of those")
 
 
-def _from_checkpoints(paths: list[Path], *, source: str, corpus: str | None = None) -> Predictor:
+def _from_checkpoints(paths: list[Path], *, source: str) -> Predictor:
     models, labels, config = [], None, None
     for p in paths:
         model, ckpt = load_checkpoint(p)
-        if corpus is not None and str(corpus).upper() != str(ckpt.get("corpus", "")).upper():
-            # the labels come from the checkpoint; a --corpus that disagrees is a mistake worth stopping for
-            raise TimnetError(f"--corpus {corpus}: {source} is a {ckpt.get('corpus')} model with its own labels; "
-                              "--corpus is for the authors' weight files, which have none")
         if labels is not None and (tuple(ckpt["labels"]) != labels or ckpt["feature_config"] != config):
             raise TimnetError(f"{p}: labels or features differ from the other folds of {source}")
         labels, config = tuple(ckpt["labels"]), ckpt["feature_config"]
         models.append(model)
-    return Predictor(models, labels=labels, feature_config=config, source=source)
+    return Predictor(models, labels=labels, feature_config=config, source=source, corpus=ckpt.get("corpus"))
 
 
 def find_audio(paths: list[str | Path]) -> list[Path]:
