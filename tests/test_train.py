@@ -334,6 +334,10 @@ def test_all_data_model_resumes_and_is_kept(tmp_path):
     stamp = (tmp_path / "res" / "model.pt").stat().st_mtime_ns
     again = all_data(tmp_path / "res")  # finished: kept, not trained again
     assert again.returncode == 0 and (tmp_path / "res" / "model.pt").stat().st_mtime_ns == stamp
+    from timnet.predict import load_model
+
+    model = load_model(tmp_path / "res")  # the folder itself, as `predict --model` and `export` take it
+    assert len(model.models) == 1 and model.labels == synthetic().labels
 
 
 def test_all_data_dropout_and_best_val_epoch(tmp_path):

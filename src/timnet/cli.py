@@ -394,7 +394,8 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--dropout", type=float, default=None, help="spatial dropout of the temporal-aware blocks (default 0.1)")
     s.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     s.add_argument("--val-fraction", type=float, default=val_fraction,
-                   help=f"stratified validation share carved from each fold's training part (default {val_fraction})")
+                   help=f"validation share carved from each fold's training part: stratified by class, or whole "
+                        f"speakers with --split speaker (default {val_fraction})")
     s.add_argument("--eval-every", type=int, default=1, help="epochs between validation passes (default 1)")
     s.add_argument("--select", choices=SELECTIONS, default="last", help="model kept per fold: last epoch (paper; the default) or best validation UAR")
     s.add_argument("--patience", type=int, default=None, help="stop a fold after this many epochs without a better validation UAR (default: never; needs a validation split)")
@@ -475,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, metavar="PATH", help="also write the results JSON here")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sweep", help="hyper-parameter search on validation data, then one test of the chosen configuration")
+    s = sub.add_parser("sweep", help="hyper-parameter search on validation data, then each fold's test split once, with the trial "
+                        "its own validation share chose")
     s.add_argument("features", metavar="FEATURES", help="a timnet .npz, or an authors' .npy with --corpus")
     s.add_argument("--space", required=True, metavar="SPACE.yaml",
                    help="parameters to search: values or {choice|uniform|loguniform|randint|grid: [...]} (YAML or JSON)")
@@ -492,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
     s.add_argument("--folds", type=int, default=None,
                    help="number of folds of the authors' weights (10, the default); a RUN_DIR knows its own")
-    s.add_argument("--seed", type=int, default=None, help="KFold seed (default: the corpus's paper seed; a RUN_DIR knows its own)")
+    s.add_argument("--seed", type=int, default=None, help="KFold seed of the authors' weights: only the corpus's paper seed (the default) re-derives their "
+                        "test folds; a RUN_DIR knows its own")
     s.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     s.add_argument("--plots", default=None, metavar="OUT_DIR", help="also write confusion, recall and t-SNE figures here")
     s.set_defaults(func=cmd_test)

@@ -34,7 +34,10 @@ class _Probabilities(torch.nn.Module):
 
 def export_onnx(predictor: Predictor, path: str | Path) -> Path:
     """Write `predictor` as ONNX (input `features` (B, frames, n_mfcc), output `probs` (B, classes))."""
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise TimnetError(f"{path}: ONNX export needs the onnx package (pip install 'timnet[onnx]')") from None
 
     path = Path(path)
     if path.suffix != ".onnx":

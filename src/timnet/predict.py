@@ -179,10 +179,13 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
         if ckpts:
             _warn_if_unfinished(path, len(ckpts))
             return _from_checkpoints(ckpts, source=str(path))
+        if (path / "model.pt").is_file():  # a `train --all-data` folder: its one model
+            return _from_checkpoints([path / "model.pt"], source=str(path))
         if list(path.glob("*.hdf5")):
             n = len(list(path.glob("10-fold_weights_best_*.hdf5")))
             return _from_keras(keras_fold_files(path, n or 10), corpus=corpus, source=str(path))
-        raise TimnetError(f"{path}: no fold_*/model.pt and no .hdf5 files; expected a RUN_DIR or a folder of the authors' weights")
+        raise TimnetError(f"{path}: no fold_*/model.pt, model.pt or .hdf5 files; expected a RUN_DIR, an --all-data "
+                          "folder or a folder of the authors' weights")
     raise TimnetError(f"model {key!r} not found; available models = {available_models()}, or a checkpoint, RUN_DIR or .onnx path")
 
 
