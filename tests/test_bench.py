@@ -1,7 +1,8 @@
 """`timnet bench` pieces, on shapes small enough for the fast tier."""
 import numpy as np
 
-from timnet.bench import format_bench, inference_utterances_per_second, peak_rss_mb, fold_epoch_seconds, synthetic_emodb
+from timnet.bench import (fold_epoch_seconds, format_bench, inference_utterances_per_second, matmul_gflops,
+                          peak_rss_mb, synthetic_emodb)
 
 
 def test_synthetic_emodb_shape():
@@ -16,6 +17,7 @@ def test_timers_return_positive_figures():
     assert fold_epoch_seconds(fs, path="fast", threads=1, epochs=3) > 0
     assert inference_utterances_per_second(fs, threads=1, repeats=1) > 0
     assert peak_rss_mb() > 10
+    assert 0.1 < matmul_gflops(threads=1, n=256, repeats=2) < 1e5
 
 
 def test_format_bench_table():
@@ -24,6 +26,8 @@ def test_format_bench_table():
          "extract_s": 5.0, "extract_files_per_s": 107.0, "extract_x_realtime": 300.0, "peak_rss_mb": 500.0}
     table = format_bench(r)
     assert "2.00x" in table and "extraction of EMODB" in table and table.count("\n") == 11
+    r["machine"] = {"matmul_gflops": 125.4}
+    assert format_bench(r).splitlines()[-1].split()[-1] == "125"
 
 
 def test_bad_options_refused_before_the_timings(tmp_path):

@@ -95,6 +95,20 @@ def extraction_seconds(data_dir: str | Path, *, workers: int) -> dict:
             "extract_files": len(fs)}
 
 
+def matmul_gflops(*, threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n x n float32 matrix product: how fast this machine is today. Shared
+    machines vary from day to day; this figure puts a run's timings on a common scale."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process and of its finished children, in MB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -123,6 +137,7 @@ def run_bench(*, data_dir: str | Path | None = None, workers: int | None = None,
     all_folds = all_folds_epoch_seconds(fs, workers=workers, threads=threads, path="fast")
     log("timing inference ...")
     infer = inference_utterances_per_second(fs, threads=cores)
+    gflops = matmul_gflops(threads=cores)
     from . import native
 
     out = {
@@ -133,7 +148,8 @@ def run_bench(*, data_dir: str | Path | None = None, workers: int | None = None,
         "infer_utt_per_s": infer,
         "extract_s": None,
         "peak_rss_mb": 0.0,
-        "machine": {"cores": cores, "workers": workers, "threads_per_worker": threads, "torch": torch.__version__},
+        "machine": {"cores": cores, "workers": workers, "threads_per_worker": threads, "torch": torch.__version__,
+                    "matmul_gflops": gflops},
     }
     if data_dir is not None:
         log(f"timing extraction of {data_dir} with {min(cores, 2)} workers ...")
@@ -161,4 +177,6 @@ def format_bench(r: dict) -> str:
                   f"{'extraction: files per s':<44} {r['extract_files_per_s']:>10.1f}",
                   f"{'extraction: x real time':<44} {r['extract_x_realtime']:>10.1f}"]
     lines.append(f"{'peak memory: MB':<44} {r['peak_rss_mb']:>10.0f}")
+    if r.get("machine", {}).get("matmul_gflops"):
+        lines.append(f"{'machine: 2048² float32 product, GFLOP/s':<44} {r['machine']['matmul_gflops']:>10.0f}")
     return "\n".join(lines)
