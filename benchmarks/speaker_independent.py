@@ -89,6 +89,20 @@ def summary(per_seed: dict[int, list[dict]], n_folds: int) -> dict:
             "mean_uar": float(uars.mean()) if len(uars) else None, "std_uar": spread(uars)}
 
 
+def paired(per_seed: dict[int, list[dict]]) -> str:
+    """Mean ± standard error of (averaged - last weights) over every finished fold, WAR and UAR."""
+    folds = [f for fs_ in per_seed.values() for f in fs_]
+    if len(folds) < 2:
+        return "too few folds"
+    parts = []
+    for key in ("war", "uar"):
+        d = np.array([f[key] - f["last_weights"][key] for f in folds])
+        parts.append(f"{key.upper()} {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}")
+    ahead = sum(f["war"] > f["last_weights"]["war"] for f in folds)
+    behind = sum(f["war"] < f["last_weights"]["war"] for f in folds)
+    return f"{', '.join(parts)} (mean ± s.e., {len(folds)} folds; WAR ahead on {ahead}, behind on {behind})"
+
+
 def table(corpus: str, speakers: list[str], out: dict) -> str:
     names = list(out)
     lines = [f"### {corpus}: leave-one-speaker-out ({len(speakers)} folds)\n",
@@ -113,8 +127,12 @@ def table(corpus: str, speakers: list[str], out: dict) -> str:
     lines.append("")
     for n in names:
         done = {s: len(f) for s, f in out[n]["seeds"].items()}
+        per_seed = ", ".join(f"{s}: {m['war']:.4f} / {m['uar']:.4f}" for s, m in out[n]["per_seed_means"].items())
         lines.append(f"- {n}: seeds {', '.join(map(str, out[n]['complete_seeds'])) or 'none'} complete; "
-                     f"folds finished per seed {done}")
+                     f"folds finished per seed {done}" + (f"; per-seed means WAR / UAR {per_seed}" if per_seed else ""))
+    for n in names:
+        if f"{n}: last weights" in out:
+            lines.append(f"- {n} minus its last weights, paired over every finished fold: {paired(out[n]['seeds'])}")
     lines.append("\nPer speaker: the mean over the seeds that finished its fold. Last row: the mean over complete "
                  "seeds of their per-seed mean over speakers, ± the sample std of those means.")
     return "\n".join(lines)
