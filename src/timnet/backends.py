@@ -8,12 +8,12 @@ on the backend. A backend yields (task, result) as tasks finish and reports epoc
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from typing import Callable, Iterator
 
 from .errors import TimnetError
+from .utils import sigterm_handler
 
 Task = tuple[int, int]  # (index of the run, fold number)
 OnEpoch = Callable[[Task, dict], None]
@@ -132,22 +132,6 @@ def _describe(runs: list, task: Task) -> str:
 
 # -- Ray ------------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _keep_sigterm_handler():
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        yield
-    finally:
-        if handler is not None:  # None: set outside Python, nothing to restore to
-            signal.signal(signal.SIGTERM, handler)
-
-
 def _import_ray():
     try:
         import ray
@@ -200,7 +184,7 @@ class RayBackend:
         if self.address is not None:
             _check_reachable(self.address)
         try:
-            with _keep_sigterm_handler():  # ray.init installs its own (sys.exit), which would skip our cleanup message
+            with sigterm_handler():  # ray.init installs its own (sys.exit), which would skip our cleanup message
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         except Exception as e:  # Ray raises ConnectionError, RuntimeError, AuthenticationError, ...
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import TimnetError
-from .utils import write_json
+from .utils import sigterm_handler, write_json
 
 CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
 SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS; kept here so --help needs no torch import
@@ -560,17 +560,12 @@ def _on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     import signal
-    import threading
 
     args = build_parser().parse_args(argv)
-    # Only from the main thread (where handlers live), and not over a launcher's choice to ignore SIGTERM.
-    installed = (threading.current_thread() is threading.main_thread()
-                 and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN)
-    if installed:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        _check_outputs(args)
-        return args.func(args)
+        with sigterm_handler(_on_sigterm):  # restored after: main() may run in-process (tests, notebooks)
+            _check_outputs(args)
+            return args.func(args)
     except TimnetError as e:
         print(f"timnet: error: {e}", file=sys.stderr)
         return 1
@@ -583,9 +578,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("timnet: interrupted", file=sys.stderr)
         return 130
-    finally:
-        if installed:  # main() may be called in-process (tests, notebooks): leave SIGTERM as it was
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

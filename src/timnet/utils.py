@@ -56,3 +56,23 @@ def check_output(path: str | Path, *, folder: bool = False) -> None:
         raise TimnetError(f"{path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise TimnetError(f"{path}: {parent} is not writable")
+
+
+@contextlib.contextmanager
+def sigterm_handler(handler=None):
+    """Within the block SIGTERM goes to `handler` (None: keep the current one, even if a library such
+    as Ray installs its own meanwhile); the previous handler is restored after. Only in the main
+    thread, where handlers live, and never over an inherited SIG_IGN (a launcher's choice)."""
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        yield
+        return
+    if handler is not None:
+        signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
