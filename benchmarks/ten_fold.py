@@ -11,6 +11,12 @@ step for step and also scores its own last weights on each test split (reported,
 choose), so its run gives a paired "last weights" column: the paper's recipe on the same training.
 Finished folds are kept in the ledger (benchmarks/ledger/tenfold_<corpus>/<recipe>), so that a
 table's compute can span sessions; `--table-only` prints the table of the folds finished so far.
+
+`--seeds 32,33,34` also runs the protocol with other seeds (RUNS/<recipe>_seed<s>, ledger
+tenfold_<corpus>/<recipe>_seed<s>). A seed is KFold's random_state as well as the initialisation,
+so each seed is another draw of the whole protocol: other folds, other training. Below the table:
+each seed's mean over its folds, and the mean ± sample std of those means over the complete seeds,
+which says how far one 10-fold figure moves with the seed.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import PUBLISHED, environment, fold_seconds, pm, record, restore, train, write_json
+from timnet.corpora import defaults_for
 from timnet.features import load_features
 
 
@@ -33,26 +40,37 @@ def main() -> int:
     p.add_argument("--recipes", default="strong",
                    help="comma-separated recipes (default strong: its last weights are the paper's recipe, "
                         "so one run gives both; add paper to train the paper's recipe as a run of its own)")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds (default: the paper seed only); the paper seed's table comes first")
     p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
     args = p.parse_args()
 
     corpus = load_features(args.features).corpus
+    paper_seed = defaults_for(corpus)[0]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [paper_seed]
     out = {}
     for recipe in args.recipes.split(","):
-        run = Path(args.runs) / recipe
-        key = f"tenfold_{corpus.lower()}/{recipe}"
-        restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
-        wall = None
-        if not args.table_only:
-            try:
-                _, wall = train(args.features, run, "--recipe", recipe)
-            finally:
-                record(run, key)  # also the folds of an interrupted run
-        folds = finished_folds(run)
-        out[recipe] = {"folds": folds, **summary(folds), "wall_s_this_call": wall,
-                       "fold_seconds": fold_seconds(run), **environment(run)}
+        per_seed = {}
+        for seed in sorted(seeds, key=lambda s: s != paper_seed):  # the paper seed's run first
+            name = recipe if seed == paper_seed else f"{recipe}_seed{seed}"
+            run, key = Path(args.runs) / name, f"tenfold_{corpus.lower()}/{name}"
+            restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
+            wall = None
+            if not args.table_only:
+                try:
+                    _, wall = train(args.features, run, "--recipe", recipe, "--seed", str(seed))
+                finally:
+                    record(run, key)  # also the folds of an interrupted run
+            folds = finished_folds(run)
+            per_seed[seed] = {"folds": folds, **summary(folds), "wall_s_this_call": wall,
+                              "fold_seconds": fold_seconds(run), **environment(run)}
+        out[recipe] = dict(per_seed.get(paper_seed, {"folds": [], **summary([])}))
+        if args.seeds:
+            out[recipe]["seeds"] = per_seed
+            out[recipe].update(over_seeds(per_seed))
     print(table(corpus, out))
-    write_json(args.json, {"corpus": corpus, "published": PUBLISHED.get(corpus, {}), "recipes": out})
+    write_json(args.json, {"corpus": corpus, "published": PUBLISHED.get(corpus, {}), "seeds": seeds,
+                           "recipes": out})
     return 0
 
 
@@ -77,6 +95,39 @@ def summary(folds: list[dict]) -> dict:
             v = np.array([r[m] for r in rows])
             out[f"mean_{m}{name}"], out[f"std_{m}{name}"] = float(v.mean()), float(v.std())
     return out
+
+
+def over_seeds(per_seed: dict[int, dict], n_folds: int = 10) -> dict:
+    """Mean and sample std, over the seeds with every fold finished, of their mean over the folds
+    (kept model and, where scored, last weights)."""
+    complete = [s for s, o in per_seed.items() if len(o["folds"]) == n_folds]
+    out = {"complete_seeds": complete}
+    for suffix in ("", "_last"):
+        for m in ("war", "uar"):
+            v = np.array([per_seed[s][f"mean_{m}{suffix}"] for s in complete if f"mean_{m}{suffix}" in per_seed[s]])
+            if len(v) == len(complete) and len(v):
+                out[f"seeds_mean_{m}{suffix}"] = float(v.mean())
+                out[f"seeds_std_{m}{suffix}"] = float(v.std(ddof=1)) if len(v) > 1 else None
+    return out
+
+
+def seed_lines(recipe: str, o: dict, n_folds: int = 10) -> list[str]:
+    """Per-seed means and their spread, below the table."""
+    lines = []
+    for suffix, label in (("", recipe), ("_last", f"{recipe}: last weights")):
+        if not any(f"mean_war{suffix}" in s for s in o["seeds"].values()):
+            continue
+        cells = ", ".join(f"{seed}: {s[f'mean_war{suffix}']:.4f} / {s[f'mean_uar{suffix}']:.4f}"
+                          if len(s["folds"]) == n_folds and f"mean_war{suffix}" in s
+                          else f"{seed}: {len(s['folds'])} of {n_folds} folds"
+                          for seed, s in o["seeds"].items())
+        line = f"- {label}, mean over the folds of each seed (WAR / UAR): {cells}"
+        if o.get(f"seeds_std_war{suffix}") is not None:
+            line += (f"; over seeds {', '.join(map(str, o['complete_seeds']))}: WAR "
+                     f"**{pm(o[f'seeds_mean_war{suffix}'], o[f'seeds_std_war{suffix}'])}**, UAR "
+                     f"**{pm(o[f'seeds_mean_uar{suffix}'], o[f'seeds_std_uar{suffix}'])}** (± sample std of the seeds' means)")
+        lines.append(line)
+    return lines
 
 
 def table(corpus: str, out: dict, n_folds: int = 10) -> str:
@@ -111,6 +162,9 @@ def table(corpus: str, out: dict, n_folds: int = 10) -> str:
     lines.append("")
     for n, o in out.items():
         lines.append(f"- {n}: {len(o['folds'])} of {n_folds} folds finished")
+    for n, o in out.items():
+        if "seeds" in o:
+            lines += seed_lines(n, o, n_folds)
     pub = PUBLISHED.get(corpus, {})
     for name, fig in (("paper (leaky selection)", pub.get("paper")), ("authors post-fix", pub.get("post_fix"))):
         if fig:

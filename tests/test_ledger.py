@@ -83,6 +83,29 @@ def test_ten_fold_table_pairs_an_averaging_run_with_its_last_weights(tmp_path, m
     assert row in text and "| 2 |  | – | – | – | – | – | – |" in text and "- strong: 2 of 3 folds finished" in text
 
 
+def test_ten_fold_seeds_spread_counts_only_complete_seeds():
+    """Other seeds of the protocol: each seed's mean over its folds, and mean ± sample std over the
+    complete seeds only (a seed in progress is listed by its count of folds)."""
+    import ten_fold
+
+    def folds(wars, last=None):
+        return [{"fold": k + 1, "n_test": 10, "war": w, "uar": w - 0.1,
+                 **({"last_weights": {"war": last[k], "uar": last[k] - 0.1}} if last else {})}
+                for k, w in enumerate(wars)]
+
+    per_seed = {7: folds([0.8, 0.9], last=[0.7, 0.9]), 8: folds([0.6, 0.8], last=[0.6, 0.6]), 9: folds([1.0])}
+    per_seed = {s: {"folds": f, **ten_fold.summary(f)} for s, f in per_seed.items()}
+    o = {**per_seed[7], "seeds": per_seed, **ten_fold.over_seeds(per_seed, n_folds=2)}
+    assert o["complete_seeds"] == [7, 8]
+    assert o["seeds_mean_war"] == pytest.approx(0.775) and o["seeds_std_war"] == pytest.approx(0.1061, abs=1e-4)
+    assert o["seeds_mean_war_last"] == pytest.approx(0.7) and o["seeds_std_uar_last"] == pytest.approx(0.1414, abs=1e-4)
+    lines = ten_fold.seed_lines("strong", o, n_folds=2)
+    assert "7: 0.8500 / 0.7500, 8: 0.7000 / 0.6000, 9: 1 of 2 folds" in lines[0]
+    assert "WAR **0.7750 ± 0.1061**" in lines[0] and "strong: last weights" in lines[1]
+    one = {7: per_seed[7], 9: per_seed[9]}
+    assert ten_fold.over_seeds(one, n_folds=2)["seeds_std_war"] is None  # one complete seed has no spread
+
+
 def test_ledger_never_overwrites_another_configuration_unless_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(_common, "LEDGER", tmp_path / "ledger")
     fs = synthetic()
