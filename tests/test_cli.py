@@ -55,6 +55,8 @@ def test_bad_output_and_signal_length_refused_before_extracting(tmp_path, out):
     # the folder does not exist, yet the output is refused first: nothing would be extracted for nothing
     assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out.with_suffix(".npy"), "-q"),
                           "f.npy", "expected a path ending in .npz")
+    assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out.with_suffix(".npy"), "--force", "-q"),
+                          "f.npy", "expected a path ending in .npz")
     assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out, "--signal-length", "0", "-q"),
                           "--signal-length 0", "positive")
     assert out.read_bytes() == b"kept"

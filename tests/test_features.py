@@ -108,6 +108,19 @@ def test_truncated_npz_is_a_one_line_error(tree, tmp_path):
         load_features(path)
 
 
+def test_non_finite_features_are_refused(tree, tmp_path):
+    """One NaN would make every model trained on the file NaN: refused on loading, naming the utterance."""
+    fs, _, _ = extract("emodb", tree, workers=1, signal_length=4096, progress=False)
+    fs.x[2, 3, 4] = np.nan
+    path = save_features(fs, tmp_path / "f.npz")
+    with pytest.raises(TimnetError, match=f"1 utterance\\(s\\) have non-finite features, the first at index 2 \\({fs.files[2]}\\)"):
+        load_features(path)
+    with open(tmp_path / "A.NPY", "wb") as f:  # an upper-case suffix is still an authors' file
+        np.save(f, {"x": np.full((7, 188, 39), np.inf, np.float32), "y": np.eye(7)}, allow_pickle=True)
+    with pytest.raises(TimnetError, match="A.NPY: 7 utterance\\(s\\) have non-finite features, the first at index 0;"):
+        load_features(tmp_path / "A.NPY", corpus="emodb")
+
+
 def test_up_to_date_features_are_reused(tree, tmp_path):
     import os
 

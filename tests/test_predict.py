@@ -226,3 +226,21 @@ def test_export_without_onnx_is_one_error(run_dir, tmp_path, monkeypatch):
     with pytest.raises(TimnetError, match=r"m.onnx: ONNX export needs the onnx package \(pip install 'timnet\[onnx\]'\)"):
         export_onnx(load_model(run_dir), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_directories_are_searched_as_extract_searches_them(tmp_path):
+    """Recursively, in natural order, through symlinked folders, skipping hidden and non-audio files."""
+    from timnet.predict import find_audio
+
+    real = tmp_path / "real" / "spk1"
+    real.mkdir(parents=True)
+    for name in ("b10.wav", "b9.WAV", ".hidden.wav", "notes.txt"):
+        (real / name).write_bytes(b"")
+    top = tmp_path / "top"
+    (top / "a").mkdir(parents=True)
+    (top / "a" / "x.flac").write_bytes(b"")
+    (top / "linked").symlink_to(real, target_is_directory=True)
+    assert [p.relative_to(top).as_posix() for p in find_audio([top])] == ["a/x.flac", "linked/b9.WAV", "linked/b10.wav"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TimnetError, match="empty: no audio files"):
+        find_audio([tmp_path / "empty"])

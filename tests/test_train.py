@@ -12,7 +12,7 @@ import torch
 from timnet.errors import TimnetError
 from timnet.features import FeatureConfig, FeatureSet, save_features
 from timnet.folds import default_folds, make_folds
-from timnet.run import Run
+from timnet.run import Run, seed_runs
 from timnet.train import TrainConfig
 
 LABELS = ("angry", "boredom", "disgust", "fear", "happy", "neutral", "sad")
@@ -313,6 +313,30 @@ def test_several_seeds_one_run_each_and_their_spread(tmp_path):
     assert json.loads((tmp_path / "t.json").read_text())["seed"] == 2
 
 
+def test_seeds_overwrite_replaces_a_single_seed_run_and_keeps_the_users_files(tmp_path):
+    """--seeds --overwrite over a folder holding a single-seed run: that run's files go, the
+    folder's other files (the user's) stay, with or without --overwrite."""
+    fs, d = synthetic(), tmp_path / "work"
+    Run(fs, d, config=TrainConfig(**FAST), folds=3).prepare()
+    (d / "fold_01").mkdir()
+    (d / "fold_01" / "model.pt").write_bytes(b"old")
+    (d / "thesis").mkdir()
+    (d / "thesis" / "chapter1.tex").write_text("mine")
+    (d / "notes.md").write_text("mine too")
+
+    def make(folder, seed):
+        return Run(fs, folder, config=TrainConfig(**FAST), folds=3, seed=seed)
+
+    with pytest.raises(TimnetError, match="holds a single-seed run"):
+        seed_runs(d, seeds=[1, 2], make_run=make)
+    runs = seed_runs(d, seeds=[1, 2], make_run=make, overwrite=True)
+    assert [r.dir for r in runs] == [d / "seed_1", d / "seed_2"]
+    assert not (d / "run.json").exists() and not (d / "fold_01").exists()
+    assert (d / "thesis" / "chapter1.tex").read_text() == "mine" and (d / "notes.md").read_text() == "mine too"
+    with pytest.raises(TimnetError, match="not seed runs \\(notes.md, thesis\\)"):
+        seed_runs(d, seeds=[1, 2], make_run=make)
+
+
 def test_all_data_model_resumes_and_is_kept(tmp_path):
     features = save_features(synthetic(), tmp_path / "f.npz")
 
@@ -338,6 +362,9 @@ def test_all_data_model_resumes_and_is_kept(tmp_path):
 
     model = load_model(tmp_path / "res")  # the folder itself, as `predict --model` and `export` take it
     assert len(model.models) == 1 and model.labels == synthetic().labels
+    no_score = subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "j"),
+                               "--all-data", "--json", str(tmp_path / "j.json")], capture_output=True, text=True)
+    assert no_score.returncode == 1 and "no test split to score" in no_score.stderr and not (tmp_path / "j").exists()
 
 
 def test_all_data_dropout_and_best_val_epoch(tmp_path):
@@ -353,3 +380,22 @@ def test_all_data_dropout_and_best_val_epoch(tmp_path):
     uars = [float(r.split(",")[-1]) for r in rows]
     # the checkpoint names the epoch its weights come from: the first with the best validation UAR
     assert ck["extra"]["epoch"] == uars.index(max(uars)) + 1
+
+
+def test_a_diverged_training_and_a_nan_model_are_errors(tmp_path):
+    """A learning rate that overflows the weights makes the loss NaN: training stops with an error
+    naming the epoch, and a model with NaN weights is refused for prediction rather than giving NaN
+    probabilities."""
+    from timnet.model import TIMNet, TIMNetConfig
+    from timnet.predict import Predictor
+    from timnet.train import train_fold
+
+    fs = synthetic()
+    with pytest.raises(TimnetError, match="the loss is nan at epoch 1; expected a finite loss"):
+        train_fold(torch.from_numpy(fs.x), torch.from_numpy(fs.y), np.arange(60), np.empty(0, np.int64), model_config=TIMNetConfig(n_classes=7),
+                   config=TrainConfig(**FAST, lr=1e38), seed=0)
+    model = TIMNet(TIMNetConfig(n_classes=4))
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    with pytest.raises(TimnetError, match="m.pt: a model has non-finite"):
+        Predictor([model], labels=("a", "b", "c", "d"), feature_config=FeatureConfig(signal_length=4096), source="m.pt")

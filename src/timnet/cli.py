@@ -99,8 +99,9 @@ def cmd_download(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .features import extract, save_features
+    from .features import check_features_path, extract, save_features
 
+    check_features_path(args.output)  # before the extraction, --force or not
     if args.workers is not None and args.workers < 1:
         raise TimnetError(f"--workers {args.workers} invalid; expected a positive number")
     fs, skipped, bad = extract(args.corpus, args.data_dir, signal_length=args.signal_length,
@@ -190,6 +191,9 @@ def cmd_train(args) -> int:
     seeds = _seeds(args, fs.corpus)
     if args.all_data and (len(seeds) > 1 or args.backend != "local"):
         raise TimnetError("--all-data trains one model here: give one --seed and the local backend")
+    if args.all_data and args.json:
+        raise TimnetError(f"--json {args.json}: an --all-data model has no test split to score; "
+                          "expected cross-validation (drop --all-data) for test figures")
     config, device, threads, backend = _execution(args, args.folds)
     model_overrides = _model_overrides(args)
     if args.all_data:
@@ -412,7 +416,8 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--address", default=None, help="Ray: address of a running cluster (default: start a local Ray instance)")
     s.add_argument("--cpus-per-fold", type=float, default=1, help="Ray: CPUs reserved per fold; torch threads per fold (default 1)")
     s.add_argument("--gpus-per-fold", type=float, default=0, help="Ray: GPUs per fold; > 0 trains on CUDA (default 0)")
-    s.add_argument("--overwrite", action="store_true", help="replace a run with a different configuration in the output folder")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace a run with a different configuration in the output folder (only the old run's files are deleted)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 

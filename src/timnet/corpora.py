@@ -94,7 +94,7 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _walk(root: Path) -> list[str]:
+def visible_files(root: Path) -> list[str]:
     """Relative POSIX paths of every visible file under root, in natural order."""
 
     def fail(error: OSError) -> None:
@@ -150,7 +150,7 @@ def _listing(
 def _scan_names(root: Path, corpus: str, parse: Callable[[PurePosixPath], _Match | str]) -> Listing:
     """List a corpus whose labels are in its paths: parse gives a match or the reason to skip."""
     found, skipped = [], []
-    for path in filter(_is_audio, _walk(root)):
+    for path in filter(_is_audio, visible_files(root)):
         pure = PurePosixPath(path)
         result = parse(pure) if pure.suffix.lower() == ".wav" else "not .wav"
         if isinstance(result, str):
@@ -295,7 +295,7 @@ def _iemocap_labels(root: Path, files: list[str]) -> dict[str, tuple[str, str]]:
 
 def scan_iemocap(root: Path) -> Listing:
     """List IEMOCAP's SessionN/sentences/wav/<dialog>/<utt>.wav files labelled ang, hap, exc, neu, sad."""
-    files = _walk(root)
+    files = visible_files(root)
     labels = _iemocap_labels(root, files)
     found, skipped, present = [], [], set()
     for path in filter(_is_audio, files):
@@ -325,7 +325,8 @@ def scan_iemocap(root: Path) -> Listing:
 
 
 def _codes(mapping: dict[str, str]) -> str:
-    return "/".join(mapping)
+    """'W=angry L=boredom ...': each code with its class, so a listing can be checked by hand."""
+    return " ".join(f"{code}={label}" for code, label in mapping.items())
 
 
 CORPORA: dict[str, Corpus] = {
@@ -360,7 +361,7 @@ CORPORA: dict[str, Corpus] = {
             labels=("angry", "calm", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
             signal_length=110000, seed=46, dilations=8, n_speakers=24, n_files=1440, scan=scan_ravdess, class_counts=(192, 192, 192, 192, 192, 96, 192, 192),
             layout="Actor_NN/03-01-EE-II-SS-RR-NN.wav (modality 03 audio-only, channel 01 speech, "
-            "emotion 01-08, intensity, statement, repetition, actor)",
+            f"emotion EE {_codes(_RAVDESS_EMOTIONS)}, intensity, statement, repetition, actor)",
         ),
         Corpus(
             name="SAVEE", labels=("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
@@ -397,7 +398,7 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
 
     def scan(top: Path) -> Listing:
         found, skipped = [], []
-        for path in filter(_is_audio, _walk(top)):
+        for path in filter(_is_audio, visible_files(top)):
             pure = PurePosixPath(path)
             if len(pure.parts) < 2 or pure.parts[0] not in labels:
                 skipped.append((path, "not in a label folder"))

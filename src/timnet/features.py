@@ -274,7 +274,7 @@ def load_features(path: str | Path, *, corpus: str | None = None) -> FeatureSet:
     path = Path(path)
     if not path.is_file():
         raise TimnetError(f"{path}: no such feature file")
-    if path.suffix == ".npy":
+    if path.suffix.lower() == ".npy":
         fs = _load_authors_npy(path, corpus)
     else:
         if not zipfile.is_zipfile(path):
@@ -286,4 +286,10 @@ def load_features(path: str | Path, *, corpus: str | None = None) -> FeatureSet:
             raise TimnetError(f"{path}: not a readable .npz feature file ({type(e).__name__}: {e})") from None
         if corpus is not None and corpus.upper() != fs.corpus:
             raise TimnetError(f"{path}: holds {fs.corpus} features, but --corpus {corpus} was given")
+    # one NaN in one utterance would make every model trained on it NaN, silently
+    bad = np.flatnonzero(~np.isfinite(fs.x).all(axis=(1, 2)))
+    if len(bad):
+        where = f" ({fs.files[bad[0]]})" if fs.files is not None else ""
+        raise TimnetError(f"{path}: {len(bad)} utterance(s) have non-finite features, the first at index {bad[0]}{where}; "
+                          "expected finite MFCCs (extract them again)")
     return fs

@@ -13,6 +13,7 @@ from typing import Sequence
 import matplotlib.lines
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from . import metrics
 from .errors import TimnetError
@@ -71,6 +72,7 @@ def curves_figure(histories: Sequence[dict[str, np.ndarray]]) -> Figure:
         axes[panel].fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     for ax, ylabel in zip(axes, ("loss", "accuracy / recall")):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 ticks on short runs
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.get_lines():

@@ -71,6 +71,8 @@ class Predictor:
         for m in models:
             if m.config.n_classes != len(labels):
                 raise TimnetError(f"{source}: a model has {m.config.n_classes} classes but {len(labels)} labels were given")
+        if any(not torch.isfinite(t).all() for m in models for t in m.state_dict().values() if t.is_floating_point()):
+            raise TimnetError(f"{source}: a model has non-finite (NaN or inf) weights; expected a trained model")
         self.models = [m.eval() for m in models]
         self.labels, self.feature_config, self.source = tuple(labels), feature_config, source
         self.corpus = corpus  # the corpus it was trained on, when known
@@ -226,15 +228,15 @@ def _from_checkpoints(paths: list[Path], *, source: str) -> Predictor:
 
 def find_audio(paths: list[str | Path]) -> list[Path]:
     """Files given, and audio files under directories given (recursively, in natural order)."""
-    from .corpora import natural_key
+    from .corpora import visible_files
 
     out = []
     for p in map(Path, paths):
-        if p.is_dir():
-            found = [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS and not f.name.startswith(".")]
+        if p.is_dir():  # searched as `timnet extract` searches a corpus: symlinks followed, hidden files not
+            found = [p / f for f in visible_files(p) if f.lower().endswith(AUDIO_EXTENSIONS)]
             if not found:
                 raise TimnetError(f"{p}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this directory")
-            out += sorted(found, key=lambda f: natural_key(f.as_posix()))
+            out += found
         else:
             out.append(p)  # a missing file becomes an error row, like an unreadable one
     return out

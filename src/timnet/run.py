@@ -359,16 +359,21 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
     if len(seeds) == 1:
         runs = [make_run(run_dir, seeds[0])]
     else:
-        if (run_dir / RUN_FILE).is_file() and not overwrite:
-            raise TimnetError(f"{run_dir} holds a single-seed run; use another RUN_DIR for --seeds (or --overwrite)")
+        if (run_dir / RUN_FILE).is_file():
+            if not overwrite:
+                raise TimnetError(f"{run_dir} holds a single-seed run; use another RUN_DIR for --seeds (or --overwrite, "
+                                  "which deletes that run)")
+            # only what a single-seed run wrote goes; anything else in the folder is the user's
+            for child in run_dir.glob("fold_*"):
+                shutil.rmtree(child)
+            for pattern in ("results.json", "results.csv", "validation.json", "report.html", "plots", RUN_FILE):
+                for stale in run_dir.glob(pattern):
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         foreign = [p.name for p in run_dir.iterdir()
                    if not p.name.startswith("seed_") and p.name not in (SEEDS_FILE, "seeds.csv")] if run_dir.is_dir() else []
         if foreign and not overwrite:
             raise TimnetError(f"{run_dir} holds files that are not seed runs ({', '.join(sorted(foreign)[:3])}); "
-                              "expected an empty or new folder (or --overwrite)")
-        for name in foreign:
-            target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+                              "expected an empty or new folder (or --overwrite, which keeps them and adds the seed runs)")
         runs = [make_run(run_dir / f"seed_{s}", s) for s in seeds]
     for run in runs:
         run.resumed = run.prepare(overwrite=overwrite)

@@ -311,6 +311,10 @@ def train_fold(
         if swa is not None and state.epoch > config.epochs - config.swa_epochs:
             swa.update(model)
         row = {"epoch": state.epoch, "loss": loss_sum / n, "acc": correct / n}
+        if not np.isfinite(row["loss"]):  # every later epoch and the model would be NaN too
+            where = state_path.parent if state_path is not None else "training"
+            raise TimnetError(f"{where}: the loss is {row['loss']} at epoch {state.epoch}; expected a finite loss "
+                              "(check the features, or lower --lr)")
         if len(val_idx) and (state.epoch % config.eval_every == 0 or state.epoch == config.epochs):
             v = evaluate_split(kept, x_val, y_val, n_classes=model_config.n_classes)
             row.update(val_loss=v["loss"], val_war=v["war"], val_uar=v["uar"])
