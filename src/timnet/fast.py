@@ -8,6 +8,10 @@ What makes it fast on a CPU, none of which changes the mathematics:
   gradients keep their shapes, so checkpoints, import and export never see the padding.
 - A hand-written backward for the whole trunk (input convs, blocks, level means), with batch
   norm, ReLU, spatial dropout and the sigmoid gate fused into a few passes over memory.
+- Per block only the input and the two conv outputs are kept for the backward. The normalised
+  first output is computed one utterance at a time inside the second conv (and again inside its
+  weight gradient), and the gate inside its backward pass, by the same expressions, so the
+  values are the very same and two of the five tensors a block used to keep are never stored.
 - The two streams (forward and time-reversed) are independent until their level means, so with
   two or more threads they run at the same time.
 
@@ -47,10 +51,13 @@ class TorchOps:
     name = "torch"
 
     @staticmethod
-    def conv(x, ws, wr, bias, shift, *, kin=None, out=None, stats=False):
+    def conv(x, ws, wr, bias, shift, *, kin=None, out=None, stats=False, norm=None):
         """out (+)= [bias] + x(t) wr + x(t - shift) ws where 0 <= t - shift < T; optional column sums.
 
-        `kin`: x's channels from kin on are zero padding (the native kernels skip them)."""
+        `kin`: x's channels from kin on are zero padding (the native kernels skip them).
+        `norm`: (mean, scale, shift) to read relu((x - mean) * scale[b] + shift[b]) instead of x."""
+        if norm is not None:
+            x = TorchOps.bn_relu(x, *norm)
         t = x.shape[1]
         y = x @ wr
         if bias is not None:
@@ -70,8 +77,11 @@ class TorchOps:
         return y, yd.sum((0, 1)), (yd * yd).sum((0, 1))
 
     @staticmethod
-    def wgrad(x, g, shift, *, kin=None):
-        """(sum of x(t - shift)^T g(t) over valid rows, sum of x(t)^T g(t)): (C_in, C_out) each."""
+    def wgrad(x, g, shift, *, kin=None, norm=None):
+        """(sum of x(t - shift)^T g(t) over valid rows, sum of x(t)^T g(t)): (C_in, C_out) each.
+        `norm` as in conv."""
+        if norm is not None:
+            x = TorchOps.bn_relu(x, *norm)
         c, t = x.shape[2], x.shape[1]
         dwr = x.reshape(-1, c).t() @ g.reshape(-1, c)
         d = abs(shift)
@@ -86,22 +96,24 @@ class TorchOps:
 
     @staticmethod
     def gate_fwd(x, a, mean, scale, shift):
-        s = torch.sigmoid(TorchOps.bn_relu(a, mean, scale, shift))
-        y = x * s
-        return y, s, y.sum(1)
+        """(x * sigmoid(bn_relu(a)), its sum over time)."""
+        y = x * torch.sigmoid(TorchOps.bn_relu(a, mean, scale, shift))
+        return y, y.sum(1)
 
     @staticmethod
-    def gate_bwd(dy, dlevel, x, s, a, mean, scale, shift, mscale):
+    def gate_bwd(dy, dlevel, x, a, mean, scale, shift, mscale):
         dyt = dlevel[:, None] if dy is None else dy + dlevel[:, None]
         dev = a - mean
         pre = dev * scale[:, None] + shift[:, None]
+        s = torch.sigmoid(torch.relu(pre))
         g = dyt * x * s * (1 - s) * mscale[:, None] * (pre > 0)
         return dyt * s, g, g.double().sum((0, 1)), (g.double() * dev.double()).sum((0, 1))
 
     @staticmethod
-    def relu_bwd(dh, h, a, mean, mscale):
-        g = dh * mscale[:, None] * (h > 0)
-        return g, g.double().sum((0, 1)), (g.double() * (a - mean).double()).sum((0, 1))
+    def relu_bwd(dh, a, mean, scale, shift, mscale):
+        dev = a - mean
+        g = dh * mscale[:, None] * (dev * scale[:, None] + shift[:, None] > 0)
+        return g, g.double().sum((0, 1)), (g.double() * dev.double()).sum((0, 1))
 
     @staticmethod
     def bn_bwd(g, a, mean, k, ca, c0):
@@ -113,6 +125,12 @@ def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
 
 
+def _norm_args(norm, t: int, c: int) -> tuple:
+    """(mean, scale, shift, per-utterance scratch) of an input normalisation, or four Nones. The
+    caller holds the tuple until the kernel returns: the scratch lives only as long as it."""
+    return (None,) * 4 if norm is None else (*norm, torch.empty(t, c))
+
+
 class NativeOps:
     """The same steps in kernels.c: float32, CPU, contiguous tensors."""
 
@@ -121,48 +139,44 @@ class NativeOps:
     def __init__(self, lib):
         self.lib = lib
 
-    def conv(self, x, ws, wr, bias, shift, *, kin=None, out=None, stats=False):
+    def conv(self, x, ws, wr, bias, shift, *, kin=None, out=None, stats=False, norm=None):
         b, t, c = x.shape
         acc = out is not None
         y = out if acc else torch.empty_like(x)
         s = torch.zeros(c, dtype=torch.float64) if stats else None
         q = torch.zeros(c, dtype=torch.float64) if stats else None
+        n = _norm_args(norm, t, c)
         self.lib.conv(_ptr(x), _ptr(ws), _ptr(wr), _ptr(bias), _ptr(y), b, t, c, kin or c, shift, int(acc),
-                      _ptr(s), _ptr(q))
+                      _ptr(s), _ptr(q), *map(_ptr, n))
         return y, s, q
 
-    def wgrad(self, x, g, shift, *, kin=None):
+    def wgrad(self, x, g, shift, *, kin=None, norm=None):
         b, t, c = x.shape
         dws, dwr = torch.empty(c, c), torch.empty(c, c)
-        self.lib.wgrad(_ptr(x), _ptr(g), _ptr(dws), _ptr(dwr), b, t, c, kin or c, shift)
+        n = _norm_args(norm, t, c)
+        self.lib.wgrad(_ptr(x), _ptr(g), _ptr(dws), _ptr(dwr), b, t, c, kin or c, shift, *map(_ptr, n))
         return dws, dwr
 
-    def bn_relu(self, a, mean, scale, shift):
-        h = torch.empty_like(a)
-        self.lib.bn_relu_fwd(_ptr(a), _ptr(mean), _ptr(scale), _ptr(shift), _ptr(h), *a.shape)
-        return h
-
     def gate_fwd(self, x, a, mean, scale, shift):
-        y, s = torch.empty_like(x), torch.empty_like(x)
+        y = torch.empty_like(x)
         level = torch.empty(x.shape[0], x.shape[2])
-        self.lib.gate_fwd(_ptr(x), _ptr(a), _ptr(mean), _ptr(scale), _ptr(shift), _ptr(y), _ptr(s), _ptr(level),
-                          *x.shape)
-        return y, s, level
+        self.lib.gate_fwd(_ptr(x), _ptr(a), _ptr(mean), _ptr(scale), _ptr(shift), _ptr(y), _ptr(level), *x.shape)
+        return y, level
 
-    def gate_bwd(self, dy, dlevel, x, s, a, mean, scale, shift, mscale):
+    def gate_bwd(self, dy, dlevel, x, a, mean, scale, shift, mscale):
         c = x.shape[2]
         dx = torch.empty_like(x)
+        g = torch.empty_like(x) if dy is None else dy  # each element of dy is read before g overwrites it
         sg, sga = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
-        # g overwrites s, which the backward needs no more
-        self.lib.gate_bwd(_ptr(dy), _ptr(dlevel), _ptr(x), _ptr(s), _ptr(a), _ptr(mean), _ptr(scale), _ptr(shift),
+        self.lib.gate_bwd(_ptr(dy), _ptr(dlevel), _ptr(x), _ptr(g), _ptr(a), _ptr(mean), _ptr(scale), _ptr(shift),
                           _ptr(mscale), _ptr(dx), _ptr(sg), _ptr(sga), *x.shape)
-        return dx, s, sg, sga
+        return dx, g, sg, sga
 
-    def relu_bwd(self, dh, h, a, mean, mscale):
+    def relu_bwd(self, dh, a, mean, scale, shift, mscale):
         c = a.shape[2]
         sg, sga = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
-        self.lib.relu_bwd(_ptr(dh), _ptr(h), _ptr(a), _ptr(mean), _ptr(mscale), _ptr(dh), _ptr(sg), _ptr(sga),
-                          *a.shape)
+        self.lib.relu_bwd(_ptr(dh), _ptr(a), _ptr(mean), _ptr(scale), _ptr(shift), _ptr(mscale), _ptr(dh), _ptr(sg),
+                          _ptr(sga), *a.shape)
         return dh, sg, sga
 
     def bn_bwd(self, g, a, mean, k, ca, c0):
@@ -208,16 +222,16 @@ def _disagreement(a, b) -> str | None:
     x, ws, wr, bias, dy, a2 = r(bsz, t, c), r(c, c), r(c, c), r(c), r(bsz, t, c), r(bsz, t, c)
     x[..., 39:] = 0
     mean, scale, shift, mscale, dlev = r(c), r(bsz, c), r(bsz, c), (r(bsz, c) > 0).float(), r(bsz, c)
-    s = torch.sigmoid(r(bsz, t, c))
-    h = torch.relu(r(bsz, t, c))
+    norm = (mean, scale, shift)
     checks = {
         "conv": lambda o: o.conv(x, ws, wr, bias, d, kin=39, stats=True),
+        "conv of a normalised input": lambda o: o.conv(a2, ws, wr, bias, d, stats=True, norm=norm),
         "conv input gradient": lambda o: o.conv(x, ws, wr, None, -d, kin=39, out=dy.clone()),
         "weight gradient": lambda o: o.wgrad(x, dy, d, kin=39),
-        "batch norm + ReLU": lambda o: o.bn_relu(a2, mean, scale, shift),
+        "weight gradient of a normalised input": lambda o: o.wgrad(a2, dy, d, norm=norm),
         "gate": lambda o: o.gate_fwd(x, a2, mean, scale, shift),
-        "gate backward": lambda o: o.gate_bwd(dy, dlev, x, s.clone(), a2, mean, scale, shift, mscale),
-        "ReLU backward": lambda o: o.relu_bwd(dy.clone(), h, a2, mean, mscale),
+        "gate backward": lambda o: o.gate_bwd(dy.clone(), dlev, x, a2, mean, scale, shift, mscale),
+        "ReLU backward": lambda o: o.relu_bwd(dy.clone(), a2, mean, scale, shift, mscale),
         "batch norm backward": lambda o: o.bn_bwd(dy.clone(), a2, mean, wr[0], wr[1], wr[2]),
     }
     for name, step in checks.items():
@@ -282,6 +296,11 @@ class _Layer:
         self.scale = (self.k * self.mscale).contiguous()
         self.shift = (self.beta * self.mscale).contiguous()
 
+    @property
+    def norm(self) -> tuple:
+        """(mean, scale, shift): how the next conv reads this layer's output, relu(batch norm) x dropout."""
+        return self.mean, self.scale, self.shift
+
 
 def _layers(blk, cp: int, masks) -> list[_Layer]:
     out = []
@@ -304,9 +323,9 @@ class _Stream:
         self.w_in = F.pad(w.t(), (0, cp - w.shape[0])).contiguous()  # (F, cp)
         self.b_in = _vec(in_conv.bias, cp)
         self.layers = [_layers(blk, cp, masks[2 * j: 2 * j + 2]) for j, blk in enumerate(blocks)]
-        self.inputs: list[torch.Tensor] = []  # block inputs, kept for the backward
-        self.h1: list[torch.Tensor] = []
-        self.s: list[torch.Tensor] = []
+        # block inputs, kept for the backward; the batch norm outputs and gates are recomputed
+        # from the conv outputs the layers keep (never stored: less memory traffic, same values)
+        self.inputs: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor, *, training: bool, keep: bool) -> list[torch.Tensor]:
         """Level sums over time (B, cp) of every block, for x (B, T, F)."""
@@ -319,14 +338,11 @@ class _Stream:
             d = 2**j
             a, s, q = ops.conv(h, l1.ws, l1.wr, l1.bias, d, kin=self.c, stats=training)
             l1.normalise(a, s, q, training=training, n=bsz * t)
-            h1 = ops.bn_relu(a, l1.mean, l1.scale, l1.shift)
-            a, s, q = ops.conv(h1, l2.ws, l2.wr, l2.bias, d, kin=self.c, stats=training)
+            a, s, q = ops.conv(a, l2.ws, l2.wr, l2.bias, d, kin=self.c, stats=training, norm=l1.norm)
             l2.normalise(a, s, q, training=training, n=bsz * t)
-            y, sig, level = ops.gate_fwd(h, a, l2.mean, l2.scale, l2.shift)
+            y, level = ops.gate_fwd(h, a, l2.mean, l2.scale, l2.shift)
             if keep:
                 self.inputs.append(h)
-                self.h1.append(h1)
-                self.s.append(sig)
             levels.append(level)
             h = y
         return levels
@@ -339,15 +355,14 @@ class _Stream:
         for j in reversed(range(len(self.layers))):
             d = 2**j
             l1, l2 = self.layers[j]
-            x, h1 = self.inputs[j], self.h1[j]
+            x = self.inputs[j]
             n = x.shape[0] * x.shape[1]
-            dx, g, sg, sga = ops.gate_bwd(dh, dlevels[j], x, self.s[j], l2.a, l2.mean, l2.scale, l2.shift, l2.mscale)
+            dx, g, sg, sga = ops.gate_bwd(dh, dlevels[j], x, l2.a, l2.mean, l2.scale, l2.shift, l2.mscale)
             da, db2 = self._bn_backward(l2, g, sg, sga, n, grads, (j, 2))
-            dws, dwr = ops.wgrad(h1, da, d, kin=self.c)
-            grads[(j, 2, "w")] = (dws, dwr)
+            grads[(j, 2, "w")] = ops.wgrad(l1.a, da, d, kin=self.c, norm=l1.norm)
             grads[(j, 2, "b")] = db2
             dh1, _, _ = ops.conv(da, l2.ws.t().contiguous(), l2.wr.t().contiguous(), None, -d, kin=self.c)
-            g, sg, sga = ops.relu_bwd(dh1, h1, l1.a, l1.mean, l1.mscale)
+            g, sg, sga = ops.relu_bwd(dh1, l1.a, l1.mean, l1.scale, l1.shift, l1.mscale)
             da, db1 = self._bn_backward(l1, g, sg, sga, n, grads, (j, 1))
             grads[(j, 1, "w")] = ops.wgrad(x, da, d, kin=self.c)
             grads[(j, 1, "b")] = db1

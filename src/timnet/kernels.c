@@ -50,6 +50,22 @@ INLINE v8 vexp(v8 x) {
     return y * pow2;
 }
 
+/* h = relu((a - mean) * scale[b] + shift[b]): batch norm with the dropout scale folded in. */
+INLINE v8 bn_relu(v8 a, v8 mean, v8 scale, v8 shift) { return vmax((a - mean) * scale + shift, splat(0.f)); }
+
+/* One utterance's rows (T, C) through batch norm + ReLU into `scratch`, with that utterance's
+ * scale and shift (C each). A block's second conv and its weight gradient read the first conv's
+ * output this way, so the normalised tensor is never written to memory, and the utterance's
+ * rows (T * C floats) stay in cache while the product sweeps them. */
+INLINE const float *normalised(const float *a, const float *mean, const float *scale, const float *shift,
+                               float *scratch, int T, int C) {
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < C; c += 8)
+            ST(scratch + (size_t)t * C + c,
+               bn_relu(LD(a + (size_t)t * C + c), LD(mean + c), LD(scale + c), LD(shift + c)));
+    return scratch;
+}
+
 /* acc0 += xa W, acc1 += xb W over the first kin input channels (the rest are zero padding);
  * the two rows share every weight load. */
 INLINE void mac2(const float *xa, const float *xb, const float *w, v8 *acc0, v8 *acc1, int C, int kin, int NV) {
@@ -93,11 +109,15 @@ INLINE void finish_row(float *o, const v8 *acc, double *sum, double *sumsq, int 
 /* out(t) = [bias] + [out(t) if accumulate] + x(t) wr + x(t - shift) ws, the last term only where
  * 0 <= t - shift < T. Weights are (C_in, C_out) row-major; only the first kin input channels are
  * read (the caller knows the rest of x is zero padding). With sum/sumsq (length C, double), the
- * per-channel sum and sum of squares of out over all rows are added to them. */
+ * per-channel sum and sum of squares of out over all rows are added to them. With nmean (C) and
+ * nscale, nshift (B, C), the input is relu((x - nmean) * nscale[b] + nshift[b]) instead of x,
+ * computed one utterance at a time in `scratch` (T * C floats). */
 INLINE void conv_impl(const float *x, const float *ws, const float *wr, const float *bias, float *out, int B,
-                      int T, int C, int kin, int shift, int accumulate, double *sum, double *sumsq, int NV) {
+                      int T, int C, int kin, int shift, int accumulate, double *sum, double *sumsq,
+                      const float *nmean, const float *nscale, const float *nshift, float *scratch, int NV) {
     for (int b = 0; b < B; b++) {
         const float *xb = x + (size_t)b * T * C;
+        if (nmean) xb = normalised(xb, nmean, nscale + (size_t)b * C, nshift + (size_t)b * C, scratch, T, C);
         float *ob = out + (size_t)b * T * C;
         for (int t = 0; t < T; t += 2) {
             int two = t + 1 < T;
@@ -127,12 +147,15 @@ INLINE void conv_impl(const float *x, const float *ws, const float *wr, const fl
 }
 
 void conv(const float *x, const float *ws, const float *wr, const float *bias, float *out, int B, int T, int C,
-          int kin, int shift, int accumulate, double *sum, double *sumsq) {
+          int kin, int shift, int accumulate, double *sum, double *sumsq, const float *nmean, const float *nscale,
+          const float *nshift, float *scratch) {
     /* Specialised for C = 40 (the paper's network), generic up to MAXV vectors. */
     if (C == 40)
-        conv_impl(x, ws, wr, bias, out, B, T, C, kin, shift, accumulate, sum, sumsq, 5);
+        conv_impl(x, ws, wr, bias, out, B, T, C, kin, shift, accumulate, sum, sumsq, nmean, nscale, nshift, scratch,
+                  5);
     else
-        conv_impl(x, ws, wr, bias, out, B, T, C, kin, shift, accumulate, sum, sumsq, C / 8);
+        conv_impl(x, ws, wr, bias, out, B, T, C, kin, shift, accumulate, sum, sumsq, nmean, nscale, nshift, scratch,
+                  C / 8);
 }
 
 /* R rows k..k+R-1 of dw += sum over t in [lo, hi) of x(t - off)[k..] (outer) g(t): each g vector
@@ -158,9 +181,11 @@ INLINE void wgrad_rows(const float *xb, const float *gb, float *dw, int k, int l
 }
 
 /* dws = sum over rows with 0 <= t - shift < T of x(t - shift)^T g(t); dwr = sum over all rows of
- * x(t)^T g(t). Both (C_in, C_out), overwritten; rows from kin on (zero-padded inputs) stay zero. */
+ * x(t)^T g(t). Both (C_in, C_out), overwritten; rows from kin on (zero-padded inputs) stay zero.
+ * nmean, nscale, nshift, scratch: the input normalised on the fly, as in conv. */
 INLINE void wgrad_impl(const float *x, const float *g, float *dws, float *dwr, int B, int T, int C, int kin,
-                       int shift, int NV) {
+                       int shift, const float *nmean, const float *nscale, const float *nshift, float *scratch,
+                       int NV) {
     /* Rows go in chunks of TB so that a chunk of x and g (2 * TB * C floats) stays in L1 while every
      * pair of input channels sweeps it; whole utterances would be read from L2 twenty times. */
     enum { TB = 48 };
@@ -169,6 +194,7 @@ INLINE void wgrad_impl(const float *x, const float *g, float *dws, float *dwr, i
     int t0 = shift > 0 ? shift : 0, t1 = shift < 0 ? T + shift : T; /* rows t with a valid t - shift */
     for (int b = 0; b < B; b++) {
         const float *xb = x + (size_t)b * T * C, *gb = g + (size_t)b * T * C;
+        if (nmean) xb = normalised(xb, nmean, nscale + (size_t)b * C, nshift + (size_t)b * C, scratch, T, C);
         for (int c0 = 0; c0 < T; c0 += TB) {
             int c1 = c0 + TB < T ? c0 + TB : T;
             for (int pass = 0; pass < 2; pass++) {
@@ -184,41 +210,29 @@ INLINE void wgrad_impl(const float *x, const float *g, float *dws, float *dwr, i
     }
 }
 
-void wgrad(const float *x, const float *g, float *dws, float *dwr, int B, int T, int C, int kin, int shift) {
+void wgrad(const float *x, const float *g, float *dws, float *dwr, int B, int T, int C, int kin, int shift,
+           const float *nmean, const float *nscale, const float *nshift, float *scratch) {
     if (C == 40)
-        wgrad_impl(x, g, dws, dwr, B, T, C, kin, shift, 5);
+        wgrad_impl(x, g, dws, dwr, B, T, C, kin, shift, nmean, nscale, nshift, scratch, 5);
     else
-        wgrad_impl(x, g, dws, dwr, B, T, C, kin, shift, C / 8);
+        wgrad_impl(x, g, dws, dwr, B, T, C, kin, shift, nmean, nscale, nshift, scratch, C / 8);
 }
 
-/* h = relu((a - mean) * scale[b] + shift[b]): batch norm with the dropout scale folded in. */
-INLINE v8 bn_relu(v8 a, v8 mean, v8 scale, v8 shift) { return vmax((a - mean) * scale + shift, splat(0.f)); }
 
-void bn_relu_fwd(const float *a, const float *mean, const float *scale, const float *shift, float *h, int B, int T,
-                 int C) {
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            size_t r = ((size_t)b * T + t) * C;
-            for (int c = 0; c < C; c += 8)
-                ST(h + r + c, bn_relu(LD(a + r + c), LD(mean + c), LD(scale + (size_t)b * C + c),
-                                      LD(shift + (size_t)b * C + c)));
-        }
-}
+/* The sigmoid of a batch-normalised, ReLU'd conv output: the gate of a block. */
+INLINE v8 gate(v8 a, v8 mean, v8 scale, v8 shift) { return splat(1.f) / (splat(1.f) + vexp(-bn_relu(a, mean, scale, shift))); }
 
-/* The end of a block: h2 = bn_relu(a2), s = sigmoid(h2), y = x * s; level[b] = sum over t of y. */
+/* The end of a block: y = x * gate(a2); level[b] = sum over t of y. */
 void gate_fwd(const float *x, const float *a, const float *mean, const float *scale, const float *shift, float *y,
-              float *s, float *level, int B, int T, int C) {
+              float *level, int B, int T, int C) {
     for (int b = 0; b < B; b++) {
         float *lev = level + (size_t)b * C;
         memset(lev, 0, sizeof(float) * C);
         for (int t = 0; t < T; t++) {
             size_t r = ((size_t)b * T + t) * C;
             for (int c = 0; c < C; c += 8) {
-                v8 h = bn_relu(LD(a + r + c), LD(mean + c), LD(scale + (size_t)b * C + c),
-                               LD(shift + (size_t)b * C + c));
-                v8 sg = splat(1.f) / (splat(1.f) + vexp(-h));
-                v8 yv = LD(x + r + c) * sg;
-                ST(s + r + c, sg);
+                v8 yv = LD(x + r + c) * gate(LD(a + r + c), LD(mean + c), LD(scale + (size_t)b * C + c),
+                                             LD(shift + (size_t)b * C + c));
                 ST(y + r + c, yv);
                 ST(lev + c, LD(lev + c) + yv);
             }
@@ -237,12 +251,13 @@ INLINE void flush(v8 *p, double *sum, int NV) {
     }
 }
 
-/* Backward of the gate and of the second ReLU/dropout:
+/* Backward of the gate and of the second ReLU/dropout, with s = gate(a) recomputed (cheaper than
+ * storing it: the pass reads a anyway):
  *   dyt = dy + dlevel[b] (dy may be NULL: the last block feeds only its level)
  *   dx  = dyt * s                                 (the gate's direct path)
  *   g   = dyt * x * s (1 - s) * mscale[b] * [h2 > 0]   (gradient at the batch norm's output)
- * and per channel sum(g), sum(g * (a - mean)) for the batch norm backward. g overwrites s. */
-INLINE void gate_bwd_impl(const float *dy, const float *dlevel, const float *x, float *s, const float *a,
+ * and per channel sum(g), sum(g * (a - mean)) for the batch norm backward. */
+INLINE void gate_bwd_impl(const float *dy, const float *dlevel, const float *x, float *gout, const float *a,
                           const float *mean, const float *scale, const float *shift, const float *mscale, float *dx,
                           double *sum_g, double *sum_ga, int B, int T, int C, int NV) {
     v8 pg[MAXV], pga[MAXV];
@@ -257,13 +272,14 @@ INLINE void gate_bwd_impl(const float *dy, const float *dlevel, const float *x, 
                     int c = 8 * v;
                     v8 dyt = LD(dlevel + bc + c);
                     if (dy) dyt += LD(dy + r + c);
-                    v8 sg = LD(s + r + c), xv = LD(x + r + c);
-                    v8 dev = LD(a + r + c) - LD(mean + c);
-                    v8 pre = dev * LD(scale + bc + c) + LD(shift + bc + c);
+                    v8 av = LD(a + r + c), xv = LD(x + r + c);
+                    v8 sc = LD(scale + bc + c), sh = LD(shift + bc + c);
+                    v8 sg = gate(av, LD(mean + c), sc, sh);
+                    v8 dev = av - LD(mean + c);
                     ST(dx + r + c, dyt * sg);
                     v8 g = dyt * xv * sg * (splat(1.f) - sg) * LD(mscale + bc + c);
-                    g = vsel(pre > splat(0.f), g, splat(0.f));
-                    ST(s + r + c, g);
+                    g = vsel(bn_relu(av, LD(mean + c), sc, sh) > splat(0.f), g, splat(0.f));
+                    ST(gout + r + c, g);
                     pg[v] += g;
                     pga[v] += g * dev;
                 }
@@ -274,18 +290,19 @@ INLINE void gate_bwd_impl(const float *dy, const float *dlevel, const float *x, 
     }
 }
 
-void gate_bwd(const float *dy, const float *dlevel, const float *x, float *s, const float *a, const float *mean,
+void gate_bwd(const float *dy, const float *dlevel, const float *x, float *g, const float *a, const float *mean,
               const float *scale, const float *shift, const float *mscale, float *dx, double *sum_g,
               double *sum_ga, int B, int T, int C) {
     if (C == 40)
-        gate_bwd_impl(dy, dlevel, x, s, a, mean, scale, shift, mscale, dx, sum_g, sum_ga, B, T, C, 5);
+        gate_bwd_impl(dy, dlevel, x, g, a, mean, scale, shift, mscale, dx, sum_g, sum_ga, B, T, C, 5);
     else
-        gate_bwd_impl(dy, dlevel, x, s, a, mean, scale, shift, mscale, dx, sum_g, sum_ga, B, T, C, C / 8);
+        gate_bwd_impl(dy, dlevel, x, g, a, mean, scale, shift, mscale, dx, sum_g, sum_ga, B, T, C, C / 8);
 }
 
-/* Backward of the first ReLU/dropout: g = dh * mscale[b] * [h > 0], and the two sums as above. */
-INLINE void relu_bwd_impl(const float *dh, const float *h, const float *a, const float *mean, const float *mscale,
-                          float *g, double *sum_g, double *sum_ga, int B, int T, int C, int NV) {
+/* Backward of the first ReLU/dropout: g = dh * mscale[b] * [h > 0] with h = bn_relu(a) recomputed,
+ * and the two sums as above. */
+INLINE void relu_bwd_impl(const float *dh, const float *a, const float *mean, const float *scale, const float *shift,
+                          const float *mscale, float *g, double *sum_g, double *sum_ga, int B, int T, int C, int NV) {
     v8 pg[MAXV], pga[MAXV];
     for (int v = 0; v < NV; v++) pg[v] = pga[v] = splat(0.f);
     for (int b = 0; b < B; b++) {
@@ -296,9 +313,11 @@ INLINE void relu_bwd_impl(const float *dh, const float *h, const float *a, const
                 size_t r = ((size_t)b * T + t) * C;
                 for (int v = 0; v < NV; v++) {
                     int c = 8 * v;
+                    v8 av = LD(a + r + c);
                     v8 gv = LD(dh + r + c) * LD(mscale + bc + c);
-                    gv = vsel(LD(h + r + c) > splat(0.f), gv, splat(0.f));
-                    v8 dev = LD(a + r + c) - LD(mean + c);
+                    v8 h = bn_relu(av, LD(mean + c), LD(scale + bc + c), LD(shift + bc + c));
+                    gv = vsel(h > splat(0.f), gv, splat(0.f));
+                    v8 dev = av - LD(mean + c);
                     ST(g + r + c, gv);
                     pg[v] += gv;
                     pga[v] += gv * dev;
@@ -310,12 +329,12 @@ INLINE void relu_bwd_impl(const float *dh, const float *h, const float *a, const
     }
 }
 
-void relu_bwd(const float *dh, const float *h, const float *a, const float *mean, const float *mscale, float *g,
-              double *sum_g, double *sum_ga, int B, int T, int C) {
+void relu_bwd(const float *dh, const float *a, const float *mean, const float *scale, const float *shift,
+              const float *mscale, float *g, double *sum_g, double *sum_ga, int B, int T, int C) {
     if (C == 40)
-        relu_bwd_impl(dh, h, a, mean, mscale, g, sum_g, sum_ga, B, T, C, 5);
+        relu_bwd_impl(dh, a, mean, scale, shift, mscale, g, sum_g, sum_ga, B, T, C, 5);
     else
-        relu_bwd_impl(dh, h, a, mean, mscale, g, sum_g, sum_ga, B, T, C, C / 8);
+        relu_bwd_impl(dh, a, mean, scale, shift, mscale, g, sum_g, sum_ga, B, T, C, C / 8);
 }
 
 /* Batch norm backward, in place: g <- k * g + (a - mean) * ca + c0 (coefficients from the sums),

@@ -26,12 +26,11 @@ MAX_CHANNELS = 128  # the kernels keep one row of accumulators in registers: MAX
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
 SIGNATURES = {
-    "conv": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _P, _P],
-    "wgrad": [_P, _P, _P, _P, _I, _I, _I, _I, _I],
-    "bn_relu_fwd": [_P, _P, _P, _P, _P, _I, _I, _I],
-    "gate_fwd": [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I],
+    "conv": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P],
+    "wgrad": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _P, _P, _P, _P],
+    "gate_fwd": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I],
     "gate_bwd": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I],
-    "relu_bwd": [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I],
+    "relu_bwd": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I],
     "bn_bwd": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I],
 }
 
