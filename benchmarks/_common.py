@@ -131,3 +131,59 @@ def record(run_dir: Path, key: str, *, replace: bool = False) -> int:
             shutil.copyfile(result, target / result.parent.name / "result.json")
             n += 1
     return n
+
+
+def first_member_from(run_dir: Path, source: Path, *, members: int | None = None) -> int:
+    """Put each finished fold model of `source`, a one-member run, into `run_dir`, the same run
+    but for `members`, as that fold's finished member 0; the number of folds given one.
+
+    An ensemble's first member is the single-model run weight for weight (same seed, folds,
+    validation share and training: tests/test_members.py), so training it again would repeat
+    hours of compute to get the same weights. A run_dir without run.json gets the source's
+    identity with `members` (timnet refuses the folder later if that is not what its options
+    give). A source of another configuration, features or split is left alone. The source's
+    folds keep only their final (averaged) weights, so the ensemble's "last weights" figures are
+    not reported for a fold given its member 0 this way: the source run reports its own.
+    """
+    import csv
+
+    import torch
+    from timnet.checkpoint import load_checkpoint
+    from timnet.run import read_identity, versions
+    from timnet.train import Member
+    from timnet.utils import atomic_write, write_json
+
+    run_dir, source = Path(run_dir), Path(source)
+    if not (source / "run.json").is_file():
+        return 0
+    have = read_identity(source)
+    if not (run_dir / "run.json").is_file():
+        if members is None:
+            raise ValueError(f"{run_dir}: no run.json; pass members to derive it from {source}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        identity = {**have, "train_config": {**have["train_config"], "members": members}}
+        write_json(run_dir / "run.json", {"identity": identity, "command": sys.argv, "first_member_from": str(source),
+                                          "versions": versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    want = read_identity(run_dir)
+    if want["train_config"]["members"] < 2 or have != {**want, "train_config": {**want["train_config"], "members": 1}}:
+        return 0  # another configuration, features or split: not this ensemble's first member
+    n = 0
+    for sdir in sorted(source.glob("fold_*")):
+        fdir = run_dir / sdir.name
+        if (fdir / "result.json").exists() or (fdir / "member_0.pt").exists() or not (
+                (sdir / "model.pt").is_file() and (sdir / "result.json").is_file()):
+            continue
+        done = json.loads((sdir / "result.json").read_text())
+        with open(sdir / "history.csv", newline="") as f:
+            history = [{key: float(v) for key, v in row.items() if v != ""} for row in csv.DictReader(f)]
+        for row in history:
+            row["epoch"] = int(row["epoch"])
+        model = load_checkpoint(sdir / "model.pt")[0]
+        member = Member(model, model, done["epoch"], done["epochs_run"], done["stopped_early"], done["arithmetic"], history)
+        fdir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(fdir / "member_0.pt") as tmp:
+            torch.save(member.to_dict(), tmp)
+        n += 1
+    if n:
+        print(f"{run_dir}: member 0 of {n} folds is {source}'s finished fold model", file=sys.stderr, flush=True)
+    return n

@@ -22,24 +22,19 @@ end) has complete pairs; `--table-only` prints the table of the folds finished s
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from _common import pm, record, restore, write_json
+from _common import first_member_from, pm, record, restore, write_json
 from timnet.backends import LocalBackend
-from timnet.checkpoint import load_checkpoint
 from timnet.corpora import defaults_for
 from timnet.features import load_features
-from timnet.run import Run, execute_runs, read_identity, validation_summary
+from timnet.run import Run, execute_runs, validation_summary
 from timnet.sweep import trial_runs
-from timnet.train import Member, TrainConfig
-from timnet.utils import atomic_write
+from timnet.train import TrainConfig
 
 AUG = {"time_shift": 20, "time_masks": 2, "time_mask_width": 20, "freq_masks": 2, "freq_mask_width": 4}
 CANDIDATES = {
@@ -157,36 +152,15 @@ def finished_summary(run: Run) -> dict:
 
 
 def reuse_first_member(run: Run, params: dict, runs_dir: Path) -> None:
-    """An ensemble's first member is the single-model candidate weight for weight (same seed, folds,
-    validation share and training: tests/test_members.py), so where that candidate's run here is
-    the same run but for `members` and its fold is finished with its model, that model is put in
-    as the ensemble's finished member 0 instead of training it again. A finished fold keeps no
-    last (unaveraged) weights: the single candidate's own run reports those."""
+    """An ensemble candidate's first member is the single-model candidate weight for weight, so
+    where that candidate's run here has finished folds with their models, they are put in as the
+    ensemble's finished member 0 instead of being trained again (_common.first_member_from)."""
     if params.get("members", 1) == 1:
         return
     single = {k: v for k, v in params.items() if k != "members"}
     source = next((runs_dir / n for n, p in CANDIDATES.items() if p == single), None)
-    if source is None or not (source / "run.json").is_file():
-        return
-    want = {**run.identity, "train_config": {**run.identity["train_config"], "members": 1}}
-    if read_identity(source) != want:
-        return  # another configuration, features or split: not this ensemble's first member
-    for k in range(1, run.folds_n + 1):
-        fdir, sdir = run.fold_dir(k), source / f"fold_{k:02d}"
-        if (fdir / "result.json").exists() or (fdir / "member_0.pt").exists() or not (
-                (sdir / "model.pt").is_file() and (sdir / "result.json").is_file()):
-            continue
-        done = json.loads((sdir / "result.json").read_text())
-        with open(sdir / "history.csv", newline="") as f:
-            history = [{key: float(v) for key, v in row.items() if v != ""} for row in csv.DictReader(f)]
-        for row in history:
-            row["epoch"] = int(row["epoch"])
-        model = load_checkpoint(sdir / "model.pt")[0]
-        member = Member(model, model, done["epoch"], done["epochs_run"], done["stopped_early"], done["arithmetic"], history)
-        fdir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(fdir / "member_0.pt") as tmp:
-            torch.save(member.to_dict(), tmp)
-        print(f"{run.dir.name} fold {k}: member 0 is {source.name}'s finished fold model", file=sys.stderr, flush=True)
+    if source is not None:
+        first_member_from(run.dir, source)
 
 
 def last_weights_candidates(names: list[str], summaries: list[dict]) -> dict[str, tuple[str, dict]]:

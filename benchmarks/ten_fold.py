@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import PUBLISHED, environment, fold_seconds, pm, record, restore, train, write_json
+from _common import PUBLISHED, environment, first_member_from, fold_seconds, pm, record, restore, train, write_json
 from timnet.corpora import defaults_for
 from timnet.features import load_features
+from timnet.recipe import RECIPES
 
 
 def main() -> int:
@@ -42,6 +43,10 @@ def main() -> int:
                         "so one run gives both; add paper to train the paper's recipe as a run of its own)")
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds (default: the paper seed only); the paper seed's table comes first")
+    p.add_argument("--first-members", default=None, metavar="DIR",
+                   help="a folder of finished one-member runs under the same names (an earlier RUNS): a recipe "
+                        "that trains several members per fold takes each fold's member 0 from there instead of "
+                        "training it again (the same weights: tests/test_members.py)")
     p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
     args = p.parse_args()
 
@@ -56,6 +61,9 @@ def main() -> int:
             run, key = Path(args.runs) / name, f"tenfold_{corpus.lower()}/{name}"
             restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
             wall = None
+            members = RECIPES[recipe].get("members", 1)
+            if args.first_members and members > 1 and not args.table_only:
+                first_member_from(run, Path(args.first_members) / name, members=members)
             if not args.table_only:
                 try:
                     _, wall = train(args.features, run, "--recipe", recipe, "--seed", str(seed))
@@ -80,14 +88,17 @@ def finished_folds(run: Path) -> list[dict]:
     for path in sorted(run.glob("fold_*/result.json")):
         r = json.loads(path.read_text())
         folds.append({k: r[k] for k in ("fold", "n_test", "war", "uar", "seconds", "last_weights") if k in r})
+        if "members" in r:  # an ensemble's first member alone: the one-member recipe, weight for weight
+            folds[-1]["first_member"] = r["members"][0]
     return folds
 
 
 def summary(folds: list[dict]) -> dict:
     """Mean ± std over the folds (population std, as timnet's results.json), of the kept model and,
-    where every fold scored them, of the last weights."""
+    where every fold scored them, of the last weights and of an ensemble's first member."""
     out = {"n_test": sum(f["n_test"] for f in folds)}
-    for name, pick in (("", lambda f: f), ("_last", lambda f: f.get("last_weights"))):
+    for name, pick in (("", lambda f: f), ("_last", lambda f: f.get("last_weights")),
+                       ("_first", lambda f: f.get("first_member"))):
         rows = [pick(f) for f in folds]
         if not rows or any(r is None for r in rows):
             continue
@@ -136,6 +147,8 @@ def table(corpus: str, out: dict, n_folds: int = 10) -> str:
     columns = []  # (heading, recipe, key in a fold's figures or None for the kept model)
     for n, o in out.items():
         columns.append((n, n, None))
+        if "mean_war_first" in o:
+            columns.append((f"{n}: first member", n, "first_member"))
         if "mean_war_last" in o:
             columns.append((f"{n}: last weights", n, "last_weights"))
     by_fold = {n: {f["fold"]: f for f in o["folds"]} for n, o in out.items()}
@@ -157,8 +170,8 @@ def table(corpus: str, out: dict, n_folds: int = 10) -> str:
         return f"**{pm(o[f'mean_war{suffix}'], o[f'std_war{suffix}'])}** | **{pm(o[f'mean_uar{suffix}'], o[f'std_uar{suffix}'])}**"
 
     n_test = max((o["n_test"] for o in out.values()), default=0)
-    lines.append(f"| **mean ± std** | {n_test} | " + " | ".join(total(out[n], "" if key is None else "_last")
-                                                           for _, n, key in columns) + " |")
+    suffix = {None: "", "last_weights": "_last", "first_member": "_first"}
+    lines.append(f"| **mean ± std** | {n_test} | " + " | ".join(total(out[n], suffix[key]) for _, n, key in columns) + " |")
     lines.append("")
     for n, o in out.items():
         lines.append(f"- {n}: {len(o['folds'])} of {n_folds} folds finished")

@@ -1,11 +1,13 @@
 """benchmarks/_common.py's ledger: finished folds carried to a fresh RUN_DIR, never into another run;
 the table scripts' tables in progress."""
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from test_train import FAST, synthetic
+from timnet.errors import TimnetError
 from timnet.run import Run
 from timnet.train import TrainConfig
 
@@ -118,3 +120,38 @@ def test_ledger_never_overwrites_another_configuration_unless_asked(tmp_path, mo
     assert _common._identity(tmp_path / "ledger/t/x/run.json") == _common._identity(a.dir / "run.json")
     assert _common.record(stale.dir, "t/x", replace=True) == 3
     assert _common._identity(tmp_path / "ledger/t/x/run.json") == _common._identity(stale.dir / "run.json")
+
+
+def test_an_ensemble_run_takes_its_first_member_from_the_single_run(tmp_path):
+    """A finished one-member run gives a two-member run of the same configuration its member 0:
+    only member 1 is trained, and the folds equal those of the ensemble trained from scratch."""
+    fs = synthetic()
+    single = _run(fs, tmp_path / "one")
+    one = single.execute(progress=False, log=lambda m: None)
+    assert _common.first_member_from(tmp_path / "two", single.dir, members=2) == 3
+    assert all((tmp_path / "two" / f"fold_{k:02d}" / "member_0.pt").is_file() for k in (1, 2, 3))
+    derived = _run(fs, tmp_path / "two", members=2)  # timnet takes the derived run.json as its own
+    log = []
+    two = derived.execute(progress=False, log=log.append)
+    scratch = _run(fs, tmp_path / "scratch", members=2).execute(progress=False, log=lambda m: None)
+    assert [f["confusion"] for f in two["folds"]] == [f["confusion"] for f in scratch["folds"]]
+    assert [f["members"][0] for f in two["folds"]] == [{"war": f["war"], "uar": f["uar"]} for f in one["folds"]]
+    assert _common.first_member_from(tmp_path / "two", single.dir) == 0  # finished folds are left alone
+    import ten_fold  # its table puts the first member alone beside the ensemble
+
+    folds = ten_fold.finished_folds(derived.dir)
+    s = ten_fold.summary(folds)
+    assert s["mean_war_first"] == pytest.approx(one["mean_war"]) and "mean_war_last" not in s
+    text = ten_fold.table("EMODB", {"strong": {"folds": folds, **s}}, n_folds=3)
+    assert "strong: first member WAR" in text and f"{one['mean_war']:.4f} ±" in text
+
+    # a source of another configuration gives a prepared ensemble run nothing, and a run.json
+    # derived from it is refused by timnet when the options say otherwise
+    other = _run(fs, tmp_path / "other", label_smoothing=0.2)
+    for k in (1, 2, 3):  # as if finished: fold models, another identity
+        shutil.copytree(single.fold_dir(k), other.fold_dir(k))
+    _run(fs, tmp_path / "three", members=2)
+    assert _common.first_member_from(tmp_path / "three", other.dir) == 0
+    assert _common.first_member_from(tmp_path / "four", other.dir, members=2) == 3
+    with pytest.raises(TimnetError, match="different configuration"):
+        _run(fs, tmp_path / "four", members=2)
