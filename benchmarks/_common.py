@@ -149,9 +149,9 @@ def first_member_from(run_dir: Path, source: Path, *, members: int | None = None
 
     import torch
     from timnet.checkpoint import load_checkpoint
-    from timnet.run import read_identity, versions
+    from timnet.run import prepare_run_dir, read_identity
     from timnet.train import Member
-    from timnet.utils import atomic_write, write_json
+    from timnet.utils import atomic_write
 
     run_dir, source = Path(run_dir), Path(source)
     if not (source / "run.json").is_file():
@@ -160,10 +160,8 @@ def first_member_from(run_dir: Path, source: Path, *, members: int | None = None
     if not (run_dir / "run.json").is_file():
         if members is None:
             raise ValueError(f"{run_dir}: no run.json; pass members to derive it from {source}")
-        run_dir.mkdir(parents=True, exist_ok=True)
         identity = {**have, "train_config": {**have["train_config"], "members": members}}
-        write_json(run_dir / "run.json", {"identity": identity, "command": sys.argv, "first_member_from": str(source),
-                                          "versions": versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        prepare_run_dir(run_dir, identity, overwrite=False, results=(), extra={"first_member_from": str(source)})
     want = read_identity(run_dir)
     if want["train_config"]["members"] < 2 or have != {**want, "train_config": {**want["train_config"], "members": 1}}:
         return 0  # another configuration, features or split: not this ensemble's first member

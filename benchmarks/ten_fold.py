@@ -61,10 +61,10 @@ def main() -> int:
             run, key = Path(args.runs) / name, f"tenfold_{corpus.lower()}/{name}"
             restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
             wall = None
-            members = RECIPES[recipe].get("members", 1)
-            if args.first_members and members > 1 and not args.table_only:
-                first_member_from(run, Path(args.first_members) / name, members=members)
             if not args.table_only:
+                members = RECIPES[recipe].get("members", 1)
+                if args.first_members and members > 1:
+                    first_member_from(run, Path(args.first_members) / name, members=members)
                 try:
                     _, wall = train(args.features, run, "--recipe", recipe, "--seed", str(seed))
                 finally:
