@@ -30,6 +30,31 @@ PUBLISHED = {
 }
 
 
+# The recipes a table can name, as `timnet train` options: timnet's presets, and the strong
+# preset's single model (one SWA model per fold, the preset before it became two members; its first
+# member weight for weight, and the recipe of the speaker-independent tables).
+RECIPE_ARGS = {
+    "paper": ("--recipe", "paper"),
+    "strong": ("--recipe", "strong"),
+    "strong-1member": ("--recipe", "strong", "--members", "1"),
+}
+
+
+def recipe_args(name: str) -> tuple[str, ...]:
+    """The `timnet train` options of a table's recipe name (RECIPE_ARGS)."""
+    if name not in RECIPE_ARGS:
+        raise SystemExit(f"recipe {name!r} unknown; expected one of {', '.join(RECIPE_ARGS)}")
+    return RECIPE_ARGS[name]
+
+
+def recipe_members(name: str) -> int:
+    """Models per fold of a table's recipe name."""
+    from timnet.train import recipe_config
+
+    args = recipe_args(name)
+    return int(args[args.index("--members") + 1]) if "--members" in args else recipe_config(args[1]).members
+
+
 def timnet() -> str:
     """The timnet console script of the interpreter running this script."""
     return str(Path(sys.executable).with_name("timnet"))

@@ -7,7 +7,7 @@ every fold tests one speaker the model never heard. The seeds change the initial
 batch order, the dropout masks and the augmentation draws (the folds are the speakers). Finished
 folds are kept in the ledger (benchmarks/ledger/loso_<corpus>/<recipe>), so that a table's compute
 can span several sessions; `--table-only` prints the table of the folds finished so far, from
-the ledger, without training. A recipe that averages weights (`strong`) also scores its last
+the ledger, without training. A recipe that averages weights (`strong-1member`) also scores its last
 weights on each test speaker, the paper's recipe step for step: a "last weights" column, paired
 with it (reported, never used to choose).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import environment, fold_seconds, pm, record, restore, train, write_json
+from _common import environment, fold_seconds, pm, recipe_args, record, restore, train, write_json
 from timnet.corpora import defaults_for
 from timnet.features import load_features
 
@@ -30,9 +30,9 @@ def main() -> int:
     p.add_argument("features", help="a timnet .npz from `timnet extract` (with speakers)")
     p.add_argument("--runs", required=True, help="folder for the runs (RUNS/<recipe>/seed_<s>; resumed)")
     p.add_argument("--json", required=True, help="where to write the table's figures")
-    p.add_argument("--recipes", default="strong",
-                   help="comma-separated recipes (default strong: its last weights are the paper's recipe, "
-                        "so one run gives both; add paper to train the paper's recipe as a run of its own)")
+    p.add_argument("--recipes", default="strong-1member",
+                   help="comma-separated recipes of _common.RECIPE_ARGS (default strong-1member: one SWA model per "
+                        "fold, whose last weights are the paper's recipe, so one run gives both)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the paper seed and the next two)")
     p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
     args = p.parse_args()
@@ -51,7 +51,7 @@ def main() -> int:
         wall = None
         if not args.table_only:
             try:
-                _, wall = train(args.features, run, "--recipe", recipe, "--split", "speaker",
+                _, wall = train(args.features, run, *recipe_args(recipe), "--split", "speaker",
                                 "--folds", str(len(speakers)), "--seeds", args.seeds)
             finally:
                 record(run, key)  # also the folds of an interrupted run

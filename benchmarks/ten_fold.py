@@ -1,14 +1,18 @@
-"""Table: both recipes on the paper's protocol (10-fold KFold, paper seed) for one corpus.
+"""Table: the recipes on the paper's protocol (10-fold KFold, paper seed) for one corpus.
 
-    python benchmarks/ten_fold.py runs/emodb.npz --runs runs/emodb10 --json emodb_10fold.json
+    python benchmarks/ten_fold.py runs/emodb.npz --runs runs/emodb10 --recipes strong-1member,strong \
+        --first-members strong-1member --json emodb_10fold.json
 
-Trains (or resumes) RUNS/<recipe> with `timnet train --recipe <recipe>` for each recipe, then
-prints a Markdown table of per-fold and mean ± std WAR/UAR beside the authors' published figures.
-Folds are utterance-level, as in the paper: the same speakers are on both sides.
+Trains (or resumes) RUNS/<recipe> with `timnet train` and the recipe's options (_common.RECIPE_ARGS)
+for each recipe, then prints a Markdown table of per-fold and mean ± std WAR/UAR beside the authors'
+published figures. Folds are utterance-level, as in the paper: the same speakers are on both sides.
 
-A recipe that averages weights (`strong`: SWA of the last 100 epochs) trains the paper's recipe
-step for step and also scores its own last weights on each test split (reported, never used to
-choose), so its run gives a paired "last weights" column: the paper's recipe on the same training.
+A one-member recipe that averages weights (`strong-1member`: SWA of the last 100 epochs) trains the
+paper's recipe step for step and also scores its own last weights on each test split (reported,
+never used to choose), so its run gives a paired "last weights" column: the paper's recipe on the
+same training. An ensemble (`strong`: two such members per fold) reports its first member alone, the
+one-member recipe weight for weight; `--first-members strong-1member` takes that member from the
+finished one-member run instead of training it again.
 Finished folds are kept in the ledger (benchmarks/ledger/tenfold_<corpus>/<recipe>), so that a
 table's compute can span sessions; `--table-only` prints the table of the folds finished so far.
 
@@ -27,26 +31,27 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import PUBLISHED, environment, first_member_from, fold_seconds, pm, record, restore, train, write_json
+from _common import (PUBLISHED, environment, first_member_from, fold_seconds, pm, recipe_args, recipe_members, record,
+                     restore, train, write_json)
 from timnet.corpora import defaults_for
 from timnet.features import load_features
-from timnet.recipe import RECIPES
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("features", help="a timnet .npz from `timnet extract`")
-    p.add_argument("--runs", required=True, help="folder for the runs (RUNS/paper, RUNS/strong; resumed)")
+    p.add_argument("--runs", required=True, help="folder for the runs (RUNS/<recipe>; resumed)")
     p.add_argument("--json", required=True, help="where to write the table's figures")
-    p.add_argument("--recipes", default="strong",
-                   help="comma-separated recipes (default strong: its last weights are the paper's recipe, "
-                        "so one run gives both; add paper to train the paper's recipe as a run of its own)")
+    p.add_argument("--recipes", default="strong-1member,strong",
+                   help="comma-separated recipes of _common.RECIPE_ARGS (default strong-1member,strong: the first's last "
+                        "weights are the paper's recipe, so two runs give three recipes; add paper to train the "
+                        "paper's recipe as a run of its own)")
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds (default: the paper seed only); the paper seed's table comes first")
-    p.add_argument("--first-members", default=None, metavar="DIR",
-                   help="a folder of finished one-member runs under the same names (an earlier RUNS): a recipe "
-                        "that trains several members per fold takes each fold's member 0 from there instead of "
-                        "training it again (the same weights: tests/test_members.py)")
+    p.add_argument("--first-members", default=None, metavar="RECIPE",
+                   help="a one-member recipe (strong-1member) whose finished runs in RUNS (the same seeds) are "
+                        "the first members of the ensemble recipes: each fold's member 0 is taken from there "
+                        "instead of trained again (the same weights: tests/test_members.py)")
     p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
     args = p.parse_args()
 
@@ -62,11 +67,12 @@ def main() -> int:
             restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
             wall = None
             if not args.table_only:
-                members = RECIPES[recipe].get("members", 1)
+                members = recipe_members(recipe)
                 if args.first_members and members > 1:
-                    first_member_from(run, Path(args.first_members) / name, members=members)
+                    source = args.first_members if seed == paper_seed else f"{args.first_members}_seed{seed}"
+                    first_member_from(run, Path(args.runs) / source, members=members)
                 try:
-                    _, wall = train(args.features, run, "--recipe", recipe, "--seed", str(seed))
+                    _, wall = train(args.features, run, *recipe_args(recipe), "--seed", str(seed))
                 finally:
                     record(run, key)  # also the folds of an interrupted run
             folds = finished_folds(run)

@@ -155,3 +155,29 @@ def test_an_ensemble_run_takes_its_first_member_from_the_single_run(tmp_path):
     assert _common.first_member_from(tmp_path / "four", other.dir, members=2) == 3
     with pytest.raises(TimnetError, match="different configuration"):
         _run(fs, tmp_path / "four", members=2)
+
+
+def test_table_recipe_names_give_the_configs_they_name():
+    """The table scripts' recipe names, passed to `timnet train` as options, give the presets and
+    the strong preset's one-member form (the speaker-independent tables' recipe); and the ledger
+    keeps each name's runs under that configuration."""
+    from timnet import cli
+    from timnet.train import recipe_config
+
+    def config(options):
+        args = cli.build_parser().parse_args(["train", "f.npz", "-o", "r", *options])
+        explicit = {n: getattr(args, n) for n in cli.RECIPE_OPTIONS if getattr(args, n) is not None}
+        return recipe_config(args.recipe, **explicit)
+
+    assert config(_common.recipe_args("paper")) == TrainConfig()
+    assert config(_common.recipe_args("strong")) == recipe_config("strong")
+    one = config(_common.recipe_args("strong-1member"))
+    assert one == recipe_config("strong", members=1) and one.swa_epochs == 100
+    assert [_common.recipe_members(n) for n in ("paper", "strong", "strong-1member")] == [1, 2, 1]
+    with pytest.raises(SystemExit, match="recipe 'swa' unknown"):
+        _common.recipe_args("swa")
+    from dataclasses import asdict
+
+    found = [_common._identity(run)["train_config"] for key in ("tenfold_emodb", "tenfold_casia", "loso_emodb", "loso_casia")
+             for run in (_common.LEDGER / key / "strong-1member").glob("**/run.json")]
+    assert found and all(c == asdict(one) for c in found)

@@ -388,10 +388,11 @@ def _training_options(s, *, val_fraction: float) -> None:
                    help="number of folds (default 10; with --split speaker, 10 or one per speaker if fewer)")
     s.add_argument("--split", choices=SPLITS, default="random", help="random: the paper's utterance-level KFold; speaker: no speaker on both sides")
     s.add_argument("--recipe", choices=RECIPE_NAMES, default="paper",
-                   help="paper: SPEC.md's protocol (default); strong: the paper's training, the fold's model the "
-                        "mean of the weights of the last 100 epochs (--swa-epochs 100, the last fifth of --epochs; "
-                        "chosen on validation data of EMODB and CASIA, see RESULTS.md); "
-                        "the options below override single values")
+                   help="paper: SPEC.md's protocol (default); strong: two models per fold (--members 2), each the "
+                        "paper's training with its weights averaged over the last 100 epochs (--swa-epochs 100, the "
+                        "last fifth of --epochs), their probabilities averaged; chosen on validation data of EMODB and "
+                        "CASIA, see RESULTS.md; --members 1 gives one model in half the time. "
+                        "The options below override single values")
     for name, (typ, text) in RECIPE_OPTIONS.items():
         choices = SCHEDULES if name == "lr_schedule" else None
         s.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, choices=choices, help=text)
