@@ -11,8 +11,8 @@ A one-member recipe that averages weights (`strong-1member`: SWA of the last 100
 paper's recipe step for step and also scores its own last weights on each test split (reported,
 never used to choose), so its run gives a paired "last weights" column: the paper's recipe on the
 same training. An ensemble (`strong`: two such members per fold) reports its first member alone, the
-one-member recipe weight for weight; `--first-members strong-1member` takes that member from the
-finished one-member run instead of training it again.
+one-member recipe weight for weight; `--first-members strong-1member` (the default when it is among
+--recipes) takes that member from the finished one-member run instead of training it again.
 Finished folds are kept in the ledger (benchmarks/ledger/tenfold_<corpus>/<recipe>), so that a
 table's compute can span sessions; `--table-only` prints the table of the folds finished so far.
 
@@ -49,17 +49,25 @@ def main() -> int:
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds (default: the paper seed only); the paper seed's table comes first")
     p.add_argument("--first-members", default=None, metavar="RECIPE",
-                   help="a one-member recipe (strong-1member) whose finished runs in RUNS (the same seeds) are "
-                        "the first members of the ensemble recipes: each fold's member 0 is taken from there "
-                        "instead of trained again (the same weights: tests/test_members.py)")
+                   help="a one-member recipe whose finished runs in RUNS (the same seeds) are the first members "
+                        "of the ensemble recipes: each fold's member 0 is taken from there instead of trained "
+                        "again (the same weights: tests/test_members.py); default strong-1member when it is "
+                        "among --recipes")
     p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
     args = p.parse_args()
 
+    recipes = args.recipes.split(",")
+    for name in recipes:
+        recipe_args(name)  # an unknown name fails here, before hours of training
+    if args.first_members is None and "strong-1member" in recipes:
+        args.first_members = "strong-1member"
+    if args.first_members is not None and recipe_members(args.first_members) != 1:
+        p.error(f"--first-members {args.first_members}: expected a one-member recipe")
     corpus = load_features(args.features).corpus
     paper_seed = defaults_for(corpus)[0]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [paper_seed]
     out = {}
-    for recipe in args.recipes.split(","):
+    for recipe in recipes:
         per_seed = {}
         for seed in sorted(seeds, key=lambda s: s != paper_seed):  # the paper seed's run first
             name = recipe if seed == paper_seed else f"{recipe}_seed{seed}"
@@ -69,8 +77,11 @@ def main() -> int:
             if not args.table_only:
                 members = recipe_members(recipe)
                 if args.first_members and members > 1:
-                    source = args.first_members if seed == paper_seed else f"{args.first_members}_seed{seed}"
-                    first_member_from(run, Path(args.runs) / source, members=members)
+                    source = Path(args.runs) / (args.first_members if seed == paper_seed
+                                                else f"{args.first_members}_seed{seed}")
+                    if not first_member_from(run, source, members=members) and not any(source.glob("fold_*/model.pt")):
+                        print(f"{source}: no fold models (a ledger restore keeps figures only): every member of "
+                              f"{run} trains", file=sys.stderr)
                 try:
                     _, wall = train(args.features, run, *recipe_args(recipe), "--seed", str(seed))
                 finally:

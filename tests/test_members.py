@@ -38,6 +38,7 @@ def test_ensemble_averages_probabilities_and_round_trips(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(x).softmax(-1), want, atol=1e-6)
     assert np.allclose(load_model(path).predict_features(fs.x[:5]), want.numpy(), atol=1e-6)
+    assert load_model(path).networks == 3  # one checkpoint, three TIM-Nets
 
     pytest.importorskip("onnxruntime")
     from timnet.onnx_export import export_onnx

@@ -297,13 +297,13 @@ def test_strong_recipe_never_reads_test_data(tmp_path):
     b = Run(changed, tmp_path / "b", config=config, folds=3, seed=5)
     b.prepare()
     rb = b.execute(progress=False, log=lambda m: None)
-    ha = (tmp_path / "a" / "fold_02" / "history.csv").read_text()
-    hb = (tmp_path / "b" / "fold_02" / "history.csv").read_text()
-    assert ha == hb and ra["folds"][1]["epoch"] == rb["folds"][1]["epoch"]
-    wa = torch.load(tmp_path / "a" / "fold_02" / "model.pt", weights_only=True)["state_dict"]
-    wb = torch.load(tmp_path / "b" / "fold_02" / "model.pt", weights_only=True)["state_dict"]
-    assert any("running_mean" in k for k in wa)  # BN statistics are compared too
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert config.members == 2  # the preset's two members: both histories and both weights are compared
+    for history in ("history.csv", "history_member1.csv"):
+        assert (tmp_path / "a" / "fold_02" / history).read_text() == (tmp_path / "b" / "fold_02" / history).read_text()
+    assert ra["folds"][1]["epoch"] == rb["folds"][1]["epoch"]
+    ma, mb = (torch.load(tmp_path / r / "fold_02" / "model.pt", weights_only=True)["members"] for r in "ab")
+    assert len(ma) == 2 and any("running_mean" in k for k in ma[1])  # BN statistics are compared too
+    assert all(torch.equal(wa[k], wb[k]) for wa, wb in zip(ma, mb) for k in wa)
     assert ra["folds"][1]["confusion"] != rb["folds"][1]["confusion"]  # the test split did change
 
 

@@ -282,6 +282,11 @@ def test_run_written_by_older_versions_still_resumes(tmp_path):
     assert Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3, path="reference").prepare() is True
     with pytest.raises(TimnetError, match="different configuration \\(path\\).*to resume it pass --path reference"):
         Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3, path="fast").prepare()
+    # a run of the one-member strong preset (before it became two members) is told how to resume
+    with pytest.raises(TimnetError, match="\\(train_config\\).*to resume it pass --members 1$"):
+        Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "members": 2}), folds=3, path="reference").prepare()
+    with pytest.raises(TimnetError, match="\\(train_config\\); use another RUN_DIR or --overwrite \\(which deletes it\\)$"):
+        Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "members": 2, "lr": 0.002}), folds=3, path="reference").prepare()
 
 
 def test_several_seeds_one_run_each_and_their_spread(tmp_path):

@@ -36,8 +36,8 @@ RECIPE_OPTIONS = {
     "vtlp": (float, "vocal-tract length perturbation: spectral envelope warped by a factor in [1-A, 1+A] (default 0: off)"),
     "gain": (float, "each utterance as if recorded up to DB decibels louder or quieter (default 0: off)"),
     "mixup_alpha": (float, "mixup with Beta(alpha, alpha) (default 0: off)"),
-    "members": (int, "models per fold from other initialisations, their probabilities averaged (default 1); "
-                     "the first is the single model this recipe trains"),
+    "members": (int, "models per fold from other initialisations, their probabilities averaged (default 1; "
+                     "2 with --recipe strong); the first is the very model --members 1 trains"),
 }
 
 
@@ -200,7 +200,8 @@ def cmd_train(args) -> int:
         path = train_all_data(fs, args.output, config=config, seed=seeds[0], threads=args.threads or os.cpu_count() or 1,
                               device=device, path=args.path, overwrite=args.overwrite, progress=not args.quiet,
                               model_overrides=model_overrides)
-        print(f"trained one model on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
+        what = "one model" if config.members == 1 else f"an ensemble of {config.members} models"
+        print(f"trained {what} on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
         return 0
     features_path = str(Path(args.features).resolve())
 
@@ -367,7 +368,8 @@ def cmd_export(args) -> int:
         predictor = load_model(args.model, corpus=args.corpus)
     path = export_onnx(predictor, args.output)
     gap = onnx_parity(predictor, path)
-    print(f"{path}: {len(predictor.models)} model(s), {len(predictor.labels)} classes; max |onnxruntime - torch| = {gap:.1e}")
+    print(f"{path}: {len(predictor.models)} checkpoint(s), {predictor.networks} network(s), {len(predictor.labels)} classes; "
+          f"max |onnxruntime - torch| = {gap:.1e}")
     return 0
 
 
@@ -477,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", default=None, metavar="S1,S2,...",
                    help="several seeds, one run each in RUN_DIR/seed_<s>; the JSON adds the mean and spread across seeds")
     _training_options(s, val_fraction=0.0)
-    s.add_argument("--all-data", action="store_true", help="train one deployable model on every sample (no folds, no test score)")
+    s.add_argument("--all-data", action="store_true", help="train the recipe's deployable model (with --members K, K of them in one checkpoint) on every sample "
+                        "(no folds, no test score)")
     s.add_argument("--no-report", action="store_true", help="skip the plots and report.html written at the end")
     s.add_argument("--json", default=None, metavar="PATH", help="also write the results JSON here")
     s.set_defaults(func=cmd_train)

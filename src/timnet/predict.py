@@ -77,6 +77,11 @@ class Predictor:
         self.labels, self.feature_config, self.source = tuple(labels), feature_config, source
         self.corpus = corpus  # the corpus it was trained on, when known
 
+    @property
+    def networks(self) -> int:
+        """TIM-Nets behind the predictions: a checkpoint of an ensemble recipe holds several."""
+        return sum(len(getattr(m, "members", ())) or 1 for m in self.models)
+
     @torch.inference_mode()
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of features (N, frames, n_mfcc): the ensemble mean."""

@@ -100,6 +100,13 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, results: 
             if diff in (["threads_per_fold"], ["path"]):
                 option = diff[0].replace("_per_fold", "")
                 hint = f"; to resume it pass --{option} {previous[diff[0]]}"
+            elif diff == ["train_config"] and previous is not None:
+                # a run of an earlier preset (`strong` had one member until it became two) resumes
+                # with that one value given explicitly
+                old, new = previous["train_config"], identity["train_config"]
+                changed = sorted(k for k in new if old.get(k) != new.get(k))
+                if changed == ["members"]:
+                    hint = f"; to resume it pass --members {old['members']}"
             raise TimnetError(f"{run_dir} holds a run with a different configuration ({', '.join(diff)}); "
                               f"use another RUN_DIR or --overwrite (which deletes it){hint}")
         for child in run_dir.glob("fold_*"):
@@ -405,7 +412,8 @@ def write_seed_summary(run_dir: str | Path, summary: dict) -> None:
 def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, seed: int | None = None,
                    threads: int = 1, device: str = "cpu", path: str = "auto", overwrite: bool = False,
                    progress: bool = True, model_overrides: dict | None = None) -> Path:
-    """Train one model on every sample (the recipe's deployable model; it has no test score).
+    """Train the recipe's deployable model on every sample (with `config.members` > 1, an ensemble in
+    one checkpoint); it has no test score.
 
     Cross-validation estimates how well the recipe generalises; this model, trained the same
     way on all the data, is the one to use. OUT_DIR gets model.pt, history.csv and run.json;

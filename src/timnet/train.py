@@ -94,7 +94,9 @@ class TrainConfig:
             if self.swa_epochs > self.epochs:
                 raise TimnetError(f"--swa-epochs {self.swa_epochs} invalid; expected at most --epochs ({self.epochs})")
             # a preset that averages: say which option turns its averaging off
-            preset = next((f" (--recipe {self.recipe} sets --{n.replace('_', '-')}: add --{n.replace('_', '-')} 0)"
+            preset = next((f" (--recipe {self.recipe} sets --{n.replace('_', '-')}: add --{n.replace('_', '-')} 0"
+                           + (f"; it also trains {self.members} members per fold, --members 1 trains one"
+                              if self.members > 1 and RECIPES[self.recipe].get("members") else "") + ")"
                            for n in ("ema_decay", "swa_epochs") if RECIPES[self.recipe].get(n)), "")
             if self.ema_decay > 0:
                 raise TimnetError(f"--swa-epochs and --ema-decay are two ways to average the weights; choose one{preset}")
