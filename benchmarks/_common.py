@@ -158,6 +158,16 @@ def record(run_dir: Path, key: str, *, replace: bool = False) -> int:
     return n
 
 
+def take_first_members(run_dir: Path, source: Path, *, members: int) -> int:
+    """first_member_from, and a line on stderr when `source` has no fold models to give (a run
+    restored from the ledger keeps figures only), since every member then trains: hours more."""
+    n = first_member_from(run_dir, source, members=members)
+    if not n and not any(Path(source).glob("fold_*/model.pt")):
+        print(f"{source}: no fold models (a ledger restore keeps figures only): every member of {run_dir} trains",
+              file=sys.stderr, flush=True)
+    return n
+
+
 def first_member_from(run_dir: Path, source: Path, *, members: int | None = None) -> int:
     """Put each finished fold model of `source`, a one-member run, into `run_dir`, the same run
     but for `members`, as that fold's finished member 0; the number of folds given one.

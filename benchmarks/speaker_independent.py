@@ -9,7 +9,9 @@ folds are kept in the ledger (benchmarks/ledger/loso_<corpus>/<recipe>), so that
 can span several sessions; `--table-only` prints the table of the folds finished so far, from
 the ledger, without training. A recipe that averages weights (`strong-1member`) also scores its last
 weights on each test speaker, the paper's recipe step for step: a "last weights" column, paired
-with it (reported, never used to choose).
+with it (reported, never used to choose). The two-member `strong` recipe's member 0 is
+`strong-1member`'s model weight for weight: `--recipes strong-1member,strong` takes it from that
+finished run (`--first-members`), so only member 1 trains.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import environment, fold_seconds, pm, recipe_args, record, restore, train, write_json
+from _common import (environment, fold_seconds, pm, recipe_args, recipe_members, record, restore, take_first_members,
+                     train, write_json)
 from timnet.corpora import defaults_for
 from timnet.features import load_features
 
@@ -34,6 +37,10 @@ def main() -> int:
                    help="comma-separated recipes of _common.RECIPE_ARGS (default strong-1member: one SWA model per "
                         "fold, whose last weights are the paper's recipe, so one run gives both)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the paper seed and the next two)")
+    p.add_argument("--first-members", default=None, metavar="RECIPE",
+                   help="a one-member recipe whose finished runs in RUNS (the same seeds) are the first members of "
+                        "the ensemble recipes (strong): each fold's member 0 is taken from there instead of trained "
+                        "again (the same weights); default strong-1member when it is among --recipes")
     p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
     args = p.parse_args()
 
@@ -43,13 +50,24 @@ def main() -> int:
         seed = defaults_for(fs.corpus)[0]
         args.seeds = f"{seed},{seed + 1},{seed + 2}"
     seeds = [int(s) for s in args.seeds.split(",")]
+    recipes = args.recipes.split(",")
+    for name in recipes:
+        recipe_args(name)  # an unknown name fails here, before hours of training
+    if args.first_members is None and "strong-1member" in recipes:
+        args.first_members = "strong-1member"
+    if args.first_members is not None and recipe_members(args.first_members) != 1:
+        p.error(f"--first-members {args.first_members}: expected a one-member recipe")
     out = {}
-    for recipe in args.recipes.split(","):
+    for recipe in recipes:
         run = Path(args.runs) / recipe
         key = f"loso_{fs.corpus.lower()}/{recipe}"
         restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
         wall = None
         if not args.table_only:
+            members = recipe_members(recipe)
+            if args.first_members and members > 1:
+                for s in seeds:  # `timnet train --seeds` keeps each seed's run in RUN/seed_<s>
+                    take_first_members(run / f"seed_{s}", Path(args.runs) / args.first_members / f"seed_{s}", members=members)
             try:
                 _, wall = train(args.features, run, *recipe_args(recipe), "--split", "speaker",
                                 "--folds", str(len(speakers)), "--seeds", args.seeds)

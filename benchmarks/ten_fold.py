@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import (PUBLISHED, environment, first_member_from, fold_seconds, pm, recipe_args, recipe_members, record,
-                     restore, train, write_json)
+from _common import (PUBLISHED, environment, fold_seconds, pm, recipe_args, recipe_members, record, restore,
+                     take_first_members, train, write_json)
 from timnet.corpora import defaults_for
 from timnet.features import load_features
 
@@ -79,9 +79,7 @@ def main() -> int:
                 if args.first_members and members > 1:
                     source = Path(args.runs) / (args.first_members if seed == paper_seed
                                                 else f"{args.first_members}_seed{seed}")
-                    if not first_member_from(run, source, members=members) and not any(source.glob("fold_*/model.pt")):
-                        print(f"{source}: no fold models (a ledger restore keeps figures only): every member of "
-                              f"{run} trains", file=sys.stderr)
+                    take_first_members(run, source, members=members)
                 try:
                     _, wall = train(args.features, run, *recipe_args(recipe), "--seed", str(seed))
                 finally:

@@ -181,3 +181,31 @@ def test_table_recipe_names_give_the_configs_they_name():
     found = [_common._identity(run)["train_config"] for key in ("tenfold_emodb", "tenfold_casia", "loso_emodb", "loso_casia")
              for run in (_common.LEDGER / key / "strong-1member").glob("**/run.json")]
     assert found and all(c == asdict(one) for c in found)
+
+
+def test_first_members_of_a_several_seed_run(tmp_path, capsys):
+    """The speaker-independent table trains with --seeds: each seed's one-member run gives member 0
+    of the same seed's ensemble run, which `timnet train --seeds` then resumes as its own; a source
+    with figures only (a ledger restore) is said to give nothing."""
+    import json
+
+    from test_train import train_cli
+    from timnet.features import save_features
+
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    args = ("--seeds", "1,2", "--epochs", "2", "--workers", "2")
+    one = train_cli(features, tmp_path / "one", *args, "--json", tmp_path / "one.json")
+    assert one.returncode == 0, one.stderr
+    for s in (1, 2):
+        assert _common.take_first_members(tmp_path / "two" / f"seed_{s}", tmp_path / "one" / f"seed_{s}", members=2) == 3
+    two = train_cli(features, tmp_path / "two", *args, "--members", "2", "--json", tmp_path / "two.json")
+    assert two.returncode == 0, two.stderr
+    a, b = (json.loads((tmp_path / f).read_text())["runs"] for f in ("one.json", "two.json"))
+    assert [[f["members"][0] for f in r["folds"]] for r in b] == [[{"war": f["war"], "uar": f["uar"]} for f in r["folds"]] for r in a]
+
+    shutil.copytree(tmp_path / "one" / "seed_1", tmp_path / "figures_only")
+    for model in (tmp_path / "figures_only").glob("fold_*/model.pt"):
+        model.unlink()
+    capsys.readouterr()
+    assert _common.take_first_members(tmp_path / "three", tmp_path / "figures_only", members=2) == 0
+    assert "no fold models" in capsys.readouterr().err
