@@ -47,6 +47,20 @@ def recipe_args(name: str) -> tuple[str, ...]:
     return RECIPE_ARGS[name]
 
 
+def table_recipes(recipes: str, first_members: str | None) -> tuple[list[str], str | None]:
+    """A table script's --recipes and --first-members, checked before hours of training: the
+    names, and the one-member recipe that gives the ensembles their member 0 (by default
+    strong-1member when it is among the recipes)."""
+    names = recipes.split(",")
+    for name in names:
+        recipe_args(name)
+    if first_members is None and "strong-1member" in names:
+        first_members = "strong-1member"
+    if first_members is not None and recipe_members(first_members) != 1:
+        raise SystemExit(f"--first-members {first_members}: expected a one-member recipe")
+    return names, first_members
+
+
 def recipe_members(name: str) -> int:
     """Models per fold of a table's recipe name."""
     from timnet.train import recipe_config

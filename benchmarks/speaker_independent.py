@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import (environment, fold_seconds, pm, recipe_args, recipe_members, record, restore, take_first_members,
-                     train, write_json)
+from _common import (environment, fold_seconds, pm, recipe_args, recipe_members, record, restore, table_recipes,
+                     take_first_members, train, write_json)
 from timnet.corpora import defaults_for
 from timnet.features import load_features
 
@@ -50,13 +50,7 @@ def main() -> int:
         seed = defaults_for(fs.corpus)[0]
         args.seeds = f"{seed},{seed + 1},{seed + 2}"
     seeds = [int(s) for s in args.seeds.split(",")]
-    recipes = args.recipes.split(",")
-    for name in recipes:
-        recipe_args(name)  # an unknown name fails here, before hours of training
-    if args.first_members is None and "strong-1member" in recipes:
-        args.first_members = "strong-1member"
-    if args.first_members is not None and recipe_members(args.first_members) != 1:
-        p.error(f"--first-members {args.first_members}: expected a one-member recipe")
+    recipes, args.first_members = table_recipes(args.recipes, args.first_members)
     out = {}
     for recipe in recipes:
         run = Path(args.runs) / recipe

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import (PUBLISHED, environment, fold_seconds, pm, recipe_args, recipe_members, record, restore,
-                     take_first_members, train, write_json)
+                     table_recipes, take_first_members, train, write_json)
 from timnet.corpora import defaults_for
 from timnet.features import load_features
 
@@ -56,13 +56,7 @@ def main() -> int:
     p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
     args = p.parse_args()
 
-    recipes = args.recipes.split(",")
-    for name in recipes:
-        recipe_args(name)  # an unknown name fails here, before hours of training
-    if args.first_members is None and "strong-1member" in recipes:
-        args.first_members = "strong-1member"
-    if args.first_members is not None and recipe_members(args.first_members) != 1:
-        p.error(f"--first-members {args.first_members}: expected a one-member recipe")
+    recipes, args.first_members = table_recipes(args.recipes, args.first_members)
     corpus = load_features(args.features).corpus
     paper_seed = defaults_for(corpus)[0]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [paper_seed]
