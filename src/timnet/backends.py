@@ -13,7 +13,7 @@ import socket
 from typing import Callable, Iterator
 
 from .errors import TimnetError
-from .utils import sigterm_handler
+from .utils import end_pool, sigterm_handler
 
 Task = tuple[int, int]  # (index of the run, fold number)
 OnEpoch = Callable[[Task, dict], None]
@@ -106,23 +106,15 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
     except BrokenProcessPool:
         # A worker died (killed, out of memory). The pool can surface it from any call on it, not only
         # from the dead worker's future, so it is caught around the whole loop.
-        _end_pool(pool)
+        end_pool(pool)
         unfinished = ", ".join(_describe(runs, t) for t in sorted(set(tasks) - finished))
         raise TimnetError(f"a training worker died (unfinished folds: {unfinished}); "
                           "run the same command again to resume") from None
     except BaseException:
-        _end_pool(pool)
+        end_pool(pool)
         raise
     finally:
         manager.shutdown()
-
-
-def _end_pool(pool) -> None:
-    """Interrupted or failed: end the workers now instead of letting them train the queued folds.
-    Their snapshots and results are written atomically, so the next run resumes cleanly."""
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # None once the pool broke
-        proc.terminate()
-    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _describe(runs: list, task: Task) -> str:

@@ -8,6 +8,7 @@ import sys
 import warnings
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 from . import audio
 from .corpora import FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, skip_summary
 from .errors import TimnetError
-from .utils import atomic_write
+from .utils import atomic_write, end_pool
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,17 @@ def _pool_context():
 
 
 def _init_worker() -> None:
-    # One BLAS/OpenMP thread per worker: the processes already fill the cores, and nested thread
-    # pools only fight over them.
+    import signal
+
     from threadpoolctl import threadpool_limits
 
+    # Forked workers inherit the CLI's SIGTERM handler, which raises: a worker would report the
+    # signal as one file's failure and go on, blocked at last on a result pipe nobody reads. Stopping
+    # is the parent's decision (it ends the workers): Ctrl-C is ignored here, SIGTERM kills quietly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # One BLAS/OpenMP thread per worker: the processes already fill the cores, and nested thread
+    # pools only fight over them.
     threadpool_limits(1)
 
 
@@ -153,11 +161,20 @@ def extract(
             bar.update()
     else:
         _warm_up(config)
-        with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker) as pool:
-            results = []
+        pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker)
+        results = []
+        try:
             for r in pool.map(_worker_features, jobs, chunksize=8):
                 results.append(r)
                 bar.update()
+        except BrokenProcessPool:
+            end_pool(pool)
+            raise TimnetError(f"an extraction worker died (killed, or out of memory?) after {len(results)} of "
+                              f"{len(jobs)} files; run the same command again") from None
+        except BaseException:  # Ctrl-C, SIGTERM: the queued files are not extracted
+            end_pool(pool)
+            raise
+        pool.shutdown()
     bar.close()
 
     bad = [r for r in results if isinstance(r, str)]

@@ -76,3 +76,12 @@ def sigterm_handler(handler=None):
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+
+
+def end_pool(pool) -> None:
+    """End a ProcessPoolExecutor's workers now (interrupted, terminated or failed), instead of letting
+    them work through the queued tasks, which `shutdown` alone would wait for. Python has no public
+    way before 3.14's terminate_workers."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # None once the pool broke
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
