@@ -3,6 +3,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +245,23 @@ def test_directories_are_searched_as_extract_searches_them(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TimnetError, match="empty: no audio files"):
         find_audio([tmp_path / "empty"])
+
+
+def test_fold_copies_are_not_folds_and_a_closed_pipe_ends_quietly(run_dir, tmp_path):
+    """A user's copy of a fold folder beside the run's (fold_01_old) is neither a fold of `test`,
+    `predict` and `export` nor deleted by --overwrite; `predict ... | head` stops quietly."""
+    import shutil
+
+    from timnet.utils import fold_dirs
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    n = len(fold_dirs(run))
+    assert n >= 2 and [d.name for d in fold_dirs(run)] == [f"fold_{k:02d}" for k in range(1, n + 1)]
+    shutil.copytree(run / "fold_01", run / "fold_01_old")
+    assert len(load_model(run).models) == n and len(fold_dirs(run)) == n
+
+    clip = next(Path(__file__).parents[1].glob("examples/*.wav"))
+    r = subprocess.run(f"{sys.executable} -m timnet predict {' '.join([str(clip)] * 400)} --model {run} | head -1",
+                       shell=True, capture_output=True, text=True)
+    assert r.stdout.startswith("file") and r.stderr == "", r.stderr

@@ -578,6 +578,14 @@ def main(argv: list[str] | None = None) -> int:
     except TimnetError as e:
         print(f"timnet: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # stdout closed early (`timnet predict DIR | head`): stop quietly, as Unix tools do; stdout is
+        # pointed at /dev/null so that Python's own flush at exit does not fail again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout without a descriptor (main() called in-process)
+            pass
+        return 128 + signal.SIGPIPE
     except OSError as e:  # a disk full, a permission changed mid-run: still one line, naming the file
         print(f"timnet: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from .errors import TimnetError
 from .features import FeatureConfig, waveform_features
 from .keras_import import keras_fold_files, load_keras_weights
 from .model import TIMNet
+from .utils import fold_dirs
 
 BUNDLED = {"emodb": "emodb.pt"}  # name -> file in timnet/pretrained/
 QUIET_RMS = 1e-4  # below this the recording is treated as silence
@@ -182,7 +183,7 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
         from .run import check_not_multi_seed
 
         check_not_multi_seed(path)
-        ckpts = sorted(path.glob("fold_*/model.pt"))
+        ckpts = [d / "model.pt" for d in fold_dirs(path) if (d / "model.pt").is_file()]
         if ckpts:
             _warn_if_unfinished(path, len(ckpts))
             return _from_checkpoints(ckpts, source=str(path))

@@ -36,7 +36,7 @@ from .features import FeatureSet
 from .folds import make_folds
 from .model import TIMNetConfig, TIMNetEnsemble
 from .train import TrainConfig, evaluate_split, fold_seed, resolve_path, train_members, validation_split
-from .utils import atomic_write, write_json
+from .utils import atomic_write, fold_dirs, write_json
 
 RUN_FILE = "run.json"
 # Identity keys added after a run format was first written, with the value older runs implied.
@@ -109,7 +109,7 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, results: 
                     hint = f"; to resume it pass --members {old['members']}"
             raise TimnetError(f"{run_dir} holds a run with a different configuration ({', '.join(diff)}); "
                               f"use another RUN_DIR or --overwrite (which deletes it){hint}")
-        for child in run_dir.glob("fold_*"):
+        for child in fold_dirs(run_dir):
             shutil.rmtree(child)
         for pattern in (*results, RUN_FILE):
             for stale in run_dir.glob(pattern):
@@ -371,7 +371,7 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
                 raise TimnetError(f"{run_dir} holds a single-seed run; use another RUN_DIR for --seeds (or --overwrite, "
                                   "which deletes that run)")
             # only what a single-seed run wrote goes; anything else in the folder is the user's
-            for child in run_dir.glob("fold_*"):
+            for child in fold_dirs(run_dir):
                 shutil.rmtree(child)
             for pattern in ("results.json", "results.csv", "validation.json", "report.html", "plots", RUN_FILE):
                 for stale in run_dir.glob(pattern):

@@ -29,8 +29,9 @@ def atomic_write(path: str | Path):
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno is not None and e.filename is not None and str(e.filename) == tmp:
-            # the user knows the file they asked for, not its hidden temporary twin
+        if isinstance(e, OSError) and e.errno is not None and (e.filename is None or str(e.filename) == tmp):
+            # the user knows the file they asked for, not its hidden temporary twin (and a failed
+            # write, a full disk, names no file at all)
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
@@ -85,3 +86,12 @@ def end_pool(pool) -> None:
     for proc in list((getattr(pool, "_processes", None) or {}).values()):  # None once the pool broke
         proc.terminate()
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+def fold_dirs(run_dir: str | Path) -> list[Path]:
+    """A run's fold folders, fold_01, fold_02, ... in order: only names timnet writes, so that a
+    user's copy beside them (fold_01_old) is neither counted as a fold nor deleted with the run."""
+    import re
+
+    return sorted((p for p in Path(run_dir).glob("fold_*") if re.fullmatch(r"fold_\d+", p.name) and p.is_dir()),
+                  key=lambda p: int(p.name[5:]))
