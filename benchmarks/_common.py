@@ -33,10 +33,10 @@ PUBLISHED = {
 # The recipes a table can name, as `timnet train` options: timnet's presets, and the strong
 # preset's single model (one SWA model per fold, the preset before it became two members; its first
 # member weight for weight, and the recipe of the speaker-independent tables).
-RECIPE_ARGS = {
-    "paper": ("--recipe", "paper"),
-    "strong": ("--recipe", "strong"),
-    "strong-1member": ("--recipe", "strong", "--members", "1"),
+RECIPE_ARGS = {  # name: (timnet preset, options over it)
+    "paper": ("paper", {}),
+    "strong": ("strong", {}),
+    "strong-1member": ("strong", {"members": 1}),
 }
 
 
@@ -44,7 +44,8 @@ def recipe_args(name: str) -> tuple[str, ...]:
     """The `timnet train` options of a table's recipe name (RECIPE_ARGS)."""
     if name not in RECIPE_ARGS:
         raise SystemExit(f"recipe {name!r} unknown; expected one of {', '.join(RECIPE_ARGS)}")
-    return RECIPE_ARGS[name]
+    preset, overrides = RECIPE_ARGS[name]
+    return ("--recipe", preset, *(a for k, v in overrides.items() for a in (f"--{k.replace('_', '-')}", str(v))))
 
 
 def table_recipes(recipes: str, first_members: str | None) -> tuple[list[str], str | None]:
@@ -65,8 +66,9 @@ def recipe_members(name: str) -> int:
     """Models per fold of a table's recipe name."""
     from timnet.train import recipe_config
 
-    args = recipe_args(name)
-    return int(args[args.index("--members") + 1]) if "--members" in args else recipe_config(args[1]).members
+    recipe_args(name)  # checks the name
+    preset, overrides = RECIPE_ARGS[name]
+    return recipe_config(preset, **overrides).members
 
 
 def timnet() -> str:

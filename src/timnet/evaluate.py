@@ -14,7 +14,7 @@ from .features import FeatureSet
 from .folds import make_folds
 from .keras_import import keras_fold_files, load_keras_weights
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
-from .utils import fold_dirs
+from .utils import fold_files
 
 
 @torch.no_grad()
@@ -53,7 +53,7 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
     from .run import check_not_multi_seed
 
     check_not_multi_seed(weights)
-    run_ckpts = [d / "model.pt" for d in fold_dirs(weights) if (d / "model.pt").is_file()]
+    run_ckpts = fold_files(weights, "model.pt")
     if run_ckpts:
         from .run import features_fingerprint, read_identity
 

@@ -20,7 +20,7 @@ from .errors import TimnetError
 from .features import FeatureConfig, waveform_features
 from .keras_import import keras_fold_files, load_keras_weights
 from .model import TIMNet
-from .utils import fold_dirs
+from .utils import fold_files
 
 BUNDLED = {"emodb": "emodb.pt"}  # name -> file in timnet/pretrained/
 QUIET_RMS = 1e-4  # below this the recording is treated as silence
@@ -183,7 +183,7 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
         from .run import check_not_multi_seed
 
         check_not_multi_seed(path)
-        ckpts = [d / "model.pt" for d in fold_dirs(path) if (d / "model.pt").is_file()]
+        ckpts = fold_files(path, "model.pt")
         if ckpts:
             _warn_if_unfinished(path, len(ckpts))
             return _from_checkpoints(ckpts, source=str(path))

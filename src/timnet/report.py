@@ -22,7 +22,7 @@ from . import metrics
 from .errors import TimnetError
 from .features import FeatureSet
 from .plots import confusion_figure, curves_figure, recall_figure, save_figure, tsne_figure
-from .utils import atomic_write, fold_dirs
+from .utils import atomic_write, fold_files
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
@@ -63,7 +63,7 @@ def _run_info(run_dir: Path) -> dict:
 
 def _fold_results(run_dir: Path) -> list[dict]:
     results = []
-    for path in [d / "result.json" for d in fold_dirs(run_dir) if (d / "result.json").is_file()]:
+    for path in fold_files(run_dir, "result.json"):
         try:
             results.append(json.loads(path.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -95,3 +95,8 @@ def fold_dirs(run_dir: str | Path) -> list[Path]:
 
     return sorted((p for p in Path(run_dir).glob("fold_*") if re.fullmatch(r"fold_\d+", p.name) and p.is_dir()),
                   key=lambda p: int(p.name[5:]))
+
+
+def fold_files(run_dir: str | Path, name: str) -> list[Path]:
+    """The file `name` (model.pt, result.json) of each fold folder that has it, in fold order."""
+    return [d / name for d in fold_dirs(run_dir) if (d / name).is_file()]
