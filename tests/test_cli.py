@@ -143,6 +143,21 @@ def test_extract_emodb_matches_reference(emodb_features, reference):
 
 
 @pytest.mark.realdata
+def test_extract_emodb_is_the_same_bits_on_every_x86_machine(emodb_features):
+    from timnet import dispatch
+    from timnet.features import load_features
+    from timnet.run import features_fingerprint
+
+    if not dispatch.pins():
+        pytest.skip("not an x86-64 machine with AVX2 (Linux): no common CPU paths to pin")
+    fs = load_features(emodb_features)
+    assert fs.meta["cpu_dispatch"] == dispatch.pins()
+    # the hash of x and y measured on an AVX2 machine and on an AVX-512 AMD EPYC (it is the
+    # fingerprint in benchmarks/ledger/tenfold_emodb): without the pins the two differed
+    assert features_fingerprint(fs) == "4308453d353fb775"
+
+
+@pytest.mark.realdata
 def test_test_reproduces_reference_means(emodb_features, tmp_path):
     weights = need(PRETRAINED / "EMODB_46")
     ref = json.loads(need(REFERENCE.with_suffix(".json")).read_text())

@@ -8,8 +8,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from . import dispatch
 from .errors import TimnetError
 from .utils import sigterm_handler, write_json
+
+# Before anything imports numpy: the same feature bits on every x86-64 machine (dispatch.py).
+dispatch.pin()
 
 CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
 SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS; kept here so --help needs no torch import
@@ -458,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_download)
 
-    s = sub.add_parser("extract", help="compute the paper's MFCC features of a corpus tree")
+    s = sub.add_parser("extract", help="compute the paper's MFCC features of a corpus tree",
+                       epilog="On x86-64 Linux with AVX2, numpy and OpenBLAS are pinned to their AVX2 paths so "
+                              "that every such machine gives the same feature bits (TIMNET_NATIVE_DISPATCH=1: off).")
     s.add_argument("corpus", metavar="CORPUS", help=f"one of {', '.join(CORPUS_NAMES)} (any case), or `folders` "
                    "for DIR/<label>/*.wav trees with your own labels (needs --signal-length)")
     s.add_argument("data_dir", metavar="DATA_DIR", help="root of the corpus as its publisher ships it")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import audio
+from . import audio, dispatch
 from .corpora import FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, skip_summary
 from .errors import TimnetError
 from .utils import atomic_write, end_pool
@@ -193,7 +193,7 @@ def extract(
         config=config,
         speakers=np.array([it.speaker for it in items]),
         files=np.array([it.path for it in items]),
-        meta={"source_fingerprint": source, "bad": bad},
+        meta={"source_fingerprint": source, "bad": bad, "cpu_dispatch": dispatch.state()},
     )
     return fs, skip_summary(listing), bad
 
@@ -204,7 +204,7 @@ def _source_fingerprint(root: Path, items, config: FeatureConfig, *, corpus: str
 
     from . import __version__
 
-    h = hashlib.sha256(json.dumps([__version__, corpus, asdict(config), skip_bad]).encode())
+    h = hashlib.sha256(json.dumps([__version__, corpus, asdict(config), skip_bad, dispatch.state()]).encode())
     for it in items:
         try:
             st = (root / it.path).stat()

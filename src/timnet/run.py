@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import dispatch
 from .checkpoint import save_checkpoint
 from .corpora import defaults_for
 from .errors import TimnetError
@@ -55,7 +56,8 @@ def versions() -> dict:
     """Versions of what decides the numbers: Python, torch, numpy, librosa, and the machine."""
     import importlib.metadata as md
 
-    out = {"python": platform.python_version(), "platform": platform.platform(), "threads": torch.get_num_threads()}
+    out = {"python": platform.python_version(), "platform": platform.platform(), "threads": torch.get_num_threads(),
+           "cpu_dispatch": dispatch.state()}
     for pkg in ("timnet", "torch", "numpy", "scipy", "librosa", "soxr", "scikit-learn"):
         try:
             out[pkg] = md.version(pkg)
