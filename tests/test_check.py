@@ -1,4 +1,5 @@
 """`timnet corpora --check`: a copy of a corpus validated against counts and the publishers' checksums."""
+import os
 import shutil
 import subprocess
 import sys
@@ -73,3 +74,16 @@ def test_song_files_and_second_copies_are_listed_not_problems(tmp_path):
     assert [p for p, why in r.unexpected if "manifest" not in why] == ["Actor_01/notes.wav",
                                                                       "other/Actor_01/03-01-05-01-01-01-01.wav"]
     assert "ignored (part of the corpus's distribution" in format_check(r)
+
+
+@pytest.mark.realdata
+def test_odd_names_and_dangling_links_are_findings_not_crashes(tmp_path):
+    copy = tmp_path / "EMODB"
+    shutil.copytree(need(DATA / "EMODB"), copy)
+    (copy / "wav" / "03a01Fa.wav").rename(os.fsdecode(str(copy / "wav").encode() + b"/caf\xe9.wav"))
+    (copy / "wav" / "03a01Wa.wav").unlink()
+    (copy / "wav" / "03a01Wa.wav").symlink_to(tmp_path / "gone.wav")
+    r = subprocess.run([sys.executable, "-m", "timnet", "corpora", "--check", "emodb", str(copy)],
+                       capture_output=True, text=True, errors="replace")  # the Latin-1 name is printed as its bytes
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "unreadable: 1\n  wav/03a01Wa.wav (" in r.stdout and "missing (in the publisher's manifest, not found): 1" in r.stdout

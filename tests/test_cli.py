@@ -70,6 +70,9 @@ def test_outputs_checked_before_the_work(tmp_path, out):
     assert_one_line_error(timnet("train", out, "-o", out, "-q"), "f.npz is a file", "expected a folder")
     assert_one_line_error(timnet("train", out, "-o", out / "run", "-q"), f"{out} is a file, not a folder")
     assert_one_line_error(timnet("test", out, "--weights", tmp_path, "--json", tmp_path), "is a folder")
+    # an empty path (`--json "$UNSET"`) is an error, not silently no file
+    assert_one_line_error(timnet("test", out, "--weights", tmp_path, "--json", ""), "--json '': empty path")
+    assert_one_line_error(timnet("extract", "emodb", tmp_path, "-o", "", "-q"), "--output '': empty path")
     assert out.read_bytes() == b"kept"
 
 

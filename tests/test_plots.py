@@ -201,3 +201,21 @@ def test_validation_only_run_reports_its_validation_scores(tmp_path):
     (run_dir / "run.json").write_text("{cut")
     with pytest.raises(TimnetError, match="run.json: not a readable timnet run file"):
         plot_run(run_dir)
+
+
+def test_damaged_history_or_result_is_one_error(trained, tmp_path):
+    from timnet.errors import TimnetError
+
+    _, run_dir = trained
+    for i, (name, damage, message) in enumerate((
+        ("history.csv", lambda t: t.replace(t.splitlines()[2].split(",")[1], "abc", 1), "not a readable training history"),
+        ("result.json", lambda t: json.dumps([json.loads(t)]), "not a timnet fold result"),
+        ("result.json", lambda t: json.dumps({k: v for k, v in json.loads(t).items() if k != "confusion"}),
+         "not a timnet fold result"),
+    )):
+        run = tmp_path / f"run{i}"
+        shutil.copytree(run_dir, run)
+        path = run / "fold_02" / name
+        path.write_text(damage(path.read_text()))
+        with pytest.raises(TimnetError, match=re.escape(str(path)) + ": " + message):
+            plot_run(run, out_dir=tmp_path / "figs")

@@ -265,3 +265,65 @@ def test_fold_copies_are_not_folds_and_a_closed_pipe_ends_quietly(run_dir, tmp_p
     r = subprocess.run(f"{sys.executable} -m timnet predict {' '.join([str(clip)] * 400)} --model {run} | head -1",
                        shell=True, capture_output=True, text=True)
     assert r.stdout.startswith("file") and r.stderr == "", r.stderr
+
+
+def test_odd_names_huge_hops_and_uppercase_onnx(run_dir, clips, tmp_path):
+    """A file name that is not UTF-8 is read (soundfile is handed the open file, not the name);
+    a hop or window too large for a sample count is one error; `.ONNX` is an ONNX file."""
+    import os
+
+    latin1 = Path(os.fsdecode(str(tmp_path).encode() + b"/caf\xe9.wav"))
+    shutil.copy(clips["16k"], latin1)
+    model = load_model(run_dir)
+    assert model.predict_file(latin1).probs == model.predict_file(clips["16k"]).probs
+    for option, value in (("hop", 1e308), ("window", 1e306)):
+        with pytest.raises(TimnetError, match=f"--{option} 1e\\+30[68] invalid"):
+            model.predict_file(clips["long"], **{option: value})
+    pytest.importorskip("onnxruntime")
+    from timnet.onnx_export import export_onnx
+
+    path = export_onnx(model, tmp_path / "M.ONNX")
+    assert type(load_model(path)).__name__ == "OnnxPredictor"
+
+
+def test_onnx_whose_metadata_does_not_fit_its_graph_is_one_error(run_dir, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from timnet.onnx_export import export_onnx
+
+    good = onnx.load(str(export_onnx(load_model(run_dir), tmp_path / "m.onnx")))
+
+    def edited(name, key, value):
+        m = onnx.ModelProto()
+        m.CopyFrom(good)
+        for p in m.metadata_props:
+            if p.key == key:
+                p.value = value
+        onnx.save(m, str(tmp_path / name))
+        return tmp_path / name
+
+    cfg = json.loads({p.key: p.value for p in good.metadata_props}["timnet.feature_config"])
+    cases = {
+        edited("labels.onnx", "timnet.labels", json.dumps(["angry", "sad"])): r"graph maps .* \(batch, 2\)",
+        edited("frames.onnx", "timnet.feature_config", json.dumps({**cfg, "signal_length": 2 * cfg["signal_length"]})):
+            r"graph maps .* but its metadata says \(batch, 65, 39\)",
+        edited("json.onnx", "timnet.labels", "[angry"): "damaged timnet metadata",
+        edited("keys.onnx", "timnet.feature_config", json.dumps({"hop": 3})): "damaged timnet metadata",
+    }
+    for path, message in cases.items():
+        with pytest.raises(TimnetError, match=message):
+            load_model(path)
+
+
+@pytest.mark.realdata
+def test_authors_folder_short_of_ten_folds_is_said(tmp_path):
+    folder = need(PRETRAINED / "EMODB_46")
+    nine = tmp_path / "nine"
+    nine.mkdir()
+    for k in range(1, 10):
+        (nine / f"10-fold_weights_best_{k}.hdf5").symlink_to(folder / f"10-fold_weights_best_{k}.hdf5")
+    with pytest.warns(UserWarning, match=r"fold weights 1\.\.9 only"):
+        assert len(load_model(nine, corpus="emodb").models) == 9
+    (nine / "10-fold_weights_best_4.hdf5").unlink()
+    with pytest.warns(UserWarning), pytest.raises(TimnetError, match="missing fold weights 10-fold_weights_best_4.hdf5"):
+        load_model(nine, corpus="emodb")

@@ -58,7 +58,10 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise TimnetError(f"{path}: empty file, expected audio")
     _check_wav_container(path)
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        # an open file, not the name: soundfile encodes names as UTF-8 and so refuses a file
+        # whose name is not (a Latin-1 "café.wav" from an old archive)
+        with open(path, "rb") as f:
+            data, sr = sf.read(f, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         message = str(e).replace("\n", " ")
         raise TimnetError(f"{path}: not readable audio ({message})") from None

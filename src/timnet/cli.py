@@ -554,6 +554,9 @@ def _check_outputs(args) -> None:
     """Outputs are checked before the work, not after hours of it."""
     from .utils import check_output
 
+    for name in ("json", "output", "plots", "out"):
+        if getattr(args, name, None) == "":  # `--json "$UNSET"`: an error, not silently no file
+            raise TimnetError(f"--{name} '': empty path; expected a file or folder name")
     if getattr(args, "json", None):
         check_output(args.json)
     if getattr(args, "output", None):

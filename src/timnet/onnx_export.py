@@ -40,7 +40,7 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
         raise TimnetError(f"{path}: ONNX export needs the onnx package (pip install 'timnet[onnx]')") from None
 
     path = Path(path)
-    if path.suffix != ".onnx":
+    if path.suffix.lower() != ".onnx":
         raise TimnetError(f"{path}: expected an output path ending in .onnx")
     if not predictor.models:
         raise TimnetError(f"{predictor.source}: already an ONNX model; export needs a checkpoint, RUN_DIR or weights folder")
@@ -80,10 +80,32 @@ class OnnxPredictor(Predictor):
         if "timnet.labels" not in meta:
             raise TimnetError(f"{path}: no timnet metadata; expected a file written by `timnet export`")
         self.models = []
-        self.labels = tuple(json.loads(meta["timnet.labels"]))
-        self.feature_config = FeatureConfig(**json.loads(meta["timnet.feature_config"]))
+        try:
+            self.labels = tuple(json.loads(meta["timnet.labels"]))
+            self.feature_config = FeatureConfig(**json.loads(meta["timnet.feature_config"]))
+            if not self.labels or not all(isinstance(label, str) for label in self.labels):
+                raise ValueError("labels")
+        except (KeyError, TypeError, ValueError) as e:  # json's errors are ValueErrors
+            raise TimnetError(f"{path}: damaged timnet metadata ({type(e).__name__}: {e}); export the model again") from None
+        self._check_graph(path)
         self.source = str(path)
         self.corpus = meta.get("timnet.corpus") or None  # absent from files exported before it was recorded
+
+    def _check_graph(self, path) -> None:
+        """The graph must take (batch, frames, n_mfcc) features and give one probability per label,
+        as its metadata says: a file edited or assembled by hand is refused here, not mid-prediction."""
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        cfg = self.feature_config
+        want_in, want_out = [cfg.frames, cfg.n_mfcc], len(self.labels)
+        shape_in, shape_out = inputs.get("features"), outputs.get("probs")
+        if shape_in is None or shape_out is None:
+            raise TimnetError(f"{path}: graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+                              "expected features -> probs (a file written by `timnet export`)")
+        # the batch dimension is symbolic (a string); the others are numbers in an exported file
+        if len(shape_in) != 3 or [d for d in shape_in[1:]] != want_in or len(shape_out) != 2 or shape_out[1] != want_out:
+            raise TimnetError(f"{path}: graph maps {shape_in} to {shape_out} but its metadata says "
+                              f"(batch, {want_in[0]}, {want_in[1]}) to (batch, {want_out}); export the model again")
 
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(["probs"], {"features": np.ascontiguousarray(x, dtype=np.float32)})[0]

@@ -56,9 +56,10 @@ class Prediction:
 
 def check_windowing(window: float | None, hop: float | None, sample_rate: int) -> None:
     """A window must hold one STFT hop of samples; a hop must move by at least one sample."""
-    if window is not None and not (math.isfinite(window) and window * sample_rate >= audio.HOP_LENGTH):
+    # the products too: 1e308 s is finite, but not in samples
+    if window is not None and not (math.isfinite(window * sample_rate) and window * sample_rate >= audio.HOP_LENGTH):
         raise TimnetError(f"--window {window} invalid; expected at least {audio.HOP_LENGTH / sample_rate:.3f} s")
-    if hop is not None and not (math.isfinite(hop) and hop * sample_rate >= 1):
+    if hop is not None and not (math.isfinite(hop * sample_rate) and hop * sample_rate >= 1):
         raise TimnetError(f"--hop {hop} invalid; expected at least one sample ({1 / sample_rate:.1e} s)")
 
 
@@ -171,7 +172,7 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
             raise TimnetError(f"model {key!r} is not installed; available models = {available_models()}")
         return _from_checkpoints([path], source=key)
     path = Path(name_or_path)
-    if path.is_file() and path.suffix == ".onnx":
+    if path.is_file() and path.suffix.lower() == ".onnx":
         from .onnx_export import OnnxPredictor
 
         return OnnxPredictor(path)
@@ -190,8 +191,7 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
         if (path / "model.pt").is_file():  # a `train --all-data` folder: its one model
             return _from_checkpoints([path / "model.pt"], source=str(path))
         if list(path.glob("*.hdf5")):
-            n = len(list(path.glob("10-fold_weights_best_*.hdf5")))
-            return _from_keras(keras_fold_files(path, n or 10), corpus=corpus, source=str(path))
+            return _from_keras(keras_fold_files(path, _keras_folds(path)), corpus=corpus, source=str(path))
         raise TimnetError(f"{path}: no fold_*/model.pt, model.pt or .hdf5 files; expected a RUN_DIR, an --all-data "
                           "folder or a folder of the authors' weights")
     raise TimnetError(f"model {key!r} not found; available models = {available_models()}, or a checkpoint, RUN_DIR or .onnx path")
@@ -204,6 +204,20 @@ def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predic
     models = [load_keras_weights(f) for f in paths]
     return Predictor(models, labels=c.labels, feature_config=FeatureConfig(signal_length=c.signal_length), source=source,
                      corpus=c.name)
+
+
+def _keras_folds(folder: Path) -> int:
+    """How many fold files the authors' folder should hold: their code writes 10 (a gap below the
+    highest is refused by keras_fold_files); fewer is predicted with, but said."""
+    import re
+    import warnings
+
+    ks = [int(m.group(1)) for f in folder.glob("10-fold_weights_best_*.hdf5")
+          if (m := re.fullmatch(r"10-fold_weights_best_(\d+)\.hdf5", f.name))]
+    n = max(ks, default=10)
+    if n < 10:
+        warnings.warn(f"{folder}: fold weights 1..{n} only (the authors' code writes 10); the ensemble is of those")
+    return n
 
 
 def _warn_if_unfinished(run_dir: Path, n_finished: int) -> None:

@@ -38,10 +38,13 @@ FIGURE_CAPTIONS = {
 # -- reading a RUN_DIR ---------------------------------------------------------------------------
 def read_history(path: str | Path) -> dict[str, np.ndarray]:
     """A fold's history.csv as float arrays by column; empty cells (no validation that epoch) are NaN."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    columns = rows[0].keys() if rows else ("epoch",)
-    return {c: np.array([float(r[c]) if r.get(c) not in (None, "") else np.nan for r in rows]) for c in columns}
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        columns = [c for c in rows[0] if c is not None] if rows else ["epoch"]
+        return {c: np.array([float(r[c]) if r.get(c) not in (None, "") else np.nan for r in rows]) for c in columns}
+    except (ValueError, UnicodeDecodeError, csv.Error) as e:  # a hand-edited or half-copied file
+        raise TimnetError(f"{path}: not a readable training history ({e}); expected the CSV `timnet train` writes") from None
 
 
 def _run_info(run_dir: Path) -> dict:
@@ -65,9 +68,15 @@ def _fold_results(run_dir: Path) -> list[dict]:
     results = []
     for path in fold_files(run_dir, "result.json"):
         try:
-            results.append(json.loads(path.read_text()))
+            r = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise TimnetError(f"{path}: not a readable fold result ({e}); delete it to train that fold again") from None
+        tested = isinstance(r, dict) and "war" in r
+        if not (isinstance(r, dict) and isinstance(r.get("fold"), int)
+                and (not tested or (isinstance(r.get("confusion"), list) and isinstance(r.get("uar"), (int, float))))):
+            raise TimnetError(f"{path}: not a timnet fold result (a JSON object with fold, war, uar, confusion); "
+                              "delete it to train that fold again")
+        results.append(r)
     if not results:
         raise TimnetError(f"{run_dir}: no finished fold (no fold_*/result.json); train it first or wait for a fold to end")
     return sorted(results, key=lambda r: r["fold"])
