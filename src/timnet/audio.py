@@ -63,7 +63,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         with open(path, "rb") as f:
             data, sr = sf.read(f, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        message = str(e).replace("\n", " ")
+        # libsndfile's own words: str(e) would name the file object, not the file
+        message = (getattr(e, "error_string", None) or str(e)).replace("\n", " ")
         raise TimnetError(f"{path}: not readable audio ({message})") from None
     if data.shape[0] == 0:
         raise TimnetError(f"{path}: holds no audio samples")

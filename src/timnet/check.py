@@ -106,7 +106,8 @@ def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
             rates[info.samplerate] += 1
             channels[info.channels] += 1
         except (TimnetError, RuntimeError, OSError) as e:
-            report.unreadable.append(f"{it.path} ({str(e).splitlines()[0]})")
+            message = getattr(e, "error_string", None) or str(e)  # libsndfile's words, not the file object's repr
+            report.unreadable.append(f"{it.path} ({message.splitlines()[0]})")
     report.sample_rates, report.channels = dict(rates), dict(channels)
     manifest = read_manifest(corpus.name)
     if manifest is not None:

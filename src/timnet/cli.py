@@ -12,9 +12,6 @@ from . import dispatch
 from .errors import TimnetError
 from .utils import sigterm_handler, write_json
 
-# Before anything imports numpy: the same feature bits on every x86-64 machine (dispatch.py).
-dispatch.pin()
-
 CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
 SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS; kept here so --help needs no torch import
 SELECTIONS = ("last", "best-val")  # mirrors timnet.train.SELECTIONS
@@ -579,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     import signal
 
+    dispatch.pin()  # first, before anything imports numpy: the same feature bits on every x86-64 machine
     args = build_parser().parse_args(argv)
     try:
         with sigterm_handler(_on_sigterm):  # restored after: main() may run in-process (tests, notebooks)
@@ -586,6 +584,13 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
     except TimnetError as e:
         print(f"timnet: error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if "NPY_DISABLE_CPU_FEATURES" not in str(e):
+            raise
+        # a numpy compiled with AVX-512 in its baseline cannot leave those loops out
+        print(f"timnet: error: this numpy cannot run without AVX-512 ({os.environ.get('NPY_DISABLE_CPU_FEATURES')} "
+              f"is its baseline); set {dispatch.OPT_OUT}=1 to use it as it is", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # stdout closed early (`timnet predict DIR | head`): stop quietly, as Unix tools do; stdout is

@@ -4,12 +4,13 @@ numpy picks its AVX-512 loops (log, power, ...) and OpenBLAS its matrix kernels 
 finds at import, and the paths round differently. Without a pin, the MFCCs of the same EMODB
 files differed in the last bits on 52% of the values between an AVX2 machine and an AVX-512 one
 (AMD EPYC), so a run's feature fingerprint changed with the machine and a run, or a benchmark
-ledger, could not be resumed there. With both pinned to the AVX2 ("Haswell") paths, which every
-x86-64 CPU since 2013 has, EMODB and CASIA features were identical bit for bit on both machines.
+ledger, could not be resumed there. Pinned to the AVX2 ("Haswell") paths, which every x86-64 CPU
+since 2013 has, the AVX-512 machine gave the AVX2 machine's EMODB and CASIA features bit for bit.
 
-`timnet` (the command) calls `pin()` before numpy is first imported; a Python user who wants the
-same bits sets the two variables of `pins()` before importing numpy. A variable already set is
-left alone, and TIMNET_NATIVE_DISPATCH=1 turns the pin off (each machine's fastest paths).
+`timnet` (the command) calls `pin()` first, before anything imports numpy; a Python user who wants
+the same bits calls it before importing numpy. A variable already set is left alone, and
+TIMNET_NATIVE_DISPATCH=1 turns the pin off (each machine's fastest paths). `state()` records what
+numpy and OpenBLAS actually do, which is what decides the bits (an MKL numpy ignores the pin).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import sys
 OPT_OUT = "TIMNET_NATIVE_DISPATCH"
 VARIABLES = ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")
 # numpy 2.4 groups its AVX-512 dispatch targets as X86_V4 and above; earlier releases name each one.
-# Naming a target a numpy does not dispatch is only an ImportWarning (hidden by default).
+# A target this numpy does not dispatch is only an ImportWarning (hidden by default); one in its
+# compiled-in baseline is a RuntimeError at import, which cli.main turns into one line.
 _AVX512_NEW = "X86_V4 AVX512_ICL AVX512_SPR"
 _AVX512_OLD = "AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"
 
@@ -35,32 +37,34 @@ def _numpy_at_least_2_4() -> bool:
     return (major, minor) >= (2, 4)
 
 
-def _has_avx2(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether the CPU runs the Haswell paths (AVX2 and FMA); False where that cannot be read."""
+def _cpu_flags(cpuinfo: str) -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo; empty where that cannot be read (not Linux)."""
     try:
         with open(cpuinfo) as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return {"avx2", "fma"} <= flags
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
 
 
 def pins(*, cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
-    """The variables that pin this machine to the common paths; {} where there is nothing to pin
-    (not x86-64, no AVX2, or the CPU flags cannot be read: Linux only)."""
-    if platform.machine().lower() not in ("x86_64", "amd64") or not _has_avx2(cpuinfo):
+    """The variables that pin this machine to the AVX2 paths; {} where there is nothing to pin:
+    not x86-64, no AVX2 and FMA (the Haswell kernels would fault), or flags unreadable."""
+    flags = _cpu_flags(cpuinfo)
+    if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= flags:
         return {}
-    return {"OPENBLAS_CORETYPE": "Haswell",
-            "NPY_DISABLE_CPU_FEATURES": _AVX512_NEW if _numpy_at_least_2_4() else _AVX512_OLD}
+    out = {"OPENBLAS_CORETYPE": "Haswell"}
+    if "avx512f" in flags:  # only then has numpy AVX-512 loops to leave out
+        out["NPY_DISABLE_CPU_FEATURES"] = _AVX512_NEW if _numpy_at_least_2_4() else _AVX512_OLD
+    return out
 
 
 def pin(environ=os.environ, *, cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
     """Set the pins of `pins()` in `environ` (and so in every process started from here) unless
     already set; returns what was set. Too late once numpy is imported, so then nothing is set."""
-    if environ.get(OPT_OUT, "") not in ("", "0") or "numpy" in sys.modules:
+    if environ.get(OPT_OUT, "") == "1" or "numpy" in sys.modules:
         return {}
     done = {}
     for name, value in pins(cpuinfo=cpuinfo).items():
@@ -69,6 +73,17 @@ def pin(environ=os.environ, *, cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]
     return done
 
 
-def state(environ=os.environ) -> dict[str, str | None]:
-    """The dispatch variables in force, recorded with features and runs."""
-    return {name: environ.get(name) for name in VARIABLES}
+def state() -> dict:
+    """What numpy and OpenBLAS do in this process (imports numpy): whether numpy runs AVX-512
+    loops, and the BLAS with the kernels it chose. Recorded with features and runs."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    from threadpoolctl import threadpool_info
+
+    # X86_V4 (numpy >= 2.4) or AVX512_SKX (earlier) is what the pin turns off; the kernels of every
+    # OpenBLAS loaded (numpy's, scipy's: the same choice), not MKL's, which the pin does not reach
+    kernels = {i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"}
+    return {"numpy_avx512": bool(features.get("X86_V4") or features.get("AVX512_SKX")),
+            "openblas": sorted(k for k in kernels if k)}

@@ -103,7 +103,9 @@ class OnnxPredictor(Predictor):
             raise TimnetError(f"{path}: graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
                               "expected features -> probs (a file written by `timnet export`)")
         # the batch dimension is symbolic (a string); the others are numbers in an exported file
-        if len(shape_in) != 3 or [d for d in shape_in[1:]] != want_in or len(shape_out) != 2 or shape_out[1] != want_out:
+        fits_in = len(shape_in) == 3 and list(shape_in[1:]) == want_in
+        fits_out = len(shape_out) == 2 and shape_out[1] == want_out
+        if not (fits_in and fits_out):
             raise TimnetError(f"{path}: graph maps {shape_in} to {shape_out} but its metadata says "
                               f"(batch, {want_in[0]}, {want_in[1]}) to (batch, {want_out}); export the model again")
 

@@ -213,8 +213,8 @@ def _keras_folds(folder: Path) -> int:
     import warnings
 
     ks = [int(m.group(1)) for f in folder.glob("10-fold_weights_best_*.hdf5")
-          if (m := re.fullmatch(r"10-fold_weights_best_(\d+)\.hdf5", f.name))]
-    n = max(ks, default=10)
+          if (m := re.fullmatch(r"10-fold_weights_best_([1-9]\d*)\.hdf5", f.name))]
+    n = max(ks, default=10)  # none that count: keras_fold_files names the ten it expected
     if n < 10:
         warnings.warn(f"{folder}: fold weights 1..{n} only (the authors' code writes 10); the ensemble is of those")
     return n

@@ -71,15 +71,20 @@ def _fold_results(run_dir: Path) -> list[dict]:
             r = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise TimnetError(f"{path}: not a readable fold result ({e}); delete it to train that fold again") from None
-        tested = isinstance(r, dict) and "war" in r
-        if not (isinstance(r, dict) and isinstance(r.get("fold"), int)
-                and (not tested or (isinstance(r.get("confusion"), list) and isinstance(r.get("uar"), (int, float))))):
+        if not _is_fold_result(r):
             raise TimnetError(f"{path}: not a timnet fold result (a JSON object with fold, war, uar, confusion); "
                               "delete it to train that fold again")
         results.append(r)
     if not results:
         raise TimnetError(f"{run_dir}: no finished fold (no fold_*/result.json); train it first or wait for a fold to end")
     return sorted(results, key=lambda r: r["fold"])
+
+
+def _is_fold_result(r) -> bool:
+    """What the figures read: a fold number, and for a tested fold (one with a WAR) its UAR and confusion."""
+    if not (isinstance(r, dict) and isinstance(r.get("fold"), int)):
+        return False
+    return "war" not in r or (isinstance(r.get("confusion"), list) and isinstance(r.get("uar"), (int, float)))
 
 
 def _summed_confusion(fold_results: list[dict]) -> np.ndarray:

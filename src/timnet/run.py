@@ -109,6 +109,9 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, results: 
                 changed = sorted(k for k in new if old.get(k) != new.get(k))
                 if changed == ["members"]:
                     hint = f"; to resume it pass --members {old['members']}"
+            elif "features_fingerprint" in diff:
+                hint = ("; if these are the same audio, extracted elsewhere, the CPU loops numpy and OpenBLAS ran may "
+                        "differ from the run's (README: the same bits on every machine; run.json: versions.cpu_dispatch)")
             raise TimnetError(f"{run_dir} holds a run with a different configuration ({', '.join(diff)}); "
                               f"use another RUN_DIR or --overwrite (which deletes it){hint}")
         for child in fold_dirs(run_dir):
