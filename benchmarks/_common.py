@@ -212,7 +212,7 @@ def first_member_from(run_dir: Path, source: Path, *, members: int | None = None
         if members is None:
             raise ValueError(f"{run_dir}: no run.json; pass members to derive it from {source}")
         identity = {**have, "train_config": {**have["train_config"], "members": members}}
-        prepare_run_dir(run_dir, identity, overwrite=False, results=(), extra={"first_member_from": str(source)})
+        prepare_run_dir(run_dir, identity, overwrite=False, extra={"first_member_from": str(source)})
     want = read_identity(run_dir)
     if want["train_config"]["members"] < 2 or have != {**want, "train_config": {**want["train_config"], "members": 1}}:
         return 0  # another configuration, features or split: not this ensemble's first member

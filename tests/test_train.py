@@ -404,3 +404,33 @@ def test_a_diverged_training_and_a_nan_model_are_errors(tmp_path):
         model.classifier.weight[0, 0] = float("nan")
     with pytest.raises(TimnetError, match="m.pt: a model has non-finite"):
         Predictor([model], labels=("a", "b", "c", "d"), feature_config=FeatureConfig(signal_length=4096), source="m.pt")
+
+
+def test_overwrite_deletes_nothing_before_the_new_run_is_known_valid_and_then_every_kind_of_output(tmp_path):
+    """--overwrite with an option that fails (a validation share that cannot be stratified) keeps
+    the old run; a successful one removes what any kind of run wrote there (an old --all-data
+    model.pt, a report, the runs of --seeds), not the user's own files."""
+    fs, d = synthetic(), tmp_path / "run"
+    Run(fs, d, config=TrainConfig(**FAST), folds=3).prepare()
+    (d / "fold_01").mkdir()
+    (d / "fold_01" / "model.pt").write_bytes(b"finished fold")
+    with pytest.raises(TimnetError, match="--val-fraction 0.99: cannot stratify"):
+        Run(fs, d, config=TrainConfig(**{**FAST, "val_fraction": 0.99}), folds=3).prepare(overwrite=True)
+    assert (d / "fold_01" / "model.pt").read_bytes() == b"finished fold" and (d / "run.json").is_file()
+
+    for name in ("model.pt", "history.csv", "report.html", "seeds.json", "notes.md"):
+        (d / name).write_text("old")
+    (d / "plots").mkdir()
+    (d / "seed_7").mkdir()
+    (d / "seed_7" / "run.json").write_text("{}")
+    Run(fs, d, config=TrainConfig(**{**FAST, "epochs": 5}), folds=3).prepare(overwrite=True)
+    assert sorted(p.name for p in d.iterdir()) == ["notes.md", "run.json"]
+
+
+def test_a_seeds_folder_is_named_as_such(tmp_path):
+    fs, d = synthetic(), tmp_path / "ms"
+    seed_runs(d, seeds=[1, 2], make_run=lambda folder, seed: Run(fs, folder, config=TrainConfig(**FAST), folds=3, seed=seed))
+    with pytest.raises(TimnetError, match=r"ms holds the runs of 2 seeds \(seed_1, seed_2\); use another RUN_DIR or --overwrite"):
+        Run(fs, d, config=TrainConfig(**FAST), folds=3, seed=1).prepare()
+    Run(fs, d, config=TrainConfig(**FAST), folds=3, seed=1).prepare(overwrite=True)
+    assert sorted(p.name for p in d.iterdir()) == ["run.json"]

@@ -79,8 +79,22 @@ def read_identity(run_dir: str | Path) -> dict:
     return identity
 
 
-def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, results: tuple[str, ...],
-                    extra: dict | None = None) -> bool:
+# What timnet writes in a RUN_DIR besides run.json and fold_NN/, for any kind of run (folds,
+# --all-data, --seeds, plot): --overwrite deletes all of them, so that nothing of the old run is
+# left to be read as the new one's (an old all-data model.pt beside new folds would be predicted with).
+RUN_OUTPUTS = ("results.json", "results.csv", "validation.json", "report.html", "plots", "model.pt",
+               "state*.pt", "member_*.pt", "history*.csv", "seeds.json", "seeds.csv")
+
+
+def _remove_run_outputs(run_dir: Path) -> None:
+    for child in fold_dirs(run_dir) + [p for p in run_dir.glob("seed_*") if (p / RUN_FILE).is_file()]:
+        shutil.rmtree(child)
+    for pattern in (*RUN_OUTPUTS, RUN_FILE):
+        for stale in run_dir.glob(pattern):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+
+def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: dict | None = None) -> bool:
     """Create or check a run folder for `identity`; True when it already holds this run (resume).
 
     A folder holding another configuration, or files that are not a run, is refused unless
@@ -114,13 +128,12 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, results: 
                         "differ from the run's (README: the same bits on every machine; run.json: versions.cpu_dispatch)")
             raise TimnetError(f"{run_dir} holds a run with a different configuration ({', '.join(diff)}); "
                               f"use another RUN_DIR or --overwrite (which deletes it){hint}")
-        for child in fold_dirs(run_dir):
-            shutil.rmtree(child)
-        for pattern in (*results, RUN_FILE):
-            for stale in run_dir.glob(pattern):
-                stale.unlink()
-    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise TimnetError(f"{run_dir} exists and is not a timnet RUN_DIR; expected an empty or new folder (or --overwrite)")
+        _remove_run_outputs(run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            check_not_multi_seed(run_dir, hint="use another RUN_DIR or --overwrite (which deletes them)")
+            raise TimnetError(f"{run_dir} exists and is not a timnet RUN_DIR; expected an empty or new folder (or --overwrite)")
+        _remove_run_outputs(run_dir)  # a --seeds folder overwritten with one seed; the user's own files stay
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_file, {"identity": identity, "command": sys.argv, **(extra or {}), "versions": versions(),
                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -196,9 +209,14 @@ class Run:
     # -- the RUN_DIR ---------------------------------------------------------------------------
     def prepare(self, *, overwrite: bool = False) -> bool:
         """Create or check RUN_DIR; returns True when resuming. A different config is refused."""
-        return prepare_run_dir(self.dir, self.identity, overwrite=overwrite,
-                               results=("results.json", "results.csv", "validation.json"),
-                               extra={"features": self.features_path})
+        for k in range(1, self.folds_n + 1):  # a fold that cannot be split fails now, not after --overwrite deleted
+            self.validation_split(k)
+        return prepare_run_dir(self.dir, self.identity, overwrite=overwrite, extra={"features": self.features_path})
+
+    def validation_split(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fold k's (train, validation) indices: its training part, less the validation share."""
+        return validation_split(self.splits[k - 1][0], self.fs.y, fraction=self.config.val_fraction, seed=fold_seed(self.seed, k),
+                                groups=self.fs.speakers if self.identity["val_split"] == "speaker" else None)
 
     def fold_dir(self, k: int) -> Path:
         return self.dir / f"fold_{k:02d}"
@@ -213,8 +231,7 @@ class Run:
         fdir = self.fold_dir(k)
         fdir.mkdir(parents=True, exist_ok=True)
         seed = fold_seed(self.seed, k)
-        tr, va = validation_split(train_idx, self.fs.y, fraction=self.config.val_fraction, seed=seed,
-                                  groups=self.fs.speakers if self.identity["val_split"] == "speaker" else None)
+        tr, va = self.validation_split(k)
         torch.set_num_threads(self.threads)
         with warnings.catch_warnings():
             # Ray hands workers a read-only view of its shared copy; it is only ever read here
@@ -347,12 +364,12 @@ def validation_summary(folds: list[dict]) -> dict:
             "mean_val_war": float(wars.mean()), "std_val_war": float(wars.std())}
 
 
-def check_not_multi_seed(path: Path) -> None:
+def check_not_multi_seed(path: Path, *, hint: str | None = None) -> None:
     """A `train --seeds` folder holds one RUN_DIR per seed: say so, rather than that it is no run."""
     seeds = sorted(p.name for p in Path(path).glob("seed_*") if (p / RUN_FILE).is_file())
     if seeds and not (Path(path) / RUN_FILE).is_file():
         raise TimnetError(f"{path} holds the runs of {len(seeds)} seeds ({', '.join(seeds)}); "
-                          f"expected one of them, e.g. {Path(path) / seeds[0]}")
+                          + (hint or f"expected one of them, e.g. {Path(path) / seeds[0]}"))
 
 
 def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path, int], Run],
@@ -376,11 +393,7 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
                 raise TimnetError(f"{run_dir} holds a single-seed run; use another RUN_DIR for --seeds (or --overwrite, "
                                   "which deletes that run)")
             # only what a single-seed run wrote goes; anything else in the folder is the user's
-            for child in fold_dirs(run_dir):
-                shutil.rmtree(child)
-            for pattern in ("results.json", "results.csv", "validation.json", "report.html", "plots", RUN_FILE):
-                for stale in run_dir.glob(pattern):
-                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            _remove_run_outputs(run_dir)
         foreign = [p.name for p in run_dir.iterdir()
                    if not p.name.startswith("seed_") and p.name not in (SEEDS_FILE, "seeds.csv")] if run_dir.is_dir() else []
         if foreign and not overwrite:
@@ -433,11 +446,11 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
                 "features_fingerprint": features_fingerprint(fs), "seed": seed, "train_config": asdict(config),
                 "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads,
                 "device": torch.device(device).type, "path": resolve_path(path, device)}
-    resumed = prepare_run_dir(out_dir, identity, overwrite=overwrite, results=("state*.pt", "member_*.pt", "model.pt", "history*.csv"))
+    tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed)  # before --overwrite deletes
+    resumed = prepare_run_dir(out_dir, identity, overwrite=overwrite)
     if resumed and (out_dir / "model.pt").is_file() and not _partial(out_dir):
         return out_dir / "model.pt"  # finished before: the same command does not train it again
     torch.set_num_threads(threads)
-    tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed)
     bar = tqdm(total=config.epochs * config.members, desc="all data", unit="ep", disable=not progress)
 
     def on_epoch(row: dict) -> None:

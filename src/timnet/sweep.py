@@ -163,8 +163,9 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
         if run.evaluate_test:
             raise TimnetError("trial runs must be validation-only (Run(evaluate_test=False))")  # a caller's bug
         run.params = params
-        run.prepare(overwrite=overwrite)
         runs.append(run)
+    for run in runs:  # only once every trial is known to be valid: --overwrite deletes
+        run.prepare(overwrite=overwrite)
     return runs
 
 
