@@ -95,3 +95,26 @@ def test_cli_traversal_archive_over_http(server, tmp_path):
 def test_corpora_without_public_download(tmp_path):
     with pytest.raises(TimnetError, match="IEMOCAP has no public download: .*sail.usc.edu"):
         download("iemocap", tmp_path)
+
+
+def test_damaged_archive_and_bad_url_are_one_error_leaving_no_half_file(tmp_path):
+    good = make_zip({"wav/03a01Wa.wav": b"RIFF" + bytes(range(256)) * 64})
+    crc = bytearray(good)
+    crc[good.index(b"RIFF") + 100] ^= 1  # stored member: one changed byte fails its CRC
+    (tmp_path / "crc.zip").write_bytes(bytes(crc))
+    with pytest.raises(TimnetError, match=r"crc.zip: damaged archive \(wav/03a01Wa.wav: Bad CRC-32"):
+        unpack(tmp_path / "crc.zip", tmp_path / "root")
+    assert not list((tmp_path / "root").rglob("*.wav*"))  # neither the file nor its .part
+    for url in ("notaurl", "http://[::1/x.zip"):
+        with pytest.raises(TimnetError, match=f"--url {url.replace('[', '.')}: not a URL"):
+            download("emodb", tmp_path / "E", url=url, progress=False)
+    assert not (tmp_path / "E").exists()
+
+
+def test_a_whole_archive_is_not_downloaded_again(server, tmp_path):
+    files = {"wav/03a01Wa.wav": b"a" * 1000}
+    Handler.payload, Handler.cut_first, Handler.requests = make_zip(files), False, []
+    manifest = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    download("emodb", tmp_path / "EMODB", url=server, manifest=manifest, progress=False)
+    download("emodb", tmp_path / "EMODB", url=server, manifest=manifest, progress=False)
+    assert len(Handler.requests) == 1

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import time
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from .check import read_manifest, sha256
@@ -33,6 +35,12 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
 
     from tqdm.auto import tqdm
 
+    try:  # before any folder is made: urllib's ValueError is its word for "not a URL"
+        urllib.request.Request(url)
+    except ValueError as e:
+        raise TimnetError(f"--url {url}: not a URL ({e}); expected e.g. https://host/corpus.zip") from None
+    if dest.is_file() and zipfile.is_zipfile(dest):
+        return dest  # downloaded whole before (a re-run after a failed unpack or check): not again
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, retries + 1):
@@ -91,9 +99,19 @@ def unpack(zip_path: Path, root: Path) -> int:
         members = _safe_members(archive, root)
         n = 0
         for info in members:
-            if not info.is_dir():
-                archive.extract(info, root)
-                n += 1
+            if info.is_dir():
+                continue
+            target = root / info.filename
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".part")
+            try:  # to a temporary name: a damaged member leaves no half-written audio in the corpus tree
+                with archive.open(info) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+                tmp.unlink(missing_ok=True)
+                raise TimnetError(f"{zip_path}: damaged archive ({info.filename}: {e}); delete it and download again") from None
+            os.replace(tmp, target)
+            n += 1
         return n
 
 
