@@ -43,3 +43,8 @@ def test_bad_options_refused_before_the_timings(tmp_path):
         run_bench(workers=0, log=never)
     with pytest.raises(TimnetError, match="nope"):
         run_bench(data_dir=tmp_path / "nope", log=never)
+    # an unreadable file of the tree, too: not after minutes of timings
+    (tmp_path / "emodb" / "wav").mkdir(parents=True)
+    (tmp_path / "emodb" / "wav" / "03a01Fa.wav").write_bytes(b"not audio")
+    with pytest.raises(TimnetError, match="03a01Fa.wav: not readable audio"):
+        run_bench(data_dir=tmp_path / "emodb", log=never)

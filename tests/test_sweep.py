@@ -36,6 +36,10 @@ def test_sample_trials_grid_times_draws_seeded():
     ({"lr": {"normal": [0, 1]}}, "expected one of choice, uniform"),
     ({"lr": {"uniform": [0.1, 0.01]}}, "needs [low, high] with low < high"),
     ({"lr": {"loguniform": [0, 1]}}, "positive low bound"),
+    ({"lr": {"uniform": ["a", "b"]}}, "uniform needs [low, high], two finite numbers; got ['a', 'b']"),
+    ({"lr": {"loguniform": [0.1, "x"]}}, "two finite numbers"),
+    ({"epochs": {"randint": [1, 2.5]}}, "randint needs [low, high], two finite integers"),
+    ({"time_shift": {"randint": [False, True]}}, "two finite integers"),
     ([1, 2], "expected a mapping"),
 ])
 def test_bad_spaces_are_refused(space, message):

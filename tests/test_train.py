@@ -434,3 +434,20 @@ def test_a_seeds_folder_is_named_as_such(tmp_path):
         Run(fs, d, config=TrainConfig(**FAST), folds=3, seed=1).prepare()
     Run(fs, d, config=TrainConfig(**FAST), folds=3, seed=1).prepare(overwrite=True)
     assert sorted(p.name for p in d.iterdir()) == ["run.json"]
+
+
+@pytest.mark.parametrize("seed", [-1, 5_000_000, True])
+def test_seeds_out_of_numpys_range_are_one_error(tmp_path, seed):
+    fs = synthetic()
+    with pytest.raises(TimnetError, match=f"--seed {seed} invalid; expected an integer from 0 to 4294966"):
+        Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3, seed=seed)
+    with pytest.raises(TimnetError, match=f"--seed {seed} invalid"):
+        seed_runs(tmp_path / "m", seeds=[2, seed], make_run=lambda folder, s: Run(fs, folder, config=TrainConfig(**FAST),
+                                                                                 folds=3, seed=s))
+    assert not (tmp_path / "r").exists() and not (tmp_path / "m").exists()
+
+
+def test_infinite_rates_are_refused():
+    for option, value in (("lr", float("inf")), ("mixup_alpha", float("inf")), ("lr", float("nan"))):
+        with pytest.raises(TimnetError, match=f"--{option.replace('_', '-')} {value} invalid"):
+            TrainConfig(**{option: value})

@@ -79,15 +79,30 @@ def inference_utterances_per_second(fs: FeatureSet, *, threads: int, batch_size:
     return len(x) / best
 
 
-def extraction_seconds(data_dir: str | Path, *, workers: int) -> dict:
-    """Wall time of extracting the real EMODB tree with `workers` processes, and its speed."""
+def emodb_audio_seconds(data_dir: str | Path) -> float:
+    """Seconds of audio in an EMODB tree; a file libsndfile cannot open is one error naming it."""
     import soundfile as sf
 
     from .corpora import list_corpus
+    from .errors import TimnetError
+
+    total = 0.0
+    for it in list_corpus("emodb", data_dir).items:
+        path = Path(data_dir) / it.path
+        try:
+            with open(path, "rb") as f:  # not the name: see audio.read_audio
+                total += sf.info(f).duration
+        except (OSError, RuntimeError) as e:  # soundfile's errors are RuntimeErrors
+            raise TimnetError(f"{path}: not readable audio ({getattr(e, 'error_string', None) or e}); "
+                              "--data expects the EMODB tree") from None
+    return total
+
+
+def extraction_seconds(data_dir: str | Path, *, workers: int) -> dict:
+    """Wall time of extracting the real EMODB tree with `workers` processes, and its speed."""
     from .features import extract
 
-    listing = list_corpus("emodb", data_dir)
-    audio_seconds = sum(sf.info(str(Path(data_dir) / it.path)).duration for it in listing.items)
+    audio_seconds = emodb_audio_seconds(data_dir)
     t0 = time.perf_counter()
     fs, _, _ = extract("emodb", data_dir, workers=workers, progress=False)
     wall = time.perf_counter() - t0
@@ -118,7 +133,6 @@ def peak_rss_mb() -> float:
 
 def run_bench(*, data_dir: str | Path | None = None, workers: int | None = None, log=print) -> dict:
     """All figures of INTERFACE.md's `timnet bench`, measured in one run on this machine."""
-    from .corpora import list_corpus
     from .errors import TimnetError
 
     cores = os.cpu_count() or 1
@@ -127,7 +141,7 @@ def run_bench(*, data_dir: str | Path | None = None, workers: int | None = None,
     workers = workers or min(cores, 10)
     threads = max(1, cores // workers)
     if data_dir is not None:
-        list_corpus("emodb", data_dir)  # a wrong --data fails now, not after minutes of timings
+        emodb_audio_seconds(data_dir)  # a wrong --data fails now, not after minutes of timings
     fs = synthetic_emodb()
     log(f"timing the reference path (the nn.Module): one fold, one process, {cores} threads ...")
     reference = fold_epoch_seconds(fs, path="reference", threads=cores)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shlex
 import sys
@@ -152,6 +153,10 @@ def _execution(args, folds_at_once: int):
                               "give --gpus-per-fold G (> 0 trains on CUDA) and leave --device out")
         if args.workers is not None:
             raise TimnetError("--workers is for the local backend; with --backend ray, --cpus-per-fold sets how folds share nodes")
+        for name in ("cpus_per_fold", "gpus_per_fold"):
+            value = getattr(args, name)
+            if not (math.isfinite(value) and value >= 0):  # nan and inf pass Ray's own comparisons
+                raise TimnetError(f"--{name.replace('_', '-')} {value} invalid; expected a finite number, 0 or more")
         device = "cuda" if args.gpus_per_fold > 0 else "cpu"
         threads = args.threads if args.threads is not None else max(1, int(args.cpus_per_fold))
         workers = 1

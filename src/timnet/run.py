@@ -36,7 +36,7 @@ from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
 from .folds import make_folds
 from .model import TIMNetConfig, TIMNetEnsemble
-from .train import TrainConfig, evaluate_split, fold_seed, resolve_path, train_members, validation_split
+from .train import TrainConfig, check_seed, evaluate_split, fold_seed, resolve_path, train_members, validation_split
 from .utils import atomic_write, fold_dirs, write_json
 
 RUN_FILE = "run.json"
@@ -182,7 +182,7 @@ class Run:
                  evaluate_test: bool = True):
         self.fs, self.dir, self.config = fs, Path(run_dir), config
         self.folds_n, self.split = folds, split
-        self.seed = seed if seed is not None else defaults_for(fs.corpus)[0]
+        self.seed = check_seed(seed if seed is not None else defaults_for(fs.corpus)[0])
         self.model_config = replace(model_config_for(fs), **(model_overrides or {}))
         if not evaluate_test and config.val_fraction == 0:
             raise TimnetError("a validation-only run needs validation data; give --val-fraction (e.g. 0.2)")
@@ -385,6 +385,8 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
         raise TimnetError("--seeds: expected at least one seed, e.g. 46,47,48")
     if len(seeds) != len(set(seeds)):
         raise TimnetError(f"--seeds {','.join(map(str, seeds))}: a seed is repeated")
+    for s in seeds:  # before --overwrite deletes anything
+        check_seed(s)
     if len(seeds) == 1:
         runs = [make_run(run_dir, seeds[0])]
     else:
@@ -439,7 +441,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     """
     from tqdm.auto import tqdm
 
-    seed = seed if seed is not None else defaults_for(fs.corpus)[0]
+    seed = check_seed(seed if seed is not None else defaults_for(fs.corpus)[0])
     out_dir = Path(out_dir)
     model_config = replace(model_config_for(fs), **(model_overrides or {}))
     identity = {"corpus": fs.corpus, "labels": list(fs.labels), "n_samples": len(fs), "all_data": True,

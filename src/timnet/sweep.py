@@ -30,7 +30,7 @@ from .checkpoint import load_checkpoint
 from .evaluate import FoldModel, evaluate, summarize
 from .features import FeatureSet
 from .run import Run, _write_csv, execute_runs
-from .train import TrainConfig, preset_swa_epochs
+from .train import TrainConfig, check_seed, preset_swa_epochs
 from .utils import write_json
 
 MODEL_PARAMS = ("dropout",)
@@ -55,6 +55,8 @@ def load_space(path: str | Path) -> dict:
         text = path.read_text()
     except OSError as e:
         raise TimnetError(f"{path}: cannot read the search space ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise TimnetError(f"{path}: not a text file; expected a YAML or JSON search space") from None
     try:
         if path.suffix == ".json":
             space = json.loads(text)
@@ -97,8 +99,15 @@ def check_space(space, *, source: str = "space") -> None:
             kind, args = next(iter(spec.items()))
             if not isinstance(args, list) or not args:
                 raise TimnetError(f"{source}: {name}: {kind} needs a list")
-            if kind in ("uniform", "loguniform", "randint") and (len(args) != 2 or not args[0] < args[1]):
-                raise TimnetError(f"{source}: {name}: {kind} needs [low, high] with low < high")
+            if kind in ("uniform", "loguniform", "randint"):
+                # bools are ints to Python, and "a" < "b": both would pass the comparison below
+                number = int if kind == "randint" else (int, float)
+                if len(args) != 2 or not all(isinstance(a, number) and not isinstance(a, bool) and math.isfinite(a)
+                                             for a in args):
+                    raise TimnetError(f"{source}: {name}: {kind} needs [low, high], two finite "
+                                      f"{'integers' if kind == 'randint' else 'numbers'}; got {args}")
+                if not args[0] < args[1]:
+                    raise TimnetError(f"{source}: {name}: {kind} needs [low, high] with low < high")
             if kind == "loguniform" and args[0] <= 0:
                 raise TimnetError(f"{source}: {name}: loguniform needs a positive low bound")
 
@@ -111,7 +120,7 @@ def sample_trials(space: dict, *, trials: int, seed: int) -> list[dict]:
     """
     if trials < 1:
         raise TimnetError(f"--trials {trials} invalid; expected a positive number")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     grid_keys = [k for k, v in space.items() if isinstance(v, dict) and "grid" in v]
     grid = list(itertools.product(*(space[k]["grid"] for k in grid_keys))) or [()]
     out = []

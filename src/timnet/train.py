@@ -6,6 +6,7 @@ indices, and the caller evaluates the chosen model on the test split once, after
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -68,8 +69,8 @@ class TrainConfig:
         for name in ("warmup_epochs", "swa_epochs", "time_shift", "time_masks", "time_mask_width", "freq_masks", "freq_mask_width"):
             if getattr(self, name) < 0:
                 raise TimnetError(f"--{name.replace('_', '-')} {getattr(self, name)} invalid; expected 0 or more")
-        if not self.lr > 0:
-            raise TimnetError(f"--lr {self.lr} invalid; expected a positive learning rate")
+        if not 0 < self.lr < math.inf:  # inf turns every weight into NaN at the first step
+            raise TimnetError(f"--lr {self.lr} invalid; expected a positive, finite learning rate")
         if not 0 <= self.label_smoothing < 1:
             raise TimnetError(f"--label-smoothing {self.label_smoothing} invalid; expected 0 <= S < 1")
         for name in ("tempo", "vtlp"):
@@ -77,8 +78,8 @@ class TrainConfig:
                 raise TimnetError(f"--{name} {getattr(self, name)} invalid; expected 0 (off) <= R < 0.5")
         if not 0 <= self.gain <= 40:
             raise TimnetError(f"--gain {self.gain} invalid; expected 0 (off) <= DB <= 40")
-        if self.mixup_alpha < 0:
-            raise TimnetError(f"--mixup-alpha {self.mixup_alpha} invalid; expected 0 (off) or more")
+        if not 0 <= self.mixup_alpha < math.inf:
+            raise TimnetError(f"--mixup-alpha {self.mixup_alpha} invalid; expected 0 (off) or more, finite")
         if self.select not in SELECTIONS:
             raise TimnetError(f"--select {self.select!r} unknown; expected one of {', '.join(SELECTIONS)}")
         if not 0 <= self.val_fraction < 1:
@@ -242,6 +243,16 @@ def resolve_path(name: str, device: str | torch.device) -> str:
 def fold_seed(seed: int, fold: int) -> int:
     """Each fold's own seed, so a fold's numbers do not depend on which folds ran before it."""
     return seed * 1000 + fold
+
+
+MAX_SEED = (2**32 - 1 - 999) // 1000  # fold seeds (seed * 1000 + fold) must be numpy seeds
+
+
+def check_seed(seed: int) -> int:
+    """A seed every fold seed of which numpy and sklearn accept, or one error naming it."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise TimnetError(f"--seed {seed} invalid; expected an integer from 0 to {MAX_SEED}")
+    return int(seed)
 
 
 def train_fold(
