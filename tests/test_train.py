@@ -370,6 +370,10 @@ def test_all_data_model_resumes_and_is_kept(tmp_path):
     no_score = subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "j"),
                                "--all-data", "--json", str(tmp_path / "j.json")], capture_output=True, text=True)
     assert no_score.returncode == 1 and "no test split to score" in no_score.stderr and not (tmp_path / "j").exists()
+    for option in (["--folds", "5"], ["--split", "speaker"]):  # would be silently ignored
+        r = subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "k"), "--all-data",
+                            *option], capture_output=True, text=True)
+        assert r.returncode == 1 and "--folds and --split do not apply" in r.stderr and not (tmp_path / "k").exists()
 
 
 def test_all_data_dropout_and_best_val_epoch(tmp_path):

@@ -193,6 +193,8 @@ def cmd_train(args) -> int:
 
     with _warnings_as_messages():
         fs = load_features(args.features, corpus=args.corpus)
+    if args.all_data and (args.folds is not None or args.split != "random"):
+        raise TimnetError("--all-data trains one model on every sample: --folds and --split do not apply; drop them")
     _resolve_folds(args, fs)
     seeds = _seeds(args, fs.corpus)
     if args.all_data and (len(seeds) > 1 or args.backend != "local"):
