@@ -105,6 +105,10 @@ def test_sweep_cli_and_bad_space(tmp_path):
     out = json.loads((tmp_path / "s.json").read_text())
     assert [t["trial"] for t in out["trials"]] == ["trial_001", "trial_002"]
     assert isinstance(out["trials"][0]["lr"], float) and "configuration for a final model" in done.stdout
+    fewer = subprocess.run([*cmd[:cmd.index("--trials") + 1], "1", *cmd[cmd.index("--trials") + 2:], "--overwrite"],
+                           capture_output=True, text=True)
+    assert fewer.returncode == 0, fewer.stderr
+    assert sorted(p.name for p in (tmp_path / "sw").glob("trial_*")) == ["trial_001"]  # not the old trial_002
     space.write_text("lr: [0.1\n")
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0

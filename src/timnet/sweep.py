@@ -19,6 +19,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
+import shutil
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -175,6 +177,11 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
         runs.append(run)
     for run in runs:  # only once every trial is known to be valid: --overwrite deletes
         run.prepare(overwrite=overwrite)
+    if overwrite and not names:  # an earlier sweep's extra trials would be read as this one's
+        keep = {run.dir.name for run in runs}
+        for old in Path(sweep_dir).glob("trial_*"):
+            if re.fullmatch(r"trial_\d+", old.name) and old.name not in keep and (old / "run.json").is_file():
+                shutil.rmtree(old)
     return runs
 
 
