@@ -118,3 +118,9 @@ def test_a_whole_archive_is_not_downloaded_again(server, tmp_path):
     download("emodb", tmp_path / "EMODB", url=server, manifest=manifest, progress=False)
     download("emodb", tmp_path / "EMODB", url=server, manifest=manifest, progress=False)
     assert len(Handler.requests) == 1
+
+
+def test_an_address_that_cannot_work_is_not_called_an_interruption(tmp_path):
+    for url in (f"file://{tmp_path}/missing.zip", "http:///x.zip"):
+        with pytest.raises(TimnetError, match="cannot be downloaded .*; check the address$"):
+            download("emodb", tmp_path / "E", url=url, progress=False)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import time
 import zipfile
@@ -67,6 +68,11 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
                 return dest
             raise TimnetError(f"{url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
+            reason = getattr(e, "reason", None)
+            if isinstance(reason, (socket.gaierror, ConnectionRefusedError, FileNotFoundError)) or (
+                    isinstance(e, urllib.error.URLError) and isinstance(reason, str)):  # "no host given"
+                # nothing to resume: retrying or "run it again" would not help
+                raise TimnetError(f"{url}: cannot be downloaded ({reason}); check the address") from None
             if attempt == retries:
                 raise TimnetError(f"{url}: download interrupted ({e}); run the same command again to resume "
                                   f"from {part.stat().st_size if part.exists() else 0} bytes") from None
