@@ -440,10 +440,10 @@ def test_a_seeds_folder_is_named_as_such(tmp_path):
     assert sorted(p.name for p in d.iterdir()) == ["run.json"]
 
 
-@pytest.mark.parametrize("seed", [-1, 5_000_000, True])
+@pytest.mark.parametrize("seed", [-1, 2**32, True])
 def test_seeds_out_of_numpys_range_are_one_error(tmp_path, seed):
     fs = synthetic()
-    with pytest.raises(TimnetError, match=f"--seed {seed} invalid; expected an integer from 0 to 4294966"):
+    with pytest.raises(TimnetError, match=f"--seed {seed} invalid; expected an integer from 0 to 4294967295"):
         Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3, seed=seed)
     with pytest.raises(TimnetError, match=f"--seed {seed} invalid"):
         seed_runs(tmp_path / "m", seeds=[2, seed], make_run=lambda folder, s: Run(fs, folder, config=TrainConfig(**FAST),
@@ -455,3 +455,12 @@ def test_infinite_rates_are_refused():
     for option, value in (("lr", float("inf")), ("mixup_alpha", float("inf")), ("lr", float("nan"))):
         with pytest.raises(TimnetError, match=f"--{option.replace('_', '-')} {value} invalid"):
             TrainConfig(**{option: value})
+
+
+def test_overwrite_of_a_folder_that_never_held_a_run_deletes_nothing_and_date_seeds_work(tmp_path):
+    fs, d = synthetic(), tmp_path / "mine"
+    d.mkdir()
+    for name in ("model.pt", "results.csv", "notes.md"):
+        (d / name).write_text("the user's")
+    Run(fs, d, config=TrainConfig(**{**FAST, "val_fraction": 0.2}), folds=3, seed=20240101).prepare(overwrite=True)
+    assert sorted(p.name for p in d.iterdir()) == ["model.pt", "notes.md", "results.csv", "run.json"]

@@ -144,7 +144,7 @@ def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, s
 
     labels = y[train_idx]
     n_val = max(int(round(fraction * len(train_idx))), len(np.unique(labels)))
-    splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
+    splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed % 2**32)  # a fold seed may exceed it
     try:
         tr, va = next(splitter.split(np.zeros(len(train_idx)), labels))
     except ValueError as e:  # a class too small to appear on both sides
@@ -245,7 +245,7 @@ def fold_seed(seed: int, fold: int) -> int:
     return seed * 1000 + fold
 
 
-MAX_SEED = (2**32 - 1 - 999) // 1000  # fold seeds (seed * 1000 + fold) must be numpy seeds
+MAX_SEED = 2**32 - 1  # numpy's and sklearn's range; fold seeds are taken modulo 2**32 where they need it
 
 
 def check_seed(seed: int) -> int:
