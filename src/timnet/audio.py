@@ -47,6 +47,20 @@ def _check_wav_container(path: Path) -> None:
             pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even sizes
 
 
+def sndfile_message(e: Exception) -> str:
+    """libsndfile's own words for a failure: str(e) names the open file object, not the file."""
+    return (getattr(e, "error_string", None) or str(e)).replace("\n", " ")
+
+
+def audio_info(path: str | Path):
+    """soundfile's header info of a file, opened here: soundfile encodes names as UTF-8 and so
+    refuses a file whose name is not (a Latin-1 "café.wav" from an old archive)."""
+    import soundfile as sf
+
+    with open(path, "rb") as f:
+        return sf.info(f)
+
+
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Read any file libsndfile can, as mono float32 in [-1, 1] at its native sample rate."""
     import soundfile as sf
@@ -58,13 +72,10 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise TimnetError(f"{path}: empty file, expected audio")
     _check_wav_container(path)
     try:
-        # an open file, not the name: soundfile encodes names as UTF-8 and so refuses a file
-        # whose name is not (a Latin-1 "café.wav" from an old archive)
-        with open(path, "rb") as f:
+        with open(path, "rb") as f:  # not the name: see audio_info
             data, sr = sf.read(f, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        # libsndfile's own words: str(e) would name the file object, not the file
-        message = (getattr(e, "error_string", None) or str(e)).replace("\n", " ")
+        message = sndfile_message(e)
         raise TimnetError(f"{path}: not readable audio ({message})") from None
     if data.shape[0] == 0:
         raise TimnetError(f"{path}: holds no audio samples")

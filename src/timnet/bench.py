@@ -81,8 +81,7 @@ def inference_utterances_per_second(fs: FeatureSet, *, threads: int, batch_size:
 
 def emodb_audio_seconds(data_dir: str | Path) -> float:
     """Seconds of audio in an EMODB tree; a file libsndfile cannot open is one error naming it."""
-    import soundfile as sf
-
+    from .audio import audio_info, sndfile_message
     from .corpora import list_corpus
     from .errors import TimnetError
 
@@ -90,10 +89,9 @@ def emodb_audio_seconds(data_dir: str | Path) -> float:
     for it in list_corpus("emodb", data_dir).items:
         path = Path(data_dir) / it.path
         try:
-            with open(path, "rb") as f:  # not the name: see audio.read_audio
-                total += sf.info(f).duration
+            total += audio_info(path).duration
         except (OSError, RuntimeError) as e:  # soundfile's errors are RuntimeErrors
-            raise TimnetError(f"{path}: not readable audio ({getattr(e, 'error_string', None) or e}); "
+            raise TimnetError(f"{path}: not readable audio ({sndfile_message(e)}); "
                               "--data expects the EMODB tree") from None
     return total
 

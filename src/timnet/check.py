@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .audio import _check_wav_container
+from .audio import _check_wav_container, audio_info, sndfile_message
 from .corpora import Corpus, get_corpus, list_corpus
 from .errors import TimnetError
 
@@ -80,8 +80,6 @@ def _harmless(root: Path, path: str, reason: str) -> bool:
 
 def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
     """Validate a corpus tree against the corpus's expected counts and, where shipped, its checksums."""
-    import soundfile as sf
-
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     root = Path(root)
     listing = list_corpus(corpus, root)
@@ -101,13 +99,11 @@ def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
             if path.stat().st_size == 0:
                 raise TimnetError(f"{path}: empty file")
             _check_wav_container(path)
-            with open(path, "rb") as f:  # not the name: see audio.read_audio
-                info = sf.info(f)
+            info = audio_info(path)
             rates[info.samplerate] += 1
             channels[info.channels] += 1
         except (TimnetError, RuntimeError, OSError) as e:
-            message = getattr(e, "error_string", None) or str(e)  # libsndfile's words, not the file object's repr
-            report.unreadable.append(f"{it.path} ({message.splitlines()[0]})")
+            report.unreadable.append(f"{it.path} ({sndfile_message(e).splitlines()[0]})")
     report.sample_rates, report.channels = dict(rates), dict(channels)
     manifest = read_manifest(corpus.name)
     if manifest is not None:
