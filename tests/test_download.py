@@ -124,3 +124,49 @@ def test_an_address_that_cannot_work_is_not_called_an_interruption(tmp_path):
     for url in (f"file://{tmp_path}/missing.zip", "http:///x.zip"):
         with pytest.raises(TimnetError, match="cannot be downloaded .*; check the address$"):
             download("emodb", tmp_path / "E", url=url, progress=False)
+
+
+def test_a_member_named_like_another_members_temporary_file_is_unpacked_whole(tmp_path):
+    files = {"wav/a.wav": b"first" * 100, "wav/a.wav.part": b"second" * 100}
+    (tmp_path / "c.zip").write_bytes(make_zip(files))
+    assert unpack(tmp_path / "c.zip", tmp_path / "root") == 2
+    for name, data in files.items():
+        assert (tmp_path / "root" / name).read_bytes() == data
+    assert sorted(p.name for p in (tmp_path / "root" / "wav").iterdir()) == ["a.wav", "a.wav.part"]
+
+
+def test_an_encrypted_member_is_one_error_and_no_file(tmp_path):
+    data = bytearray(make_zip({"wav/03a01Wa.wav": b"RIFF" * 100}))
+    central = data.index(b"PK\x01\x02")
+    data[central + 8] |= 1  # general-purpose flag bit 0: encrypted
+    (tmp_path / "enc.zip").write_bytes(bytes(data))
+    with pytest.raises(TimnetError, match=r"enc.zip: cannot unpack wav/03a01Wa.wav \(.*encrypted.*\); unpack the archive"):
+        unpack(tmp_path / "enc.zip", tmp_path / "root")
+    assert not [p for p in (tmp_path / "root").rglob("*") if p.is_file()]
+
+
+def test_another_address_with_the_same_file_name_is_another_archive(server, tmp_path):
+    manifest = {}
+    Handler.payload, Handler.cut_first, Handler.requests = make_zip({"wav/03a01Wa.wav": b"old"}), False, []
+    download("emodb", tmp_path / "EMODB", url=server, manifest=manifest, progress=False)
+    Handler.payload = make_zip({"wav/03a01Wa.wav": b"new"})
+    download("emodb", tmp_path / "EMODB", url=server + "?v=2", manifest=manifest, progress=False)
+    assert (tmp_path / "EMODB" / "wav" / "03a01Wa.wav").read_bytes() == b"new"
+    assert len(Handler.requests) == 2
+
+
+def test_a_busy_name_server_is_an_interruption_worth_retrying(tmp_path, monkeypatch):
+    import socket
+    import urllib.error
+    import urllib.request
+
+    calls = []
+
+    def busy(request, timeout):
+        calls.append(request.full_url)
+        raise urllib.error.URLError(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", busy)
+    with pytest.raises(TimnetError, match="download interrupted .*run the same command again"):
+        download("emodb", tmp_path / "E", url="http://example.invalid/x.zip", progress=False)
+    assert len(calls) == 3  # retried, not given up at once

@@ -40,11 +40,19 @@ def test_sample_trials_grid_times_draws_seeded():
     ({"lr": {"loguniform": [0.1, "x"]}}, "two finite numbers"),
     ({"epochs": {"randint": [1, 2.5]}}, "randint needs [low, high], two finite integers"),
     ({"time_shift": {"randint": [False, True]}}, "two finite integers"),
+    ({"time_shift": {"randint": [0, 10**30]}}, "two finite integers below 2**62; got [0, 1000000000000000000000000000000]"),
     ([1, 2], "expected a mapping"),
 ])
 def test_bad_spaces_are_refused(space, message):
-    with pytest.raises(TimnetError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(TimnetError, match=message.replace("[", r"\[").replace("(", r"\(").replace("*", r"\*")):
         sweep_mod.check_space(space)
+
+
+def test_randint_bounds_written_as_whole_floats_draw_integers():
+    space = {"time_shift": {"randint": [0.0, 3.0]}}
+    sweep_mod.check_space(space)
+    draws = sweep_mod.sample_trials(space, trials=20, seed=1)
+    assert {type(t["time_shift"]) for t in draws} == {int} and {t["time_shift"] for t in draws} <= {0, 1, 2, 3}
 
 
 class Spy(np.ndarray):

@@ -334,6 +334,10 @@ def test_seeds_overwrite_replaces_a_single_seed_run_and_keeps_the_users_files(tm
 
     with pytest.raises(TimnetError, match="holds a single-seed run"):
         seed_runs(d, seeds=[1, 2], make_run=make)
+    with pytest.raises(TimnetError, match="--val-fraction 0.99: cannot stratify"):  # deletes nothing first
+        seed_runs(d, seeds=[1, 2], overwrite=True, make_run=lambda folder, seed: Run(
+            fs, folder, config=TrainConfig(**{**FAST, "val_fraction": 0.99}), folds=3, seed=seed))
+    assert (d / "fold_01" / "model.pt").read_bytes() == b"old" and (d / "run.json").is_file()
     runs = seed_runs(d, seeds=[1, 2], make_run=make, overwrite=True)
     assert [r.dir for r in runs] == [d / "seed_1", d / "seed_2"]
     assert not (d / "run.json").exists() and not (d / "fold_01").exists()

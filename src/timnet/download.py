@@ -1,10 +1,12 @@
 """Fetch the corpora whose publishers offer a public download: resumable, safely unpacked, verified."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
 import stat
+import tempfile
 import time
 import zipfile
 import zlib
@@ -69,7 +71,8 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
             raise TimnetError(f"{url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
             reason = getattr(e, "reason", None)
-            if isinstance(reason, (socket.gaierror, ConnectionRefusedError, FileNotFoundError)) or (
+            transient = isinstance(reason, socket.gaierror) and reason.errno == socket.EAI_AGAIN  # DNS busy: retry
+            if not transient and isinstance(reason, (socket.gaierror, ConnectionRefusedError, FileNotFoundError)) or (
                     isinstance(e, urllib.error.URLError) and isinstance(reason, str)):  # "no host given"
                 # nothing to resume: retrying or "run it again" would not help
                 raise TimnetError(f"{url}: cannot be downloaded ({reason}); check the address") from None
@@ -109,14 +112,22 @@ def unpack(zip_path: Path, root: Path) -> int:
                 continue
             target = root / info.filename
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".part")
-            try:  # to a temporary name: a damaged member leaves no half-written audio in the corpus tree
-                with archive.open(info) as src, open(tmp, "wb") as dst:
+            # To a fresh temporary name (never another member's): a damaged member, or an interrupt,
+            # leaves no half-written audio in the corpus tree.
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            try:
+                with archive.open(info) as src, os.fdopen(fd, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-                tmp.unlink(missing_ok=True)
-                raise TimnetError(f"{zip_path}: damaged archive ({info.filename}: {e}); delete it and download again") from None
-            os.replace(tmp, target)
+                os.replace(tmp, target)
+            except BaseException as e:
+                Path(tmp).unlink(missing_ok=True)
+                if isinstance(e, (zipfile.BadZipFile, zlib.error, EOFError)):
+                    raise TimnetError(f"{zip_path}: damaged archive ({info.filename}: {e}); "
+                                      "delete it and download again") from None
+                if isinstance(e, (RuntimeError, NotImplementedError)):  # zipfile: encrypted, or a compression it lacks
+                    raise TimnetError(f"{zip_path}: cannot unpack {info.filename} ({e}); "
+                                      "unpack the archive with another tool into the corpus folder") from None
+                raise
             n += 1
         return n
 
@@ -130,7 +141,9 @@ def download(corpus: str, root: str | Path, *, url: str | None = None, manifest:
         raise TimnetError(f"{c.name} has no public download: {WHERE[c.name]}; then point timnet at your copy "
                           f"(expected layout {c.layout})")
     root = Path(root)
-    archive = fetch(url, root / ".download" / Path(url.split("?")[0]).name, progress=progress)
+    # One cache folder per address: another --url with the same file name is another archive.
+    cache = root / ".download" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    archive = fetch(url, cache / (Path(url.split("?")[0]).name or "corpus.zip"), progress=progress)
     n = unpack(archive, root)
     manifest = manifest if manifest is not None else read_manifest(c.name) or {}
     missing, altered = [], []

@@ -210,9 +210,13 @@ class Run:
     # -- the RUN_DIR ---------------------------------------------------------------------------
     def prepare(self, *, overwrite: bool = False) -> bool:
         """Create or check RUN_DIR; returns True when resuming. A different config is refused."""
-        for k in range(1, self.folds_n + 1):  # a fold that cannot be split fails now, not after --overwrite deleted
-            self.validation_split(k)
+        self.check_splits()
         return prepare_run_dir(self.dir, self.identity, overwrite=overwrite, extra={"features": self.features_path})
+
+    def check_splits(self) -> None:
+        """Split every fold's training part now: a fold that cannot be split fails before --overwrite deletes."""
+        for k in range(1, self.folds_n + 1):
+            self.validation_split(k)
 
     def validation_split(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Fold k's (train, validation) indices: its training part, less the validation share."""
@@ -391,10 +395,13 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
     if len(seeds) == 1:
         runs = [make_run(run_dir, seeds[0])]
     else:
+        runs = [make_run(run_dir / f"seed_{s}", s) for s in seeds]
         if (run_dir / RUN_FILE).is_file():
             if not overwrite:
                 raise TimnetError(f"{run_dir} holds a single-seed run; use another RUN_DIR for --seeds (or --overwrite, "
                                   "which deletes that run)")
+            for run in runs:  # every seed's folds split before the old run is deleted
+                run.check_splits()
             # only what a single-seed run wrote goes; anything else in the folder is the user's
             _remove_run_outputs(run_dir)
         foreign = [p.name for p in run_dir.iterdir()
@@ -402,7 +409,6 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
         if foreign and not overwrite:
             raise TimnetError(f"{run_dir} holds files that are not seed runs ({', '.join(sorted(foreign)[:3])}); "
                               "expected an empty or new folder (or --overwrite, which keeps them and adds the seed runs)")
-        runs = [make_run(run_dir / f"seed_{s}", s) for s in seeds]
     for run in runs:
         run.resumed = run.prepare(overwrite=overwrite)
     return runs

@@ -102,12 +102,15 @@ def check_space(space, *, source: str = "space") -> None:
             if not isinstance(args, list) or not args:
                 raise TimnetError(f"{source}: {name}: {kind} needs a list")
             if kind in ("uniform", "loguniform", "randint"):
-                # bools are ints to Python, and "a" < "b": both would pass the comparison below
-                number = int if kind == "randint" else (int, float)
-                if len(args) != 2 or not all(isinstance(a, number) and not isinstance(a, bool) and math.isfinite(a)
-                                             for a in args):
+                # bools are ints to Python, and "a" < "b": both would pass the comparison below; a
+                # randint bound may be written 100.0, but must fit numpy's int64 draws
+                def fits(a):
+                    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+                        return False
+                    return kind != "randint" or (float(a).is_integer() and abs(a) < 2**62)
+                if len(args) != 2 or not all(fits(a) for a in args):
                     raise TimnetError(f"{source}: {name}: {kind} needs [low, high], two finite "
-                                      f"{'integers' if kind == 'randint' else 'numbers'}; got {args}")
+                                      f"{'integers below 2**62' if kind == 'randint' else 'numbers'}; got {args}")
                 if not args[0] < args[1]:
                     raise TimnetError(f"{source}: {name}: {kind} needs [low, high] with low < high")
             if kind == "loguniform" and args[0] <= 0:
@@ -143,7 +146,7 @@ def sample_trials(space: dict, *, trials: int, seed: int) -> list[dict]:
                 elif kind == "loguniform":
                     params[name] = float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
                 elif kind == "randint":
-                    params[name] = int(rng.integers(args[0], args[1] + 1))
+                    params[name] = int(rng.integers(int(args[0]), int(args[1]) + 1))
             if params not in out:
                 out.append(params)
     return out
