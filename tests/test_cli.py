@@ -84,12 +84,15 @@ def test_damaged_feature_files(tmp_path):
     fs = synthetic()
     z = dict(np.load(save_features(fs, tmp_path / "good.npz")))
     n = len(fs.labels)
-    cases = {"short": dict(y=z["y"][:5]), "classes": dict(y=z["y"] + n), "flat": dict(x=z["x"][:, :, 0])}
+    cases = {"short": dict(y=z["y"][:5]), "classes": dict(y=z["y"] + n), "flat": dict(x=z["x"][:, :, 0]),
+             "metalist": dict(meta=np.array("[]")), "metaconfig": dict(meta=np.array(
+                 '{"labels": ["a"], "config": "mfcc", "corpus": "EMODB"}'))}
     for name, change in cases.items():
         np.savez(tmp_path / f"{name}.npz", **{**z, **change})
     (tmp_path / "text.npz").write_text("not a zip")
     for name, fragment in (("short", "and (5,)"), ("classes", f"outside the {n} labels"),
-                           ("flat", "expected x (N, frames, n_mfcc)"), ("text", "not a whole zip archive")):
+                           ("flat", "expected x (N, frames, n_mfcc)"), ("text", "not a whole zip archive"),
+                           ("metalist", "its meta is not timnet's"), ("metaconfig", "its feature settings are not")):
         assert_one_line_error(timnet("train", tmp_path / f"{name}.npz", "-o", tmp_path / f"run_{name}", "-q"),
                               f"{name}.npz", fragment)
         assert not (tmp_path / f"run_{name}").exists()  # refused before a run folder was made

@@ -178,6 +178,9 @@ def test_cli_error_row_and_exit_status(run_dir, clips, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "timnet", "predict", str(clips["8k"]), "--model", str(run_dir)],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
+    one = subprocess.run([sys.executable, "-m", "timnet", "predict", str(bad), "--model", str(run_dir)],
+                         capture_output=True, text=True)
+    assert one.returncode == 1 and one.stderr.count("\n") == 1 and "broken.wav" in one.stderr  # one bad file: one line
 
 
 def test_cli_export_and_bad_model(run_dir, tmp_path):

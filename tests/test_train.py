@@ -302,6 +302,8 @@ def test_several_seeds_one_run_each_and_their_spread(tmp_path):
     seed2 = json.loads((tmp_path / "multi" / "seed_2" / "results.json").read_text())
     alone = json.loads((tmp_path / "single.json").read_text())
     assert [f["confusion"] for f in seed2["folds"]] == [f["confusion"] for f in alone["folds"]]
+    assert [(f["seed"], f["fold"]) for f in out["folds"]] == [(s, k) for s in (1, 2) for k in (1, 2, 3)]
+    assert [f["confusion"] for f in out["folds"] if f["seed"] == 2] == [f["confusion"] for f in alone["folds"]]
     means = [s["mean_uar"] for s in out["per_seed"]]
     assert out["mean_uar"] == pytest.approx(np.mean(means)) and out["std_uar"] == pytest.approx(np.std(means, ddof=1))
     both = train_cli(features, tmp_path / "x", "--seed", "1", "--seeds", "1,2")

@@ -242,6 +242,9 @@ def _load_npz(path: Path) -> FeatureSet:
         if not {"x", "y", "meta"} <= set(z.files):
             raise TimnetError(f"{path}: not a timnet feature file; expected arrays x, y, meta (from `timnet extract`)")
         meta = json.loads(str(z["meta"]))
+        if not isinstance(meta, dict) or not {"labels", "config", "corpus"} <= set(meta):
+            raise TimnetError(f"{path}: not a timnet feature file; its meta is not timnet's "
+                              "(a JSON object with labels, config and corpus, from `timnet extract`)")
         x, y = z["x"].astype(np.float32, copy=False), z["y"].astype(np.int64, copy=False)
         labels = tuple(meta.pop("labels"))
         try:
@@ -299,7 +302,7 @@ def load_features(path: str | Path, *, corpus: str | None = None) -> FeatureSet:
                               "another format); expected features from `timnet extract`")
         try:
             fs = _load_npz(path)
-        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        except (ValueError, TypeError, OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
             raise TimnetError(f"{path}: not a readable .npz feature file ({type(e).__name__}: {e})") from None
         if corpus is not None and corpus.upper() != fs.corpus:
             raise TimnetError(f"{path}: holds {fs.corpus} features, but --corpus {corpus} was given")
