@@ -125,3 +125,23 @@ def test_casia_weights_import_and_refusals(tmp_path):
         shutil.copy(folder / f"10-fold_weights_best_{k}.hdf5", partial)
     with pytest.raises(TimnetError, match="missing fold weights 10-fold_weights_best_10.hdf5"):
         keras_fold_files(partial, 10)
+
+
+def test_another_corpus_levels_are_refused_by_test_and_predict(tmp_path):
+    """IEMOCAP's authors' models have 10 levels: 8-level files with its 4 classes are another
+    corpus's weights, refused by `test` and `predict` rather than scored."""
+    from test_train import synthetic
+    from timnet.evaluate import fold_models
+    from timnet.predict import load_model
+
+    folder = tmp_path / "w"
+    folder.mkdir()
+    for k in range(1, 11):
+        write_keras_h5(randomised(TIMNetConfig(dilations=8, n_classes=4)), folder / f"10-fold_weights_best_{k}.hdf5")
+    fs = synthetic()
+    fs.corpus, fs.labels = "IEMOCAP", ("angry", "happy", "neutral", "sad")
+    fs.y = fs.y % 4
+    with pytest.raises(TimnetError, match="8 temporal-aware levels; the authors' IEMOCAP models have 10"):
+        fold_models(folder, fs, folds=10, seed=0)
+    with pytest.raises(TimnetError, match="8 temporal-aware levels; the authors' IEMOCAP models have 10"):
+        load_model(str(folder), corpus="iemocap")

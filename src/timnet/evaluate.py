@@ -12,7 +12,7 @@ from .checkpoint import load_checkpoint
 from .errors import TimnetError
 from .features import FeatureSet
 from .folds import make_folds
-from .keras_import import keras_fold_files, load_keras_weights
+from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
 from .utils import fold_files
 
@@ -78,6 +78,7 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
     for path in keras_fold_files(weights, folds):
         model = load_keras_weights(path)
         _check_fits(model.config, fs, path)
+        check_corpus_levels(model, fs.corpus, path)
         loaded.append(model)
     _check_authors_split(weights, fs, seed=seed, split=split)
     splits = make_folds(len(fs), folds=folds, seed=seed, split=split, speakers=fs.speakers)

@@ -146,3 +146,14 @@ def keras_fold_files(folder: str | Path, folds: int) -> list[Path]:
     if missing:
         raise TimnetError(f"{folder}: missing fold weights {', '.join(missing)}; expected {FOLD_FILE.format(k='<k>')} for k = 1..{folds}")
     return files
+
+
+def check_corpus_levels(model: TIMNet, corpus: str, path: str | Path) -> None:
+    """The authors trained each corpus with its own number of temporal-aware levels (SPEC.md §2):
+    a file with another number is another corpus's model, whatever its class count says."""
+    from .corpora import CORPORA
+
+    c = CORPORA.get(str(corpus).upper())
+    if c is not None and model.config.dilations != c.dilations:
+        raise TimnetError(f"{path}: {model.config.dilations} temporal-aware levels; the authors' {c.name} models "
+                          f"have {c.dilations} (another corpus's weights?)")
