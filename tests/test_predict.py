@@ -65,7 +65,7 @@ def test_formats_and_windows(run_dir, clips):
             assert pred.windows == []
     windowed = model.predict_file(clips["long"], window=2.0, hop=2.0)
     assert len(windowed.windows) == 15
-    # up to twice the signal length: centre-cropped exactly as the training features
+    # up to 2.5 times the signal length: centre-cropped exactly as the training features
     x = file_features(clips["1.2s"], CFG)[None]
     np.testing.assert_allclose([model.predict_file(clips["1.2s"]).probs[l] for l in LABELS], model.predict_features(x)[0], atol=1e-6)
     assert len(model.predict_file(clips["1.2s"], window=0.5).windows) > 1
@@ -210,6 +210,17 @@ def test_authors_fold1_predictions_match_reference(reference, tmp_path):
     labels = reference["class_names"].tolist()
     got = np.array([[row["probs"][l] for l in labels] for row in rows])
     np.testing.assert_allclose(got, reference["probs"][idx], atol=1e-3)
+
+
+@pytest.mark.realdata
+def test_the_longest_emodb_file_gets_its_evaluation_prediction():
+    """08b03Tc.wav (8.98 s, 2.06 signal lengths) is centre-cropped as in evaluation, not windowed."""
+    model = load_model(need(PRETRAINED / "EMODB_46") / "10-fold_weights_best_1.hdf5", corpus="emodb")
+    path = need(DATA / "EMODB" / "wav" / "08b03Tc.wav")
+    pred = model.predict_file(path)
+    assert pred.windows == []
+    expected = model.predict_features(file_features(path, model.feature_config)[None])[0]
+    np.testing.assert_allclose([pred.probs[l] for l in model.labels], expected, atol=1e-6)
 
 
 def test_zero_window_and_onnx_reexport_refused(run_dir, clips, tmp_path):

@@ -26,8 +26,9 @@ BUNDLED = {"emodb": "emodb.pt"}  # name -> file in timnet/pretrained/
 QUIET_RMS = 1e-4  # below this the recording is treated as silence
 SHORT_SECONDS = 0.5
 # Up to this many signal lengths a recording is centre-cropped exactly as in training (so a corpus
-# file gets the very prediction the evaluation made); longer ones are scored in windows.
-WINDOW_AFTER = 2.0
+# file gets the very prediction the evaluation made: EMODB's longest, 08b03Tc.wav, is 8.98 s, 2.06
+# times its 4.35 s); longer ones are scored in windows.
+WINDOW_AFTER = 2.5
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Predictor:
     def predict(self, waveform: np.ndarray, sample_rate: int, *, window: float | None = None, hop: float | None = None) -> Prediction:
         """Emotion of a mono (or (n, channels)) waveform at `sample_rate` Hz.
 
-        A recording up to twice the model's signal length is centre-cropped or padded as in
+        A recording up to 2.5 times the model's signal length is centre-cropped or padded as in
         training. A longer one, or any one when `window` is given, is scored in windows of
         `window` seconds (default: the signal length) every `hop` seconds (default: half a
         window); the result is the mean of the windows' probabilities.
