@@ -71,9 +71,9 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
             raise TimnetError(f"{url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
             reason = getattr(e, "reason", None)
-            transient = isinstance(reason, socket.gaierror) and reason.errno == socket.EAI_AGAIN  # DNS busy: retry
-            if not transient and isinstance(reason, (socket.gaierror, ConnectionRefusedError, FileNotFoundError)) or (
-                    isinstance(e, urllib.error.URLError) and isinstance(reason, str)):  # "no host given"
+            dns_busy = isinstance(reason, socket.gaierror) and reason.errno == socket.EAI_AGAIN  # worth a retry
+            unknown = isinstance(reason, (socket.gaierror, ConnectionRefusedError, FileNotFoundError)) and not dns_busy
+            if unknown or (isinstance(e, urllib.error.URLError) and isinstance(reason, str)):  # "no host given"
                 # nothing to resume: retrying or "run it again" would not help
                 raise TimnetError(f"{url}: cannot be downloaded ({reason}); check the address") from None
             if attempt == retries:

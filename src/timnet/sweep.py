@@ -87,6 +87,16 @@ def _numbers(obj):
     return obj
 
 
+def _is_bound(a, *, integer: bool) -> bool:
+    """A distribution's bound: a finite number (not a bool, an int to Python; not a string, which
+    compares too); an integer bound may be written 100.0, but must fit numpy's int64 draws."""
+    if isinstance(a, bool) or not isinstance(a, (int, float)):
+        return False
+    if isinstance(a, int):  # math.isfinite(10**400) would overflow
+        return abs(a) < (2**62 if integer else 1e308)
+    return math.isfinite(a) and (not integer or (a.is_integer() and abs(a) < 2**62))
+
+
 def check_space(space, *, source: str = "space") -> None:
     """Every key a known parameter, every distribution well formed."""
     if not isinstance(space, dict) or not space:
@@ -102,13 +112,7 @@ def check_space(space, *, source: str = "space") -> None:
             if not isinstance(args, list) or not args:
                 raise TimnetError(f"{source}: {name}: {kind} needs a list")
             if kind in ("uniform", "loguniform", "randint"):
-                # bools are ints to Python, and "a" < "b": both would pass the comparison below; a
-                # randint bound may be written 100.0, but must fit numpy's int64 draws
-                def fits(a):
-                    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
-                        return False
-                    return kind != "randint" or (float(a).is_integer() and abs(a) < 2**62)
-                if len(args) != 2 or not all(fits(a) for a in args):
+                if len(args) != 2 or not all(_is_bound(a, integer=kind == "randint") for a in args):
                     raise TimnetError(f"{source}: {name}: {kind} needs [low, high], two finite "
                                       f"{'integers below 2**62' if kind == 'randint' else 'numbers'}; got {args}")
                 if not args[0] < args[1]:
