@@ -98,6 +98,12 @@ def test_authors_npy(tmp_path):
     with pytest.warns(UserWarning, match="254 frames per utterance; EMODB's features have 188 .* check --corpus emodb"):
         fs = load_features(tmp_path / "SAVEE.npy", corpus="emodb")
     assert fs.config.signal_length == 253 * 512
+    # EMOVO's whole corpus (84 per class, 188 frames like EMODB) given as EMODB: only the counts tell
+    np.save(tmp_path / "EMOVO.npy", {"x": np.zeros((588, 188, 39), np.float32), "y": np.eye(7)[np.arange(588) % 7]},
+            allow_pickle=True)
+    with pytest.raises(TimnetError, match=r"588 utterances .* EMOVO's, not EMODB's .* expected --corpus emovo"):
+        load_features(tmp_path / "EMOVO.npy", corpus="emodb")
+    assert len(load_features(tmp_path / "EMOVO.npy", corpus="emovo")) == 588
 
 
 def test_truncated_npz_is_a_one_line_error(tree, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import audio, dispatch
-from .corpora import FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, skip_summary
+from .corpora import CORPORA, FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, skip_summary
 from .errors import TimnetError
 from .utils import atomic_write, end_pool
 
@@ -264,6 +264,18 @@ def _load_npz(path: Path) -> FeatureSet:
                       speakers=speakers, files=files, meta=meta)
 
 
+def _check_class_counts(path: Path, c: Corpus, counts: np.ndarray) -> None:
+    """EMODB, EMOVO and SAVEE share 7 classes and EMODB and EMOVO their frame count, so only the
+    per-class counts tell a whole corpus's file given under another corpus's name (its labels would be wrong)."""
+    counts = tuple(int(n) for n in counts)
+    if counts == c.class_counts:
+        return
+    for other in CORPORA.values():
+        if other.name != c.name and counts == other.class_counts:
+            raise TimnetError(f"{path}: {sum(counts)} utterances with per-class counts {counts}, which are "
+                              f"{other.name}'s, not {c.name}'s {c.class_counts}; expected --corpus {other.name.lower()}")
+
+
 def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
     if corpus is None:
         raise TimnetError(f"{path}: an authors' .npy feature file needs --corpus (one of casia, emodb, emovo, iemocap, ravdess, savee)")
@@ -277,6 +289,7 @@ def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
         raise TimnetError(f"{path}: expected x (N, frames, n_mfcc) and one-hot y (N, classes); got {x.shape} and {onehot.shape}")
     if onehot.shape[1] != len(c.labels):
         raise TimnetError(f"{path}: y has {onehot.shape[1]} classes; {c.name} has {len(c.labels)} ({', '.join(c.labels)})")
+    _check_class_counts(path, c, np.bincount(onehot.argmax(1), minlength=onehot.shape[1]))
     # The file does not say its signal length: the corpus's when the frame count fits it, else the
     # shortest length that gives these frames.
     expected = c.signal_length // audio.HOP_LENGTH + 1
