@@ -40,3 +40,16 @@ def test_demo_predicts_every_example():
 def test_unknown_model_name():
     with pytest.raises(timnet.TimnetError, match="available models = \\['emodb'\\]"):
         timnet.load_model("nonexistent-model")
+
+
+def test_quiet_recordings_are_flagged():
+    """The features are of the absolute level (as in the paper): 20 dB below EMODB's recording level
+    the bundled model calls neutral and fear "angry" (README, *Prediction*), and says the level is low."""
+    from timnet.audio import read_audio
+
+    model = timnet.load_model("emodb")
+    for name, emotion in (("09a04Nb.wav", "neutral"), ("10a02Ab.wav", "fear")):
+        y, sr = read_audio(EXAMPLES / name)
+        loud, quiet = model.predict(y, sr), model.predict(y * 0.1, sr)
+        assert loud.label == emotion and loud.warnings == []
+        assert quiet.label == "angry" and len(quiet.warnings) == 1 and quiet.warnings[0].startswith("quiet audio (-3")

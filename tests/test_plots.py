@@ -111,6 +111,15 @@ def test_tsne_is_reproducible():
     assert plots.tsne_embedding(features[:4], seed=0).shape == (4, 2)  # perplexity shrinks for tiny inputs
 
 
+def test_tsne_figure_draws_a_leave_one_out_fold():
+    """A fold with one test utterance (leave-one-out on a tiny corpus) is one dot, not an error."""
+    features, y = np.random.default_rng(4).standard_normal((5, 8)), np.array([0, 1, 0, 1, 1])
+    fig = plots.tsne_figure(features, y, ["a", "b"], groups=np.array([1, 1, 1, 1, 2]))
+    single = fig.axes[1]
+    assert single.get_title() == "fold 2 (1)"
+    assert [c.get_offsets().tolist() for c in single.collections] == [[[0.0, 0.0]]]
+
+
 def folds_rows(page: str) -> list[str]:
     table = re.search(r'<table id="folds">.*?<tbody>(.*?)</tbody>', page, re.S)
     assert table, "no folds table"

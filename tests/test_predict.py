@@ -63,8 +63,12 @@ def test_formats_and_windows(run_dir, clips):
             np.testing.assert_allclose([pred.probs[l] for l in LABELS], mean, atol=1e-5)
         else:
             assert pred.windows == []
-    windowed = model.predict_file(clips["long"], window=2.0, hop=2.0)
-    assert len(windowed.windows) == 15
+    windowed = model.predict_file(clips["long"], window=0.5, hop=0.5)
+    assert len(windowed.windows) == 60
+    # the longest window as printed (0.743 s: 0.74304 rounded) or to the millisecond above is the signal length
+    assert model.predict_file(clips["long"], window=0.744).windows == model.predict_file(clips["long"]).windows
+    with pytest.raises(TimnetError, match="--window 0.745 invalid"):
+        model.predict_file(clips["long"], window=0.745)
     # up to 2.5 times the signal length: centre-cropped exactly as the training features
     x = file_features(clips["1.2s"], CFG)[None]
     np.testing.assert_allclose([model.predict_file(clips["1.2s"]).probs[l] for l in LABELS], model.predict_features(x)[0], atol=1e-6)
@@ -119,7 +123,7 @@ def test_unfinished_multi_seed_and_wrong_corpus_runs(run_dir, clips, tmp_path):
     r = subprocess.run([sys.executable, "-m", "timnet", "predict", str(clips["16k"]), "--model", str(unfinished)],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "timnet: warning:" in r.stderr and "only 2 of 5 folds" in r.stderr
-    with pytest.raises(TimnetError, match="--corpus emodb: .* is a TOY model"):
+    with pytest.raises(TimnetError, match="--corpus emodb: .* is a model of TOY"):
         load_model(run_dir, corpus="emodb")
     assert load_model(run_dir, corpus="toy").labels == LABELS
     seeds = tmp_path / "seeds"
@@ -133,6 +137,13 @@ def test_silent_and_short_warnings(run_dir):
     model = load_model(run_dir)
     pred = model.predict(np.zeros(1600, np.float32), 16000)
     assert "silent audio" in pred.warnings and any("very short" in w for w in pred.warnings)
+    tone = np.sin(np.arange(32000) * 0.05).astype(np.float32)
+    assert model.predict(tone * 0.5, 16000).warnings == []
+    # the features are of the absolute level: far quieter than any corpus is flagged, not silence
+    assert model.predict(tone * 0.001, 16000).warnings == [
+        "quiet audio (-63 dBFS RMS, below -35): the features are of the absolute level, as in the paper, "
+        "so raise the level for a reliable prediction"]
+    assert any(w.startswith("sample rate 4000 Hz, below 8000 Hz") for w in model.predict(tone * 0.5, 4000).warnings)
 
 
 def test_onnx_matches_torch(run_dir, clips, tmp_path):
@@ -144,7 +155,7 @@ def test_onnx_matches_torch(run_dir, clips, tmp_path):
     onnx_model = load_model(path)
     assert onnx_model.labels == LABELS and onnx_model.feature_config == CFG and onnx_model.corpus == "TOY"
     assert load_model(path, corpus="toy").labels == LABELS
-    with pytest.raises(TimnetError, match="--corpus emodb: .* is a TOY model"):
+    with pytest.raises(TimnetError, match="--corpus emodb: .* is a model of TOY"):
         load_model(path, corpus="emodb")
     x = np.stack([file_features(p, CFG) for p in clips.values()])
     np.testing.assert_allclose(onnx_model.predict_features(x), model.predict_features(x), atol=1e-4, rtol=0)
@@ -170,9 +181,14 @@ def test_cli_error_row_and_exit_status(run_dir, clips, tmp_path):
     assert rows[1]["label"] is None and rows[1]["probs"] is None  # every row has the contract's keys
     for option, value, fragment in (("--hop", "0", "invalid; expected at least one sample"),
                                     ("--hop", "1e-6", "invalid; expected at least one sample"),
-                                    ("--window", "nan", "invalid; expected at least 0.023 s"),
-                                    ("--window", "0.01", "invalid; expected at least 0.023 s")):
-        r = subprocess.run(args[:5] + [option, value, "--model", str(run_dir)], capture_output=True, text=True)
+                                    ("--window", "nan", "invalid; expected 0.023 to 0.743 s"),
+                                    ("--window", "0.01", "invalid; expected 0.023 to 0.743 s"),
+                                    # longer windows would be centre-cropped to the signal length: audio ignored
+                                    ("--window", "5", "invalid; expected 0.023 to 0.743 s (the model's signal length)"),
+                                    ("--hop", "1", "expected at most the window, 0.743 s"),
+                                    ("--hop", "0.6", "expected at most the window, 0.500 s")):
+        extra = ["--window", "0.5"] if value == "0.6" else []
+        r = subprocess.run(args[:5] + [option, value, *extra, "--model", str(run_dir)], capture_output=True, text=True)
         assert r.returncode == 1 and "ERROR" not in r.stdout  # refused once, before any file
         assert r.stderr.startswith(f"timnet: error: {option}") and fragment in r.stderr and r.stderr.count("\n") == 1
     ok = subprocess.run([sys.executable, "-m", "timnet", "predict", str(clips["8k"]), "--model", str(run_dir)],
@@ -224,7 +240,7 @@ def test_the_longest_emodb_file_gets_its_evaluation_prediction():
 
 
 def test_zero_window_and_onnx_reexport_refused(run_dir, clips, tmp_path):
-    with pytest.raises(TimnetError, match="--window 0 invalid; expected at least 0.023 s"):
+    with pytest.raises(TimnetError, match="--window 0 invalid; expected 0.023 to 0.743 s"):
         load_model(run_dir).predict_file(clips["long"], window=0)
     pytest.importorskip("onnxruntime")
     from timnet.onnx_export import export_onnx

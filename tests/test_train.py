@@ -12,7 +12,7 @@ import torch
 from timnet.errors import TimnetError
 from timnet.features import FeatureConfig, FeatureSet, save_features
 from timnet.folds import default_folds, make_folds
-from timnet.run import Run, seed_runs
+from timnet.run import Run, seed_runs, train_all_data
 from timnet.train import TrainConfig
 
 LABELS = ("angry", "boredom", "disgust", "fear", "happy", "neutral", "sad")
@@ -461,6 +461,20 @@ def test_infinite_rates_are_refused():
     for option, value in (("lr", float("inf")), ("mixup_alpha", float("inf")), ("lr", float("nan"))):
         with pytest.raises(TimnetError, match=f"--{option.replace('_', '-')} {value} invalid"):
             TrainConfig(**{option: value})
+
+
+def test_augmentation_larger_than_the_features_and_endless_warmup_are_refused(tmp_path):
+    fs = synthetic()  # 24 frames of 39 coefficients
+    for option, value, limit in (("time_shift", 24, 23), ("time_mask_width", 25, 24), ("freq_mask_width", 40, 39)):
+        with pytest.raises(TimnetError, match=f"--{option.replace('_', '-')} {value} invalid; expected at most {limit} "
+                                              r"\(the features have 24 frames of 39 coefficients"):
+            Run(fs, tmp_path / "r", config=TrainConfig(**FAST, **{option: value}), folds=3)
+        with pytest.raises(TimnetError, match=f"--{option.replace('_', '-')} {value} invalid"):
+            train_all_data(fs, tmp_path / "all", config=TrainConfig(**FAST, **{option: value}))
+        Run(fs, tmp_path / "r", config=TrainConfig(**FAST, **{option: limit}), folds=3)  # the limit itself is fine
+    assert not (tmp_path / "r").exists() and not (tmp_path / "all").exists()
+    with pytest.raises(TimnetError, match=r"--warmup-epochs 50 invalid; expected at most --epochs \(4\)"):
+        TrainConfig(**FAST, warmup_epochs=50)
 
 
 def test_overwrite_of_a_folder_that_never_held_a_run_deletes_nothing_and_date_seeds_work(tmp_path):

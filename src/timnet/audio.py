@@ -67,7 +67,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
     path = Path(path)
     if not path.is_file():
-        raise TimnetError(f"{path}: no such audio file")
+        raise TimnetError(f"{path}: " + ("not a regular file (a directory, pipe or device); expected an audio file" if path.exists()
+                                         else "no such audio file"))
     if path.stat().st_size == 0:
         raise TimnetError(f"{path}: empty file, expected audio")
     _check_wav_container(path)

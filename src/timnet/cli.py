@@ -339,7 +339,7 @@ def cmd_predict(args) -> int:
 
     with _warnings_as_messages():
         predictor = load_model(args.model, corpus=args.corpus)
-    check_windowing(args.window, args.hop, predictor.feature_config.sample_rate)
+    check_windowing(args.window, args.hop, predictor.feature_config)
     files = find_audio(args.audio)
     rows, failures = [], 0
     name_width = min(max(len(str(f)) for f in files), 60)

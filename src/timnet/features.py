@@ -40,7 +40,7 @@ class FeatureConfig:
         if (self.n_fft, self.hop_length) != fixed:
             raise TimnetError(f"n_fft/hop_length {self.n_fft}/{self.hop_length} unsupported; expected {fixed}")
         if self.signal_length < self.hop_length:
-            raise TimnetError(f"signal length {self.signal_length} too short; expected >= {self.hop_length} samples")
+            raise TimnetError(f"--signal-length {self.signal_length} too short; expected at least {self.hop_length} samples")
 
 
 def waveform_features(y: np.ndarray, config: FeatureConfig) -> np.ndarray:

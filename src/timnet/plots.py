@@ -169,7 +169,8 @@ def tsne_figure(features: np.ndarray, y: np.ndarray, labels: Sequence[str], *, s
     colors = _class_colors(len(labels))
     for ax, g in zip(axes, names):
         mask = groups == g
-        emb = tsne_embedding(np.asarray(features)[mask], seed=seed)
+        # one sample (a leave-one-out fold) has no layout to find: a single dot, coloured by its class
+        emb = tsne_embedding(np.asarray(features)[mask], seed=seed) if mask.sum() >= 2 else np.zeros((mask.sum(), 2))
         for k, (name, color) in enumerate(zip(labels, colors)):
             pts = emb[y[mask] == k]
             if len(pts):

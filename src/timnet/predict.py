@@ -24,6 +24,12 @@ from .utils import fold_files
 
 BUNDLED = {"emodb": "emodb.pt"}  # name -> file in timnet/pretrained/
 QUIET_RMS = 1e-4  # below this the recording is treated as silence
+# The paper's MFCCs are of the absolute level (no normalisation), so a model knows the levels of its
+# corpus: EMODB's files are −26 to −12 dBFS RMS, CASIA's −38 to −12 (1% below −34). The bundled EMODB
+# model keeps all five examples/ right 10 dB quieter (−24 to −29 dBFS); 20 dB quieter (−34 to −39)
+# neutral and fear become "angry", and 30 dB quieter all five are "angry".
+QUIET_DBFS = -35.0
+LOW_RATE = 8000  # Hz; below telephone speech nothing of the spectrum the MFCCs describe is left
 SHORT_SECONDS = 0.5
 # Up to this many signal lengths a recording is centre-cropped exactly as in training (so a corpus
 # file gets the very prediction the evaluation made: EMODB's longest, 08b03Tc.wav, is 8.98 s, 2.06
@@ -55,13 +61,21 @@ class Prediction:
         return out
 
 
-def check_windowing(window: float | None, hop: float | None, sample_rate: int) -> None:
-    """A window must hold one STFT hop of samples; a hop must move by at least one sample."""
+def check_windowing(window: float | None, hop: float | None, config: FeatureConfig) -> None:
+    """A window holds one STFT hop of samples and at most the model's signal length (the features of
+    a longer one would be centre-cropped to it, silently ignoring the rest); a hop moves by at least one
+    sample and at most a window (a longer one would skip audio between windows)."""
+    sr, longest = config.sample_rate, config.signal_length / config.sample_rate
     # the products too: 1e308 s is finite, but not in samples
-    if window is not None and not (math.isfinite(window * sample_rate) and window * sample_rate >= audio.HOP_LENGTH):
-        raise TimnetError(f"--window {window} invalid; expected at least {audio.HOP_LENGTH / sample_rate:.3f} s")
-    if hop is not None and not (math.isfinite(hop * sample_rate) and hop * sample_rate >= 1):
-        raise TimnetError(f"--hop {hop} invalid; expected at least one sample ({1 / sample_rate:.1e} s)")
+    # (the bound as printed, to the millisecond, passes: the window is then the signal length)
+    if window is not None and not (math.isfinite(window * sr) and audio.HOP_LENGTH <= window * sr <= config.signal_length + sr / 1000):
+        raise TimnetError(f"--window {window} invalid; expected {audio.HOP_LENGTH / sr:.3f} to {longest:.3f} s "
+                          "(the model's signal length)")
+    if hop is not None and not (math.isfinite(hop * sr) and hop * sr >= 1):
+        raise TimnetError(f"--hop {hop} invalid; expected at least one sample ({1 / sr:.1e} s)")
+    if hop is not None and hop > (longest if window is None else window):
+        raise TimnetError(f"--hop {hop} invalid; expected at most the window, {longest if window is None else window:.3f} s "
+                          "(a longer hop leaves audio between windows unscored)")
 
 
 class Predictor:
@@ -105,15 +119,21 @@ class Predictor:
         if y.ndim != 1 or len(y) == 0:
             raise TimnetError(f"waveform of shape {np.shape(waveform)} invalid; expected (samples,) or (samples, channels)")
         cfg = self.feature_config
-        y = audio.resample(y, orig_sr=int(sample_rate), target_sr=cfg.sample_rate)
         warnings = []
+        if sample_rate < LOW_RATE:
+            warnings.append(f"sample rate {sample_rate} Hz, below {LOW_RATE} Hz: too little of the spectrum for the features")
+        y = audio.resample(y, orig_sr=int(sample_rate), target_sr=cfg.sample_rate)
         seconds = len(y) / cfg.sample_rate
         if seconds < SHORT_SECONDS:
             warnings.append(f"very short audio ({seconds:.2f} s)")
-        if float(np.sqrt(np.mean(y.astype(np.float64) ** 2))) < QUIET_RMS:
+        rms = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
+        if rms < QUIET_RMS:
             warnings.append("silent audio")
-        check_windowing(window, hop, cfg.sample_rate)
-        win = int(round((cfg.signal_length / cfg.sample_rate if window is None else window) * cfg.sample_rate))
+        elif 20 * math.log10(rms) < QUIET_DBFS:
+            warnings.append(f"quiet audio ({20 * math.log10(rms):.0f} dBFS RMS, below {QUIET_DBFS:.0f}): the features are "
+                            "of the absolute level, as in the paper, so raise the level for a reliable prediction")
+        check_windowing(window, hop, cfg)
+        win = cfg.signal_length if window is None else min(int(round(window * cfg.sample_rate)), cfg.signal_length)
         step = max(1, int(round((win / cfg.sample_rate / 2 if hop is None else hop) * cfg.sample_rate)))
         if len(y) <= win or (window is None and len(y) <= WINDOW_AFTER * cfg.signal_length):
             starts = [0]
@@ -159,7 +179,7 @@ def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None)
     model has its own, and a `corpus` that contradicts them is refused."""
     predictor = _load(name_or_path, corpus)
     if corpus is not None and str(corpus).strip().upper() != str(predictor.corpus or "").upper():
-        what = f"a {predictor.corpus} model" if predictor.corpus else "a model (of a corpus it does not record)"
+        what = f"a model of {predictor.corpus}" if predictor.corpus else "a model (of a corpus it does not record)"
         raise TimnetError(f"--corpus {corpus}: {predictor.source} is {what} with its own labels; "
                           "--corpus is for the authors' weight files, which have none")
     return predictor

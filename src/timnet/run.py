@@ -182,6 +182,7 @@ class Run:
                  path: str = "auto", features_path: str | None = None, model_overrides: dict | None = None,
                  evaluate_test: bool = True):
         self.fs, self.dir, self.config = fs, Path(run_dir), config
+        config.check_fits(*fs.x.shape[1:])
         self.folds_n, self.split = folds, split
         self.seed = check_seed(seed if seed is not None else defaults_for(fs.corpus)[0])
         self.model_config = replace(model_config_for(fs), **(model_overrides or {}))
@@ -449,6 +450,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     from tqdm.auto import tqdm
 
     seed = check_seed(seed if seed is not None else defaults_for(fs.corpus)[0])
+    config.check_fits(*fs.x.shape[1:])
     out_dir = Path(out_dir)
     model_config = replace(model_config_for(fs), **(model_overrides or {}))
     identity = {"corpus": fs.corpus, "labels": list(fs.labels), "n_samples": len(fs), "all_data": True,

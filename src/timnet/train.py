@@ -89,6 +89,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_every", "save_every", "members"):
             if getattr(self, name) < 1:
                 raise TimnetError(f"--{name.replace('_', '-')} {getattr(self, name)} invalid; expected a positive number")
+        if self.warmup_epochs > self.epochs:
+            raise TimnetError(f"--warmup-epochs {self.warmup_epochs} invalid; expected at most --epochs ({self.epochs}), "
+                              "or the learning rate never reaches --lr")
         if self.patience is not None and self.patience < 1:
             raise TimnetError(f"--patience {self.patience} invalid; expected a positive number of epochs")
         if self.swa_epochs:
@@ -105,6 +108,16 @@ class TrainConfig:
             if self.select == "best-val" or self.patience is not None:
                 raise TimnetError("--swa-epochs averages the last epochs; it cannot go with --select best-val "
                                   f"or --patience{preset}")
+
+    def check_fits(self, frames: int, n_mfcc: int) -> None:
+        """Augmentation sizes within the features' (frames, n_mfcc): beyond them a shift wraps round
+        to a smaller one and a mask covers the whole utterance, which no one means."""
+        for name, value, limit, what in (("time_shift", self.time_shift, frames - 1, "frames - 1"),
+                                         ("time_mask_width", self.time_mask_width, frames, "frames"),
+                                         ("freq_mask_width", self.freq_mask_width, n_mfcc, "MFCC coefficients")):
+            if value > limit:
+                raise TimnetError(f"--{name.replace('_', '-')} {value} invalid; expected at most {limit} "
+                                  f"(the features have {frames} frames of {n_mfcc} coefficients; {what})")
 
 
 def recipe_config(name: str = "paper", **overrides) -> TrainConfig:
