@@ -127,10 +127,11 @@ class Predictor:
         if seconds < SHORT_SECONDS:
             warnings.append(f"very short audio ({seconds:.2f} s)")
         rms = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
+        dbfs = 20 * math.log10(rms) if rms > 0 else -math.inf
         if rms < QUIET_RMS:
             warnings.append("silent audio")
-        elif 20 * math.log10(rms) < QUIET_DBFS:
-            warnings.append(f"quiet audio ({20 * math.log10(rms):.0f} dBFS RMS, below {QUIET_DBFS:.0f}): the features are "
+        elif dbfs < QUIET_DBFS:
+            warnings.append(f"quiet audio ({dbfs:.0f} dBFS RMS, below {QUIET_DBFS:.0f}): the features are "
                             "of the absolute level, as in the paper, so raise the level for a reliable prediction")
         check_windowing(window, hop, cfg)
         win = cfg.signal_length if window is None else min(int(round(window * cfg.sample_rate)), cfg.signal_length)
