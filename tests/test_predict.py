@@ -254,7 +254,7 @@ def test_export_without_onnx_is_one_error(run_dir, tmp_path, monkeypatch):
     from timnet.onnx_export import export_onnx
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # what a missing package looks like to `import onnx`
-    with pytest.raises(TimnetError, match=r"m.onnx: ONNX export needs the onnx package \(pip install 'timnet\[onnx\]'\)"):
+    with pytest.raises(TimnetError, match=r"m.onnx: ONNX export needs the onnx package \(pip install onnx, or pip install -e '\.\[onnx\]'"):
         export_onnx(load_model(run_dir), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 

@@ -9,7 +9,7 @@ import pytest
 from test_train import synthetic
 from timnet.features import save_features
 
-ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'timnet[ray]')")
+ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install -e '.[ray]')")
 
 TIMNET = [sys.executable, "-m", "timnet"]
 ARGS = ["--folds", "3", "--epochs", "2", "--batch-size", "16", "--threads", "1", "--no-report", "-q"]

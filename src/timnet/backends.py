@@ -128,7 +128,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise TimnetError("--backend ray needs Ray: pip install 'timnet[ray]'") from None
+        raise TimnetError("--backend ray needs Ray: pip install 'ray>=2.9', or pip install -e '.[ray]' in the timnet checkout") from None
     return ray
 
 

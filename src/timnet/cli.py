@@ -400,7 +400,7 @@ def _training_options(s, *, val_fraction: float) -> None:
                    help="number of folds (default 10; with --split speaker, 10 or one per speaker if fewer)")
     s.add_argument("--split", choices=SPLITS, default="random", help="random: the paper's utterance-level KFold; speaker: no speaker on both sides")
     s.add_argument("--recipe", choices=RECIPE_NAMES, default="paper",
-                   help="paper: SPEC.md's protocol (default); strong: two models per fold (--members 2), each the "
+                   help="paper: the paper's protocol (default); strong: two models per fold (--members 2), each the "
                         "paper's training with its weights averaged over the last 100 epochs (--swa-epochs 100, the "
                         "last fifth of --epochs), their probabilities averaged; chosen on validation data of EMODB and "
                         "CASIA, see RESULTS.md; --members 1 gives one model in half the time. "
@@ -425,7 +425,7 @@ def _training_options(s, *, val_fraction: float) -> None:
                    help="fast: timnet.fast (native kernels, same mathematics); reference: the plain nn.Module; "
                         "auto (default): fast on CPUs, reference on CUDA. Part of the run's identity")
     s.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="local: worker processes on this machine (default); ray: every fold a Ray task (pip install 'timnet[ray]')")
+                   help="local: worker processes on this machine (default); ray: every fold a Ray task (pip install -e '.[ray]')")
     s.add_argument("--address", default=None, help="Ray: address of a running cluster (default: start a local Ray instance)")
     s.add_argument("--cpus-per-fold", type=float, default=1, help="Ray: CPUs reserved per fold; torch threads per fold (default 1)")
     s.add_argument("--gpus-per-fold", type=float, default=0, help="Ray: GPUs per fold; > 0 trains on CUDA (default 0)")
@@ -532,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundled model name (default emodb), a checkpoint, a RUN_DIR (fold ensemble), "
                         "a folder of the authors' .hdf5 files (with --corpus) or an .onnx file")
     s.add_argument("--corpus", default=None, help="the corpus of an authors' weights folder")
-    s.add_argument("--window", type=float, default=None, help="window in seconds for long recordings (default: the model's signal length)")
+    s.add_argument("--window", type=float, default=None, help="window in seconds: a recording longer than it is scored in windows (default: the model's signal length, used beyond 2.5 times it)")
     s.add_argument("--hop", type=float, default=None, help="hop between windows in seconds (default: half a window)")
     s.add_argument("--show-windows", action="store_true", help="print each window's label under a windowed file")
     s.add_argument("--json", default=None, metavar="PATH", help="write the predictions as JSON")

@@ -37,7 +37,7 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
     try:
         import onnx
     except ImportError:
-        raise TimnetError(f"{path}: ONNX export needs the onnx package (pip install 'timnet[onnx]')") from None
+        raise TimnetError(f"{path}: ONNX export needs the onnx package (pip install onnx, or pip install -e '.[onnx]' in the timnet checkout)") from None
 
     path = Path(path)
     if path.suffix.lower() != ".onnx":
@@ -71,7 +71,7 @@ class OnnxPredictor(Predictor):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise TimnetError(f"{path}: running ONNX models needs onnxruntime (pip install 'timnet[onnx]')") from None
+            raise TimnetError(f"{path}: running ONNX models needs onnxruntime (pip install onnxruntime, or pip install -e '.[onnx]' in the timnet checkout)") from None
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
