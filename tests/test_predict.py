@@ -204,7 +204,8 @@ def test_cli_export_and_bad_model(run_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "timnet", "export", str(run_dir), "-o", str(tmp_path / "m.onnx")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "max |onnxruntime - torch|" in r.stdout
+    gap = float(r.stdout.rsplit("max |onnxruntime - torch| = ", 1)[1].split()[0])
+    assert gap < 1e-5
     with pytest.raises(TimnetError, match="not found; available models"):
         load_model(tmp_path / "nothing-here")
 
@@ -248,6 +249,20 @@ def test_zero_window_and_onnx_reexport_refused(run_dir, clips, tmp_path):
     path = export_onnx(load_model(run_dir), tmp_path / "m.onnx")
     with pytest.raises(TimnetError, match="already an ONNX model"):
         export_onnx(load_model(path), tmp_path / "again.onnx")
+
+
+def test_export_that_disagrees_with_torch_writes_nothing(run_dir, tmp_path, monkeypatch):
+    """A graph the exporter got wrong (here: parity measured as 0.01) never replaces the file."""
+    pytest.importorskip("onnxruntime")
+    from timnet import onnx_export
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"an earlier export")
+    monkeypatch.setattr(onnx_export, "onnx_parity", lambda predictor, path: 0.01)
+    with pytest.raises(TimnetError, match=r"m.onnx: the exported graph's probabilities differ from torch's by 1.0e-02 "
+                                          r"\(expected at most 1e-04\); nothing written"):
+        onnx_export.export_onnx(load_model(run_dir), out)
+    assert out.read_bytes() == b"an earlier export" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
 
 def test_export_without_onnx_is_one_error(run_dir, tmp_path, monkeypatch):

@@ -41,6 +41,22 @@ def test_random_folds_disjoint_and_cover():
         assert not set(tr) & set(te) and len(tr) + len(te) == 100
 
 
+def test_random_folds_are_shuffled_by_the_seed():
+    unshuffled = np.arange(100).reshape(10, 10)
+    a, b = make_folds(100, folds=10, seed=46), make_folds(100, folds=10, seed=47)
+    assert any(not np.array_equal(np.sort(te), row) for (_, te), row in zip(a, unshuffled))
+    assert any(not np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, make_folds(100, folds=10, seed=46)))
+
+
+@pytest.mark.realdata
+def test_random_folds_are_the_authors_folds(reference):
+    """EMODB's folds with seed 46 are the ones the authors' code made (their outputs record each sample's fold)."""
+    folds = make_folds(len(reference["labels"]), folds=10, seed=46)
+    for k, (_, te) in enumerate(folds, start=1):
+        np.testing.assert_array_equal(te, np.flatnonzero(reference["test_fold"] == k))
+
+
 @pytest.mark.parametrize("folds", [3, 6])
 def test_speaker_folds_never_share_a_speaker(folds):
     fs = synthetic()

@@ -74,20 +74,23 @@ def config_from_keras(path: str | Path) -> TIMNetConfig:
     )
 
 
-def _keras_tensors(layers: dict, levels: int) -> dict[str, np.ndarray]:
-    """Map Keras weights to PyTorch state-dict keys, converting layouts (not yet shape-checked)."""
+def _keras_tensors(layers: dict, levels: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Keras weights under PyTorch state-dict keys, layouts converted (not yet shape-checked), and
+    each key's source ("conv1d_20/kernel"), so an error can name the file's own layer."""
     convs, bns = _of_kind(layers, "conv1d"), _of_kind(layers, "batch_normalization")
     out: dict[str, np.ndarray] = {}
+    source: dict[str, str] = {}
+
+    def take(key: str, layer: str, weight: str, convert=lambda a: a):
+        out[key], source[key] = convert(layers[layer][weight]), f"{layer}/{weight}"
 
     def conv(key: str, layer: str):
-        w = layers[layer]
-        out[f"{key}.weight"] = np.transpose(w["kernel"], (2, 1, 0))  # (k, in, out) -> (out, in, k)
-        out[f"{key}.bias"] = w["bias"]
+        take(f"{key}.weight", layer, "kernel", lambda k: np.transpose(k, (2, 1, 0)))  # (k, in, out) -> (out, in, k)
+        take(f"{key}.bias", layer, "bias")
 
     def bn(key: str, layer: str):
-        w = layers[layer]
         for theirs, ours in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"), ("moving_variance", "running_var")):
-            out[f"{key}.{ours}"] = w[theirs]
+            take(f"{key}.{ours}", layer, theirs)
 
     conv("forward_in", convs[0])
     conv("backward_in", convs[1])
@@ -97,11 +100,11 @@ def _keras_tensors(layers: dict, levels: int) -> dict[str, np.ndarray]:
                 idx = 4 * j + 2 * s + (i - 1)
                 conv(f"{stream}.{j}.conv{i}", convs[2 + idx])
                 bn(f"{stream}.{j}.bn{i}", bns[idx])
-    out["fusion"] = layers[_of_kind(layers, "weight_layer")[0]]["kernel"].reshape(-1)
-    d = layers[_of_kind(layers, "dense")[0]]
-    out["classifier.weight"] = d["kernel"].T
-    out["classifier.bias"] = d["bias"]
-    return out
+    take("fusion", _of_kind(layers, "weight_layer")[0], "kernel", lambda k: k.reshape(-1))
+    dense = _of_kind(layers, "dense")[0]
+    take("classifier.weight", dense, "kernel", lambda k: k.T)  # (in, out) -> (out, in)
+    take("classifier.bias", dense, "bias")
+    return out, source
 
 
 def load_keras_weights(path: str | Path, *, config: TIMNetConfig | None = None) -> TIMNet:
@@ -121,7 +124,7 @@ def load_keras_weights(path: str | Path, *, config: TIMNetConfig | None = None) 
         found = config
     model = TIMNet(found)
     try:
-        tensors = _keras_tensors(_read_layers(path), found.dilations)
+        tensors, source = _keras_tensors(_read_layers(path), found.dilations)
     except KeyError as e:
         raise TimnetError(f"{path}: a layer lacks the weight {e}; expected kernel/bias, gamma/beta/moving_mean/moving_variance") from None
     target = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
@@ -130,7 +133,8 @@ def load_keras_weights(path: str | Path, *, config: TIMNetConfig | None = None) 
         raise TimnetError(f"{path}: weights do not map onto the model: missing {missing[:3]}, unexpected {extra[:3]}")
     for key, value in tensors.items():
         if tuple(value.shape) != tuple(target[key].shape):
-            raise TimnetError(f"{path}: {key} has shape {tuple(value.shape)}; expected {tuple(target[key].shape)}")
+            raise TimnetError(f"{path}: {source[key]} (for {key}) has shape {tuple(value.shape)} in PyTorch's layout; "
+                              f"expected {tuple(target[key].shape)}")
         target[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
     model.load_state_dict(target, strict=False)  # strict minus num_batches_tracked, checked above
     return model.eval()

@@ -5,6 +5,7 @@ to compute the right features and name the classes.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from dataclasses import asdict
@@ -19,6 +20,8 @@ from .predict import Predictor
 from .utils import atomic_write
 
 OPSET = 17
+# largest |onnxruntime - torch| probability accepted at export (float32 graphs agree to ~1e-7)
+PARITY_TOLERANCE = 1e-4
 
 
 class _Probabilities(torch.nn.Module):
@@ -61,6 +64,12 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
+        if importlib.util.find_spec("onnxruntime") is not None:
+            # a graph the exporter got wrong must not replace a good file under the name
+            gap = onnx_parity(predictor, tmp)
+            if not gap <= PARITY_TOLERANCE:
+                raise TimnetError(f"{path}: the exported graph's probabilities differ from torch's by {gap:.1e} "
+                                  f"(expected at most {PARITY_TOLERANCE:.0e}); nothing written")
     return path
 
 
