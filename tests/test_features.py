@@ -127,6 +127,21 @@ def test_non_finite_features_are_refused(tree, tmp_path):
         load_features(tmp_path / "A.NPY", corpus="emodb")
 
 
+def test_extract_command_reuses_and_force_recomputes(tree, tmp_path, capsys):
+    from timnet import cli
+
+    out = tmp_path / "f.npz"
+    argv = ["extract", "emodb", str(tree), "-o", str(out), "--signal-length", "4096", "--workers", "1", "-q"]
+    assert cli.main(argv) == 0
+    first = out.stat().st_mtime_ns
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "is up to date (same files and settings); --force recomputes it" in capsys.readouterr().err
+    assert out.stat().st_mtime_ns == first  # not rewritten
+    assert cli.main(argv + ["--force"]) == 0
+    assert "up to date" not in capsys.readouterr().err and out.stat().st_mtime_ns != first
+
+
 def test_up_to_date_features_are_reused(tree, tmp_path):
     import os
 

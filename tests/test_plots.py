@@ -67,6 +67,20 @@ def test_plot_run_writes_every_figure(trained, reported):
         check_image_files(paths)
 
 
+def test_plot_command_with_out_folder(trained, tmp_path, capsys):
+    """`timnet plot RUN_DIR --out DIR`: the figures go to DIR, the report stays in RUN_DIR and links them."""
+    import shutil
+
+    from timnet import cli
+
+    run_dir = shutil.copytree(trained[1], tmp_path / "run", ignore=shutil.ignore_patterns("plots", "report.html"))
+    assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "figs"), "--seed", "3"]) == 0
+    assert f"-> {tmp_path / 'figs'}; report -> {run_dir / 'report.html'}" in capsys.readouterr().out
+    assert {p.stem for p in (tmp_path / "figs").iterdir()} == FIGURES and not (run_dir / "plots").exists()
+    page = (run_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(FIGURES) and "tsne.png and .svg in figs/" in page
+
+
 def test_history_reads_validation_columns(trained):
     _, run_dir = trained
     h = read_history(run_dir / "fold_01" / "history.csv")

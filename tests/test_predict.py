@@ -57,6 +57,9 @@ def test_formats_and_windows(run_dir, clips):
     for name, path in clips.items():
         pred = model.predict_file(path)
         assert pred.label in LABELS and abs(sum(pred.probs.values()) - 1) < 1e-5
+        if name not in ("long", "1.2s"):  # whole-file features, resampled and mixed down as in training
+            expected = model.predict_features(file_features(path, CFG)[None])[0]
+            np.testing.assert_allclose([pred.probs[l] for l in LABELS], expected, atol=1e-6)
         if name == "long":  # 30 s at a 0.74 s window, half-window hop -> many windows
             assert len(pred.windows) > 40 and pred.windows[-1]["end_s"] == pytest.approx(30.0, abs=0.01)
             mean = np.mean([[w["probs"][l] for l in LABELS] for w in pred.windows], axis=0)
@@ -95,7 +98,10 @@ def test_checkpoint_alone_predicts(run_dir, clips, tmp_path):
     lone.parent.mkdir()
     shutil.copy(run_dir / "fold_01" / "model.pt", lone)
     pred = timnet.load_model(lone).predict_file(clips["16k"])
-    assert pred.label in LABELS
+    # the checkpoint carries all it needs (labels, feature settings): the same figures as in its run
+    expected = load_model(run_dir / "fold_01" / "model.pt").predict_features(file_features(clips["16k"], CFG)[None])[0]
+    np.testing.assert_allclose([pred.probs[l] for l in LABELS], expected, atol=1e-6)
+    assert pred.label == LABELS[int(np.argmax(expected))]
 
 
 def test_checkpoint_that_does_not_fit_its_config_is_one_error(run_dir, tmp_path):

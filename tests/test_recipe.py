@@ -210,6 +210,22 @@ def test_bn_is_measured_on_shuffled_batches():
     assert torch.equal(bn.running_var, again.running_var)  # the seed alone decides the batches
 
 
+def test_validation_watches_but_never_steers_the_paper_recipe():
+    """With the paper's selection ("last"), validating every epoch changes nothing: the fold's model
+    equals, weight for weight, the one trained on the same data with no validation at all (no
+    mode left switched, no random draw taken, no weights swapped in)."""
+    from timnet.run import model_config_for
+
+    fs = synthetic()
+    x, y = torch.from_numpy(fs.x), torch.from_numpy(fs.y)
+    tr, va = np.arange(0, 60), np.arange(60, 84)
+    kw = dict(model_config=model_config_for(fs), seed=3)
+    watched, state = train_fold(x, y, tr, va, config=TrainConfig(**FAST, val_fraction=0.25), **kw)
+    alone, _ = train_fold(x, y, tr, va[:0], config=TrainConfig(**FAST), **kw)
+    assert all("val_uar" in row for row in state.history) and state.best is not None
+    assert all(torch.equal(alone.state_dict()[k], v) for k, v in watched.state_dict().items())
+
+
 def test_swa_trains_like_the_paper_and_averages_its_last_epochs():
     """SWA changes no step of training (its raw weights equal the paper recipe's); the fold's
     model is the average of the weights after each epoch of the window."""

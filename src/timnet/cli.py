@@ -107,8 +107,8 @@ def cmd_extract(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise TimnetError(f"--workers {args.workers} invalid; expected a positive number")
     fs, skipped, bad = extract(args.corpus, args.data_dir, signal_length=args.signal_length,
-                                       workers=args.workers, skip_bad=args.skip_bad, progress=not args.quiet,
-                                speaker_pattern=args.speaker_pattern, cache=None if args.force else args.output)
+                               workers=args.workers, skip_bad=args.skip_bad, progress=not args.quiet,
+                               speaker_pattern=args.speaker_pattern, cache=None if args.force else args.output)
     if skipped:
         _warn(skipped)
     if bad:
@@ -523,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("plot", help="training curves, confusion matrix, recall, t-SNE and report.html of a RUN_DIR")
     s.add_argument("run_dir", metavar="RUN_DIR", help="a folder made by `timnet train`")
-    s.add_argument("--out", default=None, metavar="DIR", help="where the figures go (default RUN_DIR/plots); report.html is always written to RUN_DIR, linking them")
+    s.add_argument("--out", default=None, metavar="DIR", help="where the figures go (default RUN_DIR/plots); report.html, which embeds them, is always written to RUN_DIR")
     s.add_argument("--seed", type=int, default=0, help="t-SNE seed (default 0)")
     s.set_defaults(func=cmd_plot)
     s = sub.add_parser("predict", help="emotion and class probabilities of audio files")
