@@ -77,3 +77,25 @@ def test_non_finite_samples_are_refused(tmp_path):
         sf.write(str(tmp_path / name), y, 16000, subtype="FLOAT")
         with pytest.raises(TimnetError, match=name.replace(".", r"\.") + ": holds NaN or infinite samples"):
             audio.read_audio(tmp_path / name)
+
+
+@pytest.mark.parametrize("sr", [22050, 16000])
+def test_mfcc_is_librosas(sr):
+    """The cached-filter-bank MFCC equals `librosa.feature.mfcc` with its defaults (transposed), to
+    float32 rounding: the real-data tier checks the bits on EMODB; this holds for any signal and rate."""
+    import librosa
+
+    y = (np.random.default_rng(sr).standard_normal(sr) * 0.1).astype(np.float32)
+    want = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=39).T
+    got = audio.mfcc(y, sr=sr)
+    assert got.shape == want.shape == (1 + sr // 512, 39)
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # audioread's imports, via librosa.load
+def test_load_audio_is_librosa_load(tmp_path):
+    """Mixing down and resampling as the authors' `librosa.load(path, sr=22050)`."""
+    import librosa
+
+    path = write_tone(tmp_path / "s.wav", sr=48000, channels=2, subtype="PCM_24", seconds=0.5)
+    np.testing.assert_allclose(audio.load_audio(path), librosa.load(str(path), sr=22050)[0], atol=1e-6, rtol=0)
