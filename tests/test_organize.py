@@ -5,7 +5,7 @@ import pytest
 
 from conftest import DATA, need, write_tone
 from timnet.errors import TimnetError
-from timnet.features import extract
+from timnet.features import extract, load_features
 from timnet.organize import MARKER, SPEAKER_PATTERN, organize
 
 TREES = {
@@ -84,3 +84,22 @@ def test_real_corpora(tmp_path, corpus, n):
     assert r.written == n and sum(r.per_class.values()) == n and not r.skipped
     assert len(list((tmp_path / "out").rglob("*.wav"))) == n
     assert all(os.path.islink(p) for p in (tmp_path / "out").rglob("*.wav"))
+
+
+def test_organize_command_prints_a_next_step_that_runs(tmp_path, capsys, monkeypatch):
+    """The `next:` line is a working command: with its --signal-length (CASIA's 88000) and speaker pattern."""
+    import shlex
+
+    from timnet import cli
+
+    src = build(tmp_path / "src", "casia")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["organize", "casia", str(src), "out"]) == 0
+    out = capsys.readouterr().out
+    assert "out: 2 written, 0 already in place" in out and "per class:   angry 1, fear 0, happy 0, neutral 0, sad 1, surprise 0" in out
+    step = next(line for line in out.splitlines() if line.startswith("next: "))
+    argv = shlex.split(step.removeprefix("next: "))
+    assert argv[:3] == ["timnet", "extract", "folders"] and argv[argv.index("--signal-length") + 1] == "88000"
+    assert cli.main(argv[1:] + ["--workers", "1", "-q"]) == 0
+    fs = load_features(tmp_path / "casia_folders.npz")
+    assert fs.labels == ("angry", "sad") and sorted(set(fs.speakers.tolist())) == ["liuchanhg", "wangzhe"]

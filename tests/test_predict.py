@@ -78,6 +78,20 @@ def test_formats_and_windows(run_dir, clips):
     assert len(model.predict_file(clips["1.2s"], window=0.5).windows) > 1
 
 
+def test_show_windows_prints_each_window(run_dir, clips, capsys):
+    from timnet import cli
+
+    argv = ["predict", str(clips["long"]), "--model", str(run_dir), "--window", "0.5", "--hop", "0.5"]
+    assert cli.main(argv) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2  # the header and the file's line
+    assert cli.main(argv + ["--show-windows"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    windows = load_model(run_dir).predict_file(clips["long"], window=0.5, hop=0.5).windows
+    assert len(lines) == 2 + len(windows) == 62
+    assert lines[2].split()[:3] == ["0.00-0.50", windows[0]["label"], f"{windows[0]['probs'][windows[0]['label']]:.3f}"]
+    assert lines[-1].split()[0] == "29.50-30.00"
+
+
 def test_features_match_training_features(run_dir, clips):
     model = load_model(run_dir)
     y, sr = sf.read(str(clips["48k_stereo_24"]), dtype="float32")
