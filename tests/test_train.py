@@ -150,6 +150,7 @@ def test_resume_after_kill_equals_uninterrupted_and_is_deterministic(tmp_path):
     assert "resuming" in resumed.stderr and "fold 1/3: done before, kept" in resumed.stderr
     a, b = figures(tmp_path / "full.json"), figures(tmp_path / "resumed.json")
     assert a == b
+    assert b["seed"] == 46  # no --seed: the corpus's paper seed (the features say EMODB)
     for k in (1, 2, 3):
         h = f"fold_{k:02d}/history.csv"
         assert (tmp_path / "full" / h).read_text() == (tmp_path / "resumed" / h).read_text()
