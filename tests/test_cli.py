@@ -160,7 +160,8 @@ def test_extract_emodb_is_the_same_bits_on_every_x86_machine(emodb_features):
     if not dispatch.pins() or any(v in os.environ for v in dispatch.VARIABLES):
         pytest.skip("not an x86-64 Linux machine with AVX2, or the CPU dispatch set by hand: no pinned paths to check")
     # the bits also depend on these (constraints.txt pins them for `make setup`)
-    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
+    lines = (line.split("#")[0].strip() for line in (REPO / "constraints.txt").read_text().splitlines())
+    pins = dict(line.split("==") for line in lines if "==" in line)
     pinned = {name: pins[name] for name in ("numpy", "scipy", "librosa", "soxr")}
     if any(md.version(name) != version for name, version in pinned.items()):
         pytest.skip(f"the fingerprint below was measured with {pinned}")

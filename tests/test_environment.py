@@ -1,6 +1,7 @@
 """Guards against a quietly smaller suite: skips that would hide missing pieces where they must exist."""
 import importlib
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,6 @@ def test_make_setup_installs_the_optional_extras(module):
     """Their tests use importorskip, for users who installed timnet without extras; the environment
     `make setup` builds (the one `make test` and CI use) must have them, or those tests would skip."""
     venv = REPO / ".venv"
-    if not (venv / ".installed").exists() or sys.prefix != str(venv.resolve()):
+    if not (venv / ".installed").exists() or Path(sys.prefix).resolve() != venv.resolve():
         pytest.skip("not running in the .venv that `make setup` built")
     importlib.import_module(module)

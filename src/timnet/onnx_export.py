@@ -40,7 +40,7 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
     try:
         import onnx
     except ImportError:
-        raise TimnetError(f"{path}: ONNX export needs the onnx package (pip install onnx, or pip install -e '.[onnx]' in the timnet checkout)") from None
+        raise TimnetError(f"{path}: ONNX export needs the onnx package (pip install onnx onnxruntime, or pip install -e '.[onnx]' in the timnet checkout)") from None
 
     path = Path(path)
     if path.suffix.lower() != ".onnx":
@@ -66,7 +66,11 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
         onnx.save(proto, str(tmp))
         if importlib.util.find_spec("onnxruntime") is not None:
             # a graph the exporter got wrong must not replace a good file under the name
-            gap = onnx_parity(predictor, tmp)
+            try:
+                gap = onnx_parity(predictor, tmp)
+            except TimnetError as e:  # it would name the hidden temporary file
+                raise TimnetError(f"{path}: the exported graph does not load in onnxruntime "
+                                  f"({str(e).split(': ', 1)[-1]}); nothing written") from None
             if not gap <= PARITY_TOLERANCE:
                 raise TimnetError(f"{path}: the exported graph's probabilities differ from torch's by {gap:.1e} "
                                   f"(expected at most {PARITY_TOLERANCE:.0e}); nothing written")
