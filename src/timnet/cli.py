@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import math
 import os
 import shlex
@@ -372,16 +371,14 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .onnx_export import export_onnx, onnx_parity
+    from .onnx_export import export_checked
     from .predict import load_model
 
     with _warnings_as_messages():
         predictor = load_model(args.model, corpus=args.corpus)
-    path = export_onnx(predictor, args.output)
-    if importlib.util.find_spec("onnxruntime") is None:  # export needs onnx only; the check needs the runtime
-        check = "not checked against torch (onnxruntime is not installed)"
-    else:
-        check = f"max |onnxruntime - torch| = {onnx_parity(predictor, path):.1e}"
+    path, gap = export_checked(predictor, args.output)
+    check = ("not checked against torch (onnxruntime is not installed)" if gap is None
+             else f"max |onnxruntime - torch| = {gap:.1e}")
     print(f"{path}: {len(predictor.models)} checkpoint(s), {predictor.networks} network(s), {len(predictor.labels)} classes; {check}")
     return 0
 

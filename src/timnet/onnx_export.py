@@ -37,6 +37,12 @@ class _Probabilities(torch.nn.Module):
 
 def export_onnx(predictor: Predictor, path: str | Path) -> Path:
     """Write `predictor` as ONNX (input `features` (B, frames, n_mfcc), output `probs` (B, classes))."""
+    return export_checked(predictor, path)[0]
+
+
+def export_checked(predictor: Predictor, path: str | Path) -> tuple[Path, float | None]:
+    """export_onnx, and the largest |onnxruntime - torch| probability gap it measured before the file
+    took its name (None without onnxruntime: the file is then written unchecked)."""
     try:
         import onnx
     except ImportError:
@@ -50,6 +56,7 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
     module = _Probabilities(predictor.models).eval()
     cfg = predictor.feature_config
     example = torch.zeros(2, cfg.frames, cfg.n_mfcc)
+    gap = None
     with atomic_write(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and shape-inference chatter
         torch.onnx.export(module, (example,), str(tmp), input_names=["features"], output_names=["probs"],
@@ -74,7 +81,7 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
             if not gap <= PARITY_TOLERANCE:
                 raise TimnetError(f"{path}: the exported graph's probabilities differ from torch's by {gap:.1e} "
                                   f"(expected at most {PARITY_TOLERANCE:.0e}); nothing written")
-    return path
+    return path, gap
 
 
 class OnnxPredictor(Predictor):

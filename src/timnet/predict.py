@@ -66,6 +66,7 @@ def check_windowing(window: float | None, hop: float | None, config: FeatureConf
     a longer one would be centre-cropped to it, silently ignoring the rest); a hop moves by at least one
     sample and at most a window (a longer one would skip audio between windows)."""
     sr, longest = config.sample_rate, config.signal_length / config.sample_rate
+    span = longest if window is None else window  # what one window covers
     # the products too: 1e308 s is finite, but not in samples
     # (the bound as printed, to the millisecond, passes: the window is then the signal length)
     if window is not None and not (math.isfinite(window * sr) and audio.HOP_LENGTH <= window * sr <= config.signal_length + sr / 1000):
@@ -73,8 +74,8 @@ def check_windowing(window: float | None, hop: float | None, config: FeatureConf
                           "(the model's signal length)")
     if hop is not None and not (math.isfinite(hop * sr) and hop * sr >= 1):
         raise TimnetError(f"--hop {hop} invalid; expected at least one sample ({1 / sr:.1e} s)")
-    if hop is not None and hop > (longest if window is None else window):
-        raise TimnetError(f"--hop {hop} invalid; expected at most the window, {longest if window is None else window:.3f} s "
+    if hop is not None and hop > span:
+        raise TimnetError(f"--hop {hop} invalid; expected at most the window, {span:.3f} s "
                           "(a longer hop leaves audio between windows unscored)")
 
 
