@@ -17,7 +17,7 @@ import numpy as np
 from . import audio, dispatch
 from .corpora import CORPORA, FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, skip_summary
 from .errors import TimnetError
-from .utils import atomic_write, end_pool
+from .utils import atomic_write, end_pool, pool_result
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,13 @@ def _worker_features(job: tuple[str, FeatureConfig]) -> np.ndarray | str:
         return file_features(path, config)
     except TimnetError as e:
         return str(e)  # reported by the parent, which decides between failing and skipping
+
+
+_CHUNK = 8  # files per task: fewer round trips to the workers, still a steady progress bar
+
+
+def _worker_chunk(jobs: list[tuple[str, FeatureConfig]]) -> list[np.ndarray | str]:
+    return [_worker_features(job) for job in jobs]
 
 
 def _pool_context():
@@ -164,9 +171,11 @@ def extract(
         pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker)
         results = []
         try:
-            for r in pool.map(_worker_features, jobs, chunksize=8):
-                results.append(r)
-                bar.update()
+            chunks = [pool.submit(_worker_chunk, jobs[i:i + _CHUNK]) for i in range(0, len(jobs), _CHUNK)]
+            for chunk in chunks:
+                done = pool_result(pool, chunk)
+                results.extend(done)
+                bar.update(len(done))
         except BrokenProcessPool:
             end_pool(pool)
             raise TimnetError(f"an extraction worker died (killed, or out of memory?) after {len(results)} of "

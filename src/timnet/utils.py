@@ -83,9 +83,43 @@ def end_pool(pool) -> None:
     """End a ProcessPoolExecutor's workers now (interrupted, terminated or failed), instead of letting
     them work through the queued tasks, which `shutdown` alone would wait for. Python has no public
     way before 3.14's terminate_workers."""
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # None once the pool broke
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # None once the pool shut down
+    for proc in procs:
         proc.terminate()
+    for proc in procs:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    # A worker killed halfway through sending a result leaves the pool's manager thread waiting for
+    # the rest of that message (and `shutdown`, and the interpreter's exit, waiting on the thread).
+    # With every worker gone, closing the parent's own copy of the write end turns the wait into an
+    # end of file, which the manager handles as a broken pool.
+    result_queue = getattr(pool, "_result_queue", None)
+    if result_queue is not None:
+        result_queue._writer.close()
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+def pool_result(pool, future, poll: float = 0.5):
+    """`future.result()`, raising BrokenProcessPool once a worker has died. The executor notices a
+    dead worker itself, except one killed while sending a result: its manager thread then waits for
+    the rest of the message and never fails the futures (CPython 3.11–3.13), so the parent checks
+    its workers' exit codes between waits."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+    from concurrent.futures.process import BrokenProcessPool
+
+    while True:
+        try:
+            return future.result(timeout=poll)
+        except FutureTimeout:
+            if pool_worker_died(pool):
+                raise BrokenProcessPool("a worker process ended while the pool was running") from None
+
+
+def pool_worker_died(pool) -> bool:
+    """Whether a worker of a running ProcessPoolExecutor has exited (they only exit at shutdown)."""
+    return any(p.exitcode is not None for p in list((getattr(pool, "_processes", None) or {}).values()))
 
 
 def fold_dirs(run_dir: str | Path) -> list[Path]:
