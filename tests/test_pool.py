@@ -14,7 +14,7 @@ import pytest
 # 3.11's ProcessPoolExecutor); `pool_result` and `end_pool` must get out regardless, interpreter exit
 # included. Run in a child interpreter so that a regression fails on a timeout instead of hanging.
 SCRIPT = textwrap.dedent("""
-    import inspect, multiprocessing, os, signal, struct, sys, time
+    import inspect, multiprocessing, os, signal, struct, time
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
     from timnet.utils import end_pool, pool_result

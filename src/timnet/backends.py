@@ -13,7 +13,7 @@ import socket
 from typing import Callable, Iterator
 
 from .errors import TimnetError
-from .utils import end_pool, pool_worker_died, sigterm_handler
+from .utils import check_pool, end_pool, sigterm_handler
 
 Task = tuple[int, int]  # (index of the run, fold number)
 OnEpoch = Callable[[Task, dict], None]
@@ -91,8 +91,8 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
         pending = {pool.submit(_worker_task, task): task for task in tasks}
         while pending:
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            if not done and pool_worker_died(pool):  # see utils.pool_result: the pool may never say
-                raise BrokenProcessPool("a worker process ended while the pool was running")
+            if not done:
+                check_pool(pool)
             while True:
                 try:
                     task, row = q.get_nowait()

@@ -102,24 +102,25 @@ def end_pool(pool) -> None:
 
 
 def pool_result(pool, future, poll: float = 0.5):
-    """`future.result()`, raising BrokenProcessPool once a worker has died. The executor notices a
-    dead worker itself, except one killed while sending a result: its manager thread then waits for
-    the rest of the message and never fails the futures (CPython 3.11–3.13), so the parent checks
-    its workers' exit codes between waits."""
+    """`future.result()`, raising BrokenProcessPool once a worker has died (see `check_pool`)."""
     from concurrent.futures import TimeoutError as FutureTimeout
-    from concurrent.futures.process import BrokenProcessPool
 
     while True:
         try:
             return future.result(timeout=poll)
         except FutureTimeout:
-            if pool_worker_died(pool):
-                raise BrokenProcessPool("a worker process ended while the pool was running") from None
+            check_pool(pool)
 
 
-def pool_worker_died(pool) -> bool:
-    """Whether a worker of a running ProcessPoolExecutor has exited (they only exit at shutdown)."""
-    return any(p.exitcode is not None for p in list((getattr(pool, "_processes", None) or {}).values()))
+def check_pool(pool) -> None:
+    """Raise BrokenProcessPool if a worker of a running ProcessPoolExecutor has exited (they only exit
+    at shutdown). The executor notices a dead worker itself, except one killed while sending a result:
+    its manager thread then waits for the rest of the message and never fails the futures (CPython
+    3.11-3.13), so a parent waiting on them checks between waits."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    if any(p.exitcode is not None for p in list((getattr(pool, "_processes", None) or {}).values())):
+        raise BrokenProcessPool("a worker process ended while the pool was running")
 
 
 def fold_dirs(run_dir: str | Path) -> list[Path]:
