@@ -57,6 +57,7 @@ CANDIDATES = {
     # members of the SWA recipe per fold, probabilities averaged; the first member is "swa" itself
     "swa-x2": {"swa_epochs": 100, "members": 2},
     "swa-x3": {"swa_epochs": 100, "members": 3},
+    "swa-x4": {"swa_epochs": 100, "members": 4},  # its run also scores swa-x3, swa-x2 and swa (nested members)
 }
 
 
@@ -106,7 +107,7 @@ def main() -> int:
     print("| candidate | epochs | validation UAR | validation WAR | Δ UAR vs paper | its last weights' UAR "
           "| Δ vs last | its first member's UAR | Δ vs first member |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    derived = last_weights_candidates(names, summaries)
+    derived = derived_candidates(names, summaries)
     paper = dict(zip(names, summaries)).get("paper") or derived.get("paper", (None, None))[1]
     rows = []
     for name, run, s in zip(names, runs, summaries):
@@ -128,16 +129,16 @@ def main() -> int:
               f"{mean(single)} | {signed(vs_single)} |")
     if derived:
         k = max(len(s["folds"]) for _, s in derived.values())
-        print("\nCandidates scored by another run's last weights (that run only adds averaging, which changes no "
-              "training step):\n")
-        print("| candidate | its run | " + " | ".join(f"fold {i + 1}" for i in range(k)) + " | mean | Δ UAR vs paper |")
+        print("\nCandidates scored by another run that trains their models step for step (its last weights, "
+              "when it only adds averaging; its first members, when it is a larger ensemble):\n")
+        print("| candidate | scored by | " + " | ".join(f"fold {i + 1}" for i in range(k)) + " | mean | Δ UAR vs paper |")
         print("|---|---|" + "---:|" * (k + 2))
-        for name, (source, s) in derived.items():
+        for name, (how, s) in derived.items():
             uars = [f["val_uar"] for f in s["folds"]]
             delta = paired(s["folds"], paper["folds"], "val_uar", "val_uar") if paper is not None and name != "paper" else None
-            rows.append({"candidate": name, "params": CANDIDATES[name], "read_from": source,
+            rows.append({"candidate": name, "params": CANDIDATES[name], "read_from": how,
                          "val_uar": float(np.mean(uars)), "delta_uar_vs_paper": delta, "folds": s["folds"]})
-            print(f"| {name} | last weights of {source} | " + " | ".join(f"{u:.4f}" for u in uars)
+            print(f"| {name} | {how} | " + " | ".join(f"{u:.4f}" for u in uars)
                   + " | –" * (k - len(uars)) + f" | {np.mean(uars):.4f} | {signed(delta)} |")
     if args.json:
         write_json(args.json, {"corpus": fs.corpus, "folds": args.folds, "seed": seed, "val_fraction": args.val_fraction,
@@ -157,27 +158,44 @@ def reuse_first_member(run: Run, params: dict, runs_dir: Path) -> None:
     ensemble's finished member 0 instead of being trained again (_common.first_member_from)."""
     if params.get("members", 1) == 1:
         return
-    single = {k: v for k, v in params.items() if k != "members"}
-    source = next((runs_dir / n for n, p in CANDIDATES.items() if p == single), None)
-    if source is not None:
-        first_member_from(run.dir, source)
+    single = named({k: v for k, v in params.items() if k != "members"})
+    if single is not None:
+        first_member_from(run.dir, runs_dir / single)
 
 
-def last_weights_candidates(names: list[str], summaries: list[dict]) -> dict[str, tuple[str, dict]]:
-    """{candidate: (run, figures)} for the candidates not run themselves whose figures are another
-    run's last weights: a run that only adds SWA to a candidate trains it step for step (SWA changes
-    no training step: tests/test_recipe.py; on EMODB the paper's figures are reproduced to every
-    digit), so "paper" is read from "swa" and "vtlp+gain" from "swa+vtlp+gain"."""
+def derived_candidates(names: list[str], summaries: list[dict]) -> dict[str, tuple[str, dict]]:
+    """{candidate: (whose figures, figures)} for the candidates not run themselves whose models
+    another run trains step for step:
+    - a run that only adds SWA to a candidate trains it step for step (SWA changes no training step:
+      tests/test_recipe.py; on EMODB the paper's figures are reproduced to every digit), so its last
+      weights score that candidate: "paper" is read from "swa" and "vtlp+gain" from "swa+vtlp+gain";
+    - an ensemble of K members holds the ensembles of its first j < K members (member m's seed does
+      not depend on K: tests/test_members.py), so "swa-x4" also scores "swa-x3", "swa-x2" and "swa"."""
     out = {}
     for name, s in zip(names, summaries):
         params = dict(CANDIDATES[name])
-        if params.pop("swa_epochs", None) is None:
-            continue
-        same = next((n for n, p in CANDIDATES.items() if p == params), None)
-        if same is not None and same not in names:
-            out[same] = (name, {"folds": [{"fold": f["fold"], "val_uar": f["val_uar_last"]}
-                                          for f in s["folds"] if "val_uar_last" in f]})
+        k = params.pop("members", 1)
+        if k > 1:
+            figures = {1: [(f["fold"], f["val_uar_single"]) for f in s["folds"] if "val_uar_single" in f]}
+            for f in s["folds"]:
+                for g in f.get("val_first_members", []):
+                    figures.setdefault(g["members"], []).append((f["fold"], g["val_uar"]))
+            for j, uars in figures.items():
+                same = named({**params, "members": j} if j > 1 else params)
+                if same is not None and same not in names and same not in out and uars:
+                    how = "its first member" if j == 1 else f"its first {j} members"
+                    out[same] = (f"{how}: {name}", {"folds": [{"fold": f, "val_uar": u} for f, u in uars]})
+        elif params.pop("swa_epochs", None) is not None:
+            same = named(params)
+            if same is not None and same not in names:
+                out[same] = (f"its last weights: {name}", {"folds": [{"fold": f["fold"], "val_uar": f["val_uar_last"]}
+                                                                     for f in s["folds"] if "val_uar_last" in f]})
     return out
+
+
+def named(params: dict) -> str | None:
+    """The candidate of exactly these parameters, if there is one."""
+    return next((n for n, p in CANDIDATES.items() if p == params), None)
 
 
 def paired(a: list[dict], b: list[dict], key_a: str, key_b: str) -> tuple[float, float] | None:

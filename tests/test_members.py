@@ -82,6 +82,17 @@ def test_first_member_is_the_single_model(tmp_path):
     _, v2 = _run(fs, tmp_path / "v2", val_fraction=0.25, members=2)
     assert [f["val_uar_single"] for f in v2["folds"]] == [f["val_uar"] for f in v1["folds"]]
 
+    # members are nested (member m's seed does not depend on --members): a run of three also scores
+    # the two-member ensemble, on the test split and on a validation share
+    _, s3 = _run(fs, tmp_path / "three", members=3)
+    for f2, f3 in zip(s2["folds"], s3["folds"]):
+        assert f3["first_members"] == [{"members": 2, "war": f2["war"], "uar": f2["uar"]}]
+        assert f3["members"][:2] == f2["members"] and len(f3["members"]) == 3
+    _, v3 = _run(fs, tmp_path / "v3", val_fraction=0.25, members=3)
+    assert [f["val_first_members"] for f in v3["folds"]] == [
+        [{"members": 2, "val_war": f["val_war"], "val_uar": f["val_uar"]}] for f in v2["folds"]]
+    assert all("first_members" not in f and "val_first_members" not in f for f in s2["folds"] + v2["folds"])
+
 
 def test_members_resume_exactly(tmp_path):
     """Killed inside the second member: the first is kept, the second resumes from its snapshot."""

@@ -35,22 +35,34 @@ def test_paper_recipe_is_the_default_and_changes_nothing():
     assert all(learning_rate(TrainConfig(), s, 8) == 1e-3 for s in (0, 7, 3999))
 
 
-def test_selection_reads_paper_and_strong_from_the_averaging_runs(monkeypatch):
+def test_selection_reads_candidates_from_the_runs_that_train_them(monkeypatch):
     """`swa` trains the paper's recipe and `swa+vtlp+gain` the `vtlp+gain` one step for step, so their
     last weights score "paper" and "vtlp+gain" (the two runs CASIA's selection trains), fold by
-    fold, while a run named itself is never replaced by another's last weights."""
+    fold; an ensemble's first j members score the smaller ensembles; a run named itself is never
+    replaced by another's figures."""
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     import recipe_selection
 
     def summary(*last):
         return {"folds": [{"fold": k, "val_uar": 0.0, "val_uar_last": u} for k, u in enumerate(last, start=1)]}
 
-    derived = recipe_selection.last_weights_candidates(["swa", "swa+vtlp+gain"], [summary(0.8, 0.7), summary(0.9)])
-    assert derived == {"paper": ("swa", {"folds": [{"fold": 1, "val_uar": 0.8}, {"fold": 2, "val_uar": 0.7}]}),
-                       "vtlp+gain": ("swa+vtlp+gain", {"folds": [{"fold": 1, "val_uar": 0.9}]})}
-    assert "paper" not in recipe_selection.last_weights_candidates(["paper", "swa"], [summary(0.1), summary(0.2)])
+    derived = recipe_selection.derived_candidates(["swa", "swa+vtlp+gain"], [summary(0.8, 0.7), summary(0.9)])
+    assert derived == {"paper": ("its last weights: swa", {"folds": [{"fold": 1, "val_uar": 0.8}, {"fold": 2, "val_uar": 0.7}]}),
+                       "vtlp+gain": ("its last weights: swa+vtlp+gain", {"folds": [{"fold": 1, "val_uar": 0.9}]})}
+    assert "paper" not in recipe_selection.derived_candidates(["paper", "swa"], [summary(0.1), summary(0.2)])
     assert recipe_selection.paired(derived["vtlp+gain"][1]["folds"], derived["paper"][1]["folds"], "val_uar",
                                    "val_uar") == (pytest.approx(0.1), 0.0)  # fold 1 only: the pairs both have
+
+    # a four-member run: its member 0 is "swa", its first 2 and 3 members "swa-x2" and "swa-x3"; the
+    # ensemble's last weights are no single candidate's (the paper's is member 0's alone)
+    x4 = {"folds": [{"fold": k, "val_uar": 0.9, "val_uar_single": 0.1 * k, "val_uar_last": 0.5,
+                     "val_first_members": [{"members": 2, "val_uar": 0.2 * k}, {"members": 3, "val_uar": 0.3 * k}]}
+                    for k in (1, 2)]}
+    derived = recipe_selection.derived_candidates(["swa-x2", "swa-x4"], [summary(0.6), x4])
+    assert set(derived) == {"swa", "swa-x3"}  # swa-x2 ran itself; no "paper" from an ensemble's last weights
+    assert derived["swa"] == ("its first member: swa-x4", {"folds": [{"fold": 1, "val_uar": 0.1}, {"fold": 2, "val_uar": 0.2}]})
+    assert derived["swa-x3"][0] == "its first 3 members: swa-x4"
+    assert [f["val_uar"] for f in derived["swa-x3"][1]["folds"]] == [pytest.approx(0.3), pytest.approx(0.6)]
 
 
 def test_strong_preset_and_overrides(monkeypatch):

@@ -255,9 +255,17 @@ class Run:
             if len(members) > 1:
                 # what each member alone scores on the same test split: reported, never used to choose
                 result["members"] = []
-                for member in members:
-                    r = fold_result(k, self.fs, test_idx, predict_proba(member.model, self.fs.x[test_idx])[0].argmax(1))
+                member_probs = [predict_proba(member.model, self.fs.x[test_idx])[0] for member in members]
+                for p in member_probs:
+                    r = fold_result(k, self.fs, test_idx, p.argmax(1))
                     result["members"].append({"war": r["war"], "uar": r["uar"]})
+                # the ensembles of the first j members (2 <= j < K): what fewer members would have
+                # scored, paired with this fold (members are nested: member m's seed does not depend on K)
+                if len(members) > 2:
+                    result["first_members"] = []
+                    for j in range(2, len(members)):
+                        r = fold_result(k, self.fs, test_idx, np.mean(member_probs[:j], axis=0).argmax(1))
+                        result["first_members"].append({"members": j, "war": r["war"], "uar": r["uar"]})
             if first.last is not first.model:
                 # averaged weights (SWA/EMA): the same training's last weights (of every member) on the
                 # same test split, what the averaging alone changed (with nothing else overridden, the
@@ -272,6 +280,14 @@ class Run:
                 # the first member alone is the single-model recipe: a paired comparison for free
                 one = evaluate_split(first.model, x[va], y[va], n_classes=len(self.fs.labels))
                 result.update(val_war_single=one["war"], val_uar_single=one["uar"])
+            if len(members) > 2:
+                # the ensembles of the first j members (2 <= j < K), on the same validation data: one
+                # run of K members also measures every smaller ensemble of the recipe (nested seeds)
+                result["val_first_members"] = []
+                for j in range(2, len(members)):
+                    v = evaluate_split(TIMNetEnsemble([m.model for m in members[:j]]).eval(), x[va], y[va],
+                                       n_classes=len(self.fs.labels))
+                    result["val_first_members"].append({"members": j, "val_war": v["war"], "val_uar": v["uar"]})
             if first.last is not first.model:
                 # averaged weights: the last weights of the same training, on the same validation
                 # data, make the comparison paired (what the averaging alone changed)
