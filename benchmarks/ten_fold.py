@@ -96,7 +96,8 @@ def finished_folds(run: Path) -> list[dict]:
     folds = []
     for path in sorted(run.glob("fold_*/result.json")):
         r = json.loads(path.read_text())
-        folds.append({k: r[k] for k in ("fold", "n_test", "war", "uar", "seconds", "last_weights") if k in r})
+        folds.append({k: r[k] for k in ("fold", "n_test", "war", "uar", "seconds", "last_weights", "first_members")
+                      if k in r})  # first_members: the smaller ensembles of a run of three or more members
         if "members" in r:  # an ensemble's first member alone: the one-member recipe, weight for weight
             folds[-1]["first_member"] = r["members"][0]
     return folds

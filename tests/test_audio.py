@@ -53,6 +53,18 @@ def test_truncated_wav_is_refused(tmp_path):
     with pytest.raises(TimnetError, match=r"t\.wav: truncated WAV"):
         audio.read_audio(path)
 
+    # a writer that counted its 44-byte header into the data size: read, like librosa, as it is
+    path.write_bytes(data)
+    y, sr = audio.read_audio(path)
+    assert data[36:40] == b"data"  # soundfile's plain 44-byte header: the size is bytes 40-43
+    size = int.from_bytes(data[40:44], "little")
+    path.write_bytes(data[:40] + (size + 44).to_bytes(4, "little") + data[44:])
+    y2, sr2 = audio.read_audio(path)
+    assert sr2 == sr and np.array_equal(y2, y)
+    path.write_bytes(data[:40] + (size + 44 + audio.WAV_MISCOUNT).to_bytes(4, "little") + data[44:])
+    with pytest.raises(TimnetError, match=r"t\.wav: truncated WAV"):
+        audio.read_audio(path)
+
 
 def test_empty_and_non_audio_files_are_refused(tmp_path):
     empty = tmp_path / "e.wav"

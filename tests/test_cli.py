@@ -118,6 +118,7 @@ def test_truncated_and_non_audio_wav(tmp_path, out):
     ok = timnet("extract", "emodb", root, "-o", out, "-q", "--skip-bad", "--workers", "1")
     assert ok.returncode == 0, ok.stderr
     assert "03a01Fa.wav" in ok.stderr and "1 utterances" in ok.stdout
+    assert "1 EMODB utterances, where the paper's corpus has 535" in ok.stderr  # a part of a corpus is said
 
 
 def test_test_verb_errors(tmp_path):
@@ -136,6 +137,7 @@ def emodb_features(tmp_path_factory):
     result = timnet("extract", "emodb", DATA / "EMODB", "-o", path, "--workers", "2")
     assert result.returncode == 0, result.stderr
     assert "535 utterances (angry 127, boredom 81, disgust 46, fear 69, happy 71, neutral 79, sad 62), 10 speakers" in result.stdout
+    assert "paper's corpus has" not in result.stderr  # the whole corpus: no warning
     return path
 
 

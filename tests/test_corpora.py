@@ -284,6 +284,20 @@ def test_ravdess_tree(ravdess):
     assert (info.samplerate, info.channels, info.subtype) == (48000, 2, "PCM_24")
 
 
+def test_symlinked_alias_keeps_the_real_folder_and_tilde_roots_are_read(ravdess, monkeypatch):
+    """A convenience link to a speaker's folder (`zz_latest -> Actor_01`) is walked once, and
+    always as the first of the two names in natural order, whatever order the file system lists
+    them in: the kept path decides the sample order. A `~/...` root is listed and read alike."""
+    want = summary_of(list_corpus("ravdess", ravdess))
+    (ravdess / "zz_latest").symlink_to(ravdess / "Actor_01", target_is_directory=True)
+    assert summary_of(list_corpus("ravdess", ravdess)) == want
+
+    from timnet.features import extract
+    monkeypatch.setenv("HOME", str(ravdess.parent))
+    fs, _, bad = extract("ravdess", f"~/{ravdess.name}", workers=1, progress=False)
+    assert not bad and list(fs.files) == [w[0] for w in want]
+
+
 def test_skip_summary(ravdess):
     listing = list_corpus("ravdess", ravdess)
     assert skip_summary(listing) == (
@@ -402,6 +416,9 @@ def test_iemocap_tree(iemocap):
         (wav1 + "notes.wav", "name"),
     )
     assert_sample_order(listing)
+    # a root inside a session, below its labels: said, rather than every utterance "no label"
+    with pytest.raises(TimnetError, match=r"sentences/wav: IEMOCAP utterances .* no label file .*Session1 \.\.\. Session5"):
+        list_corpus("iemocap", iemocap / "IEMOCAP_full_release" / "Session1" / "sentences" / "wav")
 
 
 # --- list_corpus errors -------------------------------------------------------------------------

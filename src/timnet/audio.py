@@ -17,13 +17,18 @@ SAMPLE_RATE = 22050  # librosa's default `sr`: the authors never passed another 
 N_MFCC = 39
 N_FFT = 2048  # samples per STFT frame (librosa default, ~93 ms at 22.05 kHz)
 HOP_LENGTH = 512  # samples between frames (librosa default, ~23 ms)
+WAV_MISCOUNT = 1024  # bytes a WAV's data chunk may claim beyond the file's end (_check_wav_container)
 
 
 def _check_wav_container(path: Path) -> None:
     """Refuse a RIFF/WAVE file whose data chunk claims more bytes than the file holds.
 
     libsndfile reads such a truncated file without complaint (it just returns fewer frames),
-    which would silently change a sample's features, so the header is checked by hand.
+    which would silently change a sample's features, so the header is checked by hand. Up to
+    WAV_MISCOUNT bytes short is let through: some writers count the 44-byte header or a pad
+    byte into the data size, and refusing those files would drop utterances (and change the
+    folds) that the authors' librosa read, with the same samples as here. A copy cut short in
+    transfer lacks far more.
     """
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -38,7 +43,7 @@ def _check_wav_container(path: Path) -> None:
             if chunk_id == b"data":
                 # 0 and 0xFFFFFFFF are what streaming writers leave when they never came back
                 # to fill in the size; libsndfile then reads to the end, which is right.
-                if chunk_size not in (0, 0xFFFFFFFF) and pos + 8 + chunk_size > size:
+                if chunk_size not in (0, 0xFFFFFFFF) and pos + 8 + chunk_size > size + WAV_MISCOUNT:
                     raise TimnetError(
                         f"{path}: truncated WAV: header declares {chunk_size} bytes of audio, "
                         f"the file holds {size - pos - 8}"

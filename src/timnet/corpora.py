@@ -108,7 +108,9 @@ def visible_files(root: Path) -> list[str]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not _hidden(d)]
+        # in natural order, so that where two paths lead to one folder (a symlinked alias) the
+        # same one is kept on every file system: it decides the listed paths and the sample order
+        dirs[:] = sorted((d for d in dirs if not _hidden(d)), key=natural_key)
         rel = Path(folder).relative_to(root)
         found += [(rel / f).as_posix() for f in files if not _hidden(f)]
     return sorted(found, key=natural_key)
@@ -307,6 +309,9 @@ def scan_iemocap(root: Path) -> Listing:
             # whole-dialog recordings (SessionN/dialog/wav/Ses01F_impro01.wav) belong to the corpus
             if not _IEMOCAP_DIALOG.fullmatch(pure.stem):
                 skipped.append((path, "name"))
+        elif not labels:  # utterances but no label file at all: a root inside SessionN/sentences
+            raise TimnetError(f"{root}: IEMOCAP utterances ({path}) but no label file SessionN/dialog/EmoEvaluation/"
+                              "<dialog>.txt under it; expected the folder that holds Session1 ... Session5")
         elif pure.stem not in labels:
             skipped.append((path, "no label"))
         else:

@@ -146,7 +146,7 @@ def extract(
     elif speaker_pattern is not None:
         raise TimnetError(f"--speaker-pattern is for folders corpora; {corpus} speakers come from its layout")
     corpus = get_corpus(corpus, also="folders") if isinstance(corpus, str) else corpus
-    root = Path(root)
+    root = Path(root).expanduser()  # as list_corpus does: the files are read from the root it listed
     listing = list_corpus(corpus, root)
     config = FeatureConfig(signal_length=signal_length or corpus.signal_length)
     source = _source_fingerprint(root, listing.items, config, corpus=corpus.name, skip_bad=skip_bad)
@@ -226,7 +226,7 @@ def _source_fingerprint(root: Path, items, config: FeatureConfig, *, corpus: str
 
 def check_features_path(path: str | Path) -> Path:
     path = Path(path)
-    if path.suffix != ".npz":
+    if path.suffix.lower() != ".npz":
         raise TimnetError(f"{path}: features are saved as .npz; expected a path ending in .npz")
     return path
 
