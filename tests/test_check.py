@@ -31,6 +31,7 @@ def test_synthetic_tree_reports_shortfall_and_strays(tmp_path):
     assert len(r.unreadable) == 1 and r.unreadable[0].startswith("liuchanhg/sad/202.wav")
     text = format_check(r)
     assert "PROBLEMS FOUND" in text and "wangzhe/bored/201.wav" in text and "<-" in text
+    assert "checksums: none shipped for CASIA" in text
 
 
 @pytest.mark.realdata
@@ -57,6 +58,7 @@ def test_emodb_copy_missing_extra_and_altered_by_name(tmp_path):
     assert "missing (in the publisher's manifest, not found): 1\n  EMODB/wav/03a01Fa.wav" in r.stdout
     assert "EMODB/wav/16b99Wa.wav (not in the publisher's manifest)" in r.stdout
     assert "altered (sha256 differs from the manifest): 1\n  EMODB/wav/08a01Lc.wav" in r.stdout
+    assert "checksums: 533 of the publisher's 535 files match their sha256" in r.stdout  # one missing, one altered
 
 
 def test_song_files_and_second_copies_are_listed_not_problems(tmp_path):

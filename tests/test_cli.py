@@ -121,6 +121,26 @@ def test_truncated_and_non_audio_wav(tmp_path, out):
     assert "1 EMODB utterances, where the paper's corpus has 535" in ok.stderr  # a part of a corpus is said
 
 
+def test_outputs_never_overwrite_inputs(tmp_path):
+    clip = write_tone(tmp_path / "clip.wav")
+    before = clip.read_bytes()
+    assert_one_line_error(timnet("predict", clip, "--json", clip), "--json", "is the input", "clip.wav")
+    assert clip.read_bytes() == before
+
+
+def test_test_on_a_run_with_no_finished_fold(tmp_path):
+    from test_train import synthetic
+    from timnet.errors import TimnetError
+    from timnet.evaluate import fold_models
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")
+    with pytest.raises(TimnetError, match="run: a RUN_DIR with no finished fold"):
+        fold_models(tmp_path / "run", synthetic(), folds=10, seed=46)
+    with pytest.raises(TimnetError, match="run.json: a file, not a folder"):
+        fold_models(tmp_path / "run" / "run.json", synthetic(), folds=10, seed=46)
+
+
 def test_test_verb_errors(tmp_path):
     assert_one_line_error(timnet("test", tmp_path / "none.npz", "--weights", tmp_path), "none.npz", "no such feature file")
     bad = tmp_path / "f.npz"

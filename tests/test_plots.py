@@ -79,6 +79,10 @@ def test_plot_command_with_out_folder(trained, tmp_path, capsys):
     assert {p.stem for p in (tmp_path / "figs").iterdir()} == FIGURES and not (run_dir / "plots").exists()
     page = (run_dir / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(FIGURES) and "tsne.png and .svg in figs/" in page
+    # a t-SNE seed sklearn would refuse: one line before any figure, not a traceback after half of them
+    assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "neg"), "--seed", "-1"]) == 1
+    assert capsys.readouterr().err.strip() == "timnet: error: --seed -1 invalid; expected an integer from 0 to 4294967295"
+    assert not (tmp_path / "neg").exists()
 
 
 def test_history_reads_validation_columns(trained):

@@ -54,6 +54,7 @@ class CheckReport:
     unreadable: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # manifest paths not found
     altered: list[str] = field(default_factory=list)  # sha256 differs from the manifest
+    manifest_files: int | None = None  # files in the publisher's manifest; None: no manifest shipped
 
     @property
     def ok(self) -> bool:
@@ -107,6 +108,7 @@ def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
     report.sample_rates, report.channels = dict(rates), dict(channels)
     manifest = read_manifest(corpus.name)
     if manifest is not None:
+        report.manifest_files = len(manifest)
         found = [it.path for it in listing.items] + [p for p, _ in listing.skipped]
         prefix = _manifest_prefix(found, manifest)
         present = set(found)
@@ -138,6 +140,11 @@ def format_check(r: CheckReport) -> str:
     lines.append(f"speakers ({len(r.speakers)}): " + ", ".join(f"{s} {n}" for s, n in r.speakers.items()))
     lines.append("sample rates: " + ", ".join(f"{sr} Hz x{n}" for sr, n in sorted(r.sample_rates.items())))
     lines.append("channels: " + ", ".join(f"{c} x{n}" for c, n in sorted(r.channels.items())))
+    if r.manifest_files is None:
+        lines.append(f"checksums: none shipped for {r.corpus} (counts and readability checked)")
+    else:
+        ok = r.manifest_files - len(r.missing) - len(r.altered)
+        lines.append(f"checksums: {ok} of the publisher's {r.manifest_files} files match their sha256")
     for title, entries in (("missing (in the publisher's manifest, not found)", r.missing),
                            ("altered (sha256 differs from the manifest)", r.altered),
                            ("unreadable", r.unreadable),

@@ -536,8 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files, or directories searched recursively")
     s.add_argument("--model", default="emodb", metavar="PATH",
                    help="bundled model name (default emodb), a checkpoint, a RUN_DIR (fold ensemble), "
-                        "a folder of the authors' .hdf5 files (with --corpus) or an .onnx file")
-    s.add_argument("--corpus", default=None, help="the corpus of an authors' weights folder")
+                        "the authors' .hdf5 file or folder of them (with --corpus) or an .onnx file")
+    s.add_argument("--corpus", default=None, help="the corpus of the authors' weights (their files do not say it)")
     s.add_argument("--window", type=float, default=None, help="window in seconds: a recording longer than it is scored in windows (default: the model's signal length, used beyond 2.5 times it)")
     s.add_argument("--hop", type=float, default=None, help="hop between windows in seconds (default: half a window)")
     s.add_argument("--show-windows", action="store_true", help="print each window's label under a windowed file")
@@ -545,9 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help="export a model or fold ensemble to ONNX")
-    s.add_argument("model", metavar="MODEL", help="bundled model name, checkpoint, RUN_DIR or authors' weights folder (with --corpus)")
+    s.add_argument("model", metavar="MODEL", help="bundled model name, checkpoint, RUN_DIR, or the authors' .hdf5 file or folder of them (with --corpus)")
     s.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="where to write the ONNX file")
-    s.add_argument("--corpus", default=None, help="the corpus of an authors' weights folder")
+    s.add_argument("--corpus", default=None, help="the corpus of the authors' weights (their files do not say it)")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bench", help="speed figures of this machine: training, inference, extraction, memory")
@@ -576,6 +576,27 @@ def _check_outputs(args) -> None:
     for name in ("plots", "out"):
         if getattr(args, name, None):
             check_output(getattr(args, name), folder=True)
+    _check_not_an_input(args)
+
+
+INPUTS = ("features", "data_dir", "src", "run_dir", "model", "weights", "space", "audio")
+
+
+def _check_not_an_input(args) -> None:
+    """Refuse an output file that is one of the command's own input files (`--json clip.wav`):
+    it would be replaced by the output, and an input is never ours to overwrite."""
+    inputs = []
+    for name in INPUTS:
+        value = getattr(args, name, None)
+        inputs += value if isinstance(value, list) else [value] if value else []
+    inputs = [Path(p) for p in inputs if Path(p).is_file()]
+    for name in ("json", "output"):
+        out = getattr(args, name, None)
+        if not out or not Path(out).is_file():
+            continue
+        for given in inputs:
+            if os.path.samefile(out, given):
+                raise TimnetError(f"--{name} {out} is the input {given}; expected another path for the output")
 
 
 class _Terminated(KeyboardInterrupt):

@@ -12,7 +12,7 @@ from .checkpoint import load_checkpoint
 from .errors import TimnetError
 from .features import FeatureSet
 from .folds import make_folds
-from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights
+from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
 from .utils import fold_files
 
@@ -49,11 +49,15 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
     """Per-fold models from a timnet RUN_DIR (its saved test indices) or a folder of the authors' HDF5 files."""
     weights = Path(weights)
     if not weights.is_dir():
-        raise TimnetError(f"{weights}: no such weights folder; expected a RUN_DIR or a folder of 10-fold_weights_best_<k>.hdf5")
-    from .run import check_not_multi_seed
+        what = "a file, not a folder" if weights.exists() else "no such weights folder"
+        raise TimnetError(f"{weights}: {what}; expected a RUN_DIR or a folder of 10-fold_weights_best_<k>.hdf5")
+    from .run import RUN_FILE, check_not_multi_seed
 
     check_not_multi_seed(weights)
     run_ckpts = fold_files(weights, "model.pt")
+    if not run_ckpts and (weights / RUN_FILE).is_file():
+        raise TimnetError(f"{weights}: a RUN_DIR with no finished fold (no fold_*/model.pt); "
+                          "`timnet train` with the same arguments resumes it")
     if run_ckpts:
         from .run import features_fingerprint, read_identity
 
@@ -79,8 +83,10 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
         model = load_keras_weights(path)
         _check_fits(model.config, fs, path)
         check_corpus_levels(model, fs.corpus, path)
+        if not loaded:  # the first file says whose weights these are; the split is checked before nine more load
+            _check_authors_split(weights, fs, seed=seed, split=split)
+            warn_if_named_for_another_corpus(weights, fs.corpus)
         loaded.append(model)
-    _check_authors_split(weights, fs, seed=seed, split=split)
     splits = make_folds(len(fs), folds=folds, seed=seed, split=split, speakers=fs.speakers)
     return [FoldModel(k, model, splits[k - 1][1]) for k, model in enumerate(loaded, start=1)]
 

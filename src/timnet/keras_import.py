@@ -161,3 +161,21 @@ def check_corpus_levels(model: TIMNet, corpus: str, path: str | Path) -> None:
     if c is not None and model.config.dilations != c.dilations:
         raise TimnetError(f"{path}: {model.config.dilations} temporal-aware levels; the authors' {c.name} models "
                           f"have {c.dilations} (another corpus's weights?)")
+
+
+def warn_if_named_for_another_corpus(path: str | Path, corpus: str) -> None:
+    """The authors' folders are named after their corpus (EMODB_46, CASIA_32, RAVDE_46). EMODB, EMOVO
+    and SAVEE models all have 7 classes and 8 levels, so the weights cannot tell which corpus's
+    class names are right: where the name says another corpus than `corpus`, say so."""
+    import re
+    import warnings
+
+    from .corpora import CORPORA
+
+    path = Path(path)
+    name = path.name if path.is_dir() else path.parent.name
+    head = re.split(r"[_\-. ]", name, maxsplit=1)[0].upper()
+    named = [c for c in CORPORA if len(head) >= 4 and c.startswith(head)]
+    if named and str(corpus).upper() not in named:
+        warnings.warn(f"{path}: named like the authors' {named[0]} weights, but read as {str(corpus).upper()}'s "
+                      f"classes ({', '.join(CORPORA[str(corpus).upper()].labels)}); check --corpus", stacklevel=2)

@@ -18,7 +18,7 @@ from .checkpoint import load_checkpoint
 from .corpora import AUDIO_EXTENSIONS, get_corpus
 from .errors import TimnetError
 from .features import FeatureConfig, waveform_features
-from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights
+from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet
 from .utils import fold_files
 
@@ -224,9 +224,11 @@ def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predic
     if corpus is None:
         raise TimnetError(f"{source}: the authors' weight files need --corpus (one of casia, emodb, emovo, iemocap, ravdess, savee)")
     c = get_corpus(corpus)
-    models = [load_keras_weights(f) for f in paths]
-    for f, m in zip(paths, models):
-        check_corpus_levels(m, c.name, f)
+    warn_if_named_for_another_corpus(source, c.name)
+    models = []
+    for f in paths:  # each checked as it loads: a wrong --corpus is said after one file, not ten
+        models.append(load_keras_weights(f))
+        check_corpus_levels(models[-1], c.name, f)
     return Predictor(models, labels=c.labels, feature_config=FeatureConfig(signal_length=c.signal_length), source=source,
                      corpus=c.name)
 

@@ -121,6 +121,9 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     The t-SNE needs the run's features file; when run.json's path is gone it is skipped with a
     warning (and report.html says why) rather than failing the other figures.
     """
+    from .train import check_seed
+
+    check_seed(seed)  # t-SNE's seed: refused before any figure is drawn, not after half of them
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
     info = _run_info(run_dir)
