@@ -255,16 +255,16 @@ class Run:
             if len(members) > 1:
                 # what each member alone scores on the same test split: reported, never used to choose
                 result["members"] = []
-                member_probs = [predict_proba(member.model, self.fs.x[test_idx])[0] for member in members]
-                for p in member_probs:
-                    r = fold_result(k, self.fs, test_idx, p.argmax(1))
+                for member in members:
+                    r = fold_result(k, self.fs, test_idx, predict_proba(member.model, self.fs.x[test_idx])[0].argmax(1))
                     result["members"].append({"war": r["war"], "uar": r["uar"]})
                 # the ensembles of the first j members (2 <= j < K): what fewer members would have
                 # scored, paired with this fold (members are nested: member m's seed does not depend on K)
                 if len(members) > 2:
                     result["first_members"] = []
                     for j in range(2, len(members)):
-                        r = fold_result(k, self.fs, test_idx, np.mean(member_probs[:j], axis=0).argmax(1))
+                        fewer = TIMNetEnsemble([m.model for m in members[:j]]).eval()  # averaged as the fold's model is
+                        r = fold_result(k, self.fs, test_idx, predict_proba(fewer, self.fs.x[test_idx])[0].argmax(1))
                         result["first_members"].append({"members": j, "war": r["war"], "uar": r["uar"]})
             if first.last is not first.model:
                 # averaged weights (SWA/EMA): the same training's last weights (of every member) on the
