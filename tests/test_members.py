@@ -111,3 +111,45 @@ def test_members_resume_exactly(tmp_path):
     for k in (1, 2, 3):
         x, y = (read_checkpoint(tmp_path / d / f"fold_{k:02d}" / "model.pt")["members"] for d in ("full", "res"))
         assert all(torch.equal(x[m][n], y[m][n]) for m in (0, 1) for n in x[m])
+
+
+def test_members_of_a_fold_train_in_parallel_to_the_same_weights(tmp_path):
+    """With two workers an ensemble's fold is split into its members, each in a worker of its own;
+    the weights and figures are those of members trained one after another in one process."""
+    from timnet.backends import LocalBackend, _units
+    from timnet.run import execute_runs
+
+    fs = synthetic()
+    runs = []
+    for name, workers in (("one", 1), ("two", 2)):
+        run = Run(fs, tmp_path / name, config=TrainConfig(**{**FAST, "epochs": 2, "members": 3}), folds=2, seed=5)
+        run.prepare()
+        runs.append(run)
+        (summary,) = execute_runs([run], backend=LocalBackend(workers), progress=False, log=lambda m: None)
+        runs[-1].summary = summary
+    one, two = runs
+    assert [f["confusion"] for f in one.summary["folds"]] == [f["confusion"] for f in two.summary["folds"]]
+    assert [f["members"] for f in one.summary["folds"]] == [f["members"] for f in two.summary["folds"]]
+    for k in (1, 2):
+        x, y = (read_checkpoint(r.fold_dir(k) / "model.pt")["members"] for r in (one, two))
+        assert all(torch.equal(x[m][n], y[m][n]) for m in range(3) for n in x[m])
+        assert not list(two.fold_dir(k).glob("member_*.pt"))  # kept only until the fold is finished
+    # the split: members first, the fold after them; a member already kept is not trained again
+    (two.fold_dir(1) / "member_1.pt").touch()
+    assert _units([two], [(0, 1)], 2) == [("member", (0, 1), 0), ("member", (0, 1), 2), ("fold", (0, 1))]
+    assert _units([two], [(0, 1)], 1) == [("fold", (0, 1))]
+
+
+def test_progress_counts_members_trained_at_once():
+    """Members of one fold report epochs m * epochs + e, interleaved: the bar counts each once."""
+    from timnet.run import FoldProgress
+
+    class R:  # what FoldProgress reads of a run
+        config = TrainConfig(epochs=3, members=2)
+
+    bar = FoldProgress([R()], [(0, 1)], enabled=True)  # a disabled tqdm counts nothing
+    for e in (1, 4, 2, 5, 5, 3):  # member 0's epochs 1-3 and member 1's 4-6 (5 repeated: a resume)
+        bar.epoch((0, 1), {"epoch": e, "loss": 1.0})
+    assert bar.bar.n == 5 and set(bar.status) == {((0, 1), 0), ((0, 1), 1)}
+    bar.finished((0, 1))  # member 1 stopped early at its epoch 2
+    assert bar.bar.n == 6 and not bar.status

@@ -1,7 +1,9 @@
 """Where folds are trained: worker processes on this machine, or Ray tasks on a cluster.
 
-A task is one fold of one run, (run index, fold). Both backends call the very same
-`Run.train_and_test_fold`, which resumes from the fold's snapshot and writes its results
+A task is one fold of one run, (run index, fold). Local worker processes split an ensemble's
+fold (`--members K`) further, into one unit per member (`Run.train_member`, which keeps the member
+in the fold's folder) and then the fold, so that its members train at once. Both backends end a
+fold with the very same `Run.train_and_test_fold`, which resumes from the fold's snapshot and writes its results
 atomically into the run's folder, so results, checkpoints and resume semantics do not depend
 on the backend. A backend yields (task, result) as tasks finish and reports epochs through
 `on_epoch(task, row)`.
@@ -33,7 +35,7 @@ class LocalBackend:
         """Nothing to start: workers are made per run."""
 
     def map(self, runs: list, tasks: list[Task], on_epoch: OnEpoch) -> Iterator[tuple[Task, dict]]:
-        if self.workers <= 1 or len(tasks) <= 1:
+        if self.workers <= 1 or len(_units(runs, tasks, self.workers)) <= 1:
             for task in tasks:
                 ri, k = task
                 yield task, runs[ri].train_and_test_fold(k, on_epoch=lambda row, task=task: on_epoch(task, row),
@@ -58,8 +60,11 @@ def _worker_init(runs: list, queue) -> None:
     _WORKER.update(runs=runs, queue=queue, parent=os.getppid())
 
 
-def _worker_task(task: Task) -> tuple[Task, dict]:
+def _worker_unit(unit: tuple) -> tuple[tuple, dict | None]:
+    """One unit of a pool's work: ("member", (run, fold), m) trains one member of an ensemble's fold;
+    ("fold", (run, fold)) trains what is left of the fold and tests it (its result)."""
     runs, queue = _WORKER["runs"], _WORKER["queue"]
+    kind, task = unit[0], unit[1]
 
     def on_epoch(row: dict) -> None:
         if os.getppid() != _WORKER["parent"]:  # the parent was killed: do not train on as an orphan
@@ -67,7 +72,25 @@ def _worker_task(task: Task) -> tuple[Task, dict]:
         queue.put((task, row))
 
     ri, k = task
-    return task, runs[ri].train_and_test_fold(k, on_epoch=on_epoch, worker=_worker_info())
+    if kind == "member":
+        runs[ri].train_member(k, unit[2], on_epoch=on_epoch)
+        return unit, None
+    return unit, runs[ri].train_and_test_fold(k, on_epoch=on_epoch, worker=_worker_info())
+
+
+def _units(runs: list, tasks: list[Task], workers: int) -> list[tuple]:
+    """The pool's work in order. With more than one worker, an ensemble's fold is split into its
+    unfinished members, each a unit any worker may take, then the fold itself (which finds them
+    trained): two workers finish one fold of two members in half the time, a lone last fold does
+    not leave workers idle, and a run stopped part way has lost at most one member per worker."""
+    units = []
+    for task in tasks:
+        run = runs[task[0]]
+        if workers > 1 and run.config.members > 1:
+            done = run.members_done(task[1])
+            units += [("member", task, m) for m in range(run.config.members) if m not in done]
+        units.append(("fold", task))
+    return units
 
 
 def _worker_info(**more) -> dict:
@@ -84,12 +107,20 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
     ctx = mp.get_context("spawn")  # fork after torch has run threads is not safe
     manager = ctx.Manager()  # a server process of its own: shut down below, else it outlives the run
     q = manager.Queue()
-    pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=_worker_init,
+    queued = _units(runs, tasks, workers)
+    pool = ProcessPoolExecutor(min(workers, len(queued)), mp_context=ctx, initializer=_worker_init,
                                initargs=(runs, q))
     finished: set = set()
+    pending: dict = {}  # future: unit
+
+    def ready(unit) -> bool:  # a fold waits for its members, trained in units of their own
+        return unit[0] == "member" or not any(u[0] == "member" and u[1] == unit[1] for u in queued + list(pending.values()))
+
     try:
-        pending = {pool.submit(_worker_task, task): task for task in tasks}
-        while pending:
+        while queued or pending:
+            while len(pending) < workers and (unit := next((u for u in queued if ready(u)), None)) is not None:
+                queued.remove(unit)
+                pending[pool.submit(_worker_unit, unit)] = unit
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             if not done:
                 check_pool(pool)
@@ -100,10 +131,11 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
                     break
                 on_epoch(task, row)
             for future in done:
-                task = pending.pop(future)
+                unit = pending.pop(future)
                 _, result = future.result()
-                finished.add(task)
-                yield task, result
+                if unit[0] == "fold":
+                    finished.add(unit[1])
+                    yield unit[1], result
         pool.shutdown(wait=True)
     except BrokenProcessPool:
         # A worker died (killed, out of memory). The pool can surface it from any call on it, not only

@@ -423,7 +423,7 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--select", choices=SELECTIONS, default="last", help="model kept per fold: last epoch (paper; the default) or best validation UAR")
     s.add_argument("--patience", type=int, default=None, help="stop a fold after this many epochs without a better validation UAR (default: never; needs a validation split)")
     s.add_argument("--save-every", type=int, default=10, help="epochs between resumable snapshots (default 10)")
-    s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes (default: one per core)")
+    s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes; an ensemble's members too (default: one per core)")
     s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers); part of the run's identity, "
                    "since float results depend on it")
     s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")

@@ -36,7 +36,8 @@ from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
 from .folds import make_folds
 from .model import TIMNetConfig, TIMNetEnsemble
-from .train import TrainConfig, check_seed, evaluate_split, fold_seed, resolve_path, train_members, validation_split
+from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
+                    train_members, validation_split)
 from .utils import atomic_write, fold_dirs, write_json
 
 RUN_FILE = "run.json"
@@ -228,25 +229,41 @@ class Run:
         return self.dir / f"fold_{k:02d}"
 
     # -- training ------------------------------------------------------------------------------
-    def train_and_test_fold(self, k: int, *, on_epoch: Callable[[dict], None] | None = None,
-                            worker: dict | None = None) -> dict:
-        """Train (or resume) fold k, evaluate its chosen model once on its test split, save everything.
-
-        `worker` (where the fold ran) is recorded in the fold's result."""
-        train_idx, test_idx = self.splits[k - 1]
+    def _fold_data(self, k: int):
+        """Fold k's folder (created), features, labels and (train, validation) indices, threads set."""
         fdir = self.fold_dir(k)
         fdir.mkdir(parents=True, exist_ok=True)
-        seed = fold_seed(self.seed, k)
         tr, va = self.validation_split(k)
         torch.set_num_threads(self.threads)
         with warnings.catch_warnings():
             # Ray hands workers a read-only view of its shared copy; it is only ever read here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             x = torch.from_numpy(np.ascontiguousarray(self.fs.x))
-        y = torch.from_numpy(self.fs.y)
+        return fdir, x, torch.from_numpy(self.fs.y), tr, va
+
+    def train_member(self, k: int, m: int, *, on_epoch: Callable[[dict], None] | None = None) -> None:
+        """Train (or resume) member m of fold k alone, kept in the fold's member_<m>.pt: members of one
+        fold can then train in parallel, and train_and_test_fold finds them finished."""
+        fdir, x, y, tr, va = self._fold_data(k)
+        train_member(m, x, y, tr, va, model_config=self.model_config, config=self.config, seed=fold_seed(self.seed, k),
+                     folder=fdir, on_epoch=on_epoch, device=self.device, path=self.path)
+
+    def members_done(self, k: int) -> set[int]:
+        """The members of fold k already trained and kept (an ensemble's fold only)."""
+        n = self.config.members
+        return {m for m in range(n) if n > 1 and member_done_path(self.fold_dir(k), m, n).is_file()}
+
+    def train_and_test_fold(self, k: int, *, on_epoch: Callable[[dict], None] | None = None,
+                            worker: dict | None = None) -> dict:
+        """Train (or resume) fold k, evaluate its chosen model once on its test split, save everything.
+
+        `worker` (where the fold ran) is recorded in the fold's result."""
+        test_idx = self.splits[k - 1][1]
+        fdir, x, y, tr, va = self._fold_data(k)
         t0 = time.perf_counter()
-        model, members = train_members(x, y, tr, va, model_config=self.model_config, config=self.config, seed=seed,
-                                       folder=fdir, on_epoch=on_epoch, device=self.device, path=self.path)
+        model, members = train_members(x, y, tr, va, model_config=self.model_config, config=self.config,
+                                       seed=fold_seed(self.seed, k), folder=fdir, on_epoch=on_epoch,
+                                       device=self.device, path=self.path)
         first = members[0]
         if self.evaluate_test:
             # The test split is touched here, once, after the model has been chosen.
@@ -504,7 +521,8 @@ class FoldProgress:
     def __init__(self, runs: list[Run], tasks: list[tuple[int, int]], *, enabled: bool):
         from tqdm.auto import tqdm
 
-        self.epochs = {task: runs[task[0]].config.epochs * runs[task[0]].config.members for task in tasks}
+        self.members = {task: runs[task[0]].config.members for task in tasks}
+        self.epochs = {task: runs[task[0]].config.epochs * self.members[task] for task in tasks}
         self.named = len(runs) > 1
         self.bar = tqdm(total=sum(self.epochs.values()), unit="ep", disable=not enabled,
                         desc=f"{len(tasks)} folds", dynamic_ncols=True)
@@ -512,28 +530,34 @@ class FoldProgress:
         self.seen: dict = {}
         self.done: set = set()
 
-    def _label(self, task) -> str:
-        return f"r{task[0] + 1}f{task[1]}" if self.named else f"f{task[1]}"
+    def _label(self, task, m: int) -> str:
+        fold = f"r{task[0] + 1}f{task[1]}" if self.named else f"f{task[1]}"
+        return fold if self.members[task] == 1 else f"{fold}m{m + 1}"
 
     def epoch(self, task, row: dict) -> None:
-        """Record that `task` finished the epoch described by `row`."""
-        shown = f"ep {row['epoch']} loss {row['loss']:.3f}"
-        if "val_uar" in row:
-            shown += f" val_uar {row['val_uar']:.3f}"
+        """Record that `task` finished the epoch described by `row` (member m's epoch e counted as
+        m * epochs + e: members of one fold may train at once, in other workers)."""
         if task in self.done:
             return  # Ray delivers epoch news without waiting: some arrive after the fold's result
-        self.status[task] = shown
+        per = self.epochs[task] // self.members[task]
+        m = (row["epoch"] - 1) // per
+        shown = f"ep {row['epoch'] - m * per} loss {row['loss']:.3f}"
+        if "val_uar" in row:
+            shown += f" val_uar {row['val_uar']:.3f}"
+        self.status[task, m] = shown
         # a fold retried from its snapshot repeats epochs: the bar never goes back
-        self.bar.update(max(row["epoch"] - self.seen.get(task, 0), 0))
-        self.seen[task] = max(row["epoch"], self.seen.get(task, 0))
-        self.bar.set_postfix_str(" | ".join(f"{self._label(t)}: {v}" for t, v in sorted(self.status.items())),
+        self.bar.update(max(row["epoch"] - self.seen.get((task, m), m * per), 0))
+        self.seen[task, m] = max(row["epoch"], self.seen.get((task, m), m * per))
+        self.bar.set_postfix_str(" | ".join(f"{self._label(*t)}: {v}" for t, v in sorted(self.status.items())),
                                  refresh=False)
 
     def finished(self, task) -> None:
-        self.bar.update(self.epochs[task] - self.seen.get(task, 0))  # early stopping skips epochs
-        self.seen[task] = self.epochs[task]
+        per = self.epochs[task] // self.members[task]
+        shown = sum(self.seen.pop((task, m), m * per) - m * per for m in range(self.members[task]))
+        self.bar.update(self.epochs[task] - shown)  # early stopping skips epochs
         self.done.add(task)
-        self.status.pop(task, None)
+        for m in range(self.members[task]):
+            self.status.pop((task, m), None)
 
     def write(self, message: str, log: Callable[[str], None]) -> None:
         if self.bar.disable:

@@ -421,28 +421,56 @@ def train_members(
     an interrupted fold resumes inside the member it was training. `on_epoch` sees epochs counted
     over all members (member m's epoch e is m * epochs + e).
     """
-    members = []
-    for m in range(config.members):
-        done = folder / f"member_{m}.pt" if folder is not None and config.members > 1 else None
-        if done is not None and done.is_file():
-            members.append(Member.from_dict(torch.load(done, map_location="cpu", weights_only=False), model_config))
-            continue
-        state_path = None if folder is None else folder / ("state.pt" if m == 0 else f"state_member{m}.pt")
-        offset = m * config.epochs
-        report = on_epoch if on_epoch is None or m == 0 else (
-            lambda row, offset=offset: on_epoch({**row, "epoch": row["epoch"] + offset}))
-        model, state = train_fold(x, y, train_idx, val_idx, model_config=model_config, config=config,
-                                  seed=member_seed(seed, m), state_path=state_path, on_epoch=report,
-                                  device=device, path=path)
-        chosen = state.best["epoch"] if (config.select == "best-val" and state.best) else state.epoch
-        members.append(Member(model, state.model.cpu().eval(), chosen, state.epoch, state.stopped_early,
-                              state.arithmetic, state.history))
-        if done is not None:
-            with atomic_write(done) as tmp:
-                torch.save(members[-1].to_dict(), tmp)
-            state_path.unlink(missing_ok=True)
+    members = [train_member(m, x, y, train_idx, val_idx, model_config=model_config, config=config, seed=seed,
+                            folder=folder, on_epoch=on_epoch, device=device, path=path)
+               for m in range(config.members)]
     fold_model = members[0].model if len(members) == 1 else TIMNetEnsemble([m.model for m in members]).eval()
     return fold_model, members
+
+
+def member_done_path(folder: Path | None, m: int, members: int) -> Path | None:
+    """Where member m of a fold of `members` is kept once trained (None for a one-model fold: its
+    model.pt is written with the fold's result)."""
+    return folder / f"member_{m}.pt" if folder is not None and members > 1 else None
+
+
+def train_member(
+    m: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    *,
+    model_config: TIMNetConfig,
+    config: TrainConfig,
+    seed: int,
+    folder: Path | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    device: str | torch.device = "cpu",
+    path: str = "fast",
+) -> Member:
+    """Train (or resume, or load once finished) member m of a fold: train_members' unit of work.
+
+    A member depends on nothing but (seed, m), so members of one fold may train in separate
+    processes at once (timnet.backends) and give the very weights one process gives in turn."""
+    done = member_done_path(folder, m, config.members)
+    if done is not None and done.is_file():
+        return Member.from_dict(torch.load(done, map_location="cpu", weights_only=False), model_config)
+    state_path = None if folder is None else folder / ("state.pt" if m == 0 else f"state_member{m}.pt")
+    offset = m * config.epochs
+    report = on_epoch if on_epoch is None or m == 0 else (
+        lambda row: on_epoch({**row, "epoch": row["epoch"] + offset}))
+    model, state = train_fold(x, y, train_idx, val_idx, model_config=model_config, config=config,
+                              seed=member_seed(seed, m), state_path=state_path, on_epoch=report,
+                              device=device, path=path)
+    chosen = state.best["epoch"] if (config.select == "best-val" and state.best) else state.epoch
+    member = Member(model, state.model.cpu().eval(), chosen, state.epoch, state.stopped_early,
+                    state.arithmetic, state.history)
+    if done is not None:
+        with atomic_write(done) as tmp:
+            torch.save(member.to_dict(), tmp)
+        state_path.unlink(missing_ok=True)
+    return member
 
 
 def _adam(model: TIMNet, config: TrainConfig, *, fused: bool) -> torch.optim.Optimizer:
