@@ -257,8 +257,9 @@ def test_authors_weights_refuse_splits_that_would_leak(reference, tmp_path):
 
 def test_cli_mirrors_of_library_constants():
     """cli keeps copies so that --help needs no torch import; they must not drift."""
-    from timnet import cli, folds, recipe, train
+    from timnet import cli, features, folds, recipe, train
 
+    assert cli.ORDERS == features.ORDERS
     assert cli.SPLITS == folds.SPLITS and cli.SELECTIONS == train.SELECTIONS and cli.PATHS == train.PATHS
     assert cli.RECIPE_NAMES == tuple(recipe.RECIPES) and cli.SCHEDULES == recipe.SCHEDULES
     assert set(cli.RECIPE_OPTIONS) <= set(train.TrainConfig.__dataclass_fields__)
@@ -359,3 +360,20 @@ def test_signal_ends_extraction_workers(tmp_path, signame):
         stat = f"/proc/{c}/stat"
         assert not os.path.exists(stat) or open(stat).read().split(") ")[-1].startswith("Z"), f"worker {c} outlived the run"
     assert not out.exists()
+
+
+@pytest.mark.realdata
+def test_authors_casia_weights_on_their_own_folds(tmp_path):
+    """The authors' CASIA models score like models on unseen utterances only on the folds of their
+    sample order (--order authors): on SPEC.md's order they have trained on most of each test fold,
+    and `test` says so."""
+    weights = need(PRETRAINED / "CASIA_32")
+    features = tmp_path / "casia.npz"
+    assert timnet("extract", "casia", need(DATA / "CASIA"), "-o", features, "-q").returncode == 0
+    spec = timnet("test", features, "--weights", weights, "--json", tmp_path / "spec.json")
+    assert spec.returncode == 0 and "give --order authors" in spec.stderr
+    theirs = timnet("test", features, "--weights", weights, "--order", "authors", "--json", tmp_path / "authors.json")
+    assert theirs.returncode == 0 and "--order authors" not in theirs.stderr, theirs.stderr
+    spec, theirs = (json.loads((tmp_path / f).read_text()) for f in ("spec.json", "authors.json"))
+    assert spec["mean_war"] > 0.98  # seen: their training utterances
+    assert 0.92 < theirs["mean_war"] < 0.95  # unseen, about their own leaky 0.9467

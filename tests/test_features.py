@@ -158,3 +158,38 @@ def test_up_to_date_features_are_reused(tree, tmp_path):
     os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     changed, _, _ = extract("emodb", tree, workers=1, signal_length=4096, progress=False, cache=path)
     assert not changed.from_cache and np.array_equal(changed.x, fs.x)  # recomputed: same audio, same bits
+
+
+def test_authors_order_sorts_by_file_name_then_path_ignoring_case():
+    """--order authors: within a class by the file's name (their extraction copies each class into
+    one folder), same names by path ignoring case; classes stay in label order. SPEC.md's order is
+    the features' own."""
+    from timnet.features import FeatureConfig, FeatureSet, in_order
+
+    files = np.array(["b/angry/10.wav", "B2/angry/2.wav", "a/angry/2.wav", "a/sad/1.wav", "Z/angry/2.wav"])
+    y = np.array([0, 0, 0, 1, 0])
+    fs = FeatureSet(x=np.arange(5, dtype=np.float32)[:, None, None], y=y, labels=("angry", "sad"), corpus="CASIA",
+                    config=FeatureConfig(signal_length=1000), speakers=np.array(["b", "B2", "a", "a", "Z"]), files=files)
+    assert in_order(fs, "spec") is fs
+    a = in_order(fs, "authors")
+    assert a.files.tolist() == ["a/angry/2.wav", "B2/angry/2.wav", "Z/angry/2.wav", "b/angry/10.wav", "a/sad/1.wav"]
+    assert a.x[:, 0, 0].tolist() == [2, 1, 4, 0, 3] and a.y.tolist() == [0, 0, 0, 0, 1]
+    assert a.speakers.tolist() == ["a", "B2", "Z", "b", "a"] and a.meta["order"] == "authors"
+    with pytest.raises(TimnetError, match="--order authors needs a timnet .npz"):
+        in_order(FeatureSet(x=fs.x, y=y, labels=fs.labels, corpus="CASIA", config=fs.config), "authors")
+
+
+def test_a_folder_name_that_is_not_utf8_extracts(tmp_path):
+    """Old Latin-1 or GBK zips leave names that are not UTF-8 (Python keeps them as surrogates):
+    extraction and its cache fingerprint take them."""
+    import os
+
+    root = tmp_path / "emovo"
+    write_tone(root / "f1" / "neu-f1-b1.wav", seed=1)
+    write_tone(root / "m1" / "neu-m1-b1.wav", seed=2)  # libsndfile cannot write to such a name: renamed after
+    os.rename(os.fsencode(root / "m1"), os.fsencode(root) + b"/m1 copi\xe9")
+    fs, _, _ = extract("emovo", root, workers=1, progress=False, cache=tmp_path / "f.npz")
+    assert len(fs) == 2 and sorted(fs.speakers.tolist()) == ["f1", "m1"]
+    save_features(fs, tmp_path / "f.npz")
+    again, _, _ = extract("emovo", root, workers=1, progress=False, cache=tmp_path / "f.npz")
+    assert again.from_cache

@@ -15,6 +15,7 @@ from .utils import sigterm_handler, write_json
 
 CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
 SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS; kept here so --help needs no torch import
+ORDERS = ("spec", "authors")  # mirrors timnet.features.ORDERS
 SELECTIONS = ("last", "best-val")  # mirrors timnet.train.SELECTIONS
 PATHS = ("auto", "fast", "reference")  # mirrors timnet.train.PATHS
 RECIPE_NAMES = ("paper", "strong")  # mirrors timnet.recipe.RECIPES
@@ -194,11 +195,11 @@ def _model_overrides(args) -> dict:
 
 def cmd_train(args) -> int:
     from .evaluate import format_report
-    from .features import load_features
+    from .features import in_order, load_features
     from .run import Run, execute_runs, seed_runs, summarize_seeds, train_all_data, write_seed_summary
 
     with _warnings_as_messages():
-        fs = load_features(args.features, corpus=args.corpus)
+        fs = in_order(load_features(args.features, corpus=args.corpus), args.order)
     if args.all_data and (args.folds is not None or args.split != "random"):
         raise TimnetError("--all-data trains one model on every sample: --folds and --split do not apply; drop them")
     _resolve_folds(args, fs)
@@ -254,13 +255,13 @@ def cmd_train(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .corpora import defaults_for
-    from .features import load_features
+    from .features import in_order, load_features
     from .run import Run
     from .sweep import format_sweep, load_space, run_sweep
 
     space = load_space(args.space)
     with _warnings_as_messages():
-        fs = load_features(args.features, corpus=args.corpus)
+        fs = in_order(load_features(args.features, corpus=args.corpus), args.order)
     _resolve_folds(args, fs)
     config, device, threads, backend = _execution(args, args.folds * args.trials)
     seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
@@ -285,14 +286,18 @@ def cmd_sweep(args) -> int:
 def cmd_test(args) -> int:
     from .corpora import defaults_for
     from .evaluate import evaluate, fold_models, format_report, summarize
-    from .features import load_features
+    from .features import in_order, load_features
 
     with _warnings_as_messages():
-        fs = load_features(args.features, corpus=args.corpus)
+        fs = in_order(load_features(args.features, corpus=args.corpus), args.order)
     seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
     models = fold_models(args.weights, fs, folds=10 if args.folds is None else args.folds, seed=seed)
     results, outputs = evaluate(fs, models)
     run_file = Path(args.weights) / "run.json"
+    if not run_file.is_file() and args.order == "spec" and fs.files is not None and \
+            (in_order(fs, "authors").files != fs.files).any():
+        _warn(f"the authors' {fs.corpus} weights were trained on the folds of their own sample order, which is not "
+              f"SPEC.md's for these files: their models have seen much of these test folds; give --order authors")
     split = "random"
     if run_file.is_file():  # a timnet RUN_DIR knows its own split and seed
         from .run import read_identity
@@ -402,6 +407,8 @@ def cmd_bench(args) -> int:
 def _training_options(s, *, val_fraction: float) -> None:
     """Options shared by `train` and `sweep`: the recipe, the folds, and where folds run."""
     s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
+    s.add_argument("--order", choices=ORDERS, default="spec", help="sample order, which decides the folds: spec (SPEC.md: classes, then the natural order of the path; the default) "
+                        "or authors (their feature files: within a class by file name, then path ignoring case; the folds their CASIA weights were made on)")
     s.add_argument("--folds", type=int, default=None,
                    help="number of folds (default 10; with --split speaker, 10 or one per speaker if fewer)")
     s.add_argument("--split", choices=SPLITS, default="random", help="random: the paper's utterance-level KFold; speaker: no speaker on both sides")
@@ -519,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("features", metavar="FEATURES", help="a timnet .npz, or an authors' .npy with --corpus")
     s.add_argument("--weights", required=True, metavar="PATH", help="a RUN_DIR, or a folder of 10-fold_weights_best_<k>.hdf5")
     s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
+    s.add_argument("--order", choices=ORDERS, default="spec", help="sample order, which decides the folds: spec (SPEC.md: classes, then the natural order of the path; the default) "
+                        "or authors (their feature files: within a class by file name, then path ignoring case; the folds their CASIA weights were made on)")
     s.add_argument("--folds", type=int, default=None,
                    help="number of folds of the authors' weights (10, the default); a RUN_DIR knows its own")
     s.add_argument("--seed", type=int, default=None, help="KFold seed of the authors' weights: only the corpus's paper seed (the default) re-derives their "
