@@ -365,15 +365,31 @@ def test_signal_ends_extraction_workers(tmp_path, signame):
 @pytest.mark.realdata
 def test_authors_casia_weights_on_their_own_folds(tmp_path):
     """The authors' CASIA models score like models on unseen utterances only on the folds of their
-    sample order (--order authors): on SPEC.md's order they have trained on most of each test fold,
-    and `test` says so."""
+    sample order (--order authors, the default for their weights): on SPEC.md's order they have
+    trained on most of each test fold, and `test` says so."""
     weights = need(PRETRAINED / "CASIA_32")
     features = tmp_path / "casia.npz"
     assert timnet("extract", "casia", need(DATA / "CASIA"), "-o", features, "-q").returncode == 0
-    spec = timnet("test", features, "--weights", weights, "--json", tmp_path / "spec.json")
-    assert spec.returncode == 0 and "give --order authors" in spec.stderr
-    theirs = timnet("test", features, "--weights", weights, "--order", "authors", "--json", tmp_path / "authors.json")
-    assert theirs.returncode == 0 and "--order authors" not in theirs.stderr, theirs.stderr
+    spec = timnet("test", features, "--weights", weights, "--order", "spec", "--json", tmp_path / "spec.json")
+    assert spec.returncode == 0 and "have seen much of these test folds" in spec.stderr
+    theirs = timnet("test", features, "--weights", weights, "--json", tmp_path / "authors.json")  # their order: the default
+    assert theirs.returncode == 0 and "warning" not in theirs.stderr, theirs.stderr
     spec, theirs = (json.loads((tmp_path / f).read_text()) for f in ("spec.json", "authors.json"))
     assert spec["mean_war"] > 0.98  # seen: their training utterances
     assert 0.92 < theirs["mean_war"] < 0.95  # unseen, about their own leaky 0.9467
+
+
+def test_a_run_trained_in_the_authors_order_is_tested_in_it(tmp_path):
+    """`train --order authors` makes its folds on the authors' order; `test` finds that order from the
+    RUN_DIR (its features' fingerprint) and scores what training scored; another order is refused."""
+    from test_train import synthetic, train_cli
+    from timnet.features import save_features
+
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    trained = train_cli(features, tmp_path / "run", "--order", "authors", "--epochs", "1", "--json", tmp_path / "train.json")
+    assert trained.returncode == 0, trained.stderr
+    tested = timnet("test", features, "--weights", tmp_path / "run", "--json", tmp_path / "test.json")
+    assert tested.returncode == 0, tested.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("train.json", "test.json"))
+    assert [f["confusion"] for f in a["folds"]] == [f["confusion"] for f in b["folds"]]
+    assert_one_line_error(timnet("test", features, "--weights", tmp_path / "run", "--order", "spec"), "other features")

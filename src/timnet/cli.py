@@ -283,21 +283,36 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _own_order(fs, run_file: Path) -> str:
+    """The sample order a model's folds were made on: a RUN_DIR's is the one whose features it was
+    trained on (its run.json's fingerprint); the authors' weights were made on their own order."""
+    from .features import in_order
+    from .run import features_fingerprint, read_identity
+
+    if not run_file.is_file():
+        return "authors" if fs.files is not None else "spec"  # an authors' .npy is in their order already
+    own = read_identity(run_file.parent).get("features_fingerprint")
+    if fs.files is not None and own != features_fingerprint(fs) and own == features_fingerprint(in_order(fs, "authors")):
+        return "authors"
+    return "spec"
+
+
 def cmd_test(args) -> int:
     from .corpora import defaults_for
     from .evaluate import evaluate, fold_models, format_report, summarize
     from .features import in_order, load_features
 
     with _warnings_as_messages():
-        fs = in_order(load_features(args.features, corpus=args.corpus), args.order)
+        fs = load_features(args.features, corpus=args.corpus)
+    run_file = Path(args.weights) / "run.json"
+    fs = in_order(fs, args.order or _own_order(fs, run_file))
     seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
     models = fold_models(args.weights, fs, folds=10 if args.folds is None else args.folds, seed=seed)
     results, outputs = evaluate(fs, models)
-    run_file = Path(args.weights) / "run.json"
     if not run_file.is_file() and args.order == "spec" and fs.files is not None and \
             (in_order(fs, "authors").files != fs.files).any():
-        _warn(f"the authors' {fs.corpus} weights were trained on the folds of their own sample order, which is not "
-              f"SPEC.md's for these files: their models have seen much of these test folds; give --order authors")
+        _warn(f"--order spec: the authors' {fs.corpus} weights were trained on the folds of their own sample order, which "
+              f"is not SPEC.md's for these files: their models have seen much of these test folds")
     split = "random"
     if run_file.is_file():  # a timnet RUN_DIR knows its own split and seed
         from .run import read_identity
@@ -526,8 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("features", metavar="FEATURES", help="a timnet .npz, or an authors' .npy with --corpus")
     s.add_argument("--weights", required=True, metavar="PATH", help="a RUN_DIR, or a folder of 10-fold_weights_best_<k>.hdf5")
     s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
-    s.add_argument("--order", choices=ORDERS, default="spec", help="sample order, which decides the folds: spec (SPEC.md: classes, then the natural order of the path; the default) "
-                        "or authors (their feature files: within a class by file name, then path ignoring case; the folds their CASIA weights were made on)")
+    s.add_argument("--order", choices=ORDERS, default=None, help="sample order, which decides the folds: spec (SPEC.md: classes, then the natural order of the path) "
+                        "or authors (their feature files: within a class by file name, then path ignoring case). Default: the models' own, "
+                        "authors for the authors' weights (each fold model on its own test split), a RUN_DIR's from its run.json")
     s.add_argument("--folds", type=int, default=None,
                    help="number of folds of the authors' weights (10, the default); a RUN_DIR knows its own")
     s.add_argument("--seed", type=int, default=None, help="KFold seed of the authors' weights: only the corpus's paper seed (the default) re-derives their "
