@@ -301,14 +301,16 @@ def test_symlinked_alias_keeps_the_real_folder_and_tilde_roots_are_read(ravdess,
 def test_skip_summary(ravdess):
     listing = list_corpus("ravdess", ravdess)
     assert skip_summary(listing) == (
-        "skipped 5 files not matching the RAVDESS layout: Actor_01/03-02-05-01-01-01-01.wav (song), "
+        "skipped 5 files not used as RAVDESS utterances (1 song; 1 modality 01, not audio-only; 2 name; 1 duplicate): "
+        "Actor_01/03-02-05-01-01-01-01.wav (song), "
         "Actor_02/01-01-05-01-01-01-02.wav (modality 01, not audio-only), "
         "Actor_02/03-01-09-01-01-01-02.wav (name), README.wav (name), "
         "audio_speech_actors_01-24/Actor_01/03-01-05-01-01-01-01.wav "
         "(duplicate of Actor_01/03-01-05-01-01-01-01.wav)"
     )
     assert skip_summary(listing, limit=2) == (
-        "skipped 5 files not matching the RAVDESS layout: Actor_01/03-02-05-01-01-01-01.wav (song), "
+        "skipped 5 files not used as RAVDESS utterances (1 song; 1 modality 01, not audio-only; 2 name; 1 duplicate): "
+        "Actor_01/03-02-05-01-01-01-01.wav (song), "
         "Actor_02/01-01-05-01-01-01-02.wav (modality 01, not audio-only) (+3 more)"
     )
     assert skip_summary(Listing(items=listing.items, skipped=(("x.wav", "name"),))) == (

@@ -76,8 +76,15 @@ def skip_summary(listing: Listing, *, limit: int = 5) -> str | None:
     if not skipped:
         return None
     noun = "file" if len(skipped) == 1 else "files"
-    where = f" not matching the {listing.corpus} layout" if listing.corpus else ""
+    # a second copy of the corpus, or its song files, are not a layout problem: the count says which
+    kinds: dict[str, int] = {}
+    for _, reason in skipped:
+        kind = "duplicate" if reason.startswith("duplicate of ") else reason
+        kinds[kind] = kinds.get(kind, 0) + 1
+    where = f" not used as {listing.corpus} utterances" if listing.corpus else ""
     text = f"skipped {len(skipped)} {noun}{where}"
+    if len(kinds) > 1 or len(skipped) > limit:
+        text += " (" + "; ".join(f"{count} {kind}" for kind, count in kinds.items()) + ")"
     shown = ", ".join(f"{path} ({reason})" for path, reason in skipped[:limit])
     if shown:
         text += f": {shown}"
