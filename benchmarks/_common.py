@@ -30,13 +30,15 @@ PUBLISHED = {
 }
 
 
-# The recipes a table can name, as `timnet train` options: timnet's presets, and the strong
-# preset's single model (one SWA model per fold, the preset before it became two members; its first
-# member weight for weight, and the recipe of the speaker-independent tables).
+# The recipes a table can name, as `timnet train` options: timnet's presets, and smaller forms of
+# the strong preset (four SWA members per fold since stop 30), whose tables the ledger keeps: its
+# single model (one SWA model per fold, the preset until stop 22; every larger form's first member
+# weight for weight) and its two-member form (the preset of stops 22-29).
 RECIPE_ARGS = {  # name: (timnet preset, options over it)
     "paper": ("paper", {}),
     "strong": ("strong", {}),
     "strong-1member": ("strong", {"members": 1}),
+    "strong-x2": ("strong", {"members": 2}),  # the strong recipe until stop 30
 }
 
 

@@ -9,9 +9,10 @@ folds are kept in the ledger (benchmarks/ledger/loso_<corpus>/<recipe>), so that
 can span several sessions; `--table-only` prints the table of the folds finished so far, from
 the ledger, without training. A recipe that averages weights (`strong-1member`) also scores its last
 weights on each test speaker, the paper's recipe step for step: a "last weights" column, paired
-with it (reported, never used to choose). The two-member `strong` recipe's member 0 is
-`strong-1member`'s model weight for weight: `--recipes strong-1member,strong` takes it from that
-finished run (`--first-members`), so only member 1 trains.
+with it (reported, never used to choose). An ensemble's member 0
+(`strong`: four members; `strong-x2`: two, the strong recipe of stops 22-29) is `strong-1member`'s
+model weight for weight: `--recipes strong-1member,strong` takes it from that finished run
+(`--first-members`), so only the other members train.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ published figures. Folds are utterance-level, as in the paper: the same speakers
 A one-member recipe that averages weights (`strong-1member`: SWA of the last 100 epochs) trains the
 paper's recipe step for step and also scores its own last weights on each test split (reported,
 never used to choose), so its run gives a paired "last weights" column: the paper's recipe on the
-same training. An ensemble (`strong`: two such members per fold) reports its first member alone, the
+same training. An ensemble (`strong`: four such members per fold; `strong-x2`: two) reports its first member alone, the
 one-member recipe weight for weight; `--first-members strong-1member` (the default when it is among
 --recipes) takes that member from the finished one-member run instead of training it again.
 Finished folds are kept in the ledger (benchmarks/ledger/tenfold_<corpus>/<recipe>), so that a

@@ -173,14 +173,16 @@ def test_table_recipe_names_give_the_configs_they_name():
     assert config(_common.recipe_args("strong")) == recipe_config("strong")
     one = config(_common.recipe_args("strong-1member"))
     assert one == recipe_config("strong", members=1) and one.swa_epochs == 100
-    assert [_common.recipe_members(n) for n in ("paper", "strong", "strong-1member")] == [1, 2, 1]
+    assert [_common.recipe_members(n) for n in ("paper", "strong", "strong-1member", "strong-x2")] == [1, 4, 1, 2]
     with pytest.raises(SystemExit, match="recipe 'swa' unknown"):
         _common.recipe_args("swa")
     from dataclasses import asdict
 
-    found = [_common._identity(run)["train_config"] for key in ("tenfold_emodb", "tenfold_casia", "loso_emodb", "loso_casia")
-             for run in (_common.LEDGER / key / "strong-1member").glob("**/run.json")]
-    assert found and all(c == asdict(one) for c in found)
+    # the ledger's runs resume under their table names: each holds its name's configuration
+    for name in ("strong-1member", "strong-x2"):
+        found = [_common._identity(run)["train_config"] for key in ("tenfold_emodb", "tenfold_casia", "loso_emodb", "loso_casia")
+                 for run in (_common.LEDGER / key / name).glob("**/run.json")]
+        assert found and all(c == asdict(config(_common.recipe_args(name))) for c in found), name
 
 
 def test_first_members_of_a_several_seed_run(tmp_path, capsys):

@@ -66,13 +66,13 @@ def test_selection_reads_candidates_from_the_runs_that_train_them(monkeypatch):
 
 
 def test_strong_preset_and_overrides(monkeypatch):
-    # the preset is the candidate benchmarks/recipe_selection.py chose on validation data: "swa-x2"
+    # the preset is the candidate benchmarks/recipe_selection.py chose on validation data: "swa-x4"
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     import recipe_selection
 
     strong = recipe_config("strong")
-    assert recipe_config("paper", **recipe_selection.CANDIDATES["swa-x2"]) == TrainConfig(**{**vars(strong), "recipe": "paper"})
-    assert strong.swa_epochs == 100 and strong.epochs == 500 and strong.members == 2
+    assert recipe_config("paper", **recipe_selection.CANDIDATES["swa-x4"]) == TrainConfig(**{**vars(strong), "recipe": "paper"})
+    assert strong.swa_epochs == 100 and strong.epochs == 500 and strong.members == 4
     # its one-member form, the tables' strong-1member, is the "swa" candidate
     assert recipe_config("paper", **recipe_selection.CANDIDATES["swa"]) == TrainConfig(
         **{**vars(recipe_config("strong", members=1)), "recipe": "paper"})
@@ -339,12 +339,12 @@ def test_strong_recipe_never_reads_test_data(tmp_path):
     b = Run(changed, tmp_path / "b", config=config, folds=3, seed=5)
     b.prepare()
     rb = b.execute(progress=False, log=lambda m: None)
-    assert config.members == 2  # the preset's two members: both histories and both weights are compared
-    for history in ("history.csv", "history_member1.csv"):
+    assert config.members == 4  # the preset's four members: every history and every member's weights are compared
+    for history in ("history.csv", *(f"history_member{m}.csv" for m in range(1, config.members))):
         assert (tmp_path / "a" / "fold_02" / history).read_text() == (tmp_path / "b" / "fold_02" / history).read_text()
     assert ra["folds"][1]["epoch"] == rb["folds"][1]["epoch"]
     ma, mb = (torch.load(tmp_path / r / "fold_02" / "model.pt", weights_only=True)["members"] for r in "ab")
-    assert len(ma) == 2 and any("running_mean" in k for k in ma[1])  # BN statistics are compared too
+    assert len(ma) == config.members and any("running_mean" in k for k in ma[-1])  # BN statistics are compared too
     assert all(torch.equal(wa[k], wb[k]) for wa, wb in zip(ma, mb) for k in wa)
     assert ra["folds"][1]["confusion"] != rb["folds"][1]["confusion"]  # the test split did change
 

@@ -40,7 +40,7 @@ RECIPE_OPTIONS = {
     "gain": (float, "each utterance as if recorded up to DB decibels louder or quieter (default 0: off)"),
     "mixup_alpha": (float, "mixup with Beta(alpha, alpha) (default 0: off)"),
     "members": (int, "models per fold from other initialisations, their probabilities averaged (default 1; "
-                     "2 with --recipe strong); the first is the very model --members 1 trains"),
+                     "4 with --recipe strong); the first is the very model --members 1 trains"),
 }
 
 
@@ -428,10 +428,10 @@ def _training_options(s, *, val_fraction: float) -> None:
                    help="number of folds (default 10; with --split speaker, 10 or one per speaker if fewer)")
     s.add_argument("--split", choices=SPLITS, default="random", help="random: the paper's utterance-level KFold; speaker: no speaker on both sides")
     s.add_argument("--recipe", choices=RECIPE_NAMES, default="paper",
-                   help="paper: the paper's protocol (default); strong: two models per fold (--members 2), each the "
+                   help="paper: the paper's protocol (default); strong: four models per fold (--members 4), each the "
                         "paper's training with its weights averaged over the last 100 epochs (--swa-epochs 100, the "
                         "last fifth of --epochs), their probabilities averaged; chosen on validation data of EMODB and "
-                        "CASIA, see RESULTS.md; --members 1 gives one model in half the time. "
+                        "CASIA, see RESULTS.md; --members 1 gives one model in a quarter of the time. "
                         "The options below override single values")
     for name, (typ, text) in RECIPE_OPTIONS.items():
         choices = SCHEDULES if name == "lr_schedule" else None
