@@ -281,6 +281,53 @@ def test_write_failure_names_the_file_asked_for(tmp_path):
     assert target.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
+def test_a_temporary_file_that_cannot_be_made_names_the_file_asked_for(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from timnet.utils import write_json
+
+    def refuse(**kw):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".r.json.x1y2.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(OSError) as caught:
+        write_json(tmp_path / "r.json", {})
+    assert caught.value.filename == str(tmp_path / "r.json") and caught.value.errno == errno.EACCES
+
+
+def test_a_broken_link_is_named_as_one(tmp_path):
+    link = tmp_path / "a.wav"
+    link.symlink_to(tmp_path / "gone.wav")
+    assert_one_line_error(timnet("predict", link), f"{link}: a broken symbolic link (to {tmp_path / 'gone.wav'})")
+
+
+def test_version():
+    import timnet as package
+
+    result = timnet("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"timnet {package.__version__}"
+
+
+def test_predict_never_writes_over_its_input_nor_takes_audio_for_a_model(tmp_path):
+    """`predict DIR --json DIR/a.wav` would replace a recording with the results: refused before any
+    work, the recording intact; and audio given as --model (the two swapped) is named as such."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a.wav", "b.wav"):
+        write_tone(folder / name, seconds=1.0)
+    before = (folder / "a.wav").read_bytes()
+    assert_one_line_error(timnet("predict", folder, "--json", folder / "a.wav"),
+                          f"--json {folder / 'a.wav'}: that is one of the input files")
+    assert (folder / "a.wav").read_bytes() == before
+    assert_one_line_error(timnet("predict", folder / "b.wav", "--model", folder / "a.wav"),
+                          f"{folder / 'a.wav'}: an audio file, not a model")
+    # a short file asked for windows it does not get is told so, and still predicted
+    result = timnet("predict", folder / "a.wav", "--hop", "0.5")
+    assert result.returncode == 0 and "a.wav" in result.stdout
+    assert "scored in one piece (up to" in result.stderr and "no windows for --hop" in result.stderr
+
+
 def test_argparse_errors_are_one_line_and_main_restores_sigterm(capsys):
     """Usage mistakes get the one-line error of every other bad input; an in-process main() (a
     notebook, a test) leaves the caller's SIGTERM handler as it found it."""

@@ -329,6 +329,7 @@ def test_savee_tree(tmp_path):
         "ALL/je_f03.wav",  # flattened, the speaker in lower case (as a folder may be)
         "ALL/DC_sa01.wav",  # the same recording twice: the shallower copy wins
         "AudioData/XX/a01.wav", "AudioData/DC/x01.wav",
+        "n02.wav",  # no speaker at all: DIR was one speaker's folder
     ])
     touch(tmp_path / "AudioData" / "Info.txt", b"SAVEE")
     listing = list_corpus("savee", tmp_path)
@@ -343,7 +344,8 @@ def test_savee_tree(tmp_path):
     assert listing.skipped == (
         ("AudioData/DC/sa01.wav", "duplicate of ALL/DC_sa01.wav"),
         ("AudioData/DC/x01.wav", "name"),
-        ("AudioData/XX/a01.wav", "speaker"),
+        ("AudioData/XX/a01.wav", "speaker XX unknown"),
+        ("n02.wav", "no speaker folder or prefix, DC/JE/JK/KL"),
     )
 
 

@@ -77,7 +77,7 @@ def test_bad_file_fails_or_is_skipped(tmp_path):
 def test_dangling_link_fails_or_is_skipped(tmp_path):
     root = emodb_tree(tmp_path / "c")
     (root / "wav" / "03a05Wa.wav").symlink_to(tmp_path / "gone.wav")  # listed, but nothing to read
-    with pytest.raises(TimnetError, match=r"03a05Wa\.wav: no such audio file.*--skip-bad"):
+    with pytest.raises(TimnetError, match=r"03a05Wa\.wav: a broken symbolic link \(to .*gone\.wav\).*--skip-bad"):
         extract("emodb", root, workers=1, signal_length=4096, progress=False)
     fs, _, bad = extract("emodb", root, workers=1, signal_length=4096, skip_bad=True, progress=False)
     assert len(fs) == 10 and len(bad) == 1 and "03a05Wa.wav" in bad[0]

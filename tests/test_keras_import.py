@@ -143,5 +143,9 @@ def test_another_corpus_levels_are_refused_by_test_and_predict(tmp_path):
     fs.y = fs.y % 4
     with pytest.raises(TimnetError, match="8 temporal-aware levels; the authors' IEMOCAP models have 10"):
         fold_models(folder, fs, folds=10, seed=0)
-    with pytest.raises(TimnetError, match="8 temporal-aware levels; the authors' IEMOCAP models have 10"):
+    with pytest.raises(TimnetError, match="8 temporal-aware levels; the authors' IEMOCAP models have 10 .*; check --corpus"):
         load_model(str(folder), corpus="iemocap")
+    # 4 classes read as a 6-class corpus: the option to change is named, with the file
+    with pytest.raises(TimnetError, match=r"10-fold_weights_best_1.hdf5: 4 classes, but --corpus casia has 6 "
+                                          r"\(angry, fear, happy, neutral, sad, surprise\); .* check --corpus"):
+        load_model(str(folder), corpus="casia")

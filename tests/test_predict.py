@@ -164,6 +164,13 @@ def test_silent_and_short_warnings(run_dir):
         "quiet audio (-63 dBFS RMS, below -35): the features are of the absolute level, as in the paper, "
         "so raise the level for a reliable prediction"]
     assert any(w.startswith("sample rate 4000 Hz, below 8000 Hz") for w in model.predict(tone * 0.5, 4000).warnings)
+    # and far louder than any: near full scale, or beyond it (floats that were never in [-1, 1])
+    assert model.predict(tone * 0.9, 16000).warnings == [
+        "loud audio (-4 dBFS RMS, above -8): the features are of the absolute level, as in the paper, "
+        "so lower the level for a reliable prediction"]
+    loud = model.predict(tone * 3, 16000).warnings
+    assert loud[0] == "samples beyond full scale (peak 3.00): expected floats in [-1, 1]"
+    assert loud[1].startswith("loud audio (7 dBFS RMS")
 
 
 def test_onnx_matches_torch(run_dir, clips, tmp_path):

@@ -6,6 +6,7 @@ on NumPy arrays, so the same code serves extraction, prediction and tests.
 from __future__ import annotations
 
 import functools
+import os
 import struct
 from pathlib import Path
 
@@ -72,6 +73,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
     path = Path(path)
     if not path.is_file():
+        if path.is_symlink() and not path.exists():
+            raise TimnetError(f"{path}: a broken symbolic link (to {os.readlink(path)}); expected an audio file")
         raise TimnetError(f"{path}: " + ("not a regular file (a directory, pipe or device); expected an audio file" if path.exists()
                                          else "no such audio file"))
     if path.stat().st_size == 0:

@@ -355,18 +355,30 @@ def _warnings_as_messages():
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        yield
-    for w in caught:
-        _warn(str(w.message))
+        try:
+            yield
+        finally:  # a warning given before an error often explains it (a folder named for another corpus)
+            for w in caught:
+                _warn(str(w.message))
+
+
+def _refuse_to_overwrite(output: str, inputs: list, *, option: str) -> None:
+    """An output path that is one of the inputs (`predict DIR --json DIR/a.wav`) would replace that
+    recording with the results: refused before any work."""
+    out = Path(output)
+    if out.exists() and any(os.path.samefile(out, f) for f in inputs):
+        raise TimnetError(f"{option} {output}: that is one of the input files; expected a new file for the results")
 
 
 def cmd_predict(args) -> int:
-    from .predict import check_windowing, find_audio, load_model
+    from .predict import WINDOW_AFTER, check_windowing, find_audio, load_model
 
     with _warnings_as_messages():
         predictor = load_model(args.model, corpus=args.corpus)
     check_windowing(args.window, args.hop, predictor.feature_config)
     files = find_audio(args.audio)
+    if args.json:
+        _refuse_to_overwrite(args.json, files, option="--json")
     rows, failures = [], 0
     name_width = min(max(len(str(f)) for f in files), 60)
     print(f"{'file':<{name_width}}  {'label':<10} {'conf':>6}  top-3")
@@ -385,6 +397,11 @@ def cmd_predict(args) -> int:
         print(f"{str(path):<{name_width}}  {pred.label:<10} {pred.probs[pred.label]:>6.3f}  {top}")
         for w in pred.windows if args.show_windows else []:
             print(f"{'':<{name_width}}    {w['start_s']:7.2f}-{w['end_s']:<7.2f} {w['label']:<10} {w['probs'][w['label']]:.3f}")
+        if not pred.windows and (args.hop is not None or args.show_windows):  # asked for windows, none made
+            cfg = predictor.feature_config
+            why = ("not longer than --window" if args.window is not None else
+                   f"up to {WINDOW_AFTER * cfg.signal_length / cfg.sample_rate:.2f} s is scored whole, as in training; --window W splits it")
+            _warn(f"{path}: scored in one piece ({why}): no windows for --hop or --show-windows")
         for warning in pred.warnings:
             _warn(f"{path}: {warning}")
     if args.json:
@@ -472,6 +489,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (INTERFACE.md)."""
     p = _Parser(prog="timnet", description="TIM-Net speech emotion recognition (Ye et al., ICASSP 2023) in PyTorch.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"timnet {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     s = sub.add_parser("corpora", help="list the supported corpora and their expected layouts; --check validates a copy")

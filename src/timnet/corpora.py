@@ -265,8 +265,10 @@ def scan_savee(root: Path) -> Listing:
         if not match:
             return "name"
         speaker = (match[1] or (path.parts[-2] if len(path.parts) > 1 else "")).upper()
+        if not speaker:  # often DIR is one speaker's folder: its parent holds the corpus
+            return f"no speaker folder or prefix, {'/'.join(_SAVEE_SPEAKERS)}"
         if speaker not in _SAVEE_SPEAKERS:
-            return "speaker"
+            return f"speaker {speaker} unknown"
         return _Match(_SAVEE_EMOTIONS[match[2]], speaker, f"{speaker}_{match[2]}{match[3]}")
 
     return _scan_names(root, "SAVEE", parse)

@@ -29,6 +29,7 @@ QUIET_RMS = 1e-4  # below this the recording is treated as silence
 # model keeps all five examples/ right 10 dB quieter (−24 to −29 dBFS); 20 dB quieter (−34 to −39)
 # neutral and fear become "angry", and 30 dB quieter all five are "angry".
 QUIET_DBFS = -35.0
+LOUD_DBFS = -8.0  # 4 dB above the loudest file of either corpus: a level no training utterance had
 LOW_RATE = 8000  # Hz; below telephone speech nothing of the spectrum the MFCCs describe is left
 SHORT_SECONDS = 0.5
 # Up to this many signal lengths a recording is centre-cropped exactly as in training (so a corpus
@@ -123,6 +124,9 @@ class Predictor:
         warnings = []
         if sample_rate < LOW_RATE:
             warnings.append(f"sample rate {sample_rate} Hz, below {LOW_RATE} Hz: too little of the spectrum for the features")
+        peak = float(np.max(np.abs(y)))  # before resampling, whose ringing may overshoot a full-scale file
+        if peak > 1.0:
+            warnings.append(f"samples beyond full scale (peak {peak:.2f}): expected floats in [-1, 1]")
         y = audio.resample(y, orig_sr=int(sample_rate), target_sr=cfg.sample_rate)
         seconds = len(y) / cfg.sample_rate
         if seconds < SHORT_SECONDS:
@@ -134,6 +138,9 @@ class Predictor:
         elif dbfs < QUIET_DBFS:
             warnings.append(f"quiet audio ({dbfs:.0f} dBFS RMS, below {QUIET_DBFS:.0f}): the features are "
                             "of the absolute level, as in the paper, so raise the level for a reliable prediction")
+        elif dbfs > LOUD_DBFS:
+            warnings.append(f"loud audio ({dbfs:.0f} dBFS RMS, above {LOUD_DBFS:.0f}): the features are "
+                            "of the absolute level, as in the paper, so lower the level for a reliable prediction")
         check_windowing(window, hop, cfg)
         win = cfg.signal_length if window is None else min(int(round(window * cfg.sample_rate)), cfg.signal_length)
         step = max(1, int(round((win / cfg.sample_rate / 2 if hop is None else hop) * cfg.sample_rate)))
@@ -201,6 +208,9 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
         return OnnxPredictor(path)
     if path.is_file() and path.suffix in (".hdf5", ".h5"):
         return _from_keras([path], corpus=corpus, source=str(path))
+    if path.is_file() and path.name.lower().endswith(AUDIO_EXTENSIONS):  # `--model` and the audio swapped
+        raise TimnetError(f"{path}: an audio file, not a model; expected a checkpoint (.pt), a RUN_DIR, an .onnx "
+                          f"file, the authors' .hdf5 weights or a bundled name ({', '.join(BUNDLED)})")
     if path.is_file():
         return _from_checkpoints([path], source=str(path))
     if path.is_dir():
@@ -228,7 +238,14 @@ def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predic
     models = []
     for f in paths:  # each checked as it loads: a wrong --corpus is said after one file, not ten
         models.append(load_keras_weights(f))
-        check_corpus_levels(models[-1], c.name, f)
+        n = models[-1].config.n_classes
+        if n != len(c.labels):
+            raise TimnetError(f"{f}: {n} classes, but --corpus {corpus} has {len(c.labels)} "
+                              f"({', '.join(c.labels)}); another corpus's weights? check --corpus")
+        try:
+            check_corpus_levels(models[-1], c.name, f)
+        except TimnetError as e:
+            raise TimnetError(f"{e}; check --corpus") from None
     return Predictor(models, labels=c.labels, feature_config=FeatureConfig(signal_length=c.signal_length), source=source,
                      corpus=c.name)
 

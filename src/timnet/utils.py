@@ -17,7 +17,10 @@ def atomic_write(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # a read-only folder: name the file asked for, not a random temporary name
+        raise OSError(e.errno, e.strerror, str(path)) from e
     os.close(fd)
     # mkstemp makes the file private (0600); results should get the usual permissions (umask).
     umask = os.umask(0)
