@@ -260,10 +260,10 @@ class Run:
         `worker` (where the fold ran) is recorded in the fold's result."""
         test_idx = self.splits[k - 1][1]
         fdir, x, y, tr, va = self._fold_data(k)
-        t0 = time.perf_counter()
         model, members = train_members(x, y, tr, va, model_config=self.model_config, config=self.config,
                                        seed=fold_seed(self.seed, k), folder=fdir, on_epoch=on_epoch,
                                        device=self.device, path=self.path)
+        t0 = time.perf_counter()
         first = members[0]
         if self.evaluate_test:
             # The test split is touched here, once, after the model has been chosen.
@@ -311,7 +311,11 @@ class Run:
                 raw = evaluate_split(first.last, x[va], y[va], n_classes=len(self.fs.labels))
                 result.update(val_war_last=raw["war"], val_uar_last=raw["uar"])
         result.update(epoch=first.epoch, epochs_run=first.epochs_run, stopped_early=first.stopped_early,
-                      seconds=round(time.perf_counter() - t0, 2), arithmetic=first.arithmetic,
+                      # training seconds summed over the members, wherever each trained (members of one
+                      # fold may train at once in other workers), and this evaluation
+                      seconds=round(sum(m.seconds for m in members) + time.perf_counter() - t0, 2),
+                      **({"member_seconds": [m.seconds for m in members]} if len(members) > 1 else {}),
+                      arithmetic=first.arithmetic,
                       **({"worker": worker} if worker else {}))
         save_checkpoint(fdir / "model.pt", model, feature_config=self.fs.config, labels=self.fs.labels,
                         corpus=self.fs.corpus, extra={

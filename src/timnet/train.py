@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -382,11 +383,12 @@ class Member:
     stopped_early: bool
     arithmetic: str
     history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of the call that trained it (a resumed member: the call that finished it)
 
     def to_dict(self) -> dict:
         return {"model": self.model.state_dict(), "last": self.last.state_dict() if self.last is not self.model else None,
                 "epoch": self.epoch, "epochs_run": self.epochs_run, "stopped_early": self.stopped_early,
-                "arithmetic": self.arithmetic, "history": self.history}
+                "arithmetic": self.arithmetic, "history": self.history, "seconds": self.seconds}
 
     @classmethod
     def from_dict(cls, d: dict, config: TIMNetConfig) -> "Member":
@@ -396,7 +398,8 @@ class Member:
         if d["last"] is not None:
             last = TIMNet(config)
             last.load_state_dict(d["last"])
-        return cls(model.eval(), last.eval(), d["epoch"], d["epochs_run"], d["stopped_early"], d["arithmetic"], d["history"])
+        return cls(model.eval(), last.eval(), d["epoch"], d["epochs_run"], d["stopped_early"], d["arithmetic"], d["history"],
+                   d.get("seconds", 0.0))  # members kept before stop 30 have no time
 
 
 def train_members(
@@ -458,6 +461,7 @@ def train_member(
         return Member.from_dict(torch.load(done, map_location="cpu", weights_only=False), model_config)
     state_path = None if folder is None else folder / ("state.pt" if m == 0 else f"state_member{m}.pt")
     offset = m * config.epochs
+    t0 = time.perf_counter()
     report = on_epoch if on_epoch is None or m == 0 else (
         lambda row: on_epoch({**row, "epoch": row["epoch"] + offset}))
     model, state = train_fold(x, y, train_idx, val_idx, model_config=model_config, config=config,
@@ -465,7 +469,7 @@ def train_member(
                               device=device, path=path)
     chosen = state.best["epoch"] if (config.select == "best-val" and state.best) else state.epoch
     member = Member(model, state.model.cpu().eval(), chosen, state.epoch, state.stopped_early,
-                    state.arithmetic, state.history)
+                    state.arithmetic, state.history, round(time.perf_counter() - t0, 2))
     if done is not None:
         with atomic_write(done) as tmp:
             torch.save(member.to_dict(), tmp)
