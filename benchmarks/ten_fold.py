@@ -103,12 +103,24 @@ def finished_folds(run: Path) -> list[dict]:
     return folds
 
 
+def first_j(j: int):
+    """A fold's figures of its first j members' ensemble (j >= 2; None where the run has no such)."""
+    return lambda f: next((e for e in f.get("first_members", ()) if e["members"] == j), None)
+
+
+def smaller_ensembles(folds: list[dict]) -> list[int]:
+    """The sizes j of the first-j-member ensembles the folds scored (a run of K >= 3 members: 2 .. K-1)."""
+    return sorted({e["members"] for f in folds for e in f.get("first_members", ())})
+
+
 def summary(folds: list[dict]) -> dict:
     """Mean ± std over the folds (population std, as timnet's results.json), of the kept model and,
-    where every fold scored them, of the last weights and of an ensemble's first member."""
+    where every fold scored them, of the last weights, of an ensemble's first member and of the
+    ensembles of its first j members."""
     out = {"n_test": sum(f["n_test"] for f in folds)}
-    for name, pick in (("", lambda f: f), ("_last", lambda f: f.get("last_weights")),
-                       ("_first", lambda f: f.get("first_member"))):
+    views = [("", lambda f: f), ("_last", lambda f: f.get("last_weights")), ("_first", lambda f: f.get("first_member"))]
+    views += [(f"_first{j}", first_j(j)) for j in smaller_ensembles(folds)]
+    for name, pick in views:
         rows = [pick(f) for f in folds]
         if not rows or any(r is None for r in rows):
             continue
@@ -154,23 +166,25 @@ def seed_lines(recipe: str, o: dict, n_folds: int = 10) -> list[str]:
 def table(corpus: str, out: dict, n_folds: int = 10) -> str:
     """Per-fold and mean ± std figures, folds matched by number; a recipe with last-weights figures
     gets that column pair too."""
-    columns = []  # (heading, recipe, key in a fold's figures or None for the kept model)
+    columns = []  # (heading, recipe, the summary's suffix, a fold's figures)
     for n, o in out.items():
-        columns.append((n, n, None))
+        columns.append((n, n, "", lambda f: f))
         if "mean_war_first" in o:
-            columns.append((f"{n}: first member", n, "first_member"))
+            columns.append((f"{n}: first member", n, "_first", lambda f: f.get("first_member")))
+        for j in smaller_ensembles(o["folds"]):  # no mean where a fold lacks it (total: – | –)
+            columns.append((f"{n}: first {j} members", n, f"_first{j}", first_j(j)))
         if "mean_war_last" in o:
-            columns.append((f"{n}: last weights", n, "last_weights"))
+            columns.append((f"{n}: last weights", n, "_last", lambda f: f.get("last_weights")))
     by_fold = {n: {f["fold"]: f for f in o["folds"]} for n, o in out.items()}
     lines = [f"### {corpus}: {n_folds}-fold KFold, paper seed, utterance-level folds\n",
-             "| fold | n_test | " + " | ".join(f"{h} WAR | {h} UAR" for h, _, _ in columns) + " |",
+             "| fold | n_test | " + " | ".join(f"{h} WAR | {h} UAR" for h, *_ in columns) + " |",
              "|---:|---:|" + "---:|---:|" * len(columns)]
     for k in range(1, n_folds + 1):
         found = [by_fold[n][k] for n in out if k in by_fold[n]]
         cells = []
-        for _, n, key in columns:
+        for _, n, _, pick in columns:
             f = by_fold[n].get(k)
-            fig = (f if key is None else f.get(key)) if f else None
+            fig = pick(f) if f else None
             cells.append(f"{fig['war']:.4f} | {fig['uar']:.4f}" if fig else "– | –")
         lines.append(f"| {k} | {found[0]['n_test'] if found else ''} | " + " | ".join(cells) + " |")
 
@@ -180,8 +194,7 @@ def table(corpus: str, out: dict, n_folds: int = 10) -> str:
         return f"**{pm(o[f'mean_war{suffix}'], o[f'std_war{suffix}'])}** | **{pm(o[f'mean_uar{suffix}'], o[f'std_uar{suffix}'])}**"
 
     n_test = max((o["n_test"] for o in out.values()), default=0)
-    suffix = {None: "", "last_weights": "_last", "first_member": "_first"}
-    lines.append(f"| **mean ± std** | {n_test} | " + " | ".join(total(out[n], suffix[key]) for _, n, key in columns) + " |")
+    lines.append(f"| **mean ± std** | {n_test} | " + " | ".join(total(out[n], suffix) for _, n, suffix, _ in columns) + " |")
     lines.append("")
     for n, o in out.items():
         lines.append(f"- {n}: {len(o['folds'])} of {n_folds} folds finished")

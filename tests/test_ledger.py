@@ -85,6 +85,30 @@ def test_ten_fold_table_pairs_an_averaging_run_with_its_last_weights(tmp_path, m
     assert row in text and "| 2 |  | – | – | – | – | – | – |" in text and "- strong: 2 of 3 folds finished" in text
 
 
+def test_ten_fold_table_shows_the_smaller_ensembles_of_a_larger_one():
+    """A four-member run also scored its first two and first three members on each fold (nested
+    seeds): the table gives them columns of their own, with their means; a fold missing one (an
+    older record) leaves that column without a mean rather than a mean of fewer folds."""
+    import ten_fold
+
+    def fold(k, war, two, three):
+        return {"fold": k, "n_test": 10, "war": war, "uar": war, "first_member": {"war": 0.5, "uar": 0.5},
+                "first_members": [{"members": 2, "war": two, "uar": two}, {"members": 3, "war": three, "uar": three}]}
+
+    folds = [fold(1, 0.9, 0.7, 0.8), fold(2, 0.7, 0.5, 0.6)]
+    s = ten_fold.summary(folds)
+    assert s["mean_war_first2"] == pytest.approx(0.6) and s["mean_uar_first3"] == pytest.approx(0.7)
+    text = ten_fold.table("EMODB", {"strong": {"folds": folds, **s}}, n_folds=2)
+    assert ("| 1 | 10 | 0.9000 | 0.9000 | 0.5000 | 0.5000 | 0.7000 | 0.7000 | 0.8000 | 0.8000 |" in text
+            and "strong: first 3 members WAR" in text)
+    folds[1]["first_members"] = folds[1]["first_members"][:1]
+    s = ten_fold.summary(folds)
+    assert "mean_war_first3" not in s and "mean_war_first2" in s
+    last = ten_fold.table("EMODB", {"strong": {"folds": folds, **s}}, n_folds=2).splitlines()
+    assert [line for line in last if line.startswith("| 2 |")] == ["| 2 | 10 | 0.7000 | 0.7000 | 0.5000 | 0.5000 | 0.5000 | 0.5000 | – | – |"]
+    assert [line for line in last if "mean ± std" in line][0].endswith("| – | – |")
+
+
 def test_ten_fold_seeds_spread_counts_only_complete_seeds():
     """Other seeds of the protocol: each seed's mean over its folds, and mean ± sample std over the
     complete seeds only (a seed in progress is listed by its count of folds)."""
