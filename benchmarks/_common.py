@@ -230,7 +230,8 @@ def first_member_from(run_dir: Path, source: Path, *, members: int | None = None
         for row in history:
             row["epoch"] = int(row["epoch"])
         model = load_checkpoint(sdir / "model.pt")[0]
-        member = Member(model, model, done["epoch"], done["epochs_run"], done["stopped_early"], done["arithmetic"], history)
+        member = Member(model, model, done["epoch"], done["epochs_run"], done["stopped_early"], done["arithmetic"], history,
+                        done.get("seconds", 0.0))  # a one-member fold's seconds are its member's
         fdir.mkdir(parents=True, exist_ok=True)
         with atomic_write(fdir / "member_0.pt") as tmp:
             torch.save(member.to_dict(), tmp)

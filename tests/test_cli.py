@@ -322,6 +322,12 @@ def test_predict_never_writes_over_its_input_nor_takes_audio_for_a_model(tmp_pat
     assert (folder / "a.wav").read_bytes() == before
     assert_one_line_error(timnet("predict", folder / "b.wav", "--model", folder / "a.wav"),
                           f"{folder / 'a.wav'}: an audio file, not a model")
+    # an existing --json beside a missing input: the missing one is an error row, the rest predicted
+    out = tmp_path / "out.json"
+    out.write_text("[]")
+    result = timnet("predict", folder / "b.wav", tmp_path / "missing.wav", "--json", out)
+    rows = json.loads(out.read_text())
+    assert result.returncode == 1 and rows[0]["label"] and rows[1]["error"].endswith("no such audio file")
     # a short file asked for windows it does not get is told so, and still predicted
     result = timnet("predict", folder / "a.wav", "--hop", "0.5")
     assert result.returncode == 0 and "a.wav" in result.stdout

@@ -345,7 +345,7 @@ def test_savee_tree(tmp_path):
         ("AudioData/DC/sa01.wav", "duplicate of ALL/DC_sa01.wav"),
         ("AudioData/DC/x01.wav", "name"),
         ("AudioData/XX/a01.wav", "speaker XX unknown"),
-        ("n02.wav", "no speaker folder or prefix, DC/JE/JK/KL"),
+        ("n02.wav", "no speaker folder (DC/JE/JK/KL) or DC_ prefix: pass the corpus folder, not one speaker's"),
     )
 
 

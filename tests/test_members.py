@@ -104,9 +104,12 @@ def test_members_resume_exactly(tmp_path):
                        env={"TIMNET_TEST_DIE_AFTER": "fold_02/state_member1.pt:2"})
     assert killed.returncode == -9
     assert (tmp_path / "res" / "fold_02" / "member_0.pt").is_file()  # the finished member was kept
+    before = torch.load(tmp_path / "res" / "fold_02" / "state_member1.pt", weights_only=False)["seconds"]
+    assert before > 0  # the snapshot keeps the training time so far
     resumed = train_cli(features, tmp_path / "res", *args, "--json", tmp_path / "res.json")
     assert resumed.returncode == 0, resumed.stderr
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("full.json", "res.json"))
+    assert b["folds"][1]["member_seconds"][1] > before  # ... and the resumed member's time adds to it
     assert [f["confusion"] for f in a["folds"]] == [f["confusion"] for f in b["folds"]]
     for k in (1, 2, 3):
         x, y = (read_checkpoint(tmp_path / d / f"fold_{k:02d}" / "model.pt")["members"] for d in ("full", "res"))

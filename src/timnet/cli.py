@@ -366,7 +366,8 @@ def _refuse_to_overwrite(output: str, inputs: list, *, option: str) -> None:
     """An output path that is one of the inputs (`predict DIR --json DIR/a.wav`) would replace that
     recording with the results: refused before any work."""
     out = Path(output)
-    if out.exists() and any(os.path.samefile(out, f) for f in inputs):
+    # a missing input is an error row later, not a reason to stop here
+    if out.exists() and any(Path(f).exists() and os.path.samefile(out, f) for f in inputs):
         raise TimnetError(f"{option} {output}: that is one of the input files; expected a new file for the results")
 
 

@@ -266,7 +266,7 @@ def scan_savee(root: Path) -> Listing:
             return "name"
         speaker = (match[1] or (path.parts[-2] if len(path.parts) > 1 else "")).upper()
         if not speaker:  # often DIR is one speaker's folder: its parent holds the corpus
-            return f"no speaker folder or prefix, {'/'.join(_SAVEE_SPEAKERS)}"
+            return f"no speaker folder ({'/'.join(_SAVEE_SPEAKERS)}) or DC_ prefix: pass the corpus folder, not one speaker's"
         if speaker not in _SAVEE_SPEAKERS:
             return f"speaker {speaker} unknown"
         return _Match(_SAVEE_EMOTIONS[match[2]], speaker, f"{speaker}_{match[2]}{match[3]}")

@@ -286,7 +286,7 @@ def _environment(info: dict, results: list[dict]) -> str:
     versions = info.get("versions", {})
     rows = [(k, v) for k, v in versions.items() if k != "threads"]
     rows += [("threads per fold", info["identity"].get("threads_per_fold")), ("torch threads (main process)", versions.get("threads")),
-             ("wall time (sum of folds)", _duration(sum(r.get("seconds", 0.0) for r in results))),
+             ("training time (folds and members summed)", _duration(sum(r.get("seconds", 0.0) for r in results))),
              ("started", info.get("started")), ("command", shlex.join(map(str, info.get("command", []))))]
     return _kv_table(rows)
 

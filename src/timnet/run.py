@@ -118,7 +118,7 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
                 option = diff[0].replace("_per_fold", "")
                 hint = f"; to resume it pass --{option} {previous[diff[0]]}"
             elif diff == ["train_config"] and previous is not None:
-                # a run of an earlier preset (`strong` had one member until it became two) resumes
+                # a run of an earlier preset (`strong` had one member, then two, now four) resumes
                 # with that one value given explicitly
                 old, new = previous["train_config"], identity["train_config"]
                 changed = sorted(k for k in new if old.get(k) != new.get(k))

@@ -199,6 +199,7 @@ class FoldState:
         self.best: dict | None = None  # {"epoch", "uar", "state_dict"} under best-val
         self.since_best = 0
         self.stopped_early = False
+        self.seconds = 0.0  # training wall time, summed over the calls of a resumed training
 
     def to_dict(self) -> dict:
         device = next(self.model.parameters()).device
@@ -208,7 +209,7 @@ class FoldState:
             # the training GPU's generator (dropout masks), not the current device's
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "epoch": self.epoch, "history": self.history, "best": self.best,
-            "since_best": self.since_best, "stopped_early": self.stopped_early,
+            "since_best": self.since_best, "stopped_early": self.stopped_early, "seconds": self.seconds,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "swa": self.swa.state_dict() if self.swa is not None else None,
         }
@@ -224,6 +225,7 @@ class FoldState:
             torch.cuda.set_rng_state(d["cuda_rng"], next(self.model.parameters()).device)
         self.epoch, self.history, self.best = d["epoch"], d["history"], d["best"]
         self.since_best, self.stopped_early = d["since_best"], d["stopped_early"]
+        self.seconds = d.get("seconds", 0.0)  # snapshots before stop 30 have no time
         if self.ema is not None:
             self.ema.load_state_dict(d["ema"])
         if self.swa is not None:
@@ -315,6 +317,7 @@ def train_fold(
     x_val, y_val = x[val_idx].to(device), y[val_idx].to(device)
     n, bs = len(train_idx), config.batch_size
     steps = -(-n // bs)
+    t0, before = time.perf_counter(), state.seconds
     while state.epoch < config.epochs and not state.stopped_early:
         model.train()
         order = torch.randperm(n, generator=state.generator).to(device)
@@ -353,6 +356,7 @@ def train_fold(
                 if config.patience is not None and state.since_best >= config.patience:
                     state.stopped_early = True
         state.history.append(row)
+        state.seconds = before + time.perf_counter() - t0
         if on_epoch is not None:
             on_epoch(row)
         if state_path is not None and (state.epoch % config.save_every == 0 or state.stopped_early):
@@ -363,6 +367,7 @@ def train_fold(
         kept.load_state_dict(state.best["state_dict"])
     if swa is not None:
         kept = swa.finish(x_train, config.batch_size, seed)
+    state.seconds = before + time.perf_counter() - t0
     return kept.cpu().eval(), state
 
 
@@ -383,7 +388,7 @@ class Member:
     stopped_early: bool
     arithmetic: str
     history: list[dict] = field(default_factory=list)
-    seconds: float = 0.0  # wall time of the call that trained it (a resumed member: the call that finished it)
+    seconds: float = 0.0  # its training's wall time (a resumed one: summed over the calls)
 
     def to_dict(self) -> dict:
         return {"model": self.model.state_dict(), "last": self.last.state_dict() if self.last is not self.model else None,
@@ -461,7 +466,6 @@ def train_member(
         return Member.from_dict(torch.load(done, map_location="cpu", weights_only=False), model_config)
     state_path = None if folder is None else folder / ("state.pt" if m == 0 else f"state_member{m}.pt")
     offset = m * config.epochs
-    t0 = time.perf_counter()
     report = on_epoch if on_epoch is None or m == 0 else (
         lambda row: on_epoch({**row, "epoch": row["epoch"] + offset}))
     model, state = train_fold(x, y, train_idx, val_idx, model_config=model_config, config=config,
@@ -469,7 +473,7 @@ def train_member(
                               device=device, path=path)
     chosen = state.best["epoch"] if (config.select == "best-val" and state.best) else state.epoch
     member = Member(model, state.model.cpu().eval(), chosen, state.epoch, state.stopped_early,
-                    state.arithmetic, state.history, round(time.perf_counter() - t0, 2))
+                    state.arithmetic, state.history, round(state.seconds, 2))
     if done is not None:
         with atomic_write(done) as tmp:
             torch.save(member.to_dict(), tmp)

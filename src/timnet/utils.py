@@ -20,6 +20,8 @@ def atomic_write(path: str | Path):
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:  # a read-only folder: name the file asked for, not a random temporary name
+        if e.errno is None:
+            raise
         raise OSError(e.errno, e.strerror, str(path)) from e
     os.close(fd)
     # mkstemp makes the file private (0600); results should get the usual permissions (umask).
