@@ -171,6 +171,11 @@ def test_silent_and_short_warnings(run_dir):
     loud = model.predict(tone * 3, 16000).warnings
     assert loud[0] == "samples beyond full scale (peak 3.00): expected floats in [-1, 1]"
     assert loud[1].startswith("loud audio (7 dBFS RMS")
+    # one channel of two beyond full scale is flagged though their mean is not; NaN is refused
+    stereo = np.stack([tone * 1.2, tone * 0], axis=1)
+    assert "samples beyond full scale (peak 1.20): expected floats in [-1, 1]" in model.predict(stereo, 16000).warnings
+    with pytest.raises(TimnetError, match="waveform has 1 NaN or infinite samples"):
+        model.predict(np.where(np.arange(32000) == 5, np.nan, tone), 16000)
 
 
 def test_onnx_matches_torch(run_dir, clips, tmp_path):

@@ -116,17 +116,21 @@ class Predictor:
         window); the result is the mean of the windows' probabilities.
         """
         y = np.asarray(waveform, dtype=np.float32)
+        if y.ndim not in (1, 2) or y.size == 0:
+            raise TimnetError(f"waveform of shape {np.shape(waveform)} invalid; expected (samples,) or (samples, channels)")
+        if not np.isfinite(y).all():
+            raise TimnetError(f"waveform has {int((~np.isfinite(y)).sum())} NaN or infinite samples; expected finite floats in [-1, 1]")
+        # before the channels are averaged (one clipping channel of two) and before resampling
+        # (whose ringing may overshoot a full-scale file)
+        peak = float(np.max(np.abs(y)))
         if y.ndim == 2:
             y = y.mean(axis=1, dtype=np.float32)
-        if y.ndim != 1 or len(y) == 0:
-            raise TimnetError(f"waveform of shape {np.shape(waveform)} invalid; expected (samples,) or (samples, channels)")
         cfg = self.feature_config
         warnings = []
-        if sample_rate < LOW_RATE:
-            warnings.append(f"sample rate {sample_rate} Hz, below {LOW_RATE} Hz: too little of the spectrum for the features")
-        peak = float(np.max(np.abs(y)))  # before resampling, whose ringing may overshoot a full-scale file
         if peak > 1.0:
             warnings.append(f"samples beyond full scale (peak {peak:.2f}): expected floats in [-1, 1]")
+        if sample_rate < LOW_RATE:
+            warnings.append(f"sample rate {sample_rate} Hz, below {LOW_RATE} Hz: too little of the spectrum for the features")
         y = audio.resample(y, orig_sr=int(sample_rate), target_sr=cfg.sample_rate)
         seconds = len(y) / cfg.sample_rate
         if seconds < SHORT_SECONDS:
