@@ -86,7 +86,8 @@ def finished_folds(run: Path, seeds: list[int]) -> dict[int, list[dict]]:
         folds = []
         for path in sorted((run / f"seed_{s}").glob("fold_*/result.json")):
             r = json.loads(path.read_text())
-            folds.append({k: r[k] for k in ("fold", "test_speakers", "war", "uar", "n_test", "seconds", "last_weights") if k in r})
+            folds.append({k: r[k] for k in ("fold", "test_speakers", "war", "uar", "n_test", "seconds", "last_weights",
+                                         "members", "first_members") if k in r})  # an ensemble: each member, its smaller ensembles
         out[s] = folds
     return out
 
