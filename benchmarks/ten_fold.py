@@ -108,9 +108,14 @@ def first_j(j: int):
     return lambda f: next((e for e in f.get("first_members", ()) if e["members"] == j), None)
 
 
-def smaller_ensembles(folds: list[dict]) -> list[int]:
-    """The sizes j of the first-j-member ensembles the folds scored (a run of K >= 3 members: 2 .. K-1)."""
-    return sorted({e["members"] for f in folds for e in f.get("first_members", ())})
+def views(folds: list[dict]) -> list[tuple[str, str, object]]:
+    """What a recipe's folds give figures of: (summary suffix, column heading suffix, a fold's figures
+    or None): the kept model, an ensemble's first member, the ensembles of its first j members (a
+    run of K >= 3 members: j = 2 .. K-1), and the last weights."""
+    js = sorted({e["members"] for f in folds for e in f.get("first_members", ())})
+    return [("", "", lambda f: f), ("_first", ": first member", lambda f: f.get("first_member")),
+            *((f"_first{j}", f": first {j} members", first_j(j)) for j in js),
+            ("_last", ": last weights", lambda f: f.get("last_weights"))]
 
 
 def summary(folds: list[dict]) -> dict:
@@ -118,9 +123,7 @@ def summary(folds: list[dict]) -> dict:
     where every fold scored them, of the last weights, of an ensemble's first member and of the
     ensembles of its first j members."""
     out = {"n_test": sum(f["n_test"] for f in folds)}
-    views = [("", lambda f: f), ("_last", lambda f: f.get("last_weights")), ("_first", lambda f: f.get("first_member"))]
-    views += [(f"_first{j}", first_j(j)) for j in smaller_ensembles(folds)]
-    for name, pick in views:
+    for name, _, pick in views(folds):
         rows = [pick(f) for f in folds]
         if not rows or any(r is None for r in rows):
             continue
@@ -168,13 +171,12 @@ def table(corpus: str, out: dict, n_folds: int = 10) -> str:
     gets that column pair too."""
     columns = []  # (heading, recipe, the summary's suffix, a fold's figures)
     for n, o in out.items():
-        columns.append((n, n, "", lambda f: f))
-        if "mean_war_first" in o:
-            columns.append((f"{n}: first member", n, "_first", lambda f: f.get("first_member")))
-        for j in smaller_ensembles(o["folds"]):  # no mean where a fold lacks it (total: – | –)
-            columns.append((f"{n}: first {j} members", n, f"_first{j}", first_j(j)))
-        if "mean_war_last" in o:
-            columns.append((f"{n}: last weights", n, "_last", lambda f: f.get("last_weights")))
+        for suffix, heading, pick in views(o["folds"]):
+            # first members and last weights where every fold has them; the smaller ensembles'
+            # columns even where a fold lacks them (its mean is then – | –)
+            if suffix in ("_first", "_last") and f"mean_war{suffix}" not in o:
+                continue
+            columns.append((n + heading, n, suffix, pick))
     by_fold = {n: {f["fold"]: f for f in o["folds"]} for n, o in out.items()}
     lines = [f"### {corpus}: {n_folds}-fold KFold, paper seed, utterance-level folds\n",
              "| fold | n_test | " + " | ".join(f"{h} WAR | {h} UAR" for h, *_ in columns) + " |",

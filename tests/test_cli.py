@@ -318,7 +318,7 @@ def test_predict_never_writes_over_its_input_nor_takes_audio_for_a_model(tmp_pat
         write_tone(folder / name, seconds=1.0)
     before = (folder / "a.wav").read_bytes()
     assert_one_line_error(timnet("predict", folder, "--json", folder / "a.wav"),
-                          f"--json {folder / 'a.wav'}: that is one of the input files")
+                          f"--json {folder / 'a.wav'} is the input {folder / 'a.wav'}")
     assert (folder / "a.wav").read_bytes() == before
     assert_one_line_error(timnet("predict", folder / "b.wav", "--model", folder / "a.wav"),
                           f"{folder / 'a.wav'}: an audio file, not a model")

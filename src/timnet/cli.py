@@ -362,15 +362,6 @@ def _warnings_as_messages():
                 _warn(str(w.message))
 
 
-def _refuse_to_overwrite(output: str, inputs: list, *, option: str) -> None:
-    """An output path that is one of the inputs (`predict DIR --json DIR/a.wav`) would replace that
-    recording with the results: refused before any work."""
-    out = Path(output)
-    # a missing input is an error row later, not a reason to stop here
-    if out.exists() and any(Path(f).exists() and os.path.samefile(out, f) for f in inputs):
-        raise TimnetError(f"{option} {output}: that is one of the input files; expected a new file for the results")
-
-
 def cmd_predict(args) -> int:
     from .predict import WINDOW_AFTER, check_windowing, find_audio, load_model
 
@@ -378,8 +369,7 @@ def cmd_predict(args) -> int:
         predictor = load_model(args.model, corpus=args.corpus)
     check_windowing(args.window, args.hop, predictor.feature_config)
     files = find_audio(args.audio)
-    if args.json:
-        _refuse_to_overwrite(args.json, files, option="--json")
+    _refuse_output_among("json", args.json, files)  # the files found in a folder are inputs too
     rows, failures = [], 0
     name_width = min(max(len(str(f)) for f in files), 60)
     print(f"{'file':<{name_width}}  {'label':<10} {'conf':>6}  top-3")
@@ -635,14 +625,17 @@ def _check_not_an_input(args) -> None:
     for name in INPUTS:
         value = getattr(args, name, None)
         inputs += value if isinstance(value, list) else [value] if value else []
-    inputs = [Path(p) for p in inputs if Path(p).is_file()]
     for name in ("json", "output"):
-        out = getattr(args, name, None)
-        if not out or not Path(out).is_file():
-            continue
-        for given in inputs:
-            if os.path.samefile(out, given):
-                raise TimnetError(f"--{name} {out} is the input {given}; expected another path for the output")
+        _refuse_output_among(name, getattr(args, name, None), inputs)
+
+
+def _refuse_output_among(name: str, out: str | None, inputs: list) -> None:
+    """Refuse --NAME OUT when it is one of `inputs` (those that exist: a missing one is its own error)."""
+    if not out or not Path(out).is_file():
+        return
+    for given in inputs:
+        if Path(given).is_file() and os.path.samefile(out, given):
+            raise TimnetError(f"--{name} {out} is the input {given}; expected another path for the output")
 
 
 class _Terminated(KeyboardInterrupt):
