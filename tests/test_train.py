@@ -455,6 +455,40 @@ def test_overwrite_deletes_nothing_before_the_new_run_is_known_valid_and_then_ev
     assert sorted(p.name for p in d.iterdir()) == ["notes.md", "run.json"]
 
 
+def test_one_process_writes_a_run_dir_at_a_time(tmp_path, capsys):
+    """A train or sweep into a folder another timnet process is writing (the same command started
+    twice, --overwrite of a run still training) is refused and touches nothing; a failed command
+    leaves no folder it made; a resume clears the temporary files of a run killed mid-write."""
+    from timnet.cli import main
+    from timnet.utils import folder_lock
+
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {loguniform: [1e-4, 1e-3]}\n")
+    busy = tmp_path / "busy"
+    common = ["--folds", "3", "--epochs", "2", "--batch-size", "16", "--threads", "1", "-q"]
+    with folder_lock(busy):  # another open file: the kernel's lock refuses it as it would another process
+        (busy / "run.json").write_text("the other run's")
+        for command in (["train", str(features), "-o", str(busy), "--no-report", "--overwrite", *common],
+                        ["sweep", str(features), "--space", str(space), "-o", str(busy), "--trials", "1", "--overwrite",
+                         *common]):
+            assert main(command) == 1
+            assert f"{busy} is being written by another timnet process" in capsys.readouterr().err
+        assert sorted(p.name for p in busy.iterdir()) == ["run.json"] and (busy / "run.json").read_text() == "the other run's"
+
+    new = tmp_path / "new"
+    assert main(["train", str(features), "-o", str(new), "--val-fraction", "0.99", *common]) == 1
+    assert "cannot stratify" in capsys.readouterr().err and not new.exists()
+
+    run = tmp_path / "run"
+    assert main(["train", str(features), "-o", str(run), "--no-report", *common]) == 0
+    stray = [run / ".results.json.x1.tmp", run / "fold_02" / ".state.pt.x2.tmp"]  # what SIGKILL mid-write leaves
+    for path in stray:
+        path.write_bytes(b"")
+    assert main(["train", str(features), "-o", str(run), "--no-report", *common]) == 0
+    assert not any(path.exists() for path in stray) and (run / "results.json").is_file()
+
+
 def test_a_seeds_folder_is_named_as_such(tmp_path):
     fs, d = synthetic(), tmp_path / "ms"
     seed_runs(d, seeds=[1, 2], make_run=lambda folder, seed: Run(fs, folder, config=TrainConfig(**FAST), folds=3, seed=seed))

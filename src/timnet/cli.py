@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import dispatch
 from .errors import TimnetError
-from .utils import sigterm_handler, write_json
+from .utils import folder_lock, sigterm_handler, write_json
 
 CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
 SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS; kept here so --help needs no torch import
@@ -211,46 +211,47 @@ def cmd_train(args) -> int:
                           "expected cross-validation (drop --all-data) for test figures")
     config, device, threads, backend = _execution(args, args.folds)
     model_overrides = _model_overrides(args)
-    if args.all_data:
-        path = train_all_data(fs, args.output, config=config, seed=seeds[0], threads=args.threads or os.cpu_count() or 1,
-                              device=device, path=args.path, overwrite=args.overwrite, progress=not args.quiet,
-                              model_overrides=model_overrides)
-        what = "one model" if config.members == 1 else f"an ensemble of {config.members} models"
-        print(f"trained {what} on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
-        return 0
-    features_path = str(Path(args.features).resolve())
+    with folder_lock(args.output):  # one process writes a RUN_DIR at a time
+        if args.all_data:
+            path = train_all_data(fs, args.output, config=config, seed=seeds[0], threads=args.threads or os.cpu_count() or 1,
+                                  device=device, path=args.path, overwrite=args.overwrite, progress=not args.quiet,
+                                  model_overrides=model_overrides)
+            what = "one model" if config.members == 1 else f"an ensemble of {config.members} models"
+            print(f"trained {what} on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
+            return 0
+        features_path = str(Path(args.features).resolve())
 
-    def make_run(folder: Path, seed: int) -> Run:
-        return Run(fs, folder, config=config, folds=args.folds, seed=seed, split=args.split, threads=threads,
-                   device=device, path=args.path, features_path=features_path, model_overrides=model_overrides)
+        def make_run(folder: Path, seed: int) -> Run:
+            return Run(fs, folder, config=config, folds=args.folds, seed=seed, split=args.split, threads=threads,
+                       device=device, path=args.path, features_path=features_path, model_overrides=model_overrides)
 
-    runs = seed_runs(args.output, seeds=seeds, make_run=make_run, overwrite=args.overwrite)
-    for run in runs:
-        if run.resumed:
-            print(f"resuming the run in {run.dir}", file=sys.stderr)
-    summaries = execute_runs(runs, backend=backend, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
-    if len(runs) == 1:
-        print(format_report(summaries[0]))
-        out = summaries[0]
-    else:
-        out = summarize_seeds(summaries)
-        write_seed_summary(args.output, out)
-        for s in out["per_seed"]:
-            print(f"seed {s['seed']:>6}: WAR {s['mean_war']:.4f} +- {s['std_war']:.4f}  UAR {s['mean_uar']:.4f} +- {s['std_uar']:.4f}")
-        print(f"{len(runs)} seeds: WAR {out['mean_war']:.4f} +- {out['std_war']:.4f}  "
-              f"UAR {out['mean_uar']:.4f} +- {out['std_uar']:.4f} (mean +- sample std of the per-seed means)")
-        # the contract's "folds" list too (every seed's folds, each naming its seed), beside each run's summary
-        out = {**out, "folds": [{"seed": s["seed"], **f} for s in summaries for f in s["folds"]], "runs": summaries}
-    if args.json:
-        write_json(args.json, out)
-    if not args.no_report:
-        from .report import plot_run, write_report
-
+        runs = seed_runs(args.output, seeds=seeds, make_run=make_run, overwrite=args.overwrite)
         for run in runs:
-            with _warnings_as_messages():
-                path = write_report(run.dir, figures=plot_run(run.dir))
-            print(f"report -> {path}")
-    return 0
+            if run.resumed:
+                print(f"resuming the run in {run.dir}", file=sys.stderr)
+        summaries = execute_runs(runs, backend=backend, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+        if len(runs) == 1:
+            print(format_report(summaries[0]))
+            out = summaries[0]
+        else:
+            out = summarize_seeds(summaries)
+            write_seed_summary(args.output, out)
+            for s in out["per_seed"]:
+                print(f"seed {s['seed']:>6}: WAR {s['mean_war']:.4f} +- {s['std_war']:.4f}  UAR {s['mean_uar']:.4f} +- {s['std_uar']:.4f}")
+            print(f"{len(runs)} seeds: WAR {out['mean_war']:.4f} +- {out['std_war']:.4f}  "
+                  f"UAR {out['mean_uar']:.4f} +- {out['std_uar']:.4f} (mean +- sample std of the per-seed means)")
+            # the contract's "folds" list too (every seed's folds, each naming its seed), beside each run's summary
+            out = {**out, "folds": [{"seed": s["seed"], **f} for s in summaries for f in s["folds"]], "runs": summaries}
+        if args.json:
+            write_json(args.json, out)
+        if not args.no_report:
+            from .report import plot_run, write_report
+
+            for run in runs:
+                with _warnings_as_messages():
+                    path = write_report(run.dir, figures=plot_run(run.dir))
+                print(f"report -> {path}")
+        return 0
 
 
 def cmd_sweep(args) -> int:
@@ -274,9 +275,10 @@ def cmd_sweep(args) -> int:
                    device=device, path=args.path, features_path=features_path,
                    model_overrides={**base_overrides, **model_overrides}, evaluate_test=False)
 
-    out = run_sweep(fs, args.output, space=space, trials=args.trials, base=config, backend=backend, seed=seed,
-                    make_run=make_run, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
-                    overwrite=args.overwrite)
+    with folder_lock(args.output):
+        out = run_sweep(fs, args.output, space=space, trials=args.trials, base=config, backend=backend, seed=seed,
+                        make_run=make_run, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
+                        overwrite=args.overwrite)
     print(format_sweep(out))
     if args.json:
         write_json(args.json, out)

@@ -110,6 +110,9 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
         except TimnetError:
             previous = None
         if previous == identity:
+            # a run killed while writing leaves its hidden temporary file (utils.atomic_write) behind
+            for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
+                stale.unlink(missing_ok=True)
             return True
         if not overwrite:
             diff = sorted(k for k in identity if previous is None or previous.get(k) != identity.get(k))

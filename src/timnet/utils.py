@@ -65,6 +65,41 @@ def check_output(path: str | Path, *, folder: bool = False) -> None:
 
 
 @contextlib.contextmanager
+def folder_lock(folder: str | Path):
+    """Hold `folder` (created if missing) for this process while the block writes in it.
+
+    Two timnet processes writing one RUN_DIR (the same command started twice, or --overwrite of a
+    run still training) would interleave snapshots and delete each other's folds; the second is
+    refused instead. The lock is the kernel's (flock on the folder), so a killed process never
+    leaves it behind. A folder created here and still empty after a failure is removed again.
+    """
+    from .errors import TimnetError
+
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; runs are unguarded there
+        fcntl = None
+    fd = os.open(folder, os.O_RDONLY) if fcntl else None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise TimnetError(f"{folder} is being written by another timnet process; wait for it to end "
+                                  "(or stop it), or use another folder") from None
+        yield folder
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: whatever the run wrote stays
+
+
+@contextlib.contextmanager
 def sigterm_handler(handler=None):
     """Within the block SIGTERM goes to `handler` (None: keep the current one, even if a library such
     as Ray installs its own meanwhile); the previous handler is restored after. Only in the main
