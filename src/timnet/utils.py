@@ -82,7 +82,9 @@ def folder_lock(folder: str | Path):
         import fcntl
     except ImportError:  # Windows: no flock; runs are unguarded there
         fcntl = None
-    fd = os.open(folder, os.O_RDONLY) if fcntl else None
+    fd = None
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY) if fcntl else None
     try:
         if fd is not None:
             try:
@@ -90,6 +92,8 @@ def folder_lock(folder: str | Path):
             except BlockingIOError:
                 raise TimnetError(f"{folder} is being written by another timnet process; wait for it to end "
                                   "(or stop it), or use another folder") from None
+            except OSError:  # a file system without locks (some network mounts): the run goes on unguarded
+                pass
         yield folder
     finally:
         if fd is not None:
