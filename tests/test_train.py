@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -487,6 +488,38 @@ def test_one_process_writes_a_run_dir_at_a_time(tmp_path, capsys):
         path.write_bytes(b"")
     assert main(["train", str(features), "-o", str(run), "--no-report", *common]) == 0
     assert not any(path.exists() for path in stray) and (run / "results.json").is_file()
+
+
+def test_a_resume_names_a_damaged_finished_fold(tmp_path):
+    """A done fold is kept on resume only if whole: a damaged result.json, or a model.pt gone or cut
+    short, is one error naming the file and the remedy (not a traceback, not a fold 'kept' that
+    test and predict then cannot read)."""
+    fs, d = synthetic(), tmp_path / "run"
+
+    def resume():
+        run = Run(fs, d, config=TrainConfig(**{**FAST, "epochs": 2}), folds=3)
+        run.prepare()
+        return run.execute(progress=False, log=lambda m: None)
+
+    resume()
+    result, model = d / "fold_01" / "result.json", d / "fold_02" / "model.pt"
+    good_result, good_model = result.read_bytes(), model.read_bytes()
+    for damaged, match in (('{"fold": 1, "war"', "fold_01/result.json: not a readable fold result"),
+                           ("{}", "fold_01/result.json: not a timnet fold result")):
+        result.write_text(damaged)
+        with pytest.raises(TimnetError, match=f"{match}.*; delete it to train that fold again"):
+            resume()
+    result.write_bytes(good_result)
+    model.write_bytes(good_model[:1000])
+    with pytest.raises(TimnetError, match=r"fold_02/model.pt: cut short or damaged, though result.json says fold 2 is done; "
+                                          r"delete .*fold_02/result.json to train that fold again"):
+        resume()
+    model.unlink()
+    with pytest.raises(TimnetError, match="fold_02/model.pt: missing, though"):
+        resume()
+    (d / "fold_02" / "result.json").unlink()  # the remedy: that fold alone trains again
+    model.write_bytes(b"")
+    assert len(resume()["folds"]) == 3 and zipfile.is_zipfile(model)
 
 
 def test_a_seeds_folder_is_named_as_such(tmp_path):

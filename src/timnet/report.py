@@ -22,7 +22,7 @@ from . import metrics
 from .errors import TimnetError
 from .features import FeatureSet
 from .plots import confusion_figure, curves_figure, recall_figure, save_figure, tsne_figure
-from .utils import atomic_write, fold_files
+from .utils import atomic_write, fold_files, read_fold_result
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
@@ -65,26 +65,10 @@ def _run_info(run_dir: Path) -> dict:
 
 
 def _fold_results(run_dir: Path) -> list[dict]:
-    results = []
-    for path in fold_files(run_dir, "result.json"):
-        try:
-            r = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TimnetError(f"{path}: not a readable fold result ({e}); delete it to train that fold again") from None
-        if not _is_fold_result(r):
-            raise TimnetError(f"{path}: not a timnet fold result (a JSON object with fold, war, uar, confusion); "
-                              "delete it to train that fold again")
-        results.append(r)
+    results = [read_fold_result(path) for path in fold_files(run_dir, "result.json")]
     if not results:
         raise TimnetError(f"{run_dir}: no finished fold (no fold_*/result.json); train it first or wait for a fold to end")
     return sorted(results, key=lambda r: r["fold"])
-
-
-def _is_fold_result(r) -> bool:
-    """What the figures read: a fold number, and for a tested fold (one with a WAR) its UAR and confusion."""
-    if not (isinstance(r, dict) and isinstance(r.get("fold"), int)):
-        return False
-    return "war" not in r or (isinstance(r.get("confusion"), list) and isinstance(r.get("uar"), (int, float)))
 
 
 def _summed_confusion(fold_results: list[dict]) -> np.ndarray:

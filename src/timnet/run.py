@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 import warnings
+import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -38,7 +39,7 @@ from .folds import make_folds
 from .model import TIMNetConfig, TIMNetEnsemble
 from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
                     train_members, validation_split)
-from .utils import atomic_write, fold_dirs, write_json
+from .utils import atomic_write, fold_dirs, read_fold_result, write_json
 
 RUN_FILE = "run.json"
 # Identity keys added after a run format was first written, with the value older runs implied.
@@ -331,12 +332,19 @@ class Run:
         return result
 
     def done_results(self) -> dict[int, dict]:
-        """Results of the folds finished before (their result.json exists)."""
+        """Results of the folds finished before (their result.json exists), each checked to be whole:
+        a damaged result, or a done fold whose model.pt is gone or cut short, is named, not kept."""
         out = {}
         for k in range(1, self.folds_n + 1):
             done = self.fold_dir(k) / "result.json"
-            if done.is_file():
-                out[k] = json.loads(done.read_text())
+            if not done.is_file():
+                continue
+            out[k] = read_fold_result(done)
+            model = self.fold_dir(k) / "model.pt"
+            if not zipfile.is_zipfile(model):  # torch.save writes a zip; a cut one has no directory at its end
+                state = "cut short or damaged" if model.is_file() else "missing"
+                raise TimnetError(f"{model}: {state}, though {done.name} says fold {k} is done; delete {done} "
+                                  "to train that fold again")
         return out
 
     def write_summary(self, results: dict[int, dict]) -> dict:

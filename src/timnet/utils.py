@@ -179,3 +179,24 @@ def fold_dirs(run_dir: str | Path) -> list[Path]:
 def fold_files(run_dir: str | Path, name: str) -> list[Path]:
     """The file `name` (model.pt, result.json) of each fold folder that has it, in fold order."""
     return [d / name for d in fold_dirs(run_dir) if (d / name).is_file()]
+
+
+def read_fold_result(path: str | Path) -> dict:
+    """A fold's result.json, checked to hold what is read from it: a fold number and, for a tested
+    fold, its WAR, UAR and confusion; for a validation-only fold, its validation WAR and UAR."""
+    from .errors import TimnetError
+
+    path = Path(path)
+    remedy = "delete it to train that fold again"
+    try:
+        r = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TimnetError(f"{path}: not a readable fold result ({e}); {remedy}") from None
+    number = (int, float)
+    ok = isinstance(r, dict) and isinstance(r.get("fold"), int) and (
+        isinstance(r.get("war"), number) and isinstance(r.get("uar"), number) and isinstance(r.get("confusion"), list)
+        if "war" in r else isinstance(r.get("val_war"), number) and isinstance(r.get("val_uar"), number))
+    if not ok:
+        raise TimnetError(f"{path}: not a timnet fold result (a JSON object with fold, war, uar, confusion, or a "
+                          f"validation-only fold's val_war, val_uar); {remedy}")
+    return r
