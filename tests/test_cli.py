@@ -128,6 +128,33 @@ def test_outputs_never_overwrite_inputs(tmp_path):
     assert clip.read_bytes() == before
 
 
+@pytest.mark.parametrize("verb, option, json_in_run", [
+    ("train", "-o", "run.json"), ("train", "-o", "fold_01/result.json"), ("sweep", "-o", "sweep.json"),
+    ("test", "--weights", "results.json"), ("predict", "--model", "fold_01/model.pt")])
+def test_json_is_never_a_file_of_the_run_folder(tmp_path, capsys, verb, option, json_in_run):
+    """`--json RUN_DIR/run.json` would overwrite what resumes, tests and predicts the run; a name of
+    one's own beside them stays allowed (the benchmarks' `--json runs/x/strong.json` is outside the run)."""
+    from timnet.cli import main
+
+    run = tmp_path / "run"
+    (run / "fold_01").mkdir(parents=True)
+    kept = {name: (run / name) for name in ("run.json", "results.json", "fold_01/result.json", "fold_01/model.pt")}
+    for path in kept.values():
+        path.write_text("the run's")
+    features, clip = tmp_path / "f.npz", write_tone(tmp_path / "clip.wav")
+    features.write_bytes(b"")
+    given = {"train": [features], "sweep": [features, "--space", clip], "test": [features], "predict": [clip]}[verb]
+    assert main([verb, *map(str, given), option, str(run), "--json", str(run / json_in_run)]) == 1
+    err = capsys.readouterr().err
+    assert f"--json {run / json_in_run} is a file timnet keeps in the run folder {run}" in err, err
+    assert all(path.read_text() == "the run's" for path in kept.values())
+    assert not (run / "sweep.json").exists()
+    from timnet.cli import _check_outputs, build_parser
+
+    mine = build_parser().parse_args([verb, *map(str, given), option, str(run), "--json", str(run / "mine.json")])
+    _check_outputs(mine)  # a name of one's own: no error
+
+
 def test_test_on_a_run_with_no_finished_fold(tmp_path):
     from test_train import synthetic
     from timnet.errors import TimnetError

@@ -629,6 +629,33 @@ def _check_not_an_input(args) -> None:
         inputs += value if isinstance(value, list) else [value] if value else []
     for name in ("json", "output"):
         _refuse_output_among(name, getattr(args, name, None), inputs)
+    _refuse_json_in_a_run(args)
+
+
+def _refuse_json_in_a_run(args) -> None:
+    """Refuse a --json that is one of the files timnet keeps in the run folder the command trains
+    or reads (`--json RUN_DIR/run.json` would leave a run that neither resumes nor tests)."""
+    import fnmatch
+    import re
+
+    from .utils import RUN_OUTPUTS
+
+    out = getattr(args, "json", None)
+    folders = [getattr(args, "output", None) if args.verb in FOLDER_OUTPUTS else None,
+               getattr(args, "weights", None), getattr(args, "model", None), getattr(args, "run_dir", None)]
+    for folder in folders:
+        if not out or not folder or (Path(folder).exists() and not Path(folder).is_dir()):
+            continue
+        try:
+            inside = Path(out).resolve().relative_to(Path(folder).resolve()).parts
+        except ValueError:
+            continue
+        first = inside[0] if inside else ""
+        own = (len(inside) > 1 and re.fullmatch(r"(fold|seed|trial)_\d+|plots", first)
+               or any(fnmatch.fnmatch(first, pattern) for pattern in (*RUN_OUTPUTS, "run.json", "sweep.json", "trials.csv")))
+        if own:
+            raise TimnetError(f"--json {out} is a file timnet keeps in the run folder {folder}; "
+                              "expected another name or a path outside it")
 
 
 def _refuse_output_among(name: str, out: str | None, inputs: list) -> None:

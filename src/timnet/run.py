@@ -39,7 +39,7 @@ from .folds import make_folds
 from .model import TIMNetConfig, TIMNetEnsemble
 from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
                     train_members, validation_split)
-from .utils import atomic_write, fold_dirs, read_fold_result, write_json
+from .utils import RUN_OUTPUTS, atomic_write, fold_dirs, read_fold_result, write_json
 
 RUN_FILE = "run.json"
 # Identity keys added after a run format was first written, with the value older runs implied.
@@ -79,13 +79,6 @@ def read_identity(run_dir: str | Path) -> dict:
         # options added since the run was written default to what older versions did (the paper)
         identity["train_config"] = {**asdict(TrainConfig()), **identity["train_config"]}
     return identity
-
-
-# What timnet writes in a RUN_DIR besides run.json and fold_NN/, for any kind of run (folds,
-# --all-data, --seeds, plot): --overwrite deletes all of them, so that nothing of the old run is
-# left to be read as the new one's (an old all-data model.pt beside new folds would be predicted with).
-RUN_OUTPUTS = ("results.json", "results.csv", "validation.json", "report.html", "plots", "model.pt",
-               "state*.pt", "member_*.pt", "history*.csv", "seeds.json", "seeds.csv")
 
 
 def _remove_run_outputs(run_dir: Path) -> None:

@@ -8,6 +8,13 @@ import tempfile
 from pathlib import Path
 
 
+# What timnet writes in a RUN_DIR besides run.json and fold_NN/, for any kind of run (folds,
+# --all-data, --seeds, plot): --overwrite deletes all of them, so that nothing of the old run is
+# left to be read as the new one's (an old all-data model.pt beside new folds would be predicted with).
+RUN_OUTPUTS = ("results.json", "results.csv", "validation.json", "report.html", "plots", "model.pt",
+               "state*.pt", "member_*.pt", "history*.csv", "seeds.json", "seeds.csv")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path):
     """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
