@@ -343,6 +343,12 @@ def test_fold_copies_are_not_folds_and_a_closed_pipe_ends_quietly(run_dir, tmp_p
     r = subprocess.run(f"{sys.executable} -m timnet predict {' '.join([str(clip)] * 400)} --model {run} | head -1",
                        shell=True, capture_output=True, text=True)
     assert r.stdout.startswith("file") and r.stderr == "", r.stderr
+    # with --json the reader leaving costs nothing: every file is still predicted and written
+    out = tmp_path / "all.json"
+    r = subprocess.run(f"{sys.executable} -m timnet predict {' '.join([str(clip)] * 40)} --model {run} --json {out} | head -1",
+                       shell=True, capture_output=True, text=True)
+    assert r.stdout.startswith("file") and r.stderr == "", r.stderr
+    assert len(json.loads(out.read_text())) == 40
 
 
 def test_odd_names_huge_hops_and_uppercase_onnx(run_dir, clips, tmp_path):

@@ -364,6 +364,32 @@ def _warnings_as_messages():
                 _warn(str(w.message))
 
 
+class _Stdout:
+    """print() to a stdout whose reader may leave early (`predict DIR --json J | head -1`): with
+    files still to write (`keep_going`) the work goes on silently and they are written; without,
+    the command stops as a Unix tool does (`main` turns BrokenPipeError into the SIGPIPE status)."""
+
+    def __init__(self, *, keep_going: bool):
+        self.keep_going, self.closed = keep_going, False
+
+    def __call__(self, *values) -> None:
+        if self.closed:
+            return
+        try:
+            print(*values, flush=True)  # per line: the pipe's end is found here, not at exit
+        except BrokenPipeError:
+            if not self.keep_going:
+                raise
+            self.closed = True
+            _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point a stdout whose reader left at /dev/null, so that Python's own flush at exit does not fail again."""
+    with contextlib.suppress(OSError, ValueError):  # a stdout without a descriptor (main() called in-process)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def cmd_predict(args) -> int:
     from .predict import WINDOW_AFTER, check_windowing, find_audio, load_model
 
@@ -373,23 +399,24 @@ def cmd_predict(args) -> int:
     files = find_audio(args.audio)
     _refuse_output_among("json", args.json, files)  # the files found in a folder are inputs too
     rows, failures = [], 0
+    say = _Stdout(keep_going=bool(args.json))
     name_width = min(max(len(str(f)) for f in files), 60)
-    print(f"{'file':<{name_width}}  {'label':<10} {'conf':>6}  top-3")
+    say(f"{'file':<{name_width}}  {'label':<10} {'conf':>6}  top-3")
     for path in files:
         try:
             pred = predictor.predict_file(path, window=args.window, hop=args.hop)
         except TimnetError as e:
             failures += 1
             rows.append({"file": str(path), "label": None, "probs": None, "error": str(e)})
-            print(f"{str(path):<{name_width}}  {'ERROR':<10} {'':>6}  {e}")
+            say(f"{str(path):<{name_width}}  {'ERROR':<10} {'':>6}  {e}")
             message = str(e) if str(path) in str(e) else f"{path}: {e}"
             print(f"timnet: error: {message}", file=sys.stderr)  # stdout may be a pipe into another tool
             continue
         rows.append(pred.to_json())
         top = "  ".join(f"{name} {p:.2f}" for name, p in pred.top(3))
-        print(f"{str(path):<{name_width}}  {pred.label:<10} {pred.probs[pred.label]:>6.3f}  {top}")
+        say(f"{str(path):<{name_width}}  {pred.label:<10} {pred.probs[pred.label]:>6.3f}  {top}")
         for w in pred.windows if args.show_windows else []:
-            print(f"{'':<{name_width}}    {w['start_s']:7.2f}-{w['end_s']:<7.2f} {w['label']:<10} {w['probs'][w['label']]:.3f}")
+            say(f"{'':<{name_width}}    {w['start_s']:7.2f}-{w['end_s']:<7.2f} {w['label']:<10} {w['probs'][w['label']]:.3f}")
         if not pred.windows and (args.hop is not None or args.show_windows):  # asked for windows, none made
             cfg = predictor.feature_config
             why = ("not longer than --window" if args.window is not None else
@@ -399,6 +426,10 @@ def cmd_predict(args) -> int:
             _warn(f"{path}: {warning}")
     if args.json:
         write_json(args.json, rows)
+    if say.closed:
+        import signal
+
+        return 128 + signal.SIGPIPE  # as `main` ends any other command whose reader left
     if failures:
         if len(files) > 1:  # one file: its error line says it all
             _warn(f"{failures} of {len(files)} files could not be predicted")
@@ -697,12 +728,8 @@ def main(argv: list[str] | None = None) -> int:
               f"is its baseline); set {dispatch.OPT_OUT}=1 to use it as it is", file=sys.stderr)
         return 1
     except BrokenPipeError:
-        # stdout closed early (`timnet predict DIR | head`): stop quietly, as Unix tools do; stdout is
-        # pointed at /dev/null so that Python's own flush at exit does not fail again
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):  # a stdout without a descriptor (main() called in-process)
-            pass
+        # stdout closed early (`timnet predict DIR | head`): stop quietly, as Unix tools do
+        _silence_stdout()
         return 128 + signal.SIGPIPE
     except OSError as e:  # a disk full, a permission changed mid-run: still one line, naming the file
         print(f"timnet: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
