@@ -51,7 +51,7 @@ def clips(tmp_path_factory):
     }
 
 
-def test_formats_and_windows(run_dir, clips):
+def test_formats_and_windows(run_dir, clips, monkeypatch):
     model = load_model(run_dir)
     assert len(model.models) == 2 and model.labels == LABELS
     for name, path in clips.items():
@@ -68,6 +68,14 @@ def test_formats_and_windows(run_dir, clips):
             assert pred.windows == []
     windowed = model.predict_file(clips["long"], window=0.5, hop=0.5)
     assert len(windowed.windows) == 60
+    import timnet.predict
+
+    monkeypatch.setattr(timnet.predict, "WINDOW_BATCH", 7)  # windows scored in batches: the same windows, the same scores
+    batched = model.predict_file(clips["long"], window=0.5, hop=0.5)
+    assert [w["start_s"] for w in batched.windows] == [w["start_s"] for w in windowed.windows]
+    np.testing.assert_allclose([list(w["probs"].values()) for w in batched.windows],
+                               [list(w["probs"].values()) for w in windowed.windows], atol=1e-6)
+    monkeypatch.undo()
     # the longest window as printed (0.743 s: 0.74304 rounded) or to the millisecond above is the signal length
     assert model.predict_file(clips["long"], window=0.744).windows == model.predict_file(clips["long"]).windows
     with pytest.raises(TimnetError, match="--window 0.745 invalid"):

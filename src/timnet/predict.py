@@ -36,6 +36,7 @@ SHORT_SECONDS = 0.5
 # file gets the very prediction the evaluation made: EMODB's longest, 08b03Tc.wav, is 8.98 s, 2.06
 # times its 4.35 s); longer ones are scored in windows.
 WINDOW_AFTER = 2.5
+WINDOW_BATCH = 64  # windows featurised and scored at once
 
 
 @dataclass
@@ -156,8 +157,9 @@ class Predictor:
             if starts[-1] + win < len(y):
                 starts.append(len(y) - win)  # the tail gets a window of its own
             chunks = [y[s : s + win] for s in starts]
-        x = np.stack([waveform_features(c, cfg) for c in chunks])
-        probs = self.predict_features(x)
+        # windows in batches: memory stays that of one batch however long the file or short the hop
+        probs = np.concatenate([self.predict_features(np.stack([waveform_features(c, cfg) for c in chunks[i : i + WINDOW_BATCH]]))
+                                for i in range(0, len(chunks), WINDOW_BATCH)])
         mean = probs.mean(0)
         rows = []
         if len(chunks) > 1:
