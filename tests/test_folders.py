@@ -35,6 +35,23 @@ def test_listing_labels_and_speakers(tree):
         folder_corpus(tree, signal_length=8192, speaker_pattern=r"(")
 
 
+def test_a_label_folder_without_audio_is_refused(tree, tmp_path):
+    """An empty label folder would become a class no example teaches (the model then gives it
+    probabilities); so would one whose every file the speaker pattern skips."""
+    import shutil
+
+    root = tmp_path / "mine"
+    shutil.copytree(tree, root)
+    (root / "empty").mkdir()
+    (root / "empty" / "notes.txt").write_text("no audio here")
+    with pytest.raises(TimnetError, match=r"mine/empty: a label folder with no audio file; expected at least one per label"):
+        list_corpus(folder_corpus(root, signal_length=8192), root)
+    shutil.rmtree(root / "empty")
+    write_tone(root / "quiet" / "unnamed.wav")
+    with pytest.raises(TimnetError, match=r"mine/quiet: a label folder with no audio file the --speaker-pattern matches"):
+        list_corpus(folder_corpus(root, signal_length=8192, speaker_pattern=r"^([a-z]+)_\d"), root)
+
+
 def test_signal_length_required(tree):
     with pytest.raises(TimnetError, match="needs --signal-length"):
         extract("folders", tree, progress=False)

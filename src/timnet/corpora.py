@@ -425,6 +425,12 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
                     continue
                 speaker = m.group("speaker") if "speaker" in pattern.groupindex else m.group(1)
             found.append((path, _Match(pure.parts[0], speaker, path)))
+        used = {m.label for _, m in found}
+        empty = [label for label in labels if label not in used]
+        if empty and used:  # a class with no example would be trained as an output nothing teaches
+            why = " the --speaker-pattern matches" if pattern is not None else ""
+            raise TimnetError(f"{top / empty[0]}: a label folder with no audio file{why}; expected at least one per "
+                              f"label (move the folder out of {top})")
         return _listing(top, FOLDERS, found, skipped, labels=labels)
 
     return Corpus(name=FOLDERS, labels=labels, signal_length=signal_length, seed=FOLDERS_SEED,
