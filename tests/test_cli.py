@@ -173,6 +173,14 @@ def test_test_verb_errors(tmp_path):
     bad = tmp_path / "f.npz"
     bad.write_text("garbage")
     assert_one_line_error(timnet("test", bad, "--weights", tmp_path), "f.npz", "not a whole zip archive")
+    assert_one_line_error(timnet("test", tmp_path, "--weights", tmp_path), str(tmp_path), "a folder; expected a feature file")
+    from test_train import synthetic
+    from timnet.features import save_features
+
+    features = save_features(synthetic(), tmp_path / "g.npz")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(timnet("test", features, "--weights", tmp_path / "empty"),
+                          "empty: no fold_*/model.pt and no .hdf5 files; expected a RUN_DIR")
 
 
 # ---- real-data tier -------------------------------------------------------------------------

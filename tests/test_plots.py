@@ -1,4 +1,5 @@
 """Figures and the HTML report of a tiny synthetic RUN_DIR; the report also opened in headless Chromium."""
+import dataclasses
 import html
 import json
 import os
@@ -172,6 +173,10 @@ def test_missing_features_skip_tsne_and_text_is_escaped(trained, tmp_path):
     assert set(figures) == FIGURES - {"tsne"}
     page = write_report(copy, figures=figures).read_text()
     assert "t-SNE not drawn" in page and "<script" not in page
+    other = save_features(dataclasses.replace(trained[0], corpus="CASIA"), tmp_path / "other.npz")
+    (copy / "run.json").write_text(json.dumps({**info, "features": str(other)}))
+    with pytest.warns(UserWarning, match=r"t-SNE skipped: .*other.npz: holds CASIA features, but the run .*run is of EMODB"):
+        plot_run(copy)
     assert html.escape("<script>alert(1)</script>") in page
 
 

@@ -490,7 +490,7 @@ def test_one_process_writes_a_run_dir_at_a_time(tmp_path, capsys):
     assert not any(path.exists() for path in stray) and (run / "results.json").is_file()
 
 
-def test_a_resume_names_a_damaged_finished_fold(tmp_path):
+def test_a_resume_names_a_damaged_finished_fold(tmp_path, capsys):
     """A done fold is kept on resume only if whole: a damaged result.json, or a model.pt gone or cut
     short, is one error naming the file and the remedy (not a traceback, not a fold 'kept' that
     test and predict then cannot read)."""
@@ -520,6 +520,21 @@ def test_a_resume_names_a_damaged_finished_fold(tmp_path):
     (d / "fold_02" / "result.json").unlink()  # the remedy: that fold alone trains again
     model.write_bytes(b"")
     assert len(resume()["folds"]) == 3 and zipfile.is_zipfile(model)
+
+    # `test` on a run short of a fold says so in its JSON and header, not only in a warning
+    from timnet.cli import main
+
+    features = save_features(fs, tmp_path / "f.npz")
+    import shutil
+
+    shutil.rmtree(d / "fold_03")
+    assert main(["test", str(features), "--weights", str(d), "--json", str(tmp_path / "t.json")]) == 0
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert t["folds_n"] == 2 and t["run_folds_n"] == 3
+    (d / "run.json").unlink()
+    assert "folds=2 of 3 (an unfinished run)" in capsys.readouterr().out
+    assert main(["test", str(features), "--weights", str(d)]) == 1
+    assert "run/run.json: missing; expected the run file `timnet train` writes" in capsys.readouterr().err
 
 
 def test_a_seeds_folder_is_named_as_such(tmp_path):

@@ -325,9 +325,10 @@ def cmd_test(args) -> int:
                 _warn(f"{option} {given} ignored: {args.weights} tests each fold model on its own test indices "
                       f"({identity['folds']} folds, seed {identity['seed']})")
         split, seed = identity["split"], identity["seed"]
-        if len(results) < identity["folds"]:
-            _warn(f"{args.weights}: only {len(results)} of {identity['folds']} folds are finished; the means cover those")
     summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split=split, seed=seed)
+    if run_file.is_file() and len(results) < identity["folds"]:
+        _warn(f"{args.weights}: only {len(results)} of {identity['folds']} folds are finished; the means cover those")
+        summary["run_folds_n"] = identity["folds"]  # folds_n counts the finished ones: the JSON says the run is not whole
     print(format_report(summary))
     if args.json:
         write_json(args.json, summary)

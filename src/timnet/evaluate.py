@@ -74,6 +74,9 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
                 raise TimnetError(f"{path}: trained on {ckpt['extra'].get('n_samples')} samples; these features have {len(fs)}")
             out.append(FoldModel(int(ckpt["extra"]["fold"]), model, test_idx))
         return out
+    if not any(weights.glob("*.hdf5")):
+        raise TimnetError(f"{weights}: no fold_*/model.pt and no .hdf5 files; expected a RUN_DIR of `timnet train` "
+                          "or a folder of the authors' 10-fold_weights_best_<k>.hdf5")
     if folds != 10:
         # The authors' files are the 10 models of a 10-fold split; any other split would test
         # them on utterances they were trained on.
@@ -152,7 +155,8 @@ def summarize(fold_results: list[dict], *, corpus: str, labels: tuple[str, ...],
 
 def format_report(summary: dict) -> str:
     """A readable table of folds, mean ± std, and per-class figures pooled over folds."""
-    lines = [f"{summary['corpus']}  split={summary['split']}  folds={summary['folds_n']}  seed={summary['seed']}", "",
+    of = f" of {summary['run_folds_n']} (an unfinished run)" if "run_folds_n" in summary else ""
+    lines = [f"{summary['corpus']}  split={summary['split']}  folds={summary['folds_n']}{of}  seed={summary['seed']}", "",
              f"{'fold':>4} {'n_test':>6} {'WAR':>7} {'UAR':>7}"]
     for r in summary["folds"]:
         lines.append(f"{r['fold']:>4} {r['n_test']:>6} {r['war']:>7.4f} {r['uar']:>7.4f}")

@@ -341,9 +341,12 @@ def in_order(fs: FeatureSet, order: str) -> FeatureSet:
                    speakers=None if fs.speakers is None else fs.speakers[idx], meta={**fs.meta, "order": order})
 
 
-def load_features(path: str | Path, *, corpus: str | None = None) -> FeatureSet:
-    """Load a timnet .npz, or one of the authors' .npy files (which needs `corpus`)."""
+def load_features(path: str | Path, *, corpus: str | None = None, corpus_of: str | None = None) -> FeatureSet:
+    """Load a timnet .npz, or one of the authors' .npy files (which needs `corpus`). `corpus_of` names
+    what expects `corpus` (a run, in a report) when it is not the user's --corpus."""
     path = Path(path)
+    if path.is_dir():
+        raise TimnetError(f"{path}: a folder; expected a feature file (the .npz `timnet extract` writes)")
     if not path.is_file():
         raise TimnetError(f"{path}: no such feature file")
     if path.suffix.lower() == ".npy":
@@ -357,7 +360,8 @@ def load_features(path: str | Path, *, corpus: str | None = None) -> FeatureSet:
         except (ValueError, TypeError, OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
             raise TimnetError(f"{path}: not a readable .npz feature file ({type(e).__name__}: {e})") from None
         if corpus is not None and corpus.upper() != fs.corpus:
-            raise TimnetError(f"{path}: holds {fs.corpus} features, but --corpus {corpus} was given")
+            expected = f"{corpus_of} is of {corpus}" if corpus_of else f"--corpus {corpus} was given"
+            raise TimnetError(f"{path}: holds {fs.corpus} features, but {expected}")
     # one NaN in one utterance would make every model trained on it NaN, silently
     bad = np.flatnonzero(~np.isfinite(fs.x).all(axis=(1, 2)))
     if len(bad):

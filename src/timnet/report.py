@@ -140,7 +140,7 @@ def _run_test_features(run_dir: Path, info: dict) -> tuple:
     from .errors import TimnetError
 
     try:
-        fs = load_features(info["features"], corpus=identity["corpus"])
+        fs = load_features(info["features"], corpus=identity["corpus"], corpus_of=f"the run {run_dir}")
     except TimnetError as e:
         return None, None, None, str(e)
     # A features file rewritten since training would pair the models with other utterances.

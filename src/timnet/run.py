@@ -71,6 +71,9 @@ def versions() -> dict:
 def read_identity(run_dir: str | Path) -> dict:
     """The identity (configs, data fingerprint, seed, split) recorded in a RUN_DIR's run.json."""
     path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise TimnetError(f"{path}: missing; expected the run file `timnet train` writes in every RUN_DIR (it records "
+                          "the features the folds were made on)")
     try:
         identity = {**LEGACY_IDENTITY, **json.loads(path.read_text())["identity"]}
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
