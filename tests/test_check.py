@@ -61,6 +61,21 @@ def test_emodb_copy_missing_extra_and_altered_by_name(tmp_path):
     assert "checksums: 533 of the publisher's 535 files match their sha256" in r.stdout  # one missing, one altered
 
 
+@pytest.mark.realdata
+def test_emodb_checked_from_its_wav_folder_and_with_an_uppercase_extension(tmp_path):
+    """`extract` takes EMODB's wav/ folder itself and reads 03a01Nc.WAV as 03a01Nc.wav: the check
+    does too, instead of calling every file missing and unexpected."""
+    wav = tmp_path / "wav"
+    wav.mkdir()
+    for f in sorted((need(DATA / "EMODB") / "wav").glob("*.wav")):
+        (wav / (f.name if f.name != "03a01Nc.wav" else "03a01Nc.WAV")).symlink_to(f)
+    for root in (tmp_path, wav):
+        r = check_tree("emodb", root)
+        assert r.ok and not r.missing and not r.unexpected, format_check(r)
+    (wav / "03a01Fa.wav").unlink()
+    assert check_tree("emodb", wav).missing == ["03a01Fa.wav"]
+
+
 def test_song_files_and_second_copies_are_listed_not_problems(tmp_path):
     """A RAVDESS folder holding the song recordings too, or a mirror's second copy of the tree,
     is not damaged: those files are listed as ignored and do not fail the check."""

@@ -62,13 +62,17 @@ class CheckReport:
         return not (short or self.unexpected or self.unreadable or self.missing or self.altered)
 
 
-def _manifest_prefix(found: list[str], manifest: dict[str, str]) -> str:
-    """The folder between the user's root and the publisher's root (users may point one level up)."""
+def _manifest_place(found: list[str], manifest: dict[str, str]) -> tuple[str, int]:
+    """(folder to add, characters to drop) turning a publisher's path into the user's: users may point
+    one level up (`wav/x.wav` is then `emodb/wav/x.wav`) or at the folder of the files (`x.wav`),
+    which `extract` accepts as well."""
     for rel in found:
         for known in manifest:
             if rel == known or rel.endswith("/" + known):
-                return rel[: len(rel) - len(known)]
-    return ""
+                return rel[: len(rel) - len(known)], 0
+            if known.endswith("/" + rel):
+                return "", len(known) - len(rel)
+    return "", 0
 
 
 def _harmless(root: Path, path: str, reason: str) -> bool:
@@ -110,10 +114,15 @@ def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
     if manifest is not None:
         report.manifest_files = len(manifest)
         found = [it.path for it in listing.items] + [p for p, _ in listing.skipped]
-        prefix = _manifest_prefix(found, manifest)
+        add, drop = _manifest_place(found, manifest)
+        lead = next(iter(manifest))[:drop]
+        # a file outside the folder given keeps the publisher's path in the list of the missing
+        place = {known: add + known[drop:] if known.startswith(lead) else known for known in manifest}
         present = set(found)
+        folded = {p.casefold(): p for p in found}  # 03a01Nc.WAV is the publisher's 03a01Nc.wav, as `extract` reads it
+        place = {known: rel if rel in present else folded.get(rel.casefold(), rel) for known, rel in place.items()}
         for known, digest in manifest.items():
-            rel = prefix + known
+            rel = place[known]
             if rel not in present:
                 report.missing.append(rel)
                 continue
@@ -123,7 +132,7 @@ def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
             except OSError as e:  # a dangling link, no read permission: a finding, not the end of the check
                 if not any(u.startswith(f"{rel} (") for u in report.unreadable):
                     report.unreadable.append(f"{rel} ({e.strerror or e})")
-        report.unexpected += [(p, "not in the publisher's manifest") for p in sorted(present - {prefix + k for k in manifest})
+        report.unexpected += [(p, "not in the publisher's manifest") for p in sorted(present - set(place.values()))
                               if p not in {s for s, _ in listing.skipped}]
     return report
 
