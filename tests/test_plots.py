@@ -251,3 +251,15 @@ def test_damaged_history_or_result_is_one_error(trained, tmp_path):
         path.write_text(damage(path.read_text()))
         with pytest.raises(TimnetError, match=re.escape(str(path)) + ": " + message):
             plot_run(run, out_dir=tmp_path / "figs")
+
+
+def test_training_time_of_members_trained_before_their_time_was_kept():
+    """Folds of members trained by a timnet that did not yet sum their time give a lower bound, said to be one."""
+    from timnet.report import _duration, _training_time
+
+    two = {"identity": {"train_config": {"members": 2}}}
+    assert _training_time(two, [{"seconds": 100.0, "member_seconds": [50.0, 49.0]}]) == _duration(100.0)
+    for old in ({"seconds": 2.0}, {"seconds": 60.0, "member_seconds": [0.0, 59.0]}):
+        assert _training_time(two, [old]) == f"at least {_duration(old['seconds'])} (some members' time was not recorded " \
+                                             "by the timnet that trained them)"
+    assert _training_time({"identity": {"train_config": {"members": 1}}}, [{"seconds": 2.0}]) == _duration(2.0)

@@ -266,11 +266,20 @@ def _figures(figures: dict[str, list[Path]], tsne_reason: str | None) -> str:
     return "".join(parts)
 
 
+def _training_time(info: dict, results: list[dict]) -> str:
+    """The folds' summed training time; a member trained (or resumed) by a timnet before fold times
+    summed their members' (stop 30) counted 0 s, so such a sum is only a lower bound, and said to be."""
+    total = _duration(sum(r.get("seconds", 0.0) for r in results))
+    members = (info["identity"].get("train_config") or {}).get("members", 1)
+    unknown = members > 1 and any(not all(r.get("member_seconds") or [0]) for r in results)
+    return f"at least {total} (some members' time was not recorded by the timnet that trained them)" if unknown else total
+
+
 def _environment(info: dict, results: list[dict]) -> str:
     versions = info.get("versions", {})
     rows = [(k, v) for k, v in versions.items() if k != "threads"]
     rows += [("threads per fold", info["identity"].get("threads_per_fold")), ("torch threads (main process)", versions.get("threads")),
-             ("training time (folds and members summed)", _duration(sum(r.get("seconds", 0.0) for r in results))),
+             ("training time (folds and members summed)", _training_time(info, results)),
              ("started", info.get("started")), ("command", shlex.join(map(str, info.get("command", []))))]
     return _kv_table(rows)
 
