@@ -69,6 +69,24 @@ def test_refusals(tmp_path):
             organize("emodb", src, out)
 
 
+@pytest.mark.parametrize("mode", ["link", "copy"])
+def test_a_file_gone_from_src_leaves_no_dead_link(tmp_path, mode):
+    """Run again after a source file went: its link is removed (no dead link for extract to trip
+    on); its copy is data, so kept and named."""
+    src = build(tmp_path / "src", "emodb")
+    out = tmp_path / "out"
+    first = organize("emodb", src, out, mode=mode)
+    gone = sorted(src.rglob("*.wav"))[0]
+    gone.unlink()
+    again = organize("emodb", src, out, mode=mode)
+    assert again.written == 0 and again.unchanged == first.written - 1
+    if mode == "link":
+        assert len(again.removed) == 1 and again.stale == ()
+        assert not [p for p in out.rglob("*") if p.is_symlink() and not p.exists()]
+    else:
+        assert again.removed == () and len(again.stale) == 1 and (out / again.stale[0]).is_file()
+
+
 def test_organised_tree_extracts_as_folders(tmp_path):
     src = build(tmp_path / "src", "casia")
     organize("casia", src, tmp_path / "out")

@@ -70,7 +70,11 @@ def cmd_organize(args) -> int:
     from .organize import SPEAKER_PATTERN, organize
 
     r = organize(args.corpus, args.src, args.out, mode="copy" if args.copy else "link")
-    print(f"{args.out}: {r.written} written, {r.unchanged} already in place")
+    print(f"{args.out}: {r.written} written, {r.unchanged} already in place"
+          + (f", {len(r.removed)} links to files no longer in {args.src} removed" if r.removed else ""))
+    if r.stale:
+        _warn(f"{args.out}: {len(r.stale)} copies of files no longer in {args.src} kept (e.g. {r.stale[0]}); "
+              "delete them if they are not to be part of the corpus")
     print("per class:   " + ", ".join(f"{c} {n}" for c, n in r.per_class.items()))
     print("per speaker: " + ", ".join(f"{s} {n}" for s, n in r.per_speaker.items()))
     if r.skipped:

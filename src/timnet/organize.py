@@ -29,6 +29,8 @@ class OrganizeResult:
     per_class: dict[str, int]
     per_speaker: dict[str, int]
     skipped: tuple[tuple[str, str], ...]
+    removed: tuple[str, ...] = ()  # links of an earlier run to files SRC no longer holds (removed)
+    stale: tuple[str, ...] = ()  # copies of an earlier run of files SRC no longer holds (kept, listed)
 
 
 def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: str = "link") -> OrganizeResult:
@@ -58,6 +60,7 @@ def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: st
 
     written = unchanged = 0
     per_class, per_speaker = Counter(), Counter()
+    targets = set()
     for it in listing.items:
         label = corpus.labels[it.label]
         source = src / it.path
@@ -65,6 +68,7 @@ def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: st
         # The speaker prefix makes names unique (CASIA repeats 201.wav in every speaker folder)
         # and lets `timnet extract folders --speaker-pattern` find the speaker again.
         target = out / label / f"{it.speaker}_{name}"
+        targets.add(target)
         if _in_place(target, source, mode):
             unchanged += 1
         else:
@@ -80,8 +84,26 @@ def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: st
             written += 1
         per_class[label] += 1
         per_speaker[it.speaker] += 1
+    removed, stale = _left_over(out, src, targets, mode)
     return OrganizeResult(written, unchanged, {c: per_class.get(c, 0) for c in corpus.labels},
-                          dict(sorted(per_speaker.items())), listing.skipped)
+                          dict(sorted(per_speaker.items())), listing.skipped, removed, stale)
+
+
+def _left_over(out: Path, src: Path, targets: set[Path], mode: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What an earlier run wrote for files SRC no longer lists (deleted, renamed): its links are
+    removed (they would be dead, or point at what is no longer the corpus); copies are data, so kept
+    and named."""
+    removed, stale = [], []
+    for path in sorted(out.rglob("*")):
+        if path in targets or path.name == MARKER or path.is_dir() and not path.is_symlink():
+            continue
+        rel = path.relative_to(out).as_posix()
+        if mode == "link" and path.is_symlink() and Path(os.readlink(path)).is_relative_to(src):
+            path.unlink()
+            removed.append(rel)
+        elif mode == "copy" and not path.is_symlink():
+            stale.append(rel)
+    return tuple(removed), tuple(stale)
 
 
 def _in_place(target: Path, source: Path, mode: str) -> bool:
