@@ -140,6 +140,10 @@ def test_checkpoint_that_does_not_fit_its_config_is_one_error(run_dir, tmp_path)
         with pytest.raises(TimnetError, match=f"{name}.pt: a timnet checkpoint this version cannot load") as e:
             load_checkpoint(bad)
         assert "\n" not in str(e.value)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes((run_dir / "fold_01" / "model.pt").read_bytes()[:1000])
+    with pytest.raises(TimnetError, match=r"cut.pt: not a readable timnet checkpoint \(not a whole file: cut short"):
+        load_checkpoint(cut)
 
 
 def test_unfinished_multi_seed_and_wrong_corpus_runs(run_dir, clips, tmp_path):

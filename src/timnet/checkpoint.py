@@ -56,7 +56,11 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a file that is not a checkpoint
-        raise TimnetError(f"{path}: not a readable timnet checkpoint ({type(e).__name__})") from None
+        import zipfile
+
+        # torch.save writes a zip whose directory is at its end: without one, the file was cut short
+        why = "not a whole file: cut short, or another format" if not zipfile.is_zipfile(path) else type(e).__name__
+        raise TimnetError(f"{path}: not a readable timnet checkpoint ({why})") from None
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, ENSEMBLE_FORMAT):
         raise TimnetError(f"{path}: not a timnet checkpoint; expected format {FORMAT} or {ENSEMBLE_FORMAT}")
     return payload
