@@ -74,6 +74,26 @@ def test_emodb_checked_from_its_wav_folder_and_with_an_uppercase_extension(tmp_p
         assert r.ok and not r.missing and not r.unexpected, format_check(r)
     (wav / "03a01Fa.wav").unlink()
     assert check_tree("emodb", wav).missing == ["03a01Fa.wav"]
+    (wav / "03a01Fa.wav").symlink_to(need(DATA / "EMODB") / "wav" / "03a01Fa.wav")
+    (tmp_path / "16b10Wb.wav").symlink_to(wav / "16b10Wb.wav")  # a second copy beside the folder: not damage
+    r = check_tree("emodb", tmp_path)
+    assert r.ok and not r.missing and not r.unexpected, format_check(r)
+
+
+def test_ravdess_checked_from_one_actor_or_a_flat_folder(tmp_path):
+    """The publisher's files are found by name where extract reads them: one actor's folder given
+    itself, or several actors' files in one folder; the rest are missing under the same place."""
+    from timnet.check import read_manifest
+
+    names = [k for k in read_manifest("RAVDESS") if k.startswith(("Actor_05/", "Actor_06/"))]
+    for rel in names:
+        write_tone(tmp_path / "flat" / rel.split("/")[1], seconds=0.05)
+        if rel.startswith("Actor_05/"):
+            write_tone(tmp_path / "one" / rel.split("/")[1], seconds=0.05)
+    for folder, n in (("one", 60), ("flat", 120)):
+        r = check_tree("ravdess", tmp_path / folder)
+        assert len(r.altered) == n and not r.unexpected, format_check(r)  # synthetic audio: right names, other bytes
+        assert len(r.missing) == 1440 - n and "Actor_01/03-01-01-01-01-01-01.wav" in r.missing
 
 
 def test_song_files_and_second_copies_are_listed_not_problems(tmp_path):

@@ -155,6 +155,22 @@ def test_json_is_never_a_file_of_the_run_folder(tmp_path, capsys, verb, option, 
     _check_outputs(mine)  # a name of one's own: no error
 
 
+def test_json_beside_a_fold_or_in_a_folder_that_is_no_run(tmp_path):
+    """A fold folder given as the model keeps its result.json; the authors' weights folder is not
+    a run, so a results.json of one's own may go there."""
+    from timnet.cli import _check_outputs, build_parser
+
+    fold, authors = tmp_path / "run" / "fold_01", tmp_path / "authors"
+    fold.mkdir(parents=True)
+    authors.mkdir()
+    (fold / "model.pt").write_text("weights")
+    (authors / "10-fold_weights_best_1.hdf5").write_text("weights")
+    clip = write_tone(tmp_path / "clip.wav")
+    with pytest.raises(Exception, match="is a file timnet keeps in the run folder"):
+        _check_outputs(build_parser().parse_args(["predict", str(clip), "--model", str(fold), "--json", str(fold / "result.json")]))
+    _check_outputs(build_parser().parse_args(["test", str(clip), "--weights", str(authors), "--json", str(authors / "results.json")]))
+
+
 def test_test_on_a_run_with_no_finished_fold(tmp_path):
     from test_train import synthetic
     from timnet.errors import TimnetError

@@ -83,8 +83,15 @@ def test_a_file_gone_from_src_leaves_no_dead_link(tmp_path, mode):
     if mode == "link":
         assert len(again.removed) == 1 and again.stale == ()
         assert not [p for p in out.rglob("*") if p.is_symlink() and not p.exists()]
+        mine = out / "angry" / "mine.wav"  # a live link of the user's own into SRC: kept, named
+        mine.symlink_to(sorted(src.rglob("*.wav"))[0])
+        assert organize("emodb", src, out, mode=mode).stale == ("angry/mine.wav",) and mine.exists()
     else:
         assert again.removed == () and len(again.stale) == 1 and (out / again.stale[0]).is_file()
+        target = next(p for p in out.rglob("*.wav"))
+        half = target.with_name(f".{target.name}.tmp")  # an interrupted copy's leftover: removed
+        half.write_bytes(b"RIFF")
+        assert organize("emodb", src, out, mode=mode).stale == again.stale and not half.exists()
 
 
 def test_organised_tree_extracts_as_folders(tmp_path):

@@ -5,7 +5,7 @@ import filecmp
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .audio import _check_wav_container, audio_info, sndfile_message
 from .corpora import Corpus, get_corpus, list_corpus
@@ -62,17 +62,37 @@ class CheckReport:
         return not (short or self.unexpected or self.unreadable or self.missing or self.altered)
 
 
-def _manifest_place(found: list[str], manifest: dict[str, str]) -> tuple[str, int]:
-    """(folder to add, characters to drop) turning a publisher's path into the user's: users may point
-    one level up (`wav/x.wav` is then `emodb/wav/x.wav`) or at the folder of the files (`x.wav`),
-    which `extract` accepts as well."""
+def _manifest_place(found: list[str], used: set[str], manifest: dict[str, str]) -> dict[str, str]:
+    """Where each of the publisher's files is in the user's tree. The shipped manifests (EMODB,
+    RAVDESS) name every file uniquely, and both corpora are read by file name, so a file is found by
+    its name (case aside: `extract` reads 03a01Nc.WAV) wherever `extract` would find it: one level
+    up, in EMODB's wav/ folder given itself, in one flat folder of RAVDESS's actors. Of several
+    copies, the one `extract` reads (in `used`) is the one checked."""
+    by_name: dict[str, list[str]] = {}
     for rel in found:
-        for known in manifest:
-            if rel == known or rel.endswith("/" + known):
-                return rel[: len(rel) - len(known)], 0
-            if known.endswith("/" + rel):
-                return "", len(known) - len(rel)
-    return "", 0
+        by_name.setdefault(PurePosixPath(rel).name.casefold(), []).append(rel)
+    place, moves = {}, Counter()
+    for known in manifest:
+        candidates = by_name.get(PurePosixPath(known).name.casefold(), [])
+        if candidates:
+            # the copy extract reads (the other is a skipped duplicate), at the publisher's path if several
+            place[known] = min(candidates, key=lambda rel: (rel not in used, not (rel == known or rel.endswith("/" + known))))
+            moves[_move(known, place[known])] += 1
+    # a file not found is listed where the others were found (EMODB/wav/x.wav given the folder above)
+    (add, lead), _ = moves.most_common(1)[0] if moves else (("", ""), 0)
+    for known in manifest:
+        if known not in place:
+            place[known] = add + known[len(lead):] if known.startswith(lead) else known
+    return place
+
+
+def _move(known: str, rel: str) -> tuple[str, str]:
+    """(folders the user's path adds, folders of the publisher's it drops) around their common tail."""
+    a, b = known.split("/"), rel.split("/")
+    common = 0
+    while common < min(len(a), len(b)) and a[-1 - common].casefold() == b[-1 - common].casefold():
+        common += 1
+    return "".join(p + "/" for p in b[: len(b) - common]), "".join(p + "/" for p in a[: len(a) - common])
 
 
 def _harmless(root: Path, path: str, reason: str) -> bool:
@@ -114,13 +134,8 @@ def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
     if manifest is not None:
         report.manifest_files = len(manifest)
         found = [it.path for it in listing.items] + [p for p, _ in listing.skipped]
-        add, drop = _manifest_place(found, manifest)
-        lead = next(iter(manifest))[:drop]
-        # a file outside the folder given keeps the publisher's path in the list of the missing
-        place = {known: add + known[drop:] if known.startswith(lead) else known for known in manifest}
+        place = _manifest_place(found, {it.path for it in listing.items}, manifest)  # a file not found keeps the publisher's path
         present = set(found)
-        folded = {p.casefold(): p for p in found}  # 03a01Nc.WAV is the publisher's 03a01Nc.wav, as `extract` reads it
-        place = {known: rel if rel in present else folded.get(rel.casefold(), rel) for known, rel in place.items()}
         for known, digest in manifest.items():
             rel = place[known]
             if rel not in present:

@@ -14,6 +14,7 @@ from .errors import TimnetError
 from .utils import folder_lock, sigterm_handler, write_json
 
 CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
+EXIT_SIGPIPE = 128 + 13  # a shell's status for a command ended by SIGPIPE (13 on every POSIX system; Windows has none)
 SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS; kept here so --help needs no torch import
 ORDERS = ("spec", "authors")  # mirrors timnet.features.ORDERS
 SELECTIONS = ("last", "best-val")  # mirrors timnet.train.SELECTIONS
@@ -73,7 +74,7 @@ def cmd_organize(args) -> int:
     print(f"{args.out}: {r.written} written, {r.unchanged} already in place"
           + (f", {len(r.removed)} links to files no longer in {args.src} removed" if r.removed else ""))
     if r.stale:
-        _warn(f"{args.out}: {len(r.stale)} copies of files no longer in {args.src} kept (e.g. {r.stale[0]}); "
+        _warn(f"{args.out}: {len(r.stale)} files of no utterance {args.src} now lists kept (e.g. {r.stale[0]}); "
               "delete them if they are not to be part of the corpus")
     print("per class:   " + ", ".join(f"{c} {n}" for c, n in r.per_class.items()))
     print("per speaker: " + ", ".join(f"{s} {n}" for s, n in r.per_speaker.items()))
@@ -431,15 +432,11 @@ def cmd_predict(args) -> int:
             _warn(f"{path}: {warning}")
     if args.json:
         write_json(args.json, rows)
-    if say.closed:
-        import signal
-
-        return 128 + signal.SIGPIPE  # as `main` ends any other command whose reader left
     if failures:
         if len(files) > 1:  # one file: its error line says it all
             _warn(f"{failures} of {len(files)} files could not be predicted")
         return 1
-    return 0
+    return EXIT_SIGPIPE if say.closed else 0  # as `main` ends any other command whose reader left
 
 
 def cmd_export(args) -> int:
@@ -679,16 +676,20 @@ def _refuse_json_in_a_run(args) -> None:
     out = getattr(args, "json", None)
     folders = [getattr(args, "output", None) if args.verb in FOLDER_OUTPUTS else None,
                getattr(args, "weights", None), getattr(args, "model", None), getattr(args, "run_dir", None)]
-    for folder in folders:
+    for i, folder in enumerate(folders):
         if not out or not folder or (Path(folder).exists() and not Path(folder).is_dir()):
             continue
+        f = Path(folder)
+        if i > 0 and not ((f / "run.json").is_file() or any(f.glob("fold_*")) or (f / "model.pt").is_file()):
+            continue  # a folder read that is not a run (the authors' .hdf5 files): nothing of timnet's to keep
         try:
             inside = Path(out).resolve().relative_to(Path(folder).resolve()).parts
         except ValueError:
             continue
         first = inside[0] if inside else ""
         own = (len(inside) > 1 and re.fullmatch(r"(fold|seed|trial)_\d+|plots", first)
-               or any(fnmatch.fnmatch(first, pattern) for pattern in (*RUN_OUTPUTS, "run.json", "sweep.json", "trials.csv")))
+               or any(fnmatch.fnmatch(first, pattern)
+                      for pattern in (*RUN_OUTPUTS, "run.json", "result.json", "sweep.json", "trials.csv")))
         if own:
             raise TimnetError(f"--json {out} is a file timnet keeps in the run folder {folder}; "
                               "expected another name or a path outside it")
@@ -735,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # stdout closed early (`timnet predict DIR | head`): stop quietly, as Unix tools do
         _silence_stdout()
-        return 128 + signal.SIGPIPE
+        return EXIT_SIGPIPE
     except OSError as e:  # a disk full, a permission changed mid-run: still one line, naming the file
         print(f"timnet: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 1

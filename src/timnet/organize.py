@@ -29,8 +29,8 @@ class OrganizeResult:
     per_class: dict[str, int]
     per_speaker: dict[str, int]
     skipped: tuple[tuple[str, str], ...]
-    removed: tuple[str, ...] = ()  # links of an earlier run to files SRC no longer holds (removed)
-    stale: tuple[str, ...] = ()  # copies of an earlier run of files SRC no longer holds (kept, listed)
+    removed: tuple[str, ...] = ()  # dead links into SRC, of files it no longer holds (removed)
+    stale: tuple[str, ...] = ()  # live links into SRC and copies of files SRC no longer lists (kept, listed)
 
 
 def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: str = "link") -> OrganizeResult:
@@ -90,18 +90,21 @@ def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: st
 
 
 def _left_over(out: Path, src: Path, targets: set[Path], mode: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """What an earlier run wrote for files SRC no longer lists (deleted, renamed): its links are
-    removed (they would be dead, or point at what is no longer the corpus); copies are data, so kept
-    and named."""
+    """What an earlier run left for files SRC no longer lists: dead links into SRC (their file was
+    deleted or renamed) are removed, as is a copy interrupted mid-write; a live link or a copy is
+    the user's to judge, so kept and named."""
     removed, stale = [], []
     for path in sorted(out.rglob("*")):
         if path in targets or path.name == MARKER or path.is_dir() and not path.is_symlink():
             continue
         rel = path.relative_to(out).as_posix()
-        if mode == "link" and path.is_symlink() and Path(os.readlink(path)).is_relative_to(src):
+        if path.is_symlink() and Path(os.readlink(path)).is_relative_to(src) and not path.exists():
             path.unlink()
             removed.append(rel)
-        elif mode == "copy" and not path.is_symlink():
+        elif mode == "copy" and path.name.startswith(".") and path.name.endswith(".tmp") and \
+                path.with_name(path.name[1:-4]) in targets:
+            path.unlink()  # what an interrupted copy left (see `organize`)
+        elif path.is_symlink() and Path(os.readlink(path)).is_relative_to(src) or mode == "copy":
             stale.append(rel)
     return tuple(removed), tuple(stale)
 

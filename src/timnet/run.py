@@ -13,6 +13,7 @@ RUN_DIR/
 from __future__ import annotations
 
 import csv
+import fnmatch
 import hashlib
 import io
 import json
@@ -108,8 +109,10 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
             previous = None
         if previous == identity:
             # a run killed while writing leaves its hidden temporary file (utils.atomic_write) behind
+            ours = (*RUN_OUTPUTS, RUN_FILE, "result.json")
             for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
-                stale.unlink(missing_ok=True)
+                if any(fnmatch.fnmatch(stale.name[1:].rsplit(".", 2)[0], name) for name in ours):
+                    stale.unlink(missing_ok=True)
             return True
         if not overwrite:
             diff = sorted(k for k in identity if previous is None or previous.get(k) != identity.get(k))
@@ -329,7 +332,8 @@ class Run:
 
     def done_results(self) -> dict[int, dict]:
         """Results of the folds finished before (their result.json exists), each checked to be whole:
-        a damaged result, or a done fold whose model.pt is gone or cut short, is named, not kept."""
+        a damaged result, or a done fold's model.pt cut short, is named, not kept. A fold with its
+        figures and no model.pt is done (the benchmarks' ledger restores figures only, never weights)."""
         out = {}
         for k in range(1, self.folds_n + 1):
             done = self.fold_dir(k) / "result.json"
@@ -337,10 +341,9 @@ class Run:
                 continue
             out[k] = read_fold_result(done)
             model = self.fold_dir(k) / "model.pt"
-            if not zipfile.is_zipfile(model):  # torch.save writes a zip; a cut one has no directory at its end
-                state = "cut short or damaged" if model.is_file() else "missing"
-                raise TimnetError(f"{model}: {state}, though {done.name} says fold {k} is done; delete {done} "
-                                  "to train that fold again")
+            if model.exists() and not zipfile.is_zipfile(model):  # torch.save writes a zip, its directory at the end
+                raise TimnetError(f"{model}: cut short or damaged, though {done.name} says fold {k} is done; delete "
+                                  f"{done} to train that fold again")
         return out
 
     def write_summary(self, results: dict[int, dict]) -> dict:

@@ -89,7 +89,7 @@ def folder_lock(folder: str | Path):
         import fcntl
     except ImportError:  # Windows: no flock; runs are unguarded there
         fcntl = None
-    fd = None
+    fd, refused = None, False
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY) if fcntl else None
     try:
@@ -97,17 +97,18 @@ def folder_lock(folder: str | Path):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                refused = True
                 raise TimnetError(f"{folder} is being written by another timnet process; wait for it to end "
                                   "(or stop it), or use another folder") from None
             except OSError:  # a file system without locks (some network mounts): the run goes on unguarded
                 pass
         yield folder
     finally:
-        if fd is not None:
-            os.close(fd)
-        if created:
+        if created and not refused:  # the folder is another process's once it holds it
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty: whatever the run wrote stays
+        if fd is not None:
+            os.close(fd)
 
 
 @contextlib.contextmanager
