@@ -671,7 +671,7 @@ def _refuse_json_in_a_run(args) -> None:
     import fnmatch
     import re
 
-    from .utils import RUN_OUTPUTS
+    from .utils import RUN_FILES
 
     out = getattr(args, "json", None)
     folders = [getattr(args, "output", None) if args.verb in FOLDER_OUTPUTS else None,
@@ -688,8 +688,7 @@ def _refuse_json_in_a_run(args) -> None:
             continue
         first = inside[0] if inside else ""
         own = (len(inside) > 1 and re.fullmatch(r"(fold|seed|trial)_\d+|plots", first)
-               or any(fnmatch.fnmatch(first, pattern)
-                      for pattern in (*RUN_OUTPUTS, "run.json", "result.json", "sweep.json", "trials.csv")))
+               or any(fnmatch.fnmatch(first, pattern) for pattern in RUN_FILES))
         if own:
             raise TimnetError(f"--json {out} is a file timnet keeps in the run folder {folder}; "
                               "expected another name or a path outside it")

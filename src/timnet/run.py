@@ -40,7 +40,7 @@ from .folds import make_folds
 from .model import TIMNetConfig, TIMNetEnsemble
 from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
                     train_members, validation_split)
-from .utils import RUN_OUTPUTS, atomic_write, fold_dirs, read_fold_result, write_json
+from .utils import RUN_FILES, RUN_OUTPUTS, atomic_write, fold_dirs, read_fold_result, write_json
 
 RUN_FILE = "run.json"
 # Identity keys added after a run format was first written, with the value older runs implied.
@@ -109,9 +109,8 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
             previous = None
         if previous == identity:
             # a run killed while writing leaves its hidden temporary file (utils.atomic_write) behind
-            ours = (*RUN_OUTPUTS, RUN_FILE, "result.json")
             for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
-                if any(fnmatch.fnmatch(stale.name[1:].rsplit(".", 2)[0], name) for name in ours):
+                if any(fnmatch.fnmatch(stale.name[1:].rsplit(".", 2)[0], name) for name in RUN_FILES):
                     stale.unlink(missing_ok=True)
             return True
         if not overwrite:

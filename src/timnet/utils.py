@@ -13,6 +13,9 @@ from pathlib import Path
 # left to be read as the new one's (an old all-data model.pt beside new folds would be predicted with).
 RUN_OUTPUTS = ("results.json", "results.csv", "validation.json", "report.html", "plots", "model.pt",
                "state*.pt", "member_*.pt", "history*.csv", "seeds.json", "seeds.csv")
+# Every name timnet gives a file in a run, fold or sweep folder: never a user's --json, and the only
+# hidden temporary files (utils.atomic_write) a resume clears.
+RUN_FILES = (*RUN_OUTPUTS, "run.json", "result.json", "sweep.json", "trials.csv")
 
 
 @contextlib.contextmanager
