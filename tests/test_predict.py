@@ -203,6 +203,8 @@ def test_onnx_matches_torch(run_dir, clips, tmp_path):
         load_model(path, corpus="emodb")
     x = np.stack([file_features(p, CFG) for p in clips.values()])
     np.testing.assert_allclose(onnx_model.predict_features(x), model.predict_features(x), atol=1e-4, rtol=0)
+    with pytest.raises(TimnetError, match=f"this ONNX graph takes exactly {CFG.frames} frames"):
+        onnx_model.predict_features(np.zeros((1, CFG.frames + 1, 39), np.float32))  # torch's model takes any
     a, b = onnx_model.predict_file(clips["long"]), model.predict_file(clips["long"])
     assert a.label == b.label and len(a.windows) == len(b.windows)
 
@@ -437,3 +439,47 @@ def test_authors_weights_read_as_another_corpus_are_said():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_model(folder / "10-fold_weights_best_1.hdf5", corpus="emodb")
+
+
+def test_python_api_takes_each_layout_and_sample_format(run_dir, tmp_path):
+    """torchaudio's (channels, samples), soundfile's (samples, channels) and scipy's integer PCM give
+    the float mono prediction; what cannot be audio, a sample rate or a feature batch is one error."""
+    model = load_model(run_dir)
+    tone = (0.3 * np.sin(np.arange(24000) * 0.05)).astype(np.float32)
+    want = model.predict(tone, 16000).probs
+    same = {"tensor (1, n)": torch.from_numpy(tone)[None], "(2, n)": np.stack([tone, tone]),
+            "(n, 2)": np.stack([tone, tone], 1), "int16": np.round(tone * 32768).astype(np.int16),
+            "int32": np.round(tone.astype(np.float64) * 2**31).astype(np.int32)}
+    for name, wave in same.items():
+        got = model.predict(wave, np.int64(16000) if name == "int16" else 16000.0).probs
+        assert max(abs(got[k] - want[k]) for k in want) < 1e-4, name
+    # 8-bit WAV is unsigned around 128 (too coarse to compare with the float tone: against its own values)
+    u8 = np.round(tone * 127 + 128).astype(np.uint8)
+    assert model.predict(u8, 16000).probs == model.predict((u8.astype(np.float32) - 128) / 128, 16000).probs
+    bad_waves = {"complex64": tone.astype(np.complex64), "bool": tone > 0,
+                 r"\(1, 1, 24000\)": tone[None, None], r"\(40, 100\)": np.zeros((40, 100), np.float32)}
+    for fragment, wave in bad_waves.items():
+        with pytest.raises(TimnetError, match=f"waveform of (dtype|shape) {fragment} invalid"):
+            model.predict(wave, 16000)
+    for rate in (0, -16000, None, "16000", 16000.7, True, float("nan")):
+        with pytest.raises(TimnetError, match="sample_rate .* invalid; expected a positive whole number of Hz"):
+            model.predict(tone, rate)
+    frames = CFG.frames
+    assert model.predict_features(np.zeros((2, frames, 39), np.float64)).shape == (2, 3)
+    for shape, hint in (((frames, 39), "add a batch axis"), ((1, 39, frames), "expected \\(N, frames, 39\\)")):
+        with pytest.raises(TimnetError, match=hint):
+            model.predict_features(np.zeros(shape, np.float32))
+    from timnet.features import waveform_features
+
+    with pytest.raises(TimnetError, match=r"waveform of shape \(2, 2000\) invalid; expected a mono"):
+        waveform_features(np.zeros((2, 2000), np.float32), CFG)  # padded along both axes before: gigabytes
+    # loading: what is no model, and a run with no finished fold yet
+    for what in (None, 3):
+        with pytest.raises(TimnetError, match="invalid; expected a bundled name"):
+            load_model(what)
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "run.json").write_text("{}")
+    with pytest.raises(TimnetError, match="a RUN_DIR with no finished fold yet"):
+        load_model(tmp_path / "fresh")
+    assert {"load_model", "Predictor", "TIMNet"} <= set(dir(timnet)) and timnet.Prediction is type(model.predict(tone, 16000))
+    assert "networks=2" in repr(model)

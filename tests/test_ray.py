@@ -56,7 +56,10 @@ def test_ray_needs_an_address_that_answers(features, tmp_path):
 
 @pytest.mark.parametrize("extra,message", [
     (["--device", "cuda"], "--device cuda with --backend ray: Ray chooses each fold's device"),
+    (["--device", "cpu", "--gpus-per-fold", "1"], "--device cpu with --backend ray: Ray chooses each fold's device"),
     (["--workers", "2"], "--workers is for the local backend"),
+    (["--cpus-per-fold", "nan"], "--cpus-per-fold nan invalid; expected a finite positive number"),
+    (["--gpus-per-fold", "inf"], "--gpus-per-fold inf invalid; expected a finite number, 0 or more"),
 ])
 def test_ray_refuses_local_only_options(features, tmp_path, extra, message):
     done = subprocess.run([*TIMNET, "train", str(features), "-o", str(tmp_path / "r"), *ARGS, "--backend", "ray",

@@ -399,6 +399,9 @@ def test_all_data_model_resumes_and_is_kept(tmp_path):
         r = subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "k"), "--all-data",
                             *option], capture_output=True, text=True)
         assert r.returncode == 1 and "--folds and --split do not apply" in r.stderr and not (tmp_path / "k").exists()
+    r = subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "k"), "--all-data",
+                        "--workers", "2"], capture_output=True, text=True)
+    assert r.returncode == 1 and "--workers 2 with --all-data" in r.stderr and not (tmp_path / "k").exists()
 
 
 def test_all_data_dropout_and_best_val_epoch(tmp_path):
@@ -527,11 +530,15 @@ def test_a_resume_names_a_damaged_finished_fold(tmp_path, capsys):
     import shutil
 
     shutil.rmtree(d / "fold_03")
-    assert main(["test", str(features), "--weights", str(d), "--json", str(tmp_path / "t.json")]) == 0
+    capsys.readouterr()
+    assert main(["test", str(features), "--weights", str(d), "--json", str(tmp_path / "t.json"), "--seed", "7"]) == 0
     t = json.loads((tmp_path / "t.json").read_text())
-    assert t["folds_n"] == 2 and t["run_folds_n"] == 3
+    assert t["folds_n"] == 2 and t["run_folds_n"] == 3 and t["seed"] != 7
+    out, err = capsys.readouterr()
+    assert "folds=2 of 3 (an unfinished run)" in out
+    assert f"timnet: warning: {d}: only 2 of 3 folds are finished; the means cover those" in err.splitlines()
+    assert any(line.startswith("timnet: warning: --seed 7 ignored:") for line in err.splitlines())
     (d / "run.json").unlink()
-    assert "folds=2 of 3 (an unfinished run)" in capsys.readouterr().out
     assert main(["test", str(features), "--weights", str(d)]) == 1
     assert "run/run.json: missing; expected the run file `timnet train` writes" in capsys.readouterr().err
 

@@ -2,18 +2,26 @@
 
     >>> import timnet
     >>> model = timnet.load_model("emodb")          # or a checkpoint, RUN_DIR, .onnx file
-    >>> pred = model.predict(waveform, sample_rate)  # pred.label, pred.probs
+    >>> pred = model.predict(waveform, sample_rate)  # pred.label, pred.probs, pred.warnings
 """
 from .errors import TimnetError
 
 __version__ = "0.1.0"
-__all__ = ["TimnetError", "__version__", "load_model", "available_models"]
+# Imported on first use so that `timnet corpora` and friends start without loading torch.
+_LAZY = {
+    "load_model": "predict", "available_models": "predict", "Predictor": "predict", "Prediction": "predict",
+    "TIMNet": "model", "TIMNetConfig": "model", "FeatureConfig": "features",
+}
+__all__ = ["TimnetError", "__version__", *_LAZY]
 
 
 def __getattr__(name):
-    # Imported on first use so that `timnet corpora` and friends start without loading torch.
-    if name in ("load_model", "available_models"):
-        from . import predict
+    if name in _LAZY:
+        import importlib
 
-        return getattr(predict, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'timnet' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY})

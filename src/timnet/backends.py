@@ -10,6 +10,7 @@ on the backend. A backend yields (task, result) as tasks finish and reports epoc
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 from typing import Callable, Iterator
@@ -192,10 +193,11 @@ class RayBackend:
 
     def __init__(self, *, address: str | None = None, cpus_per_fold: float = 1, gpus_per_fold: float = 0,
                  max_retries: int = 3):
-        if cpus_per_fold <= 0:
-            raise TimnetError(f"--cpus-per-fold {cpus_per_fold} invalid; expected a positive number")
-        if gpus_per_fold < 0:
-            raise TimnetError(f"--gpus-per-fold {gpus_per_fold} invalid; expected 0 or more")
+        # nan and inf would pass Ray's own comparisons and then never be scheduled
+        if not (math.isfinite(cpus_per_fold) and cpus_per_fold > 0):
+            raise TimnetError(f"--cpus-per-fold {cpus_per_fold} invalid; expected a finite positive number")
+        if not (math.isfinite(gpus_per_fold) and gpus_per_fold >= 0):
+            raise TimnetError(f"--gpus-per-fold {gpus_per_fold} invalid; expected a finite number, 0 or more")
         self.address, self.cpus, self.gpus, self.max_retries = address, cpus_per_fold, gpus_per_fold, max_retries
 
     def start(self) -> None:
@@ -220,13 +222,6 @@ class RayBackend:
                         "Ray 2.59), set RAY_AUTH_MODE=token and give its token (RAY_AUTH_TOKEN or ~/.ray/auth_token)")
             raise TimnetError(f"--address {self.address}: cannot join the Ray cluster ({first}){hint}") from None
         return ray
-
-    def nodes(self) -> list[dict]:
-        """The cluster's live nodes (id, address, CPUs, GPUs)."""
-        ray = self.connect()
-        return [{"node_id": n["NodeID"], "address": n["NodeManagerAddress"],
-                 "cpus": n["Resources"].get("CPU", 0), "gpus": n["Resources"].get("GPU", 0)}
-                for n in ray.nodes() if n.get("Alive")]
 
     def map(self, runs: list, tasks: list[Task], on_epoch: OnEpoch) -> Iterator[tuple[Task, dict]]:
         ray = self.connect()

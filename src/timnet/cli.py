@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import shlex
 import sys
 from pathlib import Path
 
 from . import dispatch
+from .corpora import CORPORA  # the registry imports neither numpy nor torch: cheap for --help
 from .errors import TimnetError
-from .utils import folder_lock, sigterm_handler, write_json
+from .utils import RUN_FILE, folder_lock, sigterm_handler, write_json
 
-CORPUS_NAMES = ("casia", "emodb", "emovo", "iemocap", "ravdess", "savee")
+CORPUS_NAMES = tuple(name.lower() for name in CORPORA)
 EXIT_SIGPIPE = 128 + 13  # a shell's status for a command ended by SIGPIPE (13 on every POSIX system; Windows has none)
-SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS; kept here so --help needs no torch import
+# The mirrors below (tested equal) keep --help free of numpy and torch imports, which are slow and,
+# for numpy, must not happen before dispatch.pin().
+SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS
 ORDERS = ("spec", "authors")  # mirrors timnet.features.ORDERS
 SELECTIONS = ("last", "best-val")  # mirrors timnet.train.SELECTIONS
 PATHS = ("auto", "fast", "reference")  # mirrors timnet.train.PATHS
@@ -30,7 +32,7 @@ RECIPE_OPTIONS = {
     "warmup_epochs": (int, "linear learning-rate warm-up (default 0)"),
     "ema_decay": (float, "keep the moving average of the weights with this decay per step (default 0: off)"),
     "swa_epochs": (int, "the fold's model is the mean of the weights after each of the last N epochs, "
-                        "BN statistics measured afresh (default 0: off)"),
+                        "BN statistics measured afresh (default 0: off; --recipe strong: the last fifth of --epochs, 100 of 500)"),
     "time_shift": (int, "random circular shift of up to N frames (default 0)"),
     "time_masks": (int, "time masks per utterance (default 0)"),
     "time_mask_width": (int, "frames per time mask, at most (default 0)"),
@@ -50,8 +52,6 @@ def _warn(message: str) -> None:
 
 
 def cmd_corpora(args) -> int:
-    from .corpora import CORPORA
-
     if args.check:
         from .check import check_tree, format_check
 
@@ -59,10 +59,11 @@ def cmd_corpora(args) -> int:
         print(format_check(report))
         return 0 if report.ok else 1
 
-    print(f"{'corpus':<8} {'signal':>7} {'seed':>4} {'levels':>6} {'files':>5}  labels / layout")
+    print(f"{'corpus':<8} {'signal':>7} {'seed':>4} {'levels':>6} {'files':>5} {'speakers':>8}  labels / layout")
     for c in CORPORA.values():
-        print(f"{c.name:<8} {c.signal_length:>7} {c.seed:>4} {c.dilations:>6} {c.n_files or '?':>5}  {' '.join(c.labels)}")
-        print(f"{'':<36}  {c.layout}")
+        print(f"{c.name:<8} {c.signal_length:>7} {c.seed:>4} {c.dilations:>6} {c.n_files or '?':>5} {c.n_speakers:>8}  "
+              f"{' '.join(c.labels)}")
+        print(f"{'':<45}  {c.layout}")
     return 0
 
 
@@ -160,28 +161,25 @@ def _execution(args, folds_at_once: int):
     cores = os.cpu_count() or 1
     if args.backend == "ray":
         # Ray places each fold on a node with these resources; torch uses the CPUs it was given.
-        if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda") != (args.gpus_per_fold > 0):
+        backend = make_backend("ray", address=args.address, cpus_per_fold=args.cpus_per_fold,
+                               gpus_per_fold=args.gpus_per_fold)  # checks the resources before they are used
+        device = "cuda" if args.gpus_per_fold > 0 else "cpu"
+        if args.device != "auto" and args.device != device:
             raise TimnetError(f"--device {args.device} with --backend ray: Ray chooses each fold's device; "
                               "give --gpus-per-fold G (> 0 trains on CUDA) and leave --device out")
         if args.workers is not None:
             raise TimnetError("--workers is for the local backend; with --backend ray, --cpus-per-fold sets how folds share nodes")
-        for name in ("cpus_per_fold", "gpus_per_fold"):
-            value = getattr(args, name)
-            if not (math.isfinite(value) and value >= 0):  # nan and inf pass Ray's own comparisons
-                raise TimnetError(f"--{name.replace('_', '-')} {value} invalid; expected a finite number, 0 or more")
-        device = "cuda" if args.gpus_per_fold > 0 else "cpu"
-        threads = args.threads if args.threads is not None else max(1, int(args.cpus_per_fold))
         workers = 1
+        threads = args.threads if args.threads is not None else max(1, int(args.cpus_per_fold))
     else:
         device = str(resolve_device(args.device))
         # On a GPU one fold at a time already fills the device; on CPUs folds run in parallel processes.
         default_workers = 1 if device.startswith("cuda") else max(1, min(cores, folds_at_once))
         workers = args.workers if args.workers is not None else default_workers
         threads = args.threads if args.threads is not None else max(1, cores // max(workers, 1))
+        backend = make_backend(args.backend, workers=workers, address=args.address)
     if threads < 1:
         raise TimnetError(f"--threads {threads} invalid; expected a positive number")
-    backend = make_backend(args.backend, workers=workers, address=args.address,
-                           cpus_per_fold=args.cpus_per_fold, gpus_per_fold=args.gpus_per_fold)
     backend.start()
     return config, device, threads, backend
 
@@ -211,6 +209,9 @@ def cmd_train(args) -> int:
     seeds = _seeds(args, fs.corpus)
     if args.all_data and (len(seeds) > 1 or args.backend != "local"):
         raise TimnetError("--all-data trains one model here: give one --seed and the local backend")
+    if args.all_data and args.workers is not None:
+        raise TimnetError(f"--workers {args.workers} with --all-data: its model trains in this process, on --threads "
+                          "threads (default: every core); drop --workers")
     if args.all_data and args.json:
         raise TimnetError(f"--json {args.json}: an --all-data model has no test split to score; "
                           "expected cross-validation (drop --all-data) for test figures")
@@ -290,50 +291,13 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def _own_order(fs, run_file: Path) -> str:
-    """The sample order a model's folds were made on: a RUN_DIR's is the one whose features it was
-    trained on (its run.json's fingerprint); the authors' weights were made on their own order."""
-    from .features import in_order
-    from .run import features_fingerprint, read_identity
-
-    if not run_file.is_file():
-        return "authors" if fs.files is not None else "spec"  # an authors' .npy is in their order already
-    own = read_identity(run_file.parent).get("features_fingerprint")
-    if fs.files is not None and own != features_fingerprint(fs) and own == features_fingerprint(in_order(fs, "authors")):
-        return "authors"
-    return "spec"
-
-
 def cmd_test(args) -> int:
-    from .corpora import defaults_for
-    from .evaluate import evaluate, fold_models, format_report, summarize
-    from .features import in_order, load_features
+    from .evaluate import format_report, score_weights
+    from .features import load_features
 
     with _warnings_as_messages():
         fs = load_features(args.features, corpus=args.corpus)
-    run_file = Path(args.weights) / "run.json"
-    fs = in_order(fs, args.order or _own_order(fs, run_file))
-    seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
-    models = fold_models(args.weights, fs, folds=10 if args.folds is None else args.folds, seed=seed)
-    results, outputs = evaluate(fs, models)
-    if not run_file.is_file() and args.order == "spec" and fs.files is not None and \
-            (in_order(fs, "authors").files != fs.files).any():
-        _warn(f"--order spec: the authors' {fs.corpus} weights were trained on the folds of their own sample order, which "
-              f"is not SPEC.md's for these files: their models have seen much of these test folds")
-    split = "random"
-    if run_file.is_file():  # a timnet RUN_DIR knows its own split and seed
-        from .run import read_identity
-
-        identity = read_identity(args.weights)
-        for option, given, own in (("--seed", args.seed, identity["seed"]), ("--folds", args.folds, identity["folds"])):
-            if given is not None and given != own:
-                _warn(f"{option} {given} ignored: {args.weights} tests each fold model on its own test indices "
-                      f"({identity['folds']} folds, seed {identity['seed']})")
-        split, seed = identity["split"], identity["seed"]
-    summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split=split, seed=seed)
-    if run_file.is_file() and len(results) < identity["folds"]:
-        _warn(f"{args.weights}: only {len(results)} of {identity['folds']} folds are finished; the means cover those")
-        summary["run_folds_n"] = identity["folds"]  # folds_n counts the finished ones: the JSON says the run is not whole
+        summary, outputs, fs = score_weights(fs, args.weights, seed=args.seed, folds=args.folds, order=args.order)
     print(format_report(summary))
     if args.json:
         write_json(args.json, summary)
@@ -488,7 +452,8 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--select", choices=SELECTIONS, default="last", help="model kept per fold: last epoch (paper; the default) or best validation UAR")
     s.add_argument("--patience", type=int, default=None, help="stop a fold after this many epochs without a better validation UAR (default: never; needs a validation split)")
     s.add_argument("--save-every", type=int, default=10, help="epochs between resumable snapshots (default 10)")
-    s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes; an ensemble's members too (default: one per core)")
+    s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes; an ensemble's members too (default: one per core, "
+                        "at most one per fold (train) or per fold and trial (sweep); 1 on CUDA)")
     s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers); part of the run's identity, "
                    "since float results depend on it")
     s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
@@ -623,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="speed figures of this machine: training, inference, extraction, memory")
     s.add_argument("--data", default=None, metavar="EMODB_DIR", help="also time the extraction of this EMODB tree")
-    s.add_argument("--workers", type=int, default=None, help="fold workers for the fast path (default: one per core)")
+    s.add_argument("--workers", type=int, default=None, help="fold workers for the fast path (default: one per core, at most 10, one per fold)")
     s.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
     s.set_defaults(func=cmd_bench)
     return p
@@ -680,7 +645,7 @@ def _refuse_json_in_a_run(args) -> None:
         if not out or not folder or (Path(folder).exists() and not Path(folder).is_dir()):
             continue
         f = Path(folder)
-        if i > 0 and not ((f / "run.json").is_file() or any(f.glob("fold_*")) or (f / "model.pt").is_file()):
+        if i > 0 and not ((f / RUN_FILE).is_file() or any(f.glob("fold_*")) or (f / "model.pt").is_file()):
             continue  # a folder read that is not a run (the authors' .hdf5 files): nothing of timnet's to keep
         try:
             inside = Path(out).resolve().relative_to(Path(folder).resolve()).parts

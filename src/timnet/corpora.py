@@ -134,7 +134,7 @@ class _Match(NamedTuple):
 
 
 def _listing(
-    root: Path, corpus: str, found: list[tuple[str, _Match]], skipped: list[tuple[str, str]],
+    corpus: str, found: list[tuple[str, _Match]], skipped: list[tuple[str, str]],
     *, labels: tuple[str, ...] | None = None,
 ) -> Listing:
     """Sort matched files into sample order, setting aside second copies of a recording."""
@@ -166,7 +166,7 @@ def _scan_names(root: Path, corpus: str, parse: Callable[[PurePosixPath], _Match
             skipped.append((path, result))
         else:
             found.append((path, result))
-    return _listing(root, corpus, found, skipped)
+    return _listing(corpus, found, skipped)
 
 
 # --- the six layouts ------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def scan_iemocap(root: Path) -> Listing:
     for utterance, (code, expected) in labels.items():
         if code in _IEMOCAP_EMOTIONS and utterance not in present:
             skipped.append((expected, "labelled but missing"))
-    return _listing(root, "IEMOCAP", found, skipped)
+    return _listing("IEMOCAP", found, skipped)
 
 
 # --- the registry ---------------------------------------------------------------------------
@@ -431,7 +431,7 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
             why = " the --speaker-pattern matches" if pattern is not None else ""
             raise TimnetError(f"{top / empty[0]}: a label folder with no audio file{why}; expected at least one per "
                               f"label (move the folder out of {top})")
-        return _listing(top, FOLDERS, found, skipped, labels=labels)
+        return _listing(FOLDERS, found, skipped, labels=labels)
 
     return Corpus(name=FOLDERS, labels=labels, signal_length=signal_length, seed=FOLDERS_SEED,
                   dilations=FOLDERS_DILATIONS, n_speakers=0, n_files=None,

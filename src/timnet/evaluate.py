@@ -117,6 +117,57 @@ def _check_authors_split(weights: Path, fs: FeatureSet, *, seed: int, split: str
                           "(on a subset their test folds would hold training utterances)")
 
 
+def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = None, folds: int | None = None,
+                 order: str | None = None) -> tuple[dict, dict[str, np.ndarray], FeatureSet]:
+    """Score a RUN_DIR (each fold model on the test indices it saved) or a folder of the authors'
+    weights (their folds re-derived from `seed` and `folds`, default the corpus's paper seed and 10)
+    on features `fs`: (summary, per-sample outputs, the features in the sample order used).
+
+    `order` None takes the models' own sample order (timnet.features.ORDERS). A RUN_DIR knows its
+    seed and folds: others given are ignored with a warning, as is testing an unfinished run, whose
+    summary then has `run_folds_n`, the folds it will have."""
+    import warnings
+
+    from .corpora import defaults_for
+    from .features import in_order
+    from .run import RUN_FILE, read_identity
+
+    run_file = Path(weights) / RUN_FILE
+    fs = in_order(fs, order or _own_order(fs, run_file))
+    if not run_file.is_file() and order == "spec" and fs.files is not None and \
+            (in_order(fs, "authors").files != fs.files).any():
+        warnings.warn(f"--order spec: the authors' {fs.corpus} weights were trained on the folds of their own sample "
+                      f"order, which is not SPEC.md's for these files: their models have seen much of these test folds")
+    split, used_seed = "random", seed if seed is not None else defaults_for(fs.corpus)[0]
+    results, outputs = evaluate(fs, fold_models(weights, fs, folds=10 if folds is None else folds, seed=used_seed))
+    identity = read_identity(weights) if run_file.is_file() else None
+    if identity is not None:
+        for option, given, own in (("--seed", seed, identity["seed"]), ("--folds", folds, identity["folds"])):
+            if given is not None and given != own:
+                warnings.warn(f"{option} {given} ignored: {weights} tests each fold model on its own test indices "
+                              f"({identity['folds']} folds, seed {identity['seed']})")
+        split, used_seed = identity["split"], identity["seed"]
+    summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split=split, seed=used_seed)
+    if identity is not None and len(results) < identity["folds"]:
+        warnings.warn(f"{weights}: only {len(results)} of {identity['folds']} folds are finished; the means cover those")
+        summary["run_folds_n"] = identity["folds"]  # folds_n counts the finished ones: the JSON says the run is not whole
+    return summary, outputs, fs
+
+
+def _own_order(fs: FeatureSet, run_file: Path) -> str:
+    """The sample order a model's folds were made on: a RUN_DIR's is the one whose features it was
+    trained on (its run.json's fingerprint); the authors' weights were made on their own order."""
+    from .features import in_order
+    from .run import features_fingerprint, read_identity
+
+    if not run_file.is_file():
+        return "authors" if fs.files is not None else "spec"  # an authors' .npy is in their order already
+    own = read_identity(run_file.parent).get("features_fingerprint")
+    if fs.files is not None and own != features_fingerprint(fs) and own == features_fingerprint(in_order(fs, "authors")):
+        return "authors"
+    return "spec"
+
+
 def evaluate(fs: FeatureSet, models: list[FoldModel]) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Per-fold results and per-sample outputs (probs, fused, test_fold) of every test sample."""
     n, c = len(fs), len(fs.labels)

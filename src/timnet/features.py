@@ -44,8 +44,12 @@ class FeatureConfig:
 
 
 def waveform_features(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
-    """(frames, n_mfcc) features of a mono waveform already at `config.sample_rate`."""
-    y = audio.fit_length(np.asarray(y, dtype=np.float32), config.signal_length)
+    """(frames, n_mfcc) features of a mono waveform already at `config.sample_rate` (a Predictor's
+    `predict` takes any rate, layout and sample format)."""
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim != 1:  # a 2-D array would be padded along both axes: gigabytes, then the wrong features
+        raise TimnetError(f"waveform of shape {y.shape} invalid; expected a mono (samples,) array")
+    y = audio.fit_length(y, config.signal_length)
     return audio.mfcc(y, sr=config.sample_rate, n_mfcc=config.n_mfcc)
 
 
@@ -288,7 +292,7 @@ def _check_class_counts(path: Path, c: Corpus, counts: np.ndarray) -> None:
 
 def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
     if corpus is None:
-        raise TimnetError(f"{path}: an authors' .npy feature file needs --corpus (one of casia, emodb, emovo, iemocap, ravdess, savee)")
+        raise TimnetError(f"{path}: an authors' .npy feature file needs --corpus (one of {', '.join(n.lower() for n in CORPORA)})")
     c = get_corpus(corpus)
     try:
         d = np.load(path, allow_pickle=True).item()

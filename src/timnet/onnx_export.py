@@ -16,7 +16,7 @@ import torch
 
 from .errors import TimnetError
 from .features import FeatureConfig
-from .predict import Predictor
+from .predict import Predictor, check_feature_batch
 from .utils import atomic_write
 
 OPSET = 17
@@ -130,7 +130,12 @@ class OnnxPredictor(Predictor):
                               f"(batch, {want_in[0]}, {want_in[1]}) to (batch, {want_out}); export the model again")
 
     def predict_features(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(["probs"], {"features": np.ascontiguousarray(x, dtype=np.float32)})[0]
+        """Class probabilities (N, classes) of features (N, frames, n_mfcc); the graph's frames are fixed."""
+        x = check_feature_batch(x, self.feature_config)
+        if x.shape[1] != self.feature_config.frames:
+            raise TimnetError(f"features of shape {x.shape} invalid; this ONNX graph takes exactly "
+                              f"{self.feature_config.frames} frames: (N, {self.feature_config.frames}, {self.feature_config.n_mfcc})")
+        return self.session.run(["probs"], {"features": x})[0]
 
 
 def onnx_parity(predictor: Predictor, path: str | Path, *, n: int = 4, seed: int = 0) -> float:

@@ -15,7 +15,7 @@ import torch
 
 from . import audio
 from .checkpoint import load_checkpoint
-from .corpora import AUDIO_EXTENSIONS, get_corpus
+from .corpora import AUDIO_EXTENSIONS, CORPORA, get_corpus
 from .errors import TimnetError
 from .features import FeatureConfig, waveform_features
 from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
@@ -81,6 +81,53 @@ def check_windowing(window: float | None, hop: float | None, config: FeatureConf
                           "(a longer hop leaves audio between windows unscored)")
 
 
+MAX_CHANNELS = 32  # the smaller axis of a 2-D waveform is its channels, up to this many
+
+
+def as_float_audio(waveform) -> np.ndarray:
+    """A waveform (numpy array, tensor or sequence) as float32 full scale ±1, of shape (samples,)
+    or (samples, channels); integer PCM is scaled as librosa and soundfile scale it."""
+    if isinstance(waveform, torch.Tensor):
+        t = waveform.detach().cpu()
+        y = (t.float() if t.is_floating_point() else t).numpy()  # numpy has no bfloat16
+    else:
+        y = np.asarray(waveform)
+    kind = y.dtype.kind
+    if kind == "i":  # int16 / 32768, int32 / 2**31 ...
+        y = y.astype(np.float32) / np.float32(2 ** (8 * y.dtype.itemsize - 1))
+    elif kind == "u" and y.dtype.itemsize == 1:  # 8-bit WAV is unsigned, centred on 128
+        y = (y.astype(np.float32) - 128) / 128
+    elif kind != "f":
+        raise TimnetError(f"waveform of dtype {y.dtype} invalid; expected floats in [-1, 1] or integer PCM (int16, int32, uint8)")
+    y = y.astype(np.float32, copy=False)
+    if y.ndim == 2 and y.shape[0] < y.shape[1]:  # (channels, samples): the smaller axis is the channels
+        y = y.T
+    if y.ndim not in (1, 2) or y.size == 0 or (y.ndim == 2 and y.shape[1] > MAX_CHANNELS):
+        raise TimnetError(f"waveform of shape {tuple(np.shape(waveform))} invalid; expected (samples,), (samples, channels) "
+                          f"or (channels, samples) with at most {MAX_CHANNELS} channels")
+    if not np.isfinite(y).all():
+        raise TimnetError(f"waveform has {int((~np.isfinite(y)).sum())} NaN or infinite samples; expected finite floats in [-1, 1]")
+    return y
+
+
+def check_sample_rate(sample_rate) -> int:
+    """`sample_rate` as a positive whole number of Hz, or a one-line error."""
+    ok = not isinstance(sample_rate, bool) and isinstance(sample_rate, (int, float, np.integer, np.floating))
+    if not (ok and math.isfinite(sample_rate) and sample_rate > 0 and float(sample_rate).is_integer()):
+        raise TimnetError(f"sample_rate {sample_rate!r} invalid; expected a positive whole number of Hz (e.g. 16000)")
+    return int(sample_rate)
+
+
+def check_feature_batch(x, config: FeatureConfig) -> np.ndarray:
+    """Features as a contiguous float32 (N, frames, n_mfcc) batch, or a one-line error naming the layout."""
+    x = np.ascontiguousarray(x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    if x.ndim != 3 or x.shape[2] != config.n_mfcc or x.shape[0] == 0 or x.shape[1] == 0:
+        hint = " (one utterance? add a batch axis: x[None])" if x.ndim == 2 else ""
+        raise TimnetError(f"features of shape {x.shape} invalid; expected (N, frames, {config.n_mfcc}): "
+                          f"N utterances of {config.frames} frames of {config.n_mfcc} MFCCs{hint}")
+    return x
+
+
 class Predictor:
     """An ensemble of TIMNets with their labels and feature config; `predict` takes raw audio."""
 
@@ -97,6 +144,10 @@ class Predictor:
         self.labels, self.feature_config, self.source = tuple(labels), feature_config, source
         self.corpus = corpus  # the corpus it was trained on, when known
 
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(source={self.source!r}, corpus={self.corpus!r}, labels={self.labels}, "
+                f"networks={self.networks})")
+
     @property
     def networks(self) -> int:
         """TIM-Nets behind the predictions: a checkpoint of an ensemble recipe holds several."""
@@ -105,22 +156,22 @@ class Predictor:
     @torch.inference_mode()
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of features (N, frames, n_mfcc): the ensemble mean."""
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        x = check_feature_batch(x, self.feature_config)
+        t = torch.from_numpy(x)
         return torch.stack([m(t).softmax(-1) for m in self.models]).mean(0).numpy()
 
     def predict(self, waveform: np.ndarray, sample_rate: int, *, window: float | None = None, hop: float | None = None) -> Prediction:
-        """Emotion of a mono (or (n, channels)) waveform at `sample_rate` Hz.
+        """Emotion of a waveform at `sample_rate` Hz: mono (samples,), or (samples, channels) as
+        soundfile reads it, or (channels, samples) as torchaudio does (channels are averaged). Floats
+        are full scale at ±1; integer PCM (scipy.io.wavfile's int16, int32, uint8) is scaled so.
 
         A recording up to 2.5 times the model's signal length is centre-cropped or padded as in
         training. A longer one, or any one when `window` is given, is scored in windows of
         `window` seconds (default: the signal length) every `hop` seconds (default: half a
         window); the result is the mean of the windows' probabilities.
         """
-        y = np.asarray(waveform, dtype=np.float32)
-        if y.ndim not in (1, 2) or y.size == 0:
-            raise TimnetError(f"waveform of shape {np.shape(waveform)} invalid; expected (samples,) or (samples, channels)")
-        if not np.isfinite(y).all():
-            raise TimnetError(f"waveform has {int((~np.isfinite(y)).sum())} NaN or infinite samples; expected finite floats in [-1, 1]")
+        y = as_float_audio(waveform)
+        sample_rate = check_sample_rate(sample_rate)
         # before the channels are averaged (one clipping channel of two) and before resampling
         # (whose ringing may overshoot a full-scale file)
         peak = float(np.max(np.abs(y)))
@@ -201,6 +252,8 @@ def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None)
 
 
 def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
+    if not isinstance(name_or_path, (str, Path)):
+        raise TimnetError(f"model {name_or_path!r} invalid; expected a bundled name ({', '.join(BUNDLED)}) or a path")
     key = str(name_or_path)
     if key.lower() in BUNDLED:
         path = _bundled_path(key.lower())
@@ -220,7 +273,7 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
     if path.is_file():
         return _from_checkpoints([path], source=str(path))
     if path.is_dir():
-        from .run import check_not_multi_seed
+        from .run import RUN_FILE, check_not_multi_seed
 
         check_not_multi_seed(path)
         ckpts = fold_files(path, "model.pt")
@@ -231,6 +284,9 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
             return _from_checkpoints([path / "model.pt"], source=str(path))
         if list(path.glob("*.hdf5")):
             return _from_keras(keras_fold_files(path, _keras_folds(path)), corpus=corpus, source=str(path))
+        if (path / RUN_FILE).is_file():
+            raise TimnetError(f"{path}: a RUN_DIR with no finished fold yet (no fold_*/model.pt); "
+                              "expected one to predict with: wait for its first fold, or resume it with `timnet train`")
         raise TimnetError(f"{path}: no fold_*/model.pt, model.pt or .hdf5 files; expected a RUN_DIR, an --all-data "
                           "folder or a folder of the authors' weights")
     raise TimnetError(f"model {key!r} not found; available models = {available_models()}, or a checkpoint, RUN_DIR or .onnx path")
@@ -238,7 +294,7 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
 
 def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predictor:
     if corpus is None:
-        raise TimnetError(f"{source}: the authors' weight files need --corpus (one of casia, emodb, emovo, iemocap, ravdess, savee)")
+        raise TimnetError(f"{source}: the authors' weight files need --corpus (one of {', '.join(n.lower() for n in CORPORA)})")
     c = get_corpus(corpus)
     warn_if_named_for_another_corpus(source, c.name)
     models = []

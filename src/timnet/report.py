@@ -22,7 +22,7 @@ from . import metrics
 from .errors import TimnetError
 from .features import FeatureSet
 from .plots import confusion_figure, curves_figure, recall_figure, save_figure, tsne_figure
-from .utils import atomic_write, fold_files, read_fold_result
+from .utils import RUN_FILE, atomic_write, fold_files, read_fold_result
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
@@ -51,7 +51,7 @@ def _run_info(run_dir: Path) -> dict:
     from .run import check_not_multi_seed
 
     check_not_multi_seed(run_dir)
-    path = run_dir / "run.json"
+    path = run_dir / RUN_FILE
     if not path.is_file():
         raise TimnetError(f"{run_dir}: not a timnet RUN_DIR; expected {path} (from `timnet train`)")
     try:
@@ -75,7 +75,7 @@ def _summed_confusion(fold_results: list[dict]) -> np.ndarray:
     return np.sum([np.asarray(r["confusion"]) for r in fold_results], axis=0)
 
 
-def _tsne_unavailable(run_dir: Path, info: dict) -> str | None:
+def _tsne_unavailable(info: dict) -> str | None:
     """Why the t-SNE of a run cannot be drawn, or None when it can."""
     if info["identity"].get("evaluate_test") is False:
         return "a validation-only run predicts no test fold"
@@ -119,7 +119,7 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
         warnings.warn("a validation-only run has no test predictions: training curves only", stacklevel=2)
         return written
     fused = y = folds = None
-    reason = _tsne_unavailable(run_dir, info)
+    reason = _tsne_unavailable(info)
     if reason is None:
         fused, y, folds, reason = _run_test_features(run_dir, info)
     if reason is not None:
@@ -137,8 +137,6 @@ def _run_test_features(run_dir: Path, info: dict) -> tuple:
     from .run import features_fingerprint
 
     identity = info["identity"]
-    from .errors import TimnetError
-
     try:
         fs = load_features(info["features"], corpus=identity["corpus"], corpus_of=f"the run {run_dir}")
     except TimnetError as e:
@@ -300,7 +298,7 @@ def render_report(run_dir: Path, figures: dict[str, list[Path]]) -> str:
             "<h2>Protocol</h2>", _protocol(info, results, run_dir),
             "<h2>Folds</h2>", _fold_table(results),
             *(["<h2>Classes (pooled over folds)</h2>", _class_table(results, ident["labels"])] if split == "test" else []),
-            "<h2>Figures</h2>", _figures(figures, _tsne_unavailable(run_dir, info)),
+            "<h2>Figures</h2>", _figures(figures, _tsne_unavailable(info)),
             "<h2>Environment</h2>", _environment(info, results)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_e(title)}</title>"

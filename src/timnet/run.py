@@ -40,9 +40,8 @@ from .folds import make_folds
 from .model import TIMNetConfig, TIMNetEnsemble
 from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
                     train_members, validation_split)
-from .utils import RUN_FILES, RUN_OUTPUTS, atomic_write, fold_dirs, read_fold_result, write_json
+from .utils import RUN_FILE, RUN_FILES, RUN_OUTPUTS, atomic_write, fold_dirs, read_fold_result, write_json
 
-RUN_FILE = "run.json"
 # Identity keys added after a run format was first written, with the value older runs implied.
 LEGACY_IDENTITY = {"device": "cpu", "path": "reference", "evaluate_test": True, "val_split": "stratified"}
 

@@ -33,7 +33,7 @@ from .evaluate import FoldModel, evaluate, summarize
 from .features import FeatureSet
 from .run import Run, _write_csv, execute_runs
 from .train import TrainConfig, check_seed, preset_swa_epochs
-from .utils import write_json
+from .utils import RUN_FILE, write_json
 
 MODEL_PARAMS = ("dropout",)
 KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
@@ -187,7 +187,7 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
     if overwrite and not names:  # an earlier sweep's extra trials would be read as this one's
         keep = {run.dir.name for run in runs}
         for old in Path(sweep_dir).glob("trial_*"):
-            if re.fullmatch(r"trial_\d+", old.name) and old.name not in keep and (old / "run.json").is_file():
+            if re.fullmatch(r"trial_\d+", old.name) and old.name not in keep and (old / RUN_FILE).is_file():
                 shutil.rmtree(old)
     return runs
 

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 
+RUN_FILE = "run.json"  # a run's identity (timnet.run): what marks a folder as a RUN_DIR
 # What timnet writes in a RUN_DIR besides run.json and fold_NN/, for any kind of run (folds,
 # --all-data, --seeds, plot): --overwrite deletes all of them, so that nothing of the old run is
 # left to be read as the new one's (an old all-data model.pt beside new folds would be predicted with).
@@ -15,7 +16,7 @@ RUN_OUTPUTS = ("results.json", "results.csv", "validation.json", "report.html", 
                "state*.pt", "member_*.pt", "history*.csv", "seeds.json", "seeds.csv")
 # Every name timnet gives a file in a run, fold or sweep folder: never a user's --json, and the only
 # hidden temporary files (utils.atomic_write) a resume clears.
-RUN_FILES = (*RUN_OUTPUTS, "run.json", "result.json", "sweep.json", "trials.csv")
+RUN_FILES = (*RUN_OUTPUTS, RUN_FILE, "result.json", "sweep.json", "trials.csv")
 
 
 @contextlib.contextmanager
