@@ -15,23 +15,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .corpora import CORPORA
 from .features import FeatureConfig, FeatureSet
 from .folds import make_folds
 from .model import TIMNet, TIMNetConfig
 from .run import Run
 from .train import TrainConfig, train_fold
 
-EMODB_SHAPE = (535, 188, 39)
-
-
 def synthetic_emodb(seed: int = 0) -> FeatureSet:
-    """Random features with EMODB's shape, class count and MFCC-like scale."""
+    """Random features with EMODB's shape (535 x 188 x 39), classes, speakers and MFCC-like scale."""
+    emodb = CORPORA["EMODB"]
+    config = FeatureConfig(signal_length=emodb.signal_length)
     rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(EMODB_SHAPE) * 30).astype(np.float32)
-    y = rng.integers(0, 7, EMODB_SHAPE[0]).astype(np.int64)
-    labels = ("angry", "boredom", "disgust", "fear", "happy", "neutral", "sad")
-    return FeatureSet(x=x, y=y, labels=labels, corpus="EMODB", config=FeatureConfig(signal_length=96000),
-                      speakers=np.array([f"{i % 10:02d}" for i in range(len(y))]))
+    x = (rng.standard_normal((emodb.n_files, config.frames, config.n_mfcc)) * 30).astype(np.float32)
+    y = rng.integers(0, len(emodb.labels), emodb.n_files).astype(np.int64)
+    return FeatureSet(x=x, y=y, labels=emodb.labels, corpus=emodb.name, config=config,
+                      speakers=np.array([f"{i % emodb.n_speakers:02d}" for i in range(len(y))]))
 
 
 def fold_epoch_seconds(fs: FeatureSet, *, path: str, threads: int, epochs: int = 4) -> float:

@@ -306,7 +306,7 @@ def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
     _check_class_counts(path, c, np.bincount(onehot.argmax(1), minlength=onehot.shape[1]))
     # The file does not say its signal length: the corpus's when the frame count fits it, else the
     # shortest length that gives these frames.
-    expected = c.signal_length // audio.HOP_LENGTH + 1
+    expected = FeatureConfig(signal_length=c.signal_length).frames
     fits = expected == x.shape[1]
     signal_length = c.signal_length if fits else (x.shape[1] - 1) * audio.HOP_LENGTH
     if not fits:  # most likely another corpus's file under this --corpus

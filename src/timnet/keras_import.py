@@ -140,6 +140,14 @@ def load_keras_weights(path: str | Path, *, config: TIMNetConfig | None = None) 
     return model.eval()
 
 
+def highest_keras_fold(folder: str | Path) -> int:
+    """The highest k of the authors' fold files 10-fold_weights_best_<k>.hdf5 in `folder`, 0 for none
+    (a copy such as `..._1 (1).hdf5` or `..._01.hdf5` is not one)."""
+    pattern = re.compile(re.escape(FOLD_FILE).replace(re.escape("{k}"), r"([1-9]\d*)"))
+    return max((int(m.group(1)) for f in Path(folder).glob(FOLD_FILE.format(k="*")) if (m := pattern.fullmatch(f.name))),
+               default=0)
+
+
 def keras_fold_files(folder: str | Path, folds: int) -> list[Path]:
     """The authors' per-fold files 10-fold_weights_best_<k>.hdf5, k = 1..folds; all must exist."""
     folder = Path(folder)

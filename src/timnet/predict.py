@@ -18,7 +18,7 @@ from .checkpoint import load_checkpoint
 from .corpora import AUDIO_EXTENSIONS, CORPORA, get_corpus
 from .errors import TimnetError
 from .features import FeatureConfig, waveform_features
-from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
+from .keras_import import check_corpus_levels, highest_keras_fold, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet
 from .utils import fold_files
 
@@ -315,12 +315,9 @@ def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predic
 def _keras_folds(folder: Path) -> int:
     """How many fold files the authors' folder should hold: their code writes 10 (a gap below the
     highest is refused by keras_fold_files); fewer is predicted with, but said."""
-    import re
     import warnings
 
-    ks = [int(m.group(1)) for f in folder.glob("10-fold_weights_best_*.hdf5")
-          if (m := re.fullmatch(r"10-fold_weights_best_([1-9]\d*)\.hdf5", f.name))]
-    n = max(ks, default=10)  # none that count: keras_fold_files names the ten it expected
+    n = highest_keras_fold(folder) or 10  # none that count: keras_fold_files names the ten it expected
     if n < 10:
         warnings.warn(f"{folder}: fold weights 1..{n} only (the authors' code writes 10); the ensemble is of those")
     return n

@@ -176,6 +176,28 @@ def _clear_partial(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _seed_and_model(fs: FeatureSet, config: TrainConfig, seed: int | None, model_overrides: dict | None):
+    """(the run's seed: the corpus's paper seed by default, the network config) after checking the
+    training config fits these features."""
+    config.check_fits(*fs.x.shape[1:])
+    seed = check_seed(seed if seed is not None else defaults_for(fs.corpus)[0])
+    return seed, replace(model_config_for(fs), **(model_overrides or {}))
+
+
+def _identity(fs: FeatureSet, *, config: TrainConfig, model_config, seed: int, threads: int, device: str, path: str) -> dict:
+    """What a run's results depend on, saved as run.json: a resume must match it exactly."""
+    return {
+        "corpus": fs.corpus, "labels": list(fs.labels), "n_samples": len(fs),
+        "features_fingerprint": features_fingerprint(fs), "seed": seed,
+        "train_config": asdict(config), "model_config": asdict(model_config), "feature_config": asdict(fs.config),
+        # float results depend on the thread count of the reductions, so it is part of the run
+        "threads_per_fold": threads,
+        "device": torch.device(device).type,
+        # the fast path computes the same mathematics in another order: last float bits differ
+        "path": resolve_path(path, device),
+    }
+
+
 class Run:
     """One cross-validated training run; `execute` trains (or resumes) every fold."""
 
@@ -184,24 +206,16 @@ class Run:
                  path: str = "auto", features_path: str | None = None, model_overrides: dict | None = None,
                  evaluate_test: bool = True):
         self.fs, self.dir, self.config = fs, Path(run_dir), config
-        config.check_fits(*fs.x.shape[1:])
         self.folds_n, self.split = folds, split
-        self.seed = check_seed(seed if seed is not None else defaults_for(fs.corpus)[0])
-        self.model_config = replace(model_config_for(fs), **(model_overrides or {}))
+        self.seed, self.model_config = _seed_and_model(fs, config, seed, model_overrides)
         if not evaluate_test and config.val_fraction == 0:
             raise TimnetError("a validation-only run needs validation data; give --val-fraction (e.g. 0.2)")
         self.evaluate_test = evaluate_test
         self.splits = make_folds(len(fs), folds=folds, seed=self.seed, split=split, speakers=fs.speakers)
         self.identity = {
-            "corpus": fs.corpus, "labels": list(fs.labels), "n_samples": len(fs),
-            "features_fingerprint": features_fingerprint(fs), "folds": folds, "seed": self.seed,
-            "split": split, "train_config": asdict(config), "model_config": asdict(self.model_config),
-            "feature_config": asdict(fs.config),
-            # float results depend on the thread count of the reductions, so it is part of the run
-            "threads_per_fold": threads,
-            "device": torch.device(device).type,
-            # the fast path computes the same mathematics in another order: last float bits differ
-            "path": resolve_path(path, device),
+            **_identity(fs, config=config, model_config=self.model_config, seed=self.seed, threads=threads,
+                        device=device, path=path),
+            "folds": folds, "split": split,
             # False for the trials of a sweep: folds are scored on validation data only
             "evaluate_test": evaluate_test,
             # speaker folds validate on held-out speakers too (selection scored as the test will be)
@@ -494,14 +508,10 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     """
     from tqdm.auto import tqdm
 
-    seed = check_seed(seed if seed is not None else defaults_for(fs.corpus)[0])
-    config.check_fits(*fs.x.shape[1:])
+    seed, model_config = _seed_and_model(fs, config, seed, model_overrides)
     out_dir = Path(out_dir)
-    model_config = replace(model_config_for(fs), **(model_overrides or {}))
-    identity = {"corpus": fs.corpus, "labels": list(fs.labels), "n_samples": len(fs), "all_data": True,
-                "features_fingerprint": features_fingerprint(fs), "seed": seed, "train_config": asdict(config),
-                "model_config": asdict(model_config), "feature_config": asdict(fs.config), "threads_per_fold": threads,
-                "device": torch.device(device).type, "path": resolve_path(path, device)}
+    identity = {**_identity(fs, config=config, model_config=model_config, seed=seed, threads=threads, device=device,
+                            path=path), "all_data": True}
     tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed)  # before --overwrite deletes
     resumed = prepare_run_dir(out_dir, identity, overwrite=overwrite)
     if resumed and (out_dir / "model.pt").is_file() and not _partial(out_dir):
