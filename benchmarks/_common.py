@@ -180,10 +180,19 @@ def take_first_members(run_dir: Path, source: Path, *, members: int) -> int:
     """first_member_from, and a line on stderr when `source` has no fold models to give (a run
     restored from the ledger keeps figures only), since every member then trains: hours more."""
     n = first_member_from(run_dir, source, members=members)
-    if not n and not any(Path(source).glob("fold_*/model.pt")):
+    if not n and not any(Path(source).glob("fold_*/model.pt")) and not _all_folds_done(run_dir):
         print(f"{source}: no fold models (a ledger restore keeps figures only): every member of {run_dir} trains",
               file=sys.stderr, flush=True)
     return n
+
+
+def _all_folds_done(run_dir: Path) -> bool:
+    """Every fold of the run in `run_dir` has its result (then nothing trains, members or not)."""
+    try:
+        folds = json.loads((Path(run_dir) / "run.json").read_text())["identity"]["folds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return len(list(Path(run_dir).glob("fold_*/result.json"))) >= folds
 
 
 def first_member_from(run_dir: Path, source: Path, *, members: int | None = None) -> int:

@@ -235,3 +235,6 @@ def test_first_members_of_a_several_seed_run(tmp_path, capsys):
     capsys.readouterr()
     assert _common.take_first_members(tmp_path / "three", tmp_path / "figures_only", members=2) == 0
     assert "no fold models" in capsys.readouterr().err
+    # ... unless the ensemble run is itself finished (restored from the ledger too): nothing trains
+    assert _common.take_first_members(tmp_path / "two" / "seed_1", tmp_path / "figures_only", members=2) == 0
+    assert capsys.readouterr().err == ""
