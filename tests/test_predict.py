@@ -203,6 +203,8 @@ def test_onnx_matches_torch(run_dir, clips, tmp_path):
         load_model(path, corpus="emodb")
     x = np.stack([file_features(p, CFG) for p in clips.values()])
     np.testing.assert_allclose(onnx_model.predict_features(x), model.predict_features(x), atol=1e-4, rtol=0)
+    with pytest.raises(TimnetError, match="an ONNX model runs on onnxruntime's CPU provider"):
+        onnx_model.to("cuda")
     with pytest.raises(TimnetError, match=f"this ONNX graph takes exactly {CFG.frames} frames"):
         onnx_model.predict_features(np.zeros((1, CFG.frames + 1, 39), np.float32))  # torch's model takes any
     a, b = onnx_model.predict_file(clips["long"]), model.predict_file(clips["long"])
@@ -483,3 +485,4 @@ def test_python_api_takes_each_layout_and_sample_format(run_dir, tmp_path):
         load_model(tmp_path / "fresh")
     assert {"load_model", "Predictor", "TIMNet"} <= set(dir(timnet)) and timnet.Prediction is type(model.predict(tone, 16000))
     assert "networks=2" in repr(model)
+    assert model.to("cpu") is model and model.predict(tone, 16000).probs == want  # .to("cuda") where there is one

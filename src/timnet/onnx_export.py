@@ -129,6 +129,12 @@ class OnnxPredictor(Predictor):
             raise TimnetError(f"{path}: graph maps {shape_in} to {shape_out} but its metadata says "
                               f"(batch, {want_in[0]}, {want_in[1]}) to (batch, {want_out}); export the model again")
 
+    def to(self, device) -> OnnxPredictor:
+        if torch.device(device).type != "cpu":
+            raise TimnetError(f"{self.source}: an ONNX model runs on onnxruntime's CPU provider here; "
+                              f"expected device cpu, not {device} (load the checkpoint or RUN_DIR for torch devices)")
+        return self
+
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of features (N, frames, n_mfcc); the graph's frames are fixed."""
         x = check_feature_batch(x, self.feature_config)

@@ -143,6 +143,13 @@ class Predictor:
         self.models = [m.eval() for m in models]
         self.labels, self.feature_config, self.source = tuple(labels), feature_config, source
         self.corpus = corpus  # the corpus it was trained on, when known
+        self.device = torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> Predictor:
+        """Move the networks to `device` (e.g. "cuda"); features are computed on the CPU, scored there."""
+        self.device = torch.device(device)
+        self.models = [m.to(self.device) for m in self.models]
+        return self
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(source={self.source!r}, corpus={self.corpus!r}, labels={self.labels}, "
@@ -157,8 +164,8 @@ class Predictor:
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of features (N, frames, n_mfcc): the ensemble mean."""
         x = check_feature_batch(x, self.feature_config)
-        t = torch.from_numpy(x)
-        return torch.stack([m(t).softmax(-1) for m in self.models]).mean(0).numpy()
+        t = torch.from_numpy(x).to(self.device)
+        return torch.stack([m(t).softmax(-1) for m in self.models]).mean(0).cpu().numpy()
 
     def predict(self, waveform: np.ndarray, sample_rate: int, *, window: float | None = None, hop: float | None = None) -> Prediction:
         """Emotion of a waveform at `sample_rate` Hz: mono (samples,), or (samples, channels) as
