@@ -157,8 +157,33 @@ def test_report_is_one_offline_page(trained, reported):
     assert len(folds_rows(page)) == 3
     summary = json.loads((run_dir / "results.json").read_text())
     assert f"{100 * summary['mean_uar']:.2f} ± {100 * summary['std_uar']:.2f}" in page
-    for text in ("EMODB", "validation fraction</th><td>0.25", "scikit-learn", "training time (folds and members summed)"):
+    for text in ("EMODB", "validation fraction</th><td>0.25", "scikit-learn", "training time (folds and members summed)",
+                 "weights kept</th><td>the last epoch&#x27;s", "<th>model</th>", "epoch 3 of 3"):
         assert text in page
+    assert "test speakers" not in page  # random folds hold every speaker: a column of the same names
+
+
+def test_figures_and_report_say_what_run_they_show(tmp_path):
+    """An ensemble with SWA on speaker folds: every figure's title names corpus, recipe and protocol;
+    the curves are every member's training with the SWA window shaded; the recall bars have the
+    folds' spread; the report says what each fold's model is, and which speakers it was tested on."""
+    fs = synthetic()
+    run_dir = tmp_path / "run"
+    run = Run(fs, run_dir, config=TrainConfig(epochs=4, batch_size=16, swa_epochs=2, members=2, save_every=100),
+              folds=2, seed=1, split="speaker", features_path=str(save_features(fs, tmp_path / "f.npz")))
+    run.prepare()
+    run.execute(progress=False, log=lambda m: None)
+    figures = plot_run(run_dir)
+    svg = {name: next(p for p in paths if p.suffix == ".svg").read_text() for name, paths in figures.items()}
+    context = "EMODB · recipe paper, 2 members, SWA of the last 2 epochs · 2-fold speaker-independent CV, seed 1"
+    for name, text in svg.items():
+        assert context in html.unescape(text), name  # text kept as text in the SVG (svg.fonttype none)
+    assert "over 2 folds × 2 members" in svg["curves"] and "weights averaged (SWA, last 2 epochs)" in svg["curves"]
+    assert "±1 std over 2 folds" in svg["recall"] and "pooled UAR" in svg["recall"]
+    assert "penultimate features of the 2 members, concatenated" in svg["tsne"]
+    page = html.unescape(write_report(run_dir, figures=figures).read_text())
+    assert "SWA of epochs 3–4, 2 members" in page and "networks per fold</th><td>2, their probabilities averaged" in page
+    assert "<th>test speakers</th>" in page and "validation fraction" not in page
 
 
 def test_missing_features_skip_tsne_and_text_is_escaped(trained, tmp_path):

@@ -305,7 +305,7 @@ def cmd_test(args) -> int:
         from .report import plot_evaluation
 
         with _warnings_as_messages():
-            written = plot_evaluation(fs, summary, outputs, args.plots)
+            written = plot_evaluation(fs, summary, outputs, args.plots, weights=args.weights)
         print(f"plots: {', '.join(sorted(written))} -> {args.plots}")
     return 0
 

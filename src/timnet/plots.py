@@ -7,6 +7,7 @@ rather than pyplot, so no GUI backend is touched and no global figure list grows
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -30,11 +31,25 @@ CURVES = (
 )
 
 
+# Okabe & Ito's palette, told apart with any colour vision (tab10's red/green/brown/orange are
+# not), with a marker per class as a second cue; beyond eight classes tab20 takes over.
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+BAR_COLOR = "#0072B2"
+
+
 def _class_colors(n: int) -> list:
+    if n <= len(OKABE_ITO):
+        return list(OKABE_ITO[:n])
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    cmap = matplotlib.colormaps["tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _titled(fig: Figure, title: str, context: str | None) -> None:
+    """The figure's own title, under a line saying what run it shows (corpus, model, protocol)."""
+    fig.suptitle(f"{context}\n{title}" if context else title)
 
 
 def _fold_matrix(histories: Sequence[dict[str, np.ndarray]], column: str, epochs: np.ndarray) -> np.ndarray:
@@ -48,8 +63,11 @@ def _fold_matrix(histories: Sequence[dict[str, np.ndarray]], column: str, epochs
     return out
 
 
-def curves_figure(histories: Sequence[dict[str, np.ndarray]]) -> Figure:
-    """Loss and accuracy per epoch: the mean over folds with a ±1 std band, train and validation."""
+def curves_figure(histories: Sequence[dict[str, np.ndarray]], *, what: str | None = None, swa_epochs: int = 0,
+                  context: str | None = None) -> Figure:
+    """Loss and accuracy per epoch: the mean over trainings (folds, or folds × members) with a ±1 std
+    band, train and validation. `what` names the trainings in the title (default "N folds");
+    `swa_epochs` shades the last epochs whose weights are averaged into the model."""
     if not histories:
         raise TimnetError("no training history to plot; expected at least one fold's history.csv")
     epochs = np.unique(np.concatenate([np.asarray(h["epoch"], dtype=float) for h in histories]))
@@ -70,7 +88,13 @@ def curves_figure(histories: Sequence[dict[str, np.ndarray]]) -> Figure:
         style = "--" if column.startswith("val_") else "-"
         (line,) = axes[panel].plot(x, mean, style, label=name, marker="." if keep.sum() < 30 else None)
         axes[panel].fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    for ax, ylabel in zip(axes, ("loss", "accuracy / recall")):
+    if swa_epochs:
+        last = epochs.max()
+        for ax in axes:
+            ax.axvspan(last - swa_epochs + 0.5, last + 0.5, color="0.85", zorder=0,
+                       label=f"weights averaged (SWA, last {swa_epochs} epochs)")
+    validated = any(column.startswith("val_") and column in h for h in histories for column, _, _ in CURVES)
+    for ax, ylabel in zip(axes, ("loss", "accuracy / recall" if validated else "accuracy")):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 ticks on short runs
         ax.set_ylabel(ylabel)
@@ -78,11 +102,12 @@ def curves_figure(histories: Sequence[dict[str, np.ndarray]]) -> Figure:
         if ax.get_lines():
             ax.legend(fontsize="small")
     axes[1].set_ylim(0, 1.02)
-    fig.suptitle(f"training curves: mean ± 1 std over {len(histories)} fold{'s' * (len(histories) != 1)}")
+    what = what or f"{len(histories)} fold{'s' * (len(histories) != 1)}"
+    _titled(fig, f"training curves: mean ± 1 std (population) over {what}", context)
     return fig
 
 
-def confusion_figure(cm: np.ndarray, labels: Sequence[str]) -> Figure:
+def confusion_figure(cm: np.ndarray, labels: Sequence[str], *, context: str | None = None) -> Figure:
     """Confusion matrix (rows true): row-normalised colours, counts and row % in the cells."""
     cm = np.asarray(cm)
     if cm.shape != (len(labels), len(labels)):
@@ -103,27 +128,50 @@ def confusion_figure(cm: np.ndarray, labels: Sequence[str]) -> Figure:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true (support)")
     ax.set_title(f"confusion matrix, {int(cm.sum())} test utterances")
+    if context:
+        fig.suptitle(context, fontsize="medium", wrap=True)
     fig.colorbar(image, ax=ax, label="fraction of the true class", shrink=0.8)
     return fig
 
 
-def recall_figure(cm: np.ndarray, labels: Sequence[str], *, uar: float, war: float) -> Figure:
-    """Per-class recall bars of a confusion matrix, with the given UAR and WAR in the title."""
+def recall_figure(cm: np.ndarray, labels: Sequence[str], *, uar: float, war: float,
+                  fold_cms: Sequence[np.ndarray] | None = None, context: str | None = None) -> Figure:
+    """Per-class recall bars of a (pooled) confusion matrix; `uar` and `war` (typically the means over
+    folds) go in the title, and `fold_cms`, the folds' own matrices, give each bar a ±1 std whisker."""
     pc = metrics.per_class(np.asarray(cm))
     n = len(labels)
-    fig = Figure(figsize=(max(5.0, 0.8 * n + 2), 4), layout="constrained")
+    spread = None
+    if fold_cms is not None and len(fold_cms) > 1:
+        per_fold = np.array([metrics.per_class(np.asarray(c))["recall"] for c in fold_cms], dtype=float)
+        present = np.array([np.asarray(c).sum(axis=1) > 0 for c in fold_cms])
+        per_fold[~present] = np.nan  # a class absent from a fold's test split has no recall there
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class in no fold at all: NaN, no whisker
+            spread = np.nanstd(per_fold, axis=0)
+        # whiskers stay within [0, 1], where a recall lives
+        spread = np.nan_to_num(np.stack([np.minimum(spread, pc["recall"]), np.minimum(spread, 1 - pc["recall"])]))
+    fig = Figure(figsize=(max(7.0, 0.8 * n + 2), 4.6), layout="constrained")
     ax = fig.subplots()
-    bars = ax.bar(range(n), pc["recall"], color=_class_colors(n))
-    ax.bar_label(bars, labels=[f"{r:.0%}" for r in pc["recall"]], fontsize="small")
-    # The dashed line is the mean of these bars (the pooled UAR); it can differ a little from
-    # the title's UAR, which a caller typically gives as the mean over folds.
+    ax.bar(range(n), pc["recall"], color=BAR_COLOR, yerr=spread, capsize=3 if spread is not None else 0,
+                  error_kw={"elinewidth": 1, "ecolor": "0.25"})
+    # The dashed line is the mean of these bars, the pooled UAR; the title's UAR is the mean of
+    # the folds' UARs, which differs a little: both are named.
     mean_recall = float(np.mean(pc["recall"][pc["support"] > 0]))
-    ax.axhline(mean_recall, color="0.3", linestyle="--", linewidth=1, label=f"mean recall {mean_recall:.2%}")
-    ax.set_xticks(range(n), [f"{name}\n(n={s})" for name, s in zip(labels, pc["support"])], fontsize="small")
+    ax.axhline(mean_recall, color="0.3", linestyle="--", linewidth=1, label=f"pooled UAR {mean_recall:.2%} (mean of the bars)")
+    # the values under the bars, where no whisker or line crosses them
+    ax.set_xticks(range(n), [f"{name}\n{r:.0%} (n={s})" for name, r, s in zip(labels, pc["recall"], pc["support"])],
+                  fontsize="small")
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("recall")
-    ax.legend(loc="lower right", fontsize="small")
-    ax.set_title(f"per-class recall: UAR {uar:.2%}, WAR {war:.2%}")
+    handles, names = ax.get_legend_handles_labels()
+    if spread is not None:
+        handles.append(matplotlib.lines.Line2D([], [], color="0.25", marker="|", linestyle="", markersize=10))
+        names.append(f"±1 std over {len(fold_cms)} folds")
+    fig.legend(handles, names, loc="outside lower center", ncols=2, fontsize="small")  # below: no bar hidden
+    ax.set_title(f"per-class recall, pooled over the test folds\nmean over folds: UAR {uar:.2%}, WAR {war:.2%}",
+                 fontsize="medium")
+    if context:
+        fig.suptitle(context, fontsize="medium")
     return fig
 
 
@@ -150,7 +198,7 @@ def tsne_embedding(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
 
 
 def tsne_figure(features: np.ndarray, y: np.ndarray, labels: Sequence[str], *, seed: int = 0,
-                title: str | None = None, groups: np.ndarray | None = None) -> Figure:
+                title: str | None = None, groups: np.ndarray | None = None, context: str | None = None) -> Figure:
     """2-D t-SNE of features, one colour per true class; one panel per group when `groups` is given.
 
     Features from different models live in different spaces (each fold's model learns its own),
@@ -164,9 +212,11 @@ def tsne_figure(features: np.ndarray, y: np.ndarray, labels: Sequence[str], *, s
     names = list(dict.fromkeys(sorted(groups.tolist())))
     cols = min(5, len(names))
     rows = -(-len(names) // cols)
-    fig = Figure(figsize=(8, 6) if len(names) == 1 else (3.2 * cols + 1.8, 3.2 * rows + 0.6), layout="constrained")
+    # panels small enough that the page's scaled-down image keeps default-size text legible
+    fig = Figure(figsize=(8, 6) if len(names) == 1 else (2.6 * cols + 2.0, 2.6 * rows + 0.9), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
     colors = _class_colors(len(labels))
+    markers = [MARKERS[k % len(MARKERS)] if len(labels) <= len(OKABE_ITO) else "o" for k in range(len(labels))]
     for ax, g in zip(axes, names):
         mask = groups == g
         # one sample (a leave-one-out fold) has no layout to find: a single dot, coloured by its class
@@ -174,18 +224,18 @@ def tsne_figure(features: np.ndarray, y: np.ndarray, labels: Sequence[str], *, s
         for k, (name, color) in enumerate(zip(labels, colors)):
             pts = emb[y[mask] == k]
             if len(pts):
-                ax.scatter(pts[:, 0], pts[:, 1], s=12 if len(names) == 1 else 8, color=color, alpha=0.8, linewidths=0,
-                           label=f"{name} ({int((y == k).sum())})")
+                ax.scatter(pts[:, 0], pts[:, 1], s=20 if len(names) == 1 else 12, color=color, marker=markers[k], alpha=0.8,
+                           linewidths=0, label=f"{name} ({int((y == k).sum())})")
         ax.set_xticks([])
         ax.set_yticks([])  # t-SNE axes carry no units
         if len(names) > 1:
-            ax.set_title(f"fold {g} ({int(mask.sum())})", fontsize="small")
+            ax.set_title(f"fold {g} ({int(mask.sum())})")
     for ax in axes[len(names):]:
         ax.set_visible(False)
-    handles = [matplotlib.lines.Line2D([], [], marker="o", linestyle="", color=c, label=f"{n} ({int((y == k).sum())})")
+    handles = [matplotlib.lines.Line2D([], [], marker=markers[k], linestyle="", color=c, label=f"{n} ({int((y == k).sum())})")
                for k, (n, c) in enumerate(zip(labels, colors))]
-    fig.legend(handles=handles, fontsize="small", loc="outside right center")  # outside: no point hidden
-    fig.suptitle(title or f"t-SNE of {len(y)} samples (seed {seed})")
+    fig.legend(handles=handles, loc="outside right center", title="true class (n)")  # outside: no point hidden
+    _titled(fig, title or f"t-SNE of {len(y)} samples (seed {seed})", context)
     return fig
 
 
@@ -196,7 +246,8 @@ def save_figure(fig: Figure, path: str | Path) -> list[Path]:
     path = Path(path)
     out = []
     # A fixed hash salt and no date make the SVG byte-identical across runs of the same figure.
-    with matplotlib.rc_context({"svg.hashsalt": "timnet"}):
+    # Text as text in the SVG (not glyph paths): editable and searchable in a paper's figure.
+    with matplotlib.rc_context({"svg.hashsalt": "timnet", "svg.fonttype": "none"}):
         for fmt, meta in (("png", {}), ("svg", {"Date": None})):
             target = path.parent / f"{path.name}.{fmt}"  # not with_suffix: names may contain dots
             with atomic_write(target) as tmp:

@@ -27,12 +27,44 @@ from .utils import RUN_FILE, atomic_write, fold_files, read_fold_result
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
 FIGURE_CAPTIONS = {
-    "curves": "Training curves: mean over folds, band ±1 std; dashed lines are validation.",
+    "curves": "Training curves: mean over the folds' trainings (every member's, for an ensemble), band ±1 std.",
     "confusion": "Confusion matrix summed over the folds' test splits; colours are row-normalised.",
-    "recall": "Per-class recall pooled over the folds' test splits.",
+    "recall": "Per-class recall pooled over the folds' test splits; whiskers ±1 std of the folds' own recalls.",
     "tsne": "t-SNE of the fused (penultimate) features of every test sample, one panel per fold: each fold's "
             "model has its own feature space, so samples are embedded with the other test samples of their fold.",
 }
+
+
+def _weights_kept(tc: dict) -> str:
+    """What each trained network's final weights are, in words."""
+    if tc.get("select") == "best-val":
+        return "the epoch of best validation UAR"
+    if tc.get("swa_epochs"):
+        return f"mean of the weights after each of the last {tc['swa_epochs']} epochs (SWA)"
+    if tc.get("ema_decay"):
+        return f"moving average of the weights (EMA, decay {tc['ema_decay']})"
+    return "the last epoch's"
+
+
+def run_context(identity: dict) -> str:
+    """One line saying what a run is: corpus, recipe, protocol (the figures' first title line)."""
+    tc = identity.get("train_config") or {}
+    members = tc.get("members", 1)
+    recipe = f"recipe {tc.get('recipe', 'paper')}" + (f", {members} members" if members > 1 else "")
+    if tc.get("swa_epochs"):
+        recipe += f", SWA of the last {tc['swa_epochs']} epochs"
+    split = "speaker-independent" if identity.get("split") == "speaker" else "utterance-level"
+    return f"{identity['corpus']} · {recipe} · {identity['folds']}-fold {split} CV, seed {identity['seed']}"
+
+
+def evaluation_context(summary: dict, weights: str | Path) -> str:
+    """The figures' first title line for `timnet test` of a RUN_DIR or of the authors' weights."""
+    weights = Path(weights)
+    if (weights / RUN_FILE).is_file():
+        return run_context({**_run_info(weights)["identity"], "folds": summary.get("run_folds_n", summary["folds_n"])})
+    split = "speaker-independent" if summary["split"] == "speaker" else "utterance-level"
+    return (f"{summary['corpus']} · the authors' weights ({weights.name}) · {summary['folds_n']}-fold {split} folds, "
+            f"seed {summary['seed']}")
 
 
 # -- reading a RUN_DIR ---------------------------------------------------------------------------
@@ -89,14 +121,29 @@ def _tsne_unavailable(info: dict) -> str | None:
 
 # -- figures ---------------------------------------------------------------------------------------
 def _result_figures(fold_results: list[dict], labels, *, war: float, uar: float, fused: np.ndarray | None,
-                    y: np.ndarray | None, folds: np.ndarray | None, seed: int, out_dir: Path) -> dict[str, list[Path]]:
+                    y: np.ndarray | None, folds: np.ndarray | None, seed: int, out_dir: Path, context: str,
+                    members: int = 1) -> dict[str, list[Path]]:
     cm = _summed_confusion(fold_results)
-    written = {"confusion": save_figure(confusion_figure(cm, labels), out_dir / "confusion"),
-               "recall": save_figure(recall_figure(cm, labels, uar=uar, war=war), out_dir / "recall")}
+    fold_cms = [np.asarray(r["confusion"]) for r in fold_results]
+    written = {"confusion": save_figure(confusion_figure(cm, labels, context=context), out_dir / "confusion"),
+               "recall": save_figure(recall_figure(cm, labels, uar=uar, war=war, fold_cms=fold_cms, context=context),
+                                     out_dir / "recall")}
     if fused is not None:
-        title = f"t-SNE of the fused features of {len(y)} test samples, per fold model (seed {seed})"
-        written["tsne"] = save_figure(tsne_figure(fused, y, labels, seed=seed, title=title, groups=folds), out_dir / "tsne")
+        # an ensemble's fused features are its members' penultimate features side by side
+        what = "fused (penultimate) features" if members == 1 else f"penultimate features of the {members} members, concatenated,"
+        title = f"t-SNE of the {what} of {len(y)} test samples, per fold model (seed {seed})"
+        written["tsne"] = save_figure(tsne_figure(fused, y, labels, seed=seed, title=title, groups=folds, context=context),
+                                      out_dir / "tsne")
     return written
+
+
+def _histories(run_dir: Path, results: list[dict]) -> list[dict[str, np.ndarray]]:
+    """Every training's history: each finished fold's first member (history.csv) and its others."""
+    out = []
+    for r in results:
+        fold = run_dir / f"fold_{r['fold']:02d}"
+        out += [read_history(fold / "history.csv"), *map(read_history, sorted(fold.glob("history_member*.csv")))]
+    return out
 
 
 def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: int = 0) -> dict[str, list[Path]]:
@@ -113,8 +160,13 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     info = _run_info(run_dir)
     identity = info["identity"]
     results = _fold_results(run_dir)
-    histories = [read_history(run_dir / f"fold_{r['fold']:02d}" / "history.csv") for r in results]
-    written = {"curves": save_figure(curves_figure(histories), out_dir / "curves")}
+    context = run_context(identity)
+    tc = identity.get("train_config") or {}
+    members = tc.get("members", 1)
+    histories = _histories(run_dir, results)
+    what = f"{len(results)} folds" + (f" × {members} members" if members > 1 else "")
+    written = {"curves": save_figure(curves_figure(histories, what=what, swa_epochs=tc.get("swa_epochs") or 0,
+                                                   context=context), out_dir / "curves")}
     if "war" not in results[0]:  # a sweep trial or a selection run: scored on validation only
         warnings.warn("a validation-only run has no test predictions: training curves only", stacklevel=2)
         return written
@@ -126,7 +178,8 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
         warnings.warn(f"t-SNE skipped: {reason}", stacklevel=2)
     wars, uars = [r["war"] for r in results], [r["uar"] for r in results]
     written.update(_result_figures(results, identity["labels"], war=float(np.mean(wars)), uar=float(np.mean(uars)),
-                                   fused=fused, y=y, folds=folds, seed=seed, out_dir=out_dir))
+                                   fused=fused, y=y, folds=folds, seed=seed, out_dir=out_dir, context=context,
+                                   members=members))
     return written
 
 
@@ -155,11 +208,21 @@ def _tested(fs: FeatureSet, outputs: dict) -> tuple[np.ndarray, np.ndarray, np.n
     return outputs["fused"][mask], fs.y[mask], outputs["test_fold"][mask]
 
 
-def plot_evaluation(fs: FeatureSet, summary: dict, outputs: dict, out_dir: str | Path, *, seed: int = 0) -> dict[str, list[Path]]:
-    """Confusion, recall and t-SNE figures of `timnet test` (evaluate.summarize's dict, evaluate's outputs)."""
+def plot_evaluation(fs: FeatureSet, summary: dict, outputs: dict, out_dir: str | Path, *, seed: int = 0,
+                    weights: str | Path | None = None) -> dict[str, list[Path]]:
+    """Confusion, recall and t-SNE figures of `timnet test` (evaluate.summarize's dict, evaluate's
+    outputs); `weights`, the RUN_DIR or authors' folder tested, is named in the titles."""
     fused, y, folds = _tested(fs, outputs)
+    if weights is not None:
+        context = evaluation_context(summary, weights)
+    else:
+        context = f"{summary['corpus']} · {summary['folds_n']} folds, seed {summary['seed']}"
+    members = 1
+    if weights is not None and (Path(weights) / RUN_FILE).is_file():
+        members = (_run_info(Path(weights))["identity"].get("train_config") or {}).get("members", 1)
     return _result_figures(summary["folds"], fs.labels, war=summary["mean_war"], uar=summary["mean_uar"],
-                           fused=fused, y=y, folds=folds, seed=seed, out_dir=Path(out_dir))
+                           fused=fused, y=y, folds=folds, seed=seed, out_dir=Path(out_dir), context=context,
+                           members=members)
 
 
 # -- the HTML page ---------------------------------------------------------------------------------
@@ -199,12 +262,24 @@ def _protocol(info: dict, results: list[dict], run_dir: Path) -> str:
     ident = info["identity"]
     tc = ident.get("train_config", {})
     done = f"{len(results)} of {ident['folds']}" + ("" if len(results) == ident["folds"] else " (run incomplete)")
+    members = tc.get("members", 1)
     rows = [("corpus", ident["corpus"]), ("utterances", ident["n_samples"]),
             ("classes", ", ".join(ident["labels"])), ("split", ident["split"]), ("folds done", done),
-            ("seed", ident["seed"]), ("epochs", tc.get("epochs")), ("model selection", tc.get("select")),
-            ("validation fraction", tc.get("val_fraction")), ("validation every", f"{tc.get('eval_every')} epochs"),
-            ("patience", tc.get("patience")), ("batch size", tc.get("batch_size")), ("learning rate", tc.get("lr")),
-            ("label smoothing", tc.get("label_smoothing")), ("features", info.get("features")), ("run directory", run_dir.resolve())]
+            ("seed", ident["seed"]), ("recipe", tc.get("recipe", "paper")),
+            ("networks per fold", f"{members}, their probabilities averaged" if members > 1 else 1),
+            ("epochs", tc.get("epochs")), ("weights kept", _weights_kept(tc))]
+    if tc.get("val_fraction"):
+        rows += [("validation fraction", tc.get("val_fraction")), ("validation every", f"{tc.get('eval_every')} epochs"),
+                 ("patience", tc.get("patience") or "none")]
+    rows += [("batch size", tc.get("batch_size")), ("learning rate", tc.get("lr"))]
+    if tc.get("lr_schedule", "constant") != "constant" or tc.get("warmup_epochs"):
+        rows.append(("learning-rate schedule", f"{tc.get('lr_schedule')}, warm-up {tc.get('warmup_epochs') or 0} epochs"))
+    augment = [f"{k.replace('_', ' ')} {v}" for k, v in tc.items()
+               if k in ("time_shift", "time_masks", "time_mask_width", "freq_masks", "freq_mask_width", "tempo", "vtlp",
+                        "gain", "mixup_alpha") and v]
+    if augment:
+        rows.append(("augmentation", ", ".join(augment)))
+    rows += [("label smoothing", tc.get("label_smoothing")), ("features", info.get("features")), ("run directory", run_dir.resolve())]
     out = _kv_table(rows)
     if ident["split"] == "random":
         out += ('<p class="note">Random (utterance-level) folds put the same speakers in training and test; '
@@ -218,14 +293,26 @@ def _scored(results: list[dict]) -> tuple[str, str]:
     return ("", "test") if "war" in results[0] else ("val_", "validation")
 
 
-def _fold_table(results: list[dict]) -> str:
+def _fold_model(r: dict, tc: dict) -> str:
+    """What a fold's model is: its epoch, or the span its weights average, and its members."""
+    if tc.get("swa_epochs") and tc.get("select") != "best-val":
+        end = r.get("epochs_run") or tc.get("epochs")
+        what = f"SWA of epochs {end - tc['swa_epochs'] + 1}–{end}"
+    else:
+        what = f"epoch {r.get('epoch')} of {r.get('epochs_run')}" + (" (stopped early)" if r.get("stopped_early") else "")
+    return what + (f", {tc['members']} members" if tc.get("members", 1) > 1 else "")
+
+
+def _fold_table(results: list[dict], identity: dict) -> str:
     key, split = _scored(results)
     n = "n_test" if split == "test" else "n_val"
-    speakers = split == "test"  # a validation share's speakers are not recorded
+    tc = identity.get("train_config") or {}
+    # a validation share's speakers are not recorded; random folds hold every speaker
+    speakers = split == "test" and identity.get("split") == "speaker"
     num = '<td class="num">'
     rows = []
     for r in results:
-        epoch = f"{r.get('epoch')} of {r.get('epochs_run')}" + (" (stopped early)" if r.get("stopped_early") else "")
+        epoch = _fold_model(r, tc)
         who = f"<td>{_e(', '.join(map(str, r.get('test_speakers', []))))}</td>" if speakers else ""
         rows.append(f"<tr>{num}{_e(r['fold'])}</td>{num}{_e(r[n])}</td>{who}{num}{_pct(r[key + 'war'])}</td>"
                     f"{num}{_pct(r[key + 'uar'])}</td><td>{_e(epoch)}</td></tr>")
@@ -234,7 +321,7 @@ def _fold_table(results: list[dict]) -> str:
             f"{num}{_pct(wars.mean())} ± {_pct(wars.std())}</td>{num}{_pct(uars.mean())} ± {_pct(uars.std())}</td>"
             "<td></td></tr>")
     head = (f"<tr><th>fold</th><th>{n}</th>{'<th>test speakers</th>' if speakers else ''}<th>{split} WAR %</th>"
-            f"<th>{split} UAR %</th><th>chosen epoch</th></tr>")
+            f"<th>{split} UAR %</th><th>model</th></tr>")
     return f'<table id="folds"><thead>{head}</thead><tbody>{"".join(rows)}</tbody><tfoot>{foot}</tfoot></table>'
 
 
@@ -293,10 +380,11 @@ def render_report(run_dir: Path, figures: dict[str, list[Path]]) -> str:
                 f"UAR {_pct(uars.mean())} ± {_pct(uars.std())} % over {len(results)} folds"
                 + ("" if split == "test" else " (a validation-only run: no test fold was predicted)"))
     title = f"TIM-Net {ident['corpus']}: {run_dir.resolve().name}"
-    body = [f"<h1>{_e(title)}</h1>", f'<p class="headline">{_e(headline)}</p>',
+    context = run_context(ident)
+    body = [f"<h1>{_e(title)}</h1>", f'<p class="muted">{_e(context)}</p>', f'<p class="headline">{_e(headline)}</p>',
             f'<p class="muted">mean ± population std over folds; started {_e(info.get("started", "?"))}</p>',
             "<h2>Protocol</h2>", _protocol(info, results, run_dir),
-            "<h2>Folds</h2>", _fold_table(results),
+            "<h2>Folds</h2>", _fold_table(results, ident),
             *(["<h2>Classes (pooled over folds)</h2>", _class_table(results, ident["labels"])] if split == "test" else []),
             "<h2>Figures</h2>", _figures(figures, _tsne_unavailable(info)),
             "<h2>Environment</h2>", _environment(info, results)]
