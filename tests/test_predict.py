@@ -458,7 +458,7 @@ def test_python_api_takes_each_layout_and_sample_format(run_dir, tmp_path):
     # 8-bit WAV is unsigned around 128 (too coarse to compare with the float tone: against its own values)
     u8 = np.round(tone * 127 + 128).astype(np.uint8)
     assert model.predict(u8, 16000).probs == model.predict((u8.astype(np.float32) - 128) / 128, 16000).probs
-    bad_waves = {"complex64": tone.astype(np.complex64), "bool": tone > 0,
+    bad_waves = {"complex64": tone.astype(np.complex64), "bool": tone > 0, "int64": np.round(tone * 32768).astype(np.int64),
                  r"\(1, 1, 24000\)": tone[None, None], r"\(40, 100\)": np.zeros((40, 100), np.float32)}
     for fragment, wave in bad_waves.items():
         with pytest.raises(TimnetError, match=f"waveform of (dtype|shape) {fragment} invalid"):
@@ -468,6 +468,8 @@ def test_python_api_takes_each_layout_and_sample_format(run_dir, tmp_path):
             model.predict(tone, rate)
     frames = CFG.frames
     assert model.predict_features(np.zeros((2, frames, 39), np.float64)).shape == (2, 3)
+    with pytest.raises(TimnetError, match="features have 1 NaN or infinite values"):
+        model.predict_features(np.where(np.arange(frames * 39).reshape(1, frames, 39) == 7, np.nan, 0.0))
     for shape, hint in (((frames, 39), "add a batch axis"), ((1, 39, frames), "expected \\(N, frames, 39\\)")):
         with pytest.raises(TimnetError, match=hint):
             model.predict_features(np.zeros(shape, np.float32))
@@ -486,3 +488,4 @@ def test_python_api_takes_each_layout_and_sample_format(run_dir, tmp_path):
     assert {"load_model", "Predictor", "TIMNet"} <= set(dir(timnet)) and timnet.Prediction is type(model.predict(tone, 16000))
     assert "networks=2" in repr(model)
     assert model.to("cpu") is model and model.predict(tone, 16000).probs == want  # .to("cuda") where there is one
+    assert load_model(type("PathLike", (), {"__fspath__": lambda self: str(run_dir)})()).labels == LABELS

@@ -100,6 +100,7 @@ class OnnxPredictor(Predictor):
         if "timnet.labels" not in meta:
             raise TimnetError(f"{path}: no timnet metadata; expected a file written by `timnet export`")
         self.models = []
+        self.device = torch.device("cpu")  # onnxruntime's CPU provider
         try:
             self.labels = tuple(json.loads(meta["timnet.labels"]))
             self.feature_config = FeatureConfig(**json.loads(meta["timnet.feature_config"]))
@@ -128,6 +129,9 @@ class OnnxPredictor(Predictor):
         if not (fits_in and fits_out):
             raise TimnetError(f"{path}: graph maps {shape_in} to {shape_out} but its metadata says "
                               f"(batch, {want_in[0]}, {want_in[1]}) to (batch, {want_out}); export the model again")
+
+    def __repr__(self) -> str:  # the graph does not say how many networks it averages
+        return f"{type(self).__name__}(source={self.source!r}, corpus={self.corpus!r}, labels={self.labels})"
 
     def to(self, device) -> OnnxPredictor:
         if torch.device(device).type != "cpu":

@@ -7,6 +7,7 @@ as in training.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,14 +92,20 @@ def as_float_audio(waveform) -> np.ndarray:
         t = waveform.detach().cpu()
         y = (t.float() if t.is_floating_point() else t).numpy()  # numpy has no bfloat16
     else:
-        y = np.asarray(waveform)
+        try:
+            y = np.asarray(waveform)
+        except ValueError:  # a ragged list
+            raise TimnetError("waveform invalid; expected an array of samples (samples,) or 2-D with channels") from None
     kind = y.dtype.kind
+    if kind == "i" and y.dtype.itemsize > 4:  # numpy's and torch's default integers, no PCM format's
+        raise TimnetError(f"waveform of dtype {y.dtype} invalid; expected floats in [-1, 1] or integer PCM "
+                          "(int8, int16, int32, uint8): cast it to the file's own sample type")
     if kind == "i":  # int16 / 32768, int32 / 2**31 ...
         y = y.astype(np.float32) / np.float32(2 ** (8 * y.dtype.itemsize - 1))
     elif kind == "u" and y.dtype.itemsize == 1:  # 8-bit WAV is unsigned, centred on 128
         y = (y.astype(np.float32) - 128) / 128
     elif kind != "f":
-        raise TimnetError(f"waveform of dtype {y.dtype} invalid; expected floats in [-1, 1] or integer PCM (int16, int32, uint8)")
+        raise TimnetError(f"waveform of dtype {y.dtype} invalid; expected floats in [-1, 1] or integer PCM (int8, int16, int32, uint8)")
     y = y.astype(np.float32, copy=False)
     if y.ndim == 2 and y.shape[0] < y.shape[1]:  # (channels, samples): the smaller axis is the channels
         y = y.T
@@ -120,11 +127,16 @@ def check_sample_rate(sample_rate) -> int:
 
 def check_feature_batch(x, config: FeatureConfig) -> np.ndarray:
     """Features as a contiguous float32 (N, frames, n_mfcc) batch, or a one-line error naming the layout."""
-    x = np.ascontiguousarray(x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    try:
+        x = np.ascontiguousarray(x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    except (ValueError, TypeError):  # a ragged list, strings
+        raise TimnetError(f"features invalid; expected a float array (N, frames, {config.n_mfcc})") from None
     if x.ndim != 3 or x.shape[2] != config.n_mfcc or x.shape[0] == 0 or x.shape[1] == 0:
         hint = " (one utterance? add a batch axis: x[None])" if x.ndim == 2 else ""
         raise TimnetError(f"features of shape {x.shape} invalid; expected (N, frames, {config.n_mfcc}): "
                           f"N utterances of {config.frames} frames of {config.n_mfcc} MFCCs{hint}")
+    if not np.isfinite(x).all():  # one NaN makes every probability NaN, and argmax then says class 0
+        raise TimnetError(f"features have {int((~np.isfinite(x)).sum())} NaN or infinite values; expected finite MFCCs")
     return x
 
 
@@ -147,8 +159,9 @@ class Predictor:
 
     def to(self, device: str | torch.device) -> Predictor:
         """Move the networks to `device` (e.g. "cuda"); features are computed on the CPU, scored there."""
-        self.device = torch.device(device)
-        self.models = [m.to(self.device) for m in self.models]
+        device = torch.device(device)
+        self.models = [m.to(device) for m in self.models]  # first: a device torch lacks raises, nothing changed
+        self.device = device
         return self
 
     def __repr__(self) -> str:
@@ -259,9 +272,9 @@ def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None)
 
 
 def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
-    if not isinstance(name_or_path, (str, Path)):
+    if not isinstance(name_or_path, (str, os.PathLike)):
         raise TimnetError(f"model {name_or_path!r} invalid; expected a bundled name ({', '.join(BUNDLED)}) or a path")
-    key = str(name_or_path)
+    key = os.fspath(name_or_path)
     if key.lower() in BUNDLED:
         path = _bundled_path(key.lower())
         if not path.is_file():
