@@ -382,7 +382,9 @@ def test_predict_never_writes_over_its_input_nor_takes_audio_for_a_model(tmp_pat
     # a short file asked for windows it does not get is told so, and still predicted
     result = timnet("predict", folder / "a.wav", "--hop", "0.5")
     assert result.returncode == 0 and "a.wav" in result.stdout
-    assert "scored in one piece (up to" in result.stderr and "no windows for --hop" in result.stderr
+    assert "scored in one piece (up to" in result.stderr and "hop 0.5 s makes no windows" in result.stderr
+    result = timnet("predict", folder / "a.wav", "--show-windows")
+    assert result.returncode == 0 and "no windows for --show-windows" in result.stderr
 
 
 def test_argparse_errors_are_one_line_and_main_restores_sigterm(capsys):

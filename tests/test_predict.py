@@ -488,4 +488,5 @@ def test_python_api_takes_each_layout_and_sample_format(run_dir, tmp_path):
     assert {"load_model", "Predictor", "TIMNet"} <= set(dir(timnet)) and timnet.Prediction is type(model.predict(tone, 16000))
     assert "networks=2" in repr(model)
     assert model.to("cpu") is model and model.predict(tone, 16000).probs == want  # .to("cuda") where there is one
+    assert any(w.endswith("hop 0.25 s makes no windows") for w in model.predict(tone, 16000, hop=0.25).warnings)
     assert load_model(type("PathLike", (), {"__fspath__": lambda self: str(run_dir)})()).labels == LABELS

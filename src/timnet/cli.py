@@ -387,11 +387,11 @@ def cmd_predict(args) -> int:
         say(f"{str(path):<{name_width}}  {pred.label:<10} {pred.probs[pred.label]:>6.3f}  {top}")
         for w in pred.windows if args.show_windows else []:
             say(f"{'':<{name_width}}    {w['start_s']:7.2f}-{w['end_s']:<7.2f} {w['label']:<10} {w['probs'][w['label']]:.3f}")
-        if not pred.windows and (args.hop is not None or args.show_windows):  # asked for windows, none made
+        if not pred.windows and args.show_windows and args.hop is None:  # asked for windows, none made (--hop: pred.warnings)
             cfg = predictor.feature_config
             why = ("not longer than --window" if args.window is not None else
                    f"up to {WINDOW_AFTER * cfg.signal_length / cfg.sample_rate:.2f} s is scored whole, as in training; --window W splits it")
-            _warn(f"{path}: scored in one piece ({why}): no windows for --hop or --show-windows")
+            _warn(f"{path}: scored in one piece ({why}): no windows for --show-windows")
         for warning in pred.warnings:
             _warn(f"{path}: {warning}")
     if args.json:

@@ -223,6 +223,11 @@ class Predictor:
         if len(y) <= win or (window is None and len(y) <= WINDOW_AFTER * cfg.signal_length):
             starts = [0]
             chunks = [y]
+            if hop is not None:  # windows were asked for and none are made: said, not silently ignored
+                why = ("not longer than the window" if window is not None else
+                       f"up to {WINDOW_AFTER * cfg.signal_length / cfg.sample_rate:.2f} s is scored whole, as in training; "
+                       "a window (--window) splits it")
+                warnings.append(f"scored in one piece ({why}): hop {hop} s makes no windows")
         else:
             starts = list(range(0, len(y) - win + 1, step))
             if starts[-1] + win < len(y):
