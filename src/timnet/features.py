@@ -43,12 +43,15 @@ class FeatureConfig:
             raise TimnetError(f"--signal-length {self.signal_length} too short; expected at least {self.hop_length} samples")
 
 
-def waveform_features(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
-    """(frames, n_mfcc) features of a mono waveform already at `config.sample_rate` (a Predictor's
-    `predict` takes any rate, layout and sample format)."""
+def waveform_features(y: np.ndarray, config: FeatureConfig, *, sample_rate: int | None = None) -> np.ndarray:
+    """(frames, n_mfcc) features of a mono float waveform, exactly as for training: resampled from
+    `sample_rate` (default: already at `config.sample_rate`) as librosa.load does, centre-cropped or
+    padded to the signal length. A Predictor's `predict` also takes channels and integer PCM."""
     y = np.asarray(y, dtype=np.float32)
     if y.ndim != 1:  # a 2-D array would be padded along both axes: gigabytes, then the wrong features
         raise TimnetError(f"waveform of shape {y.shape} invalid; expected a mono (samples,) array")
+    if sample_rate is not None and sample_rate != config.sample_rate:
+        y = audio.resample(y, orig_sr=int(sample_rate), target_sr=config.sample_rate)
     y = audio.fit_length(y, config.signal_length)
     return audio.mfcc(y, sr=config.sample_rate, n_mfcc=config.n_mfcc)
 
