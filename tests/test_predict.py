@@ -481,6 +481,8 @@ def test_python_api_takes_each_layout_and_sample_format(run_dir, tmp_path):
     tone44 = (0.3 * np.sin(np.arange(44100) * 0.03)).astype(np.float32)
     soundfile.write(tmp_path / "t44.wav", tone44, 44100, subtype="FLOAT")
     np.testing.assert_array_equal(waveform_features(tone44, CFG, sample_rate=44100), file_features(tmp_path / "t44.wav", CFG))
+    with pytest.raises(TimnetError, match="sample_rate 0 invalid"):
+        waveform_features(tone44, CFG, sample_rate=0)
     with pytest.raises(TimnetError, match=r"waveform of shape \(2, 2000\) invalid; expected a mono"):
         waveform_features(np.zeros((2, 2000), np.float32), CFG)  # padded along both axes before: gigabytes
     # loading: what is no model, and a run with no finished fold yet

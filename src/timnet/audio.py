@@ -6,6 +6,7 @@ on NumPy arrays, so the same code serves extraction, prediction and tests.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import struct
 from pathlib import Path
@@ -93,6 +94,14 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     # librosa.to_mono averages the channels; so do we, in float32 like librosa.
     y = data[:, 0] if data.shape[1] == 1 else np.mean(data, axis=1, dtype=np.float32)
     return np.ascontiguousarray(y, dtype=np.float32), int(sr)
+
+
+def check_sample_rate(sample_rate) -> int:
+    """`sample_rate` as a positive whole number of Hz, or a one-line error."""
+    ok = not isinstance(sample_rate, bool) and isinstance(sample_rate, (int, float, np.integer, np.floating))
+    if not (ok and math.isfinite(sample_rate) and sample_rate > 0 and float(sample_rate).is_integer()):
+        raise TimnetError(f"sample_rate {sample_rate!r} invalid; expected a positive whole number of Hz (e.g. 16000)")
+    return int(sample_rate)
 
 
 def resample(y: np.ndarray, *, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:

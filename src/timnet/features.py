@@ -50,7 +50,7 @@ def waveform_features(y: np.ndarray, config: FeatureConfig, *, sample_rate: int 
     y = np.asarray(y, dtype=np.float32)
     if y.ndim != 1:  # a 2-D array would be padded along both axes: gigabytes, then the wrong features
         raise TimnetError(f"waveform of shape {y.shape} invalid; expected a mono (samples,) array")
-    if sample_rate is not None and sample_rate != config.sample_rate:
+    if sample_rate is not None and audio.check_sample_rate(sample_rate) != config.sample_rate:
         y = audio.resample(y, orig_sr=int(sample_rate), target_sr=config.sample_rate)
     y = audio.fit_length(y, config.signal_length)
     return audio.mfcc(y, sr=config.sample_rate, n_mfcc=config.n_mfcc)

@@ -117,14 +117,6 @@ def as_float_audio(waveform) -> np.ndarray:
     return y
 
 
-def check_sample_rate(sample_rate) -> int:
-    """`sample_rate` as a positive whole number of Hz, or a one-line error."""
-    ok = not isinstance(sample_rate, bool) and isinstance(sample_rate, (int, float, np.integer, np.floating))
-    if not (ok and math.isfinite(sample_rate) and sample_rate > 0 and float(sample_rate).is_integer()):
-        raise TimnetError(f"sample_rate {sample_rate!r} invalid; expected a positive whole number of Hz (e.g. 16000)")
-    return int(sample_rate)
-
-
 def check_feature_batch(x, config: FeatureConfig) -> np.ndarray:
     """Features as a contiguous float32 (N, frames, n_mfcc) batch, or a one-line error naming the layout."""
     try:
@@ -191,7 +183,7 @@ class Predictor:
         window); the result is the mean of the windows' probabilities.
         """
         y = as_float_audio(waveform)
-        sample_rate = check_sample_rate(sample_rate)
+        sample_rate = audio.check_sample_rate(sample_rate)
         # before the channels are averaged (one clipping channel of two) and before resampling
         # (whose ringing may overshoot a full-scale file)
         peak = float(np.max(np.abs(y)))
