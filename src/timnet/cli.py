@@ -361,7 +361,7 @@ def _silence_stdout() -> None:
 
 
 def cmd_predict(args) -> int:
-    from .predict import WINDOW_AFTER, check_windowing, find_audio, load_model
+    from .predict import check_windowing, find_audio, load_model, one_piece_reason
 
     with _warnings_as_messages():
         predictor = load_model(args.model, corpus=args.corpus)
@@ -388,10 +388,8 @@ def cmd_predict(args) -> int:
         for w in pred.windows if args.show_windows else []:
             say(f"{'':<{name_width}}    {w['start_s']:7.2f}-{w['end_s']:<7.2f} {w['label']:<10} {w['probs'][w['label']]:.3f}")
         if not pred.windows and args.show_windows and args.hop is None:  # asked for windows, none made (--hop: pred.warnings)
-            cfg = predictor.feature_config
-            why = ("not longer than --window" if args.window is not None else
-                   f"up to {WINDOW_AFTER * cfg.signal_length / cfg.sample_rate:.2f} s is scored whole, as in training; --window W splits it")
-            _warn(f"{path}: scored in one piece ({why}): no windows for --show-windows")
+            _warn(f"{path}: scored in one piece ({one_piece_reason(args.window, predictor.feature_config)}): "
+                  "no windows for --show-windows")
         for warning in pred.warnings:
             _warn(f"{path}: {warning}")
     if args.json:

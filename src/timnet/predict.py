@@ -64,6 +64,14 @@ class Prediction:
         return out
 
 
+def one_piece_reason(window: float | None, config: FeatureConfig) -> str:
+    """Why a recording was scored whole rather than in windows."""
+    if window is not None:
+        return "not longer than the window"
+    return (f"up to {WINDOW_AFTER * config.signal_length / config.sample_rate:.2f} s is scored whole, as in training; "
+            "a window (--window) splits it")
+
+
 def check_windowing(window: float | None, hop: float | None, config: FeatureConfig) -> None:
     """A window holds one STFT hop of samples and at most the model's signal length (the features of
     a longer one would be centre-cropped to it, silently ignoring the rest); a hop moves by at least one
@@ -216,10 +224,7 @@ class Predictor:
             starts = [0]
             chunks = [y]
             if hop is not None:  # windows were asked for and none are made: said, not silently ignored
-                why = ("not longer than the window" if window is not None else
-                       f"up to {WINDOW_AFTER * cfg.signal_length / cfg.sample_rate:.2f} s is scored whole, as in training; "
-                       "a window (--window) splits it")
-                warnings.append(f"scored in one piece ({why}): hop {hop} s makes no windows")
+                warnings.append(f"scored in one piece ({one_piece_reason(window, cfg)}): hop {hop} s makes no windows")
         else:
             starts = list(range(0, len(y) - win + 1, step))
             if starts[-1] + win < len(y):

@@ -53,18 +53,26 @@ def run_context(identity: dict) -> str:
     recipe = f"recipe {tc.get('recipe', 'paper')}" + (f", {members} members" if members > 1 else "")
     if tc.get("swa_epochs"):
         recipe += f", SWA of the last {tc['swa_epochs']} epochs"
-    split = "speaker-independent" if identity.get("split") == "speaker" else "utterance-level"
-    return f"{identity['corpus']} · {recipe} · {identity['folds']}-fold {split} CV, seed {identity['seed']}"
+    return (f"{identity['corpus']} · {recipe} · {identity['folds']}-fold {_split_words(identity.get('split'))} CV, "
+            f"seed {identity['seed']}")
 
 
-def evaluation_context(summary: dict, weights: str | Path) -> str:
-    """The figures' first title line for `timnet test` of a RUN_DIR or of the authors' weights."""
+def _split_words(split: str | None) -> str:
+    return "speaker-independent" if split == "speaker" else "utterance-level"
+
+
+def _evaluation_context(summary: dict, weights: str | Path | None) -> tuple[str, int]:
+    """(the figures' first title line, networks per fold) for `timnet test` of a RUN_DIR or of the
+    authors' weights (one network per fold)."""
+    if weights is None:
+        return f"{summary['corpus']} · {summary['folds_n']} folds, seed {summary['seed']}", 1
     weights = Path(weights)
     if (weights / RUN_FILE).is_file():
-        return run_context({**_run_info(weights)["identity"], "folds": summary.get("run_folds_n", summary["folds_n"])})
-    split = "speaker-independent" if summary["split"] == "speaker" else "utterance-level"
-    return (f"{summary['corpus']} · the authors' weights ({weights.name}) · {summary['folds_n']}-fold {split} folds, "
-            f"seed {summary['seed']}")
+        identity = _run_info(weights)["identity"]
+        members = (identity.get("train_config") or {}).get("members", 1)
+        return run_context({**identity, "folds": summary.get("run_folds_n", summary["folds_n"])}), members
+    return (f"{summary['corpus']} · the authors' weights ({weights.name}) · {summary['folds_n']}-fold "
+            f"{_split_words(summary['split'])} folds, seed {summary['seed']}"), 1
 
 
 # -- reading a RUN_DIR ---------------------------------------------------------------------------
@@ -213,13 +221,7 @@ def plot_evaluation(fs: FeatureSet, summary: dict, outputs: dict, out_dir: str |
     """Confusion, recall and t-SNE figures of `timnet test` (evaluate.summarize's dict, evaluate's
     outputs); `weights`, the RUN_DIR or authors' folder tested, is named in the titles."""
     fused, y, folds = _tested(fs, outputs)
-    if weights is not None:
-        context = evaluation_context(summary, weights)
-    else:
-        context = f"{summary['corpus']} · {summary['folds_n']} folds, seed {summary['seed']}"
-    members = 1
-    if weights is not None and (Path(weights) / RUN_FILE).is_file():
-        members = (_run_info(Path(weights))["identity"].get("train_config") or {}).get("members", 1)
+    context, members = _evaluation_context(summary, weights)
     return _result_figures(summary["folds"], fs.labels, war=summary["mean_war"], uar=summary["mean_uar"],
                            fused=fused, y=y, folds=folds, seed=seed, out_dir=Path(out_dir), context=context,
                            members=members)
