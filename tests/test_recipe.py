@@ -238,6 +238,31 @@ def test_validation_watches_but_never_steers_the_paper_recipe():
     assert all(torch.equal(alone.state_dict()[k], v) for k, v in watched.state_dict().items())
 
 
+def test_best_val_keeps_the_best_epochs_weights_and_patience_stops_there():
+    """--select best-val ships the weights of its best validation epoch (those of a run trained
+    for just that many epochs), not the last epoch's under the best epoch's label; --patience P
+    stops P epochs after the last improvement."""
+    from timnet.run import model_config_for
+
+    fs = synthetic()
+    x, y = torch.from_numpy(fs.x), torch.from_numpy(fs.y)
+    tr, va = np.arange(0, 60), np.arange(60, 84)
+    y[va] = (y[va] + 3) % 7  # validation labels that training does not teach: its best epoch is early
+    kw = dict(model_config=model_config_for(fs), seed=3)
+    chosen, state = train_fold(x, y, tr, va, config=TrainConfig(epochs=12, batch_size=16, val_fraction=0.25,
+                                                                   select="best-val"), **kw)
+    best = state.best["epoch"]
+    assert best < 12 and max(r["val_uar"] for r in state.history) == state.best["uar"]
+    short, _ = train_fold(x, y, tr, va[:0], config=TrainConfig(epochs=best, batch_size=16), **kw)
+    assert all(torch.equal(short.state_dict()[k], v) for k, v in chosen.state_dict().items())
+    last, _ = train_fold(x, y, tr, va[:0], config=TrainConfig(epochs=12, batch_size=16), **kw)
+    assert not all(torch.equal(last.state_dict()[k], v) for k, v in chosen.state_dict().items())
+
+    _, stopped = train_fold(x, y, tr, va, config=TrainConfig(epochs=60, batch_size=16, val_fraction=0.25,
+                                                              select="best-val", patience=2), **kw)
+    assert stopped.stopped_early and len(stopped.history) == stopped.best["epoch"] + 2 < 60
+
+
 def test_swa_trains_like_the_paper_and_averages_its_last_epochs():
     """SWA changes no step of training (its raw weights equal the paper recipe's); the fold's
     model is the average of the weights after each epoch of the window."""
@@ -291,16 +316,32 @@ def test_swa_resumes_exactly(tmp_path):
         assert all(torch.equal(a[n], b[n]) for n in a)
 
 
-def _full_and_killed_then_resumed(tmp_path, *args) -> tuple[Path, Path]:
-    """Two runs of `timnet train *args`: one uninterrupted, one killed after fold 2's epoch 2 and resumed."""
+def _full_and_killed_then_resumed(tmp_path, *args, die="fold_02:2") -> tuple[Path, Path]:
+    """Two runs of `timnet train *args`: one uninterrupted, one killed after fold 2's epoch 2 (or `die`) and resumed."""
     features = save_features(synthetic(), tmp_path / "f.npz")
     full = train_cli(features, tmp_path / "full", *args, "--json", tmp_path / "full.json")
     assert full.returncode == 0, full.stderr
-    killed = train_cli(features, tmp_path / "res", *args, "--workers", "1", env={"TIMNET_TEST_DIE_AFTER": "fold_02:2"})
+    killed = train_cli(features, tmp_path / "res", *args, "--workers", "1", env={"TIMNET_TEST_DIE_AFTER": die})
     assert killed.returncode == -9
     resumed = train_cli(features, tmp_path / "res", *args, "--json", tmp_path / "res.json")
     assert resumed.returncode == 0, resumed.stderr
     return tmp_path / "full", tmp_path / "res"
+
+
+def test_best_val_and_patience_resume_exactly_from_an_older_snapshot(tmp_path):
+    """Killed at epoch 5 with snapshots every 3 epochs: the resumed fold replays epochs 4-5 from the
+    epoch-3 snapshot, and its best epoch, patience count and chosen weights equal an uninterrupted run's."""
+    full, res = _full_and_killed_then_resumed(tmp_path, "--val-fraction", "0.25", "--select", "best-val", "--patience", "2",
+                                              "--save-every", "3", "--epochs", "8", die="fold_02:5")
+    assert (res / "fold_02" / "test_died_after_epoch_5").exists()
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("full.json", "res.json"))
+    keys = ("confusion", "epoch", "epochs_run", "stopped_early")
+    assert [[f[k] for k in keys] for f in a["folds"]] == [[f[k] for k in keys] for f in b["folds"]]
+    for k in (1, 2, 3):
+        h = f"fold_{k:02d}/history.csv"
+        assert (full / h).read_text() == (res / h).read_text()
+        x, y = (torch.load(d / f"fold_{k:02d}" / "model.pt", weights_only=True)["state_dict"] for d in (full, res))
+        assert all(torch.equal(x[n], y[n]) for n in x)
 
 
 def test_cosine_schedule_with_warmup():

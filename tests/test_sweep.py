@@ -11,6 +11,7 @@ from timnet import sweep as sweep_mod
 from timnet.backends import LocalBackend
 from timnet.errors import TimnetError
 from timnet.features import save_features
+from timnet.folds import make_folds
 from timnet.run import Run
 from timnet.train import TrainConfig
 
@@ -56,7 +57,8 @@ def test_randint_bounds_written_as_whole_floats_draw_integers():
 
 
 class Spy(np.ndarray):
-    """Features that log every indexed read (the only way test samples reach a model)."""
+    """Features that log every indexed read: the order in which evaluation reaches test samples.
+    (Training reads the whole array at once, so what training sees is shown by scrambling.)"""
 
     log: list = []
 
@@ -67,6 +69,8 @@ class Spy(np.ndarray):
 
 
 def test_sweep_never_reads_test_folds_before_the_end(tmp_path, monkeypatch):
+    """Test folds are read once each, after every trial trained; and what a fold's test samples
+    hold changes neither that fold's validation scores nor its choice of trial."""
     fs = synthetic()
     fs.x = fs.x.view(Spy)
     Spy.log = []
@@ -78,12 +82,15 @@ def test_sweep_never_reads_test_folds_before_the_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sweep_mod, "load_checkpoint", load_checkpoint)
     space = {"lr": {"loguniform": [3e-4, 3e-3]}, "epochs": 2}
-    def make_run(folder, config, model_overrides):
-        return Run(fs, folder, config=config, folds=3, seed=3, threads=1, model_overrides=model_overrides,
-                   evaluate_test=False)
+    def sweep(features, folder):
+        def make_run(run_dir, config, model_overrides):
+            return Run(features, run_dir, config=config, folds=3, seed=3, threads=1,
+                       model_overrides=model_overrides, evaluate_test=False)
 
-    out = sweep_mod.run_sweep(fs, tmp_path / "sw", space=space, trials=2, base=TrainConfig(batch_size=16, val_fraction=0.25),
-                              backend=LocalBackend(1), seed=3, make_run=make_run, progress=False, log=lambda m: None)
+        return sweep_mod.run_sweep(features, folder, space=space, trials=2, base=TrainConfig(batch_size=16, val_fraction=0.25),
+                                   backend=LocalBackend(1), seed=3, make_run=make_run, progress=False, log=lambda m: None)
+
+    out = sweep(fs, tmp_path / "sw")
     events = [e for e, _ in Spy.log]
     assert events[0] == "load"  # nothing was read by index before the first fold's choice
     assert events == ["load", "read"] * 3  # then each fold: its chosen model, its test split, once
@@ -100,6 +107,24 @@ def test_sweep_never_reads_test_folds_before_the_end(tmp_path, monkeypatch):
         v = json.loads((tmp_path / "sw" / t["trial"] / "validation.json").read_text())
         assert all("war" not in f and "val_uar" in f for f in v["folds"])
     assert out["test"]["folds_n"] == 3 and 0 <= out["test"]["mean_uar"] <= 1
+
+    # Fold 2's test samples, features and labels, replaced: fold 2's trials train and validate on
+    # the same data (the other folds train on those samples, so only fold 2 must stay the same).
+    monkeypatch.undo()
+    test_idx = make_folds(len(fs), folds=3, seed=3)[1][1]
+    scrambled = synthetic()
+    rng = np.random.default_rng(11)
+    scrambled.x[test_idx] = rng.standard_normal(scrambled.x[test_idx].shape).astype(np.float32)
+    scrambled.y[test_idx] = (scrambled.y[test_idx] + rng.integers(1, 7, len(test_idx))) % 7
+    other = sweep(scrambled, tmp_path / "scrambled")
+    for t in ("trial_001", "trial_002"):
+        a, b = (json.loads((tmp_path / d / t / "validation.json").read_text())["folds"][1] for d in ("sw", "scrambled"))
+        assert a.pop("seconds") > 0 and b.pop("seconds") > 0 and a == b  # all but the wall time
+        assert (tmp_path / "sw" / t / "fold_02" / "history.csv").read_text() == \
+            (tmp_path / "scrambled" / t / "fold_02" / "history.csv").read_text()
+    mine, theirs = out["test"]["folds"][1], other["test"]["folds"][1]
+    assert mine["trial"] == theirs["trial"] and mine["val_uar"] == theirs["val_uar"]
+    assert mine["confusion"] != theirs["confusion"]  # the test score did read the replaced samples
 
 
 def test_sweep_cli_and_bad_space(tmp_path):

@@ -361,6 +361,7 @@ def train_fold(
             on_epoch(row)
         if state_path is not None and (state.epoch % config.save_every == 0 or state.stopped_early):
             state.save(state_path)
+        if state_path is not None:
             _test_hook_die(state_path, state.epoch)
 
     if config.select == "best-val" and state.best is not None:
@@ -494,7 +495,8 @@ def _adam(model: TIMNet, config: TrainConfig, *, fused: bool) -> torch.optim.Opt
 
 
 def _test_hook_die(state_path: Path, epoch: int) -> None:
-    """Kill this process (SIGKILL, like `kill -9`) right after a snapshot, when a test asks to.
+    """Kill this process (SIGKILL, like `kill -9`) at the end of an epoch (after its snapshot, if
+    the epoch saves one), when a test asks to.
 
     TIMNET_TEST_DIE_AFTER=<fold dir name>:<epoch>, e.g. fold_02:3, or <fold dir>/<snapshot>:<epoch>,
     e.g. fold_02/state_member1.pt:2 for a later member; unset in normal use. It dies once: a
