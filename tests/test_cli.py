@@ -26,11 +26,29 @@ def assert_one_line_error(result, *fragments):
 def test_corpora_lists_all_six():
     result = timnet("corpora")
     assert result.returncode == 0
-    for name, seed, length in (("CASIA", 32, 88000), ("EMODB", 46, 96000), ("EMOVO", 1, 96000),
-                               ("IEMOCAP", 16, 310000), ("RAVDESS", 46, 110000), ("SAVEE", 44, 130000)):
-        line = next(l for l in result.stdout.splitlines() if l.startswith(name))
-        assert str(seed) in line.split() and str(length) in line.split()
+    # SPEC.md's table, column by column: signal length, seed, dilation levels, files, speakers, labels
+    spec = {"CASIA": (88000, 32, 8, 1200, 4, "angry fear happy neutral sad surprise"),
+            "EMODB": (96000, 46, 8, 535, 10, "angry boredom disgust fear happy neutral sad"),
+            "EMOVO": (96000, 1, 8, 588, 6, "angry disgust fear happy neutral sad surprise"),
+            "IEMOCAP": (310000, 16, 10, 5531, 10, "angry happy neutral sad"),
+            "RAVDESS": (110000, 46, 8, 1440, 24, "angry calm disgust fear happy neutral sad surprise"),
+            "SAVEE": (130000, 44, 8, 480, 4, "angry disgust fear happy neutral sad surprise")}
+    for name, (*numbers, labels) in spec.items():
+        line = next(l for l in result.stdout.splitlines() if l.startswith(name)).split()
+        assert line[1:6] == [str(n) for n in numbers] and line[6:] == labels.split(), line
     assert "Actor_NN/03-01-EE-II-SS-RR-NN.wav" in result.stdout
+
+
+def test_speaker_split_needs_speaker_ids(tmp_path):
+    """The authors' .npy features carry no speakers: a leave-one-speaker-out run on them is refused
+    in one line, before a RUN_DIR is made."""
+    npy, run = tmp_path / "EMODB.npy", tmp_path / "run"
+    rng = np.random.default_rng(0)
+    np.save(npy, {"x": rng.standard_normal((14, 188, 39)).astype(np.float32), "y": np.eye(7)[np.arange(14) % 7]},
+            allow_pickle=True)
+    assert_one_line_error(timnet("train", npy, "--corpus", "emodb", "--split", "speaker", "-o", run),
+                          "--split speaker needs speaker ids", "timnet extract")
+    assert not run.exists()
 
 
 @pytest.fixture
@@ -272,6 +290,8 @@ def test_test_on_authors_npy_is_exact(reference, tmp_path):
     assert r["mean_uar"] == pytest.approx(ref["mean_uar"], abs=1e-12)
     for mine, theirs in zip(r["folds"], ref["per_fold"]):
         assert mine["war"] == pytest.approx(theirs["war"], abs=1e-12) and mine["uar"] == pytest.approx(theirs["uar"], abs=1e-12)
+    for m in ("war", "uar"):  # the spread over the ten folds (population std, as evaluate.summarize documents)
+        assert r[f"std_{m}"] == pytest.approx(np.std([f[m] for f in ref["per_fold"]]), abs=1e-12)
 
 
 @pytest.mark.realdata

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import timnet
+from conftest import DATA, REFERENCE, need
 from timnet.corpora import (
     AUDIO_EXTENSIONS,
     CORPORA,
@@ -18,8 +20,6 @@ from timnet.corpora import (
     skip_summary,
 )
 from timnet.errors import TimnetError
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def write_wav(path: Path, *, seconds=0.1, sr=16000, channels=1, subtype="PCM_16", seed=0):
@@ -378,6 +378,7 @@ def iemocap(tmp_path):
     touch(s3 / "dialog" / "EmoEvaluation" / "Ses03M_script01_2.txt", (
         HEADER + "[ 1.0 - 2.5 ]  Ses03M_script01_2_F012   sad  [2.0, 2.0, 2.0]\n"
         "[3.0 - 4.5]\tSes03M_script01_2_M003\thap\t[4.0, 3.0, 3.0]\n"
+        "[5.0 - 6.5]\tSes03M_script01_2_M004\tang\t[2.0, 4.0, 4.0]\n"
     ).encode())
     # IEMOCAP has a few turns named with XX before the number (Ses03F_impro06_FXX0)
     touch(s3 / "dialog" / "EmoEvaluation" / "Ses03F_impro06.txt", evaluation(("Ses03F_impro06_FXX0", "sad")).encode())
@@ -387,7 +388,7 @@ def iemocap(tmp_path):
         wav1 + "Ses01F_impro01_F000.wav", wav1 + "Ses01F_impro01_M000.wav", wav1 + "Ses01F_impro01_F001.wav",
         wav1 + "Ses01F_impro01_M001.wav", wav1 + "Ses01F_impro01_M002.wav",  # no F002: labelled, missing
         wav1 + "Ses01F_impro01_F003.wav",  # only labelled in a subfolder
-        wav3 + "Ses03M_script01_2_F012.wav", "!" + wav3 + "Ses03M_script01_2_M003.wav",
+        wav3 + "Ses03M_script01_2_F012.wav", "!" + wav3 + "Ses03M_script01_2_M003.wav", wav3 + "Ses03M_script01_2_M004.wav",
         "IEMOCAP_full_release/Session1/dialog/wav/Ses01F_impro01.wav",  # the whole dialog: silent
         "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/notes.wav",
         "IEMOCAP_full_release/Session3/sentences/wav/Ses03F_impro06/Ses03F_impro06_FXX0.wav",
@@ -405,6 +406,7 @@ def test_iemocap_tree(iemocap):
     wav1 = "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/"
     wav3 = "IEMOCAP_full_release/Session3/sentences/wav/Ses03M_script01_2/"
     assert summary_of(listing) == [
+        (wav3 + "Ses03M_script01_2_M004.wav", "angry", "Ses03M"),
         (wav1 + "Ses01F_impro01_F001.wav", "happy", "Ses01F"),  # exc counts as happy
         (wav3 + "Ses03M_script01_2_M003.wav", "happy", "Ses03M"),
         (wav1 + "Ses01F_impro01_F000.wav", "neutral", "Ses01F"),
@@ -463,16 +465,9 @@ def test_list_corpus_unknown_name(tmp_path):
 # --- real data (../shared) ----------------------------------------------------------------------
 
 
-def shared_path(*parts) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} not found: the real-data tier needs ../shared next to the repository")
-    return path
-
-
 @pytest.mark.realdata
 def test_real_emodb():
-    listing = list_corpus("emodb", shared_path("data", "EMODB"))
+    listing = list_corpus("emodb", need(DATA / "EMODB"))
     assert len(listing.items) == 535 and listing.skipped == ()
     counts = Counter(get_label(listing, item) for item in listing.items)
     assert counts == {
@@ -481,14 +476,14 @@ def test_real_emodb():
     assert len({item.speaker for item in listing.items}) == 10
     assert [item.path for item in listing.items[:3]] == ["wav/03a01Wa.wav", "wav/03a02Wb.wav", "wav/03a02Wc.wav"]
     # the authors' own sample order, which their fold weights depend on
-    reference = np.load(shared_path("reference", "emodb_official_reference.npz"))
+    reference = np.load(need(REFERENCE))
     assert [Path(item.path).name for item in listing.items] == reference["files"].tolist()
     assert [item.label for item in listing.items] == reference["labels"].tolist()
 
 
 @pytest.mark.realdata
 def test_real_casia():
-    listing = list_corpus("casia", shared_path("data", "CASIA"))
+    listing = list_corpus("casia", need(DATA / "CASIA"))
     assert len(listing.items) == 1200 and listing.skipped == ()
     counts = Counter((item.speaker, get_label(listing, item)) for item in listing.items)
     assert set(counts.values()) == {50} and len(counts) == 24
@@ -496,10 +491,9 @@ def test_real_casia():
     assert_sample_order(listing)
 
 
-@pytest.mark.realdata
 def test_real_ravdess_names(tmp_path):
-    # the published RAVDESS file names, as placeholder files: the walker reads names only
-    manifest = shared_path("manifests", "RAVDESS.sha256").read_text().split("\n")
+    # the published RAVDESS file names (the manifest timnet ships), as placeholder files: the walker reads names only
+    manifest = (Path(timnet.__file__).parent / "manifests" / "RAVDESS.sha256").read_text().split("\n")
     for line in filter(None, manifest):
         touch(tmp_path / line.split(maxsplit=1)[1].strip(), b"x")
     touch(tmp_path / "Actor_01" / "03-02-01-01-01-01-01.wav", b"x")  # from the song archive

@@ -225,6 +225,7 @@ def test_cli_error_row_and_exit_status(run_dir, clips, tmp_path):
     assert len(errors) == 1 and "broken.wav" in errors[0]  # also on stderr, for a pipe that drops stdout's rows
     rows = json.loads((tmp_path / "p.json").read_text())
     assert [("error" in row) for row in rows] == [False, True, False]
+    assert [row["file"] for row in rows] == [str(clips["16k"]), str(bad), str(clips["flac"])]
     assert set(rows[0]["probs"]) == set(LABELS)
     assert rows[1]["label"] is None and rows[1]["probs"] is None  # every row has the contract's keys
     for option, value, fragment in (("--hop", "0", "invalid; expected at least one sample"),
@@ -272,6 +273,7 @@ def test_authors_fold1_predictions_match_reference(reference, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "p.json").read_text())
+    assert [row["file"] for row in rows] == files  # each row names its file, in the order given
     labels = reference["class_names"].tolist()
     got = np.array([[row["probs"][l] for l in labels] for row in rows])
     np.testing.assert_allclose(got, reference["probs"][idx], atol=1e-4, rtol=0)  # as the README says
