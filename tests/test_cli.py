@@ -39,15 +39,17 @@ def test_corpora_lists_all_six():
     assert "Actor_NN/03-01-EE-II-SS-RR-NN.wav" in result.stdout
 
 
-def test_speaker_split_needs_speaker_ids(tmp_path):
+def test_speaker_split_needs_speaker_ids_and_seed_lists_integers(tmp_path):
     """The authors' .npy features carry no speakers: a leave-one-speaker-out run on them is refused
-    in one line, before a RUN_DIR is made."""
+    in one line, before a RUN_DIR is made; so is a --seeds list with a non-integer."""
     npy, run = tmp_path / "EMODB.npy", tmp_path / "run"
     rng = np.random.default_rng(0)
     np.save(npy, {"x": rng.standard_normal((14, 188, 39)).astype(np.float32), "y": np.eye(7)[np.arange(14) % 7]},
             allow_pickle=True)
     assert_one_line_error(timnet("train", npy, "--corpus", "emodb", "--split", "speaker", "-o", run),
                           "--split speaker needs speaker ids", "timnet extract")
+    assert_one_line_error(timnet("train", npy, "--corpus", "emodb", "--seeds", "46,x", "-o", run),
+                          "--seeds '46,x': expected comma-separated integers")
     assert not run.exists()
 
 

@@ -563,6 +563,16 @@ def test_seeds_out_of_numpys_range_are_one_error(tmp_path, seed):
     assert not (tmp_path / "r").exists() and not (tmp_path / "m").exists()
 
 
+def test_seed_lists_repeated_or_empty_are_one_error(tmp_path):
+    def make(folder, s):
+        return Run(synthetic(), folder, config=TrainConfig(**FAST), folds=3, seed=s)
+
+    for seeds, message in (([46, 47, 46], "--seeds 46,47,46: a seed is repeated"), ([], "expected at least one seed")):
+        with pytest.raises(TimnetError, match=message):
+            seed_runs(tmp_path / "m", seeds=seeds, make_run=make)
+    assert not (tmp_path / "m").exists()
+
+
 def test_infinite_rates_are_refused():
     for option, value in (("lr", float("inf")), ("mixup_alpha", float("inf")), ("lr", float("nan"))):
         with pytest.raises(TimnetError, match=f"--{option.replace('_', '-')} {value} invalid"):
