@@ -68,6 +68,13 @@ def test_speaker_folds_never_share_a_speaker(folds):
         assert not set(fs.speakers[tr]) & set(fs.speakers[te])
     if folds == 6:  # leave-one-speaker-out
         assert [len(set(fs.speakers[te])) for _, te in splits] == [1] * 6
+    else:  # GroupKFold: the seed decides which speakers test together
+        again = make_folds(len(fs), folds=folds, seed=1, split="speaker", speakers=fs.speakers)
+        other = make_folds(len(fs), folds=folds, seed=2, split="speaker", speakers=fs.speakers)
+        def groups(ss):
+            return sorted(tuple(sorted(set(fs.speakers[te]))) for _, te in ss)
+
+        assert groups(again) == groups(splits) and groups(other) != groups(splits)
     with pytest.raises(TimnetError, match="needs at least 7 speakers; these features have 6"):
         make_folds(len(fs), folds=7, seed=1, split="speaker", speakers=fs.speakers)
 
@@ -178,9 +185,14 @@ def test_run_dir_contents(tmp_path):
     run = Run(fs, tmp_path / "r", config=TrainConfig(val_fraction=0.2, **FAST), folds=3, split="speaker", seed=3)
     run.prepare()
     summary = run.execute(progress=False, log=lambda m: None)
-    assert summary["split"] == "speaker" and len(summary["folds"]) == 3
+    assert summary["split"] == "speaker" and len(summary["folds"]) == 3 and summary["folds_n"] == 3
     for f in summary["folds"]:
         assert len(f["test_speakers"]) == 2
+    assert sum(f["n_test"] for f in summary["folds"]) == len(fs)
+    for m in ("war", "uar"):  # INTERFACE.md's means and (population) std over the folds
+        values = [f[m] for f in summary["folds"]]
+        assert summary[f"mean_{m}"] == pytest.approx(np.mean(values)) and summary[f"std_{m}"] == pytest.approx(np.std(values))
+    assert json.loads((tmp_path / "r" / "results.json").read_text()) == json.loads(json.dumps(summary))
     import torch
     ck = torch.load(tmp_path / "r" / "fold_01" / "model.pt", weights_only=True)
     tr, va, te = (set(ck["extra"][k]) for k in ("train_idx", "val_idx", "test_idx"))
