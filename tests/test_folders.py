@@ -71,3 +71,11 @@ def test_extract_and_train_two_epochs(tree, tmp_path):
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["corpus"] == "FOLDERS" and res["labels"] == ["calm", "excited", "tired"] and res["seed"] == 0
     assert sorted(s for f in res["folds"] for s in f["test_speakers"]) == ["ann", "bob", "cid"]
+    # `timnet test` of the run takes its split and folds from run.json: the same speakers, the same scores
+    r = subprocess.run([sys.executable, "-m", "timnet", "test", str(feats), "--weights", str(tmp_path / "run"),
+                        "--json", str(tmp_path / "t.json")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert t["split"] == "speaker" and t["folds_n"] == 3
+    assert [(f["test_speakers"], f["war"], f["uar"]) for f in t["folds"]] == \
+        [(f["test_speakers"], f["war"], f["uar"]) for f in res["folds"]]
