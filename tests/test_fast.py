@@ -95,12 +95,23 @@ def test_native_float32_matches_reference(model):
 
 
 def test_eval_mode_and_features_match_reference(model):
+    """Eval mode normalises with the running statistics and the affine parameters (random here, so a
+    path that ignored either, or used the batch's statistics, would differ)."""
     x, _ = batch(seed=3)
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(5)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+        n = bn.num_features
+        bn.running_mean.copy_(0.3 * torch.randn(n, generator=g))
+        bn.running_var.copy_(0.5 + torch.rand(n, generator=g))
+        bn.weight.data.copy_(1 + 0.3 * torch.randn(n, generator=g))
+        bn.bias.data.copy_(0.2 * torch.randn(n, generator=g))
     m64 = copy.deepcopy(model).double().eval()
     with torch.no_grad():
-        m64(x.double())  # nothing to update in eval mode; running stats as initialised
         ref_logits, ref_z = m64(x.double(), return_features=True)
         logits, z = fast.forward(copy.deepcopy(model).eval(), x, return_features=True)
+        batch_stats, _ = fast.forward(copy.deepcopy(model).train(), x, return_features=True)
+    assert float((batch_stats.double() - ref_logits).abs().max() / ref_logits.abs().max()) > 1e-2
     assert float((logits.double() - ref_logits).abs().max() / ref_logits.abs().max()) < 1e-5
     assert float((z.double() - ref_z).abs().max() / ref_z.abs().max()) < 1e-5
 
