@@ -5,8 +5,8 @@ PY     := $(VENV)/bin/python
 # torch first and pinned: any other spec lets pip pull a multi-GB CUDA build here.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
-# the interpreter set-up builds on: the venv's when it exists, else $(PYTHON)
-BASE   := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+# the interpreter set-up builds on: the venv's when it runs, else $(PYTHON)
+BASE   := $(shell test -x $(PY) && echo $(PY) || echo $(PYTHON))
 # test processes (pytest-xdist): most tests wait on subprocesses, imports and files, so two
 # share the CI machine's two cores well
 TEST_WORKERS ?= 2
@@ -16,6 +16,7 @@ TEST_WORKERS ?= 2
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
+	@command -v $(BASE) >/dev/null 2>&1 || { echo "$(BASE): no such Python interpreter; give one with make PYTHON=python3.11 (or newer)" >&2; exit 1; }
 	@$(BASE) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "timnet needs Python >= 3.11; $(BASE) is $$($(BASE) -V 2>&1): make clean, then make PYTHON=python3.11 (or newer)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
