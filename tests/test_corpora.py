@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import timnet
 from conftest import DATA, REFERENCE, need
+from timnet.check import read_manifest
 from timnet.corpora import (
     AUDIO_EXTENSIONS,
     CORPORA,
@@ -493,9 +493,8 @@ def test_real_casia():
 
 def test_real_ravdess_names(tmp_path):
     # the published RAVDESS file names (the manifest timnet ships), as placeholder files: the walker reads names only
-    manifest = (Path(timnet.__file__).parent / "manifests" / "RAVDESS.sha256").read_text().split("\n")
-    for line in filter(None, manifest):
-        touch(tmp_path / line.split(maxsplit=1)[1].strip(), b"x")
+    for rel in read_manifest("ravdess"):
+        touch(tmp_path / rel, b"x")
     touch(tmp_path / "Actor_01" / "03-02-01-01-01-01-01.wav", b"x")  # from the song archive
     listing = list_corpus("ravdess", tmp_path)
     assert len(listing.items) == 1440

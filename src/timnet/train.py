@@ -359,9 +359,9 @@ def train_fold(
         state.seconds = before + time.perf_counter() - t0
         if on_epoch is not None:
             on_epoch(row)
-        if state_path is not None and (state.epoch % config.save_every == 0 or state.stopped_early):
-            state.save(state_path)
         if state_path is not None:
+            if state.epoch % config.save_every == 0 or state.stopped_early:
+                state.save(state_path)
             _test_hook_die(state_path, state.epoch)
 
     if config.select == "best-val" and state.best is not None:
