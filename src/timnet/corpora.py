@@ -83,9 +83,11 @@ def skip_summary(listing: Listing, *, limit: int = 5) -> str | None:
         kinds[kind] = kinds.get(kind, 0) + 1
     where = f" not used as {listing.corpus} utterances" if listing.corpus else ""
     text = f"skipped {len(skipped)} {noun}{where}"
-    if len(kinds) > 1 or len(skipped) > limit:
+    counted = len(kinds) > 1 or len(skipped) > limit
+    if counted:
         text += " (" + "; ".join(f"{count} {kind}" for kind, count in kinds.items()) + ")"
-    shown = ", ".join(f"{path} ({reason})" for path, reason in skipped[:limit])
+    # a reason the counts above already spell out is not repeated after each name
+    shown = ", ".join(path if counted and reason in kinds else f"{path} ({reason})" for path, reason in skipped[:limit])
     if shown:
         text += f": {shown}"
     if len(skipped) > limit:

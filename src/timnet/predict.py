@@ -206,7 +206,7 @@ class Predictor:
         y = audio.resample(y, orig_sr=int(sample_rate), target_sr=cfg.sample_rate)
         seconds = len(y) / cfg.sample_rate
         if seconds < SHORT_SECONDS:
-            warnings.append(f"very short audio ({seconds:.2f} s)")
+            warnings.append(f"very short audio ({seconds:.2g} s)")  # .2g: 50 samples read 0.0031 s, not 0.00 s
         rms = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
         dbfs = 20 * math.log10(rms) if rms > 0 else -math.inf
         if rms < QUIET_RMS:
