@@ -302,16 +302,20 @@ def test_skip_summary(ravdess):
     listing = list_corpus("ravdess", ravdess)
     assert skip_summary(listing) == (
         "skipped 5 files not used as RAVDESS utterances (1 song; 1 modality 01, not audio-only; 2 name; 1 duplicate): "
-        # the counts name each reason once; a duplicate still says which file it repeats
-        "Actor_01/03-02-05-01-01-01-01.wav, Actor_02/01-01-05-01-01-01-02.wav, "
-        "Actor_02/03-01-09-01-01-01-02.wav, README.wav, "
+        "Actor_01/03-02-05-01-01-01-01.wav (song), "
+        "Actor_02/01-01-05-01-01-01-02.wav (modality 01, not audio-only), "
+        "Actor_02/03-01-09-01-01-01-02.wav (name), README.wav (name), "
         "audio_speech_actors_01-24/Actor_01/03-01-05-01-01-01-01.wav "
         "(duplicate of Actor_01/03-01-05-01-01-01-01.wav)"
     )
     assert skip_summary(listing, limit=2) == (
         "skipped 5 files not used as RAVDESS utterances (1 song; 1 modality 01, not audio-only; 2 name; 1 duplicate): "
-        "Actor_01/03-02-05-01-01-01-01.wav, Actor_02/01-01-05-01-01-01-02.wav (+3 more)"
+        "Actor_01/03-02-05-01-01-01-01.wav (song), "
+        "Actor_02/01-01-05-01-01-01-02.wav (modality 01, not audio-only) (+3 more)"
     )
+    # one reason for all, said once in the count rather than after every name
+    many = Listing(items=listing.items, skipped=tuple((f"a{i}.wav", "name") for i in range(7)))
+    assert skip_summary(many, limit=2) == "skipped 7 files (7 name): a0.wav, a1.wav (+5 more)"
     assert skip_summary(Listing(items=listing.items, skipped=(("x.wav", "name"),))) == (
         "skipped 1 file: x.wav (name)"
     )

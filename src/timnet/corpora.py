@@ -86,8 +86,10 @@ def skip_summary(listing: Listing, *, limit: int = 5) -> str | None:
     counted = len(kinds) > 1 or len(skipped) > limit
     if counted:
         text += " (" + "; ".join(f"{count} {kind}" for kind, count in kinds.items()) + ")"
-    # a reason the counts above already spell out is not repeated after each name
-    shown = ", ".join(path if counted and reason in kinds else f"{path} ({reason})" for path, reason in skipped[:limit])
+    # one reason for every file, already in the count, is not repeated after each name;
+    # with several, each name keeps its own
+    same = counted and len(kinds) == 1
+    shown = ", ".join(path if same and reason in kinds else f"{path} ({reason})" for path, reason in skipped[:limit])
     if shown:
         text += f": {shown}"
     if len(skipped) > limit:
