@@ -137,6 +137,15 @@ class _Match(NamedTuple):
     utterance: str  # identity of the recording, to drop a second copy of it
 
 
+def _copy_order(path: str) -> tuple:
+    """Which of several copies of one recording is kept: the first in this order."""
+    pure = PurePosixPath(path)
+    conventional = pure.with_suffix(pure.suffix.lower()).as_posix()
+    # shallowest copy first, so a nested duplicate tree (as in some re-packaged downloads) loses;
+    # of `x.wav` and `x.WAV` side by side the conventional lower-case name is kept
+    return path.count("/"), natural_key(conventional), path != conventional, path
+
+
 def _listing(
     corpus: str, found: list[tuple[str, _Match]], skipped: list[tuple[str, str]],
     *, labels: tuple[str, ...] | None = None,
@@ -145,8 +154,7 @@ def _listing(
     labels = labels if labels is not None else CORPORA[corpus].labels
     kept: dict[str, str] = {}
     items = []
-    # shallowest copy first, so a nested duplicate tree (as in some re-packaged downloads) loses
-    for path, match in sorted(found, key=lambda f: (f[0].count("/"), natural_key(f[0]), f[0])):
+    for path, match in sorted(found, key=lambda f: _copy_order(f[0])):
         # An empty or broken file stays listed: the audio loader names it as an error (or skips it
         # under --skip-bad), since a silently missing utterance would change the folds.
         if match.utterance in kept:
