@@ -288,6 +288,42 @@ def test_interrupt_stops_parallel_training_promptly(tmp_path, how):
     assert len(list((tmp_path / "r").glob("fold_*/result.json"))) < 6  # the queued folds were not trained
 
 
+@pytest.mark.parametrize("starting", [1, 3])
+def test_ctrl_c_while_workers_start(tmp_path, starting):
+    """Ctrl-C as the run's processes start (the manager: 1; the manager and both workers, still
+    importing torch: 3). Each starts with SIGINT blocked, so none prints a traceback of its own, and
+    the run ends with one line: a manager interrupted halfway through its start was left serving,
+    and the parent then waited for it at exit forever."""
+    import signal
+    import time
+
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    cmd = [sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "r"), "--folds", "4",
+           "--epochs", "400", "--threads", "1", "--workers", "2", "--no-report", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline, spawned = time.time() + 60, []
+    while len(spawned) < starting and time.time() < deadline and proc.poll() is None:
+        for c in _children(proc.pid):
+            try:
+                status = Path(f"/proc/{c}/status").read_text()
+                spawned_by_us = "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()
+            except FileNotFoundError:
+                continue
+            if spawned_by_us and c not in spawned:
+                blocked = int(status.split("SigBlk:")[1].split()[0], 16)
+                assert blocked >> (signal.SIGINT - 1) & 1, f"child {c} started with Ctrl-C open"
+                spawned.append(c)
+        time.sleep(0.01)
+    assert len(spawned) == starting, "the run's processes did not start"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "timnet: interrupted", err
+    t0 = time.time()
+    while any(_alive(c) for c in spawned) and time.time() - t0 < 30:
+        time.sleep(0.2)
+    assert not [c for c in spawned if _alive(c)], "processes of the run outlived it"
+
+
 def test_test_refuses_run_dir_on_other_features(tmp_path):
     fs = synthetic()
     run = Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "epochs": 1}), folds=3, threads=1)

@@ -16,7 +16,7 @@ import socket
 from typing import Callable, Iterator
 
 from .errors import TimnetError
-from .utils import check_pool, end_pool, sigterm_handler
+from .utils import check_pool, ctrl_c_held, end_pool, sigterm_handler
 
 Task = tuple[int, int]  # (index of the run, fold number)
 OnEpoch = Callable[[Task, dict], None]
@@ -106,7 +106,8 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")  # fork after torch has run threads is not safe
-    manager = ctx.Manager()  # a server process of its own: shut down below, else it outlives the run
+    with ctrl_c_held(ctx):
+        manager = ctx.Manager()  # a server process of its own: shut down below, else it outlives the run
     q = manager.Queue()
     queued = _units(runs, tasks, workers)
     pool = ProcessPoolExecutor(min(workers, len(queued)), mp_context=ctx, initializer=_worker_init,
@@ -121,7 +122,8 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
         while queued or pending:
             while len(pending) < workers and (unit := next((u for u in queued if ready(u)), None)) is not None:
                 queued.remove(unit)
-                pending[pool.submit(_worker_unit, unit)] = unit
+                with ctrl_c_held(ctx):  # the pool starts its workers as work is submitted
+                    pending[pool.submit(_worker_unit, unit)] = unit
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             if not done:
                 check_pool(pool)

@@ -17,7 +17,7 @@ import numpy as np
 from . import audio, dispatch
 from .corpora import CORPORA, FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, natural_key, skip_summary
 from .errors import TimnetError
-from .utils import atomic_write, end_pool, pool_result
+from .utils import atomic_write, ctrl_c_held, end_pool, pool_result
 
 
 @dataclass(frozen=True)
@@ -175,10 +175,12 @@ def extract(
             bar.update()
     else:
         _warm_up(config)
-        pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker)
+        context = _pool_context()
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
         results = []
         try:
-            chunks = [pool.submit(_worker_chunk, jobs[i:i + _CHUNK]) for i in range(0, len(jobs), _CHUNK)]
+            with ctrl_c_held(context):  # the pool starts its workers as work is submitted
+                chunks = [pool.submit(_worker_chunk, jobs[i:i + _CHUNK]) for i in range(0, len(jobs), _CHUNK)]
             for chunk in chunks:
                 done = pool_result(pool, chunk)
                 results.extend(done)

@@ -116,6 +116,42 @@ def folder_lock(folder: str | Path):
 
 
 @contextlib.contextmanager
+def ctrl_c_held(context):
+    """Start child processes (of multiprocessing `context`) inside: Ctrl-C waits for the end of the
+    block, and they begin with it blocked. A spawned worker otherwise hears a Ctrl-C while it still
+    imports torch, before it can ignore it, and prints its own traceback; a manager process
+    interrupted while starting is left serving, and the parent waits for it at exit forever. Only in
+    the main thread, where handlers live."""
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield
+        return
+    pressed = []
+    signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+    # the signal mask, unlike a handler, survives exec: the children start with Ctrl-C blocked
+    blocking = hasattr(signal, "pthread_sigmask")  # not on Windows
+    if blocking and context.get_start_method() != "fork":
+        from multiprocessing import resource_tracker
+
+        # started with the first spawned process, the tracker unblocks SIGINT after its own start,
+        # and the process spawned next would start open: it is started before the block (forked
+        # processes need no tracker)
+        resource_tracker.ensure_running()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if blocking else None
+    try:
+        yield
+    finally:
+        if blocking:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C held by the mask arrives here
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        signal.raise_signal(signal.SIGINT)
+
+
+@contextlib.contextmanager
 def sigterm_handler(handler=None):
     """Within the block SIGTERM goes to `handler` (None: keep the current one, even if a library such
     as Ray installs its own meanwhile); the previous handler is restored after. Only in the main
