@@ -47,7 +47,7 @@ def test_speaker_split_needs_speaker_ids_and_seed_lists_integers(tmp_path):
     np.save(npy, {"x": rng.standard_normal((14, 188, 39)).astype(np.float32), "y": np.eye(7)[np.arange(14) % 7]},
             allow_pickle=True)
     assert_one_line_error(timnet("train", npy, "--corpus", "emodb", "--split", "speaker", "-o", run),
-                          "--split speaker needs speaker ids", "timnet extract")
+                          f"{npy}: no speaker ids, which --split speaker needs", "timnet extract")
     assert_one_line_error(timnet("train", npy, "--corpus", "emodb", "--seeds", "46,x", "-o", run),
                           "--seeds '46,x': expected comma-separated integers")
     assert not run.exists()
@@ -79,6 +79,8 @@ def test_bad_output_and_signal_length_refused_before_extracting(tmp_path, out):
                           "f.npy", "expected a path ending in .npz")
     assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out, "--signal-length", "0", "-q"),
                           "--signal-length 0", "positive")
+    assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out, "--signal-length", "2047", "-q"),
+                          "--signal-length 2047 too short", "expected at least 2048 samples (one FFT window, 93 ms)")
     assert out.read_bytes() == b"kept"
 
 
@@ -173,6 +175,19 @@ def test_json_is_never_a_file_of_the_run_folder(tmp_path, capsys, verb, option, 
 
     mine = build_parser().parse_args([verb, *map(str, given), option, str(run), "--json", str(run / "mine.json")])
     _check_outputs(mine)  # a name of one's own: no error
+
+
+def test_json_is_not_the_run_folder_to_be_made(tmp_path, capsys):
+    """`train -o RUN --json RUN`: refused before the training (it failed after all of it)."""
+    from timnet.cli import main
+
+    features = tmp_path / "f.npz"
+    features.write_bytes(b"")
+    run = tmp_path / "run"
+    assert main(["train", str(features), "-o", str(run), "--json", str(run) + "/"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"timnet: error: --json {run}/ is the run folder itself; expected a file path (e.g. {run}.json)"
+    assert not run.exists()
 
 
 def test_json_beside_a_fold_or_in_a_folder_that_is_no_run(tmp_path):
@@ -321,11 +336,28 @@ def test_authors_weights_refuse_splits_that_would_leak(reference, tmp_path):
     subset = tmp_path / "EMODB_subset.npy"
     np.save(subset, {"x": reference["mfcc"][:60], "y": np.eye(7)[reference["labels"][:60]]}, allow_pickle=True)
     assert_one_line_error(timnet("test", subset, "--corpus", "emodb", "--weights", weights),
-                          "60 utterances", "535 utterances")
+                          f"{subset}: 60 EMODB utterances", "535 utterances")
     full = tmp_path / "EMODB.npy"
     np.save(full, {"x": reference["mfcc"], "y": np.eye(7)[reference["labels"]]}, allow_pickle=True)
     assert_one_line_error(timnet("test", full, "--corpus", "emodb", "--weights", weights, "--seed", "47"),
                           "--seed 47", "seed 46")
+
+
+@pytest.mark.realdata
+def test_authors_weights_on_features_of_another_length(reference, tmp_path):
+    """The network takes any length, so features cut short (`--signal-length 50000`) score, but the
+    figures are not the authors': said in a warning that names the file."""
+    from timnet.corpora import CORPORA
+    from timnet.features import FeatureConfig, FeatureSet, save_features
+
+    weights = need(PRETRAINED / "EMODB_46")
+    emodb = CORPORA["EMODB"]
+    short = save_features(FeatureSet(x=reference["mfcc"][:, :98], y=reference["labels"].astype(np.int64),
+                                     labels=emodb.labels, corpus="EMODB", config=FeatureConfig(signal_length=50000)),
+                          tmp_path / "short.npz")
+    result = timnet("test", short, "--weights", weights)
+    assert result.returncode == 0, result.stderr
+    assert f"{short}: 98 frames per utterance; the authors' EMODB weights were trained on 188" in result.stderr
 
 
 def test_cli_mirrors_of_library_constants():

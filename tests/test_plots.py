@@ -205,6 +205,18 @@ def test_missing_features_skip_tsne_and_text_is_escaped(trained, tmp_path):
     assert html.escape("<script>alert(1)</script>") in page
 
 
+def test_unfinished_run_is_plotted_and_said(trained, tmp_path):
+    """A run with a fold still to train: the figures of the finished folds, and a warning saying
+    so, as `test` and `predict` give on the same folder."""
+    _, run_dir = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("plots", "report.html"))
+    shutil.rmtree(copy / "fold_03")
+    with pytest.warns(UserWarning, match=r"only 2 of 3 folds are finished; the figures cover those"):
+        figures = plot_run(copy)
+    assert set(figures) == FIGURES
+
+
 def test_plot_evaluation(trained, tmp_path):
     fs, run_dir = trained
     results, outputs = evaluate(fs, fold_models(run_dir, fs, folds=3, seed=1))

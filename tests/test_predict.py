@@ -158,6 +158,8 @@ def test_unfinished_multi_seed_and_wrong_corpus_runs(run_dir, clips, tmp_path):
     with pytest.raises(TimnetError, match="--corpus emodb: .* is a model of TOY"):
         load_model(run_dir, corpus="emodb")
     assert load_model(run_dir, corpus="toy").labels == LABELS
+    with pytest.raises(TimnetError, match="unknown corpus 'foo'; expected one of casia, emodb"):
+        load_model(run_dir, corpus="foo")
     seeds = tmp_path / "seeds"
     for s in (1, 2):
         shutil.copytree(unfinished, seeds / f"seed_{s}")

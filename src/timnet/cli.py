@@ -649,7 +649,9 @@ def _refuse_json_in_a_run(args) -> None:
             inside = Path(out).resolve().relative_to(Path(folder).resolve()).parts
         except ValueError:
             continue
-        first = inside[0] if inside else ""
+        if not inside:  # a run folder not made yet: the JSON would fail only after the training
+            raise TimnetError(f"--json {out} is the run folder itself; expected a file path (e.g. {out.rstrip('/')}.json)")
+        first = inside[0]
         own = (len(inside) > 1 and re.fullmatch(r"(fold|seed|trial)_\d+|plots", first)
                or any(fnmatch.fnmatch(first, pattern) for pattern in RUN_FILES))
         if own:

@@ -10,7 +10,7 @@ import torch
 from . import metrics
 from .checkpoint import load_checkpoint
 from .errors import TimnetError
-from .features import FeatureSet
+from .features import FeatureConfig, FeatureSet
 from .folds import make_folds
 from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
@@ -90,7 +90,7 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
             _check_authors_split(weights, fs, seed=seed, split=split)
             warn_if_named_for_another_corpus(weights, fs.corpus)
         loaded.append(model)
-    splits = make_folds(len(fs), folds=folds, seed=seed, split=split, speakers=fs.speakers)
+    splits = make_folds(len(fs), folds=folds, seed=seed, split=split, speakers=fs.speakers, source=fs.path)
     return [FoldModel(k, model, splits[k - 1][1]) for k, model in enumerate(loaded, start=1)]
 
 
@@ -112,9 +112,18 @@ def _check_authors_split(weights: Path, fs: FeatureSet, *, seed: int, split: str
                           f"{corpus.seed}; any other seed tests them on utterances they were trained on")
     counts = tuple(np.bincount(fs.y, minlength=len(fs.labels)).tolist())
     if len(fs) != corpus.n_files or (corpus.class_counts and counts != corpus.class_counts):
-        raise TimnetError(f"these {corpus.name} features have {len(fs)} utterances per class {counts}; the authors' "
-                          f"folds are those of the full corpus, {corpus.n_files} utterances {corpus.class_counts} "
-                          "(on a subset their test folds would hold training utterances)")
+        raise TimnetError(f"{fs.path or 'the features'}: {len(fs)} {corpus.name} utterances, {counts} per class; "
+                          f"the authors' folds are those of the full corpus, {corpus.n_files} utterances "
+                          f"{corpus.class_counts} (on a subset their test folds would hold training utterances)")
+    frames = FeatureConfig(signal_length=corpus.signal_length).frames
+    # the network takes any length, but the figures are not the authors' then (an authors' .npy file
+    # of another length is named when it is read)
+    if fs.x.shape[1] != frames and fs.meta.get("source") != "authors-npy":
+        import warnings
+
+        warnings.warn(f"{fs.path or 'the features'}: {fs.x.shape[1]} frames per utterance; the authors' "
+                      f"{corpus.name} weights were trained on {frames} ({corpus.signal_length} samples, SPEC.md §1), "
+                      f"so these figures are not theirs (extract without --signal-length)", stacklevel=2)
 
 
 def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = None, folds: int | None = None,

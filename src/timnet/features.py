@@ -39,8 +39,9 @@ class FeatureConfig:
         fixed = (audio.N_FFT, audio.HOP_LENGTH)
         if (self.n_fft, self.hop_length) != fixed:
             raise TimnetError(f"n_fft/hop_length {self.n_fft}/{self.hop_length} unsupported; expected {fixed}")
-        if self.signal_length < self.hop_length:
-            raise TimnetError(f"--signal-length {self.signal_length} too short; expected at least {self.hop_length} samples")
+        if self.signal_length < self.n_fft:  # shorter than one FFT window: librosa pads it and warns per file
+            raise TimnetError(f"--signal-length {self.signal_length} too short; expected at least {self.n_fft} samples "
+                              f"(one FFT window, {self.n_fft / self.sample_rate * 1000:.0f} ms)")
 
 
 def waveform_features(y: np.ndarray, config: FeatureConfig, *, sample_rate: int | None = None) -> np.ndarray:
@@ -74,6 +75,7 @@ class FeatureSet:
     files: np.ndarray | None = None  # (N,) str, paths relative to the corpus root
     meta: dict = field(default_factory=dict)
     from_cache: bool = False  # set by `extract` when an up-to-date feature file was reused
+    path: str | None = None  # the file it was read from, named in errors
 
     def __len__(self) -> int:
         return len(self.y)
@@ -144,6 +146,8 @@ def extract(
 
     if signal_length is not None and signal_length <= 0:
         raise TimnetError(f"--signal-length {signal_length} invalid; expected a positive number of samples at 22050 Hz")
+    if signal_length is not None:
+        FeatureConfig(signal_length=signal_length)  # a length it refuses is refused before the corpus is listed
     if cache is not None:
         check_features_path(cache)  # before hours of extraction, not after
     if isinstance(corpus, str) and corpus.upper() == FOLDERS:
@@ -377,4 +381,4 @@ def load_features(path: str | Path, *, corpus: str | None = None, corpus_of: str
         where = f" ({fs.files[bad[0]]})" if fs.files is not None else ""
         raise TimnetError(f"{path}: {len(bad)} utterance(s) have non-finite features, the first at index {bad[0]}{where}; "
                           "expected finite MFCCs (extract them again)")
-    return fs
+    return replace(fs, path=str(path))

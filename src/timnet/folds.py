@@ -26,12 +26,14 @@ def make_folds(
     seed: int,
     split: str = "random",
     speakers: np.ndarray | None = None,
+    source: str | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train_idx, test_idx) per fold, fold k of the list being the authors' k-th split.
 
     `random` is the paper's KFold(shuffle=True, random_state=seed) over the samples in the
     order of SPEC.md §1; speakers then appear on both sides. `speaker` keeps every speaker on
     one side: leave-one-speaker-out when `folds` equals the speaker count, else GroupKFold.
+    `source` (the feature file) is named in errors.
     """
     from sklearn.model_selection import GroupKFold, KFold, LeaveOneGroupOut
 
@@ -44,7 +46,8 @@ def make_folds(
         splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
         return [(tr, te) for tr, te in splitter.split(dummy)]
     if speakers is None:
-        raise TimnetError("--split speaker needs speaker ids; these features have none (extract them with `timnet extract`)")
+        raise TimnetError(f"{source or 'these features'}: no speaker ids, which --split speaker needs; expected features "
+                          "from `timnet extract` (the authors' .npy files have none)")
     groups = np.asarray(speakers)
     n_speakers = len(np.unique(groups))
     if folds > n_speakers:

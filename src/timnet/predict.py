@@ -267,6 +267,7 @@ def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None)
     model has its own, and a `corpus` that contradicts them is refused."""
     predictor = _load(name_or_path, corpus)
     if corpus is not None and str(corpus).strip().upper() != str(predictor.corpus or "").upper():
+        get_corpus(corpus)  # a name that is no corpus at all is said so first
         what = f"a model of {predictor.corpus}" if predictor.corpus else "a model (of a corpus it does not record)"
         raise TimnetError(f"--corpus {corpus}: {predictor.source} is {what} with its own labels; "
                           "--corpus is for the authors' weight files, which have none")

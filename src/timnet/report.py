@@ -168,6 +168,9 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     info = _run_info(run_dir)
     identity = info["identity"]
     results = _fold_results(run_dir)
+    if len(results) < identity.get("folds", 0):  # as `test` and `predict` say it of the same folder
+        warnings.warn(f"{run_dir}: only {len(results)} of {identity['folds']} folds are finished; the figures cover those",
+                      stacklevel=2)
     context = run_context(identity)
     tc = identity.get("train_config") or {}
     members = tc.get("members", 1)

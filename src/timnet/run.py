@@ -211,7 +211,7 @@ class Run:
         if not evaluate_test and config.val_fraction == 0:
             raise TimnetError("a validation-only run needs validation data; give --val-fraction (e.g. 0.2)")
         self.evaluate_test = evaluate_test
-        self.splits = make_folds(len(fs), folds=folds, seed=self.seed, split=split, speakers=fs.speakers)
+        self.splits = make_folds(len(fs), folds=folds, seed=self.seed, split=split, speakers=fs.speakers, source=fs.path)
         self.identity = {
             **_identity(fs, config=config, model_config=self.model_config, seed=self.seed, threads=threads,
                         device=device, path=path),
