@@ -16,7 +16,7 @@ import socket
 from typing import Callable, Iterator
 
 from .errors import TimnetError
-from .utils import check_pool, ctrl_c_held, end_pool, sigterm_handler
+from .utils import check_pool, signals_held, end_pool, sigterm_handler
 
 Task = tuple[int, int]  # (index of the run, fold number)
 OnEpoch = Callable[[Task, dict], None]
@@ -106,7 +106,7 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")  # fork after torch has run threads is not safe
-    with ctrl_c_held(ctx):
+    with signals_held(ctx):
         manager = ctx.Manager()  # a server process of its own: shut down below, else it outlives the run
     q = manager.Queue()
     queued = _units(runs, tasks, workers)
@@ -122,7 +122,7 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
         while queued or pending:
             while len(pending) < workers and (unit := next((u for u in queued if ready(u)), None)) is not None:
                 queued.remove(unit)
-                with ctrl_c_held(ctx):  # the pool starts its workers as work is submitted
+                with signals_held(ctx):  # the pool starts its workers as work is submitted
                     pending[pool.submit(_worker_unit, unit)] = unit
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             if not done:

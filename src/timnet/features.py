@@ -17,7 +17,7 @@ import numpy as np
 from . import audio, dispatch
 from .corpora import CORPORA, FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, natural_key, skip_summary
 from .errors import TimnetError
-from .utils import atomic_write, ctrl_c_held, end_pool, pool_result
+from .utils import atomic_write, signals_held, end_pool, pool_result
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,8 @@ class FeatureConfig:
         fixed = (audio.N_FFT, audio.HOP_LENGTH)
         if (self.n_fft, self.hop_length) != fixed:
             raise TimnetError(f"n_fft/hop_length {self.n_fft}/{self.hop_length} unsupported; expected {fixed}")
-        if self.signal_length < self.n_fft:  # shorter than one FFT window: librosa pads it and warns per file
-            raise TimnetError(f"--signal-length {self.signal_length} too short; expected at least {self.n_fft} samples "
-                              f"(one FFT window, {self.n_fft / self.sample_rate * 1000:.0f} ms)")
+        if self.signal_length < self.hop_length:
+            raise TimnetError(f"--signal-length {self.signal_length} too short; expected at least {self.hop_length} samples")
 
 
 def waveform_features(y: np.ndarray, config: FeatureConfig, *, sample_rate: int | None = None) -> np.ndarray:
@@ -146,8 +145,9 @@ def extract(
 
     if signal_length is not None and signal_length <= 0:
         raise TimnetError(f"--signal-length {signal_length} invalid; expected a positive number of samples at 22050 Hz")
-    if signal_length is not None:
-        FeatureConfig(signal_length=signal_length)  # a length it refuses is refused before the corpus is listed
+    if signal_length is not None and signal_length < audio.N_FFT:  # librosa would pad each file and warn
+        raise TimnetError(f"--signal-length {signal_length} too short; expected at least {audio.N_FFT} samples "
+                          f"(one FFT window, {audio.N_FFT / audio.SAMPLE_RATE * 1000:.0f} ms)")
     if cache is not None:
         check_features_path(cache)  # before hours of extraction, not after
     if isinstance(corpus, str) and corpus.upper() == FOLDERS:
@@ -183,7 +183,7 @@ def extract(
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
         results = []
         try:
-            with ctrl_c_held(context):  # the pool starts its workers as work is submitted
+            with signals_held(context):  # the pool starts its workers as work is submitted
                 chunks = [pool.submit(_worker_chunk, jobs[i:i + _CHUNK]) for i in range(0, len(jobs), _CHUNK)]
             for chunk in chunks:
                 done = pool_result(pool, chunk)

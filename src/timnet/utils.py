@@ -116,22 +116,18 @@ def folder_lock(folder: str | Path):
 
 
 @contextlib.contextmanager
-def ctrl_c_held(context):
-    """Start child processes (of multiprocessing `context`) inside: Ctrl-C waits for the end of the
-    block, and they begin with it blocked. A spawned worker otherwise hears a Ctrl-C while it still
-    imports torch, before it can ignore it, and prints its own traceback; a manager process
-    interrupted while starting is left serving, and the parent waits for it at exit forever. Only in
-    the main thread, where handlers live."""
+def signals_held(context):
+    """Start child processes (of multiprocessing `context`) inside: Ctrl-C and SIGTERM wait for the
+    end of the block, and the children begin with Ctrl-C blocked. A spawned worker otherwise hears a
+    Ctrl-C while it still imports torch, before it can ignore it, and prints its own traceback; a
+    manager process interrupted while starting is left serving, and the parent waits for it at exit
+    forever. Only in the main thread, where handlers live; a signal ignored stays ignored."""
     import signal
     import threading
 
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    pressed = []
-    signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
-    # the signal mask, unlike a handler, survives exec: the children start with Ctrl-C blocked
     blocking = hasattr(signal, "pthread_sigmask")  # not on Windows
     if blocking and context.get_start_method() != "fork":
         from multiprocessing import resource_tracker
@@ -140,15 +136,23 @@ def ctrl_c_held(context):
         # and the process spawned next would start open: it is started before the block (forked
         # processes need no tracker)
         resource_tracker.ensure_running()
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if blocking else None
+    held = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    held = {sig: previous for sig, previous in held.items() if previous not in (signal.SIG_IGN, None)}
+    arrived, mask = [], None
     try:
+        for sig in held:
+            signal.signal(sig, lambda signum, frame: arrived.append(signum))
+        if blocking and signal.SIGINT in held:
+            # the signal mask, unlike a handler, survives exec: the children start with Ctrl-C blocked
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         yield
     finally:
-        if blocking:
+        if mask is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C held by the mask arrives here
-        signal.signal(signal.SIGINT, previous)
-    if pressed:
-        signal.raise_signal(signal.SIGINT)
+        for sig, previous in held.items():
+            signal.signal(sig, previous)
+        for sig in dict.fromkeys(arrived):  # in the order they came, to their own handlers now (also when the block failed)
+            signal.raise_signal(sig)
 
 
 @contextlib.contextmanager
