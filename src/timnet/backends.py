@@ -16,7 +16,7 @@ import socket
 from typing import Callable, Iterator
 
 from .errors import TimnetError
-from .utils import check_pool, signals_held, end_pool, sigterm_handler
+from .utils import check_pool, end_pool, signals_held, sigterm_handler
 
 Task = tuple[int, int]  # (index of the run, fold number)
 OnEpoch = Callable[[Task, dict], None]

@@ -17,7 +17,7 @@ import numpy as np
 from . import audio, dispatch
 from .corpora import CORPORA, FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, natural_key, skip_summary
 from .errors import TimnetError
-from .utils import atomic_write, signals_held, end_pool, pool_result
+from .utils import atomic_write, end_pool, pool_result, signals_held
 
 
 @dataclass(frozen=True)
