@@ -1,6 +1,7 @@
 """Evaluate one model per fold on that fold's test split, and summarise as INTERFACE.md's JSON."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,8 +120,6 @@ def _check_authors_split(weights: Path, fs: FeatureSet, *, seed: int, split: str
     # the network takes any length, but the figures are not the authors' then (an authors' .npy file
     # of another length is named when it is read)
     if fs.x.shape[1] != frames and fs.meta.get("source") != "authors-npy":
-        import warnings
-
         warnings.warn(f"{fs.path or 'the features'}: {fs.x.shape[1]} frames per utterance; the authors' "
                       f"{corpus.name} weights were trained on {frames} ({corpus.signal_length} samples, SPEC.md §1), "
                       f"so these figures are not theirs (extract without --signal-length)", stacklevel=2)
@@ -135,8 +134,6 @@ def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = Non
     `order` None takes the models' own sample order (timnet.features.ORDERS). A RUN_DIR knows its
     seed and folds: others given are ignored with a warning, as is testing an unfinished run, whose
     summary then has `run_folds_n`, the folds it will have."""
-    import warnings
-
     from .corpora import defaults_for
     from .features import in_order
     from .run import RUN_FILE, read_identity
