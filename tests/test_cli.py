@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,13 @@ def test_outputs_checked_before_the_work(tmp_path, out):
     assert_one_line_error(timnet("test", out, "--weights", tmp_path, "--json", ""), "--json '': empty path")
     assert_one_line_error(timnet("extract", "emodb", tmp_path, "-o", "", "-q"), "--output '': empty path")
     assert out.read_bytes() == b"kept"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no one can make a file")
+def test_unwritable_output_refused_even_for_root(out):
+    # os.access tells root that /proc is writable; only making a file there shows it is not
+    assert_one_line_error(timnet("test", out, "--weights", out, "--json", "/proc/x.json"), "/proc/x.json: /proc is not writable")
+    assert_one_line_error(timnet("extract", "emodb", out.parent, "-o", "/proc/timnet/f.npz", "-q"), "/proc is not writable")
 
 
 def test_damaged_feature_files(tmp_path):

@@ -108,48 +108,49 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
     ctx = mp.get_context("spawn")  # fork after torch has run threads is not safe
     with signals_held(ctx):
         manager = ctx.Manager()  # a server process of its own: shut down below, else it outlives the run
-    q = manager.Queue()
-    queued = _units(runs, tasks, workers)
-    pool = ProcessPoolExecutor(min(workers, len(queued)), mp_context=ctx, initializer=_worker_init,
-                               initargs=(runs, q))
-    finished: set = set()
-    pending: dict = {}  # future: unit
-
-    def ready(unit) -> bool:  # a fold waits for its members, trained in units of their own
-        return unit[0] == "member" or not any(u[0] == "member" and u[1] == unit[1] for u in queued + list(pending.values()))
-
     try:
-        while queued or pending:
-            while len(pending) < workers and (unit := next((u for u in queued if ready(u)), None)) is not None:
-                queued.remove(unit)
-                with signals_held(ctx):  # the pool starts its workers as work is submitted
-                    pending[pool.submit(_worker_unit, unit)] = unit
-            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            if not done:
-                check_pool(pool)
-            while True:
-                try:
-                    task, row = q.get_nowait()
-                except queue_mod.Empty:
-                    break
-                on_epoch(task, row)
-            for future in done:
-                unit = pending.pop(future)
-                _, result = future.result()
-                if unit[0] == "fold":
-                    finished.add(unit[1])
-                    yield unit[1], result
-        pool.shutdown(wait=True)
-    except BrokenProcessPool:
-        # A worker died (killed, out of memory). The pool can surface it from any call on it, not only
-        # from the dead worker's future, so it is caught around the whole loop.
-        end_pool(pool)
-        unfinished = ", ".join(_describe(runs, t) for t in sorted(set(tasks) - finished))
-        raise TimnetError(f"a training worker died (unfinished folds: {unfinished}); "
-                          "run the same command again to resume") from None
-    except BaseException:
-        end_pool(pool)
-        raise
+        q = manager.Queue()
+        queued = _units(runs, tasks, workers)
+        pool = ProcessPoolExecutor(min(workers, len(queued)), mp_context=ctx, initializer=_worker_init,
+                                   initargs=(runs, q))
+        finished: set = set()
+        pending: dict = {}  # future: unit
+
+        def ready(unit) -> bool:  # a fold waits for its members, trained in units of their own
+            return unit[0] == "member" or not any(u[0] == "member" and u[1] == unit[1] for u in queued + list(pending.values()))
+
+        try:
+            while queued or pending:
+                while len(pending) < workers and (unit := next((u for u in queued if ready(u)), None)) is not None:
+                    queued.remove(unit)
+                    with signals_held(ctx):  # the pool starts its workers as work is submitted
+                        pending[pool.submit(_worker_unit, unit)] = unit
+                done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                if not done:
+                    check_pool(pool)
+                while True:
+                    try:
+                        task, row = q.get_nowait()
+                    except queue_mod.Empty:
+                        break
+                    on_epoch(task, row)
+                for future in done:
+                    unit = pending.pop(future)
+                    _, result = future.result()
+                    if unit[0] == "fold":
+                        finished.add(unit[1])
+                        yield unit[1], result
+            pool.shutdown(wait=True)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory). The pool can surface it from any call on it, not only
+            # from the dead worker's future, so it is caught around the whole loop.
+            end_pool(pool)
+            unfinished = ", ".join(_describe(runs, t) for t in sorted(set(tasks) - finished))
+            raise TimnetError(f"a training worker died (unfinished folds: {unfinished}); "
+                              "run the same command again to resume") from None
+        except BaseException:
+            end_pool(pool)
+            raise
     finally:
         manager.shutdown()
 

@@ -71,8 +71,10 @@ def check_output(path: str | Path, *, folder: bool = False) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise TimnetError(f"{path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise TimnetError(f"{path}: {parent} is not writable")
+    try:  # a file made and dropped: os.access says yes to root even where nothing can be made (/proc)
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError:
+        raise TimnetError(f"{path}: {parent} is not writable") from None
 
 
 @contextlib.contextmanager
