@@ -122,7 +122,8 @@ def main() -> int:
                      "delta_uar_vs_paper": delta, "last_weights_val_uar": float(np.mean(last)) if last else None,
                      "delta_uar_vs_last": vs_last, "first_member_val_uar": float(np.mean(single)) if single else None,
                      "delta_uar_vs_first_member": vs_single,
-                     "folds": [{k: f[k] for k in ("fold", "val_uar", "val_war", "n_val", "val_uar_last", "val_uar_single")
+                     "folds": [{k: f[k] for k in ("fold", "val_uar", "val_war", "n_val", "val_uar_last", "val_uar_single",
+                                                     "val_uar_single_last")
                                 if k in f} for f in s["folds"]]})
         print(f"| {name} | {run.config.epochs} | {pm(s['mean_val_uar'], s['std_val_uar'])} | "
               f"{pm(s['mean_val_war'], s['std_val_war'])} | {signed(delta)} | {mean(last)} | {signed(vs_last)} | "
@@ -170,7 +171,8 @@ def derived_candidates(names: list[str], summaries: list[dict]) -> dict[str, tup
       tests/test_recipe.py; on EMODB the paper's figures are reproduced to every digit), so its last
       weights score that candidate: "paper" is read from "swa" and "vtlp+gain" from "swa+vtlp+gain";
     - an ensemble of K members holds the ensembles of its first j < K members (member m's seed does
-      not depend on K: tests/test_members.py), so "swa-x4" also scores "swa-x3", "swa-x2" and "swa"."""
+      not depend on K: tests/test_members.py), so "swa-x4" also scores "swa-x3", "swa-x2" and "swa",
+      and its first member's last weights score "paper" as the one-member run's do."""
     out = {}
     for name, s in zip(names, summaries):
         params = dict(CANDIDATES[name])
@@ -185,6 +187,11 @@ def derived_candidates(names: list[str], summaries: list[dict]) -> dict[str, tup
                 if same is not None and same not in names and same not in out and uars:
                     how = "its first member" if j == 1 else f"its first {j} members"
                     out[same] = (f"{how}: {name}", {"folds": [{"fold": f, "val_uar": u} for f, u in uars]})
+            params.pop("swa_epochs", None)
+            same = named(params)  # the first member's last weights: its training without the averaging
+            uars = [{"fold": f["fold"], "val_uar": f["val_uar_single_last"]} for f in s["folds"] if "val_uar_single_last" in f]
+            if same is not None and same not in names and same not in out and uars:
+                out[same] = (f"its first member's last weights: {name}", {"folds": uars})
         elif params.pop("swa_epochs", None) is not None:
             same = named(params)
             if same is not None and same not in names:

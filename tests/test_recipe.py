@@ -53,13 +53,14 @@ def test_selection_reads_candidates_from_the_runs_that_train_them(monkeypatch):
     assert recipe_selection.paired(derived["vtlp+gain"][1]["folds"], derived["paper"][1]["folds"], "val_uar",
                                    "val_uar") == (pytest.approx(0.1), 0.0)  # fold 1 only: the pairs both have
 
-    # a four-member run: its member 0 is "swa", its first 2 and 3 members "swa-x2" and "swa-x3"; the
-    # ensemble's last weights are no single candidate's (the paper's is member 0's alone)
-    x4 = {"folds": [{"fold": k, "val_uar": 0.9, "val_uar_single": 0.1 * k, "val_uar_last": 0.5,
+    # a four-member run: its member 0 is "swa", its first 2 and 3 members "swa-x2" and "swa-x3", its
+    # member 0's last weights "paper"; the ensemble's last weights are no candidate's
+    x4 = {"folds": [{"fold": k, "val_uar": 0.9, "val_uar_single": 0.1 * k, "val_uar_last": 0.5, "val_uar_single_last": 0.4,
                      "val_first_members": [{"members": 2, "val_uar": 0.2 * k}, {"members": 3, "val_uar": 0.3 * k}]}
                     for k in (1, 2)]}
     derived = recipe_selection.derived_candidates(["swa-x2", "swa-x4"], [summary(0.6), x4])
-    assert set(derived) == {"swa", "swa-x3"}  # swa-x2 ran itself; no "paper" from an ensemble's last weights
+    assert set(derived) == {"swa", "swa-x3", "paper"}  # swa-x2 ran itself
+    assert derived["paper"] == ("its first member's last weights: swa-x4", {"folds": [{"fold": 1, "val_uar": 0.4}, {"fold": 2, "val_uar": 0.4}]})
     assert derived["swa"] == ("its first member: swa-x4", {"folds": [{"fold": 1, "val_uar": 0.1}, {"fold": 2, "val_uar": 0.2}]})
     assert derived["swa-x3"][0] == "its first 3 members: swa-x4"
     assert [f["val_uar"] for f in derived["swa-x3"][1]["folds"]] == [pytest.approx(0.3), pytest.approx(0.6)]
@@ -307,6 +308,15 @@ def test_validation_runs_pair_averaged_weights_with_the_last_ones(tmp_path):
     assert "val_uar_last" not in out["paper"][0]
     assert [f["val_uar_last"] for f in out["swa"]] == [f["val_uar"] for f in out["paper"]]
     assert [f["val_war_last"] for f in out["swa"]] == [f["val_war"] for f in out["paper"]]
+    # two members: the "last weights" are the ensemble of both members' last weights, as on test
+    # folds, and the first member's own are kept apart (the paper's recipe again)
+    for name, extra in (("paper-x2", {"members": 2}), ("swa-x2", {"members": 2, "swa_epochs": 2})):
+        run = Run(fs, tmp_path / name, config=TrainConfig(**base, **extra), folds=3, seed=5, evaluate_test=False)
+        run.prepare()
+        out[name] = run.execute(progress=False, log=lambda m: None)["folds"]
+    assert [f["val_uar_last"] for f in out["swa-x2"]] == [f["val_uar"] for f in out["paper-x2"]]
+    assert [f["val_uar_single_last"] for f in out["swa-x2"]] == [f["val_uar"] for f in out["paper"]]
+    assert [f["val_uar_single"] for f in out["swa-x2"]] == [f["val_uar"] for f in out["swa"]]
 
 
 def test_swa_resumes_exactly(tmp_path):

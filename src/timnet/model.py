@@ -141,6 +141,11 @@ class TIMNetEnsemble(nn.Module):
         return (logits, torch.cat([z for _, z in outs], dim=-1)) if return_features else logits
 
 
+def ensemble(models: list[TIMNet]) -> TIMNet | TIMNetEnsemble:
+    """One model of `models`: the model itself when there is one, else their ensemble (in eval mode)."""
+    return models[0] if len(models) == 1 else TIMNetEnsemble(models).eval()
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (BN running statistics excluded, unlike Keras's count)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -37,7 +37,7 @@ from .errors import TimnetError
 from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
 from .folds import make_folds
-from .model import TIMNetConfig, TIMNetEnsemble
+from .model import TIMNetConfig, ensemble
 from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
                     train_members, validation_split)
 from .utils import RUN_FILE, RUN_FILES, RUN_OUTPUTS, atomic_write, fold_dirs, read_fold_result, write_json
@@ -270,7 +270,8 @@ class Run:
 
     def train_and_test_fold(self, k: int, *, on_epoch: Callable[[dict], None] | None = None,
                             worker: dict | None = None) -> dict:
-        """Train (or resume) fold k, evaluate its chosen model once on its test split, save everything.
+        """Train (or resume) fold k, evaluate its chosen model once on its test split (on its validation
+        share instead in a validation-only run), save everything.
 
         `worker` (where the fold ran) is recorded in the fold's result."""
         test_idx = self.splits[k - 1][1]
@@ -281,50 +282,38 @@ class Run:
         t0 = time.perf_counter()
         first = members[0]
         if self.evaluate_test:
-            # The test split is touched here, once, after the model has been chosen.
-            probs, _ = predict_proba(model, self.fs.x[test_idx])
-            result = fold_result(k, self.fs, test_idx, probs.argmax(1))
-            if len(members) > 1:
-                # what each member alone scores on the same test split: reported, never used to choose
-                result["members"] = []
-                for member in members:
-                    r = fold_result(k, self.fs, test_idx, predict_proba(member.model, self.fs.x[test_idx])[0].argmax(1))
-                    result["members"].append({"war": r["war"], "uar": r["uar"]})
-                # the ensembles of the first j members (2 <= j < K): what fewer members would have
-                # scored, paired with this fold (members are nested: member m's seed does not depend on K)
-                if len(members) > 2:
-                    result["first_members"] = []
-                    for j in range(2, len(members)):
-                        fewer = TIMNetEnsemble([m.model for m in members[:j]]).eval()  # averaged as the fold's model is
-                        r = fold_result(k, self.fs, test_idx, predict_proba(fewer, self.fs.x[test_idx])[0].argmax(1))
-                        result["first_members"].append({"members": j, "war": r["war"], "uar": r["uar"]})
-            if first.last is not first.model:
-                # averaged weights (SWA/EMA): the same training's last weights (of every member) on the
-                # same test split, what the averaging alone changed (with nothing else overridden, the
-                # paper's recipe step for step); reported beside the fold's figures, never used to choose
-                last = first.last if len(members) == 1 else TIMNetEnsemble([m.last for m in members]).eval()
-                r = fold_result(k, self.fs, test_idx, predict_proba(last, self.fs.x[test_idx])[0].argmax(1))
-                result["last_weights"] = {"war": r["war"], "uar": r["uar"]}
+            # The test split is touched here, once, after the model has been chosen. Every other
+            # figure below is reported beside the fold's, never used to choose.
+            def score(net) -> dict:
+                return fold_result(k, self.fs, test_idx, predict_proba(net, self.fs.x[test_idx])[0].argmax(1))
+            result, pre = score(model), ""
         else:
-            v = evaluate_split(model, x[va], y[va], n_classes=len(self.fs.labels))
-            result = {"fold": k, "val_war": v["war"], "val_uar": v["uar"], "val_loss": v["loss"], "n_val": len(va)}
-            if len(members) > 1:
-                # the first member alone is the single-model recipe: a paired comparison for free
-                one = evaluate_split(first.model, x[va], y[va], n_classes=len(self.fs.labels))
-                result.update(val_war_single=one["war"], val_uar_single=one["uar"])
-            if len(members) > 2:
-                # the ensembles of the first j members (2 <= j < K), on the same validation data: one
-                # run of K members also measures every smaller ensemble of the recipe (nested seeds)
-                result["val_first_members"] = []
-                for j in range(2, len(members)):
-                    v = evaluate_split(TIMNetEnsemble([m.model for m in members[:j]]).eval(), x[va], y[va],
-                                       n_classes=len(self.fs.labels))
-                    result["val_first_members"].append({"members": j, "val_war": v["war"], "val_uar": v["uar"]})
-            if first.last is not first.model:
-                # averaged weights: the last weights of the same training, on the same validation
-                # data, make the comparison paired (what the averaging alone changed)
-                raw = evaluate_split(first.last, x[va], y[va], n_classes=len(self.fs.labels))
-                result.update(val_war_last=raw["war"], val_uar_last=raw["uar"])
+            def score(net) -> dict:
+                return evaluate_split(net, x[va], y[va], n_classes=len(self.fs.labels))
+            v = score(model)
+            result, pre = {"fold": k, "val_war": v["war"], "val_uar": v["uar"], "val_loss": v["loss"], "n_val": len(va)}, "val_"
+
+        def figures(net) -> dict:
+            r = score(net)
+            return {pre + "war": r["war"], pre + "uar": r["uar"]}
+
+        averaged = first.last is not first.model  # SWA/EMA: the same training's last weights differ
+        if len(members) > 1:
+            if self.evaluate_test:  # each member alone
+                result["members"] = [figures(m.model) for m in members]
+            else:  # the first member alone is the single-model recipe: a paired comparison for free
+                result.update({f"{key}_single": v for key, v in figures(first.model).items()})
+                if averaged:  # and its last weights (with nothing else overridden, the paper's recipe)
+                    result.update({f"{key}_single_last": v for key, v in figures(first.last).items()})
+        if len(members) > 2:
+            # the ensembles of the first j members (2 <= j < K), averaged as the fold's model is: what
+            # fewer members would have scored, paired with this fold (member m's seed does not depend on K)
+            result[pre + "first_members"] = [{"members": j, **figures(ensemble([m.model for m in members[:j]]))}
+                                             for j in range(2, len(members))]
+        if averaged:
+            # the ensemble of every member's last weights: what the averaging alone changed
+            last = figures(ensemble([m.last for m in members]))
+            result.update({"last_weights": last} if self.evaluate_test else {f"{key}_last": v for key, v in last.items()})
         result.update(epoch=first.epoch, epochs_run=first.epochs_run, stopped_early=first.stopped_early,
                       # training seconds summed over the members, wherever each trained (members of one
                       # fold may train at once in other workers), and this evaluation

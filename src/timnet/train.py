@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from . import metrics
 from .errors import TimnetError
-from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
+from .model import TIMNet, TIMNetConfig, TIMNetEnsemble, ensemble
 from .utils import atomic_write
 
 SELECTIONS = ("last", "best-val")
@@ -433,8 +433,7 @@ def train_members(
     members = [train_member(m, x, y, train_idx, val_idx, model_config=model_config, config=config, seed=seed,
                             folder=folder, on_epoch=on_epoch, device=device, path=path)
                for m in range(config.members)]
-    fold_model = members[0].model if len(members) == 1 else TIMNetEnsemble([m.model for m in members]).eval()
-    return fold_model, members
+    return ensemble([m.model for m in members]), members
 
 
 def member_done_path(folder: Path | None, m: int, members: int) -> Path | None:
