@@ -109,6 +109,9 @@ def test_augment_shift_and_masks():
     again = augment(x, TrainConfig(time_masks=1, time_mask_width=4, freq_masks=1, freq_mask_width=2),
                     torch.Generator().manual_seed(1))
     assert torch.equal(masked, again)
+    for axis in ("time", "freq"):  # masks of width 0 would mask nothing while their draws change the run
+        with pytest.raises(TimnetError, match=f"--{axis}-masks 2 needs --{axis}-mask-width"):
+            TrainConfig(**{f"{axis}_masks": 2})
 
 
 def test_tempo_reads_frames_at_scaled_times_about_the_centre():

@@ -122,6 +122,10 @@ def test_different_config_in_used_run_dir_is_refused(tmp_path):
     with pytest.raises(TimnetError, match="different configuration \\(train_config\\).*--overwrite"):
         Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "epochs": 5}), folds=3).prepare()
     assert Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3).prepare() is True  # same: resume
+    # another snapshot interval changes no figure: the run resumes (and a real change is still refused)
+    assert Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "save_every": 7}), folds=3).prepare() is True
+    with pytest.raises(TimnetError, match="different configuration \\(train_config\\)"):
+        Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "save_every": 7, "epochs": 5}), folds=3).prepare()
     Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "epochs": 5}), folds=3).prepare(overwrite=True)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
@@ -208,6 +212,22 @@ def test_run_dir_contents(tmp_path):
     assert run_json["versions"]["torch"] and run_json["command"]
 
 
+def test_training_in_process_keeps_the_callers_threads_and_log(tmp_path):
+    """A run trained in the caller's process (a notebook) sets torch's threads for its folds only,
+    and its fold lines reach the caller's `log` with the progress bar shown as without it."""
+    import torch
+
+    before = torch.get_num_threads()
+    for progress in (False, True):
+        lines = []
+        run = Run(synthetic(), tmp_path / f"r{progress}", config=TrainConfig(**FAST), folds=3, seed=5,
+                  threads=before + 1)
+        run.prepare()
+        run.execute(progress=progress, log=lines.append)
+        assert torch.get_num_threads() == before
+        assert [line.split(":")[0] for line in lines] == ["fold 1/3", "fold 2/3", "fold 3/3"]
+
+
 def test_device_choice():
     import torch
 
@@ -215,11 +235,15 @@ def test_device_choice():
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(TimnetError, match="unknown; expected auto, cpu or cuda"):
-        resolve_device("tpu")
+    for bad in ("tpu", "cuda:x", "cuda:", "cuda:-1"):  # torch.device would raise a bare RuntimeError for some
+        with pytest.raises(TimnetError, match="unknown; expected auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
     if not torch.cuda.is_available():
         with pytest.raises(TimnetError, match="no CUDA device is available"):
             resolve_device("cuda")
+    else:
+        with pytest.raises(TimnetError, match="CUDA device\\(s\\)"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
 def test_fold_in_worker_process_equals_in_process(tmp_path):

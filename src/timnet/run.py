@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import functools
 import hashlib
 import io
 import json
@@ -40,7 +41,7 @@ from .folds import make_folds
 from .model import TIMNetConfig, ensemble
 from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
                     train_members, validation_split)
-from .utils import RUN_FILE, RUN_FILES, RUN_OUTPUTS, atomic_write, fold_dirs, read_fold_result, write_json
+from .utils import RUN_FILE, RUN_FILES, RUN_OUTPUTS, atomic_write, fold_dirs, read_fold_result, torch_threads, write_json
 
 # Identity keys added after a run format was first written, with the value older runs implied.
 LEGACY_IDENTITY = {"device": "cpu", "path": "reference", "evaluate_test": True, "val_split": "stratified"}
@@ -92,6 +93,27 @@ def _remove_run_outputs(run_dir: Path) -> None:
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
+# Options saved with a run that change none of its figures: a run resumes whatever they are now.
+NOT_DECISIVE = ("save_every",)  # snapshots resume bit for bit at any interval
+
+
+def _in_run_threads(method):
+    """A Run method run with the run's torch threads (its figures were measured so: evaluation
+    included), the caller's count restored after."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        with torch_threads(self.threads):
+            return method(self, *args, **kwargs)
+    return wrapped
+
+
+def _decisive(identity: dict | None) -> dict | None:
+    """A run identity without the options in NOT_DECISIVE, as runs are compared."""
+    if identity is None or "train_config" not in identity:
+        return identity
+    return {**identity, "train_config": {k: v for k, v in identity["train_config"].items() if k not in NOT_DECISIVE}}
+
+
 def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: dict | None = None) -> bool:
     """Create or check a run folder for `identity`; True when it already holds this run (resume).
 
@@ -106,14 +128,15 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
             previous = {k: v for k, v in previous.items() if k in identity or k not in LEGACY_IDENTITY}
         except TimnetError:
             previous = None
-        if previous == identity:
+        if _decisive(previous) == _decisive(identity):
             # a run killed while writing leaves its hidden temporary file (utils.atomic_write) behind
             for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
                 if any(fnmatch.fnmatch(stale.name[1:].rsplit(".", 2)[0], name) for name in RUN_FILES):
                     stale.unlink(missing_ok=True)
             return True
         if not overwrite:
-            diff = sorted(k for k in identity if previous is None or previous.get(k) != identity.get(k))
+            was, now = _decisive(previous) or {}, _decisive(identity)
+            diff = sorted(k for k in now if previous is None or was.get(k) != now.get(k))
             hint = ""
             if diff in (["threads_per_fold"], ["path"]):
                 option = diff[0].replace("_per_fold", "")
@@ -121,7 +144,7 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
             elif diff == ["train_config"] and previous is not None:
                 # a run of an earlier preset (`strong` had one member, then two, now four) resumes
                 # with that one value given explicitly
-                old, new = previous["train_config"], identity["train_config"]
+                old, new = was["train_config"], now["train_config"]
                 changed = sorted(k for k in new if old.get(k) != new.get(k))
                 if changed == ["members"]:
                     hint = f"; to resume it pass --members {old['members']}"
@@ -245,17 +268,17 @@ class Run:
 
     # -- training ------------------------------------------------------------------------------
     def _fold_data(self, k: int):
-        """Fold k's folder (created), features, labels and (train, validation) indices, threads set."""
+        """Fold k's folder (created), features, labels and (train, validation) indices."""
         fdir = self.fold_dir(k)
         fdir.mkdir(parents=True, exist_ok=True)
         tr, va = self.validation_split(k)
-        torch.set_num_threads(self.threads)
         with warnings.catch_warnings():
             # Ray hands workers a read-only view of its shared copy; it is only ever read here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             x = torch.from_numpy(np.ascontiguousarray(self.fs.x))
         return fdir, x, torch.from_numpy(self.fs.y), tr, va
 
+    @_in_run_threads
     def train_member(self, k: int, m: int, *, on_epoch: Callable[[dict], None] | None = None) -> None:
         """Train (or resume) member m of fold k alone, kept in the fold's member_<m>.pt: members of one
         fold can then train in parallel, and train_and_test_fold finds them finished."""
@@ -268,6 +291,7 @@ class Run:
         n = self.config.members
         return {m for m in range(n) if n > 1 and member_done_path(self.fold_dir(k), m, n).is_file()}
 
+    @_in_run_threads
     def train_and_test_fold(self, k: int, *, on_epoch: Callable[[dict], None] | None = None,
                             worker: dict | None = None) -> dict:
         """Train (or resume) fold k, evaluate its chosen model once on its test split (on its validation
@@ -505,17 +529,15 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     resumed = prepare_run_dir(out_dir, identity, overwrite=overwrite)
     if resumed and (out_dir / "model.pt").is_file() and not _partial(out_dir):
         return out_dir / "model.pt"  # finished before: the same command does not train it again
-    torch.set_num_threads(threads)
-    bar = tqdm(total=config.epochs * config.members, desc="all data", unit="ep", disable=not progress)
+    with tqdm(total=config.epochs * config.members, desc="all data", unit="ep", disable=not progress) as bar, \
+            torch_threads(threads):
+        def on_epoch(row: dict) -> None:
+            bar.update(row["epoch"] - bar.n)
+            bar.set_postfix_str(f"loss {row['loss']:.3f} acc {row['acc']:.3f}", refresh=False)
 
-    def on_epoch(row: dict) -> None:
-        bar.update(row["epoch"] - bar.n)
-        bar.set_postfix_str(f"loss {row['loss']:.3f} acc {row['acc']:.3f}", refresh=False)
-
-    model, members = train_members(torch.from_numpy(np.ascontiguousarray(fs.x)), torch.from_numpy(fs.y), tr, va,
-                                   model_config=model_config, config=config, seed=seed, folder=out_dir,
-                                   on_epoch=on_epoch, device=device, path=identity["path"])
-    bar.close()
+        model, members = train_members(torch.from_numpy(np.ascontiguousarray(fs.x)), torch.from_numpy(fs.y), tr, va,
+                                       model_config=model_config, config=config, seed=seed, folder=out_dir,
+                                       on_epoch=on_epoch, device=device, path=identity["path"])
     path = save_checkpoint(out_dir / "model.pt", model, feature_config=fs.config, labels=fs.labels, corpus=fs.corpus,
                            extra={"all_data": True, "n_samples": len(fs), "seed": seed,
                                   # the epoch whose weights these are (best-val keeps an earlier one)
@@ -571,10 +593,9 @@ class FoldProgress:
             self.status.pop((task, m), None)
 
     def write(self, message: str, log: Callable[[str], None]) -> None:
-        if self.bar.disable:
+        """`message` through the caller's `log`, the bar cleared meanwhile and drawn again below it."""
+        with self.bar.external_write_mode(file=sys.stderr):
             log(message)
-        else:
-            self.bar.write(message, file=sys.stderr)
 
     def __enter__(self):
         return self

@@ -27,7 +27,8 @@ PATHS = ("auto", "fast", "reference")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a run's numbers; saved in the run and in every checkpoint."""
+    """Everything that decides a run's numbers (and `save_every`, which does not: a run resumes
+    whatever it is now); saved in the run and in every checkpoint."""
 
     epochs: int = 500
     batch_size: int = 64
@@ -36,7 +37,7 @@ class TrainConfig:
     beta2: float = 0.98
     adam_eps: float = 1e-8
     label_smoothing: float = 0.1  # on training labels only
-    val_fraction: float = 0.0  # stratified validation carved from each fold's training part
+    val_fraction: float = 0.0  # validation carved from each fold's training part (stratified; whole speakers with --split speaker)
     eval_every: int = 1  # epochs between validation passes (when there is validation)
     select: str = "last"  # "last" (the paper) or "best-val" (best validation UAR)
     patience: int | None = None  # stop after this many epochs without a better validation UAR
@@ -70,6 +71,10 @@ class TrainConfig:
         for name in ("warmup_epochs", "swa_epochs", "time_shift", "time_masks", "time_mask_width", "freq_masks", "freq_mask_width"):
             if getattr(self, name) < 0:
                 raise TimnetError(f"--{name.replace('_', '-')} {getattr(self, name)} invalid; expected 0 or more")
+        for axis in ("time", "freq"):  # a mask of width 0 masks nothing, yet its draws change the run
+            if getattr(self, f"{axis}_masks") and not getattr(self, f"{axis}_mask_width"):
+                raise TimnetError(f"--{axis}-masks {getattr(self, f'{axis}_masks')} needs --{axis}-mask-width W "
+                                  "(at least 1); masks of width 0 mask nothing")
         if not 0 < self.lr < math.inf:  # inf turns every weight into NaN at the first step
             raise TimnetError(f"--lr {self.lr} invalid; expected a positive, finite learning rate")
         if not 0 <= self.label_smoothing < 1:
@@ -240,10 +245,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     """`auto` is CUDA when present, else the CPU; asking for CUDA without it is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise TimnetError(f"--device {name!r} unknown; expected auto, cpu or cuda")
+    index = name.removeprefix("cuda:")
+    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and index.isdigit()):
+        raise TimnetError(f"--device {name!r} unknown; expected auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TimnetError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if name.startswith("cuda:") and int(index) >= torch.cuda.device_count():
+        raise TimnetError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return torch.device(name)
 
 

@@ -58,6 +58,20 @@ def write_json(path: str | Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to `n` for the block; the caller's count is restored after (a
+    notebook that trains a run keeps its own)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def check_output(path: str | Path, *, folder: bool = False) -> None:
     """Refuse, before any work, an output that could not be written: a file where a folder is
     wanted or the reverse, a parent that is a file, or a place this user may not write."""
