@@ -426,7 +426,7 @@ def test_several_seeds_one_run_each_and_their_spread(tmp_path):
     single = train_cli(features, tmp_path / "single", "--seed", "2", "--epochs", "2", "--json", tmp_path / "single.json")
     assert single.returncode == 0, single.stderr
     out = json.loads((tmp_path / "multi.json").read_text())
-    assert out["seeds"] == [1, 2] and (tmp_path / "multi" / "seeds.json").is_file()
+    assert out["seeds"] == [1, 2] and json.loads((tmp_path / "multi" / "seeds.json").read_text()) == out  # one document
     # a seed's run in RUN_DIR/seed_<s> is exactly the single-seed run with that seed
     seed2 = json.loads((tmp_path / "multi" / "seed_2" / "results.json").read_text())
     alone = json.loads((tmp_path / "single.json").read_text())

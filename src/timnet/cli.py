@@ -246,8 +246,6 @@ def cmd_train(args) -> int:
                 print(f"seed {s['seed']:>6}: WAR {s['mean_war']:.4f} +- {s['std_war']:.4f}  UAR {s['mean_uar']:.4f} +- {s['std_uar']:.4f}")
             print(f"{len(runs)} seeds: WAR {out['mean_war']:.4f} +- {out['std_war']:.4f}  "
                   f"UAR {out['mean_uar']:.4f} +- {out['std_uar']:.4f} (mean +- sample std of the per-seed means)")
-            # the contract's "folds" list too (every seed's folds, each naming its seed), beside each run's summary
-            out = {**out, "folds": [{"seed": s["seed"], **f} for s in summaries for f in s["folds"]], "runs": summaries}
         if args.json:
             write_json(args.json, out)
         if not args.no_report:

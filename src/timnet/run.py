@@ -488,7 +488,9 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
 
 
 def summarize_seeds(summaries: list[dict]) -> dict:
-    """Per-seed means and their mean and sample standard deviation (ddof 1) across seeds."""
+    """The results of a multi-seed run: per-seed means, their mean and sample standard deviation
+    (ddof 1) across seeds, the contract's `folds` list (every seed's folds, each naming its seed)
+    and each seed's own summary under `runs`."""
     per_seed = [{k: s[k] for k in ("seed", "mean_war", "mean_uar", "std_war", "std_uar")} for s in summaries]
     wars = np.array([s["mean_war"] for s in summaries])
     uars = np.array([s["mean_uar"] for s in summaries])
@@ -497,7 +499,8 @@ def summarize_seeds(summaries: list[dict]) -> dict:
             "seeds": [s["seed"] for s in summaries], "per_seed": per_seed,
             "mean_war": float(wars.mean()), "mean_uar": float(uars.mean()),
             "std_war": float(wars.std(ddof=1)), "std_uar": float(uars.std(ddof=1)),
-            "std_note": "sample standard deviation of the per-seed means (ddof=1)"}
+            "std_note": "sample standard deviation of the per-seed means (ddof=1)",
+            "folds": [{"seed": s["seed"], **f} for s in summaries for f in s["folds"]], "runs": summaries}
 
 
 def write_seed_summary(run_dir: str | Path, summary: dict) -> None:
