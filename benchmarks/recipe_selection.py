@@ -30,7 +30,7 @@ import numpy as np
 
 from _common import first_member_from, pm, record, restore, write_json
 from timnet.backends import LocalBackend
-from timnet.corpora import defaults_for
+from timnet.corpora import paper_seed
 from timnet.features import load_features
 from timnet.run import Run, execute_runs, validation_summary
 from timnet.sweep import trial_runs
@@ -77,7 +77,7 @@ def main() -> int:
 
     fs = load_features(args.features)
     names = args.candidates.split(",")
-    seed = defaults_for(fs.corpus)[0]
+    seed = paper_seed(fs.corpus)
     t0 = time.time()
     def make_run(folder, config, model_overrides):
         return Run(fs, folder, config=config, folds=args.folds, seed=seed, threads=1, model_overrides=model_overrides,

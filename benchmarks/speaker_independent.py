@@ -25,7 +25,7 @@ import numpy as np
 
 from _common import (environment, fold_seconds, pm, recipe_args, recipe_members, record, restore, table_recipes,
                      take_first_members, train, write_json)
-from timnet.corpora import defaults_for
+from timnet.corpora import paper_seed
 from timnet.features import load_features
 
 
@@ -48,7 +48,7 @@ def main() -> int:
     fs = load_features(args.features)
     speakers = sorted(set(fs.speakers.tolist()))
     if args.seeds is None:
-        seed = defaults_for(fs.corpus)[0]
+        seed = paper_seed(fs.corpus)
         args.seeds = f"{seed},{seed + 1},{seed + 2}"
     seeds = [int(s) for s in args.seeds.split(",")]
     recipes, args.first_members = table_recipes(args.recipes, args.first_members)

@@ -33,7 +33,7 @@ import numpy as np
 
 from _common import (PUBLISHED, environment, fold_seconds, pm, recipe_args, recipe_members, record, restore,
                      table_recipes, take_first_members, train, write_json)
-from timnet.corpora import defaults_for
+from timnet.corpora import paper_seed
 from timnet.features import load_features
 
 
@@ -58,20 +58,20 @@ def main() -> int:
 
     recipes, args.first_members = table_recipes(args.recipes, args.first_members)
     corpus = load_features(args.features).corpus
-    paper_seed = defaults_for(corpus)[0]
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [paper_seed]
+    default_seed = paper_seed(corpus)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [default_seed]
     out = {}
     for recipe in recipes:
         per_seed = {}
-        for seed in sorted(seeds, key=lambda s: s != paper_seed):  # the paper seed's run first
-            name = recipe if seed == paper_seed else f"{recipe}_seed{seed}"
+        for seed in sorted(seeds, key=lambda s: s != default_seed):  # the paper seed's run first
+            name = recipe if seed == default_seed else f"{recipe}_seed{seed}"
             run, key = Path(args.runs) / name, f"tenfold_{corpus.lower()}/{name}"
             restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
             wall = None
             if not args.table_only:
                 members = recipe_members(recipe)
                 if args.first_members and members > 1:
-                    source = Path(args.runs) / (args.first_members if seed == paper_seed
+                    source = Path(args.runs) / (args.first_members if seed == default_seed
                                                 else f"{args.first_members}_seed{seed}")
                     take_first_members(run, source, members=members)
                 try:
@@ -81,7 +81,7 @@ def main() -> int:
             folds = finished_folds(run)
             per_seed[seed] = {"folds": folds, **summary(folds), "wall_s_this_call": wall,
                               "fold_seconds": fold_seconds(run), **environment(run)}
-        out[recipe] = dict(per_seed.get(paper_seed, {"folds": [], **summary([])}))
+        out[recipe] = dict(per_seed.get(default_seed, {"folds": [], **summary([])}))
         if args.seeds:
             out[recipe]["seeds"] = per_seed
             out[recipe].update(over_seeds(per_seed))

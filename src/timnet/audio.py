@@ -19,6 +19,7 @@ SAMPLE_RATE = 22050  # librosa's default `sr`: the authors never passed another 
 N_MFCC = 39
 N_FFT = 2048  # samples per STFT frame (librosa default, ~93 ms at 22.05 kHz)
 HOP_LENGTH = 512  # samples between frames (librosa default, ~23 ms)
+N_MELS = 128  # mel bands under the MFCCs (librosa default; recipe.py's augmentations rebuild them)
 WAV_MISCOUNT = 1024  # bytes a WAV's data chunk may claim beyond the file's end (_check_wav_container)
 
 
@@ -133,7 +134,7 @@ def fit_length(y: np.ndarray, length: int) -> np.ndarray:
 def _mel_basis(sr: int) -> np.ndarray:
     import librosa
 
-    return librosa.filters.mel(sr=sr, n_fft=N_FFT)  # 128 Slaney mel bands, librosa's defaults
+    return librosa.filters.mel(sr=sr, n_fft=N_FFT, n_mels=N_MELS)  # Slaney mel bands, librosa's defaults
 
 
 @functools.lru_cache(maxsize=1)

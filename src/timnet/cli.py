@@ -108,7 +108,6 @@ def cmd_download(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .corpora import CORPORA
     from .features import check_features_path, extract, save_features
 
     check_features_path(args.output)  # before the extraction, --force or not
@@ -137,12 +136,12 @@ def cmd_extract(args) -> int:
 
 
 def _seeds(args, corpus: str) -> list[int]:
-    from .corpora import defaults_for
+    from .corpora import paper_seed
 
     if args.seeds is not None and args.seed is not None:
         raise TimnetError("give --seed or --seeds, not both")
     if args.seeds is None:
-        return [args.seed if args.seed is not None else defaults_for(corpus)[0]]
+        return [paper_seed(corpus, args.seed)]
     try:
         return [int(v) for v in args.seeds.split(",") if v.strip()]
     except ValueError:
@@ -259,7 +258,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .corpora import defaults_for
+    from .corpora import paper_seed
     from .features import in_order, load_features
     from .run import Run
     from .sweep import format_sweep, load_space, run_sweep
@@ -269,7 +268,7 @@ def cmd_sweep(args) -> int:
         fs = in_order(load_features(args.features, corpus=args.corpus), args.order)
     _resolve_folds(args, fs)
     config, device, threads, backend = _execution(args, args.folds * args.trials)
-    seed = args.seed if args.seed is not None else defaults_for(fs.corpus)[0]
+    seed = paper_seed(fs.corpus, args.seed)
     features_path = str(Path(args.features).resolve())
 
     base_overrides = _model_overrides(args)

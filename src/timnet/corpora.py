@@ -450,10 +450,18 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
                   layout="DIR/<label>/<file>.wav (one folder per class)", scan=scan)
 
 
-def defaults_for(name: str) -> tuple[int, int]:
-    """(paper seed, dilation levels) of a corpus name; the folders defaults for user corpora."""
+def paper_seed(name: str, seed: int | None = None) -> int:
+    """`seed`, or when it is None the corpus's seed in the paper (the folders default for user corpora)."""
+    if seed is not None:
+        return seed
     corpus = CORPORA.get(str(name).upper())
-    return (corpus.seed, corpus.dilations) if corpus else (FOLDERS_SEED, FOLDERS_DILATIONS)
+    return corpus.seed if corpus else FOLDERS_SEED
+
+
+def paper_dilations(name: str) -> int:
+    """The corpus's dilation levels in the paper (the folders default for user corpora)."""
+    corpus = CORPORA.get(str(name).upper())
+    return corpus.dilations if corpus else FOLDERS_DILATIONS
 
 
 def get_corpus(name: str, *, also: str | None = None) -> Corpus:

@@ -134,7 +134,7 @@ def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = Non
     `order` None takes the models' own sample order (timnet.features.ORDERS). A RUN_DIR knows its
     seed and folds: others given are ignored with a warning, as is testing an unfinished run, whose
     summary then has `run_folds_n`, the folds it will have."""
-    from .corpora import defaults_for
+    from .corpora import paper_seed
     from .features import in_order
     from .run import RUN_FILE, read_identity
 
@@ -144,7 +144,7 @@ def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = Non
             (in_order(fs, "authors").files != fs.files).any():
         warnings.warn(f"--order spec: the authors' {fs.corpus} weights were trained on the folds of their own sample "
                       f"order, which is not SPEC.md's for these files: their models have seen much of these test folds")
-    split, used_seed = "random", seed if seed is not None else defaults_for(fs.corpus)[0]
+    split, used_seed = "random", paper_seed(fs.corpus, seed)
     results, outputs = evaluate(fs, fold_models(weights, fs, folds=10 if folds is None else folds, seed=used_seed))
     identity = read_identity(weights) if run_file.is_file() else None
     if identity is not None:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .audio import N_MELS, SAMPLE_RATE
+
 RECIPES = {
     "paper": {},
     # benchmarks/recipe_selection.py "swa-x4": four models per fold from four initialisations, each
@@ -35,7 +37,6 @@ RECIPES = {
 }
 SWA_SHARE = 5  # a preset's SWA window is the last fifth of training (100 of the paper's 500 epochs)
 SCHEDULES = ("constant", "cosine")
-N_MELS = 128  # mel bands under the features' MFCCs (librosa's default, as in timnet.audio.mfcc)
 
 
 def learning_rate(config, step: int, steps_per_epoch: int) -> float:
@@ -111,7 +112,6 @@ def _cepstral_basis(n_mfcc: int) -> tuple[torch.Tensor, torch.Tensor]:
     import librosa
     import scipy.fft
 
-    from .audio import SAMPLE_RATE
     from .errors import TimnetError
 
     if not 1 <= n_mfcc <= N_MELS:

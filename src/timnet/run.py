@@ -33,7 +33,7 @@ import torch
 
 from . import dispatch
 from .checkpoint import save_checkpoint
-from .corpora import defaults_for
+from .corpora import paper_dilations, paper_seed
 from .errors import TimnetError
 from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
@@ -168,7 +168,7 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
 
 def model_config_for(fs: FeatureSet) -> TIMNetConfig:
     """The paper's network for a feature set: the corpus's dilation levels, its class count."""
-    levels = defaults_for(fs.corpus)[1]
+    levels = paper_dilations(fs.corpus)
     return TIMNetConfig(n_features=fs.x.shape[2], dilations=levels, n_classes=len(fs.labels))
 
 
@@ -203,7 +203,7 @@ def _seed_and_model(fs: FeatureSet, config: TrainConfig, seed: int | None, model
     """(the run's seed: the corpus's paper seed by default, the network config) after checking the
     training config fits these features."""
     config.check_fits(*fs.x.shape[1:])
-    seed = check_seed(seed if seed is not None else defaults_for(fs.corpus)[0])
+    seed = check_seed(paper_seed(fs.corpus, seed))
     return seed, replace(model_config_for(fs), **(model_overrides or {}))
 
 

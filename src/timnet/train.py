@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import metrics
+from . import metrics, recipe
 from .errors import TimnetError
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble, ensemble
 from .utils import atomic_write
@@ -60,12 +60,10 @@ class TrainConfig:
     members: int = 1  # > 1: models per fold from other initialisations; the fold's model averages their probabilities
 
     def __post_init__(self):
-        from .recipe import RECIPES, SCHEDULES
-
-        if self.recipe not in RECIPES:
-            raise TimnetError(f"--recipe {self.recipe!r} unknown; expected one of {', '.join(RECIPES)}")
-        if self.lr_schedule not in SCHEDULES:
-            raise TimnetError(f"--lr-schedule {self.lr_schedule!r} unknown; expected one of {', '.join(SCHEDULES)}")
+        if self.recipe not in recipe.RECIPES:
+            raise TimnetError(f"--recipe {self.recipe!r} unknown; expected one of {', '.join(recipe.RECIPES)}")
+        if self.lr_schedule not in recipe.SCHEDULES:
+            raise TimnetError(f"--lr-schedule {self.lr_schedule!r} unknown; expected one of {', '.join(recipe.SCHEDULES)}")
         if not 0 <= self.ema_decay < 1:
             raise TimnetError(f"--ema-decay {self.ema_decay} invalid; expected 0 (off) <= D < 1")
         for name in ("warmup_epochs", "swa_epochs", "time_shift", "time_masks", "time_mask_width", "freq_masks", "freq_mask_width"):
@@ -106,8 +104,8 @@ class TrainConfig:
             # a preset that averages: say which option turns its averaging off
             preset = next((f" (--recipe {self.recipe} sets --{n.replace('_', '-')}: add --{n.replace('_', '-')} 0"
                            + (f"; it also trains {self.members} members per fold, --members 1 trains one"
-                              if self.members > 1 and RECIPES[self.recipe].get("members") else "") + ")"
-                           for n in ("ema_decay", "swa_epochs") if RECIPES[self.recipe].get(n)), "")
+                              if self.members > 1 and recipe.RECIPES[self.recipe].get("members") else "") + ")"
+                           for n in ("ema_decay", "swa_epochs") if recipe.RECIPES[self.recipe].get(n)), "")
             if self.ema_decay > 0:
                 raise TimnetError(f"--swa-epochs and --ema-decay are two ways to average the weights; choose one{preset}")
             # the average exists only after the last epoch: there is no epoch to pick, nor stop at
@@ -132,9 +130,7 @@ def recipe_config(name: str = "paper", **overrides) -> TrainConfig:
     A preset's SWA window follows an explicit --epochs (preset_swa_epochs), so that
     `--recipe strong --epochs 50` averages the last 10 epochs rather than failing; an explicit
     --swa-epochs is taken as given."""
-    from .recipe import RECIPES
-
-    preset = dict(RECIPES.get(name, {}))
+    preset = dict(recipe.RECIPES.get(name, {}))
     if preset.get("swa_epochs"):
         preset["swa_epochs"] = preset_swa_epochs(name, overrides.get("epochs", TrainConfig.epochs))
     return TrainConfig(**{**preset, "recipe": name, **overrides})  # TrainConfig checks the name
@@ -143,9 +139,7 @@ def recipe_config(name: str = "paper", **overrides) -> TrainConfig:
 def preset_swa_epochs(name: str, epochs: int) -> int:
     """The SWA window preset `name` gives a training of `epochs` epochs: the last fifth (100 of the
     paper's 500), at least one epoch; 0 for a preset that does not average."""
-    from .recipe import RECIPES, SWA_SHARE
-
-    return max(1, epochs // SWA_SHARE) if RECIPES.get(name, {}).get("swa_epochs") else 0
+    return max(1, epochs // recipe.SWA_SHARE) if recipe.RECIPES.get(name, {}).get("swa_epochs") else 0
 
 
 def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, seed: int,
@@ -230,7 +224,7 @@ class FoldState:
             torch.cuda.set_rng_state(d["cuda_rng"], next(self.model.parameters()).device)
         self.epoch, self.history, self.best = d["epoch"], d["history"], d["best"]
         self.since_best, self.stopped_early = d["since_best"], d["stopped_early"]
-        self.seconds = d.get("seconds", 0.0)  # snapshots before stop 30 have no time
+        self.seconds = d.get("seconds", 0.0)  # older versions' snapshots kept no time
         if self.ema is not None:
             self.ema.load_state_dict(d["ema"])
         if self.swa is not None:
@@ -300,7 +294,7 @@ def train_fold(
     it when it exists; the result equals an uninterrupted run's. `path` is "fast" (timnet.fast,
     the same mathematics computed faster) or "reference" (the nn.Module itself).
     """
-    from . import fast, recipe
+    from . import fast
 
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -414,7 +408,7 @@ class Member:
             last = TIMNet(config)
             last.load_state_dict(d["last"])
         return cls(model.eval(), last.eval(), d["epoch"], d["epochs_run"], d["stopped_early"], d["arithmetic"], d["history"],
-                   d.get("seconds", 0.0))  # members kept before stop 30 have no time
+                   d.get("seconds", 0.0))  # members kept by older versions have no time
 
 
 def train_members(
