@@ -211,7 +211,8 @@ def first_member_from(run_dir: Path, source: Path, *, members: int | None = None
 
     import torch
     from timnet.checkpoint import load_checkpoint
-    from timnet.run import prepare_run_dir, read_identity
+    from timnet.run import prepare_run_dir
+    from timnet.rundir import read_identity
     from timnet.train import Member
     from timnet.utils import atomic_write
 

@@ -24,7 +24,7 @@ import torch
 from timnet.checkpoint import load_checkpoint, save_checkpoint
 from timnet.features import load_features
 from timnet.recipe import measure_bn
-from timnet.run import read_identity
+from timnet.rundir import read_identity
 from timnet.train import evaluate_split, fold_seed
 from timnet.utils import write_json
 

@@ -271,7 +271,7 @@ def test_extract_emodb_is_the_same_bits_on_every_x86_machine(emodb_features):
 
     from timnet import dispatch
     from timnet.features import load_features
-    from timnet.run import features_fingerprint
+    from timnet.rundir import features_fingerprint
 
     if not dispatch.pins() or any(v in os.environ for v in dispatch.VARIABLES):
         pytest.skip("not an x86-64 Linux machine with AVX2, or the CPU dispatch set by hand: no pinned paths to check")

@@ -15,7 +15,8 @@ from .features import FeatureConfig, FeatureSet
 from .folds import make_folds
 from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
-from .utils import fold_files
+from .rundir import check_not_multi_seed, features_fingerprint, read_identity
+from .utils import RUN_FILE, fold_files
 
 
 @torch.no_grad()
@@ -52,7 +53,6 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
     if not weights.is_dir():
         what = "a file, not a folder" if weights.exists() else "no such weights folder"
         raise TimnetError(f"{weights}: {what}; expected a RUN_DIR or a folder of 10-fold_weights_best_<k>.hdf5")
-    from .run import RUN_FILE, check_not_multi_seed
 
     check_not_multi_seed(weights)
     run_ckpts = fold_files(weights, "model.pt")
@@ -60,8 +60,6 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
         raise TimnetError(f"{weights}: a RUN_DIR with no finished fold (no fold_*/model.pt); "
                           "`timnet train` with the same arguments resumes it")
     if run_ckpts:
-        from .run import features_fingerprint, read_identity
-
         identity = read_identity(weights)
         if identity.get("features_fingerprint") != features_fingerprint(fs):
             raise TimnetError(f"{weights} was trained on other features than these {fs.corpus} features; "
@@ -136,7 +134,6 @@ def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = Non
     summary then has `run_folds_n`, the folds it will have."""
     from .corpora import paper_seed
     from .features import in_order
-    from .run import RUN_FILE, read_identity
 
     run_file = Path(weights) / RUN_FILE
     fs = in_order(fs, order or _own_order(fs, run_file))
@@ -164,7 +161,6 @@ def _own_order(fs: FeatureSet, run_file: Path) -> str:
     """The sample order a model's folds were made on: a RUN_DIR's is the one whose features it was
     trained on (its run.json's fingerprint); the authors' weights were made on their own order."""
     from .features import in_order
-    from .run import features_fingerprint, read_identity
 
     if not run_file.is_file():
         return "authors" if fs.files is not None else "spec"  # an authors' .npy is in their order already

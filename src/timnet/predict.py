@@ -21,7 +21,8 @@ from .errors import TimnetError
 from .features import FeatureConfig, waveform_features
 from .keras_import import check_corpus_levels, highest_keras_fold, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet
-from .utils import fold_files
+from .rundir import check_not_multi_seed, read_identity
+from .utils import RUN_FILE, fold_files
 
 BUNDLED = {"emodb": "emodb.pt"}  # name -> file in timnet/pretrained/
 QUIET_RMS = 1e-4  # below this the recording is treated as silence
@@ -296,7 +297,6 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
     if path.is_file():
         return _from_checkpoints([path], source=str(path))
     if path.is_dir():
-        from .run import RUN_FILE, check_not_multi_seed
 
         check_not_multi_seed(path)
         ckpts = fold_files(path, "model.pt")
@@ -350,7 +350,6 @@ def _warn_if_unfinished(run_dir: Path, n_finished: int) -> None:
     """A run still training (or interrupted) predicts with the folds it has; say so, as `test` does."""
     import warnings
 
-    from .run import RUN_FILE, read_identity
 
     if (run_dir / RUN_FILE).is_file():
         try:

@@ -22,6 +22,7 @@ from . import metrics
 from .errors import TimnetError
 from .features import FeatureSet
 from .plots import confusion_figure, curves_figure, recall_figure, save_figure, tsne_figure
+from .rundir import check_not_multi_seed, features_fingerprint
 from .utils import RUN_FILE, atomic_write, fold_files, read_fold_result
 
 PLOTS_DIR = "plots"
@@ -88,7 +89,6 @@ def read_history(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _run_info(run_dir: Path) -> dict:
-    from .run import check_not_multi_seed
 
     check_not_multi_seed(run_dir)
     path = run_dir / RUN_FILE
@@ -198,7 +198,6 @@ def _run_test_features(run_dir: Path, info: dict) -> tuple:
     """(fused features, true classes, test folds, None) of every test sample of the finished folds, or a reason why not."""
     from .evaluate import evaluate, fold_models
     from .features import load_features
-    from .run import features_fingerprint
 
     identity = info["identity"]
     try:

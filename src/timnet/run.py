@@ -9,15 +9,16 @@ RUN_DIR/
   fold_01/history_member1.csv ...  the other members' histories (--members > 1)
   fold_01/result.json    the fold's test result; its presence marks the fold as done
   results.json, results.csv   the summary (INTERFACE.md), written when every fold is done
+                         (validation.json instead for a validation-only run: recipe selection)
+
+With --seeds, RUN_DIR holds one such folder per seed, seed_<s>/, beside seeds.json and seeds.csv
+(their spread). With --all-data, OUT_DIR holds run.json, model.pt and history*.csv (and the
+snapshots while training): one model, no folds, no test score.
 """
 from __future__ import annotations
 
-import csv
 import fnmatch
 import functools
-import hashlib
-import io
-import json
 import platform
 import shutil
 import sys
@@ -39,21 +40,10 @@ from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
 from .folds import make_folds
 from .model import TIMNetConfig, ensemble
+from .rundir import LEGACY_IDENTITY, check_not_multi_seed, features_fingerprint, read_identity
 from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
                     train_members, validation_split)
-from .utils import RUN_FILE, RUN_FILES, RUN_OUTPUTS, atomic_write, fold_dirs, read_fold_result, torch_threads, write_json
-
-# Identity keys added after a run format was first written, with the value older runs implied.
-LEGACY_IDENTITY = {"device": "cpu", "path": "reference", "evaluate_test": True, "val_split": "stratified"}
-
-
-def features_fingerprint(fs: FeatureSet) -> str:
-    """A short hash of the features and labels, so a RUN_DIR is never resumed on other data."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(fs.x).tobytes())
-    h.update(np.ascontiguousarray(fs.y).tobytes())
-    return h.hexdigest()[:16]
-
+from .utils import RUN_FILE, RUN_FILES, RUN_OUTPUTS, atomic_write, fold_dirs, read_fold_result, torch_threads, write_csv, write_json
 
 def versions() -> dict:
     """Versions of what decides the numbers: Python, torch, numpy, librosa, and the machine."""
@@ -67,22 +57,6 @@ def versions() -> dict:
         except md.PackageNotFoundError:
             out[pkg] = None
     return out
-
-
-def read_identity(run_dir: str | Path) -> dict:
-    """The identity (configs, data fingerprint, seed, split) recorded in a RUN_DIR's run.json."""
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise TimnetError(f"{path}: missing; expected the run file `timnet train` writes in every RUN_DIR (it records "
-                          "the features the folds were made on)")
-    try:
-        identity = {**LEGACY_IDENTITY, **json.loads(path.read_text())["identity"]}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise TimnetError(f"{path}: not a readable timnet run file ({type(e).__name__})") from None
-    if isinstance(identity.get("train_config"), dict):
-        # options added since the run was written default to what older versions did (the paper)
-        identity["train_config"] = {**asdict(TrainConfig()), **identity["train_config"]}
-    return identity
 
 
 def _remove_run_outputs(run_dir: Path) -> None:
@@ -172,21 +146,11 @@ def model_config_for(fs: FeatureSet) -> TIMNetConfig:
     return TIMNetConfig(n_features=fs.x.shape[2], dilations=levels, n_classes=len(fs.labels))
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_write(path) as tmp:
-        tmp.write_text(buf.getvalue())
-
-
 def _write_histories(folder: Path, members) -> None:
     """history.csv of the first member (the single model's), history_member<m>.csv of the others."""
-    _write_csv(folder / "history.csv", members[0].history)
+    write_csv(folder / "history.csv", members[0].history)
     for m, member in enumerate(members[1:], start=1):
-        _write_csv(folder / f"history_member{m}.csv", member.history)
+        write_csv(folder / f"history_member{m}.csv", member.history)
 
 
 def _partial(folder: Path) -> list[Path]:
@@ -383,7 +347,7 @@ class Run:
         summary = summarize(ordered, corpus=self.fs.corpus, labels=self.fs.labels, split=self.split, seed=self.seed)
         summary.update(select=self.config.select, epochs=self.config.epochs)
         write_json(self.dir / "results.json", summary)
-        _write_csv(self.dir / "results.csv", [{"fold": r["fold"], "n_test": r["n_test"], "war": r["war"], "uar": r["uar"],
+        write_csv(self.dir / "results.csv", [{"fold": r["fold"], "n_test": r["n_test"], "war": r["war"], "uar": r["uar"],
                                                "epoch": r.get("epoch")} for r in ordered]
                    + [{"fold": "mean", "war": summary["mean_war"], "uar": summary["mean_uar"]},
                       {"fold": "std", "war": summary["std_war"], "uar": summary["std_uar"]}])
@@ -440,14 +404,6 @@ def validation_summary(folds: list[dict]) -> dict:
     uars, wars = np.array([f["val_uar"] for f in folds]), np.array([f["val_war"] for f in folds])
     return {"folds": folds, "mean_val_uar": float(uars.mean()), "std_val_uar": float(uars.std()),
             "mean_val_war": float(wars.mean()), "std_val_war": float(wars.std())}
-
-
-def check_not_multi_seed(path: Path, *, hint: str | None = None) -> None:
-    """A `train --seeds` folder holds one RUN_DIR per seed: say so, rather than that it is no run."""
-    seeds = sorted(p.name for p in Path(path).glob("seed_*") if (p / RUN_FILE).is_file())
-    if seeds and not (Path(path) / RUN_FILE).is_file():
-        raise TimnetError(f"{path} holds the runs of {len(seeds)} seeds ({', '.join(seeds)}); "
-                          + (hint or f"expected one of them, e.g. {Path(path) / seeds[0]}"))
 
 
 def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path, int], Run],
@@ -507,7 +463,7 @@ def write_seed_summary(run_dir: str | Path, summary: dict) -> None:
     """RUN_DIR/seeds.json and seeds.csv of a multi-seed run."""
     run_dir = Path(run_dir)
     write_json(run_dir / SEEDS_FILE, summary)
-    _write_csv(run_dir / "seeds.csv", summary["per_seed"] + [
+    write_csv(run_dir / "seeds.csv", summary["per_seed"] + [
         {"seed": "mean", "mean_war": summary["mean_war"], "mean_uar": summary["mean_uar"]},
         {"seed": "std", "mean_war": summary["std_war"], "mean_uar": summary["std_uar"]}])
 

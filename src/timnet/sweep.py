@@ -27,13 +27,13 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import TimnetError
 from .checkpoint import load_checkpoint
+from .errors import TimnetError
 from .evaluate import FoldModel, evaluate, summarize
 from .features import FeatureSet
-from .run import Run, _write_csv, execute_runs
+from .run import Run, execute_runs
 from .train import TrainConfig, check_seed, preset_swa_epochs
-from .utils import RUN_FILE, write_json
+from .utils import RUN_FILE, write_csv, write_json
 
 MODEL_PARAMS = ("dropout",)
 KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
@@ -224,7 +224,7 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
            "best": {"trial": runs[best].dir.name, "params": runs[best].params, "val_uar": table[best]["val_uar"],
                     "train_config": asdict(runs[best].config)},
            "test": test}
-    _write_csv(sweep_dir / "trials.csv", table)
+    write_csv(sweep_dir / "trials.csv", table)
     write_json(sweep_dir / "sweep.json", out)
     return out
 

@@ -386,7 +386,8 @@ class Member:
     """One trained member of a fold: its chosen weights and what the fold's result reports of it."""
 
     model: TIMNet  # the weights it ends with (EMA / SWA average, best-val epoch or last epoch)
-    last: TIMNet  # its weights after the last epoch trained (the same object when nothing averages)
+    last: TIMNet  # its weights after the last epoch trained; the same object as `model` when nothing
+    # averages (with best-val that is the best epoch's weights: no separate last-weights figures then)
     epoch: int  # the epoch whose weights `model` is
     epochs_run: int
     stopped_early: bool

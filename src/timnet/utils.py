@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
@@ -70,6 +72,17 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """Write dict rows as CSV (columns in order of first appearance), atomically."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(path) as tmp:
+        tmp.write_text(buf.getvalue())
 
 
 def check_output(path: str | Path, *, folder: bool = False) -> None:

@@ -1,0 +1,52 @@
+"""Reading a RUN_DIR without training: its identity, the features it was trained on, and the
+folders of a multi-seed run. Evaluation, prediction and reports need these (without torch);
+training (run.py) writes what they read."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TimnetError
+from .features import FeatureSet
+from .utils import RUN_FILE
+
+# Identity keys added after a run format was first written, with the value older runs implied.
+LEGACY_IDENTITY = {"device": "cpu", "path": "reference", "evaluate_test": True, "val_split": "stratified"}
+
+
+def features_fingerprint(fs: FeatureSet) -> str:
+    """A short hash of the features and labels, so a RUN_DIR is never resumed on other data."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(fs.x).tobytes())
+    h.update(np.ascontiguousarray(fs.y).tobytes())
+    return h.hexdigest()[:16]
+
+
+def read_identity(run_dir: str | Path) -> dict:
+    """The identity (configs, data fingerprint, seed, split) recorded in a RUN_DIR's run.json."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise TimnetError(f"{path}: missing; expected the run file `timnet train` writes in every RUN_DIR (it records "
+                          "the features the folds were made on)")
+    try:
+        identity = {**LEGACY_IDENTITY, **json.loads(path.read_text())["identity"]}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise TimnetError(f"{path}: not a readable timnet run file ({type(e).__name__})") from None
+    if isinstance(identity.get("train_config"), dict):
+        from .train import TrainConfig  # here only: it imports torch, which reading a run needs nowhere else
+
+        # options added since the run was written default to what older versions did (the paper)
+        identity["train_config"] = {**asdict(TrainConfig()), **identity["train_config"]}
+    return identity
+
+
+def check_not_multi_seed(path: Path, *, hint: str | None = None) -> None:
+    """A `train --seeds` folder holds one RUN_DIR per seed: say so, rather than that it is no run."""
+    seeds = sorted(p.name for p in Path(path).glob("seed_*") if (p / RUN_FILE).is_file())
+    if seeds and not (Path(path) / RUN_FILE).is_file():
+        raise TimnetError(f"{path} holds the runs of {len(seeds)} seeds ({', '.join(seeds)}); "
+                          + (hint or f"expected one of them, e.g. {Path(path) / seeds[0]}"))
