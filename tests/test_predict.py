@@ -86,6 +86,17 @@ def test_formats_and_windows(run_dir, clips, monkeypatch):
     assert len(model.predict_file(clips["1.2s"], window=0.5).windows) > 1
 
 
+def test_window_starts_cover_the_recording_to_its_last_sample():
+    from timnet.predict import window_starts
+
+    assert window_starts(10, 4, 3) == [0, 3, 6]  # the last window ends on the last sample
+    assert window_starts(11, 4, 3) == [0, 3, 6, 7]  # else the tail gets a window of its own
+    assert window_starts(5, 4, 100) == [0, 1]  # a hop beyond the recording still reaches its end
+    for n, win, step in ((1000, 300, 7), (1000, 999, 1), (12345, 2048, 1024)):
+        starts = window_starts(n, win, step)
+        assert starts[0] == 0 and starts[-1] + win == n and all(b - a <= step for a, b in zip(starts, starts[1:]))
+
+
 def test_show_windows_prints_each_window(run_dir, clips, capsys):
     from timnet import cli
 

@@ -141,6 +141,40 @@ def check_feature_batch(x, config: FeatureConfig) -> np.ndarray:
     return x
 
 
+def audio_warnings(y: np.ndarray, *, peak: float, sample_rate: int, cfg: FeatureConfig) -> list[str]:
+    """What makes a prediction of this recording unreliable: `y` resampled to the features' rate,
+    `peak` and `sample_rate` those of the recording as given (before averaging channels and
+    resampling, whose ringing may overshoot a full-scale file)."""
+    warnings = []
+    if peak > 1.0:
+        warnings.append(f"samples beyond full scale (peak {peak:.2f}): expected floats in [-1, 1]")
+    if sample_rate < LOW_RATE:
+        warnings.append(f"sample rate {sample_rate} Hz, below {LOW_RATE} Hz: too little of the spectrum for the features")
+    seconds = len(y) / cfg.sample_rate
+    if seconds < SHORT_SECONDS:
+        warnings.append(f"very short audio ({seconds:.2g} s)")  # .2g: 50 samples read 0.0031 s, not 0.00 s
+    rms = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
+    dbfs = 20 * math.log10(rms) if rms > 0 else -math.inf
+    if rms < QUIET_RMS:
+        warnings.append("silent audio")
+    elif dbfs < QUIET_DBFS:
+        warnings.append(f"quiet audio ({dbfs:.0f} dBFS RMS, below {QUIET_DBFS:.0f}): the features are "
+                        "of the absolute level, as in the paper, so raise the level for a reliable prediction")
+    elif dbfs > LOUD_DBFS:
+        warnings.append(f"loud audio ({dbfs:.0f} dBFS RMS, above {LOUD_DBFS:.0f}): the features are "
+                        "of the absolute level, as in the paper, so lower the level for a reliable prediction")
+    return warnings
+
+
+def window_starts(n: int, win: int, step: int) -> list[int]:
+    """Starts of the windows of `win` samples every `step` over `n > win` samples; the tail gets
+    a window of its own, ending at the last sample."""
+    starts = list(range(0, n - win + 1, step))
+    if starts[-1] + win < n:
+        starts.append(n - win)
+    return starts
+
+
 class Predictor:
     """An ensemble of TIMNets with their labels and feature config; `predict` takes raw audio."""
 
@@ -199,25 +233,8 @@ class Predictor:
         if y.ndim == 2:
             y = y.mean(axis=1, dtype=np.float32)
         cfg = self.feature_config
-        warnings = []
-        if peak > 1.0:
-            warnings.append(f"samples beyond full scale (peak {peak:.2f}): expected floats in [-1, 1]")
-        if sample_rate < LOW_RATE:
-            warnings.append(f"sample rate {sample_rate} Hz, below {LOW_RATE} Hz: too little of the spectrum for the features")
         y = audio.resample(y, orig_sr=int(sample_rate), target_sr=cfg.sample_rate)
-        seconds = len(y) / cfg.sample_rate
-        if seconds < SHORT_SECONDS:
-            warnings.append(f"very short audio ({seconds:.2g} s)")  # .2g: 50 samples read 0.0031 s, not 0.00 s
-        rms = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
-        dbfs = 20 * math.log10(rms) if rms > 0 else -math.inf
-        if rms < QUIET_RMS:
-            warnings.append("silent audio")
-        elif dbfs < QUIET_DBFS:
-            warnings.append(f"quiet audio ({dbfs:.0f} dBFS RMS, below {QUIET_DBFS:.0f}): the features are "
-                            "of the absolute level, as in the paper, so raise the level for a reliable prediction")
-        elif dbfs > LOUD_DBFS:
-            warnings.append(f"loud audio ({dbfs:.0f} dBFS RMS, above {LOUD_DBFS:.0f}): the features are "
-                            "of the absolute level, as in the paper, so lower the level for a reliable prediction")
+        warnings = audio_warnings(y, peak=peak, sample_rate=sample_rate, cfg=cfg)
         check_windowing(window, hop, cfg)
         win = cfg.signal_length if window is None else min(int(round(window * cfg.sample_rate)), cfg.signal_length)
         step = max(1, int(round((win / cfg.sample_rate / 2 if hop is None else hop) * cfg.sample_rate)))
@@ -227,9 +244,7 @@ class Predictor:
             if hop is not None:  # windows were asked for and none are made: said, not silently ignored
                 warnings.append(f"scored in one piece ({one_piece_reason(window, cfg)}): hop {hop} s makes no windows")
         else:
-            starts = list(range(0, len(y) - win + 1, step))
-            if starts[-1] + win < len(y):
-                starts.append(len(y) - win)  # the tail gets a window of its own
+            starts = window_starts(len(y), win, step)
             chunks = [y[s : s + win] for s in starts]
         # windows in batches: memory stays that of one batch however long the file or short the hop
         probs = np.concatenate([self.predict_features(np.stack([waveform_features(c, cfg) for c in chunks[i : i + WINDOW_BATCH]]))
