@@ -1,4 +1,6 @@
 """Corpus extraction end to end on a synthetic EMODB tree; saving and loading feature files."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -81,6 +83,26 @@ def test_dangling_link_fails_or_is_skipped(tmp_path):
         extract("emodb", root, workers=1, signal_length=4096, progress=False)
     fs, _, bad = extract("emodb", root, workers=1, signal_length=4096, skip_bad=True, progress=False)
     assert len(fs) == 10 and len(bad) == 1 and "03a05Wa.wav" in bad[0]
+
+
+def test_file_the_system_refuses_fails_or_is_skipped(tmp_path, monkeypatch):
+    """An OSError on one file (no permission, an I/O error on a flaky disk) is that file's error,
+    which --skip-bad skips, not the end of the whole extraction."""
+    from timnet import audio
+
+    root = emodb_tree(tmp_path / "c")
+    check = audio._check_wav_container
+
+    def refuse(path):  # as root, chmod cannot make a file unreadable: the refusal is injected
+        if Path(path).name == "03a10Fa.wav":
+            raise PermissionError(13, "Permission denied", str(path))
+        return check(path)
+
+    monkeypatch.setattr(audio, "_check_wav_container", refuse)
+    with pytest.raises(TimnetError, match=r"03a10Fa\.wav: cannot be read \(Permission denied\).*--skip-bad"):
+        extract("emodb", root, workers=1, signal_length=4096, progress=False)
+    fs, _, bad = extract("emodb", root, workers=1, signal_length=4096, skip_bad=True, progress=False)
+    assert len(fs) == 9 and len(bad) == 1 and "03a10Fa.wav" in bad[0]
 
 
 def test_authors_npy(tmp_path):

@@ -79,15 +79,17 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
             raise TimnetError(f"{path}: a broken symbolic link (to {os.readlink(path)}); expected an audio file")
         raise TimnetError(f"{path}: " + ("not a regular file (a directory, pipe or device); expected an audio file" if path.exists()
                                          else "no such audio file"))
-    if path.stat().st_size == 0:
-        raise TimnetError(f"{path}: empty file, expected audio")
-    _check_wav_container(path)
     try:
+        if path.stat().st_size == 0:
+            raise TimnetError(f"{path}: empty file, expected audio")
+        _check_wav_container(path)
         with open(path, "rb") as f:  # not the name: see audio_info
             data, sr = sf.read(f, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         message = sndfile_message(e)
         raise TimnetError(f"{path}: not readable audio ({message})") from None
+    except OSError as e:  # no permission, an I/O error on a flaky disk: one bad file, which --skip-bad may skip
+        raise TimnetError(f"{path}: cannot be read ({e.strerror or e})") from None
     if data.shape[0] == 0:
         raise TimnetError(f"{path}: holds no audio samples")
     if not np.isfinite(data).all():  # float files can; librosa would fail deep inside the STFT
