@@ -213,6 +213,7 @@ def test_onnx_matches_torch(run_dir, clips, tmp_path):
     path = export_onnx(model, tmp_path / "m.onnx")
     onnx_model = load_model(path)
     assert onnx_model.labels == LABELS and onnx_model.feature_config == CFG and onnx_model.corpus == "TOY"
+    assert onnx_model.networks == model.networks == 2 and "networks=2" in repr(onnx_model)  # TIM-Nets, not checkpoints
     assert load_model(path, corpus="toy").labels == LABELS
     with pytest.raises(TimnetError, match="--corpus emodb: .* is a model of TOY"):
         load_model(path, corpus="emodb")

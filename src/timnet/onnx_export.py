@@ -6,6 +6,7 @@ to compute the right features and name the classes.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import warnings
 from dataclasses import asdict
@@ -16,7 +17,7 @@ import torch
 
 from .errors import TimnetError
 from .features import FeatureConfig
-from .predict import Predictor, check_feature_batch
+from .predict import Predictor, check_feature_batch, mean_probabilities
 from .utils import atomic_write
 
 OPSET = 17
@@ -32,7 +33,7 @@ class _Probabilities(torch.nn.Module):
         self.models = torch.nn.ModuleList(models)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(features).softmax(-1) for m in self.models]).mean(0)
+        return mean_probabilities(self.models, features)
 
 
 def export_onnx(predictor: Predictor, path: str | Path) -> Path:
@@ -55,17 +56,19 @@ def export_checked(predictor: Predictor, path: str | Path) -> tuple[Path, float 
         raise TimnetError(f"{predictor.source}: already an ONNX model; export needs a checkpoint, RUN_DIR or weights folder")
     module = _Probabilities(predictor.models).eval()
     cfg = predictor.feature_config
-    example = torch.zeros(2, cfg.frames, cfg.n_mfcc)
+    example = torch.zeros(2, cfg.frames, cfg.n_mfcc, device=predictor.device)  # where the models are
+    # torch 2.5 added the dynamo exporter (and this switch); the TorchScript one is the default before
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     gap = None
     with atomic_write(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and shape-inference chatter
         torch.onnx.export(module, (example,), str(tmp), input_names=["features"], output_names=["probs"],
                           dynamic_axes={"features": {0: "batch"}, "probs": {0: "batch"}}, opset_version=OPSET,
-                          dynamo=False)
+                          **legacy)
         proto = onnx.load(str(tmp))
         for key, value in (("timnet.labels", json.dumps(list(predictor.labels))),
                            ("timnet.feature_config", json.dumps(asdict(cfg))),
-                           ("timnet.ensemble_size", str(len(predictor.models))),
+                           ("timnet.networks", str(predictor.networks)),  # TIM-Nets averaged, for repr
                            ("timnet.corpus", predictor.corpus or "")):
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -130,8 +133,11 @@ class OnnxPredictor(Predictor):
             raise TimnetError(f"{path}: graph maps {shape_in} to {shape_out} but its metadata says "
                               f"(batch, {want_in[0]}, {want_in[1]}) to (batch, {want_out}); export the model again")
 
-    def __repr__(self) -> str:  # the graph does not say how many networks it averages
-        return f"{type(self).__name__}(source={self.source!r}, corpus={self.corpus!r}, labels={self.labels})"
+    @property
+    def networks(self) -> int | None:
+        """TIM-Nets the graph averages, as its metadata says (None in files exported before it did)."""
+        value = self.session.get_modelmeta().custom_metadata_map.get("timnet.networks", "")
+        return int(value) if value.isdigit() else None
 
     def to(self, device) -> OnnxPredictor:
         if torch.device(device).type != "cpu":

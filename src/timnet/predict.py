@@ -141,6 +141,12 @@ def check_feature_batch(x, config: FeatureConfig) -> np.ndarray:
     return x
 
 
+def mean_probabilities(models, features: torch.Tensor) -> torch.Tensor:
+    """The mean of the models' softmax probabilities: how a Predictor scores, and the graph
+    `timnet export` writes (one expression for both, so the two cannot drift apart)."""
+    return torch.stack([m(features).softmax(-1) for m in models]).mean(0)
+
+
 def audio_warnings(y: np.ndarray, *, peak: float, sample_rate: int, cfg: FeatureConfig) -> list[str]:
     """What makes a prediction of this recording unreliable: `y` resampled to the features' rate,
     `peak` and `sample_rate` those of the recording as given (before averaging channels and
@@ -212,8 +218,7 @@ class Predictor:
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of features (N, frames, n_mfcc): the ensemble mean."""
         x = check_feature_batch(x, self.feature_config)
-        t = torch.from_numpy(x).to(self.device)
-        return torch.stack([m(t).softmax(-1) for m in self.models]).mean(0).cpu().numpy()
+        return mean_probabilities(self.models, torch.from_numpy(x).to(self.device)).cpu().numpy()
 
     def predict(self, waveform: np.ndarray, sample_rate: int, *, window: float | None = None, hop: float | None = None) -> Prediction:
         """Emotion of a waveform at `sample_rate` Hz: mono (samples,), or (samples, channels) as
