@@ -111,6 +111,11 @@ def test_song_files_and_second_copies_are_listed_not_problems(tmp_path):
     assert [p for p, why in r.unexpected if "manifest" not in why] == ["Actor_01/notes.wav",
                                                                       "other/Actor_01/03-01-05-01-01-01-01.wav"]
     assert "ignored (part of the corpus's distribution" in format_check(r)
+    # a second copy that cannot be read (a broken link) is a finding of the check, not its end
+    (root / "copy" / "Actor_01" / "03-01-05-01-01-01-01.wav").unlink()
+    (root / "copy" / "Actor_01" / "03-01-05-01-01-01-01.wav").symlink_to(tmp_path / "gone.wav")
+    r = check_tree("ravdess", root)
+    assert ("copy/Actor_01/03-01-05-01-01-01-01.wav", "duplicate of Actor_01/03-01-05-01-01-01-01.wav") in r.unexpected
 
 
 @pytest.mark.realdata

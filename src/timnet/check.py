@@ -100,7 +100,10 @@ def _harmless(root: Path, path: str, reason: str) -> bool:
     if reason == "song":
         return True
     kept = reason.removeprefix("duplicate of ")
-    return kept != reason and filecmp.cmp(root / path, root / kept, shallow=False)
+    try:
+        return kept != reason and filecmp.cmp(root / path, root / kept, shallow=False)
+    except OSError:  # a copy that cannot be read (a broken link) is reported, not the end of the check
+        return False
 
 
 def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
@@ -109,13 +112,14 @@ def check_tree(corpus: Corpus | str, root: str | Path) -> CheckReport:
     root = Path(root)
     listing = list_corpus(corpus, root)
     counts = Counter(corpus.labels[it.label] for it in listing.items)
+    harmless = {(p, why): _harmless(root, p, why) for p, why in listing.skipped}  # each copy compared once
     report = CheckReport(
         corpus=corpus.name, root=str(root),
         counts={name: counts.get(name, 0) for name in corpus.labels},
         expected_counts=dict(zip(corpus.labels, corpus.class_counts)) if corpus.class_counts else None,
         speakers=dict(sorted(Counter(it.speaker for it in listing.items).items())),
-        unexpected=[(p, why) for p, why in listing.skipped if not _harmless(root, p, why)],
-        ignored=[(p, why) for p, why in listing.skipped if _harmless(root, p, why)],
+        unexpected=[(p, why) for (p, why), ok in harmless.items() if not ok],
+        ignored=[(p, why) for (p, why), ok in harmless.items() if ok],
     )
     rates, channels = Counter(), Counter()
     for it in listing.items:
