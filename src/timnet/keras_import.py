@@ -39,9 +39,13 @@ def _read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
         layers = {}
         for raw in g.attrs["layer_names"]:
             name = raw.decode() if isinstance(raw, bytes) else str(raw)
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in g[name].attrs.get("weight_names", [])]
-            if names:
-                layers[name] = {n.split("/")[-1].split(":")[0]: np.asarray(g[name][n]) for n in names}
+            try:
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in g[name].attrs.get("weight_names", [])]
+                if names:
+                    layers[name] = {n.split("/")[-1].split(":")[0]: np.asarray(g[name][n]) for n in names}
+            except (KeyError, OSError) as e:  # h5py's errors for a listed group or dataset that is not there
+                raise TimnetError(f"{path}: layer {name!r} is listed in layer_names but cannot be read ({e}); "
+                                  "expected a complete Keras save_weights HDF5 file") from None
         return layers
 
 
@@ -51,8 +55,10 @@ def _of_kind(layers: dict, kind: str) -> list[str]:
 
 def config_from_keras(path: str | Path) -> TIMNetConfig:
     """The TIMNetConfig a weight file implies (levels, widths, classes), checked for consistency."""
-    path = Path(path)
-    layers = _read_layers(path)
+    return _config_of(_read_layers(Path(path)), Path(path))
+
+
+def _config_of(layers: dict, path: Path) -> TIMNetConfig:
     convs, bns = _of_kind(layers, "conv1d"), _of_kind(layers, "batch_normalization")
     weights, dense = _of_kind(layers, "weight_layer"), _of_kind(layers, "dense")
     if len(weights) != 1 or len(dense) != 1 or len(convs) < 6 or (len(convs) - 2) % 4:
@@ -116,7 +122,8 @@ def load_keras_weights(path: str | Path, *, config: TIMNetConfig | None = None) 
     path = Path(path)
     if not path.is_file():
         raise TimnetError(f"{path}: no such weight file")
-    found = config_from_keras(path)
+    layers = _read_layers(path)
+    found = _config_of(layers, path)
     if config is not None and found != config:
         diffs = ", ".join(f"{k} {getattr(found, k)} (expected {getattr(config, k)})" for k in found.__dataclass_fields__ if getattr(found, k) != getattr(config, k) and k != "dropout")
         if diffs:
@@ -124,7 +131,7 @@ def load_keras_weights(path: str | Path, *, config: TIMNetConfig | None = None) 
         found = config
     model = TIMNet(found)
     try:
-        tensors, source = _keras_tensors(_read_layers(path), found.dilations)
+        tensors, source = _keras_tensors(layers, found.dilations)
     except KeyError as e:
         raise TimnetError(f"{path}: a layer lacks the weight {e}; expected kernel/bias, gamma/beta/moving_mean/moving_variance") from None
     target = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
