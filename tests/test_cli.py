@@ -116,13 +116,17 @@ def test_damaged_feature_files(tmp_path):
     n = len(fs.labels)
     cases = {"short": dict(y=z["y"][:5]), "classes": dict(y=z["y"] + n), "flat": dict(x=z["x"][:, :, 0]),
              "metalist": dict(meta=np.array("[]")), "metaconfig": dict(meta=np.array(
-                 '{"labels": ["a"], "config": "mfcc", "corpus": "EMODB"}'))}
+                 '{"labels": ["a"], "config": "mfcc", "corpus": "EMODB"}')), "frames": dict(x=z["x"][:, :20])}
+    meta = json.loads(str(z["meta"]))
+    cases["length"] = dict(meta=np.array(json.dumps({**meta, "config": {**meta["config"], "signal_length": 100}})))
     for name, change in cases.items():
         np.savez(tmp_path / f"{name}.npz", **{**z, **change})
     (tmp_path / "text.npz").write_text("not a zip")
     for name, fragment in (("short", "and (5,)"), ("classes", f"outside the {n} labels"),
                            ("flat", "expected x (N, frames, n_mfcc)"), ("text", "not a whole zip archive"),
-                           ("metalist", "its meta is not timnet's"), ("metaconfig", "its feature settings are not")):
+                           ("metalist", "its meta is not timnet's"), ("metaconfig", "its feature settings are not"),
+                           ("frames", "features of 20 frames x 39 coefficients, but its settings give 24 x 39"),
+                           ("length", "its feature settings are not timnet's (signal length 100 too short")):
         assert_one_line_error(timnet("train", tmp_path / f"{name}.npz", "-o", tmp_path / f"run_{name}", "-q"),
                               f"{name}.npz", fragment)
         assert not (tmp_path / f"run_{name}").exists()  # refused before a run folder was made

@@ -427,6 +427,8 @@ def test_onnx_whose_metadata_does_not_fit_its_graph_is_one_error(run_dir, tmp_pa
             r"graph maps .* but its metadata says \(batch, 65, 39\)",
         edited("json.onnx", "timnet.labels", "[angry"): "damaged timnet metadata",
         edited("keys.onnx", "timnet.feature_config", json.dumps({"hop": 3})): "damaged timnet metadata",
+        edited("short.onnx", "timnet.feature_config", json.dumps({**cfg, "signal_length": 100})):
+            r"short.onnx: damaged timnet metadata .*signal length 100 too short",
     }
     for path, message in cases.items():
         with pytest.raises(TimnetError, match=message):

@@ -40,7 +40,7 @@ class FeatureConfig:
         if (self.n_fft, self.hop_length) != fixed:
             raise TimnetError(f"n_fft/hop_length {self.n_fft}/{self.hop_length} unsupported; expected {fixed}")
         if self.signal_length < self.hop_length:
-            raise TimnetError(f"--signal-length {self.signal_length} too short; expected at least {self.hop_length} samples")
+            raise TimnetError(f"signal length {self.signal_length} too short; expected at least {self.hop_length} samples")
 
 
 def waveform_features(y: np.ndarray, config: FeatureConfig, *, sample_rate: int | None = None) -> np.ndarray:
@@ -272,12 +272,15 @@ def _load_npz(path: Path) -> FeatureSet:
         labels = tuple(meta.pop("labels"))
         try:
             config = FeatureConfig(**meta.pop("config"))
-        except TypeError as e:
+        except (TypeError, TimnetError) as e:  # unknown keys, or values timnet refuses
             raise TimnetError(f"{path}: its feature settings are not timnet's ({e})") from None
         speakers = z["speakers"] if "speakers" in z.files else None
         files = z["files"] if "files" in z.files else None
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise TimnetError(f"{path}: expected x (N, frames, n_mfcc) and y (N,); got {x.shape} and {y.shape}")
+    if x.shape[1:] != (config.frames, config.n_mfcc):  # a model trained on them would predict from other features
+        raise TimnetError(f"{path}: features of {x.shape[1]} frames x {x.shape[2]} coefficients, but its settings "
+                          f"give {config.frames} x {config.n_mfcc}")
     if len(y) and (y.min() < 0 or y.max() >= len(labels)):
         raise TimnetError(f"{path}: class indices {y.min()}..{y.max()} outside the {len(labels)} labels {', '.join(labels)}")
     for name, column in (("speakers", speakers), ("files", files)):

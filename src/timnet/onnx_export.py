@@ -109,7 +109,7 @@ class OnnxPredictor(Predictor):
             self.feature_config = FeatureConfig(**json.loads(meta["timnet.feature_config"]))
             if not self.labels or not all(isinstance(label, str) for label in self.labels):
                 raise ValueError("labels")
-        except (KeyError, TypeError, ValueError) as e:  # json's errors are ValueErrors
+        except (KeyError, TypeError, ValueError, TimnetError) as e:  # json's errors are ValueErrors
             raise TimnetError(f"{path}: damaged timnet metadata ({type(e).__name__}: {e}); export the model again") from None
         self._check_graph(path)
         self.source = str(path)
