@@ -50,6 +50,11 @@ def test_a_label_folder_without_audio_is_refused(tree, tmp_path):
     write_tone(root / "quiet" / "unnamed.wav")
     with pytest.raises(TimnetError, match=r"mine/quiet: a label folder with no audio file the --speaker-pattern matches"):
         list_corpus(folder_corpus(root, signal_length=8192, speaker_pattern=r"^([a-z]+)_\d"), root)
+    # one label folder alone: every prediction would be right by construction
+    one = tmp_path / "one"
+    write_tone(one / "happy" / "a.wav")
+    with pytest.raises(TimnetError, match=r"one: one label folder \(happy\); expected two or more"):
+        list_corpus(folder_corpus(one, signal_length=8192), one)
 
 
 def test_signal_length_required(tree):

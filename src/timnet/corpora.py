@@ -443,6 +443,8 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
             why = " the --speaker-pattern matches" if pattern is not None else ""
             raise TimnetError(f"{top / empty[0]}: a label folder with no audio file{why}; expected at least one per "
                               f"label (move the folder out of {top})")
+        if len(labels) == 1 and used:  # every prediction right by construction: no classifier to train
+            raise TimnetError(f"{top}: one label folder ({labels[0]}); expected two or more, DIR/<label>/<file>.wav")
         return _listing(FOLDERS, found, skipped, labels=labels)
 
     return Corpus(name=FOLDERS, labels=labels, signal_length=signal_length, seed=FOLDERS_SEED,
