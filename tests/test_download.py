@@ -167,6 +167,35 @@ def test_a_busy_name_server_is_an_interruption_worth_retrying(tmp_path, monkeypa
         raise urllib.error.URLError(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"))
 
     monkeypatch.setattr(urllib.request, "urlopen", busy)
+    monkeypatch.setattr("timnet.download.RETRY_SECONDS", 0.0)
     with pytest.raises(TimnetError, match="download interrupted .*run the same command again"):
         download("emodb", tmp_path / "E", url="http://example.invalid/x.zip", progress=False)
     assert len(calls) == 3  # retried, not given up at once
+
+
+def test_a_full_disk_is_said_and_not_retried(server, tmp_path, monkeypatch):
+    """A write to this machine's disk that fails is no interrupted download: said at once."""
+    import errno
+
+    import timnet.download
+
+    Handler.payload, Handler.cut_first, Handler.requests = make_zip({"wav/03a01Wa.wav": b"x" * 1000}), False, []
+    real_open = open
+
+    class Full:  # the .part file opens, and every write finds the disk full
+        def __init__(self, *args):
+            self.file = real_open(*args)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, block):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(timnet.download, "open", Full, raising=False)
+    with pytest.raises(TimnetError, match=r"\.part: cannot be written \(No space left on device\); free space"):
+        download("emodb", tmp_path / "E", url=server, progress=False)
+    assert len(Handler.requests) == 1  # not retried

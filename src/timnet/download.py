@@ -1,6 +1,7 @@
 """Fetch the corpora whose publishers offer a public download: resumable, safely unpacked, verified."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -28,6 +29,7 @@ WHERE = {
     "SAVEE": "SAVEE is distributed by the University of Surrey (kahlan.eps.surrey.ac.uk/savee) after registration",
 }
 CHUNK = 1 << 16
+RETRY_SECONDS = 1.0  # the first wait before a retry; doubled each time
 
 
 def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> Path:
@@ -55,10 +57,13 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
                     have = 0
                 total = response.headers.get("Content-Length")
                 total = int(total) + have if total is not None else None
-                with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                                                    desc=dest.name, disable=not progress) as bar:
+                with _local(part):  # only the file's own calls: a reset connection is an OSError too
+                    f = open(part, "ab" if have else "wb")
+                with f, tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name,
+                             disable=not progress) as bar:
                     for block in iter(lambda: response.read(CHUNK), b""):
-                        f.write(block)
+                        with _local(part):
+                            f.write(block)
                         bar.update(len(block))
                 if total is not None and part.stat().st_size < total:
                     raise ConnectionError(f"connection closed at {part.stat().st_size} of {total} bytes")
@@ -79,8 +84,18 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
             if attempt == retries:
                 raise TimnetError(f"{url}: download interrupted ({e}); run the same command again to resume "
                                   f"from {part.stat().st_size if part.exists() else 0} bytes") from None
-            time.sleep(min(2 ** attempt, 10) * 0.1)
+            time.sleep(RETRY_SECONDS * 2 ** (attempt - 1))  # 1 s, 2 s, ...: long enough for a blip to pass
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _local(part: Path):
+    """A write to this machine's disk that fails (full, no permission) is said as such: no retry and
+    no "interrupted" would help."""
+    try:
+        yield
+    except OSError as e:
+        raise TimnetError(f"{part}: cannot be written ({e.strerror or e}); free space or choose another DIR") from None
 
 
 def _safe_members(archive: zipfile.ZipFile, root: Path) -> list[zipfile.ZipInfo]:
