@@ -201,8 +201,10 @@ def test_missing_features_skip_tsne_and_text_is_escaped(trained, tmp_path):
     other = save_features(dataclasses.replace(trained[0], corpus="CASIA"), tmp_path / "other.npz")
     (copy / "run.json").write_text(json.dumps({**info, "features": str(other)}))
     with pytest.warns(UserWarning, match=r"t-SNE skipped: .*other.npz: holds CASIA features, but the run .*run is of EMODB"):
-        plot_run(copy)
+        figures = plot_run(copy)
     assert html.escape("<script>alert(1)</script>") in page
+    # the page says why, also when the reason was found only on reading the features
+    assert "t-SNE not drawn" in write_report(copy, figures=figures).read_text() and "tsne" in figures.skipped
 
 
 def test_unfinished_run_is_plotted_and_said(trained, tmp_path):

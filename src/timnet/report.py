@@ -22,7 +22,7 @@ from . import metrics
 from .errors import TimnetError
 from .features import FeatureSet
 from .plots import confusion_figure, curves_figure, recall_figure, save_figure, tsne_figure
-from .rundir import check_not_multi_seed, features_fingerprint
+from .rundir import check_not_multi_seed, features_fingerprint, read_identity
 from .utils import RUN_FILE, atomic_write, fold_files, read_fold_result
 
 PLOTS_DIR = "plots"
@@ -89,7 +89,6 @@ def read_history(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _run_info(run_dir: Path) -> dict:
-
     check_not_multi_seed(run_dir)
     path = run_dir / RUN_FILE
     if not path.is_file():
@@ -101,7 +100,8 @@ def _run_info(run_dir: Path) -> dict:
         readable = False
     if not readable:
         raise TimnetError(f"{path}: not a readable timnet run file (a JSON object with an identity)")
-    return info
+    # as training reads it back: options added since the run was written show what older versions did
+    return {**info, "identity": read_identity(run_dir)}
 
 
 def _fold_results(run_dir: Path) -> list[dict]:
@@ -154,7 +154,16 @@ def _histories(run_dir: Path, results: list[dict]) -> list[dict[str, np.ndarray]
     return out
 
 
-def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: int = 0) -> dict[str, list[Path]]:
+class Figures(dict):
+    """The files drawn, by figure name ({name: [png, svg]}), and why any figure was not drawn
+    (`skipped`: {name: reason}), which the report page says."""
+
+    def __init__(self, *args, skipped: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skipped = dict(skipped or {})
+
+
+def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: int = 0) -> Figures:
     """Draw a RUN_DIR's figures into RUN_DIR/plots (PNG and SVG); returns the files by figure name.
 
     The t-SNE needs the run's features file; when run.json's path is gone it is skipped with a
@@ -176,8 +185,8 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     members = tc.get("members", 1)
     histories = _histories(run_dir, results)
     what = f"{len(results)} folds" + (f" × {members} members" if members > 1 else "")
-    written = {"curves": save_figure(curves_figure(histories, what=what, swa_epochs=tc.get("swa_epochs") or 0,
-                                                   context=context), out_dir / "curves")}
+    written = Figures(curves=save_figure(curves_figure(histories, what=what, swa_epochs=tc.get("swa_epochs") or 0,
+                                                       context=context), out_dir / "curves"))
     if "war" not in results[0]:  # a sweep trial or a selection run: scored on validation only
         warnings.warn("a validation-only run has no test predictions: training curves only", stacklevel=2)
         return written
@@ -187,6 +196,7 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
         fused, y, folds, reason = _run_test_features(run_dir, info)
     if reason is not None:
         warnings.warn(f"t-SNE skipped: {reason}", stacklevel=2)
+        written.skipped["tsne"] = reason
     wars, uars = [r["war"] for r in results], [r["uar"] for r in results]
     written.update(_result_figures(results, identity["labels"], war=float(np.mean(wars)), uar=float(np.mean(uars)),
                                    fused=fused, y=y, folds=folds, seed=seed, out_dir=out_dir, context=context,
@@ -356,8 +366,8 @@ def _figures(figures: dict[str, list[Path]], tsne_reason: str | None) -> str:
 
 
 def _training_time(info: dict, results: list[dict]) -> str:
-    """The folds' summed training time; a member trained (or resumed) by a timnet before fold times
-    summed their members' (stop 30) counted 0 s, so such a sum is only a lower bound, and said to be."""
+    """The folds' summed training time; a member trained (or resumed) by a timnet version that did not
+    record each member's time counted 0 s, so such a sum is only a lower bound, and said to be."""
     total = _duration(sum(r.get("seconds", 0.0) for r in results))
     members = (info["identity"].get("train_config") or {}).get("members", 1)
     unknown = members > 1 and any(not all(r.get("member_seconds") or [0]) for r in results)
@@ -390,7 +400,7 @@ def render_report(run_dir: Path, figures: dict[str, list[Path]]) -> str:
             "<h2>Protocol</h2>", _protocol(info, results, run_dir),
             "<h2>Folds</h2>", _fold_table(results, ident),
             *(["<h2>Classes (pooled over folds)</h2>", _class_table(results, ident["labels"])] if split == "test" else []),
-            "<h2>Figures</h2>", _figures(figures, _tsne_unavailable(info)),
+            "<h2>Figures</h2>", _figures(figures, getattr(figures, "skipped", {}).get("tsne") or _tsne_unavailable(info)),
             "<h2>Environment</h2>", _environment(info, results)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_e(title)}</title>"
