@@ -116,8 +116,11 @@ LEDGER = Path(__file__).parent / "ledger"
 
 
 def _identity(run_file: Path) -> dict | None:
+    """A run.json's identity as timnet compares runs (without options that change no figure)."""
+    from timnet.rundir import decisive
+
     try:
-        return json.loads(run_file.read_text())["identity"]
+        return decisive(json.loads(run_file.read_text())["identity"])
     except (OSError, ValueError, KeyError):
         return None
 
@@ -212,7 +215,7 @@ def first_member_from(run_dir: Path, source: Path, *, members: int | None = None
     import torch
     from timnet.checkpoint import load_checkpoint
     from timnet.run import prepare_run_dir
-    from timnet.rundir import read_identity
+    from timnet.rundir import decisive, read_identity
     from timnet.train import Member
     from timnet.utils import atomic_write
 
@@ -226,7 +229,7 @@ def first_member_from(run_dir: Path, source: Path, *, members: int | None = None
         identity = {**have, "train_config": {**have["train_config"], "members": members}}
         prepare_run_dir(run_dir, identity, overwrite=False, extra={"first_member_from": str(source)})
     want = read_identity(run_dir)
-    if want["train_config"]["members"] < 2 or have != {**want, "train_config": {**want["train_config"], "members": 1}}:
+    if want["train_config"]["members"] < 2 or decisive(have) != decisive({**want, "train_config": {**want["train_config"], "members": 1}}):
         return 0  # another configuration, features or split: not this ensemble's first member
     n = 0
     for sdir in sorted(source.glob("fold_*")):

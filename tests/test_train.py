@@ -226,6 +226,11 @@ def test_training_in_process_keeps_the_callers_threads_and_log(tmp_path):
         run.execute(progress=progress, log=lines.append)
         assert torch.get_num_threads() == before
         assert [line.split(":")[0] for line in lines] == ["fold 1/3", "fold 2/3", "fold 3/3"]
+    seen = set()  # while a fold trains, torch has the run's threads: its figures depend on them
+    run = Run(synthetic(), tmp_path / "direct", config=TrainConfig(**FAST), folds=3, seed=5, threads=before + 1)
+    run.prepare()
+    run.train_and_test_fold(1, on_epoch=lambda row: seen.add(torch.get_num_threads()))
+    assert seen == {before + 1} and torch.get_num_threads() == before
 
 
 def test_device_choice():

@@ -451,7 +451,7 @@ def _training_options(s, *, val_fraction: float) -> None:
                         "at most one per fold (train) or per fold and trial (sweep); 1 on CUDA)")
     s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers); part of the run's identity, "
                    "since float results depend on it")
-    s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     s.add_argument("--path", choices=PATHS, default="auto",
                    help="fast: timnet.fast (native kernels, same mathematics); reference: the plain nn.Module; "
                         "auto (default): fast on CPUs, reference on CUDA. Part of the run's identity")

@@ -65,6 +65,8 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
                         with _local(part):
                             f.write(block)
                         bar.update(len(block))
+                    with _local(part):  # the buffered tail: a full disk may only show here
+                        f.flush()
                 if total is not None and part.stat().st_size < total:
                     raise ConnectionError(f"connection closed at {part.stat().st_size} of {total} bytes")
             os.replace(part, dest)

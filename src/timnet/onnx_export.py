@@ -69,6 +69,7 @@ def export_checked(predictor: Predictor, path: str | Path) -> tuple[Path, float 
         for key, value in (("timnet.labels", json.dumps(list(predictor.labels))),
                            ("timnet.feature_config", json.dumps(asdict(cfg))),
                            ("timnet.networks", str(predictor.networks)),  # TIM-Nets averaged, for repr
+                           ("timnet.ensemble_size", str(len(predictor.models))),  # checkpoints (older readers)
                            ("timnet.corpus", predictor.corpus or "")):
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

@@ -317,7 +317,6 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
     if path.is_file():
         return _from_checkpoints([path], source=str(path))
     if path.is_dir():
-
         check_not_multi_seed(path)
         ckpts = fold_files(path, "model.pt")
         if ckpts:
@@ -369,7 +368,6 @@ def _keras_folds(folder: Path) -> int:
 def _warn_if_unfinished(run_dir: Path, n_finished: int) -> None:
     """A run still training (or interrupted) predicts with the folds it has; say so, as `test` does."""
     import warnings
-
 
     if (run_dir / RUN_FILE).is_file():
         try:

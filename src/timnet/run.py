@@ -40,10 +40,11 @@ from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
 from .folds import make_folds
 from .model import TIMNetConfig, ensemble
-from .rundir import LEGACY_IDENTITY, check_not_multi_seed, features_fingerprint, read_identity
+from .rundir import LEGACY_IDENTITY, check_not_multi_seed, decisive, features_fingerprint, read_identity
 from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
                     train_members, validation_split)
-from .utils import RUN_FILE, RUN_FILES, RUN_OUTPUTS, atomic_write, fold_dirs, read_fold_result, torch_threads, write_csv, write_json
+from .utils import RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, read_fold_result, torch_threads, write_csv, write_json
+
 
 def versions() -> dict:
     """Versions of what decides the numbers: Python, torch, numpy, librosa, and the machine."""
@@ -67,10 +68,6 @@ def _remove_run_outputs(run_dir: Path) -> None:
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
-# Options saved with a run that change none of its figures: a run resumes whatever they are now.
-NOT_DECISIVE = ("save_every",)  # snapshots resume bit for bit at any interval
-
-
 def _in_run_threads(method):
     """A Run method run with the run's torch threads (its figures were measured so: evaluation
     included), the caller's count restored after."""
@@ -79,13 +76,6 @@ def _in_run_threads(method):
         with torch_threads(self.threads):
             return method(self, *args, **kwargs)
     return wrapped
-
-
-def _decisive(identity: dict | None) -> dict | None:
-    """A run identity without the options in NOT_DECISIVE, as runs are compared."""
-    if identity is None or "train_config" not in identity:
-        return identity
-    return {**identity, "train_config": {k: v for k, v in identity["train_config"].items() if k not in NOT_DECISIVE}}
 
 
 def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: dict | None = None) -> bool:
@@ -102,14 +92,14 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
             previous = {k: v for k, v in previous.items() if k in identity or k not in LEGACY_IDENTITY}
         except TimnetError:
             previous = None
-        if _decisive(previous) == _decisive(identity):
+        if decisive(previous) == decisive(identity):
             # a run killed while writing leaves its hidden temporary file (utils.atomic_write) behind
             for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
                 if any(fnmatch.fnmatch(stale.name[1:].rsplit(".", 2)[0], name) for name in RUN_FILES):
                     stale.unlink(missing_ok=True)
             return True
         if not overwrite:
-            was, now = _decisive(previous) or {}, _decisive(identity)
+            was, now = decisive(previous) or {}, decisive(identity)
             diff = sorted(k for k in now if previous is None or was.get(k) != now.get(k))
             hint = ""
             if diff in (["threads_per_fold"], ["path"]):

@@ -1,6 +1,6 @@
 """Reading a RUN_DIR without training: its identity, the features it was trained on, and the
-folders of a multi-seed run. Evaluation, prediction and reports need these (without torch);
-training (run.py) writes what they read."""
+folders of a multi-seed run. Evaluation, prediction and reports need these; training (run.py)
+writes what they read. Importing it imports no torch (reading a run's training options does)."""
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +16,16 @@ from .utils import RUN_FILE
 
 # Identity keys added after a run format was first written, with the value older runs implied.
 LEGACY_IDENTITY = {"device": "cpu", "path": "reference", "evaluate_test": True, "val_split": "stratified"}
+
+# Options saved with a run that change none of its figures: a run resumes whatever they are now.
+NOT_DECISIVE = ("save_every",)  # snapshots resume bit for bit at any interval
+
+
+def decisive(identity: dict | None) -> dict | None:
+    """A run identity without the options in NOT_DECISIVE, as runs are compared."""
+    if identity is None or "train_config" not in identity:
+        return identity
+    return {**identity, "train_config": {k: v for k, v in identity["train_config"].items() if k not in NOT_DECISIVE}}
 
 
 def features_fingerprint(fs: FeatureSet) -> str:

@@ -33,7 +33,7 @@ from .evaluate import FoldModel, evaluate, summarize
 from .features import FeatureSet
 from .run import Run, execute_runs
 from .train import TrainConfig, check_seed, preset_swa_epochs
-from .utils import RUN_FILE, write_csv, write_json
+from .utils import RUN_FILE, torch_threads, write_csv, write_json
 
 MODEL_PARAMS = ("dropout",)
 KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
@@ -217,7 +217,8 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
         pick = max(range(len(runs)), key=lambda i: per_trial[i])
         model, ckpt = load_checkpoint(runs[pick].fold_dir(k) / "model.pt")
         test_idx = np.asarray(ckpt["extra"]["test_idx"], dtype=np.int64)
-        result, _ = evaluate(fs, [FoldModel(k, model, test_idx)])
+        with torch_threads(runs[pick].threads):  # scored as its trial's folds are, wherever they trained
+            result, _ = evaluate(fs, [FoldModel(k, model, test_idx)])
         results.append({**result[0], "trial": runs[pick].dir.name, "val_uar": per_trial[pick]})
     test = summarize(results, corpus=fs.corpus, labels=fs.labels, split=runs[0].split, seed=runs[0].seed)
     out = {"space": space, "trials": table,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,12 +240,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     """`auto` is CUDA when present, else the CPU; asking for CUDA without it is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    index = name.removeprefix("cuda:")
-    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and index.isdigit()):
+    if name not in ("cpu", "cuda") and not re.fullmatch(r"cuda:[0-9]+", name):
         raise TimnetError(f"--device {name!r} unknown; expected auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TimnetError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    if name.startswith("cuda:") and int(index) >= torch.cuda.device_count():
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         raise TimnetError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                           f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return torch.device(name)
