@@ -31,14 +31,14 @@ PUBLISHED = {
 
 
 # The recipes a table can name, as `timnet train` options: timnet's presets, and smaller forms of
-# the strong preset (four SWA members per fold since stop 30), whose tables the ledger keeps: its
-# single model (one SWA model per fold, the preset until stop 22; every larger form's first member
-# weight for weight) and its two-member form (the preset of stops 22-29).
+# the strong preset (four SWA members per fold), whose tables the ledger keeps: its single model
+# (one SWA model per fold, the first strong preset; every larger form's first member weight for
+# weight) and its two-member form (the second). RESULTS.md says when each was the preset.
 RECIPE_ARGS = {  # name: (timnet preset, options over it)
     "paper": ("paper", {}),
     "strong": ("strong", {}),
     "strong-1member": ("strong", {"members": 1}),
-    "strong-x2": ("strong", {"members": 2}),  # the strong recipe until stop 30
+    "strong-x2": ("strong", {"members": 2}),  # the strong recipe before four members
 }
 
 
@@ -105,7 +105,36 @@ def environment(run_dir: Path) -> dict:
 
 
 def write_json(path: str, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=1) + "\n")
+    from timnet.utils import write_json as atomic_json
+
+    atomic_json(path, obj)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """src copied to dst through a temporary file: a session's end during `record` (which runs after
+    an interrupted table) leaves the ledger's previous file or the whole new one, never half."""
+    from timnet.utils import atomic_write
+
+    with atomic_write(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def run_main(main) -> None:
+    """sys.exit(main()), with bad input (a TimnetError: a missing file, a refused folder) said in one
+    line, as the `timnet` command says it, rather than as a traceback."""
+    from timnet.errors import TimnetError
+
+    try:
+        code = main()
+    except TimnetError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+def seed_run(run: Path, seed: int, seeds: list[int]) -> Path:
+    """Where `timnet train --seeds` keeps a seed's run: RUN_DIR/seed_<s>, or RUN_DIR itself for one seed."""
+    return run if len(seeds) == 1 else run / f"seed_{seed}"
 
 
 def pm(mean: float, std: float) -> str:
@@ -143,14 +172,14 @@ def restore(run_dir: Path, key: str) -> int:
             continue
         here.mkdir(parents=True, exist_ok=True)
         if not (here / "run.json").is_file():
-            shutil.copyfile(src / rel / "run.json", here / "run.json")
+            _copy(src / rel / "run.json", here / "run.json")
         for result in sorted((src / rel).glob("fold_*/result.json")):
             fold = here / result.parent.name
             if not (fold / "result.json").exists():
                 fold.mkdir(exist_ok=True)
                 for partial in (*fold.glob("state*.pt"), *fold.glob("member_*.pt")):
                     partial.unlink()  # the fold is finished: its partial training is no longer needed
-                shutil.copyfile(result, fold / "result.json")
+                _copy(result, fold / "result.json")
                 n += 1
     if n:
         print(f"ledger: {n} finished folds of {key} restored into {run_dir}", file=sys.stderr, flush=True)
@@ -171,10 +200,10 @@ def record(run_dir: Path, key: str, *, replace: bool = False) -> int:
                 continue
             shutil.rmtree(target)
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / rel / "run.json", target / "run.json")
+        _copy(run_dir / rel / "run.json", target / "run.json")
         for result in sorted((run_dir / rel).glob("fold_*/result.json")):
             (target / result.parent.name).mkdir(exist_ok=True)
-            shutil.copyfile(result, target / result.parent.name / "result.json")
+            _copy(result, target / result.parent.name / "result.json")
             n += 1
     return n
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 
 import numpy as np
 import torch
 from sklearn.model_selection import KFold
 
-from _common import write_json
+from _common import run_main, write_json
 from timnet.evaluate import predict_proba
 from timnet.features import in_order, load_features
 from timnet.keras_import import keras_fold_files, load_keras_weights
@@ -75,4 +74,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

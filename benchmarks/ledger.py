@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import record, restore
+from _common import record, restore, run_main
 
 
 def main() -> int:
@@ -33,4 +33,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from _common import write_json
+from _common import run_main, write_json
 from timnet.evaluate import evaluate, fold_models
 from timnet.features import load_features
 
@@ -82,4 +81,4 @@ def report(o: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import pm, write_json
+from _common import pm, run_main, write_json
 
 
 def ray_cli() -> str:
@@ -76,4 +76,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import first_member_from, pm, record, restore, write_json
+from _common import first_member_from, pm, record, restore, run_main, write_json
 from timnet.backends import LocalBackend
 from timnet.corpora import paper_seed
 from timnet.features import load_features
@@ -104,7 +104,8 @@ def main() -> int:
     wall = time.time() - t0
     print(f"### {fs.corpus}: validation UAR/WAR of candidate recipes ({args.folds} folds, seed {seed}, "
           f"{args.val_fraction:.0%} of each training part for validation)\n")
-    print("| candidate | epochs | validation UAR | validation WAR | Δ UAR vs paper | its last weights' UAR "
+    print("| candidate | epochs | validation UAR (mean ± population std over folds) | validation WAR | "
+          "Δ UAR vs paper (mean ± s.e., paired by fold) | its last weights' UAR "
           "| Δ vs last | its first member's UAR | Δ vs first member |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     derived = derived_candidates(names, summaries)
@@ -129,18 +130,19 @@ def main() -> int:
               f"{pm(s['mean_val_war'], s['std_val_war'])} | {signed(delta)} | {mean(last)} | {signed(vs_last)} | "
               f"{mean(single)} | {signed(vs_single)} |")
     if derived:
-        k = max(len(s["folds"]) for _, s in derived.values())
+        k = max(f["fold"] for _, s in derived.values() for f in s["folds"])
         print("\nCandidates scored by another run that trains their models step for step (its last weights, "
               "when it only adds averaging; its first members, when it is a larger ensemble):\n")
         print("| candidate | scored by | " + " | ".join(f"fold {i + 1}" for i in range(k)) + " | mean | Δ UAR vs paper |")
         print("|---|---|" + "---:|" * (k + 2))
         for name, (how, s) in derived.items():
             uars = [f["val_uar"] for f in s["folds"]]
+            by_fold = {f["fold"]: f["val_uar"] for f in s["folds"]}  # a fold not finished leaves its own cell empty
             delta = paired(s["folds"], paper["folds"], "val_uar", "val_uar") if paper is not None and name != "paper" else None
             rows.append({"candidate": name, "params": CANDIDATES[name], "read_from": how,
                          "val_uar": float(np.mean(uars)), "delta_uar_vs_paper": delta, "folds": s["folds"]})
-            print(f"| {name} | {how} | " + " | ".join(f"{u:.4f}" for u in uars)
-                  + " | –" * (k - len(uars)) + f" | {np.mean(uars):.4f} | {signed(delta)} |")
+            print(f"| {name} | {how} | " + " | ".join(f"{by_fold[i]:.4f}" if i in by_fold else "–" for i in range(1, k + 1))
+                  + f" | {np.mean(uars):.4f} | {signed(delta)} |")
     if args.json:
         write_json(args.json, {"corpus": fs.corpus, "folds": args.folds, "seed": seed, "val_fraction": args.val_fraction,
                                "candidates": rows, "wall_s_this_call": round(wall, 1), "complete": not args.table_only})
@@ -205,17 +207,20 @@ def named(params: dict) -> str | None:
     return next((n for n, p in CANDIDATES.items() if p == params), None)
 
 
-def paired(a: list[dict], b: list[dict], key_a: str, key_b: str) -> tuple[float, float] | None:
-    """(mean, standard error) over the folds both sides have of a[key_a] - b[key_b], fold by fold."""
+def paired(a: list[dict], b: list[dict], key_a: str, key_b: str) -> tuple[float, float | None] | None:
+    """(mean, standard error) over the folds both sides have of a[key_a] - b[key_b], fold by fold;
+    the error is None from one fold (no spread to measure)."""
     right = {f["fold"]: f[key_b] for f in b if key_b in f}
     d = np.array([f[key_a] - right[f["fold"]] for f in a if key_a in f and f["fold"] in right])
     if not len(d):
         return None
-    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
 
 
-def signed(delta: tuple[float, float] | None) -> str:
-    return f"{delta[0]:+.4f} ± {delta[1]:.4f}" if delta else ""
+def signed(delta: tuple[float, float | None] | None) -> str:
+    if not delta:
+        return ""
+    return f"{delta[0]:+.4f} ± {delta[1]:.4f}" if delta[1] is not None else f"{delta[0]:+.4f} (1 fold)"
 
 
 def mean(values: list[float]) -> str:
@@ -223,4 +228,4 @@ def mean(values: list[float]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

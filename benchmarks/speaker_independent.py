@@ -10,7 +10,7 @@ can span several sessions; `--table-only` prints the table of the folds finished
 the ledger, without training. A recipe that averages weights (`strong-1member`) also scores its last
 weights on each test speaker, the paper's recipe step for step: a "last weights" column, paired
 with it (reported, never used to choose). An ensemble's member 0
-(`strong`: four members; `strong-x2`: two, the strong recipe of stops 22-29) is `strong-1member`'s
+(`strong`: four members; `strong-x2`: two, the strong recipe before four) is `strong-1member`'s
 model weight for weight: `--recipes strong-1member,strong` takes it from that finished run
 (`--first-members`), so only the other members train.
 """
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from _common import (environment, fold_seconds, pm, recipe_args, recipe_members, record, restore, table_recipes,
-                     take_first_members, train, write_json)
+from _common import (environment, fold_seconds, pm, recipe_args, recipe_members, record, restore, run_main,
+                     seed_run, table_recipes, take_first_members, train, write_json)
 from timnet.corpora import paper_seed
+from timnet.errors import TimnetError
 from timnet.features import load_features
 
 
@@ -46,6 +46,8 @@ def main() -> int:
     args = p.parse_args()
 
     fs = load_features(args.features)
+    if fs.speakers is None:
+        raise TimnetError(f"{args.features}: no speaker ids; expected features from `timnet extract` of a corpus with speakers")
     speakers = sorted(set(fs.speakers.tolist()))
     if args.seeds is None:
         seed = paper_seed(fs.corpus)
@@ -61,8 +63,9 @@ def main() -> int:
         if not args.table_only:
             members = recipe_members(recipe)
             if args.first_members and members > 1:
-                for s in seeds:  # `timnet train --seeds` keeps each seed's run in RUN/seed_<s>
-                    take_first_members(run / f"seed_{s}", Path(args.runs) / args.first_members / f"seed_{s}", members=members)
+                for s in seeds:
+                    take_first_members(seed_run(run, s, seeds), seed_run(Path(args.runs) / args.first_members, s, seeds),
+                                       members=members)
             try:
                 _, wall = train(args.features, run, *recipe_args(recipe), "--split", "speaker",
                                 "--folds", str(len(speakers)), "--seeds", args.seeds)
@@ -84,7 +87,7 @@ def finished_folds(run: Path, seeds: list[int]) -> dict[int, list[dict]]:
     out = {}
     for s in seeds:
         folds = []
-        for path in sorted((run / f"seed_{s}").glob("fold_*/result.json")):
+        for path in sorted(seed_run(run, s, seeds).glob("fold_*/result.json")):
             r = json.loads(path.read_text())
             folds.append({k: r[k] for k in ("fold", "test_speakers", "war", "uar", "n_test", "seconds", "last_weights",
                                          "members", "first_members") if k in r})  # an ensemble: each member, its smaller ensembles
@@ -153,4 +156,4 @@ def table(corpus: str, speakers: list[str], out: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

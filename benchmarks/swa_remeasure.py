@@ -2,7 +2,7 @@
 
     python benchmarks/swa_remeasure.py runs/emodb.npz runs/select_emodb/swa
 
-Until commit "SWA: BN statistics on shuffled batches", SWA measured the BN statistics of its
+Until commit c9a2690 ("SWA: BN statistics measured on a seeded shuffle"), SWA measured the BN statistics of its
 averaged weights on the training part in stored order, that is class by class, so each batch
 held about one class. Training itself was right: the averaged weights a fold saved are the ones
 the corrected code averages. The corrected final step (timnet.recipe.measure_bn with the fold's
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from _common import run_main
 from timnet.checkpoint import load_checkpoint, save_checkpoint
 from timnet.features import load_features
 from timnet.recipe import measure_bn
@@ -59,4 +60,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from _common import (PUBLISHED, environment, fold_seconds, pm, recipe_args, recipe_members, record, restore,
-                     table_recipes, take_first_members, train, write_json)
+                     run_main, table_recipes, take_first_members, train, write_json)
 from timnet.corpora import paper_seed
 from timnet.features import load_features
 
@@ -196,7 +195,7 @@ def table(corpus: str, out: dict, n_folds: int = 10) -> str:
         return f"**{pm(o[f'mean_war{suffix}'], o[f'std_war{suffix}'])}** | **{pm(o[f'mean_uar{suffix}'], o[f'std_uar{suffix}'])}**"
 
     n_test = max((o["n_test"] for o in out.values()), default=0)
-    lines.append(f"| **mean ± std** | {n_test} | " + " | ".join(total(out[n], suffix) for _, n, suffix, _ in columns) + " |")
+    lines.append(f"| **mean ± std** (population, over folds) | {n_test} | " + " | ".join(total(out[n], suffix) for _, n, suffix, _ in columns) + " |")
     lines.append("")
     for n, o in out.items():
         lines.append(f"- {n}: {len(o['folds'])} of {n_folds} folds finished")
@@ -211,4 +210,4 @@ def table(corpus: str, out: dict, n_folds: int = 10) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -241,3 +241,18 @@ def test_first_members_of_a_several_seed_run(tmp_path, capsys):
     # ... unless the ensemble run is itself finished (restored from the ledger too): nothing trains
     assert _common.take_first_members(tmp_path / "two" / "seed_1", tmp_path / "figures_only", members=2) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_table_scripts_say_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
+    """A benchmark script given a missing feature file says so in one line (exit 2), as `timnet` does."""
+    def main():
+        raise TimnetError(f"{tmp_path / 'none.npz'}: no such feature file")
+
+    monkeypatch.setattr(sys, "argv", ["ten_fold.py"])
+    with pytest.raises(SystemExit) as stop:
+        _common.run_main(main)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"ten_fold.py: error: {tmp_path / 'none.npz'}: no such feature file\n"
+    # where `timnet train --seeds` keeps a seed's run: RUN_DIR itself for one seed
+    assert _common.seed_run(tmp_path, 46, [46]) == tmp_path
+    assert _common.seed_run(tmp_path, 47, [46, 47]) == tmp_path / "seed_47"

@@ -5,6 +5,7 @@ splits of 481-482 utterances, batch 64); the figures do not depend on the values
 """
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import statistics
@@ -21,6 +22,16 @@ from .folds import make_folds
 from .model import TIMNet, TIMNetConfig
 from .run import Run
 from .train import TrainConfig, train_fold
+from .utils import torch_threads
+
+def _at_threads(measure):
+    """A measurement run with torch at its `threads` threads; the caller's count restored after."""
+    @functools.wraps(measure)
+    def wrapped(*args, threads: int, **kwargs):
+        with torch_threads(threads):
+            return measure(*args, threads=threads, **kwargs)
+    return wrapped
+
 
 def synthetic_emodb(seed: int = 0) -> FeatureSet:
     """Random features with EMODB's shape (535 x 188 x 39), classes, speakers and MFCC-like scale."""
@@ -33,9 +44,9 @@ def synthetic_emodb(seed: int = 0) -> FeatureSet:
                       speakers=np.array([f"{i % emodb.n_speakers:02d}" for i in range(len(y))]))
 
 
+@_at_threads
 def fold_epoch_seconds(fs: FeatureSet, *, path: str, threads: int, epochs: int = 4) -> float:
     """Median seconds of one fold-epoch of one fold trained in this process with `threads` threads."""
-    torch.set_num_threads(threads)
     train_idx, _ = make_folds(len(fs), folds=10, seed=46)[0]
     stamps = [time.perf_counter()]
     train_fold(torch.from_numpy(fs.x), torch.from_numpy(fs.y), train_idx, np.empty(0, np.int64),
@@ -62,9 +73,9 @@ def all_folds_epoch_seconds(fs: FeatureSet, *, workers: int, threads: int, folds
     return (walls[4] - walls[1]) / 3
 
 
+@_at_threads
 def inference_utterances_per_second(fs: FeatureSet, *, threads: int, batch_size: int = 256, repeats: int = 3) -> float:
     """Utterances per second through an eval-mode model (features in, probabilities out)."""
-    torch.set_num_threads(threads)
     model = TIMNet(TIMNetConfig()).eval()
     x = torch.from_numpy(fs.x)
     best = float("inf")
@@ -107,10 +118,10 @@ def extraction_seconds(data_dir: str | Path, *, workers: int) -> dict:
             "extract_files": len(fs)}
 
 
+@_at_threads
 def matmul_gflops(*, threads: int, n: int = 2048, repeats: int = 5) -> float:
     """Best GFLOP/s of an n x n float32 matrix product: how fast this machine is today. Shared
     machines vary from day to day; this figure puts a run's timings on a common scale."""
-    torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     best = float("inf")
@@ -122,7 +133,8 @@ def matmul_gflops(*, threads: int, n: int = 2048, repeats: int = 5) -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process and of its finished children, in MB."""
+    """Peak resident memory of the largest of this process and its finished children, in MB (not
+    their sum: the kernel keeps each child's peak, not a peak of all of them at once)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 1024  # Linux reports kB
@@ -187,7 +199,7 @@ def format_bench(r: dict) -> str:
         lines += [f"{'extraction of EMODB: s':<44} {r['extract_s']:>10.2f}",
                   f"{'extraction: files per s':<44} {r['extract_files_per_s']:>10.1f}",
                   f"{'extraction: x real time':<44} {r['extract_x_realtime']:>10.1f}"]
-    lines.append(f"{'peak memory: MB':<44} {r['peak_rss_mb']:>10.0f}")
+    lines.append(f"{'peak memory of the largest process: MB':<44} {r['peak_rss_mb']:>10.0f}")
     if r.get("machine", {}).get("matmul_gflops"):
         lines.append(f"{'machine: 2048² float32 product, GFLOP/s':<44} {r['machine']['matmul_gflops']:>10.0f}")
     return "\n".join(lines)
