@@ -192,7 +192,10 @@ def table(corpus: str, out: dict, n_folds: int = 10) -> str:
     def total(o, suffix):
         if f"mean_war{suffix}" not in o:
             return "– | –"
-        return f"**{pm(o[f'mean_war{suffix}'], o[f'std_war{suffix}'])}** | **{pm(o[f'mean_uar{suffix}'], o[f'std_uar{suffix}'])}**"
+        # a recipe part way through is averaged over other folds than its neighbours: said in the cell
+        part = f" ({len(o['folds'])}/{n_folds} folds)" if len(o["folds"]) < n_folds else ""
+        return (f"**{pm(o[f'mean_war{suffix}'], o[f'std_war{suffix}'])}**{part} | "
+                f"**{pm(o[f'mean_uar{suffix}'], o[f'std_uar{suffix}'])}**{part}")
 
     n_test = max((o["n_test"] for o in out.values()), default=0)
     lines.append(f"| **mean ± std** (population, over folds) | {n_test} | " + " | ".join(total(out[n], suffix) for _, n, suffix, _ in columns) + " |")

@@ -83,6 +83,8 @@ def test_ten_fold_table_pairs_an_averaging_run_with_its_last_weights(tmp_path, m
     row = (f"| 3 | {f3['n_test']} | {f3['war']:.4f} | {f3['uar']:.4f} | "
            f"{f3['last_weights']['war']:.4f} | {f3['last_weights']['uar']:.4f} | {f3['war']:.4f} | {f3['uar']:.4f} |")
     assert row in text and "| 2 |  | – | – | – | – | – | – |" in text and "- strong: 2 of 3 folds finished" in text
+    mean = next(line for line in text.splitlines() if "mean ± std" in line)  # a mean of 2 folds says so
+    assert mean.count("(2/3 folds)") == 6 and f"**{_common.pm(s['mean_war'], s['std_war'])}** (2/3 folds)" in mean
 
 
 def test_ten_fold_table_shows_the_smaller_ensembles_of_a_larger_one():
