@@ -18,6 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+# these import no torch: ledger.py stays quick (training modules are imported where they are used)
+from timnet.errors import TimnetError
+from timnet.rundir import decisive, read_identity
+from timnet.utils import atomic_write, fold_files, write_json
+
 # Published UAR / WAR (SPEC.md §4): the paper's (test-fold epoch selection, a leak) and the
 # authors' post-fix figures (last epoch), where they published them.
 PUBLISHED = {
@@ -104,17 +109,9 @@ def environment(run_dir: Path) -> dict:
     return {"versions": run.get("versions"), "command": run.get("command"), "machine": platform.platform()}
 
 
-def write_json(path: str, obj) -> None:
-    from timnet.utils import write_json as atomic_json
-
-    atomic_json(path, obj)
-
-
 def _copy(src: Path, dst: Path) -> None:
     """src copied to dst through a temporary file: a session's end during `record` (which runs after
     an interrupted table) leaves the ledger's previous file or the whole new one, never half."""
-    from timnet.utils import atomic_write
-
     with atomic_write(dst) as tmp:
         shutil.copyfile(src, tmp)
 
@@ -122,8 +119,6 @@ def _copy(src: Path, dst: Path) -> None:
 def run_main(main) -> None:
     """sys.exit(main()), with bad input (a TimnetError: a missing file, a refused folder) said in one
     line, as the `timnet` command says it, rather than as a traceback."""
-    from timnet.errors import TimnetError
-
     try:
         code = main()
     except TimnetError as e:
@@ -146,8 +141,6 @@ LEDGER = Path(__file__).parent / "ledger"
 
 def _identity(run_file: Path) -> dict | None:
     """A run.json's identity as timnet compares runs (without options that change no figure)."""
-    from timnet.rundir import decisive
-
     try:
         return decisive(json.loads(run_file.read_text())["identity"])
     except (OSError, ValueError, KeyError):
@@ -201,7 +194,7 @@ def record(run_dir: Path, key: str, *, replace: bool = False) -> int:
             shutil.rmtree(target)
         target.mkdir(parents=True, exist_ok=True)
         _copy(run_dir / rel / "run.json", target / "run.json")
-        for result in sorted((run_dir / rel).glob("fold_*/result.json")):
+        for result in fold_files(run_dir / rel, "result.json"):  # not a user's fold_01_old beside them
             (target / result.parent.name).mkdir(exist_ok=True)
             _copy(result, target / result.parent.name / "result.json")
             n += 1
@@ -224,7 +217,7 @@ def _all_folds_done(run_dir: Path) -> bool:
         folds = json.loads((Path(run_dir) / "run.json").read_text())["identity"]["folds"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return len(list(Path(run_dir).glob("fold_*/result.json"))) >= folds
+    return len(fold_files(run_dir, "result.json")) >= folds
 
 
 def first_member_from(run_dir: Path, source: Path, *, members: int | None = None) -> int:
@@ -244,9 +237,7 @@ def first_member_from(run_dir: Path, source: Path, *, members: int | None = None
     import torch
     from timnet.checkpoint import load_checkpoint
     from timnet.run import prepare_run_dir
-    from timnet.rundir import decisive, read_identity
     from timnet.train import Member
-    from timnet.utils import atomic_write
 
     run_dir, source = Path(run_dir), Path(source)
     if not (source / "run.json").is_file():

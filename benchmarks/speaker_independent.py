@@ -17,7 +17,6 @@ model weight for weight: `--recipes strong-1member,strong` takes it from that fi
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from _common import (environment, fold_seconds, pm, recipe_args, recipe_members,
 from timnet.corpora import paper_seed
 from timnet.errors import TimnetError
 from timnet.features import load_features
+from timnet.utils import fold_files, read_fold_result
 
 
 def main() -> int:
@@ -87,8 +87,8 @@ def finished_folds(run: Path, seeds: list[int]) -> dict[int, list[dict]]:
     out = {}
     for s in seeds:
         folds = []
-        for path in sorted(seed_run(run, s, seeds).glob("fold_*/result.json")):
-            r = json.loads(path.read_text())
+        for path in fold_files(seed_run(run, s, seeds), "result.json"):  # fold_NN only, each checked whole
+            r = read_fold_result(path)
             folds.append({k: r[k] for k in ("fold", "test_speakers", "war", "uar", "n_test", "seconds", "last_weights",
                                          "members", "first_members") if k in r})  # an ensemble: each member, its smaller ensembles
         out[s] = folds

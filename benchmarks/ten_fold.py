@@ -25,7 +25,6 @@ which says how far one 10-fold figure moves with the seed.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from _common import (PUBLISHED, environment, fold_seconds, pm, recipe_args, reci
                      run_main, table_recipes, take_first_members, train, write_json)
 from timnet.corpora import paper_seed
 from timnet.features import load_features
+from timnet.utils import fold_files, read_fold_result
 
 
 def main() -> int:
@@ -93,8 +93,8 @@ def main() -> int:
 def finished_folds(run: Path) -> list[dict]:
     """The result.json figures of each finished fold, in fold order."""
     folds = []
-    for path in sorted(run.glob("fold_*/result.json")):
-        r = json.loads(path.read_text())
+    for path in fold_files(run, "result.json"):  # fold_NN only, in fold order; each checked whole
+        r = read_fold_result(path)
         folds.append({k: r[k] for k in ("fold", "n_test", "war", "uar", "seconds", "last_weights", "first_members")
                       if k in r})  # first_members: the smaller ensembles of a run of three or more members
         if "members" in r:  # an ensemble's first member alone: the one-member recipe, weight for weight
