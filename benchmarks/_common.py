@@ -5,7 +5,7 @@ The ledger (benchmarks/ledger/<table>/<run>/) holds the run.json and every finis
 result.json of the runs behind RESULTS.md's tables: figures only, never weights or features.
 A table's compute (hours on two cores) can then be spread over several sessions or machines:
 `restore` puts the recorded folds back into a fresh RUN_DIR, where timnet resumes the run as it
-would its own (the identity in run.json must match exactly, else timnet refuses the folder),
+would its own (the identity in run.json must match, the snapshot interval aside, else timnet refuses the folder),
 and trains only the folds missing; `record` copies the folds finished since.
 """
 from __future__ import annotations
