@@ -5,7 +5,6 @@ splits of 481-482 utterances, batch 64); the figures do not depend on the values
 """
 from __future__ import annotations
 
-import functools
 import os
 import resource
 import statistics
@@ -24,15 +23,6 @@ from .run import Run
 from .train import TrainConfig, train_fold
 from .utils import torch_threads
 
-def _at_threads(measure):
-    """A measurement run with torch at its `threads` threads; the caller's count restored after."""
-    @functools.wraps(measure)
-    def wrapped(*args, threads: int, **kwargs):
-        with torch_threads(threads):
-            return measure(*args, threads=threads, **kwargs)
-    return wrapped
-
-
 def synthetic_emodb(seed: int = 0) -> FeatureSet:
     """Random features with EMODB's shape (535 x 188 x 39), classes, speakers and MFCC-like scale."""
     emodb = CORPORA["EMODB"]
@@ -44,14 +34,14 @@ def synthetic_emodb(seed: int = 0) -> FeatureSet:
                       speakers=np.array([f"{i % emodb.n_speakers:02d}" for i in range(len(y))]))
 
 
-@_at_threads
 def fold_epoch_seconds(fs: FeatureSet, *, path: str, threads: int, epochs: int = 4) -> float:
     """Median seconds of one fold-epoch of one fold trained in this process with `threads` threads."""
     train_idx, _ = make_folds(len(fs), folds=10, seed=46)[0]
     stamps = [time.perf_counter()]
-    train_fold(torch.from_numpy(fs.x), torch.from_numpy(fs.y), train_idx, np.empty(0, np.int64),
-               model_config=TIMNetConfig(), config=TrainConfig(epochs=epochs, save_every=10**6), seed=0,
-               on_epoch=lambda row: stamps.append(time.perf_counter()), path=path)
+    with torch_threads(threads):  # the caller's count restored after, as everywhere below
+        train_fold(torch.from_numpy(fs.x), torch.from_numpy(fs.y), train_idx, np.empty(0, np.int64),
+                   model_config=TIMNetConfig(), config=TrainConfig(epochs=epochs, save_every=10**6), seed=0,
+                   on_epoch=lambda row: stamps.append(time.perf_counter()), path=path)
     return statistics.median(np.diff(stamps)[1:])  # the first epoch pays one-off allocations
 
 
@@ -73,13 +63,12 @@ def all_folds_epoch_seconds(fs: FeatureSet, *, workers: int, threads: int, folds
     return (walls[4] - walls[1]) / 3
 
 
-@_at_threads
 def inference_utterances_per_second(fs: FeatureSet, *, threads: int, batch_size: int = 256, repeats: int = 3) -> float:
     """Utterances per second through an eval-mode model (features in, probabilities out)."""
     model = TIMNet(TIMNetConfig()).eval()
     x = torch.from_numpy(fs.x)
     best = float("inf")
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(threads):
         model(x[:batch_size]).softmax(-1)
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -118,17 +107,17 @@ def extraction_seconds(data_dir: str | Path, *, workers: int) -> dict:
             "extract_files": len(fs)}
 
 
-@_at_threads
 def matmul_gflops(*, threads: int, n: int = 2048, repeats: int = 5) -> float:
     """Best GFLOP/s of an n x n float32 matrix product: how fast this machine is today. Shared
     machines vary from day to day; this figure puts a run's timings on a common scale."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
     best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    with torch_threads(threads):
         a @ b
-        best = min(best, time.perf_counter() - t0)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 
 

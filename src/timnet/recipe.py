@@ -29,8 +29,9 @@ RECIPES = {
     # only (RESULTS.md): of the candidates no worse than the paper's on either corpus, the best mean
     # UAR over the two (0.866; three members 0.864): EMODB 0.832 (paper's recipe 0.801, two
     # members 0.809, three 0.828), CASIA 0.900 (paper 0.867, two 0.893, three 0.900). Two members
-    # were the strong recipe before (the tables' "strong-x2"), one before that ("strong-1member"). The speaker-like augmentations ("vtlp+gain", +0.030 on EMODB) fell below
-    # the paper's recipe on CASIA.
+    # were the strong recipe before (the tables' "strong-x2"), one before that ("strong-1member").
+    # The speaker-like augmentations ("vtlp+gain", +0.030 on EMODB) fell below the paper's recipe
+    # on CASIA.
     # swa_epochs is 100 at the paper's 500 epochs; an explicit --epochs scales it (SWA_SHARE).
     "strong": {"swa_epochs": 100, "members": 4},
 }
