@@ -362,6 +362,27 @@ def test_savee_tree(tmp_path):
     )
 
 
+@pytest.mark.parametrize("corpus, files, kept, skipped", [
+    # a copy filed by hand in another actor's folder: the name's actor is the speaker, so the
+    # genuine copy is kept (not the misplaced one that sorts first) and the other is said to be misfiled
+    ("ravdess", ["Actor_01/03-01-05-01-01-01-02.wav", "Actor_02/03-01-05-01-01-01-02.wav"],
+     [("Actor_02/03-01-05-01-01-01-02.wav", "angry", "02")],
+     [("Actor_01/03-01-05-01-01-01-02.wav", "in folder Actor_01 but named for speaker 02")]),
+    ("emovo", ["f2/rab-f1-d1.wav", "F1/rab-f1-d2.wav", "other/rab-m1-d1.wav"],
+     [("F1/rab-f1-d2.wav", "angry", "f1"), ("other/rab-m1-d1.wav", "angry", "m1")],
+     [("f2/rab-f1-d1.wav", "in folder f2 but named for speaker f1")]),
+    # SAVEE: a prefix naming another speaker than its folder; upper-case codes are the same recordings
+    ("savee", ["DC/JE_a01.wav", "DC/SA02.wav", "jk/Su03.wav", "ALL/KL_N04.wav"],
+     [("ALL/KL_N04.wav", "neutral", "KL"), ("DC/SA02.wav", "sad", "DC"), ("jk/Su03.wav", "surprise", "JK")],
+     [("DC/JE_a01.wav", "in folder DC but named for speaker JE")]),
+])
+def test_speaker_folder_and_name_disagreeing(tmp_path, corpus, files, kept, skipped):
+    write_tree(tmp_path, files)
+    listing = list_corpus(corpus, tmp_path)
+    assert summary_of(listing) == kept
+    assert list(listing.skipped) == skipped
+
+
 # --- IEMOCAP ----------------------------------------------------------------------------------
 
 HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"

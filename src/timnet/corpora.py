@@ -181,6 +181,19 @@ def _scan_names(root: Path, corpus: str, parse: Callable[[PurePosixPath], _Match
     return _listing(corpus, found, skipped)
 
 
+def _misfiled(path: PurePosixPath, speaker: str, folder: re.Pattern) -> str | None:
+    """Why a file in one speaker's folder but named for another is skipped (None when it is not).
+
+    The name is the publisher's record of the speaker; a folder that disagrees is a copy filed by
+    hand in the wrong place, so it is set aside, said as such, and a genuine copy of the recording
+    (in its own speaker's folder) is the one kept.
+    """
+    match = folder.fullmatch(path.parts[-2]) if len(path.parts) > 1 else None
+    if match and match[1].lower() != speaker.lower():
+        return f"in folder {path.parts[-2]} but named for speaker {speaker}"
+    return None
+
+
 # --- the six layouts ------------------------------------------------------------------------
 
 _CASIA_LABELS = ("angry", "fear", "happy", "neutral", "sad", "surprise")
@@ -224,6 +237,7 @@ _EMOVO_EMOTIONS = {
     "rab": "angry", "sor": "surprise", "tri": "sad",
 }
 _EMOVO_NAME = re.compile(r"([a-z]{3})-([fm][123])-([a-z]+\d+)", re.IGNORECASE)
+_EMOVO_FOLDER = re.compile(r"([fm][123])", re.IGNORECASE)
 
 
 def scan_emovo(root: Path) -> Listing:
@@ -233,6 +247,8 @@ def scan_emovo(root: Path) -> Listing:
         match = _EMOVO_NAME.fullmatch(path.stem)
         if not match or match[1].lower() not in _EMOVO_EMOTIONS:
             return "name"
+        if misfiled := _misfiled(path, match[2].lower(), _EMOVO_FOLDER):
+            return misfiled
         return _Match(_EMOVO_EMOTIONS[match[1].lower()], match[2].lower(), path.stem.lower())
 
     return _scan_names(root, "EMOVO", parse)
@@ -243,6 +259,7 @@ _RAVDESS_EMOTIONS = {
     "05": "angry", "06": "fear", "07": "disgust", "08": "surprise",
 }
 _RAVDESS_NAME = re.compile(r"(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)")
+_RAVDESS_FOLDER = re.compile(r"Actor_(\d\d)", re.IGNORECASE)
 
 
 def scan_ravdess(root: Path) -> Listing:
@@ -256,6 +273,8 @@ def scan_ravdess(root: Path) -> Listing:
             return f"modality {match[1]}, not audio-only"
         if match[2] != "01":
             return "song" if match[2] == "02" else f"channel {match[2]}"
+        if misfiled := _misfiled(path, match[7], _RAVDESS_FOLDER):
+            return misfiled
         return _Match(_RAVDESS_EMOTIONS[match[3]], match[7], path.stem)
 
     return _scan_names(root, "RAVDESS", parse)
@@ -266,7 +285,8 @@ _SAVEE_EMOTIONS = {
 }
 _SAVEE_SPEAKERS = ("DC", "JE", "JK", "KL")
 # speaker prefix present in the flattened <SPK>_<code><NN>.wav, absent in <SPK>/<code><NN>.wav
-_SAVEE_NAME = re.compile(r"(?:([A-Za-z]{2})_)?(a|d|f|h|n|sa|su)(\d\d)")
+_SAVEE_NAME = re.compile(r"(?:([a-z]{2})_)?(a|d|f|h|n|sa|su)(\d\d)", re.IGNORECASE)
+_SAVEE_FOLDER = re.compile(f"({'|'.join(_SAVEE_SPEAKERS)})", re.IGNORECASE)
 
 
 def scan_savee(root: Path) -> Listing:
@@ -281,7 +301,10 @@ def scan_savee(root: Path) -> Listing:
             return f"no speaker folder ({'/'.join(_SAVEE_SPEAKERS)}) or DC_ prefix: pass the corpus folder, not one speaker's"
         if speaker not in _SAVEE_SPEAKERS:
             return f"speaker {speaker} unknown"
-        return _Match(_SAVEE_EMOTIONS[match[2]], speaker, f"{speaker}_{match[2]}{match[3]}")
+        if misfiled := _misfiled(path, speaker, _SAVEE_FOLDER):
+            return misfiled
+        code = match[2].lower()  # the publisher's names are lower case; SA02.wav is the same recording
+        return _Match(_SAVEE_EMOTIONS[code], speaker, f"{speaker}_{code}{match[3]}")
 
     return _scan_names(root, "SAVEE", parse)
 
