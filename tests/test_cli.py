@@ -564,4 +564,4 @@ def test_a_run_trained_in_the_authors_order_is_tested_in_it(tmp_path):
     assert tested.returncode == 0, tested.stderr
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("train.json", "test.json"))
     assert [f["confusion"] for f in a["folds"]] == [f["confusion"] for f in b["folds"]]
-    assert_one_line_error(timnet("test", features, "--weights", tmp_path / "run", "--order", "spec"), "other features")
+    assert_one_line_error(timnet("test", features, "--weights", tmp_path / "run", "--order", "spec"), "--order spec: ", "trained on these features in the authors order", "leave --order out")

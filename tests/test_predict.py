@@ -155,6 +155,10 @@ def test_checkpoint_that_does_not_fit_its_config_is_one_error(run_dir, tmp_path)
     cut.write_bytes((run_dir / "fold_01" / "model.pt").read_bytes()[:1000])
     with pytest.raises(TimnetError, match=r"cut.pt: not a readable timnet checkpoint \(not a whole file: cut short"):
         load_checkpoint(cut)
+    npz = tmp_path / "features.npz"  # a zip archive, but not torch's
+    np.savez(npz, x=np.zeros(3))
+    with pytest.raises(TimnetError, match=r"not a readable timnet checkpoint \(a zip archive torch.save did not write"):
+        load_checkpoint(npz)
 
 
 def test_unfinished_multi_seed_and_wrong_corpus_runs(run_dir, clips, tmp_path):

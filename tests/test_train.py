@@ -78,6 +78,8 @@ def test_speaker_folds_never_share_a_speaker(folds):
         assert groups(again) == groups(splits) and groups(other) != groups(splits)
     with pytest.raises(TimnetError, match="needs at least 7 speakers; these features have 6"):
         make_folds(len(fs), folds=7, seed=1, split="speaker", speakers=fs.speakers)
+    with pytest.raises(TimnetError, match=r"--folds 1 invalid; expected 2\.\.6 for 6 speakers \(--split speaker\)"):
+        make_folds(len(fs), folds=1, seed=1, split="speaker", speakers=fs.speakers)
 
 
 def test_default_folds_follow_the_speakers():
@@ -119,18 +121,23 @@ def test_selection_needs_validation():
 def test_different_config_in_used_run_dir_is_refused(tmp_path):
     fs = synthetic()
     Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3).prepare()
-    with pytest.raises(TimnetError, match="different configuration \\(train_config\\).*--overwrite"):
+    with pytest.raises(TimnetError, match="different configuration \\(train_config.epochs\\).*--overwrite"):
         Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "epochs": 5}), folds=3).prepare()
     assert Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3).prepare() is True  # same: resume
     # another snapshot interval changes no figure: the run resumes (and a real change is still refused)
     assert Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "save_every": 7}), folds=3).prepare() is True
-    with pytest.raises(TimnetError, match="different configuration \\(train_config\\)"):
+    with pytest.raises(TimnetError, match="different configuration \\(train_config.epochs\\)"):
         Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "save_every": 7, "epochs": 5}), folds=3).prepare()
     Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "epochs": 5}), folds=3).prepare(overwrite=True)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(TimnetError, match="not a timnet RUN_DIR"):
         Run(fs, tmp_path / "other", config=TrainConfig(**FAST), folds=3).prepare()
+    # a run file that cannot be read is said to be that, not a change of configuration
+    (tmp_path / "r" / "run.json").write_text("{")
+    with pytest.raises(TimnetError, match="run.json: not a readable timnet run file.*--overwrite") as e:
+        Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "epochs": 5}), folds=3).prepare()
+    assert "different configuration" not in str(e.value)
 
 
 def train_cli(features, run_dir, *extra, env=None):
@@ -417,9 +424,9 @@ def test_run_written_by_older_versions_still_resumes(tmp_path):
     with pytest.raises(TimnetError, match="different configuration \\(path\\).*to resume it pass --path reference"):
         Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3, path="fast").prepare()
     # a run of the one-member strong preset (before it became two members) is told how to resume
-    with pytest.raises(TimnetError, match="\\(train_config\\).*to resume it pass --members 1$"):
+    with pytest.raises(TimnetError, match="\\(train_config.members\\).*to resume it pass --members 1$"):
         Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "members": 2}), folds=3, path="reference").prepare()
-    with pytest.raises(TimnetError, match="\\(train_config\\); use another RUN_DIR or --overwrite \\(which deletes it\\)$"):
+    with pytest.raises(TimnetError, match="\\(train_config.lr, train_config.members\\); use another RUN_DIR or --overwrite \\(which deletes it\\)$"):
         Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "members": 2, "lr": 0.002}), folds=3, path="reference").prepare()
 
 
@@ -432,6 +439,9 @@ def test_several_seeds_one_run_each_and_their_spread(tmp_path):
     assert single.returncode == 0, single.stderr
     out = json.loads((tmp_path / "multi.json").read_text())
     assert out["seeds"] == [1, 2] and json.loads((tmp_path / "multi" / "seeds.json").read_text()) == out  # one document
+    # the contract's keys (README: --json) as a single seed's run has them
+    assert {"corpus", "labels", "split", "folds_n", "folds", "mean_war", "mean_uar", "std_war", "std_uar"} <= set(out)
+    assert out["labels"] == list(synthetic().labels)
     # a seed's run in RUN_DIR/seed_<s> is exactly the single-seed run with that seed
     seed2 = json.loads((tmp_path / "multi" / "seed_2" / "results.json").read_text())
     alone = json.loads((tmp_path / "single.json").read_text())
@@ -507,6 +517,9 @@ def test_all_data_model_resumes_and_is_kept(tmp_path):
 
     model = load_model(tmp_path / "res")  # the folder itself, as `predict --model` and `export` take it
     assert len(model.models) == 1 and model.labels == synthetic().labels
+    for verb in (["test", str(features), "--weights"], ["plot"]):  # no folds: said as such, not "unfinished"
+        r = subprocess.run([sys.executable, "-m", "timnet", *verb, str(tmp_path / "res")], capture_output=True, text=True)
+        assert r.returncode == 1 and "(--all-data) has no test folds; predict with it" in r.stderr, r.stderr
     no_score = subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "j"),
                                "--all-data", "--json", str(tmp_path / "j.json")], capture_output=True, text=True)
     assert no_score.returncode == 1 and "no test split to score" in no_score.stderr and not (tmp_path / "j").exists()

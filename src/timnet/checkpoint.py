@@ -59,8 +59,9 @@ def read_checkpoint(path: str | Path) -> dict:
         import zipfile
 
         # torch.save writes a zip whose directory is at its end: without one, the file was cut short
-        why = "not a whole file: cut short, or another format" if not zipfile.is_zipfile(path) else type(e).__name__
-        raise TimnetError(f"{path}: not a readable timnet checkpoint ({why})") from None
+        why = ("not a whole file: cut short, or another format" if not zipfile.is_zipfile(path)
+               else "a zip archive torch.save did not write, e.g. an .npz")
+        raise TimnetError(f"{path}: not a readable timnet checkpoint ({why}); expected a model.pt of `timnet train`") from None
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, ENSEMBLE_FORMAT):
         raise TimnetError(f"{path}: not a timnet checkpoint; expected format {FORMAT} or {ENSEMBLE_FORMAT}")
     return payload

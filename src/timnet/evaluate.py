@@ -15,7 +15,7 @@ from .features import FeatureConfig, FeatureSet
 from .folds import make_folds
 from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
-from .rundir import check_not_multi_seed, features_fingerprint, read_identity
+from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
 from .utils import RUN_FILE, fold_files
 
 
@@ -57,6 +57,7 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
     check_not_multi_seed(weights)
     run_ckpts = fold_files(weights, "model.pt")
     if not run_ckpts and (weights / RUN_FILE).is_file():
+        check_not_all_data(weights)
         raise TimnetError(f"{weights}: a RUN_DIR with no finished fold (no fold_*/model.pt); "
                           "`timnet train` with the same arguments resumes it")
     if run_ckpts:
@@ -136,6 +137,12 @@ def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = Non
     from .features import in_order
 
     run_file = Path(weights) / RUN_FILE
+    if run_file.is_file() and order is not None:
+        own = _own_order(fs, run_file)
+        trained = read_identity(weights).get("features_fingerprint")
+        if features_fingerprint(in_order(fs, order)) != trained == features_fingerprint(in_order(fs, own)):
+            raise TimnetError(f"--order {order}: {weights} was trained on these features in the {own} order, and its "
+                              f"folds' test indices point into that order; leave --order out")
     fs = in_order(fs, order or _own_order(fs, run_file))
     if not run_file.is_file() and order == "spec" and fs.files is not None and \
             (in_order(fs, "authors").files != fs.files).any():

@@ -22,7 +22,7 @@ from . import metrics
 from .errors import TimnetError
 from .features import FeatureSet
 from .plots import confusion_figure, curves_figure, recall_figure, save_figure, tsne_figure
-from .rundir import check_not_multi_seed, features_fingerprint, read_identity
+from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
 from .utils import RUN_FILE, atomic_write, fold_files, read_fold_result
 
 PLOTS_DIR = "plots"
@@ -107,6 +107,7 @@ def _run_info(run_dir: Path) -> dict:
 def _fold_results(run_dir: Path) -> list[dict]:
     results = [read_fold_result(path) for path in fold_files(run_dir, "result.json")]
     if not results:
+        check_not_all_data(run_dir)
         raise TimnetError(f"{run_dir}: no finished fold (no fold_*/result.json); train it first or wait for a fold to end")
     return sorted(results, key=lambda r: r["fold"])
 

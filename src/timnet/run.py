@@ -78,6 +78,18 @@ def _in_run_threads(method):
     return wrapped
 
 
+def _changed(was: dict, now: dict) -> list[str]:
+    """The identity entries that differ, a config's own options by name (`train_config.epochs`)."""
+    diff = []
+    for key in sorted(set(was) | set(now)):
+        old, new = was.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            diff += [f"{key}.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        elif old != new:
+            diff.append(key)
+    return diff
+
+
 def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: dict | None = None) -> bool:
     """Create or check a run folder for `identity`; True when it already holds this run (resume).
 
@@ -90,8 +102,8 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
             previous = read_identity(run_dir)
             # legacy defaults only stand in for keys this kind of run has (all-data runs have fewer)
             previous = {k: v for k, v in previous.items() if k in identity or k not in LEGACY_IDENTITY}
-        except TimnetError:
-            previous = None
+        except TimnetError as e:
+            previous, unreadable = None, str(e)
         if decisive(previous) == decisive(identity):
             # a run killed while writing leaves its hidden temporary file (utils.atomic_write) behind
             for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
@@ -99,19 +111,17 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
                     stale.unlink(missing_ok=True)
             return True
         if not overwrite:
-            was, now = decisive(previous) or {}, decisive(identity)
-            diff = sorted(k for k in now if previous is None or was.get(k) != now.get(k))
+            if previous is None:  # not a configuration change: nothing says what the run was
+                raise TimnetError(f"{unreadable}; use another RUN_DIR or --overwrite (which deletes the run in it)")
+            diff = _changed(decisive(previous), decisive(identity))
             hint = ""
             if diff in (["threads_per_fold"], ["path"]):
                 option = diff[0].replace("_per_fold", "")
                 hint = f"; to resume it pass --{option} {previous[diff[0]]}"
-            elif diff == ["train_config"] and previous is not None:
+            elif diff == ["train_config.members"]:
                 # a run of an earlier preset (`strong` had one member, then two, now four) resumes
                 # with that one value given explicitly
-                old, new = was["train_config"], now["train_config"]
-                changed = sorted(k for k in new if old.get(k) != new.get(k))
-                if changed == ["members"]:
-                    hint = f"; to resume it pass --members {old['members']}"
+                hint = f"; to resume it pass --members {previous['train_config']['members']}"
             elif "features_fingerprint" in diff:
                 hint = ("; if these are the same audio, extracted elsewhere, the CPU loops numpy and OpenBLAS ran may "
                         "differ from the run's (README: the same bits on every machine; run.json: versions.cpu_dispatch)")
@@ -441,7 +451,7 @@ def summarize_seeds(summaries: list[dict]) -> dict:
     wars = np.array([s["mean_war"] for s in summaries])
     uars = np.array([s["mean_uar"] for s in summaries])
     first = summaries[0]
-    return {"corpus": first["corpus"], "split": first["split"], "folds_n": first["folds_n"],
+    return {"corpus": first["corpus"], "labels": first["labels"], "split": first["split"], "folds_n": first["folds_n"],
             "seeds": [s["seed"] for s in summaries], "per_seed": per_seed,
             "mean_war": float(wars.mean()), "mean_uar": float(uars.mean()),
             "std_war": float(wars.std(ddof=1)), "std_uar": float(uars.std(ddof=1)),

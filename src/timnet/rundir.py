@@ -60,3 +60,15 @@ def check_not_multi_seed(path: Path, *, hint: str | None = None) -> None:
     if seeds and not (Path(path) / RUN_FILE).is_file():
         raise TimnetError(f"{path} holds the runs of {len(seeds)} seeds ({', '.join(seeds)}); "
                           + (hint or f"expected one of them, e.g. {Path(path) / seeds[0]}"))
+
+
+def check_not_all_data(run_dir: str | Path) -> None:
+    """An `--all-data` run holds one model trained on every sample: say that it has no folds to test
+    or plot, rather than that none is finished."""
+    try:
+        all_data = json.loads((Path(run_dir) / RUN_FILE).read_text())["identity"].get("all_data")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # not readable as a run: the caller's own error says what is wrong
+    if all_data:
+        raise TimnetError(f"{run_dir}: a model trained on every sample (--all-data) has no test folds; predict with it "
+                          f"(timnet predict --model {run_dir}); a recipe's test figures come from a cross-validated RUN_DIR")
