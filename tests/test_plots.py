@@ -84,6 +84,13 @@ def test_plot_command_with_out_folder(trained, tmp_path, capsys):
     assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "neg"), "--seed", "-1"]) == 1
     assert capsys.readouterr().err.strip() == "timnet: error: --seed -1 invalid; expected an integer from 0 to 4294967295"
     assert not (tmp_path / "neg").exists()
+    # RUN_DIR/report.html cannot be written (here a folder in its place; or a read-only RUN_DIR):
+    # refused before any figure is drawn, not after
+    (run_dir / "report.html").unlink()
+    (run_dir / "report.html").mkdir()
+    assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "late")]) == 1
+    assert "report.html is a folder; expected a file path" in capsys.readouterr().err
+    assert not (tmp_path / "late").exists()
 
 
 def test_history_reads_validation_columns(trained):
