@@ -462,7 +462,9 @@ def test_argparse_errors_are_one_line_and_main_restores_sigterm(capsys):
 
     before = signal.getsignal(signal.SIGTERM)
     for argv, fragment in ((["train"], "the following arguments are required"),
-                           (["train", "f.npz", "-o", "r", "--epochs", "abc"], "--epochs: invalid int value")):
+                           (["train", "f.npz", "-o", "r", "--epochs", "abc"], "--epochs: invalid int value"),
+                           # an option the verb does not have: its own --help lists the ones it has
+                           (["predict", "a.wav", "--bogus"], "unrecognized arguments: --bogus (see `timnet predict --help`)")):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         err = capsys.readouterr().err

@@ -588,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="fold workers for the fast path (default: one per core, at most 10, one per fold)")
     s.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
     s.set_defaults(func=cmd_bench)
+    p.verbs = sub.choices  # main() names the verb's --help for an option it does not have
     return p
 
 
@@ -681,7 +682,10 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     dispatch.pin()  # first, before anything imports numpy: the same feature bits on every x86-64 machine
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the verb's parser, whose --help lists the options it has
+        parser.verbs[args.verb].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         with sigterm_handler(_on_sigterm):  # restored after: main() may run in-process (tests, notebooks)
             _check_outputs(args)
