@@ -363,18 +363,20 @@ def test_savee_tree(tmp_path):
 
 
 @pytest.mark.parametrize("corpus, files, kept, skipped", [
-    # a copy filed by hand in another actor's folder: the name's actor is the speaker, so the
-    # genuine copy is kept (not the misplaced one that sorts first) and the other is said to be misfiled
-    ("ravdess", ["Actor_01/03-01-05-01-01-01-02.wav", "Actor_02/03-01-05-01-01-01-02.wav"],
-     [("Actor_02/03-01-05-01-01-01-02.wav", "angry", "02")],
-     [("Actor_01/03-01-05-01-01-01-02.wav", "in folder Actor_01 but named for speaker 02")]),
+    # a copy filed by hand in another actor's folder: the name's actor is the speaker, and the copy in
+    # that actor's own folder is the one kept, although the misfiled one sorts first
+    ("ravdess", ["Actor_01/03-01-05-01-01-01-02.wav", "Actor_02/03-01-05-01-01-01-02.wav", "Actor_03/03-01-04-01-01-01-01.wav"],
+     [("Actor_02/03-01-05-01-01-01-02.wav", "angry", "02"), ("Actor_03/03-01-04-01-01-01-01.wav", "sad", "01")],
+     [("Actor_01/03-01-05-01-01-01-02.wav", "duplicate of Actor_02/03-01-05-01-01-01-02.wav")]),
+    # alone, a misfiled file is still used, under the speaker its name gives
     ("emovo", ["f2/rab-f1-d1.wav", "F1/rab-f1-d2.wav", "other/rab-m1-d1.wav"],
-     [("F1/rab-f1-d2.wav", "angry", "f1"), ("other/rab-m1-d1.wav", "angry", "m1")],
-     [("f2/rab-f1-d1.wav", "in folder f2 but named for speaker f1")]),
+     [("F1/rab-f1-d2.wav", "angry", "f1"), ("f2/rab-f1-d1.wav", "angry", "f1"), ("other/rab-m1-d1.wav", "angry", "m1")],
+     []),
     # SAVEE: a prefix naming another speaker than its folder; upper-case codes are the same recordings
-    ("savee", ["DC/JE_a01.wav", "DC/SA02.wav", "jk/Su03.wav", "ALL/KL_N04.wav"],
-     [("ALL/KL_N04.wav", "neutral", "KL"), ("DC/SA02.wav", "sad", "DC"), ("jk/Su03.wav", "surprise", "JK")],
-     [("DC/JE_a01.wav", "in folder DC but named for speaker JE")]),
+    ("savee", ["DC/JE_a01.wav", "JE/a01.wav", "DC/SA02.wav", "jk/Su03.wav", "ALL/KL_N04.wav"],
+     [("JE/a01.wav", "angry", "JE"), ("ALL/KL_N04.wav", "neutral", "KL"), ("DC/SA02.wav", "sad", "DC"),
+      ("jk/Su03.wav", "surprise", "JK")],
+     [("DC/JE_a01.wav", "duplicate of JE/a01.wav")]),
 ])
 def test_speaker_folder_and_name_disagreeing(tmp_path, corpus, files, kept, skipped):
     write_tree(tmp_path, files)

@@ -159,6 +159,10 @@ def test_checkpoint_that_does_not_fit_its_config_is_one_error(run_dir, tmp_path)
     np.savez(npz, x=np.zeros(3))
     with pytest.raises(TimnetError, match=r"not a readable timnet checkpoint \(a zip archive torch.save did not write"):
         load_checkpoint(npz)
+    whole = tmp_path / "whole.pt"  # torch's own file, but of a pickled module, which weights_only refuses
+    torch.save(torch.nn.Linear(2, 2), whole)
+    with pytest.raises(TimnetError, match=r"not a readable timnet checkpoint \(a torch file of other objects"):
+        load_checkpoint(whole)
 
 
 def test_unfinished_multi_seed_and_wrong_corpus_runs(run_dir, clips, tmp_path):

@@ -55,12 +55,17 @@ def read_checkpoint(path: str | Path) -> dict:
         raise TimnetError(f"{path}: no such checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a file that is not a checkpoint
+    except Exception:  # torch raises many types for a file that is not a checkpoint
         import zipfile
 
-        # torch.save writes a zip whose directory is at its end: without one, the file was cut short
-        why = ("not a whole file: cut short, or another format" if not zipfile.is_zipfile(path)
-               else "a zip archive torch.save did not write, e.g. an .npz")
+        # torch.save writes a zip whose directory is at its end (without one, the file was cut short),
+        # holding <name>/data.pkl (without it, another program wrote the zip)
+        if not zipfile.is_zipfile(path):
+            why = "not a whole file: cut short, or another format"
+        elif not any(name.endswith("/data.pkl") for name in zipfile.ZipFile(path).namelist()):
+            why = "a zip archive torch.save did not write, e.g. an .npz"
+        else:
+            why = "a torch file of other objects than a timnet checkpoint's (e.g. a whole pickled model), or damaged"
         raise TimnetError(f"{path}: not a readable timnet checkpoint ({why}); expected a model.pt of `timnet train`") from None
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, ENSEMBLE_FORMAT):
         raise TimnetError(f"{path}: not a timnet checkpoint; expected format {FORMAT} or {ENSEMBLE_FORMAT}")

@@ -311,7 +311,8 @@ def cmd_plot(args) -> int:
     from .report import REPORT_FILE, plot_run, write_report
     from .utils import check_output
 
-    check_output(Path(args.run_dir) / REPORT_FILE)  # RUN_DIR's, whatever --out says: refused before the figures
+    if Path(args.run_dir).is_dir():  # RUN_DIR's, whatever --out says: refused before the figures, not after
+        check_output(Path(args.run_dir) / REPORT_FILE)
     with _warnings_as_messages():
         figures = plot_run(args.run_dir, out_dir=args.out, seed=args.seed)
         path = write_report(args.run_dir, figures=figures)

@@ -135,6 +135,7 @@ class _Match(NamedTuple):
     label: str  # class name
     speaker: str
     utterance: str  # identity of the recording, to drop a second copy of it
+    misfiled: bool = False  # in another speaker's folder than its name says: loses to a copy in its own
 
 
 def _copy_order(path: str) -> tuple:
@@ -154,7 +155,7 @@ def _listing(
     labels = labels if labels is not None else CORPORA[corpus].labels
     kept: dict[str, str] = {}
     items = []
-    for path, match in sorted(found, key=lambda f: _copy_order(f[0])):
+    for path, match in sorted(found, key=lambda f: (f[1].misfiled, *_copy_order(f[0]))):
         # An empty or broken file stays listed: the audio loader names it as an error (or skips it
         # under --skip-bad), since a silently missing utterance would change the folds.
         if match.utterance in kept:
@@ -181,17 +182,12 @@ def _scan_names(root: Path, corpus: str, parse: Callable[[PurePosixPath], _Match
     return _listing(corpus, found, skipped)
 
 
-def _misfiled(path: PurePosixPath, speaker: str, folder: re.Pattern) -> str | None:
-    """Why a file in one speaker's folder but named for another is skipped (None when it is not).
-
-    The name is the publisher's record of the speaker; a folder that disagrees is a copy filed by
-    hand in the wrong place, so it is set aside, said as such, and a genuine copy of the recording
-    (in its own speaker's folder) is the one kept.
-    """
+def _misfiled(path: PurePosixPath, speaker: str, folder: re.Pattern) -> bool:
+    """Whether a file sits in one speaker's folder but is named for another. The name is the
+    publisher's record of the speaker, so it decides; the folder only ranks copies: a copy filed by
+    hand in the wrong place loses to one in its own speaker's folder (and alone is still used)."""
     match = folder.fullmatch(path.parts[-2]) if len(path.parts) > 1 else None
-    if match and match[1].lower() != speaker.lower():
-        return f"in folder {path.parts[-2]} but named for speaker {speaker}"
-    return None
+    return bool(match) and match[1].lower() != speaker.lower()
 
 
 # --- the six layouts ------------------------------------------------------------------------
@@ -247,9 +243,9 @@ def scan_emovo(root: Path) -> Listing:
         match = _EMOVO_NAME.fullmatch(path.stem)
         if not match or match[1].lower() not in _EMOVO_EMOTIONS:
             return "name"
-        if misfiled := _misfiled(path, match[2].lower(), _EMOVO_FOLDER):
-            return misfiled
-        return _Match(_EMOVO_EMOTIONS[match[1].lower()], match[2].lower(), path.stem.lower())
+        speaker = match[2].lower()
+        return _Match(_EMOVO_EMOTIONS[match[1].lower()], speaker, path.stem.lower(),
+                      _misfiled(path, speaker, _EMOVO_FOLDER))
 
     return _scan_names(root, "EMOVO", parse)
 
@@ -273,9 +269,7 @@ def scan_ravdess(root: Path) -> Listing:
             return f"modality {match[1]}, not audio-only"
         if match[2] != "01":
             return "song" if match[2] == "02" else f"channel {match[2]}"
-        if misfiled := _misfiled(path, match[7], _RAVDESS_FOLDER):
-            return misfiled
-        return _Match(_RAVDESS_EMOTIONS[match[3]], match[7], path.stem)
+        return _Match(_RAVDESS_EMOTIONS[match[3]], match[7], path.stem, _misfiled(path, match[7], _RAVDESS_FOLDER))
 
     return _scan_names(root, "RAVDESS", parse)
 
@@ -301,10 +295,9 @@ def scan_savee(root: Path) -> Listing:
             return f"no speaker folder ({'/'.join(_SAVEE_SPEAKERS)}) or DC_ prefix: pass the corpus folder, not one speaker's"
         if speaker not in _SAVEE_SPEAKERS:
             return f"speaker {speaker} unknown"
-        if misfiled := _misfiled(path, speaker, _SAVEE_FOLDER):
-            return misfiled
         code = match[2].lower()  # the publisher's names are lower case; SA02.wav is the same recording
-        return _Match(_SAVEE_EMOTIONS[code], speaker, f"{speaker}_{code}{match[3]}")
+        return _Match(_SAVEE_EMOTIONS[code], speaker, f"{speaker}_{code}{match[3]}",
+                      _misfiled(path, speaker, _SAVEE_FOLDER))
 
     return _scan_names(root, "SAVEE", parse)
 

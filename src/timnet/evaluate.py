@@ -140,7 +140,7 @@ def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = Non
     if run_file.is_file() and order is not None:
         own = _own_order(fs, run_file)
         trained = read_identity(weights).get("features_fingerprint")
-        if features_fingerprint(in_order(fs, order)) != trained == features_fingerprint(in_order(fs, own)):
+        if order != own and features_fingerprint(in_order(fs, order)) != trained == features_fingerprint(in_order(fs, own)):
             raise TimnetError(f"--order {order}: {weights} was trained on these features in the {own} order, and its "
                               f"folds' test indices point into that order; leave --order out")
     fs = in_order(fs, order or _own_order(fs, run_file))

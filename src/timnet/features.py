@@ -309,7 +309,9 @@ def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
     try:
         d = np.load(path, allow_pickle=True).item()
         x, onehot = np.asarray(d["x"], dtype=np.float32), np.asarray(d["y"])
-    except Exception as e:  # a pickle can fail in many ways; all mean "not that format"
+    except OSError as e:
+        raise TimnetError(f"{path}: could not be read ({e.strerror or e})") from None
+    except Exception:  # a pickle can fail in many ways; all mean "not that format"
         raise TimnetError(f"{path}: not an authors' feature file; expected the pickled dict with 'x' and 'y' their code saves") from None
     if x.ndim != 3 or onehot.ndim != 2 or len(x) != len(onehot):
         raise TimnetError(f"{path}: expected x (N, frames, n_mfcc) and one-hot y (N, classes); got {x.shape} and {onehot.shape}")

@@ -41,7 +41,8 @@ def make_folds(
         raise TimnetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if folds < 2 and split == "speaker" and speakers is not None:
         n_speakers = len(np.unique(np.asarray(speakers)))
-        raise TimnetError(f"--folds {folds} invalid; expected 2..{n_speakers} for {n_speakers} speakers (--split speaker)")
+        raise TimnetError(f"--folds {folds} invalid; expected 2..{n_speakers} for {n_speakers} speakers (--split speaker)"
+                          if n_speakers > 1 else f"--split speaker needs at least 2 speakers; these features have {n_speakers}")
     if folds < 2 or folds > n_samples:
         raise TimnetError(f"--folds {folds} invalid; expected 2..{n_samples} for {n_samples} samples")
     dummy = np.zeros(n_samples)

@@ -80,11 +80,11 @@ def _in_run_threads(method):
 
 def _changed(was: dict, now: dict) -> list[str]:
     """The identity entries that differ, a config's own options by name (`train_config.epochs`)."""
-    diff = []
+    diff, absent = [], object()  # absent differs from any value, None included
     for key in sorted(set(was) | set(now)):
-        old, new = was.get(key), now.get(key)
+        old, new = was.get(key, absent), now.get(key, absent)
         if isinstance(old, dict) and isinstance(new, dict):
-            diff += [f"{key}.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            diff += [f"{key}.{k}" for k in sorted(set(old) | set(new)) if old.get(k, absent) != new.get(k, absent)]
         elif old != new:
             diff.append(key)
     return diff

@@ -70,5 +70,7 @@ def check_not_all_data(run_dir: str | Path) -> None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # not readable as a run: the caller's own error says what is wrong
     if all_data:
-        raise TimnetError(f"{run_dir}: a model trained on every sample (--all-data) has no test folds; predict with it "
-                          f"(timnet predict --model {run_dir}); a recipe's test figures come from a cross-validated RUN_DIR")
+        use = (f"predict with it (timnet predict --model {run_dir})" if (Path(run_dir) / "model.pt").is_file()
+               else "its `timnet train ... --all-data` resumes it, to predict with")
+        raise TimnetError(f"{run_dir}: a model trained on every sample (--all-data) has no test folds; {use}; "
+                          "a recipe's test figures come from a cross-validated RUN_DIR")
