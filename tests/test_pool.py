@@ -58,3 +58,44 @@ def test_worker_dying_mid_result_ends_the_run(tmp_path):
     assert proc.returncode == 0 and len(lines) == 2, (out, err)
     assert lines[0].startswith("broken after") and float(lines[0].split()[2]) < 10 and lines[1] == "ended"
     assert err == "", err  # no stray traceback from the pool's threads
+
+
+# A training worker that dies as it starts, before reading the data its parent sends it (an import
+# that fails in a broken install, the out-of-memory killer): multiprocessing's spawn keeps that pipe's
+# read end open in the parent until its write ends, so a parent writing the runs (features included)
+# into it would block for ever, with Ctrl-C held. The runs go through a file; the pool must report
+# the dead worker. This sitecustomize ends every spawned child but the first (the queue's manager).
+DIE_AT_START = textwrap.dedent("""
+    import os, sys
+    if "--multiprocessing-fork" in sys.argv and os.environ.get("TIMNET_TEST_SPAWNED"):
+        spawned = os.environ["TIMNET_TEST_SPAWNED"]
+        first = not os.listdir(spawned)
+        open(os.path.join(spawned, str(os.getpid())), "w").close()
+        if not first:
+            os._exit(3)
+""")
+
+
+def test_worker_dying_at_start_ends_the_run(tmp_path):
+    from test_train import synthetic
+    from timnet.features import save_features
+
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(DIE_AT_START)
+    (tmp_path / "spawned").mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+           "TIMNET_TEST_SPAWNED": str(tmp_path / "spawned"), "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "r"),
+                             "--folds", "3", "--epochs", "2", "--workers", "2", "--threads", "1", "--no-report", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the parent hung after a worker died at its start")
+    assert len(os.listdir(tmp_path / "spawned")) >= 2, "no worker was started"
+    assert proc.returncode == 1 and "a training worker died" in err and "run the same command again" in err, err
+    assert not os.listdir(tmp_path / "tmp"), "the runs' temporary file was left behind"

@@ -52,12 +52,15 @@ class LocalBackend:
 _WORKER: dict = {}
 
 
-def _worker_init(runs: list, queue) -> None:
+def _worker_init(runs_file: str, queue) -> None:
+    import pickle
     import signal
 
     # Ctrl-C reaches the whole process group; the parent alone decides to stop (and ends the
     # workers), otherwise each worker would treat it as one failed fold and start the next.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with open(runs_file, "rb") as f:
+        runs = pickle.load(f)
     _WORKER.update(runs=runs, queue=queue, parent=os.getppid())
 
 
@@ -108,11 +111,17 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
     ctx = mp.get_context("spawn")  # fork after torch has run threads is not safe
     with signals_held(ctx):
         manager = ctx.Manager()  # a server process of its own: shut down below, else it outlives the run
+    runs_file = None
     try:
         q = manager.Queue()
         queued = _units(runs, tasks, workers)
+        # The runs (features included) reach the workers through a file, not their start-up pipe: a
+        # worker that dies before reading that pipe (a broken install, the out-of-memory killer) would
+        # leave the parent blocked for ever writing megabytes into it (multiprocessing's spawn keeps
+        # the pipe's read end open until the write ends), where now the pool reports it broken.
+        runs_file = _pickle_to_temp(runs)
         pool = ProcessPoolExecutor(min(workers, len(queued)), mp_context=ctx, initializer=_worker_init,
-                                   initargs=(runs, q))
+                                   initargs=(runs_file, q))
         finished: set = set()
         pending: dict = {}  # future: unit
 
@@ -153,6 +162,23 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
             raise
     finally:
         manager.shutdown()
+        if runs_file is not None:
+            os.unlink(runs_file)
+
+
+def _pickle_to_temp(obj) -> str:
+    """Pickle `obj` into a new private temporary file; its path."""
+    import pickle
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="timnet-runs-", suffix=".pkl")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
 
 
 def _describe(runs: list, task: Task) -> str:
