@@ -1,8 +1,10 @@
 """The process pools' failure paths: a worker that dies must end the run with an error, never a hang."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -85,8 +87,9 @@ def test_worker_dying_at_start_ends_the_run(tmp_path):
     (tmp_path / "site" / "sitecustomize.py").write_text(DIE_AT_START)
     (tmp_path / "spawned").mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
-           "TIMNET_TEST_SPAWNED": str(tmp_path / "spawned"), "TMPDIR": str(tmp_path / "tmp")}
-    (tmp_path / "tmp").mkdir()
+           "TIMNET_TEST_SPAWNED": str(tmp_path / "spawned"),
+           # a short temporary folder of its own (the queue's manager puts a socket there, whose path is limited)
+           "TMPDIR": tempfile.mkdtemp(prefix="tn-", dir="/tmp")}
     proc = subprocess.Popen([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "r"),
                              "--folds", "3", "--epochs", "2", "--workers", "2", "--threads", "1", "--no-report", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
@@ -96,6 +99,7 @@ def test_worker_dying_at_start_ends_the_run(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         pytest.fail("the parent hung after a worker died at its start")
-    assert len(os.listdir(tmp_path / "spawned")) >= 2, "no worker was started"
+    assert len(os.listdir(tmp_path / "spawned")) >= 2, f"no worker was started: {err}"
     assert proc.returncode == 1 and "a training worker died" in err and "run the same command again" in err, err
-    assert not os.listdir(tmp_path / "tmp"), "the runs' temporary file was left behind"
+    assert not [p for p in os.listdir(env["TMPDIR"]) if p.startswith("timnet-runs-")], "the runs' file was left behind"
+    shutil.rmtree(env["TMPDIR"])
