@@ -39,14 +39,10 @@ def make_folds(
 
     if split not in SPLITS:
         raise TimnetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    if folds < 2 and split == "speaker" and speakers is not None:
-        n_speakers = len(np.unique(np.asarray(speakers)))
-        raise TimnetError(f"--folds {folds} invalid; expected 2..{n_speakers} for {n_speakers} speakers (--split speaker)"
-                          if n_speakers > 1 else f"--split speaker needs at least 2 speakers; these features have {n_speakers}")
-    if folds < 2 or folds > n_samples:
-        raise TimnetError(f"--folds {folds} invalid; expected 2..{n_samples} for {n_samples} samples")
     dummy = np.zeros(n_samples)
     if split == "random":
+        if folds < 2 or folds > n_samples:
+            raise TimnetError(f"--folds {folds} invalid; expected 2..{n_samples} for {n_samples} samples")
         splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
         return [(tr, te) for tr, te in splitter.split(dummy)]
     if speakers is None:
@@ -54,6 +50,10 @@ def make_folds(
                           "from `timnet extract` (the authors' .npy files have none)")
     groups = np.asarray(speakers)
     n_speakers = len(np.unique(groups))
+    if n_speakers < 2:
+        raise TimnetError(f"--split speaker needs at least 2 speakers; these features have {n_speakers}")
+    if folds < 2:
+        raise TimnetError(f"--folds {folds} invalid; expected 2..{n_speakers} for {n_speakers} speakers (--split speaker)")
     if folds > n_speakers:
         raise TimnetError(f"--folds {folds} with --split speaker needs at least {folds} speakers; these features have {n_speakers}")
     if folds == n_speakers:

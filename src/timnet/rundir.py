@@ -66,8 +66,8 @@ def check_not_all_data(run_dir: str | Path) -> None:
     """An `--all-data` run holds one model trained on every sample: say that it has no folds to test
     or plot, rather than that none is finished."""
     try:
-        all_data = json.loads((Path(run_dir) / RUN_FILE).read_text())["identity"].get("all_data")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        all_data = read_identity(run_dir).get("all_data")
+    except TimnetError:
         return  # not readable as a run: the caller's own error says what is wrong
     if all_data:
         use = (f"predict with it (timnet predict --model {run_dir})" if (Path(run_dir) / "model.pt").is_file()
