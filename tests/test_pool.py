@@ -1,10 +1,9 @@
 """The process pools' failure paths: a worker that dies must end the run with an error, never a hang."""
+import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 import pytest
@@ -88,8 +87,7 @@ def test_worker_dying_at_start_ends_the_run(tmp_path):
     (tmp_path / "spawned").mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
            "TIMNET_TEST_SPAWNED": str(tmp_path / "spawned"),
-           # a short temporary folder of its own (the queue's manager puts a socket there, whose path is limited)
-           "TMPDIR": tempfile.mkdtemp(prefix="tn-", dir="/tmp")}
+           "TMPDIR": str(tmp_path)}  # to see that the runs' file is removed
     proc = subprocess.Popen([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "r"),
                              "--folds", "3", "--epochs", "2", "--workers", "2", "--threads", "1", "--no-report", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
@@ -101,5 +99,98 @@ def test_worker_dying_at_start_ends_the_run(tmp_path):
         pytest.fail("the parent hung after a worker died at its start")
     assert len(os.listdir(tmp_path / "spawned")) >= 2, f"no worker was started: {err}"
     assert proc.returncode == 1 and "a training worker died" in err and "run the same command again" in err, err
-    assert not [p for p in os.listdir(env["TMPDIR"]) if p.startswith("timnet-runs-")], "the runs' file was left behind"
-    shutil.rmtree(env["TMPDIR"])
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("timnet-runs-")], "the runs' file was left behind"
+
+
+def _children(pid: int) -> set[int]:
+    """The live (not zombie) processes whose parent is `pid`, from /proc."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()  # after "pid (command)", which may hold spaces
+            except OSError:  # ended meanwhile
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _train_command(features, out) -> list[str]:
+    return [sys.executable, "-m", "timnet", "train", str(features), "-o", str(out), "--folds", "3",
+            "--workers", "2", "--threads", "1", "--no-report", "-q"]
+
+
+# A parent killed outright (kill -9, the out-of-memory killer) runs no clean-up. A pool's workers
+# waiting for work then waited for ever (the pool's queues stay open in the workers themselves), as
+# did the training queue's manager process, which kept multiprocessing's resource tracker alive with
+# it. All must end with the parent, whether it is killed early or late.
+def _kill_parent_and_wait_for_children(argv: list[str], children_expected: int, wait: float) -> None:
+    import time
+
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(children := _children(proc.pid)) < children_expected:
+            assert proc.poll() is None and time.monotonic() < deadline, f"the workers never started: {children}"
+            time.sleep(0.05)
+        time.sleep(wait)
+        assert proc.poll() is None, "the command ended before it was killed: make it longer"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while (left := {p for p in children if _alive(p)}) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, f"processes outlived their killed parent: {left}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever is left, so that a failure leaks no process
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process table from /proc")
+@pytest.mark.parametrize("wait", [0, 3])
+def test_training_parent_killed_leaves_no_process_behind(tmp_path, wait):
+    from test_train import synthetic
+    from timnet.features import save_features
+
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    # the tracker, the manager and two workers
+    _kill_parent_and_wait_for_children(_train_command(features, tmp_path / "r") + ["--epochs", "5000"], 4, wait)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process table from /proc")
+@pytest.mark.parametrize("wait", [0, 1])
+def test_extraction_parent_killed_leaves_no_process_behind(tmp_path, wait):
+    from conftest import write_tone
+
+    names = [f"{s}{t}{e}{v}" for s in ("03", "08", "09", "10") for t in ("a01", "a02", "a04", "a05", "a07")
+             for e in "WLEAFTN" for v in "ab"]  # 280 recordings, EMODB's naming
+    for i, name in enumerate(names):
+        write_tone(tmp_path / "emodb" / "wav" / f"{name}.wav", seconds=1.0, seed=i)
+    argv = [sys.executable, "-m", "timnet", "extract", "emodb", str(tmp_path / "emodb"), "-o", str(tmp_path / "f.npz"),
+            "--workers", "2"]
+    _kill_parent_and_wait_for_children(argv, 2, wait)
+
+
+# multiprocessing puts the queue's manager on a Unix socket in the temporary folder, whose path has a
+# limit (108 bytes on Linux): under a long TMPDIR the manager died at start with a traceback.
+def test_training_pool_under_a_long_temporary_folder(tmp_path):
+    from test_train import synthetic
+    from timnet.features import save_features
+
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    long_tmp = tmp_path / ("t" * max(1, 130 - len(str(tmp_path))))
+    long_tmp.mkdir()
+    proc = subprocess.run(_train_command(features, tmp_path / "r") + ["--epochs", "2"], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(long_tmp)}, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(list((tmp_path / "r").glob("fold_*/result.json"))) == 3

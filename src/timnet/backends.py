@@ -16,7 +16,7 @@ import socket
 from typing import Callable, Iterator
 
 from .errors import TimnetError
-from .utils import check_pool, end_pool, signals_held, sigterm_handler
+from .utils import check_pool, end_pool, signals_held, sigterm_handler, when_parent_ends
 
 Task = tuple[int, int]  # (index of the run, fold number)
 OnEpoch = Callable[[Task, dict], None]
@@ -59,9 +59,12 @@ def _worker_init(runs_file: str, queue) -> None:
     # Ctrl-C reaches the whole process group; the parent alone decides to stop (and ends the
     # workers), otherwise each worker would treat it as one failed fold and start the next.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed outright (kill -9, the out-of-memory killer) ends nothing; a worker then stops
+    # at once, whether training (not to train on as an orphan) or waiting for work that never comes.
+    when_parent_ends(lambda: os._exit(1))
     with open(runs_file, "rb") as f:
         runs = pickle.load(f)
-    _WORKER.update(runs=runs, queue=queue, parent=os.getppid())
+    _WORKER.update(runs=runs, queue=queue)
 
 
 def _worker_unit(unit: tuple) -> tuple[tuple, dict | None]:
@@ -71,8 +74,6 @@ def _worker_unit(unit: tuple) -> tuple[tuple, dict | None]:
     kind, task = unit[0], unit[1]
 
     def on_epoch(row: dict) -> None:
-        if os.getppid() != _WORKER["parent"]:  # the parent was killed: do not train on as an orphan
-            os._exit(1)
         queue.put((task, row))
 
     ri, k = task
@@ -110,7 +111,7 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
 
     ctx = mp.get_context("spawn")  # fork after torch has run threads is not safe
     with signals_held(ctx):
-        manager = ctx.Manager()  # a server process of its own: shut down below, else it outlives the run
+        manager = _start_manager(ctx)  # a server process of its own: shut down below, else it outlives the run
     runs_file = None
     try:
         q = manager.Queue()
@@ -164,6 +165,40 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
         manager.shutdown()
         if runs_file is not None:
             os.unlink(runs_file)
+
+
+def _start_manager(ctx):
+    """The manager process that carries the workers' progress queue, started."""
+    from multiprocessing.managers import SyncManager
+
+    manager = SyncManager(address=_manager_address(), ctx=ctx)
+    manager.start(_manager_init)
+    return manager
+
+
+def _manager_address():
+    """None (a Unix socket in a new folder in the temporary folder) unless that path would be longer
+    than sockets allow (104 bytes on macOS, 108 on Linux), as under a long TMPDIR, where the manager
+    died at start with a traceback: then a loopback TCP port, which the manager's authentication key
+    guards as it guards the socket."""
+    import sys
+    import tempfile
+
+    if sys.platform == "win32":  # named pipes: no such limit
+        return None
+    longest = os.path.join(tempfile.gettempdir(), "pymp-xxxxxxxx", "listener-xxxxxxxx")  # multiprocessing's names
+    return ("127.0.0.1", 0) if len(os.fsencode(longest)) > 100 else None
+
+
+def _manager_init() -> None:
+    """In the manager process: end with the parent, which, killed outright, never shuts it down: it
+    would serve for ever and keep multiprocessing's resource tracker alive with it."""
+    import _thread
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a clean exit: its socket's folder is removed
+    when_parent_ends(lambda: _thread.interrupt_main(signal.SIGTERM))
 
 
 def _pickle_to_temp(obj) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from . import audio, dispatch
 from .corpora import CORPORA, FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, natural_key, skip_summary
 from .errors import TimnetError
-from .utils import atomic_write, end_pool, pool_result, signals_held
+from .utils import atomic_write, end_pool, pool_result, signals_held, when_parent_ends
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,7 @@ def _init_worker() -> None:
     # is the parent's decision (it ends the workers): Ctrl-C is ignored here, SIGTERM kills quietly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    when_parent_ends(lambda: os._exit(1))  # a parent killed outright: no worker left waiting for work
     # One BLAS/OpenMP thread per worker: the processes already fill the cores, and nested thread
     # pools only fight over them.
     threadpool_limits(1)

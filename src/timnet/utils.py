@@ -204,6 +204,24 @@ def sigterm_handler(handler=None):
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
 
 
+def when_parent_ends(then) -> None:
+    """Call `then()` in a thread of this child process (of multiprocessing) once its parent has ended,
+    however it ended. A parent killed outright (kill -9, the out-of-memory killer) ends nothing, and
+    a pool's worker waiting for work, or a manager serving, would otherwise wait for ever."""
+    import threading
+    from multiprocessing import parent_process
+
+    parent = parent_process()
+
+    def watch() -> None:
+        # returns when the parent's end of a pipe closes: at its exit, or with a forked sibling's
+        # copy, at that sibling's exit, which it makes for the same reason
+        parent.join()
+        then()
+
+    threading.Thread(target=watch, name="timnet-parent-watch", daemon=True).start()
+
+
 def end_pool(pool) -> None:
     """End a ProcessPoolExecutor's workers now (interrupted, terminated or failed), instead of letting
     them work through the queued tasks, which `shutdown` alone would wait for. Python has no public
