@@ -212,6 +212,8 @@ def when_parent_ends(then) -> None:
     from multiprocessing import parent_process
 
     parent = parent_process()
+    if parent is None:  # not a child of multiprocessing: nothing to watch
+        return
 
     def watch() -> None:
         # returns when the parent's end of a pipe closes: at its exit, or with a forked sibling's
