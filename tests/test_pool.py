@@ -133,24 +133,30 @@ def _train_command(features, out) -> list[str]:
 # A parent killed outright (kill -9, the out-of-memory killer) runs no clean-up. A pool's workers
 # waiting for work then waited for ever (the pool's queues stay open in the workers themselves), as
 # did the training queue's manager process, which kept multiprocessing's resource tracker alive with
-# it. All must end with the parent, whether it is killed early or late.
-def _kill_parent_and_wait_for_children(argv: list[str], children_expected: int, wait: float) -> None:
+# it. All must end with the parent, whether it is killed early or late, and leave no temporary file.
+def _kill_parent_and_wait_for_children(argv: list[str], children_expected: int, wait: float, tmp_path) -> None:
     import time
 
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    temp = tmp_path / "temp"  # the command's temporary folder, to see what it leaves there
+    temp.mkdir()
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                                env={**os.environ, "TMPDIR": str(temp)})
     try:
         deadline = time.monotonic() + 120
         while len(children := _children(proc.pid)) < children_expected:
-            assert proc.poll() is None and time.monotonic() < deadline, f"the workers never started: {children}"
+            assert proc.poll() is None and time.monotonic() < deadline, f"the workers never started: {log.read_text()}"
             time.sleep(0.05)
         time.sleep(wait)
-        assert proc.poll() is None, "the command ended before it was killed: make it longer"
+        assert proc.poll() is None, f"the command ended before it was killed (make it longer): {log.read_text()}"
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 30
         while (left := {p for p in children if _alive(p)}) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not left, f"processes outlived their killed parent: {left}"
+        assert not os.listdir(temp), "files were left in the temporary folder"
     finally:
         with contextlib.suppress(ProcessLookupError):  # whatever is left, so that a failure leaks no process
             os.killpg(proc.pid, signal.SIGKILL)
@@ -164,21 +170,22 @@ def test_training_parent_killed_leaves_no_process_behind(tmp_path, wait):
 
     features = save_features(synthetic(), tmp_path / "f.npz")
     # the tracker, the manager and two workers
-    _kill_parent_and_wait_for_children(_train_command(features, tmp_path / "r") + ["--epochs", "5000"], 4, wait)
+    _kill_parent_and_wait_for_children(_train_command(features, tmp_path / "r") + ["--epochs", "5000"], 4, wait,
+                                       tmp_path)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process table from /proc")
-@pytest.mark.parametrize("wait", [0, 1])
+@pytest.mark.parametrize("wait", [0, 0.5])
 def test_extraction_parent_killed_leaves_no_process_behind(tmp_path, wait):
     from conftest import write_tone
 
     names = [f"{s}{t}{e}{v}" for s in ("03", "08", "09", "10") for t in ("a01", "a02", "a04", "a05", "a07")
-             for e in "WLEAFTN" for v in "ab"]  # 280 recordings, EMODB's naming
+             for e in "WLEAFTN" for v in "ab"]  # 280 recordings, EMODB's naming: seconds of work for two workers
     for i, name in enumerate(names):
-        write_tone(tmp_path / "emodb" / "wav" / f"{name}.wav", seconds=1.0, seed=i)
+        write_tone(tmp_path / "emodb" / "wav" / f"{name}.wav", seconds=4.0, seed=i)
     argv = [sys.executable, "-m", "timnet", "extract", "emodb", str(tmp_path / "emodb"), "-o", str(tmp_path / "f.npz"),
             "--workers", "2"]
-    _kill_parent_and_wait_for_children(argv, 2, wait)
+    _kill_parent_and_wait_for_children(argv, 2, wait, tmp_path)
 
 
 # multiprocessing puts the queue's manager on a Unix socket in the temporary folder, whose path has a

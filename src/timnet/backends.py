@@ -110,17 +110,18 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")  # fork after torch has run threads is not safe
-    with signals_held(ctx):
-        manager = _start_manager(ctx)  # a server process of its own: shut down below, else it outlives the run
-    runs_file = None
+    # The runs (features included) reach the workers through a file, not their start-up pipe: a
+    # worker that dies before reading that pipe (a broken install, the out-of-memory killer) would
+    # leave the parent blocked for ever writing megabytes into it (multiprocessing's spawn keeps
+    # the pipe's read end open until the write ends), where now the pool reports it broken.
+    runs_file = _pickle_to_temp(runs)
+    manager = None
     try:
+        with signals_held(ctx):
+            # a server process of its own: shut down below, else it outlives the run
+            manager = _start_manager(ctx, runs_file)
         q = manager.Queue()
         queued = _units(runs, tasks, workers)
-        # The runs (features included) reach the workers through a file, not their start-up pipe: a
-        # worker that dies before reading that pipe (a broken install, the out-of-memory killer) would
-        # leave the parent blocked for ever writing megabytes into it (multiprocessing's spawn keeps
-        # the pipe's read end open until the write ends), where now the pool reports it broken.
-        runs_file = _pickle_to_temp(runs)
         pool = ProcessPoolExecutor(min(workers, len(queued)), mp_context=ctx, initializer=_worker_init,
                                    initargs=(runs_file, q))
         finished: set = set()
@@ -162,17 +163,17 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
             end_pool(pool)
             raise
     finally:
-        manager.shutdown()
-        if runs_file is not None:
-            os.unlink(runs_file)
+        if manager is not None:
+            manager.shutdown()
+        os.unlink(runs_file)
 
 
-def _start_manager(ctx):
+def _start_manager(ctx, runs_file: str):
     """The manager process that carries the workers' progress queue, started."""
     from multiprocessing.managers import SyncManager
 
     manager = SyncManager(address=_manager_address(), ctx=ctx)
-    manager.start(_manager_init)
+    manager.start(_manager_init, (runs_file,))
     return manager
 
 
@@ -190,15 +191,23 @@ def _manager_address():
     return ("127.0.0.1", 0) if len(os.fsencode(longest)) > 100 else None
 
 
-def _manager_init() -> None:
+def _manager_init(runs_file: str) -> None:
     """In the manager process: end with the parent, which, killed outright, never shuts it down: it
-    would serve for ever and keep multiprocessing's resource tracker alive with it."""
+    would serve for ever and keep multiprocessing's resource tracker alive with it. It also removes
+    the runs' file, which such a parent leaves behind."""
     import _thread
+    import contextlib
     import signal
     import sys
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a clean exit: its socket's folder is removed
-    when_parent_ends(lambda: _thread.interrupt_main(signal.SIGTERM))
+
+    def parent_ended() -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(runs_file)
+        _thread.interrupt_main(signal.SIGTERM)
+
+    when_parent_ends(parent_ended)
 
 
 def _pickle_to_temp(obj) -> str:
