@@ -567,3 +567,38 @@ def test_a_run_trained_in_the_authors_order_is_tested_in_it(tmp_path):
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("train.json", "test.json"))
     assert [f["confusion"] for f in a["folds"]] == [f["confusion"] for f in b["folds"]]
     assert_one_line_error(timnet("test", features, "--weights", tmp_path / "run", "--order", "spec"), "--order spec: ", "trained on these features in the authors order", "leave --order out")
+
+
+def _with_stdout_closed(*args) -> subprocess.CompletedProcess:
+    """The CLI with a stdout whose reader has left (`timnet ... | head` once head has its lines): the
+    first write fails, deterministically."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "timnet", *map(str, args)], stdout=write, stderr=subprocess.PIPE,
+                              text=True)
+    finally:
+        os.close(write)
+    return proc
+
+
+def test_a_reader_leaving_stdout_costs_no_file(tmp_path):
+    """`train/test ... --json J | head`: the table's reader leaving must not lose the JSON (it was
+    written after the table, and the broken pipe ended the command first)."""
+    from test_train import synthetic
+    from timnet.features import save_features
+
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    run = tmp_path / "run"
+    r = _with_stdout_closed("train", features, "-o", run, "--folds", "2", "--epochs", "2", "--json", tmp_path / "train.json",
+                            "-q")
+    assert r.returncode == 0 and "Traceback" not in r.stderr and "error" not in r.stderr, r.stderr
+    assert json.loads((tmp_path / "train.json").read_text())["folds_n"] == 2 and (run / "report.html").is_file()
+    r = _with_stdout_closed("test", features, "--weights", run, "--json", tmp_path / "test.json", "--plots", tmp_path / "p")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert len(json.loads((tmp_path / "test.json").read_text())["folds"]) == 2 and (tmp_path / "p").is_dir()
+    # with nothing left to write, the command stops as a Unix tool does, without a traceback
+    r = _with_stdout_closed("test", features, "--weights", run)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr

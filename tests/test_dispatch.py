@@ -63,3 +63,17 @@ def test_the_command_pins_before_numpy_loads():
     assert state["numpy_avx512"] is False, "numpy still runs AVX-512 loops with the pin set"
     if state["openblas"]:  # an MKL numpy has none
         assert state["openblas"] == ["Haswell"]
+
+
+def test_pin_as_the_readme_writes_it():
+    """README: `timnet.dispatch.pin()` after a plain `import timnet`, before anything imports numpy
+    (the package's submodules are reached as attributes, and `import timnet` loads no numpy)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, timnet; timnet.dispatch.pin(); assert 'numpy' not in sys.modules, 'numpy came first'; "
+            "print(timnet.features.extract.__name__, timnet.evaluate.__name__, timnet.run.Run.__name__); "
+            "timnet.no_such_name")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.split() == ["extract", "timnet.evaluate", "Run"], r.stderr
+    assert r.stderr.strip().endswith("AttributeError: module 'timnet' has no attribute 'no_such_name'"), r.stderr

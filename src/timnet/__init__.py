@@ -16,10 +16,14 @@ __all__ = ["TimnetError", "__version__", *_LAZY]
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    import importlib
+    import importlib.util
 
+    if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    # submodules too (`import timnet; timnet.dispatch.pin()`), imported as `import timnet.dispatch` would
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'timnet' has no attribute {name!r}")
 
 

@@ -235,16 +235,17 @@ def cmd_train(args) -> int:
             if run.resumed:
                 print(f"resuming the run in {run.dir}", file=sys.stderr)
         summaries = execute_runs(runs, backend=backend, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+        say = _Stdout(keep_going=bool(args.json) or not args.no_report)  # `train ... | head`: files still written
         if len(runs) == 1:
-            print(format_report(summaries[0]))
+            say(format_report(summaries[0]))
             out = summaries[0]
         else:
             out = summarize_seeds(summaries)
             write_seed_summary(args.output, out)
             for s in out["per_seed"]:
-                print(f"seed {s['seed']:>6}: WAR {s['mean_war']:.4f} +- {s['std_war']:.4f}  UAR {s['mean_uar']:.4f} +- {s['std_uar']:.4f}")
-            print(f"{len(runs)} seeds: WAR {out['mean_war']:.4f} +- {out['std_war']:.4f}  "
-                  f"UAR {out['mean_uar']:.4f} +- {out['std_uar']:.4f} (mean +- sample std of the per-seed means)")
+                say(f"seed {s['seed']:>6}: WAR {s['mean_war']:.4f} +- {s['std_war']:.4f}  UAR {s['mean_uar']:.4f} +- {s['std_uar']:.4f}")
+            say(f"{len(runs)} seeds: WAR {out['mean_war']:.4f} +- {out['std_war']:.4f}  "
+                f"UAR {out['mean_uar']:.4f} +- {out['std_uar']:.4f} (mean +- sample std of the per-seed means)")
         if args.json:
             write_json(args.json, out)
         if not args.no_report:
@@ -253,7 +254,7 @@ def cmd_train(args) -> int:
             for run in runs:
                 with _warnings_as_messages():
                     path = write_report(run.dir, figures=plot_run(run.dir))
-                print(f"report -> {path}")
+                say(f"report -> {path}")
         return 0
 
 
@@ -282,7 +283,7 @@ def cmd_sweep(args) -> int:
         out = run_sweep(fs, args.output, space=space, trials=args.trials, base=config, backend=backend, seed=seed,
                         make_run=make_run, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
                         overwrite=args.overwrite)
-    print(format_sweep(out))
+    _Stdout(keep_going=bool(args.json))(format_sweep(out))
     if args.json:
         write_json(args.json, out)
     return 0
@@ -295,7 +296,8 @@ def cmd_test(args) -> int:
     with _warnings_as_messages():
         fs = load_features(args.features, corpus=args.corpus)
         summary, outputs, fs = score_weights(fs, args.weights, seed=args.seed, folds=args.folds, order=args.order)
-    print(format_report(summary))
+    say = _Stdout(keep_going=bool(args.json or args.plots))  # `test ... | head`: files still written
+    say(format_report(summary))
     if args.json:
         write_json(args.json, summary)
     if args.plots:
@@ -303,7 +305,7 @@ def cmd_test(args) -> int:
 
         with _warnings_as_messages():
             written = plot_evaluation(fs, summary, outputs, args.plots, weights=args.weights)
-        print(f"plots: {', '.join(sorted(written))} -> {args.plots}")
+        say(f"plots: {', '.join(sorted(written))} -> {args.plots}")
     return 0
 
 
@@ -510,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "that every such machine gives the same feature bits (TIMNET_NATIVE_DISPATCH=1: off).")
     s.add_argument("corpus", metavar="CORPUS", help=f"one of {', '.join(CORPUS_NAMES)} (any case), or `folders` "
                    "for DIR/<label>/*.wav trees with your own labels (needs --signal-length)")
-    s.add_argument("data_dir", metavar="DATA_DIR", help="root of the corpus as its publisher ships it")
+    s.add_argument("data_dir", metavar="DATA_DIR", help="root of the corpus as its publisher ships it (folders: DIR/<label>/*.wav)")
     s.add_argument("-o", "--output", required=True, metavar="FEATURES.npz", help="where to write the features")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     s.add_argument("--signal-length", type=int, default=None, help="samples at 22050 Hz after centre pad/crop (default: the corpus's)")
