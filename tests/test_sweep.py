@@ -1,5 +1,6 @@
 """Hyper-parameter sweeps: trials scored on validation only, test folds read once at the end."""
 import json
+import re
 import subprocess
 import sys
 
@@ -43,10 +44,34 @@ def test_sample_trials_grid_times_draws_seeded():
     ({"time_shift": {"randint": [False, True]}}, "two finite integers"),
     ({"time_shift": {"randint": [0, 10**30]}}, "two finite integers below 2**62; got [0, 1000000000000000000000000000000]"),
     ([1, 2], "expected a mapping"),
+    # every value a space can give is checked, whatever the draws (these once failed only when drawn)
+    ({"lr": {"uniform": [-0.001, 0.01]}}, "lr: --lr -0.001 invalid; expected a positive"),
+    ({"dropout": {"uniform": [-0.02, 0.3]}}, "dropout: dropout (--dropout) -0.02 invalid"),
+    ({"dropout": {"uniform": [-1.0e308, 1.0e308]}}, "with low < high, a finite range"),
+    ({"epochs": {"uniform": [2, 4]}}, "epochs: takes whole numbers; expected randint, choice, grid or a value"),
+    ({"epochs": 2.5}, "epochs: 2.5 invalid; expected a whole number"),
+    ({"lr": True}, "lr: True invalid; expected a finite number"),
+    ({"lr": "fast"}, "lr: 'fast' invalid; expected a finite number"),
+    ({"lr": {"choice": [0.001, "x"]}}, "lr: 'x' invalid"),
+    ({"batch_size": {"randint": [-4, 8]}}, "batch_size: --batch-size -4 invalid"),
+    ({"lr_schedule": {"uniform": [0, 1]}}, "lr_schedule: takes a name"),
+    ({"lr_schedule": "step"}, "lr_schedule: --lr-schedule 'step' unknown"),
+    ({"save_every": 5}, "unknown parameter 'save_every'"),  # changes no figure
 ])
 def test_bad_spaces_are_refused(space, message):
-    with pytest.raises(TimnetError, match=message.replace("[", r"\[").replace("(", r"\(").replace("*", r"\*")):
+    with pytest.raises(TimnetError, match=re.escape(message)):
         sweep_mod.check_space(space)
+
+
+@pytest.mark.parametrize("space", [
+    {"warmup_epochs": 600, "epochs": 1000},  # rules between two options are the trials' to check
+    {"swa_epochs": {"randint": [100, 200]}, "epochs": 1000},
+    {"time_masks": {"grid": [1, 2]}, "time_mask_width": 5},
+    {"select": {"choice": ["last", "best-val"]}, "patience": 10},
+    {"lr_schedule": {"choice": ["constant", "cosine"]}, "epochs": {"randint": [1.0, 3.0]}, "dropout": 0},
+])
+def test_good_spaces_pass(space):
+    sweep_mod.check_space(space)
 
 
 def test_randint_bounds_written_as_whole_floats_draw_integers():
@@ -142,6 +167,17 @@ def test_sweep_cli_and_bad_space(tmp_path):
                            capture_output=True, text=True)
     assert fewer.returncode == 0, fewer.stderr
     assert sorted(p.name for p in (tmp_path / "sw").glob("trial_*")) == ["trial_001"]  # not the old trial_002
+    # an option the space also sets was silently overridden by it
+    clash = subprocess.run([*cmd, "--epochs", "3"], capture_output=True, text=True)
+    assert clash.returncode == 1 and clash.stderr == f"timnet: error: --epochs 3 and {space} both set epochs; give it in one place\n"
+    # a training run's folder is not a sweep's
+    train = subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "tr"), "--folds", "2",
+                            "--epochs", "1", "--workers", "1", "-q", "--no-report"], capture_output=True, text=True)
+    assert train.returncode == 0, train.stderr
+    into_run = subprocess.run([*cmd[:cmd.index("-o") + 1], str(tmp_path / "tr"), *cmd[cmd.index("-o") + 2:]],
+                              capture_output=True, text=True)
+    assert into_run.returncode == 1 and "holds a training run (run.json)" in into_run.stderr, into_run.stderr
+    assert not list((tmp_path / "tr").glob("trial_*"))
     space.write_text("lr: [0.1\n")
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0

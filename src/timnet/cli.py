@@ -263,8 +263,14 @@ def cmd_sweep(args) -> int:
     from .features import in_order, load_features
     from .run import Run
     from .sweep import format_sweep, load_space, run_sweep
+    from .train import TrainConfig
 
     space = load_space(args.space)
+    for name in space:  # an option the space also sets would be silently overridden by it
+        given = getattr(args, name, None)
+        if given is not None and (name in RECIPE_OPTIONS or name in ("dropout", "patience")
+                                  or given != getattr(TrainConfig, name)):
+            raise TimnetError(f"--{name.replace('_', '-')} {given} and {args.space} both set {name}; give it in one place")
     with _warnings_as_messages():
         fs = in_order(load_features(args.features, corpus=args.corpus), args.order)
     _resolve_folds(args, fs)

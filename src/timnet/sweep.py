@@ -31,6 +31,7 @@ from .checkpoint import load_checkpoint
 from .errors import TimnetError
 from .evaluate import FoldModel, evaluate, summarize
 from .features import FeatureSet
+from .model import TIMNetConfig
 from .run import Run, execute_runs
 from .train import TrainConfig, check_seed, preset_swa_epochs
 from .utils import RUN_FILE, torch_threads, write_csv, write_json
@@ -40,9 +41,10 @@ KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
 
 
 # Not searched: the recipe label (a preset is not a value), the validation share (trials must be
-# scored on the same data), and Adam's betas and epsilon (the paper's; `timnet train` cannot set
-# them, so a chosen value could not be trained into a final model).
-UNSEARCHED = ("recipe", "val_fraction", "beta1", "beta2", "adam_eps")
+# scored on the same data), Adam's betas and epsilon (the paper's; `timnet train` cannot set
+# them, so a chosen value could not be trained into a final model), and the snapshot cadence
+# (it changes no figure).
+UNSEARCHED = ("recipe", "val_fraction", "beta1", "beta2", "adam_eps", "save_every")
 
 
 def train_params() -> tuple[str, ...]:
@@ -52,6 +54,8 @@ def train_params() -> tuple[str, ...]:
 
 def load_space(path: str | Path) -> dict:
     """Read and check a SPACE file (YAML or JSON)."""
+    if not str(path).strip():  # Path("") is the current folder
+        raise TimnetError("--space '': empty path; expected a YAML or JSON search space file")
     path = Path(path)
     try:
         text = path.read_text()
@@ -115,10 +119,48 @@ def check_space(space, *, source: str = "space") -> None:
                 if len(args) != 2 or not all(_is_bound(a, integer=kind == "randint") for a in args):
                     raise TimnetError(f"{source}: {name}: {kind} needs [low, high], two finite "
                                       f"{'integers below 2**62' if kind == 'randint' else 'numbers'}; got {args}")
-                if not args[0] < args[1]:
-                    raise TimnetError(f"{source}: {name}: {kind} needs [low, high] with low < high")
+                if not args[0] < args[1] or not math.isfinite(float(args[1]) - float(args[0])):
+                    raise TimnetError(f"{source}: {name}: {kind} needs [low, high] with low < high, a finite range")
             if kind == "loguniform" and args[0] <= 0:
                 raise TimnetError(f"{source}: {name}: loguniform needs a positive low bound")
+        _check_values(name, spec, source)
+
+
+def _check_values(name: str, spec, source: str) -> None:
+    """Every value `spec` can give `name` valid, whatever the draws: each listed value, a range's
+    two ends (checked by the configs themselves, so that the space and `timnet train` agree)."""
+    typ = float if name in MODEL_PARAMS else _field_type(name)
+    kind, values = (next(iter(spec.items())) if isinstance(spec, dict) else (None, [spec]))
+    if typ is str and kind in ("uniform", "loguniform", "randint"):
+        raise TimnetError(f"{source}: {name}: takes a name; expected a value, choice or grid")
+    if typ is int and kind in ("uniform", "loguniform"):
+        raise TimnetError(f"{source}: {name}: takes whole numbers; expected randint, choice, grid or a value")
+    expected = {str: "a name", int: "a whole number below 2**62", float: "a finite number"}[typ]
+    for value in values:
+        if not (isinstance(value, str) if typ is str else _is_bound(value, integer=typ is int)):
+            raise TimnetError(f"{source}: {name}: {value!r} invalid; expected {expected}")
+        try:
+            _probe(name, _cast(value, typ))
+        except TimnetError as e:
+            raise TimnetError(f"{source}: {name}: {e}") from None
+
+
+def _field_type(name: str) -> type:
+    return int if name == "patience" else type(getattr(TrainConfig, name))  # patience's default is None
+
+
+def _probe(name: str, value) -> None:
+    """Build the config with `value` alone changed; the others set so that no rule between two
+    options (warm-up within the epochs, masks with a width, best-val with validation) objects."""
+    if name in MODEL_PARAMS:
+        TIMNetConfig(**{name: value})
+        return
+    around = {"val_fraction": 0.2}
+    if name in ("warmup_epochs", "swa_epochs"):
+        around["epochs"] = max(1, value)
+    if name in ("time_masks", "freq_masks"):
+        around[f"{name[:-1]}_width"] = 1
+    TrainConfig(**{**around, name: value})
 
 
 def sample_trials(space: dict, *, trials: int, seed: int) -> list[dict]:
@@ -132,7 +174,7 @@ def sample_trials(space: dict, *, trials: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(check_seed(seed))
     grid_keys = [k for k, v in space.items() if isinstance(v, dict) and "grid" in v]
     grid = list(itertools.product(*(space[k]["grid"] for k in grid_keys))) or [()]
-    out = []
+    out, seen = [], set()
     for point in grid:
         for _ in range(trials):
             params = dict(zip(grid_keys, point))
@@ -151,7 +193,9 @@ def sample_trials(space: dict, *, trials: int, seed: int) -> list[dict]:
                     params[name] = float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
                 elif kind == "randint":
                     params[name] = int(rng.integers(int(args[0]), int(args[1]) + 1))
-            if params not in out:
+            key = tuple(sorted(params.items()))
+            if key not in seen:
+                seen.add(key)
                 out.append(params)
     return out
 
@@ -189,6 +233,8 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
         for old in Path(sweep_dir).glob("trial_*"):
             if re.fullmatch(r"trial_\d+", old.name) and old.name not in keep and (old / RUN_FILE).is_file():
                 shutil.rmtree(old)
+        for summary in ("sweep.json", "trials.csv"):  # the earlier sweep's, whose trials are gone
+            (Path(sweep_dir) / summary).unlink(missing_ok=True)
     return runs
 
 
@@ -202,10 +248,18 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
     with the best mean validation UAR is reported as the configuration to train a final model with.
     """
     sweep_dir = Path(sweep_dir)
+    if (sweep_dir / RUN_FILE).is_file():
+        raise TimnetError(f"{sweep_dir} holds a training run ({RUN_FILE}); a sweep writes trial_NNN/ runs: "
+                          "give another SWEEP_DIR")
     if base.val_fraction == 0:
         raise TimnetError("a sweep scores trials on validation data: give --val-fraction (e.g. 0.2)")
     params_list = sample_trials(space, trials=trials, seed=seed)
     runs = trial_runs(sweep_dir, params_list, base=base, make_run=make_run, overwrite=overwrite)
+    ours = {run.dir.name for run in runs}
+    others = sorted(p.name for p in sweep_dir.glob("trial_*") if re.fullmatch(r"trial_\d+", p.name) and p.name not in ours)
+    if others:
+        log(f"{sweep_dir}: {', '.join(others)} are not trials of this sweep ({len(runs)} trials), left as they "
+            "are; --overwrite removes them")
     summaries = execute_runs(runs, backend=backend, progress=progress, log=log)
     table = [{"trial": run.dir.name, **run.params, "val_uar": s["mean_val_uar"], "val_uar_std": s["std_val_uar"],
               "val_war": s["mean_val_war"]} for run, s in zip(runs, summaries)]
