@@ -230,3 +230,17 @@ def test_trial_epochs_move_the_recipes_own_swa_window(tmp_path):
     assert windows(recipe_config("strong", val_fraction=0.2, epochs=50), [{"epochs": 100}]) == [20]
     assert windows(recipe_config("strong", val_fraction=0.2, swa_epochs=30), [{"epochs": 40}]) == [30]
     assert windows(recipe_config("paper", val_fraction=0.2), [{"epochs": 40}]) == [0]
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("dup.yaml", "lr: 0.001\nepochs: 3\nlr: 0.002\n", "not a valid search space file ('lr' given twice)"),
+    ("dup.json", '{"lr": 0.001, "lr": 0.002}', "not a valid search space file ('lr' given twice)"),
+    ("nested.yaml", "lr:\n  choice: [0.1]\n  choice: [0.2]\n", "('choice' given twice)"),
+    ("broken.yaml", "lr: 0.001\nepochs: [1, 2\n", "not a valid search space file (ParserError at line 3, column 1)"),
+    ("broken.json", '{"lr": 0.001,\n "epochs": }', "not a valid search space file (JSONDecodeError at line 2, column 12)"),
+])
+def test_space_file_problems_are_located(tmp_path, name, text, message):
+    """A key given twice once kept its last value silently; a parse error says where it stopped."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(TimnetError, match=re.escape(message)):
+        sweep_mod.load_space(tmp_path / name)

@@ -64,17 +64,49 @@ def load_space(path: str | Path) -> dict:
     except UnicodeDecodeError:
         raise TimnetError(f"{path}: not a text file; expected a YAML or JSON search space") from None
     try:
-        if path.suffix == ".json":
-            space = json.loads(text)
-        else:
-            import yaml
-
-            space = yaml.safe_load(text)
+        space = json.loads(text, object_pairs_hook=_unique_keys) if path.suffix == ".json" else _load_yaml(text)
     except Exception as e:  # yaml and json raise many types for a malformed file
-        raise TimnetError(f"{path}: not a valid search space file ({type(e).__name__})") from None
+        raise TimnetError(f"{path}: not a valid search space file ({_problem(e)})") from None
     space = _numbers(space)
     check_space(space, source=str(path))
     return space
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A mapping that names a key twice (`lr: 0.001` then `lr: 0.002`) is an error, not the last value."""
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise _DuplicateKey(f"{twice!r} given twice")
+    return dict(pairs)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _load_yaml(text: str):
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            mapping = super().construct_mapping(node, deep=deep)  # refuses keys that cannot be keys first
+            _unique_keys([(self.construct_object(k, deep=True), None) for k, _ in node.value])
+            return mapping
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader: data only)
+
+
+def _problem(e: Exception) -> str:
+    """What a parser objected to, and where in the file when it says."""
+    if isinstance(e, _DuplicateKey):
+        return str(e)
+    mark = getattr(e, "problem_mark", None)
+    if mark is not None:  # yaml's marks count from 0
+        return f"{type(e).__name__} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(e, json.JSONDecodeError):
+        return f"{type(e).__name__} at line {e.lineno}, column {e.colno}"
+    return type(e).__name__
 
 
 def _numbers(obj):
