@@ -1,10 +1,13 @@
 """The process pools' failure paths: a worker that dies must end the run with an error, never a hang."""
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -137,8 +140,9 @@ def _train_command(features, out) -> list[str]:
 def _kill_parent_and_wait_for_children(argv: list[str], children_expected: int, wait: float, tmp_path) -> None:
     import time
 
-    temp = tmp_path / "temp"  # the command's temporary folder, to see what it leaves there
-    temp.mkdir()
+    # the command's temporary folder, to see what it leaves there; short, so that the queue's manager
+    # takes a Unix socket there, as on most machines (under a long one it takes a loopback port)
+    temp = Path(tempfile.mkdtemp(prefix="tn-"))
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
@@ -160,6 +164,7 @@ def _kill_parent_and_wait_for_children(argv: list[str], children_expected: int, 
     finally:
         with contextlib.suppress(ProcessLookupError):  # whatever is left, so that a failure leaks no process
             os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process table from /proc")
@@ -180,11 +185,12 @@ def test_extraction_parent_killed_leaves_no_process_behind(tmp_path, wait):
     from conftest import write_tone
 
     names = [f"{s}{t}{e}{v}" for s in ("03", "08", "09", "10") for t in ("a01", "a02", "a04", "a05", "a07")
-             for e in "WLEAFTN" for v in "ab"]  # 280 recordings, EMODB's naming: seconds of work for two workers
+             for e in "WLEAFTN" for v in "ab"]  # 280 recordings, EMODB's naming
     for i, name in enumerate(names):
-        write_tone(tmp_path / "emodb" / "wav" / f"{name}.wav", seconds=4.0, seed=i)
+        write_tone(tmp_path / "emodb" / "wav" / f"{name}.wav", seconds=0.5, seed=i)
+    # each padded to 60 s: many seconds of work for two workers, even on an idle machine
     argv = [sys.executable, "-m", "timnet", "extract", "emodb", str(tmp_path / "emodb"), "-o", str(tmp_path / "f.npz"),
-            "--workers", "2"]
+            "--workers", "2", "--signal-length", str(60 * 22050)]
     _kill_parent_and_wait_for_children(argv, 2, wait, tmp_path)
 
 

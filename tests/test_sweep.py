@@ -33,8 +33,8 @@ def test_sample_trials_grid_times_draws_seeded():
 
 @pytest.mark.parametrize("space,message", [
     ({"learning_rate": 0.1}, "unknown parameter 'learning_rate'"),
-    ({"val_fraction": 0.3}, "unknown parameter 'val_fraction'"),
-    ({"recipe": "strong"}, "unknown parameter 'recipe'"),
+    ({"val_fraction": 0.3}, "val_fraction is not searched (every trial is scored on the same validation shares"),
+    ({"recipe": "strong"}, "recipe is not searched (a preset"),
     ({"lr": {"normal": [0, 1]}}, "expected one of choice, uniform"),
     ({"lr": {"uniform": [0.1, 0.01]}}, "needs [low, high] with low < high"),
     ({"lr": {"loguniform": [0, 1]}}, "positive low bound"),
@@ -56,7 +56,7 @@ def test_sample_trials_grid_times_draws_seeded():
     ({"batch_size": {"randint": [-4, 8]}}, "batch_size: --batch-size -4 invalid"),
     ({"lr_schedule": {"uniform": [0, 1]}}, "lr_schedule: takes a name"),
     ({"lr_schedule": "step"}, "lr_schedule: --lr-schedule 'step' unknown"),
-    ({"save_every": 5}, "unknown parameter 'save_every'"),  # changes no figure
+    ({"save_every": 5}, "save_every is not searched (it changes no figure: give --save-every)"),
 ])
 def test_bad_spaces_are_refused(space, message):
     with pytest.raises(TimnetError, match=re.escape(message)):
@@ -68,6 +68,7 @@ def test_bad_spaces_are_refused(space, message):
     {"swa_epochs": {"randint": [100, 200]}, "epochs": 1000},
     {"time_masks": {"grid": [1, 2]}, "time_mask_width": 5},
     {"select": {"choice": ["last", "best-val"]}, "patience": 10},
+    {"patience": {"choice": [None, 10]}, "select": "best-val"},  # early stopping against none
     {"lr_schedule": {"choice": ["constant", "cosine"]}, "epochs": {"randint": [1.0, 3.0]}, "dropout": 0},
 ])
 def test_good_spaces_pass(space):

@@ -15,17 +15,21 @@ _LAZY = {
 __all__ = ["TimnetError", "__version__", *_LAZY]
 
 
+def _submodules() -> set[str]:
+    import pkgutil
+
+    return {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+
+
 def __getattr__(name):
     import importlib
-    import importlib.util
 
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    # submodules too (`import timnet; timnet.dispatch.pin()`), imported as `import timnet.dispatch` would
-    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+    if name in _submodules():  # `import timnet; timnet.dispatch.pin()`, as `import timnet.dispatch` would
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'timnet' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, *_submodules()})

@@ -45,6 +45,8 @@ RECIPE_OPTIONS = {
     "members": (int, "models per fold from other initialisations, their probabilities averaged (default 1; "
                      "4 with --recipe strong); the first is the very model --members 1 trains"),
 }
+# TrainConfig fields no recipe presets, also None unless given (so that `sweep` can tell what was given)
+RUN_OPTIONS = ("batch_size", "eval_every", "select", "patience", "save_every")
 
 
 def _warn(message: str) -> None:
@@ -153,10 +155,8 @@ def _execution(args, folds_at_once: int):
     from .backends import make_backend
     from .train import recipe_config, resolve_device
 
-    explicit = {name: getattr(args, name) for name in RECIPE_OPTIONS if getattr(args, name) is not None}
-    config = recipe_config(args.recipe, batch_size=args.batch_size, val_fraction=args.val_fraction,
-                           eval_every=args.eval_every, select=args.select, patience=args.patience,
-                           save_every=args.save_every, **explicit)
+    given = {name: getattr(args, name) for name in (*RECIPE_OPTIONS, *RUN_OPTIONS) if getattr(args, name) is not None}
+    config = recipe_config(args.recipe, val_fraction=args.val_fraction, **given)
     cores = os.cpu_count() or 1
     if args.backend == "ray":
         # Ray places each fold on a node with these resources; torch uses the CPUs it was given.
@@ -255,7 +255,7 @@ def cmd_train(args) -> int:
                 with _warnings_as_messages():
                     path = write_report(run.dir, figures=plot_run(run.dir))
                 say(f"report -> {path}")
-        return 0
+        return say.status()
 
 
 def cmd_sweep(args) -> int:
@@ -263,14 +263,12 @@ def cmd_sweep(args) -> int:
     from .features import in_order, load_features
     from .run import Run
     from .sweep import format_sweep, load_space, run_sweep
-    from .train import TrainConfig
 
     space = load_space(args.space)
     for name in space:  # an option the space also sets would be silently overridden by it
-        given = getattr(args, name, None)
-        if given is not None and (name in RECIPE_OPTIONS or name in ("dropout", "patience")
-                                  or given != getattr(TrainConfig, name)):
-            raise TimnetError(f"--{name.replace('_', '-')} {given} and {args.space} both set {name}; give it in one place")
+        if getattr(args, name, None) is not None:  # training options default to None: given means set
+            raise TimnetError(f"--{name.replace('_', '-')} {getattr(args, name)} and {args.space} both set {name}; "
+                              "give it in one place")
     with _warnings_as_messages():
         fs = in_order(load_features(args.features, corpus=args.corpus), args.order)
     _resolve_folds(args, fs)
@@ -289,10 +287,11 @@ def cmd_sweep(args) -> int:
         out = run_sweep(fs, args.output, space=space, trials=args.trials, base=config, backend=backend, seed=seed,
                         make_run=make_run, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
                         overwrite=args.overwrite)
-    _Stdout(keep_going=bool(args.json))(format_sweep(out))
+    say = _Stdout(keep_going=bool(args.json))
+    say(format_sweep(out))
     if args.json:
         write_json(args.json, out)
-    return 0
+    return say.status()
 
 
 def cmd_test(args) -> int:
@@ -312,7 +311,7 @@ def cmd_test(args) -> int:
         with _warnings_as_messages():
             written = plot_evaluation(fs, summary, outputs, args.plots, weights=args.weights)
         say(f"plots: {', '.join(sorted(written))} -> {args.plots}")
-    return 0
+    return say.status()
 
 
 def cmd_plot(args) -> int:
@@ -349,6 +348,11 @@ class _Stdout:
 
     def __init__(self, *, keep_going: bool):
         self.keep_going, self.closed = keep_going, False
+
+    def status(self) -> int:
+        """The command's exit status once its work is done: a shell's for SIGPIPE if the reader left, as
+        `main` ends any other command whose reader left."""
+        return EXIT_SIGPIPE if self.closed else 0
 
     def __call__(self, *values) -> None:
         if self.closed:
@@ -406,7 +410,7 @@ def cmd_predict(args) -> int:
         if len(files) > 1:  # one file: its error line says it all
             _warn(f"{failures} of {len(files)} files could not be predicted")
         return 1
-    return EXIT_SIGPIPE if say.closed else 0  # as `main` ends any other command whose reader left
+    return say.status()
 
 
 def cmd_export(args) -> int:
@@ -426,10 +430,11 @@ def cmd_bench(args) -> int:
     from .bench import format_bench, run_bench
 
     result = run_bench(data_dir=args.data, workers=args.workers, log=lambda m: print(m, file=sys.stderr))
-    print(format_bench(result))
+    say = _Stdout(keep_going=bool(args.json))
+    say(format_bench(result))
     if args.json:
         write_json(args.json, result)
-    return 0
+    return say.status()
 
 
 def _training_options(s, *, val_fraction: float) -> None:
@@ -450,14 +455,14 @@ def _training_options(s, *, val_fraction: float) -> None:
         choices = SCHEDULES if name == "lr_schedule" else None
         s.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, choices=choices, help=text)
     s.add_argument("--dropout", type=float, default=None, help="spatial dropout of the temporal-aware blocks (default 0.1)")
-    s.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    s.add_argument("--batch-size", type=int, default=None, help="batch size (default 64)")
     s.add_argument("--val-fraction", type=float, default=val_fraction,
                    help=f"validation share carved from each fold's training part: stratified by class, or whole "
                         f"speakers with --split speaker (default {val_fraction})")
-    s.add_argument("--eval-every", type=int, default=1, help="epochs between validation passes (default 1)")
-    s.add_argument("--select", choices=SELECTIONS, default="last", help="model kept per fold: last epoch (paper; the default) or best validation UAR")
+    s.add_argument("--eval-every", type=int, default=None, help="epochs between validation passes (default 1)")
+    s.add_argument("--select", choices=SELECTIONS, default=None, help="model kept per fold: last epoch (paper; the default) or best validation UAR")
     s.add_argument("--patience", type=int, default=None, help="stop a fold after this many epochs without a better validation UAR (default: never; needs a validation split)")
-    s.add_argument("--save-every", type=int, default=10, help="epochs between resumable snapshots (default 10)")
+    s.add_argument("--save-every", type=int, default=None, help="epochs between resumable snapshots (default 10)")
     s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes; an ensemble's members too (default: one per core, "
                         "at most one per fold (train) or per fold and trial (sweep); 1 on CUDA)")
     s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers); part of the run's identity, "

@@ -40,11 +40,15 @@ MODEL_PARAMS = ("dropout",)
 KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
 
 
-# Not searched: the recipe label (a preset is not a value), the validation share (trials must be
-# scored on the same data), Adam's betas and epsilon (the paper's; `timnet train` cannot set
-# them, so a chosen value could not be trained into a final model), and the snapshot cadence
-# (it changes no figure).
-UNSEARCHED = ("recipe", "val_fraction", "beta1", "beta2", "adam_eps", "save_every")
+# TrainConfig fields a space may not set, and why (said to a space that sets one). Adam's settings:
+# a chosen value could not be trained into a final model.
+_WHY_UNSEARCHED = {
+    "recipe": "a preset, not a value: give --recipe",
+    "val_fraction": "every trial is scored on the same validation shares: give --val-fraction",
+    "save_every": "it changes no figure: give --save-every",
+    **{n: "the paper's Adam setting, which timnet train does not change" for n in ("beta1", "beta2", "adam_eps")},
+}
+UNSEARCHED = tuple(_WHY_UNSEARCHED)
 
 
 def train_params() -> tuple[str, ...]:
@@ -139,6 +143,8 @@ def check_space(space, *, source: str = "space") -> None:
         raise TimnetError(f"{source}: expected a mapping of parameters to values or distributions")
     known = (*train_params(), *MODEL_PARAMS)
     for name, spec in space.items():
+        if name in UNSEARCHED:
+            raise TimnetError(f"{source}: {name} is not searched ({_WHY_UNSEARCHED[name]})")
         if name not in known:
             raise TimnetError(f"{source}: unknown parameter {name!r}; expected one of {', '.join(known)}")
         if isinstance(spec, dict):
@@ -169,6 +175,8 @@ def _check_values(name: str, spec, source: str) -> None:
         raise TimnetError(f"{source}: {name}: takes whole numbers; expected randint, choice, grid or a value")
     expected = {str: "a name", int: "a whole number below 2**62", float: "a finite number"}[typ]
     for value in values:
+        if value is None and name == "patience":  # never stop early: the default
+            continue
         if not (isinstance(value, str) if typ is str else _is_bound(value, integer=typ is int)):
             raise TimnetError(f"{source}: {name}: {value!r} invalid; expected {expected}")
         try:
@@ -239,12 +247,10 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
                overwrite: bool = False, names: list[str] | None = None) -> list[Run]:
     """One prepared validation-only Run per parameter set, in SWEEP_DIR/trial_NNN (or SWEEP_DIR/<name>)."""
     runs = []
-    types = {f.name: type(getattr(base, f.name)) for f in fields(TrainConfig)}
-    types["patience"] = int  # its default is None
     for i, params in enumerate(params_list, start=1):
         folder = names[i - 1] if names else f"trial_{i:03d}"
         try:
-            params = {k: _cast(v, types.get(k, float)) for k, v in params.items()}
+            params = {k: _cast(v, float if k in MODEL_PARAMS else _field_type(k)) for k, v in params.items()}
             changes = {k: v for k, v in params.items() if k in train_params()}
             if ("epochs" in changes and "swa_epochs" not in changes and base.swa_epochs
                     and base.swa_epochs == preset_swa_epochs(base.recipe, base.epochs)):
@@ -280,9 +286,10 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
     with the best mean validation UAR is reported as the configuration to train a final model with.
     """
     sweep_dir = Path(sweep_dir)
-    if (sweep_dir / RUN_FILE).is_file():
-        raise TimnetError(f"{sweep_dir} holds a training run ({RUN_FILE}); a sweep writes trial_NNN/ runs: "
-                          "give another SWEEP_DIR")
+    for marker in (RUN_FILE, "seeds.json"):
+        if (sweep_dir / marker).is_file():
+            raise TimnetError(f"{sweep_dir} holds a training run ({marker}); a sweep writes trial_NNN/ runs: "
+                              "give another SWEEP_DIR")
     if base.val_fraction == 0:
         raise TimnetError("a sweep scores trials on validation data: give --val-fraction (e.g. 0.2)")
     params_list = sample_trials(space, trials=trials, seed=seed)
