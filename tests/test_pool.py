@@ -105,27 +105,25 @@ def test_worker_dying_at_start_ends_the_run(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith("timnet-runs-")], "the runs' file was left behind"
 
 
-def _children(pid: int) -> set[int]:
-    """The live (not zombie) processes whose parent is `pid`, from /proc."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()  # after "pid (command)", which may hold spaces
-            except OSError:  # ended meanwhile
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.add(int(entry))
-    return found
+def _state_and_parent(pid: int | str) -> tuple[str, int] | None:
+    """A process's state letter and parent, from /proc; None once it has ended."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after "pid (command)", which may hold spaces
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    stat = _state_and_parent(pid)
+    return stat is not None and stat[0] != "Z"  # a zombie has ended
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is `pid`."""
+    stats = {int(e): _state_and_parent(e) for e in os.listdir("/proc") if e.isdigit()}
+    return {p for p, stat in stats.items() if stat is not None and stat[0] != "Z" and stat[1] == pid}
 
 
 def _train_command(features, out) -> list[str]:

@@ -32,7 +32,7 @@ from .errors import TimnetError
 from .evaluate import FoldModel, evaluate, summarize
 from .features import FeatureSet
 from .model import TIMNetConfig
-from .run import Run, execute_runs
+from .run import SEEDS_FILE, Run, execute_runs
 from .train import TrainConfig, check_seed, preset_swa_epochs
 from .utils import RUN_FILE, torch_threads, write_csv, write_json
 
@@ -76,6 +76,10 @@ def load_space(path: str | Path) -> dict:
     return space
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
 def _unique_keys(pairs: list) -> dict:
     """A mapping that names a key twice (`lr: 0.001` then `lr: 0.002`) is an error, not the last value."""
     keys = [k for k, _ in pairs]
@@ -83,10 +87,6 @@ def _unique_keys(pairs: list) -> dict:
     if twice is not None:
         raise _DuplicateKey(f"{twice!r} given twice")
     return dict(pairs)
-
-
-class _DuplicateKey(ValueError):
-    pass
 
 
 def _load_yaml(text: str):
@@ -167,7 +167,7 @@ def check_space(space, *, source: str = "space") -> None:
 def _check_values(name: str, spec, source: str) -> None:
     """Every value `spec` can give `name` valid, whatever the draws: each listed value, a range's
     two ends (checked by the configs themselves, so that the space and `timnet train` agree)."""
-    typ = float if name in MODEL_PARAMS else _field_type(name)
+    typ = _field_type(name)
     kind, values = (next(iter(spec.items())) if isinstance(spec, dict) else (None, [spec]))
     if typ is str and kind in ("uniform", "loguniform", "randint"):
         raise TimnetError(f"{source}: {name}: takes a name; expected a value, choice or grid")
@@ -186,6 +186,9 @@ def _check_values(name: str, spec, source: str) -> None:
 
 
 def _field_type(name: str) -> type:
+    """The type of a searchable parameter's values."""
+    if name in MODEL_PARAMS:
+        return float
     return int if name == "patience" else type(getattr(TrainConfig, name))  # patience's default is None
 
 
@@ -250,7 +253,7 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
     for i, params in enumerate(params_list, start=1):
         folder = names[i - 1] if names else f"trial_{i:03d}"
         try:
-            params = {k: _cast(v, float if k in MODEL_PARAMS else _field_type(k)) for k, v in params.items()}
+            params = {k: _cast(v, _field_type(k)) for k, v in params.items()}
             changes = {k: v for k, v in params.items() if k in train_params()}
             if ("epochs" in changes and "swa_epochs" not in changes and base.swa_epochs
                     and base.swa_epochs == preset_swa_epochs(base.recipe, base.epochs)):
@@ -268,12 +271,17 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
         run.prepare(overwrite=overwrite)
     if overwrite and not names:  # an earlier sweep's extra trials would be read as this one's
         keep = {run.dir.name for run in runs}
-        for old in Path(sweep_dir).glob("trial_*"):
-            if re.fullmatch(r"trial_\d+", old.name) and old.name not in keep and (old / RUN_FILE).is_file():
+        for old in _trial_dirs(sweep_dir):
+            if old.name not in keep and (old / RUN_FILE).is_file():
                 shutil.rmtree(old)
         for summary in ("sweep.json", "trials.csv"):  # the earlier sweep's, whose trials are gone
             (Path(sweep_dir) / summary).unlink(missing_ok=True)
     return runs
+
+
+def _trial_dirs(sweep_dir: str | Path) -> list[Path]:
+    """The trial_NNN folders in SWEEP_DIR, by name: only names a sweep writes (not trial_001_old)."""
+    return sorted(p for p in Path(sweep_dir).glob("trial_*") if re.fullmatch(r"trial_\d+", p.name) and p.is_dir())
 
 
 def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int, base: TrainConfig, backend,
@@ -286,7 +294,7 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
     with the best mean validation UAR is reported as the configuration to train a final model with.
     """
     sweep_dir = Path(sweep_dir)
-    for marker in (RUN_FILE, "seeds.json"):
+    for marker in (RUN_FILE, SEEDS_FILE):
         if (sweep_dir / marker).is_file():
             raise TimnetError(f"{sweep_dir} holds a training run ({marker}); a sweep writes trial_NNN/ runs: "
                               "give another SWEEP_DIR")
@@ -295,7 +303,7 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
     params_list = sample_trials(space, trials=trials, seed=seed)
     runs = trial_runs(sweep_dir, params_list, base=base, make_run=make_run, overwrite=overwrite)
     ours = {run.dir.name for run in runs}
-    others = sorted(p.name for p in sweep_dir.glob("trial_*") if re.fullmatch(r"trial_\d+", p.name) and p.name not in ours)
+    others = [p.name for p in _trial_dirs(sweep_dir) if p.name not in ours]
     if others:
         log(f"{sweep_dir}: {', '.join(others)} are not trials of this sweep ({len(runs)} trials), left as they "
             "are; --overwrite removes them")
