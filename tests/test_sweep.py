@@ -179,6 +179,13 @@ def test_sweep_cli_and_bad_space(tmp_path):
                               capture_output=True, text=True)
     assert into_run.returncode == 1 and "holds a training run (run.json)" in into_run.stderr, into_run.stderr
     assert not list((tmp_path / "tr").glob("trial_*"))
+    # another space puts other values behind the same trial_001: said as a sweep's, before any training
+    space.write_text("lr: {loguniform: [2e-3, 3e-3]}\nepochs: 1\ndropout: {choice: [0.1, 0.2]}\n")
+    changed = subprocess.run(cmd, capture_output=True, text=True)
+    assert changed.returncode == 1 and changed.stderr.strip().count("\n") == 0, changed.stderr
+    assert "trial_001 holds a trial of another sweep (train_config.lr differs: another space" in changed.stderr
+    assert "SWEEP_DIR" in changed.stderr and "RUN_DIR" not in changed.stderr
+    assert sorted(p.name for p in (tmp_path / "sw").glob("trial_*")) == ["trial_001"]
     space.write_text("lr: [0.1\n")
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0

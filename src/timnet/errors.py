@@ -7,3 +7,12 @@ class TimnetError(Exception):
     The message is one line that names the offending file or value and what was expected;
     the CLI prints it as ``timnet: error: <message>`` and exits non-zero.
     """
+
+
+class ConfigurationChanged(TimnetError):
+    """A run folder holds a run of another configuration: `changed` names the keys that differ, so
+    a caller that made the folder (a sweep's trial) can say what it means there."""
+
+    def __init__(self, message: str, changed: list[str]):
+        super().__init__(message)
+        self.changed = changed

@@ -35,7 +35,7 @@ import torch
 from . import dispatch
 from .checkpoint import save_checkpoint
 from .corpora import paper_dilations, paper_seed
-from .errors import TimnetError
+from .errors import ConfigurationChanged, TimnetError
 from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
 from .folds import make_folds
@@ -125,8 +125,8 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
             elif "features_fingerprint" in diff:
                 hint = ("; if these are the same audio, extracted elsewhere, the CPU loops numpy and OpenBLAS ran may "
                         "differ from the run's (README: the same bits on every machine; run.json: versions.cpu_dispatch)")
-            raise TimnetError(f"{run_dir} holds a run with a different configuration ({', '.join(diff)}); "
-                              f"use another RUN_DIR or --overwrite (which deletes it){hint}")
+            raise ConfigurationChanged(f"{run_dir} holds a run with a different configuration ({', '.join(diff)}); "
+                                       f"use another RUN_DIR or --overwrite (which deletes it){hint}", diff)
         _remove_run_outputs(run_dir)
     elif run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from .checkpoint import load_checkpoint
-from .errors import TimnetError
+from .errors import ConfigurationChanged, TimnetError
 from .evaluate import FoldModel, evaluate, summarize
 from .features import FeatureSet
 from .model import TIMNetConfig
@@ -268,7 +268,16 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
         run.params = params
         runs.append(run)
     for run in runs:  # only once every trial is known to be valid: --overwrite deletes
-        run.prepare(overwrite=overwrite)
+        try:
+            run.prepare(overwrite=overwrite)
+        except ConfigurationChanged as e:
+            if names:  # a named candidate's folder: the run's own message says it
+                raise
+            # a sweep's trials are numbered in draw order: another space, --trials (with a grid) or
+            # --seed puts other values behind the same trial_NNN
+            raise TimnetError(f"{run.dir} holds a trial of another sweep ({', '.join(e.changed)} differ{'s' * (len(e.changed) == 1)}:"
+                              " another space, --trials or --seed); use another SWEEP_DIR, that sweep's options, or "
+                              "--overwrite (which deletes its trials)") from None
     if overwrite and not names:  # an earlier sweep's extra trials would be read as this one's
         keep = {run.dir.name for run in runs}
         for old in _trial_dirs(sweep_dir):
