@@ -461,6 +461,15 @@ def test_iemocap_tree(iemocap):
     # a root inside a session, below its labels: said, rather than every utterance "no label"
     with pytest.raises(TimnetError, match=r"sentences/wav: IEMOCAP utterances .* no label file .*Session1 \.\.\. Session5"):
         list_corpus("iemocap", iemocap / "IEMOCAP_full_release" / "Session1" / "sentences" / "wav")
+    # a copy of a label file that agrees up to the classes used (exc, hap: happy; fru, xxx: left out) changes nothing
+    stale = iemocap / "old" / "Session1" / "dialog" / "EmoEvaluation" / "Ses01F_impro01.txt"
+    touch(stale, evaluation(("Ses01F_impro01_F001", "hap"), ("Ses01F_impro01_M001", "fru")).encode())
+    assert list_corpus("iemocap", iemocap).items == listing.items
+    # one that gives an utterance another class was read first-come, silently
+    touch(stale, evaluation(("Ses01F_impro01_F000", "sad")).encode())
+    with pytest.raises(TimnetError, match=r"Ses01F_impro01_F000 is labelled neu in .*IEMOCAP_full_release/Session1/dialog/"
+                                          r"EmoEvaluation/Ses01F_impro01.txt and sad in .*old/Session1/.*expected one class"):
+        list_corpus("iemocap", iemocap)
 
 
 # --- list_corpus errors -------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Corpus extraction end to end on a synthetic EMODB tree; saving and loading feature files."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +216,27 @@ def test_a_folder_name_that_is_not_utf8_extracts(tmp_path):
     save_features(fs, tmp_path / "f.npz")
     again, _, _ = extract("emovo", root, workers=1, progress=False, cache=tmp_path / "f.npz")
     assert again.from_cache
+
+
+def test_a_class_with_no_utterance_is_warned_of(tree, tmp_path, capsys):
+    """A corpus copy missing a class (EMOVO without its sor-* files) extracted and trained silently, with
+    an output nothing teaches and a UAR over fewer classes than the paper's."""
+    import warnings
+
+    from timnet import cli
+
+    part = tmp_path / "part"
+    (part / "wav").mkdir(parents=True)
+    for name in EMODB_NAMES:
+        if name[5] not in "EA":  # no disgust, no fear
+            (part / "wav" / f"{name}.wav").write_bytes((tree / "wav" / f"{name}.wav").read_bytes())
+    out = tmp_path / "f.npz"
+    assert cli.main(["extract", "emodb", str(part), "-o", str(out), "--signal-length", "4096", "--workers", "1", "-q"]) == 0
+    gap = "no utterance of disgust, fear (2 of the 7 classes); their outputs are never trained"
+    assert f"timnet: warning: EMODB: {gap}" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match=re.escape(f"{out}: {gap}")):
+        load_features(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every class present: nothing said
+        load_features(save_features(extract("emodb", tree, workers=1, signal_length=4096, progress=False)[0],
+                                    tmp_path / "whole.npz"))

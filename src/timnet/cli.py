@@ -110,7 +110,7 @@ def cmd_download(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .features import check_features_path, extract, save_features
+    from .features import check_features_path, extract, missing_classes, save_features
 
     check_features_path(args.output)  # before the extraction, --force or not
     if args.workers is not None and args.workers < 1:
@@ -128,12 +128,14 @@ def cmd_extract(args) -> int:
         save_features(fs, args.output)
     counts = ", ".join(f"{name} {int((fs.y == i).sum())}" for i, name in enumerate(fs.labels))
     speakers = len(set(fs.speakers.tolist())) if fs.speakers is not None else 0
+    if (gap := missing_classes(fs)) is not None:
+        _warn(f"{fs.corpus}: {gap}")
     full = CORPORA.get(fs.corpus.upper())
     if full is not None and full.n_files and len(fs) != full.n_files:
         # a part of a corpus is fine to train on, but its folds and figures are not the paper's
         _warn(f"{len(fs)} {fs.corpus} utterances, where the paper's corpus has {full.n_files}: folds and "
               f"figures are not comparable with the paper's (`timnet corpora --check {fs.corpus.lower()} DIR`)")
-    print(f"{fs.corpus}: {len(fs)} utterances ({counts}), {speakers} speakers, features {fs.x.shape[1:]} -> {args.output}")
+    print(f"{fs.corpus}: {len(fs)} utterances ({counts}), {speakers} speaker{'s' * (speakers != 1)}, features {fs.x.shape[1:]} -> {args.output}")
     return 0
 
 

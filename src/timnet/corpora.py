@@ -313,8 +313,10 @@ _IEMOCAP_DIALOG = re.compile(r"Ses\d\d[FM]_[a-z]+\d+[a-z]?(?:_\d+[a-z]?)?")
 
 
 def _iemocap_labels(root: Path, files: list[str]) -> dict[str, tuple[str, str]]:
-    """Map each utterance named in an EmoEvaluation/<dialog>.txt to (emotion code, expected wav path)."""
+    """Map each utterance named in an EmoEvaluation/<dialog>.txt to (emotion code, expected wav path).
+    Two label files (a stale copy in the tree) that give one utterance different classes are refused."""
     labels: dict[str, tuple[str, str]] = {}
+    source: dict[str, str] = {}
     for path in files:
         pure = PurePosixPath(path)
         # only the files directly in EmoEvaluation: its subfolders hold per-annotator ratings
@@ -328,7 +330,12 @@ def _iemocap_labels(root: Path, files: list[str]) -> dict[str, tuple[str, str]]:
         for utterance, code in _IEMOCAP_LINE.findall(text):
             dialog = utterance.rsplit("_", 1)[0]
             expected = (session / "sentences" / "wav" / dialog / f"{utterance}.wav").as_posix()
-            labels.setdefault(utterance, (code.lower(), expected))
+            code = code.lower()
+            if utterance not in labels:
+                labels[utterance], source[utterance] = (code, expected), path
+            elif _IEMOCAP_EMOTIONS.get(code) != _IEMOCAP_EMOTIONS.get(labels[utterance][0]):
+                raise TimnetError(f"{utterance} is labelled {labels[utterance][0]} in {root / source[utterance]} and "
+                                  f"{code} in {root / path}; expected one class per utterance (remove the stale copy)")
     return labels
 
 

@@ -387,4 +387,16 @@ def load_features(path: str | Path, *, corpus: str | None = None, corpus_of: str
         where = f" ({fs.files[bad[0]]})" if fs.files is not None else ""
         raise TimnetError(f"{path}: {len(bad)} utterance(s) have non-finite features, the first at index {bad[0]}{where}; "
                           "expected finite MFCCs (extract them again)")
+    if (gap := missing_classes(fs)) is not None:
+        warnings.warn(f"{path}: {gap}")
     return replace(fs, path=str(path))
+
+
+def missing_classes(fs: FeatureSet) -> str | None:
+    """Say which of the corpus's classes have no utterance, or None: the model keeps their outputs,
+    nothing trains them, and UAR averages over the classes present only (not the paper's figure)."""
+    empty = [name for i, name in enumerate(fs.labels) if not (np.asarray(fs.y) == i).any()]
+    if not empty:
+        return None
+    return (f"no utterance of {', '.join(empty)} ({len(empty)} of the {len(fs.labels)} classes); their outputs are "
+            "never trained and UAR averages over the classes present only")
