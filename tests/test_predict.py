@@ -1,5 +1,6 @@
 """Using a model: predict files in many formats, windows, ensembles, ONNX, the Python API."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -279,8 +280,14 @@ def test_cli_export_and_bad_model(run_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     gap = float(r.stdout.rsplit("max |onnxruntime - torch| = ", 1)[1].split()[0])
     assert gap < 1e-5
-    with pytest.raises(TimnetError, match="not found; available models"):
+    with pytest.raises(TimnetError, match=re.escape(f"{tmp_path / 'nothing-here'}: no such model file or folder, nor a "
+                                                    "bundled model; expected a checkpoint (.pt), a RUN_DIR, an .onnx file,")):
         load_model(tmp_path / "nothing-here")
+    # export takes torch's models only, and its messages offer no .onnx file
+    for model, said in ((tmp_path / "nothing-here", "no such model file"), (tmp_path / "m.onnx", "already an ONNX model")):
+        r = subprocess.run([sys.executable, "-m", "timnet", "export", str(model), "-o", str(tmp_path / "again.onnx")],
+                           capture_output=True, text=True)
+        assert r.returncode == 1 and said in r.stderr and "onnx file" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
 # ---- real-data tier -------------------------------------------------------------------------
@@ -338,6 +345,11 @@ def test_export_that_disagrees_with_torch_writes_nothing(run_dir, tmp_path, monk
                                           r"\(expected at most 1e-04\); nothing written"):
         onnx_export.export_onnx(load_model(run_dir), out)
     assert out.read_bytes() == b"an earlier export" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    # while the graph is built and checked nothing is beside the output, so `kill -9` then leaves no stray file
+    seen = []
+    monkeypatch.setattr(onnx_export, "onnx_parity", lambda predictor, path: seen.append(sorted(tmp_path.iterdir())) or 0.0)
+    onnx_export.export_onnx(load_model(run_dir), out)
+    assert seen == [[out]] and out.read_bytes()[:2] != b"an" and load_model(out).labels == LABELS
 
 
 def test_export_without_onnx_is_one_error(run_dir, tmp_path, monkeypatch):

@@ -91,7 +91,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     except OSError as e:  # no permission, an I/O error on a flaky disk: one bad file, which --skip-bad may skip
         raise TimnetError(f"{path}: cannot be read ({e.strerror or e})") from None
     if data.shape[0] == 0:
-        raise TimnetError(f"{path}: holds no audio samples")
+        raise TimnetError(f"{path}: holds no audio samples; expected at least one")
     if not np.isfinite(data).all():  # float files can; librosa would fail deep inside the STFT
         raise TimnetError(f"{path}: holds NaN or infinite samples; expected finite audio")
     # librosa.to_mono averages the channels; so do we, in float32 like librosa.

@@ -420,7 +420,7 @@ def cmd_export(args) -> int:
     from .predict import load_model
 
     with _warnings_as_messages():
-        predictor = load_model(args.model, corpus=args.corpus)
+        predictor = load_model(args.model, corpus=args.corpus, onnx=False)
     path, gap = export_checked(predictor, args.output)
     check = ("not checked against torch (onnxruntime is not installed)" if gap is None
              else f"max |onnxruntime - torch| = {gap:.1e}")

@@ -63,7 +63,8 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
     if run_ckpts:
         identity = read_identity(weights)
         if identity.get("features_fingerprint") != features_fingerprint(fs):
-            raise TimnetError(f"{weights} was trained on other features than these {fs.corpus} features; "
+            these = fs.path or f"these {fs.corpus} features"
+            raise TimnetError(f"{weights} was trained on other features than {these}; "
                               "its test indices would point at other utterances")
         out = []
         for path in run_ckpts:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import shutil
+import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -60,7 +62,10 @@ def export_checked(predictor: Predictor, path: str | Path) -> tuple[Path, float 
     # torch 2.5 added the dynamo exporter (and this switch); the TorchScript one is the default before
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     gap = None
-    with atomic_write(path) as tmp, warnings.catch_warnings():
+    # built and checked in a private folder, and only then written beside `path` (atomically): a
+    # run killed outright (kill -9) leaves nothing next to the user's files
+    with tempfile.TemporaryDirectory(prefix="timnet-export-") as scratch, warnings.catch_warnings():
+        tmp = Path(scratch) / path.name
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and shape-inference chatter
         torch.onnx.export(module, (example,), str(tmp), input_names=["features"], output_names=["probs"],
                           dynamic_axes={"features": {0: "batch"}, "probs": {0: "batch"}}, opset_version=OPSET,
@@ -85,6 +90,8 @@ def export_checked(predictor: Predictor, path: str | Path) -> tuple[Path, float 
             if not gap <= PARITY_TOLERANCE:
                 raise TimnetError(f"{path}: the exported graph's probabilities differ from torch's by {gap:.1e} "
                                   f"(expected at most {PARITY_TOLERANCE:.0e}); nothing written")
+        with atomic_write(path) as out:
+            shutil.copyfile(tmp, out)
     return path, gap
 
 

@@ -282,11 +282,12 @@ def available_models() -> list[str]:
     return [name for name in BUNDLED if _bundled_path(name).is_file()]
 
 
-def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None) -> Predictor:
-    """A Predictor from a bundled name, a checkpoint, a RUN_DIR (fold ensemble), an .onnx file or the
-    authors' .hdf5 files. `corpus` names the labels of the authors' files, which have none; any other
-    model has its own, and a `corpus` that contradicts them is refused."""
-    predictor = _load(name_or_path, corpus)
+def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None, onnx: bool = True) -> Predictor:
+    """A Predictor from a bundled name, a checkpoint, a RUN_DIR (fold ensemble), an .onnx file (unless
+    not `onnx`: export needs torch's models) or the authors' .hdf5 files. `corpus` names the labels of
+    the authors' files, which have none; any other model has its own, and a `corpus` that contradicts
+    them is refused."""
+    predictor = _load(name_or_path, corpus, onnx)
     if corpus is not None and str(corpus).strip().upper() != str(predictor.corpus or "").upper():
         get_corpus(corpus)  # a name that is no corpus at all is said so first
         what = f"a model of {predictor.corpus}" if predictor.corpus else "a model (of a corpus it does not record)"
@@ -295,10 +296,12 @@ def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None)
     return predictor
 
 
-def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
+def _load(name_or_path: str | Path, corpus: str | None, onnx: bool) -> Predictor:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TimnetError(f"model {name_or_path!r} invalid; expected a bundled name ({', '.join(BUNDLED)}) or a path")
     key = os.fspath(name_or_path)
+    kinds = (f"a checkpoint (.pt), a RUN_DIR{', an .onnx file' if onnx else ''}, the authors' .hdf5 weights or a "
+             f"bundled name ({', '.join(BUNDLED)})")
     if key.lower() in BUNDLED:
         path = _bundled_path(key.lower())
         if not path.is_file():
@@ -306,14 +309,15 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
         return _from_checkpoints([path], source=key)
     path = Path(name_or_path)
     if path.is_file() and path.suffix.lower() == ".onnx":
+        if not onnx:
+            raise TimnetError(f"{path}: already an ONNX model; expected {kinds}")
         from .onnx_export import OnnxPredictor
 
         return OnnxPredictor(path)
     if path.is_file() and path.suffix in (".hdf5", ".h5"):
         return _from_keras([path], corpus=corpus, source=str(path))
     if path.is_file() and path.name.lower().endswith(AUDIO_EXTENSIONS):  # `--model` and the audio swapped
-        raise TimnetError(f"{path}: an audio file, not a model; expected a checkpoint (.pt), a RUN_DIR, an .onnx "
-                          f"file, the authors' .hdf5 weights or a bundled name ({', '.join(BUNDLED)})")
+        raise TimnetError(f"{path}: an audio file, not a model; expected {kinds}")
     if path.is_file():
         return _from_checkpoints([path], source=str(path))
     if path.is_dir():
@@ -331,7 +335,7 @@ def _load(name_or_path: str | Path, corpus: str | None) -> Predictor:
                               "expected one to predict with: wait for its first fold, or resume it with `timnet train`")
         raise TimnetError(f"{path}: no fold_*/model.pt, model.pt or .hdf5 files; expected a RUN_DIR, an --all-data "
                           "folder or a folder of the authors' weights")
-    raise TimnetError(f"model {key!r} not found; available models = {available_models()}, or a checkpoint, RUN_DIR or .onnx path")
+    raise TimnetError(f"{key}: no such model file or folder, nor a bundled model; expected {kinds}")
 
 
 def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predictor:
