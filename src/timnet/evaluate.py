@@ -210,6 +210,7 @@ def summarize(fold_results: list[dict], *, corpus: str, labels: tuple[str, ...],
         "corpus": corpus, "split": split, "folds_n": len(fold_results), "seed": seed, "labels": list(labels),
         "folds": fold_results,
         "mean_war": float(wars.mean()), "mean_uar": float(uars.mean()),
+        # ddof 0: the folds are the whole split, not a sample of folds (seeds are: run.summarize_seeds)
         "std_war": float(wars.std()), "std_uar": float(uars.std()),
     }
 
