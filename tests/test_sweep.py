@@ -252,3 +252,28 @@ def test_space_file_problems_are_located(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(TimnetError, match=re.escape(message)):
         sweep_mod.load_space(tmp_path / name)
+
+
+def test_a_trial_of_other_threads_keeps_the_runs_hint(tmp_path):
+    """Only values a sweep draws are blamed on another sweep: a trial folder trained with other
+    --threads (another --workers, another machine) is told how to resume, as a training run is."""
+    import pickle
+
+    from timnet.errors import ConfigurationChanged
+
+    fs = synthetic()
+
+    def factory(threads):
+        return lambda folder, config, overrides: Run(fs, folder, config=config, folds=3, seed=3, threads=threads,
+                                                     evaluate_test=False)
+
+    base = TrainConfig(epochs=1, val_fraction=0.2)
+    sweep_mod.trial_runs(tmp_path, [{"lr": 0.001}], base=base, make_run=factory(1))
+    with pytest.raises(TimnetError, match=r"trial_001 holds a trial run with a different configuration \(threads_per_fold\); "
+                                          r"use another SWEEP_DIR or --overwrite \(which deletes its trials\); to resume it pass --threads 1$"):
+        sweep_mod.trial_runs(tmp_path, [{"lr": 0.001}], base=base, make_run=factory(2))
+    with pytest.raises(TimnetError, match=r"trial_001 holds a trial of another sweep \(train_config.lr differs"):
+        sweep_mod.trial_runs(tmp_path, [{"lr": 0.002}], base=base, make_run=factory(1))
+    # raised in a worker process, the refusal crosses back whole
+    e = pickle.loads(pickle.dumps(ConfigurationChanged("run: different", ("seed",), "; hint")))
+    assert (str(e), e.changed, e.hint) == ("run: different", ("seed",), "; hint")

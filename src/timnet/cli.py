@@ -129,7 +129,7 @@ def cmd_extract(args) -> int:
     counts = ", ".join(f"{name} {int((fs.y == i).sum())}" for i, name in enumerate(fs.labels))
     speakers = len(set(fs.speakers.tolist())) if fs.speakers is not None else 0
     if (gap := missing_classes(fs)) is not None:
-        _warn(f"{fs.corpus}: {gap}")
+        _warn(f"{args.data_dir}: {gap}")
     full = CORPORA.get(fs.corpus.upper())
     if full is not None and full.n_files and len(fs) != full.n_files:
         # a part of a corpus is fine to train on, but its folds and figures are not the paper's
@@ -420,7 +420,7 @@ def cmd_export(args) -> int:
     from .predict import load_model
 
     with _warnings_as_messages():
-        predictor = load_model(args.model, corpus=args.corpus, onnx=False)
+        predictor = load_model(args.model, corpus=args.corpus, allow_onnx=False)
     path, gap = export_checked(predictor, args.output)
     check = ("not checked against torch (onnxruntime is not installed)" if gap is None
              else f"max |onnxruntime - torch| = {gap:.1e}")

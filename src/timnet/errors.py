@@ -10,9 +10,12 @@ class TimnetError(Exception):
 
 
 class ConfigurationChanged(TimnetError):
-    """A run folder holds a run of another configuration: `changed` names the keys that differ, so
-    a caller that made the folder (a sweep's trial) can say what it means there."""
+    """A run folder holds a run of another configuration: `changed` names the keys that differ and
+    `hint` how to resume it, so a caller that made the folder (a sweep's trial) can say it in its words."""
 
-    def __init__(self, message: str, changed: list[str]):
+    def __init__(self, message: str, changed: tuple[str, ...] = (), hint: str = ""):
         super().__init__(message)
-        self.changed = changed
+        self.changed, self.hint = tuple(changed), hint
+
+    def __reduce__(self):  # raised in a worker process, it must cross back whole
+        return type(self), (str(self), self.changed, self.hint)

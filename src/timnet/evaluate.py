@@ -65,7 +65,8 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
         if identity.get("features_fingerprint") != features_fingerprint(fs):
             these = fs.path or f"these {fs.corpus} features"
             raise TimnetError(f"{weights} was trained on other features than {these}; "
-                              "its test indices would point at other utterances")
+                              "its test indices would point at other utterances; expected the features it was "
+                              "trained on (its run.json names them)")
         out = []
         for path in run_ckpts:
             model, ckpt = load_checkpoint(path)

@@ -164,7 +164,9 @@ def extract(
     source = _source_fingerprint(root, listing.items, config, corpus=corpus.name, skip_bad=skip_bad)
     if cache is not None and Path(cache).is_file():
         try:
-            cached = load_features(cache)
+            with warnings.catch_warnings():  # the file about to be reused or replaced: its warnings are not news
+                warnings.simplefilter("ignore")
+                cached = load_features(cache)
         except TimnetError:
             cached = None  # unreadable: simply recompute and overwrite
         if cached is not None and cached.meta.get("source_fingerprint") == source:
@@ -393,10 +395,10 @@ def load_features(path: str | Path, *, corpus: str | None = None, corpus_of: str
 
 
 def missing_classes(fs: FeatureSet) -> str | None:
-    """Say which of the corpus's classes have no utterance, or None: the model keeps their outputs,
-    nothing trains them, and UAR averages over the classes present only (not the paper's figure)."""
-    empty = [name for i, name in enumerate(fs.labels) if not (np.asarray(fs.y) == i).any()]
+    """Say which of the corpus's classes have no utterance, or None: a model trained on them never
+    learns those outputs, and UAR averages over the classes present only (not the paper's figure)."""
+    empty = [name for name, n in zip(fs.labels, np.bincount(fs.y, minlength=len(fs.labels))) if n == 0]
     if not empty:
         return None
-    return (f"no utterance of {', '.join(empty)} ({len(empty)} of the {len(fs.labels)} classes); their outputs are "
-            "never trained and UAR averages over the classes present only")
+    return (f"no utterance of {', '.join(empty)} ({len(empty)} of the {len(fs.labels)} classes); a model trained on "
+            "these features never learns those outputs, and UAR averages over the classes present only")

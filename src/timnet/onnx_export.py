@@ -84,7 +84,7 @@ def export_checked(predictor: Predictor, path: str | Path) -> tuple[Path, float 
             # a graph the exporter got wrong must not replace a good file under the name
             try:
                 gap = onnx_parity(predictor, tmp)
-            except TimnetError as e:  # it would name the hidden temporary file
+            except TimnetError as e:  # it would name the private scratch file
                 raise TimnetError(f"{path}: the exported graph does not load in onnxruntime "
                                   f"({str(e).split(': ', 1)[-1]}); nothing written") from None
             if not gap <= PARITY_TOLERANCE:

@@ -282,12 +282,12 @@ def available_models() -> list[str]:
     return [name for name in BUNDLED if _bundled_path(name).is_file()]
 
 
-def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None, onnx: bool = True) -> Predictor:
+def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None, allow_onnx: bool = True) -> Predictor:
     """A Predictor from a bundled name, a checkpoint, a RUN_DIR (fold ensemble), an .onnx file (unless
-    not `onnx`: export needs torch's models) or the authors' .hdf5 files. `corpus` names the labels of
+    not `allow_onnx`: export needs torch's models) or the authors' .hdf5 files. `corpus` names the labels of
     the authors' files, which have none; any other model has its own, and a `corpus` that contradicts
     them is refused."""
-    predictor = _load(name_or_path, corpus, onnx)
+    predictor = _load(name_or_path, corpus, allow_onnx)
     if corpus is not None and str(corpus).strip().upper() != str(predictor.corpus or "").upper():
         get_corpus(corpus)  # a name that is no corpus at all is said so first
         what = f"a model of {predictor.corpus}" if predictor.corpus else "a model (of a corpus it does not record)"
@@ -296,11 +296,11 @@ def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None,
     return predictor
 
 
-def _load(name_or_path: str | Path, corpus: str | None, onnx: bool) -> Predictor:
+def _load(name_or_path: str | Path, corpus: str | None, allow_onnx: bool) -> Predictor:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TimnetError(f"model {name_or_path!r} invalid; expected a bundled name ({', '.join(BUNDLED)}) or a path")
     key = os.fspath(name_or_path)
-    kinds = (f"a checkpoint (.pt), a RUN_DIR{', an .onnx file' if onnx else ''}, the authors' .hdf5 weights or a "
+    kinds = (f"a checkpoint (.pt), a RUN_DIR{', an .onnx file' if allow_onnx else ''}, the authors' .hdf5 weights or a "
              f"bundled name ({', '.join(BUNDLED)})")
     if key.lower() in BUNDLED:
         path = _bundled_path(key.lower())
@@ -309,7 +309,7 @@ def _load(name_or_path: str | Path, corpus: str | None, onnx: bool) -> Predictor
         return _from_checkpoints([path], source=key)
     path = Path(name_or_path)
     if path.is_file() and path.suffix.lower() == ".onnx":
-        if not onnx:
+        if not allow_onnx:
             raise TimnetError(f"{path}: already an ONNX model; expected {kinds}")
         from .onnx_export import OnnxPredictor
 

@@ -126,7 +126,7 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
                 hint = ("; if these are the same audio, extracted elsewhere, the CPU loops numpy and OpenBLAS ran may "
                         "differ from the run's (README: the same bits on every machine; run.json: versions.cpu_dispatch)")
             raise ConfigurationChanged(f"{run_dir} holds a run with a different configuration ({', '.join(diff)}); "
-                                       f"use another RUN_DIR or --overwrite (which deletes it){hint}", diff)
+                                       f"use another RUN_DIR or --overwrite (which deletes it){hint}", diff, hint)
         _remove_run_outputs(run_dir)
     elif run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:

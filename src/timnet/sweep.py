@@ -273,11 +273,7 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
         except ConfigurationChanged as e:
             if names:  # a named candidate's folder: the run's own message says it
                 raise
-            # a sweep's trials are numbered in draw order: another space, --trials (with a grid) or
-            # --seed puts other values behind the same trial_NNN
-            raise TimnetError(f"{run.dir} holds a trial of another sweep ({', '.join(e.changed)} differ{'s' * (len(e.changed) == 1)}:"
-                              " another space, --trials or --seed); use another SWEEP_DIR, that sweep's options, or "
-                              "--overwrite (which deletes its trials)") from None
+            raise TimnetError(_other_trial(run.dir, e)) from None
     if overwrite and not names:  # an earlier sweep's extra trials would be read as this one's
         keep = {run.dir.name for run in runs}
         for old in _trial_dirs(sweep_dir):
@@ -286,6 +282,19 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
         for summary in ("sweep.json", "trials.csv"):  # the earlier sweep's, whose trials are gone
             (Path(sweep_dir) / summary).unlink(missing_ok=True)
     return runs
+
+
+def _other_trial(folder: Path, e: ConfigurationChanged) -> str:
+    """The run layer's refusal of a trial folder, in a sweep's words."""
+    changed = ", ".join(e.changed)
+    if all(k == "seed" or k.startswith(("train_config.", "model_config.")) for k in e.changed):
+        # trials are numbered in draw order: another space, training option, --trials (with a
+        # grid) or --seed puts other values behind the same trial_NNN
+        return (f"{folder} holds a trial of another sweep ({changed} differ{'s' * (len(e.changed) == 1)}: another space "
+                "or training options, --trials or --seed); use another SWEEP_DIR, that sweep's options, or --overwrite "
+                "(which deletes its trials)")
+    return (f"{folder} holds a trial run with a different configuration ({changed}); use another SWEEP_DIR or "
+            f"--overwrite (which deletes its trials){e.hint}")
 
 
 def _trial_dirs(sweep_dir: str | Path) -> list[Path]:
