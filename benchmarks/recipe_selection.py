@@ -32,6 +32,7 @@ from _common import first_member_from, pm, record, restore, run_main, write_json
 from timnet.backends import LocalBackend
 from timnet.corpora import paper_seed
 from timnet.features import load_features
+from timnet.recipe import AUGMENTATIONS
 from timnet.run import Run, execute_runs, validation_summary
 from timnet.sweep import trial_runs
 from timnet.train import TrainConfig
@@ -58,6 +59,10 @@ CANDIDATES = {
     "swa-x2": {"swa_epochs": 100, "members": 2},
     "swa-x3": {"swa_epochs": 100, "members": 3},
     "swa-x4": {"swa_epochs": 100, "members": 4},  # its run also scores swa-x3, swa-x2 and swa (nested members)
+    # the next round (RESULTS.md, stop 39): members made different by the speaker-like augmentations,
+    # all four, or only members 2-3 (members 0-1 are then swa-x2's, to every digit)
+    "swa+vtlp+gain-x4": {"swa_epochs": 100, "vtlp": 0.1, "tempo": 0.1, "gain": 6.0, "members": 4},
+    "swa-mixed-x4": {"swa_epochs": 100, "vtlp": 0.1, "tempo": 0.1, "gain": 6.0, "members": 4, "plain_members": 2},
 }
 
 
@@ -178,17 +183,18 @@ def derived_candidates(names: list[str], summaries: list[dict]) -> dict[str, tup
     out = {}
     for name, s in zip(names, summaries):
         params = dict(CANDIDATES[name])
-        k = params.pop("members", 1)
+        k = params.get("members", 1)
         if k > 1:
             figures = {1: [(f["fold"], f["val_uar_single"]) for f in s["folds"] if "val_uar_single" in f]}
             for f in s["folds"]:
                 for g in f.get("val_first_members", []):
                     figures.setdefault(g["members"], []).append((f["fold"], g["val_uar"]))
             for j, uars in figures.items():
-                same = named({**params, "members": j} if j > 1 else params)
+                same = named(first_members(params, j))
                 if same is not None and same not in names and same not in out and uars:
                     how = "its first member" if j == 1 else f"its first {j} members"
                     out[same] = (f"{how}: {name}", {"folds": [{"fold": f, "val_uar": u} for f, u in uars]})
+            params = first_members(params, 1)
             params.pop("swa_epochs", None)
             same = named(params)  # the first member's last weights: its training without the averaging
             uars = [{"fold": f["fold"], "val_uar": f["val_uar_single_last"]} for f in s["folds"] if "val_uar_single_last" in f]
@@ -199,6 +205,19 @@ def derived_candidates(names: list[str], summaries: list[dict]) -> dict[str, tup
             if same is not None and same not in names:
                 out[same] = (f"its last weights: {name}", {"folds": [{"fold": f["fold"], "val_uar": f["val_uar_last"]}
                                                                      for f in s["folds"] if "val_uar_last" in f]})
+    return out
+
+
+def first_members(params: dict, j: int) -> dict:
+    """The parameters of the ensemble of a run's first j members: those of its plain members
+    (--plain-members) have no augmentation."""
+    plain = params.get("plain_members", 0)
+    out = {n: v for n, v in params.items() if n not in ("members", "plain_members")
+           and not (j <= plain and n in AUGMENTATIONS)}
+    if j > 1:
+        out["members"] = j
+    if 0 < plain < j:
+        out["plain_members"] = plain
     return out
 
 

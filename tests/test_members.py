@@ -94,6 +94,33 @@ def test_first_member_is_the_single_model(tmp_path):
     assert all("first_members" not in f and "val_first_members" not in f for f in s2["folds"] + v2["folds"])
 
 
+def test_plain_members_are_the_unaugmented_runs_members(tmp_path):
+    """A mixed ensemble (--plain-members N): its first N members are, weight for weight, the members of
+    the same run without augmentation; the others are those of the run augmented throughout."""
+    from timnet import recipe
+
+    fs = synthetic()
+    aug = dict(vtlp=0.1, gain=6.0, time_shift=2)
+    plain, _ = _run(fs, tmp_path / "plain", members=3)
+    augmented, _ = _run(fs, tmp_path / "aug", members=3, **aug)
+    mixed, summary = _run(fs, tmp_path / "mixed", members=3, plain_members=2, **aug)
+    for k in (1, 2, 3):
+        p, a, m = (read_checkpoint(r.fold_dir(k) / "model.pt")["members"] for r in (plain, augmented, mixed))
+        for i, want in ((0, p), (1, p), (2, a)):
+            assert all(torch.equal(m[i][n], want[i][n]) for n in m[i]), (k, i)
+        assert not torch.equal(m[2]["classifier.weight"], p[2]["classifier.weight"])  # augmentation did change it
+    assert summary["folds"][0]["members"][:2] == _run(fs, tmp_path / "plain2", members=2)[1]["folds"][0]["members"]
+    # every augmentation, and nothing else, is off for a plain member
+    every = TrainConfig(members=2, plain_members=1, time_shift=3, time_masks=1, time_mask_width=2, freq_masks=1,
+                        freq_mask_width=2, tempo=0.1, vtlp=0.1, gain=3.0, mixup_alpha=0.2, lr=2e-3)
+    assert every.for_member(1) is every
+    assert every.for_member(0) == TrainConfig(members=2, plain_members=1, lr=2e-3)
+    assert set(recipe.AUGMENTATIONS) < set(TrainConfig.__dataclass_fields__)
+    for bad in (dict(plain_members=2, members=2), dict(plain_members=-1), dict(plain_members=1)):
+        with pytest.raises(TimnetError, match="--plain-members .* invalid; expected 0 or more and fewer than --members"):
+            TrainConfig(**bad)
+
+
 def test_members_resume_exactly(tmp_path):
     """Killed inside the second member: the first is kept, the second resumes from its snapshot."""
     features = save_features(synthetic(), tmp_path / "f.npz")

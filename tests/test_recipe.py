@@ -65,6 +65,16 @@ def test_selection_reads_candidates_from_the_runs_that_train_them(monkeypatch):
     assert derived["swa-x3"][0] == "its first 3 members: swa-x4"
     assert [f["val_uar"] for f in derived["swa-x3"][1]["folds"]] == [pytest.approx(0.3), pytest.approx(0.6)]
 
+    # a mixed four (members 0-1 plain): its first one and two members are "swa" and "swa-x2", and member
+    # 0's last weights "paper"; its first three are no candidate's. Augmented throughout, member 0 is
+    # "swa+vtlp+gain" and its last weights "vtlp+gain"
+    derived = recipe_selection.derived_candidates(["swa-mixed-x4"], [x4])
+    assert {n: how for n, (how, _) in derived.items()} == {
+        "swa": "its first member: swa-mixed-x4", "swa-x2": "its first 2 members: swa-mixed-x4",
+        "paper": "its first member's last weights: swa-mixed-x4"}
+    derived = recipe_selection.derived_candidates(["swa+vtlp+gain-x4"], [x4])
+    assert set(derived) == {"swa+vtlp+gain", "vtlp+gain"}
+
 
 def test_strong_preset_and_overrides(monkeypatch):
     # the preset is the candidate benchmarks/recipe_selection.py chose on validation data: "swa-x4"

@@ -70,6 +70,7 @@ def test_bad_spaces_are_refused(space, message):
     {"select": {"choice": ["last", "best-val"]}, "patience": 10},
     {"patience": {"choice": [None, 10]}, "select": "best-val"},  # early stopping against none
     {"lr_schedule": {"choice": ["constant", "cosine"]}, "epochs": {"randint": [1.0, 3.0]}, "dropout": 0},
+    {"plain_members": {"choice": [0, 1, 3]}, "members": 4, "vtlp": 0.1},  # mixed ensembles against augmented ones
 ])
 def test_good_spaces_pass(space):
     sweep_mod.check_space(space)

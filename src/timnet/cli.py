@@ -44,6 +44,8 @@ RECIPE_OPTIONS = {
     "mixup_alpha": (float, "mixup with Beta(alpha, alpha) (default 0: off)"),
     "members": (int, "models per fold from other initialisations, their probabilities averaged (default 1; "
                      "4 with --recipe strong); the first is the very model --members 1 trains"),
+    "plain_members": (int, "the first N members train without augmentation, the others with it: a mixed ensemble "
+                           "(default 0; fewer than --members)"),
 }
 # TrainConfig fields no recipe presets, also None unless given (so that `sweep` can tell what was given)
 RUN_OPTIONS = ("batch_size", "eval_every", "select", "patience", "save_every")

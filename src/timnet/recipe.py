@@ -51,6 +51,12 @@ def learning_rate(config, step: int, steps_per_epoch: int) -> float:
     return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+# every option that changes the training data (augment, mixup): what a plain member
+# (TrainConfig.plain_members) trains without
+AUGMENTATIONS = ("time_shift", "time_masks", "time_mask_width", "freq_masks", "freq_mask_width", "tempo", "vtlp", "gain",
+                 "mixup_alpha")
+
+
 def augment(x: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
     """Tempo, time shift, vocal-tract warp, gain and time/coefficient masks on a batch (B, T, F), in
     that order; x itself is left untouched. Each draws from `generator` only when it is on."""

@@ -203,6 +203,8 @@ def _probe(name: str, value) -> None:
         around["epochs"] = max(1, value)
     if name in ("time_masks", "freq_masks"):
         around[f"{name[:-1]}_width"] = 1
+    if name == "plain_members":
+        around["members"] = max(1, value + 1)
     TrainConfig(**{**around, name: value})
 
 

@@ -9,7 +9,7 @@ import copy
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -59,6 +59,7 @@ class TrainConfig:
     gain: float = 0.0  # > 0: each utterance as if recorded up to this many dB louder or quieter
     mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha)
     members: int = 1  # > 1: models per fold from other initialisations; the fold's model averages their probabilities
+    plain_members: int = 0  # the first N members train without augmentation, the others with it (a mixed ensemble)
 
     def __post_init__(self):
         if self.recipe not in recipe.RECIPES:
@@ -94,6 +95,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_every", "save_every", "members"):
             if getattr(self, name) < 1:
                 raise TimnetError(f"--{name.replace('_', '-')} {getattr(self, name)} invalid; expected a positive number")
+        if self.plain_members < 0 or (self.plain_members and self.plain_members >= self.members):
+            raise TimnetError(f"--plain-members {self.plain_members} invalid; expected 0 or more and fewer than "
+                              f"--members ({self.members}): the first N members train without augmentation, the others with it")
         if self.warmup_epochs > self.epochs:
             raise TimnetError(f"--warmup-epochs {self.warmup_epochs} invalid; expected at most --epochs ({self.epochs}), "
                               "or the learning rate never reaches --lr")
@@ -113,6 +117,13 @@ class TrainConfig:
             if self.select == "best-val" or self.patience is not None:
                 raise TimnetError("--swa-epochs averages the last epochs; it cannot go with --select best-val "
                                   f"or --patience{preset}")
+
+    def for_member(self, m: int) -> TrainConfig:
+        """The config member m trains with: the first `plain_members` without any augmentation, so that
+        they are, to every digit, the members of the same run without augmentation."""
+        if m >= self.plain_members:
+            return self
+        return replace(self, **{name: getattr(TrainConfig, name) for name in recipe.AUGMENTATIONS})
 
     def check_fits(self, frames: int, n_mfcc: int) -> None:
         """Augmentation sizes within the features' (frames, n_mfcc): beyond them a shift wraps round
@@ -472,7 +483,7 @@ def train_member(
     offset = m * config.epochs
     report = on_epoch if on_epoch is None or m == 0 else (
         lambda row: on_epoch({**row, "epoch": row["epoch"] + offset}))
-    model, state = train_fold(x, y, train_idx, val_idx, model_config=model_config, config=config,
+    model, state = train_fold(x, y, train_idx, val_idx, model_config=model_config, config=config.for_member(m),
                               seed=member_seed(seed, m), state_path=state_path, on_epoch=report,
                               device=device, path=path)
     chosen = state.best["epoch"] if (config.select == "best-val" and state.best) else state.epoch
