@@ -140,10 +140,11 @@ LEDGER = Path(__file__).parent / "ledger"
 
 
 def _identity(run_file: Path) -> dict | None:
-    """A run.json's identity as timnet compares runs (without options that change no figure)."""
+    """A run.json's identity as timnet compares runs: options added since it was written at their
+    defaults (as `timnet train` reads it), without the options that change no figure."""
     try:
-        return decisive(json.loads(run_file.read_text())["identity"])
-    except (OSError, ValueError, KeyError):
+        return decisive(read_identity(run_file.parent))
+    except TimnetError:
         return None
 
 

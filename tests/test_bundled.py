@@ -38,7 +38,8 @@ def test_demo_predicts_every_example():
 
 
 def test_unknown_model_name():
-    with pytest.raises(timnet.TimnetError, match="available models = \\['emodb'\\]"):
+    with pytest.raises(timnet.TimnetError, match=r"nonexistent-model: no such model file or folder, nor a bundled model; .*"
+                                                 r"or a bundled name \(emodb\)$"):
         timnet.load_model("nonexistent-model")
 
 

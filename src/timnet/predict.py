@@ -301,7 +301,7 @@ def _load(name_or_path: str | Path, corpus: str | None, allow_onnx: bool) -> Pre
         raise TimnetError(f"model {name_or_path!r} invalid; expected a bundled name ({', '.join(BUNDLED)}) or a path")
     key = os.fspath(name_or_path)
     kinds = (f"a checkpoint (.pt), a RUN_DIR{', an .onnx file' if allow_onnx else ''}, the authors' .hdf5 weights or a "
-             f"bundled name ({', '.join(BUNDLED)})")
+             f"bundled name ({', '.join(available_models()) or 'none installed'})")
     if key.lower() in BUNDLED:
         path = _bundled_path(key.lower())
         if not path.is_file():
