@@ -110,12 +110,19 @@ def test_plain_members_are_the_unaugmented_runs_members(tmp_path):
             assert all(torch.equal(m[i][n], want[i][n]) for n in m[i]), (k, i)
         assert not torch.equal(m[2]["classifier.weight"], p[2]["classifier.weight"])  # augmentation did change it
     assert summary["folds"][0]["members"][:2] == _run(fs, tmp_path / "plain2", members=2)[1]["folds"][0]["members"]
+    from timnet.report import render_report
+
+    assert "the first 2 of 3 without augmentation" in render_report(mixed.dir, {})  # the report says so
     # every augmentation, and nothing else, is off for a plain member
     every = TrainConfig(members=2, plain_members=1, time_shift=3, time_masks=1, time_mask_width=2, freq_masks=1,
                         freq_mask_width=2, tempo=0.1, vtlp=0.1, gain=3.0, mixup_alpha=0.2, lr=2e-3)
     assert every.for_member(1) is every
     assert every.for_member(0) == TrainConfig(members=2, plain_members=1, lr=2e-3)
-    assert set(recipe.AUGMENTATIONS) < set(TrainConfig.__dataclass_fields__)
+    # ... and the training data of a plain member is untouched, with no draw made
+    x, g = torch.randn(4, 24, 39), torch.Generator().manual_seed(1)
+    before = g.get_state()
+    assert recipe.augment(x, every.for_member(0), g) is x and recipe.mixup(x, every.for_member(0), g)[1] is None
+    assert torch.equal(g.get_state(), before)
     for bad in (dict(plain_members=2, members=2), dict(plain_members=-1), dict(plain_members=1)):
         with pytest.raises(TimnetError, match="--plain-members .* invalid; expected 0 or more and fewer than --members"):
             TrainConfig(**bad)
@@ -124,7 +131,7 @@ def test_plain_members_are_the_unaugmented_runs_members(tmp_path):
 def test_members_resume_exactly(tmp_path):
     """Killed inside the second member: the first is kept, the second resumes from its snapshot."""
     features = save_features(synthetic(), tmp_path / "f.npz")
-    args = ("--members", "2", "--epochs", "3")
+    args = ("--members", "2", "--epochs", "3", "--plain-members", "1", "--vtlp", "0.1")  # a mixed ensemble: either kind resumes
     full = train_cli(features, tmp_path / "full", *args, "--json", tmp_path / "full.json")
     assert full.returncode == 0, full.stderr
     killed = train_cli(features, tmp_path / "res", *args, "--workers", "1",
@@ -135,6 +142,9 @@ def test_members_resume_exactly(tmp_path):
     assert before > 0  # the snapshot keeps the training time so far
     resumed = train_cli(features, tmp_path / "res", *args, "--json", tmp_path / "res.json")
     assert resumed.returncode == 0, resumed.stderr
+    assert "no augmentation on" not in full.stderr
+    alike = train_cli(features, tmp_path / "alike", "--members", "2", "--plain-members", "1", "--epochs", "1")
+    assert alike.returncode == 0 and "--plain-members 1 with no augmentation on: every member trains alike" in alike.stderr
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("full.json", "res.json"))
     assert b["folds"][1]["member_seconds"][1] > before  # ... and the resumed member's time adds to it
     assert [f["confusion"] for f in a["folds"]] == [f["confusion"] for f in b["folds"]]

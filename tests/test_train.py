@@ -417,7 +417,7 @@ def test_run_written_by_older_versions_still_resumes(tmp_path):
     # as written before --device, --path, sweeps and the recipe options existed
     for key in ("device", "path", "evaluate_test"):
         del data["identity"][key]
-    for key in ("recipe", "lr_schedule", "ema_decay", "time_masks", "mixup_alpha"):
+    for key in ("recipe", "lr_schedule", "ema_decay", "time_masks", "mixup_alpha", "plain_members"):
         del data["identity"]["train_config"][key]
     run_file.write_text(json.dumps(data))
     assert Run(fs, tmp_path / "r", config=TrainConfig(**FAST), folds=3, path="reference").prepare() is True

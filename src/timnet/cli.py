@@ -43,9 +43,10 @@ RECIPE_OPTIONS = {
     "gain": (float, "each utterance as if recorded up to DB decibels louder or quieter (default 0: off)"),
     "mixup_alpha": (float, "mixup with Beta(alpha, alpha) (default 0: off)"),
     "members": (int, "models per fold from other initialisations, their probabilities averaged (default 1; "
-                     "4 with --recipe strong); the first is the very model --members 1 trains"),
-    "plain_members": (int, "the first N members train without augmentation, the others with it: a mixed ensemble "
-                           "(default 0; fewer than --members)"),
+                     "4 with --recipe strong); the first is the very model --members 1 trains (with --plain-members, "
+                     "the one it trains without augmentation)"),
+    "plain_members": (int, "the first N members train without augmentation (--time-shift, masks, --tempo, --vtlp, "
+                           "--gain, --mixup-alpha), the others with it: a mixed ensemble (default 0; fewer than --members)"),
 }
 # TrainConfig fields no recipe presets, also None unless given (so that `sweep` can tell what was given)
 RUN_OPTIONS = ("batch_size", "eval_every", "select", "patience", "save_every")
@@ -161,6 +162,9 @@ def _execution(args, folds_at_once: int):
 
     given = {name: getattr(args, name) for name in (*RECIPE_OPTIONS, *RUN_OPTIONS) if getattr(args, name) is not None}
     config = recipe_config(args.recipe, val_fraction=args.val_fraction, **given)
+    if config.plain_members and config.for_member(0) == config:  # nothing to leave out
+        _warn(f"--plain-members {config.plain_members} with no augmentation on: every member trains alike (give "
+              "--vtlp, --tempo, --gain, --time-shift, masks or --mixup-alpha for a mixed ensemble)")
     cores = os.cpu_count() or 1
     if args.backend == "ray":
         # Ray places each fold on a node with these resources; torch uses the CPUs it was given.

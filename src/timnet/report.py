@@ -289,11 +289,13 @@ def _protocol(info: dict, results: list[dict], run_dir: Path) -> str:
     rows += [("batch size", tc.get("batch_size")), ("learning rate", tc.get("lr"))]
     if tc.get("lr_schedule", "constant") != "constant" or tc.get("warmup_epochs"):
         rows.append(("learning-rate schedule", f"{tc.get('lr_schedule')}, warm-up {tc.get('warmup_epochs') or 0} epochs"))
-    augment = [f"{k.replace('_', ' ')} {v}" for k, v in tc.items()
-               if k in ("time_shift", "time_masks", "time_mask_width", "freq_masks", "freq_mask_width", "tempo", "vtlp",
-                        "gain", "mixup_alpha") and v]
+    from .recipe import AUGMENTATIONS  # here: it imports torch, which the rest of a report does not need
+
+    augment = [f"{k.replace('_', ' ')} {v}" for k, v in tc.items() if k in AUGMENTATIONS and v]
     if augment:
         rows.append(("augmentation", ", ".join(augment)))
+        if tc.get("plain_members"):
+            rows.append(("plain members", f"the first {tc['plain_members']} of {tc.get('members')} without augmentation"))
     rows += [("label smoothing", tc.get("label_smoothing")), ("features", info.get("features")), ("run directory", run_dir.resolve())]
     out = _kv_table(rows)
     if ident["split"] == "random":

@@ -44,7 +44,7 @@ def read_identity(run_dir: str | Path) -> dict:
                           "the features the folds were made on)")
     try:
         identity = {**LEGACY_IDENTITY, **json.loads(path.read_text())["identity"]}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON, or bytes that are not UTF-8
         raise TimnetError(f"{path}: not a readable timnet run file ({type(e).__name__})") from None
     if isinstance(identity.get("train_config"), dict):
         from .train import TrainConfig  # here only: it imports torch, which reading a run needs nowhere else
