@@ -297,11 +297,12 @@ def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None,
 
 
 def _load(name_or_path: str | Path, corpus: str | None, allow_onnx: bool) -> Predictor:
+    installed = ", ".join(available_models()) or "none installed"
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TimnetError(f"model {name_or_path!r} invalid; expected a bundled name ({', '.join(available_models()) or 'none installed'}) or a path")
+        raise TimnetError(f"model {name_or_path!r} invalid; expected a bundled name ({installed}) or a path")
     key = os.fspath(name_or_path)
     kinds = (f"a checkpoint (.pt), a RUN_DIR{', an .onnx file' if allow_onnx else ''}, the authors' .hdf5 weights or a "
-             f"bundled name ({', '.join(available_models()) or 'none installed'})")
+             f"bundled name ({installed})")
     if key.lower() in BUNDLED:
         path = _bundled_path(key.lower())
         if not path.is_file():
