@@ -15,7 +15,8 @@ points by chance. The table therefore also gives each candidate's difference fro
 recipe fold by fold (the same folds and validation shares): mean ± standard error over folds.
 Averaging candidates also score their own last weights, the pure effect of the averaging, and
 ensembles (`members`) their first member alone, which is the single-model recipe weight for
-weight (for a mixed ensemble, `plain_members`, the single model without augmentation): both differences are paired within one run (the same trainings, the same validation data).
+weight (for a mixed ensemble, `plain_members`, the single model without augmentation): both
+differences are paired within one run (the same trainings, the same validation data).
 Folds are trained fold by fold across the candidates, so a selection stopped part way (a session's
 end) has complete pairs; `--table-only` prints the table of the folds finished so far.
 """

@@ -4,6 +4,8 @@
     >>> model = timnet.load_model("emodb")          # or a checkpoint, RUN_DIR, .onnx file
     >>> pred = model.predict(waveform, sample_rate)  # pred.label, pred.probs, pred.warnings
 """
+import functools
+
 from .errors import TimnetError
 
 __version__ = "0.1.0"
@@ -15,10 +17,11 @@ _LAZY = {
 __all__ = ["TimnetError", "__version__", *_LAZY]
 
 
-def _submodules() -> set[str]:
+@functools.cache  # the package's files do not change while it runs: list them once
+def _submodules() -> frozenset[str]:
     import pkgutil
 
-    return {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+    return frozenset(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def __getattr__(name):
