@@ -253,6 +253,10 @@ def test_cli_error_row_and_exit_status(run_dir, clips, tmp_path):
     assert [row["file"] for row in rows] == [str(clips["16k"]), str(bad), str(clips["flac"])]
     assert set(rows[0]["probs"]) == set(LABELS)
     assert rows[1]["label"] is None and rows[1]["probs"] is None  # every row has the contract's keys
+    # `--json -`: stdout is the JSON alone (for jq); the table and the error line go to stderr
+    piped = subprocess.run(args[:-1] + ["-"], capture_output=True, text=True)
+    assert piped.returncode == 1 and json.loads(piped.stdout) == rows and not (tmp_path / "-").exists()
+    assert [line for line in piped.stderr.splitlines() if not line.startswith("timnet: ")] == lines  # the table, in order
     for option, value, fragment in (("--hop", "0", "invalid; expected at least one sample"),
                                     ("--hop", "1e-6", "invalid; expected at least one sample"),
                                     ("--window", "nan", "invalid; expected 0.023 to 0.743 s"),

@@ -14,6 +14,7 @@ from .errors import TimnetError
 from .utils import RUN_FILE, folder_lock, sigterm_handler, write_json
 
 CORPUS_NAMES = tuple(name.lower() for name in CORPORA)
+JSON_STDOUT = "-"  # `--json -`: the JSON on stdout, for a pipe into jq; the report lines then go to stderr
 EXIT_SIGPIPE = 128 + 13  # a shell's status for a command ended by SIGPIPE (13 on every POSIX system; Windows has none)
 # The mirrors below (tested equal) keep --help free of numpy and torch imports, which are slow and,
 # for numpy, must not happen before dispatch.pin().
@@ -255,7 +256,7 @@ def cmd_train(args) -> int:
             say(f"{len(runs)} seeds: WAR {out['mean_war']:.4f} +- {out['std_war']:.4f}  "
                 f"UAR {out['mean_uar']:.4f} +- {out['std_uar']:.4f} (mean +- sample std of the per-seed means)")
         if args.json:
-            write_json(args.json, out)
+            _write_results(args, out)
         if not args.no_report:
             from .report import plot_run, write_report
 
@@ -298,7 +299,7 @@ def cmd_sweep(args) -> int:
     say = _Stdout(keep_going=bool(args.json))
     say(format_sweep(out))
     if args.json:
-        write_json(args.json, out)
+        _write_results(args, out)
     return say.status()
 
 
@@ -312,7 +313,7 @@ def cmd_test(args) -> int:
     say = _Stdout(keep_going=bool(args.json or args.plots))  # `test ... | head`: files still written
     say(format_report(summary))
     if args.json:
-        write_json(args.json, summary)
+        _write_results(args, summary)
     if args.plots:
         from .report import plot_evaluation
 
@@ -347,6 +348,28 @@ def _warnings_as_messages():
         finally:  # a warning given before an error often explains it (a folder named for another corpus)
             for w in caught:
                 _warn(str(w.message))
+
+
+def _write_results(args, obj) -> None:
+    """The --json file, or with `--json -` the JSON on the stdout `main` kept aside for it."""
+    if args.json != JSON_STDOUT:
+        write_json(args.json, obj)
+        return
+    import json
+
+    args.json_stdout.write(json.dumps(obj, indent=1) + "\n")
+    args.json_stdout.flush()
+
+
+@contextlib.contextmanager
+def _report_to_stderr(args):
+    """With `--json -`, everything the command prints goes to stderr and stdout carries the JSON alone."""
+    if getattr(args, "json", None) != JSON_STDOUT:
+        yield
+        return
+    args.json_stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 class _Stdout:
@@ -413,7 +436,7 @@ def cmd_predict(args) -> int:
         for warning in pred.warnings:
             _warn(f"{path}: {warning}")
     if args.json:
-        write_json(args.json, rows)
+        _write_results(args, rows)
     if failures:
         if len(files) > 1:  # one file: its error line says it all
             _warn(f"{failures} of {len(files)} files could not be predicted")
@@ -441,7 +464,7 @@ def cmd_bench(args) -> int:
     say = _Stdout(keep_going=bool(args.json))
     say(format_bench(result))
     if args.json:
-        write_json(args.json, result)
+        _write_results(args, result)
     return say.status()
 
 
@@ -552,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all-data", action="store_true", help="train the recipe's deployable model (with --members K, K of them in one checkpoint) on every sample "
                         "(no folds, no test score)")
     s.add_argument("--no-report", action="store_true", help="skip the plots and report.html written at the end")
-    s.add_argument("--json", default=None, metavar="PATH", help="also write the results JSON here")
+    s.add_argument("--json", default=None, metavar="PATH", help="also write the results JSON here ('-': to stdout, the report to stderr)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sweep", help="hyper-parameter search on validation data, then each fold's test split once, with the trial "
@@ -564,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, default=8, help="random draws per grid point (default 8); identical draws run once")
     s.add_argument("--seed", type=int, default=None, help="seed of the draws, folds and initialisations (default: the paper seed)")
     _training_options(s, val_fraction=0.2)
-    s.add_argument("--json", default=None, metavar="PATH", help="also write the sweep's JSON here")
+    s.add_argument("--json", default=None, metavar="PATH", help="also write the sweep's JSON here ('-': to stdout, the report to stderr)")
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("test", help="evaluate one model per fold on its own test split")
@@ -578,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of folds of the authors' weights (10, the default); a RUN_DIR knows its own")
     s.add_argument("--seed", type=int, default=None, help="KFold seed of the authors' weights: only the corpus's paper seed (the default) re-derives their "
                         "test folds; a RUN_DIR knows its own")
-    s.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    s.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON ('-': to stdout, the table to stderr)")
     s.add_argument("--plots", default=None, metavar="OUT_DIR", help="also write confusion, recall and t-SNE figures here")
     s.set_defaults(func=cmd_test)
 
@@ -596,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--window", type=float, default=None, help="window in seconds: a recording longer than it is scored in windows (default: the model's signal length, used beyond 2.5 times it)")
     s.add_argument("--hop", type=float, default=None, help="hop between windows in seconds (default: half a window)")
     s.add_argument("--show-windows", action="store_true", help="print each window's label under a windowed file")
-    s.add_argument("--json", default=None, metavar="PATH", help="write the predictions as JSON")
+    s.add_argument("--json", default=None, metavar="PATH", help="write the predictions as JSON ('-': to stdout, the table to stderr)")
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help="export a model or fold ensemble to ONNX")
@@ -608,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="speed figures of this machine: training, inference, extraction, memory")
     s.add_argument("--data", default=None, metavar="EMODB_DIR", help="also time the extraction of this EMODB tree")
     s.add_argument("--workers", type=int, default=None, help="fold workers for the fast path (default: one per core, at most 10, one per fold)")
-    s.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
+    s.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON ('-': to stdout, the table to stderr)")
     s.set_defaults(func=cmd_bench)
     p.verbs = sub.choices  # main() names the verb's --help for an option it does not have
     return p
@@ -625,7 +648,7 @@ def _check_outputs(args) -> None:
     for name in ("json", "output", "plots", "out"):
         if getattr(args, name, None) == "":  # `--json "$UNSET"`: an error, not silently no file
             raise TimnetError(f"--{name} '': empty path; expected a file or folder name")
-    if getattr(args, "json", None):
+    if getattr(args, "json", None) not in (None, JSON_STDOUT):
         check_output(args.json)
     if getattr(args, "output", None):
         check_output(args.output, folder=args.verb in FOLDER_OUTPUTS)
@@ -659,6 +682,8 @@ def _refuse_json_in_a_run(args) -> None:
     from .utils import RUN_FILES
 
     out = getattr(args, "json", None)
+    if out == JSON_STDOUT:
+        return
     folders = [getattr(args, "output", None) if args.verb in FOLDER_OUTPUTS else None,
                getattr(args, "weights", None), getattr(args, "model", None), getattr(args, "run_dir", None)]
     for i, folder in enumerate(folders):
@@ -683,7 +708,7 @@ def _refuse_json_in_a_run(args) -> None:
 
 def _refuse_output_among(name: str, out: str | None, inputs: list) -> None:
     """Refuse --NAME OUT when it is one of `inputs` (those that exist: a missing one is its own error)."""
-    if not out or not Path(out).is_file():
+    if not out or (name == "json" and out == JSON_STDOUT) or not Path(out).is_file():
         return
     for given in inputs:
         if Path(given).is_file() and os.path.samefile(out, given):
@@ -709,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # said by the verb's parser, whose --help lists the options it has
         parser.verbs[args.verb].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        with sigterm_handler(_on_sigterm):  # restored after: main() may run in-process (tests, notebooks)
+        with sigterm_handler(_on_sigterm), _report_to_stderr(args):  # restored after: main() may run in-process
             _check_outputs(args)
             return args.func(args)
     except TimnetError as e:
