@@ -203,9 +203,9 @@ def record(run_dir: Path, key: str, *, replace: bool = False) -> int:
 
 
 def take_first_members(run_dir: Path, source: Path, *, members: int) -> int:
-    """first_member_from, and a line on stderr when `source` has no fold models to give (a run
+    """first_members_from, and a line on stderr when `source` has no fold models to give (a run
     restored from the ledger keeps figures only), since every member then trains: hours more."""
-    n = first_member_from(run_dir, source, members=members)
+    n = first_members_from(run_dir, source, members=members)
     if not n and not any(Path(source).glob("fold_*/model.pt")) and not _all_folds_done(run_dir):
         print(f"{source}: no fold models (a ledger restore keeps figures only): every member of {run_dir} trains",
               file=sys.stderr, flush=True)
@@ -221,24 +221,26 @@ def _all_folds_done(run_dir: Path) -> bool:
     return len(fold_files(run_dir, "result.json")) >= folds
 
 
-def first_member_from(run_dir: Path, source: Path, *, members: int | None = None) -> int:
-    """Put each finished fold model of `source`, a one-member run, into `run_dir`, the same run
-    but for `members`, as that fold's finished member 0; the number of folds given one.
+def first_members_from(run_dir: Path, source: Path, *, count: int = 1, members: int | None = None) -> int:
+    """Put members 0..count-1 of each finished fold model of `source` into `run_dir`, an ensemble
+    whose first `count` members train as the source's do, as that fold's finished members; the
+    number of folds given them.
 
-    An ensemble's first member is the single-model run weight for weight (same seed, folds,
-    validation share and training: tests/test_members.py), so training it again would repeat
-    hours of compute to get the same weights. A run_dir without run.json gets the source's
-    identity with `members` (timnet refuses the folder later if that is not what its options
-    give). A source of another configuration, features or split is left alone. The source's
-    folds keep only their final (averaged) weights, so the ensemble's "last weights" figures are
-    not reported for a fold given its member 0 this way: the source run reports its own.
+    Member m of an ensemble is the same weights whatever the ensemble's size (its seed depends on m
+    alone: tests/test_members.py), and a plain member (--plain-members) is the member of the run
+    without augmentation, so a one-member run gives an ensemble its member 0, and a finished
+    ensemble gives another its first members where those train alike (swa-x4's first two are
+    swa-mixed-x4's): training them again would repeat hours of compute to get the same weights. A
+    run_dir without run.json gets the source's identity with `members` (timnet refuses the folder
+    later if that is not what its options give). A source of another configuration, features or
+    split is left alone. The source's folds keep only their final (averaged) weights, so the
+    ensemble's "last weights" figures are not reported for a fold given members this way: the
+    source run reports its own.
     """
-    import csv
-
     import torch
     from timnet.checkpoint import load_checkpoint
+    from timnet.model import TIMNetEnsemble
     from timnet.run import prepare_run_dir
-    from timnet.train import Member
 
     run_dir, source = Path(run_dir), Path(source)
     if not (source / "run.json").is_file():
@@ -250,26 +252,53 @@ def first_member_from(run_dir: Path, source: Path, *, members: int | None = None
         identity = {**have, "train_config": {**have["train_config"], "members": members}}
         prepare_run_dir(run_dir, identity, overwrite=False, extra={"first_member_from": str(source)})
     want = read_identity(run_dir)
-    if want["train_config"]["members"] < 2 or decisive(have) != decisive({**want, "train_config": {**want["train_config"], "members": 1}}):
-        return 0  # another configuration, features or split: not this ensemble's first member
+    if not (count < want["train_config"]["members"] and count <= have["train_config"]["members"]
+            and decisive(_first_members(have, count)) == decisive(_first_members(want, count))):
+        return 0  # another configuration, features or split: not this ensemble's first members
     n = 0
     for sdir in sorted(source.glob("fold_*")):
         fdir = run_dir / sdir.name
-        if (fdir / "result.json").exists() or (fdir / "member_0.pt").exists() or not (
-                (sdir / "model.pt").is_file() and (sdir / "result.json").is_file()):
+        if ((fdir / "result.json").exists() or any((fdir / f"member_{m}.pt").exists() for m in range(count))
+                or not ((sdir / "model.pt").is_file() and (sdir / "result.json").is_file())):
             continue
         done = json.loads((sdir / "result.json").read_text())
-        with open(sdir / "history.csv", newline="") as f:
-            history = [{key: float(v) for key, v in row.items() if v != ""} for row in csv.DictReader(f)]
-        for row in history:
-            row["epoch"] = int(row["epoch"])
         model = load_checkpoint(sdir / "model.pt")[0]
-        member = Member(model, model, done["epoch"], done["epochs_run"], done["stopped_early"], done["arithmetic"], history,
-                        done.get("seconds", 0.0))  # a one-member fold's seconds are its member's
+        nets = list(model.members) if isinstance(model, TIMNetEnsemble) else [model]
         fdir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(fdir / "member_0.pt") as tmp:
-            torch.save(member.to_dict(), tmp)
+        for m in range(count):
+            member = _member(nets[m], done, sdir / ("history.csv" if m == 0 else f"history_member{m}.csv"),
+                             done["member_seconds"][m] if "member_seconds" in done else done.get("seconds", 0.0))
+            with atomic_write(fdir / f"member_{m}.pt") as tmp:
+                torch.save(member.to_dict(), tmp)
         n += 1
     if n:
-        print(f"{run_dir}: member 0 of {n} folds is {source}'s finished fold model", file=sys.stderr, flush=True)
+        which = "member 0" if count == 1 else f"members 0-{count - 1}"
+        print(f"{run_dir}: {which} of {n} folds are {source}'s finished fold models", file=sys.stderr, flush=True)
     return n
+
+
+def _first_members(identity: dict, j: int) -> dict:
+    """The identity of a run of only `identity`'s first j members: of a mixed ensemble's, its plain
+    members train without augmentation (timnet.train.TrainConfig.for_member)."""
+    from timnet.recipe import AUGMENTATIONS
+    from timnet.train import TrainConfig
+
+    tc = identity["train_config"]
+    plain = tc.get("plain_members", 0)
+    first = {**tc, "members": j, "plain_members": plain if plain < j else 0}
+    if j <= plain:
+        first.update({name: getattr(TrainConfig, name) for name in AUGMENTATIONS})
+    return {**identity, "train_config": first}
+
+
+def _member(net, done: dict, history_csv: Path, seconds: float):
+    """A finished fold's member as timnet.train keeps one (Member): its final weights alone."""
+    import csv
+
+    from timnet.train import Member
+
+    with open(history_csv, newline="") as f:
+        history = [{key: float(v) for key, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    for row in history:
+        row["epoch"] = int(row["epoch"])
+    return Member(net, net, done["epoch"], done["epochs_run"], done["stopped_early"], done["arithmetic"], history, seconds)

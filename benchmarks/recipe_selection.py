@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import first_member_from, pm, record, restore, run_main, write_json
+from _common import first_members_from, pm, record, restore, run_main, write_json
 from timnet.backends import LocalBackend
 from timnet.corpora import paper_seed
 from timnet.features import load_features
@@ -95,7 +95,7 @@ def main() -> int:
     runs = trial_runs(args.runs, [CANDIDATES[n] for n in names], base=TrainConfig(val_fraction=args.val_fraction),
                       make_run=make_run, names=names)
     for n, run in zip(names, runs):
-        reuse_first_member(run, CANDIDATES[n], Path(args.runs))
+        reuse_first_members(run, n, Path(args.runs))
     if args.table_only:
         summaries = [finished_summary(run) for run in runs]
         kept = [i for i, s in enumerate(summaries) if s["folds"]]  # candidates with a finished fold
@@ -161,15 +161,20 @@ def finished_summary(run: Run) -> dict:
     return validation_summary(folds) if folds else {"folds": []}
 
 
-def reuse_first_member(run: Run, params: dict, runs_dir: Path) -> None:
-    """An ensemble candidate's first member is the single-model candidate weight for weight, so
-    where that candidate's run here has finished folds with their models, they are put in as the
-    ensemble's finished member 0 instead of being trained again (_common.first_member_from)."""
-    if params.get("members", 1) == 1:
+def reuse_first_members(run: Run, name: str, runs_dir: Path) -> None:
+    """An ensemble candidate's first members are, weight for weight, those of the other candidates
+    whose first members train alike: "swa" is every SWA ensemble's member 0, and swa-x4's first two
+    are swa-mixed-x4's (its plain members). Where such a candidate's run here has finished folds
+    with their models, they are put in as this run's finished members instead of being trained
+    again (_common.first_members_from): run swa-x4 first, then the ensembles it feeds."""
+    params = CANDIDATES[name]
+    k = params.get("members", 1)
+    if k == 1:
         return
-    single = named({k: v for k, v in params.items() if k != "members"})
-    if single is not None:
-        first_member_from(run.dir, runs_dir / single)
+    count = params.get("plain_members", 0) or 1  # beyond the plain members the augmented ones differ
+    for other, theirs in CANDIDATES.items():
+        if other != name and theirs.get("members", 1) >= count and first_members(theirs, count) == first_members(params, count):
+            first_members_from(run.dir, runs_dir / other, count=count)
 
 
 def derived_candidates(names: list[str], summaries: list[dict]) -> dict[str, tuple[str, dict]]:

@@ -148,13 +148,35 @@ def test_ledger_never_overwrites_another_configuration_unless_asked(tmp_path, mo
     assert _common._identity(tmp_path / "ledger/t/x/run.json") == _common._identity(stale.dir / "run.json")
 
 
+def test_a_mixed_ensemble_takes_its_plain_members_from_a_finished_ensemble(tmp_path):
+    """A mixed ensemble's plain members (--plain-members) are those of the ensemble without
+    augmentation: a finished one gives them, and the folds equal the mixed run's from scratch."""
+    fs = synthetic()
+    source = _run(fs, tmp_path / "plain", members=3)
+    plain = source.execute(progress=False, log=lambda m: None)
+    augmented = _run(fs, tmp_path / "augmented", members=3, time_shift=2)
+    for k in (1, 2, 3):  # as if finished: fold models, every member augmented
+        shutil.copytree(source.fold_dir(k), augmented.fold_dir(k))
+    mixed = _run(fs, tmp_path / "mixed", members=4, plain_members=2, time_shift=2)
+    assert _common.first_members_from(mixed.dir, augmented.dir, count=2) == 0  # its members 0-1 differ
+    assert _common.first_members_from(mixed.dir, source.dir, count=3) == 0  # its member 2 is augmented here
+    assert _common.first_members_from(mixed.dir, source.dir, count=2) == 3
+    log = []
+    got = mixed.execute(progress=False, log=log.append)
+    scratch = _run(fs, tmp_path / "scratch", members=4, plain_members=2, time_shift=2).execute(progress=False, log=lambda m: None)
+    assert [f["confusion"] for f in got["folds"]] == [f["confusion"] for f in scratch["folds"]]
+    assert [f["members"] for f in got["folds"]] == [f["members"] for f in scratch["folds"]]
+    assert [f["members"][:2] for f in got["folds"]] == [f["members"][:2] for f in plain["folds"]]
+    assert [f["member_seconds"][:2] for f in got["folds"]] == [f["member_seconds"][:2] for f in plain["folds"]]
+
+
 def test_an_ensemble_run_takes_its_first_member_from_the_single_run(tmp_path):
     """A finished one-member run gives a two-member run of the same configuration its member 0:
     only member 1 is trained, and the folds equal those of the ensemble trained from scratch."""
     fs = synthetic()
     single = _run(fs, tmp_path / "one")
     one = single.execute(progress=False, log=lambda m: None)
-    assert _common.first_member_from(tmp_path / "two", single.dir, members=2) == 3
+    assert _common.first_members_from(tmp_path / "two", single.dir, members=2) == 3
     assert all((tmp_path / "two" / f"fold_{k:02d}" / "member_0.pt").is_file() for k in (1, 2, 3))
     derived = _run(fs, tmp_path / "two", members=2)  # timnet takes the derived run.json as its own
     log = []
@@ -162,7 +184,7 @@ def test_an_ensemble_run_takes_its_first_member_from_the_single_run(tmp_path):
     scratch = _run(fs, tmp_path / "scratch", members=2).execute(progress=False, log=lambda m: None)
     assert [f["confusion"] for f in two["folds"]] == [f["confusion"] for f in scratch["folds"]]
     assert [f["members"][0] for f in two["folds"]] == [{"war": f["war"], "uar": f["uar"]} for f in one["folds"]]
-    assert _common.first_member_from(tmp_path / "two", single.dir) == 0  # finished folds are left alone
+    assert _common.first_members_from(tmp_path / "two", single.dir) == 0  # finished folds are left alone
     import ten_fold  # its table puts the first member alone beside the ensemble
 
     folds = ten_fold.finished_folds(derived.dir)
@@ -177,8 +199,8 @@ def test_an_ensemble_run_takes_its_first_member_from_the_single_run(tmp_path):
     for k in (1, 2, 3):  # as if finished: fold models, another identity
         shutil.copytree(single.fold_dir(k), other.fold_dir(k))
     _run(fs, tmp_path / "three", members=2)
-    assert _common.first_member_from(tmp_path / "three", other.dir) == 0
-    assert _common.first_member_from(tmp_path / "four", other.dir, members=2) == 3
+    assert _common.first_members_from(tmp_path / "three", other.dir) == 0
+    assert _common.first_members_from(tmp_path / "four", other.dir, members=2) == 3
     with pytest.raises(TimnetError, match="different configuration"):
         _run(fs, tmp_path / "four", members=2)
 

@@ -76,6 +76,28 @@ def test_selection_reads_candidates_from_the_runs_that_train_them(monkeypatch):
     assert set(derived) == {"swa+vtlp+gain", "vtlp+gain"}
 
 
+def test_selection_reuses_the_members_other_candidates_train_alike(monkeypatch, tmp_path):
+    """Each ensemble candidate looks for its first members in the runs of the candidates whose
+    first members train alike: one for a plain ensemble, its plain members for a mixed one."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import recipe_selection
+
+    calls = []
+    monkeypatch.setattr(recipe_selection, "first_members_from",
+                        lambda run_dir, source, *, count: calls.append((source.name, count)))
+    run = type("R", (), {"dir": tmp_path / "x"})()
+
+    def sources(name):
+        calls.clear()
+        recipe_selection.reuse_first_members(run, name, tmp_path)
+        return calls[:]
+
+    assert sources("swa") == [] and sources("paper") == []  # one member: nothing to take
+    assert ("swa", 1) in sources("swa-x4") and ("swa-mixed-x4", 1) in calls and ("swa+vtlp+gain-x4", 1) not in calls
+    assert set(sources("swa-mixed-x4")) == {("swa-x2", 2), ("swa-x3", 2), ("swa-x4", 2)}
+    assert sources("swa+vtlp+gain-x4") == [("swa+vtlp+gain", 1)]  # a mixed run's member 0 is plain
+
+
 def test_strong_preset_and_overrides(monkeypatch):
     # the preset is the candidate benchmarks/recipe_selection.py chose on validation data: "swa-x4"
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
