@@ -110,6 +110,12 @@ def test_show_windows_prints_each_window(run_dir, clips, capsys):
     assert len(lines) == 2 + len(windows) == 62
     assert lines[2].split()[:3] == ["0.00-0.50", windows[0]["label"], f"{windows[0]['probs'][windows[0]['label']]:.3f}"]
     assert lines[-1].split()[0] == "29.50-30.00"
+    assert "window" not in capsys.readouterr().err  # 60 windows: one batch, no bar
+    # more windows than one batch: a bar on stderr from the command, none from the API by default
+    n = len(load_model(run_dir).predict_file(clips["long"], window=0.5, hop=0.25).windows)
+    assert capsys.readouterr().err == "" and n > 64
+    assert cli.main(argv[:-1] + ["0.25"]) == 0
+    assert f"{n}/{n}" in capsys.readouterr().err
 
 
 def test_features_match_training_features(run_dir, clips):

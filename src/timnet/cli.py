@@ -417,7 +417,7 @@ def cmd_predict(args) -> int:
     say(f"{'file':<{name_width}}  {'label':<10} {'conf':>6}  top-3")
     for path in files:
         try:
-            pred = predictor.predict_file(path, window=args.window, hop=args.hop)
+            pred = predictor.predict_file(path, window=args.window, hop=args.hop, progress=True)
         except TimnetError as e:
             failures += 1
             rows.append({"file": str(path), "label": None, "probs": None, "error": str(e)})

@@ -220,7 +220,8 @@ class Predictor:
         x = check_feature_batch(x, self.feature_config)
         return mean_probabilities(self.models, torch.from_numpy(x).to(self.device)).cpu().numpy()
 
-    def predict(self, waveform: np.ndarray, sample_rate: int, *, window: float | None = None, hop: float | None = None) -> Prediction:
+    def predict(self, waveform: np.ndarray, sample_rate: int, *, window: float | None = None, hop: float | None = None,
+                progress: bool = False) -> Prediction:
         """Emotion of a waveform at `sample_rate` Hz: mono (samples,), or (samples, channels) as
         soundfile reads it, or (channels, samples) as torchaudio does (channels are averaged). Floats
         are full scale at ±1; integer PCM (scipy.io.wavfile's int16, int32, uint8) is scaled so.
@@ -228,7 +229,8 @@ class Predictor:
         A recording up to 2.5 times the model's signal length is centre-cropped or padded as in
         training. A longer one, or any one when `window` is given, is scored in windows of
         `window` seconds (default: the signal length) every `hop` seconds (default: half a
-        window); the result is the mean of the windows' probabilities.
+        window); the result is the mean of the windows' probabilities. `progress`: a bar on stderr
+        over the windows when there are more than one batch of them (a long file, a short hop).
         """
         y = as_float_audio(waveform)
         sample_rate = audio.check_sample_rate(sample_rate)
@@ -252,8 +254,15 @@ class Predictor:
             starts = window_starts(len(y), win, step)
             chunks = [y[s : s + win] for s in starts]
         # windows in batches: memory stays that of one batch however long the file or short the hop
-        probs = np.concatenate([self.predict_features(np.stack([waveform_features(c, cfg) for c in chunks[i : i + WINDOW_BATCH]]))
-                                for i in range(0, len(chunks), WINDOW_BATCH)])
+        from tqdm.auto import tqdm
+
+        probs = []
+        with tqdm(total=len(chunks), unit="window", leave=False, disable=not progress or len(chunks) <= WINDOW_BATCH) as bar:
+            for i in range(0, len(chunks), WINDOW_BATCH):
+                batch = chunks[i : i + WINDOW_BATCH]
+                probs.append(self.predict_features(np.stack([waveform_features(c, cfg) for c in batch])))
+                bar.update(len(batch))
+        probs = np.concatenate(probs)
         mean = probs.mean(0)
         rows = []
         if len(chunks) > 1:
@@ -262,10 +271,11 @@ class Predictor:
                              "label": self.labels[int(p.argmax())], "probs": self._probs(p)})
         return Prediction(label=self.labels[int(mean.argmax())], probs=self._probs(mean), windows=rows, warnings=warnings)
 
-    def predict_file(self, path: str | Path, *, window: float | None = None, hop: float | None = None) -> Prediction:
+    def predict_file(self, path: str | Path, *, window: float | None = None, hop: float | None = None,
+                     progress: bool = False) -> Prediction:
         """Emotion of an audio file (any format and rate libsndfile reads)."""
         y, sr = audio.read_audio(path)
-        pred = self.predict(y, sr, window=window, hop=hop)
+        pred = self.predict(y, sr, window=window, hop=hop, progress=progress)
         pred.file = str(path)
         return pred
 
