@@ -163,18 +163,15 @@ def finished_summary(run: Run) -> dict:
 
 def reuse_first_members(run: Run, name: str, runs_dir: Path) -> None:
     """An ensemble candidate's first members are, weight for weight, those of the other candidates
-    whose first members train alike: "swa" is every SWA ensemble's member 0, and swa-x4's first two
-    are swa-mixed-x4's (its plain members). Where such a candidate's run here has finished folds
+    whose first members train alike: "swa" is every SWA ensemble's member 0, swa-x3 is swa-x4's
+    first three, and swa-x4's first two are swa-mixed-x4's (its plain members). Where such a candidate's run here has finished folds
     with their models, they are put in as this run's finished members instead of being trained
     again (_common.first_members_from): run swa-x4 first, then the ensembles it feeds."""
     params = CANDIDATES[name]
-    k = params.get("members", 1)
-    if k == 1:
-        return
-    count = params.get("plain_members", 0) or 1  # beyond the plain members the augmented ones differ
-    for other, theirs in CANDIDATES.items():
-        if other != name and theirs.get("members", 1) >= count and first_members(theirs, count) == first_members(params, count):
-            first_members_from(run.dir, runs_dir / other, count=count)
+    for count in range(params.get("members", 1) - 1, 0, -1):  # the most members first: swa-x3's three, then swa's one
+        for other, theirs in CANDIDATES.items():
+            if other != name and theirs.get("members", 1) >= count and first_members(theirs, count) == first_members(params, count):
+                first_members_from(run.dir, runs_dir / other, count=count)  # a fold given members already is skipped
 
 
 def derived_candidates(names: list[str], summaries: list[dict]) -> dict[str, tuple[str, dict]]:

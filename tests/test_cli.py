@@ -600,6 +600,10 @@ def test_a_reader_leaving_stdout_costs_no_file(tmp_path):
     r = _with_stdout_closed("test", features, "--weights", run, "--json", tmp_path / "test.json", "--plots", tmp_path / "p")
     assert r.returncode == 141 and r.stderr == "", r.stderr
     assert len(json.loads((tmp_path / "test.json").read_text())["folds"]) == 2 and (tmp_path / "p").is_dir()
+    # `--json -`: the JSON is what meets the closed pipe; the plots after it are still written
+    r = _with_stdout_closed("test", features, "--weights", run, "--json", "-", "--plots", tmp_path / "p2")
+    assert r.returncode == 141 and "Traceback" not in r.stderr and "WAR" in r.stderr, r.stderr
+    assert (tmp_path / "p2").is_dir() and not Path("-").exists()
     # with nothing left to write, the command stops at once, without a traceback
     r = _with_stdout_closed("test", features, "--weights", run)
     assert r.returncode == 141 and "Traceback" not in r.stderr, r.stderr

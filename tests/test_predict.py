@@ -98,7 +98,7 @@ def test_window_starts_cover_the_recording_to_its_last_sample():
         assert starts[0] == 0 and starts[-1] + win == n and all(b - a <= step for a, b in zip(starts, starts[1:]))
 
 
-def test_show_windows_prints_each_window(run_dir, clips, capsys):
+def test_show_windows_prints_each_window(run_dir, clips, capsys, monkeypatch):
     from timnet import cli
 
     argv = ["predict", str(clips["long"]), "--model", str(run_dir), "--window", "0.5", "--hop", "0.5"]
@@ -115,7 +115,12 @@ def test_show_windows_prints_each_window(run_dir, clips, capsys):
     n = len(load_model(run_dir).predict_file(clips["long"], window=0.5, hop=0.25).windows)
     assert capsys.readouterr().err == "" and n > 64
     assert cli.main(argv[:-1] + ["0.25"]) == 0
+    assert capsys.readouterr().err == ""  # stderr is no terminal here: a bar redrawn in place would be noise
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert cli.main(argv[:-1] + ["0.25"]) == 0
     assert f"{n}/{n}" in capsys.readouterr().err
+    assert cli.main(argv[:-1] + ["0.25", "-q"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_features_match_training_features(run_dir, clips):

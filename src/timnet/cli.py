@@ -357,8 +357,12 @@ def _write_results(args, obj) -> None:
         return
     import json
 
-    args.json_stdout.write(json.dumps(obj, indent=1) + "\n")
-    args.json_stdout.flush()
+    try:
+        args.json_stdout.write(json.dumps(obj, indent=1) + "\n")
+        args.json_stdout.flush()
+    except BrokenPipeError:  # `--json - | head -c 100`: the plots and report still to write are written
+        args.json_reader_left = True
+        _silence_stdout(args.json_stdout)
 
 
 @contextlib.contextmanager
@@ -397,10 +401,10 @@ class _Stdout:
             _silence_stdout()
 
 
-def _silence_stdout() -> None:
+def _silence_stdout(stream=None) -> None:
     """Point a stdout whose reader left at /dev/null, so that Python's own flush at exit does not fail again."""
     with contextlib.suppress(OSError, ValueError):  # a stdout without a descriptor (main() called in-process)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), (stream or sys.stdout).fileno())
 
 
 def cmd_predict(args) -> int:
@@ -413,11 +417,12 @@ def cmd_predict(args) -> int:
     _refuse_output_among("json", args.json, files)  # the files found in a folder are inputs too
     rows, failures = [], 0
     say = _Stdout(keep_going=bool(args.json))
+    bar = not args.quiet and sys.stderr.isatty()  # a bar redrawn in place: in a log file it is only noise
     name_width = min(max(len(str(f)) for f in files), 60)
     say(f"{'file':<{name_width}}  {'label':<10} {'conf':>6}  top-3")
     for path in files:
         try:
-            pred = predictor.predict_file(path, window=args.window, hop=args.hop, progress=True)
+            pred = predictor.predict_file(path, window=args.window, hop=args.hop, progress=bar)
         except TimnetError as e:
             failures += 1
             rows.append({"file": str(path), "label": None, "probs": None, "error": str(e)})
@@ -619,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--window", type=float, default=None, help="window in seconds: a recording longer than it is scored in windows (default: the model's signal length, used beyond 2.5 times it)")
     s.add_argument("--hop", type=float, default=None, help="hop between windows in seconds (default: half a window)")
     s.add_argument("--show-windows", action="store_true", help="print each window's label under a windowed file")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar over a long file's windows (shown only on a terminal)")
     s.add_argument("--json", default=None, metavar="PATH", help="write the predictions as JSON ('-': to stdout, the table to stderr)")
     s.set_defaults(func=cmd_predict)
 
@@ -736,7 +742,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_handler(_on_sigterm), _report_to_stderr(args):  # restored after: main() may run in-process
             _check_outputs(args)
-            return args.func(args)
+            status = args.func(args)
+        return EXIT_SIGPIPE if getattr(args, "json_reader_left", False) and status == 0 else status
     except TimnetError as e:
         print(f"timnet: error: {e}", file=sys.stderr)
         return 1
