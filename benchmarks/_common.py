@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -83,15 +84,27 @@ def timnet() -> str:
     return str(Path(sys.executable).with_name("timnet"))
 
 
-def train(features: str, run_dir: Path, *args: str) -> tuple[dict, float]:
-    """`timnet train` (resumes a finished or interrupted run); (its JSON, wall seconds of this call)."""
+def train(features: str, run_dir: Path, *args: str, record_as: str | None = None) -> tuple[dict, float]:
+    """`timnet train` (resumes a finished or interrupted run); (its JSON, wall seconds of this call).
+
+    With `record_as`, each fold is recorded in the ledger under that key as soon as timnet says it
+    finished: a session's end kills the run at once, with no `finally` left to record it."""
     out = Path(str(run_dir) + ".json")
     t0 = time.time()
     cmd = [timnet(), "train", features, "-o", str(run_dir), "--json", str(out), "-q", "--no-report", *args]
     print("$ " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
-    if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
+        for line in proc.stderr:  # timnet's own lines, passed on as they come
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            if record_as and FOLD_DONE.search(line):
+                record(run_dir, record_as)
+    if proc.returncode != 0:
         raise SystemExit(1)  # timnet has said why on stderr
     return json.loads(out.read_text()), time.time() - t0
+
+
+FOLD_DONE = re.compile(r"fold \d+/\d+: (WAR|validation WAR) ")  # timnet.run.execute_runs's line for a fold trained
 
 
 def fold_seconds(run_dir: Path) -> float:

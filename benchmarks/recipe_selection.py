@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import first_members_from, pm, record, restore, run_main, write_json
+from _common import FOLD_DONE, first_members_from, pm, record, restore, run_main, write_json
 from timnet.backends import LocalBackend
 from timnet.corpora import paper_seed
 from timnet.features import load_features
@@ -101,12 +101,19 @@ def main() -> int:
         kept = [i for i, s in enumerate(summaries) if s["folds"]]  # candidates with a finished fold
         names, runs, summaries = [names[i] for i in kept], [runs[i] for i in kept], [summaries[i] for i in kept]
     else:
-        try:
-            summaries = execute_runs(runs, backend=LocalBackend(args.workers), progress=False, fold_major=True,
-                                     log=lambda m: print(m, file=sys.stderr, flush=True))
-        finally:
+        def record_all() -> None:
             for n, run in zip(names, runs):
-                record(run.dir, keys[n])  # also the folds of an interrupted selection
+                record(run.dir, keys[n])
+
+        def log(message: str) -> None:
+            print(message, file=sys.stderr, flush=True)
+            if FOLD_DONE.search(message):  # at once: a session's end kills the run with no `finally` to run
+                record_all()
+
+        try:
+            summaries = execute_runs(runs, backend=LocalBackend(args.workers), progress=False, fold_major=True, log=log)
+        finally:
+            record_all()  # also the folds of an interrupted selection
     wall = time.time() - t0
     print(f"### {fs.corpus}: validation UAR/WAR of candidate recipes ({args.folds} folds, seed {seed}, "
           f"{args.val_fraction:.0%} of each training part for validation)\n")

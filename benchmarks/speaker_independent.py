@@ -68,7 +68,7 @@ def main() -> int:
                                        members=members)
             try:
                 _, wall = train(args.features, run, *recipe_args(recipe), "--split", "speaker",
-                                "--folds", str(len(speakers)), "--seeds", args.seeds)
+                                "--folds", str(len(speakers)), "--seeds", args.seeds, record_as=key)
             finally:
                 record(run, key)  # also the folds of an interrupted run
         out[recipe] = {"seeds": finished_folds(run, seeds), "wall_s_this_call": wall,

@@ -75,7 +75,7 @@ def main() -> int:
                                                 else f"{args.first_members}_seed{seed}")
                     take_first_members(run, source, members=members)
                 try:
-                    _, wall = train(args.features, run, *recipe_args(recipe), "--seed", str(seed))
+                    _, wall = train(args.features, run, *recipe_args(recipe), "--seed", str(seed), record_as=key)
                 finally:
                     record(run, key)  # also the folds of an interrupted run
             folds = finished_folds(run)

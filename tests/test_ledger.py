@@ -43,6 +43,31 @@ def test_ledger_restores_finished_folds_into_a_fresh_run(tmp_path, monkeypatch):
     assert _common.restore(other.dir, "t/paper") == 0 and not other.done_results()
 
 
+def test_each_fold_is_recorded_as_timnet_says_it_finished(tmp_path, monkeypatch):
+    """A session's end kills a table's run with no `finally` left to record it: folds go to the ledger
+    as timnet's line for each says it finished (a line the pattern must keep matching)."""
+    from timnet.backends import LocalBackend
+    from timnet.features import save_features
+    from timnet.run import execute_runs
+
+    monkeypatch.setattr(_common, "LEDGER", tmp_path / "ledger")
+    fs = synthetic()
+    lines = []
+    for folder, val in (("test", 0.0), ("val", 0.25)):
+        run = Run(fs, tmp_path / folder, config=TrainConfig(**{**FAST, "epochs": 1, "val_fraction": val}), folds=2, seed=5,
+                  evaluate_test=not val)
+        run.prepare()
+        for _ in range(2):  # trained, then "done before, kept"
+            execute_runs([run], backend=LocalBackend(1), progress=False, log=lines.append)
+    assert [bool(_common.FOLD_DONE.search(m)) for m in lines] == [True, True, False, False] * 2, lines
+
+    recorded = []
+    monkeypatch.setattr(_common, "record", lambda run_dir, key: recorded.append(len(list(Path(run_dir).glob("fold_*/result.json")))))
+    features = save_features(fs, tmp_path / "f.npz")
+    out, _ = _common.train(str(features), tmp_path / "run", "--folds", "2", "--epochs", "1", "--workers", "1", record_as="t/run")
+    assert out["folds_n"] == 2 and recorded == [1, 2]  # after each fold, not once at the end
+
+
 def test_speaker_table_counts_only_complete_seeds():
     """A table in progress: a seed with a fold missing has no mean; one complete seed has no spread."""
     import speaker_independent as si
