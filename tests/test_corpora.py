@@ -311,23 +311,23 @@ def test_symlinked_alias_keeps_the_real_folder_and_tilde_roots_are_read(ravdess,
 def test_skip_summary(ravdess):
     listing = list_corpus("ravdess", ravdess)
     assert skip_summary(listing) == (
-        "skipped 5 files not used as RAVDESS utterances (1 song; 1 modality 01, not audio-only; 2 name; 1 duplicate): "
+        "skipped 5 files not used as RAVDESS utterances (1 song; 1 modality 01, not audio-only; 2 unexpected name; 1 duplicate): "
         "Actor_01/03-02-05-01-01-01-01.wav (song), "
         "Actor_02/01-01-05-01-01-01-02.wav (modality 01, not audio-only), "
-        "Actor_02/03-01-09-01-01-01-02.wav (name), README.wav (name), "
+        "Actor_02/03-01-09-01-01-01-02.wav (unexpected name), README.wav (unexpected name), "
         "audio_speech_actors_01-24/Actor_01/03-01-05-01-01-01-01.wav "
         "(duplicate of Actor_01/03-01-05-01-01-01-01.wav)"
     )
     assert skip_summary(listing, limit=2) == (
-        "skipped 5 files not used as RAVDESS utterances (1 song; 1 modality 01, not audio-only; 2 name; 1 duplicate): "
+        "skipped 5 files not used as RAVDESS utterances (1 song; 1 modality 01, not audio-only; 2 unexpected name; 1 duplicate): "
         "Actor_01/03-02-05-01-01-01-01.wav (song), "
         "Actor_02/01-01-05-01-01-01-02.wav (modality 01, not audio-only) (+3 more)"
     )
     # one reason for all, said once in the count rather than after every name
     many = Listing(items=listing.items, skipped=tuple((f"a{i}.wav", "name") for i in range(7)))
-    assert skip_summary(many, limit=2) == "skipped 7 files (7 name): a0.wav, a1.wav (+5 more)"
+    assert skip_summary(many, limit=2) == "skipped 7 files (7 unexpected name): a0.wav, a1.wav (+5 more)"
     assert skip_summary(Listing(items=listing.items, skipped=(("x.wav", "name"),))) == (
-        "skipped 1 file: x.wav (name)"
+        "skipped 1 file: x.wav (unexpected name)"
     )
     assert skip_summary(Listing(items=listing.items, skipped=())) is None
 
@@ -499,7 +499,7 @@ def test_list_corpus_nothing_matches(tmp_path):
     assert message.startswith(
         f"no EMODB audio found under {tmp_path}; expected {CORPORA['EMODB'].layout}"
     )
-    assert "Actor_01/03-01-05-01-01-01-01.wav (name)" in message and "\n" not in message
+    assert "Actor_01/03-01-05-01-01-01-01.wav (unexpected name)" in message and "\n" not in message
 
 
 def test_list_corpus_unknown_name(tmp_path):

@@ -548,6 +548,9 @@ def test_python_api_takes_each_layout_and_sample_format(run_dir, tmp_path):
     (tmp_path / "fresh" / "run.json").write_text("{}")
     with pytest.raises(TimnetError, match="a RUN_DIR with no finished fold yet"):
         load_model(tmp_path / "fresh")
+    (tmp_path / "fresh" / "run.json").write_text(json.dumps({"identity": {"all_data": True}}))
+    with pytest.raises(TimnetError, match=r"an --all-data run not finished \(no model.pt yet\)"):
+        load_model(tmp_path / "fresh")
     assert {"load_model", "Predictor", "TIMNet"} <= set(dir(timnet)) and timnet.Prediction is type(model.predict(tone, 16000))
     assert "networks=2" in repr(model)
     assert model.to("cpu") is model and model.predict(tone, 16000).probs == want  # .to("cuda") where there is one

@@ -180,6 +180,12 @@ def test_sweep_cli_and_bad_space(tmp_path):
                               capture_output=True, text=True)
     assert into_run.returncode == 1 and "holds a training run (run.json)" in into_run.stderr, into_run.stderr
     assert not list((tmp_path / "tr").glob("trial_*"))
+    # and a sweep's folder is not a training run's, even with --overwrite (they would be mixed)
+    into_sweep = subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "sw"), "--folds",
+                                 "2", "--epochs", "1", "--overwrite"], capture_output=True, text=True)
+    assert into_sweep.returncode == 1 and into_sweep.stderr == (f"timnet: error: {tmp_path / 'sw'} holds a sweep (trial_NNN "
+                                                                "runs); a training run writes fold_NN/ folds: give another RUN_DIR\n")
+    assert not list((tmp_path / "sw").glob("fold_*"))
     # another space puts other values behind the same trial_001: said as a sweep's, before any training
     space.write_text("lr: {loguniform: [2e-3, 3e-3]}\nepochs: 1\ndropout: {choice: [0.1, 0.2]}\n")
     changed = subprocess.run(cmd, capture_output=True, text=True)

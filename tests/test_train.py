@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ def synthetic(n=84, frames=24, seed=0):
 
 
 FAST = dict(epochs=4, batch_size=16, save_every=1)
+TOO_FEW_TO_TRAIN = r"fold 1: --val-fraction 0.99: \d+ of this training part's \d+ utterances for validation leave \d+ to train on"
 
 
 def test_random_folds_disjoint_and_cover():
@@ -450,6 +452,14 @@ def test_several_seeds_one_run_each_and_their_spread(tmp_path):
     assert [f["confusion"] for f in out["folds"] if f["seed"] == 2] == [f["confusion"] for f in alone["folds"]]
     means = [s["mean_uar"] for s in out["per_seed"]]
     assert out["mean_uar"] == pytest.approx(np.mean(means)) and out["std_uar"] == pytest.approx(np.std(means, ddof=1))
+    # the same command again reads the finished runs; a seed's run not among --seeds is said to be left out
+    (tmp_path / "multi" / "seed_9").mkdir()
+    (tmp_path / "multi" / "seed_9" / "run.json").write_text((tmp_path / "multi" / "seed_2" / "run.json").read_text())
+    again = train_cli(features, tmp_path / "multi", "--seeds", "1,2", "--epochs", "2", "--workers", "2")
+    assert again.returncode == 0 and again.stderr.count("is finished: its results are read again") == 2, again.stderr
+    assert f"{tmp_path / 'multi'}: seed_9 not among --seeds: left as it is, and not in the summary" in again.stderr
+    (tmp_path / "multi" / "seed_9" / "run.json").unlink()
+    (tmp_path / "multi" / "seed_9").rmdir()
     both = train_cli(features, tmp_path / "x", "--seed", "1", "--seeds", "1,2")
     assert both.returncode == 1 and "give --seed or --seeds, not both" in both.stderr
     again = train_cli(features, tmp_path / "single", "--seeds", "1,2", "--epochs", "2")
@@ -480,7 +490,7 @@ def test_seeds_overwrite_replaces_a_single_seed_run_and_keeps_the_users_files(tm
 
     with pytest.raises(TimnetError, match="holds a single-seed run"):
         seed_runs(d, seeds=[1, 2], make_run=make)
-    with pytest.raises(TimnetError, match="--val-fraction 0.99: cannot stratify"):  # deletes nothing first
+    with pytest.raises(TimnetError, match=TOO_FEW_TO_TRAIN):  # deletes nothing first
         seed_runs(d, seeds=[1, 2], overwrite=True, make_run=lambda folder, seed: Run(
             fs, folder, config=TrainConfig(**{**FAST, "val_fraction": 0.99}), folds=3, seed=seed))
     assert (d / "fold_01" / "model.pt").read_bytes() == b"old" and (d / "run.json").is_file()
@@ -566,6 +576,18 @@ def test_a_diverged_training_and_a_nan_model_are_errors(tmp_path):
         Predictor([model], labels=("a", "b", "c", "d"), feature_config=FeatureConfig(signal_length=4096), source="m.pt")
 
 
+def test_a_class_too_small_to_stratify_is_named(tmp_path):
+    """A class with one utterance in a fold's training part cannot be on both sides of the
+    validation split: the message names the class and the fold, and says what to change."""
+    fs = synthetic()
+    keep = np.flatnonzero(fs.y != 6)[:-1].tolist() + np.flatnonzero(fs.y == 6)[:2].tolist()  # two of the last class
+    small = replace(fs, x=fs.x[keep], y=fs.y[keep], speakers=fs.speakers[keep], files=fs.files[keep])
+    with pytest.raises(TimnetError, match=rf"^fold \d: --val-fraction 0.2: {LABELS[6]}: one utterance in this training "
+                                          r"part, where each class needs one on either side; use fewer --folds"):
+        Run(small, tmp_path / "run", config=TrainConfig(**{**FAST, "val_fraction": 0.2}), folds=2).prepare()
+    assert not (tmp_path / "run").exists()
+
+
 def test_overwrite_deletes_nothing_before_the_new_run_is_known_valid_and_then_every_kind_of_output(tmp_path):
     """--overwrite with an option that fails (a validation share that cannot be stratified) keeps
     the old run; a successful one removes what any kind of run wrote there (an old --all-data
@@ -574,7 +596,7 @@ def test_overwrite_deletes_nothing_before_the_new_run_is_known_valid_and_then_ev
     Run(fs, d, config=TrainConfig(**FAST), folds=3).prepare()
     (d / "fold_01").mkdir()
     (d / "fold_01" / "model.pt").write_bytes(b"finished fold")
-    with pytest.raises(TimnetError, match="--val-fraction 0.99: cannot stratify"):
+    with pytest.raises(TimnetError, match=TOO_FEW_TO_TRAIN):
         Run(fs, d, config=TrainConfig(**{**FAST, "val_fraction": 0.99}), folds=3).prepare(overwrite=True)
     assert (d / "fold_01" / "model.pt").read_bytes() == b"finished fold" and (d / "run.json").is_file()
 
@@ -610,7 +632,7 @@ def test_one_process_writes_a_run_dir_at_a_time(tmp_path, capsys):
 
     new = tmp_path / "new"
     assert main(["train", str(features), "-o", str(new), "--val-fraction", "0.99", *common]) == 1
-    assert "cannot stratify" in capsys.readouterr().err and not new.exists()
+    assert "fewer than its 7 classes; use fewer --folds, more data, or --val-fraction 0" in capsys.readouterr().err and not new.exists()
 
     run = tmp_path / "run"
     assert main(["train", str(features), "-o", str(run), "--no-report", *common]) == 0
@@ -620,6 +642,15 @@ def test_one_process_writes_a_run_dir_at_a_time(tmp_path, capsys):
         path.write_bytes(b"")
     assert main(["train", str(features), "-o", str(run), "--no-report", *common]) == 0
     assert not any(path.exists() for path in stray) and (run / "results.json").is_file() and users.exists()
+    # a report drawn before folds that finished since is said to be stale, not silently left
+    capsys.readouterr()
+    (run / "report.html").write_text("drawn at fold 1")
+    os.utime(run / "report.html", (0, 0))
+    assert main(["train", str(features), "-o", str(run), "--no-report", *common]) == 0
+    assert f"{run / 'report.html'} was drawn before the last folds finished; `timnet plot {run}`" in capsys.readouterr().err
+    os.utime(run / "report.html")  # drawn now
+    assert main(["train", str(features), "-o", str(run), "--no-report", *common]) == 0
+    assert "report.html" not in capsys.readouterr().err
 
 
 def test_a_resume_names_a_damaged_finished_fold(tmp_path, capsys):

@@ -231,7 +231,7 @@ def cmd_train(args) -> int:
                                   device=device, path=args.path, overwrite=args.overwrite, progress=not args.quiet,
                                   model_overrides=model_overrides)
             what = "one model" if config.members == 1 else f"an ensemble of {config.members} models"
-            print(f"trained {what} on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
+            print(f"{what} on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
             return 0
         features_path = str(Path(args.features).resolve())
 
@@ -242,7 +242,14 @@ def cmd_train(args) -> int:
         runs = seed_runs(args.output, seeds=seeds, make_run=make_run, overwrite=args.overwrite)
         for run in runs:
             if run.resumed:
-                print(f"resuming the run in {run.dir}", file=sys.stderr)
+                done = len(run.done_results()) == run.folds_n
+                print(f"the run in {run.dir} is finished: its results are read again" if done
+                      else f"resuming the run in {run.dir}", file=sys.stderr)
+        others = sorted(p.name for p in Path(args.output).glob("seed_*") if (p / RUN_FILE).is_file()
+                        and p not in [run.dir for run in runs]) if len(runs) > 1 else []
+        if others:
+            _warn(f"{args.output}: {', '.join(others)} not among --seeds: left as {'they are' if len(others) > 1 else 'it is'}, "
+                  "and not in the summary")
         summaries = execute_runs(runs, backend=backend, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
         say = _Stdout(keep_going=bool(args.json) or not args.no_report)  # `train ... | head`: files still written
         if len(runs) == 1:
@@ -264,7 +271,21 @@ def cmd_train(args) -> int:
                 with _warnings_as_messages():
                     path = write_report(run.dir, figures=plot_run(run.dir))
                 say(f"report -> {path}")
+        else:
+            _warn_stale_reports([run.dir for run in runs])
         return say.status()
+
+
+def _warn_stale_reports(run_dirs: list[Path]) -> None:
+    """A report drawn (`timnet plot`) before folds that have finished since shows a run that no
+    longer is; with --no-report it is left as it is, and said so."""
+    from .report import REPORT_FILE
+
+    for run_dir in run_dirs:
+        report = run_dir / REPORT_FILE
+        folds = list(run_dir.glob("fold_*/result.json"))
+        if report.is_file() and folds and max(f.stat().st_mtime for f in folds) > report.stat().st_mtime:
+            _warn(f"{report} was drawn before the last folds finished; `timnet plot {run_dir}` redraws it")
 
 
 def cmd_sweep(args) -> int:

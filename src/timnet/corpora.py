@@ -68,6 +68,9 @@ def natural_key(text: str) -> tuple:
     return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
 
 
+SAID = {"name": "unexpected name"}  # a skip reason's code (Listing.skipped) as a message says it
+
+
 def skip_summary(listing: Listing, *, limit: int = 5) -> str | None:
     """One line naming the skipped files and why, for a warning; None when nothing was skipped."""
     if limit < 0:
@@ -78,6 +81,7 @@ def skip_summary(listing: Listing, *, limit: int = 5) -> str | None:
     noun = "file" if len(skipped) == 1 else "files"
     # a second copy of the corpus, or its song files, are not a layout problem: the count says which
     kinds: dict[str, int] = {}
+    skipped = [(path, SAID.get(reason, reason)) for path, reason in skipped]
     for _, reason in skipped:
         kind = "duplicate" if reason.startswith("duplicate of ") else reason
         kinds[kind] = kinds.get(kind, 0) + 1

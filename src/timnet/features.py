@@ -174,33 +174,33 @@ def extract(
             return cached, skip_summary(listing), list(cached.meta.get("bad", []))
     jobs = [(str(root / item.path), config) for item in listing.items]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    bar = tqdm(total=len(jobs), desc=f"extract {corpus.name}", unit="file", disable=not progress)
-    if workers == 1:
-        results = []
-        for job in jobs:
-            results.append(_worker_features(job))
-            bar.update()
-    else:
-        _warm_up(config)
-        context = _pool_context()
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
-        results = []
-        try:
-            with signals_held(context):  # the pool starts its workers as work is submitted
-                chunks = [pool.submit(_worker_chunk, jobs[i:i + _CHUNK]) for i in range(0, len(jobs), _CHUNK)]
-            for chunk in chunks:
-                done = pool_result(pool, chunk)
-                results.extend(done)
-                bar.update(len(done))
-        except BrokenProcessPool:
-            end_pool(pool)
-            raise TimnetError(f"an extraction worker died (killed, or out of memory?) after {len(results)} of "
-                              f"{len(jobs)} files; run the same command again") from None
-        except BaseException:  # Ctrl-C, SIGTERM: the queued files are not extracted
-            end_pool(pool)
-            raise
-        pool.shutdown()
-    bar.close()
+    # closed before an error or Ctrl-C leaves: its last redraw would otherwise follow `timnet: interrupted`
+    with tqdm(total=len(jobs), desc=f"extract {corpus.name}", unit="file", disable=not progress) as bar:
+        if workers == 1:
+            results = []
+            for job in jobs:
+                results.append(_worker_features(job))
+                bar.update()
+        else:
+            _warm_up(config)
+            context = _pool_context()
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+            results = []
+            try:
+                with signals_held(context):  # the pool starts its workers as work is submitted
+                    chunks = [pool.submit(_worker_chunk, jobs[i:i + _CHUNK]) for i in range(0, len(jobs), _CHUNK)]
+                for chunk in chunks:
+                    done = pool_result(pool, chunk)
+                    results.extend(done)
+                    bar.update(len(done))
+            except BrokenProcessPool:
+                end_pool(pool)
+                raise TimnetError(f"an extraction worker died (killed, or out of memory?) after {len(results)} of "
+                                  f"{len(jobs)} files; run the same command again") from None
+            except BaseException:  # Ctrl-C, SIGTERM: the queued files are not extracted
+                end_pool(pool)
+                raise
+            pool.shutdown()
 
     bad = [r for r in results if isinstance(r, str)]
     if bad and not skip_bad:

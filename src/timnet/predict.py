@@ -342,6 +342,9 @@ def _load(name_or_path: str | Path, corpus: str | None, allow_onnx: bool) -> Pre
         if list(path.glob("*.hdf5")):
             return _from_keras(keras_fold_files(path, _keras_folds(path)), corpus=corpus, source=str(path))
         if (path / RUN_FILE).is_file():
+            if _is_all_data(path):
+                raise TimnetError(f"{path}: an --all-data run not finished (no model.pt yet); expected its model: wait "
+                                  "for it, or resume it with the same `timnet train --all-data` command")
             raise TimnetError(f"{path}: a RUN_DIR with no finished fold yet (no fold_*/model.pt); "
                               "expected one to predict with: wait for its first fold, or resume it with `timnet train`")
         raise TimnetError(f"{path}: no fold_*/model.pt, model.pt or .hdf5 files; expected a RUN_DIR, an --all-data "
@@ -418,3 +421,11 @@ def find_audio(paths: list[str | Path]) -> list[Path]:
         else:
             out.append(p)  # a missing file becomes an error row, like an unreadable one
     return out
+
+
+def _is_all_data(run_dir: Path) -> bool:
+    """A `train --all-data` folder (its run.json says so); False for one that cannot be read."""
+    try:
+        return bool(read_identity(run_dir).get("all_data"))
+    except TimnetError:
+        return False

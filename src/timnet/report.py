@@ -53,7 +53,7 @@ def run_context(identity: dict) -> str:
     members = tc.get("members", 1)
     recipe = f"recipe {tc.get('recipe', 'paper')}" + (f", {members} members" if members > 1 else "")
     if tc.get("swa_epochs"):
-        recipe += f", SWA of the last {tc['swa_epochs']} epochs"
+        recipe += f", SWA of the last {tc['swa_epochs']} epoch{'s' * (tc['swa_epochs'] > 1)}"
     return (f"{identity['corpus']} · {recipe} · {identity['folds']}-fold {_split_words(identity.get('split'))} CV, "
             f"seed {identity['seed']}")
 

@@ -129,6 +129,10 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
                                        f"use another RUN_DIR or --overwrite (which deletes it){hint}", diff, hint)
         _remove_run_outputs(run_dir)
     elif run_dir.exists() and any(run_dir.iterdir()):
+        if (run_dir / "sweep.json").is_file() or any(run_dir.glob(f"trial_*/{RUN_FILE}")):
+            # even with --overwrite, as `sweep` refuses a run's folder: the two would be mixed, not replaced
+            raise TimnetError(f"{run_dir} holds a sweep (trial_NNN runs); a training run writes fold_NN/ folds: "
+                              "give another RUN_DIR")
         if not overwrite:
             check_not_multi_seed(run_dir, hint="use another RUN_DIR or --overwrite (which deletes them)")
             raise TimnetError(f"{run_dir} exists and is not a timnet RUN_DIR; expected an empty or new folder (or --overwrite)")
@@ -224,8 +228,12 @@ class Run:
 
     def validation_split(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Fold k's (train, validation) indices: its training part, less the validation share."""
-        return validation_split(self.splits[k - 1][0], self.fs.y, fraction=self.config.val_fraction, seed=fold_seed(self.seed, k),
-                                groups=self.fs.speakers if self.identity["val_split"] == "speaker" else None)
+        try:
+            return validation_split(self.splits[k - 1][0], self.fs.y, fraction=self.config.val_fraction, seed=fold_seed(self.seed, k),
+                                    groups=self.fs.speakers if self.identity["val_split"] == "speaker" else None,
+                                    labels=self.fs.labels)
+        except TimnetError as e:
+            raise TimnetError(f"fold {k}: {e}") from None
 
     def fold_dir(self, k: int) -> Path:
         return self.dir / f"fold_{k:02d}"
@@ -484,7 +492,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     out_dir = Path(out_dir)
     identity = {**_identity(fs, config=config, model_config=model_config, seed=seed, threads=threads, device=device,
                             path=path), "all_data": True}
-    tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed)  # before --overwrite deletes
+    tr, va = validation_split(np.arange(len(fs)), fs.y, fraction=config.val_fraction, seed=seed, labels=fs.labels)  # before --overwrite deletes
     resumed = prepare_run_dir(out_dir, identity, overwrite=overwrite)
     if resumed and (out_dir / "model.pt").is_file() and not _partial(out_dir):
         return out_dir / "model.pt"  # finished before: the same command does not train it again

@@ -152,7 +152,7 @@ def check_space(space, *, source: str = "space") -> None:
                 raise TimnetError(f"{source}: {name}: expected one of {', '.join(KINDS)} with its arguments")
             kind, args = next(iter(spec.items()))
             if not isinstance(args, list) or not args:
-                raise TimnetError(f"{source}: {name}: {kind} needs a list")
+                raise TimnetError(f"{source}: {name}: {kind} needs a list of one or more values; got {args!r}")
             if kind in ("uniform", "loguniform", "randint"):
                 if len(args) != 2 or not all(_is_bound(a, integer=kind == "randint") for a in args):
                     raise TimnetError(f"{source}: {name}: {kind} needs [low, high], two finite "

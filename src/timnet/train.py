@@ -155,7 +155,7 @@ def preset_swa_epochs(name: str, epochs: int) -> int:
 
 
 def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, seed: int,
-                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     groups: np.ndarray | None = None, labels: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split a fold's training indices into (train, validation), stratified by class.
 
     With `groups` (speakers, for speaker-independent folds) whole speakers go to validation, so
@@ -167,13 +167,18 @@ def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, s
         return _group_validation_split(train_idx, groups, fraction=fraction, seed=seed)
     from sklearn.model_selection import StratifiedShuffleSplit
 
-    labels = y[train_idx]
+    labels, labels_of = y[train_idx], labels
     n_val = max(int(round(fraction * len(train_idx))), len(np.unique(labels)))
     splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed % 2**32)  # a fold seed may exceed it
     try:
         tr, va = next(splitter.split(np.zeros(len(train_idx)), labels))
-    except ValueError as e:  # a class too small to appear on both sides
-        raise TimnetError(f"--val-fraction {fraction}: cannot stratify this fold's training part ({e})") from None
+    except ValueError as e:  # a class too small to appear on both sides, or a part too small for every class
+        classes, counts = np.unique(labels, return_counts=True)
+        single = [str(labels_of[c]) if labels_of is not None else f"class {c}" for c, n in zip(classes, counts) if n < 2]
+        what = (f"{', '.join(single)}: one utterance in this training part, where each class needs one on either side"
+                if single else f"{n_val} of this training part's {len(train_idx)} utterances for validation leave "
+                               f"{len(train_idx) - n_val} to train on, fewer than its {len(classes)} classes")
+        raise TimnetError(f"--val-fraction {fraction}: {what}; use fewer --folds, more data, or --val-fraction 0") from None
     return np.sort(train_idx[tr]), np.sort(train_idx[va])
 
 
