@@ -186,6 +186,9 @@ def test_sweep_cli_and_bad_space(tmp_path):
     assert into_sweep.returncode == 1 and into_sweep.stderr == (f"timnet: error: {tmp_path / 'sw'} holds a sweep (trial_NNN "
                                                                 "runs); a training run writes fold_NN/ folds: give another RUN_DIR\n")
     assert not list((tmp_path / "sw").glob("fold_*"))
+    seeds = subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "sw"), "--seeds",
+                            "1,2", "--epochs", "1", "--overwrite"], capture_output=True, text=True)
+    assert seeds.returncode == 1 and "holds a sweep (trial_NNN runs)" in seeds.stderr and not list((tmp_path / "sw").glob("seed_*"))
     # another space puts other values behind the same trial_001: said as a sweep's, before any training
     space.write_text("lr: {loguniform: [2e-3, 3e-3]}\nepochs: 1\ndropout: {choice: [0.1, 0.2]}\n")
     changed = subprocess.run(cmd, capture_output=True, text=True)

@@ -129,10 +129,7 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
                                        f"use another RUN_DIR or --overwrite (which deletes it){hint}", diff, hint)
         _remove_run_outputs(run_dir)
     elif run_dir.exists() and any(run_dir.iterdir()):
-        if (run_dir / "sweep.json").is_file() or any(run_dir.glob(f"trial_*/{RUN_FILE}")):
-            # even with --overwrite, as `sweep` refuses a run's folder: the two would be mixed, not replaced
-            raise TimnetError(f"{run_dir} holds a sweep (trial_NNN runs); a training run writes fold_NN/ folds: "
-                              "give another RUN_DIR")
+        _check_not_sweep(run_dir)
         if not overwrite:
             check_not_multi_seed(run_dir, hint="use another RUN_DIR or --overwrite (which deletes them)")
             raise TimnetError(f"{run_dir} exists and is not a timnet RUN_DIR; expected an empty or new folder (or --overwrite)")
@@ -414,6 +411,14 @@ def validation_summary(folds: list[dict]) -> dict:
             "mean_val_war": float(wars.mean()), "std_val_war": float(wars.std())}
 
 
+def _check_not_sweep(run_dir: Path) -> None:
+    """Refuse a sweep's folder, even with --overwrite, as `sweep` refuses a run's: the two would be
+    mixed, not replaced."""
+    if (run_dir / "sweep.json").is_file() or any(run_dir.glob(f"trial_*/{RUN_FILE}")):
+        raise TimnetError(f"{run_dir} holds a sweep (trial_NNN runs); a training run writes fold_NN/ folds: "
+                          "give another RUN_DIR")
+
+
 def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path, int], Run],
               overwrite: bool = False) -> list[Run]:
     """One prepared Run per seed, made by make_run(folder, seed): RUN_DIR itself for one seed,
@@ -432,6 +437,7 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
     if len(seeds) == 1:
         runs = [make_run(run_dir, seeds[0])]
     else:
+        _check_not_sweep(run_dir)
         runs = [make_run(run_dir / f"seed_{s}", s) for s in seeds]
         if (run_dir / RUN_FILE).is_file():
             if not overwrite:
