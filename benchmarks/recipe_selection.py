@@ -171,9 +171,10 @@ def finished_summary(run: Run) -> dict:
 def reuse_first_members(run: Run, name: str, runs_dir: Path) -> None:
     """An ensemble candidate's first members are, weight for weight, those of the other candidates
     whose first members train alike: "swa" is every SWA ensemble's member 0, swa-x3 is swa-x4's
-    first three, and swa-x4's first two are swa-mixed-x4's (its plain members). Where such a candidate's run here has finished folds
-    with their models, they are put in as this run's finished members instead of being trained
-    again (_common.first_members_from): run swa-x4 first, then the ensembles it feeds."""
+    first three, and swa-x4's first two are swa-mixed-x4's (its plain members). Where such a
+    candidate's run here has finished folds with their models, they are put in as this run's
+    finished members instead of being trained again (_common.first_members_from): run swa-x4
+    first, then the ensembles it feeds."""
     params = CANDIDATES[name]
     for count in range(params.get("members", 1) - 1, 0, -1):  # the most members first: swa-x3's three, then swa's one
         for other, theirs in CANDIDATES.items():

@@ -245,8 +245,9 @@ def cmd_train(args) -> int:
                 done = len(run.done_results()) == run.folds_n
                 print(f"the run in {run.dir} is finished: its results are read again" if done
                       else f"resuming the run in {run.dir}", file=sys.stderr)
-        others = sorted(p.name for p in Path(args.output).glob("seed_*") if (p / RUN_FILE).is_file()
-                        and p not in [run.dir for run in runs]) if len(runs) > 1 else []
+        given = {run.dir for run in runs}
+        others = sorted(p.name for p in Path(args.output).glob("seed_*")
+                        if (p / RUN_FILE).is_file() and p not in given) if len(runs) > 1 else []
         if others:
             _warn(f"{args.output}: {', '.join(others)} not among --seeds: left as {'they are' if len(others) > 1 else 'it is'}, "
                   "and not in the summary")

@@ -80,6 +80,37 @@ class FeatureSet:
         return len(self.y)
 
 
+def _extract_jobs(jobs: list[tuple[str, FeatureConfig]], config: FeatureConfig, *, workers: int, bar) -> list:
+    """Each job's features (or its error message), in order: in this process, or in a pool of
+    `workers` processes; `bar` counts the files done."""
+    if workers == 1:
+        results = []
+        for job in jobs:
+            results.append(_worker_features(job))
+            bar.update()
+        return results
+    _warm_up(config)
+    context = _pool_context()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    results = []
+    try:
+        with signals_held(context):  # the pool starts its workers as work is submitted
+            chunks = [pool.submit(_worker_chunk, jobs[i:i + _CHUNK]) for i in range(0, len(jobs), _CHUNK)]
+        for chunk in chunks:
+            done = pool_result(pool, chunk)
+            results.extend(done)
+            bar.update(len(done))
+    except BrokenProcessPool:
+        end_pool(pool)
+        raise TimnetError(f"an extraction worker died (killed, or out of memory?) after {len(results)} of "
+                          f"{len(jobs)} files; run the same command again") from None
+    except BaseException:  # Ctrl-C, SIGTERM: the queued files are not extracted
+        end_pool(pool)
+        raise
+    pool.shutdown()
+    return results
+
+
 def _worker_features(job: tuple[str, FeatureConfig]) -> np.ndarray | str:
     path, config = job
     try:
@@ -173,34 +204,9 @@ def extract(
             cached.from_cache = True
             return cached, skip_summary(listing), list(cached.meta.get("bad", []))
     jobs = [(str(root / item.path), config) for item in listing.items]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     # closed before an error or Ctrl-C leaves: its last redraw would otherwise follow `timnet: interrupted`
     with tqdm(total=len(jobs), desc=f"extract {corpus.name}", unit="file", disable=not progress) as bar:
-        if workers == 1:
-            results = []
-            for job in jobs:
-                results.append(_worker_features(job))
-                bar.update()
-        else:
-            _warm_up(config)
-            context = _pool_context()
-            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
-            results = []
-            try:
-                with signals_held(context):  # the pool starts its workers as work is submitted
-                    chunks = [pool.submit(_worker_chunk, jobs[i:i + _CHUNK]) for i in range(0, len(jobs), _CHUNK)]
-                for chunk in chunks:
-                    done = pool_result(pool, chunk)
-                    results.extend(done)
-                    bar.update(len(done))
-            except BrokenProcessPool:
-                end_pool(pool)
-                raise TimnetError(f"an extraction worker died (killed, or out of memory?) after {len(results)} of "
-                                  f"{len(jobs)} files; run the same command again") from None
-            except BaseException:  # Ctrl-C, SIGTERM: the queued files are not extracted
-                end_pool(pool)
-                raise
-            pool.shutdown()
+        results = _extract_jobs(jobs, config, workers=max(1, min(workers or os.cpu_count() or 1, len(jobs))), bar=bar)
 
     bad = [r for r in results if isinstance(r, str)]
     if bad and not skip_bad:

@@ -167,14 +167,14 @@ def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, s
         return _group_validation_split(train_idx, groups, fraction=fraction, seed=seed)
     from sklearn.model_selection import StratifiedShuffleSplit
 
-    labels, labels_of = y[train_idx], labels
-    n_val = max(int(round(fraction * len(train_idx))), len(np.unique(labels)))
+    part = y[train_idx]
+    n_val = max(int(round(fraction * len(train_idx))), len(np.unique(part)))
     splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed % 2**32)  # a fold seed may exceed it
     try:
-        tr, va = next(splitter.split(np.zeros(len(train_idx)), labels))
-    except ValueError as e:  # a class too small to appear on both sides, or a part too small for every class
-        classes, counts = np.unique(labels, return_counts=True)
-        single = [str(labels_of[c]) if labels_of is not None else f"class {c}" for c, n in zip(classes, counts) if n < 2]
+        tr, va = next(splitter.split(np.zeros(len(train_idx)), part))
+    except ValueError:  # a class too small to appear on both sides, or a part too small for every class
+        classes, counts = np.unique(part, return_counts=True)
+        single = [str(labels[c]) if labels is not None else f"class {c}" for c, n in zip(classes, counts) if n < 2]
         what = (f"{', '.join(single)}: one utterance in this training part, where each class needs one on either side"
                 if single else f"{n_val} of this training part's {len(train_idx)} utterances for validation leave "
                                f"{len(train_idx) - n_val} to train on, fewer than its {len(classes)} classes")
