@@ -22,7 +22,7 @@ from pathlib import Path
 # these import no torch: ledger.py stays quick (training modules are imported where they are used)
 from timnet.errors import TimnetError
 from timnet.rundir import decisive, read_identity
-from timnet.utils import atomic_write, fold_files, write_json
+from timnet.utils import atomic_write, fold_files, history_name, write_json
 
 # Published UAR / WAR (SPEC.md §4): the paper's (test-fold epoch selection, a leak) and the
 # authors' post-fix figures (last epoch), where they published them.
@@ -279,7 +279,7 @@ def first_members_from(run_dir: Path, source: Path, *, count: int = 1, members: 
         nets = list(model.members) if isinstance(model, TIMNetEnsemble) else [model]
         fdir.mkdir(parents=True, exist_ok=True)
         for m in range(count):
-            member = _member(nets[m], done, sdir / ("history.csv" if m == 0 else f"history_member{m}.csv"),
+            member = _member(nets[m], done, sdir / history_name(m),
                              done["member_seconds"][m] if "member_seconds" in done else done.get("seconds", 0.0))
             with atomic_write(fdir / f"member_{m}.pt") as tmp:
                 torch.save(member.to_dict(), tmp)

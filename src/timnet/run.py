@@ -43,7 +43,8 @@ from .model import TIMNetConfig, ensemble
 from .rundir import LEGACY_IDENTITY, check_not_multi_seed, decisive, features_fingerprint, read_identity
 from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
                     train_members, validation_split)
-from .utils import RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, read_fold_result, torch_threads, write_csv, write_json
+from .utils import (RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, history_name, read_fold_result, torch_threads, write_csv,
+                    write_json)
 
 
 def versions() -> dict:
@@ -149,9 +150,8 @@ def model_config_for(fs: FeatureSet) -> TIMNetConfig:
 
 def _write_histories(folder: Path, members) -> None:
     """history.csv of the first member (the single model's), history_member<m>.csv of the others."""
-    write_csv(folder / "history.csv", members[0].history)
-    for m, member in enumerate(members[1:], start=1):
-        write_csv(folder / f"history_member{m}.csv", member.history)
+    for m, member in enumerate(members):
+        write_csv(folder / history_name(m), member.history)
 
 
 def _partial(folder: Path) -> list[Path]:

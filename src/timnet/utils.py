@@ -21,6 +21,12 @@ RUN_OUTPUTS = ("results.json", "results.csv", "validation.json", "report.html", 
 RUN_FILES = (*RUN_OUTPUTS, RUN_FILE, "result.json", "sweep.json", "trials.csv")
 
 
+def history_name(m: int) -> str:
+    """Member m's training history in its fold folder: the first member's (the single model's) is
+    history.csv, so a one-model fold and an ensemble's member 0 read alike."""
+    return "history.csv" if m == 0 else f"history_member{m}.csv"
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path):
     """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
