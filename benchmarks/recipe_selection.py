@@ -27,7 +27,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from timnet import dispatch
+
+# before numpy is imported, as the `timnet` command does (its ten-fold and LOSO runs train through
+# it): --vtlp's band centres come through numpy's exp, whose AVX-512 loops round apart, so unpinned
+# the augmented candidates trained other bits on an AVX-512 machine than on an AVX2 one
+dispatch.pin()
+
+import numpy as np  # noqa: E402
 
 from _common import FOLD_DONE, first_members_from, pm, record, restore, run_main, write_json
 from timnet.backends import LocalBackend

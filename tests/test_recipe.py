@@ -217,6 +217,36 @@ def test_tempo_and_vtlp_in_augment_are_seeded_and_checked():
             TrainConfig(**{name: bad})
 
 
+def test_a_vtlp_run_resumed_under_other_numpy_loops_is_warned_of(tmp_path):
+    """VTLP's band centres come through numpy's exp, which AVX-512 loops round apart from AVX2 ones:
+    a resume in a process whose numpy runs the other loops trains the rest of the run other bits."""
+    from timnet import dispatch
+    from timnet.run import dispatch_change
+
+    fs = synthetic()
+    config = TrainConfig(**{**FAST, "epochs": 1, "vtlp": 0.1})
+    run = Run(fs, tmp_path / "r", config=config, folds=3, threads=1)
+    run.prepare()
+    run.execute(workers=1, progress=False, log=lambda m: None)
+    assert dispatch_change(run.dir, config) is None  # trained in this process
+    run_file = run.dir / "run.json"
+    data = json.loads(run_file.read_text())
+    now = dispatch.state()["numpy_avx512"]
+    data["versions"]["cpu_dispatch"]["numpy_avx512"] = not now
+    run_file.write_text(json.dumps(data))
+    assert dispatch_change(run.dir, TrainConfig(**FAST)) is None  # without VTLP no numpy arithmetic trains
+    for path in (run.dir / "fold_03").iterdir():  # one fold left to train
+        path.unlink()
+    resumed = Run(fs, run.dir, config=config, folds=3, threads=1)
+    assert resumed.prepare() is True
+    with pytest.warns(UserWarning, match=f"AVX-512 loops {'off' if now else 'on'}, this process has them "
+                                         f"{'on' if now else 'off'}: --vtlp rounds apart"):
+        resumed.execute(workers=1, progress=False, log=lambda m: None)
+    del data["versions"]["cpu_dispatch"]  # a run from before it was recorded: nothing to compare
+    run_file.write_text(json.dumps(data))
+    assert dispatch_change(run.dir, config) is None
+
+
 def test_ema_is_a_bias_corrected_average():
     """After updates with w1, w2, w3 the average is (d^2 w1 + d w2 + w3) / (d^2 + d + 1): the
     initial weights have no share in it."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import json
 import platform
 import shutil
 import sys
@@ -157,6 +158,28 @@ def _write_histories(folder: Path, members) -> None:
 def _partial(folder: Path) -> list[Path]:
     """Snapshots and finished members of a training not yet complete."""
     return [*folder.glob("state*.pt"), *folder.glob("member_*.pt")]
+
+
+def dispatch_change(run_dir: Path, config: TrainConfig) -> str | None:
+    """Why the rest of a resumed run will not train as its first folds did, or None.
+
+    VTLP's mel band centres come from librosa through numpy's exp, whose AVX-512 loops round a few
+    of them 1 ulp apart from the AVX2 ones; the augmented batches then differ in rare bits and the
+    training takes another, equally valid path (an EMODB fold's validation UAR 0.8377 against
+    0.8496). Nothing else in training runs numpy arithmetic, so this is the only case to tell."""
+    if not config.vtlp:
+        return None
+    try:
+        was = json.loads((run_dir / RUN_FILE).read_text())["versions"]["cpu_dispatch"]["numpy_avx512"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a run from before cpu_dispatch was recorded: nothing to compare with
+    now = dispatch.state()["numpy_avx512"]
+    if was == now:
+        return None
+    on = {True: "on", False: "off"}
+    return (f"{run_dir}: its folds so far trained with numpy's AVX-512 loops {on[was]}, this process has them "
+            f"{on[now]}: --vtlp rounds apart, so the folds trained from here on are not those an uninterrupted run "
+            f"gives (the `timnet` command pins them off: {dispatch.OPT_OUT}, README: the same bits on every machine)")
 
 
 def _clear_partial(folder: Path) -> None:
@@ -390,6 +413,11 @@ def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callab
                 log(f"{name}fold {k}/{run.folds_n}: done before, kept ({_figures(results[ri][k])})")
             else:
                 tasks.append((ri, k))
+    for ri in sorted({ri for ri, _ in tasks}):
+        run = runs[ri]
+        if results[ri] or any(_partial(run.fold_dir(k)) for k in range(1, run.folds_n + 1)):
+            if note := dispatch_change(run.dir, run.config):
+                warnings.warn(note, stacklevel=2)
     if fold_major:
         tasks.sort(key=lambda task: (task[1], task[0]))
     with FoldProgress(runs, tasks, enabled=progress) as bar:
@@ -502,6 +530,8 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     resumed = prepare_run_dir(out_dir, identity, overwrite=overwrite)
     if resumed and (out_dir / "model.pt").is_file() and not _partial(out_dir):
         return out_dir / "model.pt"  # finished before: the same command does not train it again
+    if resumed and _partial(out_dir) and (note := dispatch_change(out_dir, config)):
+        warnings.warn(note, stacklevel=2)
     with tqdm(total=config.epochs * config.members, desc="all data", unit="ep", disable=not progress) as bar, \
             torch_threads(threads):
         def on_epoch(row: dict) -> None:
