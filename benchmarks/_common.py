@@ -235,20 +235,25 @@ def _all_folds_done(run_dir: Path) -> bool:
 
 
 def first_members_from(run_dir: Path, source: Path, *, count: int = 1, members: int | None = None) -> int:
-    """Put members 0..count-1 of each finished fold model of `source` into `run_dir`, an ensemble
-    whose first `count` members train as the source's do, as that fold's finished members; the
-    number of folds given them.
+    """members_from for members 0..count-1, all of them or none (a one-member run's, or a smaller
+    ensemble's, whole model for a larger one)."""
+    return members_from(run_dir, source, which=range(count), members=members)
+
+
+def members_from(run_dir: Path, source: Path, *, which=None, members: int | None = None) -> int:
+    """Put into `run_dir`, an ensemble, as its folds' finished members, every member of `source`'s
+    finished fold models that trains as its own member of the same index does (only those in
+    `which`, all of them or none, when given); the number of folds given members.
 
     Member m of an ensemble is the same weights whatever the ensemble's size (its seed depends on m
     alone: tests/test_members.py), and a plain member (--plain-members) is the member of the run
-    without augmentation, so a one-member run gives an ensemble its member 0, and a finished
-    ensemble gives another its first members where those train alike (swa-x4's first two are
-    swa-mixed-x4's): training them again would repeat hours of compute to get the same weights. A
-    run_dir without run.json gets the source's identity with `members` (timnet refuses the folder
-    later if that is not what its options give). A source of another configuration, features or
-    split is left alone. The source's folds keep only their final (averaged) weights, so the
-    ensemble's "last weights" figures are not reported for a fold given members this way: the
-    source run reports its own.
+    without augmentation, so a one-member run gives an ensemble its member 0, swa-x4 gives
+    swa-mixed-x4 its plain members 0-1 and swa+vtlp+gain-x4 its augmented members 2-3: training
+    them again would repeat hours of compute to get the same weights. A run_dir without run.json
+    gets the source's identity with `members` (timnet refuses the folder later if that is not what
+    its options give). A source of another configuration, features or split gives nothing. The
+    source's folds keep only their final (averaged) weights, so a fold given members this way
+    reports no "last weights" figures of the members together: the source run reports its own.
     """
     import torch
     from timnet.checkpoint import load_checkpoint
@@ -265,43 +270,48 @@ def first_members_from(run_dir: Path, source: Path, *, count: int = 1, members: 
         identity = {**have, "train_config": {**have["train_config"], "members": members}}
         prepare_run_dir(run_dir, identity, overwrite=False, extra={"first_member_from": str(source)})
     want = read_identity(run_dir)
-    if not (count < want["train_config"]["members"] and count <= have["train_config"]["members"]
-            and decisive(_first_members(have, count)) == decisive(_first_members(want, count))):
-        return 0  # another configuration, features or split: not this ensemble's first members
+    size = want["train_config"]["members"]
+    wanted = range(size) if which is None else sorted(set(which))
+    shared = [m for m in wanted if m < size and _member_identity(have, m) is not None
+              and _member_identity(have, m) == _member_identity(want, m)]
+    if size < 2 or not shared or len(shared) < len(wanted) and which is not None:
+        return 0  # a one-model run keeps no members; another configuration, features or split
     n = 0
     for sdir in sorted(source.glob("fold_*")):
         fdir = run_dir / sdir.name
-        if ((fdir / "result.json").exists() or any((fdir / f"member_{m}.pt").exists() for m in range(count))
-                or not ((sdir / "model.pt").is_file() and (sdir / "result.json").is_file())):
+        give = [m for m in shared if not (fdir / f"member_{m}.pt").exists()]
+        if (fdir / "result.json").exists() or not give or not ((sdir / "model.pt").is_file() and (sdir / "result.json").is_file()):
             continue
         done = json.loads((sdir / "result.json").read_text())
         model = load_checkpoint(sdir / "model.pt")[0]
         nets = list(model.members) if isinstance(model, TIMNetEnsemble) else [model]
         fdir.mkdir(parents=True, exist_ok=True)
-        for m in range(count):
+        for m in give:
             member = _member(nets[m], done, sdir / history_name(m),
                              done["member_seconds"][m] if "member_seconds" in done else done.get("seconds", 0.0))
             with atomic_write(fdir / f"member_{m}.pt") as tmp:
                 torch.save(member.to_dict(), tmp)
         n += 1
     if n:
-        which = "member 0" if count == 1 else f"members 0-{count - 1}"
-        print(f"{run_dir}: {which} of {n} folds are {source}'s finished fold models", file=sys.stderr, flush=True)
+        label = f"member {shared[0]}" if len(shared) == 1 else f"members {', '.join(map(str, shared))}"
+        print(f"{run_dir}: {label} of {n} folds are {source}'s finished fold models", file=sys.stderr, flush=True)
     return n
 
 
-def _first_members(identity: dict, j: int) -> dict:
-    """The identity of a run of only `identity`'s first j members: of a mixed ensemble's, its plain
-    members train without augmentation (timnet.train.TrainConfig.for_member)."""
+def _member_identity(identity: dict, m: int) -> dict | None:
+    """What decides the weights of a run's member m, None where it has none: the run's identity with
+    the options member m trains with (timnet.train.TrainConfig.for_member: a plain member's have
+    no augmentation), less the ensemble's size and plain count, which do not reach it."""
     from timnet.recipe import AUGMENTATIONS
     from timnet.train import TrainConfig
 
     tc = identity["train_config"]
-    plain = tc.get("plain_members", 0)
-    first = {**tc, "members": j, "plain_members": plain if plain < j else 0}
-    if j <= plain:
-        first.update({name: getattr(TrainConfig, name) for name in AUGMENTATIONS})
-    return {**identity, "train_config": first}
+    if m >= tc.get("members", 1):
+        return None
+    own = {k: v for k, v in tc.items() if k not in ("members", "plain_members")}
+    if m < tc.get("plain_members", 0):
+        own.update({name: getattr(TrainConfig, name) for name in AUGMENTATIONS})
+    return decisive({**identity, "train_config": own})
 
 
 def _member(net, done: dict, history_csv: Path, seconds: float):

@@ -36,7 +36,7 @@ dispatch.pin()
 
 import numpy as np  # noqa: E402
 
-from _common import FOLD_DONE, first_members_from, pm, record, restore, run_main, write_json
+from _common import FOLD_DONE, members_from, pm, record, restore, run_main, write_json
 from timnet.backends import LocalBackend
 from timnet.corpora import paper_seed
 from timnet.features import load_features
@@ -102,7 +102,7 @@ def main() -> int:
     runs = trial_runs(args.runs, [CANDIDATES[n] for n in names], base=TrainConfig(val_fraction=args.val_fraction),
                       make_run=make_run, names=names)
     for n, run in zip(names, runs):
-        reuse_first_members(run, n, Path(args.runs))
+        reuse_members(run, n, Path(args.runs))
     if args.table_only:
         summaries = [finished_summary(run) for run in runs]
         kept = [i for i, s in enumerate(summaries) if s["folds"]]  # candidates with a finished fold
@@ -175,18 +175,20 @@ def finished_summary(run: Run) -> dict:
     return validation_summary(folds) if folds else {"folds": []}
 
 
-def reuse_first_members(run: Run, name: str, runs_dir: Path) -> None:
-    """An ensemble candidate's first members are, weight for weight, those of the other candidates
-    whose first members train alike: "swa" is every SWA ensemble's member 0, swa-x3 is swa-x4's
-    first three, and swa-x4's first two are swa-mixed-x4's (its plain members). Where such a
-    candidate's run here has finished folds with their models, they are put in as this run's
-    finished members instead of being trained again (_common.first_members_from): run swa-x4
-    first, then the ensembles it feeds."""
-    params = CANDIDATES[name]
-    for count in range(params.get("members", 1) - 1, 0, -1):  # the most members first: swa-x3's three, then swa's one
-        for other, theirs in CANDIDATES.items():
-            if other != name and theirs.get("members", 1) >= count and first_members(theirs, count) == first_members(params, count):
-                first_members_from(run.dir, runs_dir / other, count=count)  # a fold given members already is skipped
+def reuse_members(run: Run, name: str, runs_dir: Path) -> None:
+    """An ensemble candidate's members are, weight for weight, those of the same index in the other
+    candidates' runs where they train alike: "swa" is every SWA ensemble's member 0, swa-x3 is
+    swa-x4's first three, swa-x4's first two are swa-mixed-x4's plain members and
+    swa+vtlp+gain-x4's last two its augmented ones. Where such a run here has finished folds with
+    their models, those members are put in as this run's finished members instead of being trained
+    again (_common.members_from compares what decides each member): run the candidates that feed
+    others first (e.g. --candidates swa-x4,swa+vtlp+gain-x4, then add swa-mixed-x4)."""
+    if CANDIDATES[name].get("members", 1) < 2:
+        return
+    # the largest first: with several runs offering a member, each is taken once, from the first
+    for other in sorted(CANDIDATES, key=lambda o: -CANDIDATES[o].get("members", 1)):
+        if other != name:
+            members_from(run.dir, runs_dir / other)  # a member a fold has already is left as it is
 
 
 def derived_candidates(names: list[str], summaries: list[dict]) -> dict[str, tuple[str, dict]]:

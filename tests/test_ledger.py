@@ -195,6 +195,34 @@ def test_a_mixed_ensemble_takes_its_plain_members_from_a_finished_ensemble(tmp_p
     assert [f["member_seconds"][:2] for f in got["folds"]] == [f["member_seconds"][:2] for f in plain["folds"]]
 
 
+def test_a_mixed_ensemble_takes_its_augmented_members_from_the_augmented_ensemble(tmp_path, capsys):
+    """Member m depends on its index alone: an augmented ensemble gives a mixed one its augmented
+    members (2-3 beside plain 0-1), and a smaller one all of its members; the folds equal those
+    trained from scratch, and no last-weights figure mixes in a member's final weights."""
+    fs = synthetic()
+    source = _run(fs, tmp_path / "augmented", members=4, time_shift=2, swa_epochs=1)
+    augmented = source.execute(progress=False, log=lambda m: None)
+    mixed = _run(fs, tmp_path / "mixed", members=4, plain_members=2, time_shift=2, swa_epochs=1)
+    assert _common.first_members_from(mixed.dir, source.dir, count=2) == 0  # its members 0-1 are plain
+    assert _common.members_from(mixed.dir, source.dir) == 3
+    assert "members 2, 3 of 3 folds" in capsys.readouterr().err
+    assert sorted(p.name for p in mixed.fold_dir(1).glob("member_*.pt")) == ["member_2.pt", "member_3.pt"]
+    got = mixed.execute(progress=False, log=lambda m: None)
+    scratch = _run(fs, tmp_path / "scratch", members=4, plain_members=2, time_shift=2, swa_epochs=1).execute(
+        progress=False, log=lambda m: None)
+    assert [f["confusion"] for f in got["folds"]] == [f["confusion"] for f in scratch["folds"]]
+    assert [f["members"] for f in got["folds"]] == [f["members"] for f in scratch["folds"]]
+    assert [f["members"][2:] for f in got["folds"]] == [f["members"][2:] for f in augmented["folds"]]
+    assert all("last_weights" in f for f in scratch["folds"]) and not any("last_weights" in f for f in got["folds"])
+    # a two-member run of the same options: both members given, nothing left to train
+    two = _run(fs, tmp_path / "two", members=2, time_shift=2, swa_epochs=1)
+    assert _common.members_from(two.dir, source.dir) == 3
+    log = []
+    both = two.execute(progress=False, log=log.append)
+    assert [f["members"] for f in both["folds"]] == [f["members"][:2] for f in augmented["folds"]]
+    assert [f["member_seconds"] for f in both["folds"]] == [f["member_seconds"][:2] for f in augmented["folds"]]
+
+
 def test_an_ensemble_run_takes_its_first_member_from_the_single_run(tmp_path):
     """A finished one-member run gives a two-member run of the same configuration its member 0:
     only member 1 is trained, and the folds equal those of the ensemble trained from scratch."""

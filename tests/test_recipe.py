@@ -76,29 +76,27 @@ def test_selection_reads_candidates_from_the_runs_that_train_them(monkeypatch):
     assert set(derived) == {"swa+vtlp+gain", "vtlp+gain"}
 
 
-def test_selection_reuses_the_members_other_candidates_train_alike(monkeypatch, tmp_path):
-    """Each ensemble candidate looks for its first members in the runs of the candidates whose
-    first members train alike: one for a plain ensemble, its plain members for a mixed one."""
+def test_selection_offers_an_ensemble_every_other_candidates_run(monkeypatch, tmp_path):
+    """An ensemble candidate looks for members in every other candidate's run folder, the largest
+    ensembles first (which member trains alike is _common.members_from's to say: test_ledger);
+    a one-member candidate keeps no members to be given."""
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     import recipe_selection
 
     calls = []
-    monkeypatch.setattr(recipe_selection, "first_members_from",
-                        lambda run_dir, source, *, count: calls.append((source.name, count)))
+    monkeypatch.setattr(recipe_selection, "members_from", lambda run_dir, source: calls.append(source))
     run = type("R", (), {"dir": tmp_path / "x"})()
 
     def sources(name):
         calls.clear()
-        recipe_selection.reuse_first_members(run, name, tmp_path)
-        return calls[:]
+        recipe_selection.reuse_members(run, name, tmp_path)
+        return [p.name for p in calls]
 
-    assert sources("swa") == [] and sources("paper") == []  # one member: nothing to take
-    x4 = sources("swa-x4")  # the most members first
-    assert x4[0] == ("swa-x3", 3) and {("swa-x2", 2), ("swa-x3", 2)} <= set(x4[1:3]) and ("swa-mixed-x4", 2) in x4
-    assert ("swa", 1) in x4 and ("swa-mixed-x4", 1) in x4 and not any(n == "swa+vtlp+gain-x4" for n, _ in x4)
-    assert set(sources("swa-mixed-x4")) == {("swa-x2", 2), ("swa-x3", 2), ("swa-x4", 2), ("swa", 1), ("swa-x2", 1),
-                                            ("swa-x3", 1), ("swa-x4", 1)}  # beyond its plain two, members differ
-    assert sources("swa+vtlp+gain-x4") == [("swa+vtlp+gain", 1)]  # a mixed run's member 0 is plain
+    assert sources("swa") == [] and sources("paper") == []
+    got = sources("swa-mixed-x4")
+    assert sorted(got) == sorted(n for n in recipe_selection.CANDIDATES if n != "swa-mixed-x4")
+    sizes = [recipe_selection.CANDIDATES[n].get("members", 1) for n in got]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 4
 
 
 def test_strong_preset_and_overrides(monkeypatch):

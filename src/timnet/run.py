@@ -326,8 +326,9 @@ class Run:
             # fewer members would have scored, paired with this fold (member m's seed does not depend on K)
             result[pre + "first_members"] = [{"members": j, **figures(ensemble([m.model for m in members[:j]]))}
                                              for j in range(2, len(members))]
-        if averaged:
-            # the ensemble of every member's last weights: what the averaging alone changed
+        if averaged and all(m.last is not m.model for m in members):
+            # the ensemble of every member's last weights: what the averaging alone changed (not where
+            # a member kept its final weights alone, as a benchmark's member taken from another run)
             last = figures(ensemble([m.last for m in members]))
             result.update({"last_weights": last} if self.evaluate_test else {f"{key}_last": v for key, v in last.items()})
         result.update(epoch=first.epoch, epochs_run=first.epochs_run, stopped_early=first.stopped_early,
