@@ -294,7 +294,8 @@ def members_from(run_dir: Path, source: Path, *, which=None, members: int | None
         n += 1
     if n:
         label = f"member {shared[0]}" if len(shared) == 1 else f"members {', '.join(map(str, shared))}"
-        print(f"{run_dir}: {label} of {n} folds are {source}'s finished fold models", file=sys.stderr, flush=True)
+        print(f"{run_dir}: {label} taken from {source}'s finished fold models ({n} fold{'s' if n > 1 else ''})",
+              file=sys.stderr, flush=True)
     return n
 
 

@@ -205,7 +205,7 @@ def test_a_mixed_ensemble_takes_its_augmented_members_from_the_augmented_ensembl
     mixed = _run(fs, tmp_path / "mixed", members=4, plain_members=2, time_shift=2, swa_epochs=1)
     assert _common.first_members_from(mixed.dir, source.dir, count=2) == 0  # its members 0-1 are plain
     assert _common.members_from(mixed.dir, source.dir) == 3
-    assert "members 2, 3 of 3 folds" in capsys.readouterr().err
+    assert f"members 2, 3 taken from {source.dir}'s finished fold models (3 folds)" in capsys.readouterr().err
     assert sorted(p.name for p in mixed.fold_dir(1).glob("member_*.pt")) == ["member_2.pt", "member_3.pt"]
     got = mixed.execute(progress=False, log=lambda m: None)
     scratch = _run(fs, tmp_path / "scratch", members=4, plain_members=2, time_shift=2, swa_epochs=1).execute(
