@@ -274,6 +274,11 @@ def members_from(run_dir: Path, source: Path, *, which=None, members: int | None
     wanted = range(size) if which is None else sorted(set(which))
     shared = [m for m in wanted if m < size and _member_identity(have, m) is not None
               and _member_identity(have, m) == _member_identity(want, m)]
+    if shared and (skew := _dispatch_skew(source, want, shared)):
+        print(f"{run_dir}: members {', '.join(map(str, skew))} not taken from {source}: they train with --vtlp, "
+              "which rounds apart under numpy's AVX-512 and AVX2 loops, and the source trained under the other ones",
+              file=sys.stderr, flush=True)
+        shared = [m for m in shared if m not in skew]
     if size < 2 or not shared or len(shared) < len(wanted) and which is not None:
         return 0  # a one-model run keeps no members; another configuration, features or split
     n = 0
@@ -297,6 +302,22 @@ def members_from(run_dir: Path, source: Path, *, which=None, members: int | None
         print(f"{run_dir}: {label} taken from {source}'s finished fold models ({n} fold{'s' if n > 1 else ''})",
               file=sys.stderr, flush=True)
     return n
+
+
+def _dispatch_skew(source: Path, want: dict, members: list[int]) -> list[int]:
+    """The members with VTLP that `source` trained under other numpy loops than this process runs
+    (timnet.run.dispatch_change: VTLP alone reads numpy's arithmetic); none where the source's loops
+    are not recorded."""
+    from timnet import dispatch
+
+    try:
+        was = json.loads((source / "run.json").read_text())["versions"]["cpu_dispatch"]["numpy_avx512"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if was == dispatch.state()["numpy_avx512"]:
+        return []
+    tc = want["train_config"]
+    return [m for m in members if m >= tc.get("plain_members", 0) and tc.get("vtlp")]
 
 
 def _member_identity(identity: dict, m: int) -> dict | None:

@@ -27,7 +27,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
+from timnet import dispatch
+
+dispatch.pin()  # before numpy, as in `timnet train`, which trains these runs: the same loops on both sides
+
+import numpy as np  # noqa: E402
 
 from _common import (PUBLISHED, environment, fold_seconds, pm, recipe_args, recipe_members, record, restore,
                      run_main, table_recipes, take_first_members, train, write_json)

@@ -1,5 +1,6 @@
 """benchmarks/_common.py's ledger: finished folds carried to a fresh RUN_DIR, never into another run;
 the table scripts' tables in progress."""
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -221,6 +222,23 @@ def test_a_mixed_ensemble_takes_its_augmented_members_from_the_augmented_ensembl
     both = two.execute(progress=False, log=log.append)
     assert [f["members"] for f in both["folds"]] == [f["members"][:2] for f in augmented["folds"]]
     assert [f["member_seconds"] for f in both["folds"]] == [f["member_seconds"][:2] for f in augmented["folds"]]
+
+
+def test_vtlp_members_are_not_taken_from_a_run_under_other_numpy_loops(tmp_path):
+    """A member with VTLP trains other bits under numpy's AVX-512 loops than under AVX2 ones
+    (timnet.run.dispatch_change): one trained under the other loops is not given; plain ones are."""
+    from timnet import dispatch
+
+    source = tmp_path / "source"
+    source.mkdir()
+    now = dispatch.state()["numpy_avx512"]
+    want = {"train_config": {"vtlp": 0.1, "plain_members": 2}}
+    for loops, skew in ((now, []), (not now, [2, 3])):
+        (source / "run.json").write_text(json.dumps({"versions": {"cpu_dispatch": {"numpy_avx512": loops}}}))
+        assert _common._dispatch_skew(source, want, [0, 1, 2, 3]) == skew
+    assert _common._dispatch_skew(source, {"train_config": {"vtlp": 0.0}}, [0, 1]) == []
+    (source / "run.json").write_text(json.dumps({"versions": {}}))  # loops not recorded: nothing to compare
+    assert _common._dispatch_skew(source, want, [2, 3]) == []
 
 
 def test_an_ensemble_run_takes_its_first_member_from_the_single_run(tmp_path):

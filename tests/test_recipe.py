@@ -238,8 +238,11 @@ def test_a_vtlp_run_resumed_under_other_numpy_loops_is_warned_of(tmp_path):
     resumed = Run(fs, run.dir, config=config, folds=3, threads=1)
     assert resumed.prepare() is True
     with pytest.warns(UserWarning, match=f"AVX-512 loops {'off' if now else 'on'}, this process has them "
-                                         f"{'on' if now else 'off'}: --vtlp rounds apart"):
+                                         f"{'on' if now else 'off'}; --vtlp rounds apart"):
         resumed.execute(workers=1, progress=False, log=lambda m: None)
+    # a mixed ensemble: its plain members have no VTLP, so only its augmented ones are told of
+    mixed = TrainConfig(**{**FAST, "epochs": 1, "vtlp": 0.1, "members": 3, "plain_members": 2})
+    assert dispatch_change(run.dir, mixed, todo={0, 1}) is None and dispatch_change(run.dir, mixed, todo={2})
     del data["versions"]["cpu_dispatch"]  # a run from before it was recorded: nothing to compare
     run_file.write_text(json.dumps(data))
     assert dispatch_change(run.dir, config) is None

@@ -227,9 +227,10 @@ def cmd_train(args) -> int:
     model_overrides = _model_overrides(args)
     with folder_lock(args.output):  # one process writes a RUN_DIR at a time
         if args.all_data:
-            path = train_all_data(fs, args.output, config=config, seed=seeds[0], threads=args.threads or os.cpu_count() or 1,
-                                  device=device, path=args.path, overwrite=args.overwrite, progress=not args.quiet,
-                                  model_overrides=model_overrides)
+            with _warnings_at_once():
+                path = train_all_data(fs, args.output, config=config, seed=seeds[0],
+                                      threads=args.threads or os.cpu_count() or 1, device=device, path=args.path,
+                                      overwrite=args.overwrite, progress=not args.quiet, model_overrides=model_overrides)
             what = "one model" if config.members == 1 else f"an ensemble of {config.members} models"
             print(f"{what} on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
             return 0
@@ -251,7 +252,8 @@ def cmd_train(args) -> int:
         if others:
             _warn(f"{args.output}: {', '.join(others)} not among --seeds: left as {'they are' if len(others) > 1 else 'it is'}, "
                   "and not in the summary")
-        summaries = execute_runs(runs, backend=backend, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+        with _warnings_at_once():
+            summaries = execute_runs(runs, backend=backend, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
         say = _Stdout(keep_going=bool(args.json) or not args.no_report)  # `train ... | head`: files still written
         if len(runs) == 1:
             say(format_report(summaries[0]))
@@ -314,7 +316,7 @@ def cmd_sweep(args) -> int:
                    device=device, path=args.path, features_path=features_path,
                    model_overrides={**base_overrides, **model_overrides}, evaluate_test=False)
 
-    with folder_lock(args.output):
+    with folder_lock(args.output), _warnings_at_once():
         out = run_sweep(fs, args.output, space=space, trials=args.trials, base=config, backend=backend, seed=seed,
                         make_run=make_run, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
                         overwrite=args.overwrite)
@@ -370,6 +372,17 @@ def _warnings_as_messages():
         finally:  # a warning given before an error often explains it (a folder named for another corpus)
             for w in caught:
                 _warn(str(w.message))
+
+
+@contextlib.contextmanager
+def _warnings_at_once():
+    """Library warnings as `timnet: warning: ...` lines when they happen, for work that takes hours
+    (_warnings_as_messages gives them at the end)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *args, **kwargs: _warn(str(message))
+        yield
 
 
 def _write_results(args, obj) -> None:

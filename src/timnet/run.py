@@ -160,14 +160,16 @@ def _partial(folder: Path) -> list[Path]:
     return [*folder.glob("state*.pt"), *folder.glob("member_*.pt")]
 
 
-def dispatch_change(run_dir: Path, config: TrainConfig) -> str | None:
-    """Why the rest of a resumed run will not train as its first folds did, or None.
+def dispatch_change(run_dir: Path, config: TrainConfig, todo=None) -> str | None:
+    """Why members `todo` (default: all) of a resumed run will not train as its first folds did, or None.
 
     VTLP's mel band centres come from librosa through numpy's exp, whose AVX-512 loops round a few
     of them 1 ulp apart from the AVX2 ones; the augmented batches then differ in rare bits and the
     training takes another, equally valid path (an EMODB fold's validation UAR 0.8377 against
-    0.8496). Nothing else in training runs numpy arithmetic, so this is the only case to tell."""
-    if not config.vtlp:
+    0.8496). Nothing else in training runs numpy arithmetic, so only members with VTLP are told
+    of (a mixed ensemble's plain members have none). The run's loops are those of the process that
+    created its run.json."""
+    if not any(config.for_member(m).vtlp for m in (range(config.members) if todo is None else todo)):
         return None
     try:
         was = json.loads((run_dir / RUN_FILE).read_text())["versions"]["cpu_dispatch"]["numpy_avx512"]
@@ -176,10 +178,11 @@ def dispatch_change(run_dir: Path, config: TrainConfig) -> str | None:
     now = dispatch.state()["numpy_avx512"]
     if was == now:
         return None
-    on = {True: "on", False: "off"}
-    return (f"{run_dir}: its folds so far trained with numpy's AVX-512 loops {on[was]}, this process has them "
-            f"{on[now]}: --vtlp rounds apart, so the folds trained from here on are not those an uninterrupted run "
-            f"gives (the `timnet` command pins them off: {dispatch.OPT_OUT}, README: the same bits on every machine)")
+    how = (f"{dispatch.OPT_OUT}=1 on an AVX-512 machine" if was
+           else "the `timnet` command, or timnet.dispatch.pin() before numpy is imported")
+    return (f"{run_dir}: its run began with numpy's AVX-512 loops {'on' if was else 'off'}, this process has them "
+            f"{'on' if now else 'off'}; --vtlp rounds apart under them, so what trains from here on is not what an "
+            f"uninterrupted run gives (to resume alike: {how})")
 
 
 def _clear_partial(folder: Path) -> None:
@@ -415,9 +418,9 @@ def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callab
             else:
                 tasks.append((ri, k))
     for ri in sorted({ri for ri, _ in tasks}):
-        run = runs[ri]
+        run, todo = runs[ri], {m for r, k in tasks if r == ri for m in set(range(runs[ri].config.members)) - runs[ri].members_done(k)}
         if results[ri] or any(_partial(run.fold_dir(k)) for k in range(1, run.folds_n + 1)):
-            if note := dispatch_change(run.dir, run.config):
+            if note := dispatch_change(run.dir, run.config, todo):
                 warnings.warn(note, stacklevel=2)
     if fold_major:
         tasks.sort(key=lambda task: (task[1], task[0]))
