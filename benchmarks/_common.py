@@ -293,7 +293,7 @@ def members_from(run_dir: Path, source: Path, *, which=None, members: int | None
         fdir.mkdir(parents=True, exist_ok=True)
         for m in give:
             member = _member(nets[m], done, sdir / history_name(m),
-                             done["member_seconds"][m] if "member_seconds" in done else done.get("seconds", 0.0))
+                             done["member_seconds"][m] if "member_seconds" in done else done.get("seconds", 0.0), source)
             with atomic_write(fdir / f"member_{m}.pt") as tmp:
                 torch.save(member.to_dict(), tmp)
         n += 1
@@ -336,8 +336,9 @@ def _member_identity(identity: dict, m: int) -> dict | None:
     return decisive({**identity, "train_config": own})
 
 
-def _member(net, done: dict, history_csv: Path, seconds: float):
-    """A finished fold's member as timnet.train keeps one (Member): its final weights alone."""
+def _member(net, done: dict, history_csv: Path, seconds: float, source: Path):
+    """A finished fold's member as timnet.train keeps one (Member): its final weights alone, and the
+    run it was trained in."""
     import csv
 
     from timnet.train import Member
@@ -346,4 +347,5 @@ def _member(net, done: dict, history_csv: Path, seconds: float):
         history = [{key: float(v) for key, v in row.items() if v != ""} for row in csv.DictReader(f)]
     for row in history:
         row["epoch"] = int(row["epoch"])
-    return Member(net, net, done["epoch"], done["epochs_run"], done["stopped_early"], done["arithmetic"], history, seconds)
+    return Member(net, net, done["epoch"], done["epochs_run"], done["stopped_early"], done["arithmetic"], history, seconds,
+                  str(source))

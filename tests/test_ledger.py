@@ -215,6 +215,8 @@ def test_a_mixed_ensemble_takes_its_augmented_members_from_the_augmented_ensembl
     assert [f["members"] for f in got["folds"]] == [f["members"] for f in scratch["folds"]]
     assert [f["members"][2:] for f in got["folds"]] == [f["members"][2:] for f in augmented["folds"]]
     assert all("last_weights" in f for f in scratch["folds"]) and not any("last_weights" in f for f in got["folds"])
+    assert all(f["members_from"] == {"2": str(source.dir), "3": str(source.dir)} for f in got["folds"])
+    assert not any("members_from" in f for f in scratch["folds"])
     # a two-member run of the same options: both members given, nothing left to train
     two = _run(fs, tmp_path / "two", members=2, time_shift=2, swa_epochs=1)
     assert _common.members_from(two.dir, source.dir) == 3

@@ -339,6 +339,9 @@ class Run:
                       # fold may train at once in other workers), and this evaluation
                       seconds=round(sum(m.seconds for m in members) + time.perf_counter() - t0, 2),
                       **({"member_seconds": [m.seconds for m in members]} if len(members) > 1 else {}),
+                      # members trained in another run and given to this one (their seconds are that run's)
+                      **({"members_from": {str(i): m.source for i, m in enumerate(members) if m.source}}
+                         if any(m.source for m in members) else {}),
                       arithmetic=first.arithmetic,
                       **({"worker": worker} if worker else {}))
         save_checkpoint(fdir / "model.pt", model, feature_config=self.fs.config, labels=self.fs.labels,

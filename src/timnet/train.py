@@ -410,11 +410,13 @@ class Member:
     arithmetic: str
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0  # its training's wall time (a resumed one: summed over the calls)
+    source: str | None = None  # the run it was trained in, when that is not this one (a benchmark's reuse)
 
     def to_dict(self) -> dict:
         return {"model": self.model.state_dict(), "last": self.last.state_dict() if self.last is not self.model else None,
                 "epoch": self.epoch, "epochs_run": self.epochs_run, "stopped_early": self.stopped_early,
-                "arithmetic": self.arithmetic, "history": self.history, "seconds": self.seconds}
+                "arithmetic": self.arithmetic, "history": self.history, "seconds": self.seconds,
+                **({"source": self.source} if self.source else {})}
 
     @classmethod
     def from_dict(cls, d: dict, config: TIMNetConfig) -> "Member":
@@ -425,7 +427,7 @@ class Member:
             last = TIMNet(config)
             last.load_state_dict(d["last"])
         return cls(model.eval(), last.eval(), d["epoch"], d["epochs_run"], d["stopped_early"], d["arithmetic"], d["history"],
-                   d.get("seconds", 0.0))  # members kept by older versions have no time
+                   d.get("seconds", 0.0), d.get("source"))  # members kept by older versions have no time
 
 
 def train_members(
