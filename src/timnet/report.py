@@ -23,7 +23,7 @@ from .errors import TimnetError
 from .features import FeatureSet
 from .plots import confusion_figure, curves_figure, recall_figure, save_figure, tsne_figure
 from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
-from .utils import RUN_FILE, atomic_write, fold_files, read_fold_result
+from .utils import RUN_FILE, atomic_write, fold_files, history_name, read_fold_result
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
@@ -151,7 +151,10 @@ def _histories(run_dir: Path, results: list[dict]) -> list[dict[str, np.ndarray]
     out = []
     for r in results:
         fold = run_dir / f"fold_{r['fold']:02d}"
-        out += [read_history(fold / "history.csv"), *map(read_history, sorted(fold.glob("history_member*.csv")))]
+        m = 0
+        while m == 0 or (fold / history_name(m)).is_file():  # member by member, in their order
+            out.append(read_history(fold / history_name(m)))
+            m += 1
     return out
 
 
