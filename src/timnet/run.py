@@ -420,9 +420,10 @@ def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callab
                 log(f"{name}fold {k}/{run.folds_n}: done before, kept ({_figures(results[ri][k])})")
             else:
                 tasks.append((ri, k))
-    for ri in sorted({ri for ri, _ in tasks}):
-        run, todo = runs[ri], {m for r, k in tasks if r == ri for m in set(range(runs[ri].config.members)) - runs[ri].members_done(k)}
+    for ri in sorted({ri for ri, _ in tasks if runs[ri].config.vtlp}):  # VTLP alone reads numpy's arithmetic
+        run = runs[ri]
         if results[ri] or any(_partial(run.fold_dir(k)) for k in range(1, run.folds_n + 1)):
+            todo = {m for r, k in tasks if r == ri for m in set(range(run.config.members)) - run.members_done(k)}
             if note := dispatch_change(run.dir, run.config, todo):
                 warnings.warn(note, stacklevel=2)
     if fold_major:
