@@ -22,7 +22,7 @@ from pathlib import Path
 # these import no torch: ledger.py stays quick (training modules are imported where they are used)
 from timnet.errors import TimnetError
 from timnet.rundir import decisive, read_identity
-from timnet.utils import atomic_write, fold_files, history_name, write_json
+from timnet.utils import atomic_write, fold_dirs, fold_files, history_name, write_json
 
 # Published UAR / WAR (SPEC.md §4): the paper's (test-fold epoch selection, a leak) and the
 # authors' post-fix figures (last epoch), where they published them.
@@ -282,7 +282,7 @@ def members_from(run_dir: Path, source: Path, *, which=None, members: int | None
     if size < 2 or not shared or len(shared) < len(wanted) and which is not None:
         return 0  # a one-model run keeps no members; another configuration, features or split
     n = 0
-    for sdir in sorted(source.glob("fold_*")):
+    for sdir in fold_dirs(source):  # only the folds timnet writes (not a copy such as fold_01_old)
         fdir = run_dir / sdir.name
         give = [m for m in shared if not (fdir / f"member_{m}.pt").exists()]
         if (fdir / "result.json").exists() or not give or not ((sdir / "model.pt").is_file() and (sdir / "result.json").is_file()):
