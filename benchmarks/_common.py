@@ -21,7 +21,7 @@ from pathlib import Path
 
 # these import no torch: ledger.py stays quick (training modules are imported where they are used)
 from timnet.errors import TimnetError
-from timnet.rundir import decisive, read_identity
+from timnet.rundir import decisive, read_identity, recorded_numpy_avx512
 from timnet.utils import atomic_write, fold_dirs, fold_files, history_name, write_json
 
 # Published UAR / WAR (SPEC.md §4): the paper's (test-fold epoch selection, a leak) and the
@@ -310,29 +310,25 @@ def _dispatch_skew(source: Path, want: dict, members: list[int]) -> list[int]:
     are not recorded."""
     from timnet import dispatch
 
-    try:
-        was = json.loads((source / "run.json").read_text())["versions"]["cpu_dispatch"]["numpy_avx512"]
-    except (OSError, ValueError, KeyError, TypeError):
+    was = recorded_numpy_avx512(source)
+    if was is None or was == dispatch.state()["numpy_avx512"]:
         return []
-    if was == dispatch.state()["numpy_avx512"]:
-        return []
-    tc = want["train_config"]
-    return [m for m in members if m >= tc.get("plain_members", 0) and tc.get("vtlp")]
+    return [m for m in members if _member_identity(want, m)["train_config"]["vtlp"]]
 
 
 def _member_identity(identity: dict, m: int) -> dict | None:
     """What decides the weights of a run's member m, None where it has none: the run's identity with
-    the options member m trains with (timnet.train.TrainConfig.for_member: a plain member's have
-    no augmentation), less the ensemble's size and plain count, which do not reach it."""
-    from timnet.recipe import AUGMENTATIONS
+    the options member m trains with (timnet.train.TrainConfig.for_member), less the ensemble's size
+    and plain count, which do not reach it."""
+    from dataclasses import asdict, fields
+
     from timnet.train import TrainConfig
 
     tc = identity["train_config"]
     if m >= tc.get("members", 1):
         return None
-    own = {k: v for k, v in tc.items() if k not in ("members", "plain_members")}
-    if m < tc.get("plain_members", 0):
-        own.update({name: getattr(TrainConfig, name) for name in AUGMENTATIONS})
+    config = TrainConfig(**{f.name: tc[f.name] for f in fields(TrainConfig) if f.name in tc}).for_member(m)
+    own = {k: v for k, v in {**tc, **asdict(config)}.items() if k not in ("members", "plain_members")}
     return decisive({**identity, "train_config": own})
 
 

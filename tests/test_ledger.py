@@ -234,11 +234,11 @@ def test_vtlp_members_are_not_taken_from_a_run_under_other_numpy_loops(tmp_path)
     source = tmp_path / "source"
     source.mkdir()
     now = dispatch.state()["numpy_avx512"]
-    want = {"train_config": {"vtlp": 0.1, "plain_members": 2}}
+    want = {"train_config": {"vtlp": 0.1, "members": 4, "plain_members": 2}}
     for loops, skew in ((now, []), (not now, [2, 3])):
         (source / "run.json").write_text(json.dumps({"versions": {"cpu_dispatch": {"numpy_avx512": loops}}}))
         assert _common._dispatch_skew(source, want, [0, 1, 2, 3]) == skew
-    assert _common._dispatch_skew(source, {"train_config": {"vtlp": 0.0}}, [0, 1]) == []
+    assert _common._dispatch_skew(source, {"train_config": {"vtlp": 0.0, "members": 2}}, [0, 1]) == []
     (source / "run.json").write_text(json.dumps({"versions": {}}))  # loops not recorded: nothing to compare
     assert _common._dispatch_skew(source, want, [2, 3]) == []
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import json
 import platform
 import shutil
 import sys
@@ -41,7 +40,8 @@ from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
 from .folds import make_folds
 from .model import TIMNetConfig, ensemble
-from .rundir import LEGACY_IDENTITY, check_not_multi_seed, decisive, features_fingerprint, read_identity
+from .rundir import (LEGACY_IDENTITY, check_not_multi_seed, decisive, features_fingerprint, read_identity,
+                     recorded_numpy_avx512)
 from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
                     train_members, validation_split)
 from .utils import (RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, history_name, read_fold_result, torch_threads, write_csv,
@@ -171,12 +171,8 @@ def dispatch_change(run_dir: Path, config: TrainConfig, todo=None) -> str | None
     created its run.json."""
     if not any(config.for_member(m).vtlp for m in (range(config.members) if todo is None else todo)):
         return None
-    try:
-        was = json.loads((run_dir / RUN_FILE).read_text())["versions"]["cpu_dispatch"]["numpy_avx512"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # a run from before cpu_dispatch was recorded: nothing to compare with
-    now = dispatch.state()["numpy_avx512"]
-    if was == now:
+    was, now = recorded_numpy_avx512(run_dir), dispatch.state()["numpy_avx512"]
+    if was is None or was == now:  # None: a run from before the loops were recorded, nothing to compare with
         return None
     how = (f"{dispatch.OPT_OUT}=1 on an AVX-512 machine" if was
            else "the `timnet` command, or timnet.dispatch.pin() before numpy is imported")

@@ -54,6 +54,15 @@ def read_identity(run_dir: str | Path) -> dict:
     return identity
 
 
+def recorded_numpy_avx512(run_dir: str | Path) -> bool | None:
+    """Whether the process that began the run in `run_dir` ran numpy's AVX-512 loops (run.json:
+    versions.cpu_dispatch); None where that is not recorded (runs from before it was)."""
+    try:
+        return json.loads((Path(run_dir) / RUN_FILE).read_text())["versions"]["cpu_dispatch"]["numpy_avx512"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def check_not_multi_seed(path: Path, *, hint: str | None = None) -> None:
     """A `train --seeds` folder holds one RUN_DIR per seed: say so, rather than that it is no run."""
     seeds = sorted(p.name for p in Path(path).glob("seed_*") if (p / RUN_FILE).is_file())
