@@ -114,8 +114,12 @@ def main() -> int:
 
         def log(message: str) -> None:
             print(message, file=sys.stderr, flush=True)
-            if FOLD_DONE.search(message):  # at once: a session's end kills the run with no `finally` to run
-                record_all()
+            if FOLD_DONE.search(message):
+                record_all()  # at once: a session's end kills the run with no `finally` to run
+                # and the fold's members go at once to the same fold of the candidates that train
+                # them alike, before the pool hands out those candidates' units of that fold
+                for n, run in zip(names, runs):
+                    reuse_members(run, n, Path(args.runs))
 
         try:
             summaries = execute_runs(runs, backend=LocalBackend(args.workers), progress=False, fold_major=True, log=log)
@@ -181,8 +185,12 @@ def reuse_members(run: Run, name: str, runs_dir: Path) -> None:
     swa-x4's first three, swa-x4's first two are swa-mixed-x4's plain members and
     swa+vtlp+gain-x4's last two its augmented ones. Where such a run here has finished folds with
     their models, those members are put in as this run's finished members instead of being trained
-    again (_common.members_from compares what decides each member): run the candidates that feed
-    others first (e.g. --candidates swa-x4,swa+vtlp+gain-x4, then add swa-mixed-x4)."""
+    again (_common.members_from compares what decides each member). It is called at the start and
+    again as each fold finishes: folds are scheduled fold by fold in the order of --candidates, so
+    with the candidates that give members listed first (--candidates
+    swa-x4,swa+vtlp+gain-x4,swa-mixed-x4) a fold of the one gives the same fold of the other its
+    members before they are trained, in the same session. (Fold models do not outlive the machine:
+    the ledger keeps figures only.)"""
     if CANDIDATES[name].get("members", 1) < 2:
         return
     # the largest first: with several runs offering a member, each is taken once, from the first

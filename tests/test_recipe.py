@@ -99,6 +99,36 @@ def test_selection_offers_an_ensemble_every_other_candidates_run(monkeypatch, tm
     assert sizes == sorted(sizes, reverse=True) and sizes[0] == 4
 
 
+def test_selection_gives_a_finished_folds_members_to_the_next_candidate_in_the_same_session(monkeypatch, tmp_path, capsys):
+    """Fold models do not outlive a machine (the ledger keeps figures): a mixed ensemble takes an
+    augmented ensemble's members fold by fold as the selection finishes them, not only those found
+    at its start, and its folds are those it trains from scratch."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import _common
+    import recipe_selection
+
+    tiny = {**FAST, "epochs": 2, "time_shift": 2, "members": 4}
+    monkeypatch.setattr(recipe_selection, "CANDIDATES", {"aug-x4": tiny, "mixed-x4": {**tiny, "plain_members": 2}})
+    features = save_features(synthetic(), tmp_path / "f.npz")
+
+    def select(candidates: str, runs: Path) -> list[dict]:
+        monkeypatch.setattr(_common, "LEDGER", runs.with_name(runs.name + "_ledger"))  # each its own: none restored
+        monkeypatch.setattr("sys.argv", ["recipe_selection.py", str(features), "--runs", str(runs), "--json",
+                                         str(runs.with_suffix(".json")), "--folds", "2", "--workers", "1",
+                                         "--candidates", candidates])
+        assert recipe_selection.main() == 0
+        return [json.loads(p.read_text()) for p in sorted(runs.glob(f"{candidates.split(',')[-1]}/fold_*/result.json"))]
+
+    mixed = select("aug-x4,mixed-x4", tmp_path / "runs")  # neither has a finished fold at the start
+    source = str(tmp_path / "runs" / "aug-x4")
+    assert [f.get("members_from") for f in mixed] == [{"2": source, "3": source}] * 2
+    assert "members 2, 3 taken from" in capsys.readouterr().err
+    scratch = select("mixed-x4", tmp_path / "alone")  # the same candidate with no other run beside it: all trained
+    assert not any("members_from" in f for f in scratch)
+    assert [(f["val_loss"], f["val_uar"]) for f in mixed] == [(f["val_loss"], f["val_uar"]) for f in scratch]
+    assert [f["val_first_members"] for f in mixed] == [f["val_first_members"] for f in scratch]
+
+
 def test_strong_preset_and_overrides(monkeypatch):
     # the preset is the candidate benchmarks/recipe_selection.py chose on validation data: "swa-x4"
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
