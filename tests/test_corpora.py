@@ -212,6 +212,7 @@ def test_casia_tree(tmp_path):
         "ZhaoZuoxiang/angry/201.wav", "ZhaoZuoxiang/Surprise/250.wav", "!wangzhe/fear/203.wav",
         "wangzhe/bored/201.wav",  # not one of the six emotions
         "wangzhe/fear/take2.wav",  # not <NNN>.wav
+        "zhaozuoxiang/surprise/250.wav",  # a second copy, its folders spelled in lower case: not a fifth speaker
         "stray.wav",
     ])
     touch(tmp_path / "readme.txt", b"CASIA")
@@ -228,6 +229,7 @@ def test_casia_tree(tmp_path):
         ("stray.wav", "name"),
         ("wangzhe/bored/201.wav", "emotion folder 'bored'"),
         ("wangzhe/fear/take2.wav", "name"),
+        ("zhaozuoxiang/surprise/250.wav", "duplicate of ZhaoZuoxiang/Surprise/250.wav"),
     )
 
 

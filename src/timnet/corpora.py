@@ -209,7 +209,9 @@ def scan_casia(root: Path) -> Listing:
         speaker, emotion = path.parts[-3], path.parts[-2].lower()
         if emotion not in _CASIA_LABELS:
             return f"emotion folder {path.parts[-2]!r}"
-        return _Match(emotion, speaker, f"{speaker}/{emotion}/{path.stem}")
+        # a second copy whose speaker folder differs in case only is the same recording (EMOVO's
+        # and SAVEE's copies are matched so too); the copy kept gives the speaker its spelling
+        return _Match(emotion, speaker, f"{speaker.casefold()}/{emotion}/{path.stem}")
 
     return _scan_names(root, "CASIA", parse)
 

@@ -353,6 +353,9 @@ def in_order(fs: FeatureSet, order: str) -> FeatureSet:
     CASIA the authors' fold models score 0.934 on the test folds of this order, as on utterances
     they never saw, and 0.958-0.993 on those of every other order tried, SPEC.md's included
     (benchmarks/authors_casia_order.py): only in this order have they not seen their test folds.
+    SAVEE's two layouts give two orders by this rule (DC/a01.wav, JE/a01.wav, ... of one name
+    interleaved; DC_a01.wav, DC_a02.wav, ... speaker by speaker): which one the authors' copy had
+    is not known, so the order is what their code gives on the copy at hand.
     """
     if order not in ORDERS:
         raise TimnetError(f"--order {order!r} unknown; expected one of {', '.join(ORDERS)}")
