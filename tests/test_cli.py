@@ -218,6 +218,26 @@ def test_json_beside_a_fold_or_in_a_folder_that_is_no_run(tmp_path):
     _check_outputs(build_parser().parse_args(["test", str(clip), "--weights", str(authors), "--json", str(authors / "results.json")]))
 
 
+@pytest.mark.parametrize("json_in_run", ["fold_01/result.json", "results.json", "seed_2/run.json"])
+def test_json_is_never_a_file_of_another_run_folder(tmp_path, capsys, json_in_run):
+    """A run folder the command does not name is guarded as well: `predict --json OTHER/fold_01/result.json`
+    left a run that neither resumes nor plots."""
+    from timnet.cli import main
+
+    run = tmp_path / "other"
+    (run / "fold_01").mkdir(parents=True)
+    (run / "seed_2").mkdir()
+    kept = [run / "run.json", run / "fold_01" / "model.pt", run / json_in_run]
+    for path in kept:
+        path.write_text("the run's")
+    clip = write_tone(tmp_path / "clip.wav")
+    assert main(["predict", str(clip), "--json", str(run / json_in_run)]) == 1
+    assert f"is a file timnet keeps in the run folder {run}" in capsys.readouterr().err
+    assert all(path.read_text() == "the run's" for path in kept)
+    assert main(["predict", str(clip), "--json", str(run / "mine.json")]) == 0  # a name of one's own beside them
+    assert json.loads((run / "mine.json").read_text())[0]["file"].endswith("clip.wav")
+
+
 def test_test_on_a_run_with_no_finished_fold(tmp_path):
     from test_train import synthetic
     from timnet.errors import TimnetError

@@ -714,25 +714,32 @@ def _check_not_an_input(args) -> None:
     _refuse_json_in_a_run(args)
 
 
+def _is_run_folder(f: Path) -> bool:
+    """A folder timnet has trained into (the authors' .hdf5 folder is not one: nothing of ours to keep)."""
+    return (f / RUN_FILE).is_file() or any(f.glob("fold_*")) or (f / "model.pt").is_file()
+
+
 def _refuse_json_in_a_run(args) -> None:
-    """Refuse a --json that is one of the files timnet keeps in the run folder the command trains
-    or reads (`--json RUN_DIR/run.json` would leave a run that neither resumes nor tests)."""
+    """Refuse a --json that is one of the files timnet keeps in a run folder: the one the command
+    trains or reads, or any other that holds the path (`--json RUN_DIR/run.json` would leave a run
+    that neither resumes nor tests)."""
     import fnmatch
     import re
 
     from .utils import RUN_FILES
 
     out = getattr(args, "json", None)
-    if out == JSON_STDOUT:
+    if not out or out == JSON_STDOUT:
         return
     folders = [getattr(args, "output", None) if args.verb in FOLDER_OUTPUTS else None,
                getattr(args, "weights", None), getattr(args, "model", None), getattr(args, "run_dir", None)]
+    # another run's folder holding the path (`predict --json RUN/fold_01/result.json`)
+    folders += [str(f) for f in reversed(Path(out).absolute().parents) if f.is_dir() and _is_run_folder(f)]
     for i, folder in enumerate(folders):
-        if not out or not folder or (Path(folder).exists() and not Path(folder).is_dir()):
+        if not folder or (Path(folder).exists() and not Path(folder).is_dir()):
             continue
-        f = Path(folder)
-        if i > 0 and not ((f / RUN_FILE).is_file() or any(f.glob("fold_*")) or (f / "model.pt").is_file()):
-            continue  # a folder read that is not a run (the authors' .hdf5 files): nothing of timnet's to keep
+        if i > 0 and not _is_run_folder(Path(folder)):
+            continue
         try:
             inside = Path(out).resolve().relative_to(Path(folder).resolve()).parts
         except ValueError:
