@@ -76,9 +76,18 @@ def test_refuses_bad_shape_and_missing_layer(tmp_path):
     path = write_keras_h5(randomised(TIMNetConfig()), tmp_path / "w.hdf5")
     with h5py.File(path, "a") as f:
         del f["conv1d_20/conv1d_20/kernel:0"]
-        f["conv1d_20"].create_dataset("conv1d_20/kernel:0", data=np.zeros((3, 39, 39), np.float32))
-    with pytest.raises(TimnetError, match=r"w.hdf5: conv1d_20/kernel \(for backward_blocks.2.conv1.weight\) has shape \(39, 39, 3\) in PyTorch's layout; expected \(39, 39, 2\)"):
+        f["conv1d_20"].create_dataset("conv1d_20/kernel:0", data=np.zeros((2, 39, 40), np.float32))
+    with pytest.raises(TimnetError, match=r"w.hdf5: conv1d_20/kernel \(for backward_blocks.2.conv1.weight\) has shape \(40, 39, 2\) in PyTorch's layout; expected \(39, 39, 2\)"):
         load_keras_weights(path)
+    # another kernel size in one block conv, the first (conv1d_10) included: that layer is named
+    for layer in ("conv1d_20", "conv1d_10"):
+        path = write_keras_h5(randomised(TIMNetConfig()), tmp_path / f"{layer}.hdf5")
+        with h5py.File(path, "a") as f:
+            del f[f"{layer}/{layer}/kernel:0"]
+            f[layer].create_dataset(f"{layer}/kernel:0", data=np.zeros((3, 39, 39), np.float32))
+        for reader in (load_keras_weights, config_from_keras):
+            with pytest.raises(TimnetError, match=rf"{layer}.hdf5: {layer}/kernel has kernel size 3 where the other block convs have 2$"):
+                reader(path)
     path2 = write_keras_h5(randomised(TIMNetConfig()), tmp_path / "w2.hdf5")
     with h5py.File(path2, "a") as f:
         names = [n for n in f.attrs["layer_names"] if n != b"batch_normalization_9"]

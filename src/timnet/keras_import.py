@@ -70,12 +70,18 @@ def _config_of(layers: dict, path: Path) -> TIMNetConfig:
     if len(bns) != 4 * levels:
         raise TimnetError(f"{path}: {len(convs)} conv1d layers imply {levels} levels and {4 * levels} batch_normalization layers; found {len(bns)}")
     k_in = layers[convs[0]].get("kernel")
-    k_block = layers[convs[2]].get("kernel")
+    k_blocks = [layers[c].get("kernel") for c in convs[2:]]
     k_dense = layers[dense[0]].get("kernel")
-    if k_in is None or k_block is None or k_dense is None or k_in.ndim != 3 or k_block.ndim != 3 or k_dense.ndim != 2:
+    if k_in is None or k_dense is None or k_in.ndim != 3 or k_dense.ndim != 2 or any(k is None or k.ndim != 3 for k in k_blocks):
         raise TimnetError(f"{path}: conv1d/dense layers lack 3-D/2-D 'kernel' weights")
+    # the blocks' kernel size is the one most of them have, so that a damaged layer is the one named
+    sizes = [k.shape[0] for k in k_blocks]
+    kernel_size = max(set(sizes), key=sizes.count)
+    if odd := [(c, n) for c, n in zip(convs[2:], sizes) if n != kernel_size]:
+        raise TimnetError(f"{path}: {odd[0][0]}/kernel has kernel size {odd[0][1]} where the other block convs "
+                          f"have {kernel_size}" + (f" ({len(odd)} such layers)" if len(odd) > 1 else ""))
     return TIMNetConfig(
-        n_features=k_in.shape[1], n_filters=k_in.shape[2], kernel_size=k_block.shape[0],
+        n_features=k_in.shape[1], n_filters=k_in.shape[2], kernel_size=kernel_size,
         dilations=levels, n_classes=k_dense.shape[1],
     )
 
