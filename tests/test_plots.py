@@ -18,13 +18,14 @@ from matplotlib.figure import Figure
 import browser
 from test_train import LABELS, synthetic
 from timnet import plots
+from timnet.errors import TimnetError
 from timnet.evaluate import evaluate, fold_models, summarize
 from timnet.features import save_features
 from timnet.report import plot_evaluation, plot_run, read_history, write_report
 from timnet.run import Run
 from timnet.train import TrainConfig
 
-FIGURES = {"curves", "confusion", "recall", "tsne"}
+FIGURES = {"curves", "confusion", "confusion_folds", "recall", "tsne"}
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,23 @@ def test_figure_functions_return_figures(tmp_path):
         assert isinstance(fig, Figure)
         check_image_files(plots.save_figure(fig, tmp_path / f"{name}.v1"))  # a dot in the name is kept
     assert "UAR 50.00%" in figs["recall"].axes[0].get_title()
+
+
+def test_each_folds_confusion_matrix_with_its_own_figures(tmp_path):
+    """Small multiples, one per fold, titled with the fold's WAR and UAR (a class absent from a
+    fold's test split counts in neither); a matrix that does not fit the labels is refused."""
+    eye = np.eye(7, dtype=int) * 2
+    half = eye.copy()
+    half[0] = [0, 2, 0, 0, 0, 0, 0]  # class 0 all wrong
+    half[6] = 0  # class 6 absent
+    fig = plots.fold_confusions_figure([eye, half, eye], LABELS, titles=["fold 1", "fold 2 (03)", "fold 3"])
+    shown = [ax for ax in fig.axes if ax.axison and ax.images]
+    assert [ax.get_title() for ax in shown] == ["fold 1\nWAR 100%  UAR 100%", "fold 2 (03)\nWAR 83%  UAR 83%",
+                                                "fold 3\nWAR 100%  UAR 100%"]
+    check_image_files(plots.save_figure(fig, tmp_path / "folds"))
+    assert len(plots.fold_confusions_figure([eye] * 12, LABELS, titles=[str(i) for i in range(12)]).axes) == 15 + 1
+    with pytest.raises(TimnetError, match="fold 2: confusion matrix of shape \\(6, 6\\) does not fit 7 labels"):
+        plots.fold_confusions_figure([eye, np.eye(6, dtype=int)], LABELS, titles=["fold 1", "fold 2"])
 
 
 def test_tsne_is_reproducible():

@@ -1,4 +1,4 @@
-"""Figures of a run: training curves, confusion matrix, per-class recall, t-SNE of fused features.
+"""Figures of a run: training curves, confusion matrices, per-class recall, t-SNE of fused features.
 
 Every `*_figure` function takes arrays and returns a matplotlib Figure; nothing here reads a
 RUN_DIR or writes a file except `save_figure`. Figures are built with `matplotlib.figure.Figure`
@@ -131,6 +131,43 @@ def confusion_figure(cm: np.ndarray, labels: Sequence[str], *, context: str | No
     if context:
         fig.suptitle(context, fontsize="medium", wrap=True)
     fig.colorbar(image, ax=ax, label="fraction of the true class", shrink=0.8)
+    return fig
+
+
+def fold_confusions_figure(cms: Sequence[np.ndarray], labels: Sequence[str], *, titles: Sequence[str],
+                           context: str | None = None) -> Figure:
+    """Each fold's own confusion matrix (rows true), small multiples on one colour scale: where the
+    summed matrix hides a fold that failed on a class (a speaker, in speaker-independent folds)."""
+    if len(cms) != len(titles) or not len(cms):
+        raise TimnetError(f"{len(cms)} confusion matrices for {len(titles)} fold titles")
+    n, k = len(labels), len(cms)
+    cols = min(k, 5)
+    rows = -(-k // cols)
+    cell = max(2.2, 0.32 * n + 0.8)
+    fig = Figure(figsize=(cell * cols + 1.2, cell * rows + 0.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, cm, title in zip(axes, cms, titles):
+        cm = np.asarray(cm)
+        if cm.shape != (n, n):
+            raise TimnetError(f"{title}: confusion matrix of shape {cm.shape} does not fit {n} labels")
+        support = cm.sum(axis=1, keepdims=True)
+        rate = np.divide(cm, support, out=np.zeros(cm.shape), where=support > 0)
+        image = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
+        if n <= 8:  # counts stay legible up to eight classes at this size
+            for i in range(n):
+                for j in range(n):
+                    if cm[i, j]:
+                        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize="x-small",
+                                color="white" if rate[i, j] > 0.6 else "black")
+        ax.set_xticks(range(n), [label[:3] for label in labels], rotation=90, fontsize="x-small")
+        ax.set_yticks(range(n), [label[:3] for label in labels], fontsize="x-small")
+        recall = np.diag(rate)[support[:, 0] > 0]
+        ax.set_title(f"{title}\nWAR {np.trace(cm) / max(cm.sum(), 1):.0%}  UAR {recall.mean() if len(recall) else 0:.0%}",
+                     fontsize="small")
+    for ax in axes[k:]:
+        ax.set_axis_off()
+    fig.colorbar(image, ax=axes[:k].tolist(), label="fraction of the true class", shrink=0.6)
+    _titled(fig, f"confusion matrix of each of the {k} folds (rows true, columns predicted)", context)
     return fig
 
 

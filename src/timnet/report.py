@@ -21,7 +21,7 @@ import numpy as np
 from . import metrics
 from .errors import TimnetError
 from .features import FeatureSet
-from .plots import confusion_figure, curves_figure, recall_figure, save_figure, tsne_figure
+from .plots import confusion_figure, curves_figure, fold_confusions_figure, recall_figure, save_figure, tsne_figure
 from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
 from .utils import RUN_FILE, atomic_write, fold_files, history_name, read_fold_result
 
@@ -30,6 +30,7 @@ REPORT_FILE = "report.html"
 FIGURE_CAPTIONS = {
     "curves": "Training curves: mean over the folds' trainings (every member's, for an ensemble), band ±1 std.",
     "confusion": "Confusion matrix summed over the folds' test splits; colours are row-normalised.",
+    "confusion_folds": "The confusion matrix of each fold's test split on its own, with the fold's WAR and UAR.",
     "recall": "Per-class recall pooled over the folds' test splits; whiskers ±1 std of the folds' own recalls.",
     "tsne": "t-SNE of the fused (penultimate) features of every test sample, one panel per fold: each fold's "
             "model has its own feature space, so samples are embedded with the other test samples of their fold.",
@@ -134,7 +135,11 @@ def _result_figures(fold_results: list[dict], labels, *, war: float, uar: float,
                     members: int = 1) -> dict[str, list[Path]]:
     cm = _summed_confusion(fold_results)
     fold_cms = [np.asarray(r["confusion"]) for r in fold_results]
+    titles = [f"fold {r['fold']}" + (f" ({', '.join(r['test_speakers'])})" if r.get("test_speakers") else "")
+              for r in fold_results]
     written = {"confusion": save_figure(confusion_figure(cm, labels, context=context), out_dir / "confusion"),
+               "confusion_folds": save_figure(fold_confusions_figure(fold_cms, labels, titles=titles, context=context),
+                                    out_dir / "confusion_folds"),
                "recall": save_figure(recall_figure(cm, labels, uar=uar, war=war, fold_cms=fold_cms, context=context),
                                      out_dir / "recall")}
     if fused is not None:
