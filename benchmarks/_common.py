@@ -272,8 +272,7 @@ def members_from(run_dir: Path, source: Path, *, which=None, members: int | None
     want = read_identity(run_dir)
     size = want["train_config"]["members"]
     wanted = range(size) if which is None else sorted(set(which))
-    shared = [m for m in wanted if m < size and _member_identity(have, m) is not None
-              and _member_identity(have, m) == _member_identity(want, m)]
+    shared = [m for m in shared_members(have, want) if m in wanted]
     if shared and (skew := _dispatch_skew(source, want, shared)):
         print(f"{run_dir}: members {', '.join(map(str, skew))} not taken from {source}: they train with --vtlp, "
               "which rounds apart under numpy's AVX-512 and AVX2 loops, and the source trained under the other ones",
@@ -302,6 +301,13 @@ def members_from(run_dir: Path, source: Path, *, which=None, members: int | None
         print(f"{run_dir}: {label} taken from {source}'s finished fold models ({n} fold{'s' if n > 1 else ''})",
               file=sys.stderr, flush=True)
     return n
+
+
+def shared_members(source: dict, identity: dict) -> list[int]:
+    """The members of the run of `identity` that the run of `source` (both run.json identities)
+    trains alike, weight for weight: what members_from can give it."""
+    return [m for m in range(identity["train_config"].get("members", 1))
+            if _member_identity(source, m) is not None and _member_identity(source, m) == _member_identity(identity, m)]
 
 
 def _dispatch_skew(source: Path, want: dict, members: list[int]) -> list[int]:

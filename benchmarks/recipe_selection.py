@@ -36,7 +36,7 @@ dispatch.pin()
 
 import numpy as np  # noqa: E402
 
-from _common import FOLD_DONE, members_from, pm, record, restore, run_main, write_json
+from _common import FOLD_DONE, members_from, pm, record, restore, run_main, shared_members, write_json
 from timnet.backends import LocalBackend
 from timnet.corpora import paper_seed
 from timnet.features import load_features
@@ -122,7 +122,8 @@ def main() -> int:
                     reuse_members(run, n, Path(args.runs))
 
         try:
-            summaries = execute_runs(runs, backend=LocalBackend(args.workers), progress=False, fold_major=True, log=log)
+            backend = LocalBackend(args.workers, waits=member_waits(runs))
+            summaries = execute_runs(runs, backend=backend, progress=False, fold_major=True, log=log)
         finally:
             record_all()  # also the folds of an interrupted selection
     wall = time.time() - t0
@@ -185,18 +186,32 @@ def reuse_members(run: Run, name: str, runs_dir: Path) -> None:
     swa-x4's first three, swa-x4's first two are swa-mixed-x4's plain members and
     swa+vtlp+gain-x4's last two its augmented ones. Where such a run here has finished folds with
     their models, those members are put in as this run's finished members instead of being trained
-    again (_common.members_from compares what decides each member). It is called at the start and
-    again as each fold finishes: folds are scheduled fold by fold in the order of --candidates, so
-    with the candidates that give members listed first (--candidates
-    swa-x4,swa+vtlp+gain-x4,swa-mixed-x4) a fold of the one gives the same fold of the other its
-    members before they are trained, in the same session. (Fold models do not outlive the machine:
-    the ledger keeps figures only.)"""
+    again as each fold finishes, and a member that a candidate listed before trains alike waits for
+    that candidate's fold (member_waits): with --candidates swa-x4,swa+vtlp+gain-x4,swa-mixed-x4
+    the last takes members 2-3 of the same fold from the second as it ends, in the same session.
+    (Fold models do not outlive the machine: the ledger keeps figures only.)"""
     if CANDIDATES[name].get("members", 1) < 2:
         return
     # the largest first: with several runs offering a member, each is taken once, from the first
     for other in sorted(CANDIDATES, key=lambda o: -CANDIDATES[o].get("members", 1)):
         if other != name:
             members_from(run.dir, runs_dir / other)  # a member a fold has already is left as it is
+
+
+def member_waits(runs: list[Run]) -> dict:
+    """{((run, fold), member): (earlier run, fold)}: each ensemble member that a candidate listed
+    before trains alike waits for that candidate's same fold, whose end gives it (reuse_members
+    from the log), instead of a free worker training it again meanwhile."""
+    from timnet.rundir import read_identity
+
+    ids = [read_identity(run.dir) for run in runs]
+    waits = {}
+    for i, run in enumerate(runs):
+        for j in range(i):
+            for m in shared_members(ids[j], ids[i]):
+                for k in range(1, run.folds_n + 1):
+                    waits.setdefault(((i, k), m), (j, k))  # the first candidate listed that trains it
+    return waits
 
 
 def derived_candidates(names: list[str], summaries: list[dict]) -> dict[str, tuple[str, dict]]:

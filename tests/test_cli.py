@@ -236,6 +236,28 @@ def test_json_is_never_a_file_of_another_run_folder(tmp_path, capsys, json_in_ru
     assert all(path.read_text() == "the run's" for path in kept)
     assert main(["predict", str(clip), "--json", str(run / "mine.json")]) == 0  # a name of one's own beside them
     assert json.loads((run / "mine.json").read_text())[0]["file"].endswith("clip.wav")
+    link = tmp_path / "shortcut"
+    link.symlink_to(run / "fold_01")
+    assert main(["predict", str(clip), "--json", str(link / "result.json")]) == 1  # through a link too
+    assert (run / json_in_run).read_text() == "the run's"
+
+
+def test_json_beside_a_model_or_files_named_fold_that_are_no_run(tmp_path, monkeypatch):
+    """A user's folder holding a copied model.pt or a fold_plan.txt is not a run folder: results.json
+    may go there."""
+    from timnet.cli import _check_outputs, build_parser
+
+    (tmp_path / "model.pt").write_text("weights")
+    (tmp_path / "fold_plan.txt").write_text("plan")
+    monkeypatch.chdir(tmp_path)
+    clip = write_tone(tmp_path / "clip.wav")
+    _check_outputs(build_parser().parse_args(["predict", str(clip), "--json", "results.json"]))
+    _check_outputs(build_parser().parse_args(["predict", str(clip), "--model", "model.pt", "--json", "results.json"]))
+    seeds = tmp_path / "seeds"
+    (seeds / "seed_1").mkdir(parents=True)
+    (seeds / "seed_1" / "run.json").write_text("{}")
+    with pytest.raises(Exception, match="is a file timnet keeps in the run folder"):  # the seeds' own summary
+        _check_outputs(build_parser().parse_args(["predict", str(clip), "--json", str(seeds / "seeds.json")]))
 
 
 def test_test_on_a_run_with_no_finished_fold(tmp_path):

@@ -213,6 +213,7 @@ def test_casia_tree(tmp_path):
         "wangzhe/bored/201.wav",  # not one of the six emotions
         "wangzhe/fear/take2.wav",  # not <NNN>.wav
         "zhaozuoxiang/surprise/250.wav",  # a second copy, its folders spelled in lower case: not a fifth speaker
+        "WANGZHE/sad/204.wav",  # a speaker folder in other case: SPEC's spelling of the speaker
         "stray.wav",
     ])
     touch(tmp_path / "readme.txt", b"CASIA")
@@ -221,6 +222,7 @@ def test_casia_tree(tmp_path):
         ("ZhaoZuoxiang/angry/201.wav", "angry", "ZhaoZuoxiang"),
         ("liuchanhg/angry/201.wav", "angry", "liuchanhg"),
         ("wangzhe/fear/203.wav", "fear", "wangzhe"),
+        ("WANGZHE/sad/204.wav", "sad", "wangzhe"),  # the path's natural order is case-sensitive (SPEC §1)
         ("liuchanhg/sad/2.wav", "sad", "liuchanhg"),  # natural order: 2 before 10
         ("liuchanhg/sad/10.wav", "sad", "liuchanhg"),
         ("ZhaoZuoxiang/Surprise/250.wav", "surprise", "ZhaoZuoxiang"),

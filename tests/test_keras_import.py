@@ -88,6 +88,14 @@ def test_refuses_bad_shape_and_missing_layer(tmp_path):
         for reader in (load_keras_weights, config_from_keras):
             with pytest.raises(TimnetError, match=rf"{layer}.hdf5: {layer}/kernel has kernel size 3 where the other block convs have 2$"):
                 reader(path)
+    # one level, two of its four block convs of another size: no majority to name the odd ones by
+    path = write_keras_h5(randomised(TIMNetConfig(dilations=1)), tmp_path / "tie.hdf5")
+    with h5py.File(path, "a") as f:
+        for layer in ("conv1d_10", "conv1d_11"):
+            del f[f"{layer}/{layer}/kernel:0"]
+            f[layer].create_dataset(f"{layer}/kernel:0", data=np.zeros((3, 39, 39), np.float32))
+    with pytest.raises(TimnetError, match=r"tie.hdf5: the block convs disagree on their kernel size: 2 of them \d, 2 of them \d$"):
+        config_from_keras(path)
     path2 = write_keras_h5(randomised(TIMNetConfig()), tmp_path / "w2.hdf5")
     with h5py.File(path2, "a") as f:
         names = [n for n in f.attrs["layer_names"] if n != b"batch_normalization_9"]

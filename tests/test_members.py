@@ -197,3 +197,23 @@ def test_progress_counts_members_trained_at_once():
     assert bar.bar.n == 5 and set(bar.status) == {((0, 1), 0), ((0, 1), 1)}
     bar.finished((0, 1))  # member 1 stopped early at its epoch 2
     assert bar.bar.n == 6 and not bar.status
+
+
+def test_a_member_waits_for_the_fold_that_gives_it():
+    """LocalBackend's `waits`: a member another run's fold gives (the benchmarks' member reuse) does
+    not start until that fold has finished, nor a fold before its members; other members start at once."""
+    from timnet.backends import _ready
+
+    source, taker = (0, 1), (1, 1)
+    units = [*(("member", source, m) for m in range(4)), ("fold", source),
+             *(("member", taker, m) for m in range(4)), ("fold", taker)]
+    waits = {(taker, 2): source, (taker, 3): source, ((1, 2), 2): (0, 2)}
+    finished: set = set()
+
+    def ready(planned=(source, taker)):
+        return [u for u in units if _ready(u, units, finished=finished, planned=set(planned), waits=waits)]
+
+    assert ready() == [*units[:4], *units[5:7]]  # the taker's members 2-3 wait, and both folds
+    assert ready(planned=[taker]) == units[:4] + units[5:9]  # a source fold not planned (done before): none waits
+    finished.add(source)
+    assert ready() == units[:4] + units[5:9]

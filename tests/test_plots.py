@@ -137,10 +137,15 @@ def test_each_folds_confusion_matrix_with_its_own_figures(tmp_path):
     half[6] = 0  # class 6 absent
     fig = plots.fold_confusions_figure([eye, half, eye], LABELS, titles=["fold 1", "fold 2 (03)", "fold 3"])
     shown = [ax for ax in fig.axes if ax.axison and ax.images]
-    assert [ax.get_title() for ax in shown] == ["fold 1\nWAR 100%  UAR 100%", "fold 2 (03)\nWAR 83%  UAR 83%",
-                                                "fold 3\nWAR 100%  UAR 100%"]
+    assert [ax.get_title() for ax in shown] == ["fold 1\nWAR 100.0%  UAR 100.0%", "fold 2 (03)\nWAR 83.3%  UAR 83.3%",
+                                                "fold 3\nWAR 100.0%  UAR 100.0%"]
     check_image_files(plots.save_figure(fig, tmp_path / "folds"))
     assert len(plots.fold_confusions_figure([eye] * 12, LABELS, titles=[str(i) for i in range(12)]).axes) == 15 + 1
+    one = plots.fold_confusions_figure([eye], LABELS, titles=["fold 1"])  # a run with one fold finished
+    assert "confusion matrix of the fold " in one._suptitle.get_text() and one.get_figwidth() >= 6.5
+    assert plots.short_labels(["sad", "sadness", "happy_low", "happy_high", "angry"]) == \
+        ["sad", "sadness", "happy_l", "happy_h", "angry"]  # one width for all, the least that tells them apart
+    assert plots.short_labels(["a", "a"]) == ["a", "a"]  # no cut tells them apart: as they are
     with pytest.raises(TimnetError, match="fold 2: confusion matrix of shape \\(6, 6\\) does not fit 7 labels"):
         plots.fold_confusions_figure([eye, np.eye(6, dtype=int)], LABELS, titles=["fold 1", "fold 2"])
 

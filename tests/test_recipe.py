@@ -111,18 +111,21 @@ def test_selection_gives_a_finished_folds_members_to_the_next_candidate_in_the_s
     monkeypatch.setattr(recipe_selection, "CANDIDATES", {"aug-x4": tiny, "mixed-x4": {**tiny, "plain_members": 2}})
     features = save_features(synthetic(), tmp_path / "f.npz")
 
-    def select(candidates: str, runs: Path) -> list[dict]:
+    def select(candidates: str, runs: Path, workers: int = 2) -> list[dict]:
         monkeypatch.setattr(_common, "LEDGER", runs.with_name(runs.name + "_ledger"))  # each its own: none restored
         monkeypatch.setattr("sys.argv", ["recipe_selection.py", str(features), "--runs", str(runs), "--json",
-                                         str(runs.with_suffix(".json")), "--folds", "2", "--workers", "1",
+                                         str(runs.with_suffix(".json")), "--folds", "2", "--workers", str(workers),
                                          "--candidates", candidates])
         assert recipe_selection.main() == 0
         return [json.loads(p.read_text()) for p in sorted(runs.glob(f"{candidates.split(',')[-1]}/fold_*/result.json"))]
 
-    mixed = select("aug-x4,mixed-x4", tmp_path / "runs")  # neither has a finished fold at the start
-    source = str(tmp_path / "runs" / "aug-x4")
-    assert [f.get("members_from") for f in mixed] == [{"2": source, "3": source}] * 2
-    assert "members 2, 3 taken from" in capsys.readouterr().err
+    # neither has a finished fold at the start; in the pool, mixed-x4's members 2-3 wait for the
+    # fold of aug-x4 that gives them while its members 0-1 train (in one process: the order)
+    for workers in (2, 1):
+        mixed = select("aug-x4,mixed-x4", tmp_path / f"runs{workers}", workers)
+        source = str(tmp_path / f"runs{workers}" / "aug-x4")
+        assert [f.get("members_from") for f in mixed] == [{"2": source, "3": source}] * 2
+        assert "members 2, 3 taken from" in capsys.readouterr().err
     scratch = select("mixed-x4", tmp_path / "alone")  # the same candidate with no other run beside it: all trained
     assert not any("members_from" in f for f in scratch)
     assert [(f["val_loss"], f["val_uar"]) for f in mixed] == [(f["val_loss"], f["val_uar"]) for f in scratch]

@@ -23,14 +23,20 @@ OnEpoch = Callable[[Task, dict], None]
 
 
 class LocalBackend:
-    """Folds in worker processes, `workers` at a time (in this process when workers is 1)."""
+    """Folds in worker processes, `workers` at a time (in this process when workers is 1).
+
+    `waits` ({(task, member): task}) holds an ensemble's member back until another task's fold has
+    finished: the benchmarks give a run the members another run trains alike (benchmarks/_common.py)
+    as that run's fold ends, which must come before a worker starts training them. In one process
+    the tasks' order does the same (a task waited for comes first)."""
 
     name = "local"
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, *, waits: dict | None = None):
         if workers < 1:
             raise TimnetError(f"--workers {workers} invalid; expected a positive number")
         self.workers = workers
+        self.waits = dict(waits or {})
 
     def start(self) -> None:
         """Nothing to start: workers are made per run."""
@@ -42,7 +48,7 @@ class LocalBackend:
                 yield task, runs[ri].train_and_test_fold(k, on_epoch=lambda row, task=task: on_epoch(task, row),
                                                          worker=_worker_info())
             return
-        yield from _local_pool(runs, tasks, on_epoch, workers=self.workers)
+        yield from _local_pool(runs, tasks, on_epoch, workers=self.workers, waits=self.waits)
 
 
 # -- worker processes ---------------------------------------------------------------------------------
@@ -98,12 +104,20 @@ def _units(runs: list, tasks: list[Task], workers: int) -> list[tuple]:
     return units
 
 
+def _ready(unit: tuple, unfinished: list, *, finished: set, planned: set, waits: dict) -> bool:
+    """Whether a queued unit may start: a member unless it waits for a planned task's fold that has
+    not finished (LocalBackend's `waits`); a fold once none of its members is queued or training."""
+    if unit[0] == "member":
+        return (source := waits.get((unit[1], unit[2]))) not in planned or source in finished
+    return not any(u[0] == "member" and u[1] == unit[1] for u in unfinished)
+
+
 def _worker_info(**more) -> dict:
     """Where a fold ran, recorded in its result."""
     return {"host": socket.gethostname(), "pid": os.getpid(), **more}
 
 
-def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: int):
+def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: int, waits: dict | None = None):
     import multiprocessing as mp
     import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -127,8 +141,10 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
         finished: set = set()
         pending: dict = {}  # future: unit
 
-        def ready(unit) -> bool:  # a fold waits for its members, trained in units of their own
-            return unit[0] == "member" or not any(u[0] == "member" and u[1] == unit[1] for u in queued + list(pending.values()))
+        planned = set(tasks)
+
+        def ready(unit) -> bool:
+            return _ready(unit, queued + list(pending.values()), finished=finished, planned=planned, waits=waits or {})
 
         try:
             while queued or pending:
@@ -136,6 +152,8 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
                     queued.remove(unit)
                     with signals_held(ctx):  # the pool starts its workers as work is submitted
                         pending[pool.submit(_worker_unit, unit)] = unit
+                if not pending:  # every unit left waits for one that cannot come (a cycle in `waits`)
+                    raise TimnetError(f"units wait for each other and none can start: {queued[:3]}")
                 done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 if not done:
                     check_pool(pool)

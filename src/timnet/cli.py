@@ -719,6 +719,15 @@ def _is_run_folder(f: Path) -> bool:
     return (f / RUN_FILE).is_file() or any(f.glob("fold_*")) or (f / "model.pt").is_file()
 
 
+def _holds_a_run(f: Path) -> bool:
+    """A folder that surely is timnet's: a run, the seeds of one, a sweep (a user's folder that only
+    holds a model.pt or a fold_plan.txt is not)."""
+    from .run import SEEDS_FILE
+
+    return any((f / name).is_file() for name in (RUN_FILE, SEEDS_FILE, "sweep.json")) or \
+        any(f.glob(f"seed_*/{RUN_FILE}")) or any(f.glob(f"trial_*/{RUN_FILE}"))
+
+
 def _refuse_json_in_a_run(args) -> None:
     """Refuse a --json that is one of the files timnet keeps in a run folder: the one the command
     trains or reads, or any other that holds the path (`--json RUN_DIR/run.json` would leave a run
@@ -731,14 +740,13 @@ def _refuse_json_in_a_run(args) -> None:
     out = getattr(args, "json", None)
     if not out or out == JSON_STDOUT:
         return
-    folders = [getattr(args, "output", None) if args.verb in FOLDER_OUTPUTS else None,
-               getattr(args, "weights", None), getattr(args, "model", None), getattr(args, "run_dir", None)]
-    # another run's folder holding the path (`predict --json RUN/fold_01/result.json`)
-    folders += [str(f) for f in reversed(Path(out).absolute().parents) if f.is_dir() and _is_run_folder(f)]
-    for i, folder in enumerate(folders):
+    read = [getattr(args, name, None) for name in ("weights", "model", "run_dir")]
+    folders = [getattr(args, "output", None) if args.verb in FOLDER_OUTPUTS else None,  # made by this command
+               *(f for f in read if f and Path(f).is_dir() and _is_run_folder(Path(f)))]
+    # another run's folder holding the path (`predict --json RUN/fold_01/result.json`), through links too
+    folders += [str(f) for f in reversed(Path(out).resolve().parents) if f.is_dir() and _holds_a_run(f)]
+    for folder in folders:
         if not folder or (Path(folder).exists() and not Path(folder).is_dir()):
-            continue
-        if i > 0 and not _is_run_folder(Path(folder)):
             continue
         try:
             inside = Path(out).resolve().relative_to(Path(folder).resolve()).parts

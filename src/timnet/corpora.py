@@ -198,6 +198,8 @@ def _misfiled(path: PurePosixPath, speaker: str, folder: re.Pattern) -> bool:
 
 _CASIA_LABELS = ("angry", "fear", "happy", "neutral", "sad", "surprise")
 _CASIA_NAME = re.compile(r"\d+")
+# SPEC §2's spelling of the four speakers' folders, whatever case a copy gives them
+_CASIA_SPEAKERS = {name.casefold(): name for name in ("liuchanhg", "wangzhe", "zhaoquanyin", "ZhaoZuoxiang")}
 
 
 def scan_casia(root: Path) -> Listing:
@@ -207,10 +209,11 @@ def scan_casia(root: Path) -> Listing:
         if len(path.parts) < 3 or not _CASIA_NAME.fullmatch(path.stem):
             return "name"
         speaker, emotion = path.parts[-3], path.parts[-2].lower()
+        speaker = _CASIA_SPEAKERS.get(speaker.casefold(), speaker)
         if emotion not in _CASIA_LABELS:
             return f"emotion folder {path.parts[-2]!r}"
-        # a second copy whose speaker folder differs in case only is the same recording (EMOVO's
-        # and SAVEE's copies are matched so too); the copy kept gives the speaker its spelling
+        # a second copy whose speaker folder differs in case only is the same recording, as EMOVO's
+        # and SAVEE's are: not a fifth speaker with a leave-one-speaker-out fold of its own
         return _Match(emotion, speaker, f"{speaker.casefold()}/{emotion}/{path.stem}")
 
     return _scan_names(root, "CASIA", parse)

@@ -8,6 +8,7 @@ Every tensor's shape is checked and every key of the PyTorch model must be fille
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,11 @@ def _config_of(layers: dict, path: Path) -> TIMNetConfig:
         raise TimnetError(f"{path}: conv1d/dense layers lack 3-D/2-D 'kernel' weights")
     # the blocks' kernel size is the one most of them have, so that a damaged layer is the one named
     sizes = [k.shape[0] for k in k_blocks]
-    kernel_size = max(set(sizes), key=sizes.count)
+    counts = Counter(sizes).most_common()
+    kernel_size = counts[0][0]
+    if len(counts) > 1 and counts[1][1] == counts[0][1]:
+        raise TimnetError(f"{path}: the block convs disagree on their kernel size: "
+                          + ", ".join(f"{n} of them {size}" for size, n in counts))
     if odd := [(c, n) for c, n in zip(convs[2:], sizes) if n != kernel_size]:
         raise TimnetError(f"{path}: {odd[0][0]}/kernel has kernel size {odd[0][1]} where the other block convs "
                           f"have {kernel_size}" + (f" ({len(odd)} such layers)" if len(odd) > 1 else ""))

@@ -134,6 +134,15 @@ def confusion_figure(cm: np.ndarray, labels: Sequence[str], *, context: str | No
     return fig
 
 
+def short_labels(labels: Sequence[str], width: int = 3) -> list[str]:
+    """The labels cut to `width` characters, longer where two would read the same (sad / sadness)."""
+    for w in range(width, max(map(len, labels), default=0) + 1):
+        short = [label[:w] for label in labels]
+        if len(set(short)) == len(short):
+            return short
+    return list(labels)
+
+
 def fold_confusions_figure(cms: Sequence[np.ndarray], labels: Sequence[str], *, titles: Sequence[str],
                            context: str | None = None) -> Figure:
     """Each fold's own confusion matrix (rows true), small multiples on one colour scale: where the
@@ -144,8 +153,10 @@ def fold_confusions_figure(cms: Sequence[np.ndarray], labels: Sequence[str], *, 
     cols = min(k, 5)
     rows = -(-k // cols)
     cell = max(2.2, 0.32 * n + 0.8)
-    fig = Figure(figsize=(cell * cols + 1.2, cell * rows + 0.8), layout="constrained")
+    # wide enough for the title lines whatever the number of folds (one fold of a run just begun)
+    fig = Figure(figsize=(max(cell * cols + 1.2, 6.5), cell * rows + 0.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    ticks = short_labels(labels)
     for ax, cm, title in zip(axes, cms, titles):
         cm = np.asarray(cm)
         if cm.shape != (n, n):
@@ -159,15 +170,14 @@ def fold_confusions_figure(cms: Sequence[np.ndarray], labels: Sequence[str], *, 
                     if cm[i, j]:
                         ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize="x-small",
                                 color="white" if rate[i, j] > 0.6 else "black")
-        ax.set_xticks(range(n), [label[:3] for label in labels], rotation=90, fontsize="x-small")
-        ax.set_yticks(range(n), [label[:3] for label in labels], fontsize="x-small")
-        recall = np.diag(rate)[support[:, 0] > 0]
-        ax.set_title(f"{title}\nWAR {np.trace(cm) / max(cm.sum(), 1):.0%}  UAR {recall.mean() if len(recall) else 0:.0%}",
-                     fontsize="small")
+        ax.set_xticks(range(n), ticks, rotation=90, fontsize="x-small")
+        ax.set_yticks(range(n), ticks, fontsize="x-small")
+        ax.set_title(f"{title}\nWAR {metrics.war(cm):.1%}  UAR {metrics.uar(cm) if cm.sum() else 0:.1%}", fontsize="small")
     for ax in axes[k:]:
         ax.set_axis_off()
     fig.colorbar(image, ax=axes[:k].tolist(), label="fraction of the true class", shrink=0.6)
-    _titled(fig, f"confusion matrix of each of the {k} folds (rows true, columns predicted)", context)
+    what = "the fold" if k == 1 else f"each of the {k} folds"
+    _titled(fig, f"confusion matrix of {what} (rows true, columns predicted)", context)
     return fig
 
 

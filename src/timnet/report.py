@@ -2,6 +2,7 @@
 
 RUN_DIR/plots/curves.{png,svg}      loss and accuracy per epoch, mean ± std over folds
 RUN_DIR/plots/confusion.{png,svg}   confusion matrix summed over folds
+RUN_DIR/plots/confusion_folds.{png,svg}  each fold's own confusion matrix
 RUN_DIR/plots/recall.{png,svg}      per-class recall, pooled over folds
 RUN_DIR/plots/tsne.{png,svg}        t-SNE of every test sample's fused features (needs the features file)
 RUN_DIR/report.html                 protocol, per-fold table, figures, environment; works offline
@@ -132,11 +133,12 @@ def _tsne_unavailable(info: dict) -> str | None:
 # -- figures ---------------------------------------------------------------------------------------
 def _result_figures(fold_results: list[dict], labels, *, war: float, uar: float, fused: np.ndarray | None,
                     y: np.ndarray | None, folds: np.ndarray | None, seed: int, out_dir: Path, context: str,
-                    members: int = 1) -> dict[str, list[Path]]:
+                    split: str | None, members: int = 1) -> dict[str, list[Path]]:
     cm = _summed_confusion(fold_results)
     fold_cms = [np.asarray(r["confusion"]) for r in fold_results]
-    titles = [f"fold {r['fold']}" + (f" ({', '.join(r['test_speakers'])})" if r.get("test_speakers") else "")
-              for r in fold_results]
+    # a speaker-independent fold's test speakers (in a random split every fold holds them all)
+    titles = [f"fold {r['fold']}" + (f" ({', '.join(map(str, r['test_speakers']))})"
+                                     if split == "speaker" and r.get("test_speakers") else "") for r in fold_results]
     written = {"confusion": save_figure(confusion_figure(cm, labels, context=context), out_dir / "confusion"),
                "confusion_folds": save_figure(fold_confusions_figure(fold_cms, labels, titles=titles, context=context),
                                     out_dir / "confusion_folds"),
@@ -209,7 +211,7 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     wars, uars = [r["war"] for r in results], [r["uar"] for r in results]
     written.update(_result_figures(results, identity["labels"], war=float(np.mean(wars)), uar=float(np.mean(uars)),
                                    fused=fused, y=y, folds=folds, seed=seed, out_dir=out_dir, context=context,
-                                   members=members))
+                                   split=identity.get("split"), members=members))
     return written
 
 
@@ -245,7 +247,7 @@ def plot_evaluation(fs: FeatureSet, summary: dict, outputs: dict, out_dir: str |
     context, members = _evaluation_context(summary, weights)
     return _result_figures(summary["folds"], fs.labels, war=summary["mean_war"], uar=summary["mean_uar"],
                            fused=fused, y=y, folds=folds, seed=seed, out_dir=Path(out_dir), context=context,
-                           members=members)
+                           split=summary.get("split"), members=members)
 
 
 # -- the HTML page ---------------------------------------------------------------------------------
