@@ -23,10 +23,10 @@ def cpuinfo(tmp_path, flags):
 def test_pins_only_where_the_common_paths_run(tmp_path, x86, monkeypatch, new_numpy):
     monkeypatch.setattr(dispatch, "_numpy_at_least_2_4", lambda: new_numpy)
     both = dispatch.pins(cpuinfo=cpuinfo(tmp_path, "avx avx2 fma avx512f"))
-    assert both["OPENBLAS_CORETYPE"] == "Haswell"
+    assert both["OPENBLAS_CORETYPE"] == "Haswell" and both["MKL_CBWR"] == "AVX2"
     assert both["NPY_DISABLE_CPU_FEATURES"].split()[0] == ("X86_V4" if new_numpy else "AVX512F")
     # AVX2 only: numpy has no AVX-512 loops to leave out (and a name in its baseline would be an error)
-    assert dispatch.pins(cpuinfo=cpuinfo(tmp_path, "avx avx2 fma")) == {"OPENBLAS_CORETYPE": "Haswell"}
+    assert dispatch.pins(cpuinfo=cpuinfo(tmp_path, "avx avx2 fma")) == {"OPENBLAS_CORETYPE": "Haswell", "MKL_CBWR": "AVX2"}
     assert dispatch.pins(cpuinfo=cpuinfo(tmp_path, "avx fma avx512f")) == {}  # no AVX2: Haswell kernels would fault
     assert dispatch.pins(cpuinfo=str(tmp_path / "missing")) == {}
     monkeypatch.setattr(dispatch.platform, "machine", lambda: "aarch64")
@@ -37,7 +37,7 @@ def test_pin_keeps_what_the_user_set_and_can_be_turned_off(tmp_path, x86, monkey
     info = cpuinfo(tmp_path, "avx2 fma avx512f")
     monkeypatch.delitem(sys.modules, "numpy")  # as if numpy were not imported yet (it is, by pytest)
     env = {"OPENBLAS_CORETYPE": "Zen"}
-    assert dispatch.pin(env, cpuinfo=info) == {"NPY_DISABLE_CPU_FEATURES": env["NPY_DISABLE_CPU_FEATURES"]}
+    assert dispatch.pin(env, cpuinfo=info) == {"NPY_DISABLE_CPU_FEATURES": env["NPY_DISABLE_CPU_FEATURES"], "MKL_CBWR": "AVX2"}
     assert env["OPENBLAS_CORETYPE"] == "Zen"
     assert dispatch.pin({dispatch.OPT_OUT: "1"}, cpuinfo=info) == {}
 
@@ -61,6 +61,7 @@ def test_the_command_pins_before_numpy_loads():
     if not pins:
         pytest.skip("not an x86-64 Linux machine with AVX2: nothing to pin")
     assert state["numpy_avx512"] is False, "numpy still runs AVX-512 loops with the pin set"
+    assert state["mkl_cbwr"] == "AVX2"  # torch's MKL, which it reaches through the environment
     if state["openblas"]:  # an MKL numpy has none
         assert state["openblas"] == ["Haswell"]
 

@@ -113,8 +113,11 @@ def _ready(unit: tuple, unfinished: list, *, finished: set, planned: set, waits:
 
 
 def _worker_info(**more) -> dict:
-    """Where a fold ran, recorded in its result."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), **more}
+    """Where a fold ran, recorded in its result: the machine and what decides the bits of its
+    arithmetic there (the CPU, numpy's loops, MKL's branch: timnet.dispatch)."""
+    from . import dispatch
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "cpu": dispatch.cpu_model(), **dispatch.state(), **more}
 
 
 def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: int, waits: dict | None = None):

@@ -7,10 +7,17 @@ files differed in the last bits on 52% of the values between an AVX2 machine and
 ledger, could not be resumed there. Pinned to the AVX2 ("Haswell") paths, which every x86-64 CPU
 since 2013 has, the AVX-512 machine gave the AVX2 machine's EMODB and CASIA features bit for bit.
 
-`timnet` (the command) calls `pin()` first, before anything imports numpy; a Python user who wants
-the same bits calls it before importing numpy. A variable already set is left alone, and
+torch's MKL, which does the training's matrix products, chooses its kernels by CPU as well: on an
+Intel Xeon with AVX-512 it ran AVX-512 ones, where the AVX2 machine and the AMD EPYC (which MKL
+gives its AVX2 kernels) agreed, and a 500-epoch training there took another path (a CASIA
+validation fold's first model: UAR 0.8944 against 0.8789). MKL_CBWR=AVX2, MKL's own switch for
+reproducible results, holds it to its AVX2 kernels on Intel CPUs; elsewhere MKL keeps its own choice.
+
+`timnet` (the command) calls `pin()` first, before anything imports numpy or torch; a Python user
+who wants the same bits calls it before importing them. A variable already set is left alone, and
 TIMNET_NATIVE_DISPATCH=1 turns the pin off (each machine's fastest paths). `state()` records what
-numpy and OpenBLAS actually do, which is what decides the bits (an MKL numpy ignores the pin).
+numpy and OpenBLAS actually do, which is what decides the bits (an MKL numpy ignores the pin), and
+MKL's setting.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import platform
 import sys
 
 OPT_OUT = "TIMNET_NATIVE_DISPATCH"
-VARIABLES = ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")
+VARIABLES = ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES", "MKL_CBWR")
 # numpy 2.4 groups its AVX-512 dispatch targets as X86_V4 and above; earlier releases name each one.
 # A target this numpy does not dispatch is only an ImportWarning (hidden by default); one in its
 # compiled-in baseline is a RuntimeError at import, which cli.main turns into one line.
@@ -55,7 +62,7 @@ def pins(*, cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
     flags = _cpu_flags(cpuinfo)
     if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= flags:
         return {}
-    out = {"OPENBLAS_CORETYPE": "Haswell"}
+    out = {"OPENBLAS_CORETYPE": "Haswell", "MKL_CBWR": "AVX2"}
     if "avx512f" in flags:  # only then has numpy AVX-512 loops to leave out
         out["NPY_DISABLE_CPU_FEATURES"] = _AVX512_NEW if _numpy_at_least_2_4() else _AVX512_OLD
     return out
@@ -63,7 +70,8 @@ def pins(*, cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
 
 def pin(environ=os.environ, *, cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
     """Set the pins of `pins()` in `environ` (and so in every process started from here) unless
-    already set; returns what was set. Too late once numpy is imported, so then nothing is set."""
+    already set; returns what was set. Too late once numpy (which torch imports) is imported, so then
+    nothing is set."""
     if environ.get(OPT_OUT, "") == "1" or "numpy" in sys.modules:
         return {}
     done = {}
@@ -71,6 +79,18 @@ def pin(environ=os.environ, *, cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]
         if name not in environ:
             environ[name] = done[name] = value
     return done
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's name ("Intel(R) Xeon(R) Processor", "AMD EPYC 9B14"), or the platform's guess."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def state() -> dict:
@@ -86,4 +106,4 @@ def state() -> dict:
     # OpenBLAS loaded (numpy's, scipy's: the same choice), not MKL's, which the pin does not reach
     kernels = {i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"}
     return {"numpy_avx512": bool(features.get("X86_V4") or features.get("AVX512_SKX")),
-            "openblas": sorted(k for k in kernels if k)}
+            "openblas": sorted(k for k in kernels if k), "mkl_cbwr": os.environ.get("MKL_CBWR")}
