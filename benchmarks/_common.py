@@ -21,7 +21,7 @@ from pathlib import Path
 
 # these import no torch: ledger.py stays quick (training modules are imported where they are used)
 from timnet.errors import TimnetError
-from timnet.rundir import decisive, read_identity, recorded_numpy_avx512
+from timnet.rundir import decisive, read_identity, recorded_cpu_dispatch
 from timnet.utils import atomic_write, fold_dirs, fold_files, history_name, write_json
 
 # Published UAR / WAR (SPEC.md §4): the paper's (test-fold epoch selection, a leak) and the
@@ -316,7 +316,7 @@ def _dispatch_skew(source: Path, want: dict, members: list[int]) -> list[int]:
     are not recorded."""
     from timnet import dispatch
 
-    was = recorded_numpy_avx512(source)
+    was = recorded_cpu_dispatch(source).get("numpy_avx512")
     if was is None or was == dispatch.state()["numpy_avx512"]:
         return []
     return [m for m in members if _member_identity(want, m)["train_config"]["vtlp"]]

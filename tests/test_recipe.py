@@ -281,6 +281,31 @@ def test_a_vtlp_run_resumed_under_other_numpy_loops_is_warned_of(tmp_path):
     assert dispatch_change(run.dir, config) is None
 
 
+def test_a_run_resumed_on_another_vendors_cpu_or_mkl_branch_is_warned_of(tmp_path):
+    """torch's MKL picks its kernels by the CPU's vendor and MKL_CBWR: a run resumed where either
+    differs trains the rest on another path, VTLP or not; runs that recorded neither are not compared."""
+    from timnet import dispatch
+    from timnet.run import dispatch_change
+
+    fs = synthetic()
+    config = TrainConfig(**{**FAST, "epochs": 1})
+    run = Run(fs, tmp_path / "r", config=config, folds=2, threads=1)
+    run.prepare()
+    run_file = run.dir / "run.json"
+    data = json.loads(run_file.read_text())
+    now = dispatch.state()
+    assert data["versions"]["cpu_dispatch"]["cpu_vendor"] == now["cpu_vendor"] and dispatch_change(run.dir, config) is None
+    for key, other in (("cpu_vendor", "OtherVendor"), ("mkl_cbwr", "COMPATIBLE")):
+        changed = {**data["versions"]["cpu_dispatch"], key: other}
+        run_file.write_text(json.dumps({**data, "versions": {**data["versions"], "cpu_dispatch": changed}}))
+        note = dispatch_change(run.dir, config)
+        assert note and other in note and "torch's MKL chooses its kernels by them" in note, note
+        assert dispatch_change(run.dir, config, todo=set()) is None  # nothing left to train: nothing to tell
+    older = {k: v for k, v in data["versions"]["cpu_dispatch"].items() if k not in ("cpu_vendor", "mkl_cbwr")}
+    run_file.write_text(json.dumps({**data, "versions": {**data["versions"], "cpu_dispatch": older}}))
+    assert dispatch_change(run.dir, config) is None
+
+
 def test_ema_is_a_bias_corrected_average():
     """After updates with w1, w2, w3 the average is (d^2 w1 + d w2 + w3) / (d^2 + d + 1): the
     initial weights have no share in it."""

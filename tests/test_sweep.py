@@ -204,7 +204,7 @@ def test_sweep_cli_and_bad_space(tmp_path):
 
 @pytest.mark.parametrize("fold_major, expected", [(False, [(0, 1), (0, 3), (1, 1), (1, 2), (1, 3)]),
                                                   (True, [(0, 1), (1, 1), (1, 2), (0, 3), (1, 3)])])
-def test_execute_runs_schedules_run_by_run_or_fold_by_fold(fold_major, expected):
+def test_execute_runs_schedules_run_by_run_or_fold_by_fold(fold_major, expected, tmp_path):
     """Recipe selection pairs candidates fold by fold, so it schedules fold k of every run before
     fold k+1: work stopped part way leaves complete pairs. Finished folds are never scheduled."""
     from types import SimpleNamespace
@@ -212,8 +212,10 @@ def test_execute_runs_schedules_run_by_run_or_fold_by_fold(fold_major, expected)
     from timnet.run import execute_runs
 
     def fake_run(name, done):
-        return SimpleNamespace(dir=SimpleNamespace(name=name), folds_n=3, config=TrainConfig(epochs=1),
-                               done_results=lambda: dict(done), write_summary=lambda results: dict(results))
+        folder = tmp_path / name  # never made: no run.json, no partial fold to look at
+        return SimpleNamespace(dir=folder, folds_n=3, config=TrainConfig(epochs=1), done_results=lambda: dict(done),
+                               fold_dir=lambda k: folder / f"fold_{k:02d}", members_done=lambda k: set(),
+                               write_summary=lambda results: dict(results))
 
     class Recording:
         def map(self, runs, tasks, on_epoch):

@@ -81,16 +81,25 @@ def pin(environ=os.environ, *, cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]
     return done
 
 
-def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's name ("Intel(R) Xeon(R) Processor", "AMD EPYC 9B14"), or the platform's guess."""
+def _cpuinfo_field(name: str, cpuinfo: str) -> str | None:
     try:
         with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's name ("Intel(R) Xeon(R) Processor", "AMD EPYC 9B14"), or the platform's guess."""
+    return _cpuinfo_field("model name", cpuinfo) or platform.processor() or platform.machine()
+
+
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """GenuineIntel, AuthenticAMD, ... (MKL chooses its kernels by it); None where unknown."""
+    return _cpuinfo_field("vendor_id", cpuinfo)
 
 
 def state() -> dict:
@@ -106,4 +115,5 @@ def state() -> dict:
     # OpenBLAS loaded (numpy's, scipy's: the same choice), not MKL's, which the pin does not reach
     kernels = {i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"}
     return {"numpy_avx512": bool(features.get("X86_V4") or features.get("AVX512_SKX")),
-            "openblas": sorted(k for k in kernels if k), "mkl_cbwr": os.environ.get("MKL_CBWR")}
+            "openblas": sorted(k for k in kernels if k), "mkl_cbwr": os.environ.get("MKL_CBWR"),
+            "cpu_vendor": cpu_vendor()}

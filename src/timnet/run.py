@@ -41,7 +41,7 @@ from .features import FeatureSet
 from .folds import make_folds
 from .model import TIMNetConfig, ensemble
 from .rundir import (LEGACY_IDENTITY, check_not_multi_seed, decisive, features_fingerprint, read_identity,
-                     recorded_numpy_avx512)
+                     recorded_cpu_dispatch)
 from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
                     train_members, validation_split)
 from .utils import (RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, history_name, read_fold_result, torch_threads, write_csv,
@@ -163,22 +163,34 @@ def _partial(folder: Path) -> list[Path]:
 def dispatch_change(run_dir: Path, config: TrainConfig, todo=None) -> str | None:
     """Why members `todo` (default: all) of a resumed run will not train as its first folds did, or None.
 
-    VTLP's mel band centres come from librosa through numpy's exp, whose AVX-512 loops round a few
-    of them 1 ulp apart from the AVX2 ones; the augmented batches then differ in rare bits and the
-    training takes another, equally valid path (an EMODB fold's validation UAR 0.8377 against
-    0.8496). Nothing else in training runs numpy arithmetic, so only members with VTLP are told
-    of (a mixed ensemble's plain members have none). The run's loops are those of the process that
-    created its run.json."""
-    if not any(config.for_member(m).vtlp for m in (range(config.members) if todo is None else todo)):
+    Two things a machine decides change the bits of training (timnet.dispatch): torch's MKL picks
+    its kernels by the CPU's vendor and MKL_CBWR (an Intel Xeon with AVX-512 took another path than
+    an AMD EPYC and an AVX2 machine, which agreed), for every member; and VTLP's mel band centres
+    come from librosa through numpy's exp, whose AVX-512 loops round a few of them 1 ulp apart from
+    the AVX2 ones (an EMODB fold's validation UAR 0.8377 against 0.8496), for members with VTLP
+    alone. The run's are those of the process that created its run.json; what was not recorded
+    then (older runs) is not compared."""
+    members = range(config.members) if todo is None else todo
+    if not members:
         return None
-    was, now = recorded_numpy_avx512(run_dir), dispatch.state()["numpy_avx512"]
-    if was is None or was == now:  # None: a run from before the loops were recorded, nothing to compare with
+    was, now = recorded_cpu_dispatch(run_dir), dispatch.state()
+    why = []
+    if "mkl_cbwr" in was and "cpu_vendor" in was and \
+            (was["cpu_vendor"], was["mkl_cbwr"]) != (now["cpu_vendor"], now["mkl_cbwr"]):
+        def mkl(v):
+            return f"MKL_CBWR={v}" if v else "MKL_CBWR unset"
+
+        why.append(f"its run began on a {was['cpu_vendor']} CPU with {mkl(was['mkl_cbwr'])}, this process runs on a "
+                   f"{now['cpu_vendor']} CPU with {mkl(now['mkl_cbwr'])}, and torch's MKL chooses its kernels by them")
+    if any(config.for_member(m).vtlp for m in members) and was.get("numpy_avx512") not in (None, now["numpy_avx512"]):
+        how = (f"{dispatch.OPT_OUT}=1 on an AVX-512 machine" if was["numpy_avx512"]
+               else "the `timnet` command, or timnet.dispatch.pin() before numpy is imported")
+        why.append(f"its run began with numpy's AVX-512 loops {'on' if was['numpy_avx512'] else 'off'}, this process "
+                   f"has them {'on' if now['numpy_avx512'] else 'off'}; --vtlp rounds apart under them (to resume "
+                   f"alike: {how})")
+    if not why:
         return None
-    how = (f"{dispatch.OPT_OUT}=1 on an AVX-512 machine" if was
-           else "the `timnet` command, or timnet.dispatch.pin() before numpy is imported")
-    return (f"{run_dir}: its run began with numpy's AVX-512 loops {'on' if was else 'off'}, this process has them "
-            f"{'on' if now else 'off'}; --vtlp rounds apart under them, so what trains from here on is not what an "
-            f"uninterrupted run gives (to resume alike: {how})")
+    return f"{run_dir}: {'; '.join(why)}; so what trains from here on is not what an uninterrupted run gives"
 
 
 def _clear_partial(folder: Path) -> None:
@@ -416,7 +428,7 @@ def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callab
                 log(f"{name}fold {k}/{run.folds_n}: done before, kept ({_figures(results[ri][k])})")
             else:
                 tasks.append((ri, k))
-    for ri in sorted({ri for ri, _ in tasks if runs[ri].config.vtlp}):  # VTLP alone reads numpy's arithmetic
+    for ri in sorted({ri for ri, _ in tasks}):  # a run resumed where its arithmetic rounds otherwise
         run = runs[ri]
         if results[ri] or any(_partial(run.fold_dir(k)) for k in range(1, run.folds_n + 1)):
             todo = {m for r, k in tasks if r == ri for m in set(range(run.config.members)) - run.members_done(k)}

@@ -54,13 +54,15 @@ def read_identity(run_dir: str | Path) -> dict:
     return identity
 
 
-def recorded_numpy_avx512(run_dir: str | Path) -> bool | None:
-    """Whether the process that began the run in `run_dir` ran numpy's AVX-512 loops (run.json:
-    versions.cpu_dispatch); None where that is not recorded (runs from before it was)."""
+def recorded_cpu_dispatch(run_dir: str | Path) -> dict:
+    """What decided the bits of the process that began the run in `run_dir` (run.json:
+    versions.cpu_dispatch, timnet.dispatch.state: numpy's loops, MKL's branch, the CPU's vendor);
+    {} where that is not recorded (runs from before it was), and a key missing where that was not."""
     try:
-        return json.loads((Path(run_dir) / RUN_FILE).read_text())["versions"]["cpu_dispatch"]["numpy_avx512"]
+        record = json.loads((Path(run_dir) / RUN_FILE).read_text())["versions"]["cpu_dispatch"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def check_not_multi_seed(path: Path, *, hint: str | None = None) -> None:
