@@ -13,9 +13,10 @@ def x86(monkeypatch):
     monkeypatch.setattr(dispatch.platform, "machine", lambda: "x86_64")
 
 
-def cpuinfo(tmp_path, flags):
+def cpuinfo(tmp_path, flags, vendor="GenuineIntel"):
     path = tmp_path / "cpuinfo"
-    path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\nflags\t\t: fpu sse2 {flags}\n")
+    path.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu sse2 {flags}\n\n"
+                    f"processor\t: 1\nvendor_id\t: {vendor}\nflags\t\t: fpu sse2 {flags}\n")
     return str(path)
 
 
@@ -27,6 +28,8 @@ def test_pins_only_where_the_common_paths_run(tmp_path, x86, monkeypatch, new_nu
     assert both["NPY_DISABLE_CPU_FEATURES"].split()[0] == ("X86_V4" if new_numpy else "AVX512F")
     # AVX2 only: numpy has no AVX-512 loops to leave out (and a name in its baseline would be an error)
     assert dispatch.pins(cpuinfo=cpuinfo(tmp_path, "avx avx2 fma")) == {"OPENBLAS_CORETYPE": "Haswell", "MKL_CBWR": "AVX2"}
+    # MKL's AVX2 branch on Intel CPUs only: elsewhere MKL_CBWR=AVX2 would move MKL off its own choice
+    assert dispatch.pins(cpuinfo=cpuinfo(tmp_path, "avx avx2 fma", "AuthenticAMD")) == {"OPENBLAS_CORETYPE": "Haswell"}
     assert dispatch.pins(cpuinfo=cpuinfo(tmp_path, "avx fma avx512f")) == {}  # no AVX2: Haswell kernels would fault
     assert dispatch.pins(cpuinfo=str(tmp_path / "missing")) == {}
     monkeypatch.setattr(dispatch.platform, "machine", lambda: "aarch64")
@@ -61,7 +64,7 @@ def test_the_command_pins_before_numpy_loads():
     if not pins:
         pytest.skip("not an x86-64 Linux machine with AVX2: nothing to pin")
     assert state["numpy_avx512"] is False, "numpy still runs AVX-512 loops with the pin set"
-    assert state["mkl_cbwr"] == "AVX2"  # torch's MKL, which it reaches through the environment
+    assert state["mkl_cbwr"] == pins.get("MKL_CBWR")  # torch's MKL, which it reaches through the environment
     if state["openblas"]:  # an MKL numpy has none
         assert state["openblas"] == ["Haswell"]
 

@@ -301,6 +301,12 @@ def test_a_run_resumed_on_another_vendors_cpu_or_mkl_branch_is_warned_of(tmp_pat
         note = dispatch_change(run.dir, config)
         assert note and other in note and "torch's MKL chooses its kernels by them" in note, note
         assert dispatch_change(run.dir, config, todo=set()) is None  # nothing left to train: nothing to tell
+    # and through a resumed run (one fold left), VTLP or not
+    run.execute(workers=1, progress=False, log=lambda m: None)
+    for path in (run.dir / "fold_02").iterdir():
+        path.unlink()
+    with pytest.warns(UserWarning, match="COMPATIBLE.*torch's MKL chooses its kernels by them"):
+        Run(fs, run.dir, config=config, folds=2, threads=1).execute(workers=1, progress=False, log=lambda m: None)
     older = {k: v for k, v in data["versions"]["cpu_dispatch"].items() if k not in ("cpu_vendor", "mkl_cbwr")}
     run_file.write_text(json.dumps({**data, "versions": {**data["versions"], "cpu_dispatch": older}}))
     assert dispatch_change(run.dir, config) is None

@@ -11,7 +11,8 @@ torch's MKL, which does the training's matrix products, chooses its kernels by C
 Intel Xeon with AVX-512 it ran AVX-512 ones, where the AVX2 machine and the AMD EPYC (which MKL
 gives its AVX2 kernels) agreed, and a 500-epoch training there took another path (a CASIA
 validation fold's first model: UAR 0.8944 against 0.8789). MKL_CBWR=AVX2, MKL's own switch for
-reproducible results, holds it to its AVX2 kernels on Intel CPUs; elsewhere MKL keeps its own choice.
+reproducible results, holds it to its AVX2 kernels; it is set on Intel CPUs only (on others MKL
+would run a reproducible mode of its own choice, not necessarily what it ran unpinned there).
 
 `timnet` (the command) calls `pin()` first, before anything imports numpy or torch; a Python user
 who wants the same bits calls it before importing them. A variable already set is left alone, and
@@ -27,6 +28,7 @@ import sys
 
 OPT_OUT = "TIMNET_NATIVE_DISPATCH"
 VARIABLES = ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES", "MKL_CBWR")
+FEATURE_KEYS = ("numpy_avx512", "openblas")  # of state(): what decides the features' bits (torch's MKL does not)
 # numpy 2.4 groups its AVX-512 dispatch targets as X86_V4 and above; earlier releases name each one.
 # A target this numpy does not dispatch is only an ImportWarning (hidden by default); one in its
 # compiled-in baseline is a RuntimeError at import, which cli.main turns into one line.
@@ -62,7 +64,11 @@ def pins(*, cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
     flags = _cpu_flags(cpuinfo)
     if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= flags:
         return {}
-    out = {"OPENBLAS_CORETYPE": "Haswell", "MKL_CBWR": "AVX2"}
+    out = {"OPENBLAS_CORETYPE": "Haswell"}
+    if _cpuinfo_field("vendor_id", cpuinfo) == "GenuineIntel":
+        # MKL's reproducible AVX2 branch; on other vendors' CPUs MKL_CBWR=AVX2 runs a reproducible
+        # mode of MKL's own choice instead, which need not be the unpinned bits an AMD EPYC trained
+        out["MKL_CBWR"] = "AVX2"
     if "avx512f" in flags:  # only then has numpy AVX-512 loops to leave out
         out["NPY_DISABLE_CPU_FEATURES"] = _AVX512_NEW if _numpy_at_least_2_4() else _AVX512_OLD
     return out
@@ -103,8 +109,9 @@ def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str | None:
 
 
 def state() -> dict:
-    """What numpy and OpenBLAS do in this process (imports numpy): whether numpy runs AVX-512
-    loops, and the BLAS with the kernels it chose. Recorded with features and runs."""
+    """What decides the bits in this process (imports numpy): whether numpy runs AVX-512 loops, the
+    OpenBLAS kernels chosen, MKL_CBWR as set for torch's MKL, and the CPU's vendor (by which MKL
+    chooses). Recorded with features and runs; the features depend on FEATURE_KEYS alone."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as features
     except ImportError:  # numpy < 2

@@ -235,7 +235,9 @@ def _source_fingerprint(root: Path, items, config: FeatureConfig, *, corpus: str
 
     from . import __version__
 
-    h = hashlib.sha256(json.dumps([__version__, corpus, asdict(config), skip_bad, dispatch.state()]).encode())
+    state = dispatch.state()
+    h = hashlib.sha256(json.dumps([__version__, corpus, asdict(config), skip_bad,
+                                   {k: state[k] for k in dispatch.FEATURE_KEYS}]).encode())
     for it in items:
         try:
             st = (root / it.path).stat()

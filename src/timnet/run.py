@@ -180,8 +180,9 @@ def dispatch_change(run_dir: Path, config: TrainConfig, todo=None) -> str | None
         def mkl(v):
             return f"MKL_CBWR={v}" if v else "MKL_CBWR unset"
 
-        why.append(f"its run began on a {was['cpu_vendor']} CPU with {mkl(was['mkl_cbwr'])}, this process runs on a "
-                   f"{now['cpu_vendor']} CPU with {mkl(now['mkl_cbwr'])}, and torch's MKL chooses its kernels by them")
+        why.append(f"its run began on a {was['cpu_vendor'] or 'unknown'} CPU with {mkl(was['mkl_cbwr'])}, this process "
+                   f"runs on a {now['cpu_vendor'] or 'unknown'} CPU with {mkl(now['mkl_cbwr'])}, and torch's MKL chooses "
+                   "its kernels by them")
     if any(config.for_member(m).vtlp for m in members) and was.get("numpy_avx512") not in (None, now["numpy_avx512"]):
         how = (f"{dispatch.OPT_OUT}=1 on an AVX-512 machine" if was["numpy_avx512"]
                else "the `timnet` command, or timnet.dispatch.pin() before numpy is imported")
