@@ -8,8 +8,8 @@ ledger, could not be resumed there. Pinned to the AVX2 ("Haswell") paths, which 
 since 2013 has, the AVX-512 machine gave the AVX2 machine's EMODB and CASIA features bit for bit.
 
 torch's MKL, which does the training's matrix products, chooses its kernels by CPU as well: on an
-Intel Xeon with AVX-512 it ran AVX-512 ones, where the AVX2 machine and the AMD EPYC (which MKL
-gives its AVX2 kernels) agreed, and a 500-epoch training there took another path (a CASIA
+Intel Xeon with AVX-512 it ran other ones than on the AVX2 machine and the AMD EPYC (which agreed
+bit for bit), and a 500-epoch training there took another path (a CASIA
 validation fold's first model: UAR 0.8944 against 0.8789). MKL_CBWR=AVX2, MKL's own switch for
 reproducible results, holds it to its AVX2 kernels; it is set on Intel CPUs only (on others MKL
 would run a reproducible mode of its own choice, not necessarily what it ran unpinned there).
