@@ -107,13 +107,19 @@ def curves_figure(histories: Sequence[dict[str, np.ndarray]], *, what: str | Non
     return fig
 
 
+def _row_rates(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each true class's count as a column, the matrix as fractions of it); a class absent from
+    the test split is a row of zeros, not a division by zero."""
+    support = cm.sum(axis=1, keepdims=True)
+    return support, np.divide(cm, support, out=np.zeros(cm.shape), where=support > 0)
+
+
 def confusion_figure(cm: np.ndarray, labels: Sequence[str], *, context: str | None = None) -> Figure:
     """Confusion matrix (rows true): row-normalised colours, counts and row % in the cells."""
     cm = np.asarray(cm)
     if cm.shape != (len(labels), len(labels)):
         raise TimnetError(f"confusion matrix of shape {cm.shape} does not fit {len(labels)} labels")
-    support = cm.sum(axis=1, keepdims=True)
-    rate = np.divide(cm, support, out=np.zeros(cm.shape), where=support > 0)
+    support, rate = _row_rates(cm)
     n = len(labels)
     size = max(4.5, 0.75 * n + 2)
     fig = Figure(figsize=(size + 1, size), layout="constrained")
@@ -161,8 +167,7 @@ def fold_confusions_figure(cms: Sequence[np.ndarray], labels: Sequence[str], *, 
         cm = np.asarray(cm)
         if cm.shape != (n, n):
             raise TimnetError(f"{title}: confusion matrix of shape {cm.shape} does not fit {n} labels")
-        support = cm.sum(axis=1, keepdims=True)
-        rate = np.divide(cm, support, out=np.zeros(cm.shape), where=support > 0)
+        _, rate = _row_rates(cm)
         image = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
         if n <= 8:  # counts stay legible up to eight classes at this size
             for i in range(n):
