@@ -287,6 +287,10 @@ def members_from(run_dir: Path, source: Path, *, which=None, members: int | None
         if (fdir / "result.json").exists() or not give or not ((sdir / "model.pt").is_file() and (sdir / "result.json").is_file()):
             continue
         done = json.loads((sdir / "result.json").read_text())
+        if mkl := _mkl_skew(done, source):
+            print(f"{fdir}: no members taken from {sdir}: its models trained on {mkl}, whose MKL takes other kernels",
+                  file=sys.stderr, flush=True)
+            continue
         model = load_checkpoint(sdir / "model.pt")[0]
         nets = list(model.members) if isinstance(model, TIMNetEnsemble) else [model]
         fdir.mkdir(parents=True, exist_ok=True)
@@ -320,6 +324,25 @@ def _dispatch_skew(source: Path, want: dict, members: list[int]) -> list[int]:
     if was is None or was == dispatch.state()["numpy_avx512"]:
         return []
     return [m for m in members if _member_identity(want, m)["train_config"]["vtlp"]]
+
+
+def _mkl_skew(done: dict, source: Path) -> str | None:
+    """How torch's MKL ran another way where a source fold trained (its result's `worker`, else the
+    process that began the source run) than for the run taking its members (`_taker_mkl`;
+    timnet.dispatch.mkl_change), or None: every member's products go through it, so that fold's
+    members are not the weights the run would train."""
+    from timnet import dispatch
+
+    where = done.get("worker") if isinstance(done.get("worker"), dict) else recorded_cpu_dispatch(source)
+    return dispatch.mkl_change(where, _taker_mkl())
+
+
+def _taker_mkl() -> dict:
+    """This process's MKL record (timnet.dispatch.state): the benchmark scripts pin first, so it is
+    that of the workers they start, which train the taking run."""
+    from timnet import dispatch
+
+    return dispatch.state()
 
 
 def _member_identity(identity: dict, m: int) -> dict | None:

@@ -54,8 +54,8 @@ def test_pin_is_a_no_op_once_numpy_is_imported(tmp_path, x86):
 
 def test_the_command_pins_before_numpy_loads():
     # in a fresh interpreter the command's main() sets the pins first, and numpy and OpenBLAS follow them
-    code = ("import json, timnet.cli; timnet.cli.main(['corpora']); from timnet import dispatch; "
-            "print(json.dumps([dispatch.pins(), dispatch.state()]))")
+    code = ("import json, timnet.cli; timnet.cli.main(['corpora']); import torch; from timnet import dispatch; "
+            "torch.mm(torch.ones(64, 64), torch.ones(64, 64)); print(json.dumps([dispatch.pins(), dispatch.state()]))")
     env = {k: v for k, v in os.environ.items() if k not in (*dispatch.VARIABLES, dispatch.OPT_OUT)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     import json
@@ -65,6 +65,8 @@ def test_the_command_pins_before_numpy_loads():
         pytest.skip("not an x86-64 Linux machine with AVX2: nothing to pin")
     assert state["numpy_avx512"] is False, "numpy still runs AVX-512 loops with the pin set"
     assert state["mkl_cbwr"] == pins.get("MKL_CBWR")  # torch's MKL, which it reaches through the environment
+    if state["mkl_branch"]:  # and which took it (None: a torch without MKL)
+        assert state["mkl_branch"] == pins["MKL_CBWR"] if "MKL_CBWR" in pins else state["mkl_branch"].startswith("auto ")
     if state["openblas"]:  # an MKL numpy has none
         assert state["openblas"] == ["Haswell"]
 
@@ -81,3 +83,22 @@ def test_pin_as_the_readme_writes_it():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.split() == ["extract", "timnet.evaluate", "Run"], r.stderr
     assert r.stderr.strip().endswith("AttributeError: module 'timnet' has no attribute 'no_such_name'"), r.stderr
+
+
+def test_mkl_branch_is_what_mkl_reports():
+    """state() records the branch torch's MKL runs, read from MKL itself, not the variable: the
+    branch MKL_CBWR sets, "auto ..." with none set, None where torch is not imported."""
+    torch = pytest.importorskip("torch")
+    if not torch.backends.mkl.is_available():
+        pytest.skip("this torch has no MKL (not x86-64): no branch to read")
+    code = ("import sys, torch; from timnet import dispatch; torch.mm(torch.ones(8, 8), torch.ones(8, 8)); "
+            "print(dispatch.mkl_branch())")
+    env = {k: v for k, v in os.environ.items() if k not in dispatch.VARIABLES}
+    got = {cbwr: subprocess.run([sys.executable, "-c", code], env={**env, **({"MKL_CBWR": cbwr} if cbwr else {})},
+                                capture_output=True, text=True, check=True).stdout.strip()
+           for cbwr in ("COMPATIBLE", "SSE4_2", None)}
+    assert got["COMPATIBLE"] == "COMPATIBLE" and got["SSE4_2"] == "SSE4_2", got
+    assert got[None].startswith("auto "), got
+    none = subprocess.run([sys.executable, "-c", "from timnet import dispatch; print(dispatch.mkl_branch())"],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert none == "None"  # torch not imported: nothing asked of it

@@ -309,7 +309,7 @@ def test_table_recipe_names_give_the_configs_they_name():
         assert found and all(c == want for c in found), name  # as timnet compares runs
 
 
-def test_first_members_of_a_several_seed_run(tmp_path, capsys):
+def test_first_members_of_a_several_seed_run(tmp_path, capsys, monkeypatch):
     """The speaker-independent table trains with --seeds: each seed's one-member run gives member 0
     of the same seed's ensemble run, which `timnet train --seeds` then resumes as its own; a source
     with figures only (a ledger restore) is said to give nothing."""
@@ -322,6 +322,10 @@ def test_first_members_of_a_several_seed_run(tmp_path, capsys):
     args = ("--seeds", "1,2", "--epochs", "2", "--workers", "2")
     one = train_cli(features, tmp_path / "one", *args, "--json", tmp_path / "one.json")
     assert one.returncode == 0, one.stderr
+    # the taking runs train in the command too, which pins MKL as it did for the source (this test
+    # process may not be pinned); _common compares with the process that trains them
+    command = json.loads((tmp_path / "one" / "seed_1" / "run.json").read_text())["versions"]["cpu_dispatch"]
+    monkeypatch.setattr(_common, "_taker_mkl", lambda: command)
     for s in (1, 2):
         assert _common.take_first_members(tmp_path / "two" / f"seed_{s}", tmp_path / "one" / f"seed_{s}", members=2) == 3
     two = train_cli(features, tmp_path / "two", *args, "--members", "2", "--json", tmp_path / "two.json")
@@ -353,3 +357,27 @@ def test_table_scripts_say_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
     # where `timnet train --seeds` keeps a seed's run: RUN_DIR itself for one seed
     assert _common.seed_run(tmp_path, 46, [46]) == tmp_path
     assert _common.seed_run(tmp_path, 47, [46, 47]) == tmp_path / "seed_47"
+
+
+def test_members_are_not_taken_from_a_fold_trained_under_another_mkl(tmp_path):
+    """torch's MKL takes its kernels by the CPU's vendor and branch (timnet.dispatch.mkl_change), and
+    every member's products go through it: a source fold whose worker ran another MKL gives nothing.
+    (One trained by the pinned command is taken: test_first_members_of_a_several_seed_run.)"""
+    single = _run(synthetic(), tmp_path / "one")
+    single.execute(progress=False, log=lambda m: None)
+    here = _common._taker_mkl()  # folds 2-3 as if trained by the pinned command here, fold 1 elsewhere
+    for k, vendor in ((1, "OtherVendor"), (2, here["cpu_vendor"]), (3, here["cpu_vendor"])):
+        path = single.dir / f"fold_{k:02d}" / "result.json"
+        done = json.loads(path.read_text())
+        done["worker"] = {**done["worker"], **{key: here[key] for key in ("mkl_cbwr", "mkl_branch")}, "cpu_vendor": vendor}
+        path.write_text(json.dumps(done))
+        assert (_common._mkl_skew(done, single.dir) is None) == (k > 1)
+    assert "OtherVendor" in _common._mkl_skew(json.loads((single.dir / "fold_01" / "result.json").read_text()), single.dir)
+    assert _common.first_members_from(tmp_path / "two", single.dir, members=2) == 2  # folds 2 and 3 only
+    assert not (tmp_path / "two" / "fold_01").exists() and (tmp_path / "two" / "fold_02" / "member_0.pt").is_file()
+    # no worker record: the process that began the source run is compared
+    run_file = single.dir / "run.json"
+    data = json.loads(run_file.read_text())
+    data["versions"]["cpu_dispatch"]["cpu_vendor"] = "ThirdVendor"
+    run_file.write_text(json.dumps(data))
+    assert "ThirdVendor" in _common._mkl_skew({}, single.dir)

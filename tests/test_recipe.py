@@ -295,7 +295,9 @@ def test_a_run_resumed_on_another_vendors_cpu_or_mkl_branch_is_warned_of(tmp_pat
     data = json.loads(run_file.read_text())
     now = dispatch.state()
     assert data["versions"]["cpu_dispatch"]["cpu_vendor"] == now["cpu_vendor"] and dispatch_change(run.dir, config) is None
-    for key, other in (("cpu_vendor", "OtherVendor"), ("mkl_cbwr", "COMPATIBLE")):
+    # MKL's branch as MKL reports it where both record it (None where torch has no MKL), else MKL_CBWR
+    mkl = "mkl_branch" if now["mkl_branch"] else "mkl_cbwr"
+    for key, other in (("cpu_vendor", "OtherVendor"), (mkl, "COMPATIBLE")):
         changed = {**data["versions"]["cpu_dispatch"], key: other}
         run_file.write_text(json.dumps({**data, "versions": {**data["versions"], "cpu_dispatch": changed}}))
         note = dispatch_change(run.dir, config)
@@ -307,7 +309,10 @@ def test_a_run_resumed_on_another_vendors_cpu_or_mkl_branch_is_warned_of(tmp_pat
         path.unlink()
     with pytest.warns(UserWarning, match="COMPATIBLE.*torch's MKL chooses its kernels by them"):
         Run(fs, run.dir, config=config, folds=2, threads=1).execute(workers=1, progress=False, log=lambda m: None)
-    older = {k: v for k, v in data["versions"]["cpu_dispatch"].items() if k not in ("cpu_vendor", "mkl_cbwr")}
+    before = {k: v for k, v in data["versions"]["cpu_dispatch"].items() if k != "mkl_branch"}
+    run_file.write_text(json.dumps({**data, "versions": {**data["versions"], "cpu_dispatch": {**before, "mkl_cbwr": "X"}}}))
+    assert "MKL_CBWR=X" in dispatch_change(run.dir, config)  # recorded before the branch was: MKL_CBWR compared
+    older = {k: v for k, v in before.items() if k not in ("cpu_vendor", "mkl_cbwr")}
     run_file.write_text(json.dumps({**data, "versions": {**data["versions"], "cpu_dispatch": older}}))
     assert dispatch_change(run.dir, config) is None
 

@@ -18,13 +18,15 @@ would run a reproducible mode of its own choice, not necessarily what it ran unp
 who wants the same bits calls it before importing them. A variable already set is left alone, and
 TIMNET_NATIVE_DISPATCH=1 turns the pin off (each machine's fastest paths). `state()` records what
 numpy and OpenBLAS actually do, which is what decides the bits (an MKL numpy ignores the pin), and
-MKL's setting.
+the branch MKL reports it runs (`mkl_branch`; the variable alone says only what was asked for).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import sys
+from pathlib import Path
 
 OPT_OUT = "TIMNET_NATIVE_DISPATCH"
 VARIABLES = ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES", "MKL_CBWR")
@@ -34,6 +36,9 @@ FEATURE_KEYS = ("numpy_avx512", "openblas")  # of state(): what decides the feat
 # compiled-in baseline is a RuntimeError at import, which cli.main turns into one line.
 _AVX512_NEW = "X86_V4 AVX512_ICL AVX512_SPR"
 _AVX512_OLD = "AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"
+# MKL's codes for its branches (mkl_service.h: MKL_CBWR_*); 1 is "none set": MKL picks by the CPU
+_MKL_BRANCHES = {2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX",
+                 10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
 
 
 def _numpy_at_least_2_4() -> bool:
@@ -108,10 +113,51 @@ def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     return _cpuinfo_field("vendor_id", cpuinfo)
 
 
+def mkl_branch() -> str | None:
+    """The kernels torch's MKL runs in this process, as MKL reports them: "AVX2" where a branch is
+    set (MKL_CBWR), "auto AVX512_E1" where MKL picks by the CPU; None where torch is not imported
+    here or was built without MKL (ARM, macOS). MKL_CBWR can name a branch MKL does not take (one
+    the CPU lacks, a misspelling): this is what it took."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.backends.mkl.is_available():
+        return None
+    # torch links MKL into libtorch_cpu and exports its service functions, but not to the process's
+    # global symbols: open the library itself (already loaded: this only finds it)
+    libs = sorted(Path(torch.__file__).parent.glob("lib/*torch_cpu.*"))
+    try:
+        mkl = ctypes.CDLL(str(libs[0]))
+        code = mkl.mkl_serv_cbwr_get(1)  # MKL_CBWR_BRANCH: the branch set, 1 where none is
+        auto = code == 1
+        if auto:
+            code = mkl.mkl_serv_cbwr_get_auto_branch()
+    except (IndexError, OSError, AttributeError):  # no such library or symbol in this build
+        return None
+    return ("auto " if auto else "") + _MKL_BRANCHES.get(code, f"code {code}")  # a newer MKL's branch: its code
+
+
+def mkl_change(was: dict, now: dict) -> str | None:
+    """How torch's MKL ran differently in `now` than in `was` (two state() records), or None: the
+    CPU's vendor and MKL's branch where both record it, else MKL_CBWR (records before the branch
+    was); nothing where `was` records neither (older runs)."""
+    if "cpu_vendor" not in was or not ({"mkl_branch", "mkl_cbwr"} & was.keys()):
+        return None
+    key = "mkl_branch" if was.get("mkl_branch") and now.get("mkl_branch") else "mkl_cbwr"
+    if (was["cpu_vendor"], was.get(key)) == (now.get("cpu_vendor"), now.get(key)):
+        return None
+
+    def said(r):
+        mkl = (f"MKL branch {r[key]}" if key == "mkl_branch" else
+               f"MKL_CBWR={r[key]}" if r.get(key) else "MKL_CBWR unset")
+        return f"a {r.get('cpu_vendor') or 'unknown'} CPU with {mkl}"
+
+    return f"{said(was)}, not {said(now)}"
+
+
 def state() -> dict:
     """What decides the bits in this process (imports numpy): whether numpy runs AVX-512 loops, the
-    OpenBLAS kernels chosen, MKL_CBWR as set for torch's MKL, and the CPU's vendor (by which MKL
-    chooses). Recorded with features and runs; the features depend on FEATURE_KEYS alone."""
+    OpenBLAS kernels chosen, MKL_CBWR as set for torch's MKL and the branch MKL runs (where torch is
+    imported), and the CPU's vendor (by which MKL chooses). Recorded with features and runs; the
+    features depend on FEATURE_KEYS alone."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as features
     except ImportError:  # numpy < 2
@@ -123,4 +169,4 @@ def state() -> dict:
     kernels = {i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"}
     return {"numpy_avx512": bool(features.get("X86_V4") or features.get("AVX512_SKX")),
             "openblas": sorted(k for k in kernels if k), "mkl_cbwr": os.environ.get("MKL_CBWR"),
-            "cpu_vendor": cpu_vendor()}
+            "mkl_branch": mkl_branch(), "cpu_vendor": cpu_vendor()}

@@ -164,7 +164,7 @@ def dispatch_change(run_dir: Path, config: TrainConfig, todo=None) -> str | None
     """Why members `todo` (default: all) of a resumed run will not train as its first folds did, or None.
 
     Two things a machine decides change the bits of training (timnet.dispatch): torch's MKL picks
-    its kernels by the CPU's vendor and MKL_CBWR (an Intel Xeon with AVX-512 took another path than
+    its kernels by the CPU's vendor and MKL_CBWR (its branch as MKL reports it; an Intel Xeon with AVX-512 took another path than
     an AMD EPYC and an AVX2 machine, which agreed), for every member; and VTLP's mel band centres
     come from librosa through numpy's exp, whose AVX-512 loops round a few of them 1 ulp apart from
     the AVX2 ones (an EMODB fold's validation UAR 0.8377 against 0.8496), for members with VTLP
@@ -175,14 +175,8 @@ def dispatch_change(run_dir: Path, config: TrainConfig, todo=None) -> str | None
         return None
     was, now = recorded_cpu_dispatch(run_dir), dispatch.state()
     why = []
-    if "mkl_cbwr" in was and "cpu_vendor" in was and \
-            (was["cpu_vendor"], was["mkl_cbwr"]) != (now["cpu_vendor"], now["mkl_cbwr"]):
-        def mkl(v):
-            return f"MKL_CBWR={v}" if v else "MKL_CBWR unset"
-
-        why.append(f"its run began on a {was['cpu_vendor'] or 'unknown'} CPU with {mkl(was['mkl_cbwr'])}, this process "
-                   f"runs on a {now['cpu_vendor'] or 'unknown'} CPU with {mkl(now['mkl_cbwr'])}, and torch's MKL chooses "
-                   "its kernels by them")
+    if mkl := dispatch.mkl_change(was, now):
+        why.append(f"its run began on {mkl}, and torch's MKL chooses its kernels by them")
     if any(config.for_member(m).vtlp for m in members) and was.get("numpy_avx512") not in (None, now["numpy_avx512"]):
         how = (f"{dispatch.OPT_OUT}=1 on an AVX-512 machine" if was["numpy_avx512"]
                else "the `timnet` command, or timnet.dispatch.pin() before numpy is imported")
