@@ -288,7 +288,7 @@ def members_from(run_dir: Path, source: Path, *, which=None, members: int | None
             continue
         done = json.loads((sdir / "result.json").read_text())
         if mkl := _mkl_skew(done, source):
-            print(f"{fdir}: no members taken from {sdir}: its models trained on {mkl}, whose MKL takes other kernels",
+            print(f"{fdir}: no members taken from {sdir}: it trained on {mkl}, and torch's MKL chooses its kernels by them",
                   file=sys.stderr, flush=True)
             continue
         model = load_checkpoint(sdir / "model.pt")[0]

@@ -150,7 +150,7 @@ def mkl_change(was: dict, now: dict) -> str | None:
                f"MKL_CBWR={r[key]}" if r.get(key) else "MKL_CBWR unset")
         return f"a {r.get('cpu_vendor') or 'unknown'} CPU with {mkl}"
 
-    return f"{said(was)}, not {said(now)}"
+    return f"{said(was)} (here: {said(now)})"
 
 
 def state() -> dict:

@@ -164,8 +164,8 @@ def dispatch_change(run_dir: Path, config: TrainConfig, todo=None) -> str | None
     """Why members `todo` (default: all) of a resumed run will not train as its first folds did, or None.
 
     Two things a machine decides change the bits of training (timnet.dispatch): torch's MKL picks
-    its kernels by the CPU's vendor and MKL_CBWR (its branch as MKL reports it; an Intel Xeon with AVX-512 took another path than
-    an AMD EPYC and an AVX2 machine, which agreed), for every member; and VTLP's mel band centres
+    its kernels by the CPU's vendor and its branch (MKL_CBWR; an Intel Xeon with AVX-512 took another
+    path than an AMD EPYC and an AVX2 machine, which agreed), for every member; and VTLP's mel band centres
     come from librosa through numpy's exp, whose AVX-512 loops round a few of them 1 ulp apart from
     the AVX2 ones (an EMODB fold's validation UAR 0.8377 against 0.8496), for members with VTLP
     alone. The run's are those of the process that created its run.json; what was not recorded
