@@ -604,6 +604,8 @@ def test_a_run_trained_in_the_authors_order_is_tested_in_it(tmp_path):
     features = save_features(synthetic(), tmp_path / "f.npz")
     trained = train_cli(features, tmp_path / "run", "--order", "authors", "--epochs", "1", "--json", tmp_path / "train.json")
     assert trained.returncode == 0, trained.stderr
+    plotted = timnet("plot", tmp_path / "run")  # its t-SNE reads the features in that order too
+    assert "t-SNE skipped" not in plotted.stderr and (tmp_path / "run" / "plots" / "tsne.png").is_file(), plotted.stderr
     tested = timnet("test", features, "--weights", tmp_path / "run", "--json", tmp_path / "test.json")
     assert tested.returncode == 0, tested.stderr
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("train.json", "test.json"))

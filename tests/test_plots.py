@@ -223,9 +223,12 @@ def test_missing_features_skip_tsne_and_text_is_escaped(trained, tmp_path):
     info = json.loads((copy / "run.json").read_text())
     info.update(features=str(tmp_path / "gone.npz"), command=["timnet", "train", "<script>alert(1)</script>"])
     (copy / "run.json").write_text(json.dumps(info))
+    (copy / "plots").mkdir()
+    (copy / "plots" / "tsne.png").write_bytes(b"an earlier plot's")
     with pytest.warns(UserWarning, match="t-SNE skipped: the features file .*gone.npz"):
         figures = plot_run(copy)
     assert set(figures) == FIGURES - {"tsne"}
+    assert not list((copy / "plots").glob("tsne.*"))  # not left beside figures it does not match
     page = write_report(copy, figures=figures).read_text()
     assert "t-SNE not drawn" in page and "<script" not in page
     other = save_features(dataclasses.replace(trained[0], corpus="CASIA"), tmp_path / "other.npz")

@@ -223,6 +223,8 @@ def test_silent_and_short_warnings(run_dir):
     # one channel of two beyond full scale is flagged though their mean is not; NaN is refused
     stereo = np.stack([tone * 1.2, tone * 0], axis=1)
     assert "samples beyond full scale (peak 1.20): expected floats in [-1, 1]" in model.predict(stereo, 16000).warnings
+    # a lossy codec's few percent beyond full scale is not (an Ogg of an EMODB file decodes to peak 1.008)
+    assert not any("full scale" in w for w in model.predict(tone * 1.05, 16000).warnings)
     with pytest.raises(TimnetError, match="waveform has 1 NaN or infinite samples"):
         model.predict(np.where(np.arange(32000) == 5, np.nan, tone), 16000)
 
@@ -276,7 +278,7 @@ def test_cli_error_row_and_exit_status(run_dir, clips, tmp_path):
                                     ("--window", "0.01", "invalid; expected 0.023 to 0.743 s"),
                                     # longer windows would be centre-cropped to the signal length: audio ignored
                                     ("--window", "5", "invalid; expected 0.023 to 0.743 s (the model's signal length)"),
-                                    ("--hop", "1", "expected at most the window, 0.743 s"),
+                                    ("--hop", "1", "expected at most the window, 0.743 s (the model's signal length: no --window given)"),
                                     ("--hop", "0.6", "expected at most the window, 0.500 s")):
         extra = ["--window", "0.5"] if value == "0.6" else []
         r = subprocess.run(args[:5] + [option, value, *extra, "--model", str(run_dir)], capture_output=True, text=True)
@@ -558,3 +560,30 @@ def test_python_api_takes_each_layout_and_sample_format(run_dir, tmp_path):
     assert model.to("cpu") is model and model.predict(tone, 16000).probs == want  # .to("cuda") where there is one
     assert any(w.endswith("hop 0.25 s makes no windows") for w in model.predict(tone, 16000, hop=0.25).warnings)
     assert load_model(type("PathLike", (), {"__fspath__": lambda self: str(run_dir)})()).labels == LABELS
+
+
+def test_a_model_here_named_like_a_bundled_one_is_used_and_said(run_dir, tmp_path, monkeypatch):
+    """`--model emodb` with one's own run at ./emodb predicts with that run (the bundled model is
+    named in a warning, with its path); a folder of that name holding no model (a corpus) does not
+    shadow the bundled name."""
+    from timnet.predict import _holds_a_model
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(run_dir, tmp_path / "emodb")
+    with pytest.warns(UserWarning, match="'emodb': emodb here holds a model, which is used; the bundled emodb model is "):
+        mine = load_model("emodb")
+    assert mine.source == "emodb" and len(mine.models) == len(load_model(run_dir).models)
+    shutil.rmtree(tmp_path / "emodb")
+    (tmp_path / "emodb" / "wav").mkdir(parents=True)
+    (tmp_path / "emodb" / "wav" / "03a01Fa.wav").write_bytes(b"")
+    assert not _holds_a_model(tmp_path / "emodb")  # a corpus folder: `emodb` still names the bundled model
+
+
+@pytest.mark.realdata
+def test_authors_weights_with_an_upper_case_suffix(tmp_path):
+    """W.HDF5 is the authors' weights as W.hdf5 is (the suffix's case is the file system's, not the format's)."""
+    src = need(PRETRAINED / "EMODB_46") / "10-fold_weights_best_1.hdf5"
+    shutil.copy(src, tmp_path / "W.HDF5")
+    x = np.random.default_rng(0).standard_normal((2, 215, 39)).astype(np.float32)
+    np.testing.assert_array_equal(load_model(tmp_path / "W.HDF5", corpus="emodb").predict_features(x),
+                                  load_model(src, corpus="emodb").predict_features(x))

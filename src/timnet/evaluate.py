@@ -140,12 +140,12 @@ def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = Non
 
     run_file = Path(weights) / RUN_FILE
     if run_file.is_file() and order is not None:
-        own = _own_order(fs, run_file)
+        own = trained_order(fs, run_file)
         trained = read_identity(weights).get("features_fingerprint")
         if order != own and features_fingerprint(in_order(fs, order)) != trained == features_fingerprint(in_order(fs, own)):
             raise TimnetError(f"--order {order}: {weights} was trained on these features in the {own} order, and its "
                               f"folds' test indices point into that order; leave --order out")
-    fs = in_order(fs, order or _own_order(fs, run_file))
+    fs = in_order(fs, order or trained_order(fs, run_file))
     if not run_file.is_file() and order == "spec" and fs.files is not None and \
             (in_order(fs, "authors").files != fs.files).any():
         warnings.warn(f"--order spec: the authors' {fs.corpus} weights were trained on the folds of their own sample "
@@ -166,7 +166,7 @@ def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = Non
     return summary, outputs, fs
 
 
-def _own_order(fs: FeatureSet, run_file: Path) -> str:
+def trained_order(fs: FeatureSet, run_file: Path) -> str:
     """The sample order a model's folds were made on: a RUN_DIR's is the one whose features it was
     trained on (its run.json's fingerprint); the authors' weights were made on their own order."""
     from .features import in_order

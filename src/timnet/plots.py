@@ -303,7 +303,8 @@ def save_figure(fig: Figure, path: str | Path) -> list[Path]:
         for fmt, meta in (("png", {}), ("svg", {"Date": None})):
             target = path.parent / f"{path.name}.{fmt}"  # not with_suffix: names may contain dots
             with atomic_write(target) as tmp:
-                fig.savefig(tmp, format=fmt, dpi=PNG_DPI, metadata=meta)
+                # tight: rotated tick labels and long titles (a t-SNE of few folds) stay inside the image
+                fig.savefig(tmp, format=fmt, dpi=PNG_DPI, metadata=meta, bbox_inches="tight")
             out.append(target)
     if "matplotlib.pyplot" in sys.modules:  # only pyplot keeps a registry of figures to close
         sys.modules["matplotlib.pyplot"].close(fig)

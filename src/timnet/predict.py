@@ -34,6 +34,10 @@ QUIET_DBFS = -35.0
 LOUD_DBFS = -8.0  # 4 dB above the loudest file of either corpus: a level no training utterance had
 LOW_RATE = 8000  # Hz; below telephone speech nothing of the spectrum the MFCCs describe is left
 SHORT_SECONDS = 0.5
+# lossy codecs (Ogg, MP3) decode a full-scale recording a few percent beyond it (an EMODB file's Ogg:
+# peak 1.008), which the user cannot mend and which changes nothing; floats never scaled to [-1, 1]
+# (integer PCM as floats) are far beyond
+FULL_SCALE_SLACK = 1.1
 # Up to this many signal lengths a recording is centre-cropped exactly as in training (so a corpus
 # file gets the very prediction the evaluation made: EMODB's longest, 08b03Tc.wav, is 8.98 s, 2.06
 # times its 4.35 s); longer ones are scored in windows.
@@ -87,8 +91,9 @@ def check_windowing(window: float | None, hop: float | None, config: FeatureConf
     if hop is not None and not (math.isfinite(hop * sr) and hop * sr >= 1):
         raise TimnetError(f"--hop {hop} invalid; expected at least one sample ({1 / sr:.1e} s)")
     if hop is not None and hop > span:
-        raise TimnetError(f"--hop {hop} invalid; expected at most the window, {span:.3f} s "
-                          "(a longer hop leaves audio between windows unscored)")
+        whose = "" if window is not None else " (the model's signal length: no --window given)"
+        raise TimnetError(f"--hop {hop} invalid; expected at most the window, {span:.3f} s{whose}; "
+                          "a longer hop leaves audio between windows unscored")
 
 
 MAX_CHANNELS = 32  # the smaller axis of a 2-D waveform is its channels, up to this many
@@ -152,7 +157,7 @@ def audio_warnings(y: np.ndarray, *, peak: float, sample_rate: int, cfg: Feature
     `peak` and `sample_rate` those of the recording as given (before averaging channels and
     resampling, whose ringing may overshoot a full-scale file)."""
     warnings = []
-    if peak > 1.0:
+    if peak > FULL_SCALE_SLACK:
         warnings.append(f"samples beyond full scale (peak {peak:.2f}): expected floats in [-1, 1]")
     if sample_rate < LOW_RATE:
         warnings.append(f"sample rate {sample_rate} Hz, below {LOW_RATE} Hz: too little of the spectrum for the features")
@@ -313,7 +318,13 @@ def _load(name_or_path: str | Path, corpus: str | None, allow_onnx: bool) -> Pre
     key = os.fspath(name_or_path)
     kinds = (f"a checkpoint (.pt), a RUN_DIR{', an .onnx file' if allow_onnx else ''}, the authors' .hdf5 weights or a "
              f"bundled name ({installed})")
-    if key.lower() in BUNDLED:
+    if key.lower() in BUNDLED and _holds_a_model(Path(key)):
+        import warnings
+
+        # a run of one's own named after a corpus is what its owner means; the bundled one has a path too
+        warnings.warn(f"model {key!r}: {key} here holds a model, which is used; the bundled {key.lower()} model is "
+                      f"{_bundled_path(key.lower())}")
+    elif key.lower() in BUNDLED:
         path = _bundled_path(key.lower())
         if not path.is_file():
             raise TimnetError(f"model {key!r} is not installed; available models = {available_models()}")
@@ -325,7 +336,7 @@ def _load(name_or_path: str | Path, corpus: str | None, allow_onnx: bool) -> Pre
         from .onnx_export import OnnxPredictor
 
         return OnnxPredictor(path)
-    if path.is_file() and path.suffix in (".hdf5", ".h5"):
+    if path.is_file() and path.suffix.lower() in (".hdf5", ".h5"):
         return _from_keras([path], corpus=corpus, source=str(path))
     if path.is_file() and path.name.lower().endswith(AUDIO_EXTENSIONS):  # `--model` and the audio swapped
         raise TimnetError(f"{path}: an audio file, not a model; expected {kinds}")
@@ -350,6 +361,15 @@ def _load(name_or_path: str | Path, corpus: str | None, allow_onnx: bool) -> Pre
         raise TimnetError(f"{path}: no fold_*/model.pt, model.pt or .hdf5 files; expected a RUN_DIR, an --all-data "
                           "folder or a folder of the authors' weights")
     raise TimnetError(f"{key}: no such model file or folder, nor a bundled model; expected {kinds}")
+
+
+def _holds_a_model(path: Path) -> bool:
+    """Whether `path` is a model file or a folder `_load` predicts with (not, say, a corpus folder
+    that happens to share a bundled model's name)."""
+    if path.is_file():
+        return not path.name.lower().endswith(AUDIO_EXTENSIONS)
+    return path.is_dir() and any(next(path.glob(pattern), None) for pattern in
+                                 ("fold_*/model.pt", "model.pt", "*.hdf5", RUN_FILE))
 
 
 def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predictor:

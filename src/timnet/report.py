@@ -208,6 +208,8 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     if reason is not None:
         warnings.warn(f"t-SNE skipped: {reason}", stacklevel=2)
         written.skipped["tsne"] = reason
+        for stale in out_dir.glob("tsne.*"):  # an earlier plot's would stand beside figures it does not match
+            stale.unlink()
     wars, uars = [r["war"] for r in results], [r["uar"] for r in results]
     written.update(_result_figures(results, identity["labels"], war=float(np.mean(wars)), uar=float(np.mean(uars)),
                                    fused=fused, y=y, folds=folds, seed=seed, out_dir=out_dir, context=context,
@@ -217,14 +219,16 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
 
 def _run_test_features(run_dir: Path, info: dict) -> tuple:
     """(fused features, true classes, test folds, None) of every test sample of the finished folds, or a reason why not."""
-    from .evaluate import evaluate, fold_models
-    from .features import load_features
+    from .evaluate import evaluate, fold_models, trained_order
+    from .features import in_order, load_features
 
     identity = info["identity"]
     try:
         fs = load_features(info["features"], corpus=identity["corpus"], corpus_of=f"the run {run_dir}")
     except TimnetError as e:
         return None, None, None, str(e)
+    # the folds' test indices point into the order the run was trained in (`train --order authors`)
+    fs = in_order(fs, trained_order(fs, run_dir / RUN_FILE))
     # A features file rewritten since training would pair the models with other utterances.
     if features_fingerprint(fs) != identity.get("features_fingerprint"):
         return None, None, None, f"the features file {info['features']} has changed since the run was trained"
