@@ -129,3 +129,20 @@ def test_odd_names_and_dangling_links_are_findings_not_crashes(tmp_path):
                        capture_output=True, text=True, errors="replace")  # the Latin-1 name is printed as its bytes
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "unreadable: 1\n  wav/03a01Wa.wav (" in r.stdout and "missing (in the publisher's manifest, not found): 1" in r.stdout
+
+
+@pytest.mark.realdata
+def test_a_file_that_cannot_be_hashed_is_not_counted_a_match_and_a_quoted_home_is_expanded(tmp_path, monkeypatch):
+    """A dangling link is unreadable, not one of the files whose sha256 matches; and '~/E' (quoted,
+    so the shell left it) is the home folder's E, as `extract` reads it."""
+    wav = tmp_path / "E" / "wav"
+    wav.mkdir(parents=True)
+    for f in sorted((need(DATA / "EMODB") / "wav").glob("*.wav")):
+        (wav / f.name).symlink_to(f)
+    (wav / "03a01Fa.wav").unlink()
+    (wav / "03a01Fa.wav").symlink_to(tmp_path / "gone.wav")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    r = check_tree("emodb", "~/E")
+    assert r.root == str(tmp_path / "E") and r.matched == 534 and not r.ok
+    assert [u.split(" ")[0] for u in r.unreadable] == ["wav/03a01Fa.wav"]
+    assert "checksums: 534 of the publisher's 535 files match" in format_check(r)

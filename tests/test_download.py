@@ -62,8 +62,8 @@ def test_resumed_download_and_altered_file_named(server, tmp_path):
     Handler.payload, Handler.cut_first, Handler.requests = make_zip(files), True, []
     manifest = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     manifest["wav/03a02Wa.wav"] = "0" * 64  # the publisher's hash differs from what we serve
-    n, missing, altered = download("emodb", tmp_path / "EMODB", url=server, manifest=manifest, progress=False)
-    assert n == 3 and missing == [] and altered == ["wav/03a02Wa.wav"]
+    n, report = download("emodb", tmp_path / "EMODB", url=server, manifest=manifest, progress=False)
+    assert n == 3 and report.missing == [] and report.altered == ["wav/03a02Wa.wav"] and report.matched == 2
     assert Handler.requests[0] is None and Handler.requests[1].startswith("bytes=")  # resumed, not restarted
     assert (tmp_path / "EMODB" / "wav" / "03a01Wa.wav").read_bytes() == files["wav/03a01Wa.wav"]
 
@@ -199,3 +199,19 @@ def test_a_full_disk_is_said_and_not_retried(server, tmp_path, monkeypatch):
     with pytest.raises(TimnetError, match=r"\.part: cannot be written \(No space left on device\); free space"):
         download("emodb", tmp_path / "E", url=server, progress=False)
     assert len(Handler.requests) == 1  # not retried
+
+
+def test_the_download_is_checked_as_corpora_check_checks_it(server, tmp_path):
+    """download verifies through check_tree: a mirror's top folder (EmoDB/wav/...) is found by name,
+    as `extract` finds it, not called missing; a corpus with no checksums shipped is said so and its
+    counts checked (a short tree is exit 1), not reported verified."""
+    files = {f"EmoDB/wav/03a0{i}Wa.wav": bytes([i]) * 1000 for i in range(1, 3)}
+    Handler.payload, Handler.cut_first, Handler.requests = make_zip(files), False, []
+    manifest = {name.removeprefix("EmoDB/"): hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    n, report = download("emodb", tmp_path / "E", url=server, manifest=manifest, progress=False)
+    assert n == 2 and report.missing == [] and report.altered == [] and report.matched == 2
+    Handler.payload = make_zip({"casia/liuchanhg/angry/201.wav": b"RIFF" * 100})
+    r = subprocess.run([sys.executable, "-m", "timnet", "download", "casia", str(tmp_path / "C"), "--url", server, "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "1 files unpacked" in r.stdout and "PROBLEMS FOUND" in r.stdout, r.stdout + r.stderr
+    assert "checksums: none shipped for CASIA" in r.stdout and "against the manifest" not in r.stdout

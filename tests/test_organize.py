@@ -89,9 +89,30 @@ def test_a_file_gone_from_src_leaves_no_dead_link(tmp_path, mode):
     else:
         assert again.removed == () and len(again.stale) == 1 and (out / again.stale[0]).is_file()
         target = next(p for p in out.rglob("*.wav"))
-        half = target.with_name(f".{target.name}.tmp")  # an interrupted copy's leftover: removed
-        half.write_bytes(b"RIFF")
-        assert organize("emodb", src, out, mode=mode).stale == again.stale and not half.exists()
+        halves = [target.with_name(f".{target.name}{r}.tmp") for r in (".k2_x9q", "")]  # a killed copy's leftovers
+        for half in halves:
+            half.write_bytes(b"RIFF")
+        assert organize("emodb", src, out, mode=mode).stale == again.stale and not any(h.exists() for h in halves)
+
+
+def test_a_copy_of_a_source_rewritten_since_is_made_again(tmp_path):
+    """A WAV's size is its length's: a source rewritten in place keeps it, and its copy is not left
+    stale for being the same size; a file not made by organize is still not overwritten."""
+    src = build(tmp_path / "src", "emodb")
+    out = tmp_path / "out"
+    organize("emodb", src, out, mode="copy")
+    source = src / "wav" / "03a01Wa.wav"
+    data = bytearray(source.read_bytes())
+    data[-100:] = bytes(100)
+    source.write_bytes(bytes(data))
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    again = organize("emodb", src, out, mode="copy")
+    assert again.written == 1 and again.unchanged == 1
+    assert (out / "angry" / "03_03a01Wa.wav").read_bytes() == bytes(data)
+    (out / "angry" / "03_03a01Wa.wav").unlink()
+    (out / "angry" / "03_03a01Wa.wav").symlink_to(tmp_path / "elsewhere.wav")
+    with pytest.raises(TimnetError, match="exists and is not"):
+        organize("emodb", src, out, mode="copy")
 
 
 def test_organised_tree_extracts_as_folders(tmp_path):

@@ -152,6 +152,10 @@ def test_sweep_never_reads_test_folds_before_the_end(tmp_path, monkeypatch):
     mine, theirs = out["test"]["folds"][1], other["test"]["folds"][1]
     assert mine["trial"] == theirs["trial"] and mine["val_uar"] == theirs["val_uar"]
     assert mine["confusion"] != theirs["confusion"]  # the test score did read the replaced samples
+    from timnet.evaluate import score_weights  # a trial scored on test data by hand is warned of
+
+    with pytest.warns(UserWarning, match="trial_001 is a validation-only run .* is choosing on test data"):
+        score_weights(synthetic(), tmp_path / "sw" / "trial_001")
 
 
 def test_sweep_cli_and_bad_space(tmp_path):
@@ -242,14 +246,18 @@ def test_trial_epochs_move_the_recipes_own_swa_window(tmp_path):
     def make_run(folder, config, model_overrides):
         return Run(fs, folder, config=config, folds=3, seed=3, evaluate_test=False)
 
-    def windows(base, params_list):
+    def windows(base, params_list, **kw):
         return [r.config.swa_epochs for r in sweep_mod.trial_runs(tmp_path / str(len(list(tmp_path.iterdir()))),
-                                                                   params_list, base=base, make_run=make_run)]
+                                                                   params_list, base=base, make_run=make_run, **kw)]
 
     assert windows(recipe_config("strong", val_fraction=0.2), [{"epochs": 50}, {"epochs": 3}, {"lr": 0.002}]) == [10, 1, 100]
     assert windows(recipe_config("strong", val_fraction=0.2, epochs=50), [{"epochs": 100}]) == [20]
     assert windows(recipe_config("strong", val_fraction=0.2, swa_epochs=30), [{"epochs": 40}]) == [30]
     assert windows(recipe_config("paper", val_fraction=0.2), [{"epochs": 40}]) == [0]
+    # --swa-epochs 100 given at 500 epochs is the preset's value, but given: kept (`timnet sweep` says which)
+    given = recipe_config("strong", val_fraction=0.2, swa_epochs=100)
+    assert windows(given, [{"epochs": 300}], swa_follows_epochs=False) == [100]
+    assert windows(given, [{"epochs": 300}]) == [60]
 
 
 @pytest.mark.parametrize("name,text,message", [

@@ -102,15 +102,12 @@ def cmd_organize(args) -> int:
 def cmd_download(args) -> int:
     from .download import download
 
-    n, missing, altered = download(args.corpus, args.dir, url=args.url, progress=not args.quiet)
-    print(f"{args.dir}: {n} files unpacked; {len(missing)} missing and {len(altered)} altered against the manifest")
-    for rel in altered:
-        print(f"  altered (sha256 differs): {rel}")
-    for rel in missing[:20]:
-        print(f"  missing: {rel}")
-    if len(missing) > 20:
-        print(f"  ... and {len(missing) - 20} more missing")
-    return 1 if missing or altered else 0
+    from .check import format_check
+
+    n, report = download(args.corpus, args.dir, url=args.url, progress=not args.quiet)
+    print(f"{args.dir}: {n} files unpacked\n")
+    print(format_check(report))  # as `timnet corpora --check` prints it
+    return 0 if report.ok else 1
 
 
 def cmd_extract(args) -> int:
@@ -319,7 +316,7 @@ def cmd_sweep(args) -> int:
     with folder_lock(args.output), _warnings_at_once():
         out = run_sweep(fs, args.output, space=space, trials=args.trials, base=config, backend=backend, seed=seed,
                         make_run=make_run, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, swa_follows_epochs=args.swa_epochs is None)
     say = _Stdout(keep_going=bool(args.json))
     say(format_sweep(out))
     if args.json:

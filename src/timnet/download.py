@@ -13,7 +13,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from .check import read_manifest, sha256
+from .check import CheckReport, check_tree
 from .corpora import get_corpus
 from .errors import TimnetError
 
@@ -150,24 +150,19 @@ def unpack(zip_path: Path, root: Path) -> int:
 
 
 def download(corpus: str, root: str | Path, *, url: str | None = None, manifest: dict[str, str] | None = None,
-             progress: bool = True) -> tuple[int, list[str], list[str]]:
-    """Download, unpack and verify a corpus into `root`; returns (files unpacked, missing, altered)."""
+             progress: bool = True) -> tuple[int, CheckReport]:
+    """Download and unpack a corpus into `root`, then check the tree as `timnet corpora --check`
+    does (files found by name wherever `extract` finds them, counts, readability, and checksums
+    against `manifest`, by default the publisher's where timnet ships one); returns (files
+    unpacked, the check's report)."""
     c = get_corpus(corpus)
     url = url or URLS.get(c.name)
     if url is None:
         raise TimnetError(f"{c.name} has no public download: {WHERE[c.name]}; then point timnet at your copy "
                           f"(expected layout {c.layout})")
-    root = Path(root)
+    root = Path(root).expanduser()
     # One cache folder per address: another --url with the same file name is another archive.
     cache = root / ".download" / hashlib.sha256(url.encode()).hexdigest()[:16]
     archive = fetch(url, cache / (Path(url.split("?")[0]).name or "corpus.zip"), progress=progress)
     n = unpack(archive, root)
-    manifest = manifest if manifest is not None else read_manifest(c.name) or {}
-    missing, altered = [], []
-    for rel, digest in manifest.items():
-        path = root / rel
-        if not path.is_file():
-            missing.append(rel)
-        elif sha256(path) != digest:
-            altered.append(rel)
-    return n, missing, altered
+    return n, check_tree(c, root, manifest=manifest)

@@ -153,6 +153,11 @@ def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = Non
     split, used_seed = "random", paper_seed(fs.corpus, seed)
     results, outputs = evaluate(fs, fold_models(weights, fs, folds=10 if folds is None else folds, seed=used_seed))
     identity = read_identity(weights) if run_file.is_file() else None
+    if identity is not None and identity.get("evaluate_test") is False:
+        # a sweep's trial, a recipe candidate: kept off the test folds so that they are chosen on validation
+        warnings.warn(f"{weights} is a validation-only run (a sweep's trial or a recipe candidate): comparing such "
+                      "runs by these test figures, or choosing one by them, is choosing on test data; a sweep "
+                      "tests each fold's choice once itself (its sweep.json)")
     if identity is not None:
         for option, given, own in (("--seed", seed, identity["seed"]), ("--folds", folds, identity["folds"])):
             if given is not None and given != own:

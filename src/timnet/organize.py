@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from .corpora import Corpus, get_corpus, list_corpus
 from .errors import TimnetError
-from .utils import write_json
+from .utils import folder_lock, write_json
 
 MARKER = ".timnet-organize.json"
 SPEAKER_PATTERN = r"^([^_]+)_"  # recovers the speaker from an organised file name
@@ -55,9 +56,12 @@ def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: st
                               f"{previous.get('mode')}); expected an empty or new folder for {corpus.name} from {src} ({mode})")
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TimnetError(f"{out} is not empty and was not made by `timnet organize`; expected an empty or new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(marker, identity)
+    with folder_lock(out):  # two organize runs into one OUT would interleave their copies
+        write_json(marker, identity)
+        return _write(corpus, listing, src, out, mode)
 
+
+def _write(corpus: Corpus, listing, src: Path, out: Path, mode: str) -> OrganizeResult:
     written = unchanged = 0
     per_class, per_speaker = Counter(), Counter()
     targets = set()
@@ -72,15 +76,23 @@ def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: st
         if _in_place(target, source, mode):
             unchanged += 1
         else:
-            if target.exists() or target.is_symlink():
+            # a copy of an earlier run whose source has changed since is made again; anything else
+            # in the way is not this command's to replace
+            renewed = mode == "copy" and target.is_file() and not target.is_symlink()
+            if (target.exists() or target.is_symlink()) and not renewed:
                 raise TimnetError(f"{target} exists and is not {source}; remove it or choose another OUT")
             target.parent.mkdir(exist_ok=True)
             if mode == "link":
                 os.symlink(source, target)
             else:
-                tmp = target.with_name(f".{target.name}.tmp")
-                shutil.copy2(source, tmp)
-                os.replace(tmp, target)
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+                os.close(fd)
+                try:
+                    shutil.copy2(source, tmp)
+                    os.replace(tmp, target)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
             written += 1
         per_class[label] += 1
         per_speaker[it.speaker] += 1
@@ -102,8 +114,8 @@ def _left_over(out: Path, src: Path, targets: set[Path], mode: str) -> tuple[tup
             path.unlink()
             removed.append(rel)
         elif mode == "copy" and path.name.startswith(".") and path.name.endswith(".tmp") and \
-                path.with_name(path.name[1:-4]) in targets:
-            path.unlink()  # what an interrupted copy left (see `organize`)
+                {path.with_name(path.name[1:-4]), path.with_name(path.name[1:-4].rsplit(".", 1)[0])} & targets:
+            path.unlink()  # what a copy killed mid-write left (.<name>.<random>.tmp, see `_write`; earlier .<name>.tmp)
         elif path.is_symlink() and Path(os.readlink(path)).is_relative_to(src) or mode == "copy":
             stale.append(rel)
     return tuple(removed), tuple(stale)
@@ -112,4 +124,9 @@ def _left_over(out: Path, src: Path, targets: set[Path], mode: str) -> tuple[tup
 def _in_place(target: Path, source: Path, mode: str) -> bool:
     if mode == "link":
         return target.is_symlink() and Path(os.readlink(target)) == source
-    return target.is_file() and not target.is_symlink() and target.stat().st_size == source.stat().st_size
+    # copy2 keeps the source's modification time: a source rewritten since (its size often the same,
+    # a WAV's being its length's) is told by it
+    if not target.is_file() or target.is_symlink():
+        return False
+    have, want = target.stat(), source.stat()
+    return (have.st_size, have.st_mtime_ns) == (want.st_size, want.st_mtime_ns)

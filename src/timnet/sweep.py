@@ -249,15 +249,19 @@ RunFactory = Callable[[Path, TrainConfig, dict], Run]  # (folder, training confi
 
 
 def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainConfig, make_run: RunFactory,
-               overwrite: bool = False, names: list[str] | None = None) -> list[Run]:
-    """One prepared validation-only Run per parameter set, in SWEEP_DIR/trial_NNN (or SWEEP_DIR/<name>)."""
+               overwrite: bool = False, names: list[str] | None = None, swa_follows_epochs: bool = True) -> list[Run]:
+    """One prepared validation-only Run per parameter set, in SWEEP_DIR/trial_NNN (or SWEEP_DIR/<name>).
+
+    A trial that sets epochs gets the recipe's own averaging window for them (the last fifth) where
+    `base` has the recipe's window, unless `swa_follows_epochs` is False: the user gave --swa-epochs,
+    whatever its value (--swa-epochs 100 at 500 epochs is also the preset's)."""
     runs = []
     for i, params in enumerate(params_list, start=1):
         folder = names[i - 1] if names else f"trial_{i:03d}"
         try:
             params = {k: _cast(v, _field_type(k)) for k, v in params.items()}
             changes = {k: v for k, v in params.items() if k in train_params()}
-            if ("epochs" in changes and "swa_epochs" not in changes and base.swa_epochs
+            if (swa_follows_epochs and "epochs" in changes and "swa_epochs" not in changes and base.swa_epochs
                     and base.swa_epochs == preset_swa_epochs(base.recipe, base.epochs)):
                 # the recipe's own averaging window (the last fifth) follows the trial's epochs
                 changes["swa_epochs"] = preset_swa_epochs(base.recipe, changes["epochs"])
@@ -305,7 +309,8 @@ def _trial_dirs(sweep_dir: str | Path) -> list[Path]:
 
 
 def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int, base: TrainConfig, backend,
-              seed: int, make_run: RunFactory, progress: bool = True, log=print, overwrite: bool = False) -> dict:
+              seed: int, make_run: RunFactory, progress: bool = True, log=print, overwrite: bool = False,
+              swa_follows_epochs: bool = True) -> dict:
     """Train every trial's folds on validation data only; then, for each fold, the trial with the best
     validation UAR on *that fold's* validation share is evaluated on that fold's test split, once.
 
@@ -321,7 +326,8 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
     if base.val_fraction == 0:
         raise TimnetError("a sweep scores trials on validation data: give --val-fraction (e.g. 0.2)")
     params_list = sample_trials(space, trials=trials, seed=seed)
-    runs = trial_runs(sweep_dir, params_list, base=base, make_run=make_run, overwrite=overwrite)
+    runs = trial_runs(sweep_dir, params_list, base=base, make_run=make_run, overwrite=overwrite,
+                      swa_follows_epochs=swa_follows_epochs)
     ours = {run.dir.name for run in runs}
     others = [p.name for p in _trial_dirs(sweep_dir) if p.name not in ours]
     if others:
