@@ -63,6 +63,9 @@ def test_refusals(tmp_path):
     organize("emodb", src, out)
     with pytest.raises(TimnetError, match="was organised from"):
         organize("emodb", src, out, mode="copy")
+    with pytest.raises(TimnetError, match="is inside .*; expected an OUT outside the corpus folder"):
+        organize("emodb", src, src / "organised")
+    assert not (src / "organised").exists()
     for damaged in ("{not json", "[1, 2]"):
         (out / MARKER).write_text(damaged)
         with pytest.raises(TimnetError, match="is not the record `timnet organize` writes"):

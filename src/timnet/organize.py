@@ -40,6 +40,9 @@ def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: st
         raise TimnetError(f"mode {mode!r} unknown; expected link or copy")
     corpus = get_corpus(corpus) if isinstance(corpus, str) else corpus
     src, out = Path(src).resolve(), Path(out)
+    if out.resolve().is_relative_to(src):
+        # extract, organize and --check read SRC's whole tree: they would meet every file twice
+        raise TimnetError(f"{out} is inside {src}; expected an OUT outside the corpus folder")
     listing = list_corpus(corpus, src)
     marker = out / MARKER
     identity = {"corpus": corpus.name, "source": str(src), "mode": mode}
