@@ -2,6 +2,7 @@
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -92,6 +93,22 @@ def test_default_folds_follow_the_speakers():
     assert default_folds("speaker", np.array([f"actor{i}" for i in range(24)])) == 10
     with pytest.raises(TimnetError, match="--split speaker needs at least 2 speakers; these features have 1"):
         default_folds("speaker", np.array(["only"] * 5))
+    # a folders tree extracted without --speaker-pattern records "" for everyone: no ids, not one speaker
+    assert default_folds("speaker", np.array([""] * 20)) == 10
+    with pytest.raises(TimnetError, match="no speaker ids, which --split speaker needs; .*--speaker-pattern"):
+        make_folds(20, folds=10, seed=1, split="speaker", speakers=np.array([""] * 20))
+
+
+def test_a_validation_share_that_takes_a_class_whole_is_refused():
+    """A large --val-fraction can round a small class's share up to all of it: the model would never
+    see that class, so the split names it instead."""
+    from timnet.train import validation_split
+
+    y = np.array([0] * 60 + [1] * 60 + [2] * 2)
+    tr, va = validation_split(np.arange(len(y)), y, fraction=0.2, seed=1)
+    assert set(y[tr]) == {0, 1, 2}
+    with pytest.raises(TimnetError, match=r"--val-fraction 0.8: every sad utterance of this training part goes to validation"):
+        validation_split(np.arange(len(y)), y, fraction=0.8, seed=1, labels=("angry", "happy", "sad"))
 
 
 def test_best_val_never_reads_test_labels(tmp_path):
@@ -759,3 +776,29 @@ def test_overwrite_of_a_folder_that_never_held_a_run_deletes_nothing_and_date_se
         (d / name).write_text("the user's")
     Run(fs, d, config=TrainConfig(**{**FAST, "val_fraction": 0.2}), folds=3, seed=20240101).prepare(overwrite=True)
     assert sorted(p.name for p in d.iterdir()) == ["model.pt", "notes.md", "results.csv", "run.json"]
+
+
+def test_a_run_resumed_on_other_speaker_ids_is_refused(tmp_path):
+    """The same x and y with other speaker ids (another --speaker-pattern) give a speaker split other
+    folds: the run's finished folds and the rest would not be one split, so resuming is refused
+    (run.json keeps a digest of the folds); and folds of two splits are refused by `test`."""
+    from timnet.evaluate import fold_models
+
+    fs = synthetic()
+    run = Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "epochs": 1}), folds=3, split="speaker", threads=1)
+    assert not run.prepare()
+    run.execute(workers=1, progress=False, log=lambda m: None)
+    assert Run(fs, tmp_path / "r", config=run.config, folds=3, split="speaker", threads=1).prepare()  # same: resumes
+    other = replace(fs, speakers=np.roll(fs.speakers, 1))
+    again = Run(other, tmp_path / "r", config=run.config, folds=3, split="speaker", threads=1)
+    with pytest.raises(TimnetError, match="these features give other folds than the run's began with"):
+        again.prepare()
+    # a run made before the digest was kept resumes as before; its folds' test sets then overlap
+    record = json.loads((tmp_path / "r" / "run.json").read_text())
+    del record["splits"]
+    (tmp_path / "r" / "run.json").write_text(json.dumps(record))
+    shutil.rmtree(tmp_path / "r" / "fold_03")
+    assert again.prepare()
+    again.execute(workers=1, progress=False, log=lambda m: None)
+    with pytest.raises(TimnetError, match="test utterances overlap, so they are not the folds of one split"):
+        fold_models(tmp_path / "r", fs, folds=3, seed=run.seed, split="speaker")

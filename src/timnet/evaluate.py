@@ -75,6 +75,10 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
             if ckpt["extra"].get("n_samples") != len(fs):
                 raise TimnetError(f"{path}: trained on {ckpt['extra'].get('n_samples')} samples; these features have {len(fs)}")
             out.append(FoldModel(int(ckpt["extra"]["fold"]), model, test_idx))
+        tested = np.concatenate([fm.test_idx for fm in out])
+        if len(np.unique(tested)) < len(tested):  # folds of two splits (a run resumed on other speaker ids)
+            raise TimnetError(f"{weights}: its folds' test utterances overlap, so they are not the folds of one "
+                              "split; expected a RUN_DIR whose folds were all made alike (train it again, --overwrite)")
         return out
     if not any(weights.glob("*.hdf5")):
         raise TimnetError(f"{weights}: no fold_*/model.pt and no .hdf5 files; expected a RUN_DIR of `timnet train` "

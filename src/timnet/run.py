@@ -18,6 +18,8 @@ snapshots while training): one model, no folds, no test score.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import functools
 import platform
 import shutil
@@ -143,6 +145,14 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
     return False
 
 
+def _recorded(run_dir: Path, key: str):
+    """A value run.json keeps beside the identity (None where the run's version did not record it)."""
+    try:
+        return json.loads((run_dir / RUN_FILE).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def model_config_for(fs: FeatureSet) -> TIMNetConfig:
     """The paper's network for a feature set: the corpus's dilation levels, its class count."""
     levels = paper_dilations(fs.corpus)
@@ -243,14 +253,29 @@ class Run:
 
     # -- the RUN_DIR ---------------------------------------------------------------------------
     def prepare(self, *, overwrite: bool = False) -> bool:
-        """Create or check RUN_DIR; returns True when resuming. A different config is refused."""
-        self.check_splits()
-        return prepare_run_dir(self.dir, self.identity, overwrite=overwrite, extra={"features": self.features_path})
+        """Create or check RUN_DIR; returns True when resuming. A different config is refused, and so
+        are folds made otherwise than the run's first ones were."""
+        digest = self.splits_digest()
+        resumed = prepare_run_dir(self.dir, self.identity, overwrite=overwrite,
+                                  extra={"features": self.features_path, "splits": digest})
+        was = _recorded(self.dir, "splits") if resumed else None
+        if was is not None and was != digest:
+            # the same features (x, y) with other speaker ids (`--speaker-pattern`), or a library
+            # that deals folds otherwise: the folds left would not complete the finished ones' split
+            raise TimnetError(f"{self.dir}: these features give other folds than the run's began with (other speaker "
+                              "ids, or another version of the library that makes folds); its finished folds and "
+                              "these would not be one split: resume it with the features and versions it began "
+                              "with (run.json), or use another RUN_DIR or --overwrite")
+        return resumed
 
-    def check_splits(self) -> None:
-        """Split every fold's training part now: a fold that cannot be split fails before --overwrite deletes."""
+    def splits_digest(self) -> str:
+        """A digest of every fold's training, validation and test indices (each fold's training part
+        split now: a fold that cannot be split fails before --overwrite deletes)."""
+        h = hashlib.sha256()
         for k in range(1, self.folds_n + 1):
-            self.validation_split(k)
+            for idx in (*self.validation_split(k), self.splits[k - 1][1]):
+                h.update(np.asarray(idx, dtype=np.int64).tobytes() + b"|")
+        return h.hexdigest()[:16]
 
     def validation_split(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Fold k's (train, validation) indices: its training part, less the validation share."""
@@ -483,7 +508,7 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
                 raise TimnetError(f"{run_dir} holds a single-seed run; use another RUN_DIR for --seeds (or --overwrite, "
                                   "which deletes that run)")
             for run in runs:  # every seed's folds split before the old run is deleted
-                run.check_splits()
+                run.splits_digest()
             # only what a single-seed run wrote goes; anything else in the folder is the user's
             _remove_run_outputs(run_dir)
         foreign = [p.name for p in run_dir.iterdir()

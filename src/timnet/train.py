@@ -179,6 +179,11 @@ def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, s
                 if single else f"{n_val} of this training part's {len(train_idx)} utterances for validation leave "
                                f"{len(train_idx) - n_val} to train on, fewer than its {len(classes)} classes")
         raise TimnetError(f"--val-fraction {fraction}: {what}; use fewer --folds, more data, or --val-fraction 0") from None
+    # the split rounds each class's share, and a large fraction can take a small class whole
+    if gone := sorted(set(part.tolist()) - set(part[tr].tolist())):
+        names = ", ".join(str(labels[c]) if labels is not None else f"class {c}" for c in gone)
+        raise TimnetError(f"--val-fraction {fraction}: every {names} utterance of this training part goes to "
+                          "validation, leaving none to train on; use a smaller --val-fraction")
     return np.sort(train_idx[tr]), np.sort(train_idx[va])
 
 
