@@ -111,3 +111,30 @@ def test_load_audio_is_librosa_load(tmp_path):
 
     path = write_tone(tmp_path / "s.wav", sr=48000, channels=2, subtype="PCM_24", seconds=0.5)
     np.testing.assert_allclose(audio.load_audio(path), librosa.load(str(path), sr=22050)[0], atol=1e-6, rtol=0)
+
+
+def test_a_header_with_an_impossible_sample_rate_is_refused(tmp_path):
+    """A damaged header's 2 Hz would be resampled to 22050 Hz: gigabytes; 2 GHz gives one sample of
+    silence. Both are refused, naming the file."""
+    for rate in (2, 2_000_000_000):
+        path = tmp_path / f"sr{rate}.wav"
+        sf.write(path, np.zeros(8000, np.float32), 8000, subtype="PCM_16")
+        data = bytearray(path.read_bytes())
+        data[24:28] = rate.to_bytes(4, "little")  # the fmt chunk's sample rate
+        path.write_bytes(bytes(data))
+        with pytest.raises(TimnetError, match=f"sr{rate}.wav: a sample rate of {rate} Hz in its header; expected 1000 to"):
+            audio.read_audio(path)
+
+
+def test_waveform_features_take_finite_float_samples_only():
+    """int16 PCM as is would be 32768 times too loud, an empty array silence, NaN a librosa error:
+    each is one error instead."""
+    from timnet.features import waveform_features
+
+    cfg = FeatureConfig(signal_length=4096)
+    assert waveform_features(np.zeros(100, np.float64), cfg).shape == (cfg.frames, 39)
+    for bad, said in ((np.zeros(100, np.int16), "waveform of int16 samples invalid; expected floats"),
+                      (np.zeros(0, np.float32), "waveform with no samples"),
+                      (np.array([0.1, np.nan, 0.2], np.float32), "waveform with 1 NaN or infinite samples")):
+        with pytest.raises(TimnetError, match=said):
+            waveform_features(bad, cfg)

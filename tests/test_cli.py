@@ -80,6 +80,8 @@ def test_bad_output_and_signal_length_refused_before_extracting(tmp_path, out):
                           "f.npy", "expected a path ending in .npz")
     assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out, "--signal-length", "0", "-q"),
                           "--signal-length 0", "positive")
+    assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out, "--signal-length", "100000000000", "-q"),
+                          "--signal-length 100000000000", "at most 13230000 (10 minutes)")
     assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out, "--signal-length", "2047", "-q"),
                           "--signal-length 2047 too short", "expected at least 2048 samples (one FFT window, 93 ms)")
     assert out.read_bytes() == b"kept"

@@ -156,15 +156,30 @@ def test_checkpoint_that_does_not_fit_its_config_is_one_error(run_dir, tmp_path)
     from timnet.checkpoint import load_checkpoint
 
     payload = torch.load(run_dir / "fold_01" / "model.pt", weights_only=True)
-    for name, edit in (("unknown_key", lambda c: c["model_config"].update(gating="new")),
-                       ("wrong_size", lambda c: c["model_config"].update(n_filters=7))):
+    for name, edit, why in (("unknown_key", lambda c: c["model_config"].update(gating="new"), "gating"),
+                            ("wrong_size", lambda c: c["model_config"].update(n_filters=7), "size mismatch"),
+                            # a default standing in would crop to another length, silently
+                            ("no_length", lambda c: c["feature_config"].pop("signal_length"),
+                             "feature_config without signal_length"),
+                            ("no_labels", lambda c: c.pop("labels"), "labels"),
+                            ("labels", lambda c: c.update(labels=["a"]), "labels ['a'] for a model of "),
+                            ("mfcc", lambda c: c["feature_config"].update(n_mfcc=20), "features of 20 MFCCs for a model of "),
+                            ("rate", lambda c: c["feature_config"].update(sample_rate=0), "sample rate 0")):
         bad = tmp_path / f"{name}.pt"
-        edited = {**payload, "model_config": dict(payload["model_config"])}
+        edited = {**payload, "model_config": dict(payload["model_config"]), "feature_config": dict(payload["feature_config"])}
         edit(edited)
         torch.save(edited, bad)
         with pytest.raises(TimnetError, match=f"{name}.pt: a timnet checkpoint this version cannot load") as e:
             load_checkpoint(bad)
-        assert "\n" not in str(e.value)
+        assert "\n" not in str(e.value) and why in str(e.value), str(e.value)
+    damaged = bytearray((run_dir / "fold_01" / "model.pt").read_bytes())  # its end record whole, its directory not
+    at = damaged.rindex(b"PK\x01\x02")
+    damaged[at:at + 4] = b"XXXX"
+    (tmp_path / "dir.pt").write_bytes(bytes(damaged))
+    with pytest.raises(TimnetError, match=r"dir.pt: not a readable timnet checkpoint \(a damaged zip archive"):
+        load_checkpoint(tmp_path / "dir.pt")
+    with pytest.raises(TimnetError, match="a folder, not checkpoint file"):
+        load_checkpoint(tmp_path)
     cut = tmp_path / "cut.pt"
     cut.write_bytes((run_dir / "fold_01" / "model.pt").read_bytes()[:1000])
     with pytest.raises(TimnetError, match=r"cut.pt: not a readable timnet checkpoint \(not a whole file: cut short"):

@@ -69,6 +69,9 @@ def audio_info(path: str | Path):
         return sf.info(f)
 
 
+NATIVE_RATES = (1000, 384000)  # Hz: any recording's; a header outside is damaged
+
+
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Read any file libsndfile can, as mono float32 in [-1, 1] at its native sample rate."""
     import soundfile as sf
@@ -90,6 +93,9 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise TimnetError(f"{path}: not readable audio ({message})") from None
     except OSError as e:  # no permission, an I/O error on a flaky disk: one bad file, which --skip-bad may skip
         raise TimnetError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not NATIVE_RATES[0] <= sr <= NATIVE_RATES[1]:  # resampling 2 Hz to 22050 would take gigabytes
+        raise TimnetError(f"{path}: a sample rate of {sr} Hz in its header; expected {NATIVE_RATES[0]} to "
+                          f"{NATIVE_RATES[1]} Hz (a damaged header?)")
     if data.shape[0] == 0:
         raise TimnetError(f"{path}: holds no audio samples; expected at least one")
     if not np.isfinite(data).all():  # float files can; librosa would fail deep inside the STFT

@@ -5,7 +5,7 @@ model does, and every member under "members"; `load_checkpoint` rebuilds the ens
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -52,7 +52,11 @@ def read_checkpoint(path: str | Path) -> dict:
     """The raw checkpoint dict, validated to be a timnet checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise TimnetError(f"{path}: no such checkpoint")
+        raise TimnetError(f"{path}: {'a folder, not' if path.is_dir() else 'no such'} checkpoint file")
+    try:
+        open(path, "rb").close()
+    except OSError as e:  # not to be taken for a damaged file below
+        raise TimnetError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch raises many types for a file that is not a checkpoint
@@ -60,9 +64,15 @@ def read_checkpoint(path: str | Path) -> dict:
 
         # torch.save writes a zip whose directory is at its end (without one, the file was cut short),
         # holding <name>/data.pkl (without it, another program wrote the zip)
-        if not zipfile.is_zipfile(path):
+        try:
+            names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else None
+        except (zipfile.BadZipFile, OSError):  # an end record intact, the directory it points at damaged
+            names = []
+        if names is None:
             why = "not a whole file: cut short, or another format"
-        elif not any(name.endswith("/data.pkl") for name in zipfile.ZipFile(path).namelist()):
+        elif not names:
+            why = "a damaged zip archive"
+        elif not any(name.endswith("/data.pkl") for name in names):
             why = "a zip archive torch.save did not write, e.g. an .npz"
         else:
             why = "a torch file of other objects than a timnet checkpoint's (e.g. a whole pickled model), or damaged"
@@ -76,7 +86,18 @@ def load_checkpoint(path: str | Path) -> tuple[TIMNet | TIMNetEnsemble, dict]:
     """(model in eval mode, checkpoint dict) from a checkpoint file alone; an ensemble for several members."""
     payload = read_checkpoint(path)
     try:
+        # every field, as every timnet has written them: a default standing in for one would rebuild
+        # another model or features (a RAVDESS model cropping to EMODB's signal length)
+        for key, kind in (("model_config", TIMNetConfig), ("feature_config", FeatureConfig)):
+            if missing := [f.name for f in fields(kind) if f.name not in payload[key]]:
+                raise TimnetError(f"{key} without {', '.join(missing)}")
         config = TIMNetConfig(**payload["model_config"])
+        labels = payload["labels"]
+        if not isinstance(labels, list) or len(labels) != config.n_classes:
+            raise TimnetError(f"labels {labels!r} for a model of {config.n_classes} classes")
+        if payload["feature_config"]["n_mfcc"] != config.n_features:
+            raise TimnetError(f"features of {payload['feature_config']['n_mfcc']} MFCCs for a model of "
+                              f"{config.n_features} inputs")
         members = []
         for state in payload.get("members") or [payload["state_dict"]]:
             members.append(TIMNet(config))

@@ -128,7 +128,8 @@ def cmd_extract(args) -> int:
     else:
         save_features(fs, args.output)
     counts = ", ".join(f"{name} {int((fs.y == i).sum())}" for i, name in enumerate(fs.labels))
-    speakers = len(set(fs.speakers.tolist())) if fs.speakers is not None else 0
+    named = fs.speakers is not None and any(fs.speakers.tolist())  # a folders tree without --speaker-pattern: ""
+    speakers = len(set(fs.speakers.tolist())) if named else 0
     if (gap := missing_classes(fs)) is not None:
         _warn(f"{args.data_dir}: {gap}")
     full = CORPORA.get(fs.corpus.upper())
@@ -136,7 +137,8 @@ def cmd_extract(args) -> int:
         # a part of a corpus is fine to train on, but its folds and figures are not the paper's
         _warn(f"{len(fs)} {fs.corpus} utterances, where the paper's corpus has {full.n_files}: folds and "
               f"figures are not comparable with the paper's (`timnet corpora --check {fs.corpus.lower()} DIR`)")
-    print(f"{fs.corpus}: {len(fs)} utterances ({counts}), {speakers} speaker{'s' * (speakers != 1)}, features {fs.x.shape[1:]} -> {args.output}")
+    who = f"{speakers} speaker{'s' * (speakers != 1)}" if named else "speakers unknown"
+    print(f"{fs.corpus}: {len(fs)} utterances ({counts}), {who}, features {fs.x.shape[1:]} -> {args.output}")
     return 0
 
 

@@ -20,6 +20,9 @@ from .errors import TimnetError
 from .utils import atomic_write, end_pool, pool_result, signals_held, when_parent_ends
 
 
+MAX_SIGNAL_LENGTH = 10 * 60 * audio.SAMPLE_RATE  # the corpora's are 2-5 s; far beyond, an array too big to hold
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """How a waveform becomes the network's input; saved with features and inside checkpoints."""
@@ -41,15 +44,24 @@ class FeatureConfig:
             raise TimnetError(f"n_fft/hop_length {self.n_fft}/{self.hop_length} unsupported; expected {fixed}")
         if self.signal_length < self.hop_length:
             raise TimnetError(f"signal length {self.signal_length} too short; expected at least {self.hop_length} samples")
+        if self.sample_rate < 1 or self.n_mfcc < 1:
+            raise TimnetError(f"sample rate {self.sample_rate} / n_mfcc {self.n_mfcc} invalid; expected positive numbers")
 
 
 def waveform_features(y: np.ndarray, config: FeatureConfig, *, sample_rate: int | None = None) -> np.ndarray:
     """(frames, n_mfcc) features of a mono float waveform, exactly as for training: resampled from
     `sample_rate` (default: already at `config.sample_rate`) as librosa.load does, centre-cropped or
     padded to the signal length. A Predictor's `predict` also takes channels and integer PCM."""
-    y = np.asarray(y, dtype=np.float32)
+    given = np.asarray(y)
+    if given.dtype.kind in "iub":  # int16 PCM cast as is would be 32768 times too loud: other features
+        raise TimnetError(f"waveform of {given.dtype} samples invalid; expected floats in [-1, 1] (integer PCM "
+                          "divided by its full scale, as Predictor.predict does)")
+    y = given.astype(np.float32, copy=False)
     if y.ndim != 1:  # a 2-D array would be padded along both axes: gigabytes, then the wrong features
         raise TimnetError(f"waveform of shape {y.shape} invalid; expected a mono (samples,) array")
+    if not len(y) or not np.isfinite(y).all():
+        what = "no samples" if not len(y) else f"{int((~np.isfinite(y)).sum())} NaN or infinite samples"
+        raise TimnetError(f"waveform with {what}; expected finite samples")
     if sample_rate is not None and audio.check_sample_rate(sample_rate) != config.sample_rate:
         y = audio.resample(y, orig_sr=int(sample_rate), target_sr=config.sample_rate)
     y = audio.fit_length(y, config.signal_length)
@@ -175,8 +187,9 @@ def extract(
     """
     from tqdm.auto import tqdm
 
-    if signal_length is not None and signal_length <= 0:
-        raise TimnetError(f"--signal-length {signal_length} invalid; expected a positive number of samples at 22050 Hz")
+    if signal_length is not None and not 0 < signal_length <= MAX_SIGNAL_LENGTH:
+        raise TimnetError(f"--signal-length {signal_length} invalid; expected a positive number of samples at 22050 Hz, "
+                          f"at most {MAX_SIGNAL_LENGTH} (10 minutes)")
     if signal_length is not None and signal_length < audio.N_FFT:  # librosa would pad each file and warn
         raise TimnetError(f"--signal-length {signal_length} too short; expected at least {audio.N_FFT} samples "
                           f"(one FFT window, {audio.N_FFT / audio.SAMPLE_RATE * 1000:.0f} ms)")
@@ -381,6 +394,10 @@ def load_features(path: str | Path, *, corpus: str | None = None, corpus_of: str
         raise TimnetError(f"{path}: a folder; expected a feature file (the .npz `timnet extract` writes)")
     if not path.is_file():
         raise TimnetError(f"{path}: no such feature file")
+    try:
+        open(path, "rb").close()
+    except OSError as e:  # not to be taken for a truncated file below
+        raise TimnetError(f"{path}: cannot be read ({e.strerror or e})") from None
     if path.suffix.lower() == ".npy":
         fs = _load_authors_npy(path, corpus)
     else:

@@ -49,7 +49,15 @@ def atomic_write(path: str | Path):
     os.chmod(tmp, 0o666 & ~umask)
     try:
         yield Path(tmp)
+        # on disk before the rename is: after a power cut the real name holds the old file or the
+        # new one, never a new name over data not yet written (a resumed run would trust it)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -58,6 +66,20 @@ def atomic_write(path: str | Path):
             # write, a full disk, names no file at all)
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable; where a folder cannot be opened so (Windows), skip it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | Path, obj) -> None:
