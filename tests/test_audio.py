@@ -138,3 +138,15 @@ def test_waveform_features_take_finite_float_samples_only():
                       (np.array([0.1, np.nan, 0.2], np.float32), "waveform with 1 NaN or infinite samples")):
         with pytest.raises(TimnetError, match=said):
             waveform_features(bad, cfg)
+
+
+@pytest.mark.parametrize("container", ["AIFF", "RF64"])
+def test_another_container_cut_short_is_refused(tmp_path, container):
+    """libsndfile reads half an AIFF or RF64 as half its audio without an error; its parse log says
+    the header declares more, and the file is refused as a truncated WAV is."""
+    path = tmp_path / f"a.{'aiff' if container == 'AIFF' else 'wav'}"
+    sf.write(path, np.full(22050, 0.1, np.float32), 22050, format=container, subtype="PCM_16")
+    assert len(audio.read_audio(path)[0]) == 22050
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(TimnetError, match="truncated audio: its header declares more than the file holds"):
+        audio.read_audio(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def _check_wav_container(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(12)
         if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-            return  # not a plain RIFF/WAVE file (RF64, AIFF, FLAC, ...): libsndfile checks those
+            return _check_sndfile_log(path)  # not a plain RIFF/WAVE file (RF64, AIFF, FLAC, ...)
         endian = ">" if head[:4] == b"RIFX" else "<"
         pos = 12
         while pos + 8 <= size:
@@ -53,6 +54,22 @@ def _check_wav_container(path: Path) -> None:
                     )
                 return
             pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even sizes
+
+
+# what libsndfile's parse log says of a chunk that claims more than the file holds: AIFF's
+# "*** Chunk size 44108 > file length 22077", RF64's "Riff size : 44196 (should be 22094)"
+_CUT_SHORT = re.compile(r"> file length|\(should be \d+\)")
+
+
+def _check_sndfile_log(path: Path) -> None:
+    """Refuse a file of another container that libsndfile found cut short: it reads what is left
+    without complaint (half an AIFF loads as half its audio), which would change the features."""
+    try:
+        log = audio_info(path).extra_info
+    except Exception:  # not readable at all: the read that follows says why
+        return
+    if line := next((ln.strip() for ln in log.splitlines() if _CUT_SHORT.search(ln)), None):
+        raise TimnetError(f"{path}: truncated audio: its header declares more than the file holds ({line.lstrip('* ')})")
 
 
 def sndfile_message(e: Exception) -> str:
