@@ -18,9 +18,9 @@ snapshots while training): one model, no folds, no test score.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
-import functools
 import platform
 import shutil
 import sys
