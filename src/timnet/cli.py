@@ -112,6 +112,7 @@ def cmd_download(args) -> int:
 
 def cmd_extract(args) -> int:
     from .features import check_features_path, extract, missing_classes, save_features
+    from .folds import unnamed
 
     check_features_path(args.output)  # before the extraction, --force or not
     if args.workers is not None and args.workers < 1:
@@ -128,7 +129,7 @@ def cmd_extract(args) -> int:
     else:
         save_features(fs, args.output)
     counts = ", ".join(f"{name} {int((fs.y == i).sum())}" for i, name in enumerate(fs.labels))
-    named = fs.speakers is not None and any(fs.speakers.tolist())  # a folders tree without --speaker-pattern: ""
+    named = fs.speakers is not None and not unnamed(fs.speakers)  # a folders tree without --speaker-pattern: ""
     speakers = len(set(fs.speakers.tolist())) if named else 0
     if (gap := missing_classes(fs)) is not None:
         _warn(f"{args.data_dir}: {gap}")

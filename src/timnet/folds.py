@@ -8,7 +8,7 @@ from .errors import TimnetError
 SPLITS = ("random", "speaker")
 
 
-def _unnamed(speakers: np.ndarray) -> bool:
+def unnamed(speakers: np.ndarray) -> bool:
     """Every speaker id empty: a folders tree extracted without --speaker-pattern records none."""
     return len(speakers) > 0 and not any(str(s) for s in np.asarray(speakers).tolist())
 
@@ -16,7 +16,7 @@ def _unnamed(speakers: np.ndarray) -> bool:
 def default_folds(split: str, speakers: np.ndarray | None) -> int:
     """The paper's 10 folds; with `speaker` folds, at most one per speaker, so a corpus of 4
     speakers (CASIA, SAVEE) or 6 (EMOVO) gets leave-one-speaker-out rather than an error."""
-    if split == "speaker" and speakers is not None and not _unnamed(speakers):
+    if split == "speaker" and speakers is not None and not unnamed(speakers):
         n_speakers = len(np.unique(np.asarray(speakers)))
         if n_speakers < 2:
             raise TimnetError(f"--split speaker needs at least 2 speakers; these features have {n_speakers}")
@@ -53,7 +53,7 @@ def make_folds(
     if speakers is None:
         raise TimnetError(f"{source or 'these features'}: no speaker ids, which --split speaker needs; expected features "
                           "from `timnet extract` (the authors' .npy files have none)")
-    if _unnamed(speakers):
+    if unnamed(speakers):
         raise TimnetError(f"{source or 'these features'}: no speaker ids, which --split speaker needs; expected features "
                           "of a folders tree extracted with --speaker-pattern")
     groups = np.asarray(speakers)

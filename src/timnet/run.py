@@ -20,7 +20,6 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hashlib
-import json
 import platform
 import shutil
 import sys
@@ -43,7 +42,7 @@ from .features import FeatureSet
 from .folds import make_folds
 from .model import TIMNetConfig, ensemble
 from .rundir import (LEGACY_IDENTITY, check_not_multi_seed, decisive, features_fingerprint, read_identity,
-                     recorded_cpu_dispatch)
+                     recorded, recorded_cpu_dispatch)
 from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
                     train_members, validation_split)
 from .utils import (RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, history_name, read_fold_result, torch_threads, write_csv,
@@ -143,14 +142,6 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
     write_json(run_file, {"identity": identity, "command": sys.argv, **(extra or {}), "versions": versions(),
                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     return False
-
-
-def _recorded(run_dir: Path, key: str):
-    """A value run.json keeps beside the identity (None where the run's version did not record it)."""
-    try:
-        return json.loads((run_dir / RUN_FILE).read_text()).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def model_config_for(fs: FeatureSet) -> TIMNetConfig:
@@ -258,7 +249,7 @@ class Run:
         digest = self.splits_digest()
         resumed = prepare_run_dir(self.dir, self.identity, overwrite=overwrite,
                                   extra={"features": self.features_path, "splits": digest})
-        was = _recorded(self.dir, "splits") if resumed else None
+        was = recorded(self.dir, "splits") if resumed else None
         if was is not None and was != digest:
             # the same features (x, y) with other speaker ids (`--speaker-pattern`), or a library
             # that deals folds otherwise: the folds left would not complete the finished ones' split

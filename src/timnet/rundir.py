@@ -54,14 +54,23 @@ def read_identity(run_dir: str | Path) -> dict:
     return identity
 
 
+def recorded(run_dir: str | Path, *keys: str):
+    """A value run.json keeps beside the identity, at run.json[keys[0]][keys[1]]...; None where the
+    version that began the run did not record it (or run.json cannot be read)."""
+    try:
+        value = json.loads((Path(run_dir) / RUN_FILE).read_text())
+        for key in keys:
+            value = value[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value
+
+
 def recorded_cpu_dispatch(run_dir: str | Path) -> dict:
     """What decided the bits of the process that began the run in `run_dir` (run.json:
     versions.cpu_dispatch, timnet.dispatch.state: numpy's loops, MKL's branch, the CPU's vendor);
     {} where that is not recorded (runs from before it was), and a key missing where that was not."""
-    try:
-        record = json.loads((Path(run_dir) / RUN_FILE).read_text())["versions"]["cpu_dispatch"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
+    record = recorded(run_dir, "versions", "cpu_dispatch")
     return record if isinstance(record, dict) else {}
 
 

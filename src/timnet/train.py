@@ -168,21 +168,24 @@ def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, s
     from sklearn.model_selection import StratifiedShuffleSplit
 
     part = y[train_idx]
+
+    def name(c) -> str:
+        return str(labels[c]) if labels is not None else f"class {c}"
+
     n_val = max(int(round(fraction * len(train_idx))), len(np.unique(part)))
     splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed % 2**32)  # a fold seed may exceed it
     try:
         tr, va = next(splitter.split(np.zeros(len(train_idx)), part))
     except ValueError:  # a class too small to appear on both sides, or a part too small for every class
         classes, counts = np.unique(part, return_counts=True)
-        single = [str(labels[c]) if labels is not None else f"class {c}" for c, n in zip(classes, counts) if n < 2]
+        single = [name(c) for c, n in zip(classes, counts) if n < 2]
         what = (f"{', '.join(single)}: one utterance in this training part, where each class needs one on either side"
                 if single else f"{n_val} of this training part's {len(train_idx)} utterances for validation leave "
                                f"{len(train_idx) - n_val} to train on, fewer than its {len(classes)} classes")
         raise TimnetError(f"--val-fraction {fraction}: {what}; use fewer --folds, more data, or --val-fraction 0") from None
     # the split rounds each class's share, and a large fraction can take a small class whole
     if gone := sorted(set(part.tolist()) - set(part[tr].tolist())):
-        names = ", ".join(str(labels[c]) if labels is not None else f"class {c}" for c in gone)
-        raise TimnetError(f"--val-fraction {fraction}: every {names} utterance of this training part goes to "
+        raise TimnetError(f"--val-fraction {fraction}: every {', '.join(map(name, gone))} utterance of this training part goes to "
                           "validation, leaving none to train on; use a smaller --val-fraction")
     return np.sort(train_idx[tr]), np.sort(train_idx[va])
 
