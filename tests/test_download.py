@@ -14,19 +14,40 @@ from timnet.errors import TimnetError
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """Serves /corpus.zip with Range support; the first full request is cut off half-way."""
+    """Serves /corpus.zip with Range support; the first full request is cut off half-way. `script`
+    holds answers to give first, one per request: an HTTP error code, or ("from", n) for a 206
+    whose part starts at byte n whatever was asked."""
 
     payload = b""
     cut_first = True
     requests: list = []
+    script: list = []
 
     def do_GET(self):
         rng = self.headers.get("Range")
         Handler.requests.append(rng)
         start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+        answer = Handler.script.pop(0) if Handler.script else None  # None: answer as a good server does
+        if isinstance(answer, int):
+            self.send_response(answer)
+            if answer == 416:
+                self.send_header("Content-Range", f"bytes */{len(Handler.payload)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if answer is not None:
+            start, rng = answer[1], True
+        if rng and start >= len(Handler.payload):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(Handler.payload)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = Handler.payload[start:]
         self.send_response(206 if rng else 200)
         self.send_header("Content-Length", str(len(body)))
+        if rng:
+            self.send_header("Content-Range", f"bytes {start}-{len(Handler.payload) - 1}/{len(Handler.payload)}")
         self.end_headers()
         if Handler.cut_first and not rng:
             Handler.cut_first = False
@@ -215,3 +236,33 @@ def test_the_download_is_checked_as_corpora_check_checks_it(server, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 1 and "1 files unpacked" in r.stdout and "PROBLEMS FOUND" in r.stdout, r.stdout + r.stderr
     assert "checksums: none shipped for CASIA" in r.stdout and "against the manifest" not in r.stdout
+
+
+
+def test_a_server_in_passing_trouble_is_retried_and_a_misplaced_part_not_appended(server, tmp_path, monkeypatch):
+    """503 and 429 are tried again (404 is not); a 206 whose Content-Range starts elsewhere than the
+    bytes held, and a 416 saying the file is shorter than the part, start over: never a spliced archive."""
+    from timnet.download import fetch
+
+    monkeypatch.setattr("timnet.download.RETRY_SECONDS", 0.0)
+    payload = make_zip({f"wav/03a0{i}Wa.wav": bytes([i]) * 50_000 for i in range(1, 3)})
+
+    def get(name, script, cut_first=False, part=None):
+        Handler.payload, Handler.cut_first, Handler.requests, Handler.script = payload, cut_first, [], script
+        dest = tmp_path / name / "corpus.zip"
+        dest.parent.mkdir()
+        if part is not None:
+            (dest.parent / "corpus.zip.part").write_bytes(part)
+        assert fetch(server, dest, progress=False).read_bytes() == payload
+        assert Handler.script == []
+        return Handler.requests
+
+    assert get("busy", [503, 429]) == [None, None, None]
+    half = f"bytes={len(payload) // 2}-"
+    assert get("misplaced", [None, ("from", 10)], cut_first=True) == [None, half, None]  # not appended at 10
+    assert get("replaced", [], part=payload + b"old tail") == [f"bytes={len(payload) + 8}-", None]
+    assert get("whole", [], part=payload) == [f"bytes={len(payload)}-"]  # 416, and the length fits
+    Handler.script = [404]
+    with pytest.raises(TimnetError, match=r"HTTP 404 Not Found$"):
+        fetch(server, tmp_path / "gone" / "corpus.zip", progress=False)
+    assert Handler.requests[-1] is None and Handler.script == []  # not tried again

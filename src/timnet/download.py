@@ -30,6 +30,30 @@ WHERE = {
 }
 CHUNK = 1 << 16
 RETRY_SECONDS = 1.0  # the first wait before a retry; doubled each time
+RETRY_HTTP = {408, 429, 500, 502, 503, 504}  # the server's passing trouble: worth another try, unlike 404
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """The file's full length from a Content-Range header ("bytes 0-99/1234" or "bytes */1234")."""
+    try:
+        return int(content_range.rsplit("/", 1)[1])
+    except (AttributeError, IndexError, ValueError):  # absent, or "/*": length unknown
+        return None
+
+
+def _body_span(response) -> tuple[int | None, int | None]:
+    """(the byte of the file this body starts at, the file's full length or None). A 200 is the whole
+    file; a 206 says where its part starts in Content-Range, and one that does not is unplaceable (None)."""
+    length = response.headers.get("Content-Length")
+    if response.status != 206:
+        return 0, int(length) if length is not None else None
+    content_range = response.headers.get("Content-Range") or ""
+    try:
+        start = int(content_range.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None, None
+    total = _range_total(content_range)
+    return start, total if total is not None else (start + int(length) if length is not None else None)
 
 
 def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> Path:
@@ -53,10 +77,11 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                if have and response.status != 206:  # the server ignored the range: start over
-                    have = 0
-                total = response.headers.get("Content-Length")
-                total = int(total) + have if total is not None else None
+                start, total = _body_span(response)
+                if start not in (0, have):  # bytes from elsewhere in the file (or unsaid): they cannot be placed
+                    part.unlink(missing_ok=True)
+                    raise ConnectionError(f"the server's part starts at byte {start}, not {have}; starting over")
+                have = start  # 0 when the server ignored the range: start over
                 with _local(part):  # only the file's own calls: a reset connection is an OSError too
                     f = open(part, "ab" if have else "wb")
                 with f, tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name,
@@ -67,15 +92,21 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
                         bar.update(len(block))
                     with _local(part):  # the buffered tail: a full disk may only show here
                         f.flush()
-                if total is not None and part.stat().st_size < total:
+                if total is not None and part.stat().st_size != total:
                     raise ConnectionError(f"connection closed at {part.stat().st_size} of {total} bytes")
             os.replace(part, dest)
             return dest
         except urllib.error.HTTPError as e:
-            if e.code == 416 and have:  # range beyond the end: the part is already whole
-                os.replace(part, dest)
-                return dest
-            raise TimnetError(f"{url}: HTTP {e.code} {e.reason}") from None
+            if e.code == 416 and have:  # range beyond the end: whole only if the server says the file is `have` long
+                if _range_total(e.headers.get("Content-Range")) == have:
+                    os.replace(part, dest)
+                    return dest
+                part.unlink(missing_ok=True)  # longer than the file now served: start over
+                error = "HTTP 416: the partial download does not fit the file served; starting over"
+            elif e.code in RETRY_HTTP:
+                error = f"HTTP {e.code} {e.reason}"
+            else:
+                raise TimnetError(f"{url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
             reason = getattr(e, "reason", None)
             dns_busy = isinstance(reason, socket.gaierror) and reason.errno == socket.EAI_AGAIN  # worth a retry
@@ -83,10 +114,11 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
             if unknown or (isinstance(e, urllib.error.URLError) and isinstance(reason, str)):  # "no host given"
                 # nothing to resume: retrying or "run it again" would not help
                 raise TimnetError(f"{url}: cannot be downloaded ({reason}); check the address") from None
-            if attempt == retries:
-                raise TimnetError(f"{url}: download interrupted ({e}); run the same command again to resume "
-                                  f"from {part.stat().st_size if part.exists() else 0} bytes") from None
-            time.sleep(RETRY_SECONDS * 2 ** (attempt - 1))  # 1 s, 2 s, ...: long enough for a blip to pass
+            error = str(e)
+        if attempt == retries:
+            raise TimnetError(f"{url}: download interrupted ({error}); run the same command again to resume "
+                              f"from {part.stat().st_size if part.exists() else 0} bytes") from None
+        time.sleep(RETRY_SECONDS * 2 ** (attempt - 1))  # 1 s, 2 s, ...: long enough for a blip to pass
     raise AssertionError("unreachable")
 
 
