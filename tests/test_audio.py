@@ -150,3 +150,25 @@ def test_another_container_cut_short_is_refused(tmp_path, container):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(TimnetError, match="truncated audio: its header declares more than the file holds"):
         audio.read_audio(path)
+
+
+@pytest.mark.parametrize("container", ["OGG", "NIST", "MP3", "W64"])
+def test_a_cut_container_libsndfile_reads_without_a_word_is_refused(tmp_path, container):
+    """A cut Ogg Vorbis, NIST SPHERE or MP3 reads as the audio left, and libsndfile's parse log says
+    nothing: Ogg is checked by its last page, NIST by its sample count, MP3 by the decoder stopping
+    short of the header's count. The whole file reads whole."""
+    import re
+
+    subtype = {"OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}.get(container, "PCM_16")
+    path = tmp_path / f"a.{container.lower()}"
+    y = np.random.default_rng(0).standard_normal(22050 * 6).astype(np.float32) * 0.2
+    sf.write(path, y, 22050, format=container, subtype=subtype)
+    assert len(audio.read_audio(path)[0]) == len(y)
+    data = path.read_bytes()
+    cuts = [len(data) // 2]
+    if container == "OGG":  # also on a page boundary: every page whole, the end-of-stream page gone
+        cuts.append([m.start() for m in re.finditer(b"OggS", data)][-3])
+    for cut in cuts:
+        path.write_bytes(data[:cut])
+        with pytest.raises(TimnetError, match=r"a\.\w+: truncated audio: "):
+            audio.read_audio(path)

@@ -92,14 +92,14 @@ def test_file_the_system_refuses_fails_or_is_skipped(tmp_path, monkeypatch):
     from timnet import audio
 
     root = emodb_tree(tmp_path / "c")
-    check = audio._check_wav_container
+    check = audio.check_container
 
     def refuse(path):  # as root, chmod cannot make a file unreadable: the refusal is injected
         if Path(path).name == "03a10Fa.wav":
             raise PermissionError(13, "Permission denied", str(path))
         return check(path)
 
-    monkeypatch.setattr(audio, "_check_wav_container", refuse)
+    monkeypatch.setattr(audio, "check_container", refuse)
     with pytest.raises(TimnetError, match=r"03a10Fa\.wav: cannot be read \(Permission denied\).*--skip-bad"):
         extract("emodb", root, workers=1, signal_length=4096, progress=False)
     fs, _, bad = extract("emodb", root, workers=1, signal_length=4096, skip_bad=True, progress=False)

@@ -21,25 +21,35 @@ N_MFCC = 39
 N_FFT = 2048  # samples per STFT frame (librosa default, ~93 ms at 22.05 kHz)
 HOP_LENGTH = 512  # samples between frames (librosa default, ~23 ms)
 N_MELS = 128  # mel bands under the MFCCs (librosa default; recipe.py's augmentations rebuild them)
-WAV_MISCOUNT = 1024  # bytes a WAV's data chunk may claim beyond the file's end (_check_wav_container)
+WAV_MISCOUNT = 1024  # bytes a WAV's data chunk may claim beyond the file's end (_check_wav)
+MISSING_FRAMES = 4096  # frames a decoder may return short of the header's count before the file is called cut
 
 
-def _check_wav_container(path: Path) -> None:
-    """Refuse a RIFF/WAVE file whose data chunk claims more bytes than the file holds.
+def check_container(path: Path) -> None:
+    """Refuse a file cut short, which libsndfile reads without complaint as the audio that is
+    left (half a file loads as half its audio): that would silently change a sample's features.
+    Each container says its length its own way, so each is checked its own way."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
+        return _check_wav(path, big_endian=head[:4] == b"RIFX")
+    if head[:4] == b"OggS":
+        return _check_ogg(path)
+    if head[:8] == b"NIST_1A\n":
+        return _check_nist(path)
+    return _check_sndfile_log(path)  # RF64, W64, AIFF, AU, CAF, ...: libsndfile's parse log says it
 
-    libsndfile reads such a truncated file without complaint (it just returns fewer frames),
-    which would silently change a sample's features, so the header is checked by hand. Up to
+
+def _check_wav(path: Path, *, big_endian: bool) -> None:
+    """Refuse a RIFF/WAVE file whose data chunk claims more bytes than the file holds. Up to
     WAV_MISCOUNT bytes short is let through: some writers count the 44-byte header or a pad
     byte into the data size, and refusing those files would drop utterances (and change the
     folds) that the authors' librosa read, with the same samples as here. A copy cut short in
     transfer lacks far more.
     """
     size = path.stat().st_size
+    endian = ">" if big_endian else "<"
     with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-            return _check_sndfile_log(path)  # not a plain RIFF/WAVE file (RF64, AIFF, FLAC, ...)
-        endian = ">" if head[:4] == b"RIFX" else "<"
         pos = 12
         while pos + 8 <= size:
             f.seek(pos)
@@ -54,6 +64,43 @@ def _check_wav_container(path: Path) -> None:
                     )
                 return
             pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even sizes
+
+
+OGG_PAGE_MAX = 27 + 255 + 255 * 255  # bytes: header, segment table, the largest body Ogg allows
+
+
+def _check_ogg(path: Path) -> None:
+    """An Ogg stream declares no length: it is whole when its last page ends at the file's end
+    and is flagged end-of-stream (RFC 3533). A cut Ogg Vorbis reads as the pages left."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - OGG_PAGE_MAX))
+        tail = f.read()
+    at = len(tail)
+    # From the end back: "OggS" may occur inside a page's body, but only a page's own header
+    # accounts for the bytes to the file's end exactly.
+    while (at := tail.rfind(b"OggS", 0, at)) >= 0:
+        table = tail[at + 27 : at + 27 + tail[at + 26]] if at + 27 <= len(tail) else b""
+        if at + 27 <= len(tail) and len(table) == tail[at + 26] and at + 27 + len(table) + sum(table) == len(tail):
+            if tail[at + 5] & 0x04:  # header_type: end of stream
+                return
+            raise TimnetError(f"{path}: truncated audio: its last Ogg page is not the end of the stream")
+    raise TimnetError(f"{path}: truncated audio: its last Ogg page does not end at the end of the file")
+
+
+def _check_nist(path: Path) -> None:
+    """A NIST SPHERE header gives the sample count, which libsndfile ignores for the file's size."""
+    with open(path, "rb") as f:
+        header = f.read(1024).decode("ascii", "replace").split("\n")
+    try:
+        fields = {ln.split()[0]: ln.split()[2] for ln in header[2:] if len(ln.split()) >= 3}
+        need = int(header[1]) + int(fields["sample_count"]) * int(fields["sample_n_bytes"]) * int(fields.get("channel_count", 1))
+    except (IndexError, KeyError, ValueError):  # fields absent: nothing to check by; libsndfile's read decides
+        return
+    if not fields.get("sample_coding", "pcm").startswith("pcm"):
+        return  # compressed (shorten, ...): the size is not the count's
+    if (size := path.stat().st_size) < need:
+        raise TimnetError(f"{path}: truncated audio: its header declares {need} bytes, the file holds {size}")
 
 
 # what libsndfile's parse log says of a chunk that claims more than the file holds: AIFF's
@@ -102,9 +149,9 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         if path.stat().st_size == 0:
             raise TimnetError(f"{path}: empty file, expected audio")
-        _check_wav_container(path)
-        with open(path, "rb") as f:  # not the name: see audio_info
-            data, sr = sf.read(f, dtype="float32", always_2d=True)
+        check_container(path)
+        with open(path, "rb") as f, sf.SoundFile(f) as sound:  # the file object, not the name: see audio_info
+            data, sr, declared = sound.read(dtype="float32", always_2d=True), sound.samplerate, sound.frames
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         message = sndfile_message(e)
         raise TimnetError(f"{path}: not readable audio ({message})") from None
@@ -115,6 +162,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
                           f"{NATIVE_RATES[1]} Hz (a damaged header?)")
     if data.shape[0] == 0:
         raise TimnetError(f"{path}: holds no audio samples; expected at least one")
+    if data.shape[0] < declared - MISSING_FRAMES:  # a decoder that stopped early: a cut MP3 reads as what is left
+        raise TimnetError(f"{path}: truncated audio: its header declares {declared} samples, {data.shape[0]} could be read")
     if not np.isfinite(data).all():  # float files can; librosa would fail deep inside the STFT
         raise TimnetError(f"{path}: holds NaN or infinite samples; expected finite audio")
     # librosa.to_mono averages the channels; so do we, in float32 like librosa.

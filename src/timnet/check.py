@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .audio import _check_wav_container, audio_info, sndfile_message
+from .audio import audio_info, check_container, sndfile_message
 from .corpora import Corpus, get_corpus, list_corpus
 from .errors import TimnetError
 
@@ -129,7 +129,7 @@ def check_tree(corpus: Corpus | str, root: str | Path, *, manifest: dict[str, st
         try:
             if path.stat().st_size == 0:
                 raise TimnetError(f"{path}: empty file")
-            _check_wav_container(path)
+            check_container(path)
             info = audio_info(path)
             rates[info.samplerate] += 1
             channels[info.channels] += 1
