@@ -328,13 +328,16 @@ def _dispatch_skew(source: Path, want: dict, members: list[int]) -> list[int]:
 
 def _mkl_skew(done: dict, source: Path) -> str | None:
     """How torch's MKL ran another way where a source fold trained (its result's `worker`, else the
-    process that began the source run) than for the run taking its members (`_taker_mkl`;
-    timnet.dispatch.mkl_change), or None: every member's products go through it, so that fold's
-    members are not the weights the run would train."""
+    process that began the source run, and every process that trained a member or a part of one:
+    its `cpu_dispatch`) than for the run taking its members (`_taker_mkl`; timnet.dispatch.mkl_change),
+    or None: every member's products go through it, so that fold's members are not the weights the
+    run would train."""
     from timnet import dispatch
 
-    where = done.get("worker") if isinstance(done.get("worker"), dict) else recorded_cpu_dispatch(source)
-    return dispatch.mkl_change(where, _taker_mkl())
+    where = [done["worker"] if isinstance(done.get("worker"), dict) else recorded_cpu_dispatch(source),
+             *done.get("cpu_dispatch", [])]
+    taker = _taker_mkl()
+    return next((mkl for w in where if (mkl := dispatch.mkl_change(w, taker))), None)
 
 
 def _taker_mkl() -> dict:
@@ -373,4 +376,4 @@ def _member(net, done: dict, history_csv: Path, seconds: float, source: Path):
     for row in history:
         row["epoch"] = int(row["epoch"])
     return Member(net, net, done["epoch"], done["epochs_run"], done["stopped_early"], done["arithmetic"], history, seconds,
-                  str(source))
+                  str(source), done.get("cpu_dispatch", []))  # the fold's machines: a member's own are not kept

@@ -375,6 +375,10 @@ def test_members_are_not_taken_from_a_fold_trained_under_another_mkl(tmp_path):
     assert "OtherVendor" in _common._mkl_skew(json.loads((single.dir / "fold_01" / "result.json").read_text()), single.dir)
     assert _common.first_members_from(tmp_path / "two", single.dir, members=2) == 2  # folds 2 and 3 only
     assert not (tmp_path / "two" / "fold_01").exists() and (tmp_path / "two" / "fold_02" / "member_0.pt").is_file()
+    done = json.loads((single.dir / "fold_02" / "result.json").read_text())
+    assert done["cpu_dispatch"] == [here]
+    done["cpu_dispatch"].append({**here, "cpu_vendor": "FourthVendor"})  # a member, or part of one, trained elsewhere
+    assert "FourthVendor" in _common._mkl_skew(done, single.dir)
     # no worker record: the process that began the source run is compared
     run_file = single.dir / "run.json"
     data = json.loads(run_file.read_text())

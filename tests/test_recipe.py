@@ -317,6 +317,34 @@ def test_a_run_resumed_on_another_vendors_cpu_or_mkl_branch_is_warned_of(tmp_pat
     assert dispatch_change(run.dir, config) is None
 
 
+
+def test_a_fold_begun_on_another_machine_is_warned_of_and_recorded(tmp_path, monkeypatch):
+    """A snapshot keeps what decided the bits of each process that trained it: a fold begun on another
+    vendor's CPU and resumed here (where run.json was made) is warned of, and its result lists both
+    machines (a benchmark takes no member from a fold whose list holds another MKL)."""
+    from dataclasses import replace
+
+    import timnet.train
+    from timnet import dispatch
+    from timnet.train import fold_seed
+
+    fs = synthetic()
+    config = TrainConfig(**{**FAST, "epochs": 2, "save_every": 1})
+    run = Run(fs, tmp_path / "r", config=config, folds=2, threads=1)
+    run.prepare()
+    here = dispatch.state()
+    there = {**here, "cpu_vendor": "OtherVendor"}
+    fdir, x, y, tr, va = run._fold_data(2)
+    monkeypatch.setattr(timnet.train.dispatch, "state", lambda: there)
+    train_fold(x, y, tr, va, model_config=run.model_config, config=replace(config, epochs=1), seed=fold_seed(run.seed, 2),
+               state_path=fdir / "state.pt")  # fold 2's first epoch, trained elsewhere
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="an unfinished fold trained on a OtherVendor CPU"):
+        run.execute(workers=1, progress=False, log=lambda m: None)
+    assert json.loads((run.fold_dir(1) / "result.json").read_text())["cpu_dispatch"] == [here]
+    assert json.loads((fdir / "result.json").read_text())["cpu_dispatch"] == [there, here]
+
+
 def test_ema_is_a_bias_corrected_average():
     """After updates with w1, w2, w3 the average is (d^2 w1 + d w2 + w3) / (d^2 + d + 1): the
     initial weights have no share in it."""

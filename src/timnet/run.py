@@ -43,8 +43,8 @@ from .folds import make_folds
 from .model import TIMNetConfig, ensemble
 from .rundir import (LEGACY_IDENTITY, check_not_multi_seed, decisive, features_fingerprint, read_identity,
                      recorded, recorded_cpu_dispatch)
-from .train import (TrainConfig, check_seed, evaluate_split, fold_seed, member_done_path, resolve_path, train_member,
-                    train_members, validation_split)
+from .train import (TrainConfig, check_seed, distinct, evaluate_split, fold_seed, member_done_path, resolve_path,
+                    train_member, train_members, validation_split)
 from .utils import (RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, history_name, read_fold_result, torch_threads, write_csv,
                     write_json)
 
@@ -161,32 +161,46 @@ def _partial(folder: Path) -> list[Path]:
     return [*folder.glob("state*.pt"), *folder.glob("member_*.pt")]
 
 
-def dispatch_change(run_dir: Path, config: TrainConfig, todo=None) -> str | None:
-    """Why members `todo` (default: all) of a resumed run will not train as its first folds did, or None.
+def dispatch_change(run_dir: Path, config: TrainConfig, todo=None, folders=()) -> str | None:
+    """Why members `todo` (default: all) of a resumed run will not train as what trained before them did, or None.
 
     Two things a machine decides change the bits of training (timnet.dispatch): torch's MKL picks
     its kernels by the CPU's vendor and its branch (MKL_CBWR; an Intel Xeon with AVX-512 took another
     path than an AMD EPYC and an AVX2 machine, which agreed), for every member; and VTLP's mel band centres
     come from librosa through numpy's exp, whose AVX-512 loops round a few of them 1 ulp apart from
     the AVX2 ones (an EMODB fold's validation UAR 0.8377 against 0.8496), for members with VTLP
-    alone. The run's are those of the process that created its run.json; what was not recorded
-    then (older runs) is not compared."""
+    alone. Compared with the process that created run.json and with every process that trained the
+    snapshots and kept members in `folders` (the unfinished folds); what was not recorded (older
+    versions) is not compared."""
     members = range(config.members) if todo is None else todo
     if not members:
         return None
-    was, now = recorded_cpu_dispatch(run_dir), dispatch.state()
+    now = dispatch.state()
+    before = [("its run began", recorded_cpu_dispatch(run_dir))]
+    before += [("an unfinished fold trained", r) for r in distinct([r for f in folders for p in _partial(f)
+                                                                     for r in _snapshot_machines(p)])]
     why = []
-    if mkl := dispatch.mkl_change(was, now):
-        why.append(f"its run began on {mkl}, and torch's MKL chooses its kernels by them")
-    if any(config.for_member(m).vtlp for m in members) and was.get("numpy_avx512") not in (None, now["numpy_avx512"]):
-        how = (f"{dispatch.OPT_OUT}=1 on an AVX-512 machine" if was["numpy_avx512"]
-               else "the `timnet` command, or timnet.dispatch.pin() before numpy is imported")
-        why.append(f"its run began with numpy's AVX-512 loops {'on' if was['numpy_avx512'] else 'off'}, this process "
-                   f"has them {'on' if now['numpy_avx512'] else 'off'}; --vtlp rounds apart under them (to resume "
-                   f"alike: {how})")
+    for when, was in before:
+        if mkl := dispatch.mkl_change(was, now):
+            why.append(f"{when} on {mkl}, and torch's MKL chooses its kernels by them")
+        if any(config.for_member(m).vtlp for m in members) and was.get("numpy_avx512") not in (None, now["numpy_avx512"]):
+            how = (f"{dispatch.OPT_OUT}=1 on an AVX-512 machine" if was["numpy_avx512"]
+                   else "the `timnet` command, or timnet.dispatch.pin() before numpy is imported")
+            why.append(f"{when} with numpy's AVX-512 loops {'on' if was['numpy_avx512'] else 'off'}, this process "
+                       f"has them {'on' if now['numpy_avx512'] else 'off'}; --vtlp rounds apart under them (to resume "
+                       f"alike: {how})")
     if not why:
         return None
-    return f"{run_dir}: {'; '.join(why)}; so what trains from here on is not what an uninterrupted run gives"
+    return f"{run_dir}: {'; '.join(distinct(why))}; so what trains from here on is not what an uninterrupted run gives"
+
+
+def _snapshot_machines(path: Path) -> list[dict]:
+    """The processes that trained a snapshot or kept member (FoldState.machines); [] where older
+    versions recorded none or the file cannot be read (the resume itself then says why)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False).get("cpu_dispatch", [])
+    except Exception:
+        return []
 
 
 def _clear_partial(folder: Path) -> None:
@@ -362,7 +376,10 @@ class Run:
                       **({"members_from": {str(i): m.source for i, m in enumerate(members) if m.source}}
                          if any(m.source for m in members) else {}),
                       arithmetic=first.arithmetic,
-                      **({"worker": worker} if worker else {}))
+                      **({"worker": worker} if worker else {}),
+                      # every process that trained a member or a part of one (timnet.dispatch.state):
+                      # with members in several workers, or a resumed fold, more than `worker`'s
+                      cpu_dispatch=distinct([r for m in members for r in m.machines]))
         save_checkpoint(fdir / "model.pt", model, feature_config=self.fs.config, labels=self.fs.labels,
                         corpus=self.fs.corpus, extra={
                             "fold": k, "n_samples": len(self.fs), "seed": self.seed, "split": self.split,
@@ -443,7 +460,7 @@ def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callab
         run = runs[ri]
         if results[ri] or any(_partial(run.fold_dir(k)) for k in range(1, run.folds_n + 1)):
             todo = {m for r, k in tasks if r == ri for m in set(range(run.config.members)) - run.members_done(k)}
-            if note := dispatch_change(run.dir, run.config, todo):
+            if note := dispatch_change(run.dir, run.config, todo, [run.fold_dir(k) for k in range(1, run.folds_n + 1)]):
                 warnings.warn(note, stacklevel=2)
     if fold_major:
         tasks.sort(key=lambda task: (task[1], task[0]))
@@ -557,7 +574,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     resumed = prepare_run_dir(out_dir, identity, overwrite=overwrite)
     if resumed and (out_dir / "model.pt").is_file() and not _partial(out_dir):
         return out_dir / "model.pt"  # finished before: the same command does not train it again
-    if resumed and _partial(out_dir) and (note := dispatch_change(out_dir, config)):
+    if resumed and _partial(out_dir) and (note := dispatch_change(out_dir, config, folders=[out_dir])):
         warnings.warn(note, stacklevel=2)
     with tqdm(total=config.epochs * config.members, desc="all data", unit="ep", disable=not progress) as bar, \
             torch_threads(threads):

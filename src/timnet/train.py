@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import metrics, recipe
+from . import dispatch, metrics, recipe
 from .errors import TimnetError
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble, ensemble
 from .utils import atomic_write
@@ -224,6 +224,9 @@ class FoldState:
         self.since_best = 0
         self.stopped_early = False
         self.seconds = 0.0  # training wall time, summed over the calls of a resumed training
+        # What decided the bits of every process that trained it (timnet.dispatch.state): a resumed
+        # training may have begun on another machine, and a member's result should say so.
+        self.machines: list[dict] = [dispatch.state()]
 
     def to_dict(self) -> dict:
         device = next(self.model.parameters()).device
@@ -236,6 +239,7 @@ class FoldState:
             "since_best": self.since_best, "stopped_early": self.stopped_early, "seconds": self.seconds,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "swa": self.swa.state_dict() if self.swa is not None else None,
+            "cpu_dispatch": self.machines,
         }
 
     def load_dict(self, d: dict) -> None:
@@ -250,6 +254,7 @@ class FoldState:
         self.epoch, self.history, self.best = d["epoch"], d["history"], d["best"]
         self.since_best, self.stopped_early = d["since_best"], d["stopped_early"]
         self.seconds = d.get("seconds", 0.0)  # older versions' snapshots kept no time
+        self.machines = distinct([*d.get("cpu_dispatch", []), *self.machines])  # older ones: none recorded
         if self.ema is not None:
             self.ema.load_state_dict(d["ema"])
         if self.swa is not None:
@@ -419,12 +424,13 @@ class Member:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0  # its training's wall time (a resumed one: summed over the calls)
     source: str | None = None  # the run it was trained in, when that is not this one (a benchmark's reuse)
+    machines: list[dict] = field(default_factory=list)  # FoldState.machines: where it trained
 
     def to_dict(self) -> dict:
         return {"model": self.model.state_dict(), "last": self.last.state_dict() if self.last is not self.model else None,
                 "epoch": self.epoch, "epochs_run": self.epochs_run, "stopped_early": self.stopped_early,
                 "arithmetic": self.arithmetic, "history": self.history, "seconds": self.seconds,
-                **({"source": self.source} if self.source else {})}
+                **({"source": self.source} if self.source else {}), "cpu_dispatch": self.machines}
 
     @classmethod
     def from_dict(cls, d: dict, config: TIMNetConfig) -> "Member":
@@ -435,7 +441,16 @@ class Member:
             last = TIMNet(config)
             last.load_state_dict(d["last"])
         return cls(model.eval(), last.eval(), d["epoch"], d["epochs_run"], d["stopped_early"], d["arithmetic"], d["history"],
-                   d.get("seconds", 0.0), d.get("source"))  # members kept by older versions have no time
+                   d.get("seconds", 0.0), d.get("source"), d.get("cpu_dispatch", []))  # older versions: no time, no machines
+
+
+def distinct(records: list[dict]) -> list[dict]:
+    """Each record once, in order (dicts: no set)."""
+    out = []
+    for r in records:
+        if r not in out:
+            out.append(r)
+    return out
 
 
 def train_members(
@@ -503,7 +518,7 @@ def train_member(
                               device=device, path=path)
     chosen = state.best["epoch"] if (config.select == "best-val" and state.best) else state.epoch
     member = Member(model, state.model.cpu().eval(), chosen, state.epoch, state.stopped_early,
-                    state.arithmetic, state.history, round(state.seconds, 2))
+                    state.arithmetic, state.history, round(state.seconds, 2), machines=state.machines)
     if done is not None:
         with atomic_write(done) as tmp:
             torch.save(member.to_dict(), tmp)
