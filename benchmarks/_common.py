@@ -273,7 +273,7 @@ def members_from(run_dir: Path, source: Path, *, which=None, members: int | None
     size = want["train_config"]["members"]
     wanted = range(size) if which is None else sorted(set(which))
     shared = [m for m in shared_members(have, want) if m in wanted]
-    if shared and (skew := _dispatch_skew(source, want, shared)):
+    if shared and (skew := _dispatch_skew([recorded_cpu_dispatch(source)], want, shared)):
         print(f"{run_dir}: members {', '.join(map(str, skew))} not taken from {source}: they train with --vtlp, "
               "which rounds apart under numpy's AVX-512 and AVX2 loops, and the source trained under the other ones",
               file=sys.stderr, flush=True)
@@ -291,6 +291,11 @@ def members_from(run_dir: Path, source: Path, *, which=None, members: int | None
             print(f"{fdir}: no members taken from {sdir}: it trained on {mkl}, and torch's MKL chooses its kernels by them",
                   file=sys.stderr, flush=True)
             continue
+        if skew := _dispatch_skew(done.get("cpu_dispatch", []), want, give):  # a part trained elsewhere
+            print(f"{fdir}: members {', '.join(map(str, skew))} not taken from {sdir}: they train with --vtlp, and "
+                  "part of that fold trained under the other numpy loops", file=sys.stderr, flush=True)
+            if not (give := [m for m in give if m not in skew]):
+                continue
         model = load_checkpoint(sdir / "model.pt")[0]
         nets = list(model.members) if isinstance(model, TIMNetEnsemble) else [model]
         fdir.mkdir(parents=True, exist_ok=True)
@@ -314,14 +319,15 @@ def shared_members(source: dict, identity: dict) -> list[int]:
             if _member_identity(source, m) is not None and _member_identity(source, m) == _member_identity(identity, m)]
 
 
-def _dispatch_skew(source: Path, want: dict, members: list[int]) -> list[int]:
-    """The members with VTLP that `source` trained under other numpy loops than this process runs
-    (timnet.run.dispatch_change: VTLP alone reads numpy's arithmetic); none where the source's loops
+def _dispatch_skew(records: list[dict], want: dict, members: list[int]) -> list[int]:
+    """The members with VTLP that processes of `records` (timnet.dispatch.state: the source run's
+    beginning, or a source fold's cpu_dispatch) trained under other numpy loops than this process
+    runs (timnet.run.dispatch_change: VTLP alone reads numpy's arithmetic); none where the loops
     are not recorded."""
     from timnet import dispatch
 
-    was = recorded_cpu_dispatch(source).get("numpy_avx512")
-    if was is None or was == dispatch.state()["numpy_avx512"]:
+    now = dispatch.state()["numpy_avx512"]
+    if all(r.get("numpy_avx512") in (None, now) for r in records):
         return []
     return [m for m in members if _member_identity(want, m)["train_config"]["vtlp"]]
 

@@ -157,18 +157,44 @@ def test_a_cut_container_libsndfile_reads_without_a_word_is_refused(tmp_path, co
     """A cut Ogg Vorbis, NIST SPHERE or MP3 reads as the audio left, and libsndfile's parse log says
     nothing: Ogg is checked by its last page, NIST by its sample count, MP3 by the decoder stopping
     short of the header's count. The whole file reads whole."""
-    import re
-
     subtype = {"OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}.get(container, "PCM_16")
     path = tmp_path / f"a.{container.lower()}"
     y = np.random.default_rng(0).standard_normal(22050 * 6).astype(np.float32) * 0.2
     sf.write(path, y, 22050, format=container, subtype=subtype)
     assert len(audio.read_audio(path)[0]) == len(y)
-    data = path.read_bytes()
-    cuts = [len(data) // 2]
-    if container == "OGG":  # also on a page boundary: every page whole, the end-of-stream page gone
-        cuts.append([m.start() for m in re.finditer(b"OggS", data)][-3])
-    for cut in cuts:
-        path.write_bytes(data[:cut])
-        with pytest.raises(TimnetError, match=r"a\.\w+: truncated audio: "):
-            audio.read_audio(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(TimnetError, match=r"a\.\w+: truncated audio: "):
+        audio.read_audio(path)
+
+
+def test_whole_files_pass_the_truncation_checks_and_read_as_soundfile_reads_them(tmp_path):
+    """An Ogg with zero padding or an ID3 tag after its last page; a VBR MP3 that begins in silence
+    with no Xing frame (libsndfile guesses its length from the first frame's bit rate: far too long);
+    an MP3 below 32 kHz, bit for bit (libsndfile's decoder rounds otherwise unless read from the
+    start); a GSM 6.10 WAV (a codec that reads only with a frame count)."""
+    rng = np.random.default_rng(2)
+    y = np.concatenate([np.zeros(22050 * 2), rng.standard_normal(22050 * 4) * 0.3]).astype(np.float32)
+
+    def same(path):
+        assert audio.read_audio(path)[0].tobytes() == sf.read(path, dtype="float32")[0].tobytes(), path
+
+    ogg = tmp_path / "a.ogg"
+    sf.write(ogg, y, 22050, format="OGG", subtype="VORBIS")
+    for name, tail in (("zeros", bytes(100)), ("id3", b"TAG" + bytes(125))):
+        (tmp_path / f"{name}.ogg").write_bytes(ogg.read_bytes() + tail)
+        same(tmp_path / f"{name}.ogg")
+    mp3 = tmp_path / "a.mp3"
+    with sf.SoundFile(mp3, "w", 22050, 1, format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="VARIABLE",
+                      compression_level=0.3) as f:
+        f.write(y)
+    same(mp3)
+    data = mp3.read_bytes()
+    assert data[:2] == b"\xff\xf3"  # MPEG-2 layer III, as libsndfile writes 22.05 kHz; its first frame is the Xing one
+    length = 72 * 1000 * (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)[data[2] >> 4] // 22050 + (data[2] >> 1 & 1)
+    assert b"Xing" in data[:length] or b"Info" in data[:length]
+    (tmp_path / "noxing.mp3").write_bytes(data[length:])
+    assert sf.info(tmp_path / "noxing.mp3").frames > len(y) + audio.MISSING_FRAMES  # the guess
+    same(tmp_path / "noxing.mp3")
+    gsm = tmp_path / "gsm.wav"
+    sf.write(gsm, y, 8000, subtype="GSM610")
+    same(gsm)

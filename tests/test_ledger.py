@@ -228,8 +228,10 @@ def test_a_mixed_ensemble_takes_its_augmented_members_from_the_augmented_ensembl
 
 def test_vtlp_members_are_not_taken_from_a_run_under_other_numpy_loops(tmp_path):
     """A member with VTLP trains other bits under numpy's AVX-512 loops than under AVX2 ones
-    (timnet.run.dispatch_change): one trained under the other loops is not given; plain ones are."""
+    (timnet.run.dispatch_change): one trained under the other loops (where the source run began, or
+    any process that trained part of a source fold) is not given; plain ones are."""
     from timnet import dispatch
+    from timnet.rundir import recorded_cpu_dispatch
 
     source = tmp_path / "source"
     source.mkdir()
@@ -237,10 +239,11 @@ def test_vtlp_members_are_not_taken_from_a_run_under_other_numpy_loops(tmp_path)
     want = {"train_config": {"vtlp": 0.1, "members": 4, "plain_members": 2}}
     for loops, skew in ((now, []), (not now, [2, 3])):
         (source / "run.json").write_text(json.dumps({"versions": {"cpu_dispatch": {"numpy_avx512": loops}}}))
-        assert _common._dispatch_skew(source, want, [0, 1, 2, 3]) == skew
-    assert _common._dispatch_skew(source, {"train_config": {"vtlp": 0.0, "members": 2}}, [0, 1]) == []
+        assert _common._dispatch_skew([recorded_cpu_dispatch(source)], want, [0, 1, 2, 3]) == skew
+        assert _common._dispatch_skew([{"numpy_avx512": now}, {"numpy_avx512": loops}], want, [0, 1, 2, 3]) == skew
+    assert _common._dispatch_skew([{"numpy_avx512": not now}], {"train_config": {"vtlp": 0.0, "members": 2}}, [0, 1]) == []
     (source / "run.json").write_text(json.dumps({"versions": {}}))  # loops not recorded: nothing to compare
-    assert _common._dispatch_skew(source, want, [2, 3]) == []
+    assert _common._dispatch_skew([recorded_cpu_dispatch(source)], want, [2, 3]) == []
 
 
 def test_an_ensemble_run_takes_its_first_member_from_the_single_run(tmp_path):

@@ -343,6 +343,15 @@ def test_a_fold_begun_on_another_machine_is_warned_of_and_recorded(tmp_path, mon
         run.execute(workers=1, progress=False, log=lambda m: None)
     assert json.loads((run.fold_dir(1) / "result.json").read_text())["cpu_dispatch"] == [here]
     assert json.loads((fdir / "result.json").read_text())["cpu_dispatch"] == [there, here]
+    # numpy's loops matter to a snapshot of a member with VTLP alone; a snapshot of a member not left to train, not at all
+    from timnet.run import dispatch_change
+
+    torch.save({"cpu_dispatch": [{**here, "numpy_avx512": not here["numpy_avx512"]}]}, fdir / "state.pt")
+    vtlp = replace(config, vtlp=0.1)
+    assert dispatch_change(run.dir, config, folders=[fdir]) is None
+    assert "an unfinished fold trained with numpy's AVX-512 loops" in dispatch_change(run.dir, vtlp, folders=[fdir])
+    two = replace(vtlp, members=2)
+    assert dispatch_change(run.dir, two, todo={1}, folders=[fdir]) is None
 
 
 def test_ema_is_a_bias_corrected_average():

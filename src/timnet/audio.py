@@ -69,23 +69,54 @@ def _check_wav(path: Path, *, big_endian: bool) -> None:
 OGG_PAGE_MAX = 27 + 255 + 255 * 255  # bytes: header, segment table, the largest body Ogg allows
 
 
+@functools.lru_cache(maxsize=1)
+def _ogg_crc_table() -> tuple[int, ...]:
+    """Ogg's CRC-32 (polynomial 0x04C11DB7, not reflected: not zlib's) a byte at a time."""
+    table = []
+    for i in range(256):
+        r = i << 24
+        for _ in range(8):
+            r = ((r << 1) ^ 0x04C11DB7 if r & 0x80000000 else r << 1) & 0xFFFFFFFF
+        table.append(r)
+    return tuple(table)
+
+
+def _ogg_page_end(data: bytes, at: int) -> int | None:
+    """Where the Ogg page beginning at `at` ends, if it is whole and its checksum holds; else None."""
+    if at + 27 > len(data) or at + 27 + data[at + 26] > len(data):
+        return None
+    table = data[at + 27 : at + 27 + data[at + 26]]
+    end = at + 27 + len(table) + sum(table)
+    if end > len(data):
+        return None
+    crc, lookup = 0, _ogg_crc_table()
+    for b in data[at:at + 22] + bytes(4) + data[at + 26:end]:  # the checksum field counted as zeros
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ lookup[(crc >> 24) ^ b]
+    return end if crc == int.from_bytes(data[at + 22 : at + 26], "little") else None
+
+
 def _check_ogg(path: Path) -> None:
-    """An Ogg stream declares no length: it is whole when its last page ends at the file's end
-    and is flagged end-of-stream (RFC 3533). A cut Ogg Vorbis reads as the pages left."""
+    """An Ogg stream declares no length, and a cut Ogg Vorbis reads as the pages left: refuse a file
+    whose last page is begun and not whole. Bytes that are no page after the last whole one (zero
+    padding, an ID3 tag) are let through, as libsndfile reads them; so is a last page without the
+    end-of-stream flag (some recorders never set it), which leaves a cut exactly between pages unseen."""
     size = path.stat().st_size
     with open(path, "rb") as f:
-        f.seek(max(0, size - OGG_PAGE_MAX))
+        f.seek(max(0, size - 2 * OGG_PAGE_MAX))
         tail = f.read()
     at = len(tail)
-    # From the end back: "OggS" may occur inside a page's body, but only a page's own header
-    # accounts for the bytes to the file's end exactly.
+    # From the end back to the last whole page ("OggS" may occur inside a page's body by chance;
+    # a whole page's checksum does not hold there)
     while (at := tail.rfind(b"OggS", 0, at)) >= 0:
-        table = tail[at + 27 : at + 27 + tail[at + 26]] if at + 27 <= len(tail) else b""
-        if at + 27 <= len(tail) and len(table) == tail[at + 26] and at + 27 + len(table) + sum(table) == len(tail):
-            if tail[at + 5] & 0x04:  # header_type: end of stream
-                return
-            raise TimnetError(f"{path}: truncated audio: its last Ogg page is not the end of the stream")
-    raise TimnetError(f"{path}: truncated audio: its last Ogg page does not end at the end of the file")
+        if (end := _ogg_page_end(tail, at)) is not None:
+            break
+    else:
+        end = None
+    if end is None and size <= len(tail):  # not one whole page in the file: libsndfile's read says why
+        return
+    begun = tail.find(b"OggS", end or 0)
+    if end is None or begun >= 0:
+        raise TimnetError(f"{path}: truncated audio: its last Ogg page is cut short")
 
 
 def _check_nist(path: Path) -> None:
@@ -97,10 +128,24 @@ def _check_nist(path: Path) -> None:
         need = int(header[1]) + int(fields["sample_count"]) * int(fields["sample_n_bytes"]) * int(fields.get("channel_count", 1))
     except (IndexError, KeyError, ValueError):  # fields absent: nothing to check by; libsndfile's read decides
         return
-    if not fields.get("sample_coding", "pcm").startswith("pcm"):
-        return  # compressed (shorten, ...): the size is not the count's
+    if fields.get("sample_coding", "pcm") != "pcm":
+        return  # compressed ("pcm,embedded-shorten-v2.00", ...) or another coding: the size is not the count's
     if (size := path.stat().st_size) < need:
         raise TimnetError(f"{path}: truncated audio: its header declares {need} bytes, the file holds {size}")
+
+
+def _mp3_counted(path: Path) -> bool:
+    """Whether an MP3 states its length (a Xing, Info or VBRI frame first) rather than the decoder
+    guessing it from the first frame's bit rate, which leading silence puts far too high."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+        skip = 0
+        if head[:3] == b"ID3" and len(head) == 10:  # an ID3v2 tag first: its size is 4 x 7 bits
+            skip = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10])) + (10 if head[5] & 0x10 else 0)
+        f.seek(skip)
+        first = f.read(4096)
+    sync = next((i for i in range(len(first) - 1) if first[i] == 0xFF and first[i + 1] & 0xE0 == 0xE0), None)
+    return sync is not None and any(tag in first[sync : sync + 200] for tag in (b"Xing", b"Info", b"VBRI"))
 
 
 # what libsndfile's parse log says of a chunk that claims more than the file holds: AIFF's
@@ -151,7 +196,13 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
             raise TimnetError(f"{path}: empty file, expected audio")
         check_container(path)
         with open(path, "rb") as f, sf.SoundFile(f) as sound:  # the file object, not the name: see audio_info
-            data, sr, declared = sound.read(dtype="float32", always_2d=True), sound.samplerate, sound.frames
+            # as sf.read reads: from the start (libsndfile's MP3 decoder rounds otherwise) for
+            # the frames the header declares (some codecs' files cannot seek without the count)
+            sr, declared = sound.samplerate, sound.frames
+            if sound.seekable():
+                sound.seek(0)
+            data = sound.read(declared, dtype="float32", always_2d=True)
+            counted = sound.format != "MP3" or _mp3_counted(path)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         message = sndfile_message(e)
         raise TimnetError(f"{path}: not readable audio ({message})") from None
@@ -162,7 +213,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
                           f"{NATIVE_RATES[1]} Hz (a damaged header?)")
     if data.shape[0] == 0:
         raise TimnetError(f"{path}: holds no audio samples; expected at least one")
-    if data.shape[0] < declared - MISSING_FRAMES:  # a decoder that stopped early: a cut MP3 reads as what is left
+    if counted and data.shape[0] < declared - MISSING_FRAMES:  # a decoder that stopped early: a cut MP3 reads as what is left
         raise TimnetError(f"{path}: truncated audio: its header declares {declared} samples, {data.shape[0]} could be read")
     if not np.isfinite(data).all():  # float files can; librosa would fail deep inside the STFT
         raise TimnetError(f"{path}: holds NaN or infinite samples; expected finite audio")

@@ -170,20 +170,22 @@ def dispatch_change(run_dir: Path, config: TrainConfig, todo=None, folders=()) -
     come from librosa through numpy's exp, whose AVX-512 loops round a few of them 1 ulp apart from
     the AVX2 ones (an EMODB fold's validation UAR 0.8377 against 0.8496), for members with VTLP
     alone. Compared with the process that created run.json and with every process that trained the
-    snapshots and kept members in `folders` (the unfinished folds); what was not recorded (older
+    snapshots of members `todo` in `folders` (the unfinished folds); what was not recorded (older
     versions) is not compared."""
     members = range(config.members) if todo is None else todo
     if not members:
         return None
     now = dispatch.state()
-    before = [("its run began", recorded_cpu_dispatch(run_dir))]
-    before += [("an unfinished fold trained", r) for r in distinct([r for f in folders for p in _partial(f)
-                                                                     for r in _snapshot_machines(p)])]
+    before = [("its run began", recorded_cpu_dispatch(run_dir), members)]
+    for snapshot in (p for f in folders for p in sorted(f.glob("state*.pt"))):  # a member's unfinished training
+        m = 0 if snapshot.name == "state.pt" else snapshot.stem.removeprefix("state_member")
+        if str(m).isdigit() and int(m) in members:
+            before += [("an unfinished fold trained", r, [int(m)]) for r in _snapshot_machines(snapshot)]
     why = []
-    for when, was in before:
+    for when, was, these in before:
         if mkl := dispatch.mkl_change(was, now):
             why.append(f"{when} on {mkl}, and torch's MKL chooses its kernels by them")
-        if any(config.for_member(m).vtlp for m in members) and was.get("numpy_avx512") not in (None, now["numpy_avx512"]):
+        if any(config.for_member(m).vtlp for m in these) and was.get("numpy_avx512") not in (None, now["numpy_avx512"]):
             how = (f"{dispatch.OPT_OUT}=1 on an AVX-512 machine" if was["numpy_avx512"]
                    else "the `timnet` command, or timnet.dispatch.pin() before numpy is imported")
             why.append(f"{when} with numpy's AVX-512 loops {'on' if was['numpy_avx512'] else 'off'}, this process "
@@ -195,8 +197,8 @@ def dispatch_change(run_dir: Path, config: TrainConfig, todo=None, folders=()) -
 
 
 def _snapshot_machines(path: Path) -> list[dict]:
-    """The processes that trained a snapshot or kept member (FoldState.machines); [] where older
-    versions recorded none or the file cannot be read (the resume itself then says why)."""
+    """The processes that trained a snapshot (FoldState.machines); [] where older versions recorded
+    none or the file cannot be read (the resume itself then says why)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=False).get("cpu_dispatch", [])
     except Exception:
