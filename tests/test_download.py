@@ -22,16 +22,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
     cut_first = True
     requests: list = []
     script: list = []
+    replaced_by = None  # the file the publisher puts in place once the first request is cut
 
     def do_GET(self):
         rng = self.headers.get("Range")
         Handler.requests.append(rng)
+        etag = f'"{hashlib.sha256(Handler.payload).hexdigest()[:16]}"'
+        if self.headers.get("If-Range") not in (None, etag):  # changed since: the whole new file
+            rng = None
         start = int(rng.split("=")[1].split("-")[0]) if rng else 0
         answer = Handler.script.pop(0) if Handler.script else None  # None: answer as a good server does
         if isinstance(answer, int):
             self.send_response(answer)
             if answer == 416:
                 self.send_header("Content-Range", f"bytes */{len(Handler.payload)}")
+            if answer == 503:
+                self.send_header("Retry-After", "7")
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -46,6 +52,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = Handler.payload[start:]
         self.send_response(206 if rng else 200)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", etag)
         if rng:
             self.send_header("Content-Range", f"bytes {start}-{len(Handler.payload) - 1}/{len(Handler.payload)}")
         self.end_headers()
@@ -54,6 +61,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body[: len(body) // 2])  # then the connection drops
             self.wfile.flush()
             self.close_connection = True
+            if Handler.replaced_by is not None:
+                Handler.payload, Handler.replaced_by = Handler.replaced_by, None
             return
         self.wfile.write(body)
 
@@ -245,6 +254,8 @@ def test_a_server_in_passing_trouble_is_retried_and_a_misplaced_part_not_appende
     from timnet.download import fetch
 
     monkeypatch.setattr("timnet.download.RETRY_SECONDS", 0.0)
+    waits = []
+    monkeypatch.setattr("timnet.download.time.sleep", waits.append)
     payload = make_zip({f"wav/03a0{i}Wa.wav": bytes([i]) * 50_000 for i in range(1, 3)})
 
     def get(name, script, cut_first=False, part=None):
@@ -257,7 +268,7 @@ def test_a_server_in_passing_trouble_is_retried_and_a_misplaced_part_not_appende
         assert Handler.script == []
         return Handler.requests
 
-    assert get("busy", [503, 429]) == [None, None, None]
+    assert get("busy", [503, 429]) == [None, None, None] and waits == [7.0, 0.0]  # as long as the 503 asked
     half = f"bytes={len(payload) // 2}-"
     assert get("misplaced", [None, ("from", 10)], cut_first=True) == [None, half, None]  # not appended at 10
     assert get("replaced", [], part=payload + b"old tail") == [f"bytes={len(payload) + 8}-", None]
@@ -266,3 +277,17 @@ def test_a_server_in_passing_trouble_is_retried_and_a_misplaced_part_not_appende
     with pytest.raises(TimnetError, match=r"HTTP 404 Not Found$"):
         fetch(server, tmp_path / "gone" / "corpus.zip", progress=False)
     assert Handler.requests[-1] is None and Handler.script == []  # not tried again
+
+
+def test_a_file_replaced_on_the_server_mid_download_comes_whole(server, tmp_path, monkeypatch):
+    """The part's ETag goes back as If-Range: a publisher's new file since the cut is sent whole,
+    not its tail spliced onto the old file's head."""
+    from timnet.download import fetch
+
+    monkeypatch.setattr("timnet.download.RETRY_SECONDS", 0.0)
+    old, new = make_zip({"wav/03a01Wa.wav": b"o" * 90_000}), make_zip({"wav/03a01Wa.wav": b"n" * 90_000})
+    assert len(old) == len(new)
+    Handler.payload, Handler.cut_first, Handler.requests, Handler.replaced_by = old, True, [], new
+    dest = tmp_path / "corpus.zip"
+    assert fetch(server, dest, progress=False).read_bytes() == new
+    assert Handler.requests == [None, f"bytes={len(old) // 2}-"] and not list(tmp_path.glob("*.part*"))

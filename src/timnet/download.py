@@ -41,6 +41,23 @@ def _range_total(content_range: str | None) -> int | None:
         return None
 
 
+def _name_version(version: Path, headers) -> None:
+    """Keep the validator of the file being downloaded from the start (a weak ETag cannot serve
+    If-Range; Last-Modified then does), or none."""
+    tag = headers.get("ETag")
+    tag = tag if tag and not tag.startswith("W/") else headers.get("Last-Modified")
+    with _local(version):
+        version.write_text(tag) if tag else version.unlink(missing_ok=True)
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a Retry-After header asks to wait (its date form is not read), at most a minute."""
+    try:
+        return min(float(value), 60.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _body_span(response) -> tuple[int | None, int | None]:
     """(the byte of the file this body starts at, the file's full length or None). A 200 is the whole
     file; a 206 says where its part starts in Content-Range, and one that does not is unplaceable (None)."""
@@ -71,17 +88,26 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
     if dest.is_file() and zipfile.is_zipfile(dest):
         return dest  # downloaded whole before (a re-run after a failed unpack or check): not again
     part = dest.with_name(dest.name + ".part")
+    # The part's version as the server named it (ETag, else Last-Modified): sent back as If-Range,
+    # so a file replaced on the server since comes whole (200) instead of its tail spliced on.
+    version = dest.with_name(dest.name + ".part.version")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    wait = 0.0
     for attempt in range(1, retries + 1):
         have = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        if have and version.is_file():
+            headers["If-Range"] = version.read_text()
+        request = urllib.request.Request(url, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 start, total = _body_span(response)
                 if start not in (0, have):  # bytes from elsewhere in the file (or unsaid): they cannot be placed
                     part.unlink(missing_ok=True)
                     raise ConnectionError(f"the server's part starts at byte {start}, not {have}; starting over")
-                have = start  # 0 when the server ignored the range: start over
+                have = start  # 0 when the server ignored the range, or the file changed: start over
+                if not have:
+                    _name_version(version, response.headers)
                 with _local(part):  # only the file's own calls: a reset connection is an OSError too
                     f = open(part, "ab" if have else "wb")
                 with f, tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name,
@@ -95,16 +121,19 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
                 if total is not None and part.stat().st_size != total:
                     raise ConnectionError(f"connection closed at {part.stat().st_size} of {total} bytes")
             os.replace(part, dest)
+            version.unlink(missing_ok=True)
             return dest
         except urllib.error.HTTPError as e:
             if e.code == 416 and have:  # range beyond the end: whole only if the server says the file is `have` long
                 if _range_total(e.headers.get("Content-Range")) == have:
                     os.replace(part, dest)
+                    version.unlink(missing_ok=True)
                     return dest
                 part.unlink(missing_ok=True)  # longer than the file now served: start over
                 error = "HTTP 416: the partial download does not fit the file served; starting over"
             elif e.code in RETRY_HTTP:
                 error = f"HTTP {e.code} {e.reason}"
+                wait = _retry_after(e.headers.get("Retry-After"))
             else:
                 raise TimnetError(f"{url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
@@ -118,7 +147,9 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
         if attempt == retries:
             raise TimnetError(f"{url}: download interrupted ({error}); run the same command again to resume "
                               f"from {part.stat().st_size if part.exists() else 0} bytes") from None
-        time.sleep(RETRY_SECONDS * 2 ** (attempt - 1))  # 1 s, 2 s, ...: long enough for a blip to pass
+        # 1 s, 2 s, ...: long enough for a blip to pass; longer if a busy server asks for it
+        time.sleep(max(RETRY_SECONDS * 2 ** (attempt - 1), wait))
+        wait = 0.0
     raise AssertionError("unreachable")
 
 
