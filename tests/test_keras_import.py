@@ -174,3 +174,20 @@ def test_another_corpus_levels_are_refused_by_test_and_predict(tmp_path):
     with pytest.raises(TimnetError, match=r"10-fold_weights_best_1.hdf5: 4 classes, but --corpus casia has 6 "
                                           r"\(angry, fear, happy, neutral, sad, surprise\); .* check --corpus"):
         load_model(str(folder), corpus="casia")
+
+
+def test_another_input_width_and_a_malformed_fusion_kernel_are_refused(tmp_path):
+    """An authors'-format file of 20 features per frame is refused by `predict` (39 MFCCs computed)
+    with one line, not a convolution's traceback; a fusion kernel not (levels, 1) is refused as any
+    misshapen weight is, not flattened into place."""
+    from timnet.predict import load_model
+
+    path = write_keras_h5(randomised(TIMNetConfig(n_features=20)), tmp_path / "f20.hdf5")
+    with pytest.raises(TimnetError, match=r"f20.hdf5: a model takes 20 features per frame, but its feature config gives 39 MFCCs"):
+        load_model(str(path), corpus="emodb")
+    path = write_keras_h5(randomised(TIMNetConfig()), tmp_path / "fusion.hdf5")
+    with h5py.File(path, "a") as f:
+        del f["weight_layer_1/weight_layer_1/kernel:0"]
+        f["weight_layer_1"].create_dataset("weight_layer_1/kernel:0", data=np.zeros((4, 2), np.float32))
+    with pytest.raises(TimnetError, match=r"fusion.hdf5: weight_layer_1/kernel \(for fusion\) has shape \(4, 2\)"):
+        load_keras_weights(path)

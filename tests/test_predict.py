@@ -504,14 +504,18 @@ def test_authors_folder_short_of_ten_folds_is_said(tmp_path):
 
 
 @pytest.mark.realdata
-def test_authors_weights_read_as_another_corpus_are_said():
+def test_authors_weights_read_as_another_corpus_are_said(monkeypatch):
     """EMODB, EMOVO and SAVEE models all have 7 classes and 8 levels: only the folder's name can say
-    that --corpus savee gives the authors' EMODB model SAVEE's class names."""
+    that --corpus savee gives the authors' EMODB model SAVEE's class names (given as "." too)."""
     import warnings
 
     folder = need(PRETRAINED / "EMODB_46")
     with pytest.warns(UserWarning, match="EMODB_46: named like the authors' EMODB weights, but read as SAVEE's"):
         load_model(folder, corpus="savee")
+    monkeypatch.chdir(folder)
+    with pytest.warns(UserWarning, match="named like the authors' EMODB weights, but read as SAVEE's"):
+        load_model(".", corpus="savee")
+    monkeypatch.undo()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_model(folder / "10-fold_weights_best_1.hdf5", corpus="emodb")

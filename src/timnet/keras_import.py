@@ -117,7 +117,9 @@ def _keras_tensors(layers: dict, levels: int) -> tuple[dict[str, np.ndarray], di
                 idx = 4 * j + 2 * s + (i - 1)
                 conv(f"{stream}.{j}.conv{i}", convs[2 + idx])
                 bn(f"{stream}.{j}.bn{i}", bns[idx])
-    take("fusion", _of_kind(layers, "weight_layer")[0], "kernel", lambda k: k.reshape(-1))
+    # the fusion kernel is (levels, 1) (SPEC §5): flattened only then, else the shape check below names it
+    take("fusion", _of_kind(layers, "weight_layer")[0], "kernel",
+         lambda k: k.reshape(-1) if k.ndim == 1 or k.ndim == 2 and k.shape[1] == 1 else k)
     dense = _of_kind(layers, "dense")[0]
     take("classifier.weight", dense, "kernel", lambda k: k.T)  # (in, out) -> (out, in)
     take("classifier.bias", dense, "bias")
@@ -199,7 +201,7 @@ def warn_if_named_for_another_corpus(path: str | Path, corpus: str) -> None:
     from .corpora import CORPORA
 
     path = Path(path)
-    name = path.name if path.is_dir() else path.parent.name
+    name = (path if path.is_dir() else path.parent).resolve().name  # "." and "fold/.." have a name too
     head = re.split(r"[_\-. ]", name, maxsplit=1)[0].upper()
     named = [c for c in CORPORA if len(head) >= 4 and c.startswith(head)]
     if named and str(corpus).upper() not in named:

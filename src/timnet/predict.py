@@ -196,6 +196,9 @@ class Predictor:
         for m in models:
             if m.config.n_classes != len(labels):
                 raise TimnetError(f"{source}: a model has {m.config.n_classes} classes but {len(labels)} labels were given")
+            if m.config.n_features != feature_config.n_mfcc:  # an authors' file of another front end, say
+                raise TimnetError(f"{source}: a model takes {m.config.n_features} features per frame, but its "
+                                  f"feature config gives {feature_config.n_mfcc} MFCCs; expected a model of these features")
         if any(not torch.isfinite(t).all() for m in models for t in m.state_dict().values() if t.is_floating_point()):
             raise TimnetError(f"{source}: a model has non-finite (NaN or inf) weights; expected a trained model")
         self.models = [m.eval() for m in models]
