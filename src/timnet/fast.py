@@ -483,7 +483,9 @@ def supports(model: TIMNet) -> bool:
 
 
 def fused_features(model: TIMNet, x: torch.Tensor) -> torch.Tensor:
-    """`model.fused(x)` on the fast path: (B, T, F) -> (B, C), in the model's train or eval mode."""
+    """`model.fused(x)` on the fast path: (B, T, F) -> (B, C), in the model's train or eval mode.
+    Gradients reach the trunk in train mode alone (training's use); in eval mode it keeps no graph,
+    so a gradient through an eval-mode model (a saliency map, say) needs the model itself."""
     if not supports(model):
         raise ValueError(f"the fast path needs kernel_size 2; this model has {model.config.kernel_size}")
     if model.training and torch.is_grad_enabled():
