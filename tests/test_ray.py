@@ -66,3 +66,20 @@ def test_ray_refuses_local_only_options(features, tmp_path, extra, message):
                            *extra], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_a_folds_own_error_on_ray_is_said_as_locally():
+    """A task that raised (a NaN loss, a full disk) is said in its own words, not as Ray's coloured
+    wrapper with "run the same command again", which would fail the same way; a lost worker is."""
+    from ray.exceptions import RayTaskError, WorkerCrashedError
+
+    from timnet.backends import _ray_failure
+    from timnet.errors import TimnetError
+
+    nan = TimnetError("r/fold_01: the loss is nan at epoch 2; lower --lr")
+    assert str(_ray_failure(RayTaskError("_ray_task", "Traceback ...", nan), "1")) == str(nan)
+    full = OSError(28, "No space left on device")
+    assert str(_ray_failure(RayTaskError("_ray_task", "Traceback ...", full), "1")) == "fold 1: [Errno 28] No space left on device"
+    lost = str(_ray_failure(WorkerCrashedError(), "2"))
+    assert lost.startswith("fold 2 failed on Ray (WorkerCrashedError: ") and lost.endswith("run the same command again to resume")
+    assert "\x1b" not in lost

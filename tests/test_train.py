@@ -802,3 +802,53 @@ def test_a_run_resumed_on_other_speaker_ids_is_refused(tmp_path):
     again.execute(workers=1, progress=False, log=lambda m: None)
     with pytest.raises(TimnetError, match="test utterances overlap, so they are not the folds of one split"):
         fold_models(tmp_path / "r", fs, folds=3, seed=run.seed, split="speaker")
+
+
+def test_a_run_that_lost_its_run_json_is_overwritten_whole(tmp_path):
+    """--overwrite on a folder whose run.json is gone deletes its fold folders and outputs too:
+    kept, their results would count as the new run's finished folds (another seed, other epochs)."""
+    fs, d = synthetic(), tmp_path / "r"
+    first = Run(fs, d, config=TrainConfig(**{**FAST, "epochs": 1}), folds=3, seed=46, threads=1)
+    first.prepare()
+    first.execute(workers=1, progress=False, log=lambda m: None)
+    (d / "run.json").unlink()
+    (d / "notes.md").write_text("the user's")
+    lines = []
+    again = Run(fs, d, config=TrainConfig(**{**FAST, "epochs": 2}), folds=3, seed=7, threads=1)
+    assert again.prepare(overwrite=True) is False
+    again.execute(workers=1, progress=False, log=lines.append)
+    assert not any("done before" in line for line in lines) and len(lines) == 3
+    assert (d / "notes.md").read_text() == "the user's"
+    assert json.loads((d / "fold_01" / "result.json").read_text())["epochs_run"] == 2
+
+
+def test_ray_only_options_are_refused_on_the_local_backend(tmp_path):
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    for option, said in (("--cpus-per-fold", "--workers and --threads share"), ("--gpus-per-fold", "--device cuda trains")):
+        done = train_cli(features, tmp_path / "r", option, "1")
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert f"{option} is for --backend ray; on the local backend {said}" in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_fold_resumed_with_other_kernels_is_warned_of_and_recorded(tmp_path):
+    """The fast path's arithmetic (native C kernels, or PyTorch's) decides the last bits: a snapshot
+    keeps it, and a resume under the other says so and records both in the fold's result."""
+    from timnet.model import TIMNetConfig
+    from timnet.train import train_fold
+
+    fs = synthetic()
+    x, y = torch.from_numpy(fs.x), torch.from_numpy(fs.y)
+    tr, va = np.arange(0, 60), np.arange(60, 84)
+    config = TrainConfig(**{**FAST, "epochs": 1, "save_every": 1})
+    state_path = tmp_path / "state.pt"
+    _, state = train_fold(x, y, tr, va, model_config=TIMNetConfig(n_classes=len(fs.labels)), config=config, seed=1,
+                          state_path=state_path)
+    now = state.arithmetic
+    snapshot = torch.load(state_path, weights_only=False)
+    assert snapshot["arithmetic"] == now
+    torch.save({**snapshot, "arithmetic": "other"}, state_path)
+    with pytest.warns(UserWarning, match=f"state.pt: begun with the other arithmetic, resumed with {now}"):
+        _, state = train_fold(x, y, tr, va, model_config=TIMNetConfig(n_classes=len(fs.labels)),
+                              config=replace(config, epochs=2), seed=1, state_path=state_path)
+    assert state.arithmetic == f"other, then {now}"

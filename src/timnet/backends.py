@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 from typing import Callable, Iterator
 
@@ -343,8 +344,7 @@ class RayBackend:
                     try:
                         _, result = ray.get(ref)
                     except ray.exceptions.RayError as e:
-                        raise TimnetError(f"fold {_describe(runs, task)} failed on Ray ({type(e).__name__}: "
-                                          f"{str(e).splitlines()[0]}); run the same command again to resume") from None
+                        raise _ray_failure(e, _describe(runs, task)) from None
                     yield task, result
         finally:
             for ref in pending:
@@ -353,6 +353,18 @@ class RayBackend:
                 ray.kill(queue.actor)
             except ray.exceptions.RayError:
                 pass
+
+
+def _ray_failure(e: Exception, fold: str) -> TimnetError:
+    """A fold's failure on Ray said as the local backend says it: the task's own error where it
+    raised one (a NaN loss, a full disk: running again would not help), else Ray's (a lost node)."""
+    cause = getattr(e, "cause", None)  # a RayTaskError carries the task's exception
+    if isinstance(cause, TimnetError):
+        return TimnetError(str(cause))
+    if isinstance(cause, OSError):
+        return TimnetError(f"fold {fold}: {cause}")
+    first = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0])  # Ray colours its lines
+    return TimnetError(f"fold {fold} failed on Ray ({type(e).__name__}: {first}); run the same command again to resume")
 
 
 def _check_reachable(address: str) -> None:

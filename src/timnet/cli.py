@@ -169,17 +169,23 @@ def _execution(args, folds_at_once: int):
     cores = os.cpu_count() or 1
     if args.backend == "ray":
         # Ray places each fold on a node with these resources; torch uses the CPUs it was given.
-        backend = make_backend("ray", address=args.address, cpus_per_fold=args.cpus_per_fold,
-                               gpus_per_fold=args.gpus_per_fold)  # checks the resources before they are used
-        device = "cuda" if args.gpus_per_fold > 0 else "cpu"
+        cpus = 1 if args.cpus_per_fold is None else args.cpus_per_fold
+        gpus = 0 if args.gpus_per_fold is None else args.gpus_per_fold
+        backend = make_backend("ray", address=args.address, cpus_per_fold=cpus,
+                               gpus_per_fold=gpus)  # checks the resources before they are used
+        device = "cuda" if gpus > 0 else "cpu"
         if args.device != "auto" and args.device != device:
             raise TimnetError(f"--device {args.device} with --backend ray: Ray chooses each fold's device; "
                               "give --gpus-per-fold G (> 0 trains on CUDA) and leave --device out")
         if args.workers is not None:
             raise TimnetError("--workers is for the local backend; with --backend ray, --cpus-per-fold sets how folds share nodes")
         workers = 1
-        threads = args.threads if args.threads is not None else max(1, int(args.cpus_per_fold))
+        threads = args.threads if args.threads is not None else max(1, int(cpus))
     else:
+        for option, value, instead in (("--cpus-per-fold", args.cpus_per_fold, "--workers and --threads share this machine's cores"),
+                                       ("--gpus-per-fold", args.gpus_per_fold, "--device cuda trains on this machine's GPU")):
+            if value is not None:
+                raise TimnetError(f"{option} is for --backend ray; on the local backend {instead}")
         device = str(resolve_device(args.device))
         # On a GPU one fold at a time already fills the device; on CPUs folds run in parallel processes.
         default_workers = 1 if device.startswith("cuda") else max(1, min(cores, folds_at_once))
@@ -545,8 +551,8 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local: worker processes on this machine (default); ray: every fold a Ray task (pip install -e '.[ray]')")
     s.add_argument("--address", default=None, help="Ray: address of a running cluster (default: start a local Ray instance)")
-    s.add_argument("--cpus-per-fold", type=float, default=1, help="Ray: CPUs reserved per fold; torch threads per fold (default 1)")
-    s.add_argument("--gpus-per-fold", type=float, default=0, help="Ray: GPUs per fold; > 0 trains on CUDA (default 0)")
+    s.add_argument("--cpus-per-fold", type=float, default=None, help="Ray: CPUs reserved per fold; torch threads per fold (default 1)")
+    s.add_argument("--gpus-per-fold", type=float, default=None, help="Ray: GPUs per fold; > 0 trains on CUDA (default 0)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace a run with a different configuration in the output folder (only the old run's files are deleted)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -136,8 +136,10 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
         if not overwrite:
             check_not_multi_seed(run_dir, hint="use another RUN_DIR or --overwrite (which deletes them)")
             raise TimnetError(f"{run_dir} exists and is not a timnet RUN_DIR; expected an empty or new folder (or --overwrite)")
-        if any((p / RUN_FILE).is_file() for p in run_dir.glob("seed_*")):
-            _remove_run_outputs(run_dir)  # a --seeds folder overwritten with one seed; other files are the user's
+        if fold_dirs(run_dir) or any((p / RUN_FILE).is_file() for p in run_dir.glob("seed_*")):
+            # a run that lost its run.json (its folds would count as done), or a --seeds folder
+            # overwritten with one seed: timnet's own folders and outputs go; other files are the user's
+            _remove_run_outputs(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_file, {"identity": identity, "command": sys.argv, **(extra or {}), "versions": versions(),
                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})

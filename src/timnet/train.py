@@ -227,6 +227,7 @@ class FoldState:
         # What decided the bits of every process that trained it (timnet.dispatch.state): a resumed
         # training may have begun on another machine, and a member's result should say so.
         self.machines: list[dict] = [dispatch.state()]
+        self.arithmetic: str | None = None  # what computes the numbers (train_fold sets it); a resume: each in turn
 
     def to_dict(self) -> dict:
         device = next(self.model.parameters()).device
@@ -239,7 +240,7 @@ class FoldState:
             "since_best": self.since_best, "stopped_early": self.stopped_early, "seconds": self.seconds,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "swa": self.swa.state_dict() if self.swa is not None else None,
-            "cpu_dispatch": self.machines,
+            "cpu_dispatch": self.machines, "arithmetic": self.arithmetic,
         }
 
     def load_dict(self, d: dict) -> None:
@@ -342,7 +343,16 @@ def train_fold(
     state = FoldState(model, optimizer, torch.Generator().manual_seed(seed), ema, swa)
     state.arithmetic = arithmetic
     if state_path is not None and state_path.is_file():
-        state.load_dict(torch.load(state_path, map_location="cpu", weights_only=False))
+        snapshot = torch.load(state_path, map_location="cpu", weights_only=False)
+        state.load_dict(snapshot)
+        if (began := snapshot.get("arithmetic")) and began.rsplit(", then ", 1)[-1] != arithmetic:
+            import warnings
+
+            warnings.warn(f"{state_path}: begun with the {began} arithmetic, resumed with {arithmetic} (TIMNET_NATIVE, "
+                          "or no C compiler here); the weights will differ from an uninterrupted training's", stacklevel=2)
+            state.arithmetic = f"{began}, then {arithmetic}"
+        elif began:
+            state.arithmetic = began
 
     # The whole training part lives on the device as one contiguous tensor: no per-step host copies.
     x_train, y_train = x[train_idx].to(device), y[train_idx].to(device)
