@@ -852,3 +852,11 @@ def test_a_fold_resumed_with_other_kernels_is_warned_of_and_recorded(tmp_path):
         _, state = train_fold(x, y, tr, va, model_config=TIMNetConfig(n_classes=len(fs.labels)),
                               config=replace(config, epochs=2), seed=1, state_path=state_path)
     assert state.arithmetic == f"other, then {now}"
+
+
+def test_eval_every_without_a_validation_share_is_said(tmp_path):
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    done = train_cli(features, tmp_path / "r", "--eval-every", "2", "--epochs", "1")
+    assert done.returncode == 0 and "--eval-every 2 without --val-fraction: there is no validation share" in done.stderr
+    done = train_cli(features, tmp_path / "v", "--eval-every", "2", "--epochs", "1", "--val-fraction", "0.2")
+    assert done.returncode == 0 and "--eval-every" not in done.stderr, done.stderr
