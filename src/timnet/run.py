@@ -44,7 +44,7 @@ from .model import TIMNetConfig, ensemble
 from .rundir import (LEGACY_IDENTITY, check_not_multi_seed, decisive, features_fingerprint, read_identity,
                      recorded, recorded_cpu_dispatch)
 from .train import (TrainConfig, check_seed, distinct, evaluate_split, fold_seed, member_done_path, resolve_path,
-                    train_member, train_members, validation_split)
+                    snapshot_path, train_member, train_members, validation_split)
 from .utils import (RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, history_name, read_fold_result, torch_threads, write_csv,
                     write_json)
 
@@ -179,10 +179,10 @@ def dispatch_change(run_dir: Path, config: TrainConfig, todo=None, folders=()) -
         return None
     now = dispatch.state()
     before = [("its run began", recorded_cpu_dispatch(run_dir), members)]
-    for snapshot in (p for f in folders for p in sorted(f.glob("state*.pt"))):  # a member's unfinished training
-        m = 0 if snapshot.name == "state.pt" else snapshot.stem.removeprefix("state_member")
-        if str(m).isdigit() and int(m) in members:
-            before += [("an unfinished fold trained", r, [int(m)]) for r in _snapshot_machines(snapshot)]
+    for folder in folders:
+        for m in members:
+            if (snapshot := snapshot_path(folder, m)).is_file():  # member m's unfinished training
+                before += [("an unfinished fold trained", r, [m]) for r in _snapshot_machines(snapshot)]
     why = []
     for when, was, these in before:
         if mkl := dispatch.mkl_change(was, now):

@@ -497,6 +497,11 @@ def member_done_path(folder: Path | None, m: int, members: int) -> Path | None:
     return folder / f"member_{m}.pt" if folder is not None and members > 1 else None
 
 
+def snapshot_path(folder: Path, m: int) -> Path:
+    """Where member m of a fold in `folder` keeps its unfinished training."""
+    return folder / ("state.pt" if m == 0 else f"state_member{m}.pt")
+
+
 def train_member(
     m: int,
     x: torch.Tensor,
@@ -519,7 +524,7 @@ def train_member(
     done = member_done_path(folder, m, config.members)
     if done is not None and done.is_file():
         return Member.from_dict(torch.load(done, map_location="cpu", weights_only=False), model_config)
-    state_path = None if folder is None else folder / ("state.pt" if m == 0 else f"state_member{m}.pt")
+    state_path = None if folder is None else snapshot_path(folder, m)
     offset = m * config.epochs
     report = on_epoch if on_epoch is None or m == 0 else (
         lambda row: on_epoch({**row, "epoch": row["epoch"] + offset}))
