@@ -34,6 +34,28 @@ def test_synthetic_tree_reports_shortfall_and_strays(tmp_path):
     assert "checksums: none shipped for CASIA" in text
 
 
+def test_check_decodes_what_extract_would_refuse(tmp_path):
+    """A float WAV holding NaN and one whose header says 2 Hz have readable headers; the check
+    decodes each file as `extract` reads it, so both are found, not called a complete copy."""
+    import numpy as np
+    import soundfile as sf
+
+    root = casia_tree(tmp_path / "casia", per_class=1)
+    nan = write_tone(root / "wangzhe" / "sad" / "202.wav", subtype="FLOAT")
+    data = sf.read(nan)[0]
+    data[100] = np.nan
+    sf.write(nan, data, 16000, subtype="FLOAT")
+    slow = write_tone(root / "wangzhe" / "angry" / "202.wav")
+    raw = bytearray(slow.read_bytes())
+    raw[24:28] = (2).to_bytes(4, "little")  # the fmt chunk's sample rate
+    slow.write_bytes(bytes(raw))
+    r = check_tree("casia", root)
+    assert sorted(u.split(" (")[0] for u in r.unreadable) == ["wangzhe/angry/202.wav", "wangzhe/sad/202.wav"]
+    assert any("NaN" in u for u in r.unreadable) and any("2 Hz" in u for u in r.unreadable)
+    assert not any(str(root) in u for u in r.unreadable)  # the report names files from its root, once
+    assert not r.ok
+
+
 @pytest.mark.realdata
 def test_real_corpora_complete():
     for corpus in ("EMODB", "CASIA"):

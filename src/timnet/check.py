@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .audio import audio_info, check_container, sndfile_message
+from .audio import audio_info, read_audio, sndfile_message
 from .corpora import Corpus, get_corpus, list_corpus
 from .errors import TimnetError
 
@@ -127,14 +127,14 @@ def check_tree(corpus: Corpus | str, root: str | Path, *, manifest: dict[str, st
     for it in listing.items:
         path = root / it.path
         try:
-            if path.stat().st_size == 0:
-                raise TimnetError(f"{path}: empty file")
-            check_container(path)
+            # decoded, as `extract` reads it: a header alone passes a cut MP3 or NaN samples
+            read_audio(path)
             info = audio_info(path)
             rates[info.samplerate] += 1
             channels[info.channels] += 1
         except (TimnetError, RuntimeError, OSError) as e:
-            report.unreadable.append(f"{it.path} ({sndfile_message(e).splitlines()[0]})")
+            message = sndfile_message(e).splitlines()[0].removeprefix(f"{path}: ")
+            report.unreadable.append(f"{it.path} ({message})")
     report.sample_rates, report.channels = dict(rates), dict(channels)
     manifest = manifest if manifest is not None else read_manifest(corpus.name)
     if manifest is not None:
