@@ -608,7 +608,7 @@ def test_a_class_too_small_to_stratify_is_named(tmp_path):
 def test_overwrite_deletes_nothing_before_the_new_run_is_known_valid_and_then_every_kind_of_output(tmp_path):
     """--overwrite with an option that fails (a validation share that cannot be stratified) keeps
     the old run; a successful one removes what any kind of run wrote there (an old --all-data
-    model.pt, a report, the runs of --seeds), not the user's own files."""
+    model.pt, a report, the runs of --seeds, a killed write's hidden temporary), not the user's own files."""
     fs, d = synthetic(), tmp_path / "run"
     Run(fs, d, config=TrainConfig(**FAST), folds=3).prepare()
     (d / "fold_01").mkdir()
@@ -617,13 +617,14 @@ def test_overwrite_deletes_nothing_before_the_new_run_is_known_valid_and_then_ev
         Run(fs, d, config=TrainConfig(**{**FAST, "val_fraction": 0.99}), folds=3).prepare(overwrite=True)
     assert (d / "fold_01" / "model.pt").read_bytes() == b"finished fold" and (d / "run.json").is_file()
 
-    for name in ("model.pt", "history.csv", "report.html", "seeds.json", "notes.md"):
+    for name in ("model.pt", "history.csv", "report.html", "seeds.json", "notes.md",
+                 ".results.json.x1abc_9.tmp", ".my notes.tmp"):  # a killed write's leftover; the user's own
         (d / name).write_text("old")
     (d / "plots").mkdir()
     (d / "seed_7").mkdir()
     (d / "seed_7" / "run.json").write_text("{}")
     Run(fs, d, config=TrainConfig(**{**FAST, "epochs": 5}), folds=3).prepare(overwrite=True)
-    assert sorted(p.name for p in d.iterdir()) == ["notes.md", "run.json"]
+    assert sorted(p.name for p in d.iterdir()) == [".my notes.tmp", "notes.md", "run.json"]
 
 
 def test_one_process_writes_a_run_dir_at_a_time(tmp_path, capsys):

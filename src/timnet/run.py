@@ -69,6 +69,15 @@ def _remove_run_outputs(run_dir: Path) -> None:
     for pattern in (*RUN_OUTPUTS, RUN_FILE):
         for stale in run_dir.glob(pattern):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    _remove_stale_temporaries(run_dir)
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """The hidden temporary files (utils.atomic_write) a run killed while writing leaves behind;
+    another program's hidden files in the folder stay."""
+    for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
+        if any(fnmatch.fnmatch(stale.name[1:].rsplit(".", 2)[0], name) for name in RUN_FILES):
+            stale.unlink(missing_ok=True)
 
 
 def _in_run_threads(method):
@@ -108,10 +117,7 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
         except TimnetError as e:
             previous, unreadable = None, str(e)
         if decisive(previous) == decisive(identity):
-            # a run killed while writing leaves its hidden temporary file (utils.atomic_write) behind
-            for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
-                if any(fnmatch.fnmatch(stale.name[1:].rsplit(".", 2)[0], name) for name in RUN_FILES):
-                    stale.unlink(missing_ok=True)
+            _remove_stale_temporaries(run_dir)
             return True
         if not overwrite:
             if previous is None:  # not a configuration change: nothing says what the run was
