@@ -476,6 +476,17 @@ def test_iemocap_tree(iemocap):
         list_corpus("iemocap", iemocap)
 
 
+def test_iemocap_check_counts_a_labelled_utterance_without_audio_as_missing(iemocap):
+    """An utterance IEMOCAP's label files name whose wav is not there is missing from the copy,
+    not a stray file "not used"."""
+    from timnet.check import check_tree, format_check
+
+    gone = "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F002.wav"
+    r = check_tree("iemocap", iemocap)
+    assert r.missing == [gone] and gone not in [p for p, _ in r.unexpected + r.ignored] and not r.ok
+    assert f"missing (in the corpus's label files, not found): 1\n  {gone}" in format_check(r)
+
+
 # --- list_corpus errors -------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .audio import audio_info, read_audio, sndfile_message
-from .corpora import Corpus, get_corpus, list_corpus
+from .corpora import NO_AUDIO, Corpus, get_corpus, list_corpus
 from .errors import TimnetError
 
 MANIFESTS = Path(__file__).parent / "manifests"
@@ -52,7 +52,7 @@ class CheckReport:
     # second copy of the same tree, as some mirrors ship): listed, but not a problem.
     ignored: list[tuple[str, str]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # manifest paths not found
+    missing: list[str] = field(default_factory=list)  # manifest paths (IEMOCAP: labelled utterances) not found
     altered: list[str] = field(default_factory=list)  # sha256 differs from the manifest
     manifest_files: int | None = None  # files in the publisher's manifest; None: no manifest shipped
     matched: int = 0  # of those, files read whose sha256 is the publisher's
@@ -114,7 +114,9 @@ def check_tree(corpus: Corpus | str, root: str | Path, *, manifest: dict[str, st
     root = Path(root).expanduser()  # as list_corpus reads it: a quoted ~ is the home folder
     listing = list_corpus(corpus, root)
     counts = Counter(corpus.labels[it.label] for it in listing.items)
-    harmless = {(p, why): _harmless(root, p, why) for p, why in listing.skipped}  # each copy compared once
+    # IEMOCAP: utterances its label files name, with no audio file, are missing, not strays
+    absent = [p for p, why in listing.skipped if why == NO_AUDIO]
+    harmless = {(p, why): _harmless(root, p, why) for p, why in listing.skipped if why != NO_AUDIO}  # each copy compared once
     report = CheckReport(
         corpus=corpus.name, root=str(root),
         counts={name: counts.get(name, 0) for name in corpus.labels},
@@ -122,6 +124,7 @@ def check_tree(corpus: Corpus | str, root: str | Path, *, manifest: dict[str, st
         speakers=dict(sorted(Counter(it.speaker for it in listing.items).items())),
         unexpected=[(p, why) for (p, why), ok in harmless.items() if not ok],
         ignored=[(p, why) for (p, why), ok in harmless.items() if ok],
+        missing=absent,
     )
     rates, channels = Counter(), Counter()
     for it in listing.items:
@@ -139,7 +142,7 @@ def check_tree(corpus: Corpus | str, root: str | Path, *, manifest: dict[str, st
     manifest = manifest if manifest is not None else read_manifest(corpus.name)
     if manifest is not None:
         report.manifest_files = len(manifest)
-        found = [it.path for it in listing.items] + [p for p, _ in listing.skipped]
+        found = [it.path for it in listing.items] + [p for p, why in listing.skipped if why != NO_AUDIO]
         place = _manifest_place(found, {it.path for it in listing.items}, manifest)  # a file not found keeps the publisher's path
         present = set(found)
         for known, digest in manifest.items():
@@ -176,7 +179,8 @@ def format_check(r: CheckReport) -> str:
         lines.append(f"checksums: none shipped for {r.corpus} (counts and readability checked)")
     else:
         lines.append(f"checksums: {r.matched} of the publisher's {r.manifest_files} files match their sha256")
-    for title, entries in (("missing (in the publisher's manifest, not found)", r.missing),
+    named = "the publisher's manifest" if r.manifest_files is not None else "the corpus's label files"
+    for title, entries in ((f"missing (in {named}, not found)", r.missing),
                            ("altered (sha256 differs from the manifest)", r.altered),
                            ("unreadable", r.unreadable),
                            ("unexpected (not used)", [f"{p} ({why})" for p, why in r.unexpected]),

@@ -69,6 +69,7 @@ def natural_key(text: str) -> tuple:
 
 
 SAID = {"name": "unexpected name"}  # a skip reason's code (Listing.skipped) as a message says it
+NO_AUDIO = "labelled but missing"  # a skip reason: an utterance its label file names, without its audio file
 
 
 def skip_summary(listing: Listing, *, limit: int = 5) -> str | None:
@@ -375,7 +376,7 @@ def scan_iemocap(root: Path) -> Listing:
                 found.append((path, _Match(emotion, speaker, pure.stem)))
     for utterance, (code, expected) in labels.items():
         if code in _IEMOCAP_EMOTIONS and utterance not in present:
-            skipped.append((expected, "labelled but missing"))
+            skipped.append((expected, NO_AUDIO))
     return _listing("IEMOCAP", found, skipped)
 
 
