@@ -64,6 +64,23 @@ def test_real_corpora_complete():
     assert len(check_tree("emodb", DATA / "EMODB").speakers) == 10
 
 
+
+@pytest.mark.realdata
+def test_a_copy_with_the_counts_but_another_speaker_is_not_complete(tmp_path):
+    """CASIA with one speaker's angry folder filed under a fifth name has every class's count, but
+    leave-one-speaker-out folds would not be the corpus's: the check says so."""
+    src = need(DATA / "CASIA")
+    copy = tmp_path / "CASIA"
+    for speaker in src.iterdir():
+        for emotion in speaker.iterdir():
+            owner = "liuchanhg_2" if (speaker.name, emotion.name) == ("liuchanhg", "angry") else speaker.name
+            (copy / owner).mkdir(parents=True, exist_ok=True)
+            (copy / owner / emotion.name).symlink_to(emotion)
+    r = check_tree("casia", copy)
+    assert r.counts == r.expected_counts and not r.unreadable and not r.unexpected
+    assert len(r.speakers) == 5 and not r.ok
+    assert "speakers (5, expected 4): " in format_check(r)
+
 @pytest.mark.realdata
 def test_emodb_copy_missing_extra_and_altered_by_name(tmp_path):
     src = need(DATA / "EMODB")

@@ -55,12 +55,18 @@ class CheckReport:
     missing: list[str] = field(default_factory=list)  # manifest paths (IEMOCAP: labelled utterances) not found
     altered: list[str] = field(default_factory=list)  # sha256 differs from the manifest
     manifest_files: int | None = None  # files in the publisher's manifest; None: no manifest shipped
+    expected_speakers: int | None = None  # the corpus's; a folder renamed would be a speaker of its own
     matched: int = 0  # of those, files read whose sha256 is the publisher's
 
     @property
     def ok(self) -> bool:
         short = self.expected_counts is not None and self.counts != self.expected_counts
-        return not (short or self.unexpected or self.unreadable or self.missing or self.altered)
+        return not (short or self.speakers_differ or self.unexpected or self.unreadable or self.missing or self.altered)
+
+    @property
+    def speakers_differ(self) -> bool:
+        """Speakers not the corpus's number: leave-one-speaker-out folds would not be the corpus's."""
+        return bool(self.expected_speakers) and len(self.speakers) != self.expected_speakers
 
 
 def _manifest_place(found: list[str], used: set[str], manifest: dict[str, str]) -> dict[str, str]:
@@ -124,7 +130,7 @@ def check_tree(corpus: Corpus | str, root: str | Path, *, manifest: dict[str, st
         speakers=dict(sorted(Counter(it.speaker for it in listing.items).items())),
         unexpected=[(p, why) for (p, why), ok in harmless.items() if not ok],
         ignored=[(p, why) for (p, why), ok in harmless.items() if ok],
-        missing=absent,
+        missing=absent, expected_speakers=corpus.n_speakers or None,
     )
     rates, channels = Counter(), Counter()
     for it in listing.items:
@@ -172,7 +178,9 @@ def format_check(r: CheckReport) -> str:
         mark = "" if exp is None or exp == n else "  <-"
         lines.append(f"{name:<10} {n:>6} {exp if exp is not None else '?':>8}{mark}")
     lines.append(f"{'total':<10} {sum(r.counts.values()):>6} {sum(r.expected_counts.values()) if r.expected_counts else '?':>8}")
-    lines.append(f"speakers ({len(r.speakers)}): " + ", ".join(f"{s} {n}" for s, n in r.speakers.items()))
+    expected = f", expected {r.expected_speakers}" if r.speakers_differ else ""
+    lines.append(f"speakers ({len(r.speakers)}{expected}): " + ", ".join(f"{s} {n}" for s, n in r.speakers.items())
+                 + ("  <-" if expected else ""))
     lines.append("sample rates: " + ", ".join(f"{sr} Hz x{n}" for sr, n in sorted(r.sample_rates.items())))
     lines.append("channels: " + ", ".join(f"{c} x{n}" for c, n in sorted(r.channels.items())))
     if r.manifest_files is None:
