@@ -127,6 +127,42 @@ def test_authors_npy(tmp_path):
     with pytest.raises(TimnetError, match=r"588 utterances .* EMOVO's, not EMODB's .* expected --corpus emovo"):
         load_features(tmp_path / "EMOVO.npy", corpus="emodb")
     assert len(load_features(tmp_path / "EMOVO.npy", corpus="emovo")) == 588
+    # soft labels or none: argmax would make every row some class
+    np.save(tmp_path / "soft.npy", {"x": x, "y": np.full((12, 7), 1 / 7)}, allow_pickle=True)
+    with pytest.raises(TimnetError, match=r"soft.npy: y's row 0 is \[0.142.*expected one-hot rows"):
+        load_features(tmp_path / "soft.npy", corpus="emodb")
+    np.save(tmp_path / "none.npy", {"x": x[:0], "y": np.eye(7)[:0]}, allow_pickle=True)
+    with pytest.raises(TimnetError, match="none.npy: holds no utterances"):
+        load_features(tmp_path / "none.npy", corpus="emodb")
+
+
+def test_a_hand_made_npz_is_checked_not_misread(tree, tmp_path):
+    """A feature file made by hand: labels as one string (five "classes" a, n, g, r, y), fractional
+    class indices, no corpus name or no utterances are refused naming the file; whole-number float
+    indices, as numpy makes them, are classes."""
+    import json
+
+    fs, _, _ = extract("emodb", tree, workers=1, signal_length=4096, progress=False)
+    path = save_features(fs, tmp_path / "f.npz")
+
+    def edited(name, **change):
+        with np.load(path) as z:
+            arrays = dict(z)
+        meta = json.loads(str(arrays["meta"]))
+        meta.update(change.pop("meta", {}))
+        arrays.update(meta=np.array(json.dumps(meta)), **change)
+        np.savez(tmp_path / name, **arrays)
+        return tmp_path / name
+
+    with pytest.raises(TimnetError, match=r"labels.npz: its labels are 'angry'; expected a list of distinct class names"):
+        load_features(edited("labels.npz", meta={"labels": "angry"}))
+    with pytest.raises(TimnetError, match=r"corpus.npz: its corpus is None; expected a corpus name"):
+        load_features(edited("corpus.npz", meta={"corpus": None}))
+    with pytest.raises(TimnetError, match=r"half.npz: y holds float64 values such as 0.5; expected whole-number class indices"):
+        load_features(edited("half.npz", y=fs.y + 0.5))
+    assert load_features(edited("whole.npz", y=fs.y.astype(float))).y.tolist() == fs.y.tolist()
+    with pytest.raises(TimnetError, match=r"empty.npz: holds no utterances"):
+        load_features(edited("empty.npz", x=fs.x[:0], y=fs.y[:0], speakers=fs.speakers[:0], files=fs.files[:0]))
 
 
 def test_truncated_npz_is_a_one_line_error(tree, tmp_path):

@@ -292,8 +292,14 @@ def _load_npz(path: Path) -> FeatureSet:
         if not isinstance(meta, dict) or not {"labels", "config", "corpus"} <= set(meta):
             raise TimnetError(f"{path}: not a timnet feature file; its meta is not timnet's "
                               "(a JSON object with labels, config and corpus, from `timnet extract`)")
-        x, y = z["x"].astype(np.float32, copy=False), z["y"].astype(np.int64, copy=False)
-        labels = tuple(meta.pop("labels"))
+        x, y = z["x"].astype(np.float32, copy=False), _class_indices(path, z["y"])
+        labels, corpus = meta.pop("labels"), meta.pop("corpus")
+        if not (isinstance(labels, list) and labels and all(isinstance(n, str) and n for n in labels)
+                and len(set(labels)) == len(labels)):
+            raise TimnetError(f"{path}: its labels are {labels!r}; expected a list of distinct class names")
+        if not (isinstance(corpus, str) and corpus):
+            raise TimnetError(f"{path}: its corpus is {corpus!r}; expected a corpus name")
+        labels = tuple(labels)
         try:
             config = FeatureConfig(**meta.pop("config"))
         except (TypeError, TimnetError) as e:  # unknown keys, or values timnet refuses
@@ -302,6 +308,8 @@ def _load_npz(path: Path) -> FeatureSet:
         files = z["files"] if "files" in z.files else None
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise TimnetError(f"{path}: expected x (N, frames, n_mfcc) and y (N,); got {x.shape} and {y.shape}")
+    if not len(y):  # said here, not as a fold count "expected 2..0"
+        raise TimnetError(f"{path}: holds no utterances; expected features of at least one")
     if x.shape[1:] != (config.frames, config.n_mfcc):  # a model trained on them would predict from other features
         raise TimnetError(f"{path}: features of {x.shape[1]} frames x {x.shape[2]} coefficients, but its settings "
                           f"give {config.frames} x {config.n_mfcc}")
@@ -310,8 +318,18 @@ def _load_npz(path: Path) -> FeatureSet:
     for name, column in (("speakers", speakers), ("files", files)):
         if column is not None and len(column) != len(y):
             raise TimnetError(f"{path}: {len(column)} {name} for {len(y)} utterances")
-    return FeatureSet(x=x, y=y, labels=labels, corpus=meta.pop("corpus"), config=config,
+    return FeatureSet(x=x, y=y, labels=labels, corpus=corpus, config=config,
                       speakers=speakers, files=files, meta=meta)
+
+
+def _class_indices(path: Path, y: np.ndarray) -> np.ndarray:
+    """y as int64 class indices; whole-number floats pass (numpy made them), 0.5 is not a class."""
+    if y.dtype.kind in "iu":
+        return y.astype(np.int64, copy=False)
+    if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
+        return y.astype(np.int64)
+    odd = y.flat[np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0]].item() if y.dtype.kind == "f" else y.flat[0]
+    raise TimnetError(f"{path}: y holds {y.dtype} values such as {odd!r}; expected whole-number class indices")
 
 
 def _check_class_counts(path: Path, c: Corpus, counts: np.ndarray) -> None:
@@ -341,6 +359,11 @@ def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
         raise TimnetError(f"{path}: expected x (N, frames, n_mfcc) and one-hot y (N, classes); got {x.shape} and {onehot.shape}")
     if onehot.shape[1] != len(c.labels):
         raise TimnetError(f"{path}: y has {onehot.shape[1]} classes; {c.name} has {len(c.labels)} ({', '.join(c.labels)})")
+    if not len(x):
+        raise TimnetError(f"{path}: holds no utterances; expected features of at least one")
+    if not (np.isin(onehot, (0, 1)).all() and (onehot.sum(1) == 1).all()):  # argmax would make anything a class
+        row = int(np.flatnonzero(~(np.isin(onehot, (0, 1)).all(1) & (onehot.sum(1) == 1)))[0])
+        raise TimnetError(f"{path}: y's row {row} is {onehot[row].tolist()}; expected one-hot rows (a single 1)")
     _check_class_counts(path, c, np.bincount(onehot.argmax(1), minlength=onehot.shape[1]))
     # The file does not say its signal length: the corpus's when the frame count fits it, else the
     # shortest length that gives these frames.
