@@ -98,7 +98,10 @@ def test_outputs_checked_before_the_work(tmp_path, out):
     # an empty path (`--json "$UNSET"`) is an error, not silently no file
     assert_one_line_error(timnet("test", out, "--weights", tmp_path, "--json", ""), "--json '': empty path")
     assert_one_line_error(timnet("extract", "emodb", tmp_path, "-o", "", "-q"), "--output '': empty path")
-    assert out.read_bytes() == b"kept"
+    # one path for two outputs: the JSON would be written, then the plots fail on it
+    assert_one_line_error(timnet("test", out, "--weights", tmp_path, "--json", tmp_path / "same", "--plots", tmp_path / "./same"),
+                          f"--json and --plots are both {tmp_path / './same'}", "expected a different path for each output")
+    assert out.read_bytes() == b"kept" and not (tmp_path / "same").exists()
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no one can make a file")
