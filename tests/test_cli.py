@@ -124,6 +124,7 @@ def test_damaged_feature_files(tmp_path):
                  '{"labels": ["a"], "config": "mfcc", "corpus": "EMODB"}')), "frames": dict(x=z["x"][:, :20])}
     meta = json.loads(str(z["meta"]))
     cases["length"] = dict(meta=np.array(json.dumps({**meta, "config": {**meta["config"], "signal_length": 100}})))
+    cases["text_length"] = dict(meta=np.array(json.dumps({**meta, "config": {**meta["config"], "signal_length": "96000"}})))
     for name, change in cases.items():
         np.savez(tmp_path / f"{name}.npz", **{**z, **change})
     (tmp_path / "text.npz").write_text("not a zip")
@@ -131,7 +132,8 @@ def test_damaged_feature_files(tmp_path):
                            ("flat", "expected x (N, frames, n_mfcc)"), ("text", "not a whole zip archive"),
                            ("metalist", "its meta is not timnet's"), ("metaconfig", "its feature settings are not"),
                            ("frames", "features of 20 frames x 39 coefficients, but its settings give 24 x 39"),
-                           ("length", "its feature settings are not timnet's (signal length 100 too short")):
+                           ("length", "its feature settings are not timnet's (signal length 100 too short"),
+                           ("text_length", "(feature setting signal_length '96000' invalid; expected a whole number)")):
         assert_one_line_error(timnet("train", tmp_path / f"{name}.npz", "-o", tmp_path / f"run_{name}", "-q"),
                               f"{name}.npz", fragment)
         assert not (tmp_path / f"run_{name}").exists()  # refused before a run folder was made

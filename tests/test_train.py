@@ -17,6 +17,7 @@ from timnet.errors import TimnetError
 from timnet.features import FeatureConfig, FeatureSet, save_features
 from timnet.folds import default_folds, make_folds
 from timnet.run import Run, seed_runs, train_all_data
+from timnet.rundir import read_identity
 from timnet.train import TrainConfig
 
 LABELS = ("angry", "boredom", "disgust", "fear", "happy", "neutral", "sad")
@@ -157,6 +158,11 @@ def test_different_config_in_used_run_dir_is_refused(tmp_path):
     with pytest.raises(TimnetError, match="run.json: not a readable timnet run file.*--overwrite") as e:
         Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "epochs": 5}), folds=3).prepare()
     assert "different configuration" not in str(e.value)
+    for text, why in (("{", "not JSON"), ("[1]", "not a JSON object"), ('{"command": []}', "no identity in it")):
+        (tmp_path / "r" / "run.json").write_text(text)
+        with pytest.raises(TimnetError, match=rf"run.json: not a readable timnet run file \({why}\); expected the JSON "
+                                              "object with an identity that `timnet train` writes"):
+            read_identity(tmp_path / "r")
 
 
 def train_cli(features, run_dir, *extra, env=None):

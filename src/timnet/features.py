@@ -39,6 +39,9 @@ class FeatureConfig:
         return 1 + self.signal_length // self.hop_length
 
     def __post_init__(self):
+        for name, value in vars(self).items():  # a hand-edited file's "96000" would fail in a comparison below
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise TimnetError(f"feature setting {name} {value!r} invalid; expected a whole number")
         fixed = (audio.N_FFT, audio.HOP_LENGTH)
         if (self.n_fft, self.hop_length) != fixed:
             raise TimnetError(f"n_fft/hop_length {self.n_fft}/{self.hop_length} unsupported; expected {fixed}")

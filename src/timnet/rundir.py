@@ -44,8 +44,12 @@ def read_identity(run_dir: str | Path) -> dict:
                           "the features the folds were made on)")
     try:
         identity = {**LEGACY_IDENTITY, **json.loads(path.read_text())["identity"]}
-    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON, or bytes that are not UTF-8
-        raise TimnetError(f"{path}: not a readable timnet run file ({type(e).__name__})") from None
+    except OSError as e:
+        raise TimnetError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except (ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON, or bytes that are not UTF-8
+        why = {"KeyError": "no identity in it", "TypeError": "not a JSON object"}.get(type(e).__name__, "not JSON")
+        raise TimnetError(f"{path}: not a readable timnet run file ({why}); expected the JSON object with an "
+                          "identity that `timnet train` writes") from None
     if isinstance(identity.get("train_config"), dict):
         from .train import TrainConfig  # here only: it imports torch, which reading a run needs nowhere else
 
