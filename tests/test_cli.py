@@ -600,6 +600,7 @@ def test_authors_casia_weights_on_their_own_folds(tmp_path):
     spec, theirs = (json.loads((tmp_path / f).read_text()) for f in ("spec.json", "authors.json"))
     assert spec["mean_war"] > 0.98  # seen: their training utterances
     assert 0.92 < theirs["mean_war"] < 0.95  # unseen, about their own leaky 0.9467
+    assert (spec["order"], theirs["order"]) == ("spec", "authors")  # the two files tell which folds they are
 
 
 def test_a_run_trained_in_the_authors_order_is_tested_in_it(tmp_path):
@@ -617,6 +618,7 @@ def test_a_run_trained_in_the_authors_order_is_tested_in_it(tmp_path):
     assert tested.returncode == 0, tested.stderr
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("train.json", "test.json"))
     assert [f["confusion"] for f in a["folds"]] == [f["confusion"] for f in b["folds"]]
+    assert b["order"] == "authors" and "order=authors" in tested.stdout
     assert_one_line_error(timnet("test", features, "--weights", tmp_path / "run", "--order", "spec"), "--order spec: ", "trained on these features in the authors order", "leave --order out")
 
 
