@@ -48,3 +48,29 @@ def test_bad_options_refused_before_the_timings(tmp_path):
     (tmp_path / "emodb" / "wav" / "03a01Fa.wav").write_bytes(b"not audio")
     with pytest.raises(TimnetError, match="03a01Fa.wav: not readable audio"):
         run_bench(data_dir=tmp_path / "emodb", log=never)
+
+
+def test_a_busy_machine_is_said_before_the_timings(monkeypatch):
+    """Timings taken while other processes hold the cores are slow and their ratios skewed: said
+    (and recorded in the JSON's machine), not left to be read as this machine's speed."""
+    import os
+    import warnings
+
+    import pytest
+
+    from timnet import bench
+
+    class Stop(Exception):
+        pass
+
+    def stop(message):
+        raise Stop
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.7, 1.0, 0.5))
+    with pytest.warns(UserWarning, match=r"other processes keep 1\.7 of \d+ cores busy .* ratios skewed"), \
+            pytest.raises(Stop):
+        bench.run_bench(log=stop)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    with warnings.catch_warnings(), pytest.raises(Stop):  # an idle machine: no warning (it would be an error here)
+        warnings.simplefilter("error")
+        bench.run_bench(log=stop)

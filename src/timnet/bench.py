@@ -10,6 +10,7 @@ import resource
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,15 @@ def peak_rss_mb() -> float:
     return max(own, children) / 1024  # Linux reports kB
 
 
+def busy_cores() -> float | None:
+    """Cores other processes kept busy over the last minute (the 1-minute load average), None
+    where the system does not say (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def run_bench(*, data_dir: str | Path | None = None, workers: int | None = None, log=print) -> dict:
     """All figures of INTERFACE.md's `timnet bench`, measured in one run on this machine."""
     from .errors import TimnetError
@@ -140,6 +150,10 @@ def run_bench(*, data_dir: str | Path | None = None, workers: int | None = None,
     threads = max(1, cores // workers)
     if data_dir is not None:
         emodb_audio_seconds(data_dir)  # a wrong --data fails now, not after minutes of timings
+    load = busy_cores()
+    if load is not None and load > 0.5:
+        warnings.warn(f"other processes keep {load:.1f} of {cores} cores busy (load average over the last "
+                      "minute): these timings will be slower than this machine's, and their ratios skewed")
     fs = synthetic_emodb()
     log(f"timing the reference path (the nn.Module): one fold, one process, {cores} threads ...")
     reference = fold_epoch_seconds(fs, path="reference", threads=cores)
@@ -161,7 +175,7 @@ def run_bench(*, data_dir: str | Path | None = None, workers: int | None = None,
         "extract_s": None,
         "peak_rss_mb": 0.0,
         "machine": {"cores": cores, "workers": workers, "threads_per_worker": threads, "torch": torch.__version__,
-                    "matmul_gflops": gflops},
+                    "matmul_gflops": gflops, "busy_cores_before": load},
     }
     if data_dir is not None:
         log(f"timing extraction of {data_dir} with {min(cores, 2)} workers ...")

@@ -508,7 +508,8 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import format_bench, run_bench
 
-    result = run_bench(data_dir=args.data, workers=args.workers, log=lambda m: print(m, file=sys.stderr))
+    with _warnings_as_messages():
+        result = run_bench(data_dir=args.data, workers=args.workers, log=lambda m: print(m, file=sys.stderr))
     say = _Stdout(keep_going=bool(args.json))
     say(format_bench(result))
     if args.json:
