@@ -174,6 +174,7 @@ def test_members_of_a_fold_train_in_parallel_to_the_same_weights(tmp_path):
     for f in one.summary["folds"] + two.summary["folds"]:
         assert len(f["member_seconds"]) == 3 and all(t > 0 for t in f["member_seconds"])
         assert sum(f["member_seconds"]) <= f["seconds"] < sum(f["member_seconds"]) + 30
+        assert f["member_epochs"] == [{"epoch": 2, "epochs_run": 2, "stopped_early": False}] * 3
     for k in (1, 2):
         x, y = (read_checkpoint(r.fold_dir(k) / "model.pt")["members"] for r in (one, two))
         assert all(torch.equal(x[m][n], y[m][n]) for m in range(3) for n in x[m])

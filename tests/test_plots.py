@@ -113,6 +113,10 @@ def test_curves_average_over_the_folds_that_have_the_epoch():
     assert train_loss.get_ydata().tolist() == [3.0, 2.0, 2.0, 1.0]
     val_uar = [ln for ln in acc_ax.get_lines() if ln.get_label() == "validation UAR"][0]
     assert val_uar.get_xdata().tolist() == [2, 4] and val_uar.get_ydata().tolist() == [0.2, 0.6]
+    # where the means start to rest on fewer trainings, the figure says so
+    marks = [ln for ln in loss_ax.get_lines() if ln.get_label().startswith("from epoch")]
+    assert [ln.get_label() for ln in marks] == ["from epoch 3: fewer trainings (stopped early), 1 of 2 at the last"]
+    assert not [ln for ln in plots.curves_figure([long, long]).axes[0].get_lines() if ln.get_label().startswith("from")]
 
 
 def test_figure_functions_return_figures(tmp_path):
@@ -126,6 +130,8 @@ def test_figure_functions_return_figures(tmp_path):
         assert isinstance(fig, Figure)
         check_image_files(plots.save_figure(fig, tmp_path / f"{name}.v1"))  # a dot in the name is kept
     assert "UAR 50.00%" in figs["recall"].axes[0].get_title()
+    ticks = [t.get_text() for t in figs["recall"].axes[0].get_xticklabels()]
+    assert ticks[3] == f"{LABELS[3]}\nnot tested (n=0)" and ticks[0].endswith(f"(n={cm[0].sum()})")
 
 
 def test_each_folds_confusion_matrix_with_its_own_figures(tmp_path):
@@ -158,6 +164,19 @@ def test_tsne_is_reproducible():
     # No "another seed differs" check: with init="pca" sklearn uses the seed only in its
     # randomized PCA, which converges to the same components, so the embedding barely depends on it.
     assert plots.tsne_embedding(features[:4], seed=0).shape == (4, 2)  # perplexity shrinks for tiny inputs
+
+
+def test_tsne_of_few_or_identical_samples():
+    """Samples all alike (one speaker's duplicated utterances in a leave-one-speaker-out fold) made
+    sklearn's t-SNE crash the process (its PCA start divides by their zero spread): they are one
+    point. Fewer than four samples, where t-SNE's perplexity would be under 1 and put distinct
+    points on one spot, are placed by their principal components: distances kept."""
+    for n in (2, 3, 10):
+        np.testing.assert_array_equal(plots.tsne_embedding(np.ones((n, 39))), np.zeros((n, 2)))
+    three = np.random.default_rng(5).standard_normal((3, 39))
+    emb = plots.tsne_embedding(three)
+    gaps = lambda a: [np.linalg.norm(a[i] - a[j]) for i, j in ((0, 1), (0, 2), (1, 2))]
+    np.testing.assert_allclose(gaps(emb), gaps(three), rtol=1e-9)  # three points lie in a plane: exact
 
 
 def test_tsne_figure_draws_a_leave_one_out_fold():
@@ -209,7 +228,7 @@ def test_figures_and_report_say_what_run_they_show(tmp_path):
     for name, text in svg.items():
         assert context in html.unescape(text), name  # text kept as text in the SVG (svg.fonttype none)
     assert "over 2 folds × 2 members" in svg["curves"] and "weights averaged (SWA, last 2 epochs)" in svg["curves"]
-    assert "±1 std over 2 folds" in svg["recall"] and "pooled UAR" in svg["recall"]
+    assert "±1 std over the folds that test each class (2 in all)" in svg["recall"] and "pooled UAR" in svg["recall"]
     assert "penultimate features of the 2 members, concatenated" in svg["tsne"]
     page = html.unescape(write_report(run_dir, figures=figures).read_text())
     assert "SWA of epochs 3–4, 2 members" in page and "networks per fold</th><td>2, their probabilities averaged" in page
@@ -250,6 +269,14 @@ def test_unfinished_run_is_plotted_and_said(trained, tmp_path):
     with pytest.warns(UserWarning, match=r"only 2 of 3 folds are finished; the figures cover those"):
         figures = plot_run(copy)
     assert set(figures) == FIGURES
+    # a fold killed between its model.pt and its result.json (written last) is not finished for
+    # the t-SNE either: every figure shows the same folds
+    shutil.copytree(run_dir / "fold_03", copy / "fold_03")
+    (copy / "fold_03" / "result.json").unlink()
+    with pytest.warns(UserWarning, match=r"only 2 of 3 folds are finished"):
+        figures = plot_run(copy)
+    svg = (copy / "plots" / "tsne.svg").read_text()
+    assert "fold 1 (" in svg and "fold 2 (" in svg and "fold 3 (" not in svg
 
 
 def test_plot_evaluation(trained, tmp_path):
@@ -323,6 +350,20 @@ def test_damaged_history_or_result_is_one_error(trained, tmp_path):
         path.write_text(damage(path.read_text()))
         with pytest.raises(TimnetError, match=re.escape(str(path)) + ": " + message):
             plot_run(run, out_dir=tmp_path / "figs")
+
+
+def test_fold_table_says_each_members_epoch_when_they_differ():
+    """Members stop early on their own: the fold's epoch is its first member's, so the table gives
+    each member's when they differ, and one line when they agree."""
+    from timnet.report import _fold_model
+
+    tc = {"members": 2, "swa_epochs": 0, "select": "best-val"}
+    differ = {"epoch": 6, "epochs_run": 6, "stopped_early": True, "member_epochs": [
+        {"epoch": 6, "epochs_run": 6, "stopped_early": True}, {"epoch": 9, "epochs_run": 12, "stopped_early": False}]}
+    assert _fold_model(differ, tc) == "members: epoch 6 of 6 (stopped early); epoch 9 of 12"
+    same = {**differ, "member_epochs": differ["member_epochs"][:1] * 2}
+    assert _fold_model(same, tc) == "epoch 6 of 6 (stopped early), 2 members"
+    assert _fold_model({"epoch": 3, "epochs_run": 3, "stopped_early": False}, {}) == "epoch 3 of 3"  # older runs
 
 
 def test_training_time_of_members_trained_before_their_time_was_kept():

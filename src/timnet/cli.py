@@ -657,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plot", help="training curves, confusion matrix, recall, t-SNE and report.html of a RUN_DIR")
     s.add_argument("run_dir", metavar="RUN_DIR", help="a folder made by `timnet train`")
     s.add_argument("--out", default=None, metavar="DIR", help="where the figures go (default RUN_DIR/plots); report.html, which embeds them, is always written to RUN_DIR")
-    s.add_argument("--seed", type=int, default=0, help="t-SNE seed (default 0)")
+    s.add_argument("--seed", type=int, default=0, help="t-SNE seed (default 0; with its PCA start the embedding barely depends on it)")
     s.set_defaults(func=cmd_plot)
     s = sub.add_parser("predict", help="emotion and class probabilities of audio files")
     s.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files, or directories searched recursively")

@@ -23,8 +23,10 @@ from .utils import atomic_write
 PNG_DPI = 150
 # Train and validation series of the curves figure: (history column, legend name, panel).
 CURVES = (
-    ("loss", "train loss", 0),
-    ("val_loss", "validation loss", 0),
+    # the loss training minimised (label smoothing, dropout, any augmentation), not comparable in
+    # level with the validation's plain cross-entropy of the eval-mode model
+    ("loss", "train loss (as minimised)", 0),
+    ("val_loss", "validation loss (cross-entropy)", 0),
     ("acc", "train accuracy", 1),
     ("val_war", "validation WAR", 1),
     ("val_uar", "validation UAR", 1),
@@ -88,6 +90,13 @@ def curves_figure(histories: Sequence[dict[str, np.ndarray]], *, what: str | Non
         style = "--" if column.startswith("val_") else "-"
         (line,) = axes[panel].plot(x, mean, style, label=name, marker="." if keep.sum() < 30 else None)
         axes[panel].fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    running = np.sum(np.isfinite(_fold_matrix(histories, "loss", epochs)), axis=0)
+    if (running < len(histories)).any():  # trainings stopped early: the means after this rest on fewer
+        first = epochs[np.argmax(running < len(histories))]
+        for ax in axes:
+            ax.axvline(first - 0.5, color="0.45", linestyle=":", linewidth=1,
+                       label=f"from epoch {first:.0f}: fewer trainings (stopped early), {running[-1]} of "
+                             f"{len(histories)} at the last")
     if swa_epochs:
         last = epochs.max()
         for ax in axes:
@@ -211,14 +220,14 @@ def recall_figure(cm: np.ndarray, labels: Sequence[str], *, uar: float, war: flo
     mean_recall = float(np.mean(pc["recall"][pc["support"] > 0]))
     ax.axhline(mean_recall, color="0.3", linestyle="--", linewidth=1, label=f"pooled UAR {mean_recall:.2%} (mean of the bars)")
     # the values under the bars, where no whisker or line crosses them
-    ax.set_xticks(range(n), [f"{name}\n{r:.0%} (n={s})" for name, r, s in zip(labels, pc["recall"], pc["support"])],
-                  fontsize="small")
+    ax.set_xticks(range(n), [f"{name}\n{r:.0%} (n={s})" if s else f"{name}\nnot tested (n=0)"
+                             for name, r, s in zip(labels, pc["recall"], pc["support"])], fontsize="small")
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("recall")
     handles, names = ax.get_legend_handles_labels()
     if spread is not None:
         handles.append(matplotlib.lines.Line2D([], [], color="0.25", marker="|", linestyle="", markersize=10))
-        names.append(f"±1 std over {len(fold_cms)} folds")
+        names.append(f"±1 std over the folds that test each class ({len(fold_cms)} in all)")
     fig.legend(handles, names, loc="outside lower center", ncols=2, fontsize="small")  # below: no bar hidden
     ax.set_title(f"per-class recall, pooled over the test folds\nmean over folds: UAR {uar:.2%}, WAR {war:.2%}",
                  fontsize="medium")
@@ -227,11 +236,17 @@ def recall_figure(cm: np.ndarray, labels: Sequence[str], *, uar: float, war: flo
     return fig
 
 
+TSNE_MIN_SAMPLES = 4  # below, a perplexity under N (sklearn's demand) would be under 1: no neighbourhoods
+
+
 def tsne_embedding(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """(N, 2) t-SNE embedding (PCA init), the same for the same features and seed.
 
     With PCA initialisation sklearn uses `seed` only in its randomized PCA, so in practice the
-    embedding hardly depends on the seed: the gradient descent itself is deterministic.
+    embedding hardly depends on the seed: the gradient descent itself is deterministic. Fewer than
+    TSNE_MIN_SAMPLES samples are placed by their two principal components instead (t-SNE put two
+    of three distinct points on one spot), and samples that are all alike on one point: sklearn's
+    PCA start divides by their spread, zero, and its optimiser then crashed the process.
     """
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
@@ -240,6 +255,13 @@ def tsne_embedding(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
     if features.ndim != 2 or len(features) < 2 or not np.isfinite(features).all():
         raise TimnetError(f"t-SNE needs finite (N >= 2, D) features; got shape {features.shape}"
                           + ("" if np.isfinite(features).all() else " with NaN/inf values"))
+    centred = features - features.mean(axis=0)
+    if len(features) < TSNE_MIN_SAMPLES or not np.abs(centred).max() > 1e-12 * max(np.abs(features).max(), 1.0):
+        u, sv, _ = np.linalg.svd(centred, full_matrices=False)
+        out = np.zeros((len(features), 2))
+        k = min(2, len(sv))
+        out[:, :k] = u[:, :k] * sv[:k]  # all alike: every singular value is ~0, every point at the origin
+        return out
     # sklearn demands perplexity < N; a third of N keeps tiny test sets (and the tests) working.
     perplexity = min(30.0, (len(features) - 1) / 3)
     tsne = TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity)

@@ -33,8 +33,9 @@ FIGURE_CAPTIONS = {
     "confusion": "Confusion matrix summed over the folds' test splits; colours are row-normalised.",
     "confusion_folds": "The confusion matrix of each fold's test split on its own, with the fold's WAR and UAR.",
     "recall": "Per-class recall pooled over the folds' test splits; whiskers ±1 std of the folds' own recalls.",
-    "tsne": "t-SNE of the fused (penultimate) features of every test sample, one panel per fold: each fold's "
-            "model has its own feature space, so samples are embedded with the other test samples of their fold.",
+    "tsne": "t-SNE of the fused (penultimate) features of every test sample (an ensemble's: its members' side "
+            "by side), one panel per fold: each fold's model has its own feature space, so samples are embedded "
+            "with the other test samples of their fold.",
 }
 
 
@@ -204,7 +205,7 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     fused = y = folds = None
     reason = _tsne_unavailable(info)
     if reason is None:
-        fused, y, folds, reason = _run_test_features(run_dir, info)
+        fused, y, folds, reason = _run_test_features(run_dir, info, finished={r["fold"] for r in results})
     if reason is not None:
         warnings.warn(f"t-SNE skipped: {reason}", stacklevel=2)
         written.skipped["tsne"] = reason
@@ -217,8 +218,9 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     return written
 
 
-def _run_test_features(run_dir: Path, info: dict) -> tuple:
-    """(fused features, true classes, test folds, None) of every test sample of the finished folds, or a reason why not."""
+def _run_test_features(run_dir: Path, info: dict, *, finished: set[int]) -> tuple:
+    """(fused features, true classes, test folds, None) of every test sample of the `finished` folds
+    (those with a result.json, which the other figures show), or a reason why not."""
     from .evaluate import evaluate, fold_models, trained_order
     from .features import in_order, load_features
 
@@ -233,7 +235,8 @@ def _run_test_features(run_dir: Path, info: dict) -> tuple:
     if features_fingerprint(fs) != identity.get("features_fingerprint"):
         return None, None, None, f"the features file {info['features']} has changed since the run was trained"
     models = fold_models(run_dir, fs, folds=identity["folds"], seed=identity["seed"], split=identity["split"])
-    _, outputs = evaluate(fs, models)
+    # a fold's model.pt is written a moment before its result.json, and stays if the run is killed between
+    _, outputs = evaluate(fs, [m for m in models if m.fold in finished])
     return (*_tested(fs, outputs), None)
 
 
@@ -330,8 +333,17 @@ def _fold_model(r: dict, tc: dict) -> str:
         end = r.get("epochs_run") or tc.get("epochs")
         what = f"SWA of epochs {end - tc['swa_epochs'] + 1}–{end}"
     else:
-        what = f"epoch {r.get('epoch')} of {r.get('epochs_run')}" + (" (stopped early)" if r.get("stopped_early") else "")
+        # each member's when they differ (each stops early on its own); the fold's figures are its first's
+        each = r.get("member_epochs") or [{"epoch": r.get("epoch"), "epochs_run": r.get("epochs_run"),
+                                           "stopped_early": r.get("stopped_early")}]
+        if any(m != each[0] for m in each):
+            return "members: " + "; ".join(_epoch_words(m) for m in each)
+        what = _epoch_words(each[0])
     return what + (f", {tc['members']} members" if tc.get("members", 1) > 1 else "")
+
+
+def _epoch_words(m: dict) -> str:
+    return f"epoch {m['epoch']} of {m['epochs_run']}" + (" (stopped early)" if m["stopped_early"] else "")
 
 
 def _fold_table(results: list[dict], identity: dict) -> str:

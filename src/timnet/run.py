@@ -382,6 +382,9 @@ class Run:
                       # fold may train at once in other workers), and this evaluation
                       seconds=round(sum(m.seconds for m in members) + time.perf_counter() - t0, 2),
                       **({"member_seconds": [m.seconds for m in members]} if len(members) > 1 else {}),
+                      # the fold's epoch figures above are its first member's; each stops early on its own
+                      **({"member_epochs": [{"epoch": m.epoch, "epochs_run": m.epochs_run, "stopped_early": m.stopped_early}
+                                            for m in members]} if len(members) > 1 else {}),
                       # members trained in another run and given to this one (their seconds are that run's)
                       **({"members_from": {str(i): m.source for i, m in enumerate(members) if m.source}}
                          if any(m.source for m in members) else {}),
