@@ -31,3 +31,18 @@ def test_per_class_by_hand():
     p, q = 3 / 5, 3 / 4
     np.testing.assert_allclose(r["f1"][0], 2 * p * q / (p + q))
     assert r["support"].tolist() == [4, 4, 0]
+
+
+def test_a_class_no_test_split_holds_has_no_recall_in_the_tables():
+    """The text report and the HTML class table give such a class no recall or F1 (a dash), where a
+    0 would read as a class the model never recognises."""
+    from timnet.evaluate import format_report, summarize
+    from timnet.report import _class_table
+
+    cm = np.array([[3, 1, 0], [0, 4, 0], [0, 0, 0]])  # class c: no test utterance
+    folds = [{"fold": 1, "war": 7 / 8, "uar": 0.875, "n_test": 8, "confusion": cm.tolist()}]
+    text = format_report(summarize(folds, corpus="X", labels=("a", "b", "c"), split="random", seed=0))
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.strip()[:2] in ("a ", "b ", "c ")}
+    assert rows["c"] == ["0.0000", "-", "-", "0"] and rows["a"] == ["1.0000", "0.7500", "0.8571", "4"]
+    html = _class_table(folds, ("a", "b", "c"))
+    assert '<td>c</td><td class="num">0.00</td><td class="num">–</td><td class="num">–</td>' in html

@@ -241,7 +241,9 @@ def format_report(summary: dict) -> str:
     pc = metrics.per_class(cm)
     lines += ["", f"{'class':>10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}"]
     for i, name in enumerate(summary["labels"]):
-        lines.append(f"{name:>10} {pc['precision'][i]:>9.4f} {pc['recall'][i]:>7.4f} {pc['f1'][i]:>7.4f} {pc['support'][i]:>7d}")
+        # a class no test split holds has no recall (nor F1): not a 0 beside the others
+        recall, f1 = (f"{pc['recall'][i]:>7.4f}", f"{pc['f1'][i]:>7.4f}") if pc["support"][i] else (f"{'-':>7}",) * 2
+        lines.append(f"{name:>10} {pc['precision'][i]:>9.4f} {recall} {f1} {pc['support'][i]:>7d}")
     if summary["split"] == "random":
         lines += ["", "note: random (utterance-level) folds put the same speakers in training and test."]
     return "\n".join(lines)

@@ -370,8 +370,10 @@ def _fold_table(results: list[dict], identity: dict) -> str:
 
 def _class_table(results: list[dict], labels) -> str:
     pc = metrics.per_class(_summed_confusion(results))
+    # a class no test split holds has no recall (nor F1): not a 0 beside the others
+    tested = [(_pct(pc["recall"][i]), _pct(pc["f1"][i])) if pc["support"][i] else ("–", "–") for i in range(len(labels))]
     rows = "".join(f"<tr><td>{_e(name)}</td><td class=\"num\">{_pct(pc['precision'][i])}</td>"
-                   f"<td class=\"num\">{_pct(pc['recall'][i])}</td><td class=\"num\">{_pct(pc['f1'][i])}</td>"
+                   f"<td class=\"num\">{tested[i][0]}</td><td class=\"num\">{tested[i][1]}</td>"
                    f"<td class=\"num\">{int(pc['support'][i])}</td></tr>" for i, name in enumerate(labels))
     head = "<tr><th>class</th><th>precision %</th><th>recall %</th><th>F1 %</th><th>support</th></tr>"
     return f'<table id="classes"><thead>{head}</thead><tbody>{rows}</tbody></table>'
