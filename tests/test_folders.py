@@ -35,6 +35,33 @@ def test_listing_labels_and_speakers(tree):
         folder_corpus(tree, signal_length=8192, speaker_pattern=r"(")
 
 
+def test_one_speaker_spelled_two_ways_is_one_speaker_and_an_unnamed_one_is_skipped(tmp_path):
+    """F01 and f01, or "Zoë" composed and decomposed (a copy from macOS), are one speaker, said in a
+    warning: two would put her on both sides of a speaker split. A pattern whose group matches
+    nothing or "" names no speaker: the file is skipped, not pooled under "None" or ""."""
+    import unicodedata
+
+    root = tmp_path / "mine"
+    zoe_nfc, zoe_nfd = unicodedata.normalize("NFC", "Zoë"), unicodedata.normalize("NFD", "Zoë")
+    names = {"calm": [f"F01-{i}.wav" for i in range(2)] + [f"{zoe_nfc}-0.wav", "x-0.wav", "-0.wav"],
+             "tired": ["f01-0.wav", f"{zoe_nfd}-1.wav", "M02-0.wav"]}
+    for label, files in names.items():
+        for i, name in enumerate(files):
+            write_tone(root / label / name, seed=i)
+    corpus = folder_corpus(root, signal_length=8192, speaker_pattern=r"^(?:x|([^-]*))-")  # x: no group; "": empty
+    with pytest.warns(UserWarning, match=r"differ only in letter case or Unicode form taken as one speaker \("
+                                         r"'f01' as 'F01'; '.*' as 'Zoë'\)"):
+        listing = list_corpus(corpus, root)
+    assert sorted({it.speaker for it in listing.items}) == ["F01", "M02", zoe_nfc]
+    assert dict(listing.skipped) == {"calm/x-0.wav": "speaker pattern", "calm/-0.wav": "speaker pattern"}
+    with pytest.raises(TimnetError, match=r"--speaker-pattern '': empty; expected a regex"):
+        folder_corpus(root, signal_length=8192, speaker_pattern="")
+    (root / unicodedata.normalize("NFD", "ärger")).mkdir()
+    (root / unicodedata.normalize("NFC", "ärger")).mkdir()
+    with pytest.raises(TimnetError, match=r"label folders '.*' and '.*' are one name in two Unicode forms"):
+        folder_corpus(root, signal_length=8192)
+
+
 def test_a_label_folder_without_audio_is_refused(tree, tmp_path):
     """An empty label folder would become a class no example teaches (the model then gives it
     probabilities); so would one whose every file the speaker pattern skips."""
@@ -84,3 +111,20 @@ def test_extract_and_train_two_epochs(tree, tmp_path):
     assert t["split"] == "speaker" and t["folds_n"] == 3
     assert [(f["test_speakers"], f["war"], f["uar"]) for f in t["folds"]] == \
         [(f["test_speakers"], f["war"], f["uar"]) for f in res["folds"]]
+
+
+def test_every_extension_libsndfile_reads_is_audio(tmp_path):
+    """.au, .caf, .w64, .opus ...: audio files, not silently passed over as if they were notes."""
+    import soundfile as sf
+
+    root = tmp_path / "mine"
+    formats = {"a.au": ("AU", "PCM_16"), "b.caf": ("CAF", "PCM_16"), "c.w64": ("W64", "PCM_16"),
+               "d.opus": ("OGG", "OPUS"), "e.aifc": ("AIFF", "PCM_16"), "f.wave": ("WAV", "PCM_16")}
+    for label in ("calm", "tired"):
+        for name, (fmt, subtype) in formats.items():
+            write_tone(root / label / name, sr=48000, fmt=fmt, subtype=subtype)
+        (root / label / "notes.txt").write_text("not audio")
+    listing = list_corpus(folder_corpus(root, signal_length=8192), root)
+    assert sorted(it.path for it in listing.items if it.label == 0) == [f"calm/{n}" for n in sorted(formats)]
+    fs, _, bad = extract("folders", root, signal_length=8192, workers=1, progress=False)
+    assert len(fs) == 12 and not bad and sf.info(root / "calm" / "d.opus").format == "OGG"

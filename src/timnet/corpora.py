@@ -18,7 +18,9 @@ from timnet.errors import TimnetError
 
 # Files with these extensions are worth reporting when they do not fit a layout; anything else
 # (README.txt, .mp4, .lab, ...) is ignored silently. Compared case-insensitively.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+# what libsndfile reads, by the names its formats go by (a named corpus still takes only its .wav)
+AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".aifc", ".mp3",
+                    ".au", ".snd", ".caf", ".w64", ".rf64")
 
 
 @dataclass(frozen=True)
@@ -447,16 +449,28 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
     root = Path(root).expanduser()
     if not root.is_dir():
         raise TimnetError(f"folders corpus {root} is not a directory; expected DIR/<label>/<file>.wav")
+    if speaker_pattern is not None and not speaker_pattern:
+        raise TimnetError("--speaker-pattern '': empty; expected a regex whose first group is the speaker, e.g. '^(\\w+?)_'")
     try:
         pattern = re.compile(speaker_pattern) if speaker_pattern else None
     except re.error as e:
-        raise TimnetError(f"--speaker-pattern {speaker_pattern!r} is not a valid regex ({e})") from None
+        raise TimnetError(f"--speaker-pattern '{speaker_pattern}' is not a valid regex ({e})") from None
     if pattern is not None and pattern.groups == 0:
-        raise TimnetError(f"--speaker-pattern {speaker_pattern!r} needs a group, e.g. '^(\\w+?)_' ")
+        raise TimnetError(f"--speaker-pattern '{speaker_pattern}' needs a group, e.g. '^(\\w+?)_' ")
     labels = tuple(sorted((d.name for d in root.iterdir() if d.is_dir() and not _hidden(d.name)), key=natural_key))
+    # one name in two Unicode forms (a copy from macOS decomposes "ä"): two classes that print alike
+    forms: dict[str, str] = {}
+    for label in labels:
+        if (other := forms.setdefault(unicodedata.normalize("NFC", label), label)) != label:
+            raise TimnetError(f"{root}: label folders {other!r} and {label!r} are one name in two Unicode forms; "
+                              "expected one folder per class (move the files of one into the other)")
 
     def scan(top: Path) -> Listing:
         found, skipped = [], []
+        # F01 and f01, or "Zoë" composed and decomposed: one speaker, or a speaker split would put
+        # her on both sides. The first spelling met names her; the merge is said (below).
+        spelled: dict[str, str] = {}
+        merged: dict[str, set[str]] = {}
         for path in filter(_is_audio, visible_files(top)):
             pure = PurePosixPath(path)
             if len(pure.parts) < 2 or pure.parts[0] not in labels:
@@ -465,10 +479,13 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
             speaker = ""
             if pattern is not None:
                 m = pattern.search(pure.name)
-                if m is None:
+                speaker = (m.group("speaker") if "speaker" in pattern.groupindex else m.group(1)) if m else None
+                if not speaker:  # no match, or a group that took part in none or matched "": no speaker named
                     skipped.append((path, "speaker pattern"))
                     continue
-                speaker = m.group("speaker") if "speaker" in pattern.groupindex else m.group(1)
+                if (first := spelled.setdefault(_speaker_key(speaker), speaker)) != speaker:
+                    merged.setdefault(first, set()).add(speaker)
+                    speaker = first
             found.append((path, _Match(pure.parts[0], speaker, path)))
         used = {m.label for _, m in found}
         empty = [label for label in labels if label not in used]
@@ -478,11 +495,22 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
                               f"label (move the folder out of {top})")
         if len(labels) == 1 and used:  # every prediction right by construction: no classifier to train
             raise TimnetError(f"{top}: one label folder ({labels[0]}); expected two or more, DIR/<label>/<file>.wav")
+        if merged:
+            import warnings
+
+            said = "; ".join(f"{', '.join(sorted(map(repr, raws)))} as {kept!r}" for kept, raws in sorted(merged.items()))
+            warnings.warn(f"{top}: speaker names that differ only in letter case or Unicode form taken as one "
+                          f"speaker ({said}), so that a speaker split keeps each on one side", stacklevel=2)
         return _listing(FOLDERS, found, skipped, labels=labels)
 
     return Corpus(name=FOLDERS, labels=labels, signal_length=signal_length, seed=FOLDERS_SEED,
                   dilations=FOLDERS_DILATIONS, n_speakers=0, n_files=None,
                   layout="DIR/<label>/<file>.wav (one folder per class)", scan=scan)
+
+
+def _speaker_key(name: str) -> str:
+    """What makes two speaker names one speaker: the same letters, whatever their case or Unicode form."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def paper_seed(name: str, seed: int | None = None) -> int:
