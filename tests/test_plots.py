@@ -376,3 +376,21 @@ def test_training_time_of_members_trained_before_their_time_was_kept():
         assert _training_time(two, [old]) == f"at least {_duration(old['seconds'])} (some members' time was not recorded " \
                                              "by the timnet that trained them)"
     assert _training_time({"identity": {"train_config": {"members": 1}}}, [{"seconds": 2.0}]) == _duration(2.0)
+
+
+def test_names_that_were_not_utf8_are_drawn_and_written(tmp_path):
+    """A speaker and a class from an old Latin-1 zip ("Jos\\xe9", "col\\xe8re", kept by Python as
+    surrogates) are drawn and put in the page as \\xe9, not a matplotlib traceback after training."""
+    odd = "Jos" + b"\xe9".decode("utf-8", "surrogateescape")
+    fs = synthetic()
+    fs = dataclasses.replace(fs, corpus="FOLDERS", labels=(*LABELS[:-1], "col" + b"\xe8".decode("utf-8", "surrogateescape") + "re"),
+                             speakers=np.where(fs.speakers == "00", odd, fs.speakers))
+    run_dir = tmp_path / "run"
+    run = Run(fs, run_dir, config=TrainConfig(epochs=1, batch_size=16, save_every=100), folds=3, split="speaker", seed=1,
+              features_path=str(save_features(fs, tmp_path / "f.npz")))
+    run.prepare()
+    run.execute(progress=False, log=lambda m: None)
+    figures = plot_run(run_dir)
+    page = write_report(run_dir, figures=figures).read_text(encoding="utf-8")
+    assert set(figures) == FIGURES and "Jos\\xe9" in page and "col\\xe8re" in page
+    assert "Jos\\xe9" in (run_dir / "plots" / "confusion_folds.svg").read_text()

@@ -24,7 +24,7 @@ from .errors import TimnetError
 from .features import FeatureSet
 from .plots import confusion_figure, curves_figure, fold_confusions_figure, recall_figure, save_figure, tsne_figure
 from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
-from .utils import RUN_FILE, atomic_write, fold_files, history_name, read_fold_result
+from .utils import RUN_FILE, atomic_write, fold_files, history_name, printable, read_fold_result
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
@@ -137,9 +137,11 @@ def _result_figures(fold_results: list[dict], labels, *, war: float, uar: float,
                     split: str | None, members: int = 1) -> dict[str, list[Path]]:
     cm = _summed_confusion(fold_results)
     fold_cms = [np.asarray(r["confusion"]) for r in fold_results]
+    # names from the user's files may hold bytes that were not UTF-8, which matplotlib cannot draw
+    labels, context = [printable(name) for name in labels], printable(context)
     # a speaker-independent fold's test speakers (in a random split every fold holds them all)
-    titles = [f"fold {r['fold']}" + (f" ({', '.join(map(str, r['test_speakers']))})"
-                                     if split == "speaker" and r.get("test_speakers") else "") for r in fold_results]
+    titles = [printable(f"fold {r['fold']}" + (f" ({', '.join(map(str, r['test_speakers']))})"
+                                               if split == "speaker" and r.get("test_speakers") else "")) for r in fold_results]
     written = {"confusion": save_figure(confusion_figure(cm, labels, context=context), out_dir / "confusion"),
                "confusion_folds": save_figure(fold_confusions_figure(fold_cms, labels, titles=titles, context=context),
                                     out_dir / "confusion_folds"),
@@ -192,7 +194,7 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     if len(results) < identity.get("folds", 0):  # as `test` and `predict` say it of the same folder
         warnings.warn(f"{run_dir}: only {len(results)} of {identity['folds']} folds are finished; the figures cover those",
                       stacklevel=2)
-    context = run_context(identity)
+    context = printable(run_context(identity))
     tc = identity.get("train_config") or {}
     members = tc.get("members", 1)
     histories = _histories(run_dir, results)
@@ -272,7 +274,7 @@ figcaption { color: #555; font-size: 0.9em; } code { background: #f3f3f3; paddin
 
 
 def _e(value) -> str:
-    return html.escape(str(value))
+    return html.escape(printable(value))
 
 
 def _pct(x: float) -> str:

@@ -82,6 +82,12 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def printable(text) -> str:
+    """`text` with the bytes of a name that was not UTF-8 (an old Latin-1 zip's "Jos\\xe9", kept by
+    Python as surrogates) shown as \\xe9: matplotlib and a UTF-8 page cannot take them as they are."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def write_json(path: str | Path, obj) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_write(path) as tmp:
