@@ -867,3 +867,20 @@ def test_eval_every_without_a_validation_share_is_said(tmp_path):
     assert done.returncode == 0 and "--eval-every 2 without --val-fraction: there is no validation share" in done.stderr
     done = train_cli(features, tmp_path / "v", "--eval-every", "2", "--epochs", "1", "--val-fraction", "0.2")
     assert done.returncode == 0 and "--eval-every" not in done.stderr, done.stderr
+
+
+def test_a_fold_that_trains_on_no_utterance_of_a_class_is_said(tmp_path):
+    """A class only one speaker holds is, in that speaker's fold, in no training part: the fold's
+    recall of it is 0 by construction, and preparing the run says which folds and classes."""
+    fs = synthetic()
+    lone = (fs.y == 6) & (fs.speakers != "03")
+    keep = ~lone  # the last class only from speaker 03
+    fs = replace(fs, x=fs.x[keep], y=fs.y[keep], speakers=fs.speakers[keep], files=fs.files[keep])
+    with pytest.warns(UserWarning, match=rf"a class with no utterance to train on \(fold \d: {LABELS[6]}\): those folds' "
+                                         r"models cannot predict it, so its recall there is 0 by construction"):
+        Run(fs, tmp_path / "speaker", config=TrainConfig(**FAST), folds=6, split="speaker").prepare()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every class in every training part: nothing said
+        Run(synthetic(), tmp_path / "random", config=TrainConfig(**FAST), folds=3).prepare()

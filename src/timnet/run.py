@@ -273,6 +273,7 @@ class Run:
         digest = self.splits_digest()
         resumed = prepare_run_dir(self.dir, self.identity, overwrite=overwrite,
                                   extra={"features": self.features_path, "splits": digest})
+        self._warn_untaught_classes()
         was = recorded(self.dir, "splits") if resumed else None
         if was is not None and was != digest:
             # the same features (x, y) with other speaker ids (`--speaker-pattern`), or a library
@@ -282,6 +283,21 @@ class Run:
                               "these would not be one split: resume it with the features and versions it began "
                               "with (run.json), or use another RUN_DIR or --overwrite")
         return resumed
+
+    def _warn_untaught_classes(self) -> None:
+        """Say which folds train on no utterance of a class the corpus holds (a class of few speakers in
+        a speaker split, of one or two files in any): their models cannot predict it, so its recall
+        in those folds is 0 by construction, which a mean UAR would not tell."""
+        present = np.unique(self.fs.y)
+        lacking = []
+        for k in range(1, self.folds_n + 1):
+            if len(absent := np.setdiff1d(present, self.fs.y[self.validation_split(k)[0]])):
+                lacking.append(f"fold {k}: " + ", ".join(self.fs.labels[c] for c in absent))
+        if lacking:
+            more = f" and {len(lacking) - 3} more folds" if len(lacking) > 3 else ""
+            warnings.warn(f"{self.dir}: a class with no utterance to train on ({'; '.join(lacking[:3])}{more}): those folds' "
+                          "models cannot predict it, so its recall there is 0 by construction (fewer --folds, or more "
+                          "speakers or files of the class)", stacklevel=3)
 
     def splits_digest(self) -> str:
         """A digest of every fold's training, validation and test indices (each fold's training part
