@@ -156,9 +156,6 @@ class OnnxPredictor(Predictor):
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) of features (N, frames, n_mfcc); the graph's frames are fixed."""
         x = check_feature_batch(x, self.feature_config)
-        if x.shape[1] != self.feature_config.frames:
-            raise TimnetError(f"features of shape {x.shape} invalid; this ONNX graph takes exactly "
-                              f"{self.feature_config.frames} frames: (N, {self.feature_config.frames}, {self.feature_config.n_mfcc})")
         return self.session.run(["probs"], {"features": x})[0]
 
 

@@ -81,6 +81,9 @@ def check_windowing(window: float | None, hop: float | None, config: FeatureConf
     """A window holds one STFT hop of samples and at most the model's signal length (the features of
     a longer one would be centre-cropped to it, silently ignoring the rest); a hop moves by at least one
     sample and at most a window (a longer one would skip audio between windows)."""
+    for name, value in (("--window", window), ("--hop", hop)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))):
+            raise TimnetError(f"{name} {value!r} invalid; expected a number of seconds")
     sr, longest = config.sample_rate, config.signal_length / config.sample_rate
     span = longest if window is None else window  # what one window covers
     # the products too: 1e308 s is finite, but not in samples
@@ -141,6 +144,10 @@ def check_feature_batch(x, config: FeatureConfig) -> np.ndarray:
         hint = " (one utterance? add a batch axis: x[None])" if x.ndim == 2 else ""
         raise TimnetError(f"features of shape {x.shape} invalid; expected (N, frames, {config.n_mfcc}): "
                           f"N utterances of {config.frames} frames of {config.n_mfcc} MFCCs{hint}")
+    if x.shape[1] != config.frames:  # the network would score them, but not as it learnt: other padding, other length
+        raise TimnetError(f"features of shape {x.shape} invalid; this model takes exactly {config.frames} frames, "
+                          f"(N, {config.frames}, {config.n_mfcc}), as its features' signal length gives "
+                          "(timnet.features.waveform_features pads or crops a waveform so)")
     if not np.isfinite(x).all():  # one NaN makes every probability NaN, and argmax then says class 0
         raise TimnetError(f"features have {int((~np.isfinite(x)).sum())} NaN or infinite values; expected finite MFCCs")
     return x
@@ -208,8 +215,13 @@ class Predictor:
 
     def to(self, device: str | torch.device) -> Predictor:
         """Move the networks to `device` (e.g. "cuda"); features are computed on the CPU, scored there."""
-        device = torch.device(device)
-        self.models = [m.to(device) for m in self.models]  # first: a device torch lacks raises, nothing changed
+        try:
+            device = torch.device(device)
+            # first: a device this torch lacks raises, nothing changed
+            self.models = [m.to(device) for m in self.models]
+        except (RuntimeError, AssertionError, TypeError) as e:  # "Torch not compiled with CUDA enabled", ...
+            raise TimnetError(f"device {device!r} unavailable ({str(e).splitlines()[0][:120]}); expected one this torch "
+                              "has: cpu, or cuda/mps where built and present") from None
         self.device = device
         return self
 
