@@ -184,6 +184,13 @@ def test_sweep_cli_and_bad_space(tmp_path):
                               capture_output=True, text=True)
     assert into_run.returncode == 1 and "holds a training run (run.json)" in into_run.stderr, into_run.stderr
     assert not list((tmp_path / "tr").glob("trial_*"))
+    # nor is a folder of the user's files (train refuses it as well)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    into_mine = subprocess.run([*cmd[:cmd.index("-o") + 1], str(tmp_path / "mine"), *cmd[cmd.index("-o") + 2:]],
+                               capture_output=True, text=True)
+    assert into_mine.returncode == 1 and "mine exists and is not a timnet SWEEP_DIR" in into_mine.stderr, into_mine.stderr
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
     # and a sweep's folder is not a training run's, even with --overwrite (they would be mixed)
     into_sweep = subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "sw"), "--folds",
                                  "2", "--epochs", "1", "--overwrite"], capture_output=True, text=True)

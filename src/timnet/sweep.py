@@ -325,14 +325,19 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
                               "give another SWEEP_DIR")
     if base.val_fraction == 0:
         raise TimnetError("a sweep scores trials on validation data: give --val-fraction (e.g. 0.2)")
+    made = [*_trial_dirs(sweep_dir), *(sweep_dir / name for name in ("sweep.json", "trials.csv") if (sweep_dir / name).is_file())]
+    if not made and not overwrite and sweep_dir.is_dir() and any(not p.name.startswith(".") for p in sweep_dir.iterdir()):
+        raise TimnetError(f"{sweep_dir} exists and is not a timnet SWEEP_DIR; expected an empty or new folder (or "
+                          "--overwrite, which adds the trials beside what it holds)")
     params_list = sample_trials(space, trials=trials, seed=seed)
     runs = trial_runs(sweep_dir, params_list, base=base, make_run=make_run, overwrite=overwrite,
                       swa_follows_epochs=swa_follows_epochs)
     ours = {run.dir.name for run in runs}
     others = [p.name for p in _trial_dirs(sweep_dir) if p.name not in ours]
     if others:
-        log(f"{sweep_dir}: {', '.join(others)} are not trials of this sweep ({len(runs)} trials), left as they "
-            "are; --overwrite removes them")
+        log(f"{sweep_dir}: {', '.join(others)} {'is' if len(others) == 1 else 'are'} not of this sweep's "
+            f"{len(runs)} trial{'s' * (len(runs) != 1)}, left as {'it is' if len(others) == 1 else 'they are'}; "
+            "--overwrite removes them")
     summaries = execute_runs(runs, backend=backend, progress=progress, log=log)
     table = [{"trial": run.dir.name, **run.params, "val_uar": s["mean_val_uar"], "val_uar_std": s["std_val_uar"],
               "val_war": s["mean_val_war"]} for run, s in zip(runs, summaries)]
