@@ -267,6 +267,32 @@ def test_trial_epochs_move_the_recipes_own_swa_window(tmp_path):
     assert windows(given, [{"epochs": 300}]) == [60]
 
 
+def test_an_option_no_trial_depends_on_is_refused_before_anything_is_written(tmp_path):
+    """Mask widths without masks, eval_every when nothing selects or stops on validation, plain_members
+    without augmentation: every trial would be the same training. Refused, as save_every is."""
+    from timnet.train import recipe_config
+
+    fs = synthetic()
+
+    def make_run(folder, config, model_overrides):
+        return Run(fs, folder, config=config, folds=3, seed=3, evaluate_test=False)
+
+    base = recipe_config("paper", val_fraction=0.2)
+    for params, message in (([{"time_mask_width": 1}, {"time_mask_width": 20}], r"time_mask_width .* \(no --time-masks\)"),
+                            ([{"eval_every": 1}, {"eval_every": 2}], r"eval_every .*: validation only reports\)"),
+                            ([{"plain_members": 0, "members": 2}, {"plain_members": 1, "members": 2}],
+                             r"plain_members .* \(no augmentation on: every member trains alike\)")):
+        with pytest.raises(TimnetError, match=rf"^{message}; expected it left out of the space, or the option it depends on set too"):
+            sweep_mod.trial_runs(tmp_path / "sw", params, base=base, make_run=make_run)
+        assert not (tmp_path / "sw").exists()
+    # where it does matter, in some trial at least, it is searched
+    runs = sweep_mod.trial_runs(tmp_path / "ok", [{"time_masks": 0, "time_mask_width": 2}, {"time_masks": 1, "time_mask_width": 3}],
+                                base=base, make_run=make_run)
+    assert len(runs) == 2
+    assert len(sweep_mod.trial_runs(tmp_path / "bv", [{"eval_every": 1}, {"eval_every": 2}], make_run=make_run,
+                                    base=recipe_config("paper", val_fraction=0.2, select="best-val"))) == 2
+
+
 @pytest.mark.parametrize("name,text,message", [
     ("dup.yaml", "lr: 0.001\nepochs: 3\nlr: 0.002\n", "not a valid search space file ('lr' given twice)"),
     ("dup.json", '{"lr": 0.001, "lr": 0.002}', "not a valid search space file ('lr' given twice)"),

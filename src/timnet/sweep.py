@@ -273,6 +273,12 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
             raise TimnetError("trial runs must be validation-only (Run(evaluate_test=False))")  # a caller's bug
         run.params = params
         runs.append(run)
+    if not names:  # a search space's option that no trial's figures depend on would only repeat trials
+        for name in params_list[0] if params_list else ():
+            reasons = [run.config.inert().get(name) for run in runs]
+            if all(reasons):
+                raise TimnetError(f"{name} changes no figure in any trial ({reasons[0]}); expected it left out of the "
+                                  "space, or the option it depends on set too")
     for run in runs:  # only once every trial is known to be valid: --overwrite deletes
         try:
             run.prepare(overwrite=overwrite)

@@ -118,6 +118,21 @@ class TrainConfig:
                 raise TimnetError("--swa-epochs averages the last epochs; it cannot go with --select best-val "
                                   f"or --patience{preset}")
 
+    def inert(self) -> dict[str, str]:
+        """Options whose value changes no figure of this config, each with the reason: a sweep over
+        one of them would train the same trial again and again."""
+        out = {}
+        for axis in ("time", "freq"):
+            if not getattr(self, f"{axis}_masks"):
+                out[f"{axis}_mask_width"] = f"no --{axis}-masks"
+        if self.val_fraction == 0:
+            out["eval_every"] = "no validation share"
+        elif self.select == "last" and self.patience is None:
+            out["eval_every"] = "the last epoch's weights are kept and nothing stops early: validation only reports"
+        if self.members == 1 or all(getattr(self, name) == getattr(TrainConfig, name) for name in recipe.AUGMENTATIONS):
+            out["plain_members"] = "one member" if self.members == 1 else "no augmentation on: every member trains alike"
+        return out
+
     def for_member(self, m: int) -> TrainConfig:
         """The config member m trains with: the first `plain_members` without any augmentation, so that
         they are, to every digit, the members of the same run without augmentation."""
