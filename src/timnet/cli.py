@@ -705,12 +705,12 @@ def _check_outputs(args) -> None:
     for name in ("plots", "out"):
         if getattr(args, name, None):
             check_output(getattr(args, name), folder=True)
+    _check_not_an_input(args)  # first: its messages are the more precise (`--json RUN` is the run folder itself)
     given = [(name, value) for name in ("json", "output", "plots", "out")
              if (value := getattr(args, name, None)) and value != JSON_STDOUT]
     for i, (name, value) in enumerate(given):  # `--json X --plots X`: the second would fail after the work
         if clash := next((other for other, v in given[:i] if Path(v).resolve() == Path(value).resolve()), None):
             raise TimnetError(f"--{clash} and --{name} are both {value}; expected a different path for each output")
-    _check_not_an_input(args)
 
 
 INPUTS = ("features", "data_dir", "src", "run_dir", "model", "weights", "space", "audio")
