@@ -331,7 +331,8 @@ def _class_indices(path: Path, y: np.ndarray) -> np.ndarray:
         return y.astype(np.int64, copy=False)
     if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
         return y.astype(np.int64)
-    odd = y.flat[np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0]].item() if y.dtype.kind == "f" else y.flat[0]
+    odd = (y.flat[np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0]].item() if y.dtype.kind == "f"
+           else y.flat[0] if y.size else "none")
     raise TimnetError(f"{path}: y holds {y.dtype} values such as {odd!r}; expected whole-number class indices")
 
 

@@ -215,13 +215,14 @@ class Predictor:
 
     def to(self, device: str | torch.device) -> Predictor:
         """Move the networks to `device` (e.g. "cuda"); features are computed on the CPU, scored there."""
+        given = device
         try:
             device = torch.device(device)
             # first: a device this torch lacks raises, nothing changed
             self.models = [m.to(device) for m in self.models]
         except (RuntimeError, AssertionError, TypeError) as e:  # "Torch not compiled with CUDA enabled", ...
-            raise TimnetError(f"device {device!r} unavailable ({str(e).splitlines()[0][:120]}); expected one this torch "
-                              "has: cpu, or cuda/mps where built and present") from None
+            raise TimnetError(f"device {str(given)!r} unavailable ({str(e).splitlines()[0][:120]}); expected one this "
+                              "torch has: cpu, or cuda/mps where built and present") from None
         self.device = device
         return self
 
