@@ -165,7 +165,7 @@ def _execution(args, folds_at_once: int):
     config = recipe_config(args.recipe, val_fraction=args.val_fraction, **given)
     if args.eval_every is not None and config.val_fraction == 0:
         _warn(f"--eval-every {args.eval_every} without --val-fraction: there is no validation share to evaluate")
-    if config.plain_members and config.for_member(0) == config:  # nothing to leave out
+    if config.plain_members and "plain_members" in config.inert():  # nothing to leave out
         _warn(f"--plain-members {config.plain_members} with no augmentation on: every member trains alike (give "
               "--vtlp, --tempo, --gain, --time-shift, masks or --mixup-alpha for a mixed ensemble)")
     cores = os.cpu_count() or 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, NamedTuple
@@ -496,8 +497,6 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
         if len(labels) == 1 and used:  # every prediction right by construction: no classifier to train
             raise TimnetError(f"{top}: one label folder ({labels[0]}); expected two or more, DIR/<label>/<file>.wav")
         if merged:
-            import warnings
-
             said = "; ".join(f"{', '.join(sorted(map(repr, raws)))} as {kept!r}" for kept, raws in sorted(merged.items()))
             warnings.warn(f"{top}: speaker names that differ only in letter case or Unicode form taken as one "
                           f"speaker ({said}), so that a speaker split keeps each on one side", stacklevel=2)

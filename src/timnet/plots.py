@@ -75,11 +75,14 @@ def curves_figure(histories: Sequence[dict[str, np.ndarray]], *, what: str | Non
     epochs = np.unique(np.concatenate([np.asarray(h["epoch"], dtype=float) for h in histories]))
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2)
+    running = None  # trainings with a train loss at each epoch: fewer once some stopped early
     for column, name, panel in CURVES:
         values = _fold_matrix(histories, column, epochs)
         # Folds stopped early, and epochs without validation (eval_every > 1), are NaN: each
         # epoch averages only the folds that have a value there.
         count = np.sum(np.isfinite(values), axis=0)
+        if column == "loss":
+            running = count
         keep = count > 0
         if not keep.any():
             continue
@@ -90,8 +93,7 @@ def curves_figure(histories: Sequence[dict[str, np.ndarray]], *, what: str | Non
         style = "--" if column.startswith("val_") else "-"
         (line,) = axes[panel].plot(x, mean, style, label=name, marker="." if keep.sum() < 30 else None)
         axes[panel].fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    running = np.sum(np.isfinite(_fold_matrix(histories, "loss", epochs)), axis=0)
-    if (running < len(histories)).any():  # trainings stopped early: the means after this rest on fewer
+    if running is not None and (running < len(histories)).any():  # trainings stopped early: the means after this rest on fewer
         first = epochs[np.argmax(running < len(histories))]
         for ax in axes:
             ax.axvline(first - 0.5, color="0.45", linestyle=":", linewidth=1,

@@ -270,10 +270,11 @@ class Run:
     def prepare(self, *, overwrite: bool = False) -> bool:
         """Create or check RUN_DIR; returns True when resuming. A different config is refused, and so
         are folds made otherwise than the run's first ones were."""
-        digest = self.splits_digest()
+        parts = [self.validation_split(k) for k in range(1, self.folds_n + 1)]  # a fold that cannot be split fails here
+        digest = self.splits_digest(parts)
         resumed = prepare_run_dir(self.dir, self.identity, overwrite=overwrite,
                                   extra={"features": self.features_path, "splits": digest})
-        self._warn_untaught_classes()
+        self._warn_untaught_classes([tr for tr, _ in parts])
         was = recorded(self.dir, "splits") if resumed else None
         if was is not None and was != digest:
             # the same features (x, y) with other speaker ids (`--speaker-pattern`), or a library
@@ -284,14 +285,14 @@ class Run:
                               "with (run.json), or use another RUN_DIR or --overwrite")
         return resumed
 
-    def _warn_untaught_classes(self) -> None:
+    def _warn_untaught_classes(self, training_parts: list[np.ndarray]) -> None:
         """Say which folds train on no utterance of a class the corpus holds (a class of few speakers in
         a speaker split, of one or two files in any): their models cannot predict it, so its recall
         in those folds is 0 by construction, which a mean UAR would not tell."""
         present = np.unique(self.fs.y)
         lacking = []
-        for k in range(1, self.folds_n + 1):
-            if len(absent := np.setdiff1d(present, self.fs.y[self.validation_split(k)[0]])):
+        for k, tr in enumerate(training_parts, start=1):
+            if len(absent := np.setdiff1d(present, self.fs.y[tr])):
                 lacking.append(f"fold {k}: " + ", ".join(self.fs.labels[c] for c in absent))
         if lacking:
             more = f" and {len(lacking) - 3} more folds" if len(lacking) > 3 else ""
@@ -299,12 +300,14 @@ class Run:
                           "models cannot predict it, so its recall there is 0 by construction (fewer --folds, or more "
                           "speakers or files of the class)", stacklevel=3)
 
-    def splits_digest(self) -> str:
+    def splits_digest(self, parts: list[tuple[np.ndarray, np.ndarray]] | None = None) -> str:
         """A digest of every fold's training, validation and test indices (each fold's training part
-        split now: a fold that cannot be split fails before --overwrite deletes)."""
+        split now, unless given as `parts`: a fold that cannot be split fails before --overwrite deletes)."""
+        if parts is None:
+            parts = [self.validation_split(k) for k in range(1, self.folds_n + 1)]
         h = hashlib.sha256()
-        for k in range(1, self.folds_n + 1):
-            for idx in (*self.validation_split(k), self.splits[k - 1][1]):
+        for k, (tr, va) in enumerate(parts, start=1):
+            for idx in (tr, va, self.splits[k - 1][1]):
                 h.update(np.asarray(idx, dtype=np.int64).tobytes() + b"|")
         return h.hexdigest()[:16]
 
