@@ -127,6 +127,10 @@ def main() -> int:
         finally:
             record_all()  # also the folds of an interrupted selection
     wall = time.time() - t0
+    if lost := [f"{n} (fold {', '.join(map(str, s['diverged_folds']))})" for n, s in zip(names, summaries)
+                if s.get("diverged_folds")]:
+        # a candidate's mean would rest on the folds it happened to converge on: no row is honest
+        sys.exit(f"diverged (the loss became NaN or infinite; see the folds' result.json): {'; '.join(lost)}")
     print(f"### {fs.corpus}: validation UAR/WAR of candidate recipes ({args.folds} folds, seed {seed}, "
           f"{args.val_fraction:.0%} of each training part for validation)\n")
     print("| candidate | epochs | validation UAR (mean ± population std over folds) | validation WAR | "

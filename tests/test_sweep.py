@@ -330,3 +330,59 @@ def test_a_trial_of_other_threads_keeps_the_runs_hint(tmp_path):
     # raised in a worker process, the refusal crosses back whole
     e = pickle.loads(pickle.dumps(ConfigurationChanged("run: different", ("seed",), "; hint")))
     assert (str(e), e.changed, e.hint) == ("run: different", ("seed",), "; hint")
+
+
+def test_a_diverged_trial_is_recorded_and_chosen_nowhere(tmp_path):
+    """A trial whose loss becomes NaN does not stop the sweep: its folds are recorded as diverged
+    (kept when the sweep is run again, not trained again), and every choice is made among the others;
+    members trained in other workers record it as the fold itself does. Only when every trial
+    diverged is the sweep an error."""
+    fs = synthetic()
+    logs = []
+
+    def sweep(space, folder, *, members=1, workers=1):
+        def make_run(run_dir, config, model_overrides):
+            return Run(fs, run_dir, config=config, folds=3, seed=3, threads=1, model_overrides=model_overrides,
+                       evaluate_test=False)
+
+        base = TrainConfig(batch_size=16, val_fraction=0.25, members=members)
+        return sweep_mod.run_sweep(fs, folder, space=space, trials=1, base=base, backend=LocalBackend(workers), seed=3,
+                                   make_run=make_run, progress=False, log=logs.append)
+
+    space = {"lr": {"grid": [1e-3, 1e38]}, "epochs": 2}
+    out = sweep(space, tmp_path / "sw")
+    ok, lost = out["trials"]
+    assert ok["val_uar"] is not None and lost["val_uar"] is None and lost["val_war"] is None
+    assert out["best"]["trial"] == "trial_001" and {f["trial"] for f in out["test"]["folds"]} == {"trial_001"}
+    assert "trial_002 diverged (the loss became NaN or infinite) in fold 1, 2, 3: left out of the choice" in logs
+    for k in (1, 2, 3):
+        fold = tmp_path / "sw" / "trial_002" / f"fold_{k:02d}"
+        result = json.loads((fold / "result.json").read_text())
+        assert "the loss is nan at epoch 1" in result["diverged"] and result["val_uar"] is None
+        assert not list(fold.glob("state*.pt")) and not (fold / "diverged.json").exists()
+    summary = json.loads((tmp_path / "sw" / "trial_002" / "validation.json").read_text())
+    assert summary["diverged_folds"] == [1, 2, 3] and summary["mean_val_uar"] is None
+    text = sweep_mod.format_sweep(out)
+    assert re.search(r"trial_002 .* diverged +-$", text, re.M) and "trial_001" in text.splitlines()[1]
+
+    logs.clear()  # run again: nothing trains, the diverged folds are kept as they are
+    again = sweep(space, tmp_path / "sw")
+    assert again["test"] == out["test"]
+    assert sum("fold 1/3: done before, kept (diverged (" in m for m in logs) == 1  # trial_002's; trial_001's has figures
+
+    # an ensemble's members trained in two workers: the member that diverged is recorded for its fold
+    pooled = sweep(space, tmp_path / "pooled", members=2, workers=2)
+    assert pooled["trials"][1]["val_uar"] is None and pooled["best"]["trial"] == "trial_001"
+    assert not list((tmp_path / "pooled" / "trial_002").glob("fold_*/member_*.pt"))
+
+    with pytest.raises(TimnetError, match="every trial of .* diverged .*; expected a space with lower learning rates"):
+        sweep({"lr": 1e38, "epochs": 2}, tmp_path / "all")
+
+    # its folder is said to be so by the commands that read a run's folds, not a missing file
+    from timnet.evaluate import fold_models
+    from timnet.report import plot_run
+
+    with pytest.raises(TimnetError, match="trial_002: every finished fold diverged .*: nothing to draw"):
+        plot_run(tmp_path / "sw" / "trial_002")
+    with pytest.raises(TimnetError, match="trial_002: a RUN_DIR whose folds hold no model .*diverged"):
+        fold_models(tmp_path / "sw" / "trial_002", fs, folds=3, seed=3)

@@ -19,3 +19,8 @@ class ConfigurationChanged(TimnetError):
 
     def __reduce__(self):  # raised in a worker process, it must cross back whole
         return type(self), (str(self), self.changed, self.hint)
+
+
+class Diverged(TimnetError):
+    """A training's loss became NaN or infinite (a learning rate too high for the data): every later
+    epoch would be NaN too. A sweep records such a trial's fold as diverged and chooses among the others."""

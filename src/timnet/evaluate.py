@@ -16,7 +16,7 @@ from .folds import make_folds
 from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
 from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
-from .utils import RUN_FILE, fold_files
+from .utils import RUN_FILE, fold_files, read_fold_result
 
 
 @torch.no_grad()
@@ -58,6 +58,9 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
     run_ckpts = fold_files(weights, "model.pt")
     if not run_ckpts and (weights / RUN_FILE).is_file():
         check_not_all_data(weights)
+        if any(read_fold_result(r).get("diverged") for r in fold_files(weights, "result.json")):
+            raise TimnetError(f"{weights}: a RUN_DIR whose folds hold no model (a sweep trial that diverged: see "
+                              "their result.json); expected a RUN_DIR with trained folds")
         raise TimnetError(f"{weights}: a RUN_DIR with no finished fold (no fold_*/model.pt); "
                           "`timnet train` with the same arguments resumes it")
     if run_ckpts:

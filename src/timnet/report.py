@@ -107,12 +107,18 @@ def _run_info(run_dir: Path) -> dict:
     return {**info, "identity": read_identity(run_dir)}
 
 
-def _fold_results(run_dir: Path) -> list[dict]:
+def _fold_results(run_dir: Path) -> tuple[list[dict], list[int]]:
+    """The finished folds' results, by fold, and the folds that diverged (a sweep trial's fold whose
+    loss became NaN: no model, history or figures; timnet.sweep), which are not among them."""
     results = [read_fold_result(path) for path in fold_files(run_dir, "result.json")]
     if not results:
         check_not_all_data(run_dir)
         raise TimnetError(f"{run_dir}: no finished fold (no fold_*/result.json); train it first or wait for a fold to end")
-    return sorted(results, key=lambda r: r["fold"])
+    lost = sorted(r["fold"] for r in results if r.get("diverged"))
+    if len(lost) == len(results):
+        raise TimnetError(f"{run_dir}: every finished fold diverged (the loss became NaN or infinite; their "
+                          "result.json say where): nothing to draw")
+    return sorted((r for r in results if not r.get("diverged")), key=lambda r: r["fold"]), lost
 
 
 def _summed_confusion(fold_results: list[dict]) -> np.ndarray:
@@ -190,9 +196,12 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     out_dir = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
     info = _run_info(run_dir)
     identity = info["identity"]
-    results = _fold_results(run_dir)
-    if len(results) < identity.get("folds", 0):  # as `test` and `predict` say it of the same folder
-        warnings.warn(f"{run_dir}: only {len(results)} of {identity['folds']} folds are finished; the figures cover those",
+    results, lost = _fold_results(run_dir)
+    if lost:
+        warnings.warn(f"{run_dir}: fold {', '.join(map(str, lost))} diverged (the loss became NaN or infinite): left "
+                      "out of the figures and the report", stacklevel=2)
+    if len(results) + len(lost) < identity.get("folds", 0):  # as `test` and `predict` say it of the same folder
+        warnings.warn(f"{run_dir}: only {len(results) + len(lost)} of {identity['folds']} folds are finished; the figures cover those",
                       stacklevel=2)
     context = printable(run_context(identity))
     tc = identity.get("train_config") or {}
@@ -420,12 +429,13 @@ def render_report(run_dir: Path, figures: dict[str, list[Path]]) -> str:
     """The report page of a RUN_DIR as one HTML string (no scripts, no external resources)."""
     info = _run_info(run_dir)
     ident = info["identity"]
-    results = _fold_results(run_dir)
+    results, lost = _fold_results(run_dir)
     key, split = _scored(results)
     wars, uars = np.array([r[key + "war"] for r in results]), np.array([r[key + "uar"] for r in results])
     headline = (f"{'' if split == 'test' else 'validation '}WAR {_pct(wars.mean())} ± {_pct(wars.std())} %, "
                 f"UAR {_pct(uars.mean())} ± {_pct(uars.std())} % over {len(results)} folds"
-                + ("" if split == "test" else " (a validation-only run: no test fold was predicted)"))
+                + ("" if split == "test" else " (a validation-only run: no test fold was predicted)")
+                + (f"; fold {', '.join(map(str, lost))} diverged (the loss became NaN or infinite), left out" if lost else ""))
     title = f"TIM-Net {ident['corpus']}: {run_dir.resolve().name}"
     context = run_context(ident)
     body = [f"<h1>{_e(title)}</h1>", f'<p class="muted">{_e(context)}</p>', f'<p class="headline">{_e(headline)}</p>',

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hashlib
+import json
 import platform
 import shutil
 import sys
@@ -36,7 +37,7 @@ import torch
 from . import dispatch
 from .checkpoint import save_checkpoint
 from .corpora import paper_dilations, paper_seed
-from .errors import ConfigurationChanged, TimnetError
+from .errors import ConfigurationChanged, Diverged, TimnetError
 from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
 from .folds import make_folds
@@ -214,7 +215,7 @@ def _snapshot_machines(path: Path) -> list[dict]:
 
 
 def _clear_partial(folder: Path) -> None:
-    for path in _partial(folder):
+    for path in [*_partial(folder), folder / DIVERGED_FILE]:
         path.unlink(missing_ok=True)
 
 
@@ -340,8 +341,15 @@ class Run:
         """Train (or resume) member m of fold k alone, kept in the fold's member_<m>.pt: members of one
         fold can then train in parallel, and train_and_test_fold finds them finished."""
         fdir, x, y, tr, va = self._fold_data(k)
-        train_member(m, x, y, tr, va, model_config=self.model_config, config=self.config, seed=fold_seed(self.seed, k),
-                     folder=fdir, on_epoch=on_epoch, device=self.device, path=self.path)
+        if not self.evaluate_test and (fdir / DIVERGED_FILE).is_file():
+            return  # another member of this trial's fold diverged: the fold is lost whatever this one gives
+        try:
+            train_member(m, x, y, tr, va, model_config=self.model_config, config=self.config, seed=fold_seed(self.seed, k),
+                         folder=fdir, on_epoch=on_epoch, device=self.device, path=self.path)
+        except Diverged as e:
+            if self.evaluate_test:
+                raise
+            write_json(fdir / DIVERGED_FILE, {"member": m, "message": str(e)})  # train_and_test_fold records it
 
     def members_done(self, k: int) -> set[int]:
         """The members of fold k already trained and kept (an ensemble's fold only)."""
@@ -357,9 +365,21 @@ class Run:
         `worker` (where the fold ran) is recorded in the fold's result."""
         test_idx = self.splits[k - 1][1]
         fdir, x, y, tr, va = self._fold_data(k)
-        model, members = train_members(x, y, tr, va, model_config=self.model_config, config=self.config,
-                                       seed=fold_seed(self.seed, k), folder=fdir, on_epoch=on_epoch,
-                                       device=self.device, path=self.path)
+        try:
+            if not self.evaluate_test and (fdir / DIVERGED_FILE).is_file():  # a member trained in another worker
+                raise Diverged(json.loads((fdir / DIVERGED_FILE).read_text())["message"])
+            model, members = train_members(x, y, tr, va, model_config=self.model_config, config=self.config,
+                                           seed=fold_seed(self.seed, k), folder=fdir, on_epoch=on_epoch,
+                                           device=self.device, path=self.path)
+        except Diverged as e:
+            if self.evaluate_test:  # a tested run's fold has no other configuration to fall back on
+                raise
+            # A trial whose learning rate is too high for the data: recorded as done, so that a
+            # resumed sweep does not train it again, and left out of the sweep's choices.
+            result = {"fold": k, "diverged": str(e), "val_war": None, "val_uar": None, "n_val": len(va)}
+            write_json(fdir / "result.json", result)
+            _clear_partial(fdir)
+            return result
         t0 = time.perf_counter()
         first = members[0]
         if self.evaluate_test:
@@ -465,6 +485,8 @@ class Run:
 
 
 def _figures(result: dict) -> str:
+    if result.get("diverged"):
+        return f"diverged ({result['diverged']})"
     if "war" in result:
         return f"WAR {result['war']:.4f}  UAR {result['uar']:.4f}"
     return f"validation WAR {result['val_war']:.4f}  UAR {result['val_uar']:.4f}"
@@ -500,16 +522,22 @@ def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callab
         for (ri, k), result in backend.map(runs, tasks, bar.epoch):
             results[ri][k] = result
             bar.finished((ri, k))
-            bar.write(f"{names[ri]}fold {k}/{runs[ri].folds_n}: {_figures(result)}  "
-                      f"(epoch {result['epoch']} of {result['epochs_run']}, {result['seconds']:.0f} s)", log)
+            when = "" if result.get("diverged") else \
+                f"  (epoch {result['epoch']} of {result['epochs_run']}, {result['seconds']:.0f} s)"
+            bar.write(f"{names[ri]}fold {k}/{runs[ri].folds_n}: {_figures(result)}{when}", log)
     return [run.write_summary(res) for run, res in zip(runs, results)]
 
 
 SEEDS_FILE = "seeds.json"
+DIVERGED_FILE = "diverged.json"  # a validation-only fold's member whose loss became NaN, until the fold records it
 
 
 def validation_summary(folds: list[dict]) -> dict:
-    """The folds of a validation-only run with their mean and (population) std of UAR and WAR."""
+    """The folds of a validation-only run with their mean and (population) std of UAR and WAR; None
+    for each where a fold diverged (`diverged_folds`): a mean over the others would flatter the trial."""
+    if lost := [f["fold"] for f in folds if f.get("diverged")]:
+        return {"folds": folds, "diverged_folds": lost,
+                **{f"{s}_val_{m}": None for s in ("mean", "std") for m in ("uar", "war")}}
     uars, wars = np.array([f["val_uar"] for f in folds]), np.array([f["val_war"] for f in folds])
     return {"folds": folds, "mean_val_uar": float(uars.mean()), "std_val_uar": float(uars.std()),
             "mean_val_war": float(wars.mean()), "std_val_war": float(wars.std())}

@@ -13,6 +13,7 @@ with `trials` random draws (seeded: the same trials on any backend). Each trial 
 cross-validated run whose folds carve a validation set from their training part and are scored on
 it alone (`Run(evaluate_test=False)`). Only when every trial is done are test folds read: each
 fold's test split once, by the trial that did best on that fold's validation share (see run_sweep).
+A trial whose loss became NaN in a fold is recorded as diverged there and chosen nowhere.
 """
 from __future__ import annotations
 
@@ -347,12 +348,21 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
     summaries = execute_runs(runs, backend=backend, progress=progress, log=log)
     table = [{"trial": run.dir.name, **run.params, "val_uar": s["mean_val_uar"], "val_uar_std": s["std_val_uar"],
               "val_war": s["mean_val_war"]} for run, s in zip(runs, summaries)]
-    best = max(range(len(runs)), key=lambda i: table[i]["val_uar"])  # first of equals: a fixed rule
+    # A trial whose loss became NaN in any fold is left out of every choice: its learning rate (or
+    # other setting) is unstable on this data, whatever it scored where it happened to converge.
+    usable = [i for i, s in enumerate(summaries) if not s.get("diverged_folds")]
+    for i in sorted(set(range(len(runs))) - set(usable)):
+        log(f"{runs[i].dir.name} diverged (the loss became NaN or infinite) in fold "
+            f"{', '.join(map(str, summaries[i]['diverged_folds']))}: left out of the choice")
+    if not usable:
+        raise TimnetError(f"every trial of {sweep_dir} diverged (the loss became NaN or infinite); expected a space "
+                          "with lower learning rates (lr) or milder settings")
+    best = max(usable, key=lambda i: table[i]["val_uar"])  # first of equals: a fixed rule
     # Only now, every choice made on validation data, are test folds read: one model per fold.
     results = []
     for k in range(1, runs[0].folds_n + 1):
-        per_trial = [next(f for f in s["folds"] if f["fold"] == k)["val_uar"] for s in summaries]
-        pick = max(range(len(runs)), key=lambda i: per_trial[i])
+        per_trial = {i: next(f for f in summaries[i]["folds"] if f["fold"] == k)["val_uar"] for i in usable}
+        pick = max(usable, key=lambda i: per_trial[i])
         model, ckpt = load_checkpoint(runs[pick].fold_dir(k) / "model.pt")
         test_idx = np.asarray(ckpt["extra"]["test_idx"], dtype=np.int64)
         with torch_threads(runs[pick].threads):  # scored as its trial's folds are, wherever they trained
@@ -386,6 +396,9 @@ def format_sweep(out: dict) -> str:
     lines = [head]
     for row in out["trials"]:
         vals = " ".join(f"{_short(row[k]):>14}" for k in keys)
+        if row["val_uar"] is None:
+            lines.append(f"{row['trial']:<10} {vals} {'diverged':>9} {'-':>9}")
+            continue
         mark = "  <- best" if row["trial"] == out["best"]["trial"] else ""
         lines.append(f"{row['trial']:<10} {vals} {row['val_uar']:>9.4f} {row['val_war']:>9.4f}{mark}")
     t = out["test"]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import dispatch, metrics, recipe
-from .errors import TimnetError
+from .errors import Diverged, TimnetError
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble, ensemble
 from .utils import atomic_write
 
@@ -400,7 +400,7 @@ def train_fold(
         row = {"epoch": state.epoch, "loss": loss_sum / n, "acc": correct / n}
         if not np.isfinite(row["loss"]):  # every later epoch and the model would be NaN too
             where = state_path.parent if state_path is not None else "training"
-            raise TimnetError(f"{where}: the loss is {row['loss']} at epoch {state.epoch}; expected a finite loss "
+            raise Diverged(f"{where}: the loss is {row['loss']} at epoch {state.epoch}; expected a finite loss "
                               "(check the features, or lower --lr)")
         if len(val_idx) and (state.epoch % config.eval_every == 0 or state.epoch == config.epochs):
             v = evaluate_split(kept, x_val, y_val, n_classes=model_config.n_classes)

@@ -318,7 +318,7 @@ def fold_files(run_dir: str | Path, name: str) -> list[Path]:
 
 def read_fold_result(path: str | Path) -> dict:
     """A fold's result.json, checked to hold what is read from it: a fold number and, for a tested
-    fold, its WAR, UAR and confusion; for a validation-only fold, its validation WAR and UAR."""
+    fold, its WAR, UAR and confusion; for a validation-only fold, its validation WAR and UAR, or why it diverged."""
     from .errors import TimnetError
 
     path = Path(path)
@@ -330,7 +330,8 @@ def read_fold_result(path: str | Path) -> dict:
     number = (int, float)
     ok = isinstance(r, dict) and isinstance(r.get("fold"), int) and (
         isinstance(r.get("war"), number) and isinstance(r.get("uar"), number) and isinstance(r.get("confusion"), list)
-        if "war" in r else isinstance(r.get("val_war"), number) and isinstance(r.get("val_uar"), number))
+        if "war" in r else isinstance(r.get("diverged"), str)  # a sweep trial's fold whose loss became NaN
+        or isinstance(r.get("val_war"), number) and isinstance(r.get("val_uar"), number))
     if not ok:
         raise TimnetError(f"{path}: not a timnet fold result (a JSON object with fold, war, uar, confusion, or a "
                           f"validation-only fold's val_war, val_uar); {remedy}")
