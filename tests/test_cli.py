@@ -660,3 +660,22 @@ def test_a_reader_leaving_stdout_costs_no_file(tmp_path):
     # with nothing left to write, the command stops at once, without a traceback
     r = _with_stdout_closed("test", features, "--weights", run)
     assert r.returncode == 141 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_no_progress_bar_in_a_log_file_each_fold_said_instead(tmp_path):
+    """stderr sent to a file (not a terminal) gets no progress bar, whose redraws would be one long line of
+    carriage returns there, but each fold's result as a line; extraction likewise draws none."""
+    from test_train import synthetic
+    from timnet.features import save_features
+
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    done = timnet("train", features, "-o", tmp_path / "run", "--folds", "2", "--epochs", "1", "--workers", "1", "--no-report")
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "ep/s" not in done.stderr, done.stderr
+    assert [line.split(":")[0] for line in done.stderr.splitlines()] == ["fold 1/2", "fold 2/2"]
+    tree = tmp_path / "EMODB" / "wav"
+    tree.mkdir(parents=True)
+    write_tone(tree / "03a01Fa.wav", seconds=0.3)
+    extracted = timnet("extract", "emodb", tmp_path / "EMODB", "-o", tmp_path / "e.npz", "--workers", "1")
+    assert extracted.returncode == 0, extracted.stderr
+    assert "\r" not in extracted.stderr and "file/s" not in extracted.stderr, extracted.stderr
