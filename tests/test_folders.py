@@ -128,3 +128,29 @@ def test_every_extension_libsndfile_reads_is_audio(tmp_path):
     assert sorted(it.path for it in listing.items if it.label == 0) == [f"calm/{n}" for n in sorted(formats)]
     fs, _, bad = extract("folders", root, signal_length=8192, workers=1, progress=False)
     assert len(fs) == 12 and not bad and sf.info(root / "calm" / "d.opus").format == "OGG"
+
+
+def test_test_says_when_the_features_name_other_speakers_than_the_run(tmp_path):
+    """The same audio extracted with another --speaker-pattern has the run's fingerprint (features and
+    labels) but other speaker ids: `test` scores the run's folds and says that the speakers it names
+    are not those the run recorded."""
+    import warnings
+
+    from test_train import synthetic
+    from timnet.evaluate import fold_models
+    from timnet.run import Run
+    from timnet.train import TrainConfig
+
+    fs = synthetic()
+    run = Run(fs, tmp_path / "run", config=TrainConfig(epochs=1, batch_size=16), folds=3, seed=1, split="speaker")
+    run.prepare()
+    run.execute(progress=False, log=lambda m: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the features it was trained on: nothing to say
+        fold_models(tmp_path / "run", fs, folds=3, seed=1, split="speaker")
+    renamed = synthetic()
+    renamed.speakers = renamed.speakers[::-1].copy()  # another pattern's grouping of the same files
+    with pytest.warns(UserWarning, match=r"run: these features name other speakers for the test utterances of fold "
+                                         r"1, 2, 3 than the run recorded \(extracted with another --speaker-pattern"):
+        models = fold_models(tmp_path / "run", renamed, folds=3, seed=1, split="speaker")
+    assert [fm.fold for fm in models] == [1, 2, 3]

@@ -78,6 +78,7 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
             if ckpt["extra"].get("n_samples") != len(fs):
                 raise TimnetError(f"{path}: trained on {ckpt['extra'].get('n_samples')} samples; these features have {len(fs)}")
             out.append(FoldModel(int(ckpt["extra"]["fold"]), model, test_idx))
+        _warn_other_speakers(weights, fs, out)
         tested = np.concatenate([fm.test_idx for fm in out])
         if len(np.unique(tested)) < len(tested):  # folds of two splits (a run resumed on other speaker ids)
             raise TimnetError(f"{weights}: its folds' test utterances overlap, so they are not the folds of one "
@@ -191,6 +192,26 @@ def trained_order(fs: FeatureSet, run_file: Path) -> str:
     if fs.files is not None and own != features_fingerprint(fs) and own == features_fingerprint(in_order(fs, "authors")):
         return "authors"
     return "spec"
+
+
+def _warn_other_speakers(run_dir: Path, fs: FeatureSet, models: list[FoldModel]) -> None:
+    """Say when these features name other speakers for a fold's test utterances than the run recorded
+    (the same audio extracted with another --speaker-pattern: the fingerprint covers the features and
+    labels, not the speaker ids). The figures stay right, the test indices being the run's; the speakers
+    `test` reports would be these features' names."""
+    if fs.speakers is None:
+        return
+    other = []
+    for fm in models:
+        done = run_dir / f"fold_{fm.fold:02d}" / "result.json"
+        was = read_fold_result(done).get("test_speakers") if done.is_file() else None
+        if was is not None and sorted(set(fs.speakers[fm.test_idx].tolist())) != was:
+            other.append(fm.fold)
+    if other:
+        warnings.warn(f"{run_dir}: these features name other speakers for the test utterances of fold "
+                      f"{', '.join(map(str, sorted(other)))} than the run recorded (extracted with another "
+                      "--speaker-pattern?); the figures are the run's folds', the test speakers shown are these "
+                      "features' names", stacklevel=3)
 
 
 def evaluate(fs: FeatureSet, models: list[FoldModel]) -> tuple[list[dict], dict[str, np.ndarray]]:
