@@ -104,7 +104,7 @@ def train(features: str, run_dir: Path, *args: str, record_as: str | None = None
     return json.loads(out.read_text()), time.time() - t0
 
 
-FOLD_DONE = re.compile(r"fold \d+/\d+: (WAR|validation WAR) ")  # timnet.run.execute_runs's line for a fold trained
+FOLD_DONE = re.compile(r"fold \d+/\d+: (WAR|validation WAR|diverged) ")  # timnet.run.execute_runs's line for a fold trained
 
 
 def fold_seconds(run_dir: Path) -> float:

@@ -129,8 +129,11 @@ def main() -> int:
     wall = time.time() - t0
     if lost := [f"{n} (fold {', '.join(map(str, s['diverged_folds']))})" for n, s in zip(names, summaries)
                 if s.get("diverged_folds")]:
-        # a candidate's mean would rest on the folds it happened to converge on: no row is honest
-        sys.exit(f"diverged (the loss became NaN or infinite; see the folds' result.json): {'; '.join(lost)}")
+        # its mean would rest on the folds it happened to converge on: no row of it would be honest
+        print(f"left out of the table, as diverged (the loss became NaN or infinite; see the folds' result.json): "
+              f"{'; '.join(lost)}", file=sys.stderr)
+        kept = [i for i, s in enumerate(summaries) if not s.get("diverged_folds")]
+        names, runs, summaries = [names[i] for i in kept], [runs[i] for i in kept], [summaries[i] for i in kept]
     print(f"### {fs.corpus}: validation UAR/WAR of candidate recipes ({args.folds} folds, seed {seed}, "
           f"{args.val_fraction:.0%} of each training part for validation)\n")
     print("| candidate | epochs | validation UAR (mean ± population std over folds) | validation WAR | "

@@ -662,20 +662,29 @@ def test_a_reader_leaving_stdout_costs_no_file(tmp_path):
     assert r.returncode == 141 and "Traceback" not in r.stderr, r.stderr
 
 
-def test_no_progress_bar_in_a_log_file_each_fold_said_instead(tmp_path):
-    """stderr sent to a file (not a terminal) gets no progress bar, whose redraws would be one long line of
-    carriage returns there, but each fold's result as a line; extraction likewise draws none."""
+def test_a_progress_bar_in_a_log_file_is_whole_lines(tmp_path):
+    """stderr sent to a file (not a terminal) gets the progress bar as plain lines (at its start, once a
+    minute, at its end), not a terminal's carriage-return redraws, which would make an hour of training
+    one line; each fold's result is a line of its own; -q leaves only those."""
     from test_train import synthetic
     from timnet.features import save_features
 
     features = save_features(synthetic(), tmp_path / "f.npz")
-    done = timnet("train", features, "-o", tmp_path / "run", "--folds", "2", "--epochs", "1", "--workers", "1", "--no-report")
+    train = ("train", features, "--folds", "2", "--epochs", "1", "--workers", "1", "--no-report")
+    done = timnet(*train, "-o", tmp_path / "run")
     assert done.returncode == 0, done.stderr
-    assert "\r" not in done.stderr and "ep/s" not in done.stderr, done.stderr
-    assert [line.split(":")[0] for line in done.stderr.splitlines()] == ["fold 1/2", "fold 2/2"]
+    assert "\r" not in done.stderr, repr(done.stderr)
+    assert len(done.stderr.splitlines()) == 4 and done.stderr.splitlines()[0] == "2 folds:   0% 0/2 ep [00:00<?]"
+    assert [line.split(":")[0] for line in done.stderr.splitlines()[1:3]] == ["fold 1/2", "fold 2/2"]
+    assert done.stderr.splitlines()[3].startswith("2 folds: 100% 2/2 ep [")
+    quiet = timnet(*train, "-o", tmp_path / "quiet", "-q")
+    assert [line.split(":")[0] for line in quiet.stderr.splitlines()] == ["fold 1/2", "fold 2/2"], quiet.stderr
     tree = tmp_path / "EMODB" / "wav"
     tree.mkdir(parents=True)
     write_tone(tree / "03a01Fa.wav", seconds=0.3)
     extracted = timnet("extract", "emodb", tmp_path / "EMODB", "-o", tmp_path / "e.npz", "--workers", "1")
     assert extracted.returncode == 0, extracted.stderr
-    assert "\r" not in extracted.stderr and "file/s" not in extracted.stderr, extracted.stderr
+    assert extracted.stderr.splitlines()[:2] == ["extract EMODB:   0% 0/1 file [00:00<?]",
+                                                  extracted.stderr.splitlines()[1]], repr(extracted.stderr)
+    assert extracted.stderr.splitlines()[1].startswith("extract EMODB: 100% 1/1 file [")
+    assert "\r" not in extracted.stderr

@@ -354,7 +354,8 @@ def test_a_diverged_trial_is_recorded_and_chosen_nowhere(tmp_path):
     ok, lost = out["trials"]
     assert ok["val_uar"] is not None and lost["val_uar"] is None and lost["val_war"] is None
     assert out["best"]["trial"] == "trial_001" and {f["trial"] for f in out["test"]["folds"]} == {"trial_001"}
-    assert "trial_002 diverged (the loss became NaN or infinite) in fold 1, 2, 3: left out of the choice" in logs
+    assert ("trial_002 diverged (the loss became NaN or infinite) in fold 1, 2, 3: chosen in no fold where it did, nor "
+            "as the configuration for a final model") in logs
     for k in (1, 2, 3):
         fold = tmp_path / "sw" / "trial_002" / f"fold_{k:02d}"
         result = json.loads((fold / "result.json").read_text())
@@ -386,3 +387,48 @@ def test_a_diverged_trial_is_recorded_and_chosen_nowhere(tmp_path):
         plot_run(tmp_path / "sw" / "trial_002")
     with pytest.raises(TimnetError, match="trial_002: a RUN_DIR whose folds hold no model .*diverged"):
         fold_models(tmp_path / "sw" / "trial_002", fs, folds=3, seed=3)
+
+
+def test_a_fold_chooses_among_the_trials_that_converged_on_it_alone(tmp_path):
+    """A trial that diverged on one fold is still a candidate on the others (leaving it out there would
+    let the diverged fold's training part, which holds their test utterances, take part in their
+    choice), but not the configuration for a final model; and a member of an ensemble's fold stops
+    at its next epoch once another member recorded the fold as diverged."""
+    fs = synthetic()
+
+    def make_run(run_dir, config, model_overrides):
+        return Run(fs, run_dir, config=config, folds=3, seed=3, threads=1, model_overrides=model_overrides,
+                   evaluate_test=False)
+
+    def sweep():
+        return sweep_mod.run_sweep(fs, tmp_path / "sw", space={"lr": {"grid": [1e-3, 3e-3, 1e-2]}, "epochs": 3},
+                                   trials=1, base=TrainConfig(batch_size=16, val_fraction=0.25), backend=LocalBackend(1),
+                                   seed=3, make_run=make_run, progress=False, log=lambda m: None)
+
+    first = sweep()
+    picks = {f["fold"]: f["trial"] for f in first["test"]["folds"]}
+    # the trial fold 1 chose is made to have diverged on fold 2 (as a NaN loss there records it)
+    fold = tmp_path / "sw" / picks[1] / "fold_02"
+    (fold / "model.pt").unlink()
+    (fold / "result.json").write_text(json.dumps({"fold": 2, "diverged": "the loss is nan at epoch 2", "val_war": None,
+                                                  "val_uar": None, "n_val": 20}))
+    again = sweep()
+    chosen = {f["fold"]: f["trial"] for f in again["test"]["folds"]}
+    assert chosen[1] == picks[1] and chosen[3] == picks[3]  # fold 1 and 3 choose as before
+    assert chosen[2] != picks[1] and again["best"]["trial"] != picks[1]
+    assert next(t for t in again["trials"] if t["trial"] == picks[1])["val_uar"] is None
+
+    # a member trained in another worker stops once the fold is recorded as diverged
+    run = make_run(tmp_path / "members", TrainConfig(batch_size=16, val_fraction=0.25, epochs=50, members=2), {})
+    run.prepare()
+    seen = []
+
+    def on_epoch(row):
+        seen.append(row["epoch"])
+        if row["epoch"] == 52:  # member 1's second epoch (counted after member 0's 50)
+            (run.fold_dir(1) / "diverged.json").write_text(json.dumps({"member": 0, "message": "nan"}))
+
+    run.train_member(1, 1, on_epoch=on_epoch)
+    assert seen == [51, 52] and not (run.fold_dir(1) / "member_1.pt").exists()
+    result = run.train_and_test_fold(1)  # the fold records it, trains nothing more
+    assert result["diverged"] == "nan" and not list(run.fold_dir(1).glob("*.pt"))

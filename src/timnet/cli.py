@@ -57,12 +57,6 @@ def _warn(message: str) -> None:
     print(f"timnet: warning: {message}", file=sys.stderr)
 
 
-def _bars(args) -> bool:
-    """Progress bars unless -q, and only on a terminal: a bar is redrawn in place, which in a log file
-    is one long line of carriage returns (what is done is still said line by line, as each fold ends)."""
-    return not args.quiet and sys.stderr.isatty()
-
-
 def cmd_corpora(args) -> int:
     if args.check:
         from .check import check_tree, format_check
@@ -110,7 +104,7 @@ def cmd_download(args) -> int:
 
     from .check import format_check
 
-    n, report = download(args.corpus, args.dir, url=args.url, progress=_bars(args))
+    n, report = download(args.corpus, args.dir, url=args.url, progress=not args.quiet)
     print(f"{args.dir}: {n} files unpacked\n")
     print(format_check(report))  # as `timnet corpora --check` prints it
     return 0 if report.ok else 1
@@ -124,7 +118,7 @@ def cmd_extract(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise TimnetError(f"--workers {args.workers} invalid; expected a positive number")
     fs, skipped, bad = extract(args.corpus, args.data_dir, signal_length=args.signal_length,
-                               workers=args.workers, skip_bad=args.skip_bad, progress=_bars(args),
+                               workers=args.workers, skip_bad=args.skip_bad, progress=not args.quiet,
                                speaker_pattern=args.speaker_pattern, cache=None if args.force else args.output)
     if skipped:
         _warn(skipped)
@@ -244,7 +238,7 @@ def cmd_train(args) -> int:
             with _warnings_at_once():
                 path = train_all_data(fs, args.output, config=config, seed=seeds[0],
                                       threads=args.threads or os.cpu_count() or 1, device=device, path=args.path,
-                                      overwrite=args.overwrite, progress=_bars(args), model_overrides=model_overrides)
+                                      overwrite=args.overwrite, progress=not args.quiet, model_overrides=model_overrides)
             what = "one model" if config.members == 1 else f"an ensemble of {config.members} models"
             print(f"{what} on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
             return 0
@@ -267,7 +261,7 @@ def cmd_train(args) -> int:
             _warn(f"{args.output}: {', '.join(others)} not among --seeds: left as {'they are' if len(others) > 1 else 'it is'}, "
                   "and not in the summary")
         with _warnings_at_once():
-            summaries = execute_runs(runs, backend=backend, progress=_bars(args), log=lambda m: print(m, file=sys.stderr))
+            summaries = execute_runs(runs, backend=backend, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
         say = _Stdout(keep_going=bool(args.json) or not args.no_report)  # `train ... | head`: files still written
         if len(runs) == 1:
             say(format_report(summaries[0]))
@@ -332,7 +326,7 @@ def cmd_sweep(args) -> int:
 
     with folder_lock(args.output), _warnings_at_once():
         out = run_sweep(fs, args.output, space=space, trials=args.trials, base=config, backend=backend, seed=seed,
-                        make_run=make_run, progress=_bars(args), log=lambda m: print(m, file=sys.stderr),
+                        make_run=make_run, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
                         overwrite=args.overwrite, swa_follows_epochs=args.swa_epochs is None)
     say = _Stdout(keep_going=bool(args.json))
     say(format_sweep(out))
@@ -466,7 +460,7 @@ def cmd_predict(args) -> int:
     _refuse_output_among("json", args.json, files)  # the files found in a folder are inputs too
     rows, failures = [], 0
     say = _Stdout(keep_going=bool(args.json))
-    bar = _bars(args)
+    bar = not args.quiet and sys.stderr.isatty()  # a long file's windows: worth a bar on a terminal only
     name_width = min(max(len(str(f)) for f in files), 60)
     say(f"{'file':<{name_width}}  {'label':<10} {'conf':>6}  top-3")
     for path in files:
@@ -564,7 +558,7 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--gpus-per-fold", type=float, default=None, help="Ray: GPUs per fold; > 0 trains on CUDA (default 0)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace a run with a different configuration in the output folder (only the old run's files are deleted)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars (drawn only on a terminal)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars (in a log file: a line a minute)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -601,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("corpus", metavar="CORPUS", help=f"one of {', '.join(CORPUS_NAMES)} (any case)")
     s.add_argument("dir", metavar="DIR", help="where the corpus is unpacked (an interrupted download resumes)")
     s.add_argument("--url", default=None, help="a mirror of the publisher's archive")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (drawn only on a terminal)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (in a log file: a line a minute)")
     s.set_defaults(func=cmd_download)
 
     s = sub.add_parser("extract", help="compute the paper's MFCC features of a corpus tree",
@@ -617,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folders corpora: regex on the file name whose first group is the speaker")
     s.add_argument("--force", action="store_true", help="recompute even when FEATURES.npz is up to date")
     s.add_argument("--skip-bad", action="store_true", help="skip unreadable, empty or truncated audio files instead of failing")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (drawn only on a terminal)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (in a log file: a line a minute)")
     s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("train", help="cross-validated training, one model per fold (the paper's protocol by default)")

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from .check import CheckReport, check_tree
 from .corpora import get_corpus
 from .errors import TimnetError
+from .utils import progress_bar
 
 URLS = {
     "EMODB": "http://emodb.bilderbar.info/download/download.zip",
@@ -79,8 +80,6 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
     import urllib.error
     import urllib.request
 
-    from tqdm.auto import tqdm
-
     try:  # before any folder is made: urllib's ValueError is its word for "not a URL"
         urllib.request.Request(url)
     except ValueError as e:
@@ -110,8 +109,8 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
                     _name_version(version, response.headers)
                 with _local(part):  # only the file's own calls: a reset connection is an OSError too
                     f = open(part, "ab" if have else "wb")
-                with f, tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name,
-                             disable=not progress) as bar:
+                with f, progress_bar(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name,
+                                     enabled=progress) as bar:
                     for block in iter(lambda: response.read(CHUNK), b""):
                         with _local(part):
                             f.write(block)

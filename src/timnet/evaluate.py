@@ -16,7 +16,7 @@ from .folds import make_folds
 from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
 from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
-from .utils import RUN_FILE, fold_files, read_fold_result
+from .utils import RUN_FILE, diverged_folds, fold_files, read_fold_result, unfinished_words
 
 
 @torch.no_grad()
@@ -58,9 +58,9 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
     run_ckpts = fold_files(weights, "model.pt")
     if not run_ckpts and (weights / RUN_FILE).is_file():
         check_not_all_data(weights)
-        if any(read_fold_result(r).get("diverged") for r in fold_files(weights, "result.json")):
-            raise TimnetError(f"{weights}: a RUN_DIR whose folds hold no model (a sweep trial that diverged: see "
-                              "their result.json); expected a RUN_DIR with trained folds")
+        if lost := diverged_folds(weights):
+            raise TimnetError(f"{weights}: a RUN_DIR whose folds hold no model (fold {', '.join(map(str, lost))} of a "
+                              "sweep trial diverged: the loss became NaN or infinite); expected a RUN_DIR with trained folds")
         raise TimnetError(f"{weights}: a RUN_DIR with no finished fold (no fold_*/model.pt); "
                           "`timnet train` with the same arguments resumes it")
     if run_ckpts:
@@ -78,11 +78,11 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
             if ckpt["extra"].get("n_samples") != len(fs):
                 raise TimnetError(f"{path}: trained on {ckpt['extra'].get('n_samples')} samples; these features have {len(fs)}")
             out.append(FoldModel(int(ckpt["extra"]["fold"]), model, test_idx))
-        _warn_other_speakers(weights, fs, out)
         tested = np.concatenate([fm.test_idx for fm in out])
         if len(np.unique(tested)) < len(tested):  # folds of two splits (a run resumed on other speaker ids)
             raise TimnetError(f"{weights}: its folds' test utterances overlap, so they are not the folds of one "
                               "split; expected a RUN_DIR whose folds were all made alike (train it again, --overwrite)")
+        _warn_other_speakers(weights, fs, out)
         return out
     if not any(weights.glob("*.hdf5")):
         raise TimnetError(f"{weights}: no fold_*/model.pt and no .hdf5 files; expected a RUN_DIR of `timnet train` "
@@ -176,7 +176,7 @@ def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = Non
     summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split=split, seed=used_seed)
     summary["order"] = order  # which decides the folds: the authors' CASIA weights score 0.934 in theirs, 0.99 in SPEC's
     if identity is not None and len(results) < identity["folds"]:
-        warnings.warn(f"{weights}: only {len(results)} of {identity['folds']} folds are finished; the means cover those")
+        warnings.warn(f"{weights}: {unfinished_words(weights, len(results), identity['folds'])}; the means cover those")
         summary["run_folds_n"] = identity["folds"]  # folds_n counts the finished ones: the JSON says the run is not whole
     return summary, outputs, fs
 
@@ -205,7 +205,7 @@ def _warn_other_speakers(run_dir: Path, fs: FeatureSet, models: list[FoldModel])
     for fm in models:
         done = run_dir / f"fold_{fm.fold:02d}" / "result.json"
         was = read_fold_result(done).get("test_speakers") if done.is_file() else None
-        if was is not None and sorted(set(fs.speakers[fm.test_idx].tolist())) != was:
+        if was and sorted(set(fs.speakers[fm.test_idx].tolist())) != was:
             other.append(fm.fold)
     if other:
         warnings.warn(f"{run_dir}: these features name other speakers for the test utterances of fold "

@@ -17,7 +17,7 @@ import numpy as np
 from . import audio, dispatch
 from .corpora import CORPORA, FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, natural_key, skip_summary
 from .errors import TimnetError
-from .utils import atomic_write, end_pool, pool_result, signals_held, when_parent_ends
+from .utils import atomic_write, end_pool, pool_result, progress_bar, signals_held, when_parent_ends
 
 
 MAX_SIGNAL_LENGTH = 10 * 60 * audio.SAMPLE_RATE  # the corpora's are 2-5 s; far beyond, an array too big to hold
@@ -188,8 +188,6 @@ def extract(
     names a feature file made from the very same files (paths, sizes, times) and settings, it is
     returned instead of recomputing.
     """
-    from tqdm.auto import tqdm
-
     if signal_length is not None and not 0 < signal_length <= MAX_SIGNAL_LENGTH:
         raise TimnetError(f"--signal-length {signal_length} invalid; expected a positive number of samples at 22050 Hz, "
                           f"at most {MAX_SIGNAL_LENGTH} (10 minutes)")
@@ -221,7 +219,7 @@ def extract(
             return cached, skip_summary(listing), list(cached.meta.get("bad", []))
     jobs = [(str(root / item.path), config) for item in listing.items]
     # closed before an error or Ctrl-C leaves: its last redraw would otherwise follow `timnet: interrupted`
-    with tqdm(total=len(jobs), desc=f"extract {corpus.name}", unit="file", disable=not progress) as bar:
+    with progress_bar(total=len(jobs), desc=f"extract {corpus.name}", unit="file", enabled=progress) as bar:
         results = _extract_jobs(jobs, config, workers=max(1, min(workers or os.cpu_count() or 1, len(jobs))), bar=bar)
 
     bad = [r for r in results if isinstance(r, str)]

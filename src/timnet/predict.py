@@ -22,7 +22,7 @@ from .features import FeatureConfig, waveform_features
 from .keras_import import check_corpus_levels, highest_keras_fold, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet
 from .rundir import check_not_multi_seed, read_identity
-from .utils import RUN_FILE, fold_files
+from .utils import RUN_FILE, diverged_folds, fold_files, unfinished_words
 
 BUNDLED = {"emodb": "emodb.pt"}  # name -> file in timnet/pretrained/
 QUIET_RMS = 1e-4  # below this the recording is treated as silence
@@ -372,6 +372,9 @@ def _load(name_or_path: str | Path, corpus: str | None, allow_onnx: bool) -> Pre
             if _is_all_data(path):
                 raise TimnetError(f"{path}: an --all-data run not finished (no model.pt yet); expected its model: wait "
                                   "for it, or resume it with the same `timnet train --all-data` command")
+            if lost := diverged_folds(path):
+                raise TimnetError(f"{path}: a RUN_DIR whose folds hold no model (fold {', '.join(map(str, lost))} of a "
+                                  "sweep trial diverged: the loss became NaN or infinite); expected a run with trained folds")
             raise TimnetError(f"{path}: a RUN_DIR with no finished fold yet (no fold_*/model.pt); "
                               "expected one to predict with: wait for its first fold, or resume it with `timnet train`")
         raise TimnetError(f"{path}: no fold_*/model.pt, model.pt or .hdf5 files; expected a RUN_DIR, an --all-data "
@@ -429,7 +432,7 @@ def _warn_if_unfinished(run_dir: Path, n_finished: int) -> None:
         except TimnetError:  # a damaged run.json: each checkpoint still loads on its own
             return
         if folds and n_finished < folds:
-            warnings.warn(f"{run_dir}: only {n_finished} of {folds} folds are finished; the ensemble is of those")
+            warnings.warn(f"{run_dir}: {unfinished_words(run_dir, n_finished, folds)}; the ensemble is of those")
 
 
 def _from_checkpoints(paths: list[Path], *, source: str) -> Predictor:

@@ -24,7 +24,7 @@ from .errors import TimnetError
 from .features import FeatureSet
 from .plots import confusion_figure, curves_figure, fold_confusions_figure, recall_figure, save_figure, tsne_figure
 from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
-from .utils import RUN_FILE, atomic_write, fold_files, history_name, printable, read_fold_result
+from .utils import RUN_FILE, atomic_write, diverged_folds, fold_files, history_name, printable, read_fold_result
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
@@ -304,7 +304,10 @@ def _kv_table(rows: list[tuple[str, object]]) -> str:
 def _protocol(info: dict, results: list[dict], run_dir: Path) -> str:
     ident = info["identity"]
     tc = ident.get("train_config", {})
-    done = f"{len(results)} of {ident['folds']}" + ("" if len(results) == ident["folds"] else " (run incomplete)")
+    lost = diverged_folds(run_dir)  # finished, with no figures: left out of `results`
+    done = f"{len(results) + len(lost)} of {ident['folds']}" + (
+        "" if len(results) + len(lost) == ident["folds"] else " (run incomplete)") + (
+        f"; fold {', '.join(map(str, lost))} diverged (the loss became NaN or infinite)" if lost else "")
     members = tc.get("members", 1)
     rows = [("corpus", ident["corpus"]), ("utterances", ident["n_samples"]),
             ("classes", ", ".join(ident["labels"])), ("split", ident["split"]), ("folds done", done),
@@ -434,6 +437,7 @@ def render_report(run_dir: Path, figures: dict[str, list[Path]]) -> str:
     wars, uars = np.array([r[key + "war"] for r in results]), np.array([r[key + "uar"] for r in results])
     headline = (f"{'' if split == 'test' else 'validation '}WAR {_pct(wars.mean())} ± {_pct(wars.std())} %, "
                 f"UAR {_pct(uars.mean())} ± {_pct(uars.std())} % over {len(results)} folds"
+                + (" that converged" if lost else "")
                 + ("" if split == "test" else " (a validation-only run: no test fold was predicted)")
                 + (f"; fold {', '.join(map(str, lost))} diverged (the loss became NaN or infinite), left out" if lost else ""))
     title = f"TIM-Net {ident['corpus']}: {run_dir.resolve().name}"

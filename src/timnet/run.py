@@ -46,8 +46,8 @@ from .rundir import (LEGACY_IDENTITY, check_not_multi_seed, decisive, features_f
                      recorded, recorded_cpu_dispatch)
 from .train import (TrainConfig, check_seed, distinct, evaluate_split, fold_seed, member_done_path, resolve_path,
                     snapshot_path, train_member, train_members, validation_split)
-from .utils import (RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, history_name, read_fold_result, torch_threads, write_csv,
-                    write_json)
+from .utils import (DIVERGED_FILE, RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, history_name, progress_bar,
+                    read_fold_result, torch_threads, write_csv, write_json)
 
 
 def versions() -> dict:
@@ -241,6 +241,10 @@ def _identity(fs: FeatureSet, *, config: TrainConfig, model_config, seed: int, t
     }
 
 
+class _Abandoned(Exception):
+    """A member stopped because another member of its sweep trial's fold diverged."""
+
+
 class Run:
     """One cross-validated training run; `execute` trains (or resumes) every fold."""
 
@@ -341,15 +345,26 @@ class Run:
         """Train (or resume) member m of fold k alone, kept in the fold's member_<m>.pt: members of one
         fold can then train in parallel, and train_and_test_fold finds them finished."""
         fdir, x, y, tr, va = self._fold_data(k)
-        if not self.evaluate_test and (fdir / DIVERGED_FILE).is_file():
-            return  # another member of this trial's fold diverged: the fold is lost whatever this one gives
-        try:
+        if self.evaluate_test:
             train_member(m, x, y, tr, va, model_config=self.model_config, config=self.config, seed=fold_seed(self.seed, k),
                          folder=fdir, on_epoch=on_epoch, device=self.device, path=self.path)
+            return
+        marker = fdir / DIVERGED_FILE  # a sweep trial's fold is lost once one member diverged: the others stop
+
+        def watch(row: dict) -> None:
+            if marker.is_file():
+                raise _Abandoned
+            if on_epoch is not None:
+                on_epoch(row)
+
+        try:
+            if not marker.is_file():
+                train_member(m, x, y, tr, va, model_config=self.model_config, config=self.config,
+                             seed=fold_seed(self.seed, k), folder=fdir, on_epoch=watch, device=self.device, path=self.path)
         except Diverged as e:
-            if self.evaluate_test:
-                raise
-            write_json(fdir / DIVERGED_FILE, {"member": m, "message": str(e)})  # train_and_test_fold records it
+            write_json(marker, {"member": m, "message": str(e)})  # train_and_test_fold records it for the fold
+        except _Abandoned:
+            pass
 
     def members_done(self, k: int) -> set[int]:
         """The members of fold k already trained and kept (an ensemble's fold only)."""
@@ -529,7 +544,6 @@ def execute_runs(runs: list[Run], *, backend, progress: bool = True, log: Callab
 
 
 SEEDS_FILE = "seeds.json"
-DIVERGED_FILE = "diverged.json"  # a validation-only fold's member whose loss became NaN, until the fold records it
 
 
 def validation_summary(folds: list[dict]) -> dict:
@@ -624,8 +638,6 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     way on all the data, is the one to use. OUT_DIR gets model.pt, history.csv and run.json;
     an interrupted run resumes like a fold.
     """
-    from tqdm.auto import tqdm
-
     seed, model_config = _seed_and_model(fs, config, seed, model_overrides)
     out_dir = Path(out_dir)
     identity = {**_identity(fs, config=config, model_config=model_config, seed=seed, threads=threads, device=device,
@@ -636,7 +648,7 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
         return out_dir / "model.pt"  # finished before: the same command does not train it again
     if resumed and _partial(out_dir) and (note := dispatch_change(out_dir, config, folders=[out_dir])):
         warnings.warn(note, stacklevel=2)
-    with tqdm(total=config.epochs * config.members, desc="all data", unit="ep", disable=not progress) as bar, \
+    with progress_bar(total=config.epochs * config.members, desc="all data", unit="ep", enabled=progress) as bar, \
             torch_threads(threads):
         def on_epoch(row: dict) -> None:
             bar.update(row["epoch"] - bar.n)
@@ -659,12 +671,10 @@ class FoldProgress:
     """One progress bar over all epochs of the folds being trained, showing each running fold."""
 
     def __init__(self, runs: list[Run], tasks: list[tuple[int, int]], *, enabled: bool):
-        from tqdm.auto import tqdm
-
         self.members = {task: runs[task[0]].config.members for task in tasks}
         self.epochs = {task: runs[task[0]].config.epochs * self.members[task] for task in tasks}
         self.named = len(runs) > 1
-        self.bar = tqdm(total=sum(self.epochs.values()), unit="ep", disable=not enabled,
+        self.bar = progress_bar(total=sum(self.epochs.values()), unit="ep", enabled=enabled,
                         desc=f"{len(tasks)} folds", dynamic_ncols=True)
         self.status: dict = {}
         self.seen: dict = {}

@@ -348,12 +348,16 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
     summaries = execute_runs(runs, backend=backend, progress=progress, log=log)
     table = [{"trial": run.dir.name, **run.params, "val_uar": s["mean_val_uar"], "val_uar_std": s["std_val_uar"],
               "val_war": s["mean_val_war"]} for run, s in zip(runs, summaries)]
-    # A trial whose loss became NaN in any fold is left out of every choice: its learning rate (or
-    # other setting) is unstable on this data, whatever it scored where it happened to converge.
-    usable = [i for i, s in enumerate(summaries) if not s.get("diverged_folds")]
-    for i in sorted(set(range(len(runs))) - set(usable)):
-        log(f"{runs[i].dir.name} diverged (the loss became NaN or infinite) in fold "
-            f"{', '.join(map(str, summaries[i]['diverged_folds']))}: left out of the choice")
+    # A trial whose loss became NaN in a fold has no model there, and no mean to be the configuration
+    # for a final model by (its learning rate, or another setting, is unstable on this data). Each
+    # fold still chooses among the trials that converged on it alone: leaving out a trial for what
+    # it did on another fold would let that fold's training part, which holds this fold's test
+    # utterances, take part in this fold's choice.
+    lost = {i: s["diverged_folds"] for i, s in enumerate(summaries) if s.get("diverged_folds")}
+    for i, folds in lost.items():
+        log(f"{runs[i].dir.name} diverged (the loss became NaN or infinite) in fold {', '.join(map(str, folds))}: "
+            "chosen in no fold where it did, nor as the configuration for a final model")
+    usable = [i for i in range(len(runs)) if i not in lost]
     if not usable:
         raise TimnetError(f"every trial of {sweep_dir} diverged (the loss became NaN or infinite); expected a space "
                           "with lower learning rates (lr) or milder settings")
@@ -361,8 +365,9 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
     # Only now, every choice made on validation data, are test folds read: one model per fold.
     results = []
     for k in range(1, runs[0].folds_n + 1):
-        per_trial = {i: next(f for f in summaries[i]["folds"] if f["fold"] == k)["val_uar"] for i in usable}
-        pick = max(usable, key=lambda i: per_trial[i])
+        per_trial = {i: f["val_uar"] for i, s in enumerate(summaries) for f in s["folds"] if f["fold"] == k
+                     and not f.get("diverged")}
+        pick = max(per_trial, key=lambda i: per_trial[i])  # in trial order: the first of equals
         model, ckpt = load_checkpoint(runs[pick].fold_dir(k) / "model.pt")
         test_idx = np.asarray(ckpt["extra"]["test_idx"], dtype=np.int64)
         with torch_threads(runs[pick].threads):  # scored as its trial's folds are, wherever they trained

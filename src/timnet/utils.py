@@ -18,7 +18,37 @@ RUN_OUTPUTS = ("results.json", "results.csv", "validation.json", "report.html", 
                "state*.pt", "member_*.pt", "history*.csv", "seeds.json", "seeds.csv")
 # Every name timnet gives a file in a run, fold or sweep folder: never a user's --json, and the only
 # hidden temporary files (utils.atomic_write) a resume clears.
-RUN_FILES = (*RUN_OUTPUTS, RUN_FILE, "result.json", "sweep.json", "trials.csv")
+DIVERGED_FILE = "diverged.json"  # a sweep trial's fold member whose loss became NaN, until its fold records it
+RUN_FILES = (*RUN_OUTPUTS, RUN_FILE, "result.json", "sweep.json", "trials.csv", DIVERGED_FILE)
+LOG_INTERVAL = 60.0  # seconds between a progress bar's lines in a log file
+
+
+class _LogLines:
+    """A progress bar's stream for a log file: each redraw a line of its own, the carriage returns
+    and blank clears a terminal needs dropped (otherwise an hour's bar is one line of redraws)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        if line := text.replace("\r", "").strip():
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(*, enabled: bool = True, **kwargs):
+    """A tqdm bar on stderr, none when not `enabled`: redrawn in place on a terminal (or a notebook's
+    widget); where stderr is a file, a plain line every LOG_INTERVAL seconds and at the end."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    if enabled and not sys.stderr.isatty() and "ipykernel" not in sys.modules:
+        kwargs.update(file=_LogLines(sys.stderr), mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL, dynamic_ncols=False,
+                      bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}]{postfix}")
+    return tqdm(disable=not enabled, **kwargs)
 
 
 def history_name(m: int) -> str:
@@ -336,3 +366,17 @@ def read_fold_result(path: str | Path) -> dict:
         raise TimnetError(f"{path}: not a timnet fold result (a JSON object with fold, war, uar, confusion, or a "
                           f"validation-only fold's val_war, val_uar); {remedy}")
     return r
+
+
+def diverged_folds(run_dir: str | Path) -> list[int]:
+    """The folds of a run (a sweep trial) recorded as diverged: their loss became NaN or infinite, so they
+    are finished with no model (timnet.sweep)."""
+    return sorted(r["fold"] for r in map(read_fold_result, fold_files(run_dir, "result.json")) if r.get("diverged"))
+
+
+def unfinished_words(run_dir: str | Path, n_finished: int, folds: int) -> str:
+    """How a command says that only `n_finished` of a run's `folds` have a model: the folds a sweep
+    trial lost to divergence named, as they will never have one."""
+    lost = diverged_folds(run_dir)
+    return (f"only {n_finished} of {folds} folds " + (f"have a model (fold {', '.join(map(str, lost))} diverged: the "
+                                                       "loss became NaN or infinite)" if lost else "are finished"))
