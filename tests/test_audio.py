@@ -198,3 +198,22 @@ def test_whole_files_pass_the_truncation_checks_and_read_as_soundfile_reads_them
     gsm = tmp_path / "gsm.wav"
     sf.write(gsm, y, 8000, subtype="GSM610")
     same(gsm)
+
+
+def test_a_cut_mp3_is_one_message_not_the_decoders_own_lines(tmp_path):
+    """libmpg123 prints "Xing stream size off ..." on the C stderr when it opens a cut MP3: `predict`
+    says the file is truncated, once, and the decoder's lines are not beside it; stderr works after."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "cut.mp3"
+    y = np.random.default_rng(0).standard_normal(22050 * 2).astype(np.float32) * 0.1
+    sf.write(path, y, 22050, format="MP3")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    code = ("import sys; from timnet import audio\n"
+            "try:\n audio.read_audio(sys.argv[1])\nexcept Exception as e:\n print(e, file=sys.stderr)\n"
+            "print('after', file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2 and lines[1] == "after", done.stderr
+    assert lines[0].startswith(f"{path}: truncated audio: its header declares 44100 samples, "), done.stderr

@@ -5,11 +5,13 @@ on NumPy arrays, so the same code serves extraction, prediction and tests.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import re
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,8 +176,44 @@ def audio_info(path: str | Path):
     refuses a file whose name is not (a Latin-1 "café.wav" from an old archive)."""
     import soundfile as sf
 
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, _decoder_quiet(path):
         return sf.info(f)
+
+
+def _looks_mp3(path: Path) -> bool:
+    """An ID3 tag or an MPEG audio frame's sync word first, whatever the file's name."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+    except OSError:
+        return False
+    return head == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+
+
+@contextlib.contextmanager
+def _decoder_quiet(path: Path):
+    """libmpg123, libsndfile's MP3 decoder, prints warnings of its own to the process's C stderr
+    ("Xing stream size off by more than 1%" for a cut file), stray lines beside the one timnet says
+    of the file (truncated, its counts). For an MP3's open and read they go to /dev/null: file
+    descriptor 2 is pointed there and back, which costs a Python thread writing to stderr meanwhile
+    nothing but that write (timnet's own messages are said after the read)."""
+    if not _looks_mp3(Path(path)):
+        yield
+        return
+    try:
+        saved, sink = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no stderr at all (a daemon's closed descriptor): nothing to keep clean
+        yield
+        return
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()  # what Python has buffered is written where it was meant to go
+        os.dup2(sink, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(sink)
 
 
 NATIVE_RATES = (1000, 384000)  # Hz: any recording's; a header outside is damaged
@@ -195,7 +233,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         if path.stat().st_size == 0:
             raise TimnetError(f"{path}: empty file, expected audio")
         check_container(path)
-        with open(path, "rb") as f, sf.SoundFile(f) as sound:  # the file object, not the name: see audio_info
+        with open(path, "rb") as f, _decoder_quiet(path), sf.SoundFile(f) as sound:  # the file object: see audio_info
             # as sf.read reads: from the start (libsndfile's MP3 decoder rounds otherwise) for
             # the frames the header declares (some codecs' files cannot seek without the count)
             sr, declared = sound.samplerate, sound.frames
