@@ -187,7 +187,7 @@ def test_members_of_a_fold_train_in_parallel_to_the_same_weights(tmp_path):
 
 def test_progress_counts_members_trained_at_once():
     """Members of one fold report epochs m * epochs + e, interleaved: the bar counts each once."""
-    from timnet.run import FoldProgress
+    from timnet.progress import FoldProgress
 
     class R:  # what FoldProgress reads of a run
         config = TrainConfig(epochs=3, members=2)

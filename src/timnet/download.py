@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from .check import CheckReport, check_tree
 from .corpora import get_corpus
 from .errors import TimnetError
-from .utils import progress_bar
+from .progress import progress_bar
 
 URLS = {
     "EMODB": "http://emodb.bilderbar.info/download/download.zip",

@@ -46,8 +46,9 @@ from .rundir import (LEGACY_IDENTITY, check_not_multi_seed, decisive, features_f
                      recorded, recorded_cpu_dispatch)
 from .train import (TrainConfig, check_seed, distinct, evaluate_split, fold_seed, member_done_path, resolve_path,
                     snapshot_path, train_member, train_members, validation_split)
-from .utils import (DIVERGED_FILE, RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, history_name, progress_bar,
-                    read_fold_result, torch_threads, write_csv, write_json)
+from .progress import FoldProgress, progress_bar
+from .utils import (DIVERGED_FILE, RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, history_name, read_fold_result,
+                    torch_threads, write_csv, write_json)
 
 
 def versions() -> dict:
@@ -665,57 +666,3 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
     _write_histories(out_dir, members)
     _clear_partial(out_dir)
     return path
-
-
-class FoldProgress:
-    """One progress bar over all epochs of the folds being trained, showing each running fold."""
-
-    def __init__(self, runs: list[Run], tasks: list[tuple[int, int]], *, enabled: bool):
-        self.members = {task: runs[task[0]].config.members for task in tasks}
-        self.epochs = {task: runs[task[0]].config.epochs * self.members[task] for task in tasks}
-        self.named = len(runs) > 1
-        self.bar = progress_bar(total=sum(self.epochs.values()), unit="ep", enabled=enabled,
-                        desc=f"{len(tasks)} folds", dynamic_ncols=True)
-        self.status: dict = {}
-        self.seen: dict = {}
-        self.done: set = set()
-
-    def _label(self, task, m: int) -> str:
-        fold = f"r{task[0] + 1}f{task[1]}" if self.named else f"f{task[1]}"
-        return fold if self.members[task] == 1 else f"{fold}m{m + 1}"
-
-    def epoch(self, task, row: dict) -> None:
-        """Record that `task` finished the epoch described by `row` (member m's epoch e counted as
-        m * epochs + e: members of one fold may train at once, in other workers)."""
-        if task in self.done:
-            return  # Ray delivers epoch news without waiting: some arrive after the fold's result
-        per = self.epochs[task] // self.members[task]
-        m = (row["epoch"] - 1) // per
-        shown = f"ep {row['epoch'] - m * per} loss {row['loss']:.3f}"
-        if "val_uar" in row:
-            shown += f" val_uar {row['val_uar']:.3f}"
-        self.status[task, m] = shown
-        # a fold retried from its snapshot repeats epochs: the bar never goes back
-        self.bar.update(max(row["epoch"] - self.seen.get((task, m), m * per), 0))
-        self.seen[task, m] = max(row["epoch"], self.seen.get((task, m), m * per))
-        self.bar.set_postfix_str(" | ".join(f"{self._label(*t)}: {v}" for t, v in sorted(self.status.items())),
-                                 refresh=False)
-
-    def finished(self, task) -> None:
-        per = self.epochs[task] // self.members[task]
-        shown = sum(self.seen.pop((task, m), m * per) - m * per for m in range(self.members[task]))
-        self.bar.update(self.epochs[task] - shown)  # early stopping skips epochs
-        self.done.add(task)
-        for m in range(self.members[task]):
-            self.status.pop((task, m), None)
-
-    def write(self, message: str, log: Callable[[str], None]) -> None:
-        """`message` through the caller's `log`, the bar cleared meanwhile and drawn again below it."""
-        with self.bar.external_write_mode(file=sys.stderr):
-            log(message)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.bar.close()

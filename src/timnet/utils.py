@@ -20,37 +20,6 @@ RUN_OUTPUTS = ("results.json", "results.csv", "validation.json", "report.html", 
 # hidden temporary files (utils.atomic_write) a resume clears.
 DIVERGED_FILE = "diverged.json"  # a sweep trial's fold member whose loss became NaN, until its fold records it
 RUN_FILES = (*RUN_OUTPUTS, RUN_FILE, "result.json", "sweep.json", "trials.csv", DIVERGED_FILE)
-LOG_INTERVAL = 60.0  # seconds between a progress bar's lines in a log file
-
-
-class _LogLines:
-    """A progress bar's stream for a log file: each redraw a line of its own, the carriage returns
-    and blank clears a terminal needs dropped (otherwise an hour's bar is one line of redraws)."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        if line := text.replace("\r", "").strip():
-            self.stream.write(line + "\n")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def progress_bar(*, enabled: bool = True, **kwargs):
-    """A tqdm bar on stderr, none when not `enabled`: redrawn in place on a terminal (or a notebook's
-    widget); where stderr is a file, a plain line every LOG_INTERVAL seconds and at the end."""
-    import sys
-
-    from tqdm.auto import tqdm
-
-    if enabled and not sys.stderr.isatty() and "ipykernel" not in sys.modules:
-        kwargs.update(file=_LogLines(sys.stderr), mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL, dynamic_ncols=False,
-                      bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}]{postfix}")
-    return tqdm(disable=not enabled, **kwargs)
-
-
 def history_name(m: int) -> str:
     """Member m's training history in its fold folder: the first member's (the single model's) is
     history.csv, so a one-model fold and an ensemble's member 0 read alike."""
