@@ -354,7 +354,7 @@ def test_a_diverged_trial_is_recorded_and_chosen_nowhere(tmp_path):
     ok, lost = out["trials"]
     assert ok["val_uar"] is not None and lost["val_uar"] is None and lost["val_war"] is None
     assert out["best"]["trial"] == "trial_001" and {f["trial"] for f in out["test"]["folds"]} == {"trial_001"}
-    assert ("trial_002 diverged (the loss became NaN or infinite) in fold 1, 2, 3: chosen in no fold where it did, nor "
+    assert ("trial_002: fold 1, 2, 3 diverged (the loss became NaN or infinite): chosen in no fold where it did, nor "
             "as the configuration for a final model") in logs
     for k in (1, 2, 3):
         fold = tmp_path / "sw" / "trial_002" / f"fold_{k:02d}"
@@ -385,7 +385,7 @@ def test_a_diverged_trial_is_recorded_and_chosen_nowhere(tmp_path):
 
     with pytest.raises(TimnetError, match="trial_002: every finished fold diverged .*: nothing to draw"):
         plot_run(tmp_path / "sw" / "trial_002")
-    with pytest.raises(TimnetError, match="trial_002: a RUN_DIR whose folds hold no model .*diverged"):
+    with pytest.raises(TimnetError, match=r"trial_002: a sweep trial whose folds hold no model \(fold 1, 2, 3 diverged"):
         fold_models(tmp_path / "sw" / "trial_002", fs, folds=3, seed=3)
 
 

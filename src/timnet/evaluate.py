@@ -16,7 +16,7 @@ from .folds import make_folds
 from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
 from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
-from .utils import RUN_FILE, diverged_folds, fold_files, read_fold_result, unfinished_words
+from .utils import RUN_FILE, diverged_folds, diverged_words, fold_files, read_fold_result, unfinished_words
 
 
 @torch.no_grad()
@@ -59,8 +59,8 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
     if not run_ckpts and (weights / RUN_FILE).is_file():
         check_not_all_data(weights)
         if lost := diverged_folds(weights):
-            raise TimnetError(f"{weights}: a RUN_DIR whose folds hold no model (fold {', '.join(map(str, lost))} of a "
-                              "sweep trial diverged: the loss became NaN or infinite); expected a RUN_DIR with trained folds")
+            raise TimnetError(f"{weights}: a sweep trial whose folds hold no model ({diverged_words(lost)}); expected a "
+                              "RUN_DIR with trained folds")
         raise TimnetError(f"{weights}: a RUN_DIR with no finished fold (no fold_*/model.pt); "
                           "`timnet train` with the same arguments resumes it")
     if run_ckpts:

@@ -22,7 +22,7 @@ from .features import FeatureConfig, waveform_features
 from .keras_import import check_corpus_levels, highest_keras_fold, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet
 from .rundir import check_not_multi_seed, read_identity
-from .utils import RUN_FILE, diverged_folds, fold_files, unfinished_words
+from .utils import RUN_FILE, diverged_folds, diverged_words, fold_files, unfinished_words
 
 BUNDLED = {"emodb": "emodb.pt"}  # name -> file in timnet/pretrained/
 QUIET_RMS = 1e-4  # below this the recording is treated as silence
@@ -373,8 +373,8 @@ def _load(name_or_path: str | Path, corpus: str | None, allow_onnx: bool) -> Pre
                 raise TimnetError(f"{path}: an --all-data run not finished (no model.pt yet); expected its model: wait "
                                   "for it, or resume it with the same `timnet train --all-data` command")
             if lost := diverged_folds(path):
-                raise TimnetError(f"{path}: a RUN_DIR whose folds hold no model (fold {', '.join(map(str, lost))} of a "
-                                  "sweep trial diverged: the loss became NaN or infinite); expected a run with trained folds")
+                raise TimnetError(f"{path}: a sweep trial whose folds hold no model ({diverged_words(lost)}); expected "
+                                  "a run with trained folds")
             raise TimnetError(f"{path}: a RUN_DIR with no finished fold yet (no fold_*/model.pt); "
                               "expected one to predict with: wait for its first fold, or resume it with `timnet train`")
         raise TimnetError(f"{path}: no fold_*/model.pt, model.pt or .hdf5 files; expected a RUN_DIR, an --all-data "

@@ -24,7 +24,8 @@ from .errors import TimnetError
 from .features import FeatureSet
 from .plots import confusion_figure, curves_figure, fold_confusions_figure, recall_figure, save_figure, tsne_figure
 from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
-from .utils import RUN_FILE, atomic_write, diverged_folds, fold_files, history_name, printable, read_fold_result
+from .utils import (RUN_FILE, atomic_write, diverged_folds, diverged_words, fold_files, history_name, printable,
+                    read_fold_result)
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
@@ -198,8 +199,7 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     identity = info["identity"]
     results, lost = _fold_results(run_dir)
     if lost:
-        warnings.warn(f"{run_dir}: fold {', '.join(map(str, lost))} diverged (the loss became NaN or infinite): left "
-                      "out of the figures and the report", stacklevel=2)
+        warnings.warn(f"{run_dir}: {diverged_words(lost)}: left out of the figures and the report", stacklevel=2)
     if len(results) + len(lost) < identity.get("folds", 0):  # as `test` and `predict` say it of the same folder
         warnings.warn(f"{run_dir}: only {len(results) + len(lost)} of {identity['folds']} folds are finished; the figures cover those",
                       stacklevel=2)
@@ -307,7 +307,7 @@ def _protocol(info: dict, results: list[dict], run_dir: Path) -> str:
     lost = diverged_folds(run_dir)  # finished, with no figures: left out of `results`
     done = f"{len(results) + len(lost)} of {ident['folds']}" + (
         "" if len(results) + len(lost) == ident["folds"] else " (run incomplete)") + (
-        f"; fold {', '.join(map(str, lost))} diverged (the loss became NaN or infinite)" if lost else "")
+        f"; {diverged_words(lost)}" if lost else "")
     members = tc.get("members", 1)
     rows = [("corpus", ident["corpus"]), ("utterances", ident["n_samples"]),
             ("classes", ", ".join(ident["labels"])), ("split", ident["split"]), ("folds done", done),
@@ -439,7 +439,7 @@ def render_report(run_dir: Path, figures: dict[str, list[Path]]) -> str:
                 f"UAR {_pct(uars.mean())} ± {_pct(uars.std())} % over {len(results)} folds"
                 + (" that converged" if lost else "")
                 + ("" if split == "test" else " (a validation-only run: no test fold was predicted)")
-                + (f"; fold {', '.join(map(str, lost))} diverged (the loss became NaN or infinite), left out" if lost else ""))
+                + (f"; {diverged_words(lost)}, left out" if lost else ""))
     title = f"TIM-Net {ident['corpus']}: {run_dir.resolve().name}"
     context = run_context(ident)
     body = [f"<h1>{_e(title)}</h1>", f'<p class="muted">{_e(context)}</p>', f'<p class="headline">{_e(headline)}</p>',

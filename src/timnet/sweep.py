@@ -35,7 +35,7 @@ from .features import FeatureSet
 from .model import TIMNetConfig
 from .run import SEEDS_FILE, Run, execute_runs
 from .train import TrainConfig, check_seed, preset_swa_epochs
-from .utils import RUN_FILE, torch_threads, write_csv, write_json
+from .utils import RUN_FILE, diverged_words, torch_threads, write_csv, write_json
 
 MODEL_PARAMS = ("dropout",)
 KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
@@ -355,8 +355,8 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
     # utterances, take part in this fold's choice.
     lost = {i: s["diverged_folds"] for i, s in enumerate(summaries) if s.get("diverged_folds")}
     for i, folds in lost.items():
-        log(f"{runs[i].dir.name} diverged (the loss became NaN or infinite) in fold {', '.join(map(str, folds))}: "
-            "chosen in no fold where it did, nor as the configuration for a final model")
+        log(f"{runs[i].dir.name}: {diverged_words(folds)}: chosen in no fold where it did, nor as the configuration "
+            "for a final model")
     usable = [i for i in range(len(runs)) if i not in lost]
     if not usable:
         raise TimnetError(f"every trial of {sweep_dir} diverged (the loss became NaN or infinite); expected a space "

@@ -343,9 +343,13 @@ def diverged_folds(run_dir: str | Path) -> list[int]:
     return sorted(r["fold"] for r in map(read_fold_result, fold_files(run_dir, "result.json")) if r.get("diverged"))
 
 
+def diverged_words(folds: list[int]) -> str:
+    """How every command names a sweep trial's diverged folds."""
+    return f"fold {', '.join(map(str, folds))} diverged (the loss became NaN or infinite)"
+
+
 def unfinished_words(run_dir: str | Path, n_finished: int, folds: int) -> str:
     """How a command says that only `n_finished` of a run's `folds` have a model: the folds a sweep
     trial lost to divergence named, as they will never have one."""
     lost = diverged_folds(run_dir)
-    return (f"only {n_finished} of {folds} folds " + (f"have a model (fold {', '.join(map(str, lost))} diverged: the "
-                                                       "loss became NaN or infinite)" if lost else "are finished"))
+    return f"only {n_finished} of {folds} folds " + (f"have a model ({diverged_words(lost)})" if lost else "are finished")
