@@ -1,4 +1,6 @@
 """The audio front end: reading messy files, centre pad/crop, MFCC shapes."""
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -217,3 +219,16 @@ def test_a_cut_mp3_is_one_message_not_the_decoders_own_lines(tmp_path):
     lines = done.stderr.splitlines()
     assert len(lines) == 2 and lines[1] == "after", done.stderr
     assert lines[0].startswith(f"{path}: truncated audio: its header declares 44100 samples, "), done.stderr
+
+    # threads reading MP3s at once leave stderr where it was; a process started without stderr reads MP3s
+    whole = tmp_path / "whole.mp3"
+    sf.write(whole, y, 22050, format="MP3")
+    threads = ("import os, sys; from concurrent.futures import ThreadPoolExecutor; from timnet import audio\n"
+               "list(ThreadPoolExecutor(4).map(lambda _: audio.read_audio(sys.argv[1]), range(40)))\n"
+               "print(os.readlink('/proc/self/fd/2'))")
+    done = subprocess.run([sys.executable, "-c", threads, str(whole)], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() != os.devnull, done
+    closed = "import sys; from timnet import audio; print(len(audio.read_audio(sys.argv[1])[0]))"
+    done = subprocess.run([sys.executable, "-c", closed, str(whole)], capture_output=True, text=True,
+                          preexec_fn=lambda: os.close(2))
+    assert done.returncode == 0 and int(done.stdout) == len(y), done

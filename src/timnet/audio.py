@@ -12,6 +12,7 @@ import os
 import re
 import struct
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +177,7 @@ def audio_info(path: str | Path):
     refuses a file whose name is not (a Latin-1 "café.wav" from an old archive)."""
     import soundfile as sf
 
-    with open(path, "rb") as f, _decoder_quiet(path):
+    with _decoder_quiet(path), open(path, "rb") as f:
         return sf.info(f)
 
 
@@ -190,30 +191,45 @@ def _looks_mp3(path: Path) -> bool:
     return head == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
 
 
+_STDERR_SWAP = threading.Lock()  # one MP3 read at a time holds fd 2: two would restore each other's /dev/null
+
+
 @contextlib.contextmanager
 def _decoder_quiet(path: Path):
     """libmpg123, libsndfile's MP3 decoder, prints warnings of its own to the process's C stderr
     ("Xing stream size off by more than 1%" for a cut file), stray lines beside the one timnet says
     of the file (truncated, its counts). For an MP3's open and read they go to /dev/null: file
-    descriptor 2 is pointed there and back, which costs a Python thread writing to stderr meanwhile
-    nothing but that write (timnet's own messages are said after the read)."""
-    if not _looks_mp3(Path(path)):
+    descriptor 2 is pointed there and back (entered before the audio file is opened, so that file
+    never is descriptor 2), one thread at a time. What another thread writes to stderr meanwhile is
+    lost; timnet's own messages are said after the read."""
+    stderr = sys.__stderr__  # None when the process started with descriptor 2 closed: nothing to keep clean
+    if stderr is None or not _looks_mp3(Path(path)):
         yield
         return
-    try:
-        saved, sink = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    except OSError:  # no stderr at all (a daemon's closed descriptor): nothing to keep clean
-        yield
-        return
-    try:
-        if sys.stderr is not None:
-            sys.stderr.flush()  # what Python has buffered is written where it was meant to go
-        os.dup2(sink, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(sink)
+    with _STDERR_SWAP:
+        try:
+            if stderr.fileno() != 2:
+                raise OSError
+            saved = os.dup(2)
+        except (OSError, ValueError):  # closed since, or not the process's descriptor 2
+            yield
+            return
+        try:
+            sink = os.open(os.devnull, os.O_WRONLY)
+        except OSError:  # no descriptor left: the decoder's lines are the lesser harm
+            os.close(saved)
+            yield
+            return
+        try:
+            for stream in (sys.stderr, stderr):
+                if stream is not None:
+                    stream.flush()  # what Python has buffered is written where it was meant to go
+            os.dup2(sink, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(sink)
 
 
 NATIVE_RATES = (1000, 384000)  # Hz: any recording's; a header outside is damaged
@@ -233,7 +249,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         if path.stat().st_size == 0:
             raise TimnetError(f"{path}: empty file, expected audio")
         check_container(path)
-        with open(path, "rb") as f, _decoder_quiet(path), sf.SoundFile(f) as sound:  # the file object: see audio_info
+        with _decoder_quiet(path), open(path, "rb") as f, sf.SoundFile(f) as sound:  # the file object: see audio_info
             # as sf.read reads: from the start (libsndfile's MP3 decoder rounds otherwise) for
             # the frames the header declares (some codecs' files cannot seek without the count)
             sr, declared = sound.samplerate, sound.frames

@@ -204,8 +204,12 @@ def _warn_other_speakers(run_dir: Path, fs: FeatureSet, models: list[FoldModel])
     other = []
     for fm in models:
         done = run_dir / f"fold_{fm.fold:02d}" / "result.json"
-        was = read_fold_result(done).get("test_speakers") if done.is_file() else None
-        if was and sorted(set(fs.speakers[fm.test_idx].tolist())) != was:
+        try:
+            was = read_fold_result(done).get("test_speakers") if done.is_file() else None
+        except TimnetError:  # a damaged result: the model is what `test` scores, and it loaded
+            continue
+        # as strings: a FeatureSet made in Python may hold integer ids, saved features hold text
+        if was and sorted(set(map(str, fs.speakers[fm.test_idx].tolist()))) != sorted(map(str, was)):
             other.append(fm.fold)
     if other:
         warnings.warn(f"{run_dir}: these features name other speakers for the test utterances of fold "

@@ -36,8 +36,9 @@ def progress_bar(*, enabled: bool = True, **kwargs):
     from tqdm.auto import tqdm
 
     if enabled and not sys.stderr.isatty() and "ipykernel" not in sys.modules:
+        share = "{percentage:3.0f}% " if kwargs.get("total") else ""  # a download of unknown size has none
         kwargs.update(file=_LogLines(sys.stderr), mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL, dynamic_ncols=False,
-                      bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}]{postfix}")
+                      bar_format="{desc}: " + share + "{n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}]{postfix}")
     return tqdm(disable=not enabled, **kwargs)
 
 

@@ -16,10 +16,12 @@ RUN_FILE = "run.json"  # a run's identity (timnet.run): what marks a folder as a
 # left to be read as the new one's (an old all-data model.pt beside new folds would be predicted with).
 RUN_OUTPUTS = ("results.json", "results.csv", "validation.json", "report.html", "plots", "model.pt",
                "state*.pt", "member_*.pt", "history*.csv", "seeds.json", "seeds.csv")
+DIVERGED_FILE = "diverged.json"  # a sweep trial's fold member whose loss became NaN, until its fold records it
 # Every name timnet gives a file in a run, fold or sweep folder: never a user's --json, and the only
 # hidden temporary files (utils.atomic_write) a resume clears.
-DIVERGED_FILE = "diverged.json"  # a sweep trial's fold member whose loss became NaN, until its fold records it
 RUN_FILES = (*RUN_OUTPUTS, RUN_FILE, "result.json", "sweep.json", "trials.csv", DIVERGED_FILE)
+
+
 def history_name(m: int) -> str:
     """Member m's training history in its fold folder: the first member's (the single model's) is
     history.csv, so a one-model fold and an ensemble's member 0 read alike."""
