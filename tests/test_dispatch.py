@@ -97,7 +97,10 @@ def test_mkl_branch_is_what_mkl_reports():
     got = {cbwr: subprocess.run([sys.executable, "-c", code], env={**env, **({"MKL_CBWR": cbwr} if cbwr else {})},
                                 capture_output=True, text=True, check=True).stdout.strip()
            for cbwr in ("COMPATIBLE", "SSE4_2", None)}
-    assert got["COMPATIBLE"] == "COMPATIBLE" and got["SSE4_2"] == "SSE4_2", got
+    assert got["COMPATIBLE"] == "COMPATIBLE", got
+    # an Intel CPU's MKL takes the branch asked for; on another vendor's (AMD EPYC here) MKL keeps its
+    # own choice, reported as AUTO: what it runs, not what the variable says
+    assert got["SSE4_2"] == ("SSE4_2" if dispatch.cpu_vendor() == "GenuineIntel" else "AUTO"), got
     assert got[None].startswith("auto "), got
     none = subprocess.run([sys.executable, "-c", "from timnet import dispatch; print(dispatch.mkl_branch())"],
                           env=env, capture_output=True, text=True, check=True).stdout.strip()
