@@ -13,7 +13,8 @@ with `trials` random draws (seeded: the same trials on any backend). Each trial 
 cross-validated run whose folds carve a validation set from their training part and are scored on
 it alone (`Run(evaluate_test=False)`). Only when every trial is done are test folds read: each
 fold's test split once, by the trial that did best on that fold's validation share (see run_sweep).
-A trial whose loss became NaN in a fold is recorded as diverged there and chosen nowhere.
+A trial whose loss became NaN in a fold is recorded as diverged there: chosen in no fold where
+it diverged, nor as the configuration for a final model.
 """
 from __future__ import annotations
 
@@ -359,7 +360,8 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
             "for a final model")
     usable = [i for i in range(len(runs)) if i not in lost]
     if not usable:
-        raise TimnetError(f"every trial of {sweep_dir} diverged (the loss became NaN or infinite); expected a space "
+        raise TimnetError(f"every trial of {sweep_dir} diverged in some fold (the loss became NaN or infinite), so none "
+                          "is a configuration for a final model; expected a space "
                           "with lower learning rates (lr) or milder settings")
     best = max(usable, key=lambda i: table[i]["val_uar"])  # first of equals: a fixed rule
     # Only now, every choice made on validation data, are test folds read: one model per fold.
