@@ -24,7 +24,7 @@ from .errors import TimnetError
 from .features import FeatureSet
 from .plots import confusion_figure, curves_figure, fold_confusions_figure, recall_figure, save_figure, tsne_figure
 from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
-from .utils import (RUN_FILE, atomic_write, diverged_folds, diverged_words, fold_files, history_name, printable,
+from .utils import (RUN_FILE, atomic_write, diverged_words, fold_files, history_name, printable,
                     read_fold_result)
 
 PLOTS_DIR = "plots"
@@ -301,10 +301,9 @@ def _kv_table(rows: list[tuple[str, object]]) -> str:
     return f"<table>{body}</table>"
 
 
-def _protocol(info: dict, results: list[dict], run_dir: Path) -> str:
+def _protocol(info: dict, results: list[dict], lost: list[int], run_dir: Path) -> str:
     ident = info["identity"]
     tc = ident.get("train_config", {})
-    lost = diverged_folds(run_dir)  # finished, with no figures: left out of `results`
     done = f"{len(results) + len(lost)} of {ident['folds']}" + (
         "" if len(results) + len(lost) == ident["folds"] else " (run incomplete)") + (
         f"; {diverged_words(lost)}" if lost else "")
@@ -444,7 +443,7 @@ def render_report(run_dir: Path, figures: dict[str, list[Path]]) -> str:
     context = run_context(ident)
     body = [f"<h1>{_e(title)}</h1>", f'<p class="muted">{_e(context)}</p>', f'<p class="headline">{_e(headline)}</p>',
             f'<p class="muted">mean ± population std over folds; started {_e(info.get("started", "?"))}</p>',
-            "<h2>Protocol</h2>", _protocol(info, results, run_dir),
+            "<h2>Protocol</h2>", _protocol(info, results, lost, run_dir),
             "<h2>Folds</h2>", _fold_table(results, ident),
             *(["<h2>Classes (pooled over folds)</h2>", _class_table(results, ident["labels"])] if split == "test" else []),
             "<h2>Figures</h2>", _figures(figures, getattr(figures, "skipped", {}).get("tsne") or _tsne_unavailable(info)),

@@ -346,11 +346,10 @@ class Run:
         """Train (or resume) member m of fold k alone, kept in the fold's member_<m>.pt: members of one
         fold can then train in parallel, and train_and_test_fold finds them finished."""
         fdir, x, y, tr, va = self._fold_data(k)
-        if self.evaluate_test:
-            train_member(m, x, y, tr, va, model_config=self.model_config, config=self.config, seed=fold_seed(self.seed, k),
-                         folder=fdir, on_epoch=on_epoch, device=self.device, path=self.path)
+        trial = not self.evaluate_test  # a sweep trial's fold is lost once one member diverged: the others stop
+        marker = fdir / DIVERGED_FILE
+        if trial and marker.is_file():
             return
-        marker = fdir / DIVERGED_FILE  # a sweep trial's fold is lost once one member diverged: the others stop
 
         def watch(row: dict) -> None:
             if marker.is_file():
@@ -359,10 +358,11 @@ class Run:
                 on_epoch(row)
 
         try:
-            if not marker.is_file():
-                train_member(m, x, y, tr, va, model_config=self.model_config, config=self.config,
-                             seed=fold_seed(self.seed, k), folder=fdir, on_epoch=watch, device=self.device, path=self.path)
+            train_member(m, x, y, tr, va, model_config=self.model_config, config=self.config, seed=fold_seed(self.seed, k),
+                         folder=fdir, on_epoch=watch if trial else on_epoch, device=self.device, path=self.path)
         except Diverged as e:
+            if not trial:  # a tested run's fold has no other configuration to fall back on
+                raise
             write_json(marker, {"member": m, "message": str(e)})  # train_and_test_fold records it for the fold
         except _Abandoned:
             pass
