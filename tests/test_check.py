@@ -34,6 +34,26 @@ def test_synthetic_tree_reports_shortfall_and_strays(tmp_path):
     assert "checksums: none shipped for CASIA" in text
 
 
+def test_a_long_list_is_cut_and_all_gives_it_whole(tmp_path):
+    """A partial copy of RAVDESS misses a thousand files: the account names the first 20 of each
+    kind and says how many more there are; `limit=None` (`--all`) names every one."""
+    from timnet.check import CheckReport
+
+    r = CheckReport(corpus="RAVDESS", root=str(tmp_path), counts={}, expected_counts=None, speakers={},
+                    missing=[f"Actor_01/03-01-01-01-01-01-{i:02d}.wav" for i in range(25)],
+                    unexpected=[("a.wav", "name")])
+    text = format_check(r)
+    assert "missing (in the publisher's manifest, not found): 25" not in text  # no manifest in this report
+    assert "missing (in the corpus's label files, not found): 25" in text
+    assert "Actor_01/03-01-01-01-01-01-19.wav" in text and "-20.wav" not in text
+    assert "  ... and 5 more (--all lists every one)" in text
+    assert "  a.wav (unexpected name)" in text and "more (--all" not in text.split("unexpected")[1]
+    whole = format_check(r, limit=None)
+    assert all(f"-{i:02d}.wav" in whole for i in range(25)) and "more (--all" not in whole
+    with pytest.raises(ValueError, match="limit must be >= 0 or None, got -1"):
+        format_check(r, limit=-1)
+
+
 def test_check_decodes_what_extract_would_refuse(tmp_path):
     """A float WAV holding NaN and one whose header says 2 Hz have readable headers; the check
     decodes each file as `extract` reads it, so both are found, not called a complete copy."""

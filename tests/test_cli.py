@@ -522,6 +522,29 @@ def test_argparse_errors_are_one_line_and_main_restores_sigterm(capsys):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_warning_no_verb_gathers_is_a_timnet_line(monkeypatch, capsys):
+    """A library warning given where no verb collects its warnings (train's seed_runs warned of a
+    class with no training utterance as `.../run.py:305: UserWarning: ...`) is still the one
+    `timnet: warning:` line every other warning is."""
+    import warnings
+
+    from timnet import cli
+
+    def verb(args):
+        warnings.warn("run_x: a class with no utterance to train on (fold 1: happy)", stacklevel=2)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_corpora", verb)
+    assert cli.main(["corpora"]) == 0
+    assert capsys.readouterr().err == "timnet: warning: run_x: a class with no utterance to train on (fold 1: happy)\n"
+    with pytest.warns(UserWarning, match="after main"):  # the caller's warnings are its own again
+        warnings.warn("after main", stacklevel=1)
+
+
+def test_corpora_all_needs_check():
+    assert_one_line_error(timnet("corpora", "--all"), "--all names the files a check found", "--check CORPUS DIR")
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT", "SIGKILL"])
 def test_signal_ends_extraction_workers(tmp_path, signame):
     """SIGTERM (`timeout`, job schedulers) or Ctrl-C to the whole process group during a parallel

@@ -460,13 +460,21 @@ def test_iemocap_tree(iemocap):
         ("IEMOCAP_full_release/Session3/sentences/wav/Ses03F_impro06/Ses03F_impro06_FXX0.wav", "sad", "Ses03F"),
         (wav3 + "Ses03M_script01_2_F012.wav", "sad", "Ses03F"),
     ]
-    # fru and xxx utterances are other classes: neither items nor reported
+    # fru and xxx utterances are classes the paper leaves out: not items, and said with their code
     assert listing.skipped == (
         (wav1 + "Ses01F_impro01_F000 copy.wav", "name"),  # not mistaken for a whole-dialog file
         (wav1 + "Ses01F_impro01_F002.wav", "labelled but missing"),
         (wav1 + "Ses01F_impro01_F003.wav", "no label"),
+        (wav1 + "Ses01F_impro01_M000.wav", "class not used: fru"),
+        (wav1 + "Ses01F_impro01_M001.wav", "class not used: xxx"),
         (wav1 + "notes.wav", "name"),
     )
+    assert skip_summary(listing) == (
+        "skipped 6 files not used as IEMOCAP utterances (2 unexpected name; 1 labelled but missing; 1 no label; "
+        f"1 class not used: fru; 1 class not used: xxx): {wav1}Ses01F_impro01_F000 copy.wav (unexpected name), "
+        f"{wav1}Ses01F_impro01_F002.wav (labelled but missing), {wav1}Ses01F_impro01_F003.wav (no label), "
+        f"{wav1}Ses01F_impro01_M000.wav (class not used: fru), {wav1}Ses01F_impro01_M001.wav (class not used: xxx) "
+        "(+1 more)")
     assert_sample_order(listing)
     # a root inside a session, below its labels: said, rather than every utterance "no label"
     with pytest.raises(TimnetError, match=r"sentences/wav: IEMOCAP utterances .* no label file .*Session1 \.\.\. Session5"):
@@ -487,10 +495,18 @@ def test_iemocap_check_counts_a_labelled_utterance_without_audio_as_missing(iemo
     not a stray file "not used"."""
     from timnet.check import check_tree, format_check
 
-    gone = "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F002.wav"
+    wav1 = "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/"
+    gone = wav1 + "Ses01F_impro01_F002.wav"
     r = check_tree("iemocap", iemocap)
     assert r.missing == [gone] and gone not in [p for p, _ in r.unexpected + r.ignored] and not r.ok
-    assert f"missing (in the corpus's label files, not found): 1\n  {gone}" in format_check(r)
+    text = format_check(r)
+    assert f"missing (in the corpus's label files, not found): 1\n  {gone}" in text
+    # the utterances of classes the paper leaves out are part of the corpus, not strays
+    assert r.ignored == [(wav1 + "Ses01F_impro01_M000.wav", "class not used: fru"),
+                         (wav1 + "Ses01F_impro01_M001.wav", "class not used: xxx")]
+    assert f"  {wav1}Ses01F_impro01_M001.wav (class not used: xxx)" in text
+    # and a stray's reason reads as extract's warning says it, not as its code
+    assert f"  {wav1}notes.wav (unexpected name)" in text and "(name)" not in text
 
 
 # --- list_corpus errors -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .audio import audio_info, read_audio, sndfile_message
-from .corpora import NO_AUDIO, Corpus, get_corpus, list_corpus
+from .corpora import LEFT_OUT, NO_AUDIO, SAID, Corpus, get_corpus, list_corpus
 from .errors import TimnetError
 
 MANIFESTS = Path(__file__).parent / "manifests"
@@ -48,8 +48,8 @@ class CheckReport:
     sample_rates: dict[int, int] = field(default_factory=dict)
     channels: dict[int, int] = field(default_factory=dict)
     unexpected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    # Files a corpus is distributed with but does not train on (RAVDESS's song recordings, a
-    # second copy of the same tree, as some mirrors ship): listed, but not a problem.
+    # Files a corpus is distributed with but does not train on (RAVDESS's song recordings, IEMOCAP's
+    # utterances of other classes, a second copy of the same tree, as some mirrors ship): counted, not a problem.
     ignored: list[tuple[str, str]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # manifest paths (IEMOCAP: labelled utterances) not found
@@ -103,8 +103,9 @@ def _move(known: str, rel: str) -> tuple[str, str]:
 
 
 def _harmless(root: Path, path: str, reason: str) -> bool:
-    """RAVDESS's songs, and a second copy with the very bytes of the file kept, are not damage."""
-    if reason == "song":
+    """RAVDESS's songs, IEMOCAP's classes the paper leaves out, and a second copy with the very
+    bytes of the file kept, are not damage."""
+    if reason == "song" or reason.startswith(LEFT_OUT):
         return True
     kept = reason.removeprefix("duplicate of ")
     try:
@@ -169,8 +170,11 @@ def check_tree(corpus: Corpus | str, root: str | Path, *, manifest: dict[str, st
     return report
 
 
-def format_check(r: CheckReport) -> str:
-    """A readable account of a check: counts against the expected, then every problem by name."""
+def format_check(r: CheckReport, *, limit: int | None = 20) -> str:
+    """A readable account of a check: counts against the expected, then the problems by name, the
+    first `limit` of each kind (None: every one; a partial copy of RAVDESS misses a thousand)."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, got {limit}")
     lines = [f"{r.corpus} at {r.root}: {'complete' if r.ok else 'PROBLEMS FOUND'}", "",
              f"{'class':<10} {'found':>6} {'expected':>8}"]
     for name, n in r.counts.items():
@@ -191,9 +195,12 @@ def format_check(r: CheckReport) -> str:
     for title, entries in ((f"missing (in {named}, not found)", r.missing),
                            ("altered (sha256 differs from the manifest)", r.altered),
                            ("unreadable", r.unreadable),
-                           ("unexpected (not used)", [f"{p} ({why})" for p, why in r.unexpected]),
+                           ("unexpected (not used)", [f"{p} ({SAID.get(why, why)})" for p, why in r.unexpected]),
                            ("ignored (part of the corpus's distribution, not used; not a problem)",
                             [f"{p} ({why})" for p, why in r.ignored])):
         if entries:
-            lines += ["", f"{title}: {len(entries)}"] + [f"  {e}" for e in entries]
+            shown = entries if limit is None else entries[:limit]
+            lines += ["", f"{title}: {len(entries)}"] + [f"  {e}" for e in shown]
+            if len(shown) < len(entries):
+                lines.append(f"  ... and {len(entries) - len(shown)} more (--all lists every one)")
     return "\n".join(lines)

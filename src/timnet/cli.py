@@ -58,11 +58,13 @@ def _warn(message: str) -> None:
 
 
 def cmd_corpora(args) -> int:
+    if args.all and not args.check:
+        raise TimnetError("--all names the files a check found: give it with --check CORPUS DIR")
     if args.check:
         from .check import check_tree, format_check
 
         report = check_tree(args.check[0], args.check[1])
-        print(format_check(report))
+        print(format_check(report, limit=None if args.all else 20))
         return 0 if report.ok else 1
 
     print(f"{'corpus':<8} {'signal':>7} {'seed':>4} {'levels':>6} {'files':>5} {'speakers':>8}  labels / layout")
@@ -580,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--check", nargs=2, metavar=("CORPUS", "DIR"), default=None,
                    help="validate a corpus tree: counts per class and speaker, unreadable and unexpected files, "
                         "formats, and (EMODB, RAVDESS) every file against the publisher's sha256; exit 1 on problems")
+    s.add_argument("--all", action="store_true", help="with --check: name every file of each kind (default: the first 20)")
     s.set_defaults(func=cmd_corpora)
 
     s = sub.add_parser("organize", help="arrange a corpus as OUT/<emotion>/<speaker>_<file> (symlinks or copies)")
@@ -804,7 +807,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # said by the verb's parser, whose --help lists the options it has
         parser.verbs[args.verb].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        with sigterm_handler(_on_sigterm), _report_to_stderr(args):  # restored after: main() may run in-process
+        # restored after: main() may run in-process; a warning no verb gathers is still a `timnet: warning:` line
+        with sigterm_handler(_on_sigterm), _report_to_stderr(args), _warnings_at_once():
             _check_outputs(args)
             status = args.func(args)
         return EXIT_SIGPIPE if getattr(args, "json_reader_left", False) and status == 0 else status

@@ -73,6 +73,7 @@ def natural_key(text: str) -> tuple:
 
 SAID = {"name": "unexpected name"}  # a skip reason's code (Listing.skipped) as a message says it
 NO_AUDIO = "labelled but missing"  # a skip reason: an utterance its label file names, without its audio file
+LEFT_OUT = "class not used: "  # a skip reason's start: IEMOCAP's fru, sur, xxx, ... (the paper's four classes only)
 
 
 def skip_summary(listing: Listing, *, limit: int = 5) -> str | None:
@@ -373,8 +374,11 @@ def scan_iemocap(root: Path) -> Listing:
             skipped.append((path, "no label"))
         else:
             present.add(pure.stem)
-            emotion = _IEMOCAP_EMOTIONS.get(labels[pure.stem][0])
-            if emotion is not None:  # other codes (fru, sur, xxx, ...) are classes the paper leaves out
+            code = labels[pure.stem][0]
+            emotion = _IEMOCAP_EMOTIONS.get(code)
+            if emotion is None:  # other codes (fru, sur, xxx, ...) are classes the paper leaves out: said, not used
+                skipped.append((path, LEFT_OUT + code))
+            else:
                 speaker = f"Ses{utterance[1]}{utterance[2]}"
                 found.append((path, _Match(emotion, speaker, pure.stem)))
     for utterance, (code, expected) in labels.items():
