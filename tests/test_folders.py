@@ -62,6 +62,34 @@ def test_one_speaker_spelled_two_ways_is_one_speaker_and_an_unnamed_one_is_skipp
         folder_corpus(root, signal_length=8192)
 
 
+def test_one_class_in_two_letter_cases_or_linked_twice_is_refused(tree, tmp_path):
+    """Angry/ and angry/ (one folder on a case-insensitive file system), a label folder linked under
+    another name, or one recording linked into two label folders: each would make one class two, or
+    one recording two examples of different classes; refused, naming both. A link within its own
+    label folder is a second copy, listed as a duplicate."""
+    import shutil
+
+    root = tmp_path / "mine"
+    shutil.copytree(tree, root)
+    (root / "Calm").mkdir()
+    write_tone(root / "Calm" / "ann_99.wav")
+    with pytest.raises(TimnetError, match=r"label folders 'Calm' and 'calm' are one name in two spellings \(letter case\)"):
+        folder_corpus(root, signal_length=8192)
+    shutil.rmtree(root / "Calm")
+    (root / "zen").symlink_to(root / "calm", target_is_directory=True)
+    with pytest.raises(TimnetError, match=r"mine/zen and .*mine/calm are one folder \(a link\), two labels; expected one folder"):
+        list_corpus(folder_corpus(root, signal_length=8192), root)
+    (root / "zen").unlink()
+    (root / "tired" / "ann_50.wav").symlink_to(root / "calm" / "ann_00.wav")
+    with pytest.raises(TimnetError, match=r"tired/ann_50.wav and .*mine/calm/ann_00.wav are one file \(a link\) under two "
+                                          r"labels, 'tired' and 'calm'; expected one label per recording"):
+        list_corpus(folder_corpus(root, signal_length=8192), root)
+    (root / "tired" / "ann_50.wav").unlink()
+    (root / "calm" / "ann_99.wav").symlink_to(root / "calm" / "ann_00.wav")
+    listing = list_corpus(folder_corpus(root, signal_length=8192), root)
+    assert ("calm/ann_99.wav", "duplicate of calm/ann_00.wav") in listing.skipped and len(listing.items) == 37
+
+
 def test_a_label_folder_without_audio_is_refused(tree, tmp_path):
     """An empty label folder would become a class no example teaches (the model then gives it
     probabilities); so would one whose every file the speaker pattern skips."""

@@ -125,6 +125,39 @@ def test_show_windows_prints_each_window(run_dir, clips, capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_an_empty_folder_among_inputs_is_an_error_row_and_odd_names_one_line(run_dir, clips, tmp_path, capsys):
+    """A folder with no audio among other inputs is one error row, as a missing file is, and the
+    others are predicted; alone, it is the command's error. A file name holding a newline still
+    gives one error line. `--model ''` is refused, not read as the current folder. The smallest
+    --window and --hop the messages print are taken."""
+    from timnet import cli
+
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "p.json"
+    assert cli.main(["predict", str(clips["16k"]), str(tmp_path / "empty"), "--model", str(run_dir), "--json", str(out)]) == 1
+    captured = capsys.readouterr()
+    rows = json.loads(out.read_text())
+    assert [r["file"] for r in rows] == [str(clips["16k"]), str(tmp_path / "empty")]
+    assert rows[0]["label"] in LABELS and "empty: no audio files" in rows[1]["error"]
+    assert "timnet: error: " + str(tmp_path / "empty") + ": no audio files" in captured.err
+    assert cli.main(["predict", str(tmp_path / "empty"), "--model", str(run_dir)]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+    odd = tmp_path / "bad\nname.wav"
+    odd.write_bytes(b"RIFF")
+    assert cli.main(["predict", str(odd), "--model", str(run_dir)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"timnet: error: {tmp_path}/bad\\nname.wav: " + captured.err.split("name.wav: ", 1)[1]
+    assert captured.err.count("\n") == 1 and len(captured.out.splitlines()) == 2  # the header and the file's row
+    assert cli.main(["predict", str(clips["16k"]), "--model", ""]) == 1
+    assert capsys.readouterr().err == "timnet: error: --model '': empty path; expected a file or folder name\n"
+    config = load_model(run_dir).feature_config
+    for option in ("--window", "--hop"):
+        assert cli.main(["predict", str(clips["16k"]), "--model", str(run_dir), option, "1e-9"]) == 1
+        bound = re.search(r"expected (?:at least one sample \()?([0-9.e-]+)", capsys.readouterr().err)[1]
+        assert cli.main(["predict", str(clips["16k"]), "--model", str(run_dir), option, bound]) == 0, (option, bound, config)
+        capsys.readouterr()
+
+
 def test_features_match_training_features(run_dir, clips):
     model = load_model(run_dir)
     y, sr = sf.read(str(clips["48k_stereo_24"]), dtype="float32")
@@ -290,10 +323,10 @@ def test_cli_error_row_and_exit_status(run_dir, clips, tmp_path):
     assert [line for line in piped.stderr.splitlines() if not line.startswith("timnet: ")] == lines  # the table, in order
     for option, value, fragment in (("--hop", "0", "invalid; expected at least one sample"),
                                     ("--hop", "1e-6", "invalid; expected at least one sample"),
-                                    ("--window", "nan", "invalid; expected 0.023 to 0.743 s"),
-                                    ("--window", "0.01", "invalid; expected 0.023 to 0.743 s"),
+                                    ("--window", "nan", "invalid; expected 0.024 to 0.743 s"),
+                                    ("--window", "0.01", "invalid; expected 0.024 to 0.743 s"),
                                     # longer windows would be centre-cropped to the signal length: audio ignored
-                                    ("--window", "5", "invalid; expected 0.023 to 0.743 s (the model's signal length)"),
+                                    ("--window", "5", "invalid; expected 0.024 to 0.743 s (the model's signal length)"),
                                     ("--hop", "1", "expected at most the window, 0.743 s (the model's signal length: no --window given)"),
                                     ("--hop", "0.6", "expected at most the window, 0.500 s")):
         extra = ["--window", "0.5"] if value == "0.6" else []
@@ -357,7 +390,7 @@ def test_the_longest_emodb_file_gets_its_evaluation_prediction():
 
 
 def test_zero_window_and_onnx_reexport_refused(run_dir, clips, tmp_path):
-    with pytest.raises(TimnetError, match="--window 0 invalid; expected 0.023 to 0.743 s"):
+    with pytest.raises(TimnetError, match="--window 0 invalid; expected 0.024 to 0.743 s"):
         load_model(run_dir).predict_file(clips["long"], window=0)
     pytest.importorskip("onnxruntime")
     from timnet.onnx_export import export_onnx

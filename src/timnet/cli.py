@@ -53,8 +53,13 @@ RECIPE_OPTIONS = {
 RUN_OPTIONS = ("batch_size", "eval_every", "select", "patience", "save_every")
 
 
+def _one_line(message: str) -> str:
+    """A message as one line, whatever the file names in it hold (a name may contain a newline)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _warn(message: str) -> None:
-    print(f"timnet: warning: {message}", file=sys.stderr)
+    print(f"timnet: warning: {_one_line(message)}", file=sys.stderr)
 
 
 def cmd_corpora(args) -> int:
@@ -458,26 +463,36 @@ def cmd_predict(args) -> int:
     with _warnings_as_messages():
         predictor = load_model(args.model, corpus=args.corpus)
     check_windowing(args.window, args.hop, predictor.feature_config)
-    files = find_audio(args.audio)
+    entries: list[tuple[Path, str | None]] = []  # (file, why it cannot be predicted), in the order given
+    for given in args.audio:
+        try:
+            entries += [(f, None) for f in find_audio([given])]
+        except TimnetError as e:  # a folder with no audio: an error row, as a missing file is; the others go on
+            if len(args.audio) == 1:
+                raise
+            entries.append((Path(given), str(e)))
+    files = [f for f, _ in entries]
     _refuse_output_among("json", args.json, files)  # the files found in a folder are inputs too
     rows, failures = [], 0
     say = _Stdout(keep_going=bool(args.json))
     bar = not args.quiet and sys.stderr.isatty()  # a long file's windows: worth a bar on a terminal only
     name_width = min(max(len(str(f)) for f in files), 60)
     say(f"{'file':<{name_width}}  {'label':<10} {'conf':>6}  top-3")
-    for path in files:
+    for path, error in entries:
         try:
+            if error is not None:
+                raise TimnetError(error)
             pred = predictor.predict_file(path, window=args.window, hop=args.hop, progress=bar)
         except TimnetError as e:
             failures += 1
             rows.append({"file": str(path), "label": None, "probs": None, "error": str(e)})
-            say(f"{str(path):<{name_width}}  {'ERROR':<10} {'':>6}  {e}")
+            say(f"{_one_line(str(path)):<{name_width}}  {'ERROR':<10} {'':>6}  {_one_line(str(e))}")
             message = str(e) if str(path) in str(e) else f"{path}: {e}"
-            print(f"timnet: error: {message}", file=sys.stderr)  # stdout may be a pipe into another tool
+            print(f"timnet: error: {_one_line(message)}", file=sys.stderr)  # stdout may be a pipe into another tool
             continue
         rows.append(pred.to_json())
         top = "  ".join(f"{name} {p:.2f}" for name, p in pred.top(3))
-        say(f"{str(path):<{name_width}}  {pred.label:<10} {pred.probs[pred.label]:>6.3f}  {top}")
+        say(f"{_one_line(str(path)):<{name_width}}  {pred.label:<10} {pred.probs[pred.label]:>6.3f}  {top}")
         for w in pred.windows if args.show_windows else []:
             say(f"{'':<{name_width}}    {w['start_s']:7.2f}-{w['end_s']:<7.2f} {w['label']:<10} {w['probs'][w['label']]:.3f}")
         if not pred.windows and args.show_windows and args.hop is None:  # asked for windows, none made (--hop: pred.warnings)
@@ -701,6 +716,11 @@ def _check_outputs(args) -> None:
     for name in ("json", "output", "plots", "out"):
         if getattr(args, name, None) == "":  # `--json "$UNSET"`: an error, not silently no file
             raise TimnetError(f"--{name} '': empty path; expected a file or folder name")
+    for name in INPUTS:  # `--model "$UNSET"` would read the current folder (Path("") is ".")
+        value = getattr(args, name, None)
+        if value == "" or (isinstance(value, list) and "" in value):
+            flag = f"--{name}" if name in ("weights", "space") or (name, args.verb) == ("model", "predict") else name.upper()
+            raise TimnetError(f"{flag} '': empty path; expected a file or folder name")
     if getattr(args, "json", None) not in (None, JSON_STDOUT):
         check_output(args.json)
     if getattr(args, "output", None):
@@ -813,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
             status = args.func(args)
         return EXIT_SIGPIPE if getattr(args, "json_reader_left", False) and status == 0 else status
     except TimnetError as e:
-        print(f"timnet: error: {e}", file=sys.stderr)
+        print(f"timnet: error: {_one_line(str(e))}", file=sys.stderr)
         return 1
     except RuntimeError as e:
         if "NPY_DISABLE_CPU_FEATURES" not in str(e):
@@ -827,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_SIGPIPE
     except OSError as e:  # a disk full, a permission changed mid-run: still one line, naming the file
-        print(f"timnet: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        print(_one_line(f"timnet: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}"), file=sys.stderr)
         return 1
     except _Terminated:
         print("timnet: terminated", file=sys.stderr)

@@ -463,11 +463,14 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
     if pattern is not None and pattern.groups == 0:
         raise TimnetError(f"--speaker-pattern '{speaker_pattern}' needs a group, e.g. '^(\\w+?)_' ")
     labels = tuple(sorted((d.name for d in root.iterdir() if d.is_dir() and not _hidden(d.name)), key=natural_key))
-    # one name in two Unicode forms (a copy from macOS decomposes "ä"): two classes that print alike
+    # one name in two Unicode forms (a copy from macOS decomposes "ä") or two letter cases (Angry,
+    # angry): two classes that are one, as case-insensitive file systems would have them
     forms: dict[str, str] = {}
     for label in labels:
-        if (other := forms.setdefault(unicodedata.normalize("NFC", label), label)) != label:
-            raise TimnetError(f"{root}: label folders {other!r} and {label!r} are one name in two Unicode forms; "
+        if (other := forms.setdefault(_speaker_key(label), label)) != label:
+            how = "Unicode forms" if unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", label) \
+                else "spellings (letter case)"
+            raise TimnetError(f"{root}: label folders {other!r} and {label!r} are one name in two {how}; "
                               "expected one folder per class (move the files of one into the other)")
 
     def scan(top: Path) -> Listing:
@@ -476,10 +479,18 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
         # her on both sides. The first spelling met names her; the merge is said (below).
         spelled: dict[str, str] = {}
         merged: dict[str, set[str]] = {}
+        files: dict[str, str] = {}  # real path -> the first path met to it: a link is not a second recording
         for path in filter(_is_audio, visible_files(top)):
             pure = PurePosixPath(path)
             if len(pure.parts) < 2 or pure.parts[0] not in labels:
                 skipped.append((path, "not in a label folder"))
+                continue
+            if (first_path := files.setdefault(os.path.realpath(top / path), path)) != path:
+                if PurePosixPath(first_path).parts[0] != pure.parts[0]:
+                    raise TimnetError(f"{top / path} and {top / first_path} are one file (a link) under two labels, "
+                                      f"{pure.parts[0]!r} and {PurePosixPath(first_path).parts[0]!r}; expected one "
+                                      "label per recording")
+                skipped.append((path, f"duplicate of {first_path}"))
                 continue
             speaker = ""
             if pattern is not None:
@@ -496,6 +507,10 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
         empty = [label for label in labels if label not in used]
         if empty and used:  # a class with no example would be trained as an output nothing teaches
             why = " the --speaker-pattern matches" if pattern is not None else ""
+            real = (top / empty[0]).resolve()
+            if twin := next((label for label in labels if label != empty[0] and (top / label).resolve() == real), None):
+                raise TimnetError(f"{top / empty[0]} and {top / twin} are one folder (a link), two labels; "
+                                  "expected one folder per class")
             raise TimnetError(f"{top / empty[0]}: a label folder with no audio file{why}; expected at least one per "
                               f"label (move the folder out of {top})")
         if len(labels) == 1 and used:  # every prediction right by construction: no classifier to train

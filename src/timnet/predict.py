@@ -77,6 +77,12 @@ def one_piece_reason(window: float | None, config: FeatureConfig) -> str:
             "a window (--window) splits it")
 
 
+def _round_up(x: float, digits: int = 2) -> float:
+    """x rounded up to `digits` significant digits: a lower bound that, printed so, is still allowed."""
+    step = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    return math.ceil(x / step) * step
+
+
 def check_windowing(window: float | None, hop: float | None, config: FeatureConfig) -> None:
     """A window holds one STFT hop of samples and at most the model's signal length (the features of
     a longer one would be centre-cropped to it, silently ignoring the rest); a hop moves by at least one
@@ -89,10 +95,11 @@ def check_windowing(window: float | None, hop: float | None, config: FeatureConf
     # the products too: 1e308 s is finite, but not in samples
     # (the bound as printed, to the millisecond, passes: the window is then the signal length)
     if window is not None and not (math.isfinite(window * sr) and audio.HOP_LENGTH <= window * sr <= config.signal_length + sr / 1000):
-        raise TimnetError(f"--window {window} invalid; expected {audio.HOP_LENGTH / sr:.3f} to {longest:.3f} s "
-                          "(the model's signal length)")
+        # the lower bounds printed rounded up, so that the value the message gives is taken
+        raise TimnetError(f"--window {window} invalid; expected {math.ceil(audio.HOP_LENGTH / sr * 1000) / 1000:.3f} "
+                          f"to {longest:.3f} s (the model's signal length)")
     if hop is not None and not (math.isfinite(hop * sr) and hop * sr >= 1):
-        raise TimnetError(f"--hop {hop} invalid; expected at least one sample ({1 / sr:.1e} s)")
+        raise TimnetError(f"--hop {hop} invalid; expected at least one sample ({_round_up(1 / sr):.1e} s)")
     if hop is not None and hop > span:
         whose = "" if window is not None else " (the model's signal length: no --window given)"
         raise TimnetError(f"--hop {hop} invalid; expected at most the window, {span:.3f} s{whose}; "
