@@ -490,6 +490,11 @@ def test_odd_names_huge_hops_and_uppercase_onnx(run_dir, clips, tmp_path):
 
     path = export_onnx(model, tmp_path / "M.ONNX")
     assert type(load_model(path)).__name__ == "OnnxPredictor"
+    # ".onnx" alone is a hidden file's name with no suffix: the message says what is missing
+    with pytest.raises(TimnetError, match=r"\.onnx: expected a name before \.onnx$"):
+        export_onnx(model, tmp_path / ".onnx")
+    with pytest.raises(TimnetError, match=r"m\.onx: expected an output path ending in \.onnx$"):
+        export_onnx(model, tmp_path / "m.onx")
 
 
 def test_onnx_whose_metadata_does_not_fit_its_graph_is_one_error(run_dir, tmp_path):

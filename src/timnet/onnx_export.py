@@ -52,8 +52,9 @@ def export_checked(predictor: Predictor, path: str | Path) -> tuple[Path, float 
         raise TimnetError(f"{path}: ONNX export needs the onnx package (pip install onnx onnxruntime, or pip install -e '.[onnx]' in the timnet checkout)") from None
 
     path = Path(path)
-    if path.suffix.lower() != ".onnx":
-        raise TimnetError(f"{path}: expected an output path ending in .onnx")
+    if path.suffix.lower() != ".onnx":  # ".onnx" alone is a hidden file's name, with no suffix
+        what = "a name before .onnx" if path.name.lower() == ".onnx" else "an output path ending in .onnx"
+        raise TimnetError(f"{path}: expected {what}")
     if not predictor.models:
         raise TimnetError(f"{predictor.source}: already an ONNX model; export needs a checkpoint, RUN_DIR or weights folder")
     module = _Probabilities(predictor.models).eval()
