@@ -525,6 +525,64 @@ def test_seeds_overwrite_replaces_a_single_seed_run_and_keeps_the_users_files(tm
         seed_runs(d, seeds=[1, 2], make_run=make)
 
 
+def test_refused_seeds_write_nothing_and_overwrite_replaces_what_it_says(tmp_path):
+    """A --seeds command refused by one seed's folder (another configuration) leaves no new seed
+    folder that the corrected command would refuse next; --overwrite with other seeds deletes the
+    old seeds' runs (README: `--seeds` runs are what it deletes), and with the same options but other
+    folds (features of other speaker ids) it starts the run again, as the refusal's hint says."""
+    fs, d = synthetic(), tmp_path / "work"
+
+    def maker(epochs, fs=fs):
+        return lambda folder, seed: Run(fs, folder, config=TrainConfig(**{**FAST, "epochs": epochs}), folds=3, seed=seed)
+
+    seed_runs(d, seeds=[1, 2], make_run=maker(4))
+    with pytest.raises(TimnetError, match=r"seed_1 holds a run with a different configuration \(train_config.epochs\)"):
+        seed_runs(d, seeds=[3, 1], make_run=maker(3))
+    assert not (d / "seed_3").exists()
+    (d / "seed_2" / "plots").mkdir()
+    (d / "seed_2" / "plots" / ".curves.png.abc123.tmp").write_bytes(b"half")  # a plot killed while writing
+    (d / "seed_2" / "plots" / ".mine.tmp").write_bytes(b"the user's")
+    seed_runs(d, seeds=[1, 2], make_run=maker(4))  # resumed: the dead plot's temporary goes
+    assert sorted(p.name for p in (d / "seed_2" / "plots").iterdir()) == [".mine.tmp"]
+    runs = seed_runs(d, seeds=[3, 4], make_run=maker(3), overwrite=True)
+    assert sorted(p.name for p in d.iterdir()) == ["seed_3", "seed_4"] and not any(r.resumed for r in runs)
+    # the same options, features with other speaker ids: other folds; --overwrite starts again
+    single = tmp_path / "single"
+    Run(fs, single, config=TrainConfig(**FAST), folds=3, split="speaker").prepare()
+    (single / "fold_01").mkdir()
+    (single / "fold_01" / "result.json").write_text("{}")
+    other = replace(fs, speakers=np.array([f"{i % 3:02d}" for i in range(len(fs))]))
+    with pytest.raises(TimnetError, match="these features give other folds .* or use another RUN_DIR or --overwrite"):
+        Run(other, single, config=TrainConfig(**FAST), folds=3, split="speaker").prepare()
+    assert Run(other, single, config=TrainConfig(**FAST), folds=3, split="speaker").prepare(overwrite=True) is False
+    assert not (single / "fold_01").exists()
+    assert Run(other, single, config=TrainConfig(**FAST), folds=3, split="speaker").prepare() is True
+
+
+def test_a_damaged_snapshot_is_one_error_naming_it(tmp_path):
+    """A snapshot cut short (a disk that filled) or holding something else stops the resume with
+    the file's name and what to do, not a traceback from inside torch."""
+    from timnet.train import load_saved
+
+    good = tmp_path / "state.pt"
+    torch.save({"epoch": 3}, good)
+    assert load_saved(good) == {"epoch": 3}
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:40])
+    text = tmp_path / "text.pt"
+    text.write_text("{}")
+    listed = tmp_path / "list.pt"
+    torch.save([1, 2], listed)
+    for path, why in ((cut, r"\(.+\)"), (text, r"\(.*invalid load key.*\)"), (listed, r"\(holds a list\)")):
+        with pytest.raises(TimnetError) as e:
+            load_saved(path)
+        assert "\n" not in str(e.value)
+        assert e.value.args[0].startswith(f"{path}: not a snapshot timnet can read (")
+        assert e.value.args[0].endswith("delete it, and the same command trains that part again from its start")
+        import re
+        assert re.search(why, str(e.value)), str(e.value)
+
+
 def test_all_data_model_resumes_and_is_kept(tmp_path):
     features = save_features(synthetic(), tmp_path / "f.npz")
 

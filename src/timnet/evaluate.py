@@ -81,7 +81,7 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
         tested = np.concatenate([fm.test_idx for fm in out])
         if len(np.unique(tested)) < len(tested):  # folds of two splits (a run resumed on other speaker ids)
             raise TimnetError(f"{weights}: its folds' test utterances overlap, so they are not the folds of one "
-                              "split; expected a RUN_DIR whose folds were all made alike (train it again, --overwrite)")
+                              "split; expected a RUN_DIR whose folds were all made alike (train it again into a new RUN_DIR)")
         _warn_other_speakers(weights, fs, out)
         return out
     if not any(weights.glob("*.hdf5")):

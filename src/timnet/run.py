@@ -80,6 +80,9 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
     for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
         if any(fnmatch.fnmatch(stale.name[1:].rsplit(".", 2)[0], name) for name in RUN_FILES):
             stale.unlink(missing_ok=True)
+    for stale in run_dir.glob("plots/.*.tmp"):  # `timnet plot` killed while writing a figure
+        if stale.name[1:].rsplit(".", 2)[0].endswith((".png", ".svg")):
+            stale.unlink(missing_ok=True)
 
 
 def _in_run_threads(method):
@@ -278,10 +281,13 @@ class Run:
         are folds made otherwise than the run's first ones were."""
         parts = [self.validation_split(k) for k in range(1, self.folds_n + 1)]  # a fold that cannot be split fails here
         digest = self.splits_digest(parts)
-        resumed = prepare_run_dir(self.dir, self.identity, overwrite=overwrite,
-                                  extra={"features": self.features_path, "splits": digest})
+        extra = {"features": self.features_path, "splits": digest}
+        resumed = prepare_run_dir(self.dir, self.identity, overwrite=overwrite, extra=extra)
         self._warn_untaught_classes([tr for tr, _ in parts])
         was = recorded(self.dir, "splits") if resumed else None
+        if was is not None and was != digest and overwrite:  # the same options, other folds: a new run
+            _remove_run_outputs(self.dir)
+            return prepare_run_dir(self.dir, self.identity, overwrite=overwrite, extra=extra)
         if was is not None and was != digest:
             # the same features (x, y) with other speaker ids (`--speaker-pattern`), or a library
             # that deals folds otherwise: the folds left would not complete the finished ones' split
@@ -599,7 +605,16 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
         if foreign and not overwrite:
             raise TimnetError(f"{run_dir} holds files that are not seed runs ({', '.join(sorted(foreign)[:3])}); "
                               "expected an empty or new folder (or --overwrite, which keeps them and adds the seed runs)")
-    for run in runs:
+        given = {run.dir for run in runs}
+        others = [p for p in run_dir.glob("seed_*") if (p / RUN_FILE).is_file() and p not in given]
+        if overwrite and others:  # the run is replaced: the old seeds go too (once the new ones' folds split)
+            for run in runs:
+                run.splits_digest()
+            for p in others:
+                shutil.rmtree(p)
+    # the folders that hold a run first: one of them refused (another configuration) leaves no new
+    # seed folder behind, which the corrected command would then refuse in its turn
+    for run in sorted(runs, key=lambda r: not (r.dir / RUN_FILE).is_file()):
         run.resumed = run.prepare(overwrite=overwrite)
     return runs
 

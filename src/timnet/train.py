@@ -358,7 +358,7 @@ def train_fold(
     state = FoldState(model, optimizer, torch.Generator().manual_seed(seed), ema, swa)
     state.arithmetic = arithmetic
     if state_path is not None and state_path.is_file():
-        snapshot = torch.load(state_path, map_location="cpu", weights_only=False)
+        snapshot = load_saved(state_path)
         state.load_dict(snapshot)
         if (began := snapshot.get("arithmetic")) and began.rsplit(", then ", 1)[-1] != arithmetic:
             import warnings
@@ -506,6 +506,20 @@ def train_members(
     return ensemble([m.model for m in members]), members
 
 
+def load_saved(path: Path) -> dict:
+    """A snapshot or finished member this library wrote; one that cannot be read (a disk that
+    filled, a copy cut short) is named with what to do, not a traceback from deep in torch."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        why = None if isinstance(saved, dict) else f"holds a {type(saved).__name__}"
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, OSError, ... by the damage
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if why is not None:
+        raise TimnetError(f"{path}: not a snapshot timnet can read ({why}); expected one timnet wrote: delete it, "
+                          "and the same command trains that part again from its start")
+    return saved
+
+
 def member_done_path(folder: Path | None, m: int, members: int) -> Path | None:
     """Where member m of a fold of `members` is kept once trained (None for a one-model fold: its
     model.pt is written with the fold's result)."""
@@ -538,7 +552,7 @@ def train_member(
     processes at once (timnet.backends) and give the very weights one process gives in turn."""
     done = member_done_path(folder, m, config.members)
     if done is not None and done.is_file():
-        return Member.from_dict(torch.load(done, map_location="cpu", weights_only=False), model_config)
+        return Member.from_dict(load_saved(done), model_config)
     state_path = None if folder is None else snapshot_path(folder, m)
     offset = m * config.epochs
     report = on_epoch if on_epoch is None or m == 0 else (
