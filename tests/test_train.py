@@ -779,6 +779,14 @@ def test_a_resume_names_a_damaged_finished_fold(tmp_path, capsys):
     assert "folds=2 of 3 (an unfinished run)" in out
     assert f"timnet: warning: {d}: only 2 of 3 folds are finished; the means cover those" in err.splitlines()
     assert any(line.startswith("timnet: warning: --seed 7 ignored:") for line in err.splitlines())
+    # a fold with its figures and no weights (`train` counts it done) is named with the way to retrain it
+    kept = (d / "fold_02" / "model.pt").read_bytes()
+    (d / "fold_02" / "model.pt").unlink()
+    assert main(["test", str(features), "--weights", str(d)]) == 0
+    assert (f"timnet: warning: {d}: only 1 of 3 folds are finished; fold_02 has figures but no model.pt (delete its "
+            "result.json and run the same `timnet train` to train it again); the means cover those"
+            ) in capsys.readouterr().err.splitlines()
+    (d / "fold_02" / "model.pt").write_bytes(kept)
     (d / "run.json").unlink()
     assert main(["test", str(features), "--weights", str(d)]) == 1
     assert "run/run.json: missing; expected the run file `timnet train` writes" in capsys.readouterr().err

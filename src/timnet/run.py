@@ -137,8 +137,9 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
                 # with that one value given explicitly
                 hint = f"; to resume it pass --members {previous['train_config']['members']}"
             elif "features_fingerprint" in diff:
-                hint = ("; if these are the same audio, extracted elsewhere, the CPU loops numpy and OpenBLAS ran may "
-                        "differ from the run's (README: the same bits on every machine; run.json: versions.cpu_dispatch)")
+                hint = ("; if these are the same features, the run's command (run.json) may have another --order, or, "
+                        "if the same audio extracted elsewhere, the CPU loops numpy and OpenBLAS ran may differ from "
+                        "the run's (README: the same bits on every machine; run.json: versions.cpu_dispatch)")
             raise ConfigurationChanged(f"{run_dir} holds a run with a different configuration ({', '.join(diff)}); "
                                        f"use another RUN_DIR or --overwrite (which deletes it){hint}", diff, hint)
         _remove_run_outputs(run_dir)
