@@ -479,15 +479,16 @@ def cmd_predict(args) -> int:
     name_width = min(max(len(str(f)) for f in files), 60)
     say(f"{'file':<{name_width}}  {'label':<10} {'conf':>6}  top-3")
     for path, error in entries:
-        try:
-            if error is not None:
-                raise TimnetError(error)
-            pred = predictor.predict_file(path, window=args.window, hop=args.hop, progress=bar)
-        except TimnetError as e:
+        if error is None:
+            try:
+                pred = predictor.predict_file(path, window=args.window, hop=args.hop, progress=bar)
+            except TimnetError as e:
+                error = str(e)
+        if error is not None:
             failures += 1
-            rows.append({"file": str(path), "label": None, "probs": None, "error": str(e)})
-            say(f"{_one_line(str(path)):<{name_width}}  {'ERROR':<10} {'':>6}  {_one_line(str(e))}")
-            message = str(e) if str(path) in str(e) else f"{path}: {e}"
+            rows.append({"file": str(path), "label": None, "probs": None, "error": error})
+            say(f"{_one_line(str(path)):<{name_width}}  {'ERROR':<10} {'':>6}  {_one_line(error)}")
+            message = error if str(path) in error else f"{path}: {error}"
             print(f"timnet: error: {_one_line(message)}", file=sys.stderr)  # stdout may be a pipe into another tool
             continue
         rows.append(pred.to_json())

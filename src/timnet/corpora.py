@@ -467,7 +467,7 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
     # angry): two classes that are one, as case-insensitive file systems would have them
     forms: dict[str, str] = {}
     for label in labels:
-        if (other := forms.setdefault(_speaker_key(label), label)) != label:
+        if (other := forms.setdefault(_name_key(label), label)) != label:
             how = "Unicode forms" if unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", label) \
                 else "spellings (letter case)"
             raise TimnetError(f"{root}: label folders {other!r} and {label!r} are one name in two {how}; "
@@ -499,7 +499,7 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
                 if not speaker:  # no match, or a group that took part in none or matched "": no speaker named
                     skipped.append((path, "speaker pattern"))
                     continue
-                if (first := spelled.setdefault(_speaker_key(speaker), speaker)) != speaker:
+                if (first := spelled.setdefault(_name_key(speaker), speaker)) != speaker:
                     merged.setdefault(first, set()).add(speaker)
                     speaker = first
             found.append((path, _Match(pure.parts[0], speaker, path)))
@@ -526,8 +526,8 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
                   layout="DIR/<label>/<file>.wav (one folder per class)", scan=scan)
 
 
-def _speaker_key(name: str) -> str:
-    """What makes two speaker names one speaker: the same letters, whatever their case or Unicode form."""
+def _name_key(name: str) -> str:
+    """What makes two speaker (or label folder) names one: the same letters, whatever their case or Unicode form."""
     return unicodedata.normalize("NFC", name).casefold()
 
 

@@ -593,26 +593,23 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
     else:
         _check_not_sweep(run_dir)
         runs = [make_run(run_dir / f"seed_{s}", s) for s in seeds]
-        if (run_dir / RUN_FILE).is_file():
-            if not overwrite:
-                raise TimnetError(f"{run_dir} holds a single-seed run; use another RUN_DIR for --seeds (or --overwrite, "
-                                  "which deletes that run)")
-            for run in runs:  # every seed's folds split before the old run is deleted
+        single = (run_dir / RUN_FILE).is_file()
+        if single and not overwrite:
+            raise TimnetError(f"{run_dir} holds a single-seed run; use another RUN_DIR for --seeds (or --overwrite, "
+                              "which deletes that run)")
+        others = [p for p in run_dir.glob("seed_*") if (p / RUN_FILE).is_file() and p not in {r.dir for r in runs}]
+        if overwrite and (single or others):  # the old run is replaced, a single seed's or other seeds'
+            for run in runs:  # every seed's folds split before anything is deleted
                 run.splits_digest()
-            # only what a single-seed run wrote goes; anything else in the folder is the user's
-            _remove_run_outputs(run_dir)
+            if single:  # only what a single-seed run wrote goes; anything else in the folder is the user's
+                _remove_run_outputs(run_dir)
+            for p in others:
+                shutil.rmtree(p)
         foreign = [p.name for p in run_dir.iterdir()
                    if not p.name.startswith("seed_") and p.name not in (SEEDS_FILE, "seeds.csv")] if run_dir.is_dir() else []
         if foreign and not overwrite:
             raise TimnetError(f"{run_dir} holds files that are not seed runs ({', '.join(sorted(foreign)[:3])}); "
                               "expected an empty or new folder (or --overwrite, which keeps them and adds the seed runs)")
-        given = {run.dir for run in runs}
-        others = [p for p in run_dir.glob("seed_*") if (p / RUN_FILE).is_file() and p not in given]
-        if overwrite and others:  # the run is replaced: the old seeds go too (once the new ones' folds split)
-            for run in runs:
-                run.splits_digest()
-            for p in others:
-                shutil.rmtree(p)
     # the folders that hold a run first: one of them refused (another configuration) leaves no new
     # seed folder behind, which the corrected command would then refuse in its turn
     for run in sorted(runs, key=lambda r: not (r.dir / RUN_FILE).is_file()):

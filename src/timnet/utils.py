@@ -353,13 +353,13 @@ def diverged_words(folds: list[int]) -> str:
 def unfinished_words(run_dir: str | Path, n_finished: int, folds: int) -> str:
     """How a command says that only `n_finished` of a run's `folds` have a model: the folds a sweep
     trial lost to divergence named, as they will never have one."""
-    lost = diverged_folds(run_dir)
+    results = {path.parent: read_fold_result(path) for path in fold_files(run_dir, "result.json")}
+    lost = sorted(r["fold"] for r in results.values() if r.get("diverged"))
     text = f"only {n_finished} of {folds} folds " + (f"have a model ({diverged_words(lost)})" if lost else "are finished")
     # figures kept without weights (the benchmarks' ledger restores figures only; a model.pt deleted):
     # `train` counts such a fold done, so it says how to have it trained again
-    bare = sorted(path.parent for path in fold_files(run_dir, "result.json")
-                  if not (path.parent / "model.pt").exists() and not read_fold_result(path).get("diverged"))
+    bare = [d.name for d, r in results.items() if not r.get("diverged") and not (d / "model.pt").exists()]
     if bare:
-        text += (f"; {', '.join(p.name for p in bare)} {'has' if len(bare) == 1 else 'have'} figures but no model.pt "
+        text += (f"; {', '.join(bare)} {'has' if len(bare) == 1 else 'have'} figures but no model.pt "
                  "(delete its result.json and run the same `timnet train` to train it again)")
     return text
