@@ -71,6 +71,13 @@ CANDIDATES = {
     # all four, or only members 2-3 (members 0-1 are then swa-x2's, to every digit)
     "swa+vtlp+gain-x4": {"swa_epochs": 100, "vtlp": 0.1, "tempo": 0.1, "gain": 6.0, "members": 4},
     "swa-mixed-x4": {"swa_epochs": 100, "vtlp": 0.1, "tempo": 0.1, "gain": 6.0, "members": 4, "plain_members": 2},
+    # the screen of stop 48 (RESULTS.md): single models against "swa", paired fold by fold, before any
+    # four-member round: mixup (the issue's candidate never finished at 300 epochs) and dropout 0.2
+    # at the paper's 500 epochs; their last weights score "mixup" and "dropout0.2"
+    "swa+mixup": {"swa_epochs": 100, "mixup_alpha": 0.2},
+    "mixup": {"mixup_alpha": 0.2},
+    "swa+dropout0.2": {"swa_epochs": 100, "dropout": 0.2},
+    "dropout0.2": {"dropout": 0.2},
 }
 
 
