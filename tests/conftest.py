@@ -38,3 +38,20 @@ def write_tone(path: Path, *, seconds: float = 0.3, sr: int = 16000, channels: i
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), data.astype(np.float32), sr, subtype=subtype, format=fmt)
     return path
+
+
+def flip_a_stored_byte(source: Path, out: Path) -> str:
+    """Copy torch.save's zip `source` to `out` with one byte inside a tensor's stored bytes inverted,
+    as a disk or a copy may damage it (the file stays a whole zip, which torch.load reads without
+    complaint); returns the damaged record's name."""
+    import struct
+    import zipfile
+
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        record = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 16)
+    at = record.header_offset
+    name_length, extra_length = struct.unpack("<HH", data[at + 26:at + 30])  # the local header's own lengths
+    data[at + 30 + name_length + extra_length + 8] ^= 0xFF
+    out.write_bytes(bytes(data))
+    return record.filename

@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 import timnet
-from conftest import DATA, PRETRAINED, need, write_tone
+from conftest import DATA, PRETRAINED, flip_a_stored_byte, need, write_tone
 from timnet.checkpoint import save_checkpoint
 from timnet.errors import TimnetError
 from timnet.features import FeatureConfig, file_features
@@ -225,6 +225,12 @@ def test_checkpoint_that_does_not_fit_its_config_is_one_error(run_dir, tmp_path)
     torch.save(torch.nn.Linear(2, 2), whole)
     with pytest.raises(TimnetError, match=r"not a readable timnet checkpoint \(a torch file of other objects"):
         load_checkpoint(whole)
+    flipped = tmp_path / "flipped.pt"  # a whole zip with one stored byte of a weight inverted
+    record = flip_a_stored_byte(run_dir / "fold_01" / "model.pt", flipped)
+    torch.load(flipped, weights_only=True)  # which torch reads without a word
+    with pytest.raises(TimnetError, match=rf"flipped.pt: a damaged timnet checkpoint \(the bytes of {record} fail their "
+                                          r"checksum: a disk or copy error\); expected a model.pt"):
+        load_checkpoint(flipped)
 
 
 def test_unfinished_multi_seed_and_wrong_corpus_runs(run_dir, clips, tmp_path):

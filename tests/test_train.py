@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import flip_a_stored_byte
 from timnet.errors import TimnetError
 from timnet.features import FeatureConfig, FeatureSet, save_features
 from timnet.folds import default_folds, make_folds
@@ -573,7 +574,12 @@ def test_a_damaged_snapshot_is_one_error_naming_it(tmp_path):
     text.write_text("{}")
     listed = tmp_path / "list.pt"
     torch.save([1, 2], listed)
-    for path, why in ((cut, r"\(.+\)"), (text, r"\(.*invalid load key.*\)"), (listed, r"\(holds a list\)")):
+    flipped = tmp_path / "flipped.pt"
+    torch.save({"weights": torch.arange(64.0)}, good)
+    flip_a_stored_byte(good, flipped)
+    assert not torch.equal(torch.load(flipped)["weights"], torch.arange(64.0))  # loads, with a wrong weight
+    for path, why in ((cut, r"\(.+\)"), (text, r"\(.*invalid load key.*\)"), (listed, r"\(holds a list\)"),
+                      (flipped, r"\(damaged: the bytes of .+/data/0 fail their checksum\)")):
         with pytest.raises(TimnetError) as e:
             load_saved(path)
         assert "\n" not in str(e.value)

@@ -13,7 +13,7 @@ import torch
 from .errors import TimnetError
 from .features import FeatureConfig
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
-from .utils import atomic_write
+from .utils import atomic_write, damaged_record
 
 FORMAT = "timnet-checkpoint/1"
 # An ensemble's checkpoint is marked apart, so that a timnet without ensembles refuses it rather
@@ -57,6 +57,9 @@ def read_checkpoint(path: str | Path) -> dict:
         open(path, "rb").close()
     except OSError as e:  # not to be taken for a damaged file below
         raise TimnetError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if record := damaged_record(path):
+        raise TimnetError(f"{path}: a damaged timnet checkpoint (the bytes of {record} fail their checksum: a disk or "
+                          "copy error); expected a model.pt as `timnet train` wrote it")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch raises many types for a file that is not a checkpoint

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import dispatch, metrics, recipe
 from .errors import Diverged, TimnetError
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble, ensemble
-from .utils import atomic_write
+from .utils import atomic_write, damaged_record
 
 SELECTIONS = ("last", "best-val")
 PATHS = ("auto", "fast", "reference")
@@ -509,11 +509,14 @@ def train_members(
 def load_saved(path: Path) -> dict:
     """A snapshot or finished member this library wrote; one that cannot be read (a disk that
     filled, a copy cut short) is named with what to do, not a traceback from deep in torch."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        why = None if isinstance(saved, dict) else f"holds a {type(saved).__name__}"
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, OSError, ... by the damage
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if record := damaged_record(path):
+        why = f"damaged: the bytes of {record} fail their checksum"
+    else:
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            why = None if isinstance(saved, dict) else f"holds a {type(saved).__name__}"
+        except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, OSError, ... by the damage
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
     if why is not None:
         raise TimnetError(f"{path}: not a snapshot timnet can read ({why}); expected one timnet wrote: delete it, "
                           "and the same command trains that part again from its start")

@@ -303,6 +303,20 @@ def check_pool(pool) -> None:
         raise BrokenProcessPool("a worker process ended while the pool was running")
 
 
+def damaged_record(path: str | Path) -> str | None:
+    """The first record of a zip file (torch.save's format) whose bytes fail their CRC-32, or None.
+    torch.load does not check these checksums, so a weight with a bit flipped by a disk or a copy
+    would load silently and predict with it."""
+    import zipfile
+    import zlib
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error):
+        return None  # not a whole zip: torch.load's own failure says what the file is
+
+
 def fold_dirs(run_dir: str | Path) -> list[Path]:
     """A run's fold folders, fold_01, fold_02, ... in order: only names timnet writes, so that a
     user's copy beside them (fold_01_old) is neither counted as a fold nor deleted with the run."""
