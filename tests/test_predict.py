@@ -252,6 +252,19 @@ def test_unfinished_multi_seed_and_wrong_corpus_runs(run_dir, clips, tmp_path):
         shutil.copytree(unfinished, seeds / f"seed_{s}")
     with pytest.raises(TimnetError, match="holds the runs of 2 seeds"):
         load_model(seeds)
+    # a fold folder past the run's folds (a copy from another run) is not ensembled with them
+    stray = tmp_path / "stray"
+    shutil.copytree(run_dir, stray)
+    (stray / "run.json").write_text(json.dumps({"identity": {"folds": 2}}))
+    assert len(load_model(stray).models) == 2
+    shutil.copytree(stray / "fold_02", stray / "fold_03")
+    expected = (r"stray: fold_03 is not a fold of this 2-fold run \(its run.json\); expected fold_01 to fold_02 only: "
+                "move it out of the run folder")
+    with pytest.raises(TimnetError, match=expected):
+        load_model(stray)
+    r = subprocess.run([sys.executable, "-m", "timnet", "export", str(stray), "-o", str(tmp_path / "m.onnx")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and re.search(expected, r.stderr) and r.stderr.count("\n") == 1, r.stderr
 
 
 def test_silent_and_short_warnings(run_dir):

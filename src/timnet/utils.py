@@ -327,8 +327,27 @@ def fold_dirs(run_dir: str | Path) -> list[Path]:
 
 
 def fold_files(run_dir: str | Path, name: str) -> list[Path]:
-    """The file `name` (model.pt, result.json) of each fold folder that has it, in fold order."""
-    return [d / name for d in fold_dirs(run_dir) if (d / name).is_file()]
+    """The file `name` (model.pt, result.json) of each fold folder that has it, in fold order; a
+    fold folder past the run's own folds (a copy from another run) is refused, not ensembled or tested."""
+    dirs = fold_dirs(run_dir)
+    _refuse_stray_folds(Path(run_dir), dirs)
+    return [d / name for d in dirs if (d / name).is_file()]
+
+
+def _refuse_stray_folds(run_dir: Path, dirs: list[Path]) -> None:
+    from .errors import TimnetError
+    from .rundir import read_identity  # here only: rundir imports this module
+
+    if not dirs or not (run_dir / RUN_FILE).is_file():
+        return  # a folder of fold checkpoints without a run file: every fold in it is the user's choice
+    try:
+        folds = read_identity(run_dir).get("folds")
+    except TimnetError:
+        return  # the caller reads run.json itself where it needs it, and says what is wrong with it
+    if isinstance(folds, int) and (stray := [d.name for d in dirs if not 1 <= int(d.name[5:]) <= folds]):
+        raise TimnetError(f"{run_dir}: {', '.join(stray)} {'is not a fold' if len(stray) == 1 else 'are not folds'} "
+                          f"of this {folds}-fold run (its {RUN_FILE}); expected fold_01 to fold_{folds:02d} only: move "
+                          f"{'it' if len(stray) == 1 else 'them'} out of the run folder")
 
 
 def read_fold_result(path: str | Path) -> dict:
