@@ -350,6 +350,17 @@ def test_damaged_history_or_result_is_one_error(trained, tmp_path):
         path.write_text(damage(path.read_text()))
         with pytest.raises(TimnetError, match=re.escape(str(path)) + ": " + message):
             plot_run(run, out_dir=tmp_path / "figs")
+    # a model cut short fails the plot before any figure is written: the folder's figures stay as they were
+    run = tmp_path / "cut"
+    shutil.copytree(run_dir, run)
+    figures = plot_run(run)
+    before = {p.name: p.read_bytes() for p in (run / "plots").iterdir()}
+    (run / "fold_01" / "history.csv").write_text((run / "fold_01" / "history.csv").read_text().rsplit("\n", 2)[0] + "\n")
+    model = run / "fold_03" / "model.pt"
+    model.write_bytes(model.read_bytes()[:-100])
+    with pytest.raises(TimnetError, match=re.escape(str(model)) + ": not a readable timnet checkpoint"):
+        plot_run(run)
+    assert {p.name: p.read_bytes() for p in (run / "plots").iterdir()} == before and set(figures) <= FIGURES
 
 
 def test_fold_table_says_each_members_epoch_when_they_differ():

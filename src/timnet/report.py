@@ -207,16 +207,18 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     tc = identity.get("train_config") or {}
     members = tc.get("members", 1)
     histories = _histories(run_dir, results)
+    tested = "war" in results[0]  # not a sweep trial or a selection run, scored on validation only
+    fused = y = folds = reason = None
+    if tested:  # the models are read before any figure is written: a damaged one leaves the old figures whole
+        reason = _tsne_unavailable(info)
+        if reason is None:
+            fused, y, folds, reason = _run_test_features(run_dir, info, finished={r["fold"] for r in results})
     what = f"{len(results)} folds" + (f" × {members} members" if members > 1 else "")
     written = Figures(curves=save_figure(curves_figure(histories, what=what, swa_epochs=tc.get("swa_epochs") or 0,
                                                        context=context), out_dir / "curves"))
-    if "war" not in results[0]:  # a sweep trial or a selection run: scored on validation only
+    if not tested:
         warnings.warn("a validation-only run has no test predictions: training curves only", stacklevel=2)
         return written
-    fused = y = folds = None
-    reason = _tsne_unavailable(info)
-    if reason is None:
-        fused, y, folds, reason = _run_test_features(run_dir, info, finished={r["fold"] for r in results})
     if reason is not None:
         warnings.warn(f"t-SNE skipped: {reason}", stacklevel=2)
         written.skipped["tsne"] = reason
