@@ -173,6 +173,17 @@ def test_sweep_cli_and_bad_space(tmp_path):
                            capture_output=True, text=True)
     assert fewer.returncode == 0, fewer.stderr
     assert sorted(p.name for p in (tmp_path / "sw").glob("trial_*")) == ["trial_001"]  # not the old trial_002
+    # a finished trial fold whose model was deleted is said before anything trains, with what to do
+    one = [*cmd[:cmd.index("--trials") + 1], "1", *cmd[cmd.index("--trials") + 2:]]
+    model = tmp_path / "sw" / "trial_001" / "fold_02" / "model.pt"
+    model.unlink()
+    gone = subprocess.run(one, capture_output=True, text=True)
+    assert gone.returncode == 1 and gone.stderr.count("\n") == 1, gone.stderr
+    assert gone.stderr.startswith(f"timnet: error: {model}: missing, though its result.json says the fold is finished; ")
+    assert "delete the result.json of each such fold and run the same `timnet sweep`" in gone.stderr
+    (model.parent / "result.json").unlink()
+    again = subprocess.run(one, capture_output=True, text=True)
+    assert again.returncode == 0 and model.is_file(), again.stderr
     # an option the space also sets was silently overridden by it
     clash = subprocess.run([*cmd, "--epochs", "3"], capture_output=True, text=True)
     assert clash.returncode == 1 and clash.stderr == f"timnet: error: --epochs 3 and {space} both set epochs; give it in one place\n"

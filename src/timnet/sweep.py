@@ -36,7 +36,7 @@ from .features import FeatureSet
 from .model import TIMNetConfig
 from .run import SEEDS_FILE, Run, execute_runs
 from .train import TrainConfig, check_seed, preset_swa_epochs
-from .utils import RUN_FILE, diverged_words, torch_threads, write_csv, write_json
+from .utils import RUN_FILE, diverged_words, fold_dirs, read_fold_result, torch_threads, write_csv, write_json
 
 MODEL_PARAMS = ("dropout",)
 KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
@@ -346,6 +346,7 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
         log(f"{sweep_dir}: {', '.join(others)} {'is' if len(others) == 1 else 'are'} not of this sweep's "
             f"{len(runs)} trial{'s' * (len(runs) != 1)}, left as {'it is' if len(others) == 1 else 'they are'}; "
             "--overwrite removes them")
+    _refuse_folds_without_models(runs)
     summaries = execute_runs(runs, backend=backend, progress=progress, log=log)
     table = [{"trial": run.dir.name, **run.params, "val_uar": s["mean_val_uar"], "val_uar_std": s["std_val_uar"],
               "val_war": s["mean_val_war"]} for run, s in zip(runs, summaries)]
@@ -383,6 +384,18 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
     write_csv(sweep_dir / "trials.csv", table)
     write_json(sweep_dir / "sweep.json", out)
     return out
+
+
+def _refuse_folds_without_models(runs: list[Run]) -> None:
+    """A finished trial fold whose model.pt is gone (deleted to save space) counts as done, yet the
+    sweep's end tests each fold's chosen model: said before hours of training, with what to do."""
+    bare = [d for run in runs for d in fold_dirs(run.dir) if (d / "result.json").is_file()
+            and not (d / "model.pt").is_file() and not read_fold_result(d / "result.json").get("diverged")]
+    if bare:
+        more = f" (so have {len(bare) - 1} other trial folds)" if len(bare) > 1 else ""
+        raise TimnetError(f"{bare[0] / 'model.pt'}: missing, though its result.json says the fold is finished{more}; "
+                          "the sweep tests each fold's chosen model at its end: delete the result.json of each such "
+                          "fold and run the same `timnet sweep` to train it again")
 
 
 def _cast(value, typ):
