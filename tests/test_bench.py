@@ -26,6 +26,8 @@ def test_format_bench_table():
          "extract_s": 5.0, "extract_files_per_s": 107.0, "extract_x_realtime": 300.0, "peak_rss_mb": 500.0}
     table = format_bench(r)
     assert "2.00x" in table and "extraction of EMODB" in table and table.count("\n") == 11
+    r["extract_files"] = 4  # a part of the corpus: the row says how many files were timed
+    assert "extraction of EMODB (4 files): s" in format_bench(r)
     r["machine"] = {"matmul_gflops": 125.4}
     assert format_bench(r).splitlines()[-1].split()[-1] == "125"
 
@@ -48,6 +50,21 @@ def test_bad_options_refused_before_the_timings(tmp_path):
     (tmp_path / "emodb" / "wav" / "03a01Fa.wav").write_bytes(b"not audio")
     with pytest.raises(TimnetError, match="03a01Fa.wav: not readable audio"):
         run_bench(data_dir=tmp_path / "emodb", log=never)
+    # a file whose header reads but whose samples are cut short: found by the extraction, which is
+    # timed first, and said without extract's --skip-bad, which bench has not
+    from conftest import write_tone
+
+    good = write_tone(tmp_path / "good.wav", seconds=1.0)
+    (tmp_path / "emodb" / "wav" / "03a01Fa.wav").write_bytes(good.read_bytes()[:20000])
+    write_tone(tmp_path / "emodb" / "wav" / "03a01Nc.wav", seconds=1.0, seed=1)
+
+    def extraction_only(message):
+        if not message.startswith("timing extraction"):
+            never(message)
+
+    with pytest.raises(TimnetError, match=r"03a01Fa.wav: .*truncated.*; --data expects the EMODB tree, every file readable$") as e:
+        run_bench(data_dir=tmp_path / "emodb", log=extraction_only)
+    assert "skip-bad" not in str(e.value)
 
 
 def test_a_busy_machine_is_said_before_the_timings(monkeypatch):

@@ -249,6 +249,30 @@ def test_json_is_never_a_file_of_another_run_folder(tmp_path, capsys, json_in_ru
     assert (run / json_in_run).read_text() == "the run's"
 
 
+def test_figures_never_go_into_another_run_folder(tmp_path):
+    """`test --plots RUN/plots` replaced some of a run's figures with another model's and kept the
+    others; a run's own `plot --out` and folders beside runs stay allowed."""
+    from timnet.cli import _check_outputs, build_parser
+
+    run = tmp_path / "run"
+    (run / "plots").mkdir(parents=True)
+    (run / "seed_46" / "plots").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    (run / "seed_46" / "run.json").write_text("{}")
+    features = tmp_path / "f.npz"
+    for given in (["test", str(features), "--weights", str(tmp_path), "--plots", str(run / "plots")],
+                  ["test", str(features), "--weights", str(tmp_path), "--plots", str(run)],
+                  ["test", str(features), "--weights", str(tmp_path), "--plots", str(run / "seed_46" / "plots")],
+                  ["plot", str(tmp_path / "other"), "--out", str(run / "plots")]):
+        with pytest.raises(Exception, match=r"--(plots|out) .* is (the run folder|inside the run folder) .*whose figures "
+                                            "it would mix with others; expected a folder outside it"):
+            _check_outputs(build_parser().parse_args(given))
+    for given in (["plot", str(run), "--out", str(run / "plots")], ["plot", str(run / "seed_46"), "--out", str(run / "seed_46" / "plots")],
+                  ["test", str(features), "--weights", str(tmp_path), "--plots", str(run / "mine")],
+                  ["test", str(features), "--weights", str(tmp_path), "--plots", str(tmp_path / "figures")]):
+        _check_outputs(build_parser().parse_args(given))
+
+
 def test_json_beside_a_model_or_files_named_fold_that_are_no_run(tmp_path, monkeypatch):
     """A user's folder holding a copied model.pt or a fold_plan.txt is not a run folder: results.json
     may go there."""
@@ -366,6 +390,7 @@ def test_test_on_authors_npy_is_exact(reference, tmp_path):
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["mean_war"] == pytest.approx(ref["mean_war"], abs=1e-12)
     assert r["mean_uar"] == pytest.approx(ref["mean_uar"], abs=1e-12)
+    assert r["order"] == "authors"  # their .npy is in their order (it has no file names to sort by)
     for mine, theirs in zip(r["folds"], ref["per_fold"]):
         assert mine["war"] == pytest.approx(theirs["war"], abs=1e-12) and mine["uar"] == pytest.approx(theirs["uar"], abs=1e-12)
     for m in ("war", "uar"):  # the spread over the ten folds (population std, as evaluate.summarize documents)

@@ -5,6 +5,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import matplotlib
 
@@ -13,6 +15,7 @@ matplotlib.use("Agg")  # before anything imports pyplot: tests never need a disp
 import matplotlib.image
 import numpy as np
 import pytest
+import torch
 from matplotlib.figure import Figure
 
 import browser
@@ -338,18 +341,29 @@ def test_damaged_history_or_result_is_one_error(trained, tmp_path):
     from timnet.errors import TimnetError
 
     _, run_dir = trained
+    def edited(**changes):
+        return lambda t: json.dumps({k: v for k, v in {**json.loads(t), **changes}.items() if v is not None})
+
     for i, (name, damage, message) in enumerate((
         ("history.csv", lambda t: t.replace(t.splitlines()[2].split(",")[1], "abc", 1), "not a readable training history"),
+        ("history.csv", lambda t: "foo,bar\n1,2\n", r"not a training history \(no epoch and loss columns\)"),
+        ("history.csv", None, r"missing; expected the CSV `timnet train` writes with each fold \(restore it, or delete"),
         ("result.json", lambda t: json.dumps([json.loads(t)]), "not a timnet fold result"),
-        ("result.json", lambda t: json.dumps({k: v for k, v in json.loads(t).items() if k != "confusion"}),
-         "not a timnet fold result"),
+        ("result.json", edited(confusion=None), "not a timnet fold result"),
+        ("result.json", edited(n_test=None), "not a timnet fold result"),
+        ("result.json", edited(confusion=[[1, 2], [3, 4, 5]]), "not a timnet fold result"),
+        ("result.json", edited(n_test=10 ** 6), "not a timnet fold result"),
+        ("result.json", edited(confusion=[[1, 2], [3, 4]], n_test=10), r"a confusion matrix of 2 classes in a run of 7 "),
+        ("result.json", edited(fold=1), r"the result of fold 1, in fold_02; expected each fold's result in its own folder"),
+        ("result.json", edited(fold=5), r"the result of fold 5, in fold_02"),
     )):
         run = tmp_path / f"run{i}"
         shutil.copytree(run_dir, run)
         path = run / "fold_02" / name
-        path.write_text(damage(path.read_text()))
+        path.write_text(damage(path.read_text())) if damage else path.unlink()
         with pytest.raises(TimnetError, match=re.escape(str(path)) + ": " + message):
             plot_run(run, out_dir=tmp_path / "figs")
+        assert not (tmp_path / "figs").exists()  # refused before any figure is drawn
     # a model cut short fails the plot before any figure is written: the folder's figures stay as they were
     run = tmp_path / "cut"
     shutil.copytree(run_dir, run)
@@ -361,6 +375,19 @@ def test_damaged_history_or_result_is_one_error(trained, tmp_path):
     with pytest.raises(TimnetError, match=re.escape(str(model)) + ": not a readable timnet checkpoint"):
         plot_run(run)
     assert {p.name: p.read_bytes() for p in (run / "plots").iterdir()} == before and set(figures) <= FIGURES
+    # a model with a NaN weight (a damaged file) predicts one class for everything: refused, as predict refuses it
+    nan = tmp_path / "nan"
+    shutil.copytree(run_dir, nan)
+    ckpt = torch.load(nan / "fold_02" / "model.pt", weights_only=True)
+    name = next(k for k in ckpt["state_dict"] if k.endswith("running_var"))
+    ckpt["state_dict"][name][0] = float("nan")
+    torch.save(ckpt, nan / "fold_02" / "model.pt")
+    expected = re.escape(str(nan / "fold_02" / "model.pt")) + r": non-finite \(NaN or inf\) weights; expected a trained model"
+    with pytest.raises(TimnetError, match=expected):
+        plot_run(nan, out_dir=tmp_path / "nan_figs")
+    r = subprocess.run([sys.executable, "-m", "timnet", "test", str(run_dir.parent / "features.npz"), "--weights", str(nan)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and re.search(expected, r.stderr) and r.stderr.count("\n") == 1, r.stderr
 
 
 def test_fold_table_says_each_members_epoch_when_they_differ():

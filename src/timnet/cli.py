@@ -526,7 +526,7 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import format_bench, run_bench
 
-    with _warnings_as_messages():
+    with _warnings_at_once():  # a busy machine is said before minutes of timings, not after them
         result = run_bench(data_dir=args.data, workers=args.workers, log=lambda m: print(m, file=sys.stderr))
     say = _Stdout(keep_going=bool(args.json))
     say(format_bench(result))
@@ -750,6 +750,7 @@ def _check_not_an_input(args) -> None:
     for name in ("json", "output"):
         _refuse_output_among(name, getattr(args, name, None), inputs)
     _refuse_json_in_a_run(args)
+    _refuse_figures_in_a_run(args)
 
 
 def _is_run_folder(f: Path) -> bool:
@@ -764,6 +765,26 @@ def _holds_a_run(f: Path) -> bool:
 
     return any((f / name).is_file() for name in (RUN_FILE, SEEDS_FILE, "sweep.json")) or \
         any(f.glob(f"seed_*/{RUN_FILE}")) or any(f.glob(f"trial_*/{RUN_FILE}"))
+
+
+def _refuse_figures_in_a_run(args) -> None:
+    """Refuse figures written into a run folder other than the one plotted (`test --plots RUN/plots`):
+    they would replace some of its figures and leave the others, a folder showing two models."""
+    import re
+
+    for name in ("plots", "out"):
+        out = getattr(args, name, None)
+        if not out:
+            continue
+        target = Path(out).resolve()
+        if getattr(args, "run_dir", None) and Path(args.run_dir).resolve() in (target, *target.parents):
+            continue  # `plot RUN --out RUN/plots`: the run's own figures
+        for folder in [target, *target.parents]:
+            if folder.is_dir() and _holds_a_run(folder):
+                inside = target.relative_to(folder).parts
+                if not inside or re.fullmatch(r"(fold|seed|trial)_\d+|plots", inside[0]):
+                    raise TimnetError(f"--{name} {out} is {'the run folder' if not inside else 'inside the run folder'} "
+                                      f"{folder}, whose figures it would mix with others; expected a folder outside it")
 
 
 def _refuse_json_in_a_run(args) -> None:

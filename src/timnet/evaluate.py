@@ -14,7 +14,7 @@ from .errors import TimnetError
 from .features import FeatureConfig, FeatureSet
 from .folds import make_folds
 from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
-from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
+from .model import TIMNet, TIMNetEnsemble, has_nonfinite_weights
 from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
 from .utils import RUN_FILE, diverged_folds, diverged_words, fold_files, read_fold_result, unfinished_words
 
@@ -40,7 +40,10 @@ class FoldModel:
     test_idx: np.ndarray
 
 
-def _check_fits(config: TIMNetConfig, fs: FeatureSet, source: Path) -> None:
+def _check_fits(model: TIMNet | TIMNetEnsemble, fs: FeatureSet, source: Path) -> None:
+    config = model.config
+    if has_nonfinite_weights(model):  # as predict and export refuse it: every utterance would get one class
+        raise TimnetError(f"{source}: non-finite (NaN or inf) weights; expected a trained model")
     if config.n_classes != len(fs.labels):
         raise TimnetError(f"{source}: model has {config.n_classes} classes; the {fs.corpus} features have {len(fs.labels)}")
     if config.n_features != fs.x.shape[2]:
@@ -73,7 +76,7 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
         out = []
         for path in run_ckpts:
             model, ckpt = load_checkpoint(path)
-            _check_fits(model.config, fs, path)
+            _check_fits(model, fs, path)
             test_idx = np.asarray(ckpt["extra"]["test_idx"], dtype=np.int64)
             if ckpt["extra"].get("n_samples") != len(fs):
                 raise TimnetError(f"{path}: trained on {ckpt['extra'].get('n_samples')} samples; these features have {len(fs)}")
@@ -94,7 +97,7 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
     loaded = []
     for path in keras_fold_files(weights, folds):
         model = load_keras_weights(path)
-        _check_fits(model.config, fs, path)
+        _check_fits(model, fs, path)
         check_corpus_levels(model, fs.corpus, path)
         if not loaded:  # the first file says whose weights these are; the split is checked before nine more load
             _check_authors_split(weights, fs, seed=seed, split=split)
@@ -174,7 +177,9 @@ def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = Non
                               f"({identity['folds']} folds, seed {identity['seed']})")
         split, used_seed = identity["split"], identity["seed"]
     summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split=split, seed=used_seed)
-    summary["order"] = order  # which decides the folds: the authors' CASIA weights score 0.934 in theirs, 0.99 in SPEC's
+    # which decides the folds: the authors' CASIA weights score 0.934 in theirs, 0.99 in SPEC's; an
+    # authors' .npy (no file names to sort by) is in their order as it stands
+    summary["order"] = "authors" if fs.files is None else order
     if identity is not None and len(results) < identity["folds"]:
         warnings.warn(f"{weights}: {unfinished_words(weights, len(results), identity['folds'])}; the means cover those")
         summary["run_folds_n"] = identity["folds"]  # folds_n counts the finished ones: the JSON says the run is not whole

@@ -149,3 +149,9 @@ def ensemble(models: list[TIMNet]) -> TIMNet | TIMNetEnsemble:
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (BN running statistics excluded, unlike Keras's count)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def has_nonfinite_weights(model: nn.Module) -> bool:
+    """Whether a weight or BN statistic is NaN or infinite: a damaged file, or a training that diverged,
+    which would predict one class for every input rather than fail."""
+    return any(not torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())

@@ -20,7 +20,7 @@ from .corpora import AUDIO_EXTENSIONS, CORPORA, get_corpus
 from .errors import TimnetError
 from .features import FeatureConfig, waveform_features
 from .keras_import import check_corpus_levels, highest_keras_fold, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
-from .model import TIMNet
+from .model import TIMNet, has_nonfinite_weights
 from .rundir import check_not_multi_seed, read_identity
 from .utils import RUN_FILE, diverged_folds, diverged_words, fold_files, unfinished_words
 
@@ -213,7 +213,7 @@ class Predictor:
             if m.config.n_features != feature_config.n_mfcc:  # an authors' file of another front end, say
                 raise TimnetError(f"{source}: a model takes {m.config.n_features} features per frame, but its "
                                   f"feature config gives {feature_config.n_mfcc} MFCCs; expected a model of these features")
-        if any(not torch.isfinite(t).all() for m in models for t in m.state_dict().values() if t.is_floating_point()):
+        if any(map(has_nonfinite_weights, models)):
             raise TimnetError(f"{source}: a model has non-finite (NaN or inf) weights; expected a trained model")
         self.models = [m.eval() for m in models]
         self.labels, self.feature_config, self.source = tuple(labels), feature_config, source

@@ -83,13 +83,20 @@ def _evaluation_context(summary: dict, weights: str | Path | None) -> tuple[str,
 # -- reading a RUN_DIR ---------------------------------------------------------------------------
 def read_history(path: str | Path) -> dict[str, np.ndarray]:
     """A fold's history.csv as float arrays by column; empty cells (no validation that epoch) are NaN."""
+    expected = "expected the CSV `timnet train` writes"
+    if not Path(path).is_file():
+        raise TimnetError(f"{path}: missing; {expected} with each fold (restore it, or delete the fold's result.json "
+                          "and run the same `timnet train` to train that fold again)")
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         columns = [c for c in rows[0] if c is not None] if rows else ["epoch"]
-        return {c: np.array([float(r[c]) if r.get(c) not in (None, "") else np.nan for r in rows]) for c in columns}
+        history = {c: np.array([float(r[c]) if r.get(c) not in (None, "") else np.nan for r in rows]) for c in columns}
     except (ValueError, UnicodeDecodeError, csv.Error) as e:  # a hand-edited or half-copied file
-        raise TimnetError(f"{path}: not a readable training history ({e}); expected the CSV `timnet train` writes") from None
+        raise TimnetError(f"{path}: not a readable training history ({e}); {expected}") from None
+    if rows and not {"epoch", "loss"} <= set(history):
+        raise TimnetError(f"{path}: not a training history (no epoch and loss columns); {expected}")
+    return history
 
 
 def _run_info(run_dir: Path) -> dict:
@@ -111,10 +118,17 @@ def _run_info(run_dir: Path) -> dict:
 def _fold_results(run_dir: Path) -> tuple[list[dict], list[int]]:
     """The finished folds' results, by fold, and the folds that diverged (a sweep trial's fold whose
     loss became NaN: no model, history or figures; timnet.sweep), which are not among them."""
-    results = [read_fold_result(path) for path in fold_files(run_dir, "result.json")]
+    paths = fold_files(run_dir, "result.json")
+    results = [read_fold_result(path) for path in paths]
     if not results:
         check_not_all_data(run_dir)
         raise TimnetError(f"{run_dir}: no finished fold (no fold_*/result.json); train it first or wait for a fold to end")
+    labels = read_identity(run_dir).get("labels") or []
+    for path, r in zip(paths, results):
+        if "confusion" in r and len(r["confusion"]) != len(labels):
+            raise TimnetError(f"{path}: a confusion matrix of {len(r['confusion'])} classes in a run of {len(labels)} "
+                              f"({', '.join(labels)}); expected the result of this run's fold: delete it to train that "
+                              "fold again")
     lost = sorted(r["fold"] for r in results if r.get("diverged"))
     if len(lost) == len(results):
         raise TimnetError(f"{run_dir}: every finished fold diverged (the loss became NaN or infinite; their "

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -320,8 +321,6 @@ def damaged_record(path: str | Path) -> str | None:
 def fold_dirs(run_dir: str | Path) -> list[Path]:
     """A run's fold folders, fold_01, fold_02, ... in order: only names timnet writes, so that a
     user's copy beside them (fold_01_old) is neither counted as a fold nor deleted with the run."""
-    import re
-
     return sorted((p for p in Path(run_dir).glob("fold_*") if re.fullmatch(r"fold_\d+", p.name) and p.is_dir()),
                   key=lambda p: int(p.name[5:]))
 
@@ -363,13 +362,24 @@ def read_fold_result(path: str | Path) -> dict:
         raise TimnetError(f"{path}: not a readable fold result ({e}); {remedy}") from None
     number = (int, float)
     ok = isinstance(r, dict) and isinstance(r.get("fold"), int) and (
-        isinstance(r.get("war"), number) and isinstance(r.get("uar"), number) and isinstance(r.get("confusion"), list)
+        isinstance(r.get("war"), number) and isinstance(r.get("uar"), number) and _is_confusion(r.get("confusion"), r.get("n_test"))
         if "war" in r else isinstance(r.get("diverged"), str)  # a sweep trial's fold whose loss became NaN
         or isinstance(r.get("val_war"), number) and isinstance(r.get("val_uar"), number))
     if not ok:
-        raise TimnetError(f"{path}: not a timnet fold result (a JSON object with fold, war, uar, confusion, or a "
-                          f"validation-only fold's val_war, val_uar); {remedy}")
+        raise TimnetError(f"{path}: not a timnet fold result (a JSON object with fold, war, uar, n_test and a square "
+                          f"confusion of n_test utterances, or a validation-only fold's val_war, val_uar); {remedy}")
+    if re.fullmatch(r"fold_\d+", path.parent.name) and r["fold"] != int(path.parent.name[5:]):
+        raise TimnetError(f"{path}: the result of fold {r['fold']}, in {path.parent.name}; expected each fold's result "
+                          f"in its own folder (a copy from another fold?); {remedy}")
     return r
+
+
+def _is_confusion(confusion, n_test) -> bool:
+    """Whether `confusion` is a square matrix of counts of `n_test` utterances, as evaluate writes it."""
+    return (isinstance(n_test, int) and isinstance(confusion, list) and len(confusion) > 0
+            and all(isinstance(row, list) and len(row) == len(confusion) for row in confusion)
+            and all(isinstance(c, int) and c >= 0 for row in confusion for c in row)
+            and sum(map(sum, confusion)) == n_test)
 
 
 def diverged_folds(run_dir: str | Path) -> list[int]:
