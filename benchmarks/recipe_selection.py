@@ -91,6 +91,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="folds trained at once (default 2)")
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names (default: all)")
     p.add_argument("--table-only", action="store_true", help="train nothing: the table of the folds finished so far")
+    p.add_argument("--baseline", default="paper", help="the candidate every Δ column is paired with (default paper; "
+                   "run or scored by another run here, e.g. swa for the screen of stop 48)")
     args = p.parse_args()
     if args.json is None and not args.table_only:
         p.error("--json is required (unless --table-only)")
@@ -144,22 +146,25 @@ def main() -> int:
     print(f"### {fs.corpus}: validation UAR/WAR of candidate recipes ({args.folds} folds, seed {seed}, "
           f"{args.val_fraction:.0%} of each training part for validation)\n")
     print("| candidate | epochs | validation UAR (mean ± population std over folds) | validation WAR | "
-          "Δ UAR vs paper (mean ± s.e., paired by fold) | its last weights' UAR "
+          f"Δ UAR vs {args.baseline} (mean ± s.e., paired by fold) | its last weights' UAR "
           "| Δ vs last | its first member's UAR | Δ vs first member |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     derived = derived_candidates(names, summaries)
-    paper = dict(zip(names, summaries)).get("paper") or derived.get("paper", (None, None))[1]
+    base = dict(zip(names, summaries)).get(args.baseline) or derived.get(args.baseline, (None, None))[1]
+    if base is None:
+        print(f"--baseline {args.baseline}: not among the candidates run or scored here; no Δ column", file=sys.stderr)
+    key = f"delta_uar_vs_{args.baseline}"
     rows = []
     for name, run, s in zip(names, runs, summaries):
         folds = s["folds"]
-        delta = paired(folds, paper["folds"], "val_uar", "val_uar") if paper is not None and name != "paper" else None
+        delta = paired(folds, base["folds"], "val_uar", "val_uar") if base is not None and name != args.baseline else None
         last = [f["val_uar_last"] for f in folds if "val_uar_last" in f]
         single = [f["val_uar_single"] for f in folds if "val_uar_single" in f]
         vs_last, vs_single = paired(folds, folds, "val_uar", "val_uar_last"), paired(folds, folds, "val_uar", "val_uar_single")
         rows.append({"candidate": name, "params": CANDIDATES[name], "epochs": run.config.epochs,
                      "val_uar": s["mean_val_uar"], "val_uar_std": s["std_val_uar"],
                      "val_war": s["mean_val_war"], "val_war_std": s["std_val_war"],
-                     "delta_uar_vs_paper": delta, "last_weights_val_uar": float(np.mean(last)) if last else None,
+                     key: delta, "last_weights_val_uar": float(np.mean(last)) if last else None,
                      "delta_uar_vs_last": vs_last, "first_member_val_uar": float(np.mean(single)) if single else None,
                      "delta_uar_vs_first_member": vs_single,
                      "folds": [{k: f[k] for k in ("fold", "val_uar", "val_war", "n_val", "val_uar_last", "val_uar_single",
@@ -172,14 +177,14 @@ def main() -> int:
         k = max(f["fold"] for _, s in derived.values() for f in s["folds"])
         print("\nCandidates scored by another run that trains their models step for step (its last weights, "
               "when it only adds averaging; its first members, when it is a larger ensemble):\n")
-        print("| candidate | scored by | " + " | ".join(f"fold {i + 1}" for i in range(k)) + " | mean | Δ UAR vs paper |")
+        print("| candidate | scored by | " + " | ".join(f"fold {i + 1}" for i in range(k)) + f" | mean | Δ UAR vs {args.baseline} |")
         print("|---|---|" + "---:|" * (k + 2))
         for name, (how, s) in derived.items():
             uars = [f["val_uar"] for f in s["folds"]]
             by_fold = {f["fold"]: f["val_uar"] for f in s["folds"]}  # a fold not finished leaves its own cell empty
-            delta = paired(s["folds"], paper["folds"], "val_uar", "val_uar") if paper is not None and name != "paper" else None
+            delta = paired(s["folds"], base["folds"], "val_uar", "val_uar") if base is not None and name != args.baseline else None
             rows.append({"candidate": name, "params": CANDIDATES[name], "read_from": how,
-                         "val_uar": float(np.mean(uars)), "delta_uar_vs_paper": delta, "folds": s["folds"]})
+                         "val_uar": float(np.mean(uars)), key: delta, "folds": s["folds"]})
             print(f"| {name} | {how} | " + " | ".join(f"{by_fold[i]:.4f}" if i in by_fold else "–" for i in range(1, k + 1))
                   + f" | {np.mean(uars):.4f} | {signed(delta)} |")
     if args.json:
