@@ -589,6 +589,35 @@ def test_a_damaged_snapshot_is_one_error_naming_it(tmp_path):
         assert re.search(why, str(e.value)), str(e.value)
 
 
+def test_options_that_change_nothing_are_said_and_do_not_block_a_resume(tmp_path):
+    """A --time-mask-width without --time-masks (or --eval-every without validation) trains the same
+    run: said at once, and the run resumes without it rather than being refused as another run."""
+    features = save_features(synthetic(), tmp_path / "f.npz")
+
+    def train(*options):
+        return subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "run"),
+                               "--folds", "2", "--epochs", "1", "--batch-size", "16", "--workers", "1", "-q",
+                               "--no-report", *options], capture_output=True, text=True)
+
+    first = train("--time-mask-width", "5", "--eval-every", "3")
+    assert first.returncode == 0, first.stderr
+    assert "timnet: warning: --time-mask-width 5 without --time-masks: no mask is drawn, so it changes nothing" in first.stderr
+    assert "--eval-every 3 without --val-fraction" in first.stderr
+    again = train()
+    assert again.returncode == 0 and "different configuration" not in again.stderr, again.stderr
+    assert "fold 1/2: done before, kept" in again.stderr + again.stdout
+    held = subprocess.run([sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "all"), "--all-data",
+                           "--epochs", "1", "--batch-size", "16", "--val-fraction", "0.25", "--threads", "1"],
+                          capture_output=True, text=True)
+    n = len(synthetic())
+    val = len(torch.load(tmp_path / "all" / "model.pt", weights_only=True)["extra"]["val_idx"])
+    assert held.returncode == 0 and val > 0, held.stderr
+    assert f"one model on {n - val} of the {n} utterances ({val} held out for validation)" in held.stdout, held.stdout
+    other = train("--time-masks", "1", "--time-mask-width", "5")  # a mask drawn: another run, refused as before
+    assert other.returncode == 1 and "different configuration (train_config.time_mask_width, train_config.time_masks)" \
+        in other.stderr, other.stderr
+
+
 def test_all_data_model_resumes_and_is_kept(tmp_path):
     features = save_features(synthetic(), tmp_path / "f.npz")
 
@@ -670,7 +699,7 @@ def test_a_class_too_small_to_stratify_is_named(tmp_path):
     keep = np.flatnonzero(fs.y != 6)[:-1].tolist() + np.flatnonzero(fs.y == 6)[:2].tolist()  # two of the last class
     small = replace(fs, x=fs.x[keep], y=fs.y[keep], speakers=fs.speakers[keep], files=fs.files[keep])
     with pytest.raises(TimnetError, match=rf"^fold \d: --val-fraction 0.2: {LABELS[6]}: one utterance in this training "
-                                          r"part, where each class needs one on either side; use fewer --folds"):
+                                          r"part, where each class needs one on either side; expected --val-fraction 0, or more data"):
         Run(small, tmp_path / "run", config=TrainConfig(**{**FAST, "val_fraction": 0.2}), folds=2).prepare()
     assert not (tmp_path / "run").exists()
 
@@ -720,7 +749,7 @@ def test_one_process_writes_a_run_dir_at_a_time(tmp_path, capsys):
 
     new = tmp_path / "new"
     assert main(["train", str(features), "-o", str(new), "--val-fraction", "0.99", *common]) == 1
-    assert "fewer than its 7 classes; use fewer --folds, more data, or --val-fraction 0" in capsys.readouterr().err and not new.exists()
+    assert "fewer than its 7 classes; expected a smaller --val-fraction (or 0), or more data" in capsys.readouterr().err and not new.exists()
 
     run = tmp_path / "run"
     assert main(["train", str(features), "-o", str(run), "--no-report", *common]) == 0

@@ -172,6 +172,10 @@ def _execution(args, folds_at_once: int):
     config = recipe_config(args.recipe, val_fraction=args.val_fraction, **given)
     if args.eval_every is not None and config.val_fraction == 0:
         _warn(f"--eval-every {args.eval_every} without --val-fraction: there is no validation share to evaluate")
+    for axis in ("time", "freq"):
+        if given.get(f"{axis}_mask_width") and f"{axis}_mask_width" in config.inert():
+            _warn(f"--{axis}-mask-width {given[f'{axis}_mask_width']} without --{axis}-masks: no mask is drawn, so it "
+                  "changes nothing")
     if config.plain_members and "plain_members" in config.inert():  # nothing to leave out
         _warn(f"--plain-members {config.plain_members} with no augmentation on: every member trains alike (give "
               "--vtlp, --tempo, --gain, --time-shift, masks or --mixup-alpha for a mixed ensemble)")
@@ -247,7 +251,12 @@ def cmd_train(args) -> int:
                                       threads=args.threads or os.cpu_count() or 1, device=device, path=args.path,
                                       overwrite=args.overwrite, progress=not args.quiet, model_overrides=model_overrides)
             what = "one model" if config.members == 1 else f"an ensemble of {config.members} models"
-            print(f"{what} on all {len(fs)} utterances -> {path} (no test score: use cross-validation for that)")
+            from .checkpoint import read_checkpoint
+
+            held = len(read_checkpoint(path)["extra"].get("val_idx") or [])  # --val-fraction's share, not trained on
+            on = f"{len(fs) - held} of the {len(fs)} utterances ({held} held out for validation)" if held else \
+                f"all {len(fs)} utterances"
+            print(f"{what} on {on} -> {path} (no test score: use cross-validation for that)")
             return 0
         features_path = str(Path(args.features).resolve())
 

@@ -22,10 +22,22 @@ NOT_DECISIVE = ("save_every",)  # snapshots resume bit for bit at any interval
 
 
 def decisive(identity: dict | None) -> dict | None:
-    """A run identity without the options in NOT_DECISIVE, as runs are compared."""
+    """A run identity without the options in NOT_DECISIVE, nor those its own config makes inert (a
+    --time-mask-width without --time-masks), as runs are compared: a run resumes whatever they are now."""
     if identity is None or "train_config" not in identity:
         return identity
-    return {**identity, "train_config": {k: v for k, v in identity["train_config"].items() if k not in NOT_DECISIVE}}
+    tc = identity["train_config"]
+    dropped = {*NOT_DECISIVE, *_inert(tc)}
+    return {**identity, "train_config": {k: v for k, v in tc.items() if k not in dropped}}
+
+
+def _inert(train_config: dict) -> dict[str, str]:
+    from .train import TrainConfig  # here only: it imports torch
+
+    try:
+        return TrainConfig(**train_config).inert()
+    except (TypeError, ValueError, TimnetError):  # a config of another version: every option compared
+        return {}
 
 
 def features_fingerprint(fs: FeatureSet) -> str:

@@ -197,7 +197,9 @@ def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, s
         what = (f"{', '.join(single)}: one utterance in this training part, where each class needs one on either side"
                 if single else f"{n_val} of this training part's {len(train_idx)} utterances for validation leave "
                                f"{len(train_idx) - n_val} to train on, fewer than its {len(classes)} classes")
-        raise TimnetError(f"--val-fraction {fraction}: {what}; use fewer --folds, more data, or --val-fraction 0") from None
+        # (not fewer --folds: they make each training part smaller)
+        fix = "--val-fraction 0" if single else "a smaller --val-fraction (or 0)"
+        raise TimnetError(f"--val-fraction {fraction}: {what}; expected {fix}, or more data") from None
     # the split rounds each class's share, and a large fraction can take a small class whole
     if gone := sorted(set(part.tolist()) - set(part[tr].tolist())):
         raise TimnetError(f"--val-fraction {fraction}: every {', '.join(map(name, gone))} utterance of this training part goes to "
