@@ -98,9 +98,8 @@ def emodb_audio_seconds(data_dir: str | Path) -> float:
 
 def extraction_seconds(data_dir: str | Path, *, workers: int) -> dict:
     """Wall time of extracting the real EMODB tree with `workers` processes, and its speed."""
-    from .features import extract
-
     from .errors import TimnetError
+    from .features import extract
 
     audio_seconds = emodb_audio_seconds(data_dir)
     t0 = time.perf_counter()
