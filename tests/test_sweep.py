@@ -218,6 +218,19 @@ def test_sweep_cli_and_bad_space(tmp_path):
     assert "trial_001 holds a trial of another sweep (train_config.lr differs: another space" in changed.stderr
     assert "SWEEP_DIR" in changed.stderr and "RUN_DIR" not in changed.stderr
     assert sorted(p.name for p in (tmp_path / "sw").glob("trial_*")) == ["trial_001"]
+    # command-line options valid only beside the space's values are checked with them, trial by trial
+    space.write_text("members: {grid: [2, 3]}\nepochs: 1\n")
+    together = [*cmd[:cmd.index("--trials") + 1], "1", *cmd[cmd.index("--trials") + 2:]]
+    together[together.index("-o") + 1] = str(tmp_path / "sw2")
+    r = subprocess.run([*together, "--plain-members", "1", "--gain", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(json.loads((tmp_path / "sw2" / f"trial_00{i}" / "run.json").read_text())["identity"]["train_config"]
+                  ["members"] for i in (1, 2)) == [2, 3]
+    space.write_text("members: {grid: [1, 2]}\nepochs: 1\n")  # members 1: plain_members 1 is not fewer
+    r = subprocess.run([*together, "--plain-members", "1", "--gain", "1", "--overwrite"], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("timnet: error: --plain-members 1 invalid"), r.stderr
+    r = subprocess.run([*together, "--workers", "0", "--overwrite"], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("timnet: error: --workers 0"), r.stderr
     space.write_text("lr: [0.1\n")
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0

@@ -319,7 +319,7 @@ def cmd_sweep(args) -> int:
     from .corpora import paper_seed
     from .features import in_order, load_features
     from .run import Run
-    from .sweep import format_sweep, load_space, run_sweep
+    from .sweep import first_trial, format_sweep, load_space, run_sweep
 
     space = load_space(args.space)
     for name in space:  # an option the space also sets would be silently overridden by it
@@ -329,8 +329,19 @@ def cmd_sweep(args) -> int:
     with _warnings_as_messages():
         fs = in_order(load_features(args.features, corpus=args.corpus), args.order)
     _resolve_folds(args, fs)
-    config, device, threads, backend = _execution(args, args.folds * args.trials)
     seed = paper_seed(fs.corpus, args.seed)
+    # the command line's options are checked beside the first trial's values (every trial sets them,
+    # so no base config has its own): an error of theirs alone is said as theirs, not as the trial's
+    from .train import recipe_config
+
+    given = {name: getattr(args, name) for name in (*RECIPE_OPTIONS, *RUN_OPTIONS) if getattr(args, name) is not None}
+    first = first_trial(space, trials=args.trials, seed=seed)
+    try:
+        recipe_config(args.recipe, val_fraction=args.val_fraction, **given, **first)
+    except TimnetError as e:
+        recipe_config(args.recipe, val_fraction=args.val_fraction, **given)
+        raise TimnetError(f"trial_001 ({first}): {e}") from None
+    config, device, threads, backend = _execution(argparse.Namespace(**{**vars(args), **first}), args.folds * args.trials)
     features_path = str(Path(args.features).resolve())
 
     base_overrides = _model_overrides(args)

@@ -210,6 +210,15 @@ def _probe(name: str, value) -> None:
     TrainConfig(**{**around, name: value})
 
 
+def first_trial(space: dict, *, trials: int, seed: int) -> dict:
+    """The training options the sweep's first trial sets, as its run takes them: the command line's
+    options are checked beside them, since some are valid only with a space's value
+    (`--plain-members 1` beside `members: {grid: [2, 3]}`); each trial's whole config is checked
+    again as its run is made."""
+    params = sample_trials(space, trials=trials, seed=seed)[0]
+    return {k: _cast(v, _field_type(k)) for k, v in params.items() if k in train_params()}
+
+
 def sample_trials(space: dict, *, trials: int, seed: int) -> list[dict]:
     """Parameter sets: the grid's product, each with `trials` seeded random draws of the rest.
 
