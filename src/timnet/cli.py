@@ -163,12 +163,17 @@ def _seeds(args, corpus: str) -> list[int]:
         raise TimnetError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 46,47,48") from None
 
 
+def _given_training_options(args) -> dict:
+    """The recipe and run options given on the command line (they default to None: given means set)."""
+    return {name: getattr(args, name) for name in (*RECIPE_OPTIONS, *RUN_OPTIONS) if getattr(args, name) is not None}
+
+
 def _execution(args, folds_at_once: int):
     """(training config, device, threads per fold, backend) from the options train and sweep share."""
     from .backends import make_backend
     from .train import recipe_config, resolve_device
 
-    given = {name: getattr(args, name) for name in (*RECIPE_OPTIONS, *RUN_OPTIONS) if getattr(args, name) is not None}
+    given = _given_training_options(args)
     config = recipe_config(args.recipe, val_fraction=args.val_fraction, **given)
     if args.eval_every is not None and config.val_fraction == 0:
         _warn(f"--eval-every {args.eval_every} without --val-fraction: there is no validation share to evaluate")
@@ -334,7 +339,7 @@ def cmd_sweep(args) -> int:
     # so no base config has its own): an error of theirs alone is said as theirs, not as the trial's
     from .train import recipe_config
 
-    given = {name: getattr(args, name) for name in (*RECIPE_OPTIONS, *RUN_OPTIONS) if getattr(args, name) is not None}
+    given = _given_training_options(args)
     first = first_trial(space, trials=args.trials, seed=seed)
     try:
         recipe_config(args.recipe, val_fraction=args.val_fraction, **given, **first)

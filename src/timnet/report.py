@@ -115,15 +115,15 @@ def _run_info(run_dir: Path) -> dict:
     return {**info, "identity": read_identity(run_dir)}
 
 
-def _fold_results(run_dir: Path) -> tuple[list[dict], list[int]]:
+def _fold_results(run_dir: Path, labels: list[str]) -> tuple[list[dict], list[int]]:
     """The finished folds' results, by fold, and the folds that diverged (a sweep trial's fold whose
-    loss became NaN: no model, history or figures; timnet.sweep), which are not among them."""
+    loss became NaN: no model, history or figures; timnet.sweep), which are not among them; each
+    tested fold's confusion checked to be of the run's `labels`."""
     paths = fold_files(run_dir, "result.json")
     results = [read_fold_result(path) for path in paths]
     if not results:
         check_not_all_data(run_dir)
         raise TimnetError(f"{run_dir}: no finished fold (no fold_*/result.json); train it first or wait for a fold to end")
-    labels = read_identity(run_dir).get("labels") or []
     for path, r in zip(paths, results):
         if "confusion" in r and len(r["confusion"]) != len(labels):
             raise TimnetError(f"{path}: a confusion matrix of {len(r['confusion'])} classes in a run of {len(labels)} "
@@ -211,7 +211,7 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     out_dir = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
     info = _run_info(run_dir)
     identity = info["identity"]
-    results, lost = _fold_results(run_dir)
+    results, lost = _fold_results(run_dir, identity["labels"])
     if lost:
         warnings.warn(f"{run_dir}: {diverged_words(lost)}: left out of the figures and the report", stacklevel=2)
     if len(results) + len(lost) < identity.get("folds", 0):  # as `test` and `predict` say it of the same folder
@@ -447,7 +447,7 @@ def render_report(run_dir: Path, figures: dict[str, list[Path]]) -> str:
     """The report page of a RUN_DIR as one HTML string (no scripts, no external resources)."""
     info = _run_info(run_dir)
     ident = info["identity"]
-    results, lost = _fold_results(run_dir)
+    results, lost = _fold_results(run_dir, ident["labels"])
     key, split = _scored(results)
     wars, uars = np.array([r[key + "war"] for r in results]), np.array([r[key + "uar"] for r in results])
     headline = (f"{'' if split == 'test' else 'validation '}WAR {_pct(wars.mean())} ± {_pct(wars.std())} %, "
