@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -85,6 +86,21 @@ def test_speaker_folds_never_share_a_speaker(folds):
         make_folds(len(fs), folds=7, seed=1, split="speaker", speakers=fs.speakers)
     with pytest.raises(TimnetError, match=r"--folds 1 invalid; expected 2\.\.6 for 6 speakers \(--split speaker\)"):
         make_folds(len(fs), folds=1, seed=1, split="speaker", speakers=fs.speakers)
+
+
+def test_a_speaker_validation_share_far_from_the_fraction_is_said(tmp_path):
+    """Speaker folds hold out whole speakers: with five training speakers a fold holds out one
+    (20 %) whatever smaller --val-fraction is asked, and the user hears it before training."""
+    def prepare(fraction):
+        config = TrainConfig(val_fraction=fraction, **FAST)
+        Run(synthetic(), tmp_path / str(fraction), config=config, folds=6, seed=1, split="speaker").prepare()
+
+    with pytest.warns(UserWarning, match=r"validation holds whole speakers \(1 of 5 training speakers per fold\), "
+                                         r"20% of each training part on average where --val-fraction 0.05 asks 5%"):
+        prepare(0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare(0.2)  # one speaker of five is the share asked
 
 
 def test_default_folds_follow_the_speakers():

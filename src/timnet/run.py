@@ -285,6 +285,7 @@ class Run:
         extra = {"features": self.features_path, "splits": digest}
         resumed = prepare_run_dir(self.dir, self.identity, overwrite=overwrite, extra=extra)
         self._warn_untaught_classes([tr for tr, _ in parts])
+        self._warn_speaker_validation_share(parts)
         was = recorded(self.dir, "splits") if resumed else None
         if was is not None and was != digest and overwrite:  # the same options, other folds: a new run
             _remove_run_outputs(self.dir)
@@ -297,6 +298,23 @@ class Run:
                               "these would not be one split: resume it with the features and versions it began "
                               "with (run.json), or use another RUN_DIR or --overwrite")
         return resumed
+
+    def _warn_speaker_validation_share(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Speaker folds validate on whole speakers, so the share held out is a count of speakers, not
+        --val-fraction: with few of them (CASIA's 3 training speakers) it can be far from the share
+        asked, which the user should hear before training on less data than they meant to."""
+        if self.identity["val_split"] != "speaker":
+            return
+        fraction = self.config.val_fraction
+        shares = [len(va) / (len(tr) + len(va)) for tr, va in parts]
+        if 2 / 3 <= np.mean(shares) / fraction <= 1.5:
+            return
+        counts = sorted({(len(np.unique(self.fs.speakers[va])), len(np.unique(self.fs.speakers[np.concatenate([tr, va])])))
+                         for tr, va in parts})
+        held = ", ".join(f"{n} of {m}" for n, m in counts)
+        warnings.warn(f"{self.dir}: validation holds whole speakers ({held} training speakers per fold), "
+                      f"{np.mean(shares):.0%} of each training part on average where --val-fraction {fraction} asks "
+                      f"{fraction:.0%}: a fold has too few speakers to come closer", stacklevel=3)
 
     def _warn_untaught_classes(self, training_parts: list[np.ndarray]) -> None:
         """Say which folds train on no utterance of a class the corpus holds (a class of few speakers in
