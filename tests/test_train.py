@@ -607,7 +607,8 @@ def test_a_damaged_snapshot_is_one_error_naming_it(tmp_path):
 
 def test_options_that_change_nothing_are_said_and_do_not_block_a_resume(tmp_path):
     """A --time-mask-width without --time-masks (or --eval-every without validation) trains the same
-    run: said at once, and the run resumes without it rather than being refused as another run."""
+    run: said at once, and the run resumes without it rather than being refused as another run; so
+    do a preset's values given one by one rather than by its name."""
     features = save_features(synthetic(), tmp_path / "f.npz")
 
     def train(*options):
@@ -632,6 +633,13 @@ def test_options_that_change_nothing_are_said_and_do_not_block_a_resume(tmp_path
     other = train("--time-masks", "1", "--time-mask-width", "5")  # a mask drawn: another run, refused as before
     assert other.returncode == 1 and "different configuration (train_config.time_mask_width, train_config.time_masks)" \
         in other.stderr, other.stderr
+    # a preset's name is a label: its values given one by one are the same run, and resume it
+    preset = train("--recipe", "strong", "--members", "1", "--overwrite")
+    assert preset.returncode == 0, preset.stderr
+    by_hand = train("--swa-epochs", "1")
+    assert by_hand.returncode == 0 and "fold 1/2: done before, kept" in by_hand.stderr + by_hand.stdout, by_hand.stderr
+    other = train()  # without the averaging: another run
+    assert other.returncode == 1 and "different configuration (train_config.swa_epochs)" in other.stderr, other.stderr
 
 
 def test_all_data_model_resumes_and_is_kept(tmp_path):

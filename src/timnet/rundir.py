@@ -18,7 +18,10 @@ from .utils import RUN_FILE
 LEGACY_IDENTITY = {"device": "cpu", "path": "reference", "evaluate_test": True, "val_split": "stratified"}
 
 # Options saved with a run that change none of its figures: a run resumes whatever they are now.
-NOT_DECISIVE = ("save_every",)  # snapshots resume bit for bit at any interval
+NOT_DECISIVE = (
+    "save_every",  # snapshots resume bit for bit at any interval
+    "recipe",  # the preset's name only: the values it set are compared one by one
+)
 
 
 def decisive(identity: dict | None) -> dict | None:
