@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .audio import audio_info, read_audio, sndfile_message
-from .corpora import LEFT_OUT, NO_AUDIO, SAID, Corpus, get_corpus, list_corpus
+from .corpora import NO_AUDIO, SAID, Corpus, by_design, get_corpus, list_corpus
 from .errors import TimnetError
 
 MANIFESTS = Path(__file__).parent / "manifests"
@@ -105,7 +105,7 @@ def _move(known: str, rel: str) -> tuple[str, str]:
 def _harmless(root: Path, path: str, reason: str) -> bool:
     """RAVDESS's songs, IEMOCAP's classes the paper leaves out, and a second copy with the very
     bytes of the file kept, are not damage."""
-    if reason == "song" or reason.startswith(LEFT_OUT):
+    if by_design(reason):
         return True
     kept = reason.removeprefix("duplicate of ")
     try:

@@ -76,6 +76,12 @@ NO_AUDIO = "labelled but missing"  # a skip reason: an utterance its label file 
 LEFT_OUT = "class not used: "  # a skip reason's start: IEMOCAP's fru, sur, xxx, ... (the paper's four classes only)
 
 
+def by_design(reason: str) -> bool:
+    """A skip reason a complete, intact copy of the corpus has: a RAVDESS song, an IEMOCAP class
+    the paper leaves out."""
+    return reason == "song" or reason.startswith(LEFT_OUT)
+
+
 def skip_summary(listing: Listing, *, limit: int = 5) -> str | None:
     """One line naming the skipped files and why, for a warning; None when nothing was skipped."""
     if limit < 0:
@@ -86,7 +92,9 @@ def skip_summary(listing: Listing, *, limit: int = 5) -> str | None:
     noun = "file" if len(skipped) == 1 else "files"
     # a second copy of the corpus, or its song files, are not a layout problem: the count says which
     kinds: dict[str, int] = {}
-    skipped = [(path, SAID.get(reason, reason)) for path, reason in skipped]
+    # what a complete copy holds by design (RAVDESS's songs, IEMOCAP's other classes) after the
+    # rest, so that one missing or misnamed file is not lost behind thousands of those
+    skipped = sorted(((path, SAID.get(reason, reason)) for path, reason in skipped), key=lambda s: by_design(s[1]))
     for _, reason in skipped:
         kind = "duplicate" if reason.startswith("duplicate of ") else reason
         kinds[kind] = kinds.get(kind, 0) + 1
