@@ -479,6 +479,11 @@ def test_iemocap_tree(iemocap):
     # a root inside a session, below its labels: said, rather than every utterance "no label"
     with pytest.raises(TimnetError, match=r"sentences/wav: IEMOCAP utterances .* no label file .*Session1 \.\.\. Session5"):
         list_corpus("iemocap", iemocap / "IEMOCAP_full_release" / "Session1" / "sentences" / "wav")
+    # a root at a session's dialog folder: its labels are found, the utterances are beside it
+    with pytest.raises(TimnetError, match=r"dialog: IEMOCAP label files but none of the utterances they name \(e\.g\. "
+                                          r"sentences/wav/Ses01F_impro01/Ses01F_impro01_F000\.wav\) under it; expected "
+                                          r"the folder that holds Session1 \.\.\. Session5"):
+        list_corpus("iemocap", iemocap / "IEMOCAP_full_release" / "Session1" / "dialog")
     # a copy of a label file that agrees up to the classes used (exc, hap: happy; fru, xxx: left out) changes nothing
     stale = iemocap / "old" / "Session1" / "dialog" / "EmoEvaluation" / "Ses01F_impro01.txt"
     touch(stale, evaluation(("Ses01F_impro01_F001", "hap"), ("Ses01F_impro01_M001", "fru")).encode())

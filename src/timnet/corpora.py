@@ -389,6 +389,10 @@ def scan_iemocap(root: Path) -> Listing:
             else:
                 speaker = f"Ses{utterance[1]}{utterance[2]}"
                 found.append((path, _Match(emotion, speaker, pure.stem)))
+    if labels and not present:  # label files without one of their utterances: a root at SessionN/dialog
+        example = next(iter(labels.values()))[1]
+        raise TimnetError(f"{root}: IEMOCAP label files but none of the utterances they name (e.g. {example}) under "
+                          "it; expected the folder that holds Session1 ... Session5, each with sentences/wav/")
     for utterance, (code, expected) in labels.items():
         if code in _IEMOCAP_EMOTIONS and utterance not in present:
             skipped.append((expected, NO_AUDIO))
