@@ -15,9 +15,9 @@ import timnet
 from conftest import DATA, PRETRAINED, flip_a_stored_byte, need, write_tone
 from timnet.checkpoint import save_checkpoint
 from timnet.errors import TimnetError
-from timnet.features import FeatureConfig, file_features
+from timnet.features import FeatureConfig, file_features, waveform_features
 from timnet.model import TIMNet, TIMNetConfig
-from timnet.predict import load_model
+from timnet.predict import load_model, window_starts
 
 CFG = FeatureConfig(signal_length=16384)  # 33 frames: small and fast
 LABELS = ("angry", "calm", "sad")
@@ -294,6 +294,41 @@ def test_silent_and_short_warnings(run_dir):
     assert not any("full scale" in w for w in model.predict(tone * 1.05, 16000).warnings)
     with pytest.raises(TimnetError, match="waveform has 1 NaN or infinite samples"):
         model.predict(np.where(np.arange(32000) == 5, np.nan, tone), 16000)
+
+
+def test_silence_in_the_scored_audio_is_said_and_silent_windows_left_out(run_dir):
+    """The whole-recording checks describe what the model saw: a silent centre crop is said, silent
+    windows do not vote (a model's answer for silence is a confident class, not no emotion), and
+    very short windows are said as a very short file is."""
+    model = load_model(run_dir)
+    sr, n = CFG.sample_rate, CFG.signal_length
+    tone = (0.3 * np.sin(np.arange(n) * 0.05)).astype(np.float32)
+    gap = np.concatenate([tone[: n // 2], np.zeros(n + n // 2, np.float32), tone[: n // 2]])  # 2.5 x: cropped to silence
+    pred = model.predict(gap, sr)
+    assert not pred.windows and any(w.startswith("the middle 0.74 s it was scored on") and w.endswith("is silent: "
+                                    "--window 0.74 scores all of it") for w in pred.warnings), pred.warnings
+    assert model.predict(np.concatenate([tone, tone]), sr).warnings == []  # a crop with sound: nothing to say
+    # three signal lengths of silence, then the tone: the silent windows are marked and left out
+    lead = np.concatenate([np.zeros(3 * n, np.float32), tone])
+    pred = pred_lead = model.predict(lead, sr)
+    silent = [w for w in pred.windows if w.get("quiet")]
+    assert len(silent) == 5 and len(pred.windows) == 7, pred.windows
+    assert pred.warnings == ["5 of 7 windows silent or quiet (below -35 dBFS RMS, as no training utterance is): "
+                             "left out of the mean"]
+    sounding = [i for i, w in enumerate(pred.windows) if not w.get("quiet")]
+    starts = window_starts(len(lead), n, n // 2)  # the default hop: half a window
+    x = np.stack([waveform_features(lead[starts[i] : starts[i] + n], CFG) for i in sounding])
+    np.testing.assert_allclose(list(pred.probs.values()), model.predict_features(x).mean(0), atol=1e-6)
+    # silent throughout: said once as such, every window in the mean (there is nothing else)
+    pred = model.predict(np.zeros(3 * n, np.float32), sr)
+    assert pred.warnings == ["silent audio"] and not any(w.get("quiet") for w in pred.windows)
+    # a pause at a room's noise floor (-60 dBFS) votes no more than digital silence
+    noisy = np.concatenate([np.random.default_rng(0).normal(0, 1e-3, 3 * n).astype(np.float32), tone])
+    assert [w.get("quiet", False) for w in model.predict(noisy, sr).windows] == [w.get("quiet", False) for w in pred_lead.windows]
+    floor = np.concatenate([tone[: n // 2], np.random.default_rng(0).normal(0, 1e-3, n + n // 2).astype(np.float32), tone[: n // 2]])
+    assert any(w.startswith("the middle 0.74 s it was scored on") and "is quiet (-60 dBFS RMS)" in w
+               for w in model.predict(floor, sr).warnings)
+    assert "very short windows (0.03 s, each padded to 0.74 s)" in model.predict(np.concatenate([tone, tone]), sr, window=0.03).warnings
 
 
 def test_onnx_matches_torch(run_dir, clips, tmp_path):

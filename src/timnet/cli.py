@@ -520,7 +520,8 @@ def cmd_predict(args) -> int:
         top = "  ".join(f"{name} {p:.2f}" for name, p in pred.top(3))
         say(f"{_one_line(str(path)):<{name_width}}  {pred.label:<10} {pred.probs[pred.label]:>6.3f}  {top}")
         for w in pred.windows if args.show_windows else []:
-            say(f"{'':<{name_width}}    {w['start_s']:7.2f}-{w['end_s']:<7.2f} {w['label']:<10} {w['probs'][w['label']]:.3f}")
+            say(f"{'':<{name_width}}    {w['start_s']:7.2f}-{w['end_s']:<7.2f} {w['label']:<10} {w['probs'][w['label']]:.3f}"
+                + ("  (silent or quiet: not in the mean)" if w.get("quiet") else ""))
         if not pred.windows and args.show_windows and args.hop is None:  # asked for windows, none made (--hop: pred.warnings)
             _warn(f"{path}: scored in one piece ({one_piece_reason(args.window, predictor.feature_config)}): "
                   "no windows for --show-windows")

@@ -178,7 +178,7 @@ def audio_warnings(y: np.ndarray, *, peak: float, sample_rate: int, cfg: Feature
     seconds = len(y) / cfg.sample_rate
     if seconds < SHORT_SECONDS:
         warnings.append(f"very short audio ({seconds:.2g} s)")  # .2g: 50 samples read 0.0031 s, not 0.00 s
-    rms = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
+    rms = _rms(y)
     dbfs = 20 * math.log10(rms) if rms > 0 else -math.inf
     if rms < QUIET_RMS:
         warnings.append("silent audio")
@@ -189,6 +189,43 @@ def audio_warnings(y: np.ndarray, *, peak: float, sample_rate: int, cfg: Feature
         warnings.append(f"loud audio ({dbfs:.0f} dBFS RMS, above {LOUD_DBFS:.0f}): the features are "
                         "of the absolute level, as in the paper, so lower the level for a reliable prediction")
     return warnings
+
+
+def _rms(y: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
+
+
+def _too_quiet(y: np.ndarray) -> bool:
+    """Silent, or quieter than any training utterance of either corpus (QUIET_DBFS)."""
+    rms = _rms(y)
+    return rms < QUIET_RMS or 20 * math.log10(rms) < QUIET_DBFS
+
+
+def scored_part_warnings(y: np.ndarray, chunks: list[np.ndarray], *, window: float | None,
+                         cfg: FeatureConfig) -> tuple[list[str], np.ndarray]:
+    """What the whole-recording checks miss in the audio actually scored, and which windows count.
+
+    The model's answer for silence or a pause is no emotion but a confident class (the bundled EMODB
+    model's is "angry" at 1.000), so a centre crop that is silent or far quieter than speech is
+    said, and such windows of a recording that has louder ones are left out of the mean. Returns
+    (warnings, the windows that count)."""
+    warnings = []
+    signal = cfg.signal_length / cfg.sample_rate
+    if len(chunks) == 1:
+        if len(y) > cfg.signal_length and not _too_quiet(y) and _too_quiet(crop := audio.fit_length(y, cfg.signal_length)):
+            level = "silent" if _rms(crop) < QUIET_RMS else f"quiet ({20 * math.log10(_rms(crop)):.0f} dBFS RMS)"
+            warnings.append(f"the middle {signal:.2f} s it was scored on (a recording up to {WINDOW_AFTER:g} times the "
+                            f"signal length is centre-cropped, as in training) is {level}: --window {signal:.2f} scores all of it")
+        return warnings, np.ones(1, dtype=bool)
+    if window is not None and window < SHORT_SECONDS:
+        warnings.append(f"very short windows ({window:g} s, each padded to {signal:.2f} s)")
+    counts = np.array([not _too_quiet(c) for c in chunks])
+    if not counts.any():  # quiet throughout: the whole-recording checks say so; nothing to leave out
+        return warnings, np.ones(len(chunks), dtype=bool)
+    if not counts.all():
+        warnings.append(f"{int((~counts).sum())} of {len(chunks)} windows silent or quiet (below {QUIET_DBFS:.0f} dBFS "
+                        "RMS, as no training utterance is): left out of the mean")
+    return warnings, counts
 
 
 def window_starts(n: int, win: int, step: int) -> list[int]:
@@ -257,7 +294,8 @@ class Predictor:
         A recording up to 2.5 times the model's signal length is centre-cropped or padded as in
         training. A longer one, or any one when `window` is given, is scored in windows of
         `window` seconds (default: the signal length) every `hop` seconds (default: half a
-        window); the result is the mean of the windows' probabilities. `progress`: a bar on stderr
+        window); the result is the mean of the windows' probabilities, silent or quiet ones left
+        out (unless every one is: they are marked "quiet" and said in the warnings). `progress`: a bar on stderr
         over the windows when there are more than one batch of them (a long file, a short hop).
         """
         y = as_float_audio(waveform)
@@ -291,12 +329,15 @@ class Predictor:
                 probs.append(self.predict_features(np.stack([waveform_features(c, cfg) for c in batch])))
                 bar.update(len(batch))
         probs = np.concatenate(probs)
-        mean = probs.mean(0)
+        said, counted = scored_part_warnings(y, chunks, window=window, cfg=cfg)
+        warnings += said
+        mean = probs[counted].mean(0)
         rows = []
         if len(chunks) > 1:
-            for s, c, p in zip(starts, chunks, probs):
+            for s, c, p, counts in zip(starts, chunks, probs, counted):
                 rows.append({"start_s": round(s / cfg.sample_rate, 3), "end_s": round((s + len(c)) / cfg.sample_rate, 3),
-                             "label": self.labels[int(p.argmax())], "probs": self._probs(p)})
+                             "label": self.labels[int(p.argmax())], "probs": self._probs(p),
+                             **({} if counts else {"quiet": True})})
         return Prediction(label=self.labels[int(mean.argmax())], probs=self._probs(mean), windows=rows, warnings=warnings)
 
     def predict_file(self, path: str | Path, *, window: float | None = None, hop: float | None = None,
