@@ -1,5 +1,6 @@
 """Using a model: predict files in many formats, windows, ensembles, ONNX, the Python API."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -329,6 +330,17 @@ def test_silence_in_the_scored_audio_is_said_and_silent_windows_left_out(run_dir
     assert any(w.startswith("the middle 0.74 s it was scored on") and "is quiet (-60 dBFS RMS)" in w
                for w in model.predict(floor, sr).warnings)
     assert "very short windows (0.03 s, each padded to 0.74 s)" in model.predict(np.concatenate([tone, tone]), sr, window=0.03).warnings
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_not_a_traceback(run_dir, tmp_path):
+    """café in Latin-1 reaches Python as a surrogate, which a strict UTF-8 stdout cannot encode."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    os.rename(write_tone(folder / "plain.wav", seconds=1.0), bytes(folder) + b"/caf\xe9.wav")  # soundfile takes UTF-8 names only
+    for encoding, shown in (("utf-8", b"caf\xe9.wav"), ("ascii", b"caf\\udce9.wav")):
+        r = subprocess.run([sys.executable, "-m", "timnet", "predict", str(folder), "--model", str(run_dir)],
+                           capture_output=True, env={**os.environ, "PYTHONIOENCODING": encoding})
+        assert r.returncode == 0 and shown in r.stdout and not r.stderr, (encoding, r.stdout, r.stderr)
 
 
 def test_onnx_matches_torch(run_dir, clips, tmp_path):

@@ -865,11 +865,24 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
+def _tolerant_streams() -> None:
+    """A file name that is not valid UTF-8 (café in Latin-1) reaches Python as surrogates, which a
+    strict stream (PYTHONIOENCODING=utf-8) cannot print: the name's own bytes go out instead, or an
+    escape where the stream's encoding has no such byte, rather than a traceback mid-table."""
+    import codecs
+
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            utf8 = codecs.lookup(stream.encoding).name == "utf-8"
+            stream.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     import signal
 
     dispatch.pin()  # first, before anything imports numpy: the same feature bits on every x86-64 machine
+    _tolerant_streams()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the verb's parser, whose --help lists the options it has
