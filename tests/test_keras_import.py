@@ -43,8 +43,8 @@ def write_keras_h5(model: TIMNet, path, *, conv_start=8, bn_start=9):
     return path
 
 
-def randomised(config):
-    torch.manual_seed(1)
+def randomised(config, seed=1):
+    torch.manual_seed(seed)
     model = TIMNet(config)
     with torch.no_grad():
         for name, b in model.named_buffers():
@@ -121,6 +121,50 @@ def test_refuses_non_hdf5_and_missing_fold(tmp_path):
         keras_fold_files(tmp_path, 3)
 
 
+def test_stray_copied_and_damaged_fold_files_are_refused(tmp_path):
+    """A fold file past the split, one fold's file copied over another's, and metadata h5py cannot
+    read are each one error naming the file, not an ensemble of the wrong models or a traceback."""
+    config = TIMNetConfig(n_classes=4, dilations=2)
+    for k in (1, 2, 3):
+        torch.manual_seed(k)
+        write_keras_h5(TIMNet(config).eval(), tmp_path / f"10-fold_weights_best_{k}.hdf5")
+    assert len(keras_fold_files(tmp_path, 3)) == 3
+    shutil.copy(tmp_path / "10-fold_weights_best_1.hdf5", tmp_path / "10-fold_weights_best_4.hdf5")
+    with pytest.raises(TimnetError, match=r"10-fold_weights_best_4.hdf5 is not a fold of the authors' 3-fold split; "
+                                          r"expected 10-fold_weights_best_1.hdf5 to 10-fold_weights_best_3.hdf5 only"):
+        keras_fold_files(tmp_path, 3)
+    (tmp_path / "10-fold_weights_best_4.hdf5").rename(tmp_path / "10-fold_weights_best_3.hdf5")
+    with pytest.raises(TimnetError, match=r"10-fold_weights_best_3.hdf5: the very bytes of 10-fold_weights_best_1.hdf5"):
+        keras_fold_files(tmp_path, 3)
+    # a layer name whose bytes are not text, a kernel of strings
+    torch.manual_seed(0)
+    path = write_keras_h5(TIMNet(config).eval(), tmp_path / "names.hdf5")
+    with h5py.File(path, "a") as f:
+        f.attrs["layer_names"] = np.array([b"\xf7\xff"] + list(f.attrs["layer_names"]))
+    with pytest.raises(TimnetError, match=r"names.hdf5: damaged, its layers cannot be read \(UnicodeDecodeError"):
+        load_keras_weights(path)
+    path = write_keras_h5(TIMNet(config).eval(), tmp_path / "strings.hdf5")
+    with h5py.File(path, "a") as f:
+        del f["dense_1/dense_1/bias:0"]
+        f["dense_1"].create_dataset("dense_1/bias:0", data=np.array([b"a", b"b", b"c", b"d"]))
+    with pytest.raises(TimnetError, match=r"strings.hdf5: dense_1/bias holds \|S1 values; expected numbers"):
+        load_keras_weights(path)
+
+
+@pytest.mark.realdata
+def test_a_damaged_authors_file_is_one_error(tmp_path):
+    """Bytes overwritten in the header of a real authors' file (where h5py raises RuntimeError or a
+    name fails to decode) end in one error naming it."""
+    original = need(PRETRAINED / "EMODB_46") / "10-fold_weights_best_1.hdf5"
+    for offset in (704, 832, 1024):
+        damaged = tmp_path / f"at_{offset}.hdf5"
+        data = bytearray(original.read_bytes())
+        data[offset : offset + 16] = np.random.default_rng(offset).integers(0, 256, 16, dtype=np.uint8).tobytes()
+        damaged.write_bytes(bytes(data))
+        with pytest.raises(TimnetError, match=rf"at_{offset}.hdf5: (damaged|not an HDF5|.*cannot be read|.*expected)"):
+            load_keras_weights(damaged)
+
+
 # ---- real-data tier -------------------------------------------------------------------------
 
 @pytest.mark.realdata
@@ -162,7 +206,7 @@ def test_another_corpus_levels_are_refused_by_test_and_predict(tmp_path):
     folder = tmp_path / "w"
     folder.mkdir()
     for k in range(1, 11):
-        write_keras_h5(randomised(TIMNetConfig(dilations=8, n_classes=4)), folder / f"10-fold_weights_best_{k}.hdf5")
+        write_keras_h5(randomised(TIMNetConfig(dilations=8, n_classes=4), seed=k), folder / f"10-fold_weights_best_{k}.hdf5")
     fs = synthetic()
     fs.corpus, fs.labels = "IEMOCAP", ("angry", "happy", "neutral", "sad")
     fs.y = fs.y % 4

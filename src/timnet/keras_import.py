@@ -7,6 +7,7 @@ Every tensor's shape is checked and every key of the PyTorch model must be fille
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from pathlib import Path
@@ -33,21 +34,34 @@ def _read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
         f = h5py.File(path, "r")
     except OSError as e:
         raise TimnetError(f"{path}: not an HDF5 weight file ({e})") from None
-    with f:
-        g = f["model_weights"] if "model_weights" in f else f  # save() files nest the weights
-        if "layer_names" not in g.attrs:
-            raise TimnetError(f"{path}: no 'layer_names' attribute; expected a Keras save_weights HDF5 file")
-        layers = {}
-        for raw in g.attrs["layer_names"]:
-            name = raw.decode() if isinstance(raw, bytes) else str(raw)
-            try:
-                names = [n.decode() if isinstance(n, bytes) else str(n) for n in g[name].attrs.get("weight_names", [])]
-                if names:
-                    layers[name] = {n.split("/")[-1].split(":")[0]: np.asarray(g[name][n]) for n in names}
-            except (KeyError, OSError) as e:  # h5py's errors for a listed group or dataset that is not there
-                raise TimnetError(f"{path}: layer {name!r} is listed in layer_names but cannot be read ({e}); "
-                                  "expected a complete Keras save_weights HDF5 file") from None
-        return layers
+    try:
+        with f:
+            return _layers_of(f, path)
+    except (OSError, RuntimeError, UnicodeDecodeError, ValueError, TypeError) as e:
+        # a damaged header or metadata: h5py raises RuntimeError ("Unable to synchronously check link
+        # existence"), a name's bytes fail to decode, a dataset of strings will not be an array
+        raise TimnetError(f"{path}: damaged, its layers cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                          "expected an intact Keras save_weights HDF5 file") from None
+
+
+def _layers_of(f, path: Path) -> dict[str, dict[str, np.ndarray]]:
+    g = f["model_weights"] if "model_weights" in f else f  # save() files nest the weights
+    if "layer_names" not in g.attrs:
+        raise TimnetError(f"{path}: no 'layer_names' attribute; expected a Keras save_weights HDF5 file")
+    layers = {}
+    for raw in g.attrs["layer_names"]:
+        name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        try:
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in g[name].attrs.get("weight_names", [])]
+            if names:
+                layers[name] = {n.split("/")[-1].split(":")[0]: np.asarray(g[name][n]) for n in names}
+        except (KeyError, OSError) as e:  # h5py's errors for a listed group or dataset that is not there
+            raise TimnetError(f"{path}: layer {name!r} is listed in layer_names but cannot be read ({e}); "
+                              "expected a complete Keras save_weights HDF5 file") from None
+        for weight, value in layers.get(name, {}).items():
+            if not np.issubdtype(value.dtype, np.number):
+                raise TimnetError(f"{path}: {name}/{weight} holds {value.dtype} values; expected numbers")
+    return layers
 
 
 def _of_kind(layers: dict, kind: str) -> list[str]:
@@ -177,6 +191,18 @@ def keras_fold_files(folder: str | Path, folds: int) -> list[Path]:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise TimnetError(f"{folder}: missing fold weights {', '.join(missing)}; expected {FOLD_FILE.format(k='<k>')} for k = 1..{folds}")
+    # a fold beyond the split, or one fold's file copied over another's, would be scored or
+    # ensembled as if it were a model of its own
+    if (highest := highest_keras_fold(folder)) > folds:
+        raise TimnetError(f"{folder}: {FOLD_FILE.format(k=highest)} is not a fold of the authors' {folds}-fold split; "
+                          f"expected {FOLD_FILE.format(k=1)} to {FOLD_FILE.format(k=folds)} only: move it out of the folder")
+    seen: dict[bytes, Path] = {}
+    for f in files:
+        digest = hashlib.sha256(f.read_bytes()).digest()
+        if digest in seen:
+            raise TimnetError(f"{f}: the very bytes of {seen[digest].name}; expected each fold's own weights (a copy "
+                              "over a lost fold?)")
+        seen[digest] = f
     return files
 
 

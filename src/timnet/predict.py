@@ -461,10 +461,11 @@ def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predic
 
 def _keras_folds(folder: Path) -> int:
     """How many fold files the authors' folder should hold: their code writes 10 (a gap below the
-    highest is refused by keras_fold_files); fewer is predicted with, but said."""
+    highest, or a fold beyond 10, is refused by keras_fold_files); fewer is predicted with, but said."""
     import warnings
 
-    n = highest_keras_fold(folder) or 10  # none that count: keras_fold_files names the ten it expected
+    # none that count: keras_fold_files names the ten it expected; one beyond ten it refuses
+    n = min(highest_keras_fold(folder) or 10, 10)
     if n < 10:
         warnings.warn(f"{folder}: fold weights 1..{n} only (the authors' code writes 10); the ensemble is of those")
     return n
