@@ -602,7 +602,7 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--gpus-per-fold", type=float, default=None, help="Ray: GPUs per fold; > 0 trains on CUDA (default 0)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace a run with a different configuration in the output folder (only the old run's files are deleted)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars (in a log file: a line a minute)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars (without it, stderr sent to a log file gets a plain line a minute)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -640,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("corpus", metavar="CORPUS", help=f"one of {', '.join(CORPUS_NAMES)} (any case)")
     s.add_argument("dir", metavar="DIR", help="where the corpus is unpacked (an interrupted download resumes)")
     s.add_argument("--url", default=None, help="a mirror of the publisher's archive")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (in a log file: a line a minute)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (without it, stderr sent to a log file gets a plain line a minute)")
     s.set_defaults(func=cmd_download)
 
     s = sub.add_parser("extract", help="compute the paper's MFCC features of a corpus tree",
@@ -656,13 +656,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folders corpora: regex on the file name whose first group is the speaker")
     s.add_argument("--force", action="store_true", help="recompute even when FEATURES.npz is up to date")
     s.add_argument("--skip-bad", action="store_true", help="skip unreadable, empty or truncated audio files instead of failing")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (in a log file: a line a minute)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (without it, stderr sent to a log file gets a plain line a minute)")
     s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("train", help="cross-validated training, one model per fold (the paper's protocol by default)")
     s.add_argument("features", metavar="FEATURES", help="a timnet .npz, or an authors' .npy with --corpus")
     s.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder; an unfinished run there resumes")
-    s.add_argument("--seed", type=int, default=None, help="fold and initialisation seed (default: the corpus's paper seed)")
+    s.add_argument("--seed", type=int, default=None, help="fold and initialisation seed (default: the corpus's paper seed; 0 for folders corpora)")
     s.add_argument("--seeds", default=None, metavar="S1,S2,...",
                    help="several seeds, one run each in RUN_DIR/seed_<s>; the JSON adds the mean and spread across seeds")
     _training_options(s, val_fraction=0.0)
@@ -679,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parameters to search: values or {choice|uniform|loguniform|randint|grid: [...]} (YAML or JSON)")
     s.add_argument("-o", "--output", required=True, metavar="SWEEP_DIR", help="sweep folder: trial_NNN runs, trials.csv, sweep.json")
     s.add_argument("--trials", type=int, default=8, help="random draws per grid point (default 8); identical draws run once")
-    s.add_argument("--seed", type=int, default=None, help="seed of the draws, folds and initialisations (default: the paper seed)")
+    s.add_argument("--seed", type=int, default=None, help="seed of the draws, folds and initialisations (default: the corpus's paper seed; 0 for folders corpora)")
     _training_options(s, val_fraction=0.2)
     s.add_argument("--json", default=None, metavar="PATH", help="also write the sweep's JSON here ('-': to stdout, the report to stderr)")
     s.set_defaults(func=cmd_sweep)
