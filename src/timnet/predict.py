@@ -294,9 +294,9 @@ class Predictor:
         A recording up to 2.5 times the model's signal length is centre-cropped or padded as in
         training. A longer one, or any one when `window` is given, is scored in windows of
         `window` seconds (default: the signal length) every `hop` seconds (default: half a
-        window); the result is the mean of the windows' probabilities, silent or quiet ones left
-        out (unless every one is: they are marked "quiet" and said in the warnings). `progress`: a bar on stderr
-        over the windows when there are more than one batch of them (a long file, a short hop).
+        window); the result is the mean of the windows' probabilities, less the silent or quiet
+        ones (marked "quiet" and said in the warnings) unless every window is. `progress`: a bar
+        on stderr over the windows when there are more than one batch of them (a long file, a short hop).
         """
         y = as_float_audio(waveform)
         sample_rate = audio.check_sample_rate(sample_rate)
