@@ -78,6 +78,10 @@ CANDIDATES = {
     "mixup": {"mixup_alpha": 0.2},
     "swa+dropout0.2": {"swa_epochs": 100, "dropout": 0.2},
     "dropout0.2": {"dropout": 0.2},
+    # the four-member round a candidate of the screen goes on to if it passes (RESULTS.md): against
+    # swa-x4; member 0 is the screen's single model, to every digit, and is taken from its run
+    "swa+mixup-x4": {"swa_epochs": 100, "mixup_alpha": 0.2, "members": 4},
+    "swa+dropout0.2-x4": {"swa_epochs": 100, "dropout": 0.2, "members": 4},
 }
 
 
