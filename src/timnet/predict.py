@@ -213,7 +213,8 @@ def scored_part_warnings(y: np.ndarray, chunks: list[np.ndarray], *, window: flo
     signal = cfg.signal_length / cfg.sample_rate
     if len(chunks) == 1:
         if len(y) > cfg.signal_length and not _too_quiet(y) and _too_quiet(crop := audio.fit_length(y, cfg.signal_length)):
-            level = "silent" if _rms(crop) < QUIET_RMS else f"quiet ({20 * math.log10(_rms(crop)):.0f} dBFS RMS)"
+            rms = _rms(crop)
+            level = "silent" if rms < QUIET_RMS else f"quiet ({20 * math.log10(rms):.0f} dBFS RMS)"
             warnings.append(f"the middle {signal:.2f} s it was scored on (a recording up to {WINDOW_AFTER:g} times the "
                             f"signal length is centre-cropped, as in training) is {level}: --window {signal:.2f} scores all of it")
         return warnings, np.ones(1, dtype=bool)

@@ -318,11 +318,17 @@ def damaged_record(path: str | Path) -> str | None:
         return None  # not a whole zip: torch.load's own failure says what the file is
 
 
+def fold_number(name: str) -> int | None:
+    """k of a fold folder's name fold_<k> as timnet writes it (fold_01), None for any other name."""
+    m = re.fullmatch(r"fold_(\d+)", name)
+    return int(m[1]) if m else None
+
+
 def fold_dirs(run_dir: str | Path) -> list[Path]:
     """A run's fold folders, fold_01, fold_02, ... in order: only names timnet writes, so that a
     user's copy beside them (fold_01_old) is neither counted as a fold nor deleted with the run."""
-    return sorted((p for p in Path(run_dir).glob("fold_*") if re.fullmatch(r"fold_\d+", p.name) and p.is_dir()),
-                  key=lambda p: int(p.name[5:]))
+    return sorted((p for p in Path(run_dir).glob("fold_*") if fold_number(p.name) is not None and p.is_dir()),
+                  key=lambda p: fold_number(p.name))
 
 
 def fold_files(run_dir: str | Path, name: str) -> list[Path]:
@@ -343,7 +349,7 @@ def _refuse_stray_folds(run_dir: Path, dirs: list[Path]) -> None:
         folds = read_identity(run_dir).get("folds")
     except TimnetError:
         return  # the caller reads run.json itself where it needs it, and says what is wrong with it
-    if isinstance(folds, int) and (stray := [d.name for d in dirs if not 1 <= int(d.name[5:]) <= folds]):
+    if isinstance(folds, int) and (stray := [d.name for d in dirs if not 1 <= fold_number(d.name) <= folds]):
         raise TimnetError(f"{run_dir}: {', '.join(stray)} {'is not a fold' if len(stray) == 1 else 'are not folds'} "
                           f"of this {folds}-fold run (its {RUN_FILE}); expected fold_01 to fold_{folds:02d} only: move "
                           f"{'it' if len(stray) == 1 else 'them'} out of the run folder")
@@ -368,7 +374,7 @@ def read_fold_result(path: str | Path) -> dict:
     if not ok:
         raise TimnetError(f"{path}: not a timnet fold result (a JSON object with fold, war, uar, n_test and a square "
                           f"confusion of n_test utterances, or a validation-only fold's val_war, val_uar); {remedy}")
-    if re.fullmatch(r"fold_\d+", path.parent.name) and r["fold"] != int(path.parent.name[5:]):
+    if (k := fold_number(path.parent.name)) is not None and r["fold"] != k:
         raise TimnetError(f"{path}: the result of fold {r['fold']}, in {path.parent.name}; expected each fold's result "
                           f"in its own folder (a copy from another fold?); {remedy}")
     return r
