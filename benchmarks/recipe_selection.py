@@ -40,6 +40,7 @@ from _common import FOLD_DONE, members_from, pm, record, restore, run_main, shar
 from timnet.backends import LocalBackend
 from timnet.corpora import paper_seed
 from timnet.features import load_features
+from timnet.folds import make_folds
 from timnet.recipe import AUGMENTATIONS
 from timnet.run import Run, execute_runs, validation_summary
 from timnet.sweep import trial_runs
@@ -149,6 +150,11 @@ def main() -> int:
         names, runs, summaries = [names[i] for i in kept], [runs[i] for i in kept], [summaries[i] for i in kept]
     print(f"### {fs.corpus}: validation UAR/WAR of candidate recipes ({args.folds} folds, seed {seed}, "
           f"{args.val_fraction:.0%} of each training part for validation)\n")
+    overlap = test_overlap(runs[0], fs)
+    print(f"The validation shares hold {overlap['in_validation']} of the {overlap['utterances']} utterances "
+          f"({overlap['share']:.1%}), each of them in one of the paper's {overlap['test_folds']} test folds "
+          f"({overlap['min_fold_share']:.0%}–{overlap['max_fold_share']:.0%} of each): a choice made here is made "
+          "on the corpus, not nested in its ten-fold protocol.\n")
     print("| candidate | epochs | validation UAR (mean ± population std over folds) | validation WAR | "
           f"Δ UAR vs {args.baseline} (mean ± s.e., paired by fold) | its last weights' UAR "
           "| Δ vs last | its first member's UAR | Δ vs first member |")
@@ -193,8 +199,20 @@ def main() -> int:
                   + f" | {np.mean(uars):.4f} | {signed(delta)} |")
     if args.json:
         write_json(args.json, {"corpus": fs.corpus, "folds": args.folds, "seed": seed, "val_fraction": args.val_fraction,
-                               "candidates": rows, "wall_s_this_call": round(wall, 1), "complete": not args.table_only})
+                               "test_overlap": overlap, "candidates": rows, "wall_s_this_call": round(wall, 1), "complete": not args.table_only})
     return 0
+
+
+def test_overlap(run: Run, fs, test_folds: int = 10) -> dict:
+    """How much of the corpus the selection's validation shares hold, and so how much of each test
+    fold of the paper's protocol (the same seed's KFold) took part in a choice made on them.
+    Every candidate shares these splits (the same folds, seed and fraction)."""
+    seen = np.zeros(len(fs), dtype=bool)
+    for k in range(1, run.folds_n + 1):
+        seen[run.validation_split(k)[1]] = True
+    per_fold = [float(seen[te].mean()) for _, te in make_folds(len(fs), folds=test_folds, seed=run.seed)]
+    return {"utterances": len(fs), "in_validation": int(seen.sum()), "share": float(seen.mean()),
+            "test_folds": test_folds, "min_fold_share": min(per_fold), "max_fold_share": max(per_fold)}
 
 
 def finished_summary(run: Run) -> dict:

@@ -76,6 +76,25 @@ def test_selection_reads_candidates_from_the_runs_that_train_them(monkeypatch):
     assert set(derived) == {"swa+vtlp+gain", "vtlp+gain"}
 
 
+def test_selection_says_how_much_of_the_test_folds_its_validation_shares_hold(monkeypatch, tmp_path):
+    """The selection's validation shares come from another split of the same corpus, so they hold
+    utterances the paper's ten folds test on: the count the table prints is those shares' union, and
+    each test fold's share of it is read off the same seed's ten folds."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import recipe_selection
+    from timnet.folds import make_folds
+
+    fs = synthetic(n=140)
+    run = Run(fs, tmp_path / "r", config=TrainConfig(val_fraction=0.2, **FAST), folds=5, seed=46)
+    got = recipe_selection.test_overlap(run, fs)
+    union = set().union(*(run.validation_split(k)[1].tolist() for k in range(1, 6)))
+    assert got["in_validation"] == len(union) and got["utterances"] == 140 and got["share"] == len(union) / 140
+    shares = [len(union & set(te.tolist())) / len(te) for _, te in make_folds(140, folds=10, seed=46)]
+    assert (got["min_fold_share"], got["max_fold_share"]) == (min(shares), max(shares))
+    # five shares of a fifth of four fifths each, drawn apart: more than a third, less than all
+    assert 1 / 3 < got["share"] < 1 and got["min_fold_share"] < got["max_fold_share"]
+
+
 def test_selection_offers_an_ensemble_every_other_candidates_run(monkeypatch, tmp_path):
     """An ensemble candidate looks for members in every other candidate's run folder, the largest
     ensembles first (which member trains alike is _common.members_from's to say: test_ledger);
