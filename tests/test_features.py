@@ -136,6 +136,45 @@ def test_authors_npy(tmp_path):
         load_features(tmp_path / "none.npy", corpus="emodb")
 
 
+def test_authors_npy_is_read_without_running_its_pickle(tmp_path):
+    """The authors' feature files are pickles, which np.load(allow_pickle=True) would let run code:
+    only numpy arrays in a dict are unpickled, numpy 1's module names (their files) included."""
+    import os
+    import pickle
+    import warnings
+
+    def npy(path, payload: bytes):
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": ()})
+            f.write(payload)
+        return path
+
+    x = np.random.default_rng(0).standard_normal((14, 188, 39)).astype(np.float32)
+    d = np.empty((), dtype=object)
+    d[()] = {"x": x, "y": np.eye(7)[np.arange(14) % 7]}
+    # protocol 2 names its globals as text lines: numpy 1 named the module numpy.core.multiarray
+    old = pickle.dumps(d, protocol=2).replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    assert b"numpy.core.multiarray\n" in old
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy 2's shim for numpy.core would warn
+        fs = load_features(npy(tmp_path / "numpy1.npy", old), corpus="emodb")
+    assert np.array_equal(fs.x, x) and fs.y.tolist() == (np.arange(14) % 7).tolist()
+
+    class Payload:  # what a file from anywhere could hold: code run by unpickling it
+        def __reduce__(self):
+            return os.mkdir, (str(tmp_path / "ran"),)
+
+    bad = np.empty((), dtype=object)
+    bad[()] = {"x": x, "y": Payload()}
+    path = npy(tmp_path / "EMODB.npy", pickle.dumps(bad, protocol=3))
+    with pytest.raises(TimnetError, match=r"EMODB.npy: not an authors' feature file: it names posix\.mkdir, which is no "
+                                          r"part of a numpy array \(refused unread: unpickling it could run code\)"):
+        load_features(path, corpus="emodb")
+    assert not (tmp_path / "ran").exists()
+    np.load(path, allow_pickle=True)  # what the check keeps from happening
+    assert (tmp_path / "ran").is_dir()
+
+
 def test_a_hand_made_npz_is_checked_not_misread(tree, tmp_path):
     """A feature file made by hand: labels as one string (five "classes" a, n, g, r, y), fractional
     class indices, no corpus name or no utterances are refused naming the file; whole-number float

@@ -317,6 +317,29 @@ def test_an_option_no_trial_depends_on_is_refused_before_anything_is_written(tmp
                                     base=recipe_config("paper", val_fraction=0.2, select="best-val"))) == 2
 
 
+def test_trials_whose_validation_figures_are_not_alike_are_said(tmp_path):
+    """A best-val trial's figure is the best of its looks at the share that chose its epoch: beside
+    a `last` trial's, or one looking more often or longer, it is higher for that alone."""
+    from timnet.train import recipe_config
+
+    fs = synthetic()
+
+    def make_run(folder, config, model_overrides):
+        return Run(fs, folder, config=config, folds=3, seed=3, evaluate_test=False)
+
+    def note(params, **base):
+        runs = sweep_mod.trial_runs(tmp_path / str(len(list(tmp_path.iterdir()))), params, make_run=make_run,
+                                    base=recipe_config("paper", val_fraction=0.2, **base))
+        return sweep_mod.optimism_note(runs)
+
+    assert note([{"select": "last"}, {"select": "best-val"}]).startswith(
+        "the trials differ in select: a best-val trial's validation figure is the best of its looks")
+    assert note([{"patience": None}, {"patience": 10}, {"eval_every": 2}], select="best-val").endswith(
+        "fix --eval-every and --patience for a fair comparison")
+    assert note([{"lr": 1e-3}, {"lr": 2e-3}], select="best-val") is None  # alike in how they look: fair
+    assert note([{"lr": 1e-3}, {"lr": 2e-3}]) is None
+
+
 @pytest.mark.parametrize("name,text,message", [
     ("dup.yaml", "lr: 0.001\nepochs: 3\nlr: 0.002\n", "not a valid search space file ('lr' given twice)"),
     ("dup.json", '{"lr": 0.001, "lr": 0.002}', "not a valid search space file ('lr' given twice)"),

@@ -594,7 +594,7 @@ def test_a_damaged_snapshot_is_one_error_naming_it(tmp_path):
     torch.save({"weights": torch.arange(64.0)}, good)
     flip_a_stored_byte(good, flipped)
     assert not torch.equal(torch.load(flipped)["weights"], torch.arange(64.0))  # loads, with a wrong weight
-    for path, why in ((cut, r"\(.+\)"), (text, r"\(.*invalid load key.*\)"), (listed, r"\(holds a list\)"),
+    for path, why in ((cut, r"\(.+\)"), (text, r"\((.*invalid load key.*|not a torch file of tensors and plain values)\)"), (listed, r"\(holds a list\)"),
                       (flipped, r"\(damaged: the bytes of .+/data/0 fail their checksum\)")):
         with pytest.raises(TimnetError) as e:
             load_saved(path)
@@ -603,6 +603,30 @@ def test_a_damaged_snapshot_is_one_error_naming_it(tmp_path):
         assert e.value.args[0].endswith("delete it, and the same command trains that part again from its start")
         import re
         assert re.search(why, str(e.value)), str(e.value)
+
+
+class _Payload:  # what a snapshot in a RUN_DIR from someone else could hold: code run by unpickling it
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def __reduce__(self):
+        return os.mkdir, (self.folder,)
+
+
+def test_a_snapshot_is_read_without_running_its_pickle(tmp_path):
+    """Snapshots and finished members hold tensors and plain values only, and are read so (torch's
+    weights_only): a RUN_DIR from elsewhere whose snapshot pickles code is refused, the code not run."""
+    from timnet.run import _snapshot_machines
+    from timnet.train import load_saved
+
+    path = tmp_path / "state_member1.pt"
+    torch.save({"epoch": 3, "cpu_dispatch": [{"cpu": _Payload(tmp_path / "ran")}]}, path)
+    with pytest.raises(TimnetError, match=r"state_member1.pt: not a snapshot timnet can read \(it pickles posix.mkdir, "
+                                          r"not only tensors and plain values: refused unread, as unpickling it could run code\)"):
+        load_saved(path)
+    assert _snapshot_machines(path) == [] and not (tmp_path / "ran").exists()
+    torch.load(path, weights_only=False)  # what reading it so would have done
+    assert (tmp_path / "ran").is_dir()
 
 
 def test_options_that_change_nothing_are_said_and_do_not_block_a_resume(tmp_path):

@@ -21,7 +21,8 @@ from .utils import RUN_FILE, diverged_folds, diverged_words, fold_files, read_fo
 
 @torch.no_grad()
 def predict_proba(model: TIMNet, x: np.ndarray, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(softmax probabilities (N, classes), fused features (N, C)) of a model in eval mode."""
+    """(softmax probabilities (N, classes), fused features (N, C)) of a model in eval mode; an
+    ensemble's features are its members' side by side (N, members * C)."""
     model.eval()
     probs, fused = [], []
     for start in range(0, len(x), batch_size):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import pickle
 import sys
 import warnings
 import zipfile
@@ -347,15 +348,59 @@ def _check_class_counts(path: Path, c: Corpus, counts: np.ndarray) -> None:
                               f"{other.name}'s, not {c.name}'s {c.class_counts}; expected --corpus {other.name.lower()}")
 
 
+# What a pickled dict of numpy arrays needs, and all an authors' feature file may name: unpickling
+# anything else (`os.system`, say) would run code from the file, which may come from anywhere.
+# (`_codecs.encode` is how protocol 2, Python 2's, writes an array's bytes: it only encodes a string.)
+_ARRAY_PARTS = {("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("_codecs", "encode")}
+
+
+class _NotArrays(pickle.UnpicklingError):
+    pass
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays in dicts, lists and plain values, and nothing that runs code."""
+
+    def find_class(self, module: str, name: str):
+        part = module.rsplit(".", 1)[-1] if module.startswith("numpy.") else module
+        if (part, name) not in _ARRAY_PARTS or module not in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray",
+                                                               "_codecs"):
+            raise _NotArrays(f"it names {module}.{name}, which is no part of a numpy array (refused unread: "
+                             "unpickling it could run code)")
+        if module == "numpy.core.multiarray":  # numpy 1's name (the authors' files), numpy 2's shim warns on it
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
+def _read_pickled_npy(path: Path) -> dict:
+    """The dict an authors' feature file pickles (`np.save(path, {"x": ..., "y": ...})`), read with
+    `np.load(allow_pickle=True)`'s format but without letting the pickle run code."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
+        shape, _, dtype = read_header(f)
+        if dtype != object or shape != ():
+            raise ValueError(f"a {dtype} array of shape {shape}, not a pickled dict")
+        d = _ArraysOnly(f).load()
+    d = d.item() if isinstance(d, np.ndarray) and d.shape == () else d
+    if not isinstance(d, dict):
+        raise ValueError(f"it pickles a {type(d).__name__}, not a dict")
+    return d
+
+
 def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
     if corpus is None:
         raise TimnetError(f"{path}: an authors' .npy feature file needs --corpus (one of {', '.join(n.lower() for n in CORPORA)})")
     c = get_corpus(corpus)
     try:
-        d = np.load(path, allow_pickle=True).item()
+        d = _read_pickled_npy(path)
         x, onehot = np.asarray(d["x"], dtype=np.float32), np.asarray(d["y"])
     except OSError as e:
         raise TimnetError(f"{path}: could not be read ({e.strerror or e})") from None
+    except _NotArrays as e:
+        raise TimnetError(f"{path}: not an authors' feature file: {e}; expected the pickled dict of arrays "
+                          "'x' and 'y' their code saves") from None
     except Exception:  # a pickle can fail in many ways; all mean "not that format"
         raise TimnetError(f"{path}: not an authors' feature file; expected the pickled dict with 'x' and 'y' their code saves") from None
     if x.ndim != 3 or onehot.ndim != 2 or len(x) != len(onehot):

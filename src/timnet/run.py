@@ -214,7 +214,7 @@ def _snapshot_machines(path: Path) -> list[dict]:
     """The processes that trained a snapshot (FoldState.machines); [] where older versions recorded
     none or the file cannot be read (the resume itself then says why)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False).get("cpu_dispatch", [])
+        return torch.load(path, map_location="cpu", weights_only=True).get("cpu_dispatch", [])
     except Exception:
         return []
 
@@ -691,7 +691,8 @@ def train_all_data(fs: FeatureSet, out_dir: str | Path, *, config: TrainConfig, 
                                        on_epoch=on_epoch, device=device, path=identity["path"])
     path = save_checkpoint(out_dir / "model.pt", model, feature_config=fs.config, labels=fs.labels, corpus=fs.corpus,
                            extra={"all_data": True, "n_samples": len(fs), "seed": seed,
-                                  # the epoch whose weights these are (best-val keeps an earlier one)
+                                  # the first member's epoch: the last, or best-val's choice, or for an
+                                  # averaging recipe the end of its window (each member has its own)
                                   "epoch": members[0].epoch,
                                   "train_config": asdict(config), "train_idx": tr.tolist(), "val_idx": va.tolist()})
     _write_histories(out_dir, members)

@@ -23,6 +23,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -356,6 +357,8 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
             f"{len(runs)} trial{'s' * (len(runs) != 1)}, left as {'it is' if len(others) == 1 else 'they are'}; "
             "--overwrite removes them")
     _refuse_folds_without_models(runs)
+    if note := optimism_note(runs):
+        warnings.warn(note, stacklevel=2)
     summaries = execute_runs(runs, backend=backend, progress=progress, log=log)
     table = [{"trial": run.dir.name, **run.params, "val_uar": s["mean_val_uar"], "val_uar_std": s["std_val_uar"],
               "val_war": s["mean_val_war"]} for run, s in zip(runs, summaries)]
@@ -393,6 +396,24 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
     write_csv(sweep_dir / "trials.csv", table)
     write_json(sweep_dir / "sweep.json", out)
     return out
+
+
+def optimism_note(runs: list[Run]) -> str | None:
+    """A `best-val` trial is scored on the validation share that chose its epoch: its figure is
+    the best of its looks at that share, not an estimate, and more looks make it higher. Among
+    trials alike in that, the choice is fair; between a `best-val` trial and a `last` one, or
+    `best-val` trials looking more or less often (eval_every) or long (patience), it leans
+    towards the more optimistic figure. Said, not refused: such a search is the user's to make."""
+    configs = [run.config for run in runs]
+    if not any(c.select == "best-val" for c in configs):
+        return None
+    differ = [name for name in ("select", "eval_every", "patience") if len({getattr(c, name) for c in configs}) > 1]
+    if not differ:
+        return None
+    return (f"the trials differ in {', '.join(differ)}: a best-val trial's validation figure is the best of its looks "
+            "at the share that chose its epoch, so trials that look more (or that pick their epoch against ones that "
+            "do not) score higher for it, and each fold's choice leans towards them; fix "
+            f"{' and '.join('--' + n.replace('_', '-') for n in differ)} for a fair comparison")
 
 
 def _refuse_folds_without_models(runs: list[Run]) -> None:

@@ -41,7 +41,8 @@ class TrainConfig:
     val_fraction: float = 0.0  # validation carved from each fold's training part (stratified; whole speakers with --split speaker)
     eval_every: int = 1  # epochs between validation passes (when there is validation)
     select: str = "last"  # "last" (the paper) or "best-val" (best validation UAR)
-    patience: int | None = None  # stop after this many epochs without a better validation UAR
+    patience: int | None = None  # stop after this many epochs without a better validation UAR (counted in
+    # validation passes: rounded up to a multiple of eval_every)
     save_every: int = 10  # epochs between resumable snapshots
     # Beyond the paper (timnet.recipe); every default is the paper's recipe.
     recipe: str = "paper"  # the preset the values below came from (a label)
@@ -174,7 +175,9 @@ def validation_split(train_idx: np.ndarray, y: np.ndarray, *, fraction: float, s
     """Split a fold's training indices into (train, validation), stratified by class.
 
     With `groups` (speakers, for speaker-independent folds) whole speakers go to validation, so
-    that model selection is scored on unseen speakers, as the test fold will be.
+    that model selection is scored on unseen speakers, as the test fold will be: drawn at random,
+    not stratified (acted corpora give every speaker every class; where one does not, the run
+    says which class is left with nothing to train on, Run._warn_untaught_classes).
     """
     if fraction == 0:
         return train_idx, np.empty(0, dtype=np.int64)
@@ -515,14 +518,26 @@ def load_saved(path: Path) -> dict:
         why = f"damaged: the bytes of {record} fail their checksum"
     else:
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=False)
+            saved = torch.load(path, map_location="cpu", weights_only=True)  # a RUN_DIR from elsewhere runs no code
             why = None if isinstance(saved, dict) else f"holds a {type(saved).__name__}"
         except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, OSError, ... by the damage
-            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            why = _why_unreadable(e)
     if why is not None:
         raise TimnetError(f"{path}: not a snapshot timnet can read ({why}); expected one timnet wrote: delete it, "
                           "and the same command trains that part again from its start")
     return saved
+
+
+def _why_unreadable(e: Exception) -> str:
+    """A line saying why torch.load failed. Its weights-only refusals open with paragraphs that
+    suggest `weights_only=False`, which would run whatever the file pickles: the object refused
+    is named instead."""
+    text = str(e).strip()
+    if "Weights only load failed" not in text:
+        return (text.splitlines() or [type(e).__name__])[0]
+    if named := re.search(r"(?:GLOBAL|[Uu]nsupported class) ([\w.]+)", text):
+        return f"it pickles {named.group(1)}, not only tensors and plain values: refused unread, as unpickling it could run code"
+    return "not a torch file of tensors and plain values"
 
 
 def member_done_path(folder: Path | None, m: int, members: int) -> Path | None:

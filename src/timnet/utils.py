@@ -147,7 +147,8 @@ def folder_lock(folder: str | Path):
     Two timnet processes writing one RUN_DIR (the same command started twice, or --overwrite of a
     run still training) would interleave snapshots and delete each other's folds; the second is
     refused instead. The lock is the kernel's (flock on the folder), so a killed process never
-    leaves it behind. A folder created here and still empty after a failure is removed again.
+    leaves it behind. A folder created here and still empty at the end (a failure before anything
+    was written) is removed again.
     """
     from .errors import TimnetError
 
