@@ -414,6 +414,21 @@ def test_cli_export_and_bad_model(run_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     gap = float(r.stdout.rsplit("max |onnxruntime - torch| = ", 1)[1].split()[0])
     assert gap < 1e-5
+    # the file says what its input must be to a reader without timnet (its doc string), and which timnet wrote it
+    import onnx
+
+    from timnet import __version__
+
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    model = load_model(run_dir)
+    assert f"Input 'features': float32 (batch, {model.feature_config.frames}, 39) MFCCs" in proto.doc_string
+    assert f"(batch, 3) class probabilities in this order: {', '.join(model.labels)}." in proto.doc_string
+    assert {p.key: p.value for p in proto.metadata_props}["timnet.version"] == __version__
+    # a wrong output name is said before the model is loaded (ten authors' files take seconds)
+    r = subprocess.run([sys.executable, "-c", "import sys, timnet.predict as p; p.load_model = None; "
+                        "from timnet.cli import main; sys.exit(main(sys.argv[1:]))", "export", str(run_dir), "-o",
+                        str(tmp_path / "m.txt")], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr == f"timnet: error: {tmp_path / 'm.txt'}: expected an output path ending in .onnx\n"
     with pytest.raises(TimnetError, match=re.escape(f"{tmp_path / 'nothing-here'}: no such model file or folder, nor a "
                                                     "bundled model; expected a checkpoint (.pt), a RUN_DIR, an .onnx file,")):
         load_model(tmp_path / "nothing-here")

@@ -537,9 +537,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .onnx_export import export_checked
+    from .onnx_export import check_onnx_path, export_checked
     from .predict import load_model
 
+    check_onnx_path(args.output)
     with _warnings_as_messages():
         predictor = load_model(args.model, corpus=args.corpus, allow_onnx=False)
     path, gap = export_checked(predictor, args.output)

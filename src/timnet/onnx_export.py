@@ -1,7 +1,8 @@
 """ONNX export of a model or fold ensemble (features in, probabilities out), and running it back.
 
 The labels and the FeatureConfig travel in the ONNX metadata, so the .onnx file alone is enough
-to compute the right features and name the classes.
+to compute the right features and name the classes; its doc string says the same in words, for a
+runtime without timnet.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import __version__
 from .errors import TimnetError
 from .features import FeatureConfig
 from .predict import Predictor, check_feature_batch, mean_probabilities
@@ -43,6 +45,30 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
     return export_checked(predictor, path)[0]
 
 
+def check_onnx_path(path: str | Path) -> Path:
+    """The output path, if it names an .onnx file (said before a model is loaded: ten authors' files take seconds)."""
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":  # ".onnx" alone is a hidden file's name, with no suffix
+        what = "a name before .onnx" if path.name.lower() == ".onnx" else "an output path ending in .onnx"
+        raise TimnetError(f"{path}: expected {what}")
+    return path
+
+
+def describe(predictor: Predictor) -> str:
+    """The graph's doc string: what its input must be, for a reader without timnet (Netron, another
+    runtime); the metadata says the same as values, for timnet to read."""
+    cfg, labels = predictor.feature_config, list(predictor.labels)
+    return (f"TIM-Net speech emotion recognition (Ye et al., ICASSP 2023), exported by timnet {__version__}"
+            f"{f' from {predictor.corpus} training' if predictor.corpus else ''}; the mean probabilities of "
+            f"{predictor.networks} network(s). Input 'features': float32 (batch, {cfg.frames}, {cfg.n_mfcc}) MFCCs, "
+            f"time-major, not normalised: mono audio resampled to {cfg.sample_rate} Hz as librosa.load does (soxr_hq), "
+            f"centre-cropped or zero-padded (centred) to {cfg.signal_length} samples, then "
+            f"librosa.feature.mfcc(sr={cfg.sample_rate}, n_mfcc={cfg.n_mfcc}) with librosa's other defaults "
+            f"(n_fft {cfg.n_fft}, hop {cfg.hop_length}, Hann window, centred frames, 128 Slaney mel bands, power in dB, "
+            f"orthonormal DCT-II), transposed; timnet.features.waveform_features computes them. Output 'probs': "
+            f"(batch, {len(labels)}) class probabilities in this order: {', '.join(labels)}.")
+
+
 def export_checked(predictor: Predictor, path: str | Path) -> tuple[Path, float | None]:
     """export_onnx, and the largest |onnxruntime - torch| probability gap it measured before the file
     took its name (None without onnxruntime: the file is then written unchecked)."""
@@ -51,10 +77,7 @@ def export_checked(predictor: Predictor, path: str | Path) -> tuple[Path, float 
     except ImportError:
         raise TimnetError(f"{path}: ONNX export needs the onnx package (pip install onnx onnxruntime, or pip install -e '.[onnx]' in the timnet checkout)") from None
 
-    path = Path(path)
-    if path.suffix.lower() != ".onnx":  # ".onnx" alone is a hidden file's name, with no suffix
-        what = "a name before .onnx" if path.name.lower() == ".onnx" else "an output path ending in .onnx"
-        raise TimnetError(f"{path}: expected {what}")
+    path = check_onnx_path(path)
     if not predictor.models:
         raise TimnetError(f"{predictor.source}: already an ONNX model; export needs a checkpoint, RUN_DIR or weights folder")
     module = _Probabilities(predictor.models).eval()
@@ -72,11 +95,13 @@ def export_checked(predictor: Predictor, path: str | Path) -> tuple[Path, float 
                           dynamic_axes={"features": {0: "batch"}, "probs": {0: "batch"}}, opset_version=OPSET,
                           **legacy)
         proto = onnx.load(str(tmp))
+        proto.doc_string = describe(predictor)
         for key, value in (("timnet.labels", json.dumps(list(predictor.labels))),
                            ("timnet.feature_config", json.dumps(asdict(cfg))),
                            ("timnet.networks", str(predictor.networks)),  # TIM-Nets averaged, for repr
                            ("timnet.ensemble_size", str(len(predictor.models))),  # checkpoints (older readers)
-                           ("timnet.corpus", predictor.corpus or "")):
+                           ("timnet.corpus", predictor.corpus or ""),
+                           ("timnet.version", __version__)):
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
