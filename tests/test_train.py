@@ -987,7 +987,7 @@ def test_ray_only_options_are_refused_on_the_local_backend(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_a_fold_resumed_with_other_kernels_is_warned_of_and_recorded(tmp_path):
+def test_a_fold_resumed_with_other_kernels_is_warned_of_and_recorded(tmp_path, monkeypatch):
     """The fast path's arithmetic (native C kernels, or PyTorch's) decides the last bits: a snapshot
     keeps it, and a resume under the other says so and records both in the fold's result."""
     from timnet.model import TIMNetConfig
@@ -1008,6 +1008,21 @@ def test_a_fold_resumed_with_other_kernels_is_warned_of_and_recorded(tmp_path):
         _, state = train_fold(x, y, tr, va, model_config=TIMNetConfig(n_classes=len(fs.labels)),
                               config=replace(config, epochs=2), seed=1, state_path=state_path)
     assert state.arithmetic == f"other, then {now}"
+
+    # a torch with no fused CPU Adam (before 2.4) steps apart by rounding: said with the arithmetic,
+    # so the snapshot begun with the fused one is resumed with a warning, not silently
+    class NoFused(torch.optim.Adam):
+        def __init__(self, params, **kwargs):
+            if kwargs.get("fused"):
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+            super().__init__(params, **kwargs)
+
+    torch.save(snapshot, state_path)
+    monkeypatch.setattr(torch.optim, "Adam", NoFused)
+    with pytest.warns(UserWarning, match=f"state.pt: begun with the {now} arithmetic, resumed with {now} with unfused Adam"):
+        _, state = train_fold(x, y, tr, va, model_config=TIMNetConfig(n_classes=len(fs.labels)),
+                              config=replace(config, epochs=2), seed=1, state_path=state_path)
+    assert state.arithmetic == f"{now}, then {now} with unfused Adam"
 
 
 def test_eval_every_without_a_validation_share_is_said(tmp_path):

@@ -356,6 +356,8 @@ def train_fold(
     # what computes the numbers (recorded with each fold: the last float bits depend on it)
     arithmetic = fast.ops_for(x[:1].to(device), fast.padded(model_config.n_filters)).name if use_fast else "reference"
     optimizer = _adam(model, config, fused=use_fast)
+    if use_fast and not optimizer.defaults.get("fused"):  # said with the arithmetic: a resume under a torch
+        arithmetic += " with unfused Adam"  # that has the fused kernel would round apart, and be warned of
     ema = recipe.EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     swa = recipe.SWA(model) if config.swa_epochs else None
     kept = ema.model if ema is not None else model  # the weights validated each epoch (SWA's exist only at the end)
@@ -369,7 +371,7 @@ def train_fold(
             import warnings
 
             warnings.warn(f"{state_path}: begun with the {began} arithmetic, resumed with {arithmetic} (TIMNET_NATIVE, "
-                          "or no C compiler here); the weights will differ from an uninterrupted training's", stacklevel=2)
+                          "no C compiler here, or another torch); the weights will differ from an uninterrupted training's", stacklevel=2)
             state.arithmetic = f"{began}, then {arithmetic}"
         elif began:
             state.arithmetic = began
@@ -592,7 +594,8 @@ def train_member(
 
 def _adam(model: TIMNet, config: TrainConfig, *, fused: bool) -> torch.optim.Optimizer:
     """The paper's Adam. The fast path takes PyTorch's fused kernel where this torch has one for the
-    device (CPU since torch 2.4): the same update rule in one pass instead of ~10 ops per tensor."""
+    device (CPU since torch 2.4): the same update rule in one pass instead of ~10 ops per tensor,
+    rounding apart from the unfused one (train_fold records which: `arithmetic`)."""
     kwargs = dict(lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps)
     if fused:
         try:
