@@ -267,7 +267,7 @@ def test_authors_order_sorts_by_file_name_then_path_ignoring_case():
     files = np.array(["b/angry/10.wav", "B2/angry/2.wav", "a/angry/2.wav", "a/sad/1.wav", "Z/angry/2.wav"])
     y = np.array([0, 0, 0, 1, 0])
     fs = FeatureSet(x=np.arange(5, dtype=np.float32)[:, None, None], y=y, labels=("angry", "sad"), corpus="CASIA",
-                    config=FeatureConfig(signal_length=1000), speakers=np.array(["b", "B2", "a", "a", "Z"]), files=files)
+                    config=FeatureConfig(signal_length=4096), speakers=np.array(["b", "B2", "a", "a", "Z"]), files=files)
     assert in_order(fs, "spec") is fs
     a = in_order(fs, "authors")
     assert a.files.tolist() == ["a/angry/2.wav", "B2/angry/2.wav", "Z/angry/2.wav", "b/angry/10.wav", "a/sad/1.wav"]
@@ -320,3 +320,14 @@ def test_a_class_with_no_utterance_is_warned_of(tree, tmp_path, capsys):
         warnings.simplefilter("error")  # every class present: nothing said
         load_features(save_features(extract("emodb", tree, workers=1, signal_length=4096, progress=False)[0],
                                     tmp_path / "whole.npz"))
+
+
+def test_a_feature_config_shorter_than_one_fft_window_is_refused():
+    """As `extract --signal-length` refuses it: librosa would pad every window of so short a signal
+    (and warn), so no corpus's features are made that way."""
+    from timnet.features import FeatureConfig
+
+    for length in (512, 1000, 2047):
+        with pytest.raises(TimnetError, match=f"signal length {length} too short; expected at least 2048 samples"):
+            FeatureConfig(signal_length=length)
+    assert FeatureConfig(signal_length=2048).frames == 5

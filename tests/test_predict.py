@@ -92,11 +92,15 @@ def test_window_starts_cover_the_recording_to_its_last_sample():
     from timnet.predict import window_starts
 
     assert window_starts(10, 4, 3) == [0, 3, 6]  # the last window ends on the last sample
-    assert window_starts(11, 4, 3) == [0, 3, 6, 7]  # else the tail gets a window of its own
+    assert window_starts(11, 4, 3) == [0, 2, 5, 7]  # else spread evenly: no tail window a sample from the last
     assert window_starts(5, 4, 100) == [0, 1]  # a hop beyond the recording still reaches its end
-    for n, win, step in ((1000, 300, 7), (1000, 999, 1), (12345, 2048, 1024)):
+    # 2.5 windows and a sample: five windows, not a fifth a sample after the fourth ([..., 144000, 144001])
+    assert window_starts(240001, 96000, 48000) == [0, 36000, 72000, 108001, 144001]
+    for n, win, step in ((1000, 300, 7), (1000, 999, 1), (12345, 2048, 1024), (10**6, 96000, 48000), (96001, 96000, 96000)):
         starts = window_starts(n, win, step)
-        assert starts[0] == 0 and starts[-1] + win == n and all(b - a <= step for a, b in zip(starts, starts[1:]))
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        assert starts[0] == 0 and starts[-1] + win == n and max(gaps) <= step
+        assert len(starts) == -(-(n - win) // step) + 1 and max(gaps) - min(gaps) <= 1  # as few as reach, even
 
 
 def test_show_windows_prints_each_window(run_dir, clips, capsys, monkeypatch):
@@ -280,7 +284,18 @@ def test_silent_and_short_warnings(run_dir):
     assert model.predict(tone * 0.001, 16000).warnings == [
         "quiet audio (-63 dBFS RMS, below -35): the features are of the absolute level, as in the paper, "
         "so raise the level for a reliable prediction"]
-    assert any(w.startswith("sample rate 4000 Hz, below 8000 Hz") for w in model.predict(tone * 0.5, 4000).warnings)
+    # below the corpora's lowest rate (16 kHz) the top of the mel range is empty: telephone audio
+    assert model.predict(tone * 0.5, 8000).warnings == [
+        "sample rate 8000 Hz, below 16000 Hz: nothing above 4 kHz, where every corpus's recordings have sound, "
+        "so the features' upper bands are empty"]
+    # a DC offset beyond any training recording's is said, and is not taken for sound: silence
+    # with one is silent, not speech
+    offset = model.predict(tone * 0.5 + 0.02, 16000).warnings  # (the tone's own mean is about +0.0007)
+    assert len(offset) == 1 and re.fullmatch(r"a DC offset of \+0\.02\d \(no training recording's exceeds 0\.01\): it shifts "
+                                             r"the features; subtract the mean \(or high-pass the audio\) for a reliable "
+                                             r"prediction", offset[0]), offset
+    assert model.predict(np.full(32000, 0.02, np.float32), 16000).warnings[1] == "silent audio"
+    assert model.predict(tone * 0.5 + 0.005, 16000).warnings == []  # within the corpora's (EMODB's largest: 0.006)
     # and far louder than any: near full scale, or beyond it (floats that were never in [-1, 1])
     assert model.predict(tone * 0.9, 16000).warnings == [
         "loud audio (-4 dBFS RMS, above -8): the features are of the absolute level, as in the paper, "
@@ -314,7 +329,7 @@ def test_silence_in_the_scored_audio_is_said_and_silent_windows_left_out(run_dir
     pred = pred_lead = model.predict(lead, sr)
     silent = [w for w in pred.windows if w.get("quiet")]
     assert len(silent) == 5 and len(pred.windows) == 7, pred.windows
-    assert pred.warnings == ["5 of 7 windows silent or quiet (below -35 dBFS RMS, as no training utterance is): "
+    assert pred.warnings == ["5 of 7 windows silent or quiet (below -35 dBFS RMS, as under 1 % of the corpora's utterances are): "
                              "left out of the mean"]
     sounding = [i for i, w in enumerate(pred.windows) if not w.get("quiet")]
     starts = window_starts(len(lead), n, n // 2)  # the default hop: half a window
@@ -681,6 +696,9 @@ def test_python_api_takes_each_layout_and_sample_format(run_dir, tmp_path):
     np.testing.assert_array_equal(waveform_features(tone44, CFG, sample_rate=44100), file_features(tmp_path / "t44.wav", CFG))
     with pytest.raises(TimnetError, match="sample_rate 0 invalid"):
         waveform_features(tone44, CFG, sample_rate=0)
+    for rate in (16, 44, 10**6):  # kHz for Hz would resample 3 s into 3,000 s; no recording is at 1 MHz
+        with pytest.raises(TimnetError, match=rf"sample_rate {rate} invalid; expected 1000 to 384000 Hz \(e.g. 16000; in Hz, not kHz\)"):
+            waveform_features(tone44, CFG, sample_rate=rate)
     with pytest.raises(TimnetError, match=r"waveform of shape \(2, 2000\) invalid; expected a mono"):
         waveform_features(np.zeros((2, 2000), np.float32), CFG)  # padded along both axes before: gigabytes
     # loading: what is no model, and a run with no finished fold yet

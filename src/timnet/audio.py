@@ -236,7 +236,8 @@ NATIVE_RATES = (1000, 384000)  # Hz: any recording's; a header outside is damage
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read any file libsndfile can, as mono float32 in [-1, 1] at its native sample rate."""
+    """Read any file libsndfile can, as mono float32 at its native sample rate (integer PCM scaled to
+    [-1, 1); float files as stored, which may exceed it)."""
     import soundfile as sf
 
     path = Path(path)
@@ -277,10 +278,14 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def check_sample_rate(sample_rate) -> int:
-    """`sample_rate` as a positive whole number of Hz, or a one-line error."""
+    """`sample_rate` as a whole number of Hz within any recording's (NATIVE_RATES), or a one-line error:
+    16 (kHz given for Hz) would resample 3 s of audio into 3,000 s."""
     ok = not isinstance(sample_rate, bool) and isinstance(sample_rate, (int, float, np.integer, np.floating))
     if not (ok and math.isfinite(sample_rate) and sample_rate > 0 and float(sample_rate).is_integer()):
         raise TimnetError(f"sample_rate {sample_rate!r} invalid; expected a positive whole number of Hz (e.g. 16000)")
+    if not NATIVE_RATES[0] <= sample_rate <= NATIVE_RATES[1]:
+        raise TimnetError(f"sample_rate {sample_rate!r} invalid; expected {NATIVE_RATES[0]} to {NATIVE_RATES[1]} Hz "
+                          "(e.g. 16000; in Hz, not kHz)")
     return int(sample_rate)
 
 

@@ -22,7 +22,7 @@ from .progress import progress_bar
 from .utils import atomic_write, end_pool, pool_result, signals_held, when_parent_ends
 
 
-MAX_SIGNAL_LENGTH = 10 * 60 * audio.SAMPLE_RATE  # the corpora's are 2-5 s; far beyond, an array too big to hold
+MAX_SIGNAL_LENGTH = 10 * 60 * audio.SAMPLE_RATE  # the corpora's are 4-14 s; far beyond, an array too big to hold
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,9 @@ class FeatureConfig:
         fixed = (audio.N_FFT, audio.HOP_LENGTH)
         if (self.n_fft, self.hop_length) != fixed:
             raise TimnetError(f"n_fft/hop_length {self.n_fft}/{self.hop_length} unsupported; expected {fixed}")
-        if self.signal_length < self.hop_length:
-            raise TimnetError(f"signal length {self.signal_length} too short; expected at least {self.hop_length} samples")
+        if self.signal_length < self.n_fft:  # as extract refuses it: librosa would pad each window and warn
+            raise TimnetError(f"signal length {self.signal_length} too short; expected at least {self.n_fft} samples "
+                              "(one FFT window)")
         if self.sample_rate < 1 or self.n_mfcc < 1:
             raise TimnetError(f"sample rate {self.sample_rate} / n_mfcc {self.n_mfcc} invalid; expected positive numbers")
 
@@ -186,7 +187,8 @@ def extract(
     """Features of every utterance of a corpus tree; returns (features, skipped, bad).
 
     `skipped` is a one-line summary of the audio files that do not fit the corpus naming
-    (None if none); `bad` lists unreadable files, which raise unless `skip_bad`. When `cache`
+    (None if none); `bad` holds the errors of unreadable files (one line each, naming the file),
+    which raise unless `skip_bad`. When `cache`
     names a feature file made from the very same files (paths, sizes, times) and settings, it is
     returned instead of recomputing.
     """
@@ -316,7 +318,7 @@ def _load_npz(path: Path) -> FeatureSet:
     if x.shape[1:] != (config.frames, config.n_mfcc):  # a model trained on them would predict from other features
         raise TimnetError(f"{path}: features of {x.shape[1]} frames x {x.shape[2]} coefficients, but its settings "
                           f"give {config.frames} x {config.n_mfcc}")
-    if len(y) and (y.min() < 0 or y.max() >= len(labels)):
+    if y.min() < 0 or y.max() >= len(labels):
         raise TimnetError(f"{path}: class indices {y.min()}..{y.max()} outside the {len(labels)} labels {', '.join(labels)}")
     for name, column in (("speakers", speakers), ("files", files)):
         if column is not None and len(column) != len(y):

@@ -32,7 +32,14 @@ QUIET_RMS = 1e-4  # below this the recording is treated as silence
 # neutral and fear become "angry", and 30 dB quieter all five are "angry".
 QUIET_DBFS = -35.0
 LOUD_DBFS = -8.0  # 4 dB above the loudest file of either corpus: a level no training utterance had
-LOW_RATE = 8000  # Hz; below telephone speech nothing of the spectrum the MFCCs describe is left
+# Hz: the lowest rate of the six corpora (EMODB, CASIA, IEMOCAP). Below it the top of the MFCCs' mel
+# range, where every training recording had sound, is empty: 8 kHz telephone audio (nothing above
+# 4 kHz) changed the bundled model's label for 12 of 20 EMODB files, with no other warning.
+LOW_RATE = 16000
+# the largest mean (DC offset) of an EMODB or CASIA file is 0.006 of full scale; an offset shifts
+# the lowest MFCCs (one of 0.01 moved some class's probability by up to 0.47 on EMODB files), and
+# it is no sound, so the level checks measure around it
+DC_OFFSET = 0.01
 SHORT_SECONDS = 0.5
 # lossy codecs (Ogg, MP3) decode a full-scale recording a few percent beyond it (an EMODB file's Ogg:
 # peak 1.008), which the user cannot mend and which changes nothing; floats never scaled to [-1, 1]
@@ -174,10 +181,14 @@ def audio_warnings(y: np.ndarray, *, peak: float, sample_rate: int, cfg: Feature
     if peak > FULL_SCALE_SLACK:
         warnings.append(f"samples beyond full scale (peak {peak:.2f}): expected floats in [-1, 1]")
     if sample_rate < LOW_RATE:
-        warnings.append(f"sample rate {sample_rate} Hz, below {LOW_RATE} Hz: too little of the spectrum for the features")
+        warnings.append(f"sample rate {sample_rate} Hz, below {LOW_RATE} Hz: nothing above {sample_rate / 2000:g} kHz, "
+                        "where every corpus's recordings have sound, so the features' upper bands are empty")
     seconds = len(y) / cfg.sample_rate
     if seconds < SHORT_SECONDS:
         warnings.append(f"very short audio ({seconds:.2g} s)")  # .2g: 50 samples read 0.0031 s, not 0.00 s
+    if abs(offset := float(np.mean(y, dtype=np.float64))) > DC_OFFSET:
+        warnings.append(f"a DC offset of {offset:+.3f} (no training recording's exceeds {DC_OFFSET:g}): it shifts the "
+                        "features; subtract the mean (or high-pass the audio) for a reliable prediction")
     rms = _rms(y)
     dbfs = 20 * math.log10(rms) if rms > 0 else -math.inf
     if rms < QUIET_RMS:
@@ -192,11 +203,14 @@ def audio_warnings(y: np.ndarray, *, peak: float, sample_rate: int, cfg: Feature
 
 
 def _rms(y: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
+    """The level of the sound in `y`: its RMS around its mean (a DC offset is no sound, and would
+    make silence read as speech)."""
+    y = y.astype(np.float64)
+    return float(np.sqrt(np.mean((y - y.mean()) ** 2)))
 
 
 def _too_quiet(y: np.ndarray) -> bool:
-    """Silent, or quieter than any training utterance of either corpus (QUIET_DBFS)."""
+    """Silent, or quieter than QUIET_DBFS (which no EMODB file and 6 of CASIA's 1200 are)."""
     rms = _rms(y)
     return rms < QUIET_RMS or 20 * math.log10(rms) < QUIET_DBFS
 
@@ -225,17 +239,17 @@ def scored_part_warnings(y: np.ndarray, chunks: list[np.ndarray], *, window: flo
         return warnings, np.ones(len(chunks), dtype=bool)
     if not counts.all():
         warnings.append(f"{int((~counts).sum())} of {len(chunks)} windows silent or quiet (below {QUIET_DBFS:.0f} dBFS "
-                        "RMS, as no training utterance is): left out of the mean")
+                        "RMS, as under 1 % of the corpora's utterances are): left out of the mean")
     return warnings, counts
 
 
 def window_starts(n: int, win: int, step: int) -> list[int]:
-    """Starts of the windows of `win` samples every `step` over `n > win` samples; the tail gets
-    a window of its own, ending at the last sample."""
-    starts = list(range(0, n - win + 1, step))
-    if starts[-1] + win < n:
-        starts.append(n - win)
-    return starts
+    """Starts of the windows of `win` samples over `n > win` samples: the first at the first sample,
+    the last ending at the last, as few as keep them at most `step` apart, spread evenly. (A window
+    added for the tail alone could lie a sample from the one before and count that audio twice in
+    the mean.)"""
+    gaps = -(-(n - win) // step)  # ceil: windows - 1
+    return [round(i * (n - win) / gaps) for i in range(gaps + 1)]
 
 
 class Predictor:
@@ -293,9 +307,9 @@ class Predictor:
         are full scale at ±1; integer PCM (scipy.io.wavfile's int16, int32, uint8) is scaled so.
 
         A recording up to 2.5 times the model's signal length is centre-cropped or padded as in
-        training. A longer one, or any one when `window` is given, is scored in windows of
-        `window` seconds (default: the signal length) every `hop` seconds (default: half a
-        window); the result is the mean of the windows' probabilities, less the silent or quiet
+        training. A longer one, or any one longer than `window` when it is given, is scored in
+        windows of `window` seconds (default: the signal length) at most `hop` seconds apart
+        (default: half a window), spread evenly from its first sample to its last; the result is the mean of the windows' probabilities, less the silent or quiet
         ones (marked "quiet" and said in the warnings) unless every window is. `progress`: a bar
         on stderr over the windows when there are more than one batch of them (a long file, a short hop).
         """
