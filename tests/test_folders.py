@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import write_tone
@@ -182,3 +183,16 @@ def test_test_says_when_the_features_name_other_speakers_than_the_run(tmp_path):
                                          r"1, 2, 3 than the run recorded \(extracted with another --speaker-pattern"):
         models = fold_models(tmp_path / "run", renamed, folds=3, seed=1, split="speaker")
     assert [fm.fold for fm in models] == [1, 2, 3]
+
+
+def test_features_that_name_no_speakers_report_none_per_fold():
+    """A folders tree extracted without --speaker-pattern records "" for every speaker: a fold's
+    test_speakers is then [], as for the authors' .npy files, not [""]."""
+    from timnet.evaluate import fold_result
+    from timnet.features import FeatureConfig, FeatureSet
+
+    fs = FeatureSet(x=np.zeros((4, 9, 39), np.float32), y=np.array([0, 1, 0, 1]), labels=("calm", "tired"),
+                    corpus="FOLDERS", config=FeatureConfig(signal_length=4096), speakers=np.array([""] * 4))
+    assert fold_result(1, fs, np.array([0, 1]), np.array([0, 0]))["test_speakers"] == []
+    named = FeatureSet(**{**vars(fs), "speakers": np.array(["b", "a", "b", "a"])})
+    assert fold_result(1, named, np.array([0, 1]), np.array([0, 0]))["test_speakers"] == ["a", "b"]

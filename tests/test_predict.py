@@ -202,7 +202,11 @@ def test_checkpoint_that_does_not_fit_its_config_is_one_error(run_dir, tmp_path)
                             ("no_labels", lambda c: c.pop("labels"), "labels"),
                             ("labels", lambda c: c.update(labels=["a"]), "labels ['a'] for a model of "),
                             ("mfcc", lambda c: c["feature_config"].update(n_mfcc=20), "features of 20 MFCCs for a model of "),
-                            ("rate", lambda c: c["feature_config"].update(sample_rate=0), "sample rate 0")):
+                            ("rate", lambda c: c["feature_config"].update(sample_rate=0), "sample rate 0"),
+                            # an ensemble's file whose members are gone would load as its first member alone
+                            ("gone", lambda c: c.update(format="timnet-checkpoint/2", members=[]),
+                             "an ensemble's checkpoint with 0 members; expected two or more"),
+                            ("none", lambda c: c.update(format="timnet-checkpoint/2"), "members")):
         bad = tmp_path / f"{name}.pt"
         edited = {**payload, "model_config": dict(payload["model_config"]), "feature_config": dict(payload["feature_config"])}
         edit(edited)

@@ -101,8 +101,12 @@ def load_checkpoint(path: str | Path) -> tuple[TIMNet | TIMNetEnsemble, dict]:
         if payload["feature_config"]["n_mfcc"] != config.n_features:
             raise TimnetError(f"features of {payload['feature_config']['n_mfcc']} MFCCs for a model of "
                               f"{config.n_features} inputs")
+        states = [payload["state_dict"]] if payload["format"] == FORMAT else payload["members"]
+        if payload["format"] == ENSEMBLE_FORMAT and (not isinstance(states, list) or len(states) < 2):
+            raise TimnetError(f"an ensemble's checkpoint with {len(states) if isinstance(states, list) else 'no list of'} "
+                              "members; expected two or more")  # its first member alone would pass for the ensemble
         members = []
-        for state in payload.get("members") or [payload["state_dict"]]:
+        for state in states:
             members.append(TIMNet(config))
             members[-1].load_state_dict(state)
         payload["feature_config"] = FeatureConfig(**payload["feature_config"])

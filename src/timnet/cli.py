@@ -1,4 +1,6 @@
-"""The `timnet` command: argument parsing and printing only; the work is in the library."""
+"""The `timnet` command: argument parsing, printing, and the checks a command line needs before any
+work starts (outputs that would overwrite an input or a run, workers and threads from the cores);
+the work itself is in the library."""
 from __future__ import annotations
 
 import argparse
@@ -590,7 +592,7 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--save-every", type=int, default=None, help="epochs between resumable snapshots (default 10)")
     s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes; an ensemble's members too (default: one per core, "
                         "at most one per fold (train) or per fold and trial (sweep); 1 on CUDA)")
-    s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers); part of the run's identity, "
+    s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers; with --all-data, every core); part of the run's identity, "
                    "since float results depend on it")
     s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     s.add_argument("--path", choices=PATHS, default="auto",
@@ -756,7 +758,8 @@ def _check_outputs(args) -> None:
     for name in ("plots", "out"):
         if getattr(args, name, None):
             check_output(getattr(args, name), folder=True)
-    _check_not_an_input(args)  # first: its messages are the more precise (`--json RUN` is the run folder itself)
+    _check_not_an_input(args)  # before the clash check: its messages are the more precise (`--json RUN` for a RUN
+    # not yet made: "is the run folder itself")
     given = [(name, value) for name in ("json", "output", "plots", "out")
              if (value := getattr(args, name, None)) and value != JSON_STDOUT]
     for i, (name, value) in enumerate(given):  # `--json X --plots X`: the second would fail after the work

@@ -243,7 +243,8 @@ def evaluate(fs: FeatureSet, models: list[FoldModel]) -> tuple[list[dict], dict[
 def fold_result(fold: int, fs: FeatureSet, test_idx: np.ndarray, pred: np.ndarray) -> dict:
     """One fold's entry of the results JSON."""
     cm = metrics.confusion_matrix(fs.y[test_idx], pred, n_classes=len(fs.labels))
-    speakers = sorted(set(fs.speakers[test_idx].tolist())) if fs.speakers is not None else []
+    # none where the features name none (a folders tree extracted without --speaker-pattern: all "")
+    speakers = sorted(set(fs.speakers[test_idx].tolist()) - {""}) if fs.speakers is not None else []
     return {"fold": fold, "war": metrics.war(cm), "uar": metrics.uar(cm), "n_test": int(len(test_idx)),
             "test_speakers": speakers, "confusion": cm.tolist()}
 
