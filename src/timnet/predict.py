@@ -309,8 +309,9 @@ class Predictor:
         A recording up to 2.5 times the model's signal length is centre-cropped or padded as in
         training. A longer one, or any one longer than `window` when it is given, is scored in
         windows of `window` seconds (default: the signal length) at most `hop` seconds apart
-        (default: half a window), spread evenly from its first sample to its last; the result is the mean of the windows' probabilities, less the silent or quiet
-        ones (marked "quiet" and said in the warnings) unless every window is. `progress`: a bar
+        (default: half a window), spread evenly from its first sample to its last; the result is
+        the mean of the windows' probabilities, less the silent or quiet ones (marked "quiet" and
+        said in the warnings) unless every window is. `progress`: a bar
         on stderr over the windows when there are more than one batch of them (a long file, a short hop).
         """
         y = as_float_audio(waveform)
