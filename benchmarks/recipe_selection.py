@@ -150,7 +150,7 @@ def main() -> int:
         names, runs, summaries = [names[i] for i in kept], [runs[i] for i in kept], [summaries[i] for i in kept]
     print(f"### {fs.corpus}: validation UAR/WAR of candidate recipes ({args.folds} folds, seed {seed}, "
           f"{args.val_fraction:.0%} of each training part for validation)\n")
-    overlap = test_overlap(runs[0], fs)
+    overlap = validation_overlap(runs[0], fs)
     print(f"The validation shares hold {overlap['in_validation']} of the {overlap['utterances']} utterances "
           f"({overlap['share']:.1%}), each of them in one of the paper's {overlap['test_folds']} test folds "
           f"({overlap['min_fold_share']:.0%}–{overlap['max_fold_share']:.0%} of each): a choice made here is made "
@@ -203,7 +203,7 @@ def main() -> int:
     return 0
 
 
-def test_overlap(run: Run, fs, test_folds: int = 10) -> dict:
+def validation_overlap(run: Run, fs, test_folds: int = 10) -> dict:
     """How much of the corpus the selection's validation shares hold, and so how much of each test
     fold of the paper's protocol (the same seed's KFold) took part in a choice made on them.
     Every candidate shares these splits (the same folds, seed and fraction)."""

@@ -86,7 +86,7 @@ def test_selection_says_how_much_of_the_test_folds_its_validation_shares_hold(mo
 
     fs = synthetic(n=140)
     run = Run(fs, tmp_path / "r", config=TrainConfig(val_fraction=0.2, **FAST), folds=5, seed=46)
-    got = recipe_selection.test_overlap(run, fs)
+    got = recipe_selection.validation_overlap(run, fs)
     union = set().union(*(run.validation_split(k)[1].tolist() for k in range(1, 6)))
     assert got["in_validation"] == len(union) and got["utterances"] == 140 and got["share"] == len(union) / 140
     shares = [len(union & set(te.tolist())) / len(te) for _, te in make_folds(140, folds=10, seed=46)]
