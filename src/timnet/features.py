@@ -353,8 +353,9 @@ def _check_class_counts(path: Path, c: Corpus, counts: np.ndarray) -> None:
 # What a pickled dict of numpy arrays needs, and all an authors' feature file may name: unpickling
 # anything else (`os.system`, say) would run code from the file, which may come from anywhere.
 # (`_codecs.encode` is how protocol 2, Python 2's, writes an array's bytes: it only encodes a string.)
-_ARRAY_PARTS = {("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numpy", "ndarray"), ("numpy", "dtype"),
-                ("_codecs", "encode")}
+_ARRAY_PARTS = {*((f"{numpy_core}.multiarray", name) for numpy_core in ("numpy.core", "numpy._core")
+                   for name in ("_reconstruct", "scalar")),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
 class _NotArrays(pickle.UnpicklingError):
@@ -365,9 +366,7 @@ class _ArraysOnly(pickle.Unpickler):
     """Unpickles numpy arrays in dicts, lists and plain values, and nothing that runs code."""
 
     def find_class(self, module: str, name: str):
-        part = module.rsplit(".", 1)[-1] if module.startswith("numpy.") else module
-        if (part, name) not in _ARRAY_PARTS or module not in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray",
-                                                               "_codecs"):
+        if (module, name) not in _ARRAY_PARTS:
             raise _NotArrays(f"it names {module}.{name}, which is no part of a numpy array (refused unread: "
                              "unpickling it could run code)")
         if module == "numpy.core.multiarray":  # numpy 1's name (the authors' files), numpy 2's shim warns on it
