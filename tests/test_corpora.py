@@ -220,6 +220,7 @@ def test_casia_tree(tmp_path):
         "wangzhe/fear/take2.wav",  # not <NNN>.wav
         "zhaozuoxiang/surprise/250.wav",  # a second copy, its folders spelled in lower case: not a fifth speaker
         "WANGZHE/sad/204.wav",  # a speaker folder in other case: SPEC's spelling of the speaker
+        "readme/angry/201.wav",  # not one of SPEC's four speakers: not a fifth speaker's fold
         "stray.wav",
     ])
     touch(tmp_path / "readme.txt", b"CASIA")
@@ -234,6 +235,7 @@ def test_casia_tree(tmp_path):
         ("ZhaoZuoxiang/Surprise/250.wav", "surprise", "ZhaoZuoxiang"),
     ]
     assert listing.skipped == (
+        ("readme/angry/201.wav", "speaker folder 'readme' unknown"),
         ("stray.wav", "name"),
         ("wangzhe/bored/201.wav", "emotion folder 'bored'"),
         ("wangzhe/fear/take2.wav", "name"),
@@ -302,6 +304,28 @@ def test_ravdess_tree(ravdess):
     )
     info = sf.info(ravdess / listing.items[2].path)  # the walker left the 24-bit stereo file alone
     assert (info.samplerate, info.channels, info.subtype) == (48000, 2, "PCM_24")
+
+
+def test_ravdess_names_outside_its_ranges_are_not_new_actors_or_takes(tmp_path):
+    write_tree(tmp_path, [
+        "Actor_01/03-01-05-01-01-01-01.wav",
+        "Actor_25/03-01-05-01-01-01-25.wav",  # RAVDESS has 24 actors
+        "Actor_00/03-01-05-01-01-01-00.wav",
+        "Actor_01/03-01-01-02-01-01-01.wav",  # neutral has no strong intensity
+        "Actor_01/03-01-05-03-01-01-01.wav",
+        "Actor_01/03-01-05-01-03-01-01.wav",  # two statements, two repetitions
+        "Actor_01/03-01-05-01-01-03-01.wav",
+    ])
+    listing = list_corpus("ravdess", tmp_path)
+    assert summary_of(listing) == [("Actor_01/03-01-05-01-01-01-01.wav", "angry", "01")]
+    assert listing.skipped == (
+        ("Actor_00/03-01-05-01-01-01-00.wav", "actor 00, not 01-24"),
+        ("Actor_01/03-01-01-02-01-01-01.wav", "intensity 02 (neutral has only 01)"),
+        ("Actor_01/03-01-05-01-01-03-01.wav", "statement 01, repetition 03: expected 01 or 02"),
+        ("Actor_01/03-01-05-01-03-01-01.wav", "statement 03, repetition 01: expected 01 or 02"),
+        ("Actor_01/03-01-05-03-01-01-01.wav", "intensity 03"),
+        ("Actor_25/03-01-05-01-01-01-25.wav", "actor 25, not 01-24"),
+    )
 
 
 def test_symlinked_alias_keeps_the_real_folder_and_tilde_roots_are_read(ravdess, monkeypatch):
@@ -493,6 +517,14 @@ def test_iemocap_tree(iemocap):
     with pytest.raises(TimnetError, match=r"Ses01F_impro01_F000 is labelled neu in .*IEMOCAP_full_release/Session1/dialog/"
                                           r"EmoEvaluation/Ses01F_impro01.txt and sad in .*old/Session1/.*expected one class"):
         list_corpus("iemocap", iemocap)
+
+
+def test_iemocap_label_folder_in_another_case_is_read(iemocap):
+    """A copy through a case-folding file system or archiver may spell EmoEvaluation in lower case."""
+    want = list_corpus("iemocap", iemocap).items
+    for folder in iemocap.glob("IEMOCAP_full_release/*/dialog/EmoEvaluation"):
+        folder.rename(folder.with_name("emoevaluation"))
+    assert list_corpus("iemocap", iemocap).items == want
 
 
 def test_iemocap_check_counts_a_labelled_utterance_without_audio_as_missing(iemocap):

@@ -222,7 +222,9 @@ def scan_casia(root: Path) -> Listing:
         if len(path.parts) < 3 or not _CASIA_NAME.fullmatch(path.stem):
             return "name"
         speaker, emotion = path.parts[-3], path.parts[-2].lower()
-        speaker = _CASIA_SPEAKERS.get(speaker.casefold(), speaker)
+        if speaker.casefold() not in _CASIA_SPEAKERS:  # a stray folder would be a fifth speaker's fold
+            return f"speaker folder {speaker!r} unknown"
+        speaker = _CASIA_SPEAKERS[speaker.casefold()]
         if emotion not in _CASIA_LABELS:
             return f"emotion folder {path.parts[-2]!r}"
         # a second copy whose speaker folder differs in case only is the same recording, as EMOVO's
@@ -291,6 +293,13 @@ def scan_ravdess(root: Path) -> Listing:
             return f"modality {match[1]}, not audio-only"
         if match[2] != "01":
             return "song" if match[2] == "02" else f"channel {match[2]}"
+        # fields outside RAVDESS's ranges: a renamed or foreign file, not a 25th actor or a new take
+        if not 1 <= int(match[7]) <= 24:
+            return f"actor {match[7]}, not 01-24"
+        if match[4] not in ("01", "02") or (match[3] == "01" and match[4] != "01"):
+            return f"intensity {match[4]}" + (" (neutral has only 01)" if match[3] == "01" else "")
+        if match[5] not in ("01", "02") or match[6] not in ("01", "02"):
+            return f"statement {match[5]}, repetition {match[6]}: expected 01 or 02"
         return _Match(_RAVDESS_EMOTIONS[match[3]], match[7], path.stem, _misfiled(path, match[7], _RAVDESS_FOLDER))
 
     return _scan_names(root, "RAVDESS", parse)
@@ -342,7 +351,7 @@ def _iemocap_labels(root: Path, files: list[str]) -> dict[str, tuple[str, str]]:
     for path in files:
         pure = PurePosixPath(path)
         # only the files directly in EmoEvaluation: its subfolders hold per-annotator ratings
-        if pure.suffix.lower() != ".txt" or len(pure.parts) < 2 or pure.parts[-2] != "EmoEvaluation":
+        if pure.suffix.lower() != ".txt" or len(pure.parts) < 2 or pure.parts[-2].casefold() != "emoevaluation":
             continue
         session = pure.parents[2] if len(pure.parts) >= 3 else PurePosixPath()
         try:
@@ -414,7 +423,7 @@ CORPORA: dict[str, Corpus] = {
             name="CASIA", labels=_CASIA_LABELS, signal_length=88000, seed=32, dilations=8,
             n_speakers=4, n_files=1200, scan=scan_casia, class_counts=(200,) * 6,
             layout="<speaker>/<emotion>/<NNN>.wav, e.g. liuchanhg/angry/201.wav "
-            f"(emotion folder {'/'.join(_CASIA_LABELS)})",
+            f"(speaker {'/'.join(_CASIA_SPEAKERS.values())}, emotion folder {'/'.join(_CASIA_LABELS)})",
         ),
         Corpus(
             name="EMODB", labels=("angry", "boredom", "disgust", "fear", "happy", "neutral", "sad"),
@@ -439,7 +448,7 @@ CORPORA: dict[str, Corpus] = {
             labels=("angry", "calm", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
             signal_length=110000, seed=46, dilations=8, n_speakers=24, n_files=1440, scan=scan_ravdess, class_counts=(192, 192, 192, 192, 192, 96, 192, 192),
             layout="Actor_NN/03-01-EE-II-SS-RR-NN.wav (modality 03 audio-only, channel 01 speech, "
-            f"emotion EE {_codes(_RAVDESS_EMOTIONS)}, intensity, statement, repetition, actor)",
+            f"emotion EE {_codes(_RAVDESS_EMOTIONS)}, intensity 01-02, statement 01-02, repetition 01-02, actor 01-24)",
         ),
         Corpus(
             name="SAVEE", labels=("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
