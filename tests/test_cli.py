@@ -54,22 +54,31 @@ def test_speaker_split_needs_speaker_ids_and_seed_lists_integers(tmp_path):
     assert not run.exists()
 
 
+def untouched(out: Path) -> bool:
+    """Whether the `out` fixture's feature file holds what it held before."""
+    return out.read_bytes() == (out.parent.parent / "kept.npz").read_bytes()
+
+
 @pytest.fixture
 def out(tmp_path):
     path = tmp_path / "out" / "f.npz"
     path.parent.mkdir()
-    path.write_bytes(b"kept")  # a previous result that a failed run must not destroy
+    from test_train import synthetic
+    from timnet.features import save_features
+
+    save_features(synthetic(), path)  # a previous result that a failed run must not destroy
+    (tmp_path / "kept.npz").write_bytes(path.read_bytes())
     return path
 
 
 def test_missing_path(tmp_path, out):
     assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out, "-q"), "nope", "does not exist", "wav/03a01Fa.wav")
-    assert out.read_bytes() == b"kept"
+    assert untouched(out)
 
 
 def test_unknown_corpus(tmp_path, out):
     assert_one_line_error(timnet("extract", "emodbx", tmp_path, "-o", out, "-q"), "'emodbx'", "casia, emodb, emovo, iemocap, ravdess, savee, folders")
-    assert out.read_bytes() == b"kept"
+    assert untouched(out)
 
 
 def test_bad_output_and_signal_length_refused_before_extracting(tmp_path, out):
@@ -84,7 +93,7 @@ def test_bad_output_and_signal_length_refused_before_extracting(tmp_path, out):
                           "--signal-length 100000000000", "at most 13230000 (10 minutes)")
     assert_one_line_error(timnet("extract", "emodb", tmp_path / "nope", "-o", out, "--signal-length", "2047", "-q"),
                           "--signal-length 2047 too short", "expected at least 2048 samples (one FFT window, 93 ms)")
-    assert out.read_bytes() == b"kept"
+    assert untouched(out)
 
 
 def test_outputs_checked_before_the_work(tmp_path, out):
@@ -101,7 +110,7 @@ def test_outputs_checked_before_the_work(tmp_path, out):
     # one path for two outputs: the JSON would be written, then the plots fail on it
     assert_one_line_error(timnet("test", out, "--weights", tmp_path, "--json", tmp_path / "same", "--plots", tmp_path / "./same"),
                           f"--json and --plots are both {tmp_path / './same'}", "expected a different path for each output")
-    assert out.read_bytes() == b"kept" and not (tmp_path / "same").exists()
+    assert untouched(out) and not (tmp_path / "same").exists()
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no one can make a file")
@@ -143,7 +152,7 @@ def test_directory_without_audio(tmp_path, out):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "README.txt").write_text("hi")
     assert_one_line_error(timnet("extract", "ravdess", tmp_path / "c", "-o", out, "-q"), "no RAVDESS audio", "Actor_NN")
-    assert out.read_bytes() == b"kept"
+    assert untouched(out)
 
 
 def test_truncated_and_non_audio_wav(tmp_path, out):
@@ -152,14 +161,33 @@ def test_truncated_and_non_audio_wav(tmp_path, out):
     trunc = write_tone(root / "wav" / "03a01Fa.wav", seconds=1.0)
     trunc.write_bytes(trunc.read_bytes()[:3000])
     assert_one_line_error(timnet("extract", "emodb", root, "-o", out, "-q"), "03a01Fa.wav", "truncated WAV", "--skip-bad")
-    assert out.read_bytes() == b"kept"
+    assert untouched(out)
     trunc.write_text("<html>not audio</html>")
     assert_one_line_error(timnet("extract", "emodb", root, "-o", out, "-q"), "03a01Fa.wav", "not readable audio")
-    assert out.read_bytes() == b"kept"
+    assert untouched(out)
     ok = timnet("extract", "emodb", root, "-o", out, "-q", "--skip-bad", "--workers", "1")
     assert ok.returncode == 0, ok.stderr
     assert "03a01Fa.wav" in ok.stderr and "1 utterances" in ok.stdout
     assert "1 EMODB utterances, where the paper's corpus has 535" in ok.stderr  # a part of a corpus is said
+
+
+def test_extract_replaces_only_a_feature_file(tmp_path, out):
+    """-o over someone's other file is refused before any work; over timnet features of another
+    corpus it is said (runs trained on them will not resume on the new ones)."""
+    root = tmp_path / "c"
+    write_tone(root / "wav" / "03a01Wa.wav")
+    mine = tmp_path / "mine.npz"
+    np.savez(mine, weights=np.ones(3))
+    for data in (mine.read_bytes(), b"not a zip"):
+        mine.write_bytes(data)
+        assert_one_line_error(timnet("extract", "emodb", root, "-o", mine, "-q"),
+                              f"{mine} exists and is not a timnet feature file", "delete it to use its name")
+        assert mine.read_bytes() == data
+    casia = tmp_path / "casia_tree"
+    write_tone(casia / "wangzhe" / "angry" / "201.wav")
+    done = timnet("extract", "casia", casia, "-o", out, "-q", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    assert f"timnet: warning: {out}: its EMODB features are replaced by CASIA's" in done.stderr.splitlines()
 
 
 def test_outputs_never_overwrite_inputs(tmp_path):
@@ -470,6 +498,30 @@ def test_write_failure_names_the_file_asked_for(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device", tmp)
     assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
     assert target.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    # a copy into the temporary file (export's) names its source first and the temporary file second
+    with pytest.raises(OSError) as caught:
+        with atomic_write(target) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", "/tmp/timnet-export-x/e.onnx", None, str(tmp))
+    assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
+
+
+def test_a_full_disk_while_a_model_is_saved_is_an_oserror_naming_it(tmp_path, monkeypatch):
+    """torch.save given a path reports a full disk as a RuntimeError from its zip writer, which the
+    command line can only show as a traceback; written through a file, it is the OSError it is."""
+    import errno
+
+    from timnet import utils
+    from timnet.checkpoint import save_checkpoint
+    from timnet.features import FeatureConfig
+    from timnet.model import TIMNet, TIMNetConfig
+
+    target = tmp_path / "model.pt"
+    monkeypatch.setattr(utils, "open", lambda path, mode: open("/dev/full", mode), raising=False)
+    with pytest.raises(OSError) as caught:
+        save_checkpoint(target, TIMNet(TIMNetConfig(n_classes=2)), feature_config=FeatureConfig(), labels=("a", "b"),
+                        corpus="X")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_temporary_file_that_cannot_be_made_names_the_file_asked_for(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import torch
 from .errors import TimnetError
 from .features import FeatureConfig
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
-from .utils import atomic_write, damaged_record
+from .utils import damaged_record, save_torch
 
 FORMAT = "timnet-checkpoint/1"
 # An ensemble's checkpoint is marked apart, so that a timnet without ensembles refuses it rather
@@ -43,8 +43,7 @@ def save_checkpoint(
     }
     if len(members) > 1:
         payload["members"] = [m.state_dict() for m in members]
-    with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
     return Path(path)
 
 

@@ -120,10 +120,11 @@ def cmd_download(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .features import check_features_path, extract, missing_classes, save_features
+    from .features import check_features_path, extract, missing_classes, replaced_corpus, save_features
     from .folds import unnamed
 
     check_features_path(args.output)  # before the extraction, --force or not
+    before = replaced_corpus(args.output)
     if args.workers is not None and args.workers < 1:
         raise TimnetError(f"--workers {args.workers} invalid; expected a positive number")
     fs, skipped, bad = extract(args.corpus, args.data_dir, signal_length=args.signal_length,
@@ -137,6 +138,8 @@ def cmd_extract(args) -> int:
         print(f"{args.output} is up to date (same files and settings); --force recomputes it", file=sys.stderr)
     else:
         save_features(fs, args.output)
+        if before is not None and before != fs.corpus:  # runs trained on the old file now refuse to resume
+            _warn(f"{args.output}: its {before} features are replaced by {fs.corpus}'s")
     counts = ", ".join(f"{name} {int((fs.y == i).sum())}" for i, name in enumerate(fs.labels))
     named = fs.speakers is not None and not unnamed(fs.speakers)  # a folders tree without --speaker-pattern: ""
     speakers = len(set(fs.speakers.tolist())) if named else 0
@@ -274,9 +277,15 @@ def cmd_train(args) -> int:
         runs = seed_runs(args.output, seeds=seeds, make_run=make_run, overwrite=args.overwrite)
         for run in runs:
             if run.resumed:
-                done = len(run.done_results()) == run.folds_n
-                print(f"the run in {run.dir} is finished: its results are read again" if done
+                finished = run.done_results()
+                print(f"the run in {run.dir} is finished: its results are read again" if len(finished) == run.folds_n
                       else f"resuming the run in {run.dir}", file=sys.stderr)
+                # a fold with figures and no weights counts as done (the ledger restores figures only):
+                # said here, not first by `test` or `predict`
+                bare = [run.fold_dir(k).name for k in finished if not (run.fold_dir(k) / "model.pt").exists()]
+                if bare:
+                    _warn(f"{run.dir}: {', '.join(bare)} {'has' if len(bare) == 1 else 'have'} figures but no model.pt, "
+                          "kept as done (delete its result.json and run the same `timnet train` to train it again)")
         given = {run.dir for run in runs}
         others = sorted(p.name for p in Path(args.output).glob("seed_*")
                         if (p / RUN_FILE).is_file() and p not in given) if len(runs) > 1 else []

@@ -274,6 +274,23 @@ def check_features_path(path: str | Path) -> Path:
     return path
 
 
+def replaced_corpus(path: str | Path) -> str | None:
+    """The corpus of the timnet feature file at `path` that an extraction would replace (None if
+    there is none). Any other file there is someone's data, not a cache to overwrite: refused."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"])) if {"x", "y", "meta"} <= set(z.files) else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # not an .npz, damaged, or meta not JSON
+        meta = None
+    if not (isinstance(meta, dict) and isinstance(meta.get("corpus"), str)):
+        raise TimnetError(f"{path} exists and is not a timnet feature file; expected a new path or one "
+                          "`timnet extract` wrote (delete it to use its name)")
+    return meta["corpus"]
+
+
 def save_features(fs: FeatureSet, path: str | Path) -> Path:
     """Write a FeatureSet as .npz atomically (a killed run leaves no partial file)."""
     path = check_features_path(path)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import dispatch, metrics, recipe
 from .errors import Diverged, TimnetError
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble, ensemble
-from .utils import atomic_write, damaged_record
+from .utils import damaged_record, save_torch
 
 SELECTIONS = ("last", "best-val")
 PATHS = ("auto", "fast", "reference")
@@ -282,8 +282,7 @@ class FoldState:
             self.swa.load_state_dict(d["swa"])
 
     def save(self, path: Path) -> None:
-        with atomic_write(path) as tmp:
-            torch.save(self.to_dict(), tmp)
+        save_torch(self.to_dict(), path)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -586,8 +585,7 @@ def train_member(
     member = Member(model, state.model.cpu().eval(), chosen, state.epoch, state.stopped_early,
                     state.arithmetic, state.history, round(state.seconds, 2), machines=state.machines)
     if done is not None:
-        with atomic_write(done) as tmp:
-            torch.save(member.to_dict(), tmp)
+        save_torch(member.to_dict(), done)
         state_path.unlink(missing_ok=True)
     return member
 

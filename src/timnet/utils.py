@@ -63,11 +63,22 @@ def atomic_write(path: str | Path):
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno is not None and (e.filename is None or str(e.filename) == tmp):
+        # (a copy into the temporary file names it second: shutil.copyfile's filename is its source)
+        if isinstance(e, OSError) and e.errno is not None and (e.filename is None or tmp in (str(e.filename),
+                                                                                            str(e.filename2))):
             # the user knows the file they asked for, not its hidden temporary twin (and a failed
             # write, a full disk, names no file at all)
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+def save_torch(obj, path: str | Path) -> None:
+    """torch.save `obj` to `path` atomically. Through a file object: given a path, torch's zip writer
+    reports a full disk as a RuntimeError ("unexpected pos ..."), not as the OSError it is."""
+    import torch
+
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def _fsync_folder(folder: Path) -> None:
