@@ -654,6 +654,11 @@ def test_authors_weights_read_as_another_corpus_are_said(monkeypatch):
     monkeypatch.chdir(folder)
     with pytest.warns(UserWarning, match="named like the authors' EMODB weights, but read as SAVEE's"):
         load_model(".", corpus="savee")
+    # `test` on an .npz takes the corpus from the features, not from --corpus: it says which to check
+    from timnet.keras_import import warn_if_named_for_another_corpus
+
+    with pytest.warns(UserWarning, match=r"read as SAVEE's classes .*; check the features \(s.npz holds SAVEE's\)$"):
+        warn_if_named_for_another_corpus(folder, "SAVEE", given_by="the features (s.npz holds SAVEE's)")
     monkeypatch.undo()
     with warnings.catch_warnings():
         warnings.simplefilter("error")

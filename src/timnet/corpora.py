@@ -482,7 +482,7 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
     except re.error as e:
         raise TimnetError(f"--speaker-pattern '{speaker_pattern}' is not a valid regex ({e})") from None
     if pattern is not None and pattern.groups == 0:
-        raise TimnetError(f"--speaker-pattern '{speaker_pattern}' needs a group, e.g. '^(\\w+?)_' ")
+        raise TimnetError(f"--speaker-pattern '{speaker_pattern}' needs a group; expected a regex whose first group is the speaker, e.g. '^(\\w+?)_'")
     labels = tuple(sorted((d.name for d in root.iterdir() if d.is_dir() and not _hidden(d.name)), key=natural_key))
     # one name in two Unicode forms (a copy from macOS decomposes "ä") or two letter cases (Angry,
     # angry): two classes that are one, as case-insensitive file systems would have them

@@ -102,7 +102,8 @@ def fold_models(weights: str | Path, fs: FeatureSet, *, folds: int, seed: int, s
         check_corpus_levels(model, fs.corpus, path)
         if not loaded:  # the first file says whose weights these are; the split is checked before nine more load
             _check_authors_split(weights, fs, seed=seed, split=split)
-            warn_if_named_for_another_corpus(weights, fs.corpus)
+            warn_if_named_for_another_corpus(weights, fs.corpus, given_by="--corpus" if fs.meta.get("source") == "authors-npy"
+                                             else f"the features ({fs.path} holds {fs.corpus}'s)")
         loaded.append(model)
     splits = make_folds(len(fs), folds=folds, seed=seed, split=split, speakers=fs.speakers, source=fs.path)
     return [FoldModel(k, model, splits[k - 1][1]) for k, model in enumerate(loaded, start=1)]

@@ -217,10 +217,11 @@ def check_corpus_levels(model: TIMNet, corpus: str, path: str | Path) -> None:
                           f"have {c.dilations} (another corpus's weights?)")
 
 
-def warn_if_named_for_another_corpus(path: str | Path, corpus: str) -> None:
+def warn_if_named_for_another_corpus(path: str | Path, corpus: str, *, given_by: str = "--corpus") -> None:
     """The authors' folders are named after their corpus (EMODB_46, CASIA_32, RAVDE_46). EMODB, EMOVO
     and SAVEE models all have 7 classes and 8 levels, so the weights cannot tell which corpus's
-    class names are right: where the name says another corpus than `corpus`, say so."""
+    class names are right: where the name says another corpus than `corpus`, say so, and what to
+    check (`given_by`: where `corpus` came from)."""
     import re
     import warnings
 
@@ -232,4 +233,4 @@ def warn_if_named_for_another_corpus(path: str | Path, corpus: str) -> None:
     named = [c for c in CORPORA if len(head) >= 4 and c.startswith(head)]
     if named and str(corpus).upper() not in named:
         warnings.warn(f"{path}: named like the authors' {named[0]} weights, but read as {str(corpus).upper()}'s "
-                      f"classes ({', '.join(CORPORA[str(corpus).upper()].labels)}); check --corpus", stacklevel=2)
+                      f"classes ({', '.join(CORPORA[str(corpus).upper()].labels)}); check {given_by}", stacklevel=2)
