@@ -39,10 +39,14 @@ def test_a_class_no_test_split_holds_has_no_recall_in_the_tables():
     from timnet.evaluate import format_report, summarize
     from timnet.report import _class_table
 
-    cm = np.array([[3, 1, 0], [0, 4, 0], [0, 0, 0]])  # class c: no test utterance
-    folds = [{"fold": 1, "war": 7 / 8, "uar": 0.875, "n_test": 8, "confusion": cm.tolist()}]
-    text = format_report(summarize(folds, corpus="X", labels=("a", "b", "c"), split="random", seed=0))
-    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.strip()[:2] in ("a ", "b ", "c ")}
-    assert rows["c"] == ["0.0000", "-", "-", "0"] and rows["a"] == ["1.0000", "0.7500", "0.8571", "4"]
-    html = _class_table(folds, ("a", "b", "c"))
-    assert '<td>c</td><td class="num">0.00</td><td class="num">–</td><td class="num">–</td>' in html
+    # class c: no test utterance, never predicted; class d: never predicted, so no precision
+    cm = np.array([[3, 1, 0, 0], [0, 4, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+    folds = [{"fold": 1, "war": 7 / 9, "uar": 0.5833, "n_test": 9, "confusion": cm.tolist()}]
+    labels = ("a", "b", "c", "d")
+    text = format_report(summarize(folds, corpus="X", labels=labels, split="random", seed=0))
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.strip()[:2] in ("a ", "b ", "c ", "d ")}
+    assert rows["c"] == ["-", "-", "-", "0"] and rows["d"] == ["-", "0.0000", "0.0000", "1"]
+    assert rows["a"] == ["0.7500", "0.7500", "0.7500", "4"]
+    html = _class_table(folds, labels)
+    assert '<td>c</td><td class="num">–</td><td class="num">–</td><td class="num">–</td>' in html
+    assert '<td>d</td><td class="num">–</td><td class="num">0.00</td><td class="num">0.00</td>' in html

@@ -88,6 +88,11 @@ def test_plot_command_with_out_folder(trained, tmp_path, capsys):
     assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "neg"), "--seed", "-1"]) == 1
     assert capsys.readouterr().err.strip() == "timnet: error: --seed -1 invalid; expected an integer from 0 to 4294967295"
     assert not (tmp_path / "neg").exists()
+    # --features that are not the run's: one line, before any figure
+    other = save_features(dataclasses.replace(trained[0], corpus="CASIA"), tmp_path / "other.npz")
+    assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "other"), "--features", str(other)]) == 1
+    assert capsys.readouterr().err.startswith(f"timnet: error: --features {other}: no t-SNE from it: ")
+    assert not (tmp_path / "other").exists()
     # RUN_DIR/report.html cannot be written (here a folder in its place; or a read-only RUN_DIR):
     # refused before any figure is drawn, not after
     (run_dir / "report.html").unlink()
@@ -120,6 +125,22 @@ def test_curves_average_over_the_folds_that_have_the_epoch():
     marks = [ln for ln in loss_ax.get_lines() if ln.get_label().startswith("from epoch")]
     assert [ln.get_label() for ln in marks] == ["from epoch 3: fewer trainings (stopped early), 1 of 2 at the last"]
     assert not [ln for ln in plots.curves_figure([long, long]).axes[0].get_lines() if ln.get_label().startswith("from")]
+    # the ±1 std band stops where one training is left: a zero width there is no agreement of folds
+    band = loss_ax.collections[0].get_paths()[0].vertices
+    assert band[:, 0].min() == 1 and band[:, 0].max() == 2
+
+
+def test_each_emotion_keeps_its_colour_across_corpora():
+    from timnet.corpora import CORPORA
+
+    styles = {name: {label: style for label, style in zip(CORPORA[name].labels, zip(*plots._class_styles(CORPORA[name].labels)))}
+              for name in CORPORA}
+    assert styles["EMODB"]["fear"] == styles["CASIA"]["fear"] == styles["RAVDESS"]["fear"]
+    assert styles["CASIA"]["fear"] != styles["CASIA"]["sad"]  # the pair CASIA confuses most
+    for corpus in styles.values():  # no two classes of one corpus alike
+        assert len(set(corpus.values())) == len(corpus)
+    colors, markers = plots._class_styles(("quiet", "loud"))  # other names: the palette in order
+    assert colors == list(plots.OKABE_ITO[:2]) and markers == list(plots.MARKERS[:2])
 
 
 def test_figure_functions_return_figures(tmp_path):
@@ -260,6 +281,13 @@ def test_missing_features_skip_tsne_and_text_is_escaped(trained, tmp_path):
     assert html.escape("<script>alert(1)</script>") in page
     # the page says why, also when the reason was found only on reading the features
     assert "t-SNE not drawn" in write_report(copy, figures=figures).read_text() and "tsne" in figures.skipped
+    # the features moved: named, the t-SNE is drawn; a file that is not the run's is an error, not a skip
+    moved = tmp_path / "moved.npz"
+    shutil.copy(info_features := json.loads((run_dir / "run.json").read_text())["features"], moved)
+    assert set(plot_run(copy, features=moved)) == FIGURES and (copy / "plots" / "tsne.png").is_file()
+    with pytest.raises(TimnetError, match=r"--features .*other.npz: no t-SNE from it: .*holds CASIA features"):
+        plot_run(copy, features=other)
+    assert info_features != str(moved)
 
 
 def test_unfinished_run_is_plotted_and_said(trained, tmp_path):

@@ -456,6 +456,10 @@ def test_best_val_keeps_the_best_epochs_weights_and_patience_stops_there():
     _, stopped = train_fold(x, y, tr, va, config=TrainConfig(epochs=60, batch_size=16, val_fraction=0.25,
                                                               select="best-val", patience=2), **kw)
     assert stopped.stopped_early and len(stopped.history) == stopped.best["epoch"] + 2 < 60
+    # patience running out at the budget's last epoch: the budget ended it, not an early stop
+    _, ran_out = train_fold(x, y, tr, va, config=TrainConfig(epochs=len(stopped.history), batch_size=16, val_fraction=0.25,
+                                                              select="best-val", patience=2), **kw)
+    assert ran_out.history == stopped.history and not ran_out.stopped_early
 
 
 def test_swa_trains_like_the_paper_and_averages_its_last_epochs():

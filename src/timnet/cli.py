@@ -405,7 +405,7 @@ def cmd_plot(args) -> int:
     if Path(args.run_dir).is_dir():  # RUN_DIR's, whatever --out says: refused before the figures, not after
         check_output(Path(args.run_dir) / REPORT_FILE)
     with _warnings_as_messages():
-        figures = plot_run(args.run_dir, out_dir=args.out, seed=args.seed)
+        figures = plot_run(args.run_dir, out_dir=args.out, seed=args.seed, features=args.features)
         path = write_report(args.run_dir, figures=figures)
     print(f"plots: {', '.join(sorted(figures))} -> {Path(args.out or Path(args.run_dir) / 'plots')}; report -> {path}")
     return 0
@@ -715,6 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", metavar="RUN_DIR", help="a folder made by `timnet train`")
     s.add_argument("--out", default=None, metavar="DIR", help="where the figures go (default RUN_DIR/plots); report.html, which embeds them, is always written to RUN_DIR")
     s.add_argument("--seed", type=int, default=0, help="t-SNE seed (default 0; with its PCA start the embedding barely depends on it)")
+    s.add_argument("--features", default=None, metavar="FEATURES",
+                   help="the run's features file, if it moved from where run.json says (for the t-SNE; it must be the same file)")
     s.set_defaults(func=cmd_plot)
     s = sub.add_parser("predict", help="emotion and class probabilities of audio files")
     s.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files, or directories searched recursively")

@@ -279,7 +279,9 @@ def format_report(summary: dict) -> str:
     for i, name in enumerate(summary["labels"]):
         # a class no test split holds has no recall (nor F1): not a 0 beside the others
         recall, f1 = (f"{pc['recall'][i]:>7.4f}", f"{pc['f1'][i]:>7.4f}") if pc["support"][i] else (f"{'-':>7}",) * 2
-        lines.append(f"{name:>10} {pc['precision'][i]:>9.4f} {recall} {f1} {pc['support'][i]:>7d}")
+        # nor has a class never predicted a precision
+        precision = f"{pc['precision'][i]:>9.4f}" if pc["predicted"][i] else f"{'-':>9}"
+        lines.append(f"{name:>10} {precision} {recall} {f1} {pc['support'][i]:>7d}")
     if summary["split"] == "random":
         lines += ["", "note: random (utterance-level) folds put the same speakers in training and test."]
     return "\n".join(lines)

@@ -24,11 +24,12 @@ def uar(cm: np.ndarray) -> float:
 
 
 def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-class precision, recall, F1 and support from a confusion matrix."""
+    """Per-class precision, recall, F1, support and times predicted from a confusion matrix (a
+    precision or recall without predictions or support is 0 here: callers show it as undefined)."""
     tp = np.diag(cm).astype(float)
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support, "predicted": predicted}

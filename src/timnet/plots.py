@@ -35,18 +35,30 @@ CURVES = (
 
 # Okabe & Ito's palette, told apart with any colour vision (tab10's red/green/brown/orange are
 # not), with a marker per class as a second cue; beyond eight classes tab20 takes over.
-OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
+# The yellow is darkened (#F0E442 is 1.3:1 against white: its points would be faint).
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#B8A200", "#0072B2", "#D55E00", "#CC79A7", "#000000")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 BAR_COLOR = "#0072B2"
+# The six corpora's nine emotions keep one colour and marker in every figure of every corpus (fear
+# is not yellow in EMODB's t-SNE and blue in CASIA's); other class names take the palette in order.
+EMOTION_STYLES = {
+    "angry": ("#D55E00", "o"), "happy": ("#E69F00", "s"), "sad": ("#0072B2", "^"), "neutral": ("#7F7F7F", "D"),
+    "fear": ("#CC79A7", "v"), "disgust": ("#009E73", "P"), "surprise": ("#56B4E9", "X"), "boredom": ("#000000", "*"),
+    "calm": ("#B8A200", "h"),
+}
 
 
-def _class_colors(n: int) -> list:
+def _class_styles(labels: Sequence[str]) -> tuple[list, list[str]]:
+    """(colour, marker) of each class: by emotion name when every name is one of the corpora's."""
+    if all(name.casefold() in EMOTION_STYLES for name in labels):
+        return [EMOTION_STYLES[n.casefold()][0] for n in labels], [EMOTION_STYLES[n.casefold()][1] for n in labels]
+    n = len(labels)
     if n <= len(OKABE_ITO):
-        return list(OKABE_ITO[:n])
+        return list(OKABE_ITO[:n]), list(MARKERS[:n])
     import matplotlib
 
     cmap = matplotlib.colormaps["tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
+    return [cmap(i % cmap.N) for i in range(n)], ["o"] * n
 
 
 def _titled(fig: Figure, title: str, context: str | None) -> None:
@@ -73,7 +85,7 @@ def curves_figure(histories: Sequence[dict[str, np.ndarray]], *, what: str | Non
     if not histories:
         raise TimnetError("no training history to plot; expected at least one fold's history.csv")
     epochs = np.unique(np.concatenate([np.asarray(h["epoch"], dtype=float) for h in histories]))
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 5.5), layout="constrained")
     axes = fig.subplots(1, 2)
     running = None  # trainings with a train loss at each epoch: fewer once some stopped early
     for column, name, panel in CURVES:
@@ -92,7 +104,10 @@ def curves_figure(histories: Sequence[dict[str, np.ndarray]], *, what: str | Non
         x = epochs[keep]
         style = "--" if column.startswith("val_") else "-"
         (line,) = axes[panel].plot(x, mean, style, label=name, marker="." if keep.sum() < 30 else None)
-        axes[panel].fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        # no band where one training is left (a fold that ran on after the others stopped): a zero
+        # width there would read as folds agreeing
+        axes[panel].fill_between(x, mean - std, mean + std, where=count[keep] >= 2, color=line.get_color(), alpha=0.2,
+                                 linewidth=0)
     if running is not None and (running < len(histories)).any():  # trainings stopped early: the means after this rest on fewer
         first = epochs[np.argmax(running < len(histories))]
         for ax in axes:
@@ -110,8 +125,8 @@ def curves_figure(histories: Sequence[dict[str, np.ndarray]], *, what: str | Non
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 ticks on short runs
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if ax.get_lines():
-            ax.legend(fontsize="small")
+        if ax.get_lines():  # below the axes, where it hides no curve
+            ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16))
     axes[1].set_ylim(0, 1.02)
     what = what or f"{len(histories)} fold{'s' * (len(histories) != 1)}"
     _titled(fig, f"training curves: mean ± 1 std (population) over {what}", context)
@@ -171,7 +186,8 @@ def fold_confusions_figure(cms: Sequence[np.ndarray], labels: Sequence[str], *, 
     rows = -(-k // cols)
     cell = max(2.2, 0.32 * n + 0.8)
     # wide enough for the title lines whatever the number of folds (one fold of a run just begun)
-    fig = Figure(figsize=(max(cell * cols + 1.2, 6.5), cell * rows + 0.8), layout="constrained")
+    # each row's two title lines need their own height, or they sit on the row above's tick labels
+    fig = Figure(figsize=(max(cell * cols + 1.2, 6.5), (cell + 0.5) * rows + 0.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     ticks = short_labels(labels)
     for ax, cm, title in zip(axes, cms, titles):
@@ -291,8 +307,7 @@ def tsne_figure(features: np.ndarray, y: np.ndarray, labels: Sequence[str], *, s
     # panels small enough that the page's scaled-down image keeps default-size text legible
     fig = Figure(figsize=(8, 6) if len(names) == 1 else (2.6 * cols + 2.0, 2.6 * rows + 0.9), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
-    colors = _class_colors(len(labels))
-    markers = [MARKERS[k % len(MARKERS)] if len(labels) <= len(OKABE_ITO) else "o" for k in range(len(labels))]
+    colors, markers = _class_styles(labels)
     for ax, g in zip(axes, names):
         mask = groups == g
         # one sample (a leave-one-out fold) has no layout to find: a single dot, coloured by its class

@@ -148,7 +148,7 @@ def _tsne_unavailable(info: dict) -> str | None:
     if not path:
         return "run.json names no features file (the run was not started from a feature file)"
     if not Path(path).is_file():
-        return f"the features file {path} named in run.json is missing"
+        return f"the features file {path} named in run.json is missing (moved? `timnet plot RUN_DIR --features PATH`)"
     return None
 
 
@@ -198,11 +198,13 @@ class Figures(dict):
         self.skipped = dict(skipped or {})
 
 
-def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: int = 0) -> Figures:
+def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: int = 0,
+             features: str | Path | None = None) -> Figures:
     """Draw a RUN_DIR's figures into RUN_DIR/plots (PNG and SVG); returns the files by figure name.
 
-    The t-SNE needs the run's features file; when run.json's path is gone it is skipped with a
-    warning (and report.html says why) rather than failing the other figures.
+    The t-SNE needs the run's features file: run.json's path, or `features` (the same file moved;
+    its fingerprint must be the run's). When run.json's is gone it is skipped with a warning (and
+    report.html says why) rather than failing the other figures; `features` that cannot serve is an error.
     """
     from .train import check_seed
 
@@ -210,6 +212,8 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
     info = _run_info(run_dir)
+    if features is not None:
+        info = {**info, "features": str(features)}
     identity = info["identity"]
     results, lost = _fold_results(run_dir, identity["labels"])
     if lost:
@@ -227,6 +231,8 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
         reason = _tsne_unavailable(info)
         if reason is None:
             fused, y, folds, reason = _run_test_features(run_dir, info, finished={r["fold"] for r in results})
+        if reason is not None and features is not None:  # asked for by name: not a figure quietly left out
+            raise TimnetError(f"--features {features}: no t-SNE from it: {reason}")
     what = f"{len(results)} folds" + (f" × {members} members" if members > 1 else "")
     written = Figures(curves=save_figure(curves_figure(histories, what=what, swa_epochs=tc.get("swa_epochs") or 0,
                                                        context=context), out_dir / "curves"))
@@ -401,7 +407,8 @@ def _class_table(results: list[dict], labels) -> str:
     pc = metrics.per_class(_summed_confusion(results))
     # a class no test split holds has no recall (nor F1): not a 0 beside the others
     tested = [(_pct(pc["recall"][i]), _pct(pc["f1"][i])) if pc["support"][i] else ("–", "–") for i in range(len(labels))]
-    rows = "".join(f"<tr><td>{_e(name)}</td><td class=\"num\">{_pct(pc['precision'][i])}</td>"
+    precision = [_pct(pc["precision"][i]) if pc["predicted"][i] else "–" for i in range(len(labels))]  # never predicted
+    rows = "".join(f"<tr><td>{_e(name)}</td><td class=\"num\">{precision[i]}</td>"
                    f"<td class=\"num\">{tested[i][0]}</td><td class=\"num\">{tested[i][1]}</td>"
                    f"<td class=\"num\">{int(pc['support'][i])}</td></tr>" for i, name in enumerate(labels))
     head = "<tr><th>class</th><th>precision %</th><th>recall %</th><th>F1 %</th><th>support</th></tr>"

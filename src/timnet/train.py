@@ -416,7 +416,8 @@ def train_fold(
                 state.since_best = 0
             else:
                 state.since_best += config.eval_every
-                if config.patience is not None and state.since_best >= config.patience:
+                # patience running out at the last epoch stops nothing: the budget ended the training
+                if config.patience is not None and state.since_best >= config.patience and state.epoch < config.epochs:
                     state.stopped_early = True
         state.history.append(row)
         state.seconds = before + time.perf_counter() - t0
