@@ -314,10 +314,13 @@ def test_plot_evaluation(trained, tmp_path):
     fs, run_dir = trained
     results, outputs = evaluate(fs, fold_models(run_dir, fs, folds=3, seed=1))
     summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split="random", seed=1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "curves.png").write_bytes(b"a run's curves, plotted here before")
     figures = plot_evaluation(fs, summary, outputs, tmp_path / "out", seed=0)
     assert set(figures) == FIGURES - {"curves"}
     for paths in figures.values():
         check_image_files(paths)
+    assert {p.stem for p in (tmp_path / "out").iterdir()} == FIGURES - {"curves"}  # none of another model beside them
 
 
 def test_report_in_headless_chromium(reported, tmp_path):

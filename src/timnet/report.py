@@ -285,6 +285,8 @@ def plot_evaluation(fs: FeatureSet, summary: dict, outputs: dict, out_dir: str |
     outputs); `weights`, the RUN_DIR or authors' folder tested, is named in the titles."""
     fused, y, folds = _tested(fs, outputs)
     context, members = _evaluation_context(summary, weights)
+    for stale in Path(out_dir).glob("curves.*"):  # a run's curves drawn here before: not of these weights
+        stale.unlink()
     return _result_figures(summary["folds"], fs.labels, war=summary["mean_war"], uar=summary["mean_uar"],
                            fused=fused, y=y, folds=folds, seed=seed, out_dir=Path(out_dir), context=context,
                            split=summary.get("split"), members=members)
