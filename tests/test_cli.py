@@ -178,10 +178,11 @@ def test_extract_replaces_only_a_feature_file(tmp_path, out):
     write_tone(root / "wav" / "03a01Wa.wav")
     mine = tmp_path / "mine.npz"
     np.savez(mine, weights=np.ones(3))
-    for data in (mine.read_bytes(), b"not a zip"):
-        mine.write_bytes(data)
-        assert_one_line_error(timnet("extract", "emodb", root, "-o", mine, "-q"),
-                              f"{mine} exists and is not a timnet feature file", "delete it to use its name")
+    np.save(tmp_path / "array.npy", np.ones(3))
+    for data in (mine.read_bytes(), b"not a zip", (tmp_path / "array.npy").read_bytes(), out.read_bytes()[:2000]):
+        mine.write_bytes(data)  # another program's .npz, a text, an .npy under an .npz name, a cut timnet file
+        assert_one_line_error(timnet("extract", "emodb", root, "-o", mine, "-q", "--force"),
+                              f"{mine} exists and is not a readable timnet feature file", "delete it to use its name")
         assert mine.read_bytes() == data
     casia = tmp_path / "casia_tree"
     write_tone(casia / "wangzhe" / "angry" / "201.wav")

@@ -93,6 +93,8 @@ def test_plot_command_with_out_folder(trained, tmp_path, capsys):
     assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "other"), "--features", str(other)]) == 1
     assert capsys.readouterr().err.startswith(f"timnet: error: --features {other}: no t-SNE from it: ")
     assert not (tmp_path / "other").exists()
+    assert cli.main(["plot", str(run_dir), "--features", ""]) == 1
+    assert capsys.readouterr().err.startswith("timnet: error: --features '': empty path")
     # RUN_DIR/report.html cannot be written (here a folder in its place; or a read-only RUN_DIR):
     # refused before any figure is drawn, not after
     (run_dir / "report.html").unlink()
@@ -287,6 +289,11 @@ def test_missing_features_skip_tsne_and_text_is_escaped(trained, tmp_path):
     assert set(plot_run(copy, features=moved)) == FIGURES and (copy / "plots" / "tsne.png").is_file()
     with pytest.raises(TimnetError, match=r"--features .*other.npz: no t-SNE from it: .*holds CASIA features"):
         plot_run(copy, features=other)
+    with pytest.raises(TimnetError, match=r"--features .*nope.npz: no t-SNE from it: .*nope.npz does not exist$"):
+        plot_run(copy, features=tmp_path / "nope.npz")
+    alike = save_features(dataclasses.replace(trained[0], x=trained[0].x + 1), tmp_path / "alike.npz")
+    with pytest.raises(TimnetError, match=r"alike.npz: no t-SNE from it: .*alike.npz holds other features than the run"):
+        plot_run(copy, features=alike)
     assert info_features != str(moved)
 
 
@@ -316,11 +323,13 @@ def test_plot_evaluation(trained, tmp_path):
     summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split="random", seed=1)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "curves.png").write_bytes(b"a run's curves, plotted here before")
+    (tmp_path / "out" / "curves.csv").write_text("the user's own file")
     figures = plot_evaluation(fs, summary, outputs, tmp_path / "out", seed=0)
     assert set(figures) == FIGURES - {"curves"}
     for paths in figures.values():
         check_image_files(paths)
-    assert {p.stem for p in (tmp_path / "out").iterdir()} == FIGURES - {"curves"}  # none of another model beside them
+    assert not (tmp_path / "out" / "curves.png").exists()  # not of these weights: not left beside their figures
+    assert (tmp_path / "out" / "curves.csv").read_text() == "the user's own file"
 
 
 def test_report_in_headless_chromium(reported, tmp_path):
@@ -363,6 +372,8 @@ def test_validation_only_run_reports_its_validation_scores(tmp_path):
     assert set(figures) == {"curves"}
     page = write_report(run_dir, figures=figures).read_text()
     assert "validation WAR" in page and "no test fold was predicted" in page and 'id="classes"' not in page
+    with pytest.raises(TimnetError, match="--features f.npz: a validation-only run has no t-SNE to draw from them"):
+        plot_run(run_dir, features="f.npz")
     (run_dir / "run.json").write_text("{cut")
     with pytest.raises(TimnetError, match="run.json: not a readable timnet run file"):
         plot_run(run_dir)
@@ -433,6 +444,10 @@ def test_fold_table_says_each_members_epoch_when_they_differ():
     same = {**differ, "member_epochs": differ["member_epochs"][:1] * 2}
     assert _fold_model(same, tc) == "epoch 6 of 6 (stopped early), 2 members"
     assert _fold_model({"epoch": 3, "epochs_run": 3, "stopped_early": False}, {}) == "epoch 3 of 3"  # older runs
+    # older results marked patience running out at the budget's last epoch as an early stop: it was not
+    ran_out = {"epoch": 10, "epochs_run": 12, "stopped_early": True}
+    assert _fold_model(ran_out, {**tc, "members": 1, "epochs": 12}) == "epoch 10 of 12"
+    assert _fold_model(ran_out, {**tc, "members": 1, "epochs": 20}) == "epoch 10 of 12 (stopped early)"
 
 
 def test_training_time_of_members_trained_before_their_time_was_kept():

@@ -819,8 +819,8 @@ def test_one_process_writes_a_run_dir_at_a_time(tmp_path, capsys):
     # a finished fold whose model.pt was deleted stays done (the ledger restores figures so): said on resume
     (run / "fold_02" / "model.pt").unlink()
     assert main(["train", str(features), "-o", str(run), "--no-report", *common]) == 0
-    assert (f"timnet: warning: {run}: fold_02 has figures but no model.pt, kept as done (delete its result.json and "
-            "run the same `timnet train` to train it again)") in capsys.readouterr().err.splitlines()
+    assert (f"timnet: warning: {run}: fold_02 has figures but no model.pt, kept as done; `test` and `predict` cannot use "
+            "it (delete its result.json and run the same `timnet train` to train it again)") in capsys.readouterr().err.splitlines()
 
 
 def test_a_resume_names_a_damaged_finished_fold(tmp_path, capsys):

@@ -284,8 +284,10 @@ def cmd_train(args) -> int:
                 # said here, not first by `test` or `predict`
                 bare = [run.fold_dir(k).name for k in finished if not (run.fold_dir(k) / "model.pt").exists()]
                 if bare:
-                    _warn(f"{run.dir}: {', '.join(bare)} {'has' if len(bare) == 1 else 'have'} figures but no model.pt, "
-                          "kept as done (delete its result.json and run the same `timnet train` to train it again)")
+                    one = len(bare) == 1
+                    _warn(f"{run.dir}: {', '.join(bare)} {'has' if one else 'have'} figures but no model.pt, kept as done; "
+                          f"`test` and `predict` cannot use {'it' if one else 'them'} (delete {'its' if one else 'their'} "
+                          "result.json and run the same `timnet train` to train it again)")
         given = {run.dir for run in runs}
         others = sorted(p.name for p in Path(args.output).glob("seed_*")
                         if (p / RUN_FILE).is_file() and p not in given) if len(runs) > 1 else []
@@ -760,7 +762,8 @@ def _check_outputs(args) -> None:
     for name in INPUTS:  # `--model "$UNSET"` would read the current folder (Path("") is ".")
         value = getattr(args, name, None)
         if value == "" or (isinstance(value, list) and "" in value):
-            flag = f"--{name}" if name in ("weights", "space") or (name, args.verb) == ("model", "predict") else name.upper()
+            flag = (f"--{name}" if name in ("weights", "space") or (name, args.verb) in (("model", "predict"), ("features", "plot"))
+                    else name.upper())
             raise TimnetError(f"{flag} '': empty path; expected a file or folder name")
     if getattr(args, "json", None) not in (None, JSON_STDOUT):
         check_output(args.json)

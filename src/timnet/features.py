@@ -280,14 +280,16 @@ def replaced_corpus(path: str | Path) -> str | None:
     path = Path(path)
     if not path.is_file():
         return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"])) if {"x", "y", "meta"} <= set(z.files) else None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # not an .npz, damaged, or meta not JSON
-        meta = None
+    meta = None
+    if zipfile.is_zipfile(path):  # np.load reads an .npy (or a pickle) under any name: not ours either
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"])) if {"x", "y", "meta"} <= set(z.files) else None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # damaged, or meta not JSON
+            pass
     if not (isinstance(meta, dict) and isinstance(meta.get("corpus"), str)):
-        raise TimnetError(f"{path} exists and is not a timnet feature file; expected a new path or one "
-                          "`timnet extract` wrote (delete it to use its name)")
+        raise TimnetError(f"{path} exists and is not a readable timnet feature file (another program's, or damaged); "
+                          "expected a new path or one `timnet extract` wrote (delete it to use its name)")
     return meta["corpus"]
 
 

@@ -140,10 +140,12 @@ def _summed_confusion(fold_results: list[dict]) -> np.ndarray:
     return np.sum([np.asarray(r["confusion"]) for r in fold_results], axis=0)
 
 
-def _tsne_unavailable(info: dict) -> str | None:
-    """Why the t-SNE of a run cannot be drawn, or None when it can."""
+def _tsne_unavailable(info: dict, given: str | Path | None = None) -> str | None:
+    """Why the t-SNE of a run cannot be drawn (from run.json's features, or the `given` file), or None when it can."""
     if info["identity"].get("evaluate_test") is False:
         return "a validation-only run predicts no test fold"
+    if given is not None:
+        return None if Path(given).is_file() else f"{given} does not exist"
     path = info.get("features")
     if not path:
         return "run.json names no features file (the run was not started from a feature file)"
@@ -214,6 +216,8 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     info = _run_info(run_dir)
     if features is not None:
         info = {**info, "features": str(features)}
+        if info["identity"].get("evaluate_test") is False:
+            raise TimnetError(f"--features {features}: a validation-only run has no t-SNE to draw from them")
     identity = info["identity"]
     results, lost = _fold_results(run_dir, identity["labels"])
     if lost:
@@ -228,9 +232,10 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     tested = "war" in results[0]  # not a sweep trial or a selection run, scored on validation only
     fused = y = folds = reason = None
     if tested:  # the models are read before any figure is written: a damaged one leaves the old figures whole
-        reason = _tsne_unavailable(info)
+        reason = _tsne_unavailable(info, features)
         if reason is None:
-            fused, y, folds, reason = _run_test_features(run_dir, info, finished={r["fold"] for r in results})
+            fused, y, folds, reason = _run_test_features(run_dir, info, finished={r["fold"] for r in results},
+                                                         given=features is not None)
         if reason is not None and features is not None:  # asked for by name: not a figure quietly left out
             raise TimnetError(f"--features {features}: no t-SNE from it: {reason}")
     what = f"{len(results)} folds" + (f" × {members} members" if members > 1 else "")
@@ -242,18 +247,25 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     if reason is not None:
         warnings.warn(f"t-SNE skipped: {reason}", stacklevel=2)
         written.skipped["tsne"] = reason
-        for stale in out_dir.glob("tsne.*"):  # an earlier plot's would stand beside figures it does not match
-            stale.unlink()
     wars, uars = [r["war"] for r in results], [r["uar"] for r in results]
     written.update(_result_figures(results, identity["labels"], war=float(np.mean(wars)), uar=float(np.mean(uars)),
                                    fused=fused, y=y, folds=folds, seed=seed, out_dir=out_dir, context=context,
                                    split=identity.get("split"), members=members))
+    if reason is not None:  # an earlier plot's would stand beside figures it does not match
+        _remove_figure(out_dir / "tsne")
     return written
 
 
-def _run_test_features(run_dir: Path, info: dict, *, finished: set[int]) -> tuple:
+def _remove_figure(stem: Path) -> None:
+    """Delete the figure save_figure wrote at `stem` (its PNG and SVG), no other file of the folder."""
+    for suffix in (".png", ".svg"):
+        stem.with_suffix(suffix).unlink(missing_ok=True)
+
+
+def _run_test_features(run_dir: Path, info: dict, *, finished: set[int], given: bool = False) -> tuple:
     """(fused features, true classes, test folds, None) of every test sample of the `finished` folds
-    (those with a result.json, which the other figures show), or a reason why not."""
+    (those with a result.json, which the other figures show), or a reason why not (`given`: the
+    features file is the user's --features, not run.json's)."""
     from .evaluate import evaluate, fold_models, trained_order
     from .features import in_order, load_features
 
@@ -266,7 +278,8 @@ def _run_test_features(run_dir: Path, info: dict, *, finished: set[int]) -> tupl
     fs = in_order(fs, trained_order(fs, run_dir / RUN_FILE))
     # A features file rewritten since training would pair the models with other utterances.
     if features_fingerprint(fs) != identity.get("features_fingerprint"):
-        return None, None, None, f"the features file {info['features']} has changed since the run was trained"
+        return None, None, None, (f"{info['features']} holds other features than the run was trained on" if given else
+                                  f"the features file {info['features']} has changed since the run was trained")
     models = fold_models(run_dir, fs, folds=identity["folds"], seed=identity["seed"], split=identity["split"])
     # a fold's model.pt is written a moment before its result.json, and stays if the run is killed between
     _, outputs = evaluate(fs, [m for m in models if m.fold in finished])
@@ -285,11 +298,11 @@ def plot_evaluation(fs: FeatureSet, summary: dict, outputs: dict, out_dir: str |
     outputs); `weights`, the RUN_DIR or authors' folder tested, is named in the titles."""
     fused, y, folds = _tested(fs, outputs)
     context, members = _evaluation_context(summary, weights)
-    for stale in Path(out_dir).glob("curves.*"):  # a run's curves drawn here before: not of these weights
-        stale.unlink()
-    return _result_figures(summary["folds"], fs.labels, war=summary["mean_war"], uar=summary["mean_uar"],
-                           fused=fused, y=y, folds=folds, seed=seed, out_dir=Path(out_dir), context=context,
-                           split=summary.get("split"), members=members)
+    written = _result_figures(summary["folds"], fs.labels, war=summary["mean_war"], uar=summary["mean_uar"],
+                              fused=fused, y=y, folds=folds, seed=seed, out_dir=Path(out_dir), context=context,
+                              split=summary.get("split"), members=members)
+    _remove_figure(Path(out_dir) / "curves")  # a run's curves drawn here before: not of these weights
+    return written
 
 
 # -- the HTML page ---------------------------------------------------------------------------------
@@ -374,13 +387,15 @@ def _fold_model(r: dict, tc: dict) -> str:
         each = r.get("member_epochs") or [{"epoch": r.get("epoch"), "epochs_run": r.get("epochs_run"),
                                            "stopped_early": r.get("stopped_early")}]
         if any(m != each[0] for m in each):
-            return "members: " + "; ".join(_epoch_words(m) for m in each)
-        what = _epoch_words(each[0])
+            return "members: " + "; ".join(_epoch_words(m, tc.get("epochs")) for m in each)
+        what = _epoch_words(each[0], tc.get("epochs"))
     return what + (f", {tc['members']} members" if tc.get("members", 1) > 1 else "")
 
 
-def _epoch_words(m: dict) -> str:
-    return f"epoch {m['epoch']} of {m['epochs_run']}" + (" (stopped early)" if m["stopped_early"] else "")
+def _epoch_words(m: dict, budget: int | None) -> str:
+    # older results said "stopped early" of patience running out at the last epoch too
+    early = m["stopped_early"] and not (budget and m["epochs_run"] and m["epochs_run"] >= budget)
+    return f"epoch {m['epoch']} of {m['epochs_run']}" + (" (stopped early)" if early else "")
 
 
 def _fold_table(results: list[dict], identity: dict) -> str:
