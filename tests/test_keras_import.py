@@ -169,15 +169,16 @@ def test_a_damaged_authors_file_is_one_error(tmp_path):
 
 @pytest.mark.realdata
 def test_emodb_weights_reproduce_reference(reference):
-    """Each sample's probabilities and fused features under its test-fold model, within 1e-4."""
+    """Each sample's probabilities and fused features under its test-fold model: measured within
+    6.6e-7 and 8.1e-6 of the authors' TensorFlow outputs; asserted with margins for other CPUs' kernels."""
     folder = need(PRETRAINED / "EMODB_46")
     for k, path in enumerate(keras_fold_files(folder, 10), start=1):
         model = load_keras_weights(path, config=TIMNetConfig(n_classes=7))
         idx = np.flatnonzero(reference["test_fold"] == k)
         with torch.no_grad():
             logits, fused = model(torch.from_numpy(reference["mfcc"][idx]), return_features=True)
-        np.testing.assert_allclose(logits.softmax(-1).numpy(), reference["probs"][idx], atol=1e-4, rtol=0)
-        np.testing.assert_allclose(fused.numpy(), reference["fused"][idx], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(logits.softmax(-1).numpy(), reference["probs"][idx], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(fused.numpy(), reference["fused"][idx], atol=5e-5, rtol=0)
 
 
 @pytest.mark.realdata
