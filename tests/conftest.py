@@ -20,6 +20,15 @@ def need(path: Path) -> Path:
     return path
 
 
+def need_ctrl_c() -> None:
+    """Skip the calling test where this process ignores SIGINT, as a shell's background job does
+    (`make test &`): the processes it starts inherit that, so no Ctrl-C would reach them."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        pytest.skip("SIGINT is ignored here (a background job?): Ctrl-C cannot be tested; run the tests in the foreground")
+
+
 @pytest.fixture(scope="session")
 def reference():
     with np.load(need(REFERENCE)) as z:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DATA, PRETRAINED, REFERENCE, REPO, need, write_tone
+from conftest import DATA, PRETRAINED, REFERENCE, REPO, need, need_ctrl_c, write_tone
 
 
 def timnet(*args, cwd=None):
@@ -629,6 +629,8 @@ def test_signal_ends_extraction_workers(tmp_path, signame):
     extraction: one line, the signal's status, no forked worker left behind or printing a traceback
     (nor blocked for ever on a result pipe nobody reads). SIGKILL of one worker alone (the
     out-of-memory killer): one line saying so, and the other worker ended too."""
+    if signame == "SIGINT":
+        need_ctrl_c()
     import os
     import signal
     import time

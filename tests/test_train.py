@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import flip_a_stored_byte
+from conftest import flip_a_stored_byte, need_ctrl_c
 from timnet.errors import TimnetError
 from timnet.features import FeatureConfig, FeatureSet, save_features
 from timnet.folds import default_folds, make_folds
@@ -340,6 +340,9 @@ def test_interrupt_stops_parallel_training_promptly(tmp_path, how):
     import signal
     import time
 
+    if how == "ctrl-c":
+        need_ctrl_c()
+
     features = save_features(synthetic(), tmp_path / "f.npz")
     cmd = [sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "r"), "--folds", "6",
            "--epochs", "400", "--batch-size", "16", "--save-every", "1", "--threads", "1", "--workers", "2",
@@ -374,6 +377,8 @@ def test_ctrl_c_while_workers_start(tmp_path, starting):
     the run ends with one line: a manager interrupted halfway through its start was left serving,
     and the parent then waited for it at exit forever."""
     import signal
+
+    need_ctrl_c()
     import time
 
     features = save_features(synthetic(), tmp_path / "f.npz")
