@@ -13,7 +13,7 @@ from pathlib import Path
 from . import dispatch
 from .corpora import CORPORA  # the registry imports neither numpy nor torch: cheap for --help
 from .errors import TimnetError
-from .utils import RUN_FILE, folder_lock, sigterm_handler, write_json
+from .utils import RUN_FILE, folder_lock, sigterm_handler, weightless_words, write_json
 
 CORPUS_NAMES = tuple(name.lower() for name in CORPORA)
 JSON_STDOUT = "-"  # `--json -`: the JSON on stdout, for a pipe into jq; the report lines then go to stderr
@@ -284,10 +284,8 @@ def cmd_train(args) -> int:
                 # said here, not first by `test` or `predict`
                 bare = [run.fold_dir(k).name for k in finished if not (run.fold_dir(k) / "model.pt").exists()]
                 if bare:
-                    one = len(bare) == 1
-                    _warn(f"{run.dir}: {', '.join(bare)} {'has' if one else 'have'} figures but no model.pt, kept as done; "
-                          f"`test` and `predict` cannot use {'it' if one else 'them'} (delete {'its' if one else 'their'} "
-                          "result.json and run the same `timnet train` to train it again)")
+                    them = "it" if len(bare) == 1 else "them"
+                    _warn(f"{run.dir}: " + weightless_words(bare, f", kept as done; `test` and `predict` cannot use {them}"))
         given = {run.dir for run in runs}
         others = sorted(p.name for p in Path(args.output).glob("seed_*")
                         if (p / RUN_FILE).is_file() and p not in given) if len(runs) > 1 else []

@@ -421,6 +421,13 @@ def unfinished_words(run_dir: str | Path, n_finished: int, folds: int) -> str:
     # `train` counts such a fold done, so it says how to have it trained again
     bare = [d.name for d, r in results.items() if not r.get("diverged") and not (d / "model.pt").exists()]
     if bare:
-        text += (f"; {', '.join(bare)} {'has' if len(bare) == 1 else 'have'} figures but no model.pt "
-                 "(delete its result.json and run the same `timnet train` to train it again)")
+        text += "; " + weightless_words(bare)
     return text
+
+
+def weightless_words(folds: list[str], said: str = "") -> str:
+    """How every command names finished folds kept without their model.pt (`said`: what it adds),
+    with the way to have them trained again."""
+    one = len(folds) == 1
+    return (f"{', '.join(folds)} {'has' if one else 'have'} figures but no model.pt{said} (delete "
+            f"{'its' if one else 'their'} result.json and run the same `timnet train` to train {'it' if one else 'them'} again)")
