@@ -44,7 +44,11 @@ RECIPE_ARGS = {  # name: (timnet preset, options over it)
     "paper": ("paper", {}),
     "strong": ("strong", {}),
     "strong-1member": ("strong", {"members": 1}),
-    "strong-x2": ("strong", {"members": 2}),  # the strong recipe before four members
+    # the strong recipes of earlier stops, SWA members without mixup, by their selection names:
+    # one member (before stop 22), two (stops 22-29), four (stops 30-51)
+    "swa": ("paper", {"swa_epochs": 100}),
+    "swa-x2": ("paper", {"swa_epochs": 100, "members": 2}),
+    "swa-x4": ("paper", {"swa_epochs": 100, "members": 4}),
 }
 
 

@@ -7,12 +7,13 @@ every fold tests one speaker the model never heard. The seeds change the initial
 batch order, the dropout masks and the augmentation draws (the folds are the speakers). Finished
 folds are kept in the ledger (benchmarks/ledger/loso_<corpus>/<recipe>), so that a table's compute
 can span several sessions; `--table-only` prints the table of the folds finished so far, from
-the ledger, without training. A recipe that averages weights (`strong-1member`) also scores its last
-weights on each test speaker, the paper's recipe step for step: a "last weights" column, paired
-with it (reported, never used to choose). An ensemble's member 0
-(`strong`: four members; `strong-x2`: two, the strong recipe before four) is `strong-1member`'s
-model weight for weight: `--recipes strong-1member,strong` takes it from that finished run
-(`--first-members`), so only the other members train.
+the ledger, without training. A recipe that averages weights (`swa`, `strong-1member`) also scores
+its last weights on each test speaker (for `swa`, the paper's recipe step for step): a "last
+weights" column, paired with it (reported, never used to choose). An ensemble's member 0 is its
+one-member form's model weight for weight (`strong`'s is `strong-1member`'s, `swa-x4`'s is
+`swa`'s): `--recipes swa,strong-1member,strong` (the default) takes it from that finished run
+(`--first-members`, by default strong-1member when it is among the recipes), so only the other
+members train, and the three give the paper's recipe, one strong member and `--recipe strong`.
 """
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ def main() -> int:
     p.add_argument("features", help="a timnet .npz from `timnet extract` (with speakers)")
     p.add_argument("--runs", required=True, help="folder for the runs (RUNS/<recipe>/seed_<s>; resumed)")
     p.add_argument("--json", required=True, help="where to write the table's figures")
-    p.add_argument("--recipes", default="strong-1member",
-                   help="comma-separated recipes of _common.RECIPE_ARGS (default strong-1member: one SWA model per "
-                        "fold, whose last weights are the paper's recipe, so one run gives both)")
+    p.add_argument("--recipes", default="swa,strong-1member,strong",
+                   help="comma-separated recipes of _common.RECIPE_ARGS (default swa,strong-1member,strong: swa's last "
+                        "weights are the paper's recipe, strong-1member is strong's first member, so the three cost "
+                        "what the paper's recipe and strong cost apart)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the paper seed and the next two)")
     p.add_argument("--first-members", default=None, metavar="RECIPE",
                    help="a one-member recipe whose finished runs in RUNS (the same seeds) are the first members of "

@@ -1,17 +1,18 @@
 """Table: the recipes on the paper's protocol (10-fold KFold, paper seed) for one corpus.
 
-    python benchmarks/ten_fold.py runs/emodb.npz --runs runs/emodb10 --recipes strong-1member,strong \
+    python benchmarks/ten_fold.py runs/emodb.npz --runs runs/emodb10 --recipes swa,strong-1member,strong \
         --first-members strong-1member --json emodb_10fold.json
 
 Trains (or resumes) RUNS/<recipe> with `timnet train` and the recipe's options (_common.RECIPE_ARGS)
 for each recipe, then prints a Markdown table of per-fold and mean ± std WAR/UAR beside the authors'
 published figures. Folds are utterance-level, as in the paper: the same speakers are on both sides.
 
-A one-member recipe that averages weights (`strong-1member`: SWA of the last 100 epochs) trains the
-paper's recipe step for step and also scores its own last weights on each test split (reported,
-never used to choose), so its run gives a paired "last weights" column: the paper's recipe on the
-same training. An ensemble (`strong`: four such members per fold; `strong-x2`: two) reports its first member alone, the
-one-member recipe weight for weight; `--first-members strong-1member` (the default when it is among
+A one-member recipe that averages weights (`swa`: SWA of the last 100 epochs) trains the paper's
+recipe step for step and also scores its own last weights on each test split (reported, never used
+to choose), so its run gives a paired "last weights" column: the paper's recipe on the same
+training. An ensemble (`strong`: four mixup members per fold; `swa-x4`: four SWA members, the
+strong recipe of stops 30-51) reports its first member alone, its one-member form weight for
+weight (`strong-1member`, `swa`); `--first-members strong-1member` (the default when it is among
 --recipes) takes that member from the finished one-member run instead of training it again.
 Finished folds are kept in the ledger (benchmarks/ledger/tenfold_<corpus>/<recipe>), so that a
 table's compute can span sessions; `--table-only` prints the table of the folds finished so far.
@@ -45,10 +46,11 @@ def main() -> int:
     p.add_argument("features", help="a timnet .npz from `timnet extract`")
     p.add_argument("--runs", required=True, help="folder for the runs (RUNS/<recipe>; resumed)")
     p.add_argument("--json", required=True, help="where to write the table's figures")
-    p.add_argument("--recipes", default="strong-1member,strong",
-                   help="comma-separated recipes of _common.RECIPE_ARGS (default strong-1member,strong: the first's last "
-                        "weights are the paper's recipe, so two runs give three recipes; add paper to train the "
-                        "paper's recipe as a run of its own)")
+    p.add_argument("--recipes", default="swa,strong-1member,strong",
+                   help="comma-separated recipes of _common.RECIPE_ARGS (default swa,strong-1member,strong: swa's last "
+                        "weights are the paper's recipe and strong-1member is strong's first member, so the three "
+                        "cost what the paper's recipe and strong cost apart; add paper to train the paper's recipe "
+                        "as a run of its own)")
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds (default: the paper seed only); the paper seed's table comes first")
     p.add_argument("--first-members", default=None, metavar="RECIPE",

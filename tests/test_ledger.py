@@ -1,5 +1,6 @@
 """benchmarks/_common.py's ledger: finished folds carried to a fresh RUN_DIR, never into another run;
 the table scripts' tables in progress."""
+import dataclasses
 import json
 import shutil
 import sys
@@ -297,15 +298,18 @@ def test_table_recipe_names_give_the_configs_they_name():
     assert config(_common.recipe_args("strong")) == recipe_config("strong")
     one = config(_common.recipe_args("strong-1member"))
     assert one == recipe_config("strong", members=1) and one.swa_epochs == 100
-    assert [_common.recipe_members(n) for n in ("paper", "strong", "strong-1member", "strong-x2")] == [1, 4, 1, 2]
-    with pytest.raises(SystemExit, match="recipe 'swa' unknown"):
-        _common.recipe_args("swa")
+    # the strong recipes of earlier stops keep their figures under their selection names
+    assert config(_common.recipe_args("swa-x4")) == recipe_config("paper", swa_epochs=100, members=4)
+    assert config(_common.recipe_args("swa-x4")) == dataclasses.replace(recipe_config("strong"), mixup_alpha=0.0, recipe="paper")
+    assert [_common.recipe_members(n) for n in ("paper", "strong", "strong-1member", "swa", "swa-x2", "swa-x4")] == [1, 4, 1, 1, 2, 4]
+    with pytest.raises(SystemExit, match="recipe 'strong-x2' unknown"):
+        _common.recipe_args("strong-x2")
     from dataclasses import asdict
 
     from timnet.rundir import decisive
 
     # the ledger's runs resume under their table names: each holds its name's configuration
-    for name in ("strong-1member", "strong-x2"):
+    for name in ("swa", "swa-x2", "swa-x4"):
         found = [_common._identity(run)["train_config"] for key in ("tenfold_emodb", "tenfold_casia", "loso_emodb", "loso_casia")
                  for run in (_common.LEDGER / key / name).glob("**/run.json")]
         want = decisive({"train_config": asdict(config(_common.recipe_args(name)))})["train_config"]

@@ -152,21 +152,21 @@ def test_selection_gives_a_finished_folds_members_to_the_next_candidate_in_the_s
 
 
 def test_strong_preset_and_overrides(monkeypatch):
-    # the preset is the candidate benchmarks/recipe_selection.py chose on validation data: "swa-x4"
+    # the preset is the candidate benchmarks/recipe_selection.py chose on validation data: "swa+mixup-x4"
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     import recipe_selection
 
     strong = recipe_config("strong")
-    assert recipe_config("paper", **recipe_selection.CANDIDATES["swa-x4"]) == TrainConfig(**{**vars(strong), "recipe": "paper"})
-    assert strong.swa_epochs == 100 and strong.epochs == 500 and strong.members == 4
-    # its one-member form, the tables' strong-1member, is the "swa" candidate
-    assert recipe_config("paper", **recipe_selection.CANDIDATES["swa"]) == TrainConfig(
+    assert recipe_config("paper", **recipe_selection.CANDIDATES["swa+mixup-x4"]) == TrainConfig(**{**vars(strong), "recipe": "paper"})
+    assert strong.swa_epochs == 100 and strong.epochs == 500 and strong.members == 4 and strong.mixup_alpha == 0.2
+    # its one-member form, the tables' strong-1member, is the "swa+mixup" candidate
+    assert recipe_config("paper", **recipe_selection.CANDIDATES["swa+mixup"]) == TrainConfig(
         **{**vars(recipe_config("strong", members=1)), "recipe": "paper"})
     # the preset's window is the last fifth of an explicit --epochs; an explicit window is kept
     assert recipe_config("strong", epochs=50).swa_epochs == 10
     assert recipe_config("strong", epochs=3).swa_epochs == 1
     assert recipe_config("strong", epochs=50, swa_epochs=30).swa_epochs == 30
-    assert recipe_config("strong", swa_epochs=0, members=1) == TrainConfig(recipe="strong")
+    assert recipe_config("strong", swa_epochs=0, members=1, mixup_alpha=0) == TrainConfig(recipe="strong")
     c = recipe_config("strong", epochs=7)
     assert c.recipe == "strong" and c.epochs == 7 and c.swa_epochs == 1
     with pytest.raises(TimnetError, match=r"--recipe strong sets --swa-epochs: add --swa-epochs 0"):

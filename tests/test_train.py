@@ -473,6 +473,11 @@ def test_run_written_by_older_versions_still_resumes(tmp_path):
     # a run of the one-member strong preset (before it became two members) is told how to resume
     with pytest.raises(TimnetError, match="\\(train_config.members\\).*to resume it pass --members 1$"):
         Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "members": 2}), folds=3, path="reference").prepare()
+    # and so is one of a preset's values that changed together (strong: four members, then mixup)
+    with pytest.raises(TimnetError, match="\\(train_config.members, train_config.mixup_alpha\\); use another .*to resume "
+                                          "it pass --members 1 --mixup-alpha 0.0$"):
+        Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "members": 4, "mixup_alpha": 0.2}), folds=3,
+            path="reference").prepare()
     with pytest.raises(TimnetError, match="\\(train_config.lr, train_config.members\\); use another RUN_DIR or --overwrite \\(which deletes it\\)$"):
         Run(fs, tmp_path / "r", config=TrainConfig(**{**FAST, "members": 2, "lr": 0.002}), folds=3, path="reference").prepare()
 

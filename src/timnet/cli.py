@@ -44,7 +44,7 @@ RECIPE_OPTIONS = {
     "tempo": (float, "tempo of each utterance scaled by a random factor in [1-R, 1+R] (default 0: off)"),
     "vtlp": (float, "vocal-tract length perturbation: spectral envelope warped by a factor in [1-A, 1+A] (default 0: off)"),
     "gain": (float, "each utterance as if recorded up to DB decibels louder or quieter (default 0: off)"),
-    "mixup_alpha": (float, "mixup with Beta(alpha, alpha) (default 0: off)"),
+    "mixup_alpha": (float, "mixup with Beta(alpha, alpha) (default 0: off; 0.2 with --recipe strong)"),
     "members": (int, "models per fold from other initialisations, their probabilities averaged (default 1; "
                      "4 with --recipe strong); the first is the very model --members 1 trains (with --plain-members, "
                      "the one it trains without augmentation)"),
@@ -583,9 +583,10 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--split", choices=SPLITS, default="random", help="random: the paper's utterance-level KFold; speaker: no speaker on both sides")
     s.add_argument("--recipe", choices=RECIPE_NAMES, default="paper",
                    help="paper: the paper's protocol (default); strong: four models per fold (--members 4), each the "
-                        "paper's training with its weights averaged over the last 100 epochs (--swa-epochs 100, the "
-                        "last fifth of --epochs), their probabilities averaged; chosen on validation data of EMODB and "
-                        "CASIA, see RESULTS.md; --members 1 gives one model in a quarter of the time. "
+                        "paper's training with mixup (--mixup-alpha 0.2) and its weights averaged over the last 100 "
+                        "epochs (--swa-epochs 100, the last fifth of --epochs), their probabilities averaged; chosen on "
+                        "validation data of EMODB and CASIA, see RESULTS.md; --members 1 gives one model in a quarter "
+                        "of the time, --mixup-alpha 0 the strong recipe of earlier versions. "
                         "The options below override single values")
     for name, (typ, text) in RECIPE_OPTIONS.items():
         choices = SCHEDULES if name == "lr_schedule" else None

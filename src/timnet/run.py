@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import dispatch
+from . import dispatch, recipe
 from .checkpoint import save_checkpoint
 from .corpora import paper_dilations, paper_seed
 from .errors import ConfigurationChanged, Diverged, TimnetError
@@ -128,14 +128,21 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
             if previous is None:  # not a configuration change: nothing says what the run was
                 raise TimnetError(f"{unreadable}; use another RUN_DIR or --overwrite (which deletes the run in it)")
             diff = _changed(decisive(previous), decisive(identity))
+            # an option equal in both that only one config makes inert (--plain-members 0 beside
+            # --members 1 and 4) is not what changed
+            was, now, absent = previous.get("train_config") or {}, identity.get("train_config") or {}, object()
+            diff = [d for d in diff if not (d.startswith("train_config.") and
+                                            was.get(d[len("train_config."):], absent) == now.get(d[len("train_config."):], absent))] or diff
             hint = ""
             if diff in (["threads_per_fold"], ["path"]):
                 option = diff[0].replace("_per_fold", "")
                 hint = f"; to resume it pass --{option} {previous[diff[0]]}"
-            elif diff == ["train_config.members"]:
-                # a run of an earlier preset (`strong` had one member, then two, now four) resumes
-                # with that one value given explicitly
-                hint = f"; to resume it pass --members {previous['train_config']['members']}"
+            elif set(diff) <= {f"train_config.{k}" for preset in recipe.RECIPES.values() for k in preset}:
+                # a run of an earlier preset (`strong` had one member, then two, then four without
+                # mixup) resumes with the values that preset set given explicitly
+                tc = previous["train_config"]
+                hint = "; to resume it pass " + " ".join(
+                    f"--{k.replace('_', '-')} {tc[k]}" for k in (d.split(".", 1)[1] for d in diff))
             elif "features_fingerprint" in diff:
                 hint = ("; if these are the same features, the run's command (run.json) may have another --order, or, "
                         "if the same audio extracted elsewhere, the CPU loops numpy and OpenBLAS ran may differ from "
