@@ -669,3 +669,20 @@ def test_training_sets_the_keras_epsilon_of_each_step():
     assert [grp["eps"] for grp in s1.optimizer.param_groups] == [1e-8]
     assert [grp["eps"] for grp in s2.optimizer.param_groups] == [pytest.approx(1e-8 / (1 - 0.98**16) ** 0.5, rel=1e-12)]
     assert any(not torch.equal(keras_rule.state_dict()[k], v) for k, v in torch_rule.state_dict().items())
+
+
+def test_keras_eps_rule_is_recorded_and_reported(tmp_path):
+    """The rule is part of the run's identity (run.json) and the report's protocol table names it;
+    a run of the default rule is reported as before, without the row."""
+    from timnet import report
+    from timnet.rundir import read_identity
+
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    for rule in ("keras", None):
+        run = tmp_path / f"run_{rule}"
+        r = train_cli(features, run, "--epochs", "1", *(("--adam-eps-rule", rule) if rule else ()))
+        assert r.returncode == 0, r.stderr
+        identity = read_identity(run)
+        assert identity["train_config"]["adam_eps_rule"] == (rule or "torch")
+        table = report._protocol({"identity": identity, "features": str(features)}, [], [], run)
+        assert ("Adam epsilon" in table) == (rule == "keras") and ("1e-08, added as keras adds it" in table) == (rule == "keras")
