@@ -100,6 +100,8 @@ def read_history(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _run_info(run_dir: Path) -> dict:
+    if not run_dir.exists():
+        raise TimnetError(f"{run_dir}: no such folder; expected a RUN_DIR (from `timnet train`)")
     check_not_multi_seed(run_dir)
     path = run_dir / RUN_FILE
     if not path.is_file():
