@@ -481,6 +481,7 @@ def test_cli_mirrors_of_library_constants():
 
     assert cli.ORDERS == features.ORDERS
     assert cli.SPLITS == folds.SPLITS and cli.SELECTIONS == train.SELECTIONS and cli.PATHS == train.PATHS
+    assert cli.ADAM_EPS_RULES == train.ADAM_EPS_RULES
     assert cli.RECIPE_NAMES == tuple(recipe.RECIPES) and cli.SCHEDULES == recipe.SCHEDULES
     assert set(cli.RECIPE_OPTIONS) <= set(train.TrainConfig.__dataclass_fields__)
 

@@ -472,6 +472,17 @@ def iemocap(tmp_path):
     return tmp_path
 
 
+def test_iemocap_names_the_label_file_a_dialog_lacks(iemocap):
+    """An utterance whose dialog has no EmoEvaluation file names that file; one the dialog's file
+    leaves out stays "no label" (test_iemocap_tree)."""
+    wav = "IEMOCAP_full_release/Session3/sentences/wav/Ses03F_impro02/Ses03F_impro02_M001.wav"
+    write_tree(iemocap, [wav])
+    listing = list_corpus("iemocap", iemocap)
+    reason = "no label file IEMOCAP_full_release/Session3/dialog/EmoEvaluation/Ses03F_impro02.txt"
+    assert (wav, reason) in listing.skipped
+    assert f"1 {reason}" in skip_summary(listing)
+
+
 def test_iemocap_tree(iemocap):
     listing = list_corpus("iemocap", iemocap)
     wav1 = "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/"

@@ -102,6 +102,10 @@ def test_plot_command_with_out_folder(trained, tmp_path, capsys):
     assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "late")]) == 1
     assert "report.html is a folder; expected a file path" in capsys.readouterr().err
     assert not (tmp_path / "late").exists()
+    # a RUN_DIR that does not exist is said to be missing, not to be something else
+    assert cli.main(["plot", str(tmp_path / "nothere")]) == 1
+    assert capsys.readouterr().err.strip() == (f"timnet: error: {tmp_path / 'nothere'}: no such folder; "
+                                               "expected a RUN_DIR (from `timnet train`)")
 
 
 def test_history_reads_validation_columns(trained):

@@ -19,6 +19,7 @@ def test_paper_recipe_is_spec_section_4():
     c = recipe_config("paper")
     assert (c.epochs, c.batch_size, c.lr, c.beta1, c.beta2, c.adam_eps) == (500, 64, 1e-3, 0.93, 0.98, 1e-8)
     assert c.label_smoothing == 0.1 and c.select == "last" and c.patience is None and c.members == 1
+    assert c.adam_eps_rule == "torch"  # SPEC.md §4's eps 1e-8 in PyTorch's terms (keras: an option)
     from timnet.model import TIMNet, TIMNetConfig
     from timnet.train import _adam
 
@@ -615,3 +616,73 @@ def test_averaging_run_scores_its_last_weights_as_the_paper_recipe(tmp_path, mem
     assert all("last_weights" not in f for f in runs["paper"])
     assert [f["last_weights"] for f in runs["strong"]] == [{"war": f["war"], "uar": f["uar"]} for f in runs["paper"]]
     assert any(f["last_weights"]["war"] != f["war"] for f in runs["strong"])  # the averaged model scores otherwise
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_keras_eps_rule_takes_the_authors_adam_steps(fused):
+    """--adam-eps-rule keras: timnet's Adam with its per-step epsilon takes the steps of the authors'
+    Keras Adam, here from its formula in float64 (lr_t = lr sqrt(1 - b2^t) / (1 - b1^t),
+    p -= lr_t m / (sqrt(v) + eps)); the torch rule does not, on gradients small enough for eps to count."""
+    from timnet.train import _adam, adam_eps
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(64, generator=g, dtype=torch.float64)
+    grads = [torch.randn(64, generator=g, dtype=torch.float64) * 10.0 ** -torch.randint(5, 10, (64,), generator=g)
+             for _ in range(8)]
+    c = TrainConfig()
+    m = v = torch.zeros_like(start)
+    keras = start.clone()
+    for t, grad in enumerate(grads, start=1):
+        m, v = c.beta1 * m + (1 - c.beta1) * grad, c.beta2 * v + (1 - c.beta2) * grad**2
+        keras -= c.lr * (1 - c.beta2**t) ** 0.5 / (1 - c.beta1**t) * m / (v.sqrt() + c.adam_eps)
+
+    def steps(rule):
+        config = TrainConfig(adam_eps_rule=rule)
+        holder = torch.nn.Module()
+        holder.p = torch.nn.Parameter(start.clone())
+        opt = _adam(holder, config, fused=fused)
+        for t, grad in enumerate(grads, start=1):
+            holder.p.grad = grad.clone()
+            for group in opt.param_groups:
+                group["eps"] = adam_eps(config, t)
+            opt.step()
+        return holder.p.detach()
+
+    moved = (keras - start).abs()
+    assert float(((steps("keras") - keras).abs() / moved).max()) < 1e-9
+    assert float(((steps("torch") - keras).abs() / moved).max()) > 0.1
+    with pytest.raises(TimnetError, match="--adam-eps-rule 'tf' unknown; expected one of torch, keras"):
+        TrainConfig(adam_eps_rule="tf")
+
+
+def test_training_sets_the_keras_epsilon_of_each_step():
+    """train_fold gives Adam the rule's epsilon at every step, counted across epochs: after 4 epochs
+    of 4 steps the last step's is the 16th's; the torch rule's stays 1e-8."""
+    from timnet.run import model_config_for
+
+    fs = synthetic()
+    x, y = torch.from_numpy(fs.x), torch.from_numpy(fs.y)
+    tr = np.arange(0, 60)
+    kw = dict(model_config=model_config_for(fs), seed=3)
+    torch_rule, s1 = train_fold(x, y, tr, tr[:0], config=TrainConfig(**FAST), **kw)
+    keras_rule, s2 = train_fold(x, y, tr, tr[:0], config=TrainConfig(**FAST, adam_eps_rule="keras"), **kw)
+    assert [grp["eps"] for grp in s1.optimizer.param_groups] == [1e-8]
+    assert [grp["eps"] for grp in s2.optimizer.param_groups] == [pytest.approx(1e-8 / (1 - 0.98**16) ** 0.5, rel=1e-12)]
+    assert any(not torch.equal(keras_rule.state_dict()[k], v) for k, v in torch_rule.state_dict().items())
+
+
+def test_keras_eps_rule_is_recorded_and_reported(tmp_path):
+    """The rule is part of the run's identity (run.json) and the report's protocol table names it;
+    a run of the default rule is reported as before, without the row."""
+    from timnet import report
+    from timnet.rundir import read_identity
+
+    features = save_features(synthetic(), tmp_path / "f.npz")
+    for rule in ("keras", None):
+        run = tmp_path / f"run_{rule}"
+        r = train_cli(features, run, "--epochs", "1", *(("--adam-eps-rule", rule) if rule else ()))
+        assert r.returncode == 0, r.stderr
+        identity = read_identity(run)
+        assert identity["train_config"]["adam_eps_rule"] == (rule or "torch")
+        table = report._protocol({"identity": identity, "features": str(features)}, [], [], run)
+        assert ("Adam epsilon" in table) == (rule == "keras") and ("1e-08, added as keras adds it" in table) == (rule == "keras")

@@ -24,6 +24,7 @@ SPLITS = ("random", "speaker")  # mirrors timnet.folds.SPLITS
 ORDERS = ("spec", "authors")  # mirrors timnet.features.ORDERS
 SELECTIONS = ("last", "best-val")  # mirrors timnet.train.SELECTIONS
 PATHS = ("auto", "fast", "reference")  # mirrors timnet.train.PATHS
+ADAM_EPS_RULES = ("torch", "keras")  # mirrors timnet.train.ADAM_EPS_RULES
 RECIPE_NAMES = ("paper", "strong")  # mirrors timnet.recipe.RECIPES
 SCHEDULES = ("constant", "cosine")  # mirrors timnet.recipe.SCHEDULES
 # TrainConfig fields a recipe presets and the command line can override: (type, help)
@@ -52,7 +53,7 @@ RECIPE_OPTIONS = {
                            "--gain, --mixup-alpha), the others with it: a mixed ensemble (default 0; fewer than --members)"),
 }
 # TrainConfig fields no recipe presets, also None unless given (so that `sweep` can tell what was given)
-RUN_OPTIONS = ("batch_size", "eval_every", "select", "patience", "save_every")
+RUN_OPTIONS = ("batch_size", "eval_every", "select", "patience", "save_every", "adam_eps_rule")
 
 
 def _one_line(message: str) -> str:
@@ -600,6 +601,10 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--select", choices=SELECTIONS, default=None, help="model kept per fold: last epoch (paper; the default) or best validation UAR")
     s.add_argument("--patience", type=int, default=None, help="stop a fold after this many epochs without a better validation UAR (default: never; needs a validation split)")
     s.add_argument("--save-every", type=int, default=None, help="epochs between resumable snapshots (default 10)")
+    s.add_argument("--adam-eps-rule", choices=ADAM_EPS_RULES, default=None,
+                   help="where Adam adds its epsilon (1e-8): torch (default; SPEC.md §4 in PyTorch's terms) or keras "
+                        "(to the uncorrected second moment, as the authors' Keras code: a larger epsilon in the first "
+                        "few hundred steps). Part of the run's identity")
     s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes; an ensemble's members too (default: one per core, "
                         "at most one per fold (train) or per fold and trial (sweep); 1 on CUDA)")
     s.add_argument("--threads", type=int, default=None, help="torch threads per fold (default: cores / workers; with --all-data, every core); part of the run's identity, "

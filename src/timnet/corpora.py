@@ -343,17 +343,20 @@ _IEMOCAP_UTTERANCE = re.compile(r"Ses(\d\d)[FM]_.+_([FM])(?:XX)?\d+")
 _IEMOCAP_DIALOG = re.compile(r"Ses\d\d[FM]_[a-z]+\d+[a-z]?(?:_\d+[a-z]?)?")
 
 
-def _iemocap_labels(root: Path, files: list[str]) -> dict[str, tuple[str, str]]:
-    """Map each utterance named in an EmoEvaluation/<dialog>.txt to (emotion code, expected wav path).
-    Two label files (a stale copy in the tree) that give one utterance different classes are refused."""
+def _iemocap_labels(root: Path, files: list[str]) -> tuple[dict[str, tuple[str, str]], set[tuple[str, str]]]:
+    """Map each utterance named in an EmoEvaluation/<dialog>.txt to (emotion code, expected wav path),
+    and list the (session folder, dialog) of every label file. Two label files (a stale copy in the
+    tree) that give one utterance different classes are refused."""
     labels: dict[str, tuple[str, str]] = {}
     source: dict[str, str] = {}
+    dialogs: set[tuple[str, str]] = set()
     for path in files:
         pure = PurePosixPath(path)
         # only the files directly in EmoEvaluation: its subfolders hold per-annotator ratings
         if pure.suffix.lower() != ".txt" or len(pure.parts) < 2 or pure.parts[-2].casefold() != "emoevaluation":
             continue
         session = pure.parents[2] if len(pure.parts) >= 3 else PurePosixPath()
+        dialogs.add((session.as_posix(), pure.stem))
         try:
             text = (root / path).read_text(encoding="utf-8", errors="replace")
         except OSError as error:
@@ -367,13 +370,13 @@ def _iemocap_labels(root: Path, files: list[str]) -> dict[str, tuple[str, str]]:
             elif _IEMOCAP_EMOTIONS.get(code) != _IEMOCAP_EMOTIONS.get(labels[utterance][0]):
                 raise TimnetError(f"{utterance} is labelled {labels[utterance][0]} in {root / source[utterance]} and "
                                   f"{code} in {root / path}; expected one class per utterance (remove the stale copy)")
-    return labels
+    return labels, dialogs
 
 
 def scan_iemocap(root: Path) -> Listing:
     """List IEMOCAP's SessionN/sentences/wav/<dialog>/<utt>.wav files labelled ang, hap, exc, neu, sad."""
     files = visible_files(root)
-    labels = _iemocap_labels(root, files)
+    labels, dialogs = _iemocap_labels(root, files)
     found, skipped, present = [], [], set()
     for path in filter(_is_audio, files):
         pure = PurePosixPath(path)
@@ -388,7 +391,11 @@ def scan_iemocap(root: Path) -> Listing:
             raise TimnetError(f"{root}: IEMOCAP utterances ({path}) but no label file SessionN/dialog/EmoEvaluation/"
                               "<dialog>.txt under it; expected the folder that holds Session1 ... Session5")
         elif pure.stem not in labels:
-            skipped.append((path, "no label"))
+            # SessionN/sentences/wav/<dialog>/<utterance>.wav: its labels are in SessionN/dialog/EmoEvaluation/<dialog>.txt
+            session = pure.parents[3].as_posix() if len(pure.parts) >= 5 else "."
+            dialog = pure.stem.rsplit("_", 1)[0]
+            has_file = (session, dialog) in dialogs
+            skipped.append((path, "no label" if has_file else f"no label file {session}/dialog/EmoEvaluation/{dialog}.txt"))
         else:
             present.add(pure.stem)
             code = labels[pure.stem][0]

@@ -100,6 +100,8 @@ def read_history(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _run_info(run_dir: Path) -> dict:
+    if not run_dir.exists():
+        raise TimnetError(f"{run_dir}: no such folder; expected a RUN_DIR (from `timnet train`)")
     check_not_multi_seed(run_dir)
     path = run_dir / RUN_FILE
     if not path.is_file():
@@ -354,6 +356,8 @@ def _protocol(info: dict, results: list[dict], lost: list[int], run_dir: Path) -
         rows += [("validation fraction", tc.get("val_fraction")), ("validation every", f"{tc.get('eval_every')} epochs"),
                  ("patience", tc.get("patience") or "none")]
     rows += [("batch size", tc.get("batch_size")), ("learning rate", tc.get("lr"))]
+    if tc.get("adam_eps_rule", "torch") != "torch":
+        rows.append(("Adam epsilon", f"{tc.get('adam_eps')}, added as {tc['adam_eps_rule']} adds it"))
     if tc.get("lr_schedule", "constant") != "constant" or tc.get("warmup_epochs"):
         rows.append(("learning-rate schedule", f"{tc.get('lr_schedule')}, warm-up {tc.get('warmup_epochs') or 0} epochs"))
     from .recipe import AUGMENTATIONS  # here: it imports torch, which the rest of a report does not need

@@ -50,6 +50,7 @@ _WHY_UNSEARCHED = {
     "val_fraction": "every trial is scored on the same validation shares: give --val-fraction",
     "save_every": "it changes no figure: give --save-every",
     **{n: "the paper's Adam setting, which timnet train does not change" for n in ("beta1", "beta2", "adam_eps")},
+    "adam_eps_rule": "how to read the paper's Adam epsilon, not a hyper-parameter: give --adam-eps-rule",
 }
 UNSEARCHED = tuple(_WHY_UNSEARCHED)
 

@@ -24,6 +24,7 @@ from .utils import damaged_record, save_torch
 
 SELECTIONS = ("last", "best-val")
 PATHS = ("auto", "fast", "reference")
+ADAM_EPS_RULES = ("torch", "keras")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class TrainConfig:
     beta1: float = 0.93
     beta2: float = 0.98
     adam_eps: float = 1e-8
+    # "torch": eps added to sqrt of the bias-corrected second moment (PyTorch, SPEC.md §4); "keras": to
+    # sqrt of the uncorrected one, as the authors' Keras Adam does ("epsilon hat"): in PyTorch's terms
+    # eps / sqrt(1 - beta2^t), 7.1e-8 at the first step, 1e-8 after a few hundred
+    adam_eps_rule: str = "torch"
     label_smoothing: float = 0.1  # on training labels only
     val_fraction: float = 0.0  # validation carved from each fold's training part (stratified; whole speakers with --split speaker)
     eval_every: int = 1  # epochs between validation passes (when there is validation)
@@ -87,6 +92,8 @@ class TrainConfig:
             raise TimnetError(f"--gain {self.gain} invalid; expected 0 (off) <= DB <= 40")
         if not 0 <= self.mixup_alpha < math.inf:
             raise TimnetError(f"--mixup-alpha {self.mixup_alpha} invalid; expected 0 (off) or more, finite")
+        if self.adam_eps_rule not in ADAM_EPS_RULES:
+            raise TimnetError(f"--adam-eps-rule {self.adam_eps_rule!r} unknown; expected one of {', '.join(ADAM_EPS_RULES)}")
         if self.select not in SELECTIONS:
             raise TimnetError(f"--select {self.select!r} unknown; expected one of {', '.join(SELECTIONS)}")
         if not 0 <= self.val_fraction < 1:
@@ -389,6 +396,7 @@ def train_fold(
             idx = order[start : start + bs]
             for group in optimizer.param_groups:
                 group["lr"] = recipe.learning_rate(config, state.epoch * steps + i, steps)
+                group["eps"] = adam_eps(config, state.epoch * steps + i + 1)
             xb, yb = recipe.augment(x_train[idx], config, state.generator), y_train[idx]
             xb, perm, lam = recipe.mixup(xb, config, state.generator)
             logits = net(xb)
@@ -602,6 +610,15 @@ def _adam(model: TIMNet, config: TrainConfig, *, fused: bool) -> torch.optim.Opt
         except (RuntimeError, ValueError):
             pass
     return torch.optim.Adam(model.parameters(), **kwargs)
+
+
+def adam_eps(config: TrainConfig, t: int) -> float:
+    """PyTorch's Adam epsilon at step t (from 1) that gives config's rule: Keras adds its epsilon
+    before dividing sqrt(v) by sqrt(1 - beta2^t), PyTorch after; the two updates are equal when
+    PyTorch's is Keras's divided by that factor."""
+    if config.adam_eps_rule == "keras":
+        return config.adam_eps / math.sqrt(1 - config.beta2**t)
+    return config.adam_eps
 
 
 def _test_hook_die(state_path: Path, epoch: int) -> None:
