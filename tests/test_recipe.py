@@ -608,14 +608,14 @@ def test_averaging_run_scores_its_last_weights_as_the_paper_recipe(tmp_path, mem
     paper-recipe run gives, and not the averaged model's."""
     fs = synthetic()
     runs = {}
-    for name, config in (("strong", recipe_config("strong", **{**FAST, "swa_epochs": 2, "members": members})),
+    for name, config in (("swa", recipe_config("paper", **{**FAST, "swa_epochs": 2, "members": members})),
                          ("paper", recipe_config("paper", **{**FAST, "members": members}))):
         run = Run(fs, tmp_path / name, config=config, folds=3, seed=7, path="reference")
         run.prepare()
         runs[name] = run.execute(progress=False, log=lambda m: None)["folds"]
     assert all("last_weights" not in f for f in runs["paper"])
-    assert [f["last_weights"] for f in runs["strong"]] == [{"war": f["war"], "uar": f["uar"]} for f in runs["paper"]]
-    assert any(f["last_weights"]["war"] != f["war"] for f in runs["strong"])  # the averaged model scores otherwise
+    assert [f["last_weights"] for f in runs["swa"]] == [{"war": f["war"], "uar": f["uar"]} for f in runs["paper"]]
+    assert any(f["last_weights"]["war"] != f["war"] for f in runs["swa"])  # the averaged model scores otherwise
 
 
 @pytest.mark.parametrize("fused", [False, True])
