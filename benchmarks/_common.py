@@ -36,10 +36,9 @@ PUBLISHED = {
 }
 
 
-# The recipes a table can name, as `timnet train` options: timnet's presets, and smaller forms of
-# the strong preset (four SWA members per fold), whose tables the ledger keeps: its single model
-# (one SWA model per fold, the first strong preset; every larger form's first member weight for
-# weight) and its two-member form (the second). RESULTS.md says when each was the preset.
+# The recipes a table can name, as `timnet train` options: timnet's presets, the strong preset's
+# single model (its every fold's first member weight for weight), and the strong presets of earlier
+# stops, whose tables the ledger keeps under these names. RESULTS.md says when each was the preset.
 RECIPE_ARGS = {  # name: (timnet preset, options over it)
     "paper": ("paper", {}),
     "strong": ("strong", {}),
@@ -76,11 +75,28 @@ def table_recipes(recipes: str, first_members: str | None) -> tuple[list[str], s
 
 def recipe_members(name: str) -> int:
     """Models per fold of a table's recipe name."""
+    return _recipe_config(name).members
+
+
+def _recipe_config(name: str):
     from timnet.train import recipe_config
 
     recipe_args(name)  # checks the name
     preset, overrides = RECIPE_ARGS[name]
-    return recipe_config(preset, **overrides).members
+    return recipe_config(preset, **overrides)
+
+
+def gives_first_member(first_members: str | None, name: str) -> bool:
+    """Whether the one-member recipe `first_members` trains, weight for weight, member 0 of the
+    ensemble recipe `name` (the same training with one member): `strong-1member` gives `strong`'s,
+    not `swa-x4`'s, whose members train without mixup. Another recipe's models taken as member 0
+    would make the ensemble's run folder hold a configuration that is not its own."""
+    if first_members is None or recipe_members(name) == 1:
+        return False
+    from dataclasses import replace
+
+    own = replace(_recipe_config(name).for_member(0), members=1, plain_members=0, recipe="paper")
+    return own == replace(_recipe_config(first_members), recipe="paper")
 
 
 def timnet() -> str:

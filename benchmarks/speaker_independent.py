@@ -26,8 +26,8 @@ dispatch.pin()  # before numpy, as in `timnet train`, which trains these runs: t
 
 import numpy as np  # noqa: E402
 
-from _common import (environment, fold_seconds, pm, recipe_args, recipe_members, record, restore, run_main,
-                     seed_run, table_recipes, take_first_members, train, write_json)
+from _common import (environment, fold_seconds, gives_first_member, pm, recipe_args, recipe_members, record, restore,
+                     run_main, seed_run, table_recipes, take_first_members, train, write_json)
 from timnet.corpora import paper_seed
 from timnet.errors import TimnetError
 from timnet.features import load_features
@@ -68,7 +68,7 @@ def main() -> int:
         wall = None
         if not args.table_only:
             members = recipe_members(recipe)
-            if args.first_members and members > 1:
+            if gives_first_member(args.first_members, recipe):
                 for s in seeds:
                     take_first_members(seed_run(run, s, seeds), seed_run(Path(args.runs) / args.first_members, s, seeds),
                                        members=members)

@@ -34,8 +34,8 @@ dispatch.pin()  # before numpy, as in `timnet train`, which trains these runs: t
 
 import numpy as np  # noqa: E402
 
-from _common import (PUBLISHED, environment, fold_seconds, pm, recipe_args, recipe_members, record, restore,
-                     run_main, table_recipes, take_first_members, train, write_json)
+from _common import (PUBLISHED, environment, fold_seconds, gives_first_member, pm, recipe_args, recipe_members, record,
+                     restore, run_main, table_recipes, take_first_members, train, write_json)
 from timnet.corpora import paper_seed
 from timnet.features import load_features
 from timnet.utils import fold_files, read_fold_result
@@ -76,7 +76,7 @@ def main() -> int:
             wall = None
             if not args.table_only:
                 members = recipe_members(recipe)
-                if args.first_members and members > 1:
+                if gives_first_member(args.first_members, recipe):
                     source = Path(args.runs) / (args.first_members if seed == default_seed
                                                 else f"{args.first_members}_seed{seed}")
                     take_first_members(run, source, members=members)

@@ -481,6 +481,11 @@ def test_iemocap_names_the_label_file_a_dialog_lacks(iemocap):
     reason = "no label file IEMOCAP_full_release/Session3/dialog/EmoEvaluation/Ses03F_impro02.txt"
     assert (wav, reason) in listing.skipped
     assert f"1 {reason}" in skip_summary(listing)
+    # a session without any label file is said once for all its dialogs
+    session2 = "IEMOCAP_full_release/Session2/sentences/wav/"
+    write_tree(iemocap, [session2 + "Ses02F_impro01/Ses02F_impro01_F000.wav", session2 + "Ses02M_script01_1/Ses02M_script01_1_M000.wav"])
+    summary = skip_summary(list_corpus("iemocap", iemocap))
+    assert "2 no label file in IEMOCAP_full_release/Session2/dialog/EmoEvaluation/;" in summary, summary
 
 
 def test_iemocap_tree(iemocap):

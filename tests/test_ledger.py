@@ -304,6 +304,11 @@ def test_table_recipe_names_give_the_configs_they_name():
     assert [_common.recipe_members(n) for n in ("paper", "strong", "strong-1member", "swa", "swa-x2", "swa-x4")] == [1, 4, 1, 1, 2, 4]
     with pytest.raises(SystemExit, match="recipe 'strong-x2' unknown"):
         _common.recipe_args("strong-x2")
+    # a one-member recipe gives member 0 only to the ensembles that train it: strong-1member is
+    # strong's first member, not swa-x4's (whose members train without mixup); swa is swa-x4's
+    assert [_common.gives_first_member("strong-1member", n) for n in ("strong", "swa-x4", "swa-x2", "swa")] == [True, False, False, False]
+    assert [_common.gives_first_member("swa", n) for n in ("strong", "swa-x4", "swa-x2")] == [False, True, True]
+    assert not _common.gives_first_member(None, "strong")
     from dataclasses import asdict
 
     from timnet.rundir import decisive

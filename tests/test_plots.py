@@ -24,7 +24,8 @@ from timnet import plots
 from timnet.errors import TimnetError
 from timnet.evaluate import evaluate, fold_models, summarize
 from timnet.features import save_features
-from timnet.report import plot_evaluation, plot_run, read_history, write_report
+from timnet.report import plot_evaluation, plot_run, read_history, run_context, write_report
+from timnet.rundir import read_identity
 from timnet.run import Run
 from timnet.train import TrainConfig
 
@@ -257,6 +258,9 @@ def test_figures_and_report_say_what_run_they_show(tmp_path):
     context = "EMODB · recipe paper, 2 members, SWA of the last 2 epochs · 2-fold speaker-independent CV, seed 1"
     for name, text in svg.items():
         assert context in html.unescape(text), name  # text kept as text in the SVG (svg.fonttype none)
+    assert run_context({**read_identity(run_dir), "train_config": {"recipe": "strong", "members": 4, "swa_epochs": 100,
+                                                                         "mixup_alpha": 0.2}}).startswith(
+        "EMODB · recipe strong, 4 members, SWA of the last 100 epochs, mixup 0.2 · ")
     assert "over 2 folds × 2 members" in svg["curves"] and "weights averaged (SWA, last 2 epochs)" in svg["curves"]
     assert "±1 std over the folds that test each class (2 in all)" in svg["recall"] and "pooled UAR" in svg["recall"]
     assert "penultimate features of the 2 members, concatenated" in svg["tsne"]

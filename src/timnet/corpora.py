@@ -373,6 +373,21 @@ def _iemocap_labels(root: Path, files: list[str]) -> tuple[dict[str, tuple[str, 
     return labels, dialogs
 
 
+def _iemocap_unlabelled(wav: PurePosixPath, dialogs: set[tuple[str, str]]) -> str:
+    """Why an utterance has no label: its dialog's label file does not name it ("no label"), or
+    there is no such file, named where SPEC's layout puts it (one reason for a whole session
+    without label files, rather than one per dialog)."""
+    parts = [p.casefold() for p in wav.parts]
+    if len(parts) < 5 or parts[-3] != "wav" or parts[-4] != "sentences":  # not SessionN/sentences/wav/<dialog>/
+        return "no label"
+    session, dialog = wav.parents[3].as_posix(), wav.stem.rsplit("_", 1)[0]
+    if (session, dialog) in dialogs:
+        return "no label"
+    if not any(known == session for known, _ in dialogs):
+        return f"no label file in {session}/dialog/EmoEvaluation/"
+    return f"no label file {session}/dialog/EmoEvaluation/{dialog}.txt"
+
+
 def scan_iemocap(root: Path) -> Listing:
     """List IEMOCAP's SessionN/sentences/wav/<dialog>/<utt>.wav files labelled ang, hap, exc, neu, sad."""
     files = visible_files(root)
@@ -391,11 +406,7 @@ def scan_iemocap(root: Path) -> Listing:
             raise TimnetError(f"{root}: IEMOCAP utterances ({path}) but no label file SessionN/dialog/EmoEvaluation/"
                               "<dialog>.txt under it; expected the folder that holds Session1 ... Session5")
         elif pure.stem not in labels:
-            # SessionN/sentences/wav/<dialog>/<utterance>.wav: its labels are in SessionN/dialog/EmoEvaluation/<dialog>.txt
-            session = pure.parents[3].as_posix() if len(pure.parts) >= 5 else "."
-            dialog = pure.stem.rsplit("_", 1)[0]
-            has_file = (session, dialog) in dialogs
-            skipped.append((path, "no label" if has_file else f"no label file {session}/dialog/EmoEvaluation/{dialog}.txt"))
+            skipped.append((path, _iemocap_unlabelled(pure, dialogs)))
         else:
             present.add(pure.stem)
             code = labels[pure.stem][0]

@@ -58,6 +58,8 @@ def run_context(identity: dict) -> str:
     recipe = f"recipe {tc.get('recipe', 'paper')}" + (f", {members} members" if members > 1 else "")
     if tc.get("swa_epochs"):
         recipe += f", SWA of the last {tc['swa_epochs']} epoch{'s' * (tc['swa_epochs'] > 1)}"
+    if tc.get("mixup_alpha"):  # part of `strong` since stop 52: tells its runs from the earlier preset's
+        recipe += f", mixup {tc['mixup_alpha']}"
     return (f"{identity['corpus']} · {recipe} · {identity['folds']}-fold {_split_words(identity.get('split'))} CV, "
             f"seed {identity['seed']}")
 
