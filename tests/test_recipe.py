@@ -572,6 +572,15 @@ def test_strong_recipe_resumes_exactly(tmp_path):
         assert (tmp_path / "full" / h).read_text() == (tmp_path / "res" / h).read_text()
 
 
+def test_keras_eps_rule_resumes_exactly(tmp_path):
+    """Keras's epsilon depends on the step count, which a resumed fold takes up where it stopped:
+    killed after fold 2's epoch 2 and resumed, the run's histories equal the uninterrupted run's."""
+    _full_and_killed_then_resumed(tmp_path, "--adam-eps-rule", "keras", "--epochs", "4")
+    for k in (1, 2, 3):
+        h = f"fold_{k:02d}/history.csv"
+        assert (tmp_path / "full" / h).read_text() == (tmp_path / "res" / h).read_text()
+
+
 def test_strong_recipe_never_reads_test_data(tmp_path):
     """Scrambling one fold's test labels and replacing its test features by noise leaves that fold's
     training, averaged weights and BN statistics unchanged: the strong recipe's choices (which
