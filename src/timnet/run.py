@@ -131,8 +131,8 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
             # an option equal in both that only one config makes inert (--plain-members 0 beside
             # --members 1 and 4) is not what changed
             was, now, absent = previous.get("train_config") or {}, identity.get("train_config") or {}, object()
-            diff = [d for d in diff if not (d.startswith("train_config.") and
-                                            was.get(d[len("train_config."):], absent) == now.get(d[len("train_config."):], absent))] or diff
+            options = {d: d.removeprefix("train_config.") for d in diff if d.startswith("train_config.")}
+            diff = [d for d in diff if d not in options or was.get(options[d], absent) != now.get(options[d], absent)] or diff
             hint = ""
             if diff in (["threads_per_fold"], ["path"]):
                 option = diff[0].replace("_per_fold", "")
