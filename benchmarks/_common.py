@@ -93,10 +93,11 @@ def gives_first_member(first_members: str | None, name: str) -> bool:
     would make the ensemble's run folder hold a configuration that is not its own."""
     if first_members is None or recipe_members(name) == 1:
         return False
-    from dataclasses import replace
+    from dataclasses import asdict
 
-    own = replace(_recipe_config(name).for_member(0), members=1, plain_members=0, recipe="paper")
-    return own == replace(_recipe_config(first_members), recipe="paper")
+    # compared as runs' members are (_member_identity), on configs alone
+    return _member_identity({"train_config": asdict(_recipe_config(name))}, 0) == \
+        _member_identity({"train_config": asdict(_recipe_config(first_members))}, 0)
 
 
 def timnet() -> str:
