@@ -20,13 +20,13 @@ def need(path: Path) -> Path:
     return path
 
 
-def need_ctrl_c() -> None:
-    """Skip the calling test where this process ignores SIGINT, as a shell's background job does
-    (`make test &`): the processes it starts inherit that, so no Ctrl-C would reach them."""
+def ctrl_c_open() -> None:
+    """preexec_fn of a command a test sends Ctrl-C to. A shell's background job (`make test &`, some
+    CI runners) ignores SIGINT and a started process inherits that, so no Ctrl-C would reach it:
+    reset to the default before the exec, Python installs its KeyboardInterrupt handler as in a terminal."""
     import signal
 
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        pytest.skip("SIGINT is ignored here (a background job?): Ctrl-C cannot be tested; run the tests in the foreground")
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,9 @@ def test_fit_length_centres(n, length):
         left = (length - n) // 2
         assert (out[:left] == 0).all() and out[left] == 1 and out[left + n - 1] == n
         assert (out[left + n:] == 0).all()
-    else:  # (n-L)//2 dropped from the left
-        assert out[0] == (n - length) // 2 + 1
+    else:  # (n-L)//2 dropped from the left, the rest from the right
+        start = (n - length) // 2
+        assert np.array_equal(out, y[start:start + length])
 
 
 def test_stereo_24bit_48k_is_averaged_and_resampled(tmp_path):

@@ -143,20 +143,30 @@ def test_extract_and_train_two_epochs(tree, tmp_path):
 
 
 def test_every_extension_libsndfile_reads_is_audio(tmp_path):
-    """.au, .caf, .w64, .opus ...: audio files, not silently passed over as if they were notes."""
+    """.au, .caf, .w64, .opus ...: a file of every extension the listing takes is read and extracted,
+    not silently passed over as if it were notes."""
     import soundfile as sf
 
+    from timnet.corpora import AUDIO_EXTENSIONS
+
+    written = {".wav": ("WAV", "PCM_16"), ".wave": ("WAV", "PCM_24"), ".flac": ("FLAC", "PCM_16"),
+               ".ogg": ("OGG", "VORBIS"), ".oga": ("OGG", "VORBIS"), ".opus": ("OGG", "OPUS"),
+               ".aiff": ("AIFF", "PCM_16"), ".aif": ("AIFF", "PCM_16"), ".aifc": ("AIFF", "PCM_16"),
+               ".mp3": ("MP3", "MPEG_LAYER_III"), ".au": ("AU", "PCM_16"), ".snd": ("AU", "PCM_16"),
+               ".caf": ("CAF", "PCM_16"), ".w64": ("W64", "PCM_16"), ".rf64": ("RF64", "PCM_16")}
+    assert set(written) == set(AUDIO_EXTENSIONS)  # a new extension needs a file here
     root = tmp_path / "mine"
-    formats = {"a.au": ("AU", "PCM_16"), "b.caf": ("CAF", "PCM_16"), "c.w64": ("W64", "PCM_16"),
-               "d.opus": ("OGG", "OPUS"), "e.aifc": ("AIFF", "PCM_16"), "f.wave": ("WAV", "PCM_16")}
+    names = sorted(f"{k:02d}{ext}" for k, ext in enumerate(AUDIO_EXTENSIONS))
     for label in ("calm", "tired"):
-        for name, (fmt, subtype) in formats.items():
+        for name in names:
+            fmt, subtype = written[name[2:]]
             write_tone(root / label / name, sr=48000, fmt=fmt, subtype=subtype)
         (root / label / "notes.txt").write_text("not audio")
     listing = list_corpus(folder_corpus(root, signal_length=8192), root)
-    assert sorted(it.path for it in listing.items if it.label == 0) == [f"calm/{n}" for n in sorted(formats)]
+    assert sorted(it.path for it in listing.items if it.label == 0) == [f"calm/{n}" for n in names]
     fs, _, bad = extract("folders", root, signal_length=8192, workers=1, progress=False)
-    assert len(fs) == 12 and not bad and sf.info(root / "calm" / "d.opus").format == "OGG"
+    assert len(fs) == 2 * len(names) and not bad and np.isfinite(fs.x).all()
+    assert {sf.info(root / "calm" / n).format for n in names} == {f for f, _ in written.values()}
 
 
 def test_test_says_when_the_features_name_other_speakers_than_the_run(tmp_path):

@@ -46,7 +46,11 @@ def write_keras_h5(model: TIMNet, path, *, conv_start=8, bn_start=9):
 def randomised(config, seed=1):
     torch.manual_seed(seed)
     model = TIMNet(config)
+    # Every tensor its own random values: at the Keras initialisation biases and BN betas are all 0
+    # and gammas all 1, so an importer that took one from the wrong layer would still round-trip.
     with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-1.0, 1.0)
         for name, b in model.named_buffers():
             if "running" in name:
                 b.uniform_(0.5, 1.5)

@@ -295,7 +295,9 @@ def test_table_recipe_names_give_the_configs_they_name():
         return recipe_config(args.recipe, **explicit)
 
     assert config(_common.recipe_args("paper")) == TrainConfig()
-    assert config(_common.recipe_args("strong")) == recipe_config("strong")
+    # the preset's values written out, so that a change to the preset shows here too
+    assert config(_common.recipe_args("strong")) == recipe_config("paper", swa_epochs=100, mixup_alpha=0.2, members=4,
+                                                                  recipe="strong")
     one = config(_common.recipe_args("strong-1member"))
     assert one == recipe_config("strong", members=1) and one.swa_epochs == 100
     # the strong recipes of earlier stops keep their figures under their selection names

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import flip_a_stored_byte, need_ctrl_c
+from conftest import ctrl_c_open, flip_a_stored_byte
 from timnet.errors import TimnetError
 from timnet.features import FeatureConfig, FeatureSet, save_features
 from timnet.folds import default_folds, make_folds
@@ -340,14 +340,12 @@ def test_interrupt_stops_parallel_training_promptly(tmp_path, how):
     import signal
     import time
 
-    if how == "ctrl-c":
-        need_ctrl_c()
-
     features = save_features(synthetic(), tmp_path / "f.npz")
     cmd = [sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "r"), "--folds", "6",
            "--epochs", "400", "--batch-size", "16", "--save-every", "1", "--threads", "1", "--workers", "2",
            "--no-report", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=ctrl_c_open)
     deadline = time.time() + 60
     while not list((tmp_path / "r").glob("fold_*/state.pt")) and time.time() < deadline:
         time.sleep(0.2)
@@ -378,13 +376,13 @@ def test_ctrl_c_while_workers_start(tmp_path, starting):
     and the parent then waited for it at exit forever."""
     import signal
 
-    need_ctrl_c()
     import time
 
     features = save_features(synthetic(), tmp_path / "f.npz")
     cmd = [sys.executable, "-m", "timnet", "train", str(features), "-o", str(tmp_path / "r"), "--folds", "4",
            "--epochs", "400", "--threads", "1", "--workers", "2", "--no-report", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=ctrl_c_open)
     try:
         deadline, spawned = time.time() + 60, []
         while len(spawned) < starting and time.time() < deadline and proc.poll() is None:
