@@ -242,7 +242,7 @@ def test_native_disabled_by_environment(monkeypatch):
 
 
 @pytest.mark.realdata
-def test_native_on_real_emodb_batch(model):
+def test_native_on_real_emodb_batch():
     """A batch of real EMODB features (the paper's 8 levels, 188 frames).
 
     On real MFCCs (c0 near -360 +- 180, silent padding) float32 itself is off from float64 by
