@@ -48,6 +48,8 @@ RECIPE_ARGS = {  # name: (timnet preset, options over it)
     "swa": ("paper", {"swa_epochs": 100}),
     "swa-x2": ("paper", {"swa_epochs": 100, "members": 2}),
     "swa-x4": ("paper", {"swa_epochs": 100, "members": 4}),
+    # the paper's recipe with Adam's epsilon where the authors' Keras adds it (to measure the rule)
+    "paper-keras-eps": ("paper", {"adam_eps_rule": "keras"}),
 }
 
 

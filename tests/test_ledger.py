@@ -291,7 +291,7 @@ def test_table_recipe_names_give_the_configs_they_name():
 
     def config(options):
         args = cli.build_parser().parse_args(["train", "f.npz", "-o", "r", *options])
-        explicit = {n: getattr(args, n) for n in cli.RECIPE_OPTIONS if getattr(args, n) is not None}
+        explicit = cli._given_training_options(args)  # what `timnet train` itself passes on
         return recipe_config(args.recipe, **explicit)
 
     assert config(_common.recipe_args("paper")) == TrainConfig()
@@ -302,6 +302,7 @@ def test_table_recipe_names_give_the_configs_they_name():
     assert one == recipe_config("strong", members=1) and one.swa_epochs == 100
     # the strong recipes of earlier stops keep their figures under their selection names
     assert config(_common.recipe_args("swa-x4")) == recipe_config("paper", swa_epochs=100, members=4)
+    assert config(_common.recipe_args("paper-keras-eps")) == recipe_config("paper", adam_eps_rule="keras")
     assert config(_common.recipe_args("swa-x4")) == dataclasses.replace(recipe_config("strong"), mixup_alpha=0.0, recipe="paper")
     assert [_common.recipe_members(n) for n in ("paper", "strong", "strong-1member", "swa", "swa-x2", "swa-x4")] == [1, 4, 1, 1, 2, 4]
     with pytest.raises(SystemExit, match="recipe 'strong-x2' unknown"):
