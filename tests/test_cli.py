@@ -220,10 +220,11 @@ def test_json_is_never_a_file_of_the_run_folder(tmp_path, capsys, verb, option, 
     assert f"--json {run / json_in_run} is a file timnet keeps in the run folder {run}" in err, err
     assert all(path.read_text() == "the run's" for path in kept.values())
     assert not (run / "sweep.json").exists()
-    from timnet.cli import _check_outputs, build_parser
+    from timnet.cli import build_parser
+    from timnet.outputs import check_outputs
 
     mine = build_parser().parse_args([verb, *map(str, given), option, str(run), "--json", str(run / "mine.json")])
-    _check_outputs(mine)  # a name of one's own: no error
+    check_outputs(mine)  # a name of one's own: no error
 
 
 def test_json_is_not_the_run_folder_to_be_made(tmp_path, capsys):
@@ -242,7 +243,8 @@ def test_json_is_not_the_run_folder_to_be_made(tmp_path, capsys):
 def test_json_beside_a_fold_or_in_a_folder_that_is_no_run(tmp_path):
     """A fold folder given as the model keeps its result.json; the authors' weights folder is not
     a run, so a results.json of one's own may go there."""
-    from timnet.cli import _check_outputs, build_parser
+    from timnet.cli import build_parser
+    from timnet.outputs import check_outputs
 
     fold, authors = tmp_path / "run" / "fold_01", tmp_path / "authors"
     fold.mkdir(parents=True)
@@ -251,8 +253,8 @@ def test_json_beside_a_fold_or_in_a_folder_that_is_no_run(tmp_path):
     (authors / "10-fold_weights_best_1.hdf5").write_text("weights")
     clip = write_tone(tmp_path / "clip.wav")
     with pytest.raises(TimnetError, match="is a file timnet keeps in the run folder"):
-        _check_outputs(build_parser().parse_args(["predict", str(clip), "--model", str(fold), "--json", str(fold / "result.json")]))
-    _check_outputs(build_parser().parse_args(["test", str(clip), "--weights", str(authors), "--json", str(authors / "results.json")]))
+        check_outputs(build_parser().parse_args(["predict", str(clip), "--model", str(fold), "--json", str(fold / "result.json")]))
+    check_outputs(build_parser().parse_args(["test", str(clip), "--weights", str(authors), "--json", str(authors / "results.json")]))
 
 
 @pytest.mark.parametrize("json_in_run", ["fold_01/result.json", "results.json", "seed_2/run.json"])
@@ -282,7 +284,8 @@ def test_json_is_never_a_file_of_another_run_folder(tmp_path, capsys, json_in_ru
 def test_figures_never_go_into_another_run_folder(tmp_path):
     """`test --plots RUN/plots` replaced some of a run's figures with another model's and kept the
     others; a run's own `plot --out` and folders beside runs stay allowed."""
-    from timnet.cli import _check_outputs, build_parser
+    from timnet.cli import build_parser
+    from timnet.outputs import check_outputs
 
     run = tmp_path / "run"
     (run / "plots").mkdir(parents=True)
@@ -296,29 +299,30 @@ def test_figures_never_go_into_another_run_folder(tmp_path):
                   ["plot", str(tmp_path / "other"), "--out", str(run / "plots")]):
         with pytest.raises(TimnetError, match=r"--(plots|out) .* is (the run folder|inside the run folder) .*whose figures "
                                             "it would mix with others; expected a folder outside it"):
-            _check_outputs(build_parser().parse_args(given))
+            check_outputs(build_parser().parse_args(given))
     for given in (["plot", str(run), "--out", str(run / "plots")], ["plot", str(run / "seed_46"), "--out", str(run / "seed_46" / "plots")],
                   ["test", str(features), "--weights", str(tmp_path), "--plots", str(run / "mine")],
                   ["test", str(features), "--weights", str(tmp_path), "--plots", str(tmp_path / "figures")]):
-        _check_outputs(build_parser().parse_args(given))
+        check_outputs(build_parser().parse_args(given))
 
 
 def test_json_beside_a_model_or_files_named_fold_that_are_no_run(tmp_path, monkeypatch):
     """A user's folder holding a copied model.pt or a fold_plan.txt is not a run folder: results.json
     may go there."""
-    from timnet.cli import _check_outputs, build_parser
+    from timnet.cli import build_parser
+    from timnet.outputs import check_outputs
 
     (tmp_path / "model.pt").write_text("weights")
     (tmp_path / "fold_plan.txt").write_text("plan")
     monkeypatch.chdir(tmp_path)
     clip = write_tone(tmp_path / "clip.wav")
-    _check_outputs(build_parser().parse_args(["predict", str(clip), "--json", "results.json"]))
-    _check_outputs(build_parser().parse_args(["predict", str(clip), "--model", "model.pt", "--json", "results.json"]))
+    check_outputs(build_parser().parse_args(["predict", str(clip), "--json", "results.json"]))
+    check_outputs(build_parser().parse_args(["predict", str(clip), "--model", "model.pt", "--json", "results.json"]))
     seeds = tmp_path / "seeds"
     (seeds / "seed_1").mkdir(parents=True)
     (seeds / "seed_1" / "run.json").write_text("{}")
     with pytest.raises(TimnetError, match="is a file timnet keeps in the run folder"):  # the seeds' own summary
-        _check_outputs(build_parser().parse_args(["predict", str(clip), "--json", str(seeds / "seeds.json")]))
+        check_outputs(build_parser().parse_args(["predict", str(clip), "--json", str(seeds / "seeds.json")]))
 
 
 def test_test_on_a_run_with_no_finished_fold(tmp_path):
