@@ -3,22 +3,25 @@ is one of the command's own inputs, a JSON or figures that would land among a ru
 files, two outputs at one path. Each is refused with one line, not found after hours of training."""
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 from pathlib import Path
 
 from .errors import TimnetError
-from .utils import RUN_FILE
+from .utils import RUN_FILE, RUN_FILES, check_output
 
 JSON_STDOUT = "-"  # `--json -`: the JSON on stdout, for a pipe into jq; the report lines then go to stderr
 
 # Commands whose -o names a folder (the others' -o is a file); --plots and --out are folders.
 FOLDER_OUTPUTS = ("train", "sweep")
+INPUTS = ("features", "data_dir", "src", "run_dir", "model", "weights", "space", "audio")
+# the subfolders timnet writes into a run, a run's seeds or a sweep
+RUN_SUBFOLDER = re.compile(r"(fold|seed|trial)_\d+|plots")
 
 
 def check_outputs(args) -> None:
     """Outputs are checked before the work, not after hours of it."""
-    from .utils import check_output
-
     for name in ("json", "output", "plots", "out"):
         if getattr(args, name, None) == "":  # `--json "$UNSET"`: an error, not silently no file
             raise TimnetError(f"--{name} '': empty path; expected a file or folder name")
@@ -42,9 +45,6 @@ def check_outputs(args) -> None:
     for i, (name, value) in enumerate(given):  # `--json X --plots X`: the second would fail after the work
         if clash := next((other for other, v in given[:i] if Path(v).resolve() == Path(value).resolve()), None):
             raise TimnetError(f"--{clash} and --{name} are both {value}; expected a different path for each output")
-
-
-INPUTS = ("features", "data_dir", "src", "run_dir", "model", "weights", "space", "audio")
 
 
 def _check_not_an_input(args) -> None:
@@ -77,8 +77,6 @@ def _holds_a_run(f: Path) -> bool:
 def _refuse_figures_in_a_run(args) -> None:
     """Refuse figures written into a run folder other than the one plotted (`test --plots RUN/plots`):
     they would replace some of its figures and leave the others, a folder showing two models."""
-    import re
-
     for name in ("plots", "out"):
         out = getattr(args, name, None)
         if not out:
@@ -89,7 +87,7 @@ def _refuse_figures_in_a_run(args) -> None:
         for folder in [target, *target.parents]:
             if folder.is_dir() and _holds_a_run(folder):
                 inside = target.relative_to(folder).parts
-                if not inside or re.fullmatch(r"(fold|seed|trial)_\d+|plots", inside[0]):
+                if not inside or RUN_SUBFOLDER.fullmatch(inside[0]):
                     raise TimnetError(f"--{name} {out} is {'the run folder' if not inside else 'inside the run folder'} "
                                       f"{folder}, whose figures it would mix with others; expected a folder outside it")
 
@@ -98,11 +96,6 @@ def _refuse_json_in_a_run(args) -> None:
     """Refuse a --json that is one of the files timnet keeps in a run folder: the one the command
     trains or reads, or any other that holds the path (`--json RUN_DIR/run.json` would leave a run
     that neither resumes nor tests)."""
-    import fnmatch
-    import re
-
-    from .utils import RUN_FILES
-
     out = getattr(args, "json", None)
     if not out or out == JSON_STDOUT:
         return
@@ -121,7 +114,7 @@ def _refuse_json_in_a_run(args) -> None:
         if not inside:  # a run folder not made yet: the JSON would fail only after the training
             raise TimnetError(f"--json {out} is the run folder itself; expected a file path (e.g. {out.rstrip('/')}.json)")
         first = inside[0]
-        own = (len(inside) > 1 and re.fullmatch(r"(fold|seed|trial)_\d+|plots", first)
+        own = (len(inside) > 1 and RUN_SUBFOLDER.fullmatch(first)
                or any(fnmatch.fnmatch(first, pattern) for pattern in RUN_FILES))
         if own:
             raise TimnetError(f"--json {out} is a file timnet keeps in the run folder {folder}; "
