@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 # these import no torch: ledger.py stays quick (training modules are imported where they are used)
@@ -95,8 +96,6 @@ def gives_first_member(first_members: str | None, name: str) -> bool:
     would make the ensemble's run folder hold a configuration that is not its own."""
     if first_members is None or recipe_members(name) == 1:
         return False
-    from dataclasses import asdict
-
     # compared as runs' members are (_member_identity), on configs alone
     return _member_identity({"train_config": asdict(_recipe_config(name))}, 0) == \
         _member_identity({"train_config": asdict(_recipe_config(first_members))}, 0)
@@ -177,11 +176,45 @@ LEDGER = Path(__file__).parent / "ledger"
 
 def _identity(run_file: Path) -> dict | None:
     """A run.json's identity as timnet compares runs: options added since it was written at their
-    defaults (as `timnet train` reads it), without the options that change no figure."""
+    defaults (as `timnet train` reads it), without the options that change no figure; None where
+    it cannot be read."""
     try:
         return decisive(read_identity(run_file.parent))
     except TimnetError:
         return None
+
+
+def _same_identity(a: Path, b: Path) -> bool:
+    """Whether two run.json files hold one configuration (one that cannot be read matches none)."""
+    ia = _identity(a)
+    return ia is not None and ia == _identity(b)
+
+
+def check_run_is(run_dir: Path, recipe: str, *, seed: int, fingerprint: str, folds: int, split: str) -> None:
+    """Refuse a run folder whose run.json is not the table's recipe, seed, features and folds.
+
+    A table reads every finished fold in RUNS/<recipe>: a folder left there by another
+    configuration (an earlier preset under today's name, another seed) would otherwise be printed
+    under this recipe's name, where `restore` only declined to mix the ledger into it."""
+    if not (Path(run_dir) / "run.json").is_file():
+        return  # nothing trained there yet
+    have = decisive(read_identity(run_dir))  # a run.json that cannot be read is an error naming it
+    want = {"train_config": decisive({"train_config": asdict(_recipe_config(recipe))})["train_config"],
+            "seed": seed, "features_fingerprint": fingerprint, "folds": folds, "split": split}
+    differ = [k for k in want if k != "train_config" and have.get(k) != want[k]]
+    differ += [f"train_config.{k}" for k in sorted({*want["train_config"], *have.get("train_config", {})})
+               if have.get("train_config", {}).get(k) != want["train_config"].get(k)]
+    if differ:
+        shown = ", ".join(f"{k} {_get(have, k)!r} (expected {_get(want, k)!r})" for k in differ[:4])
+        raise TimnetError(f"{run_dir}: holds another run than recipe {recipe!r} with seed {seed} on these features: "
+                          f"{shown}{' ...' if len(differ) > 4 else ''}; move it away, or give another --runs")
+
+
+def _get(identity: dict, dotted: str):
+    value = identity
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _runs(root: Path) -> list[Path]:
@@ -197,7 +230,7 @@ def restore(run_dir: Path, key: str) -> int:
     n = 0
     for rel in _runs(src) if src.is_dir() else []:
         here = run_dir / rel
-        if (here / "run.json").is_file() and _identity(here / "run.json") != _identity(src / rel / "run.json"):
+        if (here / "run.json").is_file() and not _same_identity(here / "run.json", src / rel / "run.json"):
             print(f"ledger: {here} holds another configuration than {key}: not restored", file=sys.stderr)
             continue
         here.mkdir(parents=True, exist_ok=True)
@@ -223,7 +256,7 @@ def record(run_dir: Path, key: str, *, replace: bool = False) -> int:
     run_dir, n = Path(run_dir), 0
     for rel in _runs(run_dir):
         target = LEDGER / key / rel
-        if (target / "run.json").is_file() and _identity(target / "run.json") != _identity(run_dir / rel / "run.json"):
+        if (target / "run.json").is_file() and not _same_identity(target / "run.json", run_dir / rel / "run.json"):
             if not replace:
                 print(f"ledger: {run_dir / rel} holds another configuration than {key}: not recorded "
                       "(benchmarks/ledger.py record --replace replaces the key)", file=sys.stderr)
@@ -381,7 +414,7 @@ def _member_identity(identity: dict, m: int) -> dict | None:
     """What decides the weights of a run's member m, None where it has none: the run's identity with
     the options member m trains with (timnet.train.TrainConfig.for_member), less the ensemble's size
     and plain count, which do not reach it."""
-    from dataclasses import asdict, fields
+    from dataclasses import fields
 
     from timnet.train import TrainConfig
 

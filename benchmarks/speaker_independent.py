@@ -26,11 +26,12 @@ dispatch.pin()  # before numpy, as in `timnet train`, which trains these runs: t
 
 import numpy as np  # noqa: E402
 
-from _common import (environment, fold_seconds, gives_first_member, pm, recipe_args, recipe_members, record, restore,
+from _common import (check_run_is, environment, fold_seconds, gives_first_member, pm, recipe_args, recipe_members, record, restore,
                      run_main, seed_run, table_recipes, take_first_members, train, write_json)
 from timnet.corpora import paper_seed
 from timnet.errors import TimnetError
 from timnet.features import load_features
+from timnet.rundir import features_fingerprint
 from timnet.utils import fold_files, read_fold_result
 
 
@@ -54,7 +55,7 @@ def main() -> int:
     fs = load_features(args.features)
     if fs.speakers is None:
         raise TimnetError(f"{args.features}: no speaker ids; expected features from `timnet extract` of a corpus with speakers")
-    speakers = sorted(set(fs.speakers.tolist()))
+    speakers, fingerprint = sorted(set(fs.speakers.tolist())), features_fingerprint(fs)
     if args.seeds is None:
         seed = paper_seed(fs.corpus)
         args.seeds = f"{seed},{seed + 1},{seed + 2}"
@@ -65,6 +66,9 @@ def main() -> int:
         run = Path(args.runs) / recipe
         key = f"loso_{fs.corpus.lower()}/{recipe}"
         restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
+        for s in seeds:
+            check_run_is(seed_run(run, s, seeds), recipe, seed=s, fingerprint=fingerprint, folds=len(speakers),
+                         split="speaker")
         wall = None
         if not args.table_only:
             members = recipe_members(recipe)
@@ -112,18 +116,27 @@ def summary(per_seed: dict[int, list[dict]], n_folds: int) -> dict:
             "mean_uar": float(uars.mean()) if len(uars) else None, "std_uar": spread(uars)}
 
 
-def paired(per_seed: dict[int, list[dict]]) -> str:
-    """Mean ± standard error of (averaged - last weights) over every finished fold, WAR and UAR."""
-    folds = [f for fs_ in per_seed.values() for f in fs_]
+def paired(per_seed: dict[int, list[dict]], complete: list[int]) -> str:
+    """Mean ± standard error of (averaged - last weights) over the folds of the complete seeds, WAR
+    and UAR: the s.e. of the folds taken as independent, and the s.e. of the speakers' mean
+    differences over the seeds (a speaker's folds under several seeds share their test utterances:
+    not independent draws, so the second counts each speaker once)."""
+    folds = [f for s in complete for f in per_seed[s]]
     if len(folds) < 2:
-        return "too few folds"
+        return "too few folds of complete seeds"
+    speakers = sorted({tuple(f["test_speakers"]) for f in folds})
     parts = []
     for key in ("war", "uar"):
         d = np.array([f[key] - f["last_weights"][key] for f in folds])
-        parts.append(f"{key.upper()} {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}")
+        by_speaker = np.array([np.mean([f[key] - f["last_weights"][key] for f in folds
+                                        if tuple(f["test_speakers"]) == spk]) for spk in speakers])
+        se = lambda v: f"{v.std(ddof=1) / np.sqrt(len(v)):.4f}" if len(v) > 1 else "–"
+        parts.append(f"{key.upper()} {d.mean():+.4f} ± {se(d)} (by speaker ± {se(by_speaker)})")
     ahead = sum(f["war"] > f["last_weights"]["war"] for f in folds)
     behind = sum(f["war"] < f["last_weights"]["war"] for f in folds)
-    return f"{', '.join(parts)} (mean ± s.e., {len(folds)} folds; WAR ahead on {ahead}, behind on {behind})"
+    return (f"{', '.join(parts)} (mean ± s.e., {len(folds)} folds of seeds {', '.join(map(str, complete))}, taken as "
+            f"independent; by speaker: the s.e. of {len(speakers)} speakers' mean differences over the seeds; "
+            f"WAR ahead on {ahead}, behind on {behind})")
 
 
 def table(corpus: str, speakers: list[str], out: dict) -> str:
@@ -142,9 +155,11 @@ def table(corpus: str, speakers: list[str], out: dict) -> str:
     def total(o):
         if o["mean_war"] is None:
             return "– | –"
+        # fewer complete seeds than asked for: said in the cell, as beside recipes of every seed it reads alike
+        part = f" ({len(o['complete_seeds'])}/{len(o['seeds'])} seeds)" if len(o["complete_seeds"]) < len(o["seeds"]) else ""
         if o["std_war"] is None:
-            return f"**{o['mean_war']:.4f}** | **{o['mean_uar']:.4f}**"
-        return f"**{pm(o['mean_war'], o['std_war'])}** | **{pm(o['mean_uar'], o['std_uar'])}**"
+            return f"**{o['mean_war']:.4f}**{part} | **{o['mean_uar']:.4f}**{part}"
+        return f"**{pm(o['mean_war'], o['std_war'])}**{part} | **{pm(o['mean_uar'], o['std_uar'])}**{part}"
 
     lines.append("| **mean (± std over seeds)** | " + " | ".join(total(out[n]) for n in names) + " |")
     lines.append("")
@@ -155,7 +170,8 @@ def table(corpus: str, speakers: list[str], out: dict) -> str:
                      f"folds finished per seed {done}" + (f"; per-seed means WAR / UAR {per_seed}" if per_seed else ""))
     for n in names:
         if f"{n}: last weights" in out:
-            lines.append(f"- {n} minus its last weights, paired over every finished fold: {paired(out[n]['seeds'])}")
+            lines.append(f"- {n} minus its last weights, paired over the folds of complete seeds: "
+                         f"{paired(out[n]['seeds'], out[n]['complete_seeds'])}")
     lines.append("\nPer speaker: the mean over the seeds that finished its fold. Last row: the mean over complete "
                  "seeds of their per-seed mean over speakers, ± the sample std of those means.")
     return "\n".join(lines)

@@ -34,10 +34,11 @@ dispatch.pin()  # before numpy, as in `timnet train`, which trains these runs: t
 
 import numpy as np  # noqa: E402
 
-from _common import (PUBLISHED, environment, fold_seconds, gives_first_member, pm, recipe_args, recipe_members, record,
-                     restore, run_main, table_recipes, take_first_members, train, write_json)
+from _common import (PUBLISHED, check_run_is, environment, fold_seconds, gives_first_member, pm, recipe_args,
+                     recipe_members, record, restore, run_main, table_recipes, take_first_members, train, write_json)
 from timnet.corpora import paper_seed
 from timnet.features import load_features
+from timnet.rundir import features_fingerprint
 from timnet.utils import fold_files, read_fold_result
 
 
@@ -62,7 +63,8 @@ def main() -> int:
     args = p.parse_args()
 
     recipes, args.first_members = table_recipes(args.recipes, args.first_members)
-    corpus = load_features(args.features).corpus
+    fs = load_features(args.features)
+    corpus, fingerprint = fs.corpus, features_fingerprint(fs)
     default_seed = paper_seed(corpus)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [default_seed]
     main_seed = default_seed if default_seed in seeds else seeds[0]  # the per-fold table's seed
@@ -73,6 +75,7 @@ def main() -> int:
             name = recipe if seed == default_seed else f"{recipe}_seed{seed}"
             run, key = Path(args.runs) / name, f"tenfold_{corpus.lower()}/{name}"
             restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
+            check_run_is(run, recipe, seed=seed, fingerprint=fingerprint, folds=10, split="random")
             wall = None
             if not args.table_only:
                 members = recipe_members(recipe)
@@ -161,7 +164,8 @@ def seed_lines(recipe: str, o: dict, n_folds: int = 10) -> list[str]:
             continue
         cells = ", ".join(f"{seed}: {s[f'mean_war{suffix}']:.4f} / {s[f'mean_uar{suffix}']:.4f}"
                           if len(s["folds"]) == n_folds and f"mean_war{suffix}" in s
-                          else f"{seed}: {len(s['folds'])} of {n_folds} folds"
+                          else f"{seed}: {len(s['folds'])} of {n_folds} folds" if len(s["folds"]) < n_folds
+                          else f"{seed}: not scored"  # every fold in, none with these weights' figures
                           for seed, s in o["seeds"].items())
         line = f"- {label}, mean over the folds of each seed (WAR / UAR): {cells}"
         if o.get(f"seeds_std_war{suffix}") is not None:
@@ -205,7 +209,9 @@ def table(corpus: str, out: dict, n_folds: int = 10, *, seed: int | None = None)
         return (f"**{pm(o[f'mean_war{suffix}'], o[f'std_war{suffix}'])}**{part} | "
                 f"**{pm(o[f'mean_uar{suffix}'], o[f'std_uar{suffix}'])}**{part}")
 
-    n_test = max((o["n_test"] for o in out.values()), default=0)
+    # the utterances the means cover: one count where every recipe covers the same folds
+    n_tests = {o["n_test"] for o in out.values()}
+    n_test = n_tests.pop() if len(n_tests) == 1 else "–"
     lines.append(f"| **mean ± std** (population, over folds) | {n_test} | " + " | ".join(total(out[n], suffix) for _, n, suffix, _ in columns) + " |")
     lines.append("")
     for n, o in out.items():

@@ -2,10 +2,12 @@
 the table scripts' tables in progress."""
 import dataclasses
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from test_train import FAST, synthetic
@@ -84,6 +86,60 @@ def test_speaker_table_counts_only_complete_seeds():
     assert s["mean_war"] == pytest.approx(0.65) and s["std_war"] == pytest.approx(0.0707, abs=1e-4)
     text = si.table("X", ["s1", "s2"], {"paper": {"seeds": per_seed, **si.summary(per_seed, 2)}})
     assert "| s1 | 0.7000 | 0.6000 |" in text and "| s2 | 0.7000 | 0.6000 |" in text  # s1: mean of both seeds
+    # the mean of fewer seeds than asked for says so in its cell
+    assert "| **mean (± std over seeds)** | **0.6000** (1/2 seeds) | **0.5000** (1/2 seeds) |" in text
+
+
+def test_speaker_table_pairs_last_weights_over_complete_seeds_only():
+    """The averaged-minus-last-weights difference of a leave-one-speaker-out run: over the folds of
+    complete seeds (a seed part way through is left out, as from the means), with the s.e. of the
+    folds and that of the speakers' mean differences (a speaker's folds share its utterances)."""
+    import speaker_independent as si
+
+    def fold(spk, d):
+        return {"test_speakers": [spk], "war": 0.5 + d, "uar": 0.5, "last_weights": {"war": 0.5, "uar": 0.5}}
+
+    per_seed = {1: [fold("a", 0.1), fold("b", 0.0)], 2: [fold("a", 0.3), fold("b", 0.2)], 3: [fold("a", 9.0)]}
+    text = si.paired(per_seed, [1, 2])
+    d = np.array([0.1, 0.0, 0.3, 0.2])  # seed 3's fold left out
+    by_speaker = np.array([0.2, 0.1])
+    assert text.startswith(f"WAR {d.mean():+.4f} ± {d.std(ddof=1) / 2:.4f} (by speaker ± "
+                           f"{by_speaker.std(ddof=1) / np.sqrt(2):.4f}), UAR +0.0000 ± 0.0000"), text
+    assert "4 folds of seeds 1, 2" in text and "2 speakers'" in text and "WAR ahead on 3, behind on 0" in text
+    assert si.paired(per_seed, []) == "too few folds of complete seeds"
+
+
+def test_a_table_refuses_a_run_folder_of_another_configuration(tmp_path, monkeypatch):
+    """A table reads every finished fold in RUNS/<recipe>: a folder holding another recipe, seed,
+    feature file or fold count is an error naming what differs, not figures under the wrong name;
+    and a run.json that cannot be read matches no ledger entry (nothing restored or recorded)."""
+    from timnet.rundir import features_fingerprint
+
+    fs = synthetic()
+    run = _run(fs, tmp_path / "r")
+    monkeypatch.setitem(_common.RECIPE_ARGS, "t", ("paper", {**FAST, "epochs": 2}))
+    fp = features_fingerprint(fs)
+    _common.check_run_is(run.dir, "t", seed=5, fingerprint=fp, folds=3, split="random")  # its own recipe
+    _common.check_run_is(tmp_path / "none", "t", seed=5, fingerprint=fp, folds=3, split="random")  # nothing there yet
+    for kw, why in (({"seed": 6}, "seed 5 (expected 6)"), ({"folds": 10}, "folds 3 (expected 10)"),
+                    ({"fingerprint": "0" * 16}, "features_fingerprint"), ({"split": "speaker"}, "split 'random'")):
+        with pytest.raises(TimnetError, match=rf"{run.dir}: holds another run than recipe 't'.*{re.escape(why)}"):
+            _common.check_run_is(run.dir, "t", **{"seed": 5, "fingerprint": fp, "folds": 3, "split": "random", **kw})
+    monkeypatch.setitem(_common.RECIPE_ARGS, "t", ("paper", {**FAST, "epochs": 2, "label_smoothing": 0.2}))
+    with pytest.raises(TimnetError, match=r"train_config.label_smoothing 0.1 \(expected 0.2\)"):
+        _common.check_run_is(run.dir, "t", seed=5, fingerprint=fp, folds=3, split="random")
+
+    monkeypatch.setattr(_common, "LEDGER", tmp_path / "ledger")
+    run.execute(progress=False, log=lambda m: None)
+    assert _common.record(run.dir, "t/x") == 3
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "run.json").write_text("{")
+    assert _common.restore(broken, "t/x") == 0 and not list(broken.glob("fold_*"))
+    assert _common.record(broken, "t/x") == 0  # and the ledger's entry is kept
+    assert json.loads((_common.LEDGER / "t/x/run.json").read_text())["identity"]["seed"] == 5
+    (_common.LEDGER / "t/x/run.json").write_text("[")  # two unreadable run files are not one configuration
+    assert _common.restore(broken, "t/x") == 0 and not list(broken.glob("fold_*"))
 
 
 def test_ten_fold_table_pairs_an_averaging_run_with_its_last_weights(tmp_path, monkeypatch):
