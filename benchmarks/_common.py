@@ -171,6 +171,41 @@ def pm(mean: float, std: float) -> str:
     return f"{mean:.4f} ± {std:.4f}"
 
 
+def paired_difference(a: dict, b: dict, *, cluster=None) -> dict | None:
+    """a[k] - b[k] over the keys both have (folds matched by their key, never by position): the
+    mean, its standard error with the differences taken as independent, how many are above and
+    below zero, and with `cluster` (key -> group) the standard error of the groups' mean
+    differences, where folds of one group share their test utterances (one speaker's folds under
+    several seeds) and so count once. None where no key is shared."""
+    import numpy as np
+
+    keys = [k for k in a if k in b]
+    if not keys:
+        return None
+    d = np.array([a[k] - b[k] for k in keys], dtype=float)
+    out = {"n": len(d), "mean": float(d.mean()), "se": _standard_error(d), "ahead": int((d > 0).sum()),
+           "behind": int((d < 0).sum())}
+    if cluster is not None:
+        groups: dict = {}
+        for k, v in zip(keys, d):
+            groups.setdefault(cluster(k), []).append(v)
+        out["groups"] = len(groups)
+        out["se_groups"] = _standard_error(np.array([np.mean(v) for v in groups.values()]))
+    return out
+
+
+def _standard_error(d) -> float | None:
+    """Sample std / sqrt(n); None from one value (no spread to measure)."""
+    return float(d.std(ddof=1) / len(d) ** 0.5) if len(d) > 1 else None
+
+
+def signed(p: dict | None, se: str = "se") -> str:
+    """A paired difference as `+0.0123 ± 0.0045`, or `+0.0123 (1 fold)` without a spread."""
+    if not p:
+        return ""
+    return f"{p['mean']:+.4f} ± {p[se]:.4f}" if p[se] is not None else f"{p['mean']:+.4f} (1 fold)"
+
+
 LEDGER = Path(__file__).parent / "ledger"
 
 

@@ -36,7 +36,8 @@ dispatch.pin()
 
 import numpy as np  # noqa: E402
 
-from _common import FOLD_DONE, members_from, pm, record, restore, run_main, shared_members, write_json
+from _common import (FOLD_DONE, members_from, paired_difference, pm, record, restore, run_main, shared_members,
+                     signed, write_json)
 from timnet.backends import LocalBackend
 from timnet.corpora import paper_seed
 from timnet.features import load_features
@@ -310,20 +311,9 @@ def named(params: dict) -> str | None:
     return next((n for n, p in CANDIDATES.items() if p == params), None)
 
 
-def paired(a: list[dict], b: list[dict], key_a: str, key_b: str) -> tuple[float, float | None] | None:
-    """(mean, standard error) over the folds both sides have of a[key_a] - b[key_b], fold by fold;
-    the error is None from one fold (no spread to measure)."""
-    right = {f["fold"]: f[key_b] for f in b if key_b in f}
-    d = np.array([f[key_a] - right[f["fold"]] for f in a if key_a in f and f["fold"] in right])
-    if not len(d):
-        return None
-    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
-
-
-def signed(delta: tuple[float, float | None] | None) -> str:
-    if not delta:
-        return ""
-    return f"{delta[0]:+.4f} ± {delta[1]:.4f}" if delta[1] is not None else f"{delta[0]:+.4f} (1 fold)"
+def paired(a: list[dict], b: list[dict], key_a: str, key_b: str) -> dict | None:
+    """a[key_a] - b[key_b] fold by fold, over the folds both sides have (_common.paired_difference)."""
+    return paired_difference({f["fold"]: f[key_a] for f in a if key_a in f}, {f["fold"]: f[key_b] for f in b if key_b in f})
 
 
 def mean(values: list[float]) -> str:

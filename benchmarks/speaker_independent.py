@@ -26,8 +26,9 @@ dispatch.pin()  # before numpy, as in `timnet train`, which trains these runs: t
 
 import numpy as np  # noqa: E402
 
-from _common import (check_run_is, environment, fold_seconds, gives_first_member, pm, recipe_args, recipe_members, record, restore,
-                     run_main, seed_run, table_recipes, take_first_members, train, write_json)
+from _common import (check_run_is, environment, fold_seconds, gives_first_member, paired_difference, pm, recipe_args,
+                     recipe_members, record, restore, run_main, seed_run, signed, table_recipes, take_first_members,
+                     train, write_json)
 from timnet.corpora import paper_seed
 from timnet.errors import TimnetError
 from timnet.features import load_features
@@ -116,27 +117,26 @@ def summary(per_seed: dict[int, list[dict]], n_folds: int) -> dict:
             "mean_uar": float(uars.mean()) if len(uars) else None, "std_uar": spread(uars)}
 
 
-def paired(per_seed: dict[int, list[dict]], complete: list[int]) -> str:
-    """Mean ± standard error of (averaged - last weights) over the folds of the complete seeds, WAR
-    and UAR: the s.e. of the folds taken as independent, and the s.e. of the speakers' mean
+def paired(a: dict, b: dict, complete: list[int], b_figures=lambda f: f) -> str:
+    """a minus b (per seed, their folds; b_figures picks b's figures from a fold: its last weights,
+    say), WAR and UAR, over the folds of the seeds in `complete`, matched by seed and test speaker:
+    mean ± the s.e. of the folds taken as independent, and the s.e. of the speakers' mean
     differences over the seeds (a speaker's folds under several seeds share their test utterances:
     not independent draws, so the second counts each speaker once)."""
-    folds = [f for s in complete for f in per_seed[s]]
-    if len(folds) < 2:
+    def figures(per_seed, key, pick=lambda f: f):
+        return {(s, tuple(f["test_speakers"])): pick(f)[key] for s in complete for f in per_seed.get(s, [])
+                if pick(f) is not None}
+
+    diffs = {key: paired_difference(figures(a, key), figures(b, key, b_figures), cluster=lambda k: k[1])
+             for key in ("war", "uar")}
+    w = diffs["war"]
+    if w is None or w["n"] < 2:
         return "too few folds of complete seeds"
-    speakers = sorted({tuple(f["test_speakers"]) for f in folds})
-    parts = []
-    for key in ("war", "uar"):
-        d = np.array([f[key] - f["last_weights"][key] for f in folds])
-        by_speaker = np.array([np.mean([f[key] - f["last_weights"][key] for f in folds
-                                        if tuple(f["test_speakers"]) == spk]) for spk in speakers])
-        se = lambda v: f"{v.std(ddof=1) / np.sqrt(len(v)):.4f}" if len(v) > 1 else "–"
-        parts.append(f"{key.upper()} {d.mean():+.4f} ± {se(d)} (by speaker ± {se(by_speaker)})")
-    ahead = sum(f["war"] > f["last_weights"]["war"] for f in folds)
-    behind = sum(f["war"] < f["last_weights"]["war"] for f in folds)
-    return (f"{', '.join(parts)} (mean ± s.e., {len(folds)} folds of seeds {', '.join(map(str, complete))}, taken as "
-            f"independent; by speaker: the s.e. of {len(speakers)} speakers' mean differences over the seeds; "
-            f"WAR ahead on {ahead}, behind on {behind})")
+    parts = [f"{key.upper()} {signed(p)} (by speaker ± {p['se_groups']:.4f})" if p["se_groups"] is not None
+             else f"{key.upper()} {signed(p)}" for key, p in diffs.items()]
+    return (f"{', '.join(parts)} (mean ± s.e., {w['n']} folds of seeds {', '.join(map(str, complete))}, taken as "
+            f"independent; by speaker: the s.e. of {w['groups']} speakers' mean differences over the seeds; "
+            f"WAR ahead on {w['ahead']}, behind on {w['behind']})")
 
 
 def table(corpus: str, speakers: list[str], out: dict) -> str:
@@ -171,7 +171,15 @@ def table(corpus: str, speakers: list[str], out: dict) -> str:
     for n in names:
         if f"{n}: last weights" in out:
             lines.append(f"- {n} minus its last weights, paired over the folds of complete seeds: "
-                         f"{paired(out[n]['seeds'], out[n]['complete_seeds'])}")
+                         f"{paired(out[n]['seeds'], out[n]['seeds'], out[n]['complete_seeds'], lambda f: f['last_weights'])}")
+    # each recipe against the first (and the first's last weights: the paper's recipe where the first is swa)
+    recipes = [n for n in names if not n.endswith(": last weights")]
+    for n in recipes[1:]:
+        for base in (recipes[0], f"{recipes[0]}: last weights"):
+            if base in out:
+                both = [s for s in out[n]["complete_seeds"] if s in out[base]["complete_seeds"]]
+                lines.append(f"- {n} minus {base}, paired over the folds of the seeds complete in both: "
+                             f"{paired(out[n]['seeds'], out[base]['seeds'], both)}")
     lines.append("\nPer speaker: the mean over the seeds that finished its fold. Last row: the mean over complete "
                  "seeds of their per-seed mean over speakers, ± the sample std of those means.")
     return "\n".join(lines)

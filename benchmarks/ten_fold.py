@@ -34,8 +34,9 @@ dispatch.pin()  # before numpy, as in `timnet train`, which trains these runs: t
 
 import numpy as np  # noqa: E402
 
-from _common import (PUBLISHED, check_run_is, environment, fold_seconds, gives_first_member, pm, recipe_args,
-                     recipe_members, record, restore, run_main, table_recipes, take_first_members, train, write_json)
+from _common import (PUBLISHED, check_run_is, environment, fold_seconds, gives_first_member, paired_difference, pm,
+                     recipe_args, recipe_members, record, restore, run_main, signed, table_recipes, take_first_members,
+                     train, write_json)
 from timnet.corpora import paper_seed
 from timnet.features import load_features
 from timnet.rundir import features_fingerprint
@@ -176,6 +177,25 @@ def seed_lines(recipe: str, o: dict, n_folds: int = 10) -> list[str]:
     return lines
 
 
+def paired_lines(out: dict) -> list[str]:
+    """Each recipe minus the first, and minus the first's last weights where it has them (the
+    paper's recipe, where the first is `swa`), matched by fold over the folds both finished."""
+    names = list(out)
+    lines = []
+    for n in names[1:]:
+        for base, pick in ((names[0], lambda f: f), (f"{names[0]}: last weights", lambda f: f.get("last_weights"))):
+            d = {m: paired_difference({f["fold"]: f[m] for f in out[n]["folds"]},
+                                      {f["fold"]: pick(f)[m] for f in out[names[0]]["folds"] if pick(f)})
+                 for m in ("war", "uar")}
+            if d["war"] is None:
+                continue
+            w = d["war"]
+            lines.append(f"- {n} minus {base}, paired by fold over {w['n']} folds: WAR {signed(w)}, UAR {signed(d['uar'])} "
+                         f"(mean ± s.e.; WAR ahead on {w['ahead']}, behind on {w['behind']}, equal on "
+                         f"{w['n'] - w['ahead'] - w['behind']})")
+    return lines
+
+
 def table(corpus: str, out: dict, n_folds: int = 10, *, seed: int | None = None) -> str:
     """Per-fold and mean ± std figures, folds matched by number; a recipe with last-weights figures
     gets that column pair too."""
@@ -216,6 +236,7 @@ def table(corpus: str, out: dict, n_folds: int = 10, *, seed: int | None = None)
     lines.append("")
     for n, o in out.items():
         lines.append(f"- {n}: {len(o['folds'])} of {n_folds} folds finished")
+    lines += paired_lines(out)
     for n, o in out.items():
         if "seeds" in o:
             lines += seed_lines(n, o, n_folds)

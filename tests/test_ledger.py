@@ -100,13 +100,42 @@ def test_speaker_table_pairs_last_weights_over_complete_seeds_only():
         return {"test_speakers": [spk], "war": 0.5 + d, "uar": 0.5, "last_weights": {"war": 0.5, "uar": 0.5}}
 
     per_seed = {1: [fold("a", 0.1), fold("b", 0.0)], 2: [fold("a", 0.3), fold("b", 0.2)], 3: [fold("a", 9.0)]}
-    text = si.paired(per_seed, [1, 2])
+    text = si.paired(per_seed, per_seed, [1, 2], lambda f: f["last_weights"])
     d = np.array([0.1, 0.0, 0.3, 0.2])  # seed 3's fold left out
     by_speaker = np.array([0.2, 0.1])
     assert text.startswith(f"WAR {d.mean():+.4f} ± {d.std(ddof=1) / 2:.4f} (by speaker ± "
                            f"{by_speaker.std(ddof=1) / np.sqrt(2):.4f}), UAR +0.0000 ± 0.0000"), text
     assert "4 folds of seeds 1, 2" in text and "2 speakers'" in text and "WAR ahead on 3, behind on 0" in text
-    assert si.paired(per_seed, []) == "too few folds of complete seeds"
+    assert si.paired(per_seed, per_seed, [], lambda f: f["last_weights"]) == "too few folds of complete seeds"
+
+    # against another recipe: folds matched by seed and speaker, not by position
+    other = {1: [fold("b", 0.5), fold("a", 0.0)], 2: [fold("b", 0.0), fold("a", 0.0)]}
+    d = np.array([0.6 - 0.5, 0.5 - 1.0, 0.8 - 0.5, 0.7 - 0.5])  # (seed 1, a), (1, b), (2, a), (2, b)
+    by_speaker = np.array([(d[0] + d[2]) / 2, (d[1] + d[3]) / 2])
+    want = (f"WAR {d.mean():+.4f} ± {d.std(ddof=1) / 2:.4f} (by speaker ± {by_speaker.std(ddof=1) / np.sqrt(2):.4f}), "
+            "UAR +0.0000 ± 0.0000")
+    assert si.paired(per_seed, other, [1, 2]).startswith(want)
+    out = {n: {"seeds": f, **si.summary(f, 2)} for n, f in (("swa", other), ("strong", per_seed))}
+    text = si.table("X", ["a", "b"], out)
+    assert f"- strong minus swa, paired over the folds of the seeds complete in both: {want}" in text
+
+
+def test_ten_fold_pairs_each_recipe_with_the_first_by_fold():
+    """Each recipe minus the first and minus the first's last weights, folds matched by number
+    over the folds both finished (a fold only one has is left out)."""
+    import ten_fold
+
+    def fold(k, war, last=None):
+        return {"fold": k, "war": war, "uar": war, "n_test": 10, **({"last_weights": {"war": last, "uar": last}} if last else {})}
+
+    swa = [fold(1, 0.5, 0.4), fold(2, 0.6, 0.7), fold(3, 0.7, 0.7)]
+    strong = [fold(3, 0.8), fold(1, 0.5), fold(4, 0.9)]  # fold 4: swa lacks it; fold 2: strong does
+    lines = ten_fold.paired_lines({"swa": {"folds": swa}, "strong": {"folds": strong}})
+    d, last = np.array([0.1, 0.0]), np.array([0.1, 0.1])  # folds 3 and 1
+    assert lines == [f"- strong minus swa, paired by fold over 2 folds: WAR {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(2):.4f}, "
+                     f"UAR {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(2):.4f} (mean ± s.e.; WAR ahead on 1, behind on 0, equal on 1)",
+                     f"- strong minus swa: last weights, paired by fold over 2 folds: WAR {last.mean():+.4f} ± 0.0000, "
+                     "UAR +0.1000 ± 0.0000 (mean ± s.e.; WAR ahead on 2, behind on 0, equal on 0)"]
 
 
 def test_a_table_refuses_a_run_folder_of_another_configuration(tmp_path, monkeypatch):

@@ -51,8 +51,8 @@ def test_selection_reads_candidates_from_the_runs_that_train_them(monkeypatch):
     assert derived == {"paper": ("its last weights: swa", {"folds": [{"fold": 1, "val_uar": 0.8}, {"fold": 2, "val_uar": 0.7}]}),
                        "vtlp+gain": ("its last weights: swa+vtlp+gain", {"folds": [{"fold": 1, "val_uar": 0.9}]})}
     assert "paper" not in recipe_selection.derived_candidates(["paper", "swa"], [summary(0.1), summary(0.2)])
-    assert recipe_selection.paired(derived["vtlp+gain"][1]["folds"], derived["paper"][1]["folds"], "val_uar",
-                                   "val_uar") == (pytest.approx(0.1), None)  # fold 1 only: no spread: the pairs both have
+    p = recipe_selection.paired(derived["vtlp+gain"][1]["folds"], derived["paper"][1]["folds"], "val_uar", "val_uar")
+    assert (p["n"], p["mean"], p["se"]) == (1, pytest.approx(0.1), None)  # fold 1 only, the pairs both have: no spread
 
     # a four-member run: its member 0 is "swa", its first 2 and 3 members "swa-x2" and "swa-x3", its
     # member 0's last weights "paper"; the ensemble's last weights are no candidate's
