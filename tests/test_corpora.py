@@ -235,9 +235,9 @@ def test_casia_tree(tmp_path):
         ("ZhaoZuoxiang/Surprise/250.wav", "surprise", "ZhaoZuoxiang"),
     ]
     assert listing.skipped == (
-        ("readme/angry/201.wav", "speaker folder 'readme' unknown"),
+        ("readme/angry/201.wav", "speaker folder 'readme' unknown, not liuchanhg/wangzhe/zhaoquanyin/ZhaoZuoxiang"),
         ("stray.wav", "name"),
-        ("wangzhe/bored/201.wav", "emotion folder 'bored'"),
+        ("wangzhe/bored/201.wav", "emotion folder 'bored', not angry/fear/happy/neutral/sad/surprise"),
         ("wangzhe/fear/take2.wav", "name"),
         ("zhaozuoxiang/surprise/250.wav", "duplicate of ZhaoZuoxiang/Surprise/250.wav"),
     )
@@ -259,7 +259,7 @@ def test_emovo_tree(tmp_path):
         ("EMOVO/f1/neu-f1-n10.wav", "neutral", "f1"),
         ("EMOVO/m2/tri-m2-d1.wav", "sad", "m2"),
     ]
-    assert listing.skipped == (("EMOVO/m2/tri-m2.wav", "name"), ("EMOVO/m2/xyz-m2-d1.wav", "name"))
+    assert listing.skipped == (("EMOVO/m2/tri-m2.wav", "name"), ("EMOVO/m2/xyz-m2-d1.wav", "emotion 'xyz', not dis/gio/neu/pau/rab/sor/tri"))
 
 
 # --- RAVDESS ----------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def test_ravdess_tree(ravdess):
     assert listing.skipped == (
         ("Actor_01/03-02-05-01-01-01-01.wav", "song"),
         ("Actor_02/01-01-05-01-01-01-02.wav", "modality 01, not audio-only"),
-        ("Actor_02/03-01-09-01-01-01-02.wav", "name"),
+        ("Actor_02/03-01-09-01-01-01-02.wav", "emotion 09, not 01-08"),
         ("README.wav", "name"),
         ("audio_speech_actors_01-24/Actor_01/03-01-05-01-01-01-01.wav",
          "duplicate of Actor_01/03-01-05-01-01-01-01.wav"),
@@ -346,17 +346,23 @@ def test_skip_summary(ravdess):
     listing = list_corpus("ravdess", ravdess)
     # the song, which every complete copy holds, comes after what may be wrong
     assert skip_summary(listing) == (
-        "skipped 5 files not used as RAVDESS utterances (1 modality 01, not audio-only; 2 unexpected name; 1 duplicate; 1 song): "
+        "skipped 5 files not used as RAVDESS utterances (1 modality 01, not audio-only; 1 emotion 09, not 01-08; "
+        "1 unexpected name; 1 duplicate; 1 song): "
         "Actor_02/01-01-05-01-01-01-02.wav (modality 01, not audio-only), "
-        "Actor_02/03-01-09-01-01-01-02.wav (unexpected name), README.wav (unexpected name), "
+        "Actor_02/03-01-09-01-01-01-02.wav (emotion 09, not 01-08), README.wav (unexpected name), "
         "audio_speech_actors_01-24/Actor_01/03-01-05-01-01-01-01.wav "
         "(duplicate of Actor_01/03-01-05-01-01-01-01.wav), "
-        "Actor_01/03-02-05-01-01-01-01.wav (song)"
+        "Actor_01/03-02-05-01-01-01-01.wav (song); RAVDESS names its files Actor_NN/03-01-EE-II-SS-RR-NN.wav (modality 03 audio-only, channel 01 speech, "
+        "emotion EE 01=neutral 02=calm 03=happy 04=sad 05=angry 06=fear 07=disgust 08=surprise, intensity 01-02, statement "
+        "01-02, repetition 01-02, actor 01-24)"
     )
     assert skip_summary(listing, limit=2) == (
-        "skipped 5 files not used as RAVDESS utterances (1 modality 01, not audio-only; 2 unexpected name; 1 duplicate; 1 song): "
+        "skipped 5 files not used as RAVDESS utterances (1 modality 01, not audio-only; 1 emotion 09, not 01-08; "
+        "1 unexpected name; 1 duplicate; 1 song): "
         "Actor_02/01-01-05-01-01-01-02.wav (modality 01, not audio-only), "
-        "Actor_02/03-01-09-01-01-01-02.wav (unexpected name) (+3 more)"
+        "Actor_02/03-01-09-01-01-01-02.wav (emotion 09, not 01-08) (+3 more); RAVDESS names its files Actor_NN/03-01-EE-II-SS-RR-NN.wav (modality 03 audio-only, channel 01 speech, "
+        "emotion EE 01=neutral 02=calm 03=happy 04=sad 05=angry 06=fear 07=disgust 08=surprise, intensity 01-02, statement "
+        "01-02, repetition 01-02, actor 01-24)"
     )
     # one reason for all, said once in the count rather than after every name
     many = Listing(items=listing.items, skipped=tuple((f"a{i}.wav", "name") for i in range(7)))
@@ -392,7 +398,7 @@ def test_savee_tree(tmp_path):
     assert listing.skipped == (
         ("AudioData/DC/sa01.wav", "duplicate of ALL/DC_sa01.wav"),
         ("AudioData/DC/x01.wav", "name"),
-        ("AudioData/XX/a01.wav", "speaker XX unknown"),
+        ("AudioData/XX/a01.wav", "speaker XX unknown, not DC/JE/JK/KL"),
         ("n02.wav", "no speaker folder (DC/JE/JK/KL) or DC_ prefix: pass the corpus folder, not one speaker's"),
     )
 
@@ -514,7 +520,9 @@ def test_iemocap_tree(iemocap):
         "skipped 6 files not used as IEMOCAP utterances (2 unexpected name; 1 labelled but missing; 1 no label; "
         f"1 class not used: fru; 1 class not used: xxx): {wav1}Ses01F_impro01_F000 copy.wav (unexpected name), "
         f"{wav1}Ses01F_impro01_F002.wav (labelled but missing), {wav1}Ses01F_impro01_F003.wav (no label), "
-        f"{wav1}notes.wav (unexpected name), {wav1}Ses01F_impro01_M000.wav (class not used: fru) (+1 more)")
+        f"{wav1}notes.wav (unexpected name), {wav1}Ses01F_impro01_M000.wav (class not used: fru) (+1 more); IEMOCAP names "
+        "its files SessionN/sentences/wav/<dialog>/<utterance>.wav, labels in SessionN/dialog/EmoEvaluation/<dialog>.txt "
+        "(codes ang=angry hap=happy exc=happy neu=neutral sad=sad used)")
     assert_sample_order(listing)
     # a root inside a session, below its labels: said, rather than every utterance "no label"
     with pytest.raises(TimnetError, match=r"sentences/wav: IEMOCAP utterances .* no label file .*Session1 \.\.\. Session5"):

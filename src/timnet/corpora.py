@@ -111,6 +111,8 @@ def skip_summary(listing: Listing, *, limit: int = 5) -> str | None:
         text += f": {shown}"
     if len(skipped) > limit:
         text += f" (+{len(skipped) - limit} more)"
+    if SAID["name"] in kinds and listing.corpus in CORPORA:
+        text += f"; {listing.corpus} names its files {CORPORA[listing.corpus].layout}"
     return text
 
 
@@ -223,10 +225,10 @@ def scan_casia(root: Path) -> Listing:
             return "name"
         speaker, emotion = path.parts[-3], path.parts[-2].lower()
         if speaker.casefold() not in _CASIA_SPEAKERS:  # a stray folder would be a fifth speaker's fold
-            return f"speaker folder {speaker!r} unknown"
+            return f"speaker folder {speaker!r} unknown, not {'/'.join(_CASIA_SPEAKERS.values())}"
         speaker = _CASIA_SPEAKERS[speaker.casefold()]
         if emotion not in _CASIA_LABELS:
-            return f"emotion folder {path.parts[-2]!r}"
+            return f"emotion folder {path.parts[-2]!r}, not {'/'.join(_CASIA_LABELS)}"
         # a second copy whose speaker folder differs in case only is the same recording, as EMOVO's
         # and SAVEE's are: not a fifth speaker with a leave-one-speaker-out fold of its own
         return _Match(emotion, speaker, f"{speaker.casefold()}/{emotion}/{path.stem}")
@@ -265,8 +267,10 @@ def scan_emovo(root: Path) -> Listing:
 
     def parse(path: PurePosixPath) -> _Match | str:
         match = _EMOVO_NAME.fullmatch(path.stem)
-        if not match or match[1].lower() not in _EMOVO_EMOTIONS:
+        if not match:
             return "name"
+        if match[1].lower() not in _EMOVO_EMOTIONS:
+            return f"emotion {match[1]!r}, not {'/'.join(_EMOVO_EMOTIONS)}"
         speaker = match[2].lower()
         return _Match(_EMOVO_EMOTIONS[match[1].lower()], speaker, path.stem.lower(),
                       _misfiled(path, speaker, _EMOVO_FOLDER))
@@ -287,8 +291,10 @@ def scan_ravdess(root: Path) -> Listing:
 
     def parse(path: PurePosixPath) -> _Match | str:
         match = _RAVDESS_NAME.fullmatch(path.stem)
-        if not match or match[3] not in _RAVDESS_EMOTIONS:
+        if not match:
             return "name"
+        if match[3] not in _RAVDESS_EMOTIONS:
+            return f"emotion {match[3]}, not 01-08"
         if match[1] != "03":
             return f"modality {match[1]}, not audio-only"
         if match[2] != "01":
@@ -325,7 +331,7 @@ def scan_savee(root: Path) -> Listing:
         if not speaker:  # often DIR is one speaker's folder: its parent holds the corpus
             return f"no speaker folder ({'/'.join(_SAVEE_SPEAKERS)}) or DC_ prefix: pass the corpus folder, not one speaker's"
         if speaker not in _SAVEE_SPEAKERS:
-            return f"speaker {speaker} unknown"
+            return f"speaker {speaker} unknown, not {'/'.join(_SAVEE_SPEAKERS)}"
         code = match[2].lower()  # the publisher's names are lower case; SA02.wav is the same recording
         return _Match(_SAVEE_EMOTIONS[code], speaker, f"{speaker}_{code}{match[3]}",
                       _misfiled(path, speaker, _SAVEE_FOLDER))
