@@ -219,37 +219,49 @@ def _identity(run_file: Path) -> dict | None:
         return None
 
 
-def _same_identity(a: Path, b: Path) -> bool:
-    """Whether two run.json files hold one configuration (one that cannot be read matches none)."""
-    ia = _identity(a)
-    return ia is not None and ia == _identity(b)
+def _mismatch(here: Path, ledger: Path, key: str) -> str | None:
+    """Why a run folder's run.json and the ledger's of `key` are not one run (None where they
+    are): one of them cannot be read, or they hold two configurations."""
+    for f in (here, ledger):
+        if _identity(f) is None:
+            return f"{f} cannot be read"
+    return None if _identity(here) == _identity(ledger) else f"{here.parent} holds another configuration than {key}"
 
 
-def check_run_is(run_dir: Path, recipe: str, *, seed: int, fingerprint: str, folds: int, split: str) -> None:
+def check_run_is(run_dir: Path, recipe: str, *, seed: int, fingerprint: str, folds: int, split: str,
+                 ledger_key: str | None = None) -> None:
     """Refuse a run folder whose run.json is not the table's recipe, seed, features and folds.
 
     A table reads every finished fold in RUNS/<recipe>: a folder left there by another
     configuration (an earlier preset under today's name, another seed) would otherwise be printed
-    under this recipe's name, where `restore` only declined to mix the ledger into it."""
+    under this recipe's name. With `ledger_key`, run_dir is that ledger entry, checked before it
+    is restored (moving a run folder away does not help when the ledger holds the other run)."""
     if not (Path(run_dir) / "run.json").is_file():
         return  # nothing trained there yet
-    have = decisive(read_identity(run_dir))  # a run.json that cannot be read is an error naming it
-    want = {"train_config": decisive({"train_config": asdict(_recipe_config(recipe))})["train_config"],
-            "seed": seed, "features_fingerprint": fingerprint, "folds": folds, "split": split}
-    differ = [k for k in want if k != "train_config" and have.get(k) != want[k]]
-    differ += [f"train_config.{k}" for k in sorted({*want["train_config"], *have.get("train_config", {})})
-               if have.get("train_config", {}).get(k) != want["train_config"].get(k)]
-    if differ:
-        shown = ", ".join(f"{k} {_get(have, k)!r} (expected {_get(want, k)!r})" for k in differ[:4])
-        raise TimnetError(f"{run_dir}: holds another run than recipe {recipe!r} with seed {seed} on these features: "
-                          f"{shown}{' ...' if len(differ) > 4 else ''}; move it away, or give another --runs")
+    from timnet.run import changed
+
+    have = read_identity(run_dir)  # a run.json that cannot be read is an error naming it
+    want = {"train_config": asdict(_recipe_config(recipe)), "seed": seed, "features_fingerprint": fingerprint,
+            "folds": folds, "split": split}
+    diff = changed({k: have[k] for k in want if k in have}, want)
+    if not diff:
+        return
+    shown = ", ".join(f"{d} {_value(have, d)} (expected {_value(want, d)})" for d in diff[:4])
+    more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+    fix = (f"the ledger's {ledger_key} is another run: record this table's under another key (benchmarks/ledger.py)"
+           if ledger_key else "move it away, or give another --runs")
+    raise TimnetError(f"{run_dir}: holds another run than recipe {recipe!r} with seed {seed} on these features: "
+                      f"{shown}{more}; {fix}")
 
 
-def _get(identity: dict, dotted: str):
+def _value(identity: dict, dotted: str) -> str:
+    """An identity entry (`train_config.epochs`) as a message shows it; `not set` where it is absent."""
     value = identity
     for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
+        if not isinstance(value, dict) or part not in value:
+            return "not set"
+        value = value[part]
+    return repr(value)
 
 
 def _runs(root: Path) -> list[Path]:
@@ -265,8 +277,8 @@ def restore(run_dir: Path, key: str) -> int:
     n = 0
     for rel in _runs(src) if src.is_dir() else []:
         here = run_dir / rel
-        if (here / "run.json").is_file() and not _same_identity(here / "run.json", src / rel / "run.json"):
-            print(f"ledger: {here} holds another configuration than {key}: not restored", file=sys.stderr)
+        if (here / "run.json").is_file() and (why := _mismatch(here / "run.json", src / rel / "run.json", key)):
+            print(f"ledger: {why}: not restored", file=sys.stderr)
             continue
         here.mkdir(parents=True, exist_ok=True)
         if not (here / "run.json").is_file():
@@ -291,10 +303,13 @@ def record(run_dir: Path, key: str, *, replace: bool = False) -> int:
     run_dir, n = Path(run_dir), 0
     for rel in _runs(run_dir):
         target = LEDGER / key / rel
-        if (target / "run.json").is_file() and not _same_identity(target / "run.json", run_dir / rel / "run.json"):
+        if _identity(run_dir / rel / "run.json") is None:  # never into the ledger, nor in place of a readable entry
+            print(f"ledger: {run_dir / rel / 'run.json'} cannot be read: not recorded", file=sys.stderr)
+            continue
+        if (target / "run.json").is_file() and (why := _mismatch(run_dir / rel / "run.json", target / "run.json", key)):
             if not replace:
-                print(f"ledger: {run_dir / rel} holds another configuration than {key}: not recorded "
-                      "(benchmarks/ledger.py record --replace replaces the key)", file=sys.stderr)
+                print(f"ledger: {why}: not recorded (benchmarks/ledger.py record --replace replaces the key)",
+                      file=sys.stderr)
                 continue
             shutil.rmtree(target)
         target.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ dispatch.pin()  # before numpy, as in `timnet train`, which trains these runs: t
 
 import numpy as np  # noqa: E402
 
-from _common import (check_run_is, environment, fold_seconds, gives_first_member, paired_difference, pm, recipe_args,
+from _common import (LEDGER, check_run_is, environment, fold_seconds, gives_first_member, paired_difference, pm, recipe_args,
                      recipe_members, record, restore, run_main, seed_run, signed, table_recipes, take_first_members,
                      train, write_json)
 from timnet.corpora import paper_seed
@@ -66,6 +66,9 @@ def main() -> int:
     for recipe in recipes:
         run = Path(args.runs) / recipe
         key = f"loso_{fs.corpus.lower()}/{recipe}"
+        for s in seeds:  # the ledger's entry before it is restored, then the run folder
+            expected = dict(seed=s, fingerprint=fingerprint, folds=len(speakers), split="speaker")
+            check_run_is(seed_run(LEDGER / key, s, seeds), recipe, **expected, ledger_key=key)
         restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
         for s in seeds:
             check_run_is(seed_run(run, s, seeds), recipe, seed=s, fingerprint=fingerprint, folds=len(speakers),
@@ -132,11 +135,13 @@ def paired(a: dict, b: dict, complete: list[int], b_figures=lambda f: f) -> str:
     w = diffs["war"]
     if w is None or w["n"] < 2:
         return "too few folds of complete seeds"
-    parts = [f"{key.upper()} {signed(p)} (by speaker ± {p['se_groups']:.4f})" if p["se_groups"] is not None
+    clustered = w["groups"] < w["n"]  # several seeds: a speaker's folds share its utterances
+    parts = [f"{key.upper()} {signed(p)} (by speaker ± {p['se_groups']:.4f})" if clustered and p["se_groups"] is not None
              else f"{key.upper()} {signed(p)}" for key, p in diffs.items()]
-    return (f"{', '.join(parts)} (mean ± s.e., {w['n']} folds of seeds {', '.join(map(str, complete))}, taken as "
-            f"independent; by speaker: the s.e. of {w['groups']} speakers' mean differences over the seeds; "
-            f"WAR ahead on {w['ahead']}, behind on {w['behind']})")
+    seeds = f"seed{'s' if len(complete) > 1 else ''} {', '.join(map(str, complete))}"
+    by_speaker = (f"; by speaker: the s.e. of {w['groups']} speakers' mean differences over the seeds" if clustered else "")
+    return (f"{', '.join(parts)} (mean ± s.e., {w['n']} folds of {seeds}, taken as independent{by_speaker}; "
+            f"WAR ahead on {w['ahead']}, behind on {w['behind']}, equal on {w['n'] - w['ahead'] - w['behind']})")
 
 
 def table(corpus: str, speakers: list[str], out: dict) -> str:
@@ -176,8 +181,8 @@ def table(corpus: str, speakers: list[str], out: dict) -> str:
     recipes = [n for n in names if not n.endswith(": last weights")]
     for n in recipes[1:]:
         for base in (recipes[0], f"{recipes[0]}: last weights"):
-            if base in out:
-                both = [s for s in out[n]["complete_seeds"] if s in out[base]["complete_seeds"]]
+            both = [s for s in out[n]["complete_seeds"] if s in out.get(base, {}).get("complete_seeds", ())]
+            if both:  # nothing to say where no seed is complete in both
                 lines.append(f"- {n} minus {base}, paired over the folds of the seeds complete in both: "
                              f"{paired(out[n]['seeds'], out[base]['seeds'], both)}")
     lines.append("\nPer speaker: the mean over the seeds that finished its fold. Last row: the mean over complete "

@@ -34,7 +34,7 @@ dispatch.pin()  # before numpy, as in `timnet train`, which trains these runs: t
 
 import numpy as np  # noqa: E402
 
-from _common import (PUBLISHED, check_run_is, environment, fold_seconds, gives_first_member, paired_difference, pm,
+from _common import (LEDGER, PUBLISHED, check_run_is, environment, fold_seconds, gives_first_member, paired_difference, pm,
                      recipe_args, recipe_members, record, restore, run_main, signed, table_recipes, take_first_members,
                      train, write_json)
 from timnet.corpora import paper_seed
@@ -75,8 +75,10 @@ def main() -> int:
         for seed in sorted(seeds, key=lambda s: s != main_seed):  # the table's seed first
             name = recipe if seed == default_seed else f"{recipe}_seed{seed}"
             run, key = Path(args.runs) / name, f"tenfold_{corpus.lower()}/{name}"
+            expected = dict(seed=seed, fingerprint=fingerprint, folds=10, split="random")
+            check_run_is(LEDGER / key, recipe, **expected, ledger_key=key)
             restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
-            check_run_is(run, recipe, seed=seed, fingerprint=fingerprint, folds=10, split="random")
+            check_run_is(run, recipe, **expected)
             wall = None
             if not args.table_only:
                 members = recipe_members(recipe)
@@ -166,7 +168,7 @@ def seed_lines(recipe: str, o: dict, n_folds: int = 10) -> list[str]:
         cells = ", ".join(f"{seed}: {s[f'mean_war{suffix}']:.4f} / {s[f'mean_uar{suffix}']:.4f}"
                           if len(s["folds"]) == n_folds and f"mean_war{suffix}" in s
                           else f"{seed}: {len(s['folds'])} of {n_folds} folds" if len(s["folds"]) < n_folds
-                          else f"{seed}: not scored"  # every fold in, none with these weights' figures
+                          else f"{seed}: not scored"  # every fold in, not every one with these weights' figures
                           for seed, s in o["seeds"].items())
         line = f"- {label}, mean over the folds of each seed (WAR / UAR): {cells}"
         if o.get(f"seeds_std_war{suffix}") is not None:
@@ -230,7 +232,7 @@ def table(corpus: str, out: dict, n_folds: int = 10, *, seed: int | None = None)
                 f"**{pm(o[f'mean_uar{suffix}'], o[f'std_uar{suffix}'])}**{part}")
 
     # the utterances the means cover: one count where every recipe covers the same folds
-    n_tests = {o["n_test"] for o in out.values()}
+    n_tests = {o["n_test"] for o in out.values() if o["folds"]}
     n_test = n_tests.pop() if len(n_tests) == 1 else "–"
     lines.append(f"| **mean ± std** (population, over folds) | {n_test} | " + " | ".join(total(out[n], suffix) for _, n, suffix, _ in columns) + " |")
     lines.append("")

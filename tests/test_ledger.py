@@ -138,7 +138,7 @@ def test_ten_fold_pairs_each_recipe_with_the_first_by_fold():
                      "UAR +0.1000 ± 0.0000 (mean ± s.e.; WAR ahead on 2, behind on 0, equal on 0)"]
 
 
-def test_a_table_refuses_a_run_folder_of_another_configuration(tmp_path, monkeypatch):
+def test_a_table_refuses_a_run_folder_of_another_configuration(tmp_path, monkeypatch, capsys):
     """A table reads every finished fold in RUNS/<recipe>: a folder holding another recipe, seed,
     feature file or fold count is an error naming what differs, not figures under the wrong name;
     and a run.json that cannot be read matches no ledger entry (nothing restored or recorded)."""
@@ -154,21 +154,68 @@ def test_a_table_refuses_a_run_folder_of_another_configuration(tmp_path, monkeyp
                     ({"fingerprint": "0" * 16}, "features_fingerprint"), ({"split": "speaker"}, "split 'random'")):
         with pytest.raises(TimnetError, match=rf"{run.dir}: holds another run than recipe 't'.*{re.escape(why)}"):
             _common.check_run_is(run.dir, "t", **{"seed": 5, "fingerprint": fp, "folds": 3, "split": "random", **kw})
+    # what differs, and only that: --plain-members 0, inert beside one member, is not said to change
+    with pytest.raises(TimnetError, match=r"train_config.members 1 \(expected 4\), train_config.mixup_alpha 0.0 "
+                                          r"\(expected 0.2\); move it away"):
+        monkeypatch.setitem(_common.RECIPE_ARGS, "t", ("paper", {**FAST, "epochs": 2, "members": 4, "mixup_alpha": 0.2}))
+        _common.check_run_is(run.dir, "t", seed=5, fingerprint=fp, folds=3, split="random")
     monkeypatch.setitem(_common.RECIPE_ARGS, "t", ("paper", {**FAST, "epochs": 2, "label_smoothing": 0.2}))
     with pytest.raises(TimnetError, match=r"train_config.label_smoothing 0.1 \(expected 0.2\)"):
         _common.check_run_is(run.dir, "t", seed=5, fingerprint=fp, folds=3, split="random")
 
+    # the ledger's own entry is checked before it is restored: moving the run folder would not help
     monkeypatch.setattr(_common, "LEDGER", tmp_path / "ledger")
     run.execute(progress=False, log=lambda m: None)
     assert _common.record(run.dir, "t/x") == 3
+    with pytest.raises(TimnetError, match=r"ledger/t/x: holds another run .*label_smoothing.*the ledger's t/x is another "
+                                          r"run: record this table's under another key"):
+        _common.check_run_is(_common.LEDGER / "t/x", "t", seed=5, fingerprint=fp, folds=3, split="random", ledger_key="t/x")
+
+    # a run file that cannot be read is said so, and is never recorded, nor restored into
     broken = tmp_path / "broken"
-    broken.mkdir()
+    shutil.copytree(run.dir, broken)
     (broken / "run.json").write_text("{")
-    assert _common.restore(broken, "t/x") == 0 and not list(broken.glob("fold_*"))
-    assert _common.record(broken, "t/x") == 0  # and the ledger's entry is kept
-    assert json.loads((_common.LEDGER / "t/x/run.json").read_text())["identity"]["seed"] == 5
+    assert _common.restore(broken, "t/x") == 0
+    assert _common.record(broken, "t/x") == 0 and _common.record(broken, "t/new") == 0
+    assert _common.record(broken, "t/x", replace=True) == 0 and not (_common.LEDGER / "t/new").exists()
+    assert json.loads((_common.LEDGER / "t/x/run.json").read_text())["identity"]["seed"] == 5  # the entry kept
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "run.json").write_text("{")
     (_common.LEDGER / "t/x/run.json").write_text("[")  # two unreadable run files are not one configuration
-    assert _common.restore(broken, "t/x") == 0 and not list(broken.glob("fold_*"))
+    assert _common.restore(fresh, "t/x") == 0 and not list(fresh.glob("fold_*"))
+    err = capsys.readouterr().err
+    assert f"ledger: {broken / 'run.json'} cannot be read: not recorded" in err
+    assert f"ledger: {fresh / 'run.json'} cannot be read: not restored" in err and "another configuration" not in err
+
+
+def test_table_scripts_check_the_runs_they_read(tmp_path, monkeypatch, capsys):
+    """ten_fold.py and speaker_independent.py refuse a run folder of another seed, split or fold
+    count under a recipe's name before they print a table of it."""
+    import speaker_independent
+    import ten_fold
+    from timnet.features import save_features
+
+    fs = synthetic()
+    features = tmp_path / "f.npz"
+    save_features(fs, features)
+    monkeypatch.setattr(_common, "LEDGER", tmp_path / "ledger")
+    monkeypatch.setitem(_common.RECIPE_ARGS, "t", ("paper", {**FAST, "epochs": 2}))
+    argv = [str(features), "--recipes", "t", "--table-only", "--json", str(tmp_path / "t.json")]
+
+    def refused(script, runs, why):
+        monkeypatch.setattr(sys, "argv", [script.__name__, "--runs", str(runs), *argv])
+        with pytest.raises(TimnetError, match=why):
+            script.main()
+
+    Run(fs, tmp_path / "a" / "t", config=TrainConfig(**{**FAST, "epochs": 2}), folds=10, seed=47).prepare()
+    refused(ten_fold, tmp_path / "a", r"seed 47 \(expected 46\)")  # EMODB's paper seed
+    Run(fs, tmp_path / "b" / "t", config=TrainConfig(**{**FAST, "epochs": 2}), folds=3, seed=46).prepare()
+    refused(ten_fold, tmp_path / "b", r"folds 3 \(expected 10\)")
+    for s in (46, 47, 48):  # the speakers' folds of each seed, one seed of them trained on random folds
+        Run(fs, tmp_path / "c" / "t" / f"seed_{s}", config=TrainConfig(**{**FAST, "epochs": 2}), folds=6, seed=s,
+            split="speaker" if s != 47 else "random").prepare()
+    refused(speaker_independent, tmp_path / "c", r"seed_47: holds another run .* with seed 47 .*split 'random' \(expected 'speaker'\)")
 
 
 def test_ten_fold_table_pairs_an_averaging_run_with_its_last_weights(tmp_path, monkeypatch):

@@ -107,6 +107,16 @@ def _changed(was: dict, now: dict) -> list[str]:
     return diff
 
 
+def changed(was: dict, now: dict) -> list[str]:
+    """What differs between two run identities as runs are compared (decisive options only), a
+    config's options by name; an option equal in both that only one config makes inert
+    (--plain-members 0 beside --members 1 and 4) is not what changed."""
+    diff = _changed(decisive(was), decisive(now))
+    old, new, absent = was.get("train_config") or {}, now.get("train_config") or {}, object()
+    options = {d: d.removeprefix("train_config.") for d in diff if d.startswith("train_config.")}
+    return [d for d in diff if d not in options or old.get(options[d], absent) != new.get(options[d], absent)] or diff
+
+
 def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: dict | None = None) -> bool:
     """Create or check a run folder for `identity`; True when it already holds this run (resume).
 
@@ -127,12 +137,7 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
         if not overwrite:
             if previous is None:  # not a configuration change: nothing says what the run was
                 raise TimnetError(f"{unreadable}; use another RUN_DIR or --overwrite (which deletes the run in it)")
-            diff = _changed(decisive(previous), decisive(identity))
-            # an option equal in both that only one config makes inert (--plain-members 0 beside
-            # --members 1 and 4) is not what changed
-            was, now, absent = previous.get("train_config") or {}, identity.get("train_config") or {}, object()
-            options = {d: d.removeprefix("train_config.") for d in diff if d.startswith("train_config.")}
-            diff = [d for d in diff if d not in options or was.get(options[d], absent) != now.get(options[d], absent)] or diff
+            diff = changed(previous, identity)
             hint = ""
             if diff in (["threads_per_fold"], ["path"]):
                 option = diff[0].replace("_per_fold", "")
