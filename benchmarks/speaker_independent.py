@@ -14,6 +14,9 @@ one-member form's model weight for weight (`strong`'s is `strong-1member`'s, `sw
 `swa`'s): `--recipes swa,strong-1member,strong` (the default) takes it from that finished run
 (`--first-members`, by default strong-1member when it is among the recipes), so only the other
 members train, and the three give the paper's recipe, one strong member and `--recipe strong`.
+Each ensemble's first member alone is a column too (`strong: first member`), so `--recipes swa,strong`
+gives the same three figures with no one-member run in between, whose fold models (not kept by the
+ledger) a lost run folder would take along.
 """
 from __future__ import annotations
 
@@ -88,12 +91,25 @@ def main() -> int:
         out[recipe] = {"seeds": finished_folds(run, seeds), "wall_s_this_call": wall,
                        "fold_seconds": fold_seconds(run), **environment(run)}
         out[recipe].update(summary(out[recipe]["seeds"], len(speakers)))
-        if all("last_weights" in f for folds in out[recipe]["seeds"].values() for f in folds) and any(out[recipe]["seeds"].values()):
-            last = {s: [{**f, **f["last_weights"]} for f in folds] for s, folds in out[recipe]["seeds"].items()}
-            out[f"{recipe}: last weights"] = {"seeds": last, **summary(last, len(speakers))}
+        out.update(other_weights(recipe, out[recipe]["seeds"], len(speakers)))
     print(table(fs.corpus, speakers, out))
     write_json(args.json, {"corpus": fs.corpus, "speakers": speakers, "seeds": seeds, "recipes": out})
     return 0
+
+
+def other_weights(recipe: str, per_seed: dict[int, list[dict]], n_folds: int) -> dict:
+    """The figures a recipe's folds hold of other weights than its own, as table entries of their
+    own where every finished fold has them: an averaging recipe's last weights (for `swa`, the
+    paper's recipe step for step) and an ensemble's first member alone (for `strong`, the
+    one-member recipe weight for weight, so `--recipes swa,strong` gives all three)."""
+    out = {}
+    folds = [f for fs_ in per_seed.values() for f in fs_]
+    for name, pick in (("last weights", lambda f: f.get("last_weights")),
+                       ("first member", lambda f: (f.get("members") or [None])[0])):
+        if folds and all(pick(f) is not None for f in folds):
+            figures = {s: [{**f, **pick(f)} for f in fs_] for s, fs_ in per_seed.items()}
+            out[f"{recipe}: {name}"] = {"seeds": figures, **summary(figures, n_folds)}
+    return out
 
 
 def finished_folds(run: Path, seeds: list[int]) -> dict[int, list[dict]]:

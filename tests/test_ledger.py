@@ -120,6 +120,27 @@ def test_speaker_table_pairs_last_weights_over_complete_seeds_only():
     assert f"- strong minus swa, paired over the folds of the seeds complete in both: {want}" in text
 
 
+def test_speaker_table_reads_an_ensembles_first_member_and_last_weights():
+    """`--recipes swa,strong` gives the one-member figures too: each fold's first member alone (and
+    the ensemble's last weights) become table entries of their own, only where every fold has them."""
+    import speaker_independent as si
+
+    def fold(spk, war, first, last=None):
+        return {"test_speakers": [spk], "war": war, "uar": war, "members": [{"war": first, "uar": first}, {"war": 0.0, "uar": 0.0}],
+                **({"last_weights": {"war": last, "uar": last}} if last is not None else {})}
+
+    per_seed = {1: [fold("a", 0.8, 0.6, 0.7), fold("b", 0.6, 0.4, 0.5)]}
+    extra = si.other_weights("strong", per_seed, 2)
+    assert list(extra) == ["strong: last weights", "strong: first member"]
+    assert extra["strong: first member"]["mean_war"] == pytest.approx(0.5)
+    assert extra["strong: last weights"]["mean_war"] == pytest.approx(0.6)
+    text = si.table("X", ["a", "b"], {"strong": {"seeds": per_seed, **si.summary(per_seed, 2)}, **extra})
+    assert "| a | 0.8000 | 0.8000 | 0.7000 | 0.7000 | 0.6000 | 0.6000 |" in text
+    per_seed[1][1].pop("last_weights")  # a member taken from another run: no last weights for the fold
+    assert list(si.other_weights("strong", per_seed, 2)) == ["strong: first member"]
+    assert si.other_weights("swa", {1: [{"test_speakers": ["a"], "war": 0.5, "uar": 0.5}]}, 1) == {}
+
+
 def test_ten_fold_pairs_each_recipe_with_the_first_by_fold():
     """Each recipe minus the first and minus the first's last weights, folds matched by number
     over the folds both finished (a fold only one has is left out)."""
