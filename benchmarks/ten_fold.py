@@ -14,6 +14,12 @@ training. An ensemble (`strong`: four mixup members per fold; `swa-x4`: four SWA
 strong recipe of stops 30-51) reports its first member alone, its one-member form weight for
 weight (`strong-1member`, `swa`); `--first-members strong-1member` (the default when it is among
 --recipes) takes that member from the finished one-member run instead of training it again.
+`--recipes swa,strong` gives the same figures with no one-member run between: its first-member
+column is the one-member recipe, and no fold waits on a one-member model that a lost run folder
+would take along (the ledger keeps figures, not models). Below the table: each recipe minus the
+first, and minus the first's last weights, paired by fold (mean ± standard error).
+A run folder, or a ledger entry, holding another recipe, seed or features than the table names
+is refused, not printed under the recipe's name.
 Finished folds are kept in the ledger (benchmarks/ledger/tenfold_<corpus>/<recipe>), so that a
 table's compute can span sessions; `--table-only` prints the table of the folds finished so far.
 
