@@ -16,7 +16,10 @@ one-member form's model weight for weight (`strong`'s is `strong-1member`'s, `sw
 members train, and the three give the paper's recipe, one strong member and `--recipe strong`.
 Each ensemble's first member alone is a column too (`strong: first member`), so `--recipes swa,strong`
 gives the same three figures with no one-member run in between, whose fold models (not kept by the
-ledger) a lost run folder would take along.
+ledger) a lost run folder would take along. Below the table: each recipe minus the first (and
+the first's last weights), paired by seed and test speaker over the seeds complete in both. A run
+folder, or a ledger entry, holding another recipe, seed or features than the table names is
+refused, not printed under the recipe's name.
 """
 from __future__ import annotations
 
