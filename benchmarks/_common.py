@@ -254,6 +254,17 @@ def check_run_is(run_dir: Path, recipe: str, *, seed: int, fingerprint: str, fol
                       f"{shown}{more}; {fix}")
 
 
+def restore_checked(run_dir: Path, key: str, recipe: str, seeds: list[int], **expected) -> int:
+    """`restore` of a table's run, each seed's run checked before and after (check_run_is): the
+    ledger's entry before it is copied, then the run folder, which may hold a run of its own."""
+    for s in seeds:
+        check_run_is(seed_run(LEDGER / key, s, seeds), recipe, seed=s, **expected, ledger_key=key)
+    n = restore(run_dir, key)
+    for s in seeds:
+        check_run_is(seed_run(Path(run_dir), s, seeds), recipe, seed=s, **expected)
+    return n
+
+
 def _value(identity: dict, dotted: str) -> str:
     """An identity entry (`train_config.epochs`) as a message shows it; `not set` where it is absent."""
     value = identity

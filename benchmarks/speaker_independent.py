@@ -32,9 +32,9 @@ dispatch.pin()  # before numpy, as in `timnet train`, which trains these runs: t
 
 import numpy as np  # noqa: E402
 
-from _common import (LEDGER, check_run_is, environment, fold_seconds, gives_first_member, paired_difference, pm, recipe_args,
-                     recipe_members, record, restore, run_main, seed_run, signed, table_recipes, take_first_members,
-                     train, write_json)
+from _common import (environment, fold_seconds, gives_first_member, paired_difference, pm, recipe_args, recipe_members,
+                     record, restore_checked, run_main, seed_run, signed, table_recipes, take_first_members, train,
+                     write_json)
 from timnet.corpora import paper_seed
 from timnet.errors import TimnetError
 from timnet.features import load_features
@@ -72,13 +72,8 @@ def main() -> int:
     for recipe in recipes:
         run = Path(args.runs) / recipe
         key = f"loso_{fs.corpus.lower()}/{recipe}"
-        for s in seeds:  # the ledger's entry before it is restored, then the run folder
-            expected = dict(seed=s, fingerprint=fingerprint, folds=len(speakers), split="speaker")
-            check_run_is(seed_run(LEDGER / key, s, seeds), recipe, **expected, ledger_key=key)
-        restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
-        for s in seeds:
-            check_run_is(seed_run(run, s, seeds), recipe, seed=s, fingerprint=fingerprint, folds=len(speakers),
-                         split="speaker")
+        # folds finished in earlier sessions (benchmarks/ledger), if they are this recipe's
+        restore_checked(run, key, recipe, seeds, fingerprint=fingerprint, folds=len(speakers), split="speaker")
         wall = None
         if not args.table_only:
             members = recipe_members(recipe)

@@ -40,9 +40,9 @@ dispatch.pin()  # before numpy, as in `timnet train`, which trains these runs: t
 
 import numpy as np  # noqa: E402
 
-from _common import (LEDGER, PUBLISHED, check_run_is, environment, fold_seconds, gives_first_member, paired_difference, pm,
-                     recipe_args, recipe_members, record, restore, run_main, signed, table_recipes, take_first_members,
-                     train, write_json)
+from _common import (PUBLISHED, environment, fold_seconds, gives_first_member, paired_difference, pm, recipe_args,
+                     recipe_members, record, restore_checked, run_main, signed, table_recipes, take_first_members, train,
+                     write_json)
 from timnet.corpora import paper_seed
 from timnet.features import load_features
 from timnet.rundir import features_fingerprint
@@ -81,10 +81,8 @@ def main() -> int:
         for seed in sorted(seeds, key=lambda s: s != main_seed):  # the table's seed first
             name = recipe if seed == default_seed else f"{recipe}_seed{seed}"
             run, key = Path(args.runs) / name, f"tenfold_{corpus.lower()}/{name}"
-            expected = dict(seed=seed, fingerprint=fingerprint, folds=10, split="random")
-            check_run_is(LEDGER / key, recipe, **expected, ledger_key=key)
-            restore(run, key)  # folds finished in earlier sessions (benchmarks/ledger)
-            check_run_is(run, recipe, **expected)
+            # folds finished in earlier sessions (benchmarks/ledger), if they are this recipe's
+            restore_checked(run, key, recipe, [seed], fingerprint=fingerprint, folds=10, split="random")
             wall = None
             if not args.table_only:
                 members = recipe_members(recipe)
