@@ -22,8 +22,8 @@ from pathlib import Path
 
 # these import no torch: ledger.py stays quick (training modules are imported where they are used)
 from timnet.errors import TimnetError
-from timnet.rundir import decisive, read_identity, recorded_cpu_dispatch
-from timnet.utils import atomic_write, fold_dirs, fold_files, history_name, write_json
+from timnet.files import atomic_write, write_json
+from timnet.rundir import decisive, fold_dirs, fold_files, history_name, read_identity, recorded_cpu_dispatch
 
 # Published UAR / WAR (SPEC.md §4): the paper's (test-fold epoch selection, a leak) and the
 # authors' post-fix figures (last epoch), where they published them.

@@ -38,8 +38,7 @@ from _common import (environment, fold_seconds, gives_first_member, paired_diffe
 from timnet.corpora import paper_seed
 from timnet.errors import TimnetError
 from timnet.features import load_features
-from timnet.rundir import features_fingerprint
-from timnet.utils import fold_files, read_fold_result
+from timnet.rundir import features_fingerprint, fold_files, read_fold_result
 
 
 def main() -> int:

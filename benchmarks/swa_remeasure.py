@@ -24,10 +24,10 @@ import torch
 from _common import run_main
 from timnet.checkpoint import load_checkpoint, save_checkpoint
 from timnet.features import load_features
+from timnet.files import write_json
 from timnet.recipe import measure_bn
 from timnet.rundir import read_identity
 from timnet.train import evaluate_split, fold_seed
-from timnet.utils import write_json
 
 
 def main() -> int:

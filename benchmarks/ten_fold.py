@@ -45,8 +45,7 @@ from _common import (PUBLISHED, environment, fold_seconds, gives_first_member, p
                      write_json)
 from timnet.corpora import paper_seed
 from timnet.features import load_features
-from timnet.rundir import features_fingerprint
-from timnet.utils import fold_files, read_fold_result
+from timnet.rundir import features_fingerprint, fold_files, read_fold_result
 
 
 def main() -> int:

@@ -501,7 +501,7 @@ def test_write_failure_names_the_file_asked_for(tmp_path):
     temporary twin, and neither is left behind; the previous result is kept."""
     import errno
 
-    from timnet.utils import atomic_write
+    from timnet.files import atomic_write
 
     target = tmp_path / "results.json"
     target.write_text("previous")
@@ -522,13 +522,13 @@ def test_a_full_disk_while_a_model_is_saved_is_an_oserror_naming_it(tmp_path, mo
     command line can only show as a traceback; written through a file, it is the OSError it is."""
     import errno
 
-    from timnet import utils
+    from timnet import files
     from timnet.checkpoint import save_checkpoint
     from timnet.features import FeatureConfig
     from timnet.model import TIMNet, TIMNetConfig
 
     target = tmp_path / "model.pt"
-    monkeypatch.setattr(utils, "open", lambda path, mode: open("/dev/full", mode), raising=False)
+    monkeypatch.setattr(files, "open", lambda path, mode: open("/dev/full", mode), raising=False)
     with pytest.raises(OSError) as caught:
         save_checkpoint(target, TIMNet(TIMNetConfig(n_classes=2)), feature_config=FeatureConfig(), labels=("a", "b"),
                         corpus="X")
@@ -540,7 +540,7 @@ def test_a_temporary_file_that_cannot_be_made_names_the_file_asked_for(tmp_path,
     import errno
     import tempfile
 
-    from timnet.utils import write_json
+    from timnet.files import write_json
 
     def refuse(**kw):
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".r.json.x1y2.tmp"))

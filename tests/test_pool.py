@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     import inspect, multiprocessing, os, signal, struct, time
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
-    from timnet.utils import end_pool, pool_result
+    from timnet.processes import end_pool, pool_result
 
     def die_while_sending(_):
         frame = inspect.currentframe()

@@ -552,7 +552,7 @@ def test_fold_copies_are_not_folds_and_a_closed_pipe_ends_quietly(run_dir, tmp_p
     `predict` and `export` nor deleted by --overwrite; `predict ... | head` stops quietly."""
     import shutil
 
-    from timnet.utils import fold_dirs
+    from timnet.rundir import fold_dirs
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

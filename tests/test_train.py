@@ -417,7 +417,7 @@ def test_signals_held_while_processes_start():
     import multiprocessing
     import signal
 
-    from timnet.utils import signals_held
+    from timnet.processes import signals_held
 
     context = multiprocessing.get_context("spawn")
     own = signal.signal(signal.SIGINT, signal.default_int_handler)  # a test runner's worker may ignore it
@@ -787,7 +787,7 @@ def test_one_process_writes_a_run_dir_at_a_time(tmp_path, capsys):
     twice, --overwrite of a run still training) is refused and touches nothing; a failed command
     leaves no folder it made; a resume clears the temporary files of a run killed mid-write."""
     from timnet.cli import main
-    from timnet.utils import folder_lock
+    from timnet.files import folder_lock
 
     features = save_features(synthetic(), tmp_path / "f.npz")
     space = tmp_path / "space.yaml"

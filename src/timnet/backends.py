@@ -17,7 +17,7 @@ import socket
 from typing import Callable, Iterator
 
 from .errors import TimnetError
-from .utils import check_pool, end_pool, signals_held, sigterm_handler, when_parent_ends
+from .processes import check_pool, end_pool, signals_held, sigterm_handler, when_parent_ends
 
 Task = tuple[int, int]  # (index of the run, fold number)
 OnEpoch = Callable[[Task, dict], None]

@@ -20,9 +20,9 @@ from .corpora import CORPORA
 from .features import FeatureConfig, FeatureSet
 from .folds import make_folds
 from .model import TIMNet, TIMNetConfig
+from .processes import torch_threads
 from .run import Run
 from .train import TrainConfig, train_fold
-from .utils import torch_threads
 
 def synthetic_emodb(seed: int = 0) -> FeatureSet:
     """Random features with EMODB's shape (535 x 188 x 39), classes, speakers and MFCC-like scale."""

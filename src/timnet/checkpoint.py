@@ -12,8 +12,8 @@ import torch
 
 from .errors import TimnetError
 from .features import FeatureConfig
+from .files import damaged_record, save_torch
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble
-from .utils import damaged_record, save_torch
 
 FORMAT = "timnet-checkpoint/1"
 # An ensemble's checkpoint is marked apart, so that a timnet without ensembles refuses it rather

@@ -13,8 +13,10 @@ from pathlib import Path
 from . import dispatch
 from .corpora import CORPORA  # the registry imports neither numpy nor torch: cheap for --help
 from .errors import TimnetError
+from .files import folder_lock, write_json
 from .outputs import JSON_STDOUT, check_outputs, refuse_output_among
-from .utils import RUN_FILE, folder_lock, sigterm_handler, weightless_words, write_json
+from .processes import sigterm_handler
+from .rundir import RUN_FILE, weightless_words
 
 CORPUS_NAMES = tuple(name.lower() for name in CORPORA)
 EXIT_SIGPIPE = 128 + 13  # a shell's status for a command ended by SIGPIPE (13 on every POSIX system; Windows has none)
@@ -401,7 +403,7 @@ def cmd_test(args) -> int:
 
 def cmd_plot(args) -> int:
     from .report import REPORT_FILE, plot_run, write_report
-    from .utils import check_output
+    from .files import check_output
 
     if Path(args.run_dir).is_dir():  # RUN_DIR's, whatever --out says: refused before the figures, not after
         check_output(Path(args.run_dir) / REPORT_FILE)

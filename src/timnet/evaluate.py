@@ -15,8 +15,8 @@ from .features import FeatureConfig, FeatureSet
 from .folds import make_folds
 from .keras_import import check_corpus_levels, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
 from .model import TIMNet, TIMNetEnsemble, has_nonfinite_weights
-from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
-from .utils import RUN_FILE, diverged_folds, diverged_words, fold_files, read_fold_result, unfinished_words
+from .rundir import (RUN_FILE, check_not_all_data, check_not_multi_seed, diverged_folds, diverged_words,
+                     features_fingerprint, fold_files, read_fold_result, read_identity, unfinished_words)
 
 
 @torch.no_grad()

@@ -18,8 +18,9 @@ import numpy as np
 from . import audio, dispatch
 from .corpora import CORPORA, FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, natural_key, skip_summary
 from .errors import TimnetError
+from .files import atomic_write
+from .processes import end_pool, pool_result, signals_held, when_parent_ends
 from .progress import progress_bar
-from .utils import atomic_write, end_pool, pool_result, signals_held, when_parent_ends
 
 
 MAX_SIGNAL_LENGTH = 10 * 60 * audio.SAMPLE_RATE  # the corpora's are 4-14 s; far beyond, an array too big to hold

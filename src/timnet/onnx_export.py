@@ -21,8 +21,8 @@ import torch
 from . import __version__
 from .errors import TimnetError
 from .features import FeatureConfig
+from .files import atomic_write
 from .predict import Predictor, check_feature_batch, mean_probabilities
-from .utils import atomic_write
 
 OPSET = 17
 # largest |onnxruntime - torch| probability accepted at export (float32 graphs agree to ~1e-7)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .corpora import Corpus, get_corpus, list_corpus
 from .errors import TimnetError
-from .utils import folder_lock, write_json
+from .files import folder_lock, write_json
 
 MARKER = ".timnet-organize.json"
 SPEAKER_PATTERN = r"^([^_]+)_"  # recovers the speaker from an organised file name

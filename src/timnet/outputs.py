@@ -9,7 +9,8 @@ import re
 from pathlib import Path
 
 from .errors import TimnetError
-from .utils import RUN_FILE, RUN_FILES, check_output
+from .files import check_output
+from .rundir import RUN_FILE, RUN_FILES
 
 JSON_STDOUT = "-"  # `--json -`: the JSON on stdout, for a pipe into jq; the report lines then go to stderr
 

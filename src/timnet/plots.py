@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 
 from . import metrics
 from .errors import TimnetError
-from .utils import atomic_write
+from .files import atomic_write
 
 PNG_DPI = 150
 # Train and validation series of the curves figure: (history column, legend name, panel).

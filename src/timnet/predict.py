@@ -19,10 +19,11 @@ from .checkpoint import load_checkpoint
 from .corpora import AUDIO_EXTENSIONS, CORPORA, get_corpus
 from .errors import TimnetError
 from .features import FeatureConfig, waveform_features
-from .keras_import import check_corpus_levels, highest_keras_fold, keras_fold_files, load_keras_weights, warn_if_named_for_another_corpus
+from .keras_import import (check_corpus_levels, highest_keras_fold, keras_fold_files, load_keras_weights,
+                           warn_if_named_for_another_corpus)
 from .model import TIMNet, has_nonfinite_weights
-from .rundir import check_not_multi_seed, read_identity
-from .utils import RUN_FILE, diverged_folds, diverged_words, fold_files, unfinished_words
+from .rundir import (RUN_FILE, check_not_multi_seed, diverged_folds, diverged_words, fold_files, read_identity,
+                     unfinished_words)
 
 BUNDLED = {"emodb": "emodb.pt"}  # name -> file in timnet/pretrained/
 QUIET_RMS = 1e-4  # below this the recording is treated as silence

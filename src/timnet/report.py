@@ -22,10 +22,10 @@ import numpy as np
 from . import metrics
 from .errors import TimnetError
 from .features import FeatureSet
+from .files import atomic_write, printable
 from .plots import confusion_figure, curves_figure, fold_confusions_figure, recall_figure, save_figure, tsne_figure
-from .rundir import check_not_all_data, check_not_multi_seed, features_fingerprint, read_identity
-from .utils import (RUN_FILE, atomic_write, diverged_words, fold_files, history_name, printable,
-                    read_fold_result)
+from .rundir import (RUN_FILE, check_not_all_data, check_not_multi_seed, diverged_words, features_fingerprint,
+                     fold_files, history_name, read_fold_result, read_identity)
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"

@@ -40,15 +40,16 @@ from .corpora import paper_dilations, paper_seed
 from .errors import ConfigurationChanged, Diverged, TimnetError
 from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
+from .files import write_csv, write_json
 from .folds import make_folds
 from .model import TIMNetConfig, ensemble
-from .rundir import (LEGACY_IDENTITY, check_not_multi_seed, decisive, features_fingerprint, read_identity,
-                     recorded, recorded_cpu_dispatch)
+from .processes import torch_threads
+from .progress import FoldProgress, progress_bar
+from .rundir import (DIVERGED_FILE, LEGACY_IDENTITY, RUN_FILE, RUN_FILES, RUN_OUTPUTS, check_not_multi_seed, decisive,
+                     features_fingerprint, fold_dirs, history_name, read_fold_result, read_identity, recorded,
+                     recorded_cpu_dispatch)
 from .train import (TrainConfig, check_seed, distinct, evaluate_split, fold_seed, member_done_path, resolve_path,
                     snapshot_path, train_member, train_members, validation_split)
-from .progress import FoldProgress, progress_bar
-from .utils import (DIVERGED_FILE, RUN_FILE, RUN_FILES, RUN_OUTPUTS, fold_dirs, history_name, read_fold_result,
-                    torch_threads, write_csv, write_json)
 
 
 def versions() -> dict:
@@ -75,7 +76,7 @@ def _remove_run_outputs(run_dir: Path) -> None:
 
 
 def _remove_stale_temporaries(run_dir: Path) -> None:
-    """The hidden temporary files (utils.atomic_write) a run killed while writing leaves behind;
+    """The hidden temporary files (files.atomic_write) a run killed while writing leaves behind;
     another program's hidden files in the folder stay."""
     for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
         if any(fnmatch.fnmatch(stale.name[1:].rsplit(".", 2)[0], name) for name in RUN_FILES):

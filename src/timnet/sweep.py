@@ -34,10 +34,12 @@ from .checkpoint import load_checkpoint
 from .errors import ConfigurationChanged, TimnetError
 from .evaluate import FoldModel, evaluate, summarize
 from .features import FeatureSet
+from .files import write_csv, write_json
 from .model import TIMNetConfig
+from .processes import torch_threads
 from .run import SEEDS_FILE, Run, execute_runs
+from .rundir import RUN_FILE, diverged_words, fold_dirs, read_fold_result
 from .train import TrainConfig, check_seed, preset_swa_epochs
-from .utils import RUN_FILE, diverged_words, fold_dirs, read_fold_result, torch_threads, write_csv, write_json
 
 MODEL_PARAMS = ("dropout",)
 KINDS = ("choice", "uniform", "loguniform", "randint", "grid")

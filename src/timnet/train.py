@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from . import dispatch, metrics, recipe
 from .errors import Diverged, TimnetError
+from .files import damaged_record, save_torch
 from .model import TIMNet, TIMNetConfig, TIMNetEnsemble, ensemble
-from .utils import damaged_record, save_torch
 
 SELECTIONS = ("last", "best-val")
 PATHS = ("auto", "fast", "reference")
