@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corpora import CORPORA
-from .features import FeatureConfig, FeatureSet
+from .audio import audio_info, sndfile_message
+from .corpora import CORPORA, list_corpus
+from .errors import TimnetError
+from .features import FeatureConfig, FeatureSet, extract
 from .folds import make_folds
 from .model import TIMNet, TIMNetConfig
 from .processes import torch_threads
@@ -81,10 +83,6 @@ def inference_utterances_per_second(fs: FeatureSet, *, threads: int, batch_size:
 
 def emodb_audio_seconds(data_dir: str | Path) -> float:
     """Seconds of audio in an EMODB tree; a file libsndfile cannot open is one error naming it."""
-    from .audio import audio_info, sndfile_message
-    from .corpora import list_corpus
-    from .errors import TimnetError
-
     total = 0.0
     for it in list_corpus("emodb", data_dir).items:
         path = Path(data_dir) / it.path
@@ -98,9 +96,6 @@ def emodb_audio_seconds(data_dir: str | Path) -> float:
 
 def extraction_seconds(data_dir: str | Path, *, workers: int) -> dict:
     """Wall time of extracting the real EMODB tree with `workers` processes, and its speed."""
-    from .errors import TimnetError
-    from .features import extract
-
     audio_seconds = emodb_audio_seconds(data_dir)
     t0 = time.perf_counter()
     # bad files are gathered, not raised: extract's own message offers a --skip-bad that bench has not
@@ -146,8 +141,6 @@ def busy_cores() -> float | None:
 
 def run_bench(*, data_dir: str | Path | None = None, workers: int | None = None, log=print) -> dict:
     """All figures of INTERFACE.md's `timnet bench`, measured in one run on this machine."""
-    from .errors import TimnetError
-
     cores = os.cpu_count() or 1
     if workers is not None and workers < 1:
         raise TimnetError(f"--workers {workers} invalid; expected a positive number")

@@ -402,8 +402,8 @@ def cmd_test(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .report import REPORT_FILE, plot_run, write_report
     from .files import check_output
+    from .report import REPORT_FILE, plot_run, write_report
 
     if Path(args.run_dir).is_dir():  # RUN_DIR's, whatever --out says: refused before the figures, not after
         check_output(Path(args.run_dir) / REPORT_FILE)
