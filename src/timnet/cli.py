@@ -13,7 +13,7 @@ from pathlib import Path
 from . import dispatch
 from .corpora import CORPORA  # the registry imports neither numpy nor torch: cheap for --help
 from .errors import TimnetError
-from .files import folder_lock, write_json
+from .files import check_output, folder_lock, write_json
 from .outputs import JSON_STDOUT, check_outputs, refuse_output_among
 from .processes import sigterm_handler
 from .rundir import RUN_FILE, weightless_words
@@ -112,9 +112,8 @@ def cmd_organize(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .download import download
-
     from .check import format_check
+    from .download import download
 
     n, report = download(args.corpus, args.dir, url=args.url, progress=not args.quiet)
     print(f"{args.dir}: {n} files unpacked\n")
@@ -402,7 +401,6 @@ def cmd_test(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .files import check_output
     from .report import REPORT_FILE, plot_run, write_report
 
     if Path(args.run_dir).is_dir():  # RUN_DIR's, whatever --out says: refused before the figures, not after

@@ -1,5 +1,6 @@
 """Writing files so that nothing half-written is ever read: atomic replacement, JSON and CSV,
-checked output paths, a lock on a run folder, and a check of a torch.save file's checksums."""
+output paths checked before any work, a lock on a folder being written, and a check of a
+torch.save file's checksums."""
 from __future__ import annotations
 
 import contextlib
@@ -77,12 +78,6 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def printable(text) -> str:
-    """`text` with the bytes of a name that was not UTF-8 (an old Latin-1 zip's "Jos\\xe9", kept by
-    Python as surrogates) shown as \\xe9: matplotlib and a UTF-8 page cannot take them as they are."""
-    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def write_json(path: str | Path, obj) -> None:

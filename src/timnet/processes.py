@@ -1,5 +1,6 @@
-"""Child processes and signals: starting workers so that Ctrl-C and SIGTERM reach them sanely,
-ending a pool's workers at once, noticing a dead one, and a child's watch on its parent."""
+"""Processes, threads and signals: starting workers so that Ctrl-C and SIGTERM reach them sanely,
+ending a pool's workers at once, noticing a dead one, a child's watch on its parent, a SIGTERM
+handler for a block, and the threads torch computes with for a block."""
 from __future__ import annotations
 
 import contextlib

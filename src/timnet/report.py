@@ -22,7 +22,7 @@ import numpy as np
 from . import metrics
 from .errors import TimnetError
 from .features import FeatureSet
-from .files import atomic_write, printable
+from .files import atomic_write
 from .plots import confusion_figure, curves_figure, fold_confusions_figure, recall_figure, save_figure, tsne_figure
 from .rundir import (RUN_FILE, check_not_all_data, check_not_multi_seed, diverged_words, features_fingerprint,
                      fold_files, history_name, read_fold_result, read_identity)
@@ -38,6 +38,12 @@ FIGURE_CAPTIONS = {
             "by side), one panel per fold: each fold's model has its own feature space, so samples are embedded "
             "with the other test samples of their fold.",
 }
+
+
+def printable(text) -> str:
+    """`text` with the bytes of a name that was not UTF-8 (an old Latin-1 zip's "Jos\\xe9", kept by
+    Python as surrogates) shown as \\xe9: matplotlib and a UTF-8 page cannot take them as they are."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _weights_kept(tc: dict) -> str:

@@ -1,7 +1,8 @@
 """A RUN_DIR's layout, and reading it without training: the names timnet gives its files, its
-identity, the features it was trained on, its fold folders and their results, and the folders of a
-multi-seed run. Evaluation, prediction and reports need these; training (run.py) writes what they
-read. Importing it imports neither numpy nor torch (fingerprinting features and reading a run's
+identity, the features it was trained on, its fold folders and their results (and how every
+command words folds unfinished, diverged or without weights), and the folders of a multi-seed
+run. Evaluation, prediction and reports need these; training (run.py) writes what they read.
+Importing it imports neither numpy nor torch (fingerprinting features and reading a run's
 training options do, where they are called)."""
 from __future__ import annotations
 
