@@ -85,6 +85,20 @@ def test_pin_as_the_readme_writes_it():
     assert r.stderr.strip().endswith("AttributeError: module 'timnet' has no attribute 'no_such_name'"), r.stderr
 
 
+def test_the_command_line_imports_no_numpy_before_it_pins():
+    """The console script (timnet.cli:main) pins the CPU dispatch first thing, and pin() does nothing
+    once numpy is imported: a module the CLI imports at its top that imported numpy would silently
+    unpin every command (other bits on another machine). torch neither: --help stays quick."""
+    import subprocess
+    import sys
+
+    code = ("import sys, timnet.cli; print(sorted(m for m in ('numpy', 'torch', 'scipy', 'librosa', 'soundfile') "
+            "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[]"], f"imported by `import timnet.cli`: {r.stdout.strip()}"
+
+
 def test_mkl_branch_is_what_mkl_reports():
     """state() records the branch torch's MKL runs, read from MKL itself, not the variable: the
     branch MKL_CBWR sets, "auto ..." with none set, None where torch is not imported."""
