@@ -570,6 +570,36 @@ def test_iemocap_check_counts_a_labelled_utterance_without_audio_as_missing(iemo
     assert f"  {wav1}notes.wav (unexpected name)" in text and "(name)" not in text
 
 
+def test_iemocap_extract_refuses_a_labelled_utterance_without_audio(iemocap):
+    """A partly unpacked copy is an error naming the first missing wav, as an unreadable one is,
+    not a warning beside a run whose folds are no longer the corpus's; --skip-bad goes on."""
+    from timnet.features import extract
+
+    gone = iemocap / "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F002.wav"
+    with pytest.raises(TimnetError, match=rf"^{gone}: missing, though its IEMOCAP label file names it; expected the "
+                                          r"audio of every labelled utterance \(--skip-bad skips it\)$"):
+        extract("iemocap", iemocap, workers=1, signal_length=4096, progress=False)
+    fs, skipped, bad = extract("iemocap", iemocap, workers=1, signal_length=4096, skip_bad=True, progress=False)
+    assert len(fs) == 7 and bad == [] and "1 labelled but missing" in skipped
+
+
+def test_iemocap_label_files_without_a_label_line_are_named(iemocap):
+    """Label files in another format or encoding (UTF-16, say) are not mistaken for a root below
+    the labels: the error names a label file; one such file among good ones is named in the reason
+    its utterances are skipped."""
+    evaluations = sorted(iemocap.glob("IEMOCAP_full_release/*/dialog/EmoEvaluation/*.txt"))
+    first = evaluations[0].read_text()
+    evaluations[0].write_bytes(first.encode("utf-16"))
+    reason = "no label line in IEMOCAP_full_release/Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
+    skipped = dict(list_corpus("iemocap", iemocap).skipped)
+    assert skipped["IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav"] == reason
+    for path in evaluations:
+        path.write_text("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n")
+    with pytest.raises(TimnetError, match=r"EmoEvaluation/Ses\d\d[FM]_\w+\.txt: no IEMOCAP label line in it or any other "
+                                          r"EmoEvaluation file; expected lines '\[start - end\]<TAB>utterance"):
+        list_corpus("iemocap", iemocap)
+
+
 # --- list_corpus errors -------------------------------------------------------------------------
 
 

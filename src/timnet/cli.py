@@ -150,10 +150,10 @@ def cmd_extract(args) -> int:
     full = CORPORA.get(fs.corpus.upper())
     if full is not None and full.n_files and len(fs) != full.n_files:
         # a part of a corpus is fine to train on, but its folds and figures are not the paper's
-        _warn(f"{len(fs)} {fs.corpus} utterances, where the paper's corpus has {full.n_files}: folds and "
+        _warn(f"{len(fs)} {fs.corpus} utterance{'s' * (len(fs) != 1)}, where the paper's corpus has {full.n_files}: folds and "
               f"figures are not comparable with the paper's (`timnet corpora --check {fs.corpus.lower()} DIR`)")
     who = f"{speakers} speaker{'s' * (speakers != 1)}" if named else "speakers unknown"
-    print(f"{fs.corpus}: {len(fs)} utterances ({counts}), {who}, features {fs.x.shape[1:]} -> {args.output}")
+    print(f"{fs.corpus}: {len(fs)} utterance{'s' * (len(fs) != 1)} ({counts}), {who}, features {fs.x.shape[1:]} -> {args.output}")
     return 0
 
 
@@ -673,7 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--speaker-pattern", default=None, metavar="REGEX",
                    help="folders corpora: regex on the file name whose first group is the speaker")
     s.add_argument("--force", action="store_true", help="recompute even when FEATURES.npz is up to date")
-    s.add_argument("--skip-bad", action="store_true", help="skip unreadable, empty or truncated audio files instead of failing")
+    s.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable, empty or truncated audio files, and IEMOCAP utterances labelled "
+                   "but without audio, instead of failing")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar (without it, stderr sent to a log file gets a plain line a minute)")
     s.set_defaults(func=cmd_extract)
 

@@ -349,25 +349,28 @@ _IEMOCAP_UTTERANCE = re.compile(r"Ses(\d\d)[FM]_.+_([FM])(?:XX)?\d+")
 _IEMOCAP_DIALOG = re.compile(r"Ses\d\d[FM]_[a-z]+\d+[a-z]?(?:_\d+[a-z]?)?")
 
 
-def _iemocap_labels(root: Path, files: list[str]) -> tuple[dict[str, tuple[str, str]], set[tuple[str, str]]]:
+def _iemocap_labels(root: Path, files: list[str]) -> tuple[dict[str, tuple[str, str]], dict[tuple[str, str], int]]:
     """Map each utterance named in an EmoEvaluation/<dialog>.txt to (emotion code, expected wav path),
-    and list the (session folder, dialog) of every label file. Two label files (a stale copy in the
-    tree) that give one utterance different classes are refused."""
+    and count the label lines of every label file by (session folder, dialog). Two label files (a
+    stale copy in the tree) that give one utterance different classes are refused, and so are label
+    files none of which holds a label line."""
     labels: dict[str, tuple[str, str]] = {}
     source: dict[str, str] = {}
-    dialogs: set[tuple[str, str]] = set()
+    dialogs: dict[tuple[str, str], int] = {}  # (session, dialog) -> how many label lines its file holds
+    first = ""  # the first label file read, to name when none holds a label line
     for path in files:
         pure = PurePosixPath(path)
         # only the files directly in EmoEvaluation: its subfolders hold per-annotator ratings
         if pure.suffix.lower() != ".txt" or len(pure.parts) < 2 or pure.parts[-2].casefold() != "emoevaluation":
             continue
         session = pure.parents[2] if len(pure.parts) >= 3 else PurePosixPath()
-        dialogs.add((session.as_posix(), pure.stem))
         try:
             text = (root / path).read_text(encoding="utf-8", errors="replace")
         except OSError as error:
             raise TimnetError(f"cannot read IEMOCAP label file {root / path}: {error.strerror}") from None
-        for utterance, code in _IEMOCAP_LINE.findall(text):
+        lines = _IEMOCAP_LINE.findall(text)
+        dialogs[session.as_posix(), pure.stem] = len(lines)
+        for utterance, code in lines:
             dialog = utterance.rsplit("_", 1)[0]
             expected = (session / "sentences" / "wav" / dialog / f"{utterance}.wav").as_posix()
             code = code.lower()
@@ -376,17 +379,24 @@ def _iemocap_labels(root: Path, files: list[str]) -> tuple[dict[str, tuple[str, 
             elif _IEMOCAP_EMOTIONS.get(code) != _IEMOCAP_EMOTIONS.get(labels[utterance][0]):
                 raise TimnetError(f"{utterance} is labelled {labels[utterance][0]} in {root / source[utterance]} and "
                                   f"{code} in {root / path}; expected one class per utterance (remove the stale copy)")
+        first = first or path
+    if first and not labels:  # label files where SPEC's layout puts them, all in another format or encoding
+        raise TimnetError(f"{root / first}: no IEMOCAP label line in it or any other EmoEvaluation file; expected "
+                          "lines '[start - end]<TAB>utterance<TAB>code<TAB>[v, a, d]' as IEMOCAP ships them")
     return labels, dialogs
 
 
-def _iemocap_unlabelled(wav: PurePosixPath, dialogs: set[tuple[str, str]]) -> str:
-    """Why an utterance has no label: its dialog's label file does not name it ("no label"), or
-    there is no such file, named where SPEC's layout puts it (one reason for a whole session
-    without label files, rather than one per dialog)."""
+def _iemocap_unlabelled(wav: PurePosixPath, dialogs: dict[tuple[str, str], int]) -> str:
+    """Why an utterance has no label: its dialog's label file does not name it ("no label"), has
+    no label line at all (another format or encoding: the file is named), or there is no such
+    file, named where SPEC's layout puts it (one reason for a whole session without label files,
+    rather than one per dialog)."""
     parts = [p.casefold() for p in wav.parts]
     if len(parts) < 5 or parts[-3] != "wav" or parts[-4] != "sentences":  # not SessionN/sentences/wav/<dialog>/
         return "no label"
     session, dialog = wav.parents[3].as_posix(), wav.stem.rsplit("_", 1)[0]
+    if dialogs.get((session, dialog)) == 0:
+        return f"no label line in {session}/dialog/EmoEvaluation/{dialog}.txt"
     if (session, dialog) in dialogs:
         return "no label"
     if not any(known == session for known, _ in dialogs):
