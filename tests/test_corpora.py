@@ -612,10 +612,19 @@ def test_list_corpus_missing_path(tmp_path):
 
 
 def test_list_corpus_file_not_directory(tmp_path):
+    """An archive given as the corpus folder says to unpack it; another file only what it is not."""
+    from timnet.corpora import folder_corpus
+
     touch(tmp_path / "EMODB.zip", b"PK")
-    with pytest.raises(TimnetError, match="is not a directory") as error:
+    with pytest.raises(TimnetError, match=r"is not a directory but an archive \(unpack it and give its folder\)") as error:
         list_corpus("emodb", tmp_path / "EMODB.zip")
     assert str(tmp_path / "EMODB.zip") in str(error.value)
+    touch(tmp_path / "IEMOCAP_full_release.tar.gz", b"")
+    with pytest.raises(TimnetError, match="an archive"):
+        folder_corpus(tmp_path / "IEMOCAP_full_release.tar.gz", signal_length=96000)
+    touch(tmp_path / "notes.txt", b"")
+    with pytest.raises(TimnetError, match=r"notes\.txt is not a directory; expected"):
+        list_corpus("emodb", tmp_path / "notes.txt")
 
 
 def test_list_corpus_nothing_matches(tmp_path):

@@ -508,7 +508,7 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise TimnetError(f"folders corpus {root} is not a directory; expected DIR/<label>/<file>.wav")
+        raise TimnetError(f"folders corpus {root} is not a directory{_unpack_hint(root)}; expected DIR/<label>/<file>.wav")
     if speaker_pattern is not None and not speaker_pattern:
         raise TimnetError("--speaker-pattern '': empty; expected a regex whose first group is the speaker, e.g. '^(\\w+?)_'")
     try:
@@ -610,6 +610,15 @@ def get_corpus(name: str, *, also: str | None = None) -> Corpus:
     return corpus
 
 
+_ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".gz", ".rar", ".7z")
+
+
+def _unpack_hint(path: Path) -> str:
+    """A corpus as it was downloaded (RAVDESS's zip, IEMOCAP's tarball) given where its folder goes."""
+    name = path.name.lower()
+    return " but an archive (unpack it and give its folder)" if name.endswith(_ARCHIVES) else ""
+
+
 def list_corpus(corpus: Corpus | str, root: str | Path) -> Listing:
     """Find and label a corpus's audio files under root, in sample order."""
     if not isinstance(corpus, Corpus):
@@ -618,7 +627,7 @@ def list_corpus(corpus: Corpus | str, root: str | Path) -> Listing:
     if not root.exists():
         raise TimnetError(f"{corpus.name} folder {root} does not exist; expected {corpus.layout}")
     if not root.is_dir():
-        raise TimnetError(f"{corpus.name} folder {root} is not a directory; expected {corpus.layout}")
+        raise TimnetError(f"{corpus.name} folder {root} is not a directory{_unpack_hint(root)}; expected {corpus.layout}")
     listing = corpus.scan(root)
     if not listing.items:
         summary = skip_summary(listing)
