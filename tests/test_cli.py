@@ -168,8 +168,8 @@ def test_truncated_and_non_audio_wav(tmp_path, out):
     assert untouched(out)
     ok = timnet("extract", "emodb", root, "-o", out, "-q", "--skip-bad", "--workers", "1")
     assert ok.returncode == 0, ok.stderr
-    assert "03a01Fa.wav" in ok.stderr and "1 utterances" in ok.stdout
-    assert "1 EMODB utterances, where the paper's corpus has 535" in ok.stderr  # a part of a corpus is said
+    assert "03a01Fa.wav" in ok.stderr and "1 utterance (" in ok.stdout
+    assert "1 EMODB utterance, where the paper's corpus has 535" in ok.stderr  # a part of a corpus is said
 
 
 def test_extract_replaces_only_a_feature_file(tmp_path, out):
