@@ -1,5 +1,6 @@
 """Corpus registry and layout walkers: mock corpus trees in a temp dir, plus the real EMODB/CASIA."""
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -576,8 +577,8 @@ def test_iemocap_extract_refuses_a_labelled_utterance_without_audio(iemocap):
     from timnet.features import extract
 
     gone = iemocap / "IEMOCAP_full_release/Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F002.wav"
-    with pytest.raises(TimnetError, match=rf"^{gone}: missing, though its IEMOCAP label file names it; expected the "
-                                          r"audio of every labelled utterance \(--skip-bad skips it\)$"):
+    with pytest.raises(TimnetError, match=f"^{re.escape(str(gone))}: missing, though its IEMOCAP label file names it; "
+                                          r"expected the audio of every labelled utterance \(--skip-bad skips it\)$"):
         extract("iemocap", iemocap, workers=1, signal_length=4096, progress=False)
     fs, skipped, bad = extract("iemocap", iemocap, workers=1, signal_length=4096, skip_bad=True, progress=False)
     assert len(fs) == 7 and bad == [] and "1 labelled but missing" in skipped

@@ -148,12 +148,13 @@ def cmd_extract(args) -> int:
     if (gap := missing_classes(fs)) is not None:
         _warn(f"{args.data_dir}: {gap}")
     full = CORPORA.get(fs.corpus.upper())
+    noun = "utterance" if len(fs) == 1 else "utterances"
     if full is not None and full.n_files and len(fs) != full.n_files:
         # a part of a corpus is fine to train on, but its folds and figures are not the paper's
-        _warn(f"{len(fs)} {fs.corpus} utterance{'s' * (len(fs) != 1)}, where the paper's corpus has {full.n_files}: folds and "
+        _warn(f"{len(fs)} {fs.corpus} {noun}, where the paper's corpus has {full.n_files}: folds and "
               f"figures are not comparable with the paper's (`timnet corpora --check {fs.corpus.lower()} DIR`)")
     who = f"{speakers} speaker{'s' * (speakers != 1)}" if named else "speakers unknown"
-    print(f"{fs.corpus}: {len(fs)} utterance{'s' * (len(fs) != 1)} ({counts}), {who}, features {fs.x.shape[1:]} -> {args.output}")
+    print(f"{fs.corpus}: {len(fs)} {noun} ({counts}), {who}, features {fs.x.shape[1:]} -> {args.output}")
     return 0
 
 
