@@ -122,7 +122,7 @@ def check_tree(corpus: Corpus | str, root: str | Path, *, manifest: dict[str, st
     listing = list_corpus(corpus, root)
     counts = Counter(corpus.labels[it.label] for it in listing.items)
     # IEMOCAP: utterances its label files name, with no audio file, are missing, not strays
-    absent = [p for p, why in listing.skipped if why == NO_AUDIO]
+    absent = listing.missing
     harmless = {(p, why): _harmless(root, p, why) for p, why in listing.skipped if why != NO_AUDIO}  # each copy compared once
     report = CheckReport(
         corpus=corpus.name, root=str(root),

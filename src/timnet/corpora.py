@@ -41,6 +41,11 @@ class Listing:
     skipped: tuple[tuple[str, str], ...]  # (relative path, reason) of audio files not used
     corpus: str = ""  # canonical corpus name, for messages
 
+    @property
+    def missing(self) -> list[str]:
+        """Utterances a label file names whose audio is not there (IEMOCAP): missing from the copy."""
+        return [path for path, why in self.skipped if why == NO_AUDIO]
+
 
 @dataclass(frozen=True)
 class Corpus:
@@ -610,7 +615,7 @@ def get_corpus(name: str, *, also: str | None = None) -> Corpus:
     return corpus
 
 
-_ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".gz", ".rar", ".7z")
+_ARCHIVES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".rar", ".7z")  # .gz also ends .tar.gz
 
 
 def _unpack_hint(path: Path) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import audio, dispatch
-from .corpora import CORPORA, FOLDERS, NO_AUDIO, Corpus, folder_corpus, get_corpus, list_corpus, natural_key, skip_summary
+from .corpora import CORPORA, FOLDERS, Corpus, folder_corpus, get_corpus, list_corpus, natural_key, skip_summary
 from .errors import TimnetError
 from .files import atomic_write
 from .processes import end_pool, pool_result, signals_held, when_parent_ends
@@ -210,7 +210,7 @@ def extract(
     corpus = get_corpus(corpus, also="folders") if isinstance(corpus, str) else corpus
     root = Path(root).expanduser()  # as list_corpus does: the files are read from the root it listed
     listing = list_corpus(corpus, root)
-    absent = [path for path, why in listing.skipped if why == NO_AUDIO]
+    absent = listing.missing
     if absent and not skip_bad:  # a partly unpacked copy: its folds would not be the corpus's
         more = f" (and {len(absent) - 1} more; --skip-bad skips them)" if len(absent) > 1 else " (--skip-bad skips it)"
         raise TimnetError(f"{root / absent[0]}: missing, though its {corpus.name} label file names it; expected "
