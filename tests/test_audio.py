@@ -82,6 +82,11 @@ def test_empty_and_non_audio_files_are_refused(tmp_path):
     sf.write(str(header_only), np.zeros(0, np.float32), 16000)
     with pytest.raises(TimnetError, match=r"h\.wav: (holds no audio|empty)"):
         audio.read_audio(header_only)
+    # two links naming each other: a loop, not a link to a file that has gone
+    (tmp_path / "a.wav").symlink_to(tmp_path / "b.wav")
+    (tmp_path / "b.wav").symlink_to(tmp_path / "a.wav")
+    with pytest.raises(TimnetError, match=r"a\.wav: a symbolic link loop \(via .*b\.wav\); expected an audio file"):
+        audio.read_audio(tmp_path / "a.wav")
 
 
 def test_non_finite_samples_are_refused(tmp_path):

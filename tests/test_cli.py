@@ -105,6 +105,11 @@ def test_outputs_checked_before_the_work(tmp_path, out):
     assert_one_line_error(timnet("train", out, "-o", out, "-q"), "f.npz is a file", "expected a folder")
     assert_one_line_error(timnet("train", out, "-o", out / "run", "-q"), f"{out} is a file, not a folder")
     assert_one_line_error(timnet("test", out, "--weights", tmp_path, "--json", tmp_path), "is a folder")
+    # a trailing slash names a folder: refused, where it once wrote a file called `new.npz`
+    assert_one_line_error(timnet("extract", "emodb", tmp_path, "-o", f"{tmp_path / 'new.npz'}/", "-q"),
+                          "--output", "new.npz/ ends in a slash, a folder; expected a file path")
+    assert_one_line_error(timnet("test", out, "--weights", tmp_path, "--json", f"{tmp_path / 'new'}/"), "--json", "ends in a slash")
+    assert not (tmp_path / "new.npz").exists() and not (tmp_path / "new").exists()
     # an empty path (`--json "$UNSET"`) is an error, not silently no file
     assert_one_line_error(timnet("test", out, "--weights", tmp_path, "--json", ""), "--json '': empty path")
     assert_one_line_error(timnet("extract", "emodb", tmp_path, "-o", "", "-q"), "--output '': empty path")

@@ -330,12 +330,18 @@ def test_ravdess_names_outside_its_ranges_are_not_new_actors_or_takes(tmp_path):
 
 
 def test_symlinked_alias_keeps_the_real_folder_and_tilde_roots_are_read(ravdess, monkeypatch):
-    """A convenience link to a speaker's folder (`zz_latest -> Actor_01`) is walked once, and
-    always as the first of the two names in natural order, whatever order the file system lists
-    them in: the kept path decides the sample order. A `~/...` root is listed and read alike."""
+    """A convenience link to a speaker's folder (`zz_latest -> Actor_01`) holds second copies:
+    the first of the two names in natural order is kept, whatever order the file system lists
+    them in (the kept path decides the sample order). A link back up the tree (a loop) is cut.
+    A `~/...` root is listed and read alike."""
     want = summary_of(list_corpus("ravdess", ravdess))
     (ravdess / "zz_latest").symlink_to(ravdess / "Actor_01", target_is_directory=True)
-    assert summary_of(list_corpus("ravdess", ravdess)) == want
+    (ravdess / "Actor_01" / "up").symlink_to(ravdess, target_is_directory=True)
+    listing = list_corpus("ravdess", ravdess)
+    assert summary_of(listing) == want
+    assert ("zz_latest/03-01-05-01-01-01-01.wav", "duplicate of Actor_01/03-01-05-01-01-01-01.wav") in listing.skipped
+    assert not any("/up/" in path for path, _ in listing.skipped)
+    (ravdess / "Actor_01" / "up").unlink()
 
     from timnet.features import extract
     monkeypatch.setenv("HOME", str(ravdess.parent))

@@ -86,6 +86,16 @@ def test_one_class_in_two_letter_cases_or_linked_twice_is_refused(tree, tmp_path
                                           r"labels, 'tired' and 'calm'; expected one label per recording"):
         list_corpus(folder_corpus(root, signal_length=8192), root)
     (root / "tired" / "ann_50.wav").unlink()
+    # a link inside one label folder to a sub-folder of another: its files are the other's, not
+    # silently relabelled (the walk once kept the link's path first and never visited the real one)
+    (root / "tired" / "session2").mkdir()
+    write_tone(root / "tired" / "session2" / "ann_98.wav")
+    (root / "calm" / "extra").symlink_to(root / "tired" / "session2", target_is_directory=True)
+    with pytest.raises(TimnetError, match=r"tired/session2/ann_98.wav and .*calm/extra/ann_98.wav are one file \(a link\) "
+                                          r"under two labels, 'tired' and 'calm'"):
+        list_corpus(folder_corpus(root, signal_length=8192), root)
+    (root / "calm" / "extra").unlink()
+    shutil.rmtree(root / "tired" / "session2")
     (root / "calm" / "ann_99.wav").symlink_to(root / "calm" / "ann_00.wav")
     listing = list_corpus(folder_corpus(root, signal_length=8192), root)
     assert ("calm/ann_99.wav", "duplicate of calm/ann_00.wav") in listing.skipped and len(listing.items) == 37

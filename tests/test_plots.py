@@ -299,6 +299,9 @@ def test_missing_features_skip_tsne_and_text_is_escaped(trained, tmp_path):
         plot_run(copy, features=other)
     with pytest.raises(TimnetError, match=r"--features .*nope.npz: no t-SNE from it: .*nope.npz does not exist$"):
         plot_run(copy, features=tmp_path / "nope.npz")
+    (tmp_path / "a_folder").mkdir()  # there, but no file: not said to be missing
+    with pytest.raises(TimnetError, match=r"no t-SNE from it: .*a_folder is a folder; expected a feature file"):
+        plot_run(copy, features=tmp_path / "a_folder")
     alike = save_features(dataclasses.replace(trained[0], x=trained[0].x + 1), tmp_path / "alike.npz")
     with pytest.raises(TimnetError, match=r"alike.npz: no t-SNE from it: .*alike.npz holds other features than the run"):
         plot_run(copy, features=alike)

@@ -130,7 +130,7 @@ def test_show_windows_prints_each_window(run_dir, clips, capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
-def test_an_empty_folder_among_inputs_is_an_error_row_and_odd_names_one_line(run_dir, clips, tmp_path, capsys):
+def test_an_empty_folder_among_inputs_is_an_error_row_and_odd_names_one_line(run_dir, clips, tmp_path, capsys, monkeypatch):
     """A folder with no audio among other inputs is one error row, as a missing file is, and the
     others are predicted; alone, it is the command's error. A file name holding a newline still
     gives one error line. `--model ''` is refused, not read as the current folder. The smallest
@@ -153,6 +153,10 @@ def test_an_empty_folder_among_inputs_is_an_error_row_and_odd_names_one_line(run
     captured = capsys.readouterr()
     assert captured.err == f"timnet: error: {tmp_path}/bad\\nname.wav: " + captured.err.split("name.wav: ", 1)[1]
     assert captured.err.count("\n") == 1 and len(captured.out.splitlines()) == 2  # the header and the file's row
+    monkeypatch.chdir(tmp_path)  # a name under the column's 60 characters: the columns line up on it as printed
+    assert cli.main(["predict", "bad\nname.wav", "--model", str(run_dir)]) == 1
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.index("label") == row.index("ERROR") == len("bad\\nname.wav") + 2
     assert cli.main(["predict", str(clips["16k"]), "--model", ""]) == 1
     assert capsys.readouterr().err == "timnet: error: --model '': empty path; expected a file or folder name\n"
     config = load_model(run_dir).feature_config

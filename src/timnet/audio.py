@@ -6,6 +6,7 @@ on NumPy arrays, so the same code serves extraction, prediction and tests.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import math
 import os
@@ -243,6 +244,11 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     path = Path(path)
     if not path.is_file():
         if path.is_symlink() and not path.exists():
+            try:  # a link whose chain comes back to itself has no end to miss: a loop, not a broken link
+                os.stat(path)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise TimnetError(f"{path}: a symbolic link loop (via {os.readlink(path)}); expected an audio file") from None
             raise TimnetError(f"{path}: a broken symbolic link (to {os.readlink(path)}); expected an audio file")
         raise TimnetError(f"{path}: " + ("not a regular file (a directory, pipe or device); expected an audio file" if path.exists()
                                          else "no such audio file"))

@@ -514,7 +514,8 @@ def cmd_predict(args) -> int:
     rows, failures = [], 0
     say = _Stdout(keep_going=bool(args.json))
     bar = not args.quiet and sys.stderr.isatty()  # a long file's windows: worth a bar on a terminal only
-    name_width = min(max(len(str(f)) for f in files), 60)
+    # the width of the names as printed (escaped newlines), and never narrower than the header's
+    name_width = min(max(len("file"), *(len(_one_line(str(f))) for f in files)), 60)
     say(f"{'file':<{name_width}}  {'label':<10} {'conf':>6}  top-3")
     for path, error in entries:
         if error is None:

@@ -135,16 +135,18 @@ def visible_files(root: Path) -> list[str]:
     def fail(error: OSError) -> None:
         raise TimnetError(f"cannot read directory {error.filename}: {error.strerror}")
 
-    seen, found = set(), []
+    # Following links lets speakers be symlinked in. Only a link back into its own ancestry (a
+    # loop) is cut: an alias of a folder met elsewhere is listed under both paths, so a file is
+    # labelled by every path that reaches it and the scanners see both (a second copy of one
+    # recording is set aside; one recording under two labels is an error), whichever comes first.
+    ancestry: dict[str, frozenset[str]] = {}  # folder -> real paths of it and its ancestors
+    found = []
     for folder, dirs, files in os.walk(root, onerror=fail, followlinks=True):
-        # following links lets speakers be symlinked in; the real-path set stops link loops
-        real = os.path.realpath(folder)
-        if real in seen:
+        real, above = os.path.realpath(folder), ancestry.get(os.path.dirname(folder), frozenset())
+        if real in above:
             dirs[:] = []
             continue
-        seen.add(real)
-        # in natural order, so that where two paths lead to one folder (a symlinked alias) the
-        # same one is kept on every file system: it decides the listed paths and the sample order
+        ancestry[folder] = above | {real}
         dirs[:] = sorted((d for d in dirs if not _hidden(d)), key=natural_key)
         rel = Path(folder).relative_to(root)
         found += [(rel / f).as_posix() for f in files if not _hidden(f)]
@@ -534,6 +536,12 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
                               "expected one folder per class (move the files of one into the other)")
 
     def scan(top: Path) -> Listing:
+        # a label folder linked to another (zen -> calm): said of the folders, before their files
+        real: dict[Path, str] = {}
+        for label in labels:
+            if (twin := real.setdefault((top / label).resolve(), label)) != label:
+                raise TimnetError(f"{top / label} and {top / twin} are one folder (a link), two labels; "
+                                  "expected one folder per class")
         found, skipped = [], []
         # F01 and f01, or "Zoë" composed and decomposed: one speaker, or a speaker split would put
         # her on both sides. The first spelling met names her; the merge is said (below).
@@ -567,10 +575,6 @@ def folder_corpus(root: str | Path, *, signal_length: int, speaker_pattern: str 
         empty = [label for label in labels if label not in used]
         if empty and used:  # a class with no example would be trained as an output nothing teaches
             why = " the --speaker-pattern matches" if pattern is not None else ""
-            real = (top / empty[0]).resolve()
-            if twin := next((label for label in labels if label != empty[0] and (top / label).resolve() == real), None):
-                raise TimnetError(f"{top / empty[0]} and {top / twin} are one folder (a link), two labels; "
-                                  "expected one folder per class")
             raise TimnetError(f"{top / empty[0]}: a label folder with no audio file{why}; expected at least one per "
                               f"label (move the folder out of {top})")
         if len(labels) == 1 and used:  # every prediction right by construction: no classifier to train

@@ -41,6 +41,11 @@ def check_outputs(args) -> None:
             check_output(getattr(args, name), folder=True)
     _check_not_an_input(args)  # before the clash check: its messages are the more precise (`--json RUN` for a RUN
     # not yet made: "is the run folder itself")
+    for name in ("json", "output"):  # `-o new/` means a folder, though Path() drops the slash and writes a file `new`
+        value = str(getattr(args, name, None) or "")
+        wants_file = value != JSON_STDOUT and not (name == "output" and args.verb in FOLDER_OUTPUTS)
+        if wants_file and value.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+            raise TimnetError(f"--{name} {value} ends in a slash, a folder; expected a file path")
     given = [(name, value) for name in ("json", "output", "plots", "out")
              if (value := getattr(args, name, None)) and value != JSON_STDOUT]
     for i, (name, value) in enumerate(given):  # `--json X --plots X`: the second would fail after the work

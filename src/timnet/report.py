@@ -155,7 +155,10 @@ def _tsne_unavailable(info: dict, given: str | Path | None = None) -> str | None
     if info["identity"].get("evaluate_test") is False:
         return "a validation-only run predicts no test fold"
     if given is not None:
-        return None if Path(given).is_file() else f"{given} does not exist"
+        given = Path(given)
+        if given.is_dir():
+            return f"{given} is a folder; expected a feature file (the .npz `timnet extract` writes)"
+        return None if given.is_file() else f"{given} is not a regular file" if given.exists() else f"{given} does not exist"
     path = info.get("features")
     if not path:
         return "run.json names no features file (the run was not started from a feature file)"
