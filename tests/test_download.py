@@ -151,9 +151,22 @@ def test_a_whole_archive_is_not_downloaded_again(server, tmp_path):
 
 
 def test_an_address_that_cannot_work_is_not_called_an_interruption(tmp_path):
-    for url in (f"file://{tmp_path}/missing.zip", "http:///x.zip"):
+    """Nor retried, nor leaving folders behind; a copy in another format, or DIR a file, is said so."""
+    (tmp_path / "folder").mkdir()
+    for url in (f"file://{tmp_path}/missing.zip", "http:///x.zip", f"file://{tmp_path}/folder/"):
         with pytest.raises(TimnetError, match="cannot be downloaded .*; check the address$"):
             download("emodb", tmp_path / "E", url=url, progress=False)
+        assert not (tmp_path / "E").exists()
+    import tarfile
+
+    with tarfile.open(tmp_path / "mine.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "folder", arcname="wav")
+    with pytest.raises(TimnetError, match=r"mine.tar.gz: a tar archive, not a zip; expected a .zip \(or unpack it yourself"):
+        download("emodb", tmp_path / "E", url=f"file://{tmp_path}/mine.tar.gz", progress=False)
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(TimnetError, match=r"afile is a file; expected a folder to unpack EMODB into"):
+        download("emodb", tmp_path / "afile", url=f"file://{tmp_path}/mine.tar.gz", progress=False)
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 def test_a_member_named_like_another_members_temporary_file_is_unpacked_whole(tmp_path):
@@ -291,3 +304,15 @@ def test_a_file_replaced_on_the_server_mid_download_comes_whole(server, tmp_path
     dest = tmp_path / "corpus.zip"
     assert fetch(server, dest, progress=False).read_bytes() == new
     assert Handler.requests == [None, f"bytes={len(old) // 2}-"] and not list(tmp_path.glob("*.part*"))
+
+
+def test_an_empty_dir_is_refused_not_the_current_folder(tmp_path, monkeypatch, capsys):
+    """`timnet download emodb "$UNSET"` once unpacked into the current folder."""
+    from timnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["download", "emodb", "", "--url", f"file://{tmp_path}/x.zip", "-q"]) == 1
+    assert capsys.readouterr().err == "timnet: error: DIR '': empty path; expected a file or folder name\n"
+    assert main(["organize", "emodb", str(tmp_path), ""]) == 1
+    assert "timnet: error: OUT '': empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

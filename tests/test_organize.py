@@ -66,7 +66,7 @@ def test_refusals(tmp_path):
     with pytest.raises(TimnetError, match="is inside .*; expected an OUT outside the corpus folder"):
         organize("emodb", src, src / "organised")
     assert not (src / "organised").exists()
-    for damaged in ("{not json", "[1, 2]"):
+    for damaged in ("{not json", "[1, 2]", "{}", '{"corpus": "EMODB"}'):  # {}: once "organised from None"
         (out / MARKER).write_text(damaged)
         with pytest.raises(TimnetError, match="is not the record `timnet organize` writes"):
             organize("emodb", src, out)

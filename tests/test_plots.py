@@ -84,7 +84,7 @@ def test_plot_command_with_out_folder(trained, tmp_path, capsys):
     assert f"-> {tmp_path / 'figs'}; report -> {run_dir / 'report.html'}" in capsys.readouterr().out
     assert {p.stem for p in (tmp_path / "figs").iterdir()} == FIGURES and not (run_dir / "plots").exists()
     page = (run_dir / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == len(FIGURES) and "tsne.png and .svg in figs/" in page
+    assert page.count("data:image/png;base64,") == len(FIGURES) and f"tsne.png and .svg in {(tmp_path / 'figs').resolve()}/" in page  # outside RUN_DIR: in full
     # a t-SNE seed sklearn would refuse: one line before any figure, not a traceback after half of them
     assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "neg"), "--seed", "-1"]) == 1
     assert capsys.readouterr().err.strip() == "timnet: error: --seed -1 invalid; expected an integer from 0 to 4294967295"
@@ -267,6 +267,18 @@ def test_figures_and_report_say_what_run_they_show(tmp_path):
     page = html.unescape(write_report(run_dir, figures=figures).read_text())
     assert "SWA of epochs 3–4, 2 members" in page and "networks per fold</th><td>2, their probabilities averaged" in page
     assert "<th>test speakers</th>" in page and "validation fraction" not in page
+
+
+def test_a_fold_without_its_model_skips_the_tsne_it_would_leave_out(trained, tmp_path):
+    """The confusion figures sum every fold's result; a t-SNE of the folds whose model.pt is left
+    would pass for all of them, so it is skipped, the fold named."""
+    _, run_dir = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("plots", "report.html"))
+    (copy / "fold_02" / "model.pt").unlink()
+    with pytest.warns(UserWarning, match=r"t-SNE skipped: fold 2 has a result but no model \(.*fold_02/model.pt missing\)"):
+        figures = plot_run(copy)
+    assert set(figures) == FIGURES - {"tsne"}
 
 
 def test_missing_features_skip_tsne_and_text_is_escaped(trained, tmp_path):

@@ -570,7 +570,9 @@ def test_refused_seeds_write_nothing_and_overwrite_replaces_what_it_says(tmp_pat
     seed_runs(d, seeds=[1, 2], make_run=maker(4))  # resumed: the dead plot's temporary goes
     assert sorted(p.name for p in (d / "seed_2" / "plots").iterdir()) == [".mine.tmp"]
     runs = seed_runs(d, seeds=[3, 4], make_run=maker(3), overwrite=True)
-    assert sorted(p.name for p in d.iterdir()) == ["seed_3", "seed_4"] and not any(r.resumed for r in runs)
+    assert sorted(p.name for p in d.iterdir()) == ["seed_2", "seed_3", "seed_4"] and not any(r.resumed for r in runs)
+    # of the old seeds' runs only the user's file is left, in the folder that holds it
+    assert [p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and "seed_2" in p.parts] == ["seed_2/plots/.mine.tmp"]
     # the same options, features with other speaker ids: other folds; --overwrite starts again
     single = tmp_path / "single"
     Run(fs, single, config=TrainConfig(**FAST), folds=3, split="speaker").prepare()
@@ -780,6 +782,18 @@ def test_overwrite_deletes_nothing_before_the_new_run_is_known_valid_and_then_ev
     (d / "seed_7" / "run.json").write_text("{}")
     Run(fs, d, config=TrainConfig(**{**FAST, "epochs": 5}), folds=3).prepare(overwrite=True)
     assert sorted(p.name for p in d.iterdir()) == [".my notes.tmp", "notes.md", "run.json"]
+
+    # file by file: the user's notes in a fold folder (or one of a fold the new run lacks) and a
+    # figure of theirs in plots/ stay, with the folders that hold them
+    for name in ("fold_01/model.pt", "fold_01/history_member1.csv", "fold_01/mine.txt", "fold_07/result.json",
+                 "fold_07/notes.txt", "fold_02/result.json", "plots/tsne.png", "plots/curves.svg", "plots/mine.png",
+                 "seed_8/run.json", "seed_8/fold_01/model.pt", "seed_8/keep.txt"):
+        (d / name).parent.mkdir(exist_ok=True)
+        (d / name).write_text("old")
+    Run(fs, d, config=TrainConfig(**{**FAST, "epochs": 4}), folds=3).prepare(overwrite=True)
+    left = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+    assert left == [".my notes.tmp", "fold_01/mine.txt", "fold_07/notes.txt", "notes.md", "plots/mine.png",
+                    "run.json", "seed_8/keep.txt"]
 
 
 def test_one_process_writes_a_run_dir_at_a_time(tmp_path, capsys):

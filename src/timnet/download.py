@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import stat
+import tarfile
 import tempfile
 import time
 import zipfile
@@ -90,7 +91,6 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
     # The part's version as the server named it (ETag, else Last-Modified): sent back as If-Range,
     # so a file replaced on the server since comes whole (200) instead of its tail spliced on.
     version = dest.with_name(dest.name + ".part.version")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     wait = 0.0
     for attempt in range(1, retries + 1):
         have = part.stat().st_size if part.exists() else 0
@@ -105,6 +105,8 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
                     part.unlink(missing_ok=True)
                     raise ConnectionError(f"the server's part starts at byte {start}, not {have}; starting over")
                 have = start  # 0 when the server ignored the range, or the file changed: start over
+                # the folders once the server answers: an address that fails at once leaves none behind
+                dest.parent.mkdir(parents=True, exist_ok=True)
                 if not have:
                     _name_version(version, response.headers)
                 with _local(part):  # only the file's own calls: a reset connection is an OSError too
@@ -138,7 +140,9 @@ def fetch(url: str, dest: Path, *, retries: int = 3, progress: bool = True) -> P
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
             reason = getattr(e, "reason", None)
             dns_busy = isinstance(reason, socket.gaierror) and reason.errno == socket.EAI_AGAIN  # worth a retry
-            unknown = isinstance(reason, (socket.gaierror, ConnectionRefusedError, FileNotFoundError)) and not dns_busy
+            # (a file:// address naming a folder, or nothing: a local mistake, not a blip)
+            local = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+            unknown = isinstance(reason, (socket.gaierror, ConnectionRefusedError, *local)) and not dns_busy
             if unknown or (isinstance(e, urllib.error.URLError) and isinstance(reason, str)):  # "no host given"
                 # nothing to resume: retrying or "run it again" would not help
                 raise TimnetError(f"{url}: cannot be downloaded ({reason}); check the address") from None
@@ -182,6 +186,9 @@ def unpack(zip_path: Path, root: Path) -> int:
     try:
         archive = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile:
+        if tarfile.is_tarfile(zip_path):  # a copy of one's own in another format: downloading again cannot help
+            raise TimnetError(f"{zip_path}: a tar archive, not a zip; expected a .zip (or unpack it yourself and "
+                              "give its folder to `timnet corpora --check` and `timnet extract`)") from None
         raise TimnetError(f"{zip_path}: not a zip archive (a failed download?); delete it and try again") from None
     with archive:
         members = _safe_members(archive, root)
@@ -223,6 +230,8 @@ def download(corpus: str, root: str | Path, *, url: str | None = None, manifest:
         raise TimnetError(f"{c.name} has no public download: {WHERE[c.name]}; then point timnet at your copy "
                           f"(expected layout {c.layout})")
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise TimnetError(f"{root} is a file; expected a folder to unpack {c.name} into")
     # One cache folder per address: another --url with the same file name is another archive.
     cache = root / ".download" / hashlib.sha256(url.encode()).hexdigest()[:16]
     archive = fetch(url, cache / (Path(url.split("?")[0]).name or "corpus.zip"), progress=progress)

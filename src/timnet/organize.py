@@ -51,8 +51,9 @@ def organize(corpus: Corpus | str, src: str | Path, out: str | Path, *, mode: st
             previous = json.loads(marker.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             previous = None
-        if not isinstance(previous, dict):
-            raise TimnetError(f"{marker} is not the record `timnet organize` writes (a JSON object); "
+        if not isinstance(previous, dict) or not all(isinstance(previous.get(key), str) for key in identity):
+            raise TimnetError(f"{marker} is not the record `timnet organize` writes (a JSON object of "
+                              f"{', '.join(identity)}); "
                               f"remove it only if {out} holds nothing else")
         if previous != identity:
             raise TimnetError(f"{out} was organised from {previous.get('source')} ({previous.get('corpus')}, "

@@ -23,9 +23,10 @@ RUN_SUBFOLDER = re.compile(r"(fold|seed|trial)_\d+|plots")
 
 def check_outputs(args) -> None:
     """Outputs are checked before the work, not after hours of it."""
-    for name in ("json", "output", "plots", "out"):
-        if getattr(args, name, None) == "":  # `--json "$UNSET"`: an error, not silently no file
-            raise TimnetError(f"--{name} '': empty path; expected a file or folder name")
+    for name in ("json", "output", "plots", "out", "dir"):
+        if getattr(args, name, None) == "":  # `--json "$UNSET"`: an error, not silently no file (nor the current folder)
+            flag = "DIR" if name == "dir" else "OUT" if args.verb == "organize" else f"--{name}"
+            raise TimnetError(f"{flag} '': empty path; expected a file or folder name")
     for name in INPUTS:  # `--model "$UNSET"` would read the current folder (Path("") is ".")
         value = getattr(args, name, None)
         if value == "" or (isinstance(value, list) and "" in value):

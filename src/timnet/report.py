@@ -13,6 +13,7 @@ import base64
 import csv
 import html
 import json
+import os
 import shlex
 import warnings
 from pathlib import Path
@@ -294,6 +295,9 @@ def _run_test_features(run_dir: Path, info: dict, *, finished: set[int], given: 
         return None, None, None, (f"{info['features']} holds other features than the run was trained on" if given else
                                   f"the features file {info['features']} has changed since the run was trained")
     models = fold_models(run_dir, fs, folds=identity["folds"], seed=identity["seed"], split=identity["split"])
+    if lacking := sorted(finished - {m.fold for m in models}):  # a t-SNE of the others would pass for every fold's
+        return None, None, None, (f"fold {', '.join(map(str, lacking))} has a result but no model "
+                                  f"({run_dir / f'fold_{lacking[0]:02d}' / 'model.pt'} missing)")
     # a fold's model.pt is written a moment before its result.json, and stays if the run is killed between
     _, outputs = evaluate(fs, [m for m in models if m.fold in finished])
     return (*_tested(fs, outputs), None)
@@ -447,7 +451,7 @@ def _class_table(results: list[dict], labels) -> str:
     return f'<table id="classes"><thead>{head}</thead><tbody>{rows}</tbody></table>'
 
 
-def _figures(figures: dict[str, list[Path]], tsne_reason: str | None) -> str:
+def _figures(figures: dict[str, list[Path]], tsne_reason: str | None, run_dir: Path) -> str:
     parts = []
     for name, paths in figures.items():
         png = next((Path(p) for p in paths if str(p).endswith(".png")), None)
@@ -456,9 +460,12 @@ def _figures(figures: dict[str, list[Path]], tsne_reason: str | None) -> str:
         # Embedded as data URIs so the page is one file that opens offline, anywhere.
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         caption = FIGURE_CAPTIONS.get(name, name)
+        # where the files are, said from the report's folder: plots/, or a `plot --out` folder elsewhere in full
+        where = Path(os.path.relpath(png.parent.resolve(), run_dir.resolve()))
+        where = where.as_posix() if not where.parts or where.parts[0] != ".." else str(png.parent.resolve())
         parts.append(f'<figure id="fig-{_e(name)}"><img src="data:image/png;base64,{data}" alt="{_e(name)}">'
                      f"<figcaption>{_e(caption)} <span class=\"muted\">({_e(png.name)} and .svg in "
-                     f"{_e(png.parent.name)}/)</span></figcaption></figure>")
+                     f"{_e(where)}/)</span></figcaption></figure>")
     if "tsne" not in figures and tsne_reason:
         parts.append(f'<p class="note">t-SNE not drawn: {_e(tsne_reason)}.</p>')
     return "".join(parts)
@@ -501,7 +508,7 @@ def render_report(run_dir: Path, figures: dict[str, list[Path]]) -> str:
             "<h2>Protocol</h2>", _protocol(info, results, lost, run_dir),
             "<h2>Folds</h2>", _fold_table(results, ident),
             *(["<h2>Classes (pooled over folds)</h2>", _class_table(results, ident["labels"])] if split == "test" else []),
-            "<h2>Figures</h2>", _figures(figures, getattr(figures, "skipped", {}).get("tsne") or _tsne_unavailable(info)),
+            "<h2>Figures</h2>", _figures(figures, getattr(figures, "skipped", {}).get("tsne") or _tsne_unavailable(info), run_dir),
             "<h2>Environment</h2>", _environment(info, results)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_e(title)}</title>"

@@ -17,12 +17,12 @@ snapshots while training): one model, no folds, no test score.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import hashlib
 import json
 import platform
-import shutil
 import sys
 import time
 import warnings
@@ -45,7 +45,7 @@ from .folds import make_folds
 from .model import TIMNetConfig, ensemble
 from .processes import torch_threads
 from .progress import FoldProgress, progress_bar
-from .rundir import (DIVERGED_FILE, LEGACY_IDENTITY, RUN_FILE, RUN_FILES, RUN_OUTPUTS, check_not_multi_seed, decisive,
+from .rundir import (DIVERGED_FILE, FIGURE_NAMES, LEGACY_IDENTITY, RUN_FILE, RUN_FILES, RUN_OUTPUTS, check_not_multi_seed, decisive,
                      features_fingerprint, fold_dirs, history_name, read_fold_result, read_identity, recorded,
                      recorded_cpu_dispatch)
 from .train import (TrainConfig, check_seed, distinct, evaluate_split, fold_seed, member_done_path, resolve_path,
@@ -67,12 +67,30 @@ def versions() -> dict:
 
 
 def _remove_run_outputs(run_dir: Path) -> None:
-    for child in fold_dirs(run_dir) + [p for p in run_dir.glob("seed_*") if (p / RUN_FILE).is_file()]:
-        shutil.rmtree(child)
-    for pattern in (*RUN_OUTPUTS, RUN_FILE):
-        for stale in run_dir.glob(pattern):
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    """Delete what a run wrote in run_dir (--overwrite), file by file: a user's notes in a fold
+    folder or a figure of theirs in plots/ stay, and so do the folders that hold them."""
+    for seeds_run in [p for p in run_dir.glob("seed_*") if (p / RUN_FILE).is_file()]:
+        _remove_run_outputs(seeds_run)
+        _remove_if_empty(seeds_run)
+    for fold in fold_dirs(run_dir):
+        _remove_named(fold, RUN_FILES)
+    _remove_named(run_dir / "plots", [f"{name}.{fmt}" for name in FIGURE_NAMES for fmt in ("png", "svg")])
+    _remove_named(run_dir, (*RUN_OUTPUTS, RUN_FILE))
     _remove_stale_temporaries(run_dir)
+    for folder in [*fold_dirs(run_dir), run_dir / "plots"]:
+        _remove_if_empty(folder)
+
+
+def _remove_named(folder: Path, patterns) -> None:
+    """Delete the files of `folder` whose names match one of `patterns` (not folders: plots/ is handled apart)."""
+    for child in folder.glob("*") if folder.is_dir() else []:
+        if child.is_file() and any(fnmatch.fnmatch(child.name, pattern) for pattern in patterns):
+            child.unlink()
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # missing, or holding a file that is not ours
+        folder.rmdir()
 
 
 def _remove_stale_temporaries(run_dir: Path) -> None:
@@ -635,7 +653,8 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
             if single:  # only what a single-seed run wrote goes; anything else in the folder is the user's
                 _remove_run_outputs(run_dir)
             for p in others:
-                shutil.rmtree(p)
+                _remove_run_outputs(p)
+                _remove_if_empty(p)
         foreign = [p.name for p in run_dir.iterdir()
                    if not p.name.startswith("seed_") and p.name not in (SEEDS_FILE, "seeds.csv")] if run_dir.is_dir() else []
         if foreign and not overwrite:

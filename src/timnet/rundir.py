@@ -28,6 +28,8 @@ DIVERGED_FILE = "diverged.json"  # a sweep trial's fold member whose loss became
 # Every name timnet gives a file in a run, fold or sweep folder: never a user's --json, and the only
 # hidden temporary files (files.atomic_write) a resume clears.
 RUN_FILES = (*RUN_OUTPUTS, RUN_FILE, "result.json", "sweep.json", "trials.csv", DIVERGED_FILE)
+# the figures `train` and `plot` write into a run's plots/ folder (each as .png and .svg)
+FIGURE_NAMES = ("curves", "confusion", "confusion_folds", "recall", "tsne")
 
 
 def history_name(m: int) -> str:
