@@ -790,10 +790,17 @@ def test_overwrite_deletes_nothing_before_the_new_run_is_known_valid_and_then_ev
                  "seed_8/run.json", "seed_8/fold_01/model.pt", "seed_8/keep.txt"):
         (d / name).parent.mkdir(exist_ok=True)
         (d / name).write_text("old")
+    # ... but a fold folder the new run lacks, kept for a note, would make it no run: refused first
+    before = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+    with pytest.raises(TimnetError, match=r"fold_07 holds notes.txt, not timnet's, and the new 3-fold run has no "
+                                          r"fold_07; expected it moved out of .*run before --overwrite$"):
+        Run(fs, d, config=TrainConfig(**{**FAST, "epochs": 4}), folds=3).prepare(overwrite=True)
+    assert sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()) == before
+    (d / "fold_07" / "notes.txt").unlink()
     Run(fs, d, config=TrainConfig(**{**FAST, "epochs": 4}), folds=3).prepare(overwrite=True)
     left = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
-    assert left == [".my notes.tmp", "fold_01/mine.txt", "fold_07/notes.txt", "notes.md", "plots/mine.png",
-                    "run.json", "seed_8/keep.txt"]
+    assert left == [".my notes.tmp", "fold_01/mine.txt", "notes.md", "plots/mine.png", "run.json", "seed_8/keep.txt"]
+    assert not (d / "fold_07").exists()  # emptied of timnet's files (result.json): gone
 
 
 def test_one_process_writes_a_run_dir_at_a_time(tmp_path, capsys):

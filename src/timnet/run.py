@@ -46,7 +46,7 @@ from .model import TIMNetConfig, ensemble
 from .processes import torch_threads
 from .progress import FoldProgress, progress_bar
 from .rundir import (DIVERGED_FILE, FIGURE_NAMES, LEGACY_IDENTITY, RUN_FILE, RUN_FILES, RUN_OUTPUTS, check_not_multi_seed, decisive,
-                     features_fingerprint, fold_dirs, history_name, read_fold_result, read_identity, recorded,
+                     features_fingerprint, fold_dirs, fold_number, history_name, read_fold_result, read_identity, recorded,
                      recorded_cpu_dispatch)
 from .train import (TrainConfig, check_seed, distinct, evaluate_split, fold_seed, member_done_path, resolve_path,
                     snapshot_path, train_member, train_members, validation_split)
@@ -66,9 +66,17 @@ def versions() -> dict:
     return out
 
 
-def _remove_run_outputs(run_dir: Path) -> None:
+def _remove_run_outputs(run_dir: Path, *, folds: int | None = None) -> None:
     """Delete what a run wrote in run_dir (--overwrite), file by file: a user's notes in a fold
-    folder or a figure of theirs in plots/ stay, and so do the folders that hold them."""
+    folder or a figure of theirs in plots/ stay, and so do the folders that hold them. A fold
+    folder the new `folds`-fold run will not have, kept for such a file, would make the finished
+    run unreadable (not a fold of it): refused before anything is deleted."""
+    for fold in fold_dirs(run_dir) if isinstance(folds, int) else []:
+        theirs = [p.name for p in sorted(fold.iterdir()) if not p.is_file() or not (
+            any(fnmatch.fnmatch(p.name, name) for name in RUN_FILES) or p.name.startswith(".") and p.name.endswith(".tmp"))]
+        if fold_number(fold.name) > folds and theirs:
+            raise TimnetError(f"{fold} holds {theirs[0]}, not timnet's, and the new {folds}-fold run has no "
+                              f"{fold.name}; expected it moved out of {run_dir} before --overwrite")
     for seeds_run in [p for p in run_dir.glob("seed_*") if (p / RUN_FILE).is_file()]:
         _remove_run_outputs(seeds_run)
         _remove_if_empty(seeds_run)
@@ -173,7 +181,7 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
                         "the run's (README: the same bits on every machine; run.json: versions.cpu_dispatch)")
             raise ConfigurationChanged(f"{run_dir} holds a run with a different configuration ({', '.join(diff)}); "
                                        f"use another RUN_DIR or --overwrite (which deletes it){hint}", diff, hint)
-        _remove_run_outputs(run_dir)
+        _remove_run_outputs(run_dir, folds=identity.get("folds"))
     elif run_dir.exists() and any(run_dir.iterdir()):
         _check_not_sweep(run_dir)
         if not overwrite:
@@ -182,7 +190,7 @@ def prepare_run_dir(run_dir: Path, identity: dict, *, overwrite: bool, extra: di
         if fold_dirs(run_dir) or any((p / RUN_FILE).is_file() for p in run_dir.glob("seed_*")):
             # a run that lost its run.json (its folds would count as done), or a --seeds folder
             # overwritten with one seed: timnet's own folders and outputs go; other files are the user's
-            _remove_run_outputs(run_dir)
+            _remove_run_outputs(run_dir, folds=identity.get("folds"))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_file, {"identity": identity, "command": sys.argv, **(extra or {}), "versions": versions(),
                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -319,7 +327,7 @@ class Run:
         self._warn_speaker_validation_share(parts)
         was = recorded(self.dir, "splits") if resumed else None
         if was is not None and was != digest and overwrite:  # the same options, other folds: a new run
-            _remove_run_outputs(self.dir)
+            _remove_run_outputs(self.dir, folds=self.folds_n)
             return prepare_run_dir(self.dir, self.identity, overwrite=overwrite, extra=extra)
         if was is not None and was != digest:
             # the same features (x, y) with other speaker ids (`--speaker-pattern`), or a library
