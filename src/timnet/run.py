@@ -71,10 +71,11 @@ def _remove_run_outputs(run_dir: Path, *, folds: int | None = None) -> None:
     folder or a figure of theirs in plots/ stay, and so do the folders that hold them. A fold
     folder the new `folds`-fold run will not have, kept for such a file, would make the finished
     run unreadable (not a fold of it): refused before anything is deleted."""
-    for fold in fold_dirs(run_dir) if isinstance(folds, int) else []:
-        theirs = [p.name for p in sorted(fold.iterdir()) if not p.is_file() or not (
-            any(fnmatch.fnmatch(p.name, name) for name in RUN_FILES) or p.name.startswith(".") and p.name.endswith(".tmp"))]
-        if fold_number(fold.name) > folds and theirs:
+    beyond = [fold for fold in fold_dirs(run_dir) if isinstance(folds, int) and fold_number(fold.name) > folds]
+    for fold in beyond:  # timnet's own in it: its files and a killed write's hidden temporaries
+        theirs = [p.name for p in sorted(fold.iterdir())
+                  if not (_matches(p, RUN_FILES) or p.name.startswith(".") and p.name.endswith(".tmp"))]
+        if theirs:
             raise TimnetError(f"{fold} holds {theirs[0]}, not timnet's, and the new {folds}-fold run has no "
                               f"{fold.name}; expected it moved out of {run_dir} before --overwrite")
     for seeds_run in [p for p in run_dir.glob("seed_*") if (p / RUN_FILE).is_file()]:
@@ -89,10 +90,15 @@ def _remove_run_outputs(run_dir: Path, *, folds: int | None = None) -> None:
         _remove_if_empty(folder)
 
 
+def _matches(path: Path, patterns) -> bool:
+    """A file (not a folder) whose name matches one of `patterns`."""
+    return path.is_file() and any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns)
+
+
 def _remove_named(folder: Path, patterns) -> None:
     """Delete the files of `folder` whose names match one of `patterns` (not folders: plots/ is handled apart)."""
     for child in folder.glob("*") if folder.is_dir() else []:
-        if child.is_file() and any(fnmatch.fnmatch(child.name, pattern) for pattern in patterns):
+        if _matches(child, patterns):
             child.unlink()
 
 
