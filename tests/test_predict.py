@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_formats_and_windows(run_dir, clips, monkeypatch):
     monkeypatch.undo()
     # the longest window as printed (0.743 s: 0.74304 rounded) or to the millisecond above is the signal length
     assert model.predict_file(clips["long"], window=0.744).windows == model.predict_file(clips["long"]).windows
-    with pytest.raises(TimnetError, match="--window 0.745 invalid"):
+    with pytest.raises(TimnetError, match="^window 0.745 invalid"):
         model.predict_file(clips["long"], window=0.745)
     # up to 2.5 times the signal length: centre-cropped exactly as the training features
     x = file_features(clips["1.2s"], CFG)[None]
@@ -255,7 +256,7 @@ def test_unfinished_multi_seed_and_wrong_corpus_runs(run_dir, clips, tmp_path):
     r = subprocess.run([sys.executable, "-m", "timnet", "predict", str(clips["16k"]), "--model", str(unfinished)],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "timnet: warning:" in r.stderr and "only 2 of 5 folds" in r.stderr
-    with pytest.raises(TimnetError, match="--corpus emodb: .* is a model of TOY"):
+    with pytest.raises(TimnetError, match="^corpus emodb: .* is a model of TOY"):
         load_model(run_dir, corpus="emodb")
     assert load_model(run_dir, corpus="toy").labels == LABELS
     with pytest.raises(TimnetError, match="unknown corpus 'foo'; expected one of casia, emodb"):
@@ -318,6 +319,16 @@ def test_silent_and_short_warnings(run_dir):
     assert not any("full scale" in w for w in model.predict(tone * 1.05, 16000).warnings)
     with pytest.raises(TimnetError, match="waveform has 1 NaN or infinite samples"):
         model.predict(np.where(np.arange(32000) == 5, np.nan, tone), 16000)
+    # hard clipping (flat tops at the peak) is said however the clipped audio was scaled after, and in
+    # one channel of two; a tone's rounded tops at any level are not clipping, nor a flat top below -20 dBFS
+    clipped = np.clip(tone * 2, -1, 1)
+    for audio in (clipped, clipped * 0.5, np.stack([clipped, tone * 0.5], axis=1)):
+        said = [w for w in model.predict(audio, 16000).warnings if w.startswith("clipped audio")]
+        assert len(said) == 1 and re.fullmatch(r"clipped audio \((?:63|31)\.\d % of samples flat at the peak, (?:1\.00|0\.50)\): "
+                                               "speech distorted as no training recording was; record at a lower gain "
+                                               "for a reliable prediction", said[0]), said
+    for audio in (tone, tone * 3, clipped * 0.05, np.round(tone * 0.09 * 128) / 128):
+        assert not any(w.startswith("clipped") for w in model.predict(audio, 16000).warnings)
 
 
 def test_silence_in_the_scored_audio_is_said_and_silent_windows_left_out(run_dir):
@@ -376,12 +387,15 @@ def test_onnx_matches_torch(run_dir, clips, tmp_path):
     assert onnx_model.labels == LABELS and onnx_model.feature_config == CFG and onnx_model.corpus == "TOY"
     assert onnx_model.networks == model.networks == 2 and "networks=2" in repr(onnx_model)  # TIM-Nets, not checkpoints
     assert load_model(path, corpus="toy").labels == LABELS
-    with pytest.raises(TimnetError, match="--corpus emodb: .* is a model of TOY"):
+    with pytest.raises(TimnetError, match="^corpus emodb: .* is a model of TOY"):
         load_model(path, corpus="emodb")
     x = np.stack([file_features(p, CFG) for p in clips.values()])
     np.testing.assert_allclose(onnx_model.predict_features(x), model.predict_features(x), atol=1e-4, rtol=0)
     with pytest.raises(TimnetError, match="an ONNX model runs on onnxruntime's CPU provider"):
         onnx_model.to("cuda")
+    for device in ("bogus", None):  # a one-line error, as the torch model's, not torch's own
+        with pytest.raises(TimnetError, match=f"^device '{device}' invalid; expected cpu"):
+            onnx_model.to(device)
     for m in (onnx_model, model):  # both take the frames they were trained on, not any
         with pytest.raises(TimnetError, match=f"this model takes exactly {CFG.frames} frames"):
             m.predict_features(np.zeros((1, CFG.frames + 1, 39), np.float32))
@@ -483,6 +497,20 @@ def test_authors_fold1_predictions_match_reference(reference, tmp_path):
 
 
 @pytest.mark.realdata
+def test_no_corpus_recording_is_called_clipped_and_a_clipped_one_is():
+    """The clipping warning's rule against the audio the models learnt: no EMODB or CASIA file has a
+    flat top at its peak, and an EMODB file driven six times beyond full scale is said."""
+    from timnet.predict import CLIPPED_SHARE, clipped_share
+
+    files = sorted(need(DATA / "EMODB").rglob("*.wav")) + sorted(need(DATA / "CASIA").rglob("*.wav"))
+    assert len(files) == 535 + 1200
+    assert max(clipped_share(sf.read(f, dtype="float32")[0]) for f in files) == 0
+    y, sr = sf.read(DATA / "EMODB" / "wav" / "03a07Wc.wav", dtype="float32")
+    assert clipped_share(np.clip(y * 6, -1, 1)) > 10 * CLIPPED_SHARE
+    assert any(w.startswith("clipped audio") for w in load_model("emodb").predict(np.clip(y * 6, -1, 1), sr).warnings)
+
+
+@pytest.mark.realdata
 def test_the_longest_emodb_file_gets_its_evaluation_prediction():
     """08b03Tc.wav (8.98 s, 2.06 signal lengths) is centre-cropped as in evaluation, not windowed."""
     model = load_model(need(PRETRAINED / "EMODB_46") / "10-fold_weights_best_1.hdf5", corpus="emodb")
@@ -494,7 +522,7 @@ def test_the_longest_emodb_file_gets_its_evaluation_prediction():
 
 
 def test_zero_window_and_onnx_reexport_refused(run_dir, clips, tmp_path):
-    with pytest.raises(TimnetError, match="--window 0 invalid; expected 0.024 to 0.743 s"):
+    with pytest.raises(TimnetError, match="^window 0 invalid; expected 0.024 to 0.743 s"):
         load_model(run_dir).predict_file(clips["long"], window=0)
     pytest.importorskip("onnxruntime")
     from timnet.onnx_export import export_onnx
@@ -587,7 +615,7 @@ def test_odd_names_huge_hops_and_uppercase_onnx(run_dir, clips, tmp_path):
     model = load_model(run_dir)
     assert model.predict_file(latin1).probs == model.predict_file(clips["16k"]).probs
     for option, value in (("hop", 1e308), ("window", 1e306)):
-        with pytest.raises(TimnetError, match=f"--{option} 1e\\+30[68] invalid"):
+        with pytest.raises(TimnetError, match=f"^{option} 1e\\+30[68] invalid"):
             model.predict_file(clips["long"], **{option: value})
     pytest.importorskip("onnxruntime")
     from timnet.onnx_export import export_onnx
@@ -650,7 +678,6 @@ def test_authors_folder_short_of_ten_folds_is_said(tmp_path):
 def test_authors_weights_read_as_another_corpus_are_said(monkeypatch):
     """EMODB, EMOVO and SAVEE models all have 7 classes and 8 levels: only the folder's name can say
     that --corpus savee gives the authors' EMODB model SAVEE's class names (given as "." too)."""
-    import warnings
 
     folder = need(PRETRAINED / "EMODB_46")
     with pytest.warns(UserWarning, match="EMODB_46: named like the authors' EMODB weights, but read as SAVEE's"):
@@ -734,7 +761,7 @@ def test_python_api_takes_each_layout_and_sample_format(run_dir, tmp_path):
         with pytest.raises(TimnetError, match=r"^device 'cuda' unavailable"):
             model.to("cuda")
     assert model.to("cpu").predict(tone, 16000).probs == want  # unchanged by the refusals
-    with pytest.raises(TimnetError, match=r"--window '1' invalid; expected a number of seconds"):
+    with pytest.raises(TimnetError, match=r"^window '1' invalid; expected a number of seconds"):
         model.predict(tone, 16000, window="1")
     assert any(w.endswith("hop 0.25 s makes no windows") for w in model.predict(tone, 16000, hop=0.25).warnings)
     assert load_model(type("PathLike", (), {"__fspath__": lambda self: str(run_dir)})()).labels == LABELS
@@ -755,6 +782,42 @@ def test_a_model_here_named_like_a_bundled_one_is_used_and_said(run_dir, tmp_pat
     (tmp_path / "emodb" / "wav").mkdir(parents=True)
     (tmp_path / "emodb" / "wav" / "03a01Fa.wav").write_bytes(b"")
     assert not _holds_a_model(tmp_path / "emodb")  # a corpus folder: `emodb` still names the bundled model
+    shutil.rmtree(tmp_path / "emodb")
+    (tmp_path / "emodb").write_text("notes on the corpus\n")  # nor a file of that name that is no model
+    assert not _holds_a_model(tmp_path / "emodb")
+    shutil.copy(run_dir / "fold_01" / "model.pt", tmp_path / "emodb")  # a checkpoint of that name, without .pt, is
+    assert _holds_a_model(tmp_path / "emodb")
+    with pytest.raises(TimnetError, match="^model '' invalid; expected a bundled name"):  # not the current folder
+        load_model("")
+
+
+def test_python_api_mistakes_are_one_line_errors_naming_the_value(run_dir, clips):
+    """A wrong argument to the Python API is a TimnetError that names it, in Python's terms, not a
+    TypeError from pathlib, numpy or torch; nothing complex is silently made real."""
+    model = load_model(run_dir)
+    for path in (None, 3, b"x.wav", ["a.wav"]):
+        with pytest.raises(TimnetError, match=r"^audio file .* invalid; expected a path \(str or pathlib.Path\)$"):
+            model.predict_file(path)
+    with pytest.raises(TimnetError, match=r"^hop 0 invalid; expected at least one sample"):
+        model.predict_file(clips["long"], hop=0)
+    y = sf.read(clips["16k"], dtype="float32")[0]
+    for given, match in (("abc", "^waveform of <U3 samples invalid"), (y.astype(complex), "^waveform of complex128 samples"),
+                         (torch.from_numpy(y.astype(np.complex64)), "^waveform of complex64 samples"),
+                         ([[1.0], [1.0, 2.0]], "^waveform invalid; expected a mono")):
+        with pytest.raises(TimnetError, match=match):
+            waveform_features(given, CFG)
+    with pytest.raises(TimnetError, match=r"^feature config None invalid; expected a timnet.features.FeatureConfig"):
+        waveform_features(y, None)
+    x = waveform_features(y, CFG)[None]
+    for given, match in ((x.astype(np.complex64), "dtype complex64"), (torch.from_numpy(x.astype(np.complex64)), "dtype complex64"),
+                         (x > 0, "dtype bool"), (None, "dtype object"), (np.float64(3), r"shape \(\)")):
+        with pytest.raises(TimnetError, match=f"^features of {match} invalid"):
+            model.predict_features(given)
+    np.testing.assert_array_equal(model.predict_features(x.astype(np.float64)), model.predict_features(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not numpy's overflow warning, and not called infinite
+        with pytest.raises(TimnetError, match=r"^waveform of samples up to 1e\+300 invalid; expected floats in \[-1, 1\]$"):
+            model.predict(np.full(20000, 1e300), 16000)
 
 
 @pytest.mark.realdata

@@ -59,10 +59,18 @@ def waveform_features(y: np.ndarray, config: FeatureConfig, *, sample_rate: int 
     """(frames, n_mfcc) features of a mono float waveform, exactly as for training: resampled from
     `sample_rate` (default: already at `config.sample_rate`) as librosa.load does, centre-cropped or
     padded to the signal length. A Predictor's `predict` also takes channels and integer PCM."""
-    given = np.asarray(y)
+    if not isinstance(config, FeatureConfig):
+        raise TimnetError(f"feature config {config!r} invalid; expected a timnet.features.FeatureConfig "
+                          "(a model's .feature_config)")
+    try:
+        given = np.asarray(y)
+    except ValueError:  # a ragged list
+        raise TimnetError("waveform invalid; expected a mono (samples,) array of floats") from None
     if given.dtype.kind in "iub":  # int16 PCM cast as is would be 32768 times too loud: other features
         raise TimnetError(f"waveform of {given.dtype} samples invalid; expected floats in [-1, 1] (integer PCM "
                           "divided by its full scale, as Predictor.predict does)")
+    if given.dtype.kind != "f":  # complex would lose its imaginary part; strings are no samples
+        raise TimnetError(f"waveform of {given.dtype} samples invalid; expected floats in [-1, 1]")
     y = given.astype(np.float32, copy=False)
     if y.ndim != 1:  # a 2-D array would be padded along both axes: gigabytes, then the wrong features
         raise TimnetError(f"waveform of shape {y.shape} invalid; expected a mono (samples,) array")

@@ -174,7 +174,12 @@ class OnnxPredictor(Predictor):
         return int(value) if value.isdigit() else None
 
     def to(self, device) -> OnnxPredictor:
-        if torch.device(device).type != "cpu":
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):  # "bogus", None
+            raise TimnetError(f"device {str(device)!r} invalid; expected cpu (an ONNX model runs on onnxruntime's "
+                              "CPU provider here)") from None
+        if kind != "cpu":
             raise TimnetError(f"{self.source}: an ONNX model runs on onnxruntime's CPU provider here; "
                               f"expected device cpu, not {device} (load the checkpoint or RUN_DIR for torch devices)")
         return self

@@ -46,6 +46,13 @@ SHORT_SECONDS = 0.5
 # peak 1.008), which the user cannot mend and which changes nothing; floats never scaled to [-1, 1]
 # (integer PCM as floats) are far beyond
 FULL_SCALE_SLACK = 1.1
+# Hard clipping flattens the waveform's tops: runs of three or more samples at the peak. No EMODB or
+# CASIA file has one such sample. 20 EMODB files driven to 6 times their level and clipped (2-22 % of
+# samples so) changed the bundled model's label for 7 of them; to twice (up to 1.8 %), a class's
+# probability by up to 0.15. Below CLIP_LEVEL a flat top is quantisation of quiet audio (8-bit), not
+# an overloaded recorder.
+CLIPPED_SHARE = 1e-3
+CLIP_LEVEL = 0.1
 # Up to this many signal lengths a recording is centre-cropped exactly as in training (so a corpus
 # file gets the very prediction the evaluation made: EMODB's longest, 08b03Tc.wav, is 8.98 s, 2.06
 # times its 4.35 s); longer ones are scored in windows.
@@ -91,11 +98,14 @@ def _round_up(x: float, digits: int = 2) -> float:
     return math.ceil(x / step) * step
 
 
-def check_windowing(window: float | None, hop: float | None, config: FeatureConfig) -> None:
+def check_windowing(window: float | None, hop: float | None, config: FeatureConfig, *,
+                    names: tuple[str, str] = ("--window", "--hop")) -> None:
     """A window holds one STFT hop of samples and at most the model's signal length (the features of
     a longer one would be centre-cropped to it, silently ignoring the rest); a hop moves by at least one
-    sample and at most a window (a longer one would skip audio between windows)."""
-    for name, value in (("--window", window), ("--hop", hop)):
+    sample and at most a window (a longer one would skip audio between windows). `names`: the two
+    as the caller named them (the command's options, or the Python arguments)."""
+    window_name, hop_name = names
+    for name, value in ((window_name, window), (hop_name, hop)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))):
             raise TimnetError(f"{name} {value!r} invalid; expected a number of seconds")
     sr, longest = config.sample_rate, config.signal_length / config.sample_rate
@@ -104,13 +114,13 @@ def check_windowing(window: float | None, hop: float | None, config: FeatureConf
     # (the bound as printed, to the millisecond, passes: the window is then the signal length)
     if window is not None and not (math.isfinite(window * sr) and audio.HOP_LENGTH <= window * sr <= config.signal_length + sr / 1000):
         # the lower bounds printed rounded up, so that the value the message gives is taken
-        raise TimnetError(f"--window {window} invalid; expected {math.ceil(audio.HOP_LENGTH / sr * 1000) / 1000:.3f} "
+        raise TimnetError(f"{window_name} {window} invalid; expected {math.ceil(audio.HOP_LENGTH / sr * 1000) / 1000:.3f} "
                           f"to {longest:.3f} s (the model's signal length)")
     if hop is not None and not (math.isfinite(hop * sr) and hop * sr >= 1):
-        raise TimnetError(f"--hop {hop} invalid; expected at least one sample ({_round_up(1 / sr):.1e} s)")
+        raise TimnetError(f"{hop_name} {hop} invalid; expected at least one sample ({_round_up(1 / sr):.1e} s)")
     if hop is not None and hop > span:
-        whose = "" if window is not None else " (the model's signal length: no --window given)"
-        raise TimnetError(f"--hop {hop} invalid; expected at most the window, {span:.3f} s{whose}; "
+        whose = "" if window is not None else f" (the model's signal length: no {window_name} given)"
+        raise TimnetError(f"{hop_name} {hop} invalid; expected at most the window, {span:.3f} s{whose}; "
                           "a longer hop leaves audio between windows unscored")
 
 
@@ -138,6 +148,9 @@ def as_float_audio(waveform) -> np.ndarray:
         y = (y.astype(np.float32) - 128) / 128
     elif kind != "f":
         raise TimnetError(f"waveform of dtype {y.dtype} invalid; expected floats in [-1, 1] or integer PCM (int8, int16, int32, uint8)")
+    elif y.size and np.isfinite(y).all() and (big := float(np.max(np.abs(y)))) > float(np.finfo(np.float32).max):
+        # finite, but not as float32: the cast would call them infinite
+        raise TimnetError(f"waveform of samples up to {big:.3g} invalid; expected floats in [-1, 1]")
     y = y.astype(np.float32, copy=False)
     if y.ndim == 2 and y.shape[0] < y.shape[1]:  # (channels, samples): the smaller axis is the channels
         y = y.T
@@ -151,10 +164,17 @@ def as_float_audio(waveform) -> np.ndarray:
 
 def check_feature_batch(x, config: FeatureConfig) -> np.ndarray:
     """Features as a contiguous float32 (N, frames, n_mfcc) batch, or a one-line error naming the layout."""
+    expected = f"expected a float array (N, frames, {config.n_mfcc})"
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        x = (x.float() if x.is_floating_point() else x).numpy()  # numpy has no bfloat16
     try:
-        x = np.ascontiguousarray(x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
-    except (ValueError, TypeError):  # a ragged list, strings
-        raise TimnetError(f"features invalid; expected a float array (N, frames, {config.n_mfcc})") from None
+        x = np.asarray(x)
+    except ValueError:  # a ragged list
+        raise TimnetError(f"features invalid; {expected}") from None
+    if x.dtype.kind not in "fiu":  # complex would lose its imaginary part, bools and strings are no MFCCs
+        raise TimnetError(f"features of dtype {x.dtype} invalid; {expected}")
+    x = np.asarray(x, dtype=np.float32, order="C")  # (ascontiguousarray would make a scalar 1-D)
     if x.ndim != 3 or x.shape[2] != config.n_mfcc or x.shape[0] == 0 or x.shape[1] == 0:
         hint = " (one utterance? add a batch axis: x[None])" if x.ndim == 2 else ""
         raise TimnetError(f"features of shape {x.shape} invalid; expected (N, frames, {config.n_mfcc}): "
@@ -174,13 +194,26 @@ def mean_probabilities(models, features: torch.Tensor) -> torch.Tensor:
     return torch.stack([m(features).softmax(-1) for m in models]).mean(0)
 
 
-def audio_warnings(y: np.ndarray, *, peak: float, sample_rate: int, cfg: FeatureConfig) -> list[str]:
+def clipped_share(y: np.ndarray) -> float:
+    """The share of samples (of (samples,) or (samples, channels)) inside flat runs of three or more
+    at their channel's peak, where that peak is at least CLIP_LEVEL: how hard clipping looks."""
+    a = np.abs(y.reshape(len(y), -1))
+    peak = a.max(axis=0)
+    at = (a >= peak * (1 - 1e-4)) & (peak >= CLIP_LEVEL)
+    return float((at[:-2] & at[1:-1] & at[2:]).sum() / a.size) if len(a) > 2 else 0.0
+
+
+def audio_warnings(y: np.ndarray, *, peak: float, clipped: float, sample_rate: int, cfg: FeatureConfig) -> list[str]:
     """What makes a prediction of this recording unreliable: `y` resampled to the features' rate,
-    `peak` and `sample_rate` those of the recording as given (before averaging channels and
-    resampling, whose ringing may overshoot a full-scale file)."""
+    `peak`, `clipped` (its clipped_share) and `sample_rate` those of the recording as given (before
+    averaging channels and resampling, whose ringing may overshoot a full-scale file and smooth a
+    clipped one)."""
     warnings = []
     if peak > FULL_SCALE_SLACK:
         warnings.append(f"samples beyond full scale (peak {peak:.2f}): expected floats in [-1, 1]")
+    if clipped >= CLIPPED_SHARE:
+        warnings.append(f"clipped audio ({100 * clipped:.1f} % of samples flat at the peak, {peak:.2f}): speech distorted "
+                        "as no training recording was; record at a lower gain for a reliable prediction")
     if sample_rate < LOW_RATE:
         warnings.append(f"sample rate {sample_rate} Hz, below {LOW_RATE} Hz: nothing above {sample_rate / 2000:g} kHz, "
                         "where every corpus's recordings have sound, so the features' upper bands are empty")
@@ -319,13 +352,13 @@ class Predictor:
         sample_rate = audio.check_sample_rate(sample_rate)
         # before the channels are averaged (one clipping channel of two) and before resampling
         # (whose ringing may overshoot a full-scale file)
-        peak = float(np.max(np.abs(y)))
+        peak, clipped = float(np.max(np.abs(y))), clipped_share(y)
         if y.ndim == 2:
             y = y.mean(axis=1, dtype=np.float32)
         cfg = self.feature_config
         y = audio.resample(y, orig_sr=int(sample_rate), target_sr=cfg.sample_rate)
-        warnings = audio_warnings(y, peak=peak, sample_rate=sample_rate, cfg=cfg)
-        check_windowing(window, hop, cfg)
+        warnings = audio_warnings(y, peak=peak, clipped=clipped, sample_rate=sample_rate, cfg=cfg)
+        check_windowing(window, hop, cfg, names=("window", "hop"))
         win = cfg.signal_length if window is None else min(int(round(window * cfg.sample_rate)), cfg.signal_length)
         step = max(1, int(round((win / cfg.sample_rate / 2 if hop is None else hop) * cfg.sample_rate)))
         if len(y) <= win or (window is None and len(y) <= WINDOW_AFTER * cfg.signal_length):
@@ -360,6 +393,8 @@ class Predictor:
     def predict_file(self, path: str | Path, *, window: float | None = None, hop: float | None = None,
                      progress: bool = False) -> Prediction:
         """Emotion of an audio file (any format and rate libsndfile reads)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TimnetError(f"audio file {path!r} invalid; expected a path (str or pathlib.Path)")
         y, sr = audio.read_audio(path)
         pred = self.predict(y, sr, window=window, hop=hop, progress=progress)
         pred.file = str(path)
@@ -387,8 +422,8 @@ def load_model(name_or_path: str | Path = "emodb", *, corpus: str | None = None,
     if corpus is not None and str(corpus).strip().upper() != str(predictor.corpus or "").upper():
         get_corpus(corpus)  # a name that is no corpus at all is said so first
         what = f"a model of {predictor.corpus}" if predictor.corpus else "a model (of a corpus it does not record)"
-        raise TimnetError(f"--corpus {corpus}: {predictor.source} is {what} with its own labels; "
-                          "--corpus is for the authors' weight files, which have none")
+        raise TimnetError(f"corpus {corpus}: {predictor.source} is {what} with its own labels; "
+                          "a corpus is named only for the authors' weight files, which have none")
     return predictor
 
 
@@ -397,6 +432,8 @@ def _load(name_or_path: str | Path, corpus: str | None, allow_onnx: bool) -> Pre
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TimnetError(f"model {name_or_path!r} invalid; expected a bundled name ({installed}) or a path")
     key = os.fspath(name_or_path)
+    if not key.strip():  # Path("") is the current folder: a run there would load unasked
+        raise TimnetError(f"model {key!r} invalid; expected a bundled name ({installed}) or a path")
     kinds = (f"a checkpoint (.pt), a RUN_DIR{', an .onnx file' if allow_onnx else ''}, the authors' .hdf5 weights or a "
              f"bundled name ({installed})")
     if key.lower() in BUNDLED and _holds_a_model(Path(key)):
@@ -450,10 +487,22 @@ def _load(name_or_path: str | Path, corpus: str | None, allow_onnx: bool) -> Pre
 def _holds_a_model(path: Path) -> bool:
     """Whether `path` is a model file or a folder `_load` predicts with (not, say, a corpus folder
     that happens to share a bundled model's name)."""
-    if path.is_file():
-        return not path.name.lower().endswith(AUDIO_EXTENSIONS)
+    if path.is_file():  # a checkpoint of any name is a zip (torch.save), the authors' an HDF5, ONNX a protobuf
+        return path.suffix.lower() in MODEL_SUFFIXES or _starts_with(path, (b"PK\x03\x04", b"\x89HDF\r\n\x1a\n"))
     return path.is_dir() and any(next(path.glob(pattern), None) for pattern in
                                  ("fold_*/model.pt", "model.pt", "*.hdf5", RUN_FILE))
+
+
+MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".hdf5", ".h5")
+
+
+def _starts_with(path: Path, magics: tuple[bytes, ...]) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return head.startswith(magics)
 
 
 def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predictor:
