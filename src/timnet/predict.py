@@ -487,22 +487,18 @@ def _load(name_or_path: str | Path, corpus: str | None, allow_onnx: bool) -> Pre
 def _holds_a_model(path: Path) -> bool:
     """Whether `path` is a model file or a folder `_load` predicts with (not, say, a corpus folder
     that happens to share a bundled model's name)."""
-    if path.is_file():  # a checkpoint of any name is a zip (torch.save), the authors' an HDF5, ONNX a protobuf
-        return path.suffix.lower() in MODEL_SUFFIXES or _starts_with(path, (b"PK\x03\x04", b"\x89HDF\r\n\x1a\n"))
+    if path.is_file():  # the name has no suffix: a model so named is a checkpoint, which torch.save writes as a zip
+        return _starts_with(path, b"PK\x03\x04")
     return path.is_dir() and any(next(path.glob(pattern), None) for pattern in
                                  ("fold_*/model.pt", "model.pt", "*.hdf5", RUN_FILE))
 
 
-MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".hdf5", ".h5")
-
-
-def _starts_with(path: Path, magics: tuple[bytes, ...]) -> bool:
+def _starts_with(path: Path, magic: bytes) -> bool:
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            return f.read(len(magic)) == magic
     except OSError:
         return False
-    return head.startswith(magics)
 
 
 def _from_keras(paths: list[Path], *, corpus: str | None, source: str) -> Predictor:
