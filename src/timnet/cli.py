@@ -579,7 +579,7 @@ def cmd_bench(args) -> int:
 def _training_options(s, *, val_fraction: float) -> None:
     """Options shared by `train` and `sweep`: the recipe, the folds, and where folds run."""
     s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
-    s.add_argument("--order", choices=ORDERS, default="spec", help="sample order, which decides the folds: spec (SPEC.md: classes, then the natural order of the path; the default) "
+    s.add_argument("--order", choices=ORDERS, default="spec", help="sample order, which decides the folds: spec (classes in label order, then the natural order of the path: the paper protocol's; the default) "
                         "or authors (their feature files: within a class by file name, then path ignoring case; the folds their CASIA weights were made on)")
     s.add_argument("--folds", type=int, default=None,
                    help="number of folds (default 10; with --split speaker, 10 or one per speaker if fewer)")
@@ -604,7 +604,7 @@ def _training_options(s, *, val_fraction: float) -> None:
     s.add_argument("--patience", type=int, default=None, help="stop a fold after this many epochs without a better validation UAR (default: never; needs a validation split)")
     s.add_argument("--save-every", type=int, default=None, help="epochs between resumable snapshots (default 10)")
     s.add_argument("--adam-eps-rule", choices=ADAM_EPS_RULES, default=None,
-                   help="where Adam adds its epsilon (1e-8): torch (default; SPEC.md §4 in PyTorch's terms) or keras "
+                   help="where Adam adds its epsilon (1e-8): torch (default: the paper's 1e-8 as PyTorch adds it) or keras "
                         "(to the uncorrected second moment, as the authors' Keras code: a larger epsilon in the first "
                         "few hundred steps). Part of the run's identity")
     s.add_argument("--workers", type=int, default=None, help="folds trained at once, in worker processes; an ensemble's members too (default: one per core, "
@@ -710,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("features", metavar="FEATURES", help="a timnet .npz, or an authors' .npy with --corpus")
     s.add_argument("--weights", required=True, metavar="PATH", help="a RUN_DIR, or a folder of 10-fold_weights_best_<k>.hdf5")
     s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
-    s.add_argument("--order", choices=ORDERS, default=None, help="sample order, which decides the folds: spec (SPEC.md: classes, then the natural order of the path) "
+    s.add_argument("--order", choices=ORDERS, default=None, help="sample order, which decides the folds: spec (classes in label order, then the natural order of the path) "
                         "or authors (their feature files: within a class by file name, then path ignoring case). Default: the models' own, "
                         "authors for the authors' weights (each fold model on its own test split), a RUN_DIR's from its run.json")
     s.add_argument("--folds", type=int, default=None,

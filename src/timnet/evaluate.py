@@ -135,7 +135,7 @@ def _check_authors_split(weights: Path, fs: FeatureSet, *, seed: int, split: str
     # of another length is named when it is read)
     if fs.x.shape[1] != frames and fs.meta.get("source") != "authors-npy":
         warnings.warn(f"{fs.path or 'the features'}: {fs.x.shape[1]} frames per utterance; the authors' "
-                      f"{corpus.name} weights were trained on {frames} ({corpus.signal_length} samples, SPEC.md §1), "
+                      f"{corpus.name} weights were trained on {frames} ({corpus.signal_length} samples), "
                       f"so these figures are not theirs (extract without --signal-length)", stacklevel=2)
 
 
@@ -163,7 +163,7 @@ def score_weights(fs: FeatureSet, weights: str | Path, *, seed: int | None = Non
     if not run_file.is_file() and order == "spec" and fs.files is not None and \
             (in_order(fs, "authors").files != fs.files).any():
         warnings.warn(f"--order spec: the authors' {fs.corpus} weights were trained on the folds of their own sample "
-                      f"order, which is not SPEC.md's for these files: their models have seen much of these test folds")
+                      f"order, which is not --order spec's for these files: their models have seen much of these test folds")
     split, used_seed = "random", paper_seed(fs.corpus, seed)
     results, outputs = evaluate(fs, fold_models(weights, fs, folds=10 if folds is None else folds, seed=used_seed))
     identity = read_identity(weights) if run_file.is_file() else None
