@@ -402,6 +402,34 @@ def test_validation_only_run_reports_its_validation_scores(tmp_path):
         plot_run(run_dir)
 
 
+def test_missing_histories_leave_the_curves_short_or_undrawn_and_say_so(trained, tmp_path):
+    """A fold restored from the benchmarks' ledger holds its result.json alone: the figures drawn from
+    the results are drawn, the curves average the histories there are (the title counts them), or
+    are not drawn when there are none, and the warning and the report say which."""
+    _, run_dir = trained
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "fold_02" / "history.csv").unlink()
+    with pytest.warns(UserWarning, match=re.escape(f"{run}: 1 of 3 training histories missing ({run}/fold_02/history.csv): "
+                                                   "the curves average the other 2")):
+        figures = plot_run(run)
+    assert set(figures) == FIGURES
+    assert "over 2 of the 3 trainings of 3 folds" in (run / "plots" / "curves.svg").read_text()
+    for k in (1, 3):
+        (run / f"fold_0{k}" / "history.csv").unlink()
+    with pytest.warns(UserWarning, match=re.escape(f"{run}: curves skipped: 3 of 3 training histories missing "
+                                                   f"({run}/fold_01/history.csv, ...)")):
+        figures = plot_run(run)
+    assert set(figures) == FIGURES - {"curves"} and not list((run / "plots").glob("curves.*"))  # not the earlier one's
+    page = write_report(run, figures=figures).read_text()
+    assert "Curves not drawn: 3 of 3 training histories missing" in page and "confusion" in page
+    for model in run.glob("fold_*/model.pt"):  # the ledger's folds: results alone, still drawn
+        model.unlink()
+    with pytest.warns(UserWarning) as said:
+        assert set(plot_run(run)) == {"confusion", "confusion_folds", "recall"}
+    assert [str(w.message).split(": ", 1)[1] for w in said][-1] == "no fold holds its model (fold_*/model.pt), only its result"
+
+
 def test_damaged_history_or_result_is_one_error(trained, tmp_path):
     from timnet.errors import TimnetError
 
@@ -412,7 +440,6 @@ def test_damaged_history_or_result_is_one_error(trained, tmp_path):
     for i, (name, damage, message) in enumerate((
         ("history.csv", lambda t: t.replace(t.splitlines()[2].split(",")[1], "abc", 1), "not a readable training history"),
         ("history.csv", lambda t: "foo,bar\n1,2\n", r"not a training history \(no epoch and loss columns\)"),
-        ("history.csv", None, r"missing; expected the CSV `timnet train` writes with each fold \(restore it, or delete"),
         ("result.json", lambda t: json.dumps([json.loads(t)]), "not a timnet fold result"),
         ("result.json", edited(confusion=None), "not a timnet fold result"),
         ("result.json", edited(n_test=None), "not a timnet fold result"),

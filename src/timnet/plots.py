@@ -27,7 +27,8 @@ CURVES = (
     # level with the validation's plain cross-entropy of the eval-mode model
     ("loss", "train loss (as minimised)", 0),
     ("val_loss", "validation loss (cross-entropy)", 0),
-    ("acc", "train accuracy", 1),
+    # likewise of the batches as trained (dropout; under mixup, against each mixed pair's first label)
+    ("acc", "train accuracy (as trained)", 1),
     ("val_war", "validation WAR", 1),
     ("val_uar", "validation UAR", 1),
 )

@@ -31,7 +31,9 @@ from .rundir import (RUN_FILE, check_not_all_data, check_not_multi_seed, diverge
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
 FIGURE_CAPTIONS = {
-    "curves": "Training curves: mean over the folds' trainings (every member's, for an ensemble), band ±1 std.",
+    "curves": "Training curves: mean over the folds' trainings (every member's, for an ensemble), band ±1 std. The "
+              "train series are of the batches as trained (dropout, label smoothing, any augmentation; under mixup "
+              "the accuracy counts each mixed pair's first label, so it sits far below the test accuracy).",
     "confusion": "Confusion matrix summed over the folds' test splits; colours are row-normalised.",
     "confusion_folds": "The confusion matrix of each fold's test split on its own, with the fold's WAR and UAR.",
     "recall": "Per-class recall pooled over the folds' test splits; whiskers ±1 std of the folds' own recalls.",
@@ -193,16 +195,19 @@ def _result_figures(fold_results: list[dict], labels, *, war: float, uar: float,
     return written
 
 
-def _histories(run_dir: Path, results: list[dict]) -> list[dict[str, np.ndarray]]:
-    """Every training's history: each finished fold's first member (history.csv) and its others."""
-    out = []
+def _histories(run_dir: Path, results: list[dict], members: int) -> tuple[list[dict[str, np.ndarray]], list[Path]]:
+    """Every training's history, each finished fold's `members` (history.csv, history_member<m>.csv),
+    and the files of those missing: a fold the benchmarks' ledger restored holds its result alone."""
+    read, missing = [], []
     for r in results:
         fold = run_dir / f"fold_{r['fold']:02d}"
-        m = 0
-        while m == 0 or (fold / history_name(m)).is_file():  # member by member, in their order
-            out.append(read_history(fold / history_name(m)))
-            m += 1
-    return out
+        for m in range(members):
+            path = fold / history_name(m)
+            if path.is_file():
+                read.append(read_history(path))
+            else:
+                missing.append(path)
+    return read, missing
 
 
 class Figures(dict):
@@ -242,7 +247,7 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
     context = printable(run_context(identity))
     tc = identity.get("train_config") or {}
     members = tc.get("members", 1)
-    histories = _histories(run_dir, results)
+    histories, missing = _histories(run_dir, results, members)
     tested = "war" in results[0]  # not a sweep trial or a selection run, scored on validation only
     fused = y = folds = reason = None
     if tested:  # the models are read before any figure is written: a damaged one leaves the old figures whole
@@ -253,8 +258,20 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
         if reason is not None and features is not None:  # asked for by name: not a figure quietly left out
             raise TimnetError(f"--features {features}: no t-SNE from it: {reason}")
     what = f"{len(results)} folds" + (f" × {members} members" if members > 1 else "")
-    written = Figures(curves=save_figure(curves_figure(histories, what=what, swa_epochs=tc.get("swa_epochs") or 0,
-                                                       context=context), out_dir / "curves"))
+    written = Figures()
+    if missing:  # the other figures need only the folds' results: drawn without the curves they lack
+        total = len(histories) + len(missing)
+        said = f"{len(missing)} of {total} training histories missing ({missing[0]}{', ...' if len(missing) > 1 else ''})"
+        what = f"{len(histories)} of the {total} trainings of {what}"
+        if histories:
+            warnings.warn(f"{run_dir}: {said}: the curves average the other {len(histories)}", stacklevel=2)
+        else:
+            warnings.warn(f"{run_dir}: curves skipped: {said}", stacklevel=2)
+            written.skipped["curves"] = f"{said}; the folds' results draw the other figures"
+            _remove_figure(out_dir / "curves")  # an earlier plot's would stand for this run's
+    if histories:
+        written["curves"] = save_figure(curves_figure(histories, what=what, swa_epochs=tc.get("swa_epochs") or 0,
+                                                      context=context), out_dir / "curves")
     if not tested:
         warnings.warn("a validation-only run has no test predictions: training curves only", stacklevel=2)
         return written
@@ -294,6 +311,8 @@ def _run_test_features(run_dir: Path, info: dict, *, finished: set[int], given: 
     if features_fingerprint(fs) != identity.get("features_fingerprint"):
         return None, None, None, (f"{info['features']} holds other features than the run was trained on" if given else
                                   f"the features file {info['features']} has changed since the run was trained")
+    if not fold_files(run_dir, "model.pt"):  # folds the benchmarks' ledger restored: their results alone
+        return None, None, None, "no fold holds its model (fold_*/model.pt), only its result"
     models = fold_models(run_dir, fs, folds=identity["folds"], seed=identity["seed"], split=identity["split"])
     if lacking := sorted(finished - {m.fold for m in models}):  # a t-SNE of the others would pass for every fold's
         return None, None, None, (f"fold {', '.join(map(str, lacking))} has a result but no model "
@@ -451,7 +470,8 @@ def _class_table(results: list[dict], labels) -> str:
     return f'<table id="classes"><thead>{head}</thead><tbody>{rows}</tbody></table>'
 
 
-def _figures(figures: dict[str, list[Path]], tsne_reason: str | None, run_dir: Path) -> str:
+def _figures(figures: dict[str, list[Path]], skipped: dict[str, str], run_dir: Path) -> str:
+    """The figures embedded, with their captions, and a note for each one not drawn (`skipped`: {name: why})."""
     parts = []
     for name, paths in figures.items():
         png = next((Path(p) for p in paths if str(p).endswith(".png")), None)
@@ -466,8 +486,9 @@ def _figures(figures: dict[str, list[Path]], tsne_reason: str | None, run_dir: P
         parts.append(f'<figure id="fig-{_e(name)}"><img src="data:image/png;base64,{data}" alt="{_e(name)}">'
                      f"<figcaption>{_e(caption)} <span class=\"muted\">({_e(png.name)} and .svg in "
                      f"{_e(where)}/)</span></figcaption></figure>")
-    if "tsne" not in figures and tsne_reason:
-        parts.append(f'<p class="note">t-SNE not drawn: {_e(tsne_reason)}.</p>')
+    for name, reason in skipped.items():
+        if name not in figures and reason:
+            parts.append(f'<p class="note">{"t-SNE" if name == "tsne" else name.capitalize()} not drawn: {_e(reason)}.</p>')
     return "".join(parts)
 
 
@@ -508,7 +529,7 @@ def render_report(run_dir: Path, figures: dict[str, list[Path]]) -> str:
             "<h2>Protocol</h2>", _protocol(info, results, lost, run_dir),
             "<h2>Folds</h2>", _fold_table(results, ident),
             *(["<h2>Classes (pooled over folds)</h2>", _class_table(results, ident["labels"])] if split == "test" else []),
-            "<h2>Figures</h2>", _figures(figures, getattr(figures, "skipped", {}).get("tsne") or _tsne_unavailable(info), run_dir),
+            "<h2>Figures</h2>", _figures(figures, {"tsne": _tsne_unavailable(info), **getattr(figures, "skipped", {})}, run_dir),
             "<h2>Environment</h2>", _environment(info, results)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_e(title)}</title>"
