@@ -579,7 +579,7 @@ def cmd_bench(args) -> int:
 def _training_options(s, *, val_fraction: float) -> None:
     """Options shared by `train` and `sweep`: the recipe, the folds, and where folds run."""
     s.add_argument("--corpus", default=None, help="the corpus of an authors' .npy feature file")
-    s.add_argument("--order", choices=ORDERS, default="spec", help="sample order, which decides the folds: spec (classes in label order, then the natural order of the path: the paper protocol's; the default) "
+    s.add_argument("--order", choices=ORDERS, default="spec", help="sample order, which decides the folds: spec (classes in label order, then the natural order of the path; the default) "
                         "or authors (their feature files: within a class by file name, then path ignoring case; the folds their CASIA weights were made on)")
     s.add_argument("--folds", type=int, default=None,
                    help="number of folds (default 10; with --split speaker, 10 or one per speaker if fewer)")
