@@ -148,17 +148,18 @@ def as_float_audio(waveform) -> np.ndarray:
         y = (y.astype(np.float32) - 128) / 128
     elif kind != "f":
         raise TimnetError(f"waveform of dtype {y.dtype} invalid; expected floats in [-1, 1] or integer PCM (int8, int16, int32, uint8)")
-    elif y.size and np.isfinite(y).all() and (big := float(np.max(np.abs(y)))) > float(np.finfo(np.float32).max):
-        # finite, but not as float32: the cast would call them infinite
-        raise TimnetError(f"waveform of samples up to {big:.3g} invalid; expected floats in [-1, 1]")
-    y = y.astype(np.float32, copy=False)
+    given = y
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: said below, not warned
+        y = y.astype(np.float32, copy=False)
     if y.ndim == 2 and y.shape[0] < y.shape[1]:  # (channels, samples): the smaller axis is the channels
         y = y.T
     if y.ndim not in (1, 2) or y.size == 0 or (y.ndim == 2 and y.shape[1] > MAX_CHANNELS):
         raise TimnetError(f"waveform of shape {tuple(np.shape(waveform))} invalid; expected (samples,), (samples, channels) "
                           f"or (channels, samples) with at most {MAX_CHANNELS} channels")
     if not np.isfinite(y).all():
-        raise TimnetError(f"waveform has {int((~np.isfinite(y)).sum())} NaN or infinite samples; expected finite floats in [-1, 1]")
+        if np.isfinite(given).all():  # finite as given: too large for float32
+            raise TimnetError(f"waveform of samples up to {float(np.max(np.abs(given))):.3g} invalid; expected floats in [-1, 1]")
+        raise TimnetError(f"waveform has {int((~np.isfinite(given)).sum())} NaN or infinite samples; expected finite floats in [-1, 1]")
     return y
 
 
