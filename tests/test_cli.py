@@ -556,6 +556,45 @@ def test_a_temporary_file_that_cannot_be_made_names_the_file_asked_for(tmp_path,
     assert caught.value.filename == str(tmp_path / "r.json") and caught.value.errno == errno.EACCES
 
 
+def test_a_pipe_or_a_link_given_as_an_output_is_written_through(tmp_path):
+    # A temporary file renamed over the output would put a regular file in place of a pipe, of a
+    # link (its target left as it was), or, as root, of /dev/null itself.
+    import os
+    import stat
+    import threading
+
+    from timnet.files import write_json
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    read = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text()), daemon=True)
+    reader.start()
+    write_json(fifo, {"war": 0.9})
+    reader.join(timeout=10)
+    assert read == ['{\n "war": 0.9\n}\n'] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    target, link = tmp_path / "kept.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    write_json(link, {"war": 0.8})
+    assert link.is_symlink() and json.loads(target.read_text()) == {"war": 0.8}
+    # a link to the process's own stdout (what /dev/stdout is): the JSON reaches the pipe
+    out = tmp_path / "out.json"
+    out.symlink_to("/proc/self/fd/1")
+    result = timnet("predict", write_tone(tmp_path / "a.wav", seconds=1.0), "--json", out, "-q")
+    assert result.returncode == 0 and '"label":' in result.stdout and out.is_symlink(), result.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_a_full_device_given_as_an_output_is_one_error_naming_it(tmp_path):
+    import os
+    import stat
+
+    result = timnet("predict", write_tone(tmp_path / "a.wav", seconds=1.0), "--json", "/dev/full")
+    assert_one_line_error(result, "/dev/full: No space left on device")
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
 def test_a_broken_link_is_named_as_one(tmp_path):
     link = tmp_path / "a.wav"
     link.symlink_to(tmp_path / "gone.wav")

@@ -257,6 +257,7 @@ def test_the_download_is_checked_as_corpora_check_checks_it(server, tmp_path):
     r = subprocess.run([sys.executable, "-m", "timnet", "download", "casia", str(tmp_path / "C"), "--url", server, "-q"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "1 files unpacked" in r.stdout and "PROBLEMS FOUND" in r.stdout, r.stdout + r.stderr
+    assert r.stderr.startswith(f"timnet: error: {tmp_path / 'C'}") and r.stderr.count("\n") == 1, r.stderr  # for a script
     assert "checksums: none shipped for CASIA" in r.stdout and "against the manifest" not in r.stdout
 
 

@@ -1,5 +1,9 @@
 """Corpus extraction end to end on a synthetic EMODB tree; saving and loading feature files."""
 import re
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +73,37 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert path.read_bytes() == b"previous" and list(tmp_path.iterdir()) == [path]
 
 
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    # SIGKILL mid-write (the out-of-memory killer, a session's end) leaves the hidden temporary
+    # beside the file; the next write of that file removes it, and nothing that is not such a leftover.
+    path = tmp_path / "f.npz"
+    killed = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal
+        from timnet.files import atomic_write
+        with atomic_write({str(path)!r}) as tmp:
+            tmp.write_bytes(b"half")
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)])
+    assert killed.wait() == -signal.SIGKILL
+    [left] = tmp_path.iterdir()
+    assert left.name.startswith(".f.npz.") and f".{killed.pid}@" in left.name and left.read_bytes() == b"half"
+    host = left.name.split("@")[1].removesuffix(".tmp")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = [tmp_path / f".f.npz.abcd1234.{alive.pid}@{host}.tmp",  # a writer still at work
+                tmp_path / f".f.npz.abcd1234.{killed.pid}@another-host.tmp",  # one on another machine
+                tmp_path / ".f.npz.tmp", tmp_path / ".f.npz.x.tmp"]  # the user's, or an older timnet's
+        for p in kept:
+            p.write_bytes(b"keep")
+        fs = FeatureSet(x=np.zeros((2, 3, 39), np.float32), y=np.zeros(2, np.int64), labels=("a", "b"),
+                        corpus="EMODB", config=FeatureConfig())
+        save_features(fs, path)
+        assert sorted(tmp_path.iterdir()) == sorted([path, *kept]) and path.stat().st_size > 100
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_bad_file_fails_or_is_skipped(tmp_path):
     root = emodb_tree(tmp_path / "c", extra=["03a05Wa.wav"])
     with pytest.raises(TimnetError, match=r"03a05Wa\.wav: empty file.*--skip-bad"):
@@ -131,6 +166,9 @@ def test_authors_npy(tmp_path):
     np.save(tmp_path / "soft.npy", {"x": x, "y": np.full((12, 7), 1 / 7)}, allow_pickle=True)
     with pytest.raises(TimnetError, match=r"soft.npy: y's row 0 is \[0.142.*expected one-hot rows"):
         load_features(tmp_path / "soft.npy", corpus="emodb")
+    np.save(tmp_path / "words.npy", {"x": x, "y": y.astype(str)}, allow_pickle=True)
+    with pytest.raises(TimnetError, match=r"words.npy: y holds <U32 values such as '1.0'; expected one-hot numbers"):
+        load_features(tmp_path / "words.npy", corpus="emodb")
     np.save(tmp_path / "none.npy", {"x": x[:0], "y": np.eye(7)[:0]}, allow_pickle=True)
     with pytest.raises(TimnetError, match="none.npy: holds no utterances"):
         load_features(tmp_path / "none.npy", corpus="emodb")
@@ -202,6 +240,16 @@ def test_a_hand_made_npz_is_checked_not_misread(tree, tmp_path):
     assert load_features(edited("whole.npz", y=fs.y.astype(float))).y.tolist() == fs.y.tolist()
     with pytest.raises(TimnetError, match=r"empty.npz: holds no utterances"):
         load_features(edited("empty.npz", x=fs.x[:0], y=fs.y[:0], speakers=fs.speakers[:0], files=fs.files[:0]))
+    # speaker and file names: one string each, else refused at once, not as a traceback after training
+    n = len(fs)
+    with pytest.raises(TimnetError, match=r"bytes.npz: speakers holds \|S2 values such as b'03'; expected strings"):
+        load_features(edited("bytes.npz", speakers=fs.speakers.astype(bytes)))
+    with pytest.raises(TimnetError, match=rf"wide.npz: speakers of shape \({n}, 2\) for {n} utterances; expected \({n},\), one name each"):
+        load_features(edited("wide.npz", speakers=np.stack([fs.speakers, fs.speakers], 1)))
+    with pytest.raises(TimnetError, match=rf"short.npz: files of shape \({n - 1},\) for {n} utterances"):
+        load_features(edited("short.npz", files=fs.files[1:]))
+    numbered = load_features(edited("ids.npz", speakers=fs.speakers.astype(int)))  # whole-number ids: their names
+    assert numbered.speakers.tolist() == [str(int(s)) for s in fs.speakers]
 
 
 def test_truncated_npz_is_a_one_line_error(tree, tmp_path):

@@ -143,6 +143,10 @@ def test_organize_command_prints_a_next_step_that_runs(tmp_path, capsys, monkeyp
 
     src = build(tmp_path / "src", "casia")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")  # a training run's folder: refused in organize's words, not a figures folder's
+    assert cli.main(["organize", "casia", str(src), "run"]) == 1
+    assert capsys.readouterr().err == "timnet: error: run is not empty and was not made by `timnet organize`; expected an empty or new folder\n"
     assert cli.main(["organize", "casia", str(src), "out"]) == 0
     out = capsys.readouterr().out
     assert "out: 2 written, 0 already in place" in out and "per class:   angry 1, fear 0, happy 0, neutral 0, sad 1, surprise 0" in out

@@ -85,6 +85,16 @@ def test_plot_command_with_out_folder(trained, tmp_path, capsys):
     assert {p.stem for p in (tmp_path / "figs").iterdir()} == FIGURES and not (run_dir / "plots").exists()
     page = (run_dir / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(FIGURES) and f"tsne.png and .svg in {(tmp_path / 'figs').resolve()}/" in page  # outside RUN_DIR: in full
+    # DIR's figures are timnet's own: drawn again over them; a file of the user's under a figure's
+    # name would be replaced (or deleted, its figure skipped): refused before any figure is drawn
+    assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "figs"), "--seed", "3"]) == 0
+    capsys.readouterr()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "tsne.svg").write_text("<svg>the user's own figure</svg>")
+    assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "mine")]) == 1
+    assert capsys.readouterr().err == (f"timnet: error: --out {tmp_path / 'mine'}: tsne.svg there is not a figure timnet wrote, "
+                                       "and drawing would replace it; expected it moved away, or another folder for the figures\n")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["tsne.svg"]
     # a t-SNE seed sklearn would refuse: one line before any figure, not a traceback after half of them
     assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "neg"), "--seed", "-1"]) == 1
     assert capsys.readouterr().err.strip() == "timnet: error: --seed -1 invalid; expected an integer from 0 to 4294967295"
@@ -345,7 +355,12 @@ def test_plot_evaluation(trained, tmp_path):
     results, outputs = evaluate(fs, fold_models(run_dir, fs, folds=3, seed=1))
     summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split="random", seed=1)
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "curves.png").write_bytes(b"a run's curves, plotted here before")
+    (tmp_path / "out" / "confusion.png").write_bytes(b"the user's own figure")
+    with pytest.raises(TimnetError, match="confusion.png there is not a figure timnet wrote"):
+        plot_evaluation(fs, summary, outputs, tmp_path / "out", seed=0)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["confusion.png"]
+    (tmp_path / "out" / "confusion.png").unlink()
+    plots.save_figure(Figure(), tmp_path / "out" / "curves")  # a run's curves, plotted here before
     (tmp_path / "out" / "curves.csv").write_text("the user's own file")
     figures = plot_evaluation(fs, summary, outputs, tmp_path / "out", seed=0)
     assert set(figures) == FIGURES - {"curves"}
@@ -428,6 +443,25 @@ def test_missing_histories_leave_the_curves_short_or_undrawn_and_say_so(trained,
     with pytest.warns(UserWarning) as said:
         assert set(plot_run(run)) == {"confusion", "confusion_folds", "recall"}
     assert [str(w.message).split(": ", 1)[1] for w in said][-1] == "no fold holds its model (fold_*/model.pt), only its result"
+
+
+def test_a_run_file_edited_into_other_types_is_one_error(trained, tmp_path):
+    """Values of run.json that readers rely on, edited by hand into another type: said as the run
+    file's damage, not a TypeError deep in the figures or the evaluation."""
+    _, run_dir = trained
+    for i, (where, key, value, said) in enumerate((
+            ("identity", "labels", None, "identity.labels is null, not a list of class names"),
+            ("identity", "labels", ["a", 3], 'identity.labels is ["a", 3], not a list of class names'),
+            ("identity", "folds", "two", 'identity.folds is "two", not a whole number'),
+            ("identity", "train_config", None, "identity.train_config is null, not a JSON object"),
+            (None, "features", 5, "a JSON object with an identity"))):
+        copy = shutil.copytree(run_dir, tmp_path / f"run{i}", ignore=shutil.ignore_patterns("plots", "report.html"))
+        info = json.loads((copy / "run.json").read_text())
+        (info[where] if where else info)[key] = value
+        (copy / "run.json").write_text(json.dumps(info))
+        with pytest.raises(TimnetError, match=rf"run{i}/run.json: not a readable timnet run file \({re.escape(said)}\)"):
+            plot_run(copy)
+        assert not (copy / "plots").exists()
 
 
 def test_damaged_history_or_result_is_one_error(trained, tmp_path):

@@ -205,3 +205,19 @@ def test_training_pool_under_a_long_temporary_folder(tmp_path):
                           env={**os.environ, "TMPDIR": str(long_tmp)}, timeout=300)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert len(list((tmp_path / "r").glob("fold_*/result.json"))) == 3
+
+
+def test_the_runs_file_of_a_run_killed_outright_is_removed_by_the_next_run(tmp_path, monkeypatch):
+    # The whole process group killed (a session's end, `kill -9 -PGID`): neither the parent's
+    # `finally` nor its manager can remove the pickled runs, which are the size of the features.
+    from timnet.backends import _pickle_to_temp
+
+    killed = subprocess.run([sys.executable, "-c", "import os, signal\nfrom timnet.backends import _pickle_to_temp\n"
+                             "_pickle_to_temp(list(range(1000)))\nos.kill(os.getpid(), signal.SIGKILL)"],
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert killed.returncode == -signal.SIGKILL
+    [left] = tmp_path.iterdir()
+    assert left.name.startswith("timnet-runs-")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = _pickle_to_temp([1, 2])
+    assert os.listdir(tmp_path) == [os.path.basename(path)]

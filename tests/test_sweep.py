@@ -169,10 +169,15 @@ def test_sweep_cli_and_bad_space(tmp_path):
     out = json.loads((tmp_path / "s.json").read_text())
     assert [t["trial"] for t in out["trials"]] == ["trial_001", "trial_002"]
     assert isinstance(out["trials"][0]["lr"], float) and "configuration for a final model" in done.stdout
+    notes = [tmp_path / "sw" / "trial_002" / "NOTES.md", tmp_path / "sw" / "trial_002" / "fold_01" / "mine.txt"]
+    for note in notes:  # the user's, in a trial --overwrite removes
+        note.write_text("mine")
     fewer = subprocess.run([*cmd[:cmd.index("--trials") + 1], "1", *cmd[cmd.index("--trials") + 2:], "--overwrite"],
                            capture_output=True, text=True)
     assert fewer.returncode == 0, fewer.stderr
-    assert sorted(p.name for p in (tmp_path / "sw").glob("trial_*")) == ["trial_001"]  # not the old trial_002
+    assert [p.parent.name for p in (tmp_path / "sw").glob("trial_*/run.json")] == ["trial_001"]  # not the old trial_002
+    assert sorted((tmp_path / "sw" / "trial_002").rglob("*.*")) == sorted(notes)  # only timnet's files went
+    assert "trial_002" not in fewer.stdout + fewer.stderr  # not called a trial left as it is
     # a finished trial fold whose model was deleted is said before anything trains, with what to do
     one = [*cmd[:cmd.index("--trials") + 1], "1", *cmd[cmd.index("--trials") + 2:]]
     model = tmp_path / "sw" / "trial_001" / "fold_02" / "model.pt"
@@ -217,7 +222,8 @@ def test_sweep_cli_and_bad_space(tmp_path):
     assert changed.returncode == 1 and changed.stderr.strip().count("\n") == 0, changed.stderr
     assert "trial_001 holds a trial of another sweep (train_config.lr differs: another space" in changed.stderr
     assert "SWEEP_DIR" in changed.stderr and "RUN_DIR" not in changed.stderr
-    assert sorted(p.name for p in (tmp_path / "sw").glob("trial_*")) == ["trial_001"]
+    assert [p.parent.name for p in (tmp_path / "sw").glob("trial_*/run.json")] == ["trial_001"]
+    assert sorted((tmp_path / "sw" / "trial_002").rglob("*.*")) == sorted(notes)
     # command-line options valid only beside the space's values are checked with them, trial by trial
     space.write_text("members: {grid: [2, 3]}\nepochs: 1\n")
     together = [*cmd[:cmd.index("--trials") + 1], "1", *cmd[cmd.index("--trials") + 2:]]

@@ -47,6 +47,10 @@ def test_random_folds_disjoint_and_cover():
     assert sorted(tests.tolist()) == list(range(100))
     for tr, te in folds:
         assert not set(tr) & set(te) and len(tr) + len(te) == 100
+    with pytest.raises(TimnetError, match=r"^--folds 11 invalid; expected 2\.\.10 for 10 samples$"):
+        make_folds(10, folds=11, seed=46)
+    with pytest.raises(TimnetError, match=r"^one.npz: 1 utterance; cross-validation needs at least 2$"):  # not "expected 2..1"
+        make_folds(1, folds=2, seed=46, source="one.npz")
 
 
 def test_random_folds_are_shuffled_by_the_seed():

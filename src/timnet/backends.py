@@ -17,6 +17,7 @@ import socket
 from typing import Callable, Iterator
 
 from .errors import TimnetError
+from .files import owned_temporary
 from .processes import check_pool, end_pool, signals_held, sigterm_handler, when_parent_ends
 
 Task = tuple[int, int]  # (index of the run, fold number)
@@ -237,7 +238,9 @@ def _pickle_to_temp(obj) -> str:
     import pickle
     import tempfile
 
-    fd, path = tempfile.mkstemp(prefix="timnet-runs-", suffix=".pkl")
+    # owned: a run whose whole process group was killed (its manager too) leaves the file, which
+    # the next run on this host removes
+    fd, path = owned_temporary(tempfile.gettempdir(), prefix="timnet-runs-", suffix=".pkl")
     try:
         with os.fdopen(fd, "wb") as f:
             pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)

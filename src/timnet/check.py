@@ -63,6 +63,18 @@ class CheckReport:
         short = self.expected_counts is not None and self.counts != self.expected_counts
         return not (short or self.speakers_differ or self.unexpected or self.unreadable or self.missing or self.altered)
 
+    def problems(self) -> str:
+        """What is wrong, in a few words ('' when ok): for the one line on stderr beside the report."""
+        parts = [f"{len(files)} {kind}" for kind, files in (("missing", self.missing), ("altered", self.altered),
+                                                             ("unreadable", self.unreadable), ("unexpected", self.unexpected))
+                 if files]
+        if self.expected_counts is not None and self.counts != self.expected_counts:
+            parts.append(f"{sum(self.counts.values())} utterances where {sum(self.expected_counts.values())} are expected"
+                         if sum(self.counts.values()) != sum(self.expected_counts.values()) else "class counts not the corpus's")
+        if self.speakers_differ:
+            parts.append(f"{len(self.speakers)} speakers where {self.expected_speakers} are expected")
+        return ", ".join(parts)
+
     @property
     def speakers_differ(self) -> bool:
         """Speakers not the corpus's number: leave-one-speaker-out folds would not be the corpus's."""

@@ -75,7 +75,7 @@ def cmd_corpora(args) -> int:
 
         report = check_tree(args.check[0], args.check[1])
         print(format_check(report, limit=None if args.all else 20))
-        return 0 if report.ok else 1
+        return _check_status(report)
 
     print(f"{'corpus':<8} {'signal':>7} {'seed':>4} {'levels':>6} {'files':>5} {'speakers':>8}  labels / layout")
     for c in CORPORA.values():
@@ -118,7 +118,17 @@ def cmd_download(args) -> int:
     n, report = download(args.corpus, args.dir, url=args.url, progress=not args.quiet)
     print(f"{args.dir}: {n} files unpacked\n")
     print(format_check(report))  # as `timnet corpora --check` prints it
-    return 0 if report.ok else 1
+    return _check_status(report)
+
+
+def _check_status(report) -> int:
+    """A corpus check's exit status; its problems also said on stderr, which a script reads."""
+    if report.ok:
+        return 0
+    sys.stdout.flush()  # the report first, where both go to one terminal
+    print(f"timnet: error: {report.root}: {report.problems()} (the {report.corpus} check above, on stdout, names them)",
+          file=sys.stderr)
+    return 1
 
 
 def cmd_extract(args) -> int:

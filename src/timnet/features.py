@@ -353,11 +353,25 @@ def _load_npz(path: Path) -> FeatureSet:
                           f"give {config.frames} x {config.n_mfcc}")
     if y.min() < 0 or y.max() >= len(labels):
         raise TimnetError(f"{path}: class indices {y.min()}..{y.max()} outside the {len(labels)} labels {', '.join(labels)}")
-    for name, column in (("speakers", speakers), ("files", files)):
-        if column is not None and len(column) != len(y):
-            raise TimnetError(f"{path}: {len(column)} {name} for {len(y)} utterances")
+    speakers, files = (_name_column(path, name, column, len(y)) for name, column in (("speakers", speakers), ("files", files)))
     return FeatureSet(x=x, y=y, labels=labels, corpus=corpus, config=config,
                       speakers=speakers, files=files, meta=meta)
+
+
+def _name_column(path: Path, name: str, column: np.ndarray | None, n: int) -> np.ndarray | None:
+    """A file's speakers or files column as one string per utterance (whole-number speaker ids
+    become their names); anything else refused here, not as a traceback after training."""
+    if column is None:
+        return None
+    if column.ndim != 1 or len(column) != n:
+        raise TimnetError(f"{path}: {name} of shape {column.shape} for {n} utterances; expected ({n},), one name each")
+    if column.dtype.kind in "iu":
+        return column.astype(str)
+    if column.dtype.kind == "U" or (column.dtype.kind == "O" and all(isinstance(v, str) for v in column)):
+        return column
+    odd = next((v for v in column if not isinstance(v, str)), column[0]) if len(column) else None
+    odd = odd.item() if isinstance(odd, np.generic) else odd  # b'03', not np.bytes_(b'03')
+    raise TimnetError(f"{path}: {name} holds {column.dtype} values such as {odd!r}; expected strings")
 
 
 def _class_indices(path: Path, y: np.ndarray) -> np.ndarray:
@@ -443,6 +457,8 @@ def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
         raise TimnetError(f"{path}: y has {onehot.shape[1]} classes; {c.name} has {len(c.labels)} ({', '.join(c.labels)})")
     if not len(x):
         raise TimnetError(f"{path}: holds no utterances; expected features of at least one")
+    if onehot.dtype.kind not in "biuf":  # strings, objects: no sum, no argmax to speak of
+        raise TimnetError(f"{path}: y holds {onehot.dtype} values such as {onehot.flat[0].item()!r}; expected one-hot numbers")
     if not (np.isin(onehot, (0, 1)).all() and (onehot.sum(1) == 1).all()):  # argmax would make anything a class
         row = int(np.flatnonzero(~(np.isin(onehot, (0, 1)).all(1) & (onehot.sum(1) == 1)))[0])
         raise TimnetError(f"{path}: y's row {row} is {onehot[row].tolist()}; expected one-hot rows (a single 1)")

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import io
 import json
 import os
+import re
+import socket
+import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,12 +24,24 @@ def atomic_write(path: str | Path):
     """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
 
     A reader never sees a half-written file, and a run killed mid-write leaves only a
-    stray hidden temporary file, never a truncated result under the real name.
+    stray hidden temporary file, never a truncated result under the real name. A stream (a device,
+    a pipe, /dev/stdout) is yielded itself, to be written through; a link to a file is followed,
+    and the file it names replaced, not the link.
     """
     path = Path(path)
+    if _streamed(path):
+        try:
+            yield path
+        except OSError as e:  # a write to /dev/full names no file
+            if e.errno is None or e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        return
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = owned_temporary(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:  # a read-only folder: name the file asked for, not a random temporary name
         if e.errno is None:
             raise
@@ -55,6 +72,61 @@ def atomic_write(path: str | Path):
             # write, a full disk, names no file at all)
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+def _streamed(path: Path) -> bool:
+    """An output to write straight through, not by a temporary file renamed over it, which would
+    put a regular file in place of a device or a pipe (as root, in place of /dev/null): anything
+    but a regular file or a folder, and a process's own streams (/dev/stdout, /proc/self/fd/1,
+    or a link to one), which are regular files when the shell redirects them into one."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # not there yet (or a dangling link): a new file
+        return False
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return True
+    names = [os.path.abspath(path)] + ([os.path.join(path.parent, os.readlink(path))] if path.is_symlink() else [])
+    return any(name.startswith(("/dev/std", "/dev/fd/", "/proc/")) for name in names)  # not /dev/shm's files
+
+
+# A temporary file's name carries its writer, PID@HOST: one left by a process killed outright
+# (SIGKILL, the out-of-memory killer, a session's end), which could not remove it, is removed by
+# the next write of the same file on the same host once that process is gone.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def owned_temporary(folder: str | Path, *, prefix: str, suffix: str) -> tuple[int, str]:
+    """tempfile.mkstemp's (fd, path) in `folder`, named prefix + random + .PID@HOST + suffix, after
+    deleting the files of that pattern whose process on this host has ended."""
+    mine = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}\.(\d+)@" + re.escape(_HOST) + re.escape(suffix))
+    for stale in Path(folder).glob(glob.escape(prefix) + "*" + glob.escape(suffix)):
+        m = mine.fullmatch(stale.name)
+        if m and _ended(int(m[1])):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    return tempfile.mkstemp(dir=folder, prefix=prefix, suffix=f".{os.getpid()}@{_HOST}{suffix}")
+
+
+def _ended(pid: int) -> bool:
+    """Whether process `pid` of this host has ended; False where that cannot be asked (on Windows
+    os.kill would end it, not ask)."""
+    if sys.platform == "win32" or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
+        return False
+    return False
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name that atomic_write's hidden temporary `name` (.NAME.RANDOM[.PID@HOST].tmp) stands for, or None."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return None
+    target, dot, _ = re.sub(r"\.\d+@[A-Za-z0-9-]+$", "", name[1:-4]).rpartition(".")
+    return target if dot else None
 
 
 def save_torch(obj, path: str | Path) -> None:

@@ -46,6 +46,8 @@ def make_folds(
         raise TimnetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     dummy = np.zeros(n_samples)
     if split == "random":
+        if n_samples < 2:  # no fold count fits: said as what it is, not as "expected 2..1"
+            raise TimnetError(f"{source or 'these features'}: {n_samples} utterance; cross-validation needs at least 2")
         if folds < 2 or folds > n_samples:
             raise TimnetError(f"--folds {folds} invalid; expected 2..{n_samples} for {n_samples} samples")
         splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)

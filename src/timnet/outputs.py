@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import TimnetError
 from .files import check_output
-from .rundir import RUN_FILE, RUN_FILES
+from .rundir import RUN_FILE, RUN_FILES, refuse_foreign_figures
 
 JSON_STDOUT = "-"  # `--json -`: the JSON on stdout, for a pipe into jq; the report lines then go to stderr
 
@@ -40,6 +40,7 @@ def check_outputs(args) -> None:
     for name in ("plots", "out"):
         if getattr(args, name, None):
             check_output(getattr(args, name), folder=True)
+    _refuse_foreign_figures(args)
     _check_not_an_input(args)  # before the clash check: its messages are the more precise (`--json RUN` for a RUN
     # not yet made: "is the run folder itself")
     for name in ("json", "output"):  # `-o new/` means a folder, though Path() drops the slash and writes a file `new`
@@ -84,10 +85,7 @@ def _holds_a_run(f: Path) -> bool:
 def _refuse_figures_in_a_run(args) -> None:
     """Refuse figures written into a run folder other than the one plotted (`test --plots RUN/plots`):
     they would replace some of its figures and leave the others, a folder showing two models."""
-    for name in ("plots", "out"):
-        out = getattr(args, name, None)
-        if not out:
-            continue
+    for name, out in _figure_folders(args):
         target = Path(out).resolve()
         if getattr(args, "run_dir", None) and Path(args.run_dir).resolve() in (target, *target.parents):
             continue  # `plot RUN --out RUN/plots`: the run's own figures
@@ -97,6 +95,24 @@ def _refuse_figures_in_a_run(args) -> None:
                 if not inside or RUN_SUBFOLDER.fullmatch(inside[0]):
                     raise TimnetError(f"--{name} {out} is {'the run folder' if not inside else 'inside the run folder'} "
                                       f"{folder}, whose figures it would mix with others; expected a folder outside it")
+
+
+def _figure_folders(args) -> list[tuple[str, str]]:
+    """(option, folder) of the figures a command writes: `test --plots`, `plot --out` (organize's
+    OUT is a corpus folder, not figures)."""
+    return [(name, out) for name in ("plots", "out") if (out := getattr(args, name, None)) and args.verb != "organize"]
+
+
+def _refuse_foreign_figures(args) -> None:
+    """Refuse a figures folder (`plot --out`, `test --plots`) holding a file of the user's under a
+    figure's name: drawing would replace it. A run's own plots/ is timnet's, marked or not (figures
+    written before the mark)."""
+    for name, out in _figure_folders(args):
+        if not Path(out).is_dir():
+            continue
+        if getattr(args, "run_dir", None) and Path(out).resolve() == (Path(args.run_dir) / "plots").resolve():
+            continue
+        refuse_foreign_figures(Path(out), given=f"--{name} {out}")
 
 
 def _refuse_json_in_a_run(args) -> None:

@@ -340,7 +340,7 @@ def save_figure(fig: Figure, path: str | Path) -> list[Path]:
     # A fixed hash salt and no date make the SVG byte-identical across runs of the same figure.
     # Text as text in the SVG (not glyph paths): editable and searchable in a paper's figure.
     with matplotlib.rc_context({"svg.hashsalt": "timnet", "svg.fonttype": "none"}):
-        for fmt, meta in (("png", {}), ("svg", {"Date": None})):
+        for fmt, meta in (("png", {"Source": "timnet"}), ("svg", {"Date": None, "Source": "timnet"})):  # rundir.FIGURE_MARKS
             target = path.parent / f"{path.name}.{fmt}"  # not with_suffix: names may contain dots
             with atomic_write(target) as tmp:
                 # tight: rotated tick labels and long titles (a t-SNE of few folds) stay inside the image

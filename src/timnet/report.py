@@ -26,7 +26,7 @@ from .features import FeatureSet
 from .files import atomic_write
 from .plots import confusion_figure, curves_figure, fold_confusions_figure, recall_figure, save_figure, tsne_figure
 from .rundir import (RUN_FILE, check_not_all_data, check_not_multi_seed, diverged_words, features_fingerprint,
-                     fold_files, history_name, read_fold_result, read_identity)
+                     fold_files, history_name, read_fold_result, read_identity, refuse_foreign_figures)
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.html"
@@ -119,7 +119,8 @@ def _run_info(run_dir: Path) -> dict:
         raise TimnetError(f"{run_dir}: not a timnet RUN_DIR; expected {path} (from `timnet train`)")
     try:
         info = json.loads(path.read_text())
-        readable = isinstance(info, dict) and isinstance(info.get("identity"), dict) and "labels" in info["identity"]
+        readable = (isinstance(info, dict) and isinstance(info.get("identity"), dict) and "labels" in info["identity"]
+                    and isinstance(info.get("features"), (str, type(None))))  # the features' path, or none recorded
     except (json.JSONDecodeError, UnicodeDecodeError):
         readable = False
     if not readable:
@@ -231,6 +232,8 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None, seed: in
 
     check_seed(seed)  # t-SNE's seed: refused before any figure is drawn, not after half of them
     run_dir = Path(run_dir)
+    if out_dir is not None and Path(out_dir).resolve() != (run_dir / PLOTS_DIR).resolve():
+        refuse_foreign_figures(Path(out_dir), given=f"out_dir {out_dir}")  # the run's own plots/ is timnet's
     out_dir = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
     info = _run_info(run_dir)
     if features is not None:
@@ -332,6 +335,7 @@ def plot_evaluation(fs: FeatureSet, summary: dict, outputs: dict, out_dir: str |
                     weights: str | Path | None = None) -> dict[str, list[Path]]:
     """Confusion, recall and t-SNE figures of `timnet test` (evaluate.summarize's dict, evaluate's
     outputs); `weights`, the RUN_DIR or authors' folder tested, is named in the titles."""
+    refuse_foreign_figures(Path(out_dir), given=f"out_dir {out_dir}")
     fused, y, folds = _tested(fs, outputs)
     context, members = _evaluation_context(summary, weights)
     written = _result_figures(summary["folds"], fs.labels, war=summary["mean_war"], uar=summary["mean_uar"],

@@ -40,7 +40,7 @@ from .corpora import paper_dilations, paper_seed
 from .errors import ConfigurationChanged, Diverged, TimnetError
 from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
-from .files import write_csv, write_json
+from .files import temporary_target, write_csv, write_json
 from .folds import make_folds
 from .model import TIMNetConfig, ensemble
 from .processes import torch_threads
@@ -90,6 +90,12 @@ def _remove_run_outputs(run_dir: Path, *, folds: int | None = None) -> None:
         _remove_if_empty(folder)
 
 
+def remove_run(run_dir: Path) -> None:
+    """Delete what a run wrote in run_dir, and the folder too unless a file of the user's is left in it."""
+    _remove_run_outputs(run_dir)
+    _remove_if_empty(run_dir)
+
+
 def _matches(path: Path, patterns) -> bool:
     """A file (not a folder) whose name matches one of `patterns`."""
     return path.is_file() and any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns)
@@ -111,10 +117,11 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
     """The hidden temporary files (files.atomic_write) a run killed while writing leaves behind;
     another program's hidden files in the folder stay."""
     for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
-        if any(fnmatch.fnmatch(stale.name[1:].rsplit(".", 2)[0], name) for name in RUN_FILES):
+        target = temporary_target(stale.name)
+        if target and any(fnmatch.fnmatch(target, name) for name in RUN_FILES):
             stale.unlink(missing_ok=True)
     for stale in run_dir.glob("plots/.*.tmp"):  # `timnet plot` killed while writing a figure
-        if stale.name[1:].rsplit(".", 2)[0].endswith((".png", ".svg")):
+        if (temporary_target(stale.name) or "").endswith((".png", ".svg")):
             stale.unlink(missing_ok=True)
 
 
@@ -667,8 +674,7 @@ def seed_runs(run_dir: str | Path, *, seeds: list[int], make_run: Callable[[Path
             if single:  # only what a single-seed run wrote goes; anything else in the folder is the user's
                 _remove_run_outputs(run_dir)
             for p in others:
-                _remove_run_outputs(p)
-                _remove_if_empty(p)
+                remove_run(p)
         foreign = [p.name for p in run_dir.iterdir()
                    if not p.name.startswith("seed_") and p.name not in (SEEDS_FILE, "seeds.csv")] if run_dir.is_dir() else []
         if foreign and not overwrite:

@@ -30,6 +30,28 @@ DIVERGED_FILE = "diverged.json"  # a sweep trial's fold member whose loss became
 RUN_FILES = (*RUN_OUTPUTS, RUN_FILE, "result.json", "sweep.json", "trials.csv", DIVERGED_FILE)
 # the figures `train` and `plot` write into a run's plots/ folder (each as .png and .svg)
 FIGURE_NAMES = ("curves", "confusion", "confusion_folds", "recall", "tsne")
+# Every figure plots.save_figure writes says it is timnet's (PNG tEXt Source, SVG dc:source), so a
+# folder given for figures is not stripped of a user's file that bears one of their names.
+FIGURE_MARKS = {"png": b"tEXtSource\0timnet", "svg": b"<dc:source>timnet</dc:source>"}
+
+
+def refuse_foreign_figures(folder: Path, *, given: str) -> None:
+    """Refuse a `folder` for figures that holds, under a figure's name (FIGURE_NAMES), a path that
+    is not a figure timnet wrote: drawing would replace it, or delete it where that figure is skipped.
+    `given` names the folder as the user gave it (`--out figs`)."""
+    for name in FIGURE_NAMES:
+        for fmt, mark in FIGURE_MARKS.items():
+            path = Path(folder) / f"{name}.{fmt}"
+            if not (path.exists() or path.is_symlink()):
+                continue
+            try:
+                with open(path, "rb") as f:
+                    ours = mark in f.read(4096)  # the mark sits in the header, before any image data
+            except OSError:  # a folder so named, a dangling link
+                ours = False
+            if not ours:
+                raise TimnetError(f"{given}: {path.name} there is not a figure timnet wrote, and drawing would "
+                                  "replace it; expected it moved away, or another folder for the figures")
 
 
 def history_name(m: int) -> str:
@@ -76,6 +98,12 @@ def features_fingerprint(fs: FeatureSet) -> str:
     return h.hexdigest()[:16]
 
 
+# The identity's values that readers of run.json rely on, by type (labels: each a string too).
+_IDENTITY_TYPES = {"corpus": str, "labels": list, "n_samples": int, "seed": int, "folds": int, "split": str,
+                   "train_config": dict, "model_config": dict, "feature_config": dict}
+_IDENTITY_TYPES_SAID = {str: "string", list: "list of class names", int: "whole number", dict: "JSON object"}
+
+
 def read_identity(run_dir: str | Path) -> dict:
     """The identity (configs, data fingerprint, seed, split) recorded in a RUN_DIR's run.json."""
     path = Path(run_dir) / RUN_FILE
@@ -90,6 +118,13 @@ def read_identity(run_dir: str | Path) -> dict:
         why = {"KeyError": "no identity in it", "TypeError": "not a JSON object"}.get(type(e).__name__, "not JSON")
         raise TimnetError(f"{path}: not a readable timnet run file ({why}); expected the JSON object with an "
                           "identity that `timnet train` writes") from None
+    for key, kind in _IDENTITY_TYPES.items():  # a value edited by hand into another type: the file's damage, said so
+        value = identity.get(key)
+        if key not in identity or (value is None and key == "folds"):
+            continue
+        if not isinstance(value, kind) or (key == "labels" and not all(isinstance(name, str) for name in value)):
+            raise TimnetError(f"{path}: not a readable timnet run file (identity.{key} is {json.dumps(value)[:40]}, not "
+                              f"a {_IDENTITY_TYPES_SAID[kind]}); expected the run file `timnet train` writes")
     if isinstance(identity.get("train_config"), dict):
         from .train import TrainConfig  # here only: it imports torch, which reading a run needs nowhere else
 

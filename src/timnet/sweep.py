@@ -22,7 +22,6 @@ import itertools
 import json
 import math
 import re
-import shutil
 import warnings
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -37,7 +36,7 @@ from .features import FeatureSet
 from .files import write_csv, write_json
 from .model import TIMNetConfig
 from .processes import torch_threads
-from .run import SEEDS_FILE, Run, execute_runs
+from .run import SEEDS_FILE, Run, execute_runs, remove_run
 from .rundir import RUN_FILE, diverged_words, fold_dirs, read_fold_result
 from .train import TrainConfig, check_seed, preset_swa_epochs
 
@@ -305,7 +304,7 @@ def trial_runs(sweep_dir: str | Path, params_list: list[dict], *, base: TrainCon
         keep = {run.dir.name for run in runs}
         for old in _trial_dirs(sweep_dir):
             if old.name not in keep and (old / RUN_FILE).is_file():
-                shutil.rmtree(old)
+                remove_run(old)  # timnet's files: a note of the user's in it stays
         for summary in ("sweep.json", "trials.csv"):  # the earlier sweep's, whose trials are gone
             (Path(sweep_dir) / summary).unlink(missing_ok=True)
     return runs
@@ -354,7 +353,7 @@ def run_sweep(fs: FeatureSet, sweep_dir: str | Path, *, space: dict, trials: int
     runs = trial_runs(sweep_dir, params_list, base=base, make_run=make_run, overwrite=overwrite,
                       swa_follows_epochs=swa_follows_epochs)
     ours = {run.dir.name for run in runs}
-    others = [p.name for p in _trial_dirs(sweep_dir) if p.name not in ours]
+    others = [p.name for p in _trial_dirs(sweep_dir) if p.name not in ours and (p / RUN_FILE).is_file()]
     if others:
         log(f"{sweep_dir}: {', '.join(others)} {'is' if len(others) == 1 else 'are'} not of this sweep's "
             f"{len(runs)} trial{'s' * (len(runs) != 1)}, left as {'it is' if len(others) == 1 else 'they are'}; "
