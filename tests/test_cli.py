@@ -846,3 +846,15 @@ def test_a_progress_bar_in_a_log_file_is_whole_lines(tmp_path):
                                                   extracted.stderr.splitlines()[1]], repr(extracted.stderr)
     assert extracted.stderr.splitlines()[1].startswith("extract EMODB: 100% 1/1 file [")
     assert "\r" not in extracted.stderr
+
+
+def test_ctrl_c_while_the_command_line_is_parsed_is_one_line(monkeypatch, capsys):
+    # Ctrl-C a moment after starting lands before the command runs: the same line and status as later on
+    from timnet import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["corpora"]) == 130
+    assert capsys.readouterr().err == "timnet: interrupted\n"

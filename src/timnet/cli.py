@@ -789,6 +789,14 @@ def _tolerant_streams() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the command's own handling begins (while parsing, say)
+        print("timnet: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     import signal
 
     dispatch.pin()  # first, before anything imports numpy: the same feature bits on every x86-64 machine
