@@ -118,7 +118,7 @@ def test_emodb_copy_missing_extra_and_altered_by_name(tmp_path):
     r = subprocess.run([sys.executable, "-m", "timnet", "corpora", "--check", "emodb", str(tmp_path / "download")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr == (f"timnet: error: {tmp_path / 'download'}: 1 missing, 1 altered, 1 unexpected, "
-                                              "class counts not the corpus's (the EMODB check above, on stdout, names them)\n")
+                                              "class counts not the corpus's (the EMODB check's report on stdout names them)\n")
     assert "missing (in the publisher's manifest, not found): 1\n  EMODB/wav/03a01Fa.wav" in r.stdout
     assert "EMODB/wav/16b99Wa.wav (not in the publisher's manifest)" in r.stdout
     assert "altered (sha256 differs from the manifest): 1\n  EMODB/wav/08a01Lc.wav" in r.stdout

@@ -556,9 +556,10 @@ def test_a_temporary_file_that_cannot_be_made_names_the_file_asked_for(tmp_path,
     assert caught.value.filename == str(tmp_path / "r.json") and caught.value.errno == errno.EACCES
 
 
-def test_a_pipe_or_a_link_given_as_an_output_is_written_through(tmp_path):
-    # A temporary file renamed over the output would put a regular file in place of a pipe, of a
-    # link (its target left as it was), or, as root, of /dev/null itself.
+def test_a_pipe_or_the_own_stdout_given_as_an_output_is_written_through(tmp_path):
+    # A temporary file renamed over the output would put a regular file in place of a pipe or, as
+    # root, of /dev/null itself; reopening the process's own stdout by name would truncate the file
+    # the shell redirects it into.
     import os
     import stat
     import threading
@@ -573,16 +574,27 @@ def test_a_pipe_or_a_link_given_as_an_output_is_written_through(tmp_path):
     write_json(fifo, {"war": 0.9})
     reader.join(timeout=10)
     assert read == ['{\n "war": 0.9\n}\n'] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    # a link is replaced, never written through into what it names (another run's file, say)
     target, link = tmp_path / "kept.json", tmp_path / "link.json"
     target.write_text("old")
     link.symlink_to(target)
     write_json(link, {"war": 0.8})
-    assert link.is_symlink() and json.loads(target.read_text()) == {"war": 0.8}
-    # a link to the process's own stdout (what /dev/stdout is): the JSON reaches the pipe
-    out = tmp_path / "out.json"
+    assert not link.is_symlink() and json.loads(link.read_text()) == {"war": 0.8} and target.read_text() == "old"
+    # the process's own stdout, by a link to /proc/self/fd/1 (what /dev/stdout is): a pipe, then a
+    # log file appended to, whose lines before and the table printed stay, the JSON after them
+    wav, out = write_tone(tmp_path / "a.wav", seconds=1.0), tmp_path / "out.json"
     out.symlink_to("/proc/self/fd/1")
-    result = timnet("predict", write_tone(tmp_path / "a.wav", seconds=1.0), "--json", out, "-q")
+    result = timnet("predict", wav, "--json", out, "-q")
     assert result.returncode == 0 and '"label":' in result.stdout and out.is_symlink(), result.stderr
+    log = tmp_path / "log.txt"
+    log.write_text("a line logged before\n")
+    with open(log, "a") as stdout:
+        done = subprocess.run([sys.executable, "-m", "timnet", "predict", str(wav), "--json", str(out), "-q"],
+                              stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 0, done.stderr
+    logged = log.read_text()
+    assert logged.startswith("a line logged before\n") and "a.wav  " in logged[:logged.index("\n[")], logged  # the table
+    assert json.loads(logged[logged.index("\n["):])[0]["file"] == str(wav)
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")

@@ -73,7 +73,9 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert path.read_bytes() == b"previous" and list(tmp_path.iterdir()) == [path]
 
 
-def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path, monkeypatch):
+    from timnet import files
+
     # SIGKILL mid-write (the out-of-memory killer, a session's end) leaves the hidden temporary
     # beside the file; the next write of that file removes it, and nothing that is not such a leftover.
     path = tmp_path / "f.npz"
@@ -102,6 +104,26 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+    # a writer at work whose pid looks ended (another pid namespace of the same host name, a
+    # container): its lock on the temporary keeps it
+    for p in kept:
+        p.unlink()
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from timnet.files import atomic_write
+        with atomic_write({str(path)!r}) as tmp:
+            tmp.write_bytes(b"later")
+            print("writing", flush=True)
+            time.sleep(30)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        monkeypatch.setattr(files, "_ended", lambda pid: True)
+        save_features(fs, path)
+        assert len([p for p in tmp_path.iterdir() if f".{writer.pid}@" in p.name]) == 1
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def test_bad_file_fails_or_is_skipped(tmp_path):
@@ -166,9 +188,21 @@ def test_authors_npy(tmp_path):
     np.save(tmp_path / "soft.npy", {"x": x, "y": np.full((12, 7), 1 / 7)}, allow_pickle=True)
     with pytest.raises(TimnetError, match=r"soft.npy: y's row 0 is \[0.142.*expected one-hot rows"):
         load_features(tmp_path / "soft.npy", corpus="emodb")
+    words = y.astype(object)
+    words[0, 0] = "one"
+    np.save(tmp_path / "word.npy", {"x": x, "y": words}, allow_pickle=True)
+    with pytest.raises(TimnetError, match=r"word.npy: y holds object values such as 'one'; expected one-hot numbers"):
+        load_features(tmp_path / "word.npy", corpus="emodb")
     np.save(tmp_path / "words.npy", {"x": x, "y": y.astype(str)}, allow_pickle=True)
     with pytest.raises(TimnetError, match=r"words.npy: y holds <U32 values such as '1.0'; expected one-hot numbers"):
         load_features(tmp_path / "words.npy", corpus="emodb")
+    np.save(tmp_path / "objects.npy", {"x": x, "y": y.astype(object)}, allow_pickle=True)  # numbers as objects: read
+    assert load_features(tmp_path / "objects.npy", corpus="emodb").y.tolist() == (np.arange(12) % 7).tolist()
+    nones = y.astype(object)
+    nones[0, 0] = None
+    np.save(tmp_path / "nones.npy", {"x": x, "y": nones}, allow_pickle=True)
+    with pytest.raises(TimnetError, match=r"nones.npy: y's row 0 is \[nan, 0.0, .*expected one-hot rows"):
+        load_features(tmp_path / "nones.npy", corpus="emodb")
     np.save(tmp_path / "none.npy", {"x": x[:0], "y": np.eye(7)[:0]}, allow_pickle=True)
     with pytest.raises(TimnetError, match="none.npy: holds no utterances"):
         load_features(tmp_path / "none.npy", corpus="emodb")
@@ -248,8 +282,11 @@ def test_a_hand_made_npz_is_checked_not_misread(tree, tmp_path):
         load_features(edited("wide.npz", speakers=np.stack([fs.speakers, fs.speakers], 1)))
     with pytest.raises(TimnetError, match=rf"short.npz: files of shape \({n - 1},\) for {n} utterances"):
         load_features(edited("short.npz", files=fs.files[1:]))
-    numbered = load_features(edited("ids.npz", speakers=fs.speakers.astype(int)))  # whole-number ids: their names
-    assert numbered.speakers.tolist() == [str(int(s)) for s in fs.speakers]
+    assert load_features(edited("mine.npz", meta={"corpus": "mine"}), corpus="mine").corpus == "mine"  # its own case
+    numbered = load_features(edited("ids.npz", speakers=fs.speakers.astype(int)))  # whole-number ids: kept, in their order
+    assert numbered.speakers.tolist() == fs.speakers.astype(int).tolist()
+    with pytest.raises(TimnetError, match=r"ids.npz: files holds int64 values such as 3; expected strings"):
+        load_features(edited("ids.npz", files=np.arange(n) + 3))
 
 
 def test_truncated_npz_is_a_one_line_error(tree, tmp_path):

@@ -92,9 +92,15 @@ def test_plot_command_with_out_folder(trained, tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "tsne.svg").write_text("<svg>the user's own figure</svg>")
     assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "mine")]) == 1
-    assert capsys.readouterr().err == (f"timnet: error: --out {tmp_path / 'mine'}: tsne.svg there is not a figure timnet wrote, "
-                                       "and drawing would replace it; expected it moved away, or another folder for the figures\n")
+    assert capsys.readouterr().err == (f"timnet: error: --out {tmp_path / 'mine'}: tsne.svg there carries no timnet mark (a file "
+                                       "of yours, or a figure from a timnet before the mark: delete it then), and drawing would "
+                                       "replace it; expected it moved away, or another folder for the figures\n")
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["tsne.svg"]
+    # a link, even to a timnet figure (another run's, say), is the user's: drawing would write through it
+    (tmp_path / "mine" / "tsne.svg").unlink()
+    (tmp_path / "mine" / "tsne.svg").symlink_to(tmp_path / "figs" / "tsne.svg")
+    assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "mine")]) == 1
+    assert "tsne.svg there carries no timnet mark" in capsys.readouterr().err
     # a t-SNE seed sklearn would refuse: one line before any figure, not a traceback after half of them
     assert cli.main(["plot", str(run_dir), "--out", str(tmp_path / "neg"), "--seed", "-1"]) == 1
     assert capsys.readouterr().err.strip() == "timnet: error: --seed -1 invalid; expected an integer from 0 to 4294967295"
@@ -356,7 +362,7 @@ def test_plot_evaluation(trained, tmp_path):
     summary = summarize(results, corpus=fs.corpus, labels=fs.labels, split="random", seed=1)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "confusion.png").write_bytes(b"the user's own figure")
-    with pytest.raises(TimnetError, match="confusion.png there is not a figure timnet wrote"):
+    with pytest.raises(TimnetError, match="confusion.png there carries no timnet mark"):
         plot_evaluation(fs, summary, outputs, tmp_path / "out", seed=0)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["confusion.png"]
     (tmp_path / "out" / "confusion.png").unlink()
@@ -453,6 +459,7 @@ def test_a_run_file_edited_into_other_types_is_one_error(trained, tmp_path):
             ("identity", "labels", None, "identity.labels is null, not a list of class names"),
             ("identity", "labels", ["a", 3], 'identity.labels is ["a", 3], not a list of class names'),
             ("identity", "folds", "two", 'identity.folds is "two", not a whole number'),
+            ("identity", "seed", True, "identity.seed is true, not a whole number"),
             ("identity", "train_config", None, "identity.train_config is null, not a JSON object"),
             (None, "features", 5, "a JSON object with an identity"))):
         copy = shutil.copytree(run_dir, tmp_path / f"run{i}", ignore=shutil.ignore_patterns("plots", "report.html"))

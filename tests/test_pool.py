@@ -219,5 +219,6 @@ def test_the_runs_file_of_a_run_killed_outright_is_removed_by_the_next_run(tmp_p
     [left] = tmp_path.iterdir()
     assert left.name.startswith("timnet-runs-")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    path = _pickle_to_temp([1, 2])
+    path, lock = _pickle_to_temp([1, 2])
+    os.close(lock)
     assert os.listdir(tmp_path) == [os.path.basename(path)]

@@ -51,6 +51,8 @@ def test_random_folds_disjoint_and_cover():
         make_folds(10, folds=11, seed=46)
     with pytest.raises(TimnetError, match=r"^one.npz: 1 utterance; cross-validation needs at least 2$"):  # not "expected 2..1"
         make_folds(1, folds=2, seed=46, source="one.npz")
+    with pytest.raises(TimnetError, match=r"^these features: 0 utterances; cross-validation needs at least 2$"):
+        make_folds(0, folds=2, seed=46)
 
 
 def test_random_folds_are_shuffled_by_the_seed():

@@ -133,7 +133,7 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
     # worker that dies before reading that pipe (a broken install, the out-of-memory killer) would
     # leave the parent blocked for ever writing megabytes into it (multiprocessing's spawn keeps
     # the pipe's read end open until the write ends), where now the pool reports it broken.
-    runs_file = _pickle_to_temp(runs)
+    runs_file, runs_lock = _pickle_to_temp(runs)
     manager = None
     try:
         with signals_held(ctx):
@@ -189,6 +189,7 @@ def _local_pool(runs: list, tasks: list[Task], on_epoch: OnEpoch, *, workers: in
         if manager is not None:
             manager.shutdown()
         os.unlink(runs_file)
+        os.close(runs_lock)
 
 
 def _start_manager(ctx, runs_file: str):
@@ -233,8 +234,9 @@ def _manager_init(runs_file: str) -> None:
     when_parent_ends(parent_ended)
 
 
-def _pickle_to_temp(obj) -> str:
-    """Pickle `obj` into a new private temporary file; its path."""
+def _pickle_to_temp(obj) -> tuple[str, int]:
+    """Pickle `obj` into a new private temporary file; its path and the descriptor that holds its
+    lock, to be closed once the file is deleted."""
     import pickle
     import tempfile
 
@@ -242,12 +244,13 @@ def _pickle_to_temp(obj) -> str:
     # the next run on this host removes
     fd, path = owned_temporary(tempfile.gettempdir(), prefix="timnet-runs-", suffix=".pkl")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(os.dup(fd), "wb") as f:  # a duplicate: closing it keeps fd's lock
             pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException:
         os.unlink(path)
+        os.close(fd)
         raise
-    return path
+    return path, fd
 
 
 def _describe(runs: list, task: Task) -> str:

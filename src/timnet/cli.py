@@ -126,7 +126,7 @@ def _check_status(report) -> int:
     if report.ok:
         return 0
     sys.stdout.flush()  # the report first, where both go to one terminal
-    print(f"timnet: error: {report.root}: {report.problems()} (the {report.corpus} check above, on stdout, names them)",
+    print(f"timnet: error: {report.root}: {report.problems()} (the {report.corpus} check's report on stdout names them)",
           file=sys.stderr)
     return 1
 

@@ -1,6 +1,7 @@
 """Feature sets: extraction of a whole corpus, and saving/loading them (.npz, authors' .npy)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -359,14 +360,15 @@ def _load_npz(path: Path) -> FeatureSet:
 
 
 def _name_column(path: Path, name: str, column: np.ndarray | None, n: int) -> np.ndarray | None:
-    """A file's speakers or files column as one string per utterance (whole-number speaker ids
-    become their names); anything else refused here, not as a traceback after training."""
+    """A file's speakers or files column, checked: one string (or, for speakers, a whole-number id:
+    kept as such, as their order makes the speaker folds) per utterance; anything else refused
+    here, not as a traceback after training."""
     if column is None:
         return None
     if column.ndim != 1 or len(column) != n:
         raise TimnetError(f"{path}: {name} of shape {column.shape} for {n} utterances; expected ({n},), one name each")
-    if column.dtype.kind in "iu":
-        return column.astype(str)
+    if column.dtype.kind in "iu" and name == "speakers":
+        return column
     if column.dtype.kind == "U" or (column.dtype.kind == "O" and all(isinstance(v, str) for v in column)):
         return column
     odd = next((v for v in column if not isinstance(v, str)), column[0]) if len(column) else None
@@ -457,8 +459,12 @@ def _load_authors_npy(path: Path, corpus: str | None) -> FeatureSet:
         raise TimnetError(f"{path}: y has {onehot.shape[1]} classes; {c.name} has {len(c.labels)} ({', '.join(c.labels)})")
     if not len(x):
         raise TimnetError(f"{path}: holds no utterances; expected features of at least one")
-    if onehot.dtype.kind not in "biuf":  # strings, objects: no sum, no argmax to speak of
-        raise TimnetError(f"{path}: y holds {onehot.dtype} values such as {onehot.flat[0].item()!r}; expected one-hot numbers")
+    if onehot.dtype.kind == "O":  # numbers as Python objects (Python 2's pickles) read as the numbers they are
+        with contextlib.suppress(TypeError, ValueError):
+            onehot = onehot.astype(np.float64)
+    if onehot.dtype.kind not in "biuf":  # strings, None: no sum, no argmax to speak of
+        raise TimnetError(f"{path}: y holds {onehot.dtype} values such as {np.asarray(onehot.flat[0]).item()!r}; "
+                          "expected one-hot numbers")
     if not (np.isin(onehot, (0, 1)).all() and (onehot.sum(1) == 1).all()):  # argmax would make anything a class
         row = int(np.flatnonzero(~(np.isin(onehot, (0, 1)).all(1) & (onehot.sum(1) == 1)))[0])
         raise TimnetError(f"{path}: y's row {row} is {onehot[row].tolist()}; expected one-hot rows (a single 1)")
@@ -529,7 +535,7 @@ def load_features(path: str | Path, *, corpus: str | None = None, corpus_of: str
             fs = _load_npz(path)
         except (ValueError, TypeError, OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
             raise TimnetError(f"{path}: not a readable .npz feature file ({type(e).__name__}: {e})") from None
-        if corpus is not None and corpus.upper() != fs.corpus:
+        if corpus is not None and corpus.upper() != fs.corpus.upper():  # a hand-made file's name may be "mine"
             expected = f"{corpus_of} is of {corpus}" if corpus_of else f"--corpus {corpus} was given"
             raise TimnetError(f"{path}: holds {fs.corpus} features, but {expected}")
     # one NaN in one utterance would make every model trained on it NaN, silently

@@ -18,27 +18,27 @@ from pathlib import Path
 
 from .errors import TimnetError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path):
     """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
 
     A reader never sees a half-written file, and a run killed mid-write leaves only a
-    stray hidden temporary file, never a truncated result under the real name. A stream (a device,
-    a pipe, /dev/stdout) is yielded itself, to be written through; a link to a file is followed,
-    and the file it names replaced, not the link.
+    stray hidden temporary file, never a truncated result under the real name. A stream is not
+    replaced by a file: this process's own stdout or stderr (/dev/stdout, or a link to it) gets
+    the bytes appended where it stands, another device or a pipe (/dev/null) is written through.
     """
     path = Path(path)
-    if _streamed(path):
-        try:
-            yield path
-        except OSError as e:  # a write to /dev/full names no file
-            if e.errno is None or e.filename is not None:
-                raise
-            raise OSError(e.errno, e.strerror, str(path)) from e
+    kind = _stream(path)
+    if kind is not None:
+        with _written_to_stream(path, kind) as target:
+            yield target
         return
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = owned_temporary(path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -46,20 +46,24 @@ def atomic_write(path: str | Path):
         if e.errno is None:
             raise
         raise OSError(e.errno, e.strerror, str(path)) from e
-    os.close(fd)
-    # mkstemp makes the file private (0600); results should get the usual permissions (umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    if fcntl is None:  # no lock to hold (Windows, where an open file cannot be renamed either)
+        os.close(fd)
+        fd = None
+    # else fd stays open, holding the temporary's lock, until it is renamed or deleted (owned_temporary)
     try:
+        # mkstemp makes the file private (0600); results should get the usual permissions (umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         yield Path(tmp)
         # on disk before the rename is: after a power cut the real name holds the old file or the
         # new one, never a new name over data not yet written (a resumed run would trust it)
-        fd = os.open(tmp, os.O_RDONLY)
+        sync = os.open(tmp, os.O_RDONLY) if fd is None else fd
         try:
-            os.fsync(fd)
+            os.fsync(sync)
         finally:
-            os.close(fd)
+            if fd is None:
+                os.close(sync)
         os.replace(tmp, path)
         _fsync_folder(path.parent)
     except BaseException as e:
@@ -72,39 +76,82 @@ def atomic_write(path: str | Path):
             # write, a full disk, names no file at all)
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
-def _streamed(path: Path) -> bool:
-    """An output to write straight through, not by a temporary file renamed over it, which would
-    put a regular file in place of a device or a pipe (as root, in place of /dev/null): anything
-    but a regular file or a folder, and a process's own streams (/dev/stdout, /proc/self/fd/1,
-    or a link to one), which are regular files when the shell redirects them into one."""
+def _stream(path: Path) -> int | str | None:
+    """1 or 2 when `path` is this process's stdout or stderr (/dev/stdout, /proc/self/fd/2, a link
+    to one: the same file, whatever its name), "device" for another device, pipe or socket, None
+    for a file (or a path not there yet)."""
     try:
-        mode = os.stat(path).st_mode
-    except OSError:  # not there yet (or a dangling link): a new file
-        return False
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        return True
-    names = [os.path.abspath(path)] + ([os.path.join(path.parent, os.readlink(path))] if path.is_symlink() else [])
-    return any(name.startswith(("/dev/std", "/dev/fd/", "/proc/")) for name in names)  # not /dev/shm's files
+        st = os.stat(path)  # through every link
+    except (OSError, ValueError):
+        return None
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            own = os.fstat(fd)
+            if (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino):
+                return fd
+    return None if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else "device"
 
 
-# A temporary file's name carries its writer, PID@HOST: one left by a process killed outright
-# (SIGKILL, the out-of-memory killer, a session's end), which could not remove it, is removed by
-# the next write of the same file on the same host once that process is gone.
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+@contextlib.contextmanager
+def _written_to_stream(path: Path, kind: int | str):
+    """A device or pipe is written through by its name (a temporary renamed over it would put a
+    regular file in its place: as root, over /dev/null). This process's own stdout or stderr is
+    not reopened, which would truncate a file the shell redirects it into and write from its start
+    over what was printed: the bytes go to a temporary file first, then are appended through the
+    stream's descriptor, after what the process printed."""
+    if kind == "device":
+        try:
+            yield path
+        except OSError as e:  # a write to /dev/full names no file
+            if e.errno is None or e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        return
+    fd, tmp = tempfile.mkstemp(prefix="timnet-out-")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        view = memoryview(Path(tmp).read_bytes())
+        for stream in (sys.stdout, sys.stderr):  # what was printed first, then the file's bytes
+            with contextlib.suppress(Exception):
+                stream.flush()
+        try:
+            while view:
+                view = view[os.write(kind, view):]
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+# A temporary file's name carries its writer, PID@HOST, and the writer holds a lock on it (flock)
+# while it writes: one left by a process killed outright (SIGKILL, the out-of-memory killer, a
+# session's end), which could not remove it, is removed by the next write of the same file on the
+# same host, once that process is gone and the lock with it. The lock also covers what the pid
+# cannot tell: processes of one host name in other pid namespaces (containers), a pid reused.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:24] or "host"
 
 
 def owned_temporary(folder: str | Path, *, prefix: str, suffix: str) -> tuple[int, str]:
-    """tempfile.mkstemp's (fd, path) in `folder`, named prefix + random + .PID@HOST + suffix, after
-    deleting the files of that pattern whose process on this host has ended."""
-    mine = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}\.(\d+)@" + re.escape(_HOST) + re.escape(suffix))
+    """tempfile.mkstemp's (fd, path) in `folder`, named prefix + random + .PID@HOST + suffix and
+    locked while fd is open (where the system has flock), after deleting the files of that pattern
+    whose process on this host has ended and whose lock is free."""
+    mine = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}\.(\d{1,9})@" + re.escape(_HOST) + re.escape(suffix))
     for stale in Path(folder).glob(glob.escape(prefix) + "*" + glob.escape(suffix)):
         m = mine.fullmatch(stale.name)
-        if m and _ended(int(m[1])):
+        if m and _ended(int(m[1])) and _unlocked(stale):
             with contextlib.suppress(OSError):
                 stale.unlink()
-    return tempfile.mkstemp(dir=folder, prefix=prefix, suffix=f".{os.getpid()}@{_HOST}{suffix}")
+    fd, path = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=f".{os.getpid()}@{_HOST}{suffix}")
+    if fcntl is not None:
+        with contextlib.suppress(OSError):  # a file system without locks: never deleted by another process then
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd, path
 
 
 def _ended(pid: int) -> bool:
@@ -116,9 +163,27 @@ def _ended(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except OSError:  # another user's process: alive
+    except (OSError, OverflowError):  # another user's process (alive), or no such pid at all
         return False
     return False
+
+
+def _unlocked(path: Path) -> bool:
+    """Whether no process holds `path`'s lock (taken and released at once); False where locks are
+    unknown, so that nothing is deleted on a guess."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # the lock goes with it
 
 
 def temporary_target(name: str) -> str | None:
@@ -199,10 +264,6 @@ def folder_lock(folder: str | Path):
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; runs are unguarded there
-        fcntl = None
     fd, refused = None, False
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY) if fcntl else None

@@ -47,7 +47,7 @@ def make_folds(
     dummy = np.zeros(n_samples)
     if split == "random":
         if n_samples < 2:  # no fold count fits: said as what it is, not as "expected 2..1"
-            raise TimnetError(f"{source or 'these features'}: {n_samples} utterance; cross-validation needs at least 2")
+            raise TimnetError(f"{source or 'these features'}: {n_samples} utterance{'s' * (n_samples != 1)}; cross-validation needs at least 2")
         if folds < 2 or folds > n_samples:
             raise TimnetError(f"--folds {folds} invalid; expected 2..{n_samples} for {n_samples} samples")
         splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)

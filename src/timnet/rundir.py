@@ -44,14 +44,15 @@ def refuse_foreign_figures(folder: Path, *, given: str) -> None:
             path = Path(folder) / f"{name}.{fmt}"
             if not (path.exists() or path.is_symlink()):
                 continue
-            try:
+            try:  # timnet writes no links: one is the user's, whatever it points to
                 with open(path, "rb") as f:
-                    ours = mark in f.read(4096)  # the mark sits in the header, before any image data
+                    ours = mark in f.read(4096) and not path.is_symlink()  # the mark sits in the header
             except OSError:  # a folder so named, a dangling link
                 ours = False
             if not ours:
-                raise TimnetError(f"{given}: {path.name} there is not a figure timnet wrote, and drawing would "
-                                  "replace it; expected it moved away, or another folder for the figures")
+                raise TimnetError(f"{given}: {path.name} there carries no timnet mark (a file of yours, or a figure "
+                                  "from a timnet before the mark: delete it then), and drawing would replace it; "
+                                  "expected it moved away, or another folder for the figures")
 
 
 def history_name(m: int) -> str:
@@ -122,7 +123,8 @@ def read_identity(run_dir: str | Path) -> dict:
         value = identity.get(key)
         if key not in identity or (value is None and key == "folds"):
             continue
-        if not isinstance(value, kind) or (key == "labels" and not all(isinstance(name, str) for name in value)):
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or \
+                (key == "labels" and not all(isinstance(name, str) for name in value)):
             raise TimnetError(f"{path}: not a readable timnet run file (identity.{key} is {json.dumps(value)[:40]}, not "
                               f"a {_IDENTITY_TYPES_SAID[kind]}); expected the run file `timnet train` writes")
     if isinstance(identity.get("train_config"), dict):
