@@ -108,8 +108,6 @@ def _refuse_foreign_figures(args) -> None:
     figure's name: drawing would replace it. A run's own plots/ is timnet's, marked or not (figures
     written before the mark)."""
     for name, out in _figure_folders(args):
-        if not Path(out).is_dir():
-            continue
         if getattr(args, "run_dir", None) and Path(out).resolve() == (Path(args.run_dir) / "plots").resolve():
             continue
         refuse_foreign_figures(Path(out), given=f"--{name} {out}")

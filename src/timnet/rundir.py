@@ -46,7 +46,7 @@ def refuse_foreign_figures(folder: Path, *, given: str) -> None:
                 continue
             try:  # timnet writes no links: one is the user's, whatever it points to
                 with open(path, "rb") as f:
-                    ours = mark in f.read(4096) and not path.is_symlink()  # the mark sits in the header
+                    ours = not path.is_symlink() and mark in f.read(4096)  # the mark sits in the header
             except OSError:  # a folder so named, a dangling link
                 ours = False
             if not ours:
