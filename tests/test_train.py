@@ -17,6 +17,7 @@ import torch
 from conftest import ctrl_c_open, flip_a_stored_byte
 from timnet.errors import TimnetError
 from timnet.features import FeatureConfig, FeatureSet, save_features
+from timnet.files import owned_temporary
 from timnet.folds import default_folds, make_folds
 from timnet.run import Run, seed_runs, train_all_data
 from timnet.rundir import read_identity
@@ -573,8 +574,10 @@ def test_refused_seeds_write_nothing_and_overwrite_replaces_what_it_says(tmp_pat
     (d / "seed_2" / "plots").mkdir()
     (d / "seed_2" / "plots" / ".curves.png.abc123.tmp").write_bytes(b"half")  # a plot killed while writing
     (d / "seed_2" / "plots" / ".mine.tmp").write_bytes(b"the user's")
-    seed_runs(d, seeds=[1, 2], make_run=maker(4))  # resumed: the dead plot's temporary goes
-    assert sorted(p.name for p in (d / "seed_2" / "plots").iterdir()) == [".mine.tmp"]
+    live, drawing = owned_temporary(d / "seed_2" / "plots", prefix=".tsne.svg.", suffix=".tmp")  # a plot drawing now
+    seed_runs(d, seeds=[1, 2], make_run=maker(4))  # resumed: the dead plot's temporary goes, the live one's stays
+    assert sorted(p.name for p in (d / "seed_2" / "plots").iterdir()) == sorted([".mine.tmp", Path(drawing).name])
+    os.close(live)
     runs = seed_runs(d, seeds=[3, 4], make_run=maker(3), overwrite=True)
     assert sorted(p.name for p in d.iterdir()) == ["seed_2", "seed_3", "seed_4"] and not any(r.resumed for r in runs)
     # of the old seeds' runs only the user's file is left, in the folder that holds it

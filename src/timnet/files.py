@@ -186,6 +186,12 @@ def _unlocked(path: Path) -> bool:
         os.close(fd)  # the lock goes with it
 
 
+def in_use(path: str | Path) -> bool:
+    """Whether a live process holds `path`'s lock: an owned_temporary still being written. False
+    where locks are unknown (Windows), so that callers fall back to what they did before locks."""
+    return fcntl is not None and Path(path).exists() and not _unlocked(Path(path))
+
+
 def temporary_target(name: str) -> str | None:
     """The file name that atomic_write's hidden temporary `name` (.NAME.RANDOM[.PID@HOST].tmp) stands for, or None."""
     if not (name.startswith(".") and name.endswith(".tmp")):

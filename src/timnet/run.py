@@ -40,7 +40,7 @@ from .corpora import paper_dilations, paper_seed
 from .errors import ConfigurationChanged, Diverged, TimnetError
 from .evaluate import fold_result, predict_proba, summarize
 from .features import FeatureSet
-from .files import temporary_target, write_csv, write_json
+from .files import in_use, temporary_target, write_csv, write_json
 from .folds import make_folds
 from .model import TIMNetConfig, ensemble
 from .processes import torch_threads
@@ -115,13 +115,14 @@ def _remove_if_empty(folder: Path) -> None:
 
 def _remove_stale_temporaries(run_dir: Path) -> None:
     """The hidden temporary files (files.atomic_write) a run killed while writing leaves behind;
-    another program's hidden files in the folder stay."""
+    another program's hidden files in the folder stay, and so does a temporary whose writer is alive
+    (a `timnet plot` drawing this run's figures while it resumes holds its temporary's lock)."""
     for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("fold_*/.*.tmp")]:
         target = temporary_target(stale.name)
-        if target and any(fnmatch.fnmatch(target, name) for name in RUN_FILES):
+        if target and any(fnmatch.fnmatch(target, name) for name in RUN_FILES) and not in_use(stale):
             stale.unlink(missing_ok=True)
     for stale in run_dir.glob("plots/.*.tmp"):  # `timnet plot` killed while writing a figure
-        if (temporary_target(stale.name) or "").endswith((".png", ".svg")):
+        if (temporary_target(stale.name) or "").endswith((".png", ".svg")) and not in_use(stale):
             stale.unlink(missing_ok=True)
 
 
